@@ -1,0 +1,145 @@
+//! Composition of the Bourse services into one process.
+//!
+//! `bourse serve all` and `bourse serve auth` run the same code: each target is built from its
+//! own configuration and served on its own listener, and targets talk to each other over HTTP
+//! even when they share a process. Tests use [`plan`] and [`start`] directly.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use service_kit::{CommonConfig, ConfigError, Env, Shutdown};
+use tokio::task::JoinSet;
+
+/// A service the binary can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
+pub enum Target {
+    /// Every service built so far.
+    All,
+    Gateway,
+    Auth,
+}
+
+impl Target {
+    /// The concrete services a list of targets stands for, in start order (upstreams first).
+    pub fn expand(targets: &[Target]) -> Vec<Target> {
+        let mut services: Vec<Target> = if targets.contains(&Target::All) {
+            vec![Target::Auth, Target::Gateway]
+        } else {
+            targets.to_vec()
+        };
+        services.sort();
+        services.dedup();
+        // Auth before the gateway, so the gateway can be pointed at it.
+        services.sort_by_key(|t| match t {
+            Target::Auth => 0,
+            Target::Gateway => 1,
+            Target::All => 2,
+        });
+        services
+    }
+}
+
+/// Validated configuration of every requested service.
+pub struct Plan {
+    pub common: CommonConfig,
+    pub auth: Option<auth::Config>,
+    pub gateway: Option<gateway::Config>,
+    /// Whether the gateway's auth URL was given; if not and auth runs here, it is wired to it.
+    auth_url_given: bool,
+}
+
+/// Reads the configuration of `targets`; every problem is reported at once (OPS-01).
+pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
+    let services = Target::expand(targets);
+    let common = CommonConfig::read(&mut env);
+    let auth_url_given = env.is_set("BOURSE_AUTH_URL");
+    let auth = services
+        .contains(&Target::Auth)
+        .then(|| auth::Config::read(&mut env));
+    let gateway = services
+        .contains(&Target::Gateway)
+        .then(|| gateway::Config::read(&mut env));
+    env.finish()?;
+    Ok(Plan {
+        common,
+        auth,
+        gateway,
+        auth_url_given,
+    })
+}
+
+/// Running services and their bound addresses.
+pub struct Running {
+    pub addresses: BTreeMap<Target, SocketAddr>,
+    tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: Shutdown,
+}
+
+impl Running {
+    pub fn address(&self, target: Target) -> Option<SocketAddr> {
+        self.addresses.get(&target).copied()
+    }
+
+    /// Waits until every service has stopped. If one fails, the others are shut down too.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            let result = joined.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(err) = result {
+                tracing::error!(error = %err, "service failed; stopping the others");
+                self.shutdown.trigger();
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Builds and starts every planned service.
+pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
+    let mut addresses = BTreeMap::new();
+    let mut tasks = JoinSet::new();
+    if plan.auth.as_ref().is_some_and(|c| c.migrate_on_start) {
+        service_kit::db::ensure_database(&plan.common).await?;
+    }
+    if let Some(config) = plan.auth {
+        let server = auth::build(config, shutdown).await?;
+        addresses.insert(Target::Auth, server.local_addr()?);
+        let stop = shutdown.clone();
+        tasks.spawn(async move { Ok(server.run(stop).await?) });
+    }
+    if let Some(mut config) = plan.gateway {
+        if !plan.auth_url_given
+            && let Some(auth) = addresses.get(&Target::Auth)
+        {
+            config.auth_url = format!("http://{}", reachable(*auth));
+        }
+        let server = gateway::build(config, shutdown).await?;
+        addresses.insert(Target::Gateway, server.local_addr()?);
+        let stop = shutdown.clone();
+        tasks.spawn(async move { Ok(server.run(stop).await?) });
+    }
+    Ok(Running {
+        addresses,
+        tasks,
+        shutdown: shutdown.clone(),
+    })
+}
+
+/// A wildcard bind address is not something to connect to; use loopback instead.
+fn reachable(address: SocketAddr) -> SocketAddr {
+    if address.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), address.port())
+    } else {
+        address
+    }
+}
+
+/// Creates the database if needed and applies every service's migrations.
+pub async fn migrate(common: &CommonConfig) -> anyhow::Result<()> {
+    service_kit::db::ensure_database(common).await?;
+    let pool = service_kit::db::connect(common, auth::SCHEMA).await?;
+    auth::migrate(&pool).await?;
+    tracing::info!("migrations applied");
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! The `bourse` command: parses the command line and composes the library crates.
+// A command-line tool answers on stdout; libraries log through tracing instead.
+#![allow(clippy::print_stdout)]
+
+use std::io::BufRead;
+use std::process::ExitCode;
+
+use access::Role;
+use bourse::Target;
+use clap::{Parser, Subcommand};
+use secrecy::SecretString;
+use service_kit::{CommonConfig, ConfigError, Env, Shutdown};
+
+#[derive(Parser)]
+#[command(
+    name = "bourse",
+    version,
+    about = "Bourse: a reference trading-platform backend"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one or more services in this process.
+    Serve {
+        #[arg(required = true, value_enum)]
+        targets: Vec<Target>,
+    },
+    /// Create the database if needed and apply every service's migrations.
+    Migrate,
+    /// Operator tasks.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create a user; the password is read from standard input.
+    CreateUser {
+        #[arg(long)]
+        email: String,
+        /// May be repeated.
+        #[arg(long = "role", default_value = "trader")]
+        roles: Vec<Role>,
+    },
+    /// Retire the current token-signing key and create a new one.
+    RotateSigningKey,
+    /// Walk the audit log's hash chain; exits 1 if it is broken.
+    VerifyAudit,
+}
+
+/// Exit code for invalid configuration (OPS-01).
+const CONFIG_INVALID: u8 = 2;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(Failure::Config(err)) => {
+            // Logging may not be set up yet; this is for the operator's terminal.
+            eprintln!("{err}");
+            ExitCode::from(CONFIG_INVALID)
+        }
+        Err(Failure::Runtime(err)) => {
+            tracing::error!(error = format!("{err:#}"), "bourse failed");
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Config(ConfigError),
+    Runtime(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(err: E) -> Self {
+        Failure::Runtime(err.into())
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Command::Serve { targets } => {
+            let plan = bourse::plan(&targets, Env::from_process()).map_err(Failure::Config)?;
+            service_kit::telemetry::init(plan.common.log_format, &plan.common.log_filter);
+            let shutdown = Shutdown::new();
+            shutdown.trigger_on_signals();
+            let running = bourse::start(plan, &shutdown).await?;
+            running.wait().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let common = common_config()?;
+            bourse::migrate(&common).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Admin { command } => admin(command).await,
+    }
+}
+
+fn common_config() -> Result<CommonConfig, Failure> {
+    let mut env = Env::from_process();
+    let common = CommonConfig::read(&mut env);
+    env.finish().map_err(Failure::Config)?;
+    service_kit::telemetry::init(common.log_format, &common.log_filter);
+    Ok(common)
+}
+
+async fn admin(command: AdminCommand) -> Result<ExitCode, Failure> {
+    let mut env = Env::from_process();
+    let config = auth::Config::read(&mut env);
+    env.finish().map_err(Failure::Config)?;
+    service_kit::telemetry::init(config.common.log_format, &config.common.log_filter);
+    let pool = auth::connect(&config).await?;
+    auth::migrate(&pool).await?;
+    match command {
+        AdminCommand::CreateUser { email, roles } => {
+            let password = read_password()?;
+            let passwords = auth::password::Passwords::new(&config.argon2)?;
+            let user = auth::identity::register(
+                &pool,
+                &passwords,
+                &email,
+                &password,
+                &roles,
+                auth::identity::OnDuplicate::Report,
+                None,
+            )
+            .await?;
+            let roles: Vec<&str> = user.roles.iter().map(|r| r.as_str()).collect();
+            println!(
+                "created user {} <{}> with roles {}",
+                user.id,
+                user.email,
+                roles.join(",")
+            );
+        }
+        AdminCommand::RotateSigningKey => {
+            let kid = auth::signing_keys::rotate(&pool).await?;
+            println!(
+                "new signing key {kid}; the previous key stays published until its tokens expire"
+            );
+        }
+        AdminCommand::VerifyAudit => {
+            let report = auth::audit::verify_chain(&pool).await?;
+            match report.broken_at {
+                None => println!("audit chain intact ({} rows)", report.rows),
+                Some(seq) => {
+                    println!("audit chain BROKEN at seq {seq} ({} rows)", report.rows);
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line from standard input, without its line ending. Never echoed or logged.
+fn read_password() -> anyhow::Result<SecretString> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    Ok(SecretString::from(password))
+}

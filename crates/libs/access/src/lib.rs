@@ -1,0 +1,21 @@
+//! Who is calling, and may they?
+//!
+//! - [`roles`]: the roles of the platform (SEC-06).
+//! - [`claims`]: the access-token claims auth issues and every service checks.
+//! - [`jwks`]: a cache of the issuer's public keys, refreshed on an unknown `kid` (rate-limited)
+//!   and when stale (PRF-04).
+//! - [`verifier`]: EdDSA-only verification with issuer, audience, expiry and not-before checks;
+//!   `alg=none`, HMAC/RSA confusion and unknown keys are refused (SEC-03).
+//! - [`principal`]: the axum extractor handlers use, and role guards.
+
+pub mod claims;
+pub mod jwks;
+pub mod principal;
+pub mod roles;
+pub mod verifier;
+
+pub use claims::Claims;
+pub use jwks::{HttpKeySource, JwksCache, KeySource, StaticKeySource};
+pub use principal::Principal;
+pub use roles::Role;
+pub use verifier::{TokenVerifier, VerifyError};

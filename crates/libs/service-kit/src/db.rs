@@ -1,0 +1,66 @@
+//! PostgreSQL: one pool per service, bound to the service's own schema.
+//!
+//! Services never share tables (DESIGN §1). Each pool sets `search_path` to its schema at
+//! connect time, so a service's SQL names its tables unqualified and cannot reach another's by
+//! accident; each schema also keeps its own migration history (`<schema>._sqlx_migrations`), so
+//! services migrate independently.
+
+use std::str::FromStr;
+
+use secrecy::ExposeSecret;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool};
+
+use crate::config::CommonConfig;
+
+/// Connects a pool whose sessions see only `schema` (and `public` is not on the path).
+pub async fn connect(config: &CommonConfig, schema: &'static str) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(config.database_url.expose_secret())?
+        .application_name(schema)
+        .options([("search_path", schema)]);
+    PgPoolOptions::new()
+        .max_connections(config.database_max_connections)
+        // Keep one warm connection: the first request after idle should not pay a TLS+auth
+        // handshake.
+        .min_connections(1)
+        .acquire_timeout(config.database_acquire_timeout)
+        .idle_timeout(Some(std::time::Duration::from_secs(600)))
+        .max_lifetime(Some(std::time::Duration::from_secs(1800)))
+        .connect_with(options)
+        .await
+}
+
+/// Applies `migrator` inside `schema`, creating the schema first. Safe to run from several
+/// replicas at once: sqlx takes an advisory lock.
+pub async fn migrate(
+    pool: &PgPool,
+    schema: &'static str,
+    mut migrator: Migrator,
+) -> Result<(), MigrateError> {
+    if !schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(MigrateError::Source(
+            format!("invalid schema name {schema:?}").into(),
+        ));
+    }
+    // DDL cannot take bind parameters; the name was checked above and is a compile-time constant.
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .execute(pool)
+    .await?;
+    migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+    migrator.run(pool).await
+}
+
+/// Creates the database named in the URL if it does not exist yet, so `bourse migrate` (and a
+/// development start) work on a fresh PostgreSQL.
+pub async fn ensure_database(config: &CommonConfig) -> Result<(), sqlx::Error> {
+    use sqlx::migrate::MigrateDatabase;
+    let url = config.database_url.expose_secret();
+    if !sqlx::Postgres::database_exists(url).await? {
+        sqlx::Postgres::create_database(url).await?;
+        tracing::info!("database created");
+    }
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! The auth service's errors and how each reaches a client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use service_kit::http::{FieldError, Problem};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request")]
+    Validation(Vec<FieldError>),
+    /// Wrong email or wrong password: deliberately one variant, one response (SEC-01).
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("invalid refresh token")]
+    InvalidRefreshToken,
+    #[error("too many failed logins")]
+    Throttled { retry_after_secs: u64 },
+    #[error("user not found")]
+    UserNotFound,
+    #[error("no signing key is configured")]
+    NoSigningKey,
+    #[error(transparent)]
+    Problem(#[from] Problem),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            Error::Validation(errors) => Problem::validation(errors),
+            Error::InvalidCredentials => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "the email or password is incorrect",
+            ),
+            Error::InvalidRefreshToken => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_refresh_token",
+                "the refresh token is invalid, expired or revoked",
+            ),
+            Error::Throttled { retry_after_secs } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failed_logins",
+                "too many failed logins; try again later",
+            )
+            .retry_after(retry_after_secs),
+            Error::UserNotFound => Problem::not_found(),
+            Error::Problem(problem) => problem,
+            Error::Redis(ref err) => {
+                tracing::error!(error = %err, "redis unavailable");
+                Problem::unavailable("dependency_unavailable", "try again shortly", 1)
+            }
+            Error::Database(ref err) if is_unavailable(err) => {
+                tracing::error!(error = %err, "database unavailable");
+                Problem::unavailable("dependency_unavailable", "try again shortly", 1)
+            }
+            other => {
+                tracing::error!(error = %other, "request failed");
+                Problem::internal()
+            }
+        };
+        problem.into_response()
+    }
+}
+
+fn is_unavailable(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+    )
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

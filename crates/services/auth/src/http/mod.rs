@@ -1,0 +1,87 @@
+//! Auth's HTTP surface: the routes of DESIGN §5 "auth" rows, and its OpenAPI description.
+
+mod routes;
+
+use std::sync::Arc;
+
+use access::TokenVerifier;
+use axum::extract::FromRef;
+use axum::routing::{get, post, put};
+use axum::{Extension, Router};
+use service_kit::http::TrustedProxies;
+use utoipa::OpenApi;
+
+use crate::identity::Identity;
+use crate::signing_keys::Keyring;
+
+pub use routes::{
+    LoginRequest, RefreshRequest, RegisterRequest, SetRolesRequest, TokenResponse, UserResponse,
+};
+
+#[derive(Clone)]
+pub struct AppState {
+    pub identity: Identity,
+    pub keyring: Arc<Keyring>,
+    pub verifier: Arc<TokenVerifier>,
+}
+
+impl FromRef<AppState> for Arc<TokenVerifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+/// The API routes (health and metrics are added by the service kit).
+pub fn router(state: AppState, trusted_proxies: TrustedProxies) -> Router {
+    Router::new()
+        .route("/v1/auth/register", post(routes::register))
+        .route("/v1/auth/login", post(routes::login))
+        .route("/v1/auth/refresh", post(routes::refresh))
+        .route("/v1/auth/logout", post(routes::logout))
+        .route(
+            "/v1/auth/sessions",
+            axum::routing::delete(routes::revoke_sessions),
+        )
+        .route("/v1/auth/me", get(routes::me))
+        .route("/v1/admin/users/{id}/roles", put(routes::set_roles))
+        .route("/.well-known/jwks.json", get(routes::jwks))
+        .route("/openapi.json", get(routes::openapi))
+        .layer(Extension(trusted_proxies))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Bourse auth", version = "1"),
+    paths(
+        routes::register,
+        routes::login,
+        routes::refresh,
+        routes::logout,
+        routes::revoke_sessions,
+        routes::me,
+        routes::set_roles,
+        routes::jwks,
+    ),
+    components(schemas(service_kit::http::Problem, service_kit::http::FieldError, access::Role)),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! The auth service: identity for Bourse.
+//!
+//! - [`config`]: `BOURSE_AUTH_*` settings.
+//! - [`identity`]: the use cases (register, login, refresh, logout, revoke, roles).
+//! - [`password`]: argon2id hashing, rehash on parameter change, the password policy (SEC-01).
+//! - [`tokens`]: signing access tokens, minting and hashing refresh tokens (SEC-03, SEC-04).
+//! - [`signing_keys`]: Ed25519 keys, rotation with overlap, the JWKS (SEC-03).
+//! - [`throttle`]: failed-login throttling in Redis (SEC-07).
+//! - [`audit`]: the hash-chained audit log and its verification (SEC-16).
+//! - [`store`]: all SQL.
+//! - [`http`]: thin handlers and the OpenAPI description.
+//! - [`error`]: the crate's errors as problem+json.
+
+pub mod audit;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod identity;
+pub mod password;
+pub mod signing_keys;
+pub mod store;
+pub mod throttle;
+pub mod tokens;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use access::{JwksCache, TokenVerifier};
+use service_kit::health::{Check, Readiness};
+use service_kit::redis::KeyPrefix;
+use service_kit::{Server, Shutdown};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+pub use config::Config;
+pub use error::Error;
+
+use crate::identity::Identity;
+use crate::password::Passwords;
+use crate::signing_keys::Keyring;
+use crate::throttle::LoginThrottle;
+
+/// The database schema auth owns.
+pub const SCHEMA: &str = "auth";
+pub const SERVICE: &str = "auth";
+
+/// Auth's migrations, embedded in the binary.
+pub fn migrator() -> Migrator {
+    sqlx::migrate!("../../../migrations/auth")
+}
+
+/// Connects auth's pool (search path = its schema).
+pub async fn connect(config: &Config) -> Result<PgPool, Error> {
+    Ok(service_kit::db::connect(&config.common, SCHEMA).await?)
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    service_kit::db::migrate(pool, SCHEMA, migrator())
+        .await
+        .map_err(|e| Error::Internal(format!("migrating {SCHEMA}: {e}")))
+}
+
+/// Connects, prepares keys and binds the listener; background tasks stop with `shutdown`.
+pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
+    service_kit::metrics::install();
+    let pool = connect(&config).await?;
+    if config.migrate_on_start {
+        migrate(&pool).await?;
+    }
+    let redis = service_kit::redis::connect(&config.common.redis_url).await?;
+
+    // Retired keys stay published for the token lifetime plus a minute of clock skew.
+    let overlap = config.tokens.access_ttl + Duration::from_secs(60);
+    let keyring = Arc::new(Keyring::new(pool.clone(), overlap));
+    keyring.ensure_active(config.generate_signing_key).await?;
+    tokio::spawn(
+        keyring
+            .clone()
+            .refresh_until(Duration::from_secs(30), shutdown.clone()),
+    );
+
+    let verifier = TokenVerifier::new(
+        JwksCache::new(keyring.clone()),
+        &config.tokens.issuer,
+        &config.tokens.audience,
+    )
+    .into_shared();
+    let identity = Identity::new(
+        pool.clone(),
+        Passwords::new(&config.argon2)?,
+        keyring.clone(),
+        LoginThrottle::new(
+            redis.clone(),
+            KeyPrefix::new(&config.common.redis_key_prefix),
+            config.throttle.clone(),
+        ),
+        config.tokens.clone(),
+    );
+    let state = http::AppState {
+        identity,
+        keyring,
+        verifier,
+    };
+    let readiness = Readiness::new(shutdown.clone())
+        .with(Check::Postgres(pool))
+        .with(Check::Redis(redis));
+    let router = service_kit::http::service_router(
+        SERVICE,
+        &config.common.http,
+        readiness,
+        http::router(state, config.trusted_proxies.clone()),
+    );
+    let address = format!("{}:{}", config.common.bind_host, config.port);
+    Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
+        .await
+        .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
+}
+
+/// Builds and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let server = build(config, &shutdown).await?;
+    server
+        .run(shutdown)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))
+}

@@ -1,0 +1,270 @@
+//! Every SQL statement of the auth service. All parameterized (SEC-17); tables live in the
+//! `auth` schema, which is the pool's search path.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::signing_keys::NewSigningKey;
+
+/// Unique constraints whose violations mean something to a caller.
+pub const USERS_EMAIL_KEY: &str = "users_email_key";
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+}
+
+/// Inserts a user; `Ok(false)` when the email is taken.
+pub async fn insert_user(
+    conn: &mut PgConnection,
+    id: Uuid,
+    email: &str,
+    password_hash: &str,
+    roles: &[String],
+) -> Result<bool, sqlx::Error> {
+    let result =
+        sqlx::query("INSERT INTO users (id, email, password_hash, roles) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(email)
+            .bind(password_hash)
+            .bind(roles)
+            .execute(conn)
+            .await;
+    match result {
+        Ok(_) => Ok(true),
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some(USERS_EMAIL_KEY) => Ok(false),
+        Err(err) => Err(err),
+    }
+}
+
+pub async fn user_by_email(pool: &PgPool, email: &str) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, email, password_hash, roles FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn user_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, email, password_hash, roles FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn lock_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
+    sqlx::query_as("SELECT id, email, password_hash, roles FROM users WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn update_password_hash(
+    pool: &PgPool,
+    id: Uuid,
+    password_hash: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(password_hash)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+pub async fn set_roles(
+    conn: &mut PgConnection,
+    id: Uuid,
+    roles: &[String],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE users SET roles = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(roles)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct RefreshTokenRow {
+    pub id: Uuid,
+    pub family_id: Uuid,
+    pub user_id: Uuid,
+    pub expires_at: OffsetDateTime,
+    pub rotated_at: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+pub async fn insert_refresh_token(
+    conn: &mut PgConnection,
+    family_id: Uuid,
+    user_id: Uuid,
+    token_hash: &[u8],
+    ttl: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO refresh_tokens (id, family_id, user_id, token_hash, expires_at)
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5))",
+    )
+    .bind(Uuid::now_v7())
+    .bind(family_id)
+    .bind(user_id)
+    .bind(token_hash)
+    .bind(ttl.as_secs_f64())
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The token with this hash, locked for the rest of the transaction so two refreshes with the
+/// same token serialize (the second then sees it rotated, i.e. reused).
+pub async fn lock_refresh_token(
+    conn: &mut PgConnection,
+    token_hash: &[u8],
+) -> Result<Option<RefreshTokenRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, family_id, user_id, expires_at, rotated_at, revoked_at
+         FROM refresh_tokens WHERE token_hash = $1 FOR UPDATE",
+    )
+    .bind(token_hash)
+    .fetch_optional(conn)
+    .await
+}
+
+pub async fn mark_rotated(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE refresh_tokens SET rotated_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+pub async fn revoke_family(conn: &mut PgConnection, family_id: Uuid) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE family_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(family_id)
+    .execute(conn)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+pub async fn revoke_user_tokens(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(user_id)
+    .execute(conn)
+    .await
+    .map(|r| r.rows_affected())
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub private_key: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub retired_at: Option<OffsetDateTime>,
+}
+
+/// The active key and the retired keys still inside the overlap window, newest first.
+pub async fn published_signing_keys(
+    pool: &PgPool,
+    overlap: Duration,
+) -> Result<Vec<SigningKeyRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT kid, private_key, public_key, retired_at FROM signing_keys
+         WHERE retired_at IS NULL OR retired_at > now() - make_interval(secs => $1)
+         ORDER BY created_at DESC",
+    )
+    .bind(overlap.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn retire_active_signing_key(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL")
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+pub async fn insert_signing_key(
+    conn: &mut PgConnection,
+    key: &NewSigningKey,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO signing_keys (kid, private_key, public_key) VALUES ($1, $2, $3)")
+        .bind(&key.kid)
+        .bind(&key.private_pkcs8)
+        .bind(&key.public_key)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub struct AuditRow {
+    pub seq: i64,
+    pub occurred_at: OffsetDateTime,
+    pub event_type: String,
+    pub actor_id: Option<Uuid>,
+    pub subject_id: Option<Uuid>,
+    pub source_ip: Option<String>,
+    pub details: String,
+    pub prev_hash: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// Serializes appends to the chain for the rest of the transaction.
+pub async fn lock_audit_log(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    // An arbitrary constant naming "the auth audit chain".
+    sqlx::query("SELECT pg_advisory_xact_lock(7368125001)")
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+pub async fn last_audit_link(
+    conn: &mut PgConnection,
+) -> Result<Option<(i64, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(conn)
+        .await
+}
+
+pub async fn insert_audit_row(conn: &mut PgConnection, row: &AuditRow) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO audit_log
+           (seq, occurred_at, event_type, actor_id, subject_id, source_ip, details, prev_hash, hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(row.seq)
+    .bind(row.occurred_at)
+    .bind(&row.event_type)
+    .bind(row.actor_id)
+    .bind(row.subject_id)
+    .bind(&row.source_ip)
+    .bind(&row.details)
+    .bind(&row.prev_hash)
+    .bind(&row.hash)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+pub async fn audit_rows(pool: &PgPool) -> Result<Vec<AuditRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT seq, occurred_at, event_type, actor_id, subject_id, source_ip, details, prev_hash, hash
+         FROM audit_log ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await
+}

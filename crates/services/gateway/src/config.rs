@@ -1,0 +1,108 @@
+//! Settings of the gateway (`BOURSE_GATEWAY_*`).
+
+use std::time::Duration;
+
+use service_kit::http::TrustedProxies;
+use service_kit::{CommonConfig, Env};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub common: CommonConfig,
+    pub port: u16,
+    /// Base URL of the auth service, e.g. `http://127.0.0.1:8081`.
+    pub auth_url: String,
+    pub upstream_timeout: Duration,
+    pub cors_origins: Vec<String>,
+    /// Who may set `X-Forwarded-For` (a load balancer in front of the gateway).
+    pub trusted_proxies: TrustedProxies,
+    /// Source networks allowed to call `/v1/admin/*` (SEC-15).
+    pub admin_allowlist: TrustedProxies,
+    /// Send `Strict-Transport-Security` (when TLS terminates at or before the gateway).
+    pub hsts: bool,
+    pub rate_limits: RateLimits,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+}
+
+/// Documented defaults (SEC-07): 500 req/s per IP with bursts of 1,000; per principal 100 req/s
+/// with bursts of 200 for traders and auditors, twice that for risk officers and admins.
+#[derive(Clone, Debug)]
+pub struct RateLimits {
+    pub ip_per_second: u32,
+    pub ip_burst: u32,
+    pub standard: Tier,
+    pub privileged: Tier,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tier {
+    pub name: &'static str,
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Config {
+    pub fn read(env: &mut Env) -> Self {
+        let common = CommonConfig::read(env);
+        let cors_origins = env.list("BOURSE_GATEWAY_CORS_ORIGINS");
+        for origin in &cors_origins {
+            if origin == "*" {
+                env.problem(
+                    "BOURSE_GATEWAY_CORS_ORIGINS",
+                    "`*` is not allowed; list the origins",
+                );
+            } else if !(origin.starts_with("https://") || origin.starts_with("http://")) {
+                env.problem(
+                    "BOURSE_GATEWAY_CORS_ORIGINS",
+                    format!("{origin:?} is not an origin"),
+                );
+            }
+        }
+        let positive = |env: &mut Env, key: &str, default: u32| {
+            let value = env.or(key, default);
+            if value == 0 {
+                env.problem(key, "must be greater than zero");
+                return default;
+            }
+            value
+        };
+        let rate_limits = RateLimits {
+            ip_per_second: positive(env, "BOURSE_GATEWAY_IP_RATE_PER_SEC", 500),
+            ip_burst: positive(env, "BOURSE_GATEWAY_IP_BURST", 1000),
+            standard: Tier {
+                name: "standard",
+                per_second: positive(env, "BOURSE_GATEWAY_PRINCIPAL_RATE_PER_SEC", 100),
+                burst: positive(env, "BOURSE_GATEWAY_PRINCIPAL_BURST", 200),
+            },
+            privileged: Tier {
+                name: "privileged",
+                per_second: positive(env, "BOURSE_GATEWAY_PRIVILEGED_RATE_PER_SEC", 200),
+                burst: positive(env, "BOURSE_GATEWAY_PRIVILEGED_BURST", 400),
+            },
+        };
+        let production = common.is_production();
+        Self {
+            port: env.or("BOURSE_GATEWAY_PORT", 8080u16),
+            auth_url: env
+                .or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            upstream_timeout: env
+                .millis("BOURSE_GATEWAY_UPSTREAM_TIMEOUT_MS", Duration::from_secs(5)),
+            cors_origins,
+            trusted_proxies: env.or("BOURSE_GATEWAY_TRUSTED_PROXIES", TrustedProxies::none()),
+            admin_allowlist: env.or(
+                "BOURSE_GATEWAY_ADMIN_ALLOWLIST",
+                // Loopback and private networks: operators reach admin routes from inside.
+                "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"
+                    .parse()
+                    .unwrap_or_default(),
+            ),
+            hsts: env.or("BOURSE_GATEWAY_HSTS", production),
+            rate_limits,
+            jwt_issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
+            jwt_audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
+            common,
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The gateway: the only public port.
+//!
+//! - [`config`]: `BOURSE_GATEWAY_*` settings.
+//! - [`route_table`]: every public route, its upstream and who may call it (SEC-02, SEC-14).
+//! - [`http`]: the router built from the table; the gate (token, role, admin source IP,
+//!   per-principal limit) in front of every forwarded request (SEC-06, SEC-15).
+//! - [`rate_limit`]: per-IP (memory) and per-principal (Redis GCRA) limits (SEC-07).
+//! - [`edge`]: security headers and CORS (SEC-08, SEC-09).
+//! - [`proxy`]: forwarding with timeouts, header hygiene and propagation (REL-03, OBS-06).
+//! - [`openapi`]: one API document merged from the services (OPS-09).
+
+pub mod config;
+pub mod edge;
+pub mod http;
+pub mod openapi;
+pub mod proxy;
+pub mod rate_limit;
+pub mod route_table;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use access::{HttpKeySource, JwksCache, TokenVerifier};
+use axum::extract::FromRef;
+use axum::middleware::from_fn_with_state;
+use service_kit::health::{Check, Readiness};
+use service_kit::http::TrustedProxies;
+use service_kit::redis::KeyPrefix;
+use service_kit::{Server, Shutdown};
+use tower_governor::GovernorLayer;
+
+pub use config::Config;
+
+use crate::openapi::ApiDocument;
+use crate::proxy::Upstreams;
+use crate::rate_limit::PrincipalLimiter;
+
+pub const SERVICE: &str = "gateway";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("http client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("invalid rate limit settings")]
+    RateLimits,
+    #[error("binding {address}: {source}")]
+    Bind {
+        address: String,
+        source: std::io::Error,
+    },
+}
+
+/// Everything a request handler of the gateway needs.
+#[derive(Clone)]
+pub struct Gateway {
+    pub verifier: Arc<TokenVerifier>,
+    pub principal_limiter: PrincipalLimiter,
+    pub upstreams: Upstreams,
+    pub upstream_timeout: Duration,
+    pub admin_allowlist: TrustedProxies,
+    pub trusted_proxies: TrustedProxies,
+    pub api_document: ApiDocument,
+}
+
+impl FromRef<Gateway> for Arc<TokenVerifier> {
+    fn from_ref(gw: &Gateway) -> Self {
+        gw.verifier.clone()
+    }
+}
+
+pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
+    service_kit::metrics::install();
+    let redis = service_kit::redis::connect(&config.common.redis_url).await?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build()?;
+    let verifier = TokenVerifier::new(
+        JwksCache::new(Arc::new(HttpKeySource::new(
+            client.clone(),
+            format!("{}/.well-known/jwks.json", config.auth_url),
+        ))),
+        &config.jwt_issuer,
+        &config.jwt_audience,
+    )
+    .into_shared();
+    let gateway = Gateway {
+        verifier,
+        principal_limiter: PrincipalLimiter::new(
+            redis.clone(),
+            KeyPrefix::new(&config.common.redis_key_prefix),
+            config.rate_limits.clone(),
+        ),
+        upstreams: Upstreams::new(
+            client.clone(),
+            config.auth_url.clone(),
+            config.common.http.body_limit_bytes,
+        ),
+        upstream_timeout: config.upstream_timeout,
+        admin_allowlist: config.admin_allowlist.clone(),
+        trusted_proxies: config.trusted_proxies.clone(),
+        api_document: ApiDocument::default(),
+    };
+
+    let ip_limits = rate_limit::ip_limiter(&config.rate_limits, config.trusted_proxies.clone())
+        .ok_or(Error::RateLimits)?;
+    spawn_ip_limiter_cleanup(&ip_limits, shutdown.clone());
+    let limits = config.rate_limits.clone();
+    let api = http::router(gateway)
+        .layer(
+            GovernorLayer::new(ip_limits)
+                .error_handler(move |err| rate_limit::ip_limit_response(&limits, err)),
+        )
+        .layer(edge::cors(&config.cors_origins));
+
+    let readiness = Readiness::new(shutdown.clone())
+        .with(Check::Redis(redis))
+        .with(Check::Upstream {
+            name: "auth",
+            base_url: config.auth_url.clone(),
+            client,
+        });
+    let router = service_kit::http::service_router(SERVICE, &config.common.http, readiness, api)
+        .layer(from_fn_with_state(config.hsts, edge::security_headers));
+    let address = format!("{}:{}", config.common.bind_host, config.port);
+    Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
+        .await
+        .map_err(|source| Error::Bind { address, source })
+}
+
+/// The in-memory limiter keeps a state per client address; forget the idle ones.
+fn spawn_ip_limiter_cleanup(config: &Arc<rate_limit::IpLimiterConfig>, shutdown: Shutdown) {
+    let limiter = config.limiter().clone();
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    limiter.retain_recent();
+                    limiter.shrink_to_fit();
+                }
+                () = shutdown.triggered() => break,
+            }
+        }
+    });
+}
+
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let server = build(config, &shutdown).await?;
+    server.run(shutdown).await.map_err(|source| Error::Bind {
+        address: "serving".to_owned(),
+        source,
+    })
+}

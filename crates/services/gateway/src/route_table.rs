@@ -1,0 +1,103 @@
+//! The public API, as the gateway routes it: one row per method and path, naming the upstream
+//! and who may call it. This table is the single source of truth at the edge — the router is
+//! built from it, the authentication decision is read from it (SEC-02), and tests check every
+//! row against the OpenAPI document (OPS-09). A path that is not here is a 404, which is how
+//! `/internal/*` stays unreachable from outside (SEC-14).
+
+use access::Role;
+use axum::http::Method;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Upstream {
+    Auth,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed.
+    Public,
+    /// Any valid access token.
+    Authenticated,
+    /// A valid token holding one of these roles. Admin paths also need an allowed source IP.
+    Roles(&'static [Role]),
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    pub method: Method,
+    /// axum path syntax; the same path is requested upstream.
+    pub path: &'static str,
+    pub upstream: Upstream,
+    pub access: Access,
+}
+
+const fn route(
+    method: Method,
+    path: &'static str,
+    upstream: Upstream,
+    access: Access,
+) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        upstream,
+        access,
+    }
+}
+
+pub static ROUTES: &[RouteSpec] = &[
+    route(
+        Method::POST,
+        "/v1/auth/register",
+        Upstream::Auth,
+        Access::Public,
+    ),
+    route(
+        Method::POST,
+        "/v1/auth/login",
+        Upstream::Auth,
+        Access::Public,
+    ),
+    route(
+        Method::POST,
+        "/v1/auth/refresh",
+        Upstream::Auth,
+        Access::Public,
+    ),
+    route(
+        Method::POST,
+        "/v1/auth/logout",
+        Upstream::Auth,
+        Access::Authenticated,
+    ),
+    route(
+        Method::DELETE,
+        "/v1/auth/sessions",
+        Upstream::Auth,
+        Access::Authenticated,
+    ),
+    route(
+        Method::GET,
+        "/v1/auth/me",
+        Upstream::Auth,
+        Access::Authenticated,
+    ),
+    route(
+        Method::PUT,
+        "/v1/admin/users/{id}/roles",
+        Upstream::Auth,
+        Access::Roles(&[Role::Admin]),
+    ),
+    route(
+        Method::GET,
+        "/.well-known/jwks.json",
+        Upstream::Auth,
+        Access::Public,
+    ),
+];
+
+impl RouteSpec {
+    pub fn is_admin(&self) -> bool {
+        self.path.starts_with("/v1/admin/")
+    }
+}
