@@ -91,7 +91,7 @@ pub enum KeyLookupError {
 
 impl JwksCache {
     pub fn new(source: Arc<dyn KeySource>) -> Self {
-        Self::with_intervals(source, Duration::from_secs(10), Duration::from_secs(300))
+        Self::with_intervals(source, Duration::from_secs(1), Duration::from_secs(300))
     }
 
     pub fn with_intervals(
@@ -175,5 +175,39 @@ impl JwksCache {
                 fetched_at: Some(Instant::now()),
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts fetches; serves an empty set.
+    struct Counting(AtomicUsize);
+
+    impl KeySource for Counting {
+        fn fetch(&self) -> BoxFuture<'_, Result<JwkSet, String>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(JwkSet { keys: Vec::new() }) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_unknown_kids_fetches_the_set_once_per_interval() {
+        let source = Arc::new(Counting(AtomicUsize::new(0)));
+        let cache = JwksCache::with_intervals(
+            source.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(3600),
+        );
+        for i in 0..100 {
+            assert_eq!(
+                cache.key(&format!("made-up-{i}")).await.err(),
+                Some(KeyLookupError::Unknown)
+            );
+        }
+        assert_eq!(source.0.load(Ordering::SeqCst), 1);
     }
 }

@@ -18,6 +18,8 @@ pub struct Config {
     /// Generate a signing key when none exists (development only).
     pub generate_signing_key: bool,
     pub migrate_on_start: bool,
+    /// How often each replica re-reads the signing keys (a rotation reaches it within this).
+    pub signing_key_reload: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -84,6 +86,8 @@ impl Config {
             },
             trusted_proxies: env.or("BOURSE_TRUSTED_PROXIES", TrustedProxies::none()),
             generate_signing_key,
+            signing_key_reload: env
+                .millis("BOURSE_AUTH_SIGNING_KEY_RELOAD_MS", Duration::from_secs(30)),
             migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,
         }

@@ -161,7 +161,10 @@ impl Identity {
         let Some(token) = store::lock_refresh_token(&mut tx, &hash).await? else {
             return Err(Error::InvalidRefreshToken);
         };
-        if token.rotated_at.is_some() || token.revoked_at.is_some() {
+        if token.revoked_at.is_some() {
+            return Err(Error::InvalidRefreshToken);
+        }
+        if token.rotated_at.is_some() {
             // A rotated token presented again: someone holds a copy. End the whole session.
             let revoked = store::revoke_family(&mut tx, token.family_id).await?;
             audit::append(

@@ -76,7 +76,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     tokio::spawn(
         keyring
             .clone()
-            .refresh_until(Duration::from_secs(30), shutdown.clone()),
+            .refresh_until(config.signing_key_reload, shutdown.clone()),
     );
 
     let verifier = TokenVerifier::new(

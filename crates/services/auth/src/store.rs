@@ -9,9 +9,6 @@ use uuid::Uuid;
 
 use crate::signing_keys::NewSigningKey;
 
-/// Unique constraints whose violations mean something to a caller.
-pub const USERS_EMAIL_KEY: &str = "users_email_key";
-
 #[derive(Debug, sqlx::FromRow)]
 pub struct UserRow {
     pub id: Uuid,
@@ -20,7 +17,9 @@ pub struct UserRow {
     pub roles: Vec<String>,
 }
 
-/// Inserts a user; `Ok(false)` when the email is taken.
+/// Inserts a user; `Ok(false)` when the email is taken. The unique constraint decides (no
+/// check-then-insert race), and `ON CONFLICT` keeps the transaction usable afterwards, which a
+/// caught unique violation would not.
 pub async fn insert_user(
     conn: &mut PgConnection,
     id: Uuid,
@@ -28,19 +27,17 @@ pub async fn insert_user(
     password_hash: &str,
     roles: &[String],
 ) -> Result<bool, sqlx::Error> {
-    let result =
-        sqlx::query("INSERT INTO users (id, email, password_hash, roles) VALUES ($1, $2, $3, $4)")
-            .bind(id)
-            .bind(email)
-            .bind(password_hash)
-            .bind(roles)
-            .execute(conn)
-            .await;
-    match result {
-        Ok(_) => Ok(true),
-        Err(sqlx::Error::Database(db)) if db.constraint() == Some(USERS_EMAIL_KEY) => Ok(false),
-        Err(err) => Err(err),
-    }
+    sqlx::query(
+        "INSERT INTO users (id, email, password_hash, roles) VALUES ($1, $2, $3, $4)
+         ON CONFLICT ON CONSTRAINT users_email_key DO NOTHING",
+    )
+    .bind(id)
+    .bind(email)
+    .bind(password_hash)
+    .bind(roles)
+    .execute(conn)
+    .await
+    .map(|result| result.rows_affected() == 1)
 }
 
 pub async fn user_by_email(pool: &PgPool, email: &str) -> Result<Option<UserRow>, sqlx::Error> {

@@ -22,6 +22,8 @@ pub struct Config {
     pub rate_limits: RateLimits,
     pub jwt_issuer: String,
     pub jwt_audience: String,
+    /// Floor between two JWKS fetches triggered by unknown `kid`s.
+    pub jwks_min_refresh: Duration,
 }
 
 /// Documented defaults (SEC-07): 500 req/s per IP with bursts of 1,000; per principal 100 req/s
@@ -101,6 +103,9 @@ impl Config {
             hsts: env.or("BOURSE_GATEWAY_HSTS", production),
             rate_limits,
             jwt_issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
+            jwks_min_refresh: Duration::from_millis(
+                env.or("BOURSE_GATEWAY_JWKS_MIN_REFRESH_MS", 1000u64),
+            ),
             jwt_audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
             common,
         }

@@ -78,10 +78,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .pool_idle_timeout(Duration::from_secs(30))
         .build()?;
     let verifier = TokenVerifier::new(
-        JwksCache::new(Arc::new(HttpKeySource::new(
-            client.clone(),
-            format!("{}/.well-known/jwks.json", config.auth_url),
-        ))),
+        JwksCache::with_intervals(
+            Arc::new(HttpKeySource::new(
+                client.clone(),
+                format!("{}/.well-known/jwks.json", config.auth_url),
+            )),
+            config.jwks_min_refresh,
+            Duration::from_secs(300),
+        ),
         &config.jwt_issuer,
         &config.jwt_audience,
     )
@@ -108,12 +112,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .ok_or(Error::RateLimits)?;
     spawn_ip_limiter_cleanup(&ip_limits, shutdown.clone());
     let limits = config.rate_limits.clone();
-    let api = http::router(gateway)
-        .layer(
-            GovernorLayer::new(ip_limits)
-                .error_handler(move |err| rate_limit::ip_limit_response(&limits, err)),
-        )
-        .layer(edge::cors(&config.cors_origins));
+    let api = http::router(gateway).layer(
+        GovernorLayer::new(ip_limits)
+            .error_handler(move |err| rate_limit::ip_limit_response(&limits, err)),
+    );
 
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Redis(redis))
@@ -122,7 +124,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
             base_url: config.auth_url.clone(),
             client,
         });
+    // CORS and security headers wrap everything, so preflights are answered before routing and
+    // even a 404 or 405 carries the headers.
     let router = service_kit::http::service_router(SERVICE, &config.common.http, readiness, api)
+        .layer(edge::cors(&config.cors_origins))
         .layer(from_fn_with_state(config.hsts, edge::security_headers));
     let address = format!("{}:{}", config.common.bind_host, config.port);
     Server::bind(SERVICE, &address, router, config.common.shutdown_grace)

@@ -1,0 +1,239 @@
+//! What the edge guarantees on every response: request ids, security headers, CORS, no route to
+//! internals, and a clean answer when an upstream is down.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+
+#[sqlx::test(migrations = false)]
+async fn a_valid_request_id_is_kept_and_propagated_an_invalid_one_replaced(pool: PgPool) {
+    let app = spawn_app(pool).await;
+
+    // The id reaches auth: auth's problem body quotes the id the client sent.
+    let response = app
+        .client
+        .post(app.url("/v1/auth/login"))
+        .header("x-request-id", "client-chosen-id-42")
+        .json(&serde_json::json!({ "email": "x@example.com", "password": "wrong password!" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "client-chosen-id-42");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["request_id"], "client-chosen-id-42");
+
+    let response = app
+        .client
+        .get(app.url("/health/live"))
+        .header("x-request-id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    let id = response.headers()["x-request-id"].to_str().unwrap();
+    assert_ne!(id, "bad id with spaces");
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "a fresh UUID: {id}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn every_response_carries_the_security_headers(pool: PgPool) {
+    let app = spawn_app_with(pool, &[("BOURSE_GATEWAY_HSTS", "true")]).await;
+    for path in [
+        "/health/live",
+        "/v1/auth/me",
+        "/v1/nowhere",
+        "/.well-known/jwks.json",
+    ] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        let headers = response.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["x-frame-options"], "DENY", "{path}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
+        assert!(
+            headers["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+        assert!(
+            headers["strict-transport-security"]
+                .to_str()
+                .unwrap()
+                .starts_with("max-age="),
+            "{path}"
+        );
+    }
+    let docs = app.client.get(app.url("/docs/")).send().await.unwrap();
+    assert_eq!(docs.status(), StatusCode::OK);
+    assert!(
+        docs.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'")
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn hsts_is_off_without_tls(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let response = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response
+            .headers()
+            .get("strict-transport-security")
+            .is_none()
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn cors_answers_listed_origins_only(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let preflight = |origin: &'static str| {
+        app.client
+            .request(reqwest::Method::OPTIONS, app.url("/v1/auth/login"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+            .send()
+    };
+
+    let allowed = preflight("https://app.example.com").await.unwrap();
+    assert_eq!(
+        allowed.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert!(
+        allowed
+            .headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
+
+    let refused = preflight("https://evil.example.com").await.unwrap();
+    assert!(
+        refused
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+
+    let simple = app
+        .client
+        .get(app.url("/.well-known/jwks.json"))
+        .header("origin", "https://evil.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        simple
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn internal_routes_are_never_reachable_through_the_gateway(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for path in [
+        "/internal/v1/checks",
+        "/internal/v1/holds",
+        "/internal/anything/at/all",
+    ] {
+        let response = app.client.post(app.url(path)).send().await.unwrap();
+        assert_problem(response, StatusCode::NOT_FOUND, "not_found").await;
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_down_upstream_is_a_503_problem_not_a_hang(pool: PgPool) {
+    // Point the gateway at a port where nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let app = spawn_app_with(pool, &[("BOURSE_AUTH_URL", url.as_str())]).await;
+
+    let response = app.login("a@example.com", "whatever password").await;
+    let body = assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_unavailable",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("auth"));
+
+    let ready = app
+        .client
+        .get(app.url("/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["checks"]["auth"], "unavailable");
+    assert_eq!(ready["checks"]["redis"], "ok");
+}
+
+#[sqlx::test(migrations = false)]
+async fn health_and_metrics_are_served_by_every_service(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for base in [&app.gateway, &app.auth] {
+        assert_eq!(
+            app.client
+                .get(format!("{base}/health/live"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+        let ready: Value = app
+            .client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ready["status"], "ready", "{base}: {ready}");
+    }
+    let ready: Value = app
+        .client
+        .get(format!("{}/health/ready", app.auth))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["postgres"], "ok");
+
+    app.login("nobody@example.com", "some wrong password").await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for service in ["gateway", "auth"] {
+        let series = format!(
+            r#"http_requests_total{{service="{service}",method="POST",route="/v1/auth/login",status="401"}}"#
+        );
+        assert!(
+            metrics.contains(&series),
+            "{series} missing from:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("http_request_duration_seconds_bucket"));
+}

@@ -1,0 +1,236 @@
+//! `spawn_app()` and typed helpers, so each test reads as setup / act / check.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use bourse::Target;
+use reqwest::{Response, StatusCode};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use service_kit::{Env, Shutdown};
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use uuid::Uuid;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestApp {
+    /// Base URL of the gateway — the only address a client uses.
+    pub gateway: String,
+    /// Base URL of auth, for tests that must bypass the gateway.
+    pub auth: String,
+    pub client: reqwest::Client,
+    /// The test's own database (public schema); services use their schemas in it.
+    pub db: PgPool,
+    pub redis_prefix: String,
+    shutdown: Shutdown,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Tokens {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub refresh_token: String,
+}
+
+/// The URL of the test database the pool points at.
+pub fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by .cargo/config.toml");
+    let options = pool.connect_options();
+    let name = options.get_database().expect("test database has a name");
+    let mut url = url_without_database(&base);
+    url.push('/');
+    url.push_str(name);
+    url
+}
+
+fn url_without_database(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("url has a scheme");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    format!("{scheme}://{authority}")
+}
+
+/// The environment every test app starts from: its own database and Redis prefix, ports 0,
+/// cheap argon2 (the OWASP parameters are exercised by the rehash test).
+pub fn base_env(pool: &PgPool) -> Vec<(String, String)> {
+    let prefix = format!("test:{}", Uuid::now_v7());
+    [
+        ("DATABASE_URL", database_url(pool)),
+        ("BOURSE_REDIS_KEY_PREFIX", prefix),
+        ("BOURSE_BIND_HOST", "127.0.0.1".to_owned()),
+        ("BOURSE_AUTH_PORT", "0".to_owned()),
+        ("BOURSE_GATEWAY_PORT", "0".to_owned()),
+        ("BOURSE_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
+        (
+            "BOURSE_GATEWAY_CORS_ORIGINS",
+            "https://app.example.com".to_owned(),
+        ),
+        ("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096".to_owned()),
+        ("BOURSE_AUTH_ARGON2_ITERATIONS", "1".to_owned()),
+        ("BOURSE_DATABASE_MAX_CONNECTIONS", "5".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with(pool, &[]).await
+}
+
+/// Starts gateway and auth with `overrides` applied on top of [`base_env`].
+pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
+    let mut vars = base_env(&pool);
+    for (key, value) in overrides {
+        vars.retain(|(k, _)| k != key);
+        vars.push(((*key).to_owned(), (*value).to_owned()));
+    }
+    let redis_prefix = vars
+        .iter()
+        .find(|(k, _)| k == "BOURSE_REDIS_KEY_PREFIX")
+        .map(|(_, v)| v.clone())
+        .expect("prefix is set");
+    let plan = bourse::plan(&[Target::All], Env::from_pairs(vars)).expect("valid test config");
+    let shutdown = Shutdown::new();
+    let running = bourse::start(plan, &shutdown)
+        .await
+        .expect("services start");
+    let gateway = url(running.address(Target::Gateway).expect("gateway runs"));
+    let auth = url(running.address(Target::Auth).expect("auth runs"));
+    tokio::spawn(running.wait());
+    TestApp {
+        gateway,
+        auth,
+        client: reqwest::Client::new(),
+        db: pool,
+        redis_prefix,
+        shutdown,
+    }
+}
+
+fn url(address: SocketAddr) -> String {
+    format!("http://{address}")
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.gateway, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn register(&self, email: &str, password: &str) -> Response {
+        self.post_json(
+            "/v1/auth/register",
+            &json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post_json(
+            "/v1/auth/login",
+            &json!({ "email": email, "password": password }),
+        )
+        .await
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post_json(
+            "/v1/auth/refresh",
+            &json!({ "refresh_token": refresh_token }),
+        )
+        .await
+    }
+
+    /// Registers `email` with [`PASSWORD`] and logs in.
+    pub async fn signed_up(&self, email: &str) -> Tokens {
+        let registered = self.register(email, PASSWORD).await;
+        assert_eq!(registered.status(), StatusCode::CREATED);
+        let login = self.login(email, PASSWORD).await;
+        assert_eq!(login.status(), StatusCode::OK);
+        login.json().await.expect("token body")
+    }
+
+    /// A signed-up user given `roles` directly in the database (as `bourse admin` would), then
+    /// logged in again so the token carries them.
+    pub async fn signed_up_with_roles(&self, email: &str, roles: &[&str]) -> Tokens {
+        self.signed_up(email).await;
+        let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        sqlx::query("UPDATE auth.users SET roles = $2 WHERE email = $1")
+            .bind(email)
+            .bind(&roles)
+            .execute(&self.db)
+            .await
+            .expect("roles set");
+        self.login(email, PASSWORD)
+            .await
+            .json()
+            .await
+            .expect("token body")
+    }
+
+    pub async fn get_authed(&self, path: &str, access_token: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(access_token)
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn me(&self, access_token: &str) -> Response {
+        self.get_authed("/v1/auth/me", access_token).await
+    }
+}
+
+/// Asserts a problem+json response with `status` and `code`, and returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status");
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert_eq!(content_type, "application/problem+json");
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value = response.json().await.expect("problem body");
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    assert!(body["type"].is_string() && body["title"].is_string() && body["detail"].is_string());
+    assert_eq!(
+        body["request_id"].as_str().map(str::to_owned),
+        request_id,
+        "problem quotes the request id"
+    );
+    body
+}
+
+/// A pool on auth's schema, for calling auth's library functions as the CLI does.
+pub async fn auth_pool(app: &TestApp) -> PgPool {
+    let options = PgConnectOptions::from_str(&database_url(&app.db))
+        .expect("url parses")
+        .options([("search_path", "auth")]);
+    PgPool::connect_with(options)
+        .await
+        .expect("auth pool connects")
+}

@@ -1,0 +1,14 @@
+//! System tests: the real binary's composition (gateway + auth) on port 0, real PostgreSQL (a
+//! fresh database per test) and real Redis (a unique key prefix per test), over real HTTP.
+
+// Test code: a failed expectation should panic with a message, which is what expect() does.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+mod admin;
+mod audit;
+mod auth_flow;
+mod edge;
+mod helpers;
+mod hostile_input;
+mod openapi;
+mod rate_limits;
+mod tokens;
