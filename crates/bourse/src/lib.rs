@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
+use service_kit::Server;
 use service_kit::{CommonConfig, ConfigError, Env, Shutdown};
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 
 /// A service the binary can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
@@ -68,10 +69,17 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     })
 }
 
+/// One started service: its own shutdown token and its task.
+struct Stage {
+    target: Target,
+    shutdown: Shutdown,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
 /// Running services and their bound addresses.
 pub struct Running {
     pub addresses: BTreeMap<Target, SocketAddr>,
-    tasks: JoinSet<anyhow::Result<()>>,
+    stages: Vec<Stage>,
     shutdown: Shutdown,
 }
 
@@ -80,33 +88,71 @@ impl Running {
         self.addresses.get(&target).copied()
     }
 
-    /// Waits until every service has stopped. If one fails, the others are shut down too.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
+    /// Waits for the process shutdown (or for a service to fail, which triggers it), then stops
+    /// the services edge-first: the gateway drains its in-flight requests while the services
+    /// behind it still answer them, then each upstream stops in turn (REL-02).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.shutdown.triggered().await;
         let mut first_error = None;
-        while let Some(joined) = self.tasks.join_next().await {
-            let result = joined.map_err(anyhow::Error::from).and_then(|r| r);
-            if let Err(err) = result {
-                tracing::error!(error = %err, "service failed; stopping the others");
-                self.shutdown.trigger();
-                first_error.get_or_insert(err);
+        for stage in self.stages.into_iter().rev() {
+            stage.shutdown.trigger();
+            let result = stage
+                .task
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r);
+            match result {
+                Ok(()) => tracing::info!(service = ?stage.target, "service stopped"),
+                Err(err) => {
+                    tracing::error!(service = ?stage.target, error = %err, "service failed");
+                    first_error.get_or_insert(err);
+                }
             }
         }
         first_error.map_or(Ok(()), Err)
     }
 }
 
-/// Builds and starts every planned service.
+/// Serves `server` until its stage token fires; if it ends for any other reason, the whole
+/// process is told to stop. The stage token is the one the service's background tasks and
+/// readiness watch.
+fn spawn_stage_with(
+    target: Target,
+    server: Server,
+    shutdown: Shutdown,
+    process: &Shutdown,
+) -> Stage {
+    let token = shutdown.clone();
+    let process = process.clone();
+    let task = tokio::spawn(async move {
+        let result = server.run(token).await;
+        process.trigger();
+        Ok(result?)
+    });
+    Stage {
+        target,
+        shutdown,
+        task,
+    }
+}
+
+/// Builds and starts every planned service, upstreams first.
 pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
     let mut addresses = BTreeMap::new();
-    let mut tasks = JoinSet::new();
+    let mut stages = Vec::new();
     if plan.auth.as_ref().is_some_and(|c| c.migrate_on_start) {
         service_kit::db::ensure_database(&plan.common).await?;
     }
     if let Some(config) = plan.auth {
-        let server = auth::build(config, shutdown).await?;
+        let stage_shutdown = Shutdown::new();
+        let server = auth::build(config, &stage_shutdown).await?;
         addresses.insert(Target::Auth, server.local_addr()?);
-        let stop = shutdown.clone();
-        tasks.spawn(async move { Ok(server.run(stop).await?) });
+        stages.push(spawn_stage_with(
+            Target::Auth,
+            server,
+            stage_shutdown,
+            shutdown,
+        ));
     }
     if let Some(mut config) = plan.gateway {
         if !plan.auth_url_given
@@ -114,14 +160,19 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
         {
             config.auth_url = format!("http://{}", reachable(*auth));
         }
-        let server = gateway::build(config, shutdown).await?;
+        let stage_shutdown = Shutdown::new();
+        let server = gateway::build(config, &stage_shutdown).await?;
         addresses.insert(Target::Gateway, server.local_addr()?);
-        let stop = shutdown.clone();
-        tasks.spawn(async move { Ok(server.run(stop).await?) });
+        stages.push(spawn_stage_with(
+            Target::Gateway,
+            server,
+            stage_shutdown,
+            shutdown,
+        ));
     }
     Ok(Running {
         addresses,
-        tasks,
+        stages,
         shutdown: shutdown.clone(),
     })
 }

@@ -93,12 +93,16 @@ impl Env {
             .filter(|v| !v.is_empty())
     }
 
-    /// Records a problem that is not about parsing one value (a rule across settings).
+    /// Records a problem that is not about parsing one value (a rule across settings). Several
+    /// services in one process read the shared variables each; a problem is reported once.
     pub fn problem(&mut self, variable: &str, message: impl Into<String>) {
-        self.problems.push(ConfigProblem {
+        let problem = ConfigProblem {
             variable: variable.to_owned(),
             message: message.into(),
-        });
+        };
+        if !self.problems.contains(&problem) {
+            self.problems.push(problem);
+        }
     }
 
     /// Whether the variable is set to a non-empty value.

@@ -1,0 +1,318 @@
+//! The `bourse` binary as an operator runs it: configuration errors, JSON logs, and a SIGTERM
+//! that lets an in-flight request finish (OPS-01, OBS-01, REL-02).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+const BOURSE: &str = env!("CARGO_BIN_EXE_bourse");
+const PASSWORD: &str = "correct horse battery staple";
+
+#[tokio::test]
+async fn invalid_configuration_lists_every_problem_and_exits_2() {
+    let output = Command::new(BOURSE)
+        .args(["serve", "all"])
+        .env_clear()
+        .env("BOURSE_ENV", "staging")
+        .env("BOURSE_AUTH_PORT", "eighty")
+        .env("BOURSE_AUTH_ACCESS_TTL_SECS", "86400")
+        .env("BOURSE_GATEWAY_CORS_ORIGINS", "*")
+        .env("BOURSE_GATEWAY_ADMIN_ALLOWLIST", "everyone")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    for variable in [
+        "BOURSE_ENV",
+        "BOURSE_AUTH_PORT",
+        "BOURSE_AUTH_ACCESS_TTL_SECS",
+        "BOURSE_GATEWAY_CORS_ORIGINS",
+        "BOURSE_GATEWAY_ADMIN_ALLOWLIST",
+    ] {
+        assert!(
+            stderr.contains(variable),
+            "{variable} not reported in:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("5 problems"), "{stderr}");
+}
+
+#[tokio::test]
+async fn production_refuses_to_start_without_explicit_settings() {
+    let output = Command::new(BOURSE)
+        .args(["serve", "all"])
+        .env_clear()
+        .env("BOURSE_ENV", "production")
+        .env("BOURSE_AUTH_GENERATE_SIGNING_KEY", "true")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    for variable in [
+        "DATABASE_URL",
+        "REDIS_URL",
+        "BOURSE_AUTH_GENERATE_SIGNING_KEY",
+    ] {
+        assert!(
+            stderr.contains(variable),
+            "{variable} not reported in:\n{stderr}"
+        );
+    }
+}
+
+/// A running `bourse serve all` whose stdout (JSON logs) is read line by line.
+struct Served {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Served {
+    async fn start(pool: &PgPool) -> Self {
+        let options = pool.connect_options();
+        let database = options.get_database().unwrap();
+        let mut child = Command::new(BOURSE)
+            .args(["serve", "all"])
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:5432/{database}"),
+            )
+            .env(
+                "BOURSE_REDIS_KEY_PREFIX",
+                format!("test:{}", uuid::Uuid::now_v7()),
+            )
+            .env("BOURSE_BIND_HOST", "127.0.0.1")
+            .env("BOURSE_AUTH_PORT", "0")
+            .env("BOURSE_GATEWAY_PORT", "0")
+            .env("BOURSE_TRUSTED_PROXIES", "127.0.0.1")
+            .env("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096")
+            .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
+            .env("BOURSE_LOG_FORMAT", "json")
+            .env("BOURSE_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads log lines until one satisfies `matches` (bounded, so a broken build fails fast).
+    async fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no log line for {what}; saw:\n{}", self.seen.join("\n"))
+                })
+                .unwrap_or_else(|| {
+                    panic!(
+                        "process ended before {what}; saw:\n{}",
+                        self.seen.join("\n")
+                    )
+                });
+            self.seen.push(line.clone());
+            if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && matches(&value)
+            {
+                return value;
+            }
+        }
+    }
+
+    async fn address_of(&mut self, service: &str) -> String {
+        let line = self
+            .wait_for(service, |v| {
+                v["message"] == "listening" && v["service"] == service
+            })
+            .await;
+        line["address"].as_str().unwrap().to_owned()
+    }
+
+    fn terminate(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit and returns the code and every line logged.
+    async fn finish(mut self) -> (Option<i32>, Vec<String>) {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        (status.code(), self.seen)
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn sigterm_lets_an_in_flight_request_finish_then_exits_0(pool: PgPool) {
+    let mut served = Served::start(&pool).await;
+    let gateway = served.address_of("gateway").await;
+
+    // A client starts a registration and is slow to send its body. `Expect: 100-continue`
+    // tells us the moment the server has started working on the request.
+    let body = format!(r#"{{"email": "slow@example.com", "password": "{PASSWORD}"}}"#);
+    let (first, rest) = body.split_at(10);
+    let mut stream = TcpStream::connect(&gateway).await.unwrap();
+    let head = format!(
+        "POST /v1/auth/register HTTP/1.1\r\nhost: {gateway}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nexpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).await.unwrap();
+    assert!(String::from_utf8_lossy(&interim).starts_with("HTTP/1.1 100 Continue"));
+    stream.write_all(first.as_bytes()).await.unwrap();
+
+    // The operator stops the process while the request is in flight.
+    served.terminate();
+    served
+        .wait_for("the shutdown signal", |v| {
+            v["message"] == "shutdown signal received; draining"
+        })
+        .await;
+
+    // New connections are refused now...
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if TcpStream::connect(&gateway).await.is_err() {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(refused.is_ok(), "the listener kept accepting after SIGTERM");
+
+    // ...but the request in flight completes, upstream call included.
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+
+    let (code, _) = served.finish().await;
+    assert_eq!(code, Some(0));
+    let users: i64 = sqlx::query_scalar("SELECT count(*) FROM auth.users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(users, 1, "the drained request's effect is there");
+}
+
+#[sqlx::test(migrations = false)]
+async fn logs_are_json_lines_with_request_context_and_never_secrets(pool: PgPool) {
+    let mut served = Served::start(&pool).await;
+    let gateway = served.address_of("gateway").await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{gateway}{path}");
+
+    let register = serde_json::json!({ "email": "logged@example.com", "password": PASSWORD });
+    assert_eq!(
+        client
+            .post(url("/v1/auth/register"))
+            .json(&register)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+    let tokens: Value = client
+        .post(url("/v1/auth/login"))
+        .json(&register)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+    let me = client
+        .get(url("/v1/auth/me"))
+        .bearer_auth(&access)
+        .header("x-request-id", "trace-me-123")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    let refreshed = client
+        .post(url("/v1/auth/refresh"))
+        .json(&serde_json::json!({ "refresh_token": refresh }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refreshed.status(), 200);
+
+    served.terminate();
+    let (code, lines) = served.finish().await;
+    assert_eq!(code, Some(0));
+
+    let mut completed = Vec::new();
+    for line in &lines {
+        let value: Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        for secret in [PASSWORD, access.as_str(), refresh.as_str()] {
+            assert!(
+                !line.contains(secret),
+                "a secret leaked into the logs: {line}"
+            );
+        }
+        if value["message"] == "request completed" {
+            completed.push(value);
+        }
+    }
+    // Both hops of the /me call logged it with the client's request id and trace, and the
+    // authenticated principal.
+    let me_lines: Vec<&Value> = completed
+        .iter()
+        .filter(|v| v["span"]["request_id"] == "trace-me-123")
+        .collect();
+    assert_eq!(me_lines.len(), 2, "{completed:#?}");
+    for line in me_lines {
+        assert_eq!(line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(line["span"]["span_id"].as_str().unwrap().len(), 16);
+        assert!(line["span"]["principal"].is_string(), "{line}");
+    }
+    assert!(
+        completed
+            .iter()
+            .all(|v| v["span"]["request_id"].is_string())
+    );
+}
