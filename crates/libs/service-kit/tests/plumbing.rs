@@ -33,7 +33,7 @@ async fn spawn_with_readiness(settings: HttpSettings, draining: Shutdown) -> (St
     let api = Router::new()
         .route("/ok", get(|| async { "fine" }))
         .route("/panic", get(panics))
-        .route("/never", get(|| std::future::pending::<&'static str>()))
+        .route("/never", get(std::future::pending::<&'static str>))
         .route("/echo", post(|Json(_): Json<Echo>| async { "parsed" }));
     let shutdown = Shutdown::new();
     let router = service_router("test", &settings, Readiness::new(draining), api);
