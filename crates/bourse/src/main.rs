@@ -31,6 +31,11 @@ enum Command {
     },
     /// Create the database if needed and apply every service's migrations.
     Migrate,
+    /// GET a URL and exit 0 on a 2xx answer: the container healthcheck (the image has no curl).
+    Probe {
+        #[arg(default_value = "http://127.0.0.1:8080/health/live")]
+        url: String,
+    },
     /// Operator tasks.
     Admin {
         #[command(subcommand)]
@@ -103,6 +108,18 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin { command } => admin(command).await,
+        Command::Probe { url } => {
+            let response = reqwest::Client::new()
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(2))
+                .send()
+                .await?;
+            Ok(if response.status().is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
 }
 
