@@ -42,7 +42,10 @@ fn fixture() -> Fixture {
             }),
         }],
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
     let claims = Claims {
         iss: "bourse-auth".to_owned(),
         aud: "bourse".to_owned(),
@@ -66,7 +69,9 @@ fn fixture() -> Fixture {
         .build()
         .expect("runtime");
     // Warm the key cache: the benchmark measures the steady state of a running service.
-    runtime.block_on(verifier.verify(&token)).expect("token verifies");
+    runtime
+        .block_on(verifier.verify(&token))
+        .expect("token verifies");
     Fixture {
         runtime,
         verifier,

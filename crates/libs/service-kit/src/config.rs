@@ -4,7 +4,7 @@
 //! variable instead of stopping at the first. [`Env::finish`] then fails with the complete list,
 //! so an operator fixes a deployment in one pass instead of one restart per typo (OPS-01).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -62,6 +62,8 @@ impl fmt::Display for ConfigError {
 pub struct Env {
     vars: HashMap<String, String>,
     problems: Vec<ConfigProblem>,
+    /// Every variable asked for, so the documentation can be checked against the code.
+    read: BTreeSet<String>,
 }
 
 impl Env {
@@ -83,10 +85,17 @@ impl Env {
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
             problems: Vec::new(),
+            read: BTreeSet::new(),
         }
     }
 
-    fn raw(&self, key: &str) -> Option<&str> {
+    /// The variables read so far, sorted.
+    pub fn variables_read(&self) -> impl Iterator<Item = &str> {
+        self.read.iter().map(String::as_str)
+    }
+
+    fn raw(&mut self, key: &str) -> Option<&str> {
+        self.read.insert(key.to_owned());
         self.vars
             .get(key)
             .map(String::as_str)
@@ -106,7 +115,7 @@ impl Env {
     }
 
     /// Whether the variable is set to a non-empty value.
-    pub fn is_set(&self, key: &str) -> bool {
+    pub fn is_set(&mut self, key: &str) -> bool {
         self.raw(key).is_some()
     }
 

@@ -84,7 +84,14 @@ impl Config {
                 max_failures_per_account: env.or("BOURSE_AUTH_MAX_FAILED_LOGINS_PER_ACCOUNT", 5u32),
                 max_failures_per_ip: env.or("BOURSE_AUTH_MAX_FAILED_LOGINS_PER_IP", 50u32),
             },
-            trusted_proxies: env.or("BOURSE_TRUSTED_PROXIES", TrustedProxies::none()),
+            // Loopback by default: `serve all` puts the gateway in the same process. In a
+            // deployment, set it to the gateway's network.
+            trusted_proxies: env.or(
+                "BOURSE_TRUSTED_PROXIES",
+                "127.0.0.1,::1"
+                    .parse()
+                    .unwrap_or_else(|_| TrustedProxies::none()),
+            ),
             generate_signing_key,
             signing_key_reload: env
                 .millis("BOURSE_AUTH_SIGNING_KEY_RELOAD_MS", Duration::from_secs(30)),

@@ -1,0 +1,108 @@
+//! The configuration is documented completely (OPS-02): `.env.example` lists exactly the
+//! variables the services read, and `docs/configuration.md` is generated from it.
+//! Regenerate the reference with `BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test configuration`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use service_kit::{CommonConfig, Env};
+
+fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// (section, variable, default, description) for each variable in `.env.example`.
+fn documented() -> Vec<(String, String, String, String)> {
+    let text = std::fs::read_to_string(repo_file(".env.example")).unwrap();
+    let mut section = String::new();
+    let mut description: Vec<String> = Vec::new();
+    let mut entries = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(title) = line.strip_prefix("# ----") {
+            section = title.trim_matches([' ', '-']).to_owned();
+            description.clear();
+            continue;
+        }
+        let uncommented = line.trim_start_matches('#').trim();
+        if let Some((key, value)) = uncommented.split_once('=')
+            && !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            entries.push((
+                section.clone(),
+                key.to_owned(),
+                value.to_owned(),
+                description.join(" "),
+            ));
+            continue;
+        }
+        if line.is_empty() {
+            description.clear();
+        } else if !section.is_empty() {
+            description.push(uncommented.to_owned());
+        }
+    }
+    entries
+}
+
+#[test]
+fn env_example_lists_exactly_the_variables_the_code_reads() {
+    let mut env = Env::from_pairs(Vec::<(String, String)>::new());
+    let _ = CommonConfig::read(&mut env);
+    let _ = auth::Config::read(&mut env);
+    let _ = gateway::Config::read(&mut env);
+    let read: BTreeSet<String> = env.variables_read().map(str::to_owned).collect();
+    let documented: BTreeSet<String> = documented().into_iter().map(|(_, key, _, _)| key).collect();
+    let undocumented: Vec<_> = read.difference(&documented).collect();
+    let stale: Vec<_> = documented.difference(&read).collect();
+    assert!(
+        undocumented.is_empty(),
+        "read but not in .env.example: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "in .env.example but never read: {stale:?}"
+    );
+}
+
+#[test]
+fn the_configuration_reference_is_generated_from_env_example() {
+    let mut doc = String::from(
+        "# Configuration reference\n\n\
+         Generated from `.env.example` by `crates/bourse/tests/configuration.rs`; do not edit by hand.\n\
+         Regenerate with `BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test configuration`.\n\n\
+         Every setting is an environment variable (a `.env` file is read in development). All problems\n\
+         are reported together at start-up and the process exits with status 2.\n",
+    );
+    let mut current = String::new();
+    for (section, key, default, description) in documented() {
+        if section != current {
+            doc.push_str(&format!(
+                "\n## {section}\n\n| variable | default | meaning |\n|---|---|---|\n"
+            ));
+            current = section;
+        }
+        let default = if default.is_empty() {
+            "—".to_owned()
+        } else {
+            format!("`{default}`")
+        };
+        let description = description.replace('|', "\\|");
+        doc.push_str(&format!("| `{key}` | {default} | {description} |\n"));
+    }
+    let path = repo_file("docs/configuration.md");
+    if std::env::var_os("BOURSE_UPDATE_DOCS").is_some() {
+        std::fs::write(&path, &doc).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert_eq!(
+        committed, doc,
+        "docs/configuration.md is stale; regenerate it (see the module doc)"
+    );
+}
