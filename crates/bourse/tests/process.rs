@@ -316,3 +316,104 @@ async fn logs_are_json_lines_with_request_context_and_never_secrets(pool: PgPool
             .all(|v| v["span"]["request_id"].is_string())
     );
 }
+
+async fn bourse_admin(pool: &PgPool, args: &[&str], stdin: &str) -> std::process::Output {
+    let database = pool.connect_options().get_database().unwrap().to_owned();
+    let mut child = Command::new(BOURSE)
+        .arg("admin")
+        .args(args)
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:5432/{database}"),
+        )
+        .env("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096")
+        .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
+        .env("BOURSE_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    child.wait_with_output().await.unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn operators_create_users_rotate_keys_and_verify_the_audit_chain(pool: PgPool) {
+    let created = bourse_admin(
+        &pool,
+        &[
+            "create-user",
+            "--email",
+            "ops@example.com",
+            "--role",
+            "admin",
+            "--role",
+            "auditor",
+        ],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let stdout = String::from_utf8(created.stdout).unwrap();
+    assert!(
+        stdout.contains("ops@example.com") && stdout.contains("admin,auditor"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(PASSWORD));
+    let roles: Vec<String> =
+        sqlx::query_scalar("SELECT roles FROM auth.users WHERE email = 'ops@example.com'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(roles, ["admin", "auditor"]);
+
+    // The CLI, unlike the public endpoint, says when the email is taken.
+    let again = bourse_admin(
+        &pool,
+        &["create-user", "--email", "ops@example.com"],
+        &format!("{PASSWORD}\n"),
+    )
+    .await;
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("email"));
+
+    let weak = bourse_admin(
+        &pool,
+        &["create-user", "--email", "weak@example.com"],
+        "short\n",
+    )
+    .await;
+    assert!(!weak.status.success());
+    let weak_users: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM auth.users WHERE email = 'weak@example.com'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(weak_users, 0);
+
+    let first = bourse_admin(&pool, &["rotate-signing-key"], "").await;
+    let second = bourse_admin(&pool, &["rotate-signing-key"], "").await;
+    assert!(first.status.success() && second.status.success());
+    let keys: Vec<(String, bool)> =
+        sqlx::query_as("SELECT kid, retired_at IS NULL FROM auth.signing_keys ORDER BY created_at")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        keys.iter().filter(|(_, active)| *active).count(),
+        1,
+        "exactly one key signs"
+    );
+    assert_eq!(keys.len(), 2);
+
+    let verified = bourse_admin(&pool, &["verify-audit"], "").await;
+    assert!(verified.status.success());
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("intact"));
+}
