@@ -237,3 +237,28 @@ async fn health_and_metrics_are_served_by_every_service(pool: PgPool) {
     }
     assert!(metrics.contains("http_request_duration_seconds_bucket"));
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_upstream_that_never_answers_is_a_504(pool: PgPool) {
+    // A server that accepts connections and then says nothing, like a hung process.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("BOURSE_AUTH_URL", url.as_str()),
+            ("BOURSE_GATEWAY_UPSTREAM_TIMEOUT_MS", "300"),
+        ],
+    )
+    .await;
+
+    let response = app.login("a@example.com", "whatever password").await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_problem(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
+}
