@@ -95,11 +95,20 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Serve { targets } => {
             let plan = bourse::plan(&targets, Env::from_process()).map_err(Failure::Config)?;
-            service_kit::telemetry::init(plan.common.log_format, &plan.common.log_filter);
+            let telemetry = service_kit::telemetry::init(
+                plan.common.log_format,
+                &plan.common.log_filter,
+                plan.common.otlp.as_ref(),
+            );
             let shutdown = Shutdown::new();
             shutdown.trigger_on_signals();
-            let running = bourse::start(plan, &shutdown).await?;
-            running.wait().await?;
+            let result = match bourse::start(plan, &shutdown).await {
+                Ok(running) => running.wait().await,
+                Err(err) => Err(err),
+            };
+            // Flush traces on every way out, off the async runtime (the exporter blocks).
+            tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -127,7 +136,8 @@ fn common_config() -> Result<CommonConfig, Failure> {
     let mut env = Env::from_process();
     let common = CommonConfig::read(&mut env);
     env.finish().map_err(Failure::Config)?;
-    service_kit::telemetry::init(common.log_format, &common.log_filter);
+    // Short-lived commands log but do not export traces.
+    let _telemetry = service_kit::telemetry::init(common.log_format, &common.log_filter, None);
     Ok(common)
 }
 
@@ -135,7 +145,8 @@ async fn admin(command: AdminCommand) -> Result<ExitCode, Failure> {
     let mut env = Env::from_process();
     let config = auth::Config::read(&mut env);
     env.finish().map_err(Failure::Config)?;
-    service_kit::telemetry::init(config.common.log_format, &config.common.log_filter);
+    let _telemetry =
+        service_kit::telemetry::init(config.common.log_format, &config.common.log_filter, None);
     let pool = auth::connect(&config).await?;
     auth::migrate(&pool).await?;
     match command {

@@ -78,6 +78,10 @@ struct Served {
 
 impl Served {
     async fn start(pool: &PgPool) -> Self {
+        Self::start_with(pool, &[]).await
+    }
+
+    async fn start_with(pool: &PgPool, extra_env: &[(&str, &str)]) -> Self {
         let options = pool.connect_options();
         let database = options.get_database().unwrap();
         let mut child = Command::new(BOURSE)
@@ -98,6 +102,7 @@ impl Served {
             .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
             .env("BOURSE_LOG_FORMAT", "json")
             .env("BOURSE_LOG", "debug")
+            .envs(extra_env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -416,4 +421,111 @@ async fn operators_create_users_rotate_keys_and_verify_the_audit_chain(pool: PgP
     let verified = bourse_admin(&pool, &["verify-audit"], "").await;
     assert!(verified.status.success());
     assert!(String::from_utf8_lossy(&verified.stdout).contains("intact"));
+}
+
+/// A real OTLP/HTTP trace receiver on loopback: decodes each export and forwards its spans.
+async fn otlp_collector() -> (
+    String,
+    mpsc::UnboundedReceiver<opentelemetry_proto::tonic::trace::v1::Span>,
+) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("valid OTLP protobuf");
+                for span in request
+                    .resource_spans
+                    .into_iter()
+                    .flat_map(|r| r.scope_spans)
+                    .flat_map(|s| s.spans)
+                {
+                    let _ = tx.send(span);
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, rx)
+}
+
+fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Any::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[sqlx::test(migrations = false)]
+async fn traces_are_exported_over_otlp_across_the_gateway_hop(pool: PgPool) {
+    let (collector, mut spans) = otlp_collector().await;
+    let mut served = Served::start_with(
+        &pool,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str())],
+    )
+    .await;
+    let gateway = served.address_of("gateway").await;
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let response = reqwest::Client::new()
+        .post(format!("http://{gateway}/v1/auth/login"))
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .json(&serde_json::json!({ "email": "nobody@example.com", "password": "not a real password" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    // Spans are batched; SIGTERM makes the process flush them before it exits.
+    served.terminate();
+    let (code, lines) = served.finish().await;
+    assert_eq!(code, Some(0));
+
+    let mut http_spans = Vec::new();
+    while let Ok(span) = spans.try_recv() {
+        if span.name == "http_request" && hex(&span.trace_id) == trace_id {
+            http_spans.push(span);
+        }
+    }
+    let find = |service: &str| {
+        http_spans
+            .iter()
+            .find(|s| attribute(s, "service").as_deref() == Some(service))
+            .unwrap_or_else(|| panic!("no {service} span exported"))
+    };
+    let (edge, auth) = (find("gateway"), find("auth"));
+    assert_eq!(
+        hex(&edge.parent_span_id),
+        "b7ad6b7169203331",
+        "the gateway continues the client's trace"
+    );
+    assert_eq!(
+        auth.parent_span_id, edge.span_id,
+        "auth's span is a child of the gateway's"
+    );
+
+    // The ids in the logs are the exported ones.
+    let logged = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|v| {
+            v["message"] == "request completed"
+                && v["span"]["span_id"] == hex(&auth.span_id).as_str()
+        });
+    assert!(logged, "auth's log line carries the exported span id");
 }

@@ -236,6 +236,8 @@ pub struct CommonConfig {
     pub shutdown_grace: Duration,
     /// Bind address for listeners (ports are per service).
     pub bind_host: String,
+    /// Trace export, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+    pub otlp: Option<crate::telemetry::OtlpSettings>,
 }
 
 /// Limits applied to every inbound request.
@@ -301,6 +303,17 @@ impl CommonConfig {
             },
             shutdown_grace: env.millis("BOURSE_SHUTDOWN_GRACE_MS", Duration::from_secs(20)),
             bind_host: env.or("BOURSE_BIND_HOST", "0.0.0.0".to_owned()),
+            otlp: {
+                let endpoint: String = env.or("OTEL_EXPORTER_OTLP_ENDPOINT", String::new());
+                let service_name = env.or("OTEL_SERVICE_NAME", "bourse".to_owned());
+                if !endpoint.is_empty() && !endpoint.starts_with("http") {
+                    env.problem("OTEL_EXPORTER_OTLP_ENDPOINT", "must be an http(s) URL");
+                }
+                (!endpoint.is_empty()).then_some(crate::telemetry::OtlpSettings {
+                    endpoint,
+                    service_name,
+                })
+            },
         }
     }
 

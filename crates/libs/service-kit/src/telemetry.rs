@@ -1,50 +1,172 @@
-//! Logs and trace context.
+//! Logs, traces and trace context.
 //!
 //! Logs are JSON lines on stdout by default; every line written while serving a request carries
 //! the request span's fields: `request_id`, `trace_id`, `span_id` and, once authenticated,
 //! `principal` (OBS-01). Trace context follows W3C Trace Context: an inbound `traceparent` is
-//! continued, otherwise a new trace starts, and outbound calls carry it on (OBS-02, OBS-06).
+//! continued, otherwise a new trace starts, and outbound calls carry it on (OBS-06). When
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, spans are also exported over OTLP/HTTP, and the ids in
+//! the logs are the exported spans' ids, so a log line leads straight to its trace (OBS-02).
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use tracing_subscriber::{
-    EnvFilter, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt,
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber writing to stdout. Call once, at start-up.
-pub fn init(format: LogFormat, filter: &str) {
-    init_with_writer(format, filter, io::stdout);
+/// Whether spans go to an OpenTelemetry pipeline (then their ids are the ones to log and send).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// The installed telemetry; [`Telemetry::shutdown`] flushes spans not yet exported (REL-02).
+#[must_use = "call shutdown() before the process exits, or buffered spans are lost"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
 }
 
-/// Installs the global subscriber with a writer of the caller's choosing (tests capture logs
-/// this way). Does nothing if a subscriber is already installed.
-pub fn init_with_writer<W>(format: LogFormat, filter: &str, writer: W)
+impl Telemetry {
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(err) = provider.shutdown()
+        {
+            tracing::warn!(error = %err, "flushing traces failed");
+        }
+    }
+}
+
+/// Where and as whom to export traces.
+#[derive(Clone, Debug)]
+pub struct OtlpSettings {
+    /// Base URL of an OTLP/HTTP receiver, e.g. `http://otel-collector:4318`.
+    pub endpoint: String,
+    pub service_name: String,
+}
+
+/// Installs the global subscriber writing to stdout. Call once, at start-up.
+pub fn init(format: LogFormat, filter: &str, otlp: Option<&OtlpSettings>) -> Telemetry {
+    init_with_writer(format, filter, otlp, io::stdout)
+}
+
+/// Installs the global subscriber with a writer of the caller's choosing. Does nothing (and
+/// exports nothing) if a subscriber is already installed.
+pub fn init_with_writer<W>(
+    format: LogFormat,
+    filter: &str,
+    otlp: Option<&OtlpSettings>,
+    writer: W,
+) -> Telemetry
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_writer(writer),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(writer))
-            .try_init(),
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(writer).boxed(),
     };
-    // Already installed (a second service in the same process, or a test): keep the first.
-    let _ = result;
+    let provider = otlp.and_then(|settings| match tracer_provider(settings) {
+        Ok(provider) => Some(provider),
+        Err(err) => {
+            // Traces are diagnostics: a bad collector address must not stop the service.
+            eprintln!("OTLP trace export disabled: {err}");
+            None
+        }
+    });
+    let traces = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("bourse")));
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .is_ok();
+    if installed && provider.is_some() {
+        EXPORTING.store(true, Ordering::Relaxed);
+    }
+    Telemetry {
+        provider: provider.filter(|_| installed),
+    }
+}
+
+fn tracer_provider(settings: &OtlpSettings) -> Result<SdkTracerProvider, String> {
+    use opentelemetry_otlp::WithExportConfig;
+    let endpoint = format!("{}/v1/traces", settings.endpoint.trim_end_matches('/'));
+    // The exporter's blocking HTTP client belongs on a thread of its own: creating or dropping
+    // it on the async runtime is not allowed.
+    let exporter = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(endpoint)
+                    .with_timeout(std::time::Duration::from_secs(3))
+                    .build()
+            })
+            .join()
+    })
+    .map_err(|_| "exporter construction panicked".to_owned())?
+    .map_err(|e| e.to_string())?;
+    Ok(SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(
+            Resource::builder()
+                .with_service_name(settings.service_name.clone())
+                .build(),
+        )
+        .build())
+}
+
+/// Joins `span` to the trace of `parent` (an inbound `traceparent`), records its `trace_id` and
+/// `span_id` fields, and returns the context to send on outbound calls made under it.
+pub fn bind_span(span: &tracing::Span, parent: Option<TraceContext>) -> TraceContext {
+    let context = if EXPORTING.load(Ordering::Relaxed) {
+        if let Some(parent) = parent {
+            let remote = SpanContext::new(
+                TraceId::from_bytes(parent.trace_id),
+                SpanId::from_bytes(parent.span_id),
+                if parent.sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::default()
+                },
+                true,
+                TraceState::default(),
+            );
+            let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+        }
+        let otel = span.context();
+        let exported = otel.span().span_context().clone();
+        if exported.is_valid() {
+            TraceContext {
+                trace_id: exported.trace_id().to_bytes(),
+                span_id: exported.span_id().to_bytes(),
+                sampled: exported.is_sampled(),
+            }
+        } else {
+            TraceContext::child_of(parent)
+        }
+    } else {
+        TraceContext::child_of(parent)
+    };
+    span.record("trace_id", tracing::field::display(context.trace_id_hex()));
+    span.record("span_id", tracing::field::display(context.span_id_hex()));
+    context
 }
 
 /// W3C trace context of one hop: the trace it belongs to and this hop's span.
@@ -56,17 +178,27 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
-    /// Continues the trace in `traceparent` (a new span in it), or starts a new trace when the
-    /// header is absent or malformed — a bad header from a client must never break a request.
-    pub fn continue_or_start(traceparent: Option<&str>) -> Self {
-        match traceparent.and_then(parse_traceparent) {
-            Some((trace_id, sampled)) => Self {
-                trace_id,
+    /// The remote parent named by a `traceparent` header; `None` when it is absent or malformed
+    /// — a bad header from a client must never break a request, it just starts a new trace.
+    pub fn parse(traceparent: Option<&str>) -> Option<Self> {
+        traceparent.and_then(parse_traceparent)
+    }
+
+    /// A new span in `parent`'s trace, or the root of a new trace.
+    pub fn child_of(parent: Option<Self>) -> Self {
+        match parent {
+            Some(parent) => Self {
+                trace_id: parent.trace_id,
                 span_id: random_span_id(),
-                sampled,
+                sampled: parent.sampled,
             },
             None => Self::start(),
         }
+    }
+
+    /// Continues the trace in `traceparent` (a new span in it), or starts a new one.
+    pub fn continue_or_start(traceparent: Option<&str>) -> Self {
+        Self::child_of(Self::parse(traceparent))
     }
 
     pub fn start() -> Self {
@@ -104,7 +236,7 @@ impl fmt::Debug for TraceContext {
     }
 }
 
-fn parse_traceparent(value: &str) -> Option<([u8; 16], bool)> {
+fn parse_traceparent(value: &str) -> Option<TraceContext> {
     let mut parts = value.trim().split('-');
     let version = parts.next()?;
     let trace = parts.next()?;
@@ -120,7 +252,11 @@ fn parse_traceparent(value: &str) -> Option<([u8; 16], bool)> {
         return None;
     }
     let flags = u8::from_str_radix(flags, 16).ok()?;
-    Some((trace_id, flags & 1 == 1))
+    Some(TraceContext {
+        trace_id,
+        span_id: parent_id,
+        sampled: flags & 1 == 1,
+    })
 }
 
 fn random_span_id() -> [u8; 8] {

@@ -56,7 +56,7 @@ pub async fn observe(
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_valid_request_id(v))
         .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
-    let trace = TraceContext::continue_or_start(
+    let parent = TraceContext::parse(
         req.headers()
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok()),
@@ -73,10 +73,11 @@ pub async fn observe(
         method = %method,
         route = %route,
         request_id = %request_id,
-        trace_id = %trace.trace_id_hex(),
-        span_id = %trace.span_id_hex(),
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         principal = tracing::field::Empty,
     );
+    let trace = crate::telemetry::bind_span(&span, parent);
     req.extensions_mut().insert(RequestContext {
         request_id: request_id.clone(),
         trace,
