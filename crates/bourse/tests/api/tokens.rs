@@ -231,3 +231,46 @@ async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(poo
         "both published during the overlap"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn production_refuses_to_start_until_a_signing_key_is_provisioned(pool: PgPool) {
+    let production = |pool: &PgPool| {
+        let mut vars = crate::helpers::base_env(pool);
+        vars.extend(
+            [
+                ("BOURSE_ENV", "production"),
+                ("REDIS_URL", "redis://127.0.0.1:6379"),
+                ("BOURSE_MIGRATE_ON_START", "true"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        bourse::plan(&[bourse::Target::Auth], service_kit::Env::from_pairs(vars))
+            .expect("valid production config")
+    };
+
+    let shutdown = service_kit::Shutdown::new();
+    match bourse::start(production(&pool), &shutdown).await {
+        Ok(_) => panic!("production auth started without a signing key"),
+        Err(err) => assert!(err.to_string().contains("no signing key"), "{err}"),
+    }
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM auth.signing_keys")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(keys, 0, "production never generates one itself");
+
+    // The operator provisions a key (`bourse admin rotate-signing-key`); now it starts.
+    let options = crate::helpers::database_url(&pool)
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .options([("search_path", "auth")]);
+    auth::signing_keys::rotate(&PgPool::connect_with(options).await.unwrap())
+        .await
+        .unwrap();
+    let running = bourse::start(production(&pool), &shutdown)
+        .await
+        .expect("starts with a key");
+    assert!(running.address(bourse::Target::Auth).is_some());
+    shutdown.trigger();
+    running.wait().await.unwrap();
+}
