@@ -53,7 +53,7 @@ struct PriceLevel {
 }
 
 /// One side of the book. `levels` is sorted so the best price is last.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Ladder {
     levels: Vec<PriceLevel>,
 }
@@ -74,7 +74,7 @@ impl Ladder {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Book {
     slots: Vec<Slot>,
     free: Vec<u32>,
