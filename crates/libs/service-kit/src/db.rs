@@ -36,6 +36,18 @@ pub async fn connect(config: &CommonConfig, schema: &'static str) -> Result<PgPo
 pub async fn migrate(
     pool: &PgPool,
     schema: &'static str,
+    migrator: Migrator,
+) -> Result<(), MigrateError> {
+    migrate_with_history(pool, schema, "_sqlx_migrations", migrator).await
+}
+
+/// Like [`migrate`], for a component shared by several services (the outbox of `events`):
+/// its migrations are applied into each service's schema and tracked in their own history
+/// table there, independent of the service's own migrations.
+pub async fn migrate_with_history(
+    pool: &PgPool,
+    schema: &'static str,
+    history_table: &'static str,
     mut migrator: Migrator,
 ) -> Result<(), MigrateError> {
     if !schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
@@ -49,7 +61,7 @@ pub async fn migrate(
     )))
     .execute(pool)
     .await?;
-    migrator.dangerous_set_table_name(format!("{schema}._sqlx_migrations"));
+    migrator.dangerous_set_table_name(format!("{schema}.{history_table}"));
     migrator.run(pool).await
 }
 

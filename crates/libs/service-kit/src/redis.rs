@@ -42,3 +42,10 @@ impl fmt::Debug for KeyPrefix {
         write!(f, "KeyPrefix({:?})", &*self.0)
     }
 }
+
+impl KeyPrefix {
+    /// The Redis Stream for a logical stream name: `bourse.orders` with the default prefix.
+    pub fn stream(&self, name: &str) -> String {
+        format!("{}.{name}", self.0)
+    }
+}

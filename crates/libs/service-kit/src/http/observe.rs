@@ -20,12 +20,18 @@ pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 tokio::task_local! {
-    static CURRENT_REQUEST_ID: String;
+    static CURRENT: RequestContext;
 }
 
 /// The id of the request being served by this task, if any.
 pub fn current_request_id() -> Option<String> {
-    CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+    CURRENT.try_with(|ctx| ctx.request_id.clone()).ok()
+}
+
+/// The request id and trace context of the request being served by this task, if any: what
+/// an event written while serving it carries as correlation and `traceparent` (OBS-06).
+pub fn current_context() -> Option<RequestContext> {
+    CURRENT.try_with(Clone::clone).ok()
 }
 
 /// What downstream code needs to continue the request's story on an outbound call.
@@ -78,13 +84,14 @@ pub async fn observe(
         principal = tracing::field::Empty,
     );
     let trace = crate::telemetry::bind_span(&span, parent);
-    req.extensions_mut().insert(RequestContext {
+    let context = RequestContext {
         request_id: request_id.clone(),
         trace,
-    });
+    };
+    req.extensions_mut().insert(context.clone());
 
-    let mut response = CURRENT_REQUEST_ID
-        .scope(request_id.clone(), next.run(req).instrument(span.clone()))
+    let mut response = CURRENT
+        .scope(context, next.run(req).instrument(span.clone()))
         .await;
 
     let status = response.status().as_u16();

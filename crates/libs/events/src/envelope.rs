@@ -1,0 +1,69 @@
+//! The event envelope (DESIGN §3).
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// UUIDv7: unique, and roughly time-ordered. Consumers deduplicate on it.
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Version of the payload schema for this type.
+    pub version: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    /// The service that emitted it.
+    pub producer: String,
+    /// The entity the event is about (an order id, an account id…).
+    pub aggregate_id: String,
+    /// Position of the event in its aggregate's history.
+    pub sequence: i64,
+    /// The request (or event) chain this event belongs to.
+    pub correlation_id: String,
+    /// The event that caused this one, if an event did.
+    pub causation_id: Option<Uuid>,
+    /// W3C trace context, so a consumer's work joins the producer's trace.
+    pub traceparent: Option<String>,
+    pub payload: serde_json::Value,
+}
+
+impl Envelope {
+    /// A new event caused by the request being served by this task (if any): its request id
+    /// becomes the correlation id and its trace context the `traceparent`.
+    pub fn new(
+        producer: &str,
+        event_type: &str,
+        version: u32,
+        aggregate_id: impl Into<String>,
+        sequence: i64,
+        payload: serde_json::Value,
+    ) -> Self {
+        let id = Uuid::now_v7();
+        let context = service_kit::http::observe::current_context();
+        Self {
+            id,
+            event_type: event_type.to_owned(),
+            version,
+            occurred_at: OffsetDateTime::now_utc(),
+            producer: producer.to_owned(),
+            aggregate_id: aggregate_id.into(),
+            sequence,
+            correlation_id: context
+                .as_ref()
+                .map_or_else(|| id.to_string(), |c| c.request_id.clone()),
+            causation_id: None,
+            traceparent: context.map(|c| c.trace.traceparent()),
+            payload,
+        }
+    }
+
+    /// A new event caused by `cause`: same correlation and trace, `causation_id` = its id.
+    pub fn caused_by(mut self, cause: &Envelope) -> Self {
+        self.correlation_id.clone_from(&cause.correlation_id);
+        self.traceparent.clone_from(&cause.traceparent);
+        self.causation_id = Some(cause.id);
+        self
+    }
+}

@@ -1,0 +1,40 @@
+//! Events between services, exactly once in effect.
+//!
+//! - [`envelope`]: the envelope every event travels in (DESIGN §3), carrying correlation and
+//!   trace context from the request that caused it (OBS-02, OBS-06).
+//! - [`outbox`]: writing events in the same transaction as the state change (REL-08).
+//! - [`relay`]: publishing the outbox to Redis Streams in order, at least once, surviving its
+//!   own crash; lag exported as metrics.
+//!
+//! Consumers (inbox, consumer groups, dead letters) arrive with issue [3].
+
+pub mod envelope;
+pub mod outbox;
+pub mod relay;
+
+pub use envelope::Envelope;
+pub use relay::{Relay, RelaySettings};
+
+use sqlx::PgPool;
+use sqlx::migrate::MigrateError;
+
+/// Creates the outbox in `schema` (idempotent; tracked in `<schema>._events_migrations`).
+pub async fn migrate(pool: &PgPool, schema: &'static str) -> Result<(), MigrateError> {
+    service_kit::db::migrate_with_history(
+        pool,
+        schema,
+        "_events_migrations",
+        sqlx::migrate!("./migrations"),
+    )
+    .await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("encoding an envelope: {0}")]
+    Encoding(#[from] serde_json::Error),
+}

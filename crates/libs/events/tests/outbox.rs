@@ -1,0 +1,307 @@
+//! The outbox and its relay against real PostgreSQL and Redis (REL-08).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use events::{Envelope, Relay, RelaySettings, outbox};
+use redis::aio::ConnectionManager;
+use service_kit::Shutdown;
+use service_kit::redis::KeyPrefix;
+use sqlx::PgPool;
+use sqlx::postgres::PgConnectOptions;
+use uuid::Uuid;
+
+const SCHEMA: &str = "producer";
+
+/// A producer's pool on its own schema, with the outbox and a table of "state" to change.
+async fn producer(test_pool: &PgPool) -> PgPool {
+    let options: PgConnectOptions = test_pool.connect_options().as_ref().clone();
+    let pool = PgPool::connect_with(options.options([("search_path", SCHEMA)]))
+        .await
+        .unwrap();
+    events::migrate(&pool, SCHEMA).await.unwrap();
+    sqlx::query("CREATE TABLE items (id uuid PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool
+}
+
+async fn redis() -> ConnectionManager {
+    service_kit::redis::connect(&secrecy::SecretString::from("redis://127.0.0.1:6379"))
+        .await
+        .unwrap()
+}
+
+fn envelope(n: i64) -> Envelope {
+    Envelope::new(
+        "test",
+        "ItemCreated",
+        1,
+        format!("item-{n}"),
+        n,
+        serde_json::json!({ "n": n }),
+    )
+}
+
+/// Creates `count` items, each with its event, `per_tx` to a transaction; returns the event ids
+/// in commit order.
+async fn produce(pool: &PgPool, count: i64, per_tx: i64) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    let mut n = 0;
+    while n < count {
+        let mut tx = pool.begin().await.unwrap();
+        for _ in 0..per_tx.min(count - n) {
+            sqlx::query("INSERT INTO items (id) VALUES ($1)")
+                .bind(Uuid::now_v7())
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let event = envelope(n);
+            outbox::append(&mut tx, "items", &event).await.unwrap();
+            ids.push(event.id);
+            n += 1;
+        }
+        tx.commit().await.unwrap();
+    }
+    ids
+}
+
+async fn unpublished(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Event ids in the stream, in stream order.
+async fn stream_ids(redis: &mut ConnectionManager, key: &str) -> Vec<Uuid> {
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(redis)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            let id = fields
+                .iter()
+                .find(|(k, _)| k == "event_id")
+                .map(|(_, v)| v.clone())
+                .unwrap();
+            Uuid::from_str(&id).unwrap()
+        })
+        .collect()
+}
+
+/// Polls `condition` until it holds (bounded): waiting for an observable state, not a guess.
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn relay(pool: &PgPool, redis: &ConnectionManager, prefix: &KeyPrefix, batch_size: i64) -> Relay {
+    Relay::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        SCHEMA,
+        RelaySettings {
+            batch_size,
+            poll_interval: Duration::from_millis(50),
+            ..RelaySettings::default()
+        },
+    )
+}
+
+#[sqlx::test(migrations = false)]
+async fn events_exist_if_and_only_if_the_state_change_commits(pool: PgPool) {
+    let pool = producer(&pool).await;
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO items (id) VALUES ($1)")
+        .bind(Uuid::now_v7())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    outbox::append(&mut tx, "items", &envelope(1))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "a rolled-back change leaves no event");
+
+    produce(&pool, 3, 3).await;
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 3);
+
+    // The same event id twice is refused by the constraint.
+    let event = envelope(9);
+    let mut tx = pool.begin().await.unwrap();
+    outbox::append(&mut tx, "items", &event).await.unwrap();
+    assert!(outbox::append(&mut tx, "items", &event).await.is_err());
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_relay_publishes_every_event_in_order(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let written = produce(&pool, 25, 4).await;
+
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(relay(&pool, &redis, &prefix, 10).run(shutdown.clone()));
+    eventually("the outbox to drain", || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+
+    // Events written while the relay runs are picked up too (woken by NOTIFY or the poll).
+    let more = produce(&pool, 5, 1).await;
+    eventually("the new events", || async { unpublished(&pool).await == 0 }).await;
+    shutdown.trigger();
+    task.await.unwrap();
+
+    let published = stream_ids(&mut redis, &prefix.stream("items")).await;
+    assert_eq!(published, [written, more].concat());
+
+    let entry: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(prefix.stream("items"))
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let envelope_json = &entry[0].1.iter().find(|(k, _)| k == "envelope").unwrap().1;
+    let decoded: Envelope = serde_json::from_str(envelope_json).unwrap();
+    assert_eq!(decoded.event_type, "ItemCreated");
+    assert_eq!(decoded.producer, "test");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_relay_killed_mid_stream_loses_nothing_and_keeps_order(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let key = prefix.stream("items");
+    let written = produce(&pool, 300, 10).await;
+
+    // Small batches, so the kill lands between batches — or inside one.
+    let crashing = tokio::spawn(relay(&pool, &redis, &prefix, 3).run(Shutdown::new()));
+    eventually("a first part to be published", || {
+        let mut redis = redis.clone();
+        let key = key.clone();
+        async move {
+            redis::cmd("XLEN")
+                .arg(&key)
+                .query_async::<i64>(&mut redis)
+                .await
+                .unwrap()
+                >= 30
+        }
+    })
+    .await;
+    crashing.abort();
+    let _ = crashing.await;
+    let left = unpublished(&pool).await;
+    assert!(
+        left > 0,
+        "the crash must happen before the end for this test to mean anything"
+    );
+
+    // A new relay (after restart, or on another replica) finishes the job.
+    let shutdown = Shutdown::new();
+    let restarted = tokio::spawn(relay(&pool, &redis, &prefix, 50).run(shutdown.clone()));
+    eventually("the outbox to drain", || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    shutdown.trigger();
+    restarted.await.unwrap();
+
+    let published = stream_ids(&mut redis, &key).await;
+    let mut first_seen = Vec::new();
+    for id in &published {
+        if !first_seen.contains(id) {
+            first_seen.push(*id);
+        }
+    }
+    assert_eq!(first_seen, written, "every event, in order");
+    let duplicates = published.len() - written.len();
+    assert!(
+        duplicates <= 3,
+        "at most the batch in flight is republished, got {duplicates}"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_relays_publish_each_event_once_in_order(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let shutdown = Shutdown::new();
+    let first = tokio::spawn(relay(&pool, &redis, &prefix, 5).run(shutdown.clone()));
+    let second = tokio::spawn(relay(&pool, &redis, &prefix, 5).run(shutdown.clone()));
+    let written = produce(&pool, 100, 7).await;
+    eventually("the outbox to drain", || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    shutdown.trigger();
+    first.await.unwrap();
+    second.await.unwrap();
+    assert_eq!(
+        stream_ids(&mut redis, &prefix.stream("items")).await,
+        written
+    );
+}
+
+#[test]
+fn an_event_caused_by_another_keeps_its_correlation_and_trace() {
+    let mut cause = envelope(1);
+    cause.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned());
+    let effect = envelope(2).caused_by(&cause);
+    assert_eq!(effect.correlation_id, cause.correlation_id);
+    assert_eq!(effect.traceparent, cause.traceparent);
+    assert_eq!(effect.causation_id, Some(cause.id));
+    assert_ne!(effect.id, cause.id);
+    // Outside a request, an event correlates with itself.
+    assert_eq!(cause.correlation_id, cause.id.to_string());
+    let json = serde_json::to_value(&cause).unwrap();
+    for field in [
+        "id",
+        "type",
+        "version",
+        "occurred_at",
+        "producer",
+        "aggregate_id",
+        "sequence",
+        "correlation_id",
+        "causation_id",
+        "traceparent",
+        "payload",
+    ] {
+        assert!(json.get(field).is_some(), "envelope field {field}");
+    }
+}
