@@ -1,0 +1,10 @@
+//! Types more than one service speaks. No IO.
+//!
+//! - [`amount`]: decimal strings ⇄ integer minor units, exactly or not at all.
+//! - [`asset`]: assets and their scales.
+
+pub mod amount;
+pub mod asset;
+
+pub use amount::{AmountError, format_units, parse_units};
+pub use asset::Asset;
