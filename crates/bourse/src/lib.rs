@@ -18,13 +18,14 @@ pub enum Target {
     All,
     Gateway,
     Auth,
+    Orders,
 }
 
 impl Target {
     /// The concrete services a list of targets stands for, in start order (upstreams first).
     pub fn expand(targets: &[Target]) -> Vec<Target> {
         let mut services: Vec<Target> = if targets.contains(&Target::All) {
-            vec![Target::Auth, Target::Gateway]
+            vec![Target::Auth, Target::Orders, Target::Gateway]
         } else {
             targets.to_vec()
         };
@@ -33,8 +34,9 @@ impl Target {
         // Auth before the gateway, so the gateway can be pointed at it.
         services.sort_by_key(|t| match t {
             Target::Auth => 0,
-            Target::Gateway => 1,
-            Target::All => 2,
+            Target::Orders => 1,
+            Target::Gateway => 2,
+            Target::All => 3,
         });
         services
     }
@@ -44,9 +46,12 @@ impl Target {
 pub struct Plan {
     pub common: CommonConfig,
     pub auth: Option<auth::Config>,
+    pub orders: Option<orders::Config>,
     pub gateway: Option<gateway::Config>,
-    /// Whether the gateway's auth URL was given; if not and auth runs here, it is wired to it.
+    /// Whether upstream URLs were given; those not given are wired to the services started
+    /// in this process.
     auth_url_given: bool,
+    orders_url_given: bool,
 }
 
 /// Reads the configuration of `targets`; every problem is reported at once (OPS-01).
@@ -54,9 +59,13 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     let services = Target::expand(targets);
     let common = CommonConfig::read(&mut env);
     let auth_url_given = env.is_set("BOURSE_AUTH_URL");
+    let orders_url_given = env.is_set("BOURSE_ORDERS_URL");
     let auth = services
         .contains(&Target::Auth)
         .then(|| auth::Config::read(&mut env));
+    let orders = services
+        .contains(&Target::Orders)
+        .then(|| orders::Config::read(&mut env));
     let gateway = services
         .contains(&Target::Gateway)
         .then(|| gateway::Config::read(&mut env));
@@ -64,8 +73,10 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     Ok(Plan {
         common,
         auth,
+        orders,
         gateway,
         auth_url_given,
+        orders_url_given,
     })
 }
 
@@ -140,7 +151,9 @@ fn spawn_stage_with(
 pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
     let mut addresses = BTreeMap::new();
     let mut stages = Vec::new();
-    if plan.auth.as_ref().is_some_and(|c| c.migrate_on_start) {
+    let migrate_on_start = plan.auth.as_ref().is_some_and(|c| c.migrate_on_start)
+        || plan.orders.as_ref().is_some_and(|c| c.migrate_on_start);
+    if migrate_on_start {
         service_kit::db::ensure_database(&plan.common).await?;
     }
     if let Some(config) = plan.auth {
@@ -154,11 +167,37 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
             shutdown,
         ));
     }
+    let local_url = |target: Target, addresses: &BTreeMap<Target, SocketAddr>| {
+        addresses
+            .get(&target)
+            .map(|address| format!("http://{}", reachable(*address)))
+    };
+    if let Some(mut config) = plan.orders {
+        if !plan.auth_url_given
+            && let Some(url) = local_url(Target::Auth, &addresses)
+        {
+            config.auth_url = url;
+        }
+        let stage_shutdown = Shutdown::new();
+        let server = orders::build(config, &stage_shutdown).await?;
+        addresses.insert(Target::Orders, server.local_addr()?);
+        stages.push(spawn_stage_with(
+            Target::Orders,
+            server,
+            stage_shutdown,
+            shutdown,
+        ));
+    }
     if let Some(mut config) = plan.gateway {
         if !plan.auth_url_given
-            && let Some(auth) = addresses.get(&Target::Auth)
+            && let Some(url) = local_url(Target::Auth, &addresses)
         {
-            config.auth_url = format!("http://{}", reachable(*auth));
+            config.auth_url = url;
+        }
+        if !plan.orders_url_given
+            && let Some(url) = local_url(Target::Orders, &addresses)
+        {
+            config.orders_url = url;
         }
         let stage_shutdown = Shutdown::new();
         let server = gateway::build(config, &stage_shutdown).await?;
@@ -191,6 +230,8 @@ pub async fn migrate(common: &CommonConfig) -> anyhow::Result<()> {
     service_kit::db::ensure_database(common).await?;
     let pool = service_kit::db::connect(common, auth::SCHEMA).await?;
     auth::migrate(&pool).await?;
+    let pool = service_kit::db::connect(common, orders::SCHEMA).await?;
+    orders::migrate(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())
 }

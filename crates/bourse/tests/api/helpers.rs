@@ -19,6 +19,8 @@ pub struct TestApp {
     pub gateway: String,
     /// Base URL of auth, for tests that must bypass the gateway.
     pub auth: String,
+    /// Base URL of orders, likewise.
+    pub orders: String,
     pub client: reqwest::Client,
     /// The test's own database (public schema); services use their schemas in it.
     pub db: PgPool,
@@ -67,6 +69,7 @@ pub fn base_env(pool: &PgPool) -> Vec<(String, String)> {
         ("BOURSE_BIND_HOST", "127.0.0.1".to_owned()),
         ("BOURSE_AUTH_PORT", "0".to_owned()),
         ("BOURSE_GATEWAY_PORT", "0".to_owned()),
+        ("BOURSE_ORDERS_PORT", "0".to_owned()),
         ("BOURSE_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
         (
             "BOURSE_GATEWAY_CORS_ORIGINS",
@@ -104,10 +107,12 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
         .expect("services start");
     let gateway = url(running.address(Target::Gateway).expect("gateway runs"));
     let auth = url(running.address(Target::Auth).expect("auth runs"));
+    let orders = url(running.address(Target::Orders).expect("orders runs"));
     tokio::spawn(running.wait());
     TestApp {
         gateway,
         auth,
+        orders,
         client: reqwest::Client::new(),
         db: pool,
         redis_prefix,

@@ -9,6 +9,7 @@ mod auth_flow;
 mod edge;
 mod helpers;
 mod hostile_input;
+mod instruments;
 mod openapi;
 mod rate_limits;
 mod tokens;

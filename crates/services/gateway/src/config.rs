@@ -11,6 +11,8 @@ pub struct Config {
     pub port: u16,
     /// Base URL of the auth service, e.g. `http://127.0.0.1:8081`.
     pub auth_url: String,
+    /// Base URL of the orders service.
+    pub orders_url: String,
     pub upstream_timeout: Duration,
     pub cors_origins: Vec<String>,
     /// Who may set `X-Forwarded-For` (a load balancer in front of the gateway).
@@ -87,6 +89,10 @@ impl Config {
             port: env.or("BOURSE_GATEWAY_PORT", 8080u16),
             auth_url: env
                 .or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            orders_url: env
+                .or("BOURSE_ORDERS_URL", "http://127.0.0.1:8082".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
             upstream_timeout: env

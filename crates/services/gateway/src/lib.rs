@@ -100,6 +100,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         upstreams: Upstreams::new(
             client.clone(),
             config.auth_url.clone(),
+            config.orders_url.clone(),
             config.common.http.body_limit_bytes,
         ),
         upstream_timeout: config.upstream_timeout,
@@ -122,6 +123,11 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .with(Check::Upstream {
             name: "auth",
             base_url: config.auth_url.clone(),
+            client: client.clone(),
+        })
+        .with(Check::Upstream {
+            name: "orders",
+            base_url: config.orders_url.clone(),
             client,
         });
     // CORS and security headers wrap everything, so preflights are answered before routing and

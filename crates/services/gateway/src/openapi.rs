@@ -12,7 +12,7 @@ use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
 use crate::proxy::Upstreams;
 use crate::route_table::{ROUTES, Upstream};
 
-const UPSTREAMS: &[Upstream] = &[Upstream::Auth];
+const UPSTREAMS: &[Upstream] = &[Upstream::Auth, Upstream::Orders];
 
 #[derive(Clone, Default)]
 pub struct ApiDocument {

@@ -42,14 +42,21 @@ fn forwardable(name: &HeaderName) -> bool {
 pub struct Upstreams {
     client: reqwest::Client,
     auth_url: String,
+    orders_url: String,
     body_limit: usize,
 }
 
 impl Upstreams {
-    pub fn new(client: reqwest::Client, auth_url: String, body_limit: usize) -> Self {
+    pub fn new(
+        client: reqwest::Client,
+        auth_url: String,
+        orders_url: String,
+        body_limit: usize,
+    ) -> Self {
         Self {
             client,
             auth_url,
+            orders_url,
             body_limit,
         }
     }
@@ -57,6 +64,7 @@ impl Upstreams {
     pub fn base_url(&self, upstream: Upstream) -> &str {
         match upstream {
             Upstream::Auth => &self.auth_url,
+            Upstream::Orders => &self.orders_url,
         }
     }
 
@@ -152,6 +160,7 @@ impl Upstreams {
 fn upstream_name(upstream: Upstream) -> &'static str {
     match upstream {
         Upstream::Auth => "auth",
+        Upstream::Orders => "orders",
     }
 }
 

@@ -10,6 +10,7 @@ use axum::http::Method;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Upstream {
     Auth,
+    Orders,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +94,25 @@ pub static ROUTES: &[RouteSpec] = &[
         "/.well-known/jwks.json",
         Upstream::Auth,
         Access::Public,
+    ),
+    route(Method::GET, "/v1/assets", Upstream::Orders, Access::Public),
+    route(
+        Method::GET,
+        "/v1/instruments",
+        Upstream::Orders,
+        Access::Public,
+    ),
+    route(
+        Method::POST,
+        "/v1/admin/instruments",
+        Upstream::Orders,
+        Access::Roles(&[Role::Admin]),
+    ),
+    route(
+        Method::PATCH,
+        "/v1/admin/instruments/{symbol}",
+        Upstream::Orders,
+        Access::Roles(&[Role::Admin]),
     ),
 ];
 

@@ -1,0 +1,64 @@
+//! Settings of the orders service (`BOURSE_ORDERS_*`).
+
+use contracts::Asset;
+use service_kit::{CommonConfig, Env};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub common: CommonConfig,
+    pub port: u16,
+    /// Where the JWKS comes from (auth).
+    pub auth_url: String,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub assets: Vec<Asset>,
+    pub migrate_on_start: bool,
+}
+
+impl Config {
+    pub fn read(env: &mut Env) -> Self {
+        let common = CommonConfig::read(env);
+        let assets = parse_assets(&env.list("BOURSE_ORDERS_ASSETS"));
+        let assets = match assets {
+            Ok(assets) if assets.is_empty() => Asset::defaults(),
+            Ok(assets) => assets,
+            Err(message) => {
+                env.problem("BOURSE_ORDERS_ASSETS", message);
+                Asset::defaults()
+            }
+        };
+        Self {
+            port: env.or("BOURSE_ORDERS_PORT", 8082u16),
+            auth_url: env
+                .or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            jwt_issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
+            jwt_audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
+            assets,
+            migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
+            common,
+        }
+    }
+}
+
+/// `USD:2,BTC:8` → assets.
+fn parse_assets(entries: &[String]) -> Result<Vec<Asset>, String> {
+    entries
+        .iter()
+        .map(|entry| {
+            let (code, scale) = entry
+                .split_once(':')
+                .ok_or_else(|| format!("{entry:?} is not CODE:SCALE"))?;
+            let scale: u32 = scale
+                .parse()
+                .map_err(|_| format!("{entry:?} has no valid scale"))?;
+            if !Asset::is_valid_code(code) || scale > contracts::asset::MAX_SCALE {
+                return Err(format!(
+                    "{entry:?}: code must be 2-10 of A-Z0-9, scale at most 18"
+                ));
+            }
+            Ok(Asset::new(code, scale))
+        })
+        .collect()
+}

@@ -1,0 +1,61 @@
+//! The orders service's errors and how each reaches a client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use service_kit::http::{FieldError, Problem};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request")]
+    Validation(Vec<FieldError>),
+    #[error("instrument exists")]
+    InstrumentExists,
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Problem(#[from] Problem),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("events: {0}")]
+    Events(#[from] events::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Error::Validation(vec![FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }])
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            Error::Validation(errors) => Problem::validation(errors),
+            Error::InstrumentExists => Problem::new(
+                StatusCode::CONFLICT,
+                "instrument_exists",
+                "an instrument with this symbol exists",
+            ),
+            Error::NotFound => Problem::not_found(),
+            Error::Problem(problem) => problem,
+            Error::Database(
+                ref
+                err @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed),
+            ) => {
+                tracing::error!(error = %err, "database unavailable");
+                Problem::unavailable("dependency_unavailable", "try again shortly", 1)
+            }
+            other => {
+                tracing::error!(error = %other, "request failed");
+                Problem::internal()
+            }
+        };
+        problem.into_response()
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

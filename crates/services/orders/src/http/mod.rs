@@ -1,0 +1,56 @@
+//! The orders service's HTTP surface.
+
+mod instruments;
+
+use std::sync::Arc;
+
+use access::TokenVerifier;
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::{get, patch, post};
+use contracts::Asset;
+use sqlx::PgPool;
+use utoipa::OpenApi;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub verifier: Arc<TokenVerifier>,
+    pub assets: Arc<Vec<Asset>>,
+}
+
+impl FromRef<AppState> for Arc<TokenVerifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/assets", get(instruments::assets))
+        .route("/v1/instruments", get(instruments::list))
+        .route("/v1/admin/instruments", post(instruments::create))
+        .route(
+            "/v1/admin/instruments/{symbol}",
+            patch(instruments::set_status),
+        )
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Bourse orders", version = "1"),
+    paths(
+        instruments::assets,
+        instruments::list,
+        instruments::create,
+        instruments::set_status
+    ),
+    components(schemas(service_kit::http::Problem, service_kit::http::FieldError))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

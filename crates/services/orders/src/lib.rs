@@ -1,0 +1,108 @@
+//! The orders service: instruments, orders and matching, market data.
+//!
+//! Built so far (issue [2], first slices): instruments and assets, with every change announced
+//! through the transactional outbox and published by the relay this service runs. Orders,
+//! matching tasks and market data follow.
+//!
+//! - [`config`]: `BOURSE_ORDERS_*` settings, including the asset list.
+//! - [`instruments`]: validation in exact units, create, halt/resume (TRD-01).
+//! - [`store`]: all SQL.
+//! - [`http`]: thin handlers and the OpenAPI description.
+//! - [`error`]: the crate's errors as problem+json.
+
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod instruments;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use access::{HttpKeySource, JwksCache, TokenVerifier};
+use events::{Relay, RelaySettings};
+use service_kit::health::{Check, Readiness};
+use service_kit::redis::KeyPrefix;
+use service_kit::{Server, Shutdown};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+pub use config::Config;
+pub use error::Error;
+
+pub const SCHEMA: &str = "orders";
+pub const SERVICE: &str = "orders";
+
+pub fn migrator() -> Migrator {
+    sqlx::migrate!("../../../migrations/orders")
+}
+
+/// The service's own tables and its outbox.
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    let failed =
+        |e: sqlx::migrate::MigrateError| Error::Internal(format!("migrating {SCHEMA}: {e}"));
+    service_kit::db::migrate(pool, SCHEMA, migrator())
+        .await
+        .map_err(failed)?;
+    events::migrate(pool, SCHEMA).await.map_err(failed)
+}
+
+pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
+    service_kit::metrics::install();
+    let pool = service_kit::db::connect(&config.common, SCHEMA).await?;
+    if config.migrate_on_start {
+        migrate(&pool).await?;
+    }
+    let redis = service_kit::redis::connect(&config.common.redis_url)
+        .await
+        .map_err(|e| Error::Internal(format!("redis: {e}")))?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let verifier = TokenVerifier::new(
+        JwksCache::new(Arc::new(HttpKeySource::new(
+            client,
+            format!("{}/.well-known/jwks.json", config.auth_url),
+        ))),
+        &config.jwt_issuer,
+        &config.jwt_audience,
+    )
+    .into_shared();
+
+    let relay = Relay::new(
+        pool.clone(),
+        redis.clone(),
+        KeyPrefix::new(&config.common.redis_key_prefix),
+        SCHEMA,
+        RelaySettings::default(),
+    );
+    tokio::spawn(relay.run(shutdown.clone()));
+
+    let state = http::AppState {
+        pool: pool.clone(),
+        verifier,
+        assets: Arc::new(config.assets.clone()),
+    };
+    let readiness = Readiness::new(shutdown.clone())
+        .with(Check::Postgres(pool))
+        .with(Check::Redis(redis));
+    let router = service_kit::http::service_router(
+        SERVICE,
+        &config.common.http,
+        readiness,
+        http::router(state),
+    );
+    let address = format!("{}:{}", config.common.bind_host, config.port);
+    Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
+        .await
+        .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
+}
+
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let server = build(config, &shutdown).await?;
+    server
+        .run(shutdown)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))
+}
