@@ -11,5 +11,6 @@ mod helpers;
 mod hostile_input;
 mod instruments;
 mod openapi;
+mod orders;
 mod rate_limits;
 mod tokens;

@@ -114,6 +114,24 @@ pub static ROUTES: &[RouteSpec] = &[
         Upstream::Orders,
         Access::Roles(&[Role::Admin]),
     ),
+    route(
+        Method::POST,
+        "/v1/orders",
+        Upstream::Orders,
+        Access::Roles(&[Role::Trader]),
+    ),
+    route(
+        Method::GET,
+        "/v1/orders/{id}",
+        Upstream::Orders,
+        Access::Authenticated,
+    ),
+    route(
+        Method::DELETE,
+        "/v1/orders/{id}",
+        Upstream::Orders,
+        Access::Authenticated,
+    ),
 ];
 
 impl RouteSpec {

@@ -12,6 +12,10 @@ pub enum Error {
     InstrumentExists,
     #[error("not found")]
     NotFound,
+    #[error("the matching queue is full")]
+    Overloaded,
+    #[error("client order id already used")]
+    ClientOrderIdTaken,
     #[error(transparent)]
     Problem(#[from] Problem),
     #[error("database: {0}")]
@@ -41,6 +45,16 @@ impl IntoResponse for Error {
                 "an instrument with this symbol exists",
             ),
             Error::NotFound => Problem::not_found(),
+            Error::Overloaded => Problem::unavailable(
+                "overloaded",
+                "too many orders for this instrument right now; retry shortly",
+                1,
+            ),
+            Error::ClientOrderIdTaken => Problem::new(
+                StatusCode::CONFLICT,
+                "client_order_id_taken",
+                "you already used this client_order_id",
+            ),
             Error::Problem(problem) => problem,
             Error::Database(
                 ref

@@ -11,10 +11,14 @@
 //! - [`error`]: the crate's errors as problem+json.
 
 pub mod config;
+pub mod engine;
 pub mod error;
 pub mod http;
+pub mod idempotency;
 pub mod instruments;
+pub mod order_entry;
 pub mod store;
+pub mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,7 +87,9 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         pool: pool.clone(),
         verifier,
         assets: Arc::new(config.assets.clone()),
+        engines: engine::Engines::new(pool.clone()),
     };
+    tokio::spawn(purge_idempotency_keys(pool.clone(), shutdown.clone()));
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Postgres(pool))
         .with(Check::Redis(redis));
@@ -97,6 +103,23 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
         .await
         .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
+}
+
+/// Keys are kept at least 24 hours (DESIGN §5); older ones are deleted hourly.
+async fn purge_idempotency_keys(pool: PgPool, shutdown: Shutdown) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                match idempotency::purge(&pool, Duration::from_secs(24 * 3600)).await {
+                    Ok(purged) if purged > 0 => tracing::info!(purged, "idempotency keys purged"),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "idempotency purge failed"),
+                }
+            }
+            () = shutdown.triggered() => break,
+        }
+    }
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

@@ -94,3 +94,205 @@ pub async fn set_instrument_status(
     .await?;
     row.map(Instrument::try_from).transpose()
 }
+
+/// One order as stored, with the average fill price computed by the database (the notional
+/// exceeds 64 bits, so it stays `numeric` there).
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OrderRow {
+    pub id: uuid::Uuid,
+    pub account_id: uuid::Uuid,
+    pub client_order_id: Option<String>,
+    pub symbol: String,
+    pub side: String,
+    pub order_type: String,
+    pub price: Option<i64>,
+    pub quantity: i64,
+    pub filled_quantity: i64,
+    pub average_price: Option<i64>,
+    pub status: String,
+    pub time_in_force: String,
+    pub post_only: bool,
+    pub book_sequence: Option<i64>,
+    pub created_at: time::OffsetDateTime,
+    pub updated_at: time::OffsetDateTime,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct FillRow {
+    pub trade_id: uuid::Uuid,
+    pub price: i64,
+    pub quantity: i64,
+    pub liquidity: String,
+}
+
+const ORDER_COLUMNS: &str = "id, account_id, client_order_id, symbol, side, type AS order_type, \
+     price, quantity, filled_quantity, \
+     (filled_notional / NULLIF(filled_quantity, 0))::bigint AS average_price, \
+     status, time_in_force, post_only, book_sequence, created_at, updated_at";
+
+/// The fields of a new order row.
+pub struct NewOrderRow<'a> {
+    pub id: uuid::Uuid,
+    pub account_id: uuid::Uuid,
+    pub client_order_id: Option<&'a str>,
+    pub symbol: &'a str,
+    pub side: &'a str,
+    pub order_type: &'a str,
+    pub price: Option<i64>,
+    pub quantity: i64,
+    pub status: &'a str,
+    pub time_in_force: &'a str,
+    pub post_only: bool,
+    pub book_sequence: Option<i64>,
+}
+
+/// Inserts an order; `Ok(false)` when the account already used its client order id.
+pub async fn insert_order(conn: &mut PgConnection, o: &NewOrderRow<'_>) -> Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO orders (id, account_id, client_order_id, symbol, side, type, price, quantity,
+                             status, time_in_force, post_only, book_sequence)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT ON CONSTRAINT orders_client_order_id_key DO NOTHING",
+    )
+    .bind(o.id)
+    .bind(o.account_id)
+    .bind(o.client_order_id)
+    .bind(o.symbol)
+    .bind(o.side)
+    .bind(o.order_type)
+    .bind(o.price)
+    .bind(o.quantity)
+    .bind(o.status)
+    .bind(o.time_in_force)
+    .bind(o.post_only)
+    .bind(o.book_sequence)
+    .execute(conn)
+    .await?;
+    Ok(inserted.rows_affected() == 1)
+}
+
+/// Adds a fill to an order and sets its resulting status.
+pub async fn add_fill(
+    conn: &mut PgConnection,
+    id: uuid::Uuid,
+    price: i64,
+    quantity: i64,
+    status: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE orders SET filled_quantity = filled_quantity + $3,
+                filled_notional = filled_notional + ($2::numeric * $3::numeric),
+                status = $4, updated_at = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(price)
+    .bind(quantity)
+    .bind(status)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn set_order_status(conn: &mut PgConnection, id: uuid::Uuid, status: &str) -> Result<()> {
+    sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(status)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub struct NewTrade<'a> {
+    pub id: uuid::Uuid,
+    pub symbol: &'a str,
+    pub price: i64,
+    pub quantity: i64,
+    pub maker_order_id: uuid::Uuid,
+    pub taker_order_id: uuid::Uuid,
+    pub maker_account: uuid::Uuid,
+    pub taker_account: uuid::Uuid,
+    pub taker_side: &'a str,
+    pub sequence: i64,
+}
+
+pub async fn insert_trade(conn: &mut PgConnection, t: &NewTrade<'_>) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO trades (id, symbol, price, quantity, maker_order_id, taker_order_id,
+                             maker_account, taker_account, taker_side, sequence)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(t.id)
+    .bind(t.symbol)
+    .bind(t.price)
+    .bind(t.quantity)
+    .bind(t.maker_order_id)
+    .bind(t.taker_order_id)
+    .bind(t.maker_account)
+    .bind(t.taker_account)
+    .bind(t.taker_side)
+    .bind(t.sequence)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The caller's order; someone else's is `None`, exactly like a missing one.
+pub async fn own_order(
+    conn: &mut PgConnection,
+    id: uuid::Uuid,
+    account: uuid::Uuid,
+) -> Result<Option<(OrderRow, Vec<FillRow>)>> {
+    let order: Option<OrderRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND account_id = $2"
+    )))
+    .bind(id)
+    .bind(account)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(order) = order else {
+        return Ok(None);
+    };
+    let fills: Vec<FillRow> = sqlx::query_as(
+        "SELECT id AS trade_id, price, quantity,
+                CASE WHEN maker_order_id = $1 THEN 'maker' ELSE 'taker' END AS liquidity
+         FROM trades WHERE maker_order_id = $1 OR taker_order_id = $1 ORDER BY sequence",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Some((order, fills)))
+}
+
+/// The resting orders of a symbol in time priority: what the book is rebuilt from.
+pub async fn resting_orders(pool: &PgPool, symbol: &str) -> Result<Vec<OrderRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders
+         WHERE symbol = $1 AND status IN ('open', 'partially_filled') ORDER BY book_sequence"
+    )))
+    .bind(symbol)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The highest book sequence stored for a symbol, so a rebuilt book continues after it.
+pub async fn last_sequence(pool: &PgPool, symbol: &str) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT GREATEST(
+            (SELECT COALESCE(max(sequence), 0) FROM trades WHERE symbol = $1),
+            (SELECT COALESCE(max(book_sequence), 0) FROM orders WHERE symbol = $1))",
+    )
+    .bind(symbol)
+    .fetch_one(pool)
+    .await?)
+}
+
+pub async fn instrument(pool: &PgPool, symbol: &str) -> Result<Option<Instrument>> {
+    let row: Option<InstrumentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {INSTRUMENT_COLUMNS} FROM instruments WHERE symbol = $1"
+    )))
+    .bind(symbol)
+    .fetch_optional(pool)
+    .await?;
+    row.map(Instrument::try_from).transpose()
+}

@@ -34,6 +34,16 @@ pub fn current_context() -> Option<RequestContext> {
     CURRENT.try_with(Clone::clone).ok()
 }
 
+/// Runs `work` as part of the request `context` — for work handed to another task (a matching
+/// task, a worker) on the request's behalf, so its errors quote the request id and the events
+/// it writes carry the request's correlation and trace.
+pub async fn within<F: std::future::Future>(context: Option<RequestContext>, work: F) -> F::Output {
+    match context {
+        Some(context) => CURRENT.scope(context, work).await,
+        None => work.await,
+    }
+}
+
 /// What downstream code needs to continue the request's story on an outbound call.
 #[derive(Clone, Debug)]
 pub struct RequestContext {

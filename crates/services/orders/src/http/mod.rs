@@ -1,6 +1,7 @@
 //! The orders service's HTTP surface.
 
 mod instruments;
+mod orders;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub verifier: Arc<TokenVerifier>,
     pub assets: Arc<Vec<Asset>>,
+    pub engines: crate::engine::Engines,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
@@ -34,6 +36,8 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/instruments/{symbol}",
             patch(instruments::set_status),
         )
+        .route("/v1/orders", post(orders::place))
+        .route("/v1/orders/{id}", get(orders::get).delete(orders::cancel))
         .route("/openapi.json", get(openapi))
         .with_state(state)
 }
@@ -45,7 +49,10 @@ pub fn router(state: AppState) -> Router {
         instruments::assets,
         instruments::list,
         instruments::create,
-        instruments::set_status
+        instruments::set_status,
+        orders::place,
+        orders::get,
+        orders::cancel,
     ),
     components(schemas(service_kit::http::Problem, service_kit::http::FieldError))
 )]

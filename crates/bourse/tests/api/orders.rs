@@ -1,0 +1,508 @@
+//! Order entry through the gateway (TRD-02, REL-07, REL-13, REL-16, SEC-06).
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{TestApp, Tokens, assert_problem, spawn_app, spawn_app_with};
+
+/// An exchange with BTC-USD (tick 0.01, lot 0.0001) and two traders.
+struct Market {
+    app: TestApp,
+    admin: Tokens,
+    alice: Tokens,
+    bob: Tokens,
+}
+
+async fn market_on(app: TestApp) -> Market {
+    let admin = app
+        .signed_up_with_roles("exchange-admin@example.com", &["admin"])
+        .await;
+    let created = app
+        .client
+        .post(app.url("/v1/admin/instruments"))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "symbol": "BTC-USD", "base_asset": "BTC", "quote_asset": "USD", "tick_size": "0.01", "lot_size": "0.0001" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(created.status() == StatusCode::CREATED || created.status() == StatusCode::CONFLICT);
+    let alice = app.signed_up("alice@example.com").await;
+    let bob = app.signed_up("bob@example.com").await;
+    Market {
+        app,
+        admin,
+        alice,
+        bob,
+    }
+}
+
+async fn market(pool: PgPool) -> Market {
+    market_on(spawn_app(pool).await).await
+}
+
+fn limit(side: &str, price: &str, quantity: &str) -> Value {
+    json!({ "symbol": "BTC-USD", "side": side, "type": "limit", "price": price, "quantity": quantity, "time_in_force": "gtc" })
+}
+
+impl Market {
+    async fn place_with_key(&self, who: &Tokens, key: &str, order: &Value) -> Response {
+        self.app
+            .client
+            .post(self.app.url("/v1/orders"))
+            .bearer_auth(&who.access_token)
+            .header("idempotency-key", key)
+            .json(order)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn place(&self, who: &Tokens, order: &Value) -> Response {
+        self.place_with_key(who, &uuid::Uuid::now_v7().to_string(), order)
+            .await
+    }
+
+    async fn placed(&self, who: &Tokens, order: &Value) -> Value {
+        let response = self.place(who, order).await;
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "{}",
+            response.text().await.unwrap()
+        );
+        response.json().await.unwrap()
+    }
+
+    async fn order(&self, who: &Tokens, id: &str) -> Response {
+        self.app
+            .get_authed(&format!("/v1/orders/{id}"), &who.access_token)
+            .await
+    }
+
+    async fn cancel(&self, who: &Tokens, id: &str) -> Response {
+        self.app
+            .client
+            .delete(self.app.url(&format!("/v1/orders/{id}")))
+            .bearer_auth(&who.access_token)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn two_traders_trade_at_the_makers_price(pool: PgPool) {
+    let m = market(pool).await;
+    let ask = m.placed(&m.alice, &limit("sell", "30000.00", "1.0")).await;
+    assert_eq!(ask["status"], "open");
+    assert_eq!(ask["quantity"], "1.00000000");
+    assert_eq!(ask["price"], "30000.00");
+
+    // Bob is willing to pay more; he trades at Alice's resting price.
+    let bid = m.placed(&m.bob, &limit("buy", "30100.00", "0.4")).await;
+    assert_eq!(bid["status"], "filled");
+    assert_eq!(bid["filled_quantity"], "0.40000000");
+    assert_eq!(bid["average_fill_price"], "30000.00");
+    assert_eq!(bid["fills"][0]["price"], "30000.00");
+    assert_eq!(bid["fills"][0]["liquidity"], "taker");
+    assert_eq!(bid["fills"][0]["fee_asset"], "USD");
+
+    let ask: Value = m
+        .order(&m.alice, ask["id"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ask["status"], "partially_filled");
+    assert_eq!(ask["filled_quantity"], "0.40000000");
+    assert_eq!(ask["fills"][0]["liquidity"], "maker");
+    assert_eq!(ask["fills"][0]["trade_id"], bid["fills"][0]["trade_id"]);
+
+    // Nobody reads anyone else's order: it is simply not found.
+    assert_problem(
+        m.order(&m.bob, ask["id"].as_str().unwrap()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_problem(
+        m.cancel(&m.bob, ask["id"].as_str().unwrap()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+
+    let events: Vec<String> = sqlx::query_scalar("SELECT event_type FROM orders.outbox WHERE event_type LIKE 'Order%' OR event_type = 'TradeExecuted' ORDER BY position")
+        .fetch_all(&m.app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        events,
+        [
+            "OrderAccepted",
+            "OrderAccepted",
+            "TradeExecuted",
+            "OrderCompleted"
+        ]
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_idempotency_matrix(pool: PgPool) {
+    let m = market(pool).await;
+    let order = limit("buy", "29000.00", "0.1");
+
+    let missing = m
+        .app
+        .client
+        .post(m.app.url("/v1/orders"))
+        .bearer_auth(&m.alice.access_token)
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(missing, StatusCode::BAD_REQUEST, "idempotency_key_missing").await;
+    let too_long = m.place_with_key(&m.alice, &"k".repeat(256), &order).await;
+    assert_problem(too_long, StatusCode::BAD_REQUEST, "idempotency_key_invalid").await;
+
+    let first = m.place_with_key(&m.alice, "key-1", &order).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let first_body = first.text().await.unwrap();
+
+    // Same key, same body (even reformatted): the first answer, replayed.
+    let reordered = json!({ "time_in_force": "gtc", "quantity": "0.1", "price": "29000.00", "type": "limit", "side": "buy", "symbol": "BTC-USD" });
+    let replay = m.place_with_key(&m.alice, "key-1", &reordered).await;
+    assert_eq!(replay.status(), StatusCode::CREATED);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(replay.text().await.unwrap(), first_body);
+
+    // Same key, another body.
+    let other = m
+        .place_with_key(&m.alice, "key-1", &limit("buy", "29000.00", "0.2"))
+        .await;
+    assert_problem(
+        other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    // Keys are per principal: Bob's "key-1" is his own.
+    assert_eq!(
+        m.place_with_key(&m.bob, "key-1", &order).await.status(),
+        StatusCode::CREATED
+    );
+
+    // A refused order is an answer too, and replays as such.
+    let bad = limit("buy", "29000.001", "0.1");
+    let refused = m.place_with_key(&m.alice, "key-2", &bad).await;
+    let refused_body =
+        assert_problem(refused, StatusCode::UNPROCESSABLE_ENTITY, "invalid_price").await;
+    let again = m.place_with_key(&m.alice, "key-2", &bad).await;
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again, refused_body);
+
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM orders.orders").await,
+        2
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn concurrent_requests_with_one_key_create_exactly_one_order(pool: PgPool) {
+    let m = market(pool).await;
+    let order = limit("sell", "31000.00", "0.5");
+    let requests = (0..24).map(|_| m.place_with_key(&m.alice, "race", &order));
+    let responses = futures_util::future::join_all(requests).await;
+    let mut created = 0;
+    for response in responses {
+        match response.status() {
+            StatusCode::CREATED => created += 1,
+            StatusCode::CONFLICT => {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["code"], "idempotency_key_in_flight");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(created >= 1, "the winner (and possibly replays) answer 201");
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM orders.orders").await,
+        1
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn ioc_fok_and_post_only_behave(pool: PgPool) {
+    let m = market(pool).await;
+    m.placed(&m.alice, &limit("sell", "30000.00", "0.3")).await;
+
+    let mut ioc = limit("buy", "30000.00", "0.5");
+    ioc["time_in_force"] = json!("ioc");
+    let ioc = m.placed(&m.bob, &ioc).await;
+    assert_eq!(
+        (ioc["status"].as_str(), ioc["filled_quantity"].as_str()),
+        (Some("cancelled"), Some("0.30000000"))
+    );
+
+    m.placed(&m.alice, &limit("sell", "30000.00", "0.3")).await;
+    let mut fok = limit("buy", "30000.00", "0.5");
+    fok["time_in_force"] = json!("fok");
+    let fok = m.placed(&m.bob, &fok).await;
+    assert_eq!(
+        (fok["status"].as_str(), fok["filled_quantity"].as_str()),
+        (Some("cancelled"), Some("0.00000000"))
+    );
+    assert!(fok["fills"].as_array().unwrap().is_empty());
+
+    let mut post_only = limit("buy", "30000.00", "0.1");
+    post_only["post_only"] = json!(true);
+    assert_problem(
+        m.place(&m.bob, &post_only).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "post_only_would_take",
+    )
+    .await;
+    assert_eq!(
+        count(
+            &m.app.db,
+            "SELECT count(*) FROM orders.orders WHERE status = 'rejected'"
+        )
+        .await,
+        1
+    );
+
+    let mut market_order = json!({ "symbol": "BTC-USD", "side": "buy", "type": "market", "quantity": "0.1", "time_in_force": "ioc" });
+    let filled = m.placed(&m.bob, &market_order).await;
+    assert_eq!(filled["status"], "filled");
+    market_order["price"] = json!("1.00");
+    assert_problem(
+        m.place(&m.bob, &market_order).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "price_not_allowed",
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn hostile_orders_are_refused_and_change_nothing(pool: PgPool) {
+    let m = market(pool).await;
+    let cases = [
+        (
+            limit("buy", "30000.001", "0.1"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_price",
+        ),
+        (
+            limit("buy", "-1", "0.1"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_price",
+        ),
+        (
+            limit("buy", "1e400", "0.1"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_price",
+        ),
+        (
+            limit("buy", "99999999999999999999", "0.1"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_price",
+        ),
+        (
+            limit("buy", "0", "0.1"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_price",
+        ),
+        (
+            limit("buy", "30000", "0.00001"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_quantity",
+        ),
+        (
+            limit("buy", "30000", "-0.1"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_quantity",
+        ),
+        (
+            limit("buy", "30000", "1000000"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quantity_out_of_range",
+        ),
+        (
+            json!({ "symbol": "BTC-USD", "side": "buy", "type": "limit", "quantity": "0.1", "time_in_force": "gtc" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "price_required",
+        ),
+        (
+            json!({ "symbol": "DOGE-USD", "side": "buy", "type": "limit", "price": "1", "quantity": "1", "time_in_force": "gtc" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_symbol",
+        ),
+        (
+            json!({ "symbol": "BTC-USD", "side": "up", "type": "limit", "price": "1", "quantity": "1", "time_in_force": "gtc" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({ "symbol": "BTC-USD", "side": "buy", "type": "limit", "price": 1, "quantity": "1", "time_in_force": "gtc" }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+        (
+            json!({ "symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "1", "quantity": "1", "time_in_force": "gtc", "leverage": 50 }),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        ),
+    ];
+    for (order, status, code) in cases {
+        let response = m.place(&m.alice, &order).await;
+        assert_eq!(response.status(), status, "{order}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["code"], code, "{order}: {body}");
+    }
+    let halt = m
+        .app
+        .client
+        .patch(m.app.url("/v1/admin/instruments/BTC-USD"))
+        .bearer_auth(&m.admin.access_token)
+        .json(&json!({ "status": "halted" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(halt.status(), StatusCode::OK);
+    assert_problem(
+        m.place(&m.alice, &limit("buy", "30000", "0.1")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "instrument_halted",
+    )
+    .await;
+
+    // Only traders place orders.
+    let admin_order = m.place(&m.admin, &limit("buy", "30000", "0.1")).await;
+    assert_problem(admin_order, StatusCode::FORBIDDEN, "forbidden").await;
+    assert_problem(
+        m.order(&m.alice, "not-a-uuid").await,
+        StatusCode::BAD_REQUEST,
+        "invalid_path",
+    )
+    .await;
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM orders.orders").await,
+        0,
+        "nothing was written"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_trader_cancels_a_resting_order_once(pool: PgPool) {
+    let m = market(pool).await;
+    let order = m.placed(&m.alice, &limit("buy", "29000.00", "0.2")).await;
+    let id = order["id"].as_str().unwrap();
+    let cancelled = m.cancel(&m.alice, id).await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    let cancelled: Value = cancelled.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert_problem(
+        m.cancel(&m.alice, id).await,
+        StatusCode::CONFLICT,
+        "order_not_open",
+    )
+    .await;
+    // The book no longer holds it: a crossing sell rests instead of trading.
+    let sell = m.placed(&m.bob, &limit("sell", "29000.00", "0.2")).await;
+    assert_eq!(sell["status"], "open");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_reused_client_order_id_is_refused_and_leaves_no_trace_in_the_book(pool: PgPool) {
+    let m = market(pool).await;
+    let mut order = limit("buy", "29000.00", "0.1");
+    order["client_order_id"] = json!("my-ref-1");
+    let first = m.placed(&m.alice, &order).await;
+    assert_eq!(first["client_order_id"], "my-ref-1");
+
+    let mut again = limit("buy", "29500.00", "0.3");
+    again["client_order_id"] = json!("my-ref-1");
+    assert_problem(
+        m.place(&m.alice, &again).await,
+        StatusCode::CONFLICT,
+        "client_order_id_taken",
+    )
+    .await;
+
+    // The refused order never rests: a sell at 29500 does not trade with it.
+    let sell = m.placed(&m.bob, &limit("sell", "29500.00", "0.3")).await;
+    assert_eq!(sell["status"], "open");
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM orders.trades").await,
+        0
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn after_a_restart_the_book_is_identical_including_time_priority(pool: PgPool) {
+    let first = spawn_app(pool.clone()).await;
+    let prefix = first.redis_prefix.clone();
+    let m = market_on(first).await;
+    let early = m.placed(&m.alice, &limit("sell", "30000.00", "0.2")).await;
+    let late = m.placed(&m.bob, &limit("sell", "30000.00", "0.2")).await;
+    m.placed(&m.bob, &limit("sell", "30000.00", "0.1")).await;
+    // A third trader takes 0.1 of the early order (Alice buying would self-trade).
+    let carol = m.app.signed_up("carol@example.com").await;
+    let partly = m.placed(&carol, &limit("buy", "30000.00", "0.1")).await;
+    assert_eq!(partly["status"], "filled");
+    let carol_session = carol.refresh_token.clone();
+    drop(m);
+
+    // A new process on the same database rebuilds the book from it.
+    let second =
+        market_on(spawn_app_with(pool, &[("BOURSE_REDIS_KEY_PREFIX", prefix.as_str())]).await)
+            .await;
+    // Carol's session survives the restart too.
+    let buyer: Tokens = second
+        .app
+        .refresh(&carol_session)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sweep = second
+        .placed(&buyer, &limit("buy", "30000.00", "0.5"))
+        .await;
+    let makers: Vec<String> =
+        sqlx::query_scalar("SELECT maker_order_id::text FROM orders.trades ORDER BY sequence")
+            .fetch_all(&second.app.db)
+            .await
+            .unwrap();
+    // The partly filled early order first (with only its remaining 0.1), then the later one.
+    assert_eq!(
+        makers[1..3],
+        [
+            early["id"].as_str().unwrap().to_owned(),
+            late["id"].as_str().unwrap().to_owned()
+        ]
+    );
+    assert_eq!(
+        sweep["filled_quantity"], "0.40000000",
+        "0.1 left of the early order + 0.2 + 0.1"
+    );
+    let sequences: Vec<i64> =
+        sqlx::query_scalar("SELECT sequence FROM orders.trades ORDER BY sequence")
+            .fetch_all(&second.app.db)
+            .await
+            .unwrap();
+    assert!(
+        sequences.windows(2).all(|w| w[0] < w[1]),
+        "sequence numbers continue after the restart"
+    );
+}

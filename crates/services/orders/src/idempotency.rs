@@ -1,0 +1,125 @@
+//! Idempotency keys with Stripe semantics (REL-07).
+//!
+//! A key is *claimed* before any work starts: the primary key (principal, key) lets exactly one
+//! of many concurrent duplicates proceed. The first response is stored *in the work's own
+//! transaction*, so a retry replays exactly what the first call answered — or, if the work
+//! failed without an answer worth keeping, the claim is released and a retry runs afresh.
+
+use std::time::Duration;
+
+use aws_lc_rs::digest::{SHA256, digest};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::error::Result;
+
+/// A key this request owns until it completes or abandons it.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub principal: Uuid,
+    pub key: String,
+}
+
+/// What to do with a request carrying an idempotency key.
+pub enum Begin {
+    /// First time: do the work.
+    Proceed(Claim),
+    /// Done before with the same body: answer the same.
+    Replay { status: u16, body: String },
+    /// The first request with this key is still running.
+    InFlight,
+    /// The key was used with a different body.
+    Mismatch,
+}
+
+/// A fingerprint of the request body that ignores formatting and key order.
+pub fn request_hash(body: &serde_json::Value) -> Vec<u8> {
+    // serde_json's default map is sorted, so equal documents serialize identically.
+    digest(&SHA256, body.to_string().as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+pub async fn begin(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> Result<Begin> {
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (principal_id, key, request_hash) VALUES ($1, $2, $3)
+         ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING",
+    )
+    .bind(principal)
+    .bind(key)
+    .bind(hash)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1;
+    if claimed {
+        return Ok(Begin::Proceed(Claim {
+            principal,
+            key: key.to_owned(),
+        }));
+    }
+    let existing: Option<(Vec<u8>, Option<i16>, Option<String>)> = sqlx::query_as(
+        "SELECT request_hash, response_status, response_body FROM idempotency_keys
+         WHERE principal_id = $1 AND key = $2",
+    )
+    .bind(principal)
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match existing {
+        // Purged between our insert and select: treat as in flight; the client retries.
+        None => Begin::InFlight,
+        Some((stored, _, _)) if stored != hash => Begin::Mismatch,
+        Some((_, Some(status), Some(body))) => Begin::Replay {
+            status: u16::try_from(status).unwrap_or(500),
+            body,
+        },
+        Some(_) => Begin::InFlight,
+    })
+}
+
+/// Stores the response, in the transaction that did the work.
+pub async fn complete(
+    conn: &mut PgConnection,
+    claim: &Claim,
+    status: u16,
+    body: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_status = $3, response_body = $4
+         WHERE principal_id = $1 AND key = $2",
+    )
+    .bind(claim.principal)
+    .bind(&claim.key)
+    .bind(i16::try_from(status).unwrap_or(500))
+    .bind(body)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Releases a claim whose work failed before producing an answer worth replaying (a 5xx).
+pub async fn abandon(pool: &PgPool, claim: &Claim) {
+    let result = sqlx::query(
+        "DELETE FROM idempotency_keys
+         WHERE principal_id = $1 AND key = $2 AND response_status IS NULL",
+    )
+    .bind(claim.principal)
+    .bind(&claim.key)
+    .execute(pool)
+    .await;
+    if let Err(err) = result {
+        tracing::warn!(error = %err, "could not release an idempotency key; it expires with the purge");
+    }
+}
+
+/// Deletes keys older than `retention` (at least 24 h per the API contract).
+pub async fn purge(pool: &PgPool, retention: Duration) -> Result<u64> {
+    Ok(sqlx::query(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
