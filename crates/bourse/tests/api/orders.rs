@@ -506,3 +506,221 @@ async fn after_a_restart_the_book_is_identical_including_time_priority(pool: PgP
         "sequence numbers continue after the restart"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn market_data_shows_the_book_trades_and_ticker(pool: PgPool) {
+    let m = market(pool).await;
+    m.placed(&m.alice, &limit("sell", "30010.00", "0.5")).await;
+    m.placed(&m.alice, &limit("sell", "30020.00", "0.3")).await;
+    m.placed(&m.alice, &limit("sell", "30010.00", "0.2")).await;
+    m.placed(&m.bob, &limit("buy", "29990.00", "0.4")).await;
+    m.placed(&m.bob, &limit("buy", "30010.00", "0.1")).await;
+
+    let book: Value = m
+        .app
+        .client
+        .get(m.app.url("/v1/markets/BTC-USD/book?depth=5"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(book["symbol"], "BTC-USD");
+    assert_eq!(book["bids"], json!([["29990.00", "0.40000000"]]));
+    assert_eq!(
+        book["asks"],
+        json!([["30010.00", "0.60000000"], ["30020.00", "0.30000000"]]),
+        "best first, aggregated"
+    );
+    assert!(book["sequence"].as_u64().unwrap() > 0);
+
+    let trades: Value = m
+        .app
+        .client
+        .get(m.app.url("/v1/markets/BTC-USD/trades"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trades.as_array().unwrap().len(), 1);
+    assert_eq!(
+        (
+            trades[0]["price"].as_str(),
+            trades[0]["taker_side"].as_str()
+        ),
+        (Some("30010.00"), Some("buy"))
+    );
+
+    let ticker: Value = m
+        .app
+        .client
+        .get(m.app.url("/v1/markets/BTC-USD/ticker"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ticker,
+        json!({ "last": "30010.00", "best_bid": "29990.00", "best_ask": "30010.00", "volume_24h": "0.10000000" })
+    );
+
+    let unknown = m
+        .app
+        .client
+        .get(m.app.url("/v1/markets/DOGE-USD/book"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(unknown, StatusCode::NOT_FOUND, "not_found").await;
+    let too_deep = m
+        .app
+        .client
+        .get(m.app.url("/v1/markets/BTC-USD/book?depth=1000"))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(too_deep, StatusCode::BAD_REQUEST, "invalid_query").await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn traders_page_through_their_own_orders_and_trades_and_cancel_all(pool: PgPool) {
+    let m = market(pool).await;
+    let mut ids = Vec::new();
+    for price in ["29000.00", "29100.00", "29200.00", "29300.00", "29400.00"] {
+        ids.push(
+            m.placed(&m.alice, &limit("buy", price, "0.1")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    m.placed(&m.bob, &limit("sell", "29400.00", "0.1")).await;
+
+    let page: Value = m
+        .app
+        .get_authed("/v1/orders?limit=2", &m.alice.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let first: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(first, [ids[4].as_str(), ids[3].as_str()], "newest first");
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let page: Value = m
+        .app
+        .get_authed(
+            &format!("/v1/orders?limit=2&cursor={cursor}"),
+            &m.alice.access_token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let second: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(second, [ids[2].as_str(), ids[1].as_str()]);
+    let filled: Value = m
+        .app
+        .get_authed("/v1/orders?status=filled", &m.alice.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(filled["items"][0]["id"], ids[4].as_str());
+    assert_eq!(filled["items"][0]["fills"][0]["liquidity"], "maker");
+
+    // Bob sees only his own orders and trades.
+    let bobs: Value = m
+        .app
+        .get_authed("/v1/orders", &m.bob.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bobs["items"].as_array().unwrap().len(), 1);
+    let trades: Value = m
+        .app
+        .get_authed("/v1/trades", &m.alice.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            trades["items"][0]["side"].as_str(),
+            trades["items"][0]["liquidity"].as_str()
+        ),
+        (Some("buy"), Some("maker"))
+    );
+    let trades: Value = m
+        .app
+        .get_authed("/v1/trades", &m.bob.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            trades["items"][0]["side"].as_str(),
+            trades["items"][0]["liquidity"].as_str()
+        ),
+        (Some("sell"), Some("taker"))
+    );
+
+    let bad = m
+        .app
+        .get_authed("/v1/orders?limit=0", &m.alice.access_token)
+        .await;
+    assert_problem(bad, StatusCode::BAD_REQUEST, "invalid_query").await;
+    let bad = m
+        .app
+        .get_authed("/v1/orders?status=lost", &m.alice.access_token)
+        .await;
+    assert_problem(bad, StatusCode::BAD_REQUEST, "invalid_query").await;
+
+    let cancelled: Value = m
+        .app
+        .client
+        .delete(m.app.url("/v1/orders?symbol=BTC-USD"))
+        .bearer_auth(&m.alice.access_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cancelled, json!({ "cancelled": 4 }));
+    let book: Value = m
+        .app
+        .client
+        .get(m.app.url("/v1/markets/BTC-USD/book"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(book["bids"], json!([]));
+    assert_eq!(
+        count(
+            &m.app.db,
+            "SELECT count(*) FROM orders.orders WHERE status = 'cancelled'"
+        )
+        .await,
+        4
+    );
+}

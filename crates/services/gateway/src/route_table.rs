@@ -132,6 +132,42 @@ pub static ROUTES: &[RouteSpec] = &[
         Upstream::Orders,
         Access::Authenticated,
     ),
+    route(
+        Method::GET,
+        "/v1/orders",
+        Upstream::Orders,
+        Access::Authenticated,
+    ),
+    route(
+        Method::DELETE,
+        "/v1/orders",
+        Upstream::Orders,
+        Access::Authenticated,
+    ),
+    route(
+        Method::GET,
+        "/v1/trades",
+        Upstream::Orders,
+        Access::Authenticated,
+    ),
+    route(
+        Method::GET,
+        "/v1/markets/{symbol}/book",
+        Upstream::Orders,
+        Access::Public,
+    ),
+    route(
+        Method::GET,
+        "/v1/markets/{symbol}/trades",
+        Upstream::Orders,
+        Access::Public,
+    ),
+    route(
+        Method::GET,
+        "/v1/markets/{symbol}/ticker",
+        Upstream::Orders,
+        Access::Public,
+    ),
 ];
 
 impl RouteSpec {

@@ -71,6 +71,23 @@ enum Job {
         origin: Origin,
         reply: oneshot::Sender<Result<Option<OrderView>>>,
     },
+    CancelAccount {
+        account: Uuid,
+        origin: Origin,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Depth {
+        levels: usize,
+        reply: oneshot::Sender<Depth>,
+    },
+}
+
+/// A consistent view of the top of a book, in ticks and lots.
+#[derive(Clone, Debug, Default)]
+pub struct Depth {
+    pub sequence: u64,
+    pub bids: Vec<matching::Level>,
+    pub asks: Vec<matching::Level>,
 }
 
 /// The running matching tasks, started on first use of a symbol.
@@ -134,6 +151,31 @@ impl Engines {
         answer
             .await
             .map_err(|_| Error::Internal("matching task dropped the request".to_owned()))?
+    }
+
+    /// Cancels every resting order of `account` in this instrument; returns how many.
+    pub async fn cancel_account(&self, instrument: &Instrument, account: Uuid) -> Result<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.send(
+            instrument,
+            Job::CancelAccount {
+                account,
+                origin: Origin::current(),
+                reply,
+            },
+        )?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("matching task dropped the request".to_owned()))?
+    }
+
+    /// The top `levels` of the book, read by the book's own task (so never torn).
+    pub async fn depth(&self, instrument: &Instrument, levels: usize) -> Result<Depth> {
+        let (reply, answer) = oneshot::channel();
+        self.send(instrument, Job::Depth { levels, reply })?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("matching task dropped the request".to_owned()))
     }
 
     /// Cancels the caller's resting order; `None` when it is not theirs or does not exist.
@@ -247,6 +289,33 @@ async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>
                 let failed = result.is_err();
                 let _ = reply.send(result);
                 failed
+            }
+            Job::CancelAccount {
+                account,
+                origin,
+                reply,
+            } => {
+                book.execute(
+                    Command::CancelAccount {
+                        account: AccountId(account.as_u128()),
+                    },
+                    &mut events,
+                );
+                let result = origin
+                    .run(persist_events(&pool, &instrument, &events))
+                    .await;
+                let failed = result.is_err();
+                let _ = reply.send(result.map(|()| events.len() as u64));
+                failed
+            }
+            Job::Depth { levels, reply } => {
+                let (bids, asks) = book.depth(levels);
+                let _ = reply.send(Depth {
+                    sequence: book.sequence(),
+                    bids,
+                    asks,
+                });
+                false
             }
         };
         if failed {
@@ -513,6 +582,20 @@ fn cancel_reason(reason: CancelReason) -> &'static str {
         CancelReason::SelfTrade => "self_trade",
         CancelReason::MassCancel => "mass_cancel",
     }
+}
+
+/// Commits the effects of book events that answer nothing but a count (mass cancels).
+async fn persist_events(pool: &PgPool, instrument: &Instrument, emitted: &[Emitted]) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let mut outbox = Vec::new();
+    for e in emitted {
+        apply_event(&mut tx, instrument, e, &mut outbox).await?;
+    }
+    for envelope in &outbox {
+        events::outbox::append(&mut tx, STREAM, envelope).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn persist_cancel(

@@ -296,3 +296,149 @@ pub async fn instrument(pool: &PgPool, symbol: &str) -> Result<Option<Instrument
     .await?;
     row.map(Instrument::try_from).transpose()
 }
+
+/// The caller's orders, newest first, after the `cursor` order (exclusive).
+pub async fn list_orders(
+    pool: &PgPool,
+    account: uuid::Uuid,
+    symbol: Option<&str>,
+    status: Option<&str>,
+    cursor: Option<uuid::Uuid>,
+    limit: i64,
+) -> Result<Vec<OrderRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders
+         WHERE account_id = $1
+           AND ($2::text IS NULL OR symbol = $2)
+           AND ($3::text IS NULL OR status = $3)
+           AND ($4::uuid IS NULL OR (created_at, id) <
+                (SELECT created_at, id FROM orders WHERE id = $4 AND account_id = $1))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $5"
+    )))
+    .bind(account)
+    .bind(symbol)
+    .bind(status)
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Fills of several orders at once, keyed by order id.
+pub async fn fills_of(pool: &PgPool, ids: &[uuid::Uuid]) -> Result<Vec<(uuid::Uuid, FillRow)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        order_id: uuid::Uuid,
+        trade_id: uuid::Uuid,
+        price: i64,
+        quantity: i64,
+        liquidity: String,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT maker_order_id AS order_id, id AS trade_id, price, quantity, 'maker' AS liquidity, sequence
+           FROM trades WHERE maker_order_id = ANY($1)
+         UNION ALL
+         SELECT taker_order_id, id, price, quantity, 'taker', sequence
+           FROM trades WHERE taker_order_id = ANY($1)
+         ORDER BY sequence",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.order_id,
+                FillRow {
+                    trade_id: r.trade_id,
+                    price: r.price,
+                    quantity: r.quantity,
+                    liquidity: r.liquidity,
+                },
+            )
+        })
+        .collect())
+}
+
+/// Symbols where the account has resting orders (optionally just one).
+pub async fn symbols_with_resting_orders(
+    pool: &PgPool,
+    account: uuid::Uuid,
+    symbol: Option<&str>,
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT symbol FROM orders
+         WHERE account_id = $1 AND status IN ('open', 'partially_filled')
+           AND ($2::text IS NULL OR symbol = $2)
+         ORDER BY symbol",
+    )
+    .bind(account)
+    .bind(symbol)
+    .fetch_all(pool)
+    .await?)
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct TradeRow {
+    pub id: uuid::Uuid,
+    pub symbol: String,
+    pub price: i64,
+    pub quantity: i64,
+    pub taker_side: String,
+    pub sequence: i64,
+    pub executed_at: time::OffsetDateTime,
+    pub maker_order_id: uuid::Uuid,
+    pub taker_order_id: uuid::Uuid,
+    pub maker_account: uuid::Uuid,
+}
+
+const TRADE_COLUMNS: &str = "id, symbol, price, quantity, taker_side, sequence, executed_at, maker_order_id, taker_order_id, maker_account";
+
+/// Public recent trades of a symbol, newest first.
+pub async fn recent_trades(pool: &PgPool, symbol: &str, limit: i64) -> Result<Vec<TradeRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {TRADE_COLUMNS} FROM trades WHERE symbol = $1 ORDER BY sequence DESC LIMIT $2"
+    )))
+    .bind(symbol)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The account's own trades (as maker or taker), newest first, after `cursor` (exclusive).
+pub async fn own_trades(
+    pool: &PgPool,
+    account: uuid::Uuid,
+    symbol: Option<&str>,
+    cursor: Option<uuid::Uuid>,
+    limit: i64,
+) -> Result<Vec<TradeRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {TRADE_COLUMNS} FROM trades
+         WHERE (maker_account = $1 OR taker_account = $1)
+           AND ($2::text IS NULL OR symbol = $2)
+           AND ($3::uuid IS NULL OR (executed_at, id) < (SELECT executed_at, id FROM trades WHERE id = $3))
+         ORDER BY executed_at DESC, id DESC
+         LIMIT $4"
+    )))
+    .bind(account)
+    .bind(symbol)
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Last price and 24-hour volume of a symbol.
+pub async fn ticker(pool: &PgPool, symbol: &str) -> Result<(Option<i64>, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT (SELECT price FROM trades WHERE symbol = $1 ORDER BY sequence DESC LIMIT 1),
+                (SELECT COALESCE(sum(quantity), 0)::bigint FROM trades
+                  WHERE symbol = $1 AND executed_at > now() - interval '24 hours')",
+    )
+    .bind(symbol)
+    .fetch_one(pool)
+    .await?)
+}

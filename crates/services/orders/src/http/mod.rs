@@ -1,6 +1,7 @@
 //! The orders service's HTTP surface.
 
 mod instruments;
+mod market;
 mod orders;
 
 use std::sync::Arc;
@@ -36,7 +37,16 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/instruments/{symbol}",
             patch(instruments::set_status),
         )
-        .route("/v1/orders", post(orders::place))
+        .route(
+            "/v1/orders",
+            post(orders::place)
+                .get(orders::list)
+                .delete(orders::cancel_all),
+        )
+        .route("/v1/trades", get(orders::own_trades))
+        .route("/v1/markets/{symbol}/book", get(market::book))
+        .route("/v1/markets/{symbol}/trades", get(market::trades))
+        .route("/v1/markets/{symbol}/ticker", get(market::ticker))
         .route("/v1/orders/{id}", get(orders::get).delete(orders::cancel))
         .route("/openapi.json", get(openapi))
         .with_state(state)
@@ -53,6 +63,12 @@ pub fn router(state: AppState) -> Router {
         orders::place,
         orders::get,
         orders::cancel,
+        orders::list,
+        orders::cancel_all,
+        orders::own_trades,
+        market::book,
+        market::trades,
+        market::ticker,
     ),
     components(schemas(service_kit::http::Problem, service_kit::http::FieldError))
 )]

@@ -202,3 +202,204 @@ pub async fn cancel(
             .into()
         })
 }
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub symbol: Option<String>,
+    pub status: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<Uuid>,
+    /// 1-100, default 50.
+    pub limit: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<OrderView>,
+    pub next_cursor: Option<Uuid>,
+}
+
+const STATUSES: [&str; 5] = [
+    "open",
+    "partially_filled",
+    "filled",
+    "cancelled",
+    "rejected",
+];
+
+fn page_size(limit: Option<i64>) -> Result<i64> {
+    match limit.unwrap_or(50) {
+        limit @ 1..=100 => Ok(limit),
+        _ => Err(Problem::bad_request("invalid_query", "limit must be between 1 and 100").into()),
+    }
+}
+
+/// Your orders, newest first.
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(ListQuery), security(("bearer" = [])),
+    responses((status = 200, body = OrderPage), (status = 400, body = Problem)))]
+pub async fn list(
+    State(state): State<AppState>,
+    principal: Principal,
+    service_kit::http::Query(query): service_kit::http::Query<ListQuery>,
+) -> Result<Body<OrderPage>> {
+    let limit = page_size(query.limit)?;
+    if let Some(status) = &query.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(Problem::bad_request("invalid_query", "unknown status").into());
+    }
+    let rows = store::list_orders(
+        &state.pool,
+        principal.user_id,
+        query.symbol.as_deref(),
+        query.status.as_deref(),
+        query.cursor,
+        limit + 1,
+    )
+    .await?;
+    let has_more = rows.len() as i64 > limit;
+    let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let fills = store::fills_of(&state.pool, &ids).await?;
+    let instruments = store::instruments(&state.pool).await?;
+    let mut items = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let instrument = instruments
+            .iter()
+            .find(|i| i.symbol == row.symbol)
+            .ok_or(Error::NotFound)?;
+        let own: Vec<_> = fills
+            .iter()
+            .filter(|(id, _)| *id == row.id)
+            .map(|(_, f)| f.clone())
+            .collect();
+        items.push(OrderView::new(row, &own, instrument));
+    }
+    Ok(Body(OrderPage {
+        next_cursor: if has_more {
+            rows.last().map(|r| r.id)
+        } else {
+            None
+        },
+        items,
+    }))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CancelAllQuery {
+    pub symbol: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Cancelled {
+    pub cancelled: u64,
+}
+
+/// Cancel all your resting orders (in one symbol, or everywhere).
+#[utoipa::path(delete, path = "/v1/orders", tag = "orders", params(CancelAllQuery), security(("bearer" = [])),
+    responses((status = 200, body = Cancelled)))]
+pub async fn cancel_all(
+    State(state): State<AppState>,
+    principal: Principal,
+    service_kit::http::Query(query): service_kit::http::Query<CancelAllQuery>,
+) -> Result<Body<Cancelled>> {
+    let mut cancelled = 0;
+    for symbol in
+        store::symbols_with_resting_orders(&state.pool, principal.user_id, query.symbol.as_deref())
+            .await?
+    {
+        if let Some(instrument) = store::instrument(&state.pool, &symbol).await? {
+            cancelled += state
+                .engines
+                .cancel_account(&instrument, principal.user_id)
+                .await?;
+        }
+    }
+    Ok(Body(Cancelled { cancelled }))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct TradesQuery {
+    pub symbol: Option<String>,
+    pub cursor: Option<Uuid>,
+    pub limit: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct OwnTrade {
+    pub id: Uuid,
+    pub order_id: Uuid,
+    pub symbol: String,
+    pub side: String,
+    pub price: String,
+    pub quantity: String,
+    /// `maker` or `taker`.
+    pub liquidity: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub executed_at: time::OffsetDateTime,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TradePage {
+    pub items: Vec<OwnTrade>,
+    pub next_cursor: Option<Uuid>,
+}
+
+/// Your fills, newest first.
+#[utoipa::path(get, path = "/v1/trades", tag = "orders", params(TradesQuery), security(("bearer" = [])),
+    responses((status = 200, body = TradePage)))]
+pub async fn own_trades(
+    State(state): State<AppState>,
+    principal: Principal,
+    service_kit::http::Query(query): service_kit::http::Query<TradesQuery>,
+) -> Result<Body<TradePage>> {
+    let limit = page_size(query.limit)?;
+    let rows = store::own_trades(
+        &state.pool,
+        principal.user_id,
+        query.symbol.as_deref(),
+        query.cursor,
+        limit + 1,
+    )
+    .await?;
+    let has_more = rows.len() as i64 > limit;
+    let instruments = store::instruments(&state.pool).await?;
+    let mut items = Vec::new();
+    for trade in rows.iter().take(limit as usize) {
+        let instrument = instruments
+            .iter()
+            .find(|i| i.symbol == trade.symbol)
+            .ok_or(Error::NotFound)?;
+        let maker = trade.maker_account == principal.user_id;
+        let side = match (maker, trade.taker_side.as_str()) {
+            (false, side) => side.to_owned(),
+            (true, "buy") => "sell".to_owned(),
+            (true, _) => "buy".to_owned(),
+        };
+        items.push(OwnTrade {
+            id: trade.id,
+            order_id: if maker {
+                trade.maker_order_id
+            } else {
+                trade.taker_order_id
+            },
+            symbol: trade.symbol.clone(),
+            side,
+            price: contracts::format_units(trade.price, instrument.quote.scale),
+            quantity: contracts::format_units(trade.quantity, instrument.base.scale),
+            liquidity: if maker { "maker" } else { "taker" }.to_owned(),
+            executed_at: trade.executed_at,
+        });
+    }
+    Ok(Body(TradePage {
+        next_cursor: if has_more {
+            rows.get(limit as usize - 1).map(|t| t.id)
+        } else {
+            None
+        },
+        items,
+    }))
+}

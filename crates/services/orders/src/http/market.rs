@@ -1,0 +1,140 @@
+//! Public market data (TRD-09, REST part): book depth, recent trades, ticker.
+
+use axum::Json as Body;
+use axum::extract::State;
+use contracts::format_units;
+use serde::{Deserialize, Serialize};
+use service_kit::http::{Path, Problem, Query};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::AppState;
+use crate::error::{Error, Result};
+use crate::instruments::Instrument;
+use crate::store;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct BookQuery {
+    /// Levels per side, 1-100 (default 20).
+    pub depth: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct BookView {
+    pub symbol: String,
+    /// The book's sequence at the time of the snapshot.
+    pub sequence: u64,
+    /// `[price, quantity]`, best first.
+    pub bids: Vec<[String; 2]>,
+    pub asks: Vec<[String; 2]>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct PublicTrade {
+    pub id: Uuid,
+    pub price: String,
+    pub quantity: String,
+    pub taker_side: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub executed_at: time::OffsetDateTime,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ticker {
+    pub last: Option<String>,
+    pub best_bid: Option<String>,
+    pub best_ask: Option<String>,
+    pub volume_24h: String,
+}
+
+async fn instrument(state: &AppState, symbol: &str) -> Result<Instrument> {
+    store::instrument(&state.pool, symbol)
+        .await?
+        .ok_or(Error::NotFound)
+}
+
+fn levels(instrument: &Instrument, levels: &[matching::Level]) -> Vec<[String; 2]> {
+    levels
+        .iter()
+        .map(|l| {
+            [
+                format_units(l.price * instrument.tick_size, instrument.quote.scale),
+                format_units(
+                    i64::try_from(l.quantity).unwrap_or(i64::MAX) * instrument.lot_size,
+                    instrument.base.scale,
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// Order book depth, aggregated per price level.
+#[utoipa::path(get, path = "/v1/markets/{symbol}/book", tag = "market", params(("symbol" = String, Path), BookQuery),
+    responses((status = 200, body = BookView), (status = 404, body = Problem)))]
+pub async fn book(
+    State(state): State<AppState>,
+    Path(symbol): Path<String>,
+    Query(query): Query<BookQuery>,
+) -> Result<Body<BookView>> {
+    let depth = query.depth.unwrap_or(20);
+    if !(1..=100).contains(&depth) {
+        return Err(
+            Problem::bad_request("invalid_query", "depth must be between 1 and 100").into(),
+        );
+    }
+    let instrument = instrument(&state, &symbol).await?;
+    let snapshot = state.engines.depth(&instrument, depth).await?;
+    Ok(Body(BookView {
+        symbol: instrument.symbol.clone(),
+        sequence: snapshot.sequence,
+        bids: levels(&instrument, &snapshot.bids),
+        asks: levels(&instrument, &snapshot.asks),
+    }))
+}
+
+/// The most recent trades, newest first.
+#[utoipa::path(get, path = "/v1/markets/{symbol}/trades", tag = "market", params(("symbol" = String, Path)),
+    responses((status = 200, body = [PublicTrade]), (status = 404, body = Problem)))]
+pub async fn trades(
+    State(state): State<AppState>,
+    Path(symbol): Path<String>,
+) -> Result<Body<Vec<PublicTrade>>> {
+    let instrument = instrument(&state, &symbol).await?;
+    let trades = store::recent_trades(&state.pool, &symbol, 50).await?;
+    Ok(Body(
+        trades
+            .into_iter()
+            .map(|t| PublicTrade {
+                id: t.id,
+                price: format_units(t.price, instrument.quote.scale),
+                quantity: format_units(t.quantity, instrument.base.scale),
+                taker_side: t.taker_side,
+                executed_at: t.executed_at,
+            })
+            .collect(),
+    ))
+}
+
+/// Last price, best bid and ask, 24-hour volume.
+#[utoipa::path(get, path = "/v1/markets/{symbol}/ticker", tag = "market", params(("symbol" = String, Path)),
+    responses((status = 200, body = Ticker), (status = 404, body = Problem)))]
+pub async fn ticker(
+    State(state): State<AppState>,
+    Path(symbol): Path<String>,
+) -> Result<Body<Ticker>> {
+    let instrument = instrument(&state, &symbol).await?;
+    let (last, volume) = store::ticker(&state.pool, &symbol).await?;
+    let top = state.engines.depth(&instrument, 1).await?;
+    let best = |levels: &[matching::Level]| {
+        levels
+            .first()
+            .map(|l| format_units(l.price * instrument.tick_size, instrument.quote.scale))
+    };
+    Ok(Body(Ticker {
+        last: last.map(|p| format_units(p, instrument.quote.scale)),
+        best_bid: best(&top.bids),
+        best_ask: best(&top.asks),
+        volume_24h: format_units(volume, instrument.base.scale),
+    }))
+}
