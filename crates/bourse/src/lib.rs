@@ -4,6 +4,8 @@
 //! own configuration and served on its own listener, and targets talk to each other over HTTP
 //! even when they share a process. Tests use [`plan`] and [`start`] directly.
 
+pub mod demo;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 

@@ -36,11 +36,22 @@ enum Command {
         #[arg(default_value = "http://127.0.0.1:8080/health/live")]
         url: String,
     },
+    /// Demo data.
+    Demo {
+        #[command(subcommand)]
+        command: DemoCommand,
+    },
     /// Operator tasks.
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum DemoCommand {
+    /// Create the demo instruments and traders; running it again changes nothing.
+    Seed,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +128,22 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Admin { command } => admin(command).await,
+        Command::Demo {
+            command: DemoCommand::Seed,
+        } => {
+            let mut env = Env::from_process();
+            let auth_config = auth::Config::read(&mut env);
+            let orders_config = orders::Config::read(&mut env);
+            env.finish().map_err(Failure::Config)?;
+            let _telemetry = service_kit::telemetry::init(
+                auth_config.common.log_format,
+                &auth_config.common.log_filter,
+                None,
+            );
+            let summary = bourse::demo::seed(&auth_config, &orders_config).await?;
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Probe { url } => {
             let response = reqwest::Client::new()
                 .get(&url)

@@ -530,3 +530,59 @@ async fn traces_are_exported_over_otlp_across_the_gateway_hop(pool: PgPool) {
         });
     assert!(logged, "auth's log line carries the exported span id");
 }
+
+#[sqlx::test(migrations = false)]
+async fn demo_seed_creates_the_demo_market_and_is_idempotent(pool: PgPool) {
+    let database = pool.connect_options().get_database().unwrap().to_owned();
+    let seed = || {
+        Command::new(BOURSE)
+            .args(["demo", "seed"])
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:5432/{database}"),
+            )
+            .env("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096")
+            .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
+            .env("BOURSE_LOG", "warn")
+            .output()
+    };
+    let first = seed().await.unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(String::from_utf8_lossy(&first.stdout).contains("instrument BTC-USD: created"));
+    let second = seed().await.unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let report = String::from_utf8(second.stdout).unwrap();
+    assert!(
+        report.contains("instrument BTC-USD: exists")
+            && report.contains("trader alice@demo.bourse: exists"),
+        "{report}"
+    );
+
+    let instruments: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT symbol, tick_size, lot_size FROM orders.instruments ORDER BY symbol",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        instruments,
+        [
+            ("BTC-USD".to_owned(), 1, 10_000),
+            ("ETH-USD".to_owned(), 1, 100_000)
+        ]
+    );
+    let traders: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM auth.users WHERE email LIKE '%@demo.bourse'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(traders, 2);
+}

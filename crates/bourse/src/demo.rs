@@ -1,0 +1,73 @@
+//! `bourse demo seed`: a market to play with, created idempotently.
+
+use access::Role;
+use secrecy::SecretString;
+
+/// The demo traders' password: this is demo data, never a real account.
+pub const DEMO_PASSWORD: &str = "demo password 1234";
+pub const DEMO_TRADERS: [&str; 2] = ["alice@demo.bourse", "bob@demo.bourse"];
+
+/// (symbol, base, quote, tick size, lot size) per DESIGN §5.
+const INSTRUMENTS: [(&str, &str, &str, &str, &str); 2] = [
+    ("BTC-USD", "BTC", "USD", "0.01", "0.0001"),
+    ("ETH-USD", "ETH", "USD", "0.01", "0.001"),
+];
+
+/// Creates what is missing and reports what it did. Safe to run any number of times.
+pub async fn seed(
+    auth_config: &auth::Config,
+    orders_config: &orders::Config,
+) -> anyhow::Result<String> {
+    service_kit::db::ensure_database(&auth_config.common).await?;
+    let auth_pool = auth::connect(auth_config).await?;
+    auth::migrate(&auth_pool).await?;
+    let orders_pool = service_kit::db::connect(&orders_config.common, orders::SCHEMA).await?;
+    orders::migrate(&orders_pool).await?;
+
+    let mut report = Vec::new();
+    for (symbol, base, quote, tick, lot) in INSTRUMENTS {
+        let instrument = orders::instruments::NewInstrument {
+            symbol,
+            base_asset: base,
+            quote_asset: quote,
+            tick_size: tick,
+            lot_size: lot,
+            min_quantity: None,
+            max_quantity: None,
+        }
+        .validate(&orders_config.assets)
+        .map_err(|e| anyhow::anyhow!("demo instrument {symbol}: {e}"))?;
+        match orders::instruments::create(&orders_pool, &instrument).await {
+            Ok(()) => report.push(format!("instrument {symbol}: created")),
+            Err(orders::Error::InstrumentExists) => {
+                report.push(format!("instrument {symbol}: exists"))
+            }
+            Err(err) => return Err(anyhow::anyhow!("demo instrument {symbol}: {err}")),
+        }
+    }
+
+    let passwords = auth::password::Passwords::new(&auth_config.argon2)?;
+    for email in DEMO_TRADERS {
+        let created = auth::identity::register(
+            &auth_pool,
+            &passwords,
+            email,
+            &SecretString::from(DEMO_PASSWORD),
+            &[Role::Trader],
+            auth::identity::OnDuplicate::Report,
+            None,
+        )
+        .await;
+        match created {
+            Ok(_) => report.push(format!(
+                "trader {email}: created (password {DEMO_PASSWORD:?})"
+            )),
+            Err(auth::Error::Problem(problem)) if problem.code() == "email_taken" => {
+                report.push(format!("trader {email}: exists"));
+            }
+            Err(err) => return Err(anyhow::anyhow!("demo trader {email}: {err}")),
+        }
+    }
+    report.push("balances: funding arrives with the settlement service (issue [3])".to_owned());
+    Ok(report.join("\n"))
+}
