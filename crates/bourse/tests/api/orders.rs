@@ -724,3 +724,57 @@ async fn traders_page_through_their_own_orders_and_trades_and_cancel_all(pool: P
         4
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn concurrent_orders_sharing_a_client_order_id_yield_one_winner(pool: PgPool) {
+    let m = market(pool).await;
+    // Ten orders at once; two of them claim the same client_order_id. However the matching
+    // task batches them, exactly one of the two wins and every other order is unaffected.
+    let orders: Vec<Value> = (0..10)
+        .map(|i| {
+            let mut order = limit("buy", &format!("2900{i}.00"), "0.1");
+            order["client_order_id"] = json!(if i < 2 {
+                "shared".to_owned()
+            } else {
+                format!("own-{i}")
+            });
+            order
+        })
+        .collect();
+    let responses =
+        futures_util::future::join_all(orders.iter().map(|o| m.place(&m.alice, o))).await;
+    let statuses: Vec<StatusCode> = responses.iter().map(Response::status).collect();
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CREATED)
+            .count(),
+        9,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::CONFLICT)
+            .count(),
+        1,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM orders.orders").await,
+        9
+    );
+
+    // The book holds exactly the nine stored orders.
+    let book: Value = m
+        .app
+        .client
+        .get(m.app.url("/v1/markets/BTC-USD/book?depth=20"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(book["bids"].as_array().unwrap().len(), 9);
+}

@@ -53,8 +53,9 @@ impl Origin {
         }
     }
 
-    async fn run<F: std::future::Future>(self, work: F) -> F::Output {
-        service_kit::http::observe::within(self.context, work.instrument(self.span)).await
+    async fn run<F: std::future::Future>(&self, work: F) -> F::Output {
+        service_kit::http::observe::within(self.context.clone(), work.instrument(self.span.clone()))
+            .await
     }
 }
 
@@ -232,6 +233,17 @@ pub async fn recover(pool: &PgPool, instrument: &Instrument) -> Result<Book> {
     Ok(book)
 }
 
+/// Most commands committed together in one transaction (group commit).
+pub const MAX_BATCH: usize = 256;
+
+/// What a job produced, held until its batch commits.
+enum Output {
+    Placed(Answer),
+    Cancelled(Option<OrderView>),
+    Counted(u64),
+    Depth(Depth),
+}
+
 async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>) {
     let symbol = instrument.symbol.clone();
     let mut book = match recover(&pool, &instrument).await {
@@ -243,32 +255,94 @@ async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>
         }
     };
     tracing::info!(%symbol, resting = book.len(), "matching task started");
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = jobs.recv().await {
+        // Group commit: whatever queued up while the last batch was committing goes together,
+        // so throughput is not one fsync per order.
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        metrics::histogram!("orders_matching_batch_size", "symbol" => symbol.clone())
+            .record(batch.len() as f64);
+        match commit_batch(&pool, &instrument, &mut book, &batch).await {
+            Ok(outputs) => {
+                for (job, output) in batch.drain(..).zip(outputs) {
+                    reply(job, Ok(output));
+                }
+            }
+            Err(err) => {
+                // The book ran ahead of what was committed: rebuild it, then redo the jobs one
+                // at a time, so only a job that fails on its own gets an error.
+                tracing::warn!(%symbol, error = %err, jobs = batch.len(), "batch failed; replaying it job by job");
+                book = match recover(&pool, &instrument).await {
+                    Ok(book) => book,
+                    Err(err) => {
+                        tracing::error!(%symbol, error = %err, "cannot rebuild the book; stopping this task");
+                        return;
+                    }
+                };
+                for job in batch.drain(..) {
+                    let single = std::slice::from_ref(&job);
+                    match commit_batch(&pool, &instrument, &mut book, single).await {
+                        Ok(mut outputs) => match outputs.pop() {
+                            Some(output) => reply(job, Ok(output)),
+                            None => reply(job, Err(Error::Internal("no output".to_owned()))),
+                        },
+                        Err(err) => {
+                            if let Job::Place { claim, .. } = &job {
+                                idempotency::abandon(&pool, claim).await;
+                            }
+                            reply(job, Err(err));
+                            match recover(&pool, &instrument).await {
+                                Ok(rebuilt) => book = rebuilt,
+                                Err(err) => {
+                                    tracing::error!(%symbol, error = %err, "cannot rebuild the book; stopping this task");
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Applies `jobs` to the book and writes all their effects in one transaction.
+async fn commit_batch(
+    pool: &PgPool,
+    instrument: &Instrument,
+    book: &mut Book,
+    jobs: &[Job],
+) -> Result<Vec<Output>> {
+    let mut tx = pool.begin().await?;
+    let mut outputs = Vec::with_capacity(jobs.len());
     let mut events = Vec::new();
-    while let Some(job) = jobs.recv().await {
+    for job in jobs {
         events.clear();
-        let failed = match job {
+        let output = match job {
             Job::Place {
                 order,
                 claim,
                 origin,
-                reply,
+                ..
             } => {
-                book.execute(Command::Place(new_order(&instrument, &order)), &mut events);
-                let result = origin
-                    .run(persist_place(&pool, &instrument, &order, &claim, &events))
-                    .await;
-                let failed = result.is_err();
-                if failed {
-                    idempotency::abandon(&pool, &claim).await;
-                }
-                let _ = reply.send(result);
-                failed
+                book.execute(Command::Place(new_order(instrument, order)), &mut events);
+                Output::Placed(
+                    origin
+                        .run(write_place(&mut *tx, instrument, order, claim, &events))
+                        .await?,
+                )
             }
             Job::Cancel {
                 order_id,
                 account,
                 origin,
-                reply,
+                ..
             } => {
                 book.execute(
                     Command::Cancel {
@@ -277,23 +351,16 @@ async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>
                     },
                     &mut events,
                 );
-                let result = origin
-                    .run(persist_cancel(
-                        &pool,
-                        &instrument,
-                        order_id,
-                        account,
-                        &events,
-                    ))
-                    .await;
-                let failed = result.is_err();
-                let _ = reply.send(result);
-                failed
+                Output::Cancelled(
+                    origin
+                        .run(write_cancel(
+                            &mut *tx, instrument, *order_id, *account, &events,
+                        ))
+                        .await?,
+                )
             }
             Job::CancelAccount {
-                account,
-                origin,
-                reply,
+                account, origin, ..
             } => {
                 book.execute(
                     Command::CancelAccount {
@@ -301,31 +368,50 @@ async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>
                     },
                     &mut events,
                 );
-                let result = origin
-                    .run(persist_events(&pool, &instrument, &events))
-                    .await;
-                let failed = result.is_err();
-                let _ = reply.send(result.map(|()| events.len() as u64));
-                failed
+                origin
+                    .run(write_events(&mut *tx, instrument, &events))
+                    .await?;
+                Output::Counted(events.len() as u64)
             }
-            Job::Depth { levels, reply } => {
-                let (bids, asks) = book.depth(levels);
-                let _ = reply.send(Depth {
+            Job::Depth { levels, .. } => {
+                let (bids, asks) = book.depth(*levels);
+                Output::Depth(Depth {
                     sequence: book.sequence(),
                     bids,
                     asks,
-                });
-                false
+                })
             }
         };
-        if failed {
-            tracing::warn!(%symbol, "persisting failed; rebuilding the book from the database");
-            match recover(&pool, &instrument).await {
-                Ok(rebuilt) => book = rebuilt,
-                Err(err) => {
-                    tracing::error!(%symbol, error = %err, "cannot rebuild the book; stopping this task");
-                    return;
-                }
+        outputs.push(output);
+    }
+    tx.commit().await?;
+    Ok(outputs)
+}
+
+fn reply(job: Job, output: Result<Output>) {
+    let mismatch = || Error::Internal("job and output do not match".to_owned());
+    match job {
+        Job::Place { reply, .. } => {
+            let _ = reply.send(output.and_then(|o| match o {
+                Output::Placed(answer) => Ok(answer),
+                _ => Err(mismatch()),
+            }));
+        }
+        Job::Cancel { reply, .. } => {
+            let _ = reply.send(output.and_then(|o| match o {
+                Output::Cancelled(view) => Ok(view),
+                _ => Err(mismatch()),
+            }));
+        }
+        Job::CancelAccount { reply, .. } => {
+            let _ = reply.send(output.and_then(|o| match o {
+                Output::Counted(count) => Ok(count),
+                _ => Err(mismatch()),
+            }));
+        }
+        Job::Depth { reply, .. } => {
+            if let Ok(Output::Depth(depth)) = output {
+                let _ = reply.send(depth);
             }
         }
     }
@@ -375,15 +461,14 @@ fn event(
     )
 }
 
-/// Commits what one placed order did, and the answer, in one transaction.
-async fn persist_place(
-    pool: &PgPool,
+/// Writes what one placed order did, and its answer, in the batch's transaction.
+async fn write_place(
+    tx: &mut PgConnection,
     instrument: &Instrument,
     order: &ValidOrder,
     claim: &Claim,
     emitted: &[Emitted],
 ) -> Result<Answer> {
-    let mut tx = pool.begin().await?;
     let taker = order.id;
     let mut status = "open";
     let mut rested_at = None;
@@ -400,7 +485,7 @@ async fn persist_place(
         }
     }
     let inserted = store::insert_order(
-        &mut tx,
+        &mut *tx,
         &NewOrderRow {
             id: taker,
             account_id: order.account,
@@ -438,7 +523,7 @@ async fn persist_place(
         ));
     }
     for e in emitted {
-        apply_event(&mut tx, instrument, e, &mut outbox).await?;
+        apply_event(&mut *tx, instrument, e, &mut outbox).await?;
     }
     if let Some(reason) = rejection {
         outbox.push(event(
@@ -452,9 +537,9 @@ async fn persist_place(
         ));
     }
     for envelope in &outbox {
-        events::outbox::append(&mut tx, STREAM, envelope).await?;
+        events::outbox::append(&mut *tx, STREAM, envelope).await?;
     }
-    let (order_row, fills) = store::own_order(&mut tx, taker, order.account)
+    let (order_row, fills) = store::own_order(&mut *tx, taker, order.account)
         .await?
         .ok_or_else(|| Error::Internal("order vanished inside its transaction".to_owned()))?;
     let answer = match rejection {
@@ -472,8 +557,7 @@ async fn persist_place(
             }
         }
     };
-    idempotency::complete(&mut tx, claim, answer.status, &answer.body).await?;
-    tx.commit().await?;
+    idempotency::complete(&mut *tx, claim, answer.status, &answer.body).await?;
     Ok(answer)
 }
 
@@ -584,45 +668,45 @@ fn cancel_reason(reason: CancelReason) -> &'static str {
     }
 }
 
-/// Commits the effects of book events that answer nothing but a count (mass cancels).
-async fn persist_events(pool: &PgPool, instrument: &Instrument, emitted: &[Emitted]) -> Result<()> {
-    let mut tx = pool.begin().await?;
+/// Writes the effects of book events that answer nothing but a count (mass cancels).
+async fn write_events(
+    tx: &mut PgConnection,
+    instrument: &Instrument,
+    emitted: &[Emitted],
+) -> Result<()> {
     let mut outbox = Vec::new();
     for e in emitted {
-        apply_event(&mut tx, instrument, e, &mut outbox).await?;
+        apply_event(&mut *tx, instrument, e, &mut outbox).await?;
     }
     for envelope in &outbox {
-        events::outbox::append(&mut tx, STREAM, envelope).await?;
+        events::outbox::append(&mut *tx, STREAM, envelope).await?;
     }
-    tx.commit().await?;
     Ok(())
 }
 
-async fn persist_cancel(
-    pool: &PgPool,
+async fn write_cancel(
+    tx: &mut PgConnection,
     instrument: &Instrument,
     order_id: Uuid,
     account: Uuid,
     emitted: &[Emitted],
 ) -> Result<Option<OrderView>> {
-    let mut tx = pool.begin().await?;
     let mut outbox = Vec::new();
     for e in emitted {
-        apply_event(&mut tx, instrument, e, &mut outbox).await?;
+        apply_event(&mut *tx, instrument, e, &mut outbox).await?;
     }
     for envelope in &outbox {
-        events::outbox::append(&mut tx, STREAM, envelope).await?;
+        events::outbox::append(&mut *tx, STREAM, envelope).await?;
     }
     let cancelled = emitted
         .iter()
         .any(|e| matches!(e.event, Event::Cancelled { .. }));
     let view = if cancelled {
-        store::own_order(&mut tx, order_id, account)
+        store::own_order(&mut *tx, order_id, account)
             .await?
             .map(|(order, fills)| OrderView::new(&order, &fills, instrument))
     } else {
         None
     };
-    tx.commit().await?;
     Ok(view)
 }

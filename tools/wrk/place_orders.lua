@@ -1,0 +1,53 @@
+-- Order entry through the gateway, for wrk (docs/performance.md has the full procedure).
+-- Two traders (BUY_TOKEN buys, SELL_TOKEN sells, so orders can cross without self-trade
+-- prevention) place GTC limit orders on BTC-USD within 20 ticks of 30000.00, each with its
+-- own Idempotency-Key. Non-2xx answers are counted and printed at the end.
+
+local buy_token = os.getenv("BUY_TOKEN")
+local sell_token = os.getenv("SELL_TOKEN")
+local counter = 0
+local thread_id = 0
+local threads = {}
+
+function setup(thread)
+  thread:set("thread_id", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  math.randomseed(thread_id * 7919 + 17)
+  non_2xx = 0
+end
+
+function request()
+  counter = counter + 1
+  local buy = math.random() < 0.5
+  local ticks = math.random(0, 20)
+  local price = buy and (3000000 - ticks) or (3000000 + ticks - 10)
+  local body = string.format(
+    '{"symbol":"BTC-USD","side":"%s","type":"limit","price":"%d.%02d","quantity":"0.0%d","time_in_force":"gtc"}',
+    buy and "buy" or "sell", price // 100, price % 100, math.random(1, 9))
+  local headers = {
+    ["Content-Type"] = "application/json",
+    ["Authorization"] = "Bearer " .. (buy and buy_token or sell_token),
+    ["Idempotency-Key"] = string.format("wrk-%d-%d-%d", thread_id, counter, math.random(1, 1e9)),
+  }
+  return wrk.format("POST", "/v1/orders", headers, body)
+end
+
+function response(status, headers, body)
+  if status < 200 or status > 299 then
+    non_2xx = non_2xx + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local failed = 0
+  for _, thread in ipairs(threads) do
+    failed = failed + thread:get("non_2xx")
+  end
+  io.write(string.format("non-2xx answers: %d of %d\n", failed, summary.requests))
+  for _, p in ipairs({ 50, 90, 99 }) do
+    io.write(string.format("p%d latency: %.2f ms\n", p, latency:percentile(p) / 1000))
+  end
+end
