@@ -239,7 +239,7 @@ pub const MAX_BATCH: usize = 256;
 /// What a job produced, held until its batch commits.
 enum Output {
     Placed(Answer),
-    Cancelled(Option<OrderView>),
+    Cancelled(Option<Box<OrderView>>),
     Counted(u64),
     Depth(Depth),
 }
@@ -334,7 +334,7 @@ async fn commit_batch(
                 book.execute(Command::Place(new_order(instrument, order)), &mut events);
                 Output::Placed(
                     origin
-                        .run(write_place(&mut *tx, instrument, order, claim, &events))
+                        .run(write_place(&mut tx, instrument, order, claim, &events))
                         .await?,
                 )
             }
@@ -354,9 +354,10 @@ async fn commit_batch(
                 Output::Cancelled(
                     origin
                         .run(write_cancel(
-                            &mut *tx, instrument, *order_id, *account, &events,
+                            &mut tx, instrument, *order_id, *account, &events,
                         ))
-                        .await?,
+                        .await?
+                        .map(Box::new),
                 )
             }
             Job::CancelAccount {
@@ -369,7 +370,7 @@ async fn commit_batch(
                     &mut events,
                 );
                 origin
-                    .run(write_events(&mut *tx, instrument, &events))
+                    .run(write_events(&mut tx, instrument, &events))
                     .await?;
                 Output::Counted(events.len() as u64)
             }
@@ -399,7 +400,7 @@ fn reply(job: Job, output: Result<Output>) {
         }
         Job::Cancel { reply, .. } => {
             let _ = reply.send(output.and_then(|o| match o {
-                Output::Cancelled(view) => Ok(view),
+                Output::Cancelled(view) => Ok(view.map(|v| *v)),
                 _ => Err(mismatch()),
             }));
         }
