@@ -6,8 +6,9 @@
 local buy_token = os.getenv("BUY_TOKEN")
 local sell_token = os.getenv("SELL_TOKEN")
 local counter = 0
-local thread_id = 0
 local threads = {}
+-- `thread_id` is a global set per thread by setup(); a local here would shadow it and make
+-- every thread draw the same idempotency keys.
 
 function setup(thread)
   thread:set("thread_id", #threads)
@@ -26,7 +27,7 @@ function request()
   local price = buy and (3000000 - ticks) or (3000000 + ticks - 10)
   local body = string.format(
     '{"symbol":"BTC-USD","side":"%s","type":"limit","price":"%d.%02d","quantity":"0.0%d","time_in_force":"gtc"}',
-    buy and "buy" or "sell", price // 100, price % 100, math.random(1, 9))
+    buy and "buy" or "sell", math.floor(price / 100), price % 100, math.random(1, 9))
   local headers = {
     ["Content-Type"] = "application/json",
     ["Authorization"] = "Bearer " .. (buy and buy_token or sell_token),
@@ -38,6 +39,9 @@ end
 function response(status, headers, body)
   if status < 200 or status > 299 then
     non_2xx = non_2xx + 1
+    if non_2xx <= 3 then
+      io.write(string.format("answer %d: %s\n", status, body))
+    end
   end
 end
 
