@@ -778,3 +778,94 @@ async fn concurrent_orders_sharing_a_client_order_id_yield_one_winner(pool: PgPo
         .unwrap();
     assert_eq!(book["bids"].as_array().unwrap().len(), 9);
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_order_that_would_trade_with_its_own_account_is_cancelled(pool: PgPool) {
+    let m = market(pool).await;
+    let ask = m.placed(&m.alice, &limit("sell", "30000.00", "0.2")).await;
+    let own_bid = m.placed(&m.alice, &limit("buy", "30000.00", "0.1")).await;
+    assert_eq!(
+        own_bid["status"], "cancelled",
+        "self-trade prevention cancels the incoming order"
+    );
+    assert!(own_bid["fills"].as_array().unwrap().is_empty());
+    let ask: Value = m
+        .order(&m.alice, ask["id"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ask["status"], "open", "the resting order stays");
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM orders.trades").await,
+        0
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_full_matching_queue_sheds_orders_with_503(pool: PgPool) {
+    let m = market_on(spawn_app_with(pool, &[("BOURSE_ORDERS_QUEUE_CAPACITY", "2")]).await).await;
+    m.placed(&m.alice, &limit("buy", "28000.00", "0.1")).await; // starts the BTC-USD task
+
+    // Stall the matching task: it will wait for this lock when it writes the next order.
+    let mut blocker = m.app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders.orders IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let send = |price: &'static str| {
+        let (client, url, token) = (
+            m.app.client.clone(),
+            m.app.url("/v1/orders"),
+            m.alice.access_token.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+                .json(&limit("buy", price, "0.1"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let stalled = send("28001.00");
+    // Wait until PostgreSQL shows the task blocked on the lock (an event, not a guess).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while count(&m.app.db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders' AND wait_event_type = 'Lock'").await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the matching task never blocked");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // The task holds one order; two more fit in the queue; the third is shed at once — so
+    // while the task is blocked, exactly one of these three requests can finish.
+    let queued = [send("28002.00"), send("28003.00"), send("28004.00")];
+    while queued.iter().filter(|h| h.is_finished()).count() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no order was shed");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(queued.iter().filter(|h| h.is_finished()).count(), 1);
+
+    blocker.rollback().await.unwrap();
+    assert_eq!(stalled.await.unwrap(), StatusCode::CREATED);
+    let mut statuses = Vec::new();
+    for handle in queued {
+        statuses.push(handle.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::CREATED,
+            StatusCode::CREATED,
+            StatusCode::SERVICE_UNAVAILABLE
+        ]
+    );
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM orders.orders").await,
+        4,
+        "1 before + stalled + 2 queued"
+    );
+}

@@ -12,6 +12,8 @@ pub struct Config {
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub assets: Vec<Asset>,
+    /// Requests that may wait for one symbol's matching task; beyond, 503 at once.
+    pub queue_capacity: usize,
     pub migrate_on_start: bool,
 }
 
@@ -36,6 +38,13 @@ impl Config {
             jwt_issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
             jwt_audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
             assets,
+            queue_capacity: {
+                let capacity = env.or("BOURSE_ORDERS_QUEUE_CAPACITY", 1024usize);
+                if capacity == 0 {
+                    env.problem("BOURSE_ORDERS_QUEUE_CAPACITY", "must be greater than zero");
+                }
+                capacity.max(1)
+            },
             migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,
         }

@@ -28,9 +28,6 @@ use crate::order_entry::{OrderType, ValidOrder};
 use crate::store::{self, NewOrderRow, NewTrade};
 use crate::view::OrderView;
 
-/// Queue length per symbol: beyond it, new requests are shed with 503.
-pub const QUEUE_CAPACITY: usize = 1024;
-
 /// The answer to a placed order: an HTTP status and its JSON body (also what is replayed).
 #[derive(Clone, Debug)]
 pub struct Answer {
@@ -95,13 +92,16 @@ pub struct Depth {
 #[derive(Clone)]
 pub struct Engines {
     pool: PgPool,
+    capacity: usize,
     tasks: Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>,
 }
 
 impl Engines {
-    pub fn new(pool: PgPool) -> Self {
+    /// `capacity`: requests that may wait per symbol; beyond it they are shed with 503.
+    pub fn new(pool: PgPool, capacity: usize) -> Self {
         Self {
             pool,
+            capacity,
             tasks: Arc::default(),
         }
     }
@@ -116,7 +116,7 @@ impl Engines {
         {
             return Ok(sender.clone());
         }
-        let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let (sender, receiver) = mpsc::channel(self.capacity);
         tokio::spawn(run(self.pool.clone(), instrument.clone(), receiver));
         tasks.insert(instrument.symbol.clone(), sender.clone());
         Ok(sender)

@@ -87,7 +87,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         pool: pool.clone(),
         verifier,
         assets: Arc::new(config.assets.clone()),
-        engines: engine::Engines::new(pool.clone()),
+        engines: engine::Engines::new(pool.clone(), config.queue_capacity),
     };
     tokio::spawn(purge_idempotency_keys(pool.clone(), shutdown.clone()));
     let readiness = Readiness::new(shutdown.clone())
