@@ -76,3 +76,12 @@ pub async fn ensure_database(config: &CommonConfig) -> Result<(), sqlx::Error> {
     }
     Ok(())
 }
+
+/// Whether a database error means "the database is unreachable or saturated right now" — a 503
+/// with `Retry-After`, not a 500: the request was fine and a retry may succeed.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+    )
+}

@@ -55,7 +55,7 @@ impl IntoResponse for Error {
                 tracing::error!(error = %err, "redis unavailable");
                 Problem::unavailable("dependency_unavailable", "try again shortly", 1)
             }
-            Error::Database(ref err) if is_unavailable(err) => {
+            Error::Database(ref err) if service_kit::db::is_unavailable(err) => {
                 tracing::error!(error = %err, "database unavailable");
                 Problem::unavailable("dependency_unavailable", "try again shortly", 1)
             }
@@ -66,13 +66,6 @@ impl IntoResponse for Error {
         };
         problem.into_response()
     }
-}
-
-fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-    )
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -133,50 +133,50 @@ impl Engines {
             })
     }
 
+    /// Hands a job to the symbol's task and waits for its answer.
+    async fn ask<T>(
+        &self,
+        instrument: &Instrument,
+        job: impl FnOnce(oneshot::Sender<T>) -> Job,
+    ) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
+        self.send(instrument, job(reply))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("matching task dropped the request".to_owned()))
+    }
+
     pub async fn place(
         &self,
         instrument: &Instrument,
         order: ValidOrder,
         claim: Claim,
     ) -> Result<Answer> {
-        let (reply, answer) = oneshot::channel();
-        self.send(
-            instrument,
-            Job::Place {
-                order,
-                claim,
-                origin: Origin::current(),
-                reply,
-            },
-        )?;
-        answer
-            .await
-            .map_err(|_| Error::Internal("matching task dropped the request".to_owned()))?
+        let origin = Origin::current();
+        self.ask(instrument, |reply| Job::Place {
+            order,
+            claim,
+            origin,
+            reply,
+        })
+        .await?
     }
 
     /// Cancels every resting order of `account` in this instrument; returns how many.
     pub async fn cancel_account(&self, instrument: &Instrument, account: Uuid) -> Result<u64> {
-        let (reply, answer) = oneshot::channel();
-        self.send(
-            instrument,
-            Job::CancelAccount {
-                account,
-                origin: Origin::current(),
-                reply,
-            },
-        )?;
-        answer
-            .await
-            .map_err(|_| Error::Internal("matching task dropped the request".to_owned()))?
+        let origin = Origin::current();
+        self.ask(instrument, |reply| Job::CancelAccount {
+            account,
+            origin,
+            reply,
+        })
+        .await?
     }
 
     /// The top `levels` of the book, read by the book's own task (so never torn).
     pub async fn depth(&self, instrument: &Instrument, levels: usize) -> Result<Depth> {
-        let (reply, answer) = oneshot::channel();
-        self.send(instrument, Job::Depth { levels, reply })?;
-        answer
+        self.ask(instrument, |reply| Job::Depth { levels, reply })
             .await
-            .map_err(|_| Error::Internal("matching task dropped the request".to_owned()))
     }
 
     /// Cancels the caller's resting order; `None` when it is not theirs or does not exist.
@@ -186,19 +186,14 @@ impl Engines {
         order_id: Uuid,
         account: Uuid,
     ) -> Result<Option<OrderView>> {
-        let (reply, answer) = oneshot::channel();
-        self.send(
-            instrument,
-            Job::Cancel {
-                order_id,
-                account,
-                origin: Origin::current(),
-                reply,
-            },
-        )?;
-        answer
-            .await
-            .map_err(|_| Error::Internal("matching task dropped the request".to_owned()))?
+        let origin = Origin::current();
+        self.ask(instrument, |reply| Job::Cancel {
+            order_id,
+            account,
+            origin,
+            reply,
+        })
+        .await?
     }
 }
 

@@ -56,10 +56,7 @@ impl IntoResponse for Error {
                 "you already used this client_order_id",
             ),
             Error::Problem(problem) => problem,
-            Error::Database(
-                ref
-                err @ (sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed),
-            ) => {
+            Error::Database(ref err) if service_kit::db::is_unavailable(err) => {
                 tracing::error!(error = %err, "database unavailable");
                 Problem::unavailable("dependency_unavailable", "try again shortly", 1)
             }
