@@ -462,12 +462,40 @@ async fn after_a_restart_the_book_is_identical_including_time_priority(pool: PgP
     let partly = m.placed(&carol, &limit("buy", "30000.00", "0.1")).await;
     assert_eq!(partly["status"], "filled");
     let carol_session = carol.refresh_token.clone();
+    let book_before: Value = m
+        .app
+        .client
+        .get(m.app.url("/v1/markets/BTC-USD/book"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let orders_before = count(&m.app.db, "SELECT count(*) FROM orders.orders").await;
     drop(m);
 
     // A new process on the same database rebuilds the book from it.
     let second =
         market_on(spawn_app_with(pool, &[("BOURSE_REDIS_KEY_PREFIX", prefix.as_str())]).await)
             .await;
+    // The same book, the same orders: nothing lost, nothing doubled.
+    let book_after: Value = second
+        .app
+        .client
+        .get(second.app.url("/v1/markets/BTC-USD/book"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(book_after, book_before);
+    assert_eq!(
+        count(&second.app.db, "SELECT count(*) FROM orders.orders").await,
+        orders_before
+    );
+
     // Carol's session survives the restart too.
     let buyer: Tokens = second
         .app
@@ -868,4 +896,33 @@ async fn a_full_matching_queue_sheds_orders_with_503(pool: PgPool) {
         4,
         "1 before + stalled + 2 queued"
     );
+}
+
+#[sqlx::test(migrations = false)]
+async fn idempotency_keys_are_kept_a_day_then_purged(pool: PgPool) {
+    let m = market(pool).await;
+    m.place_with_key(&m.alice, "old-key", &limit("buy", "29000.00", "0.1"))
+        .await;
+    m.place_with_key(&m.alice, "new-key", &limit("buy", "29000.00", "0.1"))
+        .await;
+    sqlx::query("UPDATE orders.idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'old-key'")
+        .execute(&m.app.db)
+        .await
+        .unwrap();
+
+    let options = crate::helpers::database_url(&m.app.db)
+        .parse::<sqlx::postgres::PgConnectOptions>()
+        .unwrap()
+        .options([("search_path", "orders")]);
+    let orders_pool = PgPool::connect_with(options).await.unwrap();
+    let purged =
+        orders::idempotency::purge(&orders_pool, std::time::Duration::from_secs(24 * 3600))
+            .await
+            .unwrap();
+    assert_eq!(purged, 1);
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM orders.idempotency_keys")
+        .fetch_all(&m.app.db)
+        .await
+        .unwrap();
+    assert_eq!(keys, ["new-key"], "a key younger than 24 h is kept");
 }
