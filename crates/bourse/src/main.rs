@@ -68,6 +68,28 @@ enum AdminCommand {
     RotateSigningKey,
     /// Walk the audit log's hash chain; exits 1 if it is broken.
     VerifyAudit,
+    /// Dead-lettered events.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Dead letters of a stream (e.g. `orders`).
+    List {
+        #[arg(long)]
+        stream: String,
+    },
+    /// Put a dead letter back on its stream.
+    Replay {
+        #[arg(long)]
+        stream: String,
+        /// The dead letter's id, as listed.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 /// Exit code for invalid configuration (OPS-01).
@@ -168,7 +190,36 @@ fn common_config() -> Result<CommonConfig, Failure> {
     Ok(common)
 }
 
+async fn dead_letters(command: DlqCommand) -> Result<ExitCode, Failure> {
+    let common = common_config()?;
+    let redis = service_kit::redis::connect(&common.redis_url).await?;
+    let keys = service_kit::redis::KeyPrefix::new(&common.redis_key_prefix);
+    match command {
+        DlqCommand::List { stream } => {
+            for letter in events::dlq::list(&redis, &keys, &stream).await? {
+                println!(
+                    "{}  event {}  {}  group {}  reason: {}",
+                    letter.id, letter.event_id, letter.event_type, letter.group, letter.reason
+                );
+            }
+        }
+        DlqCommand::Replay { stream, id } => {
+            if !events::dlq::replay(&redis, &keys, &stream, &id).await? {
+                println!("no dead letter {id} on {stream}");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("replayed {id} onto {stream}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn admin(command: AdminCommand) -> Result<ExitCode, Failure> {
+    // Dead letters live in Redis; they need neither auth's configuration nor its database.
+    let command = match command {
+        AdminCommand::Dlq { command } => return dead_letters(command).await,
+        other => other,
+    };
     let mut env = Env::from_process();
     let config = auth::Config::read(&mut env);
     env.finish().map_err(Failure::Config)?;
@@ -204,6 +255,7 @@ async fn admin(command: AdminCommand) -> Result<ExitCode, Failure> {
                 "new signing key {kid}; the previous key stays published until its tokens expire"
             );
         }
+        AdminCommand::Dlq { command } => return dead_letters(command).await,
         AdminCommand::VerifyAudit => {
             let report = auth::audit::verify_chain(&pool).await?;
             match report.broken_at {

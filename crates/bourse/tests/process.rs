@@ -586,3 +586,56 @@ async fn demo_seed_creates_the_demo_market_and_is_idempotent(pool: PgPool) {
             .unwrap();
     assert_eq!(traders, 2);
 }
+
+#[tokio::test]
+async fn operators_list_and_replay_dead_letters() {
+    let prefix = format!("test:{}", uuid::Uuid::now_v7());
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let id: String = redis::cmd("XADD")
+        .arg(format!("{prefix}.orders.dlq"))
+        .arg("*")
+        .arg("event_id")
+        .arg("0190b7a2-0000-7000-8000-000000000001")
+        .arg("type")
+        .arg("TradeExecuted")
+        .arg("group")
+        .arg("settlement")
+        .arg("reason")
+        .arg("too many failed deliveries")
+        .arg("envelope")
+        .arg("{}")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let dlq = |args: &[&str]| {
+        Command::new(BOURSE)
+            .args(["admin", "dlq"])
+            .args(args)
+            .env("BOURSE_REDIS_KEY_PREFIX", &prefix)
+            .env("BOURSE_LOG", "warn")
+            .output()
+    };
+    let listed = dlq(&["list", "--stream", "orders"]).await.unwrap();
+    assert!(listed.status.success());
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(
+        listed.contains(&id) && listed.contains("TradeExecuted") && listed.contains("settlement"),
+        "{listed}"
+    );
+
+    let replayed = dlq(&["replay", "--stream", "orders", "--id", &id])
+        .await
+        .unwrap();
+    assert!(replayed.status.success());
+    let back: usize = redis::cmd("XLEN")
+        .arg(format!("{prefix}.orders"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(back, 1, "the event is back on its stream");
+    let again = dlq(&["replay", "--stream", "orders", "--id", &id])
+        .await
+        .unwrap();
+    assert!(!again.status.success(), "a dead letter is replayed once");
+}

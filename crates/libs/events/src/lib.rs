@@ -5,13 +5,17 @@
 //! - [`outbox`]: writing events in the same transaction as the state change (REL-08).
 //! - [`relay`]: publishing the outbox to Redis Streams in order, at least once, surviving its
 //!   own crash; lag exported as metrics.
-//!
-//! Consumers (inbox, consumer groups, dead letters) arrive with issue [3].
+//! - [`consumer`]: consumer groups, the inbox in the effect's transaction, acknowledgement
+//!   after commit, recovery of pending entries, dead letters (REL-09, REL-10).
+//! - [`dlq`]: listing and replaying dead letters.
 
+pub mod consumer;
+pub mod dlq;
 pub mod envelope;
 pub mod outbox;
 pub mod relay;
 
+pub use consumer::{Consumer, ConsumerSettings, Handler};
 pub use envelope::Envelope;
 pub use relay::{Relay, RelaySettings};
 
@@ -37,4 +41,6 @@ pub enum Error {
     Redis(#[from] redis::RedisError),
     #[error("encoding an envelope: {0}")]
     Encoding(#[from] serde_json::Error),
+    #[error("handler: {0}")]
+    Handler(String),
 }

@@ -1,0 +1,408 @@
+//! Consumers against real PostgreSQL and Redis: exactly-once effect, recovery, dead letters.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use events::consumer::OPS_STREAM;
+use events::{Consumer, ConsumerSettings, Envelope, Handler};
+use futures_util::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use service_kit::Shutdown;
+use service_kit::redis::KeyPrefix;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+const SCHEMA: &str = "consumer";
+const GROUP: &str = "ledger";
+
+async fn consumer_db(test_pool: &PgPool) -> PgPool {
+    let options = test_pool.connect_options().as_ref().clone();
+    let pool = PgPool::connect_with(options.options([("search_path", SCHEMA)]))
+        .await
+        .unwrap();
+    events::migrate(&pool, SCHEMA).await.unwrap();
+    // The "effect": one row per application, so a second effect would show as a second row.
+    sqlx::query("CREATE TABLE applied (n bigserial PRIMARY KEY, event_id uuid NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool
+}
+
+async fn redis() -> ConnectionManager {
+    service_kit::redis::connect(&secrecy::SecretString::from("redis://127.0.0.1:6379"))
+        .await
+        .unwrap()
+}
+
+/// Records the event; fails its first `failures` attempts.
+struct Recorder {
+    failures: usize,
+    attempts: AtomicUsize,
+}
+
+impl Recorder {
+    fn new(failures: usize) -> Arc<Self> {
+        Arc::new(Self {
+            failures,
+            attempts: AtomicUsize::new(0),
+        })
+    }
+}
+
+impl Handler for Recorder {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
+                .bind(event.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| e.to_string())?;
+            if self.attempts.fetch_add(1, Ordering::SeqCst) < self.failures {
+                return Err("not yet".to_owned());
+            }
+            Ok(())
+        })
+    }
+}
+
+fn consumer(
+    pool: &PgPool,
+    redis: &ConnectionManager,
+    prefix: &KeyPrefix,
+    name: &str,
+    max_deliveries: usize,
+) -> Consumer {
+    Consumer::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        "trades",
+        GROUP,
+        name,
+        "test",
+        ConsumerSettings {
+            batch: 10,
+            block: Duration::from_millis(50),
+            max_deliveries,
+            retry_after: Duration::from_millis(100),
+        },
+    )
+}
+
+async fn publish(redis: &mut ConnectionManager, prefix: &KeyPrefix, event: &Envelope) -> String {
+    redis::cmd("XADD")
+        .arg(prefix.stream("trades"))
+        .arg("*")
+        .arg("event_id")
+        .arg(event.id.to_string())
+        .arg("type")
+        .arg(&event.event_type)
+        .arg("envelope")
+        .arg(serde_json::to_string(event).unwrap())
+        .query_async(redis)
+        .await
+        .unwrap()
+}
+
+fn trade(n: i64) -> Envelope {
+    Envelope::new(
+        "orders",
+        "TradeExecuted",
+        1,
+        format!("trade-{n}"),
+        n,
+        serde_json::json!({ "n": n }),
+    )
+}
+
+async fn applied(pool: &PgPool, id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM applied WHERE event_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn pending(redis: &mut ConnectionManager, prefix: &KeyPrefix) -> usize {
+    let reply: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(prefix.stream("trades"))
+        .arg(GROUP)
+        .query_async(redis)
+        .await
+        .unwrap();
+    reply.count()
+}
+
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_redelivered_event_has_no_second_effect(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let event = trade(1);
+    // The relay's at-least-once: the same event published twice.
+    publish(&mut redis, &prefix, &event).await;
+    publish(&mut redis, &prefix, &event).await;
+    let other = trade(2);
+    publish(&mut redis, &prefix, &other).await;
+
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 5).run(Recorder::new(0), shutdown.clone()),
+    );
+    eventually("both events applied", || async {
+        applied(&pool, other.id).await == 1
+    })
+    .await;
+    eventually("all entries acknowledged", || {
+        let mut r = redis.clone();
+        let p = prefix.clone();
+        async move { pending(&mut r, &p).await == 0 }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    assert_eq!(applied(&pool, event.id).await, 1, "exactly once in effect");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_crash_between_commit_and_ack_is_healed_on_restart_without_a_second_effect(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let event = trade(1);
+    publish(&mut redis, &prefix, &event).await;
+
+    // "c1" received the entry, committed its effect and inbox row, and died before XACK.
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(prefix.stream("trades"))
+        .arg(GROUP)
+        .arg("0")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("c1")
+        .arg("STREAMS")
+        .arg(prefix.stream("trades"))
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
+        .bind(event.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO inbox (consumer, event_id, stream) VALUES ($1, $2, 'trades')")
+        .bind(GROUP)
+        .bind(event.id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(pending(&mut redis, &prefix).await, 1);
+
+    // "c1" restarts: it re-reads its own pending entry, finds the inbox row, acknowledges.
+    let shutdown = Shutdown::new();
+    let recorder = Recorder::new(0);
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 5).run(recorder.clone(), shutdown.clone()),
+    );
+    eventually("the pending entry acknowledged", || {
+        let mut r = redis.clone();
+        let p = prefix.clone();
+        async move { pending(&mut r, &p).await == 0 }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    assert_eq!(
+        recorder.attempts.load(Ordering::SeqCst),
+        0,
+        "the handler never ran again"
+    );
+    assert_eq!(applied(&pool, event.id).await, 1);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_dead_consumers_entries_are_claimed_by_a_live_one(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let event = trade(7);
+    publish(&mut redis, &prefix, &event).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(prefix.stream("trades"))
+        .arg(GROUP)
+        .arg("0")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // "dead" took the entry and vanished without applying it.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("dead")
+        .arg("STREAMS")
+        .arg(prefix.stream("trades"))
+        .arg(">")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "alive", 5).run(Recorder::new(0), shutdown.clone()),
+    );
+    eventually("the orphaned event applied", || async {
+        applied(&pool, event.id).await == 1
+    })
+    .await;
+    eventually("and acknowledged", || {
+        let mut r = redis.clone();
+        let p = prefix.clone();
+        async move { pending(&mut r, &p).await == 0 }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_poison_event_is_dead_lettered_announced_and_replayable(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let poison = trade(13);
+    publish(&mut redis, &prefix, &poison).await;
+
+    // The handler keeps failing: after 3 deliveries the event goes to the dead-letter stream.
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 3).run(Recorder::new(usize::MAX), shutdown.clone()),
+    );
+    eventually("a dead letter", || {
+        let r = redis.clone();
+        let p = prefix.clone();
+        async move {
+            !events::dlq::list(&r, &p, "trades")
+                .await
+                .unwrap()
+                .is_empty()
+        }
+    })
+    .await;
+    eventually("the original acknowledged", || {
+        let mut r = redis.clone();
+        let p = prefix.clone();
+        async move { pending(&mut r, &p).await == 0 }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    assert_eq!(
+        applied(&pool, poison.id).await,
+        0,
+        "every failed attempt rolled back"
+    );
+
+    let letters = events::dlq::list(&redis, &prefix, "trades").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_id, poison.id.to_string());
+    assert_eq!(letters[0].group, GROUP);
+    let notice: (String, String) = sqlx::query_as(
+        "SELECT stream, envelope FROM outbox WHERE event_type = 'EventDeadLettered'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(notice.0, OPS_STREAM);
+    assert!(notice.1.contains(&poison.id.to_string()));
+
+    // Fixed handler, replayed letter: applied once, dead-letter stream empty.
+    assert!(
+        events::dlq::replay(&redis, &prefix, "trades", &letters[0].id)
+            .await
+            .unwrap()
+    );
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 3).run(Recorder::new(0), shutdown.clone()),
+    );
+    eventually("the replayed event applied", || async {
+        applied(&pool, poison.id).await == 1
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    assert!(
+        events::dlq::list(&redis, &prefix, "trades")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        !events::dlq::replay(&redis, &prefix, "trades", &letters[0].id)
+            .await
+            .unwrap(),
+        "replayed once"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_malformed_entry_goes_straight_to_the_dead_letters(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let _: String = redis::cmd("XADD")
+        .arg(prefix.stream("trades"))
+        .arg("*")
+        .arg("envelope")
+        .arg("{not json")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let shutdown = Shutdown::new();
+    let recorder = Recorder::new(0);
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 5).run(recorder.clone(), shutdown.clone()),
+    );
+    eventually("a dead letter", || {
+        let r = redis.clone();
+        let p = prefix.clone();
+        async move { events::dlq::list(&r, &p, "trades").await.unwrap().len() == 1 }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    assert_eq!(recorder.attempts.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        events::dlq::list(&redis, &prefix, "trades").await.unwrap()[0].reason,
+        "malformed envelope"
+    );
+}
