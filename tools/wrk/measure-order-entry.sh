@@ -27,6 +27,8 @@ login() {
 }
 BUY_TOKEN=$(login alice@demo.bourse) SELL_TOKEN=$(login bob@demo.bourse) \
   wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua http://127.0.0.1:8080
+# How the matching task batched: sizes and time per batch (orders service metrics).
+curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_matching_batch_(size|seconds)_(sum|count)' || true
 orders=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.orders")
 trades=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.trades")
 echo "stored: $orders orders, $trades trades"

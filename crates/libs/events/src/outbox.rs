@@ -40,3 +40,42 @@ pub async fn append(
         .await?;
     Ok(())
 }
+
+/// Appends several events in one statement (one lock, one insert, one notification): what a
+/// producer writing many events per transaction — a matching task's batch — should use.
+pub async fn append_all(
+    conn: &mut PgConnection,
+    stream: &str,
+    envelopes: &[Envelope],
+) -> Result<(), Error> {
+    if envelopes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(WRITE_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    let ids: Vec<uuid::Uuid> = envelopes.iter().map(|e| e.id).collect();
+    let types: Vec<&str> = envelopes.iter().map(|e| e.event_type.as_str()).collect();
+    let bodies = envelopes
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<Result<Vec<_>, _>>()?;
+    // WITH ORDINALITY keeps the given order, so positions follow the slice.
+    sqlx::query(
+        "INSERT INTO outbox (event_id, stream, event_type, envelope)
+         SELECT id, $1, event_type, envelope
+         FROM UNNEST($2::uuid[], $3::text[], $4::text[]) WITH ORDINALITY AS e(id, event_type, envelope, n)
+         ORDER BY n",
+    )
+    .bind(stream)
+    .bind(&ids)
+    .bind(&types)
+    .bind(&bodies)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify(current_schema() || '_outbox', '')")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

@@ -305,3 +305,33 @@ fn an_event_caused_by_another_keeps_its_correlation_and_trace() {
         assert!(json.get(field).is_some(), "envelope field {field}");
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn many_events_appended_at_once_keep_their_order(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let batch: Vec<Envelope> = (0..50).map(envelope).collect();
+    let mut tx = pool.begin().await.unwrap();
+    outbox::append(&mut tx, "items", &envelope(-1))
+        .await
+        .unwrap();
+    outbox::append_all(&mut tx, "items", &batch).await.unwrap();
+    outbox::append_all(&mut tx, "items", &[]).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(relay(&pool, &redis, &prefix, 20).run(shutdown.clone()));
+    eventually("the outbox to drain", || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    let published = stream_ids(&mut redis, &prefix.stream("items")).await;
+    assert_eq!(published.len(), 51);
+    assert_eq!(
+        published[1..],
+        batch.iter().map(|e| e.id).collect::<Vec<_>>()[..]
+    );
+}

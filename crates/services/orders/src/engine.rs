@@ -263,7 +263,11 @@ async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>
         }
         metrics::histogram!("orders_matching_batch_size", "symbol" => symbol.clone())
             .record(batch.len() as f64);
-        match commit_batch(&pool, &instrument, &mut book, &batch).await {
+        let started = std::time::Instant::now();
+        let committed = commit_batch(&pool, &instrument, &mut book, &batch).await;
+        metrics::histogram!("orders_matching_batch_seconds", "symbol" => symbol.clone())
+            .record(started.elapsed());
+        match committed {
             Ok(outputs) => {
                 for (job, output) in batch.drain(..).zip(outputs) {
                     reply(job, Ok(output));
@@ -532,9 +536,7 @@ async fn write_place(
             }),
         ));
     }
-    for envelope in &outbox {
-        events::outbox::append(&mut *tx, STREAM, envelope).await?;
-    }
+    events::outbox::append_all(&mut *tx, STREAM, &outbox).await?;
     let (order_row, fills) = store::own_order(&mut *tx, taker, order.account)
         .await?
         .ok_or_else(|| Error::Internal("order vanished inside its transaction".to_owned()))?;
@@ -674,9 +676,7 @@ async fn write_events(
     for e in emitted {
         apply_event(&mut *tx, instrument, e, &mut outbox).await?;
     }
-    for envelope in &outbox {
-        events::outbox::append(&mut *tx, STREAM, envelope).await?;
-    }
+    events::outbox::append_all(&mut *tx, STREAM, &outbox).await?;
     Ok(())
 }
 
@@ -691,9 +691,7 @@ async fn write_cancel(
     for e in emitted {
         apply_event(&mut *tx, instrument, e, &mut outbox).await?;
     }
-    for envelope in &outbox {
-        events::outbox::append(&mut *tx, STREAM, envelope).await?;
-    }
+    events::outbox::append_all(&mut *tx, STREAM, &outbox).await?;
     let cancelled = emitted
         .iter()
         .any(|e| matches!(e.event, Event::Cancelled { .. }));
