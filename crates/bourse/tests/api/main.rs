@@ -6,6 +6,7 @@
 mod admin;
 mod audit;
 mod auth_flow;
+mod database_roles;
 mod edge;
 mod helpers;
 mod hostile_input;

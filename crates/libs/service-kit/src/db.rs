@@ -62,7 +62,39 @@ pub async fn migrate_with_history(
     .execute(pool)
     .await?;
     migrator.dangerous_set_table_name(format!("{schema}.{history_table}"));
-    migrator.run(pool).await
+    migrator.run(pool).await?;
+    grant_service_role(pool, schema).await?;
+    Ok(())
+}
+
+/// The least-privilege role of a service (SEC-17): `bourse_<schema>` may use its own schema's
+/// tables and nothing else. Deployments give each service a login that is a member of its
+/// role (`CREATE ROLE auth_login LOGIN PASSWORD '…' IN ROLE bourse_auth`). Idempotent, and
+/// safe when several databases of one cluster migrate at once (roles are cluster-wide).
+pub async fn grant_service_role(pool: &PgPool, schema: &'static str) -> Result<(), sqlx::Error> {
+    let role = service_role(schema);
+    // DDL cannot take bind parameters; `schema` was validated by `migrate_with_history`.
+    sqlx::query(AssertSqlSafe(format!(
+        "DO $$ BEGIN
+             CREATE ROLE {role} NOLOGIN;
+         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+         END $$"
+    )))
+    .execute(pool)
+    .await?;
+    for statement in [
+        format!("GRANT USAGE ON SCHEMA {schema} TO {role}"),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA {schema} TO {role}"),
+        format!("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {role}"),
+    ] {
+        sqlx::query(AssertSqlSafe(statement)).execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// `bourse_<schema>`.
+pub fn service_role(schema: &str) -> String {
+    format!("bourse_{schema}")
 }
 
 /// Creates the database named in the URL if it does not exist yet, so `bourse migrate` (and a

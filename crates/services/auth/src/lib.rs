@@ -57,7 +57,13 @@ pub async fn connect(config: &Config) -> Result<PgPool, Error> {
 pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     service_kit::db::migrate(pool, SCHEMA, migrator())
         .await
-        .map_err(|e| Error::Internal(format!("migrating {SCHEMA}: {e}")))
+        .map_err(|e| Error::Internal(format!("migrating {SCHEMA}: {e}")))?;
+    // The audit log is append-only for the service's own role too, by privilege as well as
+    // by trigger (SEC-16).
+    sqlx::query("REVOKE UPDATE, DELETE, TRUNCATE ON audit_log FROM bourse_auth")
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Connects, prepares keys and binds the listener; background tasks stop with `shutdown`.
