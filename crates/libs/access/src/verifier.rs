@@ -1,7 +1,10 @@
 //! Access-token verification (SEC-03).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::digest::{SHA256, digest};
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 
 use crate::claims::Claims;
@@ -29,7 +32,22 @@ pub enum VerifyError {
 pub struct TokenVerifier {
     keys: JwksCache,
     validation: Validation,
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
 }
+
+/// A token that passed every check, remembered so a client's next request with the same
+/// token costs a hash instead of a signature verification (PRF-04).
+#[derive(Clone)]
+struct Verified {
+    claims: Claims,
+    until: Instant,
+}
+
+/// Verified tokens remembered at most this long, so removing a compromised key from the JWKS
+/// takes effect within a minute even for tokens seen before.
+const REMEMBER_FOR: Duration = Duration::from_secs(60);
+/// Memory bound: beyond it the cache starts over (cheap, and rare with 15-minute tokens).
+const REMEMBER_AT_MOST: usize = 100_000;
 
 impl TokenVerifier {
     pub fn new(keys: JwksCache, issuer: &str, audience: &str) -> Self {
@@ -41,7 +59,11 @@ impl TokenVerifier {
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
-        Self { keys, validation }
+        Self {
+            keys,
+            validation,
+            verified: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn into_shared(self) -> Arc<Self> {
@@ -49,6 +71,46 @@ impl TokenVerifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+        let fingerprint: [u8; 32] = digest(&SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .unwrap_or([0; 32]);
+        if let Some(claims) = self.remembered(&fingerprint) {
+            return Ok(claims);
+        }
+        let claims = self.verify_uncached(token).await?;
+        self.remember(fingerprint, &claims);
+        Ok(claims)
+    }
+
+    fn remembered(&self, fingerprint: &[u8; 32]) -> Option<Claims> {
+        let verified = self.verified.lock().ok()?;
+        let entry = verified.get(fingerprint)?;
+        (Instant::now() < entry.until).then(|| entry.claims.clone())
+    }
+
+    fn remember(&self, fingerprint: [u8; 32], claims: &Claims) {
+        let now_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let until = Instant::now() + remember_for(claims.exp, now_unix);
+        if let Ok(mut verified) = self.verified.lock() {
+            if verified.len() >= REMEMBER_AT_MOST {
+                verified.clear();
+            }
+            verified.insert(
+                fingerprint,
+                Verified {
+                    claims: claims.clone(),
+                    until,
+                },
+            );
+        }
+    }
+
+    /// Header, key, signature and claims: the full check, bypassing the memory of verified
+    /// tokens (what [`TokenVerifier::verify`] does on a first sight; benchmarks call it too).
+    pub async fn verify_uncached(&self, token: &str) -> Result<Claims, VerifyError> {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(VerifyError::AlgorithmNotAllowed);
@@ -61,5 +123,28 @@ impl TokenVerifier {
         decode::<Claims>(token, &key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| VerifyError::Rejected(e.to_string()))
+    }
+}
+
+/// How long a token verified at `now_unix` may be remembered: never past its expiry, never
+/// longer than [`REMEMBER_FOR`].
+fn remember_for(exp: u64, now_unix: u64) -> Duration {
+    Duration::from_secs(exp.saturating_sub(now_unix)).min(REMEMBER_FOR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_never_remembered_past_its_expiry_nor_longer_than_a_minute() {
+        assert_eq!(remember_for(1_000, 990), Duration::from_secs(10));
+        assert_eq!(remember_for(1_000, 1_000), Duration::ZERO);
+        assert_eq!(
+            remember_for(1_000, 2_000),
+            Duration::ZERO,
+            "already expired"
+        );
+        assert_eq!(remember_for(10_000, 1_000), REMEMBER_FOR);
     }
 }
