@@ -51,18 +51,11 @@ impl IntoResponse for Error {
             .retry_after(retry_after_secs),
             Error::UserNotFound => Problem::not_found(),
             Error::Problem(problem) => problem,
-            Error::Redis(ref err) => {
-                tracing::error!(error = %err, "redis unavailable");
-                Problem::unavailable("dependency_unavailable", "try again shortly", 1)
-            }
+            Error::Redis(ref err) => Problem::dependency_unavailable("redis", err),
             Error::Database(ref err) if service_kit::db::is_unavailable(err) => {
-                tracing::error!(error = %err, "database unavailable");
-                Problem::unavailable("dependency_unavailable", "try again shortly", 1)
+                Problem::dependency_unavailable("database", err)
             }
-            other => {
-                tracing::error!(error = %other, "request failed");
-                Problem::internal()
-            }
+            other => Problem::unexpected(&other),
         };
         problem.into_response()
     }

@@ -57,13 +57,9 @@ impl IntoResponse for Error {
             ),
             Error::Problem(problem) => problem,
             Error::Database(ref err) if service_kit::db::is_unavailable(err) => {
-                tracing::error!(error = %err, "database unavailable");
-                Problem::unavailable("dependency_unavailable", "try again shortly", 1)
+                Problem::dependency_unavailable("database", err)
             }
-            other => {
-                tracing::error!(error = %other, "request failed");
-                Problem::internal()
-            }
+            other => Problem::unexpected(&other),
         };
         problem.into_response()
     }

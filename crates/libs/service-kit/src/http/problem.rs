@@ -119,6 +119,18 @@ impl Problem {
         )
     }
 
+    /// 503 for a dependency (database, Redis) that is down or saturated; the cause is logged.
+    pub fn dependency_unavailable(dependency: &str, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(dependency, error = %cause, "dependency unavailable");
+        Self::unavailable("dependency_unavailable", "try again shortly", 1)
+    }
+
+    /// 500 for anything no handler expected; the cause is logged, the client gets the request id.
+    pub fn unexpected(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "request failed");
+        Self::internal()
+    }
+
     pub fn retry_after(self, seconds: u64) -> Self {
         self.with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
     }
