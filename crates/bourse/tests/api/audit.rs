@@ -53,20 +53,11 @@ async fn the_table_refuses_changes_and_the_chain_exposes_a_superuser_who_forces_
     assert!(delete.unwrap_err().to_string().contains("append-only"));
 
     // A superuser can switch the guard off; the hash chain still tells.
-    let mut tx = app.db.begin().await.unwrap();
-    sqlx::query("ALTER TABLE auth.audit_log DISABLE TRIGGER USER")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(r#"UPDATE auth.audit_log SET details = '{"email":"someone-else@example.com"}' WHERE seq = 2"#)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE auth.audit_log ENABLE TRIGGER USER")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    as_superuser_past_the_triggers(
+        &app.db,
+        r#"UPDATE auth.audit_log SET details = '{"email":"someone-else@example.com"}' WHERE seq = 2"#,
+    )
+    .await;
 
     let report = auth::audit::verify_chain(&auth_pool(&app).await)
         .await
@@ -78,23 +69,24 @@ async fn the_table_refuses_changes_and_the_chain_exposes_a_superuser_who_forces_
 async fn a_removed_row_breaks_the_chain(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.signed_up("ken@example.com").await;
-    let mut tx = app.db.begin().await.unwrap();
-    sqlx::query("ALTER TABLE auth.audit_log DISABLE TRIGGER USER")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM auth.audit_log WHERE seq = 2")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE auth.audit_log ENABLE TRIGGER USER")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    as_superuser_past_the_triggers(&app.db, "DELETE FROM auth.audit_log WHERE seq = 2").await;
 
     let report = auth::audit::verify_chain(&auth_pool(&app).await)
         .await
         .unwrap();
     assert_eq!(report.broken_at, Some(3));
+}
+
+/// What only a superuser can do: switch the append-only triggers off, run `sql`, switch them
+/// back on — the tampering the hash chain exists to expose.
+async fn as_superuser_past_the_triggers(pool: &PgPool, sql: &'static str) {
+    let mut tx = pool.begin().await.unwrap();
+    for statement in [
+        "ALTER TABLE auth.audit_log DISABLE TRIGGER USER",
+        sql,
+        "ALTER TABLE auth.audit_log ENABLE TRIGGER USER",
+    ] {
+        sqlx::query(statement).execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
 }

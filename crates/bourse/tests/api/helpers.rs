@@ -230,12 +230,18 @@ pub async fn assert_problem(response: Response, status: StatusCode, code: &str) 
     body
 }
 
-/// A pool on auth's schema, for calling auth's library functions as the CLI does.
-pub async fn auth_pool(app: &TestApp) -> PgPool {
-    let options = PgConnectOptions::from_str(&database_url(&app.db))
+/// A pool on one service's schema of the test database, for calling that service's library
+/// functions directly, as the CLI does.
+pub async fn schema_pool(pool: &PgPool, schema: &str) -> PgPool {
+    let options = PgConnectOptions::from_str(&database_url(pool))
         .expect("url parses")
-        .options([("search_path", "auth")]);
+        .options([("search_path", schema)]);
     PgPool::connect_with(options)
         .await
-        .expect("auth pool connects")
+        .expect("schema pool connects")
+}
+
+/// A pool on auth's schema.
+pub async fn auth_pool(app: &TestApp) -> PgPool {
+    schema_pool(&app.db, "auth").await
 }

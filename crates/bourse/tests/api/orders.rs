@@ -910,11 +910,7 @@ async fn idempotency_keys_are_kept_a_day_then_purged(pool: PgPool) {
         .await
         .unwrap();
 
-    let options = crate::helpers::database_url(&m.app.db)
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .unwrap()
-        .options([("search_path", "orders")]);
-    let orders_pool = PgPool::connect_with(options).await.unwrap();
+    let orders_pool = crate::helpers::schema_pool(&m.app.db, "orders").await;
     let purged =
         orders::idempotency::purge(&orders_pool, std::time::Duration::from_secs(24 * 3600))
             .await

@@ -260,11 +260,7 @@ async fn production_refuses_to_start_until_a_signing_key_is_provisioned(pool: Pg
     assert_eq!(keys, 0, "production never generates one itself");
 
     // The operator provisions a key (`bourse admin rotate-signing-key`); now it starts.
-    let options = crate::helpers::database_url(&pool)
-        .parse::<sqlx::postgres::PgConnectOptions>()
-        .unwrap()
-        .options([("search_path", "auth")]);
-    auth::signing_keys::rotate(&PgPool::connect_with(options).await.unwrap())
+    auth::signing_keys::rotate(&crate::helpers::schema_pool(&pool, "auth").await)
         .await
         .unwrap();
     let running = bourse::start(production(&pool), &shutdown)

@@ -14,28 +14,12 @@ use service_kit::redis::KeyPrefix;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+mod common;
+
+use common::{eventually, redis};
+
 const SCHEMA: &str = "consumer";
 const GROUP: &str = "ledger";
-
-async fn consumer_db(test_pool: &PgPool) -> PgPool {
-    let options = test_pool.connect_options().as_ref().clone();
-    let pool = PgPool::connect_with(options.options([("search_path", SCHEMA)]))
-        .await
-        .unwrap();
-    events::migrate(&pool, SCHEMA).await.unwrap();
-    // The "effect": one row per application, so a second effect would show as a second row.
-    sqlx::query("CREATE TABLE applied (n bigserial PRIMARY KEY, event_id uuid NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool
-}
-
-async fn redis() -> ConnectionManager {
-    service_kit::redis::connect(&secrecy::SecretString::from("redis://127.0.0.1:6379"))
-        .await
-        .unwrap()
-}
 
 /// Records the event; fails its first `failures` attempts.
 struct Recorder {
@@ -138,21 +122,6 @@ async fn pending(redis: &mut ConnectionManager, prefix: &KeyPrefix) -> usize {
         .await
         .unwrap();
     reply.count()
-}
-
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[sqlx::test(migrations = false)]
@@ -405,4 +374,14 @@ async fn a_malformed_entry_goes_straight_to_the_dead_letters(pool: PgPool) {
         events::dlq::list(&redis, &prefix, "trades").await.unwrap()[0].reason,
         "malformed envelope"
     );
+}
+
+/// The consumer's pool; the "effect" table gets one row per application, so a second effect would show.
+async fn consumer_db(test_pool: &PgPool) -> PgPool {
+    common::service_db(
+        test_pool,
+        SCHEMA,
+        "CREATE TABLE applied (n bigserial PRIMARY KEY, event_id uuid NOT NULL)",
+    )
+    .await
 }

@@ -9,30 +9,13 @@ use redis::aio::ConnectionManager;
 use service_kit::Shutdown;
 use service_kit::redis::KeyPrefix;
 use sqlx::PgPool;
-use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
 
+mod common;
+
+use common::{eventually, redis};
+
 const SCHEMA: &str = "producer";
-
-/// A producer's pool on its own schema, with the outbox and a table of "state" to change.
-async fn producer(test_pool: &PgPool) -> PgPool {
-    let options: PgConnectOptions = test_pool.connect_options().as_ref().clone();
-    let pool = PgPool::connect_with(options.options([("search_path", SCHEMA)]))
-        .await
-        .unwrap();
-    events::migrate(&pool, SCHEMA).await.unwrap();
-    sqlx::query("CREATE TABLE items (id uuid PRIMARY KEY)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool
-}
-
-async fn redis() -> ConnectionManager {
-    service_kit::redis::connect(&secrecy::SecretString::from("redis://127.0.0.1:6379"))
-        .await
-        .unwrap()
-}
 
 fn envelope(n: i64) -> Envelope {
     Envelope::new(
@@ -95,22 +78,6 @@ async fn stream_ids(redis: &mut ConnectionManager, key: &str) -> Vec<Uuid> {
             Uuid::from_str(&id).unwrap()
         })
         .collect()
-}
-
-/// Polls `condition` until it holds (bounded): waiting for an observable state, not a guess.
-async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 fn relay(pool: &PgPool, redis: &ConnectionManager, prefix: &KeyPrefix, batch_size: i64) -> Relay {
@@ -334,4 +301,14 @@ async fn many_events_appended_at_once_keep_their_order(pool: PgPool) {
         published[1..],
         batch.iter().map(|e| e.id).collect::<Vec<_>>()[..]
     );
+}
+
+/// A producer's pool on its own schema, with the outbox and a table of "state" to change.
+async fn producer(test_pool: &PgPool) -> PgPool {
+    common::service_db(
+        test_pool,
+        SCHEMA,
+        "CREATE TABLE items (id uuid PRIMARY KEY)",
+    )
+    .await
 }

@@ -1,0 +1,45 @@
+//! Fixtures shared by the events tests.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+/// A service's pool on its own `schema` of the test database, with the events tables and
+/// whatever table of "state" the test changes (`state_table` DDL).
+pub async fn service_db(
+    test_pool: &PgPool,
+    schema: &'static str,
+    state_table: &'static str,
+) -> PgPool {
+    let options = test_pool.connect_options().as_ref().clone();
+    let pool = PgPool::connect_with(options.options([("search_path", schema)]))
+        .await
+        .unwrap();
+    events::migrate(&pool, schema).await.unwrap();
+    sqlx::query(state_table).execute(&pool).await.unwrap();
+    pool
+}
+
+pub async fn redis() -> ConnectionManager {
+    service_kit::redis::connect(&secrecy::SecretString::from("redis://127.0.0.1:6379"))
+        .await
+        .unwrap()
+}
+
+/// Polls `condition` until it holds, failing after 20 s: waiting for an observable state
+/// ("the outbox drained") that has no event to await.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
