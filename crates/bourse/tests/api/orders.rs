@@ -155,6 +155,29 @@ async fn two_traders_trade_at_the_makers_price(pool: PgPool) {
     );
 }
 
+/// The answer to a placed order is built in memory by the matching task (docs/performance.md);
+/// it must be exactly what reading the order back returns, rounding and timestamps included.
+#[sqlx::test(migrations = false)]
+async fn a_placed_orders_answer_is_exactly_what_reading_it_back_returns(pool: PgPool) {
+    let m = market(pool).await;
+    m.placed(&m.alice, &limit("sell", "100.00", "0.0001")).await;
+    m.placed(&m.alice, &limit("sell", "100.01", "0.0002")).await;
+
+    // Sweeps both levels and rests the rest: average (100.00 + 2 × 100.01) / 3 = 100.0066…
+    let bid = m.placed(&m.bob, &limit("buy", "100.01", "0.0005")).await;
+    assert_eq!(bid["status"], "partially_filled");
+    assert_eq!(bid["average_fill_price"], "100.01");
+    assert_eq!(bid["fills"].as_array().unwrap().len(), 2);
+
+    let read: Value = m
+        .order(&m.bob, bid["id"].as_str().unwrap())
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read, bid);
+}
+
 #[sqlx::test(migrations = false)]
 async fn the_idempotency_matrix(pool: PgPool) {
     let m = market(pool).await;

@@ -11,21 +11,19 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use matching::{
-    AccountId, Book, CancelReason, Command, Emitted, Event, NewOrder, OrderId, RestingOrder,
-    SelfTradePrevention, Side,
+    AccountId, Book, Command, Event, NewOrder, OrderId, RestingOrder, SelfTradePrevention, Side,
 };
-use serde_json::json;
 use service_kit::http::RequestContext;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::group_commit::BatchWrites;
 use crate::idempotency::{self, Claim};
-use crate::instruments::{Instrument, PRODUCER, STREAM};
-use crate::order_entry::{OrderType, ValidOrder};
-use crate::store::{self, NewOrderRow, NewTrade};
+use crate::instruments::Instrument;
+use crate::order_entry::ValidOrder;
+use crate::store;
 use crate::view::OrderView;
 
 /// The answer to a placed order: an HTTP status and its JSON body (also what is replayed).
@@ -50,9 +48,11 @@ impl Origin {
         }
     }
 
-    async fn run<F: std::future::Future>(&self, work: F) -> F::Output {
-        service_kit::http::observe::within(self.context.clone(), work.instrument(self.span.clone()))
-            .await
+    /// Runs synchronous `work` as part of the request: its logs in the request's span, its
+    /// events carrying the request's correlation and trace.
+    fn enter<R>(&self, work: impl FnOnce() -> R) -> R {
+        self.span
+            .in_scope(|| service_kit::http::observe::within_sync(self.context.clone(), work))
     }
 }
 
@@ -239,6 +239,14 @@ enum Output {
     Depth(Depth),
 }
 
+/// A job's output before its batch is written: a cancel's view is read after the writes.
+enum Pending {
+    Placed(Answer),
+    Cancelled(Option<(Uuid, Uuid)>),
+    Counted(u64),
+    Depth(Depth),
+}
+
 async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>) {
     let symbol = instrument.symbol.clone();
     let mut book = match recover(&pool, &instrument).await {
@@ -311,14 +319,14 @@ async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>
     }
 }
 
-/// Applies `jobs` to the book and writes all their effects in one transaction.
+/// Applies `jobs` to the book, then writes all their effects in one transaction.
 async fn commit_batch(
     pool: &PgPool,
     instrument: &Instrument,
     book: &mut Book,
     jobs: &[Job],
 ) -> Result<Vec<Output>> {
-    let mut tx = pool.begin().await?;
+    let mut writes = BatchWrites::new(instrument);
     let mut outputs = Vec::with_capacity(jobs.len());
     let mut events = Vec::new();
     for job in jobs {
@@ -331,11 +339,7 @@ async fn commit_batch(
                 ..
             } => {
                 book.execute(Command::Place(new_order(instrument, order)), &mut events);
-                Output::Placed(
-                    origin
-                        .run(write_place(&mut tx, instrument, order, claim, &events))
-                        .await?,
-                )
+                Pending::Placed(origin.enter(|| writes.place(order, claim, &events))?)
             }
             Job::Cancel {
                 order_id,
@@ -350,14 +354,12 @@ async fn commit_batch(
                     },
                     &mut events,
                 );
-                Output::Cancelled(
-                    origin
-                        .run(write_cancel(
-                            &mut tx, instrument, *order_id, *account, &events,
-                        ))
-                        .await?
-                        .map(Box::new),
-                )
+                origin.enter(|| writes.book_events(&events));
+                let cancelled = events
+                    .iter()
+                    .any(|e| matches!(e.event, Event::Cancelled { .. }));
+                // The order may predate this batch: its view is read once the batch is written.
+                Pending::Cancelled(cancelled.then_some((*order_id, *account)))
             }
             Job::CancelAccount {
                 account, origin, ..
@@ -368,14 +370,12 @@ async fn commit_batch(
                     },
                     &mut events,
                 );
-                origin
-                    .run(write_events(&mut tx, instrument, &events))
-                    .await?;
-                Output::Counted(events.len() as u64)
+                origin.enter(|| writes.book_events(&events));
+                Pending::Counted(events.len() as u64)
             }
             Job::Depth { levels, .. } => {
                 let (bids, asks) = book.depth(*levels);
-                Output::Depth(Depth {
+                Pending::Depth(Depth {
                     sequence: book.sequence(),
                     bids,
                     asks,
@@ -384,8 +384,24 @@ async fn commit_batch(
         };
         outputs.push(output);
     }
+    let mut tx = pool.begin().await?;
+    writes.flush(&mut tx).await?;
+    let mut answers = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        answers.push(match output {
+            Pending::Cancelled(Some((order_id, account))) => Output::Cancelled(
+                store::own_order(&mut tx, order_id, account)
+                    .await?
+                    .map(|(order, fills)| Box::new(OrderView::new(&order, &fills, instrument))),
+            ),
+            Pending::Cancelled(None) => Output::Cancelled(None),
+            Pending::Placed(answer) => Output::Placed(answer),
+            Pending::Counted(count) => Output::Counted(count),
+            Pending::Depth(depth) => Output::Depth(depth),
+        });
+    }
     tx.commit().await?;
-    Ok(outputs)
+    Ok(answers)
 }
 
 fn reply(job: Job, output: Result<Output>) {
@@ -428,279 +444,4 @@ fn new_order(instrument: &Instrument, order: &ValidOrder) -> NewOrder {
         post_only: order.post_only,
         self_trade: SelfTradePrevention::CancelTaker,
     }
-}
-
-fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Buy => "buy",
-        Side::Sell => "sell",
-    }
-}
-
-fn time_in_force_name(order: &ValidOrder) -> &'static str {
-    match order.time_in_force {
-        matching::TimeInForce::Gtc => "gtc",
-        matching::TimeInForce::Ioc => "ioc",
-        matching::TimeInForce::Fok => "fok",
-    }
-}
-
-fn event(
-    event_type: &str,
-    aggregate: Uuid,
-    sequence: u64,
-    payload: serde_json::Value,
-) -> events::Envelope {
-    events::Envelope::new(
-        PRODUCER,
-        event_type,
-        1,
-        aggregate.to_string(),
-        i64::try_from(sequence).unwrap_or(i64::MAX),
-        payload,
-    )
-}
-
-/// Writes what one placed order did, and its answer, in the batch's transaction.
-async fn write_place(
-    tx: &mut PgConnection,
-    instrument: &Instrument,
-    order: &ValidOrder,
-    claim: &Claim,
-    emitted: &[Emitted],
-) -> Result<Answer> {
-    let taker = order.id;
-    let mut status = "open";
-    let mut rested_at = None;
-    let mut rejection = None;
-    for e in emitted {
-        match e.event {
-            Event::Rested { .. } => rested_at = Some(i64::try_from(e.sequence).unwrap_or(i64::MAX)),
-            Event::Cancelled { id, .. } if id.0 == taker.as_u128() => status = "cancelled",
-            Event::Rejected { reason, .. } => {
-                status = "rejected";
-                rejection = Some(reason);
-            }
-            _ => {}
-        }
-    }
-    let inserted = store::insert_order(
-        &mut *tx,
-        &NewOrderRow {
-            id: taker,
-            account_id: order.account,
-            client_order_id: order.client_order_id.as_deref(),
-            symbol: &order.symbol,
-            side: side_name(order.side),
-            order_type: match order.order_type {
-                OrderType::Limit => "limit",
-                OrderType::Market => "market",
-            },
-            price: order.price,
-            quantity: order.quantity,
-            status,
-            time_in_force: time_in_force_name(order),
-            post_only: order.post_only,
-            book_sequence: rested_at,
-        },
-    )
-    .await?;
-    if !inserted {
-        // The book has already seen this order: the caller rebuilds it from the database.
-        return Err(Error::ClientOrderIdTaken);
-    }
-    let mut outbox = Vec::new();
-    let first_sequence = emitted.first().map_or(0, |e| e.sequence);
-    if rejection.is_none() {
-        outbox.push(event(
-            "OrderAccepted",
-            taker,
-            first_sequence,
-            json!({
-                "order_id": taker, "account_id": order.account, "symbol": order.symbol,
-                "side": side_name(order.side), "price": order.price, "quantity": order.quantity,
-            }),
-        ));
-    }
-    for e in emitted {
-        apply_event(&mut *tx, instrument, e, &mut outbox).await?;
-    }
-    if let Some(reason) = rejection {
-        outbox.push(event(
-            "OrderRejected",
-            taker,
-            first_sequence,
-            json!({
-                "order_id": taker, "account_id": order.account, "symbol": order.symbol,
-                "reason": format!("{reason:?}"),
-            }),
-        ));
-    }
-    events::outbox::append_all(&mut *tx, STREAM, &outbox).await?;
-    let (order_row, fills) = store::own_order(&mut *tx, taker, order.account)
-        .await?
-        .ok_or_else(|| Error::Internal("order vanished inside its transaction".to_owned()))?;
-    let answer = match rejection {
-        None => Answer {
-            status: 201,
-            body: serde_json::to_string(&OrderView::new(&order_row, &fills, instrument))
-                .map_err(|e| Error::Internal(e.to_string()))?,
-        },
-        Some(reason) => {
-            let (code, detail) = crate::view::rejection_problem(reason);
-            let problem = service_kit::http::Problem::unprocessable(code, detail);
-            Answer {
-                status: 422,
-                body: problem_body(problem)?,
-            }
-        }
-    };
-    idempotency::complete(&mut *tx, claim, answer.status, &answer.body).await?;
-    Ok(answer)
-}
-
-/// The JSON of a problem as the client receives it (request id included).
-fn problem_body(problem: service_kit::http::Problem) -> Result<String> {
-    let mut details = problem.details().clone();
-    details.request_id = service_kit::http::observe::current_request_id();
-    serde_json::to_string(&details).map_err(|e| Error::Internal(e.to_string()))
-}
-
-/// Applies one book event to the stored state (makers' fills, trades, cancellations).
-async fn apply_event(
-    conn: &mut PgConnection,
-    instrument: &Instrument,
-    emitted: &Emitted,
-    outbox: &mut Vec<events::Envelope>,
-) -> Result<()> {
-    match emitted.event {
-        Event::Trade {
-            maker,
-            maker_account,
-            taker,
-            taker_account,
-            taker_side,
-            price,
-            quantity,
-            maker_remaining,
-            taker_remaining,
-        } => {
-            let price = price * instrument.tick_size;
-            let quantity = i64::try_from(quantity).unwrap_or(i64::MAX) * instrument.lot_size;
-            let (maker, taker) = (Uuid::from_u128(maker.0), Uuid::from_u128(taker.0));
-            let trade_id = Uuid::now_v7();
-            let sequence = i64::try_from(emitted.sequence).unwrap_or(i64::MAX);
-            let status = |remaining: u64| {
-                if remaining == 0 {
-                    "filled"
-                } else {
-                    "partially_filled"
-                }
-            };
-            store::add_fill(conn, maker, price, quantity, status(maker_remaining)).await?;
-            store::add_fill(conn, taker, price, quantity, status(taker_remaining)).await?;
-            store::insert_trade(
-                conn,
-                &NewTrade {
-                    id: trade_id,
-                    symbol: &instrument.symbol,
-                    price,
-                    quantity,
-                    maker_order_id: maker,
-                    taker_order_id: taker,
-                    maker_account: Uuid::from_u128(maker_account.0),
-                    taker_account: Uuid::from_u128(taker_account.0),
-                    taker_side: side_name(taker_side),
-                    sequence,
-                },
-            )
-            .await?;
-            outbox.push(event("TradeExecuted", trade_id, emitted.sequence, json!({
-                "trade_id": trade_id, "symbol": instrument.symbol, "price": price, "quantity": quantity,
-                "maker_order_id": maker, "taker_order_id": taker,
-                "maker_account_id": Uuid::from_u128(maker_account.0), "taker_account_id": Uuid::from_u128(taker_account.0),
-                "taker_side": side_name(taker_side),
-            })));
-            for (order, remaining) in [(maker, maker_remaining), (taker, taker_remaining)] {
-                if remaining == 0 {
-                    outbox.push(event(
-                        "OrderCompleted",
-                        order,
-                        emitted.sequence,
-                        json!({ "order_id": order, "symbol": instrument.symbol }),
-                    ));
-                }
-            }
-        }
-        Event::Cancelled {
-            id,
-            remaining,
-            reason,
-            ..
-        } => {
-            let id = Uuid::from_u128(id.0);
-            store::set_order_status(conn, id, "cancelled").await?;
-            let remaining = i64::try_from(remaining).unwrap_or(i64::MAX) * instrument.lot_size;
-            outbox.push(event(
-                "OrderCancelled",
-                id,
-                emitted.sequence,
-                json!({
-                    "order_id": id, "symbol": instrument.symbol, "remaining": remaining,
-                    "reason": cancel_reason(reason),
-                }),
-            ));
-        }
-        Event::Accepted { .. } | Event::Rested { .. } | Event::Rejected { .. } => {}
-    }
-    Ok(())
-}
-
-fn cancel_reason(reason: CancelReason) -> &'static str {
-    match reason {
-        CancelReason::Requested => "requested",
-        CancelReason::Unfilled => "unfilled",
-        CancelReason::FillOrKill => "fill_or_kill",
-        CancelReason::SelfTrade => "self_trade",
-        CancelReason::MassCancel => "mass_cancel",
-    }
-}
-
-/// Writes the effects of book events that answer nothing but a count (mass cancels).
-async fn write_events(
-    tx: &mut PgConnection,
-    instrument: &Instrument,
-    emitted: &[Emitted],
-) -> Result<()> {
-    let mut outbox = Vec::new();
-    for e in emitted {
-        apply_event(&mut *tx, instrument, e, &mut outbox).await?;
-    }
-    events::outbox::append_all(&mut *tx, STREAM, &outbox).await?;
-    Ok(())
-}
-
-async fn write_cancel(
-    tx: &mut PgConnection,
-    instrument: &Instrument,
-    order_id: Uuid,
-    account: Uuid,
-    emitted: &[Emitted],
-) -> Result<Option<OrderView>> {
-    let mut outbox = Vec::new();
-    for e in emitted {
-        apply_event(&mut *tx, instrument, e, &mut outbox).await?;
-    }
-    events::outbox::append_all(&mut *tx, STREAM, &outbox).await?;
-    let cancelled = emitted
-        .iter()
-        .any(|e| matches!(e.event, Event::Cancelled { .. }));
-    let view = if cancelled {
-        store::own_order(&mut *tx, order_id, account)
-            .await?
-            .map(|(order, fills)| OrderView::new(&order, &fills, instrument))
-    } else {
-        None
-    };
-    Ok(view)
 }

@@ -11,6 +11,7 @@ use aws_lc_rs::digest::{SHA256, digest};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::engine::Answer;
 use crate::error::Result;
 
 /// A key this request owns until it completes or abandons it.
@@ -78,21 +79,27 @@ pub async fn begin(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> Re
     })
 }
 
-/// Stores the response, in the transaction that did the work.
-pub async fn complete(
-    conn: &mut PgConnection,
-    claim: &Claim,
-    status: u16,
-    body: &str,
-) -> Result<()> {
+/// Stores the responses of a batch, in the transaction that did the work.
+pub async fn complete_all(conn: &mut PgConnection, answers: &[(Claim, Answer)]) -> Result<()> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    let principals: Vec<Uuid> = answers.iter().map(|(c, _)| c.principal).collect();
+    let keys: Vec<&str> = answers.iter().map(|(c, _)| c.key.as_str()).collect();
+    let statuses: Vec<i16> = answers
+        .iter()
+        .map(|(_, a)| i16::try_from(a.status).unwrap_or(500))
+        .collect();
+    let bodies: Vec<&str> = answers.iter().map(|(_, a)| a.body.as_str()).collect();
     sqlx::query(
-        "UPDATE idempotency_keys SET response_status = $3, response_body = $4
-         WHERE principal_id = $1 AND key = $2",
+        "UPDATE idempotency_keys k SET response_status = a.status, response_body = a.body
+           FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::text[]) AS a(principal, key, status, body)
+          WHERE k.principal_id = a.principal AND k.key = a.key",
     )
-    .bind(claim.principal)
-    .bind(&claim.key)
-    .bind(i16::try_from(status).unwrap_or(500))
-    .bind(body)
+    .bind(&principals)
+    .bind(&keys)
+    .bind(&statuses)
+    .bind(&bodies)
     .execute(conn)
     .await?;
     Ok(())

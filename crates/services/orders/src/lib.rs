@@ -13,6 +13,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod group_commit;
 pub mod http;
 pub mod idempotency;
 pub mod instruments;

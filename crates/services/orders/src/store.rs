@@ -96,7 +96,7 @@ pub async fn set_instrument_status(
 }
 
 /// One order as stored, with the average fill price computed by the database (the notional
-/// exceeds 64 bits, so it stays `numeric` there).
+/// exceeds 64 bits, so it stays `numeric` there), rounded half up in exact integer arithmetic.
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct OrderRow {
     pub id: uuid::Uuid,
@@ -127,111 +127,161 @@ pub struct FillRow {
 
 const ORDER_COLUMNS: &str = "id, account_id, client_order_id, symbol, side, type AS order_type, \
      price, quantity, filled_quantity, \
-     (filled_notional / NULLIF(filled_quantity, 0))::bigint AS average_price, \
+     div(filled_notional * 2 + filled_quantity, NULLIF(filled_quantity, 0) * 2)::bigint \
+     AS average_price, \
      status, time_in_force, post_only, book_sequence, created_at, updated_at";
 
-/// The fields of a new order row.
-pub struct NewOrderRow<'a> {
-    pub id: uuid::Uuid,
-    pub account_id: uuid::Uuid,
-    pub client_order_id: Option<&'a str>,
-    pub symbol: &'a str,
-    pub side: &'a str,
-    pub order_type: &'a str,
-    pub price: Option<i64>,
-    pub quantity: i64,
-    pub status: &'a str,
-    pub time_in_force: &'a str,
-    pub post_only: bool,
-    pub book_sequence: Option<i64>,
-}
-
-/// Inserts an order; `Ok(false)` when the account already used its client order id.
-pub async fn insert_order(conn: &mut PgConnection, o: &NewOrderRow<'_>) -> Result<bool> {
+/// Inserts the orders a batch created, in their final state for the batch; returns how many
+/// were inserted. One fewer than given means an account reused its client order id (the
+/// constraint, not a prior read, decides — REL-13).
+pub async fn insert_orders(
+    conn: &mut PgConnection,
+    rows: &[OrderRow],
+    notionals: &[i128],
+) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+    let accounts: Vec<uuid::Uuid> = rows.iter().map(|r| r.account_id).collect();
+    let client_ids: Vec<Option<&str>> = rows.iter().map(|r| r.client_order_id.as_deref()).collect();
+    let symbols: Vec<&str> = rows.iter().map(|r| r.symbol.as_str()).collect();
+    let sides: Vec<&str> = rows.iter().map(|r| r.side.as_str()).collect();
+    let types: Vec<&str> = rows.iter().map(|r| r.order_type.as_str()).collect();
+    let prices: Vec<Option<i64>> = rows.iter().map(|r| r.price).collect();
+    let quantities: Vec<i64> = rows.iter().map(|r| r.quantity).collect();
+    let filled: Vec<i64> = rows.iter().map(|r| r.filled_quantity).collect();
+    // numeric has no i128 binding; its text form is exact.
+    let notionals: Vec<String> = notionals.iter().map(i128::to_string).collect();
+    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+    let tifs: Vec<&str> = rows.iter().map(|r| r.time_in_force.as_str()).collect();
+    let post_only: Vec<bool> = rows.iter().map(|r| r.post_only).collect();
+    let sequences: Vec<Option<i64>> = rows.iter().map(|r| r.book_sequence).collect();
+    let created: Vec<time::OffsetDateTime> = rows.iter().map(|r| r.created_at).collect();
     let inserted = sqlx::query(
         "INSERT INTO orders (id, account_id, client_order_id, symbol, side, type, price, quantity,
-                             status, time_in_force, post_only, book_sequence)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                             filled_quantity, filled_notional, status, time_in_force, post_only,
+                             book_sequence, created_at, updated_at)
+         SELECT id, account_id, client_order_id, symbol, side, type, price, quantity,
+                filled_quantity, filled_notional::numeric, status, time_in_force, post_only,
+                book_sequence, created_at, created_at
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::text[], $12::text[],
+                     $13::bool[], $14::int8[], $15::timestamptz[])
+              AS o(id, account_id, client_order_id, symbol, side, type, price, quantity,
+                   filled_quantity, filled_notional, status, time_in_force, post_only,
+                   book_sequence, created_at)
          ON CONFLICT ON CONSTRAINT orders_client_order_id_key DO NOTHING",
     )
-    .bind(o.id)
-    .bind(o.account_id)
-    .bind(o.client_order_id)
-    .bind(o.symbol)
-    .bind(o.side)
-    .bind(o.order_type)
-    .bind(o.price)
-    .bind(o.quantity)
-    .bind(o.status)
-    .bind(o.time_in_force)
-    .bind(o.post_only)
-    .bind(o.book_sequence)
+    .bind(&ids)
+    .bind(&accounts)
+    .bind(&client_ids)
+    .bind(&symbols)
+    .bind(&sides)
+    .bind(&types)
+    .bind(&prices)
+    .bind(&quantities)
+    .bind(&filled)
+    .bind(&notionals)
+    .bind(&statuses)
+    .bind(&tifs)
+    .bind(&post_only)
+    .bind(&sequences)
+    .bind(&created)
     .execute(conn)
     .await?;
-    Ok(inserted.rows_affected() == 1)
+    Ok(inserted.rows_affected())
 }
 
-/// Adds a fill to an order and sets its resulting status.
-pub async fn add_fill(
-    conn: &mut PgConnection,
-    id: uuid::Uuid,
-    price: i64,
-    quantity: i64,
-    status: &str,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE orders SET filled_quantity = filled_quantity + $3,
-                filled_notional = filled_notional + ($2::numeric * $3::numeric),
-                status = $4, updated_at = now()
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(price)
-    .bind(quantity)
-    .bind(status)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-pub async fn set_order_status(conn: &mut PgConnection, id: uuid::Uuid, status: &str) -> Result<()> {
-    sqlx::query("UPDATE orders SET status = $2, updated_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(status)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-pub struct NewTrade<'a> {
+/// What a batch did to an order stored before it: fills to add, and its new status.
+pub struct OrderChange {
     pub id: uuid::Uuid,
-    pub symbol: &'a str,
+    pub filled_quantity: i64,
+    pub filled_notional: i128,
+    pub status: Option<&'static str>,
+}
+
+/// Applies a batch's fills and status changes to orders stored before it, in one statement.
+pub async fn apply_order_changes(
+    conn: &mut PgConnection,
+    changes: &[OrderChange],
+    now: time::OffsetDateTime,
+) -> Result<()> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<uuid::Uuid> = changes.iter().map(|c| c.id).collect();
+    let filled: Vec<i64> = changes.iter().map(|c| c.filled_quantity).collect();
+    let notionals: Vec<String> = changes
+        .iter()
+        .map(|c| c.filled_notional.to_string())
+        .collect();
+    let statuses: Vec<Option<&str>> = changes.iter().map(|c| c.status).collect();
+    sqlx::query(
+        "UPDATE orders o
+            SET filled_quantity = o.filled_quantity + c.filled_quantity,
+                filled_notional = o.filled_notional + c.filled_notional::numeric,
+                status = COALESCE(c.status, o.status),
+                updated_at = $5
+           FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[])
+                AS c(id, filled_quantity, filled_notional, status)
+          WHERE o.id = c.id",
+    )
+    .bind(&ids)
+    .bind(&filled)
+    .bind(&notionals)
+    .bind(&statuses)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A trade as the matching task records it.
+pub struct TradeInsert {
+    pub id: uuid::Uuid,
     pub price: i64,
     pub quantity: i64,
     pub maker_order_id: uuid::Uuid,
     pub taker_order_id: uuid::Uuid,
     pub maker_account: uuid::Uuid,
     pub taker_account: uuid::Uuid,
-    pub taker_side: &'a str,
+    pub taker_side: &'static str,
     pub sequence: i64,
 }
 
-pub async fn insert_trade(conn: &mut PgConnection, t: &NewTrade<'_>) -> Result<()> {
+/// Inserts a batch's trades of one symbol in one statement.
+pub async fn insert_trades(
+    conn: &mut PgConnection,
+    symbol: &str,
+    trades: &[TradeInsert],
+) -> Result<()> {
+    if trades.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&TradeInsert) -> uuid::Uuid| trades.iter().map(f).collect::<Vec<_>>();
+    let number = |f: fn(&TradeInsert) -> i64| trades.iter().map(f).collect::<Vec<_>>();
+    let sides: Vec<&str> = trades.iter().map(|t| t.taker_side).collect();
     sqlx::query(
         "INSERT INTO trades (id, symbol, price, quantity, maker_order_id, taker_order_id,
                              maker_account, taker_account, taker_side, sequence)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         SELECT id, $1, price, quantity, maker_order_id, taker_order_id,
+                maker_account, taker_account, taker_side, sequence
+         FROM UNNEST($2::uuid[], $3::int8[], $4::int8[], $5::uuid[], $6::uuid[], $7::uuid[],
+                     $8::uuid[], $9::text[], $10::int8[])
+              AS t(id, price, quantity, maker_order_id, taker_order_id, maker_account,
+                   taker_account, taker_side, sequence)",
     )
-    .bind(t.id)
-    .bind(t.symbol)
-    .bind(t.price)
-    .bind(t.quantity)
-    .bind(t.maker_order_id)
-    .bind(t.taker_order_id)
-    .bind(t.maker_account)
-    .bind(t.taker_account)
-    .bind(t.taker_side)
-    .bind(t.sequence)
+    .bind(symbol)
+    .bind(column(|t| t.id))
+    .bind(number(|t| t.price))
+    .bind(number(|t| t.quantity))
+    .bind(column(|t| t.maker_order_id))
+    .bind(column(|t| t.taker_order_id))
+    .bind(column(|t| t.maker_account))
+    .bind(column(|t| t.taker_account))
+    .bind(&sides)
+    .bind(number(|t| t.sequence))
     .execute(conn)
     .await?;
     Ok(())

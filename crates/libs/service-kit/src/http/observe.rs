@@ -44,6 +44,14 @@ pub async fn within<F: std::future::Future>(context: Option<RequestContext>, wor
     }
 }
 
+/// [`within`] for synchronous work: runs `work` now, as part of the request `context`.
+pub fn within_sync<R>(context: Option<RequestContext>, work: impl FnOnce() -> R) -> R {
+    match context {
+        Some(context) => CURRENT.sync_scope(context, work),
+        None => work(),
+    }
+}
+
 /// What downstream code needs to continue the request's story on an outbound call.
 #[derive(Clone, Debug)]
 pub struct RequestContext {

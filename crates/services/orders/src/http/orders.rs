@@ -9,6 +9,7 @@ use service_kit::http::{Json, Path, Problem};
 use uuid::Uuid;
 
 use super::AppState;
+use crate::engine::Answer;
 use crate::error::{Error, Result};
 use crate::idempotency::{self, Begin};
 use crate::instruments::{PRODUCER, STREAM};
@@ -122,11 +123,10 @@ pub async fn place(
         }
         Err(rejection) => {
             // A refused order is an answer too: stored for replay, announced as an event.
-            let problem = Problem::unprocessable(rejection.code, rejection.detail.clone());
-            let mut details = problem.details().clone();
-            details.request_id = service_kit::http::observe::current_request_id();
-            let body =
-                serde_json::to_string(&details).map_err(|e| Error::Internal(e.to_string()))?;
+            let body = crate::group_commit::problem_body(Problem::unprocessable(
+                rejection.code,
+                rejection.detail.clone(),
+            ))?;
             let mut tx = state.pool.begin().await?;
             let event = events::Envelope::new(
                 PRODUCER,
@@ -137,9 +137,10 @@ pub async fn place(
                 serde_json::json!({ "account_id": principal.user_id, "symbol": request.symbol, "reason": rejection.code }),
             );
             events::outbox::append(&mut tx, STREAM, &event).await?;
-            idempotency::complete(&mut tx, &claim, 422, &body).await?;
+            let answer = Answer { status: 422, body };
+            idempotency::complete_all(&mut tx, &[(claim, answer.clone())]).await?;
             tx.commit().await?;
-            Ok(json_response(422, body, false))
+            Ok(json_response(422, answer.body, false))
         }
     }
 }
