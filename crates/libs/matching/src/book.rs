@@ -185,6 +185,16 @@ impl Book {
     }
 
     fn place(&mut self, order: NewOrder, out: &mut Vec<Emitted>) {
+        if let OrderKind::Limit { price } = order.kind
+            && price > 0
+            && order.quantity > 0
+            && order.time_in_force == TimeInForce::Gtc
+            && !self.crosses(order.side, price)
+        {
+            // The common case: a limit order that cannot trade rests at once, and one hash
+            // operation both refuses a duplicate id and indexes the order.
+            return self.rest_passive(order, price, out);
+        }
         if let Some(reason) = self.rejection(&order) {
             self.emit(
                 out,
@@ -259,6 +269,52 @@ impl Book {
                 },
             ),
         }
+    }
+
+    /// Rests a GTC limit order known not to cross, emitting what [`Book::place`] would.
+    fn rest_passive(&mut self, order: NewOrder, price: i64, out: &mut Vec<Emitted>) {
+        let std::collections::hash_map::Entry::Vacant(entry) = self.index.entry(order.id) else {
+            self.emit(
+                out,
+                Event::Rejected {
+                    id: order.id,
+                    reason: RejectReason::DuplicateOrderId,
+                },
+            );
+            return;
+        };
+        let arrival = self.sequence + 2;
+        let resting = RestingOrder {
+            id: order.id,
+            account: order.account,
+            side: order.side,
+            price,
+            remaining: order.quantity,
+            arrival,
+        };
+        let index = allocate(&mut self.slots, &mut self.free, resting);
+        entry.insert(index);
+        let ladder = match order.side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        };
+        link(&mut self.slots, ladder, index);
+        self.sequence = arrival;
+        out.push(Emitted {
+            sequence: arrival - 1,
+            event: Event::Accepted {
+                id: order.id,
+                account: order.account,
+            },
+        });
+        out.push(Emitted {
+            sequence: arrival,
+            event: Event::Rested {
+                id: order.id,
+                price,
+                remaining: order.quantity,
+            },
+        });
     }
 
     fn rejection(&self, order: &NewOrder) -> Option<RejectReason> {
@@ -377,7 +433,7 @@ impl Book {
             remaining -= quantity;
             let maker_remaining = maker.remaining - quantity;
             if maker_remaining == 0 {
-                self.remove(head);
+                self.pop_best_head(maker_side);
             } else {
                 self.slots[head as usize].order.remaining = maker_remaining;
                 if let Some(best) = self.ladder_mut(maker_side).levels.last_mut() {
@@ -402,55 +458,56 @@ impl Book {
         (remaining, false)
     }
 
-    fn allocate(&mut self, slot: Slot) -> u32 {
-        match self.free.pop() {
-            Some(index) => {
-                self.slots[index as usize] = slot;
-                index
-            }
-            None => {
-                self.slots.push(slot);
-                u32::try_from(self.slots.len() - 1).unwrap_or(NIL)
-            }
-        }
-    }
-
     /// Appends `order` to the tail of its price level (creating the level if needed).
     fn rest(&mut self, order: RestingOrder) {
-        let index = self.allocate(Slot {
-            order,
-            prev: NIL,
-            next: NIL,
-        });
+        let index = allocate(&mut self.slots, &mut self.free, order);
         self.index.insert(order.id, index);
-        let ladder = self.ladder_mut(order.side);
-        match ladder.search(order.side, order.price) {
-            Ok(position) => {
-                let level = &mut ladder.levels[position];
-                let tail = level.tail;
-                level.tail = index;
-                level.quantity += order.remaining;
-                level.orders += 1;
-                self.slots[tail as usize].next = index;
-                self.slots[index as usize].prev = tail;
-            }
-            Err(position) => ladder.levels.insert(
-                position,
-                PriceLevel {
-                    price: order.price,
-                    quantity: order.remaining,
-                    orders: 1,
-                    head: index,
-                    tail: index,
-                },
-            ),
-        }
+        let ladder = match order.side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        };
+        link(&mut self.slots, ladder, index);
     }
 
-    /// Unlinks the order in `index` from its level and frees the slot.
+    /// Removes the order in `index` from the book (index, level and slab).
     fn remove(&mut self, index: u32) {
-        let Slot { order, prev, next } = self.slots[index as usize];
+        let id = self.slots[index as usize].order.id;
+        self.index.remove(&id);
+        self.unlink(index);
+    }
+
+    /// Removes the first order of `side`'s best level: a filled maker. The level is the last
+    /// of its ladder, so no search is needed.
+    fn pop_best_head(&mut self, side: Side) {
+        let ladder = match side {
+            Side::Buy => &mut self.bids,
+            Side::Sell => &mut self.asks,
+        };
+        let Some(level) = ladder.levels.last_mut() else {
+            return;
+        };
+        let index = level.head;
+        let Slot { order, next, .. } = self.slots[index as usize];
+        level.head = next;
+        if level.tail == index {
+            level.tail = NIL;
+        }
+        level.quantity -= order.remaining;
+        level.orders -= 1;
+        if level.orders == 0 {
+            ladder.levels.pop();
+        }
+        if next != NIL {
+            self.slots[next as usize].prev = NIL;
+        }
         self.index.remove(&order.id);
+        self.free.push(index);
+    }
+
+    /// Unlinks the order in `index` from its level and frees the slot (the id index is the
+    /// caller's business).
+    fn unlink(&mut self, index: u32) {
+        let Slot { order, prev, next } = self.slots[index as usize];
         if prev != NIL {
             self.slots[prev as usize].next = next;
         }
@@ -476,10 +533,11 @@ impl Book {
     }
 
     fn cancel(&mut self, id: OrderId, account: AccountId, out: &mut Vec<Emitted>) {
-        match self.index.get(&id).copied() {
+        // One hash operation on the common path; someone else's order is put back.
+        match self.index.remove(&id) {
             Some(index) if self.slots[index as usize].order.account == account => {
                 let order = self.slots[index as usize].order;
-                self.remove(index);
+                self.unlink(index);
                 self.emit(
                     out,
                     Event::Cancelled {
@@ -491,13 +549,18 @@ impl Book {
                 );
             }
             // Someone else's order looks exactly like a missing one.
-            _ => self.emit(
-                out,
-                Event::Rejected {
-                    id,
-                    reason: RejectReason::UnknownOrder,
-                },
-            ),
+            other => {
+                if let Some(index) = other {
+                    self.index.insert(id, index);
+                }
+                self.emit(
+                    out,
+                    Event::Rejected {
+                        id,
+                        reason: RejectReason::UnknownOrder,
+                    },
+                );
+            }
         }
     }
 
@@ -524,5 +587,49 @@ impl Book {
                 },
             );
         }
+    }
+}
+
+fn allocate(slots: &mut Vec<Slot>, free: &mut Vec<u32>, order: RestingOrder) -> u32 {
+    let slot = Slot {
+        order,
+        prev: NIL,
+        next: NIL,
+    };
+    match free.pop() {
+        Some(index) => {
+            slots[index as usize] = slot;
+            index
+        }
+        None => {
+            slots.push(slot);
+            u32::try_from(slots.len() - 1).unwrap_or(NIL)
+        }
+    }
+}
+
+/// Links the order in `index` at the tail of its price level in `ladder`.
+fn link(slots: &mut [Slot], ladder: &mut Ladder, index: u32) {
+    let order = slots[index as usize].order;
+    match ladder.search(order.side, order.price) {
+        Ok(position) => {
+            let level = &mut ladder.levels[position];
+            let tail = level.tail;
+            level.tail = index;
+            level.quantity += order.remaining;
+            level.orders += 1;
+            slots[tail as usize].next = index;
+            slots[index as usize].prev = tail;
+        }
+        Err(position) => ladder.levels.insert(
+            position,
+            PriceLevel {
+                price: order.price,
+                quantity: order.remaining,
+                orders: 1,
+                head: index,
+                tail: index,
+            },
+        ),
     }
 }

@@ -42,8 +42,13 @@ pub fn request_hash(body: &serde_json::Value) -> Vec<u8> {
 }
 
 pub async fn begin(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> Result<Begin> {
+    // The claim commits without waiting for its WAL flush (synchronous_commit off for this one
+    // statement's transaction). That is safe: the work's own transaction commits synchronously
+    // and flushes all earlier WAL, the claim included; and a claim lost in a crash had no work
+    // depending on it, so the client's retry simply claims again.
     let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (principal_id, key, request_hash) VALUES ($1, $2, $3)
+        "INSERT INTO idempotency_keys (principal_id, key, request_hash)
+         SELECT $1, $2, $3 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
          ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING",
     )
     .bind(principal)
