@@ -1,0 +1,31 @@
+//! The instrumented client every service-to-service call goes through (REL-03..REL-06).
+//!
+//! One [`Upstream`] per called service holds, for that service only:
+//! - a **timeout** per attempt (REL-03);
+//! - **retries** with exponential backoff and full jitter, taken *only* when the caller marks
+//!   the call idempotent (REL-04) — see [`backoff`];
+//! - a **circuit breaker** with resilience4j semantics — closed, open, half-open; failure-rate
+//!   and slow-call-rate thresholds over a sliding time window; a minimum number of calls; a
+//!   limited number of half-open probes; forced-open and disabled for operators (REL-05).
+//!   The state machine is `tower-resilience-circuitbreaker` (ADR 0006); its state is a metric
+//!   and every transition is published on [`Upstream::transitions`] so the owning service can
+//!   emit `CircuitBreakerOpened`/`Closed` ops events;
+//! - a **bulkhead**: at most N calls in flight, the excess refused at once (REL-06);
+//! - the caller's `X-Request-Id` and `traceparent`, and a bearer token when one is given.
+//!
+//! Failing fast is the point: an open breaker or a full bulkhead answers
+//! [`CallError::Open`]/[`CallError::Saturated`] without touching the network, and
+//! [`CallError::problem`] turns every failure into a 503/504 problem with `Retry-After`.
+//!
+//! Modules: [`policy`] (the settings of one upstream), [`backoff`] (exponential backoff with
+//! full jitter), [`upstream`] ([`Upstream`] and [`Call`]), [`error`] ([`CallError`]).
+
+pub mod backoff;
+pub mod error;
+pub mod policy;
+pub mod upstream;
+
+pub use backoff::Backoff;
+pub use error::CallError;
+pub use policy::{BreakerSettings, Policy};
+pub use upstream::{BreakerState, Call, Mode, Transition, Upstream};

@@ -1,0 +1,476 @@
+//! One called service: its breaker, bulkhead, timeout and retry policy, and the call itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
+use service_kit::http::{REQUEST_ID, TRACEPARENT};
+use tokio::sync::{Semaphore, broadcast};
+use tower::ServiceExt as _;
+use tower_resilience_circuitbreaker::{
+    CircuitBreaker, CircuitBreakerError, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState,
+    FailureClassifier, SlidingWindowType,
+};
+
+use crate::error::CallError;
+use crate::policy::Policy;
+
+/// How an operator has set the breaker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The breaker decides from what it measures.
+    Automatic,
+    /// Every call is refused until an operator says otherwise (resilience4j `FORCED_OPEN`).
+    ForcedOpen,
+    /// Calls always go through and are not measured (resilience4j `DISABLED`).
+    Disabled,
+}
+
+/// The breaker's state as operators see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+    ForcedOpen,
+    Disabled,
+}
+
+impl BreakerState {
+    pub const ALL: [BreakerState; 5] = [
+        BreakerState::Closed,
+        BreakerState::Open,
+        BreakerState::HalfOpen,
+        BreakerState::ForcedOpen,
+        BreakerState::Disabled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+            BreakerState::ForcedOpen => "forced_open",
+            BreakerState::Disabled => "disabled",
+        }
+    }
+
+    /// Whether calls are being refused in this state.
+    pub fn is_open(self) -> bool {
+        matches!(self, BreakerState::Open | BreakerState::ForcedOpen)
+    }
+
+    fn from_circuit(state: CircuitState) -> Self {
+        match state {
+            CircuitState::Closed => BreakerState::Closed,
+            CircuitState::Open => BreakerState::Open,
+            CircuitState::HalfOpen => BreakerState::HalfOpen,
+        }
+    }
+}
+
+/// A change of breaker state, for the owner to log, alert on and publish as an ops event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub upstream: &'static str,
+    pub from: BreakerState,
+    pub to: BreakerState,
+}
+
+/// One request to an upstream. Built by the caller, sent by [`Upstream::send`].
+#[derive(Clone, Debug)]
+pub struct Call {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    idempotent: bool,
+}
+
+impl Call {
+    /// A call; idempotent by default exactly when its method is (RFC 9110 §9.2.2).
+    pub fn new(method: Method, path: impl Into<String>) -> Self {
+        let idempotent = method.is_idempotent();
+        Self {
+            method,
+            path: path.into(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            idempotent,
+        }
+    }
+
+    pub fn get(path: impl Into<String>) -> Self {
+        Self::new(Method::GET, path)
+    }
+
+    /// A JSON POST. Not retried unless declared [`Call::idempotent`] (e.g. keyed by an id the
+    /// upstream deduplicates on).
+    pub fn post_json(path: impl Into<String>, body: impl Into<Bytes>) -> Self {
+        Self::new(Method::POST, path)
+            .header(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )
+            .body(body)
+    }
+
+    /// Declares whether repeating the call is harmless; only then is it retried.
+    pub fn idempotent(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    pub fn headers(mut self, headers: HeaderMap) -> Self {
+        self.headers.extend(headers);
+        self
+    }
+
+    /// A bearer token (a service token, SEC-14). Invalid header characters drop it, so the
+    /// upstream answers 401 rather than the call failing here.
+    pub fn bearer(self, token: &str) -> Self {
+        match HeaderValue::from_str(&format!("Bearer {token}")) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                self.header(header::AUTHORIZATION, value)
+            }
+            Err(_) => self,
+        }
+    }
+
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+}
+
+/// Why one attempt got no answer, as the breaker sees it.
+#[derive(Debug)]
+enum Failure {
+    Timeout,
+    Transport(String),
+}
+
+/// The network call itself: one attempt, bounded by the timeout.
+#[derive(Clone)]
+struct Transport {
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl tower::Service<reqwest::Request> for Transport {
+    type Response = reqwest::Response;
+    type Error = Failure;
+    type Future = Pin<Box<dyn Future<Output = Result<reqwest::Response, Failure>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: reqwest::Request) -> Self::Future {
+        let (http, timeout) = (self.http.clone(), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, http.execute(request)).await {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(err)) if err.is_timeout() => Err(Failure::Timeout),
+                Ok(Err(err)) => Err(Failure::Transport(err.to_string())),
+                Err(_) => Err(Failure::Timeout),
+            }
+        })
+    }
+}
+
+/// A 5xx or no answer is the upstream's failure; a 4xx is the caller's and counts as a success.
+#[derive(Clone, Copy)]
+struct UpstreamFault;
+
+impl FailureClassifier<reqwest::Response, Failure> for UpstreamFault {
+    fn classify(&self, result: &Result<reqwest::Response, Failure>) -> bool {
+        match result {
+            Ok(response) => response.status().is_server_error(),
+            Err(_) => true,
+        }
+    }
+}
+
+const AUTOMATIC: u8 = 0;
+const FORCED_OPEN: u8 = 1;
+const DISABLED: u8 = 2;
+
+struct Inner {
+    name: &'static str,
+    base_url: String,
+    policy: Policy,
+    transport: Transport,
+    breaker: CircuitBreaker<Transport, UpstreamFault>,
+    handle: CircuitBreakerHandle<UpstreamFault>,
+    bulkhead: Arc<Semaphore>,
+    mode: AtomicU8,
+    transitions: broadcast::Sender<Transition>,
+}
+
+/// The client for one upstream service. Cheap to clone; clones share breaker and bulkhead.
+#[derive(Clone)]
+pub struct Upstream(Arc<Inner>);
+
+impl Upstream {
+    /// `name` labels metrics, logs and problems; `base_url` has no trailing slash.
+    pub fn new(
+        name: &'static str,
+        base_url: impl Into<String>,
+        http: reqwest::Client,
+        policy: Policy,
+    ) -> Result<Self, String> {
+        let (transitions, _) = broadcast::channel(64);
+        let publish = transitions.clone();
+        let settings = &policy.breaker;
+        let (layer, handle) = CircuitBreakerLayer::builder()
+            .name(name)
+            .failure_classifier_type(UpstreamFault)
+            .failure_rate_threshold(settings.failure_rate)
+            .slow_call_rate_threshold(settings.slow_call_rate)
+            .slow_call_duration_threshold(settings.slow_call)
+            // A time-based window is a true sliding window; the crate's count-based one only
+            // resets on a state change (ADR 0006).
+            .sliding_window_type(SlidingWindowType::TimeBased)
+            .sliding_window_duration(settings.window)
+            .minimum_number_of_calls(settings.minimum_calls)
+            .wait_duration_in_open(settings.open_for)
+            .permitted_calls_in_half_open(settings.half_open_calls)
+            .on_state_transition(move |from, to| {
+                announce(
+                    &publish,
+                    Transition {
+                        upstream: name,
+                        from: BreakerState::from_circuit(from),
+                        to: BreakerState::from_circuit(to),
+                    },
+                );
+            })
+            .build_with_handle()
+            .map_err(|e| format!("circuit breaker settings for {name}: {e}"))?;
+        let transport = Transport {
+            http,
+            timeout: policy.timeout,
+        };
+        let breaker = tower::Layer::layer(&layer, transport.clone());
+        set_state_gauge(name, BreakerState::Closed);
+        Ok(Self(Arc::new(Inner {
+            name,
+            base_url: base_url.into(),
+            bulkhead: Arc::new(Semaphore::new(policy.max_concurrent)),
+            policy,
+            transport,
+            breaker,
+            handle,
+            mode: AtomicU8::new(AUTOMATIC),
+            transitions,
+        })))
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.0.name
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.0.base_url
+    }
+
+    /// Breaker transitions from now on (a lagging receiver loses the oldest, never blocks calls).
+    pub fn transitions(&self) -> broadcast::Receiver<Transition> {
+        self.0.transitions.subscribe()
+    }
+
+    pub fn mode(&self) -> Mode {
+        match self.0.mode.load(Ordering::Acquire) {
+            FORCED_OPEN => Mode::ForcedOpen,
+            DISABLED => Mode::Disabled,
+            _ => Mode::Automatic,
+        }
+    }
+
+    pub fn state(&self) -> BreakerState {
+        match self.mode() {
+            Mode::ForcedOpen => BreakerState::ForcedOpen,
+            Mode::Disabled => BreakerState::Disabled,
+            Mode::Automatic => BreakerState::from_circuit(self.0.handle.state()),
+        }
+    }
+
+    /// Sets the operator's override. Back to automatic, the breaker starts closed and empty.
+    pub async fn set_mode(&self, mode: Mode) {
+        let from = self.state();
+        if mode == Mode::Automatic {
+            self.0.handle.reset().await;
+        }
+        let code = match mode {
+            Mode::Automatic => AUTOMATIC,
+            Mode::ForcedOpen => FORCED_OPEN,
+            Mode::Disabled => DISABLED,
+        };
+        self.0.mode.store(code, Ordering::Release);
+        let to = self.state();
+        if from != to {
+            announce(
+                &self.0.transitions,
+                Transition {
+                    upstream: self.0.name,
+                    from,
+                    to,
+                },
+            );
+        }
+    }
+
+    /// Sends `call`: bulkhead, breaker, timeout, and retries if the call is idempotent.
+    /// Any answer, 4xx and 5xx included, is `Ok`; `Err` means there was no usable answer.
+    pub async fn send(&self, call: Call) -> Result<reqwest::Response, CallError> {
+        let inner = &self.0;
+        let name = inner.name;
+        let mode = self.mode();
+        if mode == Mode::ForcedOpen {
+            count(name, "rejected");
+            return Err(CallError::Open {
+                upstream: name,
+                retry_after: inner.policy.breaker.open_for,
+            });
+        }
+        let Ok(_permit) = inner.bulkhead.clone().try_acquire_owned() else {
+            count(name, "saturated");
+            return Err(CallError::Saturated { upstream: name });
+        };
+        let attempts = if call.idempotent {
+            1 + inner.policy.retries
+        } else {
+            1
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let request = self.request(&call)?;
+            let started = Instant::now();
+            let result = match mode {
+                Mode::Disabled => inner
+                    .transport
+                    .clone()
+                    .oneshot(request)
+                    .await
+                    .map_err(CircuitBreakerError::Inner),
+                _ => inner.breaker.clone().oneshot(request).await,
+            };
+            let (outcome, retryable) = match &result {
+                Ok(response) if matches!(response.status().as_u16(), 502..=504) => {
+                    ("server_error", true)
+                }
+                Ok(response) if response.status().is_server_error() => ("server_error", false),
+                Ok(_) => ("response", false),
+                Err(CircuitBreakerError::OpenCircuit) => ("rejected", false),
+                Err(CircuitBreakerError::Inner(Failure::Timeout)) => ("timeout", true),
+                Err(CircuitBreakerError::Inner(Failure::Transport(_))) => ("unreachable", true),
+            };
+            count(name, outcome);
+            metrics::histogram!("resilience_call_duration_seconds", "upstream" => name, "outcome" => outcome)
+                .record(started.elapsed());
+            if !retryable || attempt >= attempts {
+                return match result {
+                    Ok(response) => Ok(response),
+                    Err(CircuitBreakerError::OpenCircuit) => Err(CallError::Open {
+                        upstream: name,
+                        retry_after: self.time_until_probe().await,
+                    }),
+                    Err(CircuitBreakerError::Inner(Failure::Timeout)) => Err(CallError::Timeout {
+                        upstream: name,
+                        timeout: inner.policy.timeout,
+                    }),
+                    Err(CircuitBreakerError::Inner(Failure::Transport(detail))) => {
+                        Err(CallError::Unreachable {
+                            upstream: name,
+                            detail,
+                        })
+                    }
+                };
+            }
+            metrics::counter!("resilience_retries_total", "upstream" => name).increment(1);
+            tokio::time::sleep(inner.policy.backoff.delay(attempt - 1)).await;
+        }
+    }
+
+    /// The request of one attempt, carrying the current request's id and trace (OBS-06).
+    fn request(&self, call: &Call) -> Result<reqwest::Request, CallError> {
+        let mut headers = call.headers.clone();
+        if let Some(context) = service_kit::http::observe::current_context() {
+            if let Ok(id) = HeaderValue::from_str(&context.request_id) {
+                headers.insert(REQUEST_ID, id);
+            }
+            if let Ok(traceparent) = HeaderValue::from_str(&context.trace.traceparent()) {
+                headers.insert(TRACEPARENT, traceparent);
+            }
+        }
+        self.0
+            .transport
+            .http
+            .request(
+                call.method.clone(),
+                format!("{}{}", self.0.base_url, call.path),
+            )
+            .headers(headers)
+            .body(call.body.clone())
+            .build()
+            .map_err(|e| CallError::Unreachable {
+                upstream: self.0.name,
+                detail: e.to_string(),
+            })
+    }
+
+    /// How long an open breaker will still refuse before letting a probe through.
+    async fn time_until_probe(&self) -> Duration {
+        let open_for = self.0.policy.breaker.open_for;
+        let elapsed = self.0.handle.metrics().await.time_since_state_change;
+        open_for.saturating_sub(elapsed)
+    }
+}
+
+fn count(upstream: &'static str, outcome: &'static str) {
+    metrics::counter!("resilience_calls_total", "upstream" => upstream, "outcome" => outcome)
+        .increment(1);
+}
+
+/// Records a transition: the state gauge, a log line, and the broadcast for ops events.
+fn announce(transitions: &broadcast::Sender<Transition>, transition: Transition) {
+    set_state_gauge(transition.upstream, transition.to);
+    if transition.to.is_open() {
+        tracing::warn!(
+            upstream = transition.upstream,
+            from = transition.from.as_str(),
+            to = transition.to.as_str(),
+            "circuit breaker opened"
+        );
+    } else {
+        tracing::info!(
+            upstream = transition.upstream,
+            from = transition.from.as_str(),
+            to = transition.to.as_str(),
+            "circuit breaker state changed"
+        );
+    }
+    // Nobody listening is fine: the metric and the log above still tell the story.
+    let _ = transitions.send(transition);
+}
+
+/// `resilience_breaker_state{upstream, state}`: 1 for the current state, 0 for the others.
+fn set_state_gauge(upstream: &'static str, current: BreakerState) {
+    for state in BreakerState::ALL {
+        metrics::gauge!("resilience_breaker_state", "upstream" => upstream, "state" => state.as_str())
+            .set(if state == current { 1.0 } else { 0.0 });
+    }
+}

@@ -1,0 +1,414 @@
+//! The breaker's state machine, retries, timeouts and the bulkhead, against a real HTTP server
+//! on loopback whose answers each test scripts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use resilience::{Backoff, BreakerSettings, BreakerState, Call, CallError, Mode, Policy, Upstream};
+use service_kit::http::RequestContext;
+use tokio::sync::{Semaphore, mpsc};
+
+/// What the stand-in upstream does: answers from `script` (then `otherwise`), optionally
+/// holding each request until the test releases it through `gate`.
+struct Script {
+    answers: Mutex<VecDeque<u16>>,
+    otherwise: u16,
+    gate: Option<Arc<Semaphore>>,
+    seen: Mutex<Vec<HeaderMap>>,
+    arrived: mpsc::UnboundedSender<()>,
+}
+
+struct Server {
+    url: String,
+    script: Arc<Script>,
+    arrivals: mpsc::UnboundedReceiver<()>,
+}
+
+impl Server {
+    async fn start(answers: &[u16], otherwise: u16, gate: Option<Arc<Semaphore>>) -> Server {
+        let (arrived, arrivals) = mpsc::unbounded_channel();
+        let script = Arc::new(Script {
+            answers: Mutex::new(answers.iter().copied().collect()),
+            otherwise,
+            gate,
+            seen: Mutex::default(),
+            arrived,
+        });
+        let state = script.clone();
+        let app = axum::Router::new().fallback(move |headers: HeaderMap| {
+            let script = state.clone();
+            async move {
+                script.seen.lock().unwrap().push(headers);
+                let _ = script.arrived.send(());
+                if let Some(gate) = &script.gate {
+                    gate.acquire().await.unwrap().forget();
+                }
+                let status = script
+                    .answers
+                    .lock()
+                    .unwrap()
+                    .pop_front()
+                    .unwrap_or(script.otherwise);
+                StatusCode::from_u16(status).unwrap()
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Server {
+            url,
+            script,
+            arrivals,
+        }
+    }
+
+    fn hits(&self) -> usize {
+        self.script.seen.lock().unwrap().len()
+    }
+
+    /// Waits until `n` more requests have reached the server.
+    async fn arrivals(&mut self, n: usize) {
+        for _ in 0..n {
+            self.arrivals.recv().await.unwrap();
+        }
+    }
+}
+
+/// A policy whose breaker decides after `minimum_calls` and never retries unless asked.
+fn policy(minimum_calls: usize, open_for: Duration) -> Policy {
+    Policy {
+        timeout: Duration::from_secs(5),
+        retries: 0,
+        backoff: Backoff {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(2),
+        },
+        max_concurrent: 64,
+        breaker: BreakerSettings {
+            failure_rate: 0.5,
+            slow_call_rate: 1.0,
+            slow_call: Duration::from_secs(60),
+            window: Duration::from_secs(60),
+            minimum_calls,
+            open_for,
+            half_open_calls: 2,
+        },
+    }
+}
+
+fn upstream(server: &Server, policy: Policy) -> Upstream {
+    Upstream::new("risk", &server.url, reqwest::Client::new(), policy).unwrap()
+}
+
+async fn status(upstream: &Upstream, call: Call) -> Result<u16, CallError> {
+    upstream.send(call).await.map(|r| r.status().as_u16())
+}
+
+const AN_HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn failures_above_the_rate_open_the_breaker_which_then_fails_fast_with_503() {
+    let server = Server::start(&[], 500, None).await;
+    let risk = upstream(&server, policy(4, AN_HOUR));
+    let mut transitions = risk.transitions();
+
+    for _ in 0..4 {
+        assert_eq!(
+            status(&risk, Call::post_json("/check", "{}"))
+                .await
+                .unwrap(),
+            500
+        );
+    }
+    assert_eq!(risk.state(), BreakerState::Open);
+    let transition = transitions.recv().await.unwrap();
+    assert_eq!(
+        (transition.upstream, transition.from, transition.to),
+        ("risk", BreakerState::Closed, BreakerState::Open)
+    );
+
+    // Open: refused without touching the network, as a 503 with Retry-After.
+    let refused = risk
+        .send(Call::post_json("/check", "{}"))
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, CallError::Open { .. }), "{refused:?}");
+    assert_eq!(server.hits(), 4);
+    let problem = refused.problem();
+    assert_eq!(problem.details().status, StatusCode::SERVICE_UNAVAILABLE);
+    let response = axum::response::IntoResponse::into_response(problem);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 60, "the breaker stays open for an hour here");
+}
+
+#[tokio::test]
+async fn no_verdict_before_the_minimum_number_of_calls() {
+    let server = Server::start(&[500, 500, 500], 200, None).await;
+    let risk = upstream(&server, policy(4, AN_HOUR));
+    for _ in 0..3 {
+        assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 500);
+    }
+    assert_eq!(risk.state(), BreakerState::Closed);
+    // 3 failures of 4 calls ≥ 50% → opens only now, after the fourth call went through.
+    assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 200);
+    assert_eq!(risk.state(), BreakerState::Open);
+    assert_eq!(server.hits(), 4);
+}
+
+#[tokio::test]
+async fn client_errors_are_not_the_upstreams_failures() {
+    let server = Server::start(&[], 404, None).await;
+    let risk = upstream(&server, policy(4, AN_HOUR));
+    for _ in 0..10 {
+        assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 404);
+    }
+    assert_eq!(risk.state(), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn slow_calls_open_the_breaker_even_when_they_succeed() {
+    let server = Server::start(&[], 200, None).await;
+    let mut slow = policy(3, AN_HOUR);
+    // Every call is "slow" against a zero threshold: deterministic, no timing in the test.
+    slow.breaker.slow_call = Duration::ZERO;
+    slow.breaker.slow_call_rate = 1.0;
+    let risk = upstream(&server, slow);
+    for _ in 0..3 {
+        assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 200);
+    }
+    assert_eq!(risk.state(), BreakerState::Open);
+}
+
+#[tokio::test]
+async fn half_open_lets_a_limited_number_of_probes_through_and_closes_when_they_succeed() {
+    let gate = Arc::new(Semaphore::new(0));
+    // Two failures open the breaker (it probes at once: no wait in open state here)…
+    let mut server = Server::start(&[500, 500], 200, Some(gate.clone())).await;
+    let risk = upstream(&server, policy(2, Duration::ZERO));
+    let mut transitions = risk.transitions();
+    gate.add_permits(2);
+    for _ in 0..2 {
+        assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 500);
+    }
+    server.arrivals(2).await;
+    assert_eq!(risk.state(), BreakerState::Open);
+
+    // …then exactly two probes may be in flight; a third is refused while they are.
+    let probes: Vec<_> = (0..2)
+        .map(|_| {
+            let risk = risk.clone();
+            tokio::spawn(async move { status(&risk, Call::get("/")).await })
+        })
+        .collect();
+    server.arrivals(2).await;
+    assert_eq!(risk.state(), BreakerState::HalfOpen);
+    let refused = status(&risk, Call::get("/")).await.unwrap_err();
+    assert!(matches!(refused, CallError::Open { .. }), "{refused:?}");
+    assert_eq!(server.hits(), 4);
+
+    gate.add_permits(2);
+    for probe in probes {
+        assert_eq!(probe.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(risk.state(), BreakerState::Closed);
+    let seen: Vec<BreakerState> = std::iter::from_fn(|| transitions.try_recv().ok())
+        .map(|t| t.to)
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+            BreakerState::Closed
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_probe_opens_the_breaker_again() {
+    let server = Server::start(&[500, 500, 500], 200, None).await;
+    let risk = upstream(&server, policy(2, Duration::ZERO));
+    for _ in 0..2 {
+        status(&risk, Call::get("/")).await.unwrap();
+    }
+    assert_eq!(risk.state(), BreakerState::Open);
+    assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 500);
+    assert_eq!(risk.state(), BreakerState::Open);
+}
+
+#[tokio::test]
+async fn operators_can_force_the_breaker_open_or_disable_it() {
+    let server = Server::start(&[], 500, None).await;
+    let risk = upstream(&server, policy(2, AN_HOUR));
+    let mut transitions = risk.transitions();
+
+    risk.set_mode(Mode::ForcedOpen).await;
+    assert!(matches!(
+        risk.send(Call::get("/")).await,
+        Err(CallError::Open { .. })
+    ));
+    assert_eq!(server.hits(), 0);
+
+    // Disabled: every call goes through and failures are not counted.
+    risk.set_mode(Mode::Disabled).await;
+    for _ in 0..5 {
+        assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 500);
+    }
+    assert_eq!(server.hits(), 5);
+    assert_eq!(risk.state(), BreakerState::Disabled);
+
+    risk.set_mode(Mode::Automatic).await;
+    assert_eq!(risk.state(), BreakerState::Closed);
+    let seen: Vec<BreakerState> = std::iter::from_fn(|| transitions.try_recv().ok())
+        .map(|t| t.to)
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            BreakerState::ForcedOpen,
+            BreakerState::Disabled,
+            BreakerState::Closed
+        ]
+    );
+}
+
+#[tokio::test]
+async fn only_idempotent_calls_are_retried() {
+    let server = Server::start(&[503, 503], 200, None).await;
+    let mut retrying = policy(100, AN_HOUR);
+    retrying.retries = 2;
+    let risk = upstream(&server, retrying);
+
+    // A POST is not retried: the caller sees the 503 after one attempt.
+    assert_eq!(
+        status(&risk, Call::post_json("/orders", "{}"))
+            .await
+            .unwrap(),
+        503
+    );
+    assert_eq!(server.hits(), 1);
+
+    // Declared idempotent (e.g. keyed by an id), the same POST is retried until it succeeds.
+    assert_eq!(
+        status(&risk, Call::post_json("/holds", "{}").idempotent(true))
+            .await
+            .unwrap(),
+        200
+    );
+    assert_eq!(server.hits(), 3);
+}
+
+#[tokio::test]
+async fn retries_stop_after_the_configured_number() {
+    let server = Server::start(&[], 503, None).await;
+    let mut retrying = policy(100, AN_HOUR);
+    retrying.retries = 2;
+    let risk = upstream(&server, retrying);
+    assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 503);
+    assert_eq!(server.hits(), 3);
+}
+
+#[tokio::test]
+async fn an_attempt_that_gets_no_answer_in_time_ends_as_a_504_problem() {
+    // The gate is never opened: the upstream never answers.
+    let server = Server::start(&[], 200, Some(Arc::new(Semaphore::new(0)))).await;
+    let mut impatient = policy(100, AN_HOUR);
+    impatient.timeout = Duration::from_millis(50);
+    let risk = upstream(&server, impatient);
+    let error = risk.send(Call::get("/")).await.unwrap_err();
+    assert!(matches!(error, CallError::Timeout { .. }), "{error:?}");
+    assert_eq!(
+        error.problem().details().status,
+        StatusCode::GATEWAY_TIMEOUT
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_503_problem() {
+    // Bind and drop: nothing listens on this port any more.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let risk = Upstream::new(
+        "risk",
+        format!("http://127.0.0.1:{port}"),
+        reqwest::Client::new(),
+        policy(100, AN_HOUR),
+    )
+    .unwrap();
+    let error = risk.send(Call::get("/")).await.unwrap_err();
+    assert!(matches!(error, CallError::Unreachable { .. }), "{error:?}");
+    assert_eq!(
+        error.problem().details().status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn the_bulkhead_refuses_calls_beyond_its_limit_at_once() {
+    let gate = Arc::new(Semaphore::new(0));
+    let mut server = Server::start(&[], 200, Some(gate.clone())).await;
+    let mut narrow = policy(100, AN_HOUR);
+    narrow.max_concurrent = 2;
+    let risk = upstream(&server, narrow);
+    let in_flight: Vec<_> = (0..2)
+        .map(|_| {
+            let risk = risk.clone();
+            tokio::spawn(async move { status(&risk, Call::get("/")).await })
+        })
+        .collect();
+    server.arrivals(2).await;
+
+    let refused = risk.send(Call::get("/")).await.unwrap_err();
+    assert!(
+        matches!(refused, CallError::Saturated { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(server.hits(), 2);
+
+    gate.add_permits(2);
+    for call in in_flight {
+        assert_eq!(call.await.unwrap().unwrap(), 200);
+    }
+    // Capacity is back once they are done.
+    gate.add_permits(1);
+    assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn the_request_id_trace_context_and_service_token_travel_with_the_call() {
+    let server = Server::start(&[], 200, None).await;
+    let risk = upstream(&server, policy(100, AN_HOUR));
+    let trace = service_kit::telemetry::TraceContext::parse(Some(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ))
+    .unwrap();
+    let context = RequestContext {
+        request_id: "req-42".to_owned(),
+        trace,
+    };
+    service_kit::http::observe::within(
+        Some(context),
+        risk.send(Call::get("/").bearer("service-token")),
+    )
+    .await
+    .unwrap();
+
+    let seen = server.script.seen.lock().unwrap()[0].clone();
+    assert_eq!(seen["x-request-id"], "req-42");
+    assert!(
+        seen["traceparent"]
+            .to_str()
+            .unwrap()
+            .starts_with("00-0af7651916cd43dd8448eb211c80319c-")
+    );
+    assert_eq!(seen["authorization"], "Bearer service-token");
+}
