@@ -262,3 +262,95 @@ async fn an_upstream_that_never_answers_is_a_504(pool: PgPool) {
     assert_eq!(response.headers()["retry-after"], "1");
     assert_problem(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
 }
+
+/// A stand-in upstream that fails every request with 500 and counts them.
+async fn failing_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    let app = axum::Router::new().fallback(move || {
+        let hits = counted.clone();
+        async move {
+            hits.fetch_add(1, Ordering::SeqCst);
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hits)
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_failing_upstream_trips_its_breaker_and_then_gets_no_more_calls(pool: PgPool) {
+    let (auth_url, hits) = failing_upstream().await;
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("BOURSE_AUTH_URL", auth_url.as_str()),
+            ("BOURSE_GATEWAY_UPSTREAM_RETRIES", "0"),
+            ("BOURSE_GATEWAY_UPSTREAM_BREAKER_MINIMUM_CALLS", "2"),
+            ("BOURSE_GATEWAY_UPSTREAM_BREAKER_OPEN_FOR_MS", "3600000"),
+        ],
+    )
+    .await;
+
+    for _ in 0..2 {
+        let response = app.login("a@example.com", "whatever password").await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // Open: answered at once with 503 and Retry-After, and auth is not called.
+    let response = app.login("a@example.com", "whatever password").await;
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 60);
+    let body = assert_problem(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_unavailable",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("circuit open"));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // Operators (and alerting) learn of it on the ops stream.
+    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
+        .arg("BLOCK")
+        .arg(10_000)
+        .arg("STREAMS")
+        .arg(format!("{}.ops", app.redis_prefix))
+        .arg("0")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let entry = &reply.keys[0].ids[0];
+    let field =
+        |name: &str| -> String { redis::from_redis_value(entry.map[name].clone()).unwrap() };
+    assert_eq!(field("type"), "CircuitBreakerOpened");
+    let envelope: Value = serde_json::from_str(&field("envelope")).unwrap();
+    assert_eq!(envelope["producer"], "gateway");
+    assert_eq!(envelope["payload"]["upstream"], "auth");
+    assert_eq!(envelope["payload"]["to"], "open");
+
+    // The breaker's state is a metric.
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"resilience_breaker_state{upstream="auth",state="open"} 1"#),
+        "{metrics}"
+    );
+}

@@ -8,8 +8,10 @@
 //! - [`consumer`]: consumer groups, the inbox in the effect's transaction, acknowledgement
 //!   after commit, recovery of pending entries, dead letters (REL-09, REL-10).
 //! - [`dlq`]: listing and replaying dead letters.
+//! - [`direct`]: at-most-once publishing for a producer without a database (ops notices only).
 
 pub mod consumer;
+pub mod direct;
 pub mod dlq;
 pub mod envelope;
 pub mod outbox;

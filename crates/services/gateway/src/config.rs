@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use resilience::Policy;
 use service_kit::http::TrustedProxies;
 use service_kit::{CommonConfig, Env};
 
@@ -13,7 +14,8 @@ pub struct Config {
     pub auth_url: String,
     /// Base URL of the orders service.
     pub orders_url: String,
-    pub upstream_timeout: Duration,
+    /// Timeout, retries, breaker and bulkhead of each upstream (`BOURSE_GATEWAY_UPSTREAM_*`).
+    pub upstream: Policy,
     pub cors_origins: Vec<String>,
     /// Who may set `X-Forwarded-For` (a load balancer in front of the gateway).
     pub trusted_proxies: TrustedProxies,
@@ -95,8 +97,14 @@ impl Config {
                 .or("BOURSE_ORDERS_URL", "http://127.0.0.1:8082".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
-            upstream_timeout: env
-                .millis("BOURSE_GATEWAY_UPSTREAM_TIMEOUT_MS", Duration::from_secs(5)),
+            upstream: Policy::read(
+                env,
+                "BOURSE_GATEWAY_UPSTREAM",
+                Policy {
+                    timeout: Duration::from_secs(5),
+                    ..Policy::default()
+                },
+            ),
             cors_origins,
             trusted_proxies: env.or("BOURSE_GATEWAY_TRUSTED_PROXIES", TrustedProxies::none()),
             admin_allowlist: env.or(

@@ -45,6 +45,8 @@ pub enum Error {
     HttpClient(#[from] reqwest::Error),
     #[error("invalid rate limit settings")]
     RateLimits,
+    #[error("{0}")]
+    Upstream(String),
     #[error("binding {address}: {source}")]
     Bind {
         address: String,
@@ -58,7 +60,6 @@ pub struct Gateway {
     pub verifier: Arc<TokenVerifier>,
     pub principal_limiter: PrincipalLimiter,
     pub upstreams: Upstreams,
-    pub upstream_timeout: Duration,
     pub admin_allowlist: TrustedProxies,
     pub trusted_proxies: TrustedProxies,
     pub api_document: ApiDocument,
@@ -90,6 +91,19 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         &config.jwt_audience,
     )
     .into_shared();
+    let upstream = |name, url: &str| {
+        resilience::Upstream::new(name, url, client.clone(), config.upstream.clone())
+            .map_err(Error::Upstream)
+    };
+    let upstreams = Upstreams::new(
+        upstream("auth", &config.auth_url)?,
+        upstream("orders", &config.orders_url)?,
+        config.common.http.body_limit_bytes,
+    );
+    let keys = KeyPrefix::new(&config.common.redis_key_prefix);
+    for upstream in upstreams.all() {
+        spawn_breaker_notices(upstream, redis.clone(), keys.clone(), shutdown.clone());
+    }
     let gateway = Gateway {
         verifier,
         principal_limiter: PrincipalLimiter::new(
@@ -97,13 +111,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
             KeyPrefix::new(&config.common.redis_key_prefix),
             config.rate_limits.clone(),
         ),
-        upstreams: Upstreams::new(
-            client.clone(),
-            config.auth_url.clone(),
-            config.orders_url.clone(),
-            config.common.http.body_limit_bytes,
-        ),
-        upstream_timeout: config.upstream_timeout,
+        upstreams,
         admin_allowlist: config.admin_allowlist.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
         api_document: ApiDocument::default(),
@@ -139,6 +147,55 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
         .await
         .map_err(|source| Error::Bind { address, source })
+}
+
+/// Publishes the breaker's transitions as `CircuitBreakerOpened`/`Closed` on the ops stream,
+/// for alerting. The gateway has no database, hence no outbox: these notices are at most once
+/// (`events::direct`), and the `resilience_breaker_state` metric remains the source of truth.
+fn spawn_breaker_notices(
+    upstream: &resilience::Upstream,
+    redis: redis::aio::ConnectionManager,
+    keys: KeyPrefix,
+    shutdown: Shutdown,
+) {
+    let mut transitions = upstream.transitions();
+    tokio::spawn(async move {
+        loop {
+            let transition = tokio::select! {
+                received = transitions.recv() => match received {
+                    Ok(transition) => transition,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "breaker notices fell behind; some were not published");
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+                () = shutdown.triggered() => break,
+            };
+            let event_type = match transition.to {
+                to if to.is_open() => "CircuitBreakerOpened",
+                resilience::BreakerState::Closed => "CircuitBreakerClosed",
+                // Half-open and disabled are visible in the metric; alerting needs neither.
+                _ => continue,
+            };
+            let notice = events::Envelope::new(
+                SERVICE,
+                event_type,
+                1,
+                transition.upstream,
+                0,
+                serde_json::json!({
+                    "service": SERVICE, "upstream": transition.upstream,
+                    "from": transition.from.as_str(), "to": transition.to.as_str(),
+                }),
+            );
+            if let Err(err) =
+                events::direct::publish(&redis, &keys, events::consumer::OPS_STREAM, &notice).await
+            {
+                tracing::warn!(error = %err, event_type, "could not publish a breaker notice");
+            }
+        }
+    });
 }
 
 /// The in-memory limiter keeps a state per client address; forget the idle ones.

@@ -2,10 +2,9 @@
 //! document and trimmed to the routes the gateway actually serves, so internal routes never
 //! leak into it.
 
-use std::sync::Arc;
-use std::time::Duration;
-
+use resilience::Call;
 use service_kit::http::Problem;
+use std::sync::Arc;
 use tokio::sync::OnceCell;
 use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
 
@@ -43,28 +42,26 @@ async fn build(upstreams: &Upstreams) -> Result<OpenApi, Problem> {
         )
         .build();
     for upstream in UPSTREAMS {
-        let url = format!("{}/openapi.json", upstreams.base_url(*upstream));
-        let part: OpenApi = upstreams
-            .client()
-            .get(&url)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| {
-                tracing::warn!(%url, error = %e, "cannot fetch upstream API document");
-                Problem::unavailable(
-                    "upstream_unavailable",
-                    "the API description is not available yet",
-                    5,
-                )
-            })?
-            .json()
+        let upstream = upstreams.get(*upstream);
+        let response = upstream
+            .send(Call::get("/openapi.json"))
             .await
             .map_err(|e| {
-                tracing::error!(%url, error = %e, "upstream API document does not parse");
-                Problem::internal()
+                tracing::warn!(upstream = upstream.name(), error = %e, "cannot fetch upstream API document");
+                e.problem()
             })?;
+        if !response.status().is_success() {
+            tracing::warn!(upstream = upstream.name(), status = %response.status(), "cannot fetch upstream API document");
+            return Err(Problem::unavailable(
+                "upstream_unavailable",
+                "the API description is not available yet",
+                5,
+            ));
+        }
+        let part: OpenApi = response.json().await.map_err(|e| {
+            tracing::error!(upstream = upstream.name(), error = %e, "upstream API document does not parse");
+            Problem::internal()
+        })?;
         document.merge(part);
     }
     document

@@ -1,18 +1,19 @@
 //! Forwarding a request to its upstream service.
 //!
 //! The body is read up to the limit (413 beyond it), hop-by-hop headers are dropped, and the
-//! request id, trace context and resolved client address travel on (OBS-06). An upstream that
-//! is down or slow becomes a 503/504 problem at once — never a hang (REL-03).
+//! request id, trace context and resolved client address travel on (OBS-06). Every call goes
+//! through `libs/resilience`: an upstream that is down or slow becomes a 503/504 problem — at
+//! once when its breaker is open — never a hang (REL-03, REL-05, REL-06).
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use resilience::Call;
 use service_kit::http::client_ip::X_FORWARDED_FOR;
-use service_kit::http::{Problem, REQUEST_ID, RequestContext, TRACEPARENT};
+use service_kit::http::{Problem, REQUEST_ID, TRACEPARENT};
 
 use crate::route_table::Upstream;
 
@@ -38,47 +39,41 @@ fn forwardable(name: &HeaderName) -> bool {
         && name.as_str() != X_FORWARDED_FOR
 }
 
+/// The gateway's upstream services, each behind its own breaker, bulkhead and timeout.
 #[derive(Clone)]
 pub struct Upstreams {
-    client: reqwest::Client,
-    auth_url: String,
-    orders_url: String,
+    auth: resilience::Upstream,
+    orders: resilience::Upstream,
     body_limit: usize,
 }
 
 impl Upstreams {
     pub fn new(
-        client: reqwest::Client,
-        auth_url: String,
-        orders_url: String,
+        auth: resilience::Upstream,
+        orders: resilience::Upstream,
         body_limit: usize,
     ) -> Self {
         Self {
-            client,
-            auth_url,
-            orders_url,
+            auth,
+            orders,
             body_limit,
         }
     }
 
-    pub fn base_url(&self, upstream: Upstream) -> &str {
+    pub fn get(&self, upstream: Upstream) -> &resilience::Upstream {
         match upstream {
-            Upstream::Auth => &self.auth_url,
-            Upstream::Orders => &self.orders_url,
+            Upstream::Auth => &self.auth,
+            Upstream::Orders => &self.orders,
         }
     }
 
-    pub fn client(&self) -> &reqwest::Client {
-        &self.client
+    pub fn all(&self) -> [&resilience::Upstream; 2] {
+        [&self.auth, &self.orders]
     }
 
-    pub async fn forward(
-        &self,
-        upstream: Upstream,
-        client_ip: IpAddr,
-        req: Request,
-        timeout: Duration,
-    ) -> Response {
+    /// Forwards a client's request. Only idempotent methods are retried (REL-04); the request
+    /// id and trace context travel on from the request's context (OBS-06).
+    pub async fn forward(&self, upstream: Upstream, client_ip: IpAddr, req: Request) -> Response {
         let (parts, body) = req.into_parts();
         let body = match axum::body::to_bytes(body, self.body_limit).await {
             Ok(bytes) => bytes,
@@ -92,75 +87,24 @@ impl Upstreams {
             }
         };
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let url = format!("{}{}", self.base_url(upstream), path);
-
-        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 3);
+        let mut headers = HeaderMap::with_capacity(parts.headers.len() + 1);
         for (name, value) in &parts.headers {
             if forwardable(name) {
                 headers.append(name, value.clone());
-            }
-        }
-        if let Some(ctx) = parts.extensions.get::<RequestContext>() {
-            if let Ok(id) = HeaderValue::from_str(&ctx.request_id) {
-                headers.insert(REQUEST_ID, id);
-            }
-            if let Ok(tp) = HeaderValue::from_str(&ctx.trace.traceparent()) {
-                headers.insert(TRACEPARENT, tp);
             }
         }
         if let Ok(ip) = HeaderValue::from_str(&client_ip.to_string()) {
             // Replaced, not appended: the gateway has already decided who the client is.
             headers.insert(HeaderName::from_static(X_FORWARDED_FOR), ip);
         }
-
-        let started = Instant::now();
-        let result = self
-            .client
-            .request(parts.method, &url)
-            .headers(headers)
-            .body(body)
-            .timeout(timeout)
-            .send()
-            .await;
-        let name = upstream_name(upstream);
-        match result {
-            Ok(upstream_response) => {
-                metrics::histogram!("gateway_upstream_request_duration_seconds",
-                    "upstream" => name, "outcome" => "response")
-                .record(started.elapsed());
-                into_response(upstream_response)
-            }
+        let call = Call::new(parts.method, path).headers(headers).body(body);
+        match self.get(upstream).send(call).await {
+            Ok(response) => into_response(response),
             Err(err) => {
-                let outcome = if err.is_timeout() { "timeout" } else { "error" };
-                metrics::histogram!("gateway_upstream_request_duration_seconds",
-                    "upstream" => name, "outcome" => outcome)
-                .record(started.elapsed());
-                tracing::warn!(upstream = name, error = %err, "upstream call failed");
-                if err.is_timeout() {
-                    Problem::new(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "upstream_timeout",
-                        format!("{name} did not answer in time"),
-                    )
-                    .retry_after(1)
-                    .into_response()
-                } else {
-                    Problem::unavailable(
-                        "upstream_unavailable",
-                        format!("{name} is unavailable"),
-                        1,
-                    )
-                    .into_response()
-                }
+                tracing::warn!(upstream = err.upstream(), error = %err, "upstream call failed");
+                err.problem().into_response()
             }
         }
-    }
-}
-
-fn upstream_name(upstream: Upstream) -> &'static str {
-    match upstream {
-        Upstream::Auth => "auth",
-        Upstream::Orders => "orders",
     }
 }
 

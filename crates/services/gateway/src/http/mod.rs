@@ -72,10 +72,7 @@ async fn gate(gw: &Gateway, spec: &'static RouteSpec, ip: IpAddr, req: Request) 
         }
     }
     let req = Request::from_parts(parts, body);
-    let mut response = gw
-        .upstreams
-        .forward(spec.upstream, ip, req, gw.upstream_timeout)
-        .await;
+    let mut response = gw.upstreams.forward(spec.upstream, ip, req).await;
     if let Some(decision) = budget {
         response.headers_mut().extend(decision.headers());
     }

@@ -1,0 +1,33 @@
+//! Publishing without an outbox, for a producer that has no database (the gateway).
+//!
+//! This is *at most once*: if the process dies before the `XADD`, the event is lost. It is
+//! only for operational notices whose source of truth is elsewhere — a breaker's state is also
+//! a metric and a log line — never for a state change another service must learn of (those go
+//! through [`crate::outbox`]).
+
+use redis::aio::ConnectionManager;
+use service_kit::redis::KeyPrefix;
+
+use crate::{Envelope, Error};
+
+/// `XADD`s one event to `stream` in the same shape the relay writes.
+pub async fn publish(
+    redis: &ConnectionManager,
+    keys: &KeyPrefix,
+    stream: &str,
+    envelope: &Envelope,
+) -> Result<(), Error> {
+    let mut redis = redis.clone();
+    let _: String = redis::cmd("XADD")
+        .arg(keys.stream(stream))
+        .arg("*")
+        .arg("event_id")
+        .arg(envelope.id.to_string())
+        .arg("type")
+        .arg(&envelope.event_type)
+        .arg("envelope")
+        .arg(serde_json::to_string(envelope)?)
+        .query_async(&mut redis)
+        .await?;
+    Ok(())
+}
