@@ -217,15 +217,7 @@ async fn health_and_metrics_are_served_by_every_service(pool: PgPool) {
     assert_eq!(ready["checks"]["postgres"], "ok");
 
     app.login("nobody@example.com", "some wrong password").await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for service in ["gateway", "auth"] {
         let series = format!(
             r#"http_requests_total{{service="{service}",method="POST",route="/v1/auth/login",status="401"}}"#
@@ -340,15 +332,7 @@ async fn a_failing_upstream_trips_its_breaker_and_then_gets_no_more_calls(pool: 
     assert_eq!(envelope["payload"]["to"], "open");
 
     // The breaker's state is a metric.
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"resilience_breaker_state{upstream="auth",state="open"} 1"#),
         "{metrics}"

@@ -198,6 +198,18 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// The gateway's Prometheus metrics, as text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn me(&self, access_token: &str) -> Response {
         self.get_authed("/v1/auth/me", access_token).await
     }

@@ -479,34 +479,29 @@ impl Book {
     /// Removes the first order of `side`'s best level: a filled maker. The level is the last
     /// of its ladder, so no search is needed.
     fn pop_best_head(&mut self, side: Side) {
-        let ladder = match side {
-            Side::Buy => &mut self.bids,
-            Side::Sell => &mut self.asks,
-        };
-        let Some(level) = ladder.levels.last_mut() else {
+        let levels = &self.ladder(side).levels;
+        let Some(position) = levels.len().checked_sub(1) else {
             return;
         };
-        let index = level.head;
-        let Slot { order, next, .. } = self.slots[index as usize];
-        level.head = next;
-        if level.tail == index {
-            level.tail = NIL;
-        }
-        level.quantity -= order.remaining;
-        level.orders -= 1;
-        if level.orders == 0 {
-            ladder.levels.pop();
-        }
-        if next != NIL {
-            self.slots[next as usize].prev = NIL;
-        }
-        self.index.remove(&order.id);
-        self.free.push(index);
+        let index = levels[position].head;
+        let id = self.slots[index as usize].order.id;
+        self.index.remove(&id);
+        self.unlink_at(index, position);
     }
 
     /// Unlinks the order in `index` from its level and frees the slot (the id index is the
     /// caller's business).
     fn unlink(&mut self, index: u32) {
+        let order = self.slots[index as usize].order;
+        match self.ladder(order.side).search(order.side, order.price) {
+            Ok(position) => self.unlink_at(index, position),
+            // Unreachable while the book is consistent; the slot is still recycled.
+            Err(_) => self.free.push(index),
+        }
+    }
+
+    /// [`Book::unlink`] for an order whose level is at `position` of its ladder.
+    fn unlink_at(&mut self, index: u32, position: usize) {
         let Slot { order, prev, next } = self.slots[index as usize];
         if prev != NIL {
             self.slots[prev as usize].next = next;
@@ -515,19 +510,18 @@ impl Book {
             self.slots[next as usize].prev = prev;
         }
         let ladder = self.ladder_mut(order.side);
-        if let Ok(position) = ladder.search(order.side, order.price) {
-            let level = &mut ladder.levels[position];
-            if level.head == index {
-                level.head = next;
-            }
-            if level.tail == index {
-                level.tail = prev;
-            }
-            level.quantity -= order.remaining;
-            level.orders -= 1;
-            if level.orders == 0 {
-                ladder.levels.remove(position);
-            }
+        let level = &mut ladder.levels[position];
+        if level.head == index {
+            level.head = next;
+        }
+        if level.tail == index {
+            level.tail = prev;
+        }
+        level.quantity -= order.remaining;
+        level.orders -= 1;
+        if level.orders == 0 {
+            // The best level is the last one: removing it shifts nothing.
+            ladder.levels.remove(position);
         }
         self.free.push(index);
     }
