@@ -10,7 +10,7 @@ use service_kit::redis::KeyPrefix;
 
 use crate::{Envelope, Error};
 
-/// `XADD`s one event to `stream` in the same shape the relay writes.
+/// `XADD`s one event to `stream` in the same shape the relay writes ([`crate::envelope::xadd`]).
 pub async fn publish(
     redis: &ConnectionManager,
     keys: &KeyPrefix,
@@ -18,16 +18,14 @@ pub async fn publish(
     envelope: &Envelope,
 ) -> Result<(), Error> {
     let mut redis = redis.clone();
-    let _: String = redis::cmd("XADD")
-        .arg(keys.stream(stream))
-        .arg("*")
-        .arg("event_id")
-        .arg(envelope.id.to_string())
-        .arg("type")
-        .arg(&envelope.event_type)
-        .arg("envelope")
-        .arg(serde_json::to_string(envelope)?)
-        .query_async(&mut redis)
-        .await?;
+    let _: String = crate::envelope::xadd(
+        &keys.stream(stream),
+        None,
+        &envelope.id.to_string(),
+        &envelope.event_type,
+        &serde_json::to_string(envelope)?,
+    )
+    .query_async(&mut redis)
+    .await?;
     Ok(())
 }

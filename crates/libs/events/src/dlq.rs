@@ -65,17 +65,15 @@ pub async fn replay(
     let Some(entry) = reply.ids.first() else {
         return Ok(false);
     };
-    let _: String = redis::cmd("XADD")
-        .arg(keys.stream(stream))
-        .arg("*")
-        .arg("event_id")
-        .arg(field(entry, "event_id"))
-        .arg("type")
-        .arg(field(entry, "type"))
-        .arg("envelope")
-        .arg(field(entry, "envelope"))
-        .query_async(&mut redis)
-        .await?;
+    let _: String = crate::envelope::xadd(
+        &keys.stream(stream),
+        None,
+        &field(entry, "event_id"),
+        &field(entry, "type"),
+        &field(entry, "envelope"),
+    )
+    .query_async(&mut redis)
+    .await?;
     let _: usize = redis::cmd("XDEL")
         .arg(&dlq)
         .arg(id)

@@ -67,3 +67,28 @@ impl Envelope {
         self
     }
 }
+
+/// The `XADD` that puts an event on a stream, in the one entry shape every reader of our
+/// streams expects: `event_id`, `type`, `envelope` (the JSON). `max_len` trims the stream
+/// approximately (`MAXLEN ~`), as the relay does.
+pub fn xadd(
+    stream_key: &str,
+    max_len: Option<usize>,
+    event_id: &str,
+    event_type: &str,
+    envelope_json: &str,
+) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(stream_key);
+    if let Some(max_len) = max_len {
+        cmd.arg("MAXLEN").arg("~").arg(max_len);
+    }
+    cmd.arg("*")
+        .arg("event_id")
+        .arg(event_id)
+        .arg("type")
+        .arg(event_type)
+        .arg("envelope")
+        .arg(envelope_json);
+    cmd
+}

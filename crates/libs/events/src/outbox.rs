@@ -21,24 +21,7 @@ pub async fn append(
     stream: &str,
     envelope: &Envelope,
 ) -> Result<(), Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(WRITE_LOCK)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO outbox (event_id, stream, event_type, envelope) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(envelope.id)
-    .bind(stream)
-    .bind(&envelope.event_type)
-    .bind(serde_json::to_string(envelope)?)
-    .execute(&mut *conn)
-    .await?;
-    // Wakes the relay at once instead of at its next poll; delivered only on commit.
-    sqlx::query("SELECT pg_notify(current_schema() || '_outbox', '')")
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    append_all(conn, stream, std::slice::from_ref(envelope)).await
 }
 
 /// Appends several events in one statement (one lock, one insert, one notification): what a

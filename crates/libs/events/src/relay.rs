@@ -159,19 +159,14 @@ impl Relay {
         }
         let mut pipe = redis::pipe();
         for row in &rows {
-            pipe.cmd("XADD")
-                .arg(self.keys.stream(&row.stream))
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.settings.stream_max_len)
-                .arg("*")
-                .arg("event_id")
-                .arg(row.event_id.to_string())
-                .arg("type")
-                .arg(&row.event_type)
-                .arg("envelope")
-                .arg(&row.envelope)
-                .ignore();
+            pipe.add_command(crate::envelope::xadd(
+                &self.keys.stream(&row.stream),
+                Some(self.settings.stream_max_len),
+                &row.event_id.to_string(),
+                &row.event_type,
+                &row.envelope,
+            ))
+            .ignore();
         }
         let mut redis = self.redis.clone();
         pipe.query_async::<()>(&mut redis).await?;

@@ -81,18 +81,39 @@ fn consumer(
 }
 
 async fn publish(redis: &mut ConnectionManager, prefix: &KeyPrefix, event: &Envelope) -> String {
-    redis::cmd("XADD")
+    events::envelope::xadd(
+        &prefix.stream("trades"),
+        None,
+        &event.id.to_string(),
+        &event.event_type,
+        &serde_json::to_string(event).unwrap(),
+    )
+    .query_async(redis)
+    .await
+    .unwrap()
+}
+
+/// Consumer `name` of the group receives the stream's entries and never acknowledges them
+/// (a consumer that dies right after reading).
+async fn deliver_without_ack(redis: &mut ConnectionManager, prefix: &KeyPrefix, name: &str) {
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
         .arg(prefix.stream("trades"))
-        .arg("*")
-        .arg("event_id")
-        .arg(event.id.to_string())
-        .arg("type")
-        .arg(&event.event_type)
-        .arg("envelope")
-        .arg(serde_json::to_string(event).unwrap())
+        .arg(GROUP)
+        .arg("0")
         .query_async(redis)
         .await
-        .unwrap()
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg(name)
+        .arg("STREAMS")
+        .arg(prefix.stream("trades"))
+        .arg(">")
+        .query_async(redis)
+        .await
+        .unwrap();
 }
 
 fn trade(n: i64) -> Envelope {
@@ -164,24 +185,7 @@ async fn a_crash_between_commit_and_ack_is_healed_on_restart_without_a_second_ef
     publish(&mut redis, &prefix, &event).await;
 
     // "c1" received the entry, committed its effect and inbox row, and died before XACK.
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(prefix.stream("trades"))
-        .arg(GROUP)
-        .arg("0")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg("c1")
-        .arg("STREAMS")
-        .arg(prefix.stream("trades"))
-        .arg(">")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    deliver_without_ack(&mut redis, &prefix, "c1").await;
     sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
         .bind(event.id)
         .execute(&pool)
@@ -224,25 +228,8 @@ async fn a_dead_consumers_entries_are_claimed_by_a_live_one(pool: PgPool) {
     let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
     let event = trade(7);
     publish(&mut redis, &prefix, &event).await;
-    let _: () = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(prefix.stream("trades"))
-        .arg(GROUP)
-        .arg("0")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
     // "dead" took the entry and vanished without applying it.
-    let _: redis::Value = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(GROUP)
-        .arg("dead")
-        .arg("STREAMS")
-        .arg(prefix.stream("trades"))
-        .arg(">")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    deliver_without_ack(&mut redis, &prefix, "dead").await;
 
     let shutdown = Shutdown::new();
     let task = tokio::spawn(
