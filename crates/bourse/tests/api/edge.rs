@@ -311,22 +311,8 @@ async fn a_failing_upstream_trips_its_breaker_and_then_gets_no_more_calls(pool: 
     assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 2);
 
     // Operators (and alerting) learn of it on the ops stream.
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
-        .arg("BLOCK")
-        .arg(10_000)
-        .arg("STREAMS")
-        .arg(format!("{}.ops", app.redis_prefix))
-        .arg("0")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let entry = &reply.keys[0].ids[0];
-    let field =
-        |name: &str| -> String { redis::from_redis_value(entry.map[name].clone()).unwrap() };
-    assert_eq!(field("type"), "CircuitBreakerOpened");
-    let envelope: Value = serde_json::from_str(&field("envelope")).unwrap();
+    let (event_type, envelope) = app.first_event("ops").await;
+    assert_eq!(event_type, "CircuitBreakerOpened");
     assert_eq!(envelope["producer"], "gateway");
     assert_eq!(envelope["payload"]["upstream"], "auth");
     assert_eq!(envelope["payload"]["to"], "open");

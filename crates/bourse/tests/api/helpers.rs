@@ -198,6 +198,28 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// The first entry of this app's stream `name` (`orders`, `ops`…), awaited with
+    /// `XREAD BLOCK` — the test wakes when it is published: (`type`, parsed envelope).
+    pub async fn first_event(&self, name: &str) -> (String, Value) {
+        let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(20_000)
+            .arg("STREAMS")
+            .arg(format!("{}.{name}", self.redis_prefix))
+            .arg("0")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let entry = &reply.keys.first().expect("an event within 20 s").ids[0];
+        let field = |name: &str| -> String { entry.get(name).unwrap() };
+        (
+            field("type"),
+            serde_json::from_str(&field("envelope")).unwrap(),
+        )
+    }
+
     /// The gateway's Prometheus metrics, as text.
     pub async fn metrics(&self) -> String {
         self.client

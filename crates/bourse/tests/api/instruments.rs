@@ -1,7 +1,5 @@
 //! Instruments and assets through the gateway (TRD-01), and the events they announce.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -101,31 +99,9 @@ async fn instrument_changes_are_published_through_the_outbox(pool: PgPool) {
         StatusCode::CREATED
     );
 
-    // The orders service's relay publishes to `<prefix>.orders`; wait for it (bounded).
-    let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let stream = format!("{}.orders", app.redis_prefix);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let entries: Vec<(String, Vec<(String, String)>)> = loop {
-        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
-            .arg(&stream)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        if !entries.is_empty() {
-            break entries;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "InstrumentCreated never published"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let fields: std::collections::HashMap<_, _> = entries[0].1.iter().cloned().collect();
-    assert_eq!(fields["type"], "InstrumentCreated");
-    let envelope: Value = serde_json::from_str(&fields["envelope"]).unwrap();
+    // The orders service's relay publishes to `<prefix>.orders`.
+    let (event_type, envelope) = app.first_event("orders").await;
+    assert_eq!(event_type, "InstrumentCreated");
     assert_eq!(envelope["aggregate_id"], "BTC-USD");
     assert_eq!(envelope["producer"], "orders");
     assert_eq!(envelope["payload"]["tick_size"], "0.01");

@@ -2,6 +2,7 @@
 
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
+use service_kit::testing::eventually;
 use sqlx::PgPool;
 
 use crate::helpers::{TestApp, Tokens, assert_problem, spawn_app, spawn_app_with};
@@ -883,37 +884,32 @@ async fn a_full_matching_queue_sheds_orders_with_503(pool: PgPool) {
         })
     };
     let stalled = send("28001.00");
-    // Wait until PostgreSQL shows the task blocked on the lock (an event, not a guess).
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while count(&m.app.db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders' AND wait_event_type = 'Lock'").await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the matching task never blocked");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    // Wait until PostgreSQL shows the task blocked on the lock (a state, with no event to await).
+    eventually("the matching task to block on the lock", || async {
+        count(&m.app.db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders' AND wait_event_type = 'Lock'").await > 0
+    })
+    .await;
 
     // The task holds one order; two more fit in the queue; the third is shed at once — so
-    // while the task is blocked, exactly one of these three requests can finish.
-    let queued = [send("28002.00"), send("28003.00"), send("28004.00")];
-    while queued.iter().filter(|h| h.is_finished()).count() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "no order was shed");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(queued.iter().filter(|h| h.is_finished()).count(), 1);
+    // while the task is blocked, exactly one of these three requests can finish: await it.
+    let (shed, _, waiting) =
+        futures_util::future::select_all([send("28002.00"), send("28003.00"), send("28004.00")])
+            .await;
+    assert_eq!(shed.unwrap(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        waiting.iter().all(|h| !h.is_finished()),
+        "only one was shed"
+    );
 
     blocker.rollback().await.unwrap();
     assert_eq!(stalled.await.unwrap(), StatusCode::CREATED);
-    let mut statuses = Vec::new();
-    for handle in queued {
-        statuses.push(handle.await.unwrap());
+    for handle in waiting {
+        assert_eq!(
+            handle.await.unwrap(),
+            StatusCode::CREATED,
+            "queued, not lost"
+        );
     }
-    statuses.sort();
-    assert_eq!(
-        statuses,
-        [
-            StatusCode::CREATED,
-            StatusCode::CREATED,
-            StatusCode::SERVICE_UNAVAILABLE
-        ]
-    );
     assert_eq!(
         count(&m.app.db, "SELECT count(*) FROM orders.orders").await,
         4,

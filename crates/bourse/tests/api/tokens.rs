@@ -1,12 +1,13 @@
 //! Access-token attacks (SEC-03) and signing-key rotation.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use service_kit::testing::eventually;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -182,23 +183,18 @@ async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(poo
     assert_ne!(new_kid, old_kid);
 
     // Auth replicas pick the new key up on their next reload; wait for that event, bounded.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let after = loop {
-        let tokens: crate::helpers::Tokens = app
-            .login("rotator@example.com", crate::helpers::PASSWORD)
+    let login = || async {
+        app.login("rotator@example.com", crate::helpers::PASSWORD)
             .await
-            .json()
+            .json::<crate::helpers::Tokens>()
             .await
-            .unwrap();
-        if kid_of(&tokens.access_token) == new_kid {
-            break tokens;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "auth never picked up the new key"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+            .unwrap()
     };
+    eventually("auth to sign with the new key", || async {
+        kid_of(&login().await.access_token) == new_kid
+    })
+    .await;
+    let after = login().await;
 
     assert_eq!(
         app.me(&before.access_token).await.status(),

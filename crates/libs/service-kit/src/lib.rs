@@ -12,6 +12,7 @@
 //! - [`db`]: the PostgreSQL pool bound to one schema, and per-schema migrations (REL-12).
 //! - [`redis`]: the Redis connection manager and key prefixes.
 //! - [`shutdown`]: signals, the shutdown token and a server that drains on exit (REL-02).
+//! - `testing` (feature `testing`, test crates only): `eventually`, a bounded wait for a state.
 
 pub mod config;
 pub mod db;
@@ -21,6 +22,8 @@ pub mod metrics;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{CommonConfig, ConfigError, Env, Environment};
 pub use shutdown::{Server, Shutdown};

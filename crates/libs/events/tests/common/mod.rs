@@ -1,7 +1,5 @@
 //! Fixtures shared by the events tests.
 
-use std::time::Duration;
-
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
@@ -27,19 +25,4 @@ pub async fn redis() -> ConnectionManager {
         .unwrap()
 }
 
-/// Polls `condition` until it holds, failing after 20 s: waiting for an observable state
-/// ("the outbox drained") that has no event to await.
-pub async fn eventually<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
+pub use service_kit::testing::eventually;

@@ -1,0 +1,24 @@
+//! Test support, compiled only with the `testing` feature (enabled by test crates'
+//! dev-dependencies, never in a service build).
+
+use std::time::Duration;
+
+/// Waits until `condition` holds, failing the test after 20 s. For an observable state that
+/// has no event to await — "the relay drained the outbox", "PostgreSQL shows the task waiting on
+/// a lock", "auth reloaded its keys". Where an event exists (a stream entry, a task finishing),
+/// await it instead.
+pub async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        // A re-check interval, not a guess at how long the work takes.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
