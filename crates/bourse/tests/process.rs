@@ -15,58 +15,63 @@ use tokio::sync::mpsc;
 const BOURSE: &str = env!("CARGO_BIN_EXE_bourse");
 const PASSWORD: &str = "correct horse battery staple";
 
-#[tokio::test]
-async fn invalid_configuration_lists_every_problem_and_exits_2() {
+/// Runs `bourse serve all` with only `env`, expects it to refuse to start with exit code 2,
+/// and checks that every one of `variables` is named in what it printed. Returns stderr.
+async fn refuses_to_start(env: &[(&str, &str)], variables: &[&str]) -> String {
     let output = Command::new(BOURSE)
         .args(["serve", "all"])
         .env_clear()
-        .env("BOURSE_ENV", "staging")
-        .env("BOURSE_AUTH_PORT", "eighty")
-        .env("BOURSE_AUTH_ACCESS_TTL_SECS", "86400")
-        .env("BOURSE_GATEWAY_CORS_ORIGINS", "*")
-        .env("BOURSE_GATEWAY_ADMIN_ALLOWLIST", "everyone")
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr).unwrap();
-    for variable in [
-        "BOURSE_ENV",
-        "BOURSE_AUTH_PORT",
-        "BOURSE_AUTH_ACCESS_TTL_SECS",
-        "BOURSE_GATEWAY_CORS_ORIGINS",
-        "BOURSE_GATEWAY_ADMIN_ALLOWLIST",
-    ] {
+    for variable in variables {
         assert!(
             stderr.contains(variable),
             "{variable} not reported in:\n{stderr}"
         );
     }
+    stderr
+}
+
+#[tokio::test]
+async fn invalid_configuration_lists_every_problem_and_exits_2() {
+    let stderr = refuses_to_start(
+        &[
+            ("BOURSE_ENV", "staging"),
+            ("BOURSE_AUTH_PORT", "eighty"),
+            ("BOURSE_AUTH_ACCESS_TTL_SECS", "86400"),
+            ("BOURSE_GATEWAY_CORS_ORIGINS", "*"),
+            ("BOURSE_GATEWAY_ADMIN_ALLOWLIST", "everyone"),
+        ],
+        &[
+            "BOURSE_ENV",
+            "BOURSE_AUTH_PORT",
+            "BOURSE_AUTH_ACCESS_TTL_SECS",
+            "BOURSE_GATEWAY_CORS_ORIGINS",
+            "BOURSE_GATEWAY_ADMIN_ALLOWLIST",
+        ],
+    )
+    .await;
     assert!(stderr.contains("5 problems"), "{stderr}");
 }
 
 #[tokio::test]
 async fn production_refuses_to_start_without_explicit_settings() {
-    let output = Command::new(BOURSE)
-        .args(["serve", "all"])
-        .env_clear()
-        .env("BOURSE_ENV", "production")
-        .env("BOURSE_AUTH_GENERATE_SIGNING_KEY", "true")
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = String::from_utf8(output.stderr).unwrap();
-    for variable in [
-        "DATABASE_URL",
-        "REDIS_URL",
-        "BOURSE_AUTH_GENERATE_SIGNING_KEY",
-    ] {
-        assert!(
-            stderr.contains(variable),
-            "{variable} not reported in:\n{stderr}"
-        );
-    }
+    refuses_to_start(
+        &[
+            ("BOURSE_ENV", "production"),
+            ("BOURSE_AUTH_GENERATE_SIGNING_KEY", "true"),
+        ],
+        &[
+            "DATABASE_URL",
+            "REDIS_URL",
+            "BOURSE_AUTH_GENERATE_SIGNING_KEY",
+        ],
+    )
+    .await;
 }
 
 /// A running `bourse serve all` whose stdout (JSON logs) is read line by line.

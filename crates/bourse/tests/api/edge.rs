@@ -78,12 +78,7 @@ async fn every_response_carries_the_security_headers(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn hsts_is_off_without_tls(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let response = app
-        .client
-        .get(app.url("/health/live"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/health/live").await;
     assert!(
         response
             .headers()
@@ -169,12 +164,7 @@ async fn a_down_upstream_is_a_503_problem_not_a_hang(pool: PgPool) {
     .await;
     assert!(body["detail"].as_str().unwrap().contains("auth"));
 
-    let ready = app
-        .client
-        .get(app.url("/health/ready"))
-        .send()
-        .await
-        .unwrap();
+    let ready = app.get("/health/ready").await;
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["auth"], "unavailable");

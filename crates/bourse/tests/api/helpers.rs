@@ -220,16 +220,14 @@ impl TestApp {
         )
     }
 
+    /// An unauthenticated GET through the gateway.
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
     /// The gateway's Prometheus metrics, as text.
     pub async fn metrics(&self) -> String {
-        self.client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.get("/metrics").await.text().await.unwrap()
     }
 
     pub async fn me(&self, access_token: &str) -> Response {

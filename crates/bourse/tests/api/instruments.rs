@@ -23,15 +23,7 @@ async fn create(app: &TestApp, token: &str, body: &Value) -> reqwest::Response {
 #[sqlx::test(migrations = false)]
 async fn the_default_assets_are_listed(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let assets: Value = app
-        .client
-        .get(app.url("/v1/assets"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let assets: Value = app.get("/v1/assets").await.json().await.unwrap();
     assert_eq!(
         assets,
         json!([{ "code": "USD", "scale": 2 }, { "code": "BTC", "scale": 8 }, { "code": "ETH", "scale": 8 }])
@@ -54,15 +46,7 @@ async fn an_admin_creates_halts_and_reopens_an_instrument(pool: PgPool) {
                 "lot_size": "0.00010000", "min_quantity": "0.00010000", "max_quantity": "100000.00000000", "status": "open" })
     );
 
-    let listed: Value = app
-        .client
-        .get(app.url("/v1/instruments"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = app.get("/v1/instruments").await.json().await.unwrap();
     assert_eq!(listed, json!([created]));
 
     let halt = |status: &'static str| {

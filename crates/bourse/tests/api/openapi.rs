@@ -10,12 +10,7 @@ use crate::helpers::spawn_app;
 #[sqlx::test(migrations = false)]
 async fn every_route_the_gateway_serves_is_in_the_openapi_document(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let response = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap();
+    let response = app.get("/openapi.json").await;
     assert_eq!(response.status(), StatusCode::OK);
     let spec: Value = response.json().await.unwrap();
     assert_eq!(spec["openapi"], "3.1.0");

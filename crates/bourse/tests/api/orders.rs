@@ -488,11 +488,8 @@ async fn after_a_restart_the_book_is_identical_including_time_priority(pool: PgP
     let carol_session = carol.refresh_token.clone();
     let book_before: Value = m
         .app
-        .client
-        .get(m.app.url("/v1/markets/BTC-USD/book"))
-        .send()
+        .get("/v1/markets/BTC-USD/book")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -506,11 +503,8 @@ async fn after_a_restart_the_book_is_identical_including_time_priority(pool: PgP
     // The same book, the same orders: nothing lost, nothing doubled.
     let book_after: Value = second
         .app
-        .client
-        .get(second.app.url("/v1/markets/BTC-USD/book"))
-        .send()
+        .get("/v1/markets/BTC-USD/book")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -570,11 +564,8 @@ async fn market_data_shows_the_book_trades_and_ticker(pool: PgPool) {
 
     let book: Value = m
         .app
-        .client
-        .get(m.app.url("/v1/markets/BTC-USD/book?depth=5"))
-        .send()
+        .get("/v1/markets/BTC-USD/book?depth=5")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -589,11 +580,8 @@ async fn market_data_shows_the_book_trades_and_ticker(pool: PgPool) {
 
     let trades: Value = m
         .app
-        .client
-        .get(m.app.url("/v1/markets/BTC-USD/trades"))
-        .send()
+        .get("/v1/markets/BTC-USD/trades")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -608,11 +596,8 @@ async fn market_data_shows_the_book_trades_and_ticker(pool: PgPool) {
 
     let ticker: Value = m
         .app
-        .client
-        .get(m.app.url("/v1/markets/BTC-USD/ticker"))
-        .send()
+        .get("/v1/markets/BTC-USD/ticker")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -621,21 +606,9 @@ async fn market_data_shows_the_book_trades_and_ticker(pool: PgPool) {
         json!({ "last": "30010.00", "best_bid": "29990.00", "best_ask": "30010.00", "volume_24h": "0.10000000" })
     );
 
-    let unknown = m
-        .app
-        .client
-        .get(m.app.url("/v1/markets/DOGE-USD/book"))
-        .send()
-        .await
-        .unwrap();
+    let unknown = m.app.get("/v1/markets/DOGE-USD/book").await;
     assert_problem(unknown, StatusCode::NOT_FOUND, "not_found").await;
-    let too_deep = m
-        .app
-        .client
-        .get(m.app.url("/v1/markets/BTC-USD/book?depth=1000"))
-        .send()
-        .await
-        .unwrap();
+    let too_deep = m.app.get("/v1/markets/BTC-USD/book?depth=1000").await;
     assert_problem(too_deep, StatusCode::BAD_REQUEST, "invalid_query").await;
 }
 
@@ -758,11 +731,8 @@ async fn traders_page_through_their_own_orders_and_trades_and_cancel_all(pool: P
     assert_eq!(cancelled, json!({ "cancelled": 4 }));
     let book: Value = m
         .app
-        .client
-        .get(m.app.url("/v1/markets/BTC-USD/book"))
-        .send()
+        .get("/v1/markets/BTC-USD/book")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -820,11 +790,8 @@ async fn concurrent_orders_sharing_a_client_order_id_yield_one_winner(pool: PgPo
     // The book holds exactly the nine stored orders.
     let book: Value = m
         .app
-        .client
-        .get(m.app.url("/v1/markets/BTC-USD/book?depth=20"))
-        .send()
+        .get("/v1/markets/BTC-USD/book?depth=20")
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
