@@ -28,4 +28,4 @@ pub mod upstream;
 pub use backoff::Backoff;
 pub use error::CallError;
 pub use policy::{BreakerSettings, Policy};
-pub use upstream::{BreakerState, Call, Mode, Transition, Upstream};
+pub use upstream::{BreakerState, Call, Mode, Transition, Upstream, Window};

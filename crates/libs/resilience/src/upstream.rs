@@ -82,6 +82,14 @@ pub struct Transition {
     pub to: BreakerState,
 }
 
+/// The calls a breaker has counted in its sliding window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub calls: usize,
+    pub failures: usize,
+    pub slow_calls: usize,
+}
+
 /// One request to an upstream. Built by the caller, sent by [`Upstream::send`].
 #[derive(Clone, Debug)]
 pub struct Call {
@@ -304,6 +312,16 @@ impl Upstream {
             Mode::ForcedOpen => BreakerState::ForcedOpen,
             Mode::Disabled => BreakerState::Disabled,
             Mode::Automatic => BreakerState::from_circuit(self.0.handle.state()),
+        }
+    }
+
+    /// What the breaker has measured in its current window (for operators and tests).
+    pub async fn window(&self) -> Window {
+        let metrics = self.0.handle.metrics().await;
+        Window {
+            calls: metrics.total_calls,
+            failures: metrics.failure_count,
+            slow_calls: metrics.slow_call_count,
         }
     }
 

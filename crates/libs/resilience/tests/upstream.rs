@@ -156,6 +156,7 @@ async fn no_verdict_before_the_minimum_number_of_calls() {
         assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 500);
     }
     assert_eq!(risk.state(), BreakerState::Closed);
+    assert_eq!(risk.window().await.failures, 3);
     // 3 failures of 4 calls ≥ 50% → opens only now, after the fourth call went through.
     assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 200);
     assert_eq!(risk.state(), BreakerState::Open);
@@ -263,6 +264,11 @@ async fn operators_can_force_the_breaker_open_or_disable_it() {
     }
     assert_eq!(server.hits(), 5);
     assert_eq!(risk.state(), BreakerState::Disabled);
+    assert_eq!(
+        risk.window().await.calls,
+        0,
+        "disabled calls are not measured"
+    );
 
     risk.set_mode(Mode::Automatic).await;
     assert_eq!(risk.state(), BreakerState::Closed);
