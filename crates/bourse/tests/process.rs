@@ -69,6 +69,7 @@ async fn production_refuses_to_start_without_explicit_settings() {
             "DATABASE_URL",
             "REDIS_URL",
             "BOURSE_AUTH_GENERATE_SIGNING_KEY",
+            "BOURSE_SERVICE_SECRET_ORDERS",
         ],
     )
     .await;

@@ -14,4 +14,5 @@ mod instruments;
 mod openapi;
 mod orders;
 mod rate_limits;
+mod service_tokens;
 mod tokens;

@@ -228,6 +228,10 @@ async fn production_refuses_to_start_until_a_signing_key_is_provisioned(pool: Pg
                 ("BOURSE_ENV", "production"),
                 ("REDIS_URL", "redis://127.0.0.1:6379"),
                 ("BOURSE_MIGRATE_ON_START", "true"),
+                (
+                    "BOURSE_SERVICE_SECRET_ORDERS",
+                    "a production secret of at least 32 characters",
+                ),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );

@@ -18,3 +18,31 @@ pub struct Claims {
     pub jti: Uuid,
     pub roles: Vec<Role>,
 }
+
+/// A service token (SEC-14): one service calling another, issued by auth to a registered client
+/// for one audience — the called service — with the scopes the client is granted there.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceClaims {
+    pub iss: String,
+    /// The called service, e.g. `risk`.
+    pub aud: String,
+    /// `service:<client>`, e.g. `service:orders`.
+    pub sub: String,
+    pub exp: u64,
+    pub nbf: u64,
+    pub iat: u64,
+    pub jti: Uuid,
+    /// Space-separated (RFC 8693 §4.2), e.g. `risk:check`.
+    pub scope: String,
+}
+
+impl ServiceClaims {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scope.split(' ').any(|granted| granted == scope)
+    }
+
+    /// The calling service's name.
+    pub fn client(&self) -> &str {
+        self.sub.strip_prefix("service:").unwrap_or(&self.sub)
+    }
+}

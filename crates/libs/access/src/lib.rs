@@ -7,15 +7,18 @@
 //! - [`verifier`]: EdDSA-only verification with issuer, audience, expiry and not-before checks;
 //!   `alg=none`, HMAC/RSA confusion and unknown keys are refused (SEC-03).
 //! - [`principal`]: the axum extractor handlers use, and role guards.
+//! - [`service`]: service-to-service grants and the extractor of `/internal/*` routes (SEC-14).
 
 pub mod claims;
 pub mod jwks;
 pub mod principal;
 pub mod roles;
+pub mod service;
 pub mod verifier;
 
-pub use claims::Claims;
+pub use claims::{Claims, ServiceClaims};
 pub use jwks::{HttpKeySource, JwksCache, KeySource, StaticKeySource};
 pub use principal::Principal;
 pub use roles::Role;
-pub use verifier::{TokenVerifier, VerifyError};
+pub use service::ServicePrincipal;
+pub use verifier::{TokenClaims, TokenVerifier, VerifyError};

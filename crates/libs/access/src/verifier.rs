@@ -7,7 +7,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::digest::{SHA256, digest};
 use jsonwebtoken::{Algorithm, Validation, decode, decode_header};
 
-use crate::claims::Claims;
+use serde::de::DeserializeOwned;
+
+use crate::claims::{Claims, ServiceClaims};
 use crate::jwks::{JwksCache, KeyLookupError};
 
 /// Why a token was refused. Clients only ever learn "invalid token"; the variant is for logs.
@@ -29,17 +31,43 @@ pub enum VerifyError {
     KeysUnavailable(String),
 }
 
-pub struct TokenVerifier {
+/// The claims a verifier can check: a user's access token ([`Claims`], the default) or a
+/// service token ([`ServiceClaims`]).
+pub trait TokenClaims: DeserializeOwned + Clone + Send + Sync + 'static {
+    /// The claims that must be present besides the signature.
+    const REQUIRED: &'static [&'static str];
+    /// Expiry, seconds since the epoch.
+    fn expires_at(&self) -> u64;
+}
+
+impl TokenClaims for Claims {
+    const REQUIRED: &'static [&'static str] = &["exp", "nbf", "iss", "aud", "sub"];
+    fn expires_at(&self) -> u64 {
+        self.exp
+    }
+}
+
+impl TokenClaims for ServiceClaims {
+    const REQUIRED: &'static [&'static str] = &["exp", "nbf", "iss", "aud", "sub", "scope"];
+    fn expires_at(&self) -> u64 {
+        self.exp
+    }
+}
+
+/// Verifies one kind of token for one audience. Users' tokens and service tokens differ in
+/// their audience (`bourse` vs the called service's name) and in their claims, so neither
+/// ever passes for the other.
+pub struct TokenVerifier<C: TokenClaims = Claims> {
     keys: JwksCache,
     validation: Validation,
-    verified: Mutex<HashMap<[u8; 32], Verified>>,
+    verified: Mutex<HashMap<[u8; 32], Verified<C>>>,
 }
 
 /// A token that passed every check, remembered so a client's next request with the same
 /// token costs a hash instead of a signature verification (PRF-04).
 #[derive(Clone)]
-struct Verified {
-    claims: Claims,
+struct Verified<C> {
+    claims: C,
     until: Instant,
 }
 
@@ -49,14 +77,14 @@ const REMEMBER_FOR: Duration = Duration::from_secs(60);
 /// Memory bound: beyond it the cache starts over (cheap, and rare with 15-minute tokens).
 const REMEMBER_AT_MOST: usize = 100_000;
 
-impl TokenVerifier {
+impl<C: TokenClaims> TokenVerifier<C> {
     pub fn new(keys: JwksCache, issuer: &str, audience: &str) -> Self {
         // EdDSA only: the allowed algorithm is fixed here, never taken from the token, which is
         // what defeats `alg=none` and HS256-with-the-public-key confusion.
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        validation.set_required_spec_claims(C::REQUIRED);
         validation.validate_nbf = true;
         validation.leeway = 5;
         Self {
@@ -70,7 +98,7 @@ impl TokenVerifier {
         Arc::new(self)
     }
 
-    pub async fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+    pub async fn verify(&self, token: &str) -> Result<C, VerifyError> {
         let fingerprint: [u8; 32] = digest(&SHA256, token.as_bytes())
             .as_ref()
             .try_into()
@@ -83,17 +111,17 @@ impl TokenVerifier {
         Ok(claims)
     }
 
-    fn remembered(&self, fingerprint: &[u8; 32]) -> Option<Claims> {
+    fn remembered(&self, fingerprint: &[u8; 32]) -> Option<C> {
         let verified = self.verified.lock().ok()?;
         let entry = verified.get(fingerprint)?;
         (Instant::now() < entry.until).then(|| entry.claims.clone())
     }
 
-    fn remember(&self, fingerprint: [u8; 32], claims: &Claims) {
+    fn remember(&self, fingerprint: [u8; 32], claims: &C) {
         let now_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let until = Instant::now() + remember_for(claims.exp, now_unix);
+        let until = Instant::now() + remember_for(claims.expires_at(), now_unix);
         if let Ok(mut verified) = self.verified.lock() {
             if verified.len() >= REMEMBER_AT_MOST {
                 verified.clear();
@@ -110,7 +138,7 @@ impl TokenVerifier {
 
     /// Header, key, signature and claims: the full check, bypassing the memory of verified
     /// tokens (what [`TokenVerifier::verify`] does on a first sight; benchmarks call it too).
-    pub async fn verify_uncached(&self, token: &str) -> Result<Claims, VerifyError> {
+    pub async fn verify_uncached(&self, token: &str) -> Result<C, VerifyError> {
         let header = decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(VerifyError::AlgorithmNotAllowed);
@@ -120,7 +148,7 @@ impl TokenVerifier {
             KeyLookupError::Unknown => VerifyError::UnknownKey,
             KeyLookupError::Unavailable(reason) => VerifyError::KeysUnavailable(reason),
         })?;
-        decode::<Claims>(token, &key, &self.validation)
+        decode::<C>(token, &key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| VerifyError::Rejected(e.to_string()))
     }

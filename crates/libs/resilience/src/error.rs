@@ -22,6 +22,12 @@ pub enum CallError {
         upstream: &'static str,
         timeout: Duration,
     },
+    /// This service could not get a service token for the upstream (auth down, or refused).
+    #[error("{upstream}: no service token: {detail}")]
+    NoServiceToken {
+        upstream: &'static str,
+        detail: String,
+    },
     /// Connection refused, reset, DNS… (after any retries).
     #[error("{upstream}: {detail}")]
     Unreachable {
@@ -36,6 +42,7 @@ impl CallError {
             CallError::Open { upstream, .. }
             | CallError::Saturated { upstream }
             | CallError::Timeout { upstream, .. }
+            | CallError::NoServiceToken { upstream, .. }
             | CallError::Unreachable { upstream, .. } => upstream,
         }
     }
@@ -61,6 +68,11 @@ impl CallError {
                 format!("{upstream} did not answer in time"),
             )
             .retry_after(1),
+            CallError::NoServiceToken { .. } => Problem::unavailable(
+                "upstream_unavailable",
+                format!("{upstream} cannot be called right now (no service token)"),
+                1,
+            ),
             CallError::Unreachable { .. } => Problem::unavailable(
                 "upstream_unavailable",
                 format!("{upstream} is unavailable"),

@@ -11,21 +11,25 @@
 //!   and every transition is published on [`Upstream::transitions`] so the owning service can
 //!   emit `CircuitBreakerOpened`/`Closed` ops events;
 //! - a **bulkhead**: at most N calls in flight, the excess refused at once (REL-06);
-//! - the caller's `X-Request-Id` and `traceparent`, and a bearer token when one is given.
+//! - the caller's `X-Request-Id` and `traceparent`, and a service token for the upstream when
+//!   built with [`Upstream::authenticated`] (SEC-14).
 //!
 //! Failing fast is the point: an open breaker or a full bulkhead answers
 //! [`CallError::Open`]/[`CallError::Saturated`] without touching the network, and
 //! [`CallError::problem`] turns every failure into a 503/504 problem with `Retry-After`.
 //!
 //! Modules: [`policy`] (the settings of one upstream), [`backoff`] (exponential backoff with
-//! full jitter), [`upstream`] ([`Upstream`] and [`Call`]), [`error`] ([`CallError`]).
+//! full jitter), [`upstream`] ([`Upstream`] and [`Call`]), [`service_token`] ([`TokenSource`]:
+//! service tokens from auth, SEC-14), [`error`] ([`CallError`]).
 
 pub mod backoff;
 pub mod error;
 pub mod policy;
+pub mod service_token;
 pub mod upstream;
 
 pub use backoff::Backoff;
 pub use error::CallError;
 pub use policy::{BreakerSettings, Policy};
+pub use service_token::{TokenError, TokenSource};
 pub use upstream::{BreakerState, Call, Mode, Transition, Upstream, Window};

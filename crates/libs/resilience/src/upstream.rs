@@ -17,8 +17,11 @@ use tower_resilience_circuitbreaker::{
     FailureClassifier, SlidingWindowType,
 };
 
+use secrecy::ExposeSecret;
+
 use crate::error::CallError;
 use crate::policy::Policy;
+use crate::service_token::TokenSource;
 
 /// How an operator has set the breaker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,6 +228,8 @@ struct Inner {
     bulkhead: Arc<Semaphore>,
     mode: AtomicU8,
     transitions: broadcast::Sender<Transition>,
+    /// Service tokens for this upstream (audience = its name), when it requires them.
+    tokens: Option<Arc<TokenSource>>,
 }
 
 /// The client for one upstream service. Cheap to clone; clones share breaker and bulkhead.
@@ -238,6 +243,28 @@ impl Upstream {
         base_url: impl Into<String>,
         http: reqwest::Client,
         policy: Policy,
+    ) -> Result<Self, String> {
+        Self::build(name, base_url.into(), http, policy, None)
+    }
+
+    /// An upstream whose routes need a service token (its `/internal/*` routes, SEC-14): every
+    /// call carries a token from `tokens` for the audience `name`.
+    pub fn authenticated(
+        name: &'static str,
+        base_url: impl Into<String>,
+        http: reqwest::Client,
+        policy: Policy,
+        tokens: Arc<TokenSource>,
+    ) -> Result<Self, String> {
+        Self::build(name, base_url.into(), http, policy, Some(tokens))
+    }
+
+    fn build(
+        name: &'static str,
+        base_url: String,
+        http: reqwest::Client,
+        policy: Policy,
+        tokens: Option<Arc<TokenSource>>,
     ) -> Result<Self, String> {
         let (transitions, _) = broadcast::channel(64);
         let publish = transitions.clone();
@@ -275,7 +302,7 @@ impl Upstream {
         set_state_gauge(name, BreakerState::Closed);
         Ok(Self(Arc::new(Inner {
             name,
-            base_url: base_url.into(),
+            base_url,
             bulkhead: Arc::new(Semaphore::new(policy.max_concurrent)),
             policy,
             transport,
@@ -283,6 +310,7 @@ impl Upstream {
             handle,
             mode: AtomicU8::new(AUTOMATIC),
             transitions,
+            tokens,
         })))
     }
 
@@ -367,6 +395,20 @@ impl Upstream {
             count(name, "saturated");
             return Err(CallError::Saturated { upstream: name });
         };
+        let call = match &inner.tokens {
+            // Boxed: fetching a token is itself a call through an `Upstream` (auth's).
+            Some(tokens) => match Box::pin(tokens.token(name)).await {
+                Ok(token) => call.bearer(token.expose_secret()),
+                Err(err) => {
+                    count(name, "no_service_token");
+                    return Err(CallError::NoServiceToken {
+                        upstream: name,
+                        detail: err.to_string(),
+                    });
+                }
+            },
+            None => call,
+        };
         let attempts = if call.idempotent {
             1 + inner.policy.retries
         } else {
@@ -401,7 +443,15 @@ impl Upstream {
                 .record(started.elapsed());
             if !retryable || attempt >= attempts {
                 return match result {
-                    Ok(response) => Ok(response),
+                    Ok(response) => {
+                        if response.status() == http::StatusCode::UNAUTHORIZED
+                            && let Some(tokens) = &inner.tokens
+                        {
+                            // Refused (a rotated key, say): the next call fetches a new one.
+                            tokens.forget(name);
+                        }
+                        Ok(response)
+                    }
                     Err(CircuitBreakerError::OpenCircuit) => Err(CallError::Open {
                         upstream: name,
                         retry_after: self.time_until_probe().await,

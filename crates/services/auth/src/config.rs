@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use secrecy::SecretString;
 use service_kit::http::TrustedProxies;
 use service_kit::{CommonConfig, Env};
 
@@ -17,6 +18,10 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// Generate a signing key when none exists (development only).
     pub generate_signing_key: bool,
+    /// Services that may obtain service tokens (SEC-14), with their client secrets.
+    pub service_clients: Vec<(&'static str, SecretString)>,
+    /// Lifetime of a service token.
+    pub service_token_ttl: Duration,
     pub migrate_on_start: bool,
     /// How often each replica re-reads the signing keys (a rotation reaches it within this).
     pub signing_key_reload: Duration,
@@ -70,8 +75,27 @@ impl Config {
                 "must not be true in production: create keys with `bourse admin rotate-signing-key`",
             );
         }
+        let service_token_ttl =
+            Duration::from_secs(env.or("BOURSE_AUTH_SERVICE_TOKEN_TTL_SECS", 300u64));
+        if service_token_ttl.is_zero() || service_token_ttl > MAX_ACCESS_TTL {
+            env.problem(
+                "BOURSE_AUTH_SERVICE_TOKEN_TTL_SECS",
+                "must be between 1 and 900 seconds",
+            );
+        }
+        let production = common.is_production();
+        let service_clients = access::service::clients()
+            .map(|client| {
+                (
+                    client,
+                    access::service::client_secret(env, client, production),
+                )
+            })
+            .collect();
         Self {
             port: env.or("BOURSE_AUTH_PORT", 8081u16),
+            service_clients,
+            service_token_ttl,
             tokens: TokenSettings {
                 issuer: env.or("BOURSE_JWT_ISSUER", DEFAULT_ISSUER.to_owned()),
                 audience: env.or("BOURSE_JWT_AUDIENCE", DEFAULT_AUDIENCE.to_owned()),

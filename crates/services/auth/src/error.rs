@@ -17,6 +17,11 @@ pub enum Error {
     Throttled { retry_after_secs: u64 },
     #[error("user not found")]
     UserNotFound,
+    /// Unknown service client or wrong secret: one variant, one response.
+    #[error("invalid service client")]
+    InvalidClient,
+    #[error("{client} may not call {audience}")]
+    AudienceNotGranted { client: String, audience: String },
     #[error("no signing key is configured")]
     NoSigningKey,
     #[error(transparent)]
@@ -50,6 +55,16 @@ impl IntoResponse for Error {
             )
             .retry_after(retry_after_secs),
             Error::UserNotFound => Problem::not_found(),
+            Error::InvalidClient => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "the client id or secret is incorrect",
+            ),
+            Error::AudienceNotGranted { client, audience } => Problem::new(
+                StatusCode::FORBIDDEN,
+                "audience_not_granted",
+                format!("{client} is not granted access to {audience}"),
+            ),
             Error::Problem(problem) => problem,
             Error::Redis(ref err) => Problem::dependency_unavailable("redis", err),
             Error::Database(ref err) if service_kit::db::is_unavailable(err) => {

@@ -5,6 +5,7 @@
 //! - [`password`]: argon2id hashing, rehash on parameter change, the password policy (SEC-01).
 //! - [`tokens`]: signing access tokens, minting and hashing refresh tokens (SEC-03, SEC-04).
 //! - [`signing_keys`]: Ed25519 keys, rotation with overlap, the JWKS (SEC-03).
+//! - [`service_tokens`]: client-credential tokens for service-to-service calls (SEC-14).
 //! - [`throttle`]: failed-login throttling in Redis (SEC-07).
 //! - [`audit`]: the hash-chained audit log and its verification (SEC-16).
 //! - [`store`]: all SQL.
@@ -17,6 +18,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod password;
+pub mod service_tokens;
 pub mod signing_keys;
 pub mod store;
 pub mod throttle;
@@ -37,6 +39,7 @@ pub use error::Error;
 
 use crate::identity::Identity;
 use crate::password::Passwords;
+use crate::service_tokens::ServiceTokens;
 use crate::signing_keys::Keyring;
 use crate::throttle::LoginThrottle;
 
@@ -102,8 +105,15 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         ),
         config.tokens.clone(),
     );
+    let service_tokens = ServiceTokens::new(
+        &config.service_clients,
+        keyring.clone(),
+        config.tokens.issuer.clone(),
+        config.service_token_ttl,
+    );
     let state = http::AppState {
         identity,
+        service_tokens,
         keyring,
         verifier,
     };

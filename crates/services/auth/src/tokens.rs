@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use access::{Claims, Role};
+use access::{Claims, Role, ServiceClaims};
 use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine;
@@ -22,10 +22,7 @@ pub fn sign_access_token(
     user_id: Uuid,
     roles: Vec<Role>,
 ) -> Result<SecretString> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_err(|_| Error::Internal("clock before 1970".to_owned()))?
-        .as_secs();
+    let now = now()?;
     let claims = Claims {
         iss: settings.issuer.clone(),
         aud: settings.audience.clone(),
@@ -36,9 +33,43 @@ pub fn sign_access_token(
         jti: Uuid::now_v7(),
         roles,
     };
+    sign(key, &claims)
+}
+
+/// A signed service token: `client` calling `audience` with `scope` (SEC-14).
+pub fn sign_service_token(
+    key: &ActiveKey,
+    issuer: &str,
+    client: &str,
+    audience: &str,
+    scope: String,
+    ttl: std::time::Duration,
+) -> Result<SecretString> {
+    let now = now()?;
+    let claims = ServiceClaims {
+        iss: issuer.to_owned(),
+        aud: audience.to_owned(),
+        sub: format!("service:{client}"),
+        exp: now + ttl.as_secs(),
+        nbf: now,
+        iat: now,
+        jti: Uuid::now_v7(),
+        scope,
+    };
+    sign(key, &claims)
+}
+
+fn now() -> Result<u64> {
+    Ok(SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| Error::Internal("clock before 1970".to_owned()))?
+        .as_secs())
+}
+
+fn sign(key: &ActiveKey, claims: &impl serde::Serialize) -> Result<SecretString> {
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some(key.kid.clone());
-    encode(&header, &claims, &key.encoding)
+    encode(&header, claims, &key.encoding)
         .map(SecretString::from)
         .map_err(|e| Error::Internal(format!("signing a token: {e}")))
 }

@@ -12,15 +12,18 @@ use service_kit::http::TrustedProxies;
 use utoipa::OpenApi;
 
 use crate::identity::Identity;
+use crate::service_tokens::ServiceTokens;
 use crate::signing_keys::Keyring;
 
 pub use routes::{
-    LoginRequest, RefreshRequest, RegisterRequest, SetRolesRequest, TokenResponse, UserResponse,
+    LoginRequest, RefreshRequest, RegisterRequest, ServiceTokenRequest, ServiceTokenResponse,
+    SetRolesRequest, TokenResponse, UserResponse,
 };
 
 #[derive(Clone)]
 pub struct AppState {
     pub identity: Identity,
+    pub service_tokens: ServiceTokens,
     pub keyring: Arc<Keyring>,
     pub verifier: Arc<TokenVerifier>,
 }
@@ -45,6 +48,8 @@ pub fn router(state: AppState, trusted_proxies: TrustedProxies) -> Router {
         .route("/v1/auth/me", get(routes::me))
         .route("/v1/admin/users/{id}/roles", put(routes::set_roles))
         .route("/.well-known/jwks.json", get(routes::jwks))
+        // Between services only: the gateway never routes `/internal/*` (SEC-14).
+        .route("/internal/v1/service-tokens", post(routes::service_token))
         .route("/openapi.json", get(routes::openapi))
         .layer(Extension(trusted_proxies))
         .with_state(state)

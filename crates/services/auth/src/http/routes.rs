@@ -85,6 +85,45 @@ fn token_response(pair: TokenPair) -> Response {
         .into_response()
 }
 
+/// Client credentials of a service asking for a token to call `audience`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceTokenRequest {
+    pub client_id: String,
+    pub client_secret: SecretString,
+    pub audience: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct ServiceTokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: u64,
+    pub scope: String,
+}
+
+/// A service token (SEC-14). Internal: reachable from other services, never through the gateway.
+pub async fn service_token(
+    State(state): State<AppState>,
+    Json(body): Json<ServiceTokenRequest>,
+) -> Result<Response> {
+    let issued =
+        state
+            .service_tokens
+            .issue(&body.client_id, &body.client_secret, &body.audience)?;
+    let body = ServiceTokenResponse {
+        access_token: issued.access_token.expose_secret().to_owned(),
+        token_type: "Bearer".to_owned(),
+        expires_in: issued.expires_in,
+        scope: issued.scope,
+    };
+    Ok((
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+        axum::Json(body),
+    )
+        .into_response())
+}
+
 /// Register a trader account.
 #[utoipa::path(post, path = "/v1/auth/register", tag = "auth", request_body = RegisterRequest,
     responses((status = 201, body = UserResponse), (status = 422, body = Problem), (status = 400, body = Problem)))]
