@@ -7,6 +7,9 @@ use secrecy::SecretString;
 pub const DEMO_PASSWORD: &str = "demo password 1234";
 pub const DEMO_TRADERS: [&str; 2] = ["alice@demo.bourse", "bob@demo.bourse"];
 
+/// What each demo trader starts with.
+const FUNDS: [(&str, &str); 3] = [("USD", "100000"), ("BTC", "10"), ("ETH", "100")];
+
 /// (symbol, base, quote, tick size, lot size) per DESIGN §5.
 const INSTRUMENTS: [(&str, &str, &str, &str, &str); 2] = [
     ("BTC-USD", "BTC", "USD", "0.01", "0.0001"),
@@ -17,6 +20,7 @@ const INSTRUMENTS: [(&str, &str, &str, &str, &str); 2] = [
 pub async fn seed(
     auth_config: &auth::Config,
     orders_config: &orders::Config,
+    settlement_config: &settlement::Config,
 ) -> anyhow::Result<String> {
     service_kit::db::ensure_database(&auth_config.common).await?;
     let auth_pool = auth::connect(auth_config).await?;
@@ -68,6 +72,35 @@ pub async fn seed(
             Err(err) => return Err(anyhow::anyhow!("demo trader {email}: {err}")),
         }
     }
-    report.push("balances: funding arrives with the settlement service (issue [3])".to_owned());
+    let ledger = service_kit::db::connect(&settlement_config.common, settlement::SCHEMA).await?;
+    settlement::migrate(&ledger).await?;
+    settlement::store::sync_assets(&ledger, &settlement_config.assets).await?;
+    for email in DEMO_TRADERS {
+        let user = auth::store::user_by_email(&auth_pool, email)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("demo trader {email} vanished"))?;
+        for (asset, amount) in FUNDS {
+            let request = settlement::funding::FundingRequest {
+                account_id: user.id,
+                asset: asset.to_owned(),
+                amount: amount.to_owned(),
+            };
+            let key = format!("demo-seed:{email}:{asset}");
+            let made = settlement::funding::deposit_once(
+                &ledger,
+                &settlement_config.assets,
+                &request,
+                &key,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("funding {email} with {asset}: {e}"))?;
+            let done = if made {
+                "deposited"
+            } else {
+                "deposited before"
+            };
+            report.push(format!("balance {email} {amount} {asset}: {done}"));
+        }
+    }
     Ok(report.join("\n"))
 }

@@ -21,24 +21,31 @@ pub enum Target {
     Gateway,
     Auth,
     Orders,
+    Settlement,
 }
 
 impl Target {
     /// The concrete services a list of targets stands for, in start order (upstreams first).
     pub fn expand(targets: &[Target]) -> Vec<Target> {
         let mut services: Vec<Target> = if targets.contains(&Target::All) {
-            vec![Target::Auth, Target::Orders, Target::Gateway]
+            vec![
+                Target::Auth,
+                Target::Settlement,
+                Target::Orders,
+                Target::Gateway,
+            ]
         } else {
             targets.to_vec()
         };
         services.sort();
         services.dedup();
-        // Auth before the gateway, so the gateway can be pointed at it.
+        // Upstreams first, so the services calling them can be pointed at them.
         services.sort_by_key(|t| match t {
             Target::Auth => 0,
-            Target::Orders => 1,
-            Target::Gateway => 2,
-            Target::All => 3,
+            Target::Settlement => 1,
+            Target::Orders => 2,
+            Target::Gateway => 3,
+            Target::All => 4,
         });
         services
     }
@@ -49,11 +56,13 @@ pub struct Plan {
     pub common: CommonConfig,
     pub auth: Option<auth::Config>,
     pub orders: Option<orders::Config>,
+    pub settlement: Option<settlement::Config>,
     pub gateway: Option<gateway::Config>,
     /// Whether upstream URLs were given; those not given are wired to the services started
     /// in this process.
     auth_url_given: bool,
     orders_url_given: bool,
+    settlement_url_given: bool,
 }
 
 /// Reads the configuration of `targets`; every problem is reported at once (OPS-01).
@@ -62,12 +71,16 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     let common = CommonConfig::read(&mut env);
     let auth_url_given = env.is_set("BOURSE_AUTH_URL");
     let orders_url_given = env.is_set("BOURSE_ORDERS_URL");
+    let settlement_url_given = env.is_set("BOURSE_SETTLEMENT_URL");
     let auth = services
         .contains(&Target::Auth)
         .then(|| auth::Config::read(&mut env));
     let orders = services
         .contains(&Target::Orders)
         .then(|| orders::Config::read(&mut env));
+    let settlement = services
+        .contains(&Target::Settlement)
+        .then(|| settlement::Config::read(&mut env));
     let gateway = services
         .contains(&Target::Gateway)
         .then(|| gateway::Config::read(&mut env));
@@ -79,6 +92,8 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
         gateway,
         auth_url_given,
         orders_url_given,
+        settlement_url_given,
+        settlement,
     })
 }
 
@@ -154,7 +169,8 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
     let mut addresses = BTreeMap::new();
     let mut stages = Vec::new();
     let migrate_on_start = plan.auth.as_ref().is_some_and(|c| c.migrate_on_start)
-        || plan.orders.as_ref().is_some_and(|c| c.migrate_on_start);
+        || plan.orders.as_ref().is_some_and(|c| c.migrate_on_start)
+        || plan.settlement.as_ref().is_some_and(|c| c.migrate_on_start);
     if migrate_on_start {
         service_kit::db::ensure_database(&plan.common).await?;
     }
@@ -174,6 +190,22 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
             .get(&target)
             .map(|address| format!("http://{}", reachable(*address)))
     };
+    if let Some(mut config) = plan.settlement {
+        if !plan.auth_url_given
+            && let Some(url) = local_url(Target::Auth, &addresses)
+        {
+            config.auth_url = url;
+        }
+        let stage_shutdown = Shutdown::new();
+        let server = settlement::build(config, &stage_shutdown).await?;
+        addresses.insert(Target::Settlement, server.local_addr()?);
+        stages.push(spawn_stage_with(
+            Target::Settlement,
+            server,
+            stage_shutdown,
+            shutdown,
+        ));
+    }
     if let Some(mut config) = plan.orders {
         if !plan.auth_url_given
             && let Some(url) = local_url(Target::Auth, &addresses)
@@ -200,6 +232,11 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
             && let Some(url) = local_url(Target::Orders, &addresses)
         {
             config.orders_url = url;
+        }
+        if !plan.settlement_url_given
+            && let Some(url) = local_url(Target::Settlement, &addresses)
+        {
+            config.settlement_url = url;
         }
         let stage_shutdown = Shutdown::new();
         let server = gateway::build(config, &stage_shutdown).await?;
@@ -234,6 +271,8 @@ pub async fn migrate(common: &CommonConfig) -> anyhow::Result<()> {
     auth::migrate(&pool).await?;
     let pool = service_kit::db::connect(common, orders::SCHEMA).await?;
     orders::migrate(&pool).await?;
+    let pool = service_kit::db::connect(common, settlement::SCHEMA).await?;
+    settlement::migrate(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())
 }

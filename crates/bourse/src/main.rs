@@ -156,13 +156,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let mut env = Env::from_process();
             let auth_config = auth::Config::read(&mut env);
             let orders_config = orders::Config::read(&mut env);
+            let settlement_config = settlement::Config::read(&mut env);
             env.finish().map_err(Failure::Config)?;
             let _telemetry = service_kit::telemetry::init(
                 auth_config.common.log_format,
                 &auth_config.common.log_filter,
                 None,
             );
-            let summary = bourse::demo::seed(&auth_config, &orders_config).await?;
+            let summary =
+                bourse::demo::seed(&auth_config, &orders_config, &settlement_config).await?;
             println!("{summary}");
             Ok(ExitCode::SUCCESS)
         }

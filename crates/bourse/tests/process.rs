@@ -568,7 +568,8 @@ async fn demo_seed_creates_the_demo_market_and_is_idempotent(pool: PgPool) {
     let report = String::from_utf8(second.stdout).unwrap();
     assert!(
         report.contains("instrument BTC-USD: exists")
-            && report.contains("trader alice@demo.bourse: exists"),
+            && report.contains("trader alice@demo.bourse: exists")
+            && report.contains("balance alice@demo.bourse 100000 USD: deposited before"),
         "{report}"
     );
 
@@ -591,6 +592,21 @@ async fn demo_seed_creates_the_demo_market_and_is_idempotent(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(traders, 2);
+    // Funded once, however often it runs: 2 traders × 3 assets.
+    let deposits: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT asset, sum(amount)::int8 FROM settlement.transfers GROUP BY asset ORDER BY asset",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        deposits,
+        [
+            ("BTC".to_owned(), 2 * 10 * 100_000_000),
+            ("ETH".to_owned(), 2 * 100 * 100_000_000),
+            ("USD".to_owned(), 2 * 100_000 * 100)
+        ]
+    );
 }
 
 #[tokio::test]

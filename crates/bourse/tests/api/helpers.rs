@@ -21,6 +21,8 @@ pub struct TestApp {
     pub auth: String,
     /// Base URL of orders, likewise.
     pub orders: String,
+    /// Base URL of settlement, likewise (its `/internal/*` routes).
+    pub settlement: String,
     pub client: reqwest::Client,
     /// The test's own database (public schema); services use their schemas in it.
     pub db: PgPool,
@@ -70,6 +72,7 @@ pub fn base_env(pool: &PgPool) -> Vec<(String, String)> {
         ("BOURSE_AUTH_PORT", "0".to_owned()),
         ("BOURSE_GATEWAY_PORT", "0".to_owned()),
         ("BOURSE_ORDERS_PORT", "0".to_owned()),
+        ("BOURSE_SETTLEMENT_PORT", "0".to_owned()),
         ("BOURSE_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
         (
             "BOURSE_GATEWAY_CORS_ORIGINS",
@@ -108,11 +111,15 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
     let gateway = url(running.address(Target::Gateway).expect("gateway runs"));
     let auth = url(running.address(Target::Auth).expect("auth runs"));
     let orders = url(running.address(Target::Orders).expect("orders runs"));
+    let settlement = url(running
+        .address(Target::Settlement)
+        .expect("settlement runs"));
     tokio::spawn(running.wait());
     TestApp {
         gateway,
         auth,
         orders,
+        settlement,
         client: reqwest::Client::new(),
         db: pool,
         redis_prefix,
@@ -203,6 +210,8 @@ impl TestApp {
     pub async fn first_event(&self, name: &str) -> (String, Value) {
         let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
         let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        // The client's default response timeout is shorter than the block.
+        redis.set_response_timeout(std::time::Duration::from_secs(25));
         let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
             .arg("BLOCK")
             .arg(20_000)
@@ -276,4 +285,12 @@ pub async fn schema_pool(pool: &PgPool, schema: &str) -> PgPool {
 /// A pool on auth's schema.
 pub async fn auth_pool(app: &TestApp) -> PgPool {
     schema_pool(&app.db, "auth").await
+}
+
+/// One number from the test database (`SELECT count(*) …`, or any single int8).
+pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }

@@ -15,4 +15,5 @@ mod openapi;
 mod orders;
 mod rate_limits;
 mod service_tokens;
+mod settlement;
 mod tokens;

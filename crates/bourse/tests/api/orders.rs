@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use service_kit::testing::eventually;
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, Tokens, assert_problem, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with};
 
 /// An exchange with BTC-USD (tick 0.01, lot 0.0001) and two traders.
 struct Market {
@@ -90,13 +90,6 @@ impl Market {
             .await
             .unwrap()
     }
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 #[sqlx::test(migrations = false)]
@@ -898,7 +891,7 @@ async fn idempotency_keys_are_kept_a_day_then_purged(pool: PgPool) {
 
     let orders_pool = crate::helpers::schema_pool(&m.app.db, "orders").await;
     let purged =
-        orders::idempotency::purge(&orders_pool, std::time::Duration::from_secs(24 * 3600))
+        service_kit::idempotency::purge(&orders_pool, std::time::Duration::from_secs(24 * 3600))
             .await
             .unwrap();
     assert_eq!(purged, 1);

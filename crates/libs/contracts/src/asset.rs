@@ -29,6 +29,31 @@ impl Asset {
         ]
     }
 
+    /// The `BOURSE_ASSETS` list (`["USD:2", "BTC:8"]`) → assets; the [defaults](Self::defaults)
+    /// when empty. Shared by every service that handles amounts, so they agree on scales.
+    pub fn configured(entries: &[String]) -> Result<Vec<Asset>, String> {
+        if entries.is_empty() {
+            return Ok(Asset::defaults());
+        }
+        entries
+            .iter()
+            .map(|entry| {
+                let (code, scale) = entry
+                    .split_once(':')
+                    .ok_or_else(|| format!("{entry:?} is not CODE:SCALE"))?;
+                let scale: u32 = scale
+                    .parse()
+                    .map_err(|_| format!("{entry:?} has no valid scale"))?;
+                if !Asset::is_valid_code(code) || scale > MAX_SCALE {
+                    return Err(format!(
+                        "{entry:?}: code must be 2-10 of A-Z0-9, scale at most 18"
+                    ));
+                }
+                Ok(Asset::new(code, scale))
+            })
+            .collect()
+    }
+
     /// Upper-case letters and digits, 2–10 characters.
     pub fn is_valid_code(code: &str) -> bool {
         (2..=10).contains(&code.len())

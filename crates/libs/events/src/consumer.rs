@@ -46,6 +46,12 @@ pub trait Handler: Send + Sync {
         tx: &'a mut PgConnection,
         event: &'a Envelope,
     ) -> BoxFuture<'a, Result<(), String>>;
+
+    /// Whether this handler acts on events of `event_type`. Others are acknowledged unread:
+    /// no transaction, no inbox row — a consumer of a busy stream pays only for what it uses.
+    fn wants(&self, _event_type: &str) -> bool {
+        true
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -210,6 +216,14 @@ impl Consumer {
     }
 
     async fn process(&self, handler: &dyn Handler, entry: StreamId) -> Result<(), Error> {
+        let event_type: Option<String> = entry.get("type");
+        if let Some(event_type) = event_type
+            && !handler.wants(&event_type)
+        {
+            let mut redis = self.redis.clone();
+            let _: usize = redis.xack(self.key(), &self.group, &[&entry.id]).await?;
+            return Ok(());
+        }
         let raw: Option<String> = entry.get("envelope");
         let Some(envelope) = raw
             .as_deref()

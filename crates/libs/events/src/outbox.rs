@@ -5,8 +5,10 @@ use sqlx::PgConnection;
 use crate::Error;
 use crate::envelope::Envelope;
 
-/// An arbitrary constant naming "the outbox of this schema": writers hold it until commit.
-const WRITE_LOCK: i64 = 7_368_125_002;
+/// An arbitrary constant naming "outbox writers"; with the hash of the connection's schema it
+/// names "the outbox of this schema": writers hold it until commit, and services sharing a
+/// database do not serialize on each other's outboxes.
+const WRITE_LOCK: i32 = 736_812_502;
 
 /// Appends `envelope` to the outbox for `stream`, in the caller's transaction: the event exists
 /// if and only if the state change it describes commits.
@@ -34,7 +36,7 @@ pub async fn append_all(
     if envelopes.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
         .bind(WRITE_LOCK)
         .execute(&mut *conn)
         .await?;

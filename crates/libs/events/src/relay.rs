@@ -15,8 +15,10 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::Error;
 
-/// An arbitrary constant naming "the relay of this schema".
-const LEADER_LOCK: i64 = 7_368_125_003;
+/// An arbitrary constant naming "outbox relays"; the second half of the lock key is the
+/// schema's hash, so each schema's relays compete only with each other — services sharing a
+/// database (as in `bourse serve all`) each get their own leader.
+const LEADER_LOCK: i32 = 736_812_503;
 
 #[derive(Clone, Debug)]
 pub struct RelaySettings {
@@ -99,10 +101,12 @@ impl Relay {
         // back to the pool still holding the lock and block every other relay.
         let mut leader = self.pool.acquire().await?.detach();
         loop {
-            let acquired: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(LEADER_LOCK)
-                .fetch_one(&mut leader)
-                .await?;
+            let acquired: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+                    .bind(LEADER_LOCK)
+                    .bind(self.schema)
+                    .fetch_one(&mut leader)
+                    .await?;
             if acquired {
                 break;
             }

@@ -372,3 +372,61 @@ async fn consumer_db(test_pool: &PgPool) -> PgPool {
     )
     .await
 }
+
+/// Wants trades only.
+struct TradesOnly(Arc<Recorder>);
+
+impl Handler for TradesOnly {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        self.0.handle(tx, event)
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        event_type == "TradeExecuted"
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn events_a_handler_does_not_want_are_acknowledged_without_an_inbox_row(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let unwanted = Envelope::new(
+        "orders",
+        "OrderAccepted",
+        1,
+        "o-1",
+        1,
+        serde_json::json!({}),
+    );
+    publish(&mut redis, &prefix, &unwanted).await;
+    let wanted = trade(2);
+    publish(&mut redis, &prefix, &wanted).await;
+
+    let shutdown = Shutdown::new();
+    let handler = Arc::new(TradesOnly(Recorder::new(0)));
+    let task =
+        tokio::spawn(consumer(&pool, &redis, &prefix, "c1", 5).run(handler, shutdown.clone()));
+    eventually("the trade applied", || async {
+        applied(&pool, wanted.id).await == 1
+    })
+    .await;
+    eventually("all entries acknowledged", || {
+        let mut r = redis.clone();
+        let p = prefix.clone();
+        async move { pending(&mut r, &p).await == 0 }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    assert_eq!(applied(&pool, unwanted.id).await, 0);
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(inbox, 1, "only the wanted event left an inbox row");
+}

@@ -5,6 +5,7 @@
 //!   development); every problem is collected and reported at once (OPS-01).
 //! - [`telemetry`]: JSON logs via `tracing`, W3C trace context (OBS-01, OBS-02).
 //! - [`metrics`]: the Prometheus recorder and `/metrics` (OBS-03).
+//! - [`idempotency`]: `Idempotency-Key` claims, stored answers and replays (REL-07).
 //! - [`http`]: problem+json errors, the JSON extractor, request id / trace context / access
 //!   log / RED metrics middleware, timeouts, body limits, panic guard — assembled by
 //!   [`http::ServiceRouter`] (OBS-06, REL-03, REL-11, SEC-10).
@@ -18,6 +19,7 @@ pub mod config;
 pub mod db;
 pub mod health;
 pub mod http;
+pub mod idempotency;
 pub mod metrics;
 pub mod redis;
 pub mod shutdown;

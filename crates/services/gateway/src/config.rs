@@ -14,6 +14,8 @@ pub struct Config {
     pub auth_url: String,
     /// Base URL of the orders service.
     pub orders_url: String,
+    /// Base URL of the settlement service.
+    pub settlement_url: String,
     /// Timeout, retries, breaker and bulkhead of each upstream (`BOURSE_GATEWAY_UPSTREAM_*`).
     pub upstream: Policy,
     pub cors_origins: Vec<String>,
@@ -95,6 +97,10 @@ impl Config {
                 .to_owned(),
             orders_url: env
                 .or("BOURSE_ORDERS_URL", "http://127.0.0.1:8082".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            settlement_url: env
+                .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
             upstream: Policy::read(

@@ -11,7 +11,7 @@ use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
 use crate::proxy::Upstreams;
 use crate::route_table::{ROUTES, Upstream};
 
-const UPSTREAMS: &[Upstream] = &[Upstream::Auth, Upstream::Orders];
+const UPSTREAMS: &[Upstream] = &[Upstream::Auth, Upstream::Orders, Upstream::Settlement];
 
 #[derive(Clone, Default)]
 pub struct ApiDocument {

@@ -44,6 +44,7 @@ fn forwardable(name: &HeaderName) -> bool {
 pub struct Upstreams {
     auth: resilience::Upstream,
     orders: resilience::Upstream,
+    settlement: resilience::Upstream,
     body_limit: usize,
 }
 
@@ -51,11 +52,13 @@ impl Upstreams {
     pub fn new(
         auth: resilience::Upstream,
         orders: resilience::Upstream,
+        settlement: resilience::Upstream,
         body_limit: usize,
     ) -> Self {
         Self {
             auth,
             orders,
+            settlement,
             body_limit,
         }
     }
@@ -64,11 +67,12 @@ impl Upstreams {
         match upstream {
             Upstream::Auth => &self.auth,
             Upstream::Orders => &self.orders,
+            Upstream::Settlement => &self.settlement,
         }
     }
 
-    pub fn all(&self) -> [&resilience::Upstream; 2] {
-        [&self.auth, &self.orders]
+    pub fn all(&self) -> [&resilience::Upstream; 3] {
+        [&self.auth, &self.orders, &self.settlement]
     }
 
     /// Forwards a client's request. Only idempotent methods are retried (REL-04); the request

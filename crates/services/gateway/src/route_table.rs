@@ -11,6 +11,7 @@ use axum::http::Method;
 pub enum Upstream {
     Auth,
     Orders,
+    Settlement,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +168,30 @@ pub static ROUTES: &[RouteSpec] = &[
         "/v1/markets/{symbol}/ticker",
         Upstream::Orders,
         Access::Public,
+    ),
+    route(
+        Method::GET,
+        "/v1/balances",
+        Upstream::Settlement,
+        Access::Roles(&[Role::Trader]),
+    ),
+    route(
+        Method::POST,
+        "/v1/admin/deposits",
+        Upstream::Settlement,
+        Access::Roles(&[Role::Admin]),
+    ),
+    route(
+        Method::POST,
+        "/v1/admin/withdrawals",
+        Upstream::Settlement,
+        Access::Roles(&[Role::Admin]),
+    ),
+    route(
+        Method::POST,
+        "/v1/admin/reconciliation",
+        Upstream::Settlement,
+        Access::Roles(&[Role::Admin, Role::Auditor]),
     ),
 ];
 

@@ -20,15 +20,10 @@ pub struct Config {
 impl Config {
     pub fn read(env: &mut Env) -> Self {
         let common = CommonConfig::read(env);
-        let assets = parse_assets(&env.list("BOURSE_ORDERS_ASSETS"));
-        let assets = match assets {
-            Ok(assets) if assets.is_empty() => Asset::defaults(),
-            Ok(assets) => assets,
-            Err(message) => {
-                env.problem("BOURSE_ORDERS_ASSETS", message);
-                Asset::defaults()
-            }
-        };
+        let assets = Asset::configured(&env.list("BOURSE_ASSETS")).unwrap_or_else(|message| {
+            env.problem("BOURSE_ASSETS", message);
+            Asset::defaults()
+        });
         Self {
             port: env.or("BOURSE_ORDERS_PORT", 8082u16),
             auth_url: env
@@ -49,25 +44,4 @@ impl Config {
             common,
         }
     }
-}
-
-/// `USD:2,BTC:8` → assets.
-fn parse_assets(entries: &[String]) -> Result<Vec<Asset>, String> {
-    entries
-        .iter()
-        .map(|entry| {
-            let (code, scale) = entry
-                .split_once(':')
-                .ok_or_else(|| format!("{entry:?} is not CODE:SCALE"))?;
-            let scale: u32 = scale
-                .parse()
-                .map_err(|_| format!("{entry:?} has no valid scale"))?;
-            if !Asset::is_valid_code(code) || scale > contracts::asset::MAX_SCALE {
-                return Err(format!(
-                    "{entry:?}: code must be 2-10 of A-Z0-9, scale at most 18"
-                ));
-            }
-            Ok(Asset::new(code, scale))
-        })
-        .collect()
 }

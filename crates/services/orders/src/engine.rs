@@ -20,18 +20,14 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::group_commit::BatchWrites;
-use crate::idempotency::{self, Claim};
 use crate::instruments::Instrument;
 use crate::order_entry::ValidOrder;
 use crate::store;
 use crate::view::OrderView;
+use service_kit::idempotency::{self, Claim};
 
 /// The answer to a placed order: an HTTP status and its JSON body (also what is replayed).
-#[derive(Clone, Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub body: String,
-}
+pub use service_kit::idempotency::Answer;
 
 /// The caller's request, carried into the task: its id and trace for errors and events, and
 /// its span for logs.

@@ -18,11 +18,11 @@ use uuid::Uuid;
 
 use crate::engine::Answer;
 use crate::error::{Error, Result};
-use crate::idempotency::{self, Claim};
 use crate::instruments::{Instrument, PRODUCER, STREAM};
 use crate::order_entry::{OrderType, ValidOrder};
 use crate::store::{self, FillRow, OrderChange, OrderRow, TradeInsert};
 use crate::view::OrderView;
+use service_kit::idempotency::{self, Claim};
 
 /// An order created in this batch, in its latest state.
 struct Created {
@@ -227,12 +227,19 @@ impl<'a> BatchWrites<'a> {
                     taker_side: side_name(taker_side),
                     sequence: i64::try_from(emitted.sequence).unwrap_or(i64::MAX),
                 });
-                self.outbox.push(event("TradeExecuted", trade_id, emitted.sequence, json!({
-                    "trade_id": trade_id, "symbol": instrument.symbol, "price": price, "quantity": quantity,
-                    "maker_order_id": maker, "taker_order_id": taker,
-                    "maker_account_id": maker_account, "taker_account_id": taker_account,
-                    "taker_side": side_name(taker_side),
-                })));
+                self.outbox.push(event(
+                    "TradeExecuted",
+                    trade_id,
+                    emitted.sequence,
+                    json!({
+                        "trade_id": trade_id, "symbol": instrument.symbol,
+                        "base_asset": instrument.base.code, "quote_asset": instrument.quote.code,
+                        "price": price, "quantity": quantity,
+                        "maker_order_id": maker, "taker_order_id": taker,
+                        "maker_account_id": maker_account, "taker_account_id": taker_account,
+                        "taker_side": side_name(taker_side),
+                    }),
+                ));
                 for (order, remaining) in [(maker, maker_remaining), (taker, taker_remaining)] {
                     if remaining == 0 {
                         self.outbox.push(event(
@@ -376,9 +383,7 @@ fn event(
 
 /// The JSON of a problem as the client receives it (request id included).
 pub fn problem_body(problem: service_kit::http::Problem) -> Result<String> {
-    let mut details = problem.details().clone();
-    details.request_id = service_kit::http::observe::current_request_id();
-    serde_json::to_string(&details).map_err(|e| Error::Internal(e.to_string()))
+    problem.body().map_err(|e| Error::Internal(e.to_string()))
 }
 
 #[cfg(test)]

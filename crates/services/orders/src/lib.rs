@@ -15,7 +15,6 @@ pub mod engine;
 pub mod error;
 pub mod group_commit;
 pub mod http;
-pub mod idempotency;
 pub mod instruments;
 pub mod order_entry;
 pub mod store;
@@ -49,7 +48,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     service_kit::db::migrate(pool, SCHEMA, migrator())
         .await
         .map_err(failed)?;
-    events::migrate(pool, SCHEMA).await.map_err(failed)
+    events::migrate(pool, SCHEMA).await.map_err(failed)?;
+    service_kit::idempotency::migrate(pool, SCHEMA)
+        .await
+        .map_err(failed)
 }
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
@@ -90,7 +92,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         assets: Arc::new(config.assets.clone()),
         engines: engine::Engines::new(pool.clone(), config.queue_capacity),
     };
-    tokio::spawn(purge_idempotency_keys(pool.clone(), shutdown.clone()));
+    tokio::spawn(service_kit::idempotency::purge_every_hour(
+        pool.clone(),
+        shutdown.clone(),
+    ));
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Postgres(pool))
         .with(Check::Redis(redis));
@@ -104,23 +109,6 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
         .await
         .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
-}
-
-/// Keys are kept at least 24 hours (DESIGN §5); older ones are deleted hourly.
-async fn purge_idempotency_keys(pool: PgPool, shutdown: Shutdown) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                match idempotency::purge(&pool, Duration::from_secs(24 * 3600)).await {
-                    Ok(purged) if purged > 0 => tracing::info!(purged, "idempotency keys purged"),
-                    Ok(_) => {}
-                    Err(err) => tracing::warn!(error = %err, "idempotency purge failed"),
-                }
-            }
-            () = shutdown.triggered() => break,
-        }
-    }
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

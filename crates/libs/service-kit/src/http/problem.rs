@@ -72,6 +72,16 @@ impl Problem {
         self.0.status
     }
 
+    /// The JSON body as it would be sent now (with the current request id): what an
+    /// idempotency record stores to replay a refusal.
+    pub fn body(&self) -> Result<String, serde_json::Error> {
+        let mut details = self.0.as_ref().clone();
+        if details.request_id.is_none() {
+            details.request_id = observe::current_request_id();
+        }
+        serde_json::to_string(&details)
+    }
+
     pub fn code(&self) -> &str {
         &self.0.code
     }

@@ -3,42 +3,18 @@
 use access::{Principal, Role};
 use axum::Json as Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use service_kit::http::{Json, Path, Problem};
 use uuid::Uuid;
 
 use super::AppState;
-use crate::engine::Answer;
 use crate::error::{Error, Result};
-use crate::idempotency::{self, Begin};
 use crate::instruments::{PRODUCER, STREAM};
 use crate::order_entry::{self, PlaceOrder};
 use crate::store;
 use crate::view::OrderView;
-
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
-
-fn json_response(status: u16, body: String, replayed: bool) -> Response {
-    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let content_type = if status.is_success() {
-        "application/json"
-    } else {
-        service_kit::http::problem::CONTENT_TYPE
-    };
-    let mut response = (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
-        body,
-    )
-        .into_response();
-    if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    response
-}
+use service_kit::idempotency::{self, Answer};
 
 /// Place an order (trader). Requires `Idempotency-Key`.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = PlaceOrder,
@@ -53,50 +29,20 @@ pub async fn place(
     Json(body): Json<serde_json::Value>,
 ) -> Result<Response> {
     principal.require_any(&[Role::Trader])?;
-    let key = headers
-        .get(IDEMPOTENCY_KEY)
-        .and_then(|v| v.to_str().ok())
-        .ok_or_else(|| {
-            Problem::bad_request(
-                "idempotency_key_missing",
-                "POST /v1/orders needs an Idempotency-Key header",
-            )
-        })?;
-    if !(1..=255).contains(&key.len()) {
-        return Err(Problem::bad_request(
-            "idempotency_key_invalid",
-            "Idempotency-Key must be 1-255 characters",
-        )
-        .into());
-    }
+    let key = idempotency::required_key(&headers, "POST /v1/orders")?;
     let request: PlaceOrder = serde_json::from_value(body.clone())
         .map_err(|e| Problem::unprocessable("invalid_body", e.to_string()))?;
 
-    let claim = match idempotency::begin(
+    let begun = idempotency::begin(
         &state.pool,
         principal.user_id,
         key,
         &idempotency::request_hash(&body),
     )
-    .await?
-    {
-        Begin::Proceed(claim) => claim,
-        Begin::Replay { status, body } => return Ok(json_response(status, body, true)),
-        Begin::InFlight => {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "idempotency_key_in_flight",
-                "a request with this key is still being processed",
-            )
-            .into());
-        }
-        Begin::Mismatch => {
-            return Err(Problem::unprocessable(
-                "idempotency_key_reused",
-                "this key was used with a different request",
-            )
-            .into());
-        }
+    .await?;
+    let claim = match begun.claim() {
+        Ok(claim) => claim,
+        Err(response) => return Ok(*response),
     };
 
     let instrument = match store::instrument(&state.pool, &request.symbol).await {
@@ -114,7 +60,7 @@ pub async fn place(
                 ));
             };
             match state.engines.place(&instrument, order, claim.clone()).await {
-                Ok(answer) => Ok(json_response(answer.status, answer.body, false)),
+                Ok(answer) => Ok(answer.into_response(false)),
                 Err(err) => {
                     idempotency::abandon(&state.pool, &claim).await;
                     Err(err)
@@ -138,9 +84,9 @@ pub async fn place(
             );
             events::outbox::append(&mut tx, STREAM, &event).await?;
             let answer = Answer { status: 422, body };
-            idempotency::complete_all(&mut tx, &[(claim, answer.clone())]).await?;
+            idempotency::complete(&mut tx, &claim, &answer).await?;
             tx.commit().await?;
-            Ok(json_response(422, answer.body, false))
+            Ok(answer.into_response(false))
         }
     }
 }

@@ -1,18 +1,92 @@
-//! Idempotency keys with Stripe semantics (REL-07).
+//! Idempotency keys with Stripe semantics (REL-07, DESIGN §5), for every service whose POSTs
+//! honour `Idempotency-Key`.
 //!
 //! A key is *claimed* before any work starts: the primary key (principal, key) lets exactly one
 //! of many concurrent duplicates proceed. The first response is stored *in the work's own
 //! transaction*, so a retry replays exactly what the first call answered — or, if the work
 //! failed without an answer worth keeping, the claim is released and a retry runs afresh.
+//! The table lives in each service's schema ([`migrate`]).
 
 use std::time::Duration;
 
 use aws_lc_rs::digest::{SHA256, digest};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use sqlx::migrate::MigrateError;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::engine::Answer;
-use crate::error::Result;
+use crate::http::Problem;
+
+type Result<T> = std::result::Result<T, sqlx::Error>;
+
+pub const HEADER: &str = "idempotency-key";
+
+/// Creates `idempotency_keys` in `schema` (tracked in `<schema>._idempotency_migrations`).
+pub async fn migrate(pool: &PgPool, schema: &'static str) -> std::result::Result<(), MigrateError> {
+    crate::db::migrate_with_history(
+        pool,
+        schema,
+        "_idempotency_migrations",
+        sqlx::migrate!("./migrations/idempotency"),
+    )
+    .await
+}
+
+/// The `Idempotency-Key` of a request that requires one: missing → 400
+/// `idempotency_key_missing`, not 1–255 characters → 400 `idempotency_key_invalid`.
+pub fn required_key<'h>(
+    headers: &'h HeaderMap,
+    route: &str,
+) -> std::result::Result<&'h str, Problem> {
+    let key = headers
+        .get(HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            Problem::bad_request(
+                "idempotency_key_missing",
+                format!("{route} needs an Idempotency-Key header"),
+            )
+        })?;
+    if !(1..=255).contains(&key.len()) {
+        return Err(Problem::bad_request(
+            "idempotency_key_invalid",
+            "Idempotency-Key must be 1-255 characters",
+        ));
+    }
+    Ok(key)
+}
+
+/// A stored answer: what the first request got, replayed to its retries.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Answer {
+    /// The answer as a response; `replayed` adds `Idempotent-Replayed: true`.
+    pub fn into_response(self, replayed: bool) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let content_type = if status.is_success() {
+            "application/json"
+        } else {
+            crate::http::problem::CONTENT_TYPE
+        };
+        let mut response = (
+            status,
+            [(header::CONTENT_TYPE, HeaderValue::from_static(content_type))],
+            self.body,
+        )
+            .into_response();
+        if replayed {
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
 
 /// A key this request owns until it completes or abandons it.
 #[derive(Clone, Debug)]
@@ -31,6 +105,34 @@ pub enum Begin {
     InFlight,
     /// The key was used with a different body.
     Mismatch,
+}
+
+impl Begin {
+    /// The claim to work under, or the response to give instead: the replayed answer, 409
+    /// `idempotency_key_in_flight`, or 422 `idempotency_key_reused`.
+    pub fn claim(self) -> std::result::Result<Claim, Box<Response>> {
+        match self {
+            Begin::Proceed(claim) => Ok(claim),
+            Begin::Replay { status, body } => {
+                Err(Box::new(Answer { status, body }.into_response(true)))
+            }
+            Begin::InFlight => Err(Box::new(
+                Problem::new(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_in_flight",
+                    "a request with this key is still being processed",
+                )
+                .into_response(),
+            )),
+            Begin::Mismatch => Err(Box::new(
+                Problem::unprocessable(
+                    "idempotency_key_reused",
+                    "this key was used with a different request",
+                )
+                .into_response(),
+            )),
+        }
+    }
 }
 
 /// A fingerprint of the request body that ignores formatting and key order.
@@ -84,6 +186,11 @@ pub async fn begin(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> Re
     })
 }
 
+/// Stores the response, in the transaction that did the work.
+pub async fn complete(conn: &mut PgConnection, claim: &Claim, answer: &Answer) -> Result<()> {
+    complete_all(conn, &[(claim.clone(), answer.clone())]).await
+}
+
 /// Stores the responses of a batch, in the transaction that did the work.
 pub async fn complete_all(conn: &mut PgConnection, answers: &[(Claim, Answer)]) -> Result<()> {
     if answers.is_empty() {
@@ -134,4 +241,21 @@ pub async fn purge(pool: &PgPool, retention: Duration) -> Result<u64> {
     .execute(pool)
     .await?
     .rows_affected())
+}
+
+/// Deletes keys older than 24 hours (the API contract's minimum), hourly, until `shutdown`.
+pub async fn purge_every_hour(pool: PgPool, shutdown: crate::Shutdown) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                match purge(&pool, Duration::from_secs(24 * 3600)).await {
+                    Ok(purged) if purged > 0 => tracing::info!(purged, "idempotency keys purged"),
+                    Ok(_) => {}
+                    Err(err) => tracing::warn!(error = %err, "idempotency purge failed"),
+                }
+            }
+            () = shutdown.triggered() => break,
+        }
+    }
 }

@@ -1,0 +1,621 @@
+//! The settlement ledger (TRD-05..08, TRD-13, REL-07, REL-09, REL-15): deposits and
+//! withdrawals through the gateway, holds over the internal API with real service tokens,
+//! trades settled from real events on the real orders stream, reconciliation.
+
+use reqwest::{Response, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use service_kit::testing::eventually;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, Tokens, assert_problem, count, spawn_app};
+
+/// An exchange with an admin and two traders, and a service token orders would use.
+struct Ledger {
+    app: TestApp,
+    admin: Tokens,
+    alice: Tokens,
+    bob: Tokens,
+    alice_id: Uuid,
+    bob_id: Uuid,
+    service_token: String,
+}
+
+async fn ledger(pool: PgPool) -> Ledger {
+    let app = spawn_app(pool).await;
+    let admin = app
+        .signed_up_with_roles("treasury@example.com", &["admin"])
+        .await;
+    let alice = app.signed_up("alice@example.com").await;
+    let bob = app.signed_up("bob@example.com").await;
+    let id_of = |tokens: &Tokens| {
+        let tokens = tokens.access_token.clone();
+        let app = &app;
+        async move {
+            let me: Value = app.me(&tokens).await.json().await.unwrap();
+            me["id"].as_str().unwrap().parse::<Uuid>().unwrap()
+        }
+    };
+    let (alice_id, bob_id) = (id_of(&alice).await, id_of(&bob).await);
+    let service_token = orders_token(&app).await;
+    Ledger {
+        app,
+        admin,
+        alice,
+        bob,
+        alice_id,
+        bob_id,
+        service_token,
+    }
+}
+
+/// A token for settlement, minted by the real auth for the `orders` client.
+async fn orders_token(app: &TestApp) -> String {
+    let auth = resilience::Upstream::new(
+        "auth",
+        &app.auth,
+        reqwest::Client::new(),
+        resilience::Policy::default(),
+    )
+    .unwrap();
+    let secret = access::service::client_secret(
+        &mut service_kit::Env::from_pairs(Vec::<(String, String)>::new()),
+        "orders",
+        false,
+    );
+    resilience::TokenSource::new(auth, "orders", secret)
+        .token("settlement")
+        .await
+        .unwrap()
+        .expose_secret()
+        .to_owned()
+}
+
+impl Ledger {
+    async fn fund_with_key(&self, kind: &str, key: &str, body: &Value) -> Response {
+        self.app
+            .client
+            .post(self.app.url(&format!("/v1/admin/{kind}")))
+            .bearer_auth(&self.admin.access_token)
+            .header("idempotency-key", key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn deposit(&self, account: Uuid, asset: &str, amount: &str) {
+        let response = self
+            .fund_with_key(
+                "deposits",
+                &Uuid::now_v7().to_string(),
+                &json!({ "account_id": account, "asset": asset, "amount": amount }),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+    }
+
+    /// `{asset: (available, held)}` of `who`.
+    async fn balances(&self, who: &Tokens) -> Vec<(String, String, String)> {
+        let response = self.app.get_authed("/v1/balances", &who.access_token).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Vec<Value> = response.json().await.unwrap();
+        body.iter()
+            .map(|b| {
+                (
+                    b["asset"].as_str().unwrap().to_owned(),
+                    b["available"].as_str().unwrap().to_owned(),
+                    b["held"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    async fn balance(&self, who: &Tokens, asset: &str) -> (String, String) {
+        self.balances(who)
+            .await
+            .into_iter()
+            .find(|(a, _, _)| a == asset)
+            .map(|(_, available, held)| (available, held))
+            .unwrap_or_default()
+    }
+
+    async fn hold_with(&self, token: Option<&str>, body: &Value) -> Response {
+        let mut request = self
+            .app
+            .client
+            .post(format!("{}/internal/v1/holds", self.app.settlement))
+            .json(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn hold(&self, body: &Value) -> Response {
+        self.hold_with(Some(&self.service_token), body).await
+    }
+
+    async fn reconcile(&self, who: &Tokens) -> Response {
+        self.app
+            .client
+            .post(self.app.url("/v1/admin/reconciliation"))
+            .bearer_auth(&who.access_token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Puts an event on this app's orders stream, as the orders relay would.
+    async fn publish(&self, event_type: &str, payload: Value) -> events::Envelope {
+        let envelope = events::Envelope::new("orders", event_type, 1, "test", 0, payload);
+        self.republish(&envelope).await;
+        envelope
+    }
+
+    async fn republish(&self, envelope: &events::Envelope) {
+        let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        let _: String = events::envelope::xadd(
+            &format!("{}.orders", self.app.redis_prefix),
+            None,
+            &envelope.id.to_string(),
+            &envelope.event_type,
+            &serde_json::to_string(envelope).unwrap(),
+        )
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    }
+}
+
+/// A hold request for BTC-USD; `price` in cents per BTC, `quantity` in satoshis.
+fn hold_request(order: Uuid, account: Uuid, side: &str, price: i64, quantity: i64) -> Value {
+    json!({
+        "order_id": order, "account_id": account, "symbol": "BTC-USD", "side": side,
+        "base_asset": "BTC", "quote_asset": "USD", "price": price, "quantity": quantity,
+    })
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_deposit_credits_the_account_once_per_idempotency_key(pool: PgPool) {
+    let l = ledger(pool).await;
+    let body = json!({ "account_id": l.alice_id, "asset": "USD", "amount": "1000.5" });
+
+    let first = l.fund_with_key("deposits", "deposit-1", &body).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["amount"], "1000.50");
+    assert_eq!(first["kind"], "deposit");
+
+    // A retry replays the first answer and moves nothing.
+    let retry = l.fund_with_key("deposits", "deposit-1", &body).await;
+    assert_eq!(retry.status(), StatusCode::CREATED);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    assert_eq!(retry.json::<Value>().await.unwrap(), first);
+    // The same key for another amount is refused.
+    let other = json!({ "account_id": l.alice_id, "asset": "USD", "amount": "5" });
+    assert_problem(
+        l.fund_with_key("deposits", "deposit-1", &other).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+
+    assert_eq!(
+        l.balance(&l.alice, "USD").await,
+        ("1000.50".to_owned(), "0.00".to_owned())
+    );
+    // Bob sees his own balances only: none.
+    assert!(l.balances(&l.bob).await.is_empty());
+}
+
+#[sqlx::test(migrations = false)]
+async fn bad_funding_requests_are_refused_and_change_nothing(pool: PgPool) {
+    let l = ledger(pool).await;
+    let alice = l.alice_id;
+    let refused = [
+        (
+            json!({ "account_id": alice, "asset": "USD", "amount": "0.001" }),
+            "amount",
+        ),
+        (
+            json!({ "account_id": alice, "asset": "USD", "amount": "-5" }),
+            "amount",
+        ),
+        (
+            json!({ "account_id": alice, "asset": "USD", "amount": "0" }),
+            "amount",
+        ),
+        (
+            json!({ "account_id": alice, "asset": "USD", "amount": "99999999999999999999" }),
+            "amount",
+        ),
+        (
+            json!({ "account_id": alice, "asset": "USD", "amount": 5 }),
+            "",
+        ),
+        (
+            json!({ "account_id": alice, "asset": "DOGE", "amount": "5" }),
+            "asset",
+        ),
+        (
+            json!({ "account_id": Uuid::nil(), "asset": "USD", "amount": "5" }),
+            "account_id",
+        ),
+        (
+            json!({ "account_id": alice, "asset": "USD", "amount": "5", "memo": "x" }),
+            "",
+        ),
+    ];
+    for (body, field) in refused {
+        let response = l
+            .fund_with_key("deposits", &Uuid::now_v7().to_string(), &body)
+            .await;
+        let problem = response.json::<Value>().await.unwrap();
+        assert_eq!(problem["status"], 422, "{body}: {problem}");
+        if !field.is_empty() {
+            assert_eq!(problem["errors"][0]["field"], field, "{body}: {problem}");
+        }
+    }
+    let valid = json!({ "account_id": alice, "asset": "USD", "amount": "5" });
+    // No key: 400. A trader is not an admin: 403.
+    let no_key = l
+        .app
+        .client
+        .post(l.app.url("/v1/admin/deposits"))
+        .bearer_auth(&l.admin.access_token)
+        .json(&valid)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(no_key, StatusCode::BAD_REQUEST, "idempotency_key_missing").await;
+    let by_trader = l
+        .app
+        .client
+        .post(l.app.url("/v1/admin/deposits"))
+        .bearer_auth(&l.alice.access_token)
+        .header("idempotency-key", "mine")
+        .json(&valid)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_trader.status(), StatusCode::FORBIDDEN);
+
+    assert!(l.balances(&l.alice).await.is_empty());
+    assert_eq!(
+        count(&l.app.db, "SELECT count(*) FROM settlement.transfers").await,
+        0
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_withdrawal_beyond_the_available_balance_is_refused_the_same_way_every_time(
+    pool: PgPool,
+) {
+    let l = ledger(pool).await;
+    l.deposit(l.alice_id, "USD", "100").await;
+    let too_much = json!({ "account_id": l.alice_id, "asset": "USD", "amount": "150" });
+
+    assert_problem(
+        l.fund_with_key("withdrawals", "w-1", &too_much).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+    // The replay is the first answer byte for byte (its request id included).
+    let replay = l.fund_with_key("withdrawals", "w-1", &too_much).await;
+    assert_eq!(replay.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    assert_eq!(
+        replay.json::<Value>().await.unwrap()["code"],
+        "insufficient_funds"
+    );
+
+    let fine = json!({ "account_id": l.alice_id, "asset": "USD", "amount": "40" });
+    assert_eq!(
+        l.fund_with_key("withdrawals", "w-2", &fine).await.status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        l.balance(&l.alice, "USD").await,
+        ("60.00".to_owned(), "0.00".to_owned())
+    );
+    // Who moved the money is on record (SEC-16).
+    let by_admin = count(
+        &l.app.db,
+        "SELECT count(*) FROM settlement.transfers WHERE created_by IS NOT NULL",
+    )
+    .await;
+    assert_eq!(by_admin, 2);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_hold_reserves_funds_once_per_order_and_only_for_services(pool: PgPool) {
+    let l = ledger(pool).await;
+    l.deposit(l.alice_id, "USD", "100").await;
+    let order = Uuid::now_v7();
+    // 0.001 BTC at 30,000.00: 30.00 USD plus the highest fee (20 bps): 30.06.
+    let request = hold_request(order, l.alice_id, "buy", 3_000_000, 100_000);
+
+    let placed = l.hold(&request).await;
+    assert_eq!(placed.status(), StatusCode::CREATED);
+    let placed: Value = placed.json().await.unwrap();
+    assert_eq!(placed["amount"], "30.06");
+    assert_eq!(placed["status"], "pending");
+    // Retried: the same hold, nothing reserved twice.
+    let again = l.hold(&request).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.json::<Value>().await.unwrap(), placed);
+    // The same order id with other terms is a conflict.
+    let other = hold_request(order, l.alice_id, "buy", 3_000_000, 200_000);
+    assert_problem(l.hold(&other).await, StatusCode::CONFLICT, "hold_conflict").await;
+    // More than is available: refused, nothing reserved.
+    let greedy = hold_request(Uuid::now_v7(), l.alice_id, "buy", 3_000_000, 100_000_000);
+    assert_problem(
+        l.hold(&greedy).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+    // Bob has no BTC to sell.
+    let short = hold_request(Uuid::now_v7(), l.bob_id, "sell", 3_000_000, 1);
+    assert_problem(
+        l.hold(&short).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+
+    assert_eq!(
+        l.balance(&l.alice, "USD").await,
+        ("69.94".to_owned(), "30.06".to_owned())
+    );
+
+    // Not without a service token, not with a user's, and not through the gateway at all.
+    let fresh = hold_request(Uuid::now_v7(), l.alice_id, "buy", 100, 100);
+    assert_eq!(
+        l.hold_with(None, &fresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        l.hold_with(Some(&l.alice.access_token), &fresh)
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let via_gateway = l
+        .app
+        .client
+        .post(l.app.url("/internal/v1/holds"))
+        .bearer_auth(&l.service_token)
+        .json(&fresh)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(via_gateway.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        count(&l.app.db, "SELECT count(*) FROM settlement.holds").await,
+        1
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn thirty_racing_holds_never_overdraw_one_balance(pool: PgPool) {
+    let l = ledger(pool).await;
+    l.deposit(l.alice_id, "USD", "100").await;
+    // Each: 0.01 BTC at 1,000.00 = 10.00 USD + 0.02 fee. Nine fit in 100.00; the tenth not.
+    let l = &l;
+    let holds = (0..30).map(|_| {
+        let request = hold_request(Uuid::now_v7(), l.alice_id, "buy", 100_000, 1_000_000);
+        async move { l.hold(&request).await.status() }
+    });
+    let statuses = futures_util::future::join_all(holds).await;
+
+    let placed = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY)
+        .count();
+    assert_eq!((placed, refused), (9, 21), "{statuses:?}");
+    assert_eq!(
+        l.balance(&l.alice, "USD").await,
+        ("9.82".to_owned(), "90.18".to_owned())
+    );
+}
+
+/// What the orders service announces for one trade of BTC-USD.
+fn trade_executed(
+    trade: Uuid,
+    (maker_order, maker): (Uuid, Uuid),
+    (taker_order, taker): (Uuid, Uuid),
+    taker_side: &str,
+    price: i64,
+    quantity: i64,
+) -> Value {
+    json!({
+        "trade_id": trade, "symbol": "BTC-USD", "base_asset": "BTC", "quote_asset": "USD",
+        "price": price, "quantity": quantity,
+        "maker_order_id": maker_order, "taker_order_id": taker_order,
+        "maker_account_id": maker, "taker_account_id": taker, "taker_side": taker_side,
+    })
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_trade_settles_by_delivery_versus_payment_exactly_once_with_fees(pool: PgPool) {
+    let l = ledger(pool).await;
+    l.deposit(l.alice_id, "BTC", "1").await;
+    l.deposit(l.bob_id, "USD", "40000").await;
+    // Alice rests a sell of 1 BTC at 30,000; Bob buys 0.4 BTC with a limit of 30,100.
+    let (sell, buy) = (Uuid::now_v7(), Uuid::now_v7());
+    let placed = l
+        .hold(&hold_request(
+            sell,
+            l.alice_id,
+            "sell",
+            3_000_000,
+            100_000_000,
+        ))
+        .await;
+    assert_eq!(placed.status(), StatusCode::CREATED);
+    let placed = l
+        .hold(&hold_request(buy, l.bob_id, "buy", 3_010_000, 40_000_000))
+        .await;
+    assert_eq!(placed.status(), StatusCode::CREATED);
+    // Bob's hold: 12,040.00 + 20 bps (24.08) = 12,064.08.
+    assert_eq!(
+        l.balance(&l.bob, "USD").await,
+        ("27935.92".to_owned(), "12064.08".to_owned())
+    );
+
+    // The trade executes at the maker's price: 0.4 × 30,000 = 12,000.00. Bob took liquidity
+    // (20 bps = 24.00); Alice made it (10 bps = 12.00).
+    let trade = Uuid::now_v7();
+    let executed = l
+        .publish(
+            "TradeExecuted",
+            trade_executed(
+                trade,
+                (sell, l.alice_id),
+                (buy, l.bob_id),
+                "buy",
+                3_000_000,
+                40_000_000,
+            ),
+        )
+        .await;
+    // Bob's order is complete; the rest of his hold (the price improvement) comes back.
+    l.publish(
+        "OrderCompleted",
+        json!({ "order_id": buy, "symbol": "BTC-USD" }),
+    )
+    .await;
+    // Redelivered (a relay retry): no second effect.
+    l.republish(&executed).await;
+
+    let (settled_type, settled) = l.app.first_event("settlement").await;
+    assert_eq!(settled_type, "TradeSettled");
+    assert_eq!(settled["payload"]["trade_id"], trade.to_string());
+    assert_eq!(settled["payload"]["notional"], 1_200_000);
+    assert_eq!(settled["causation_id"], executed.id.to_string());
+
+    eventually("Bob's hold to be released", || async {
+        l.balance(&l.bob, "USD").await.1 == "0.00"
+    })
+    .await;
+    assert_eq!(
+        l.balance(&l.bob, "USD").await,
+        ("27976.00".to_owned(), "0.00".to_owned()),
+        "40,000 − 12,000 − 24 fee"
+    );
+    assert_eq!(
+        l.balance(&l.bob, "BTC").await,
+        ("0.40000000".to_owned(), "0.00000000".to_owned())
+    );
+    assert_eq!(
+        l.balance(&l.alice, "USD").await,
+        ("11988.00".to_owned(), "0.00".to_owned()),
+        "12,000 − 12 fee"
+    );
+    assert_eq!(
+        l.balance(&l.alice, "BTC").await,
+        ("0.00000000".to_owned(), "0.60000000".to_owned()),
+        "0.6 still held by her open order"
+    );
+
+    // Alice cancels the rest: her 0.6 BTC comes back.
+    l.publish(
+        "OrderCancelled",
+        json!({ "order_id": sell, "symbol": "BTC-USD", "remaining": 60_000_000, "reason": "user" }),
+    )
+    .await;
+    eventually("Alice's hold to be released", || async {
+        l.balance(&l.alice, "BTC").await.1 == "0.00000000"
+    })
+    .await;
+    assert_eq!(l.balance(&l.alice, "BTC").await.0, "0.60000000");
+    assert_eq!(
+        count(&l.app.db, "SELECT count(*) FROM settlement.settled_trades").await,
+        1
+    );
+    // The fee account holds both fees; every check of the books passes.
+    assert_eq!(
+        count(
+            &l.app.db,
+            "SELECT available FROM settlement.accounts
+              WHERE owner_id = '00000000-0000-0000-0000-000000000001' AND asset = 'USD'"
+        )
+        .await,
+        3_600
+    );
+    let report: Value = l.reconcile(&l.admin).await.json().await.unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn reconciliation_proves_the_books_and_finds_a_planted_mismatch(pool: PgPool) {
+    let l = ledger(pool).await;
+    l.deposit(l.alice_id, "USD", "250").await;
+    let auditor = l
+        .app
+        .signed_up_with_roles("auditor@example.com", &["auditor"])
+        .await;
+
+    let clean = l.reconcile(&auditor).await;
+    assert_eq!(clean.status(), StatusCode::OK);
+    let clean: Value = clean.json().await.unwrap();
+    assert_eq!(clean["ok"], true, "{clean}");
+    let names: Vec<&str> = clean["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ledger_balanced",
+            "balances_match_transfers",
+            "holds_match_held",
+            "trades_settled_once"
+        ]
+    );
+    assert_eq!(l.reconcile(&l.alice).await.status(), StatusCode::FORBIDDEN);
+
+    // Someone edits a balance behind the ledger's back.
+    sqlx::query("UPDATE settlement.accounts SET available = available + 1 WHERE owner_id = $1")
+        .bind(l.alice_id)
+        .execute(&l.app.db)
+        .await
+        .unwrap();
+    let report: Value = l.reconcile(&l.admin).await.json().await.unwrap();
+    assert_eq!(report["ok"], false);
+    let failed: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["ledger_balanced", "balances_match_transfers"]);
+    assert!(
+        report["checks"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&l.alice_id.to_string())
+    );
+    // And it is announced, for alerting.
+    let (event_type, event) = l.app.first_event("settlement").await;
+    assert_eq!(event_type, "ReconciliationFailed");
+    assert_eq!(event["payload"]["checks"][0]["name"], "ledger_balanced");
+
+    // Transfers cannot be edited to hide it.
+    let edited = sqlx::query("UPDATE settlement.transfers SET amount = amount + 1")
+        .execute(&l.app.db)
+        .await;
+    assert!(edited.is_err(), "transfers are immutable");
+}

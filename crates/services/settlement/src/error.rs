@@ -1,0 +1,93 @@
+//! The settlement service's errors and how each reaches a client.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use service_kit::http::{FieldError, Problem};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid request")]
+    Validation(Vec<FieldError>),
+    #[error("insufficient {asset} funds")]
+    InsufficientFunds { asset: String },
+    #[error("hold {0} exists with other terms")]
+    HoldConflict(uuid::Uuid),
+    #[error("hold {0} is not pending")]
+    HoldNotPending(uuid::Uuid),
+    #[error("not found")]
+    NotFound,
+    #[error("amount overflow")]
+    Overflow(#[from] crate::ledger::Overflow),
+    #[error(transparent)]
+    Problem(#[from] Problem),
+    #[error("database: {0}")]
+    Database(sqlx::Error),
+    #[error("events: {0}")]
+    Events(#[from] events::Error),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Error::Validation(vec![FieldError {
+            field: field.to_owned(),
+            message: message.into(),
+        }])
+    }
+}
+
+impl From<sqlx::Error> for Error {
+    /// The ledger's constraints are its last line of defence: a violation of the non-negative
+    /// balance check (or a hold for an account that does not exist) is a refusal, not a fault.
+    fn from(err: sqlx::Error) -> Self {
+        let constraint = err
+            .as_database_error()
+            .and_then(|e| e.constraint())
+            .map(str::to_owned);
+        match constraint.as_deref() {
+            Some("accounts_non_negative" | "holds_account_fkey") => Error::InsufficientFunds {
+                asset: String::new(),
+            },
+            _ => Error::Database(err),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let problem = match self {
+            Error::Validation(errors) => Problem::validation(errors),
+            Error::InsufficientFunds { asset } if asset.is_empty() => {
+                Problem::unprocessable("insufficient_funds", "not enough available funds")
+            }
+            Error::InsufficientFunds { asset } => Problem::unprocessable(
+                "insufficient_funds",
+                format!("not enough available {asset}"),
+            ),
+            Error::HoldConflict(id) => Problem::new(
+                StatusCode::CONFLICT,
+                "hold_conflict",
+                format!("hold {id} exists with other terms"),
+            ),
+            Error::HoldNotPending(id) => Problem::new(
+                StatusCode::CONFLICT,
+                "hold_not_pending",
+                format!("hold {id} is already resolved"),
+            ),
+            Error::NotFound => Problem::not_found(),
+            Error::Overflow(_) => Problem::unprocessable(
+                "amount_out_of_range",
+                "the amount is too large for the ledger",
+            ),
+            Error::Problem(problem) => problem,
+            Error::Database(ref err) if service_kit::db::is_unavailable(err) => {
+                Problem::dependency_unavailable("database", err)
+            }
+            other => Problem::unexpected(&other),
+        };
+        problem.into_response()
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

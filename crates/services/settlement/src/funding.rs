@@ -1,0 +1,153 @@
+//! Admin deposits and withdrawals: money entering and leaving the platform, always against the
+//! asset's external account, each answered once per `Idempotency-Key` (REL-07).
+
+use contracts::{Asset, format_units, parse_units};
+use serde::{Deserialize, Serialize};
+use service_kit::http::Problem;
+use service_kit::idempotency::{self, Answer, Claim};
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::ledger::{self, EXTERNAL, FEES, Kind};
+use crate::store;
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FundingRequest {
+    /// The trader's account (their user id).
+    pub account_id: Uuid,
+    pub asset: String,
+    /// A positive decimal string, no finer than the asset's scale.
+    pub amount: String,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct FundingView {
+    /// The transfer's id.
+    pub id: Uuid,
+    pub account_id: Uuid,
+    pub asset: String,
+    pub amount: String,
+    /// `deposit` or `withdrawal`.
+    pub kind: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// A request checked against the assets: the account, the asset and the amount in minor units.
+pub struct ValidFunding<'a> {
+    pub owner: Uuid,
+    pub asset: &'a Asset,
+    pub units: i64,
+}
+
+pub fn validate<'a>(request: &FundingRequest, assets: &'a [Asset]) -> Result<ValidFunding<'a>> {
+    let mut errors = Vec::new();
+    let mut problem = |field: &str, message: String| {
+        errors.push(service_kit::http::FieldError {
+            field: field.to_owned(),
+            message,
+        });
+    };
+    if request.account_id == EXTERNAL || request.account_id == FEES {
+        problem("account_id", "is a system account".to_owned());
+    }
+    let asset = assets.iter().find(|a| a.code == request.asset);
+    let mut units = 0;
+    match asset {
+        None => problem("asset", format!("unknown asset {:?}", request.asset)),
+        Some(asset) => match parse_units(&request.amount, asset.scale) {
+            Ok(0) => problem("amount", "must be greater than zero".to_owned()),
+            Ok(parsed) => units = parsed,
+            Err(err) => problem("amount", err.to_string()),
+        },
+    }
+    match asset {
+        Some(asset) if errors.is_empty() => Ok(ValidFunding {
+            owner: request.account_id,
+            asset,
+            units,
+        }),
+        _ => Err(Error::Validation(errors)),
+    }
+}
+
+/// Moves the money and stores the answer under the claim, in one transaction. A withdrawal
+/// beyond the available balance is answered 422 `insufficient_funds` — stored too, so a retry
+/// with the same key gets the same refusal rather than a different outcome later.
+#[tracing::instrument(skip_all, fields(kind = kind.as_str(), account_id = %funding.owner))]
+pub async fn post(
+    pool: &PgPool,
+    kind: Kind,
+    funding: &ValidFunding<'_>,
+    admin: Uuid,
+    claim: &Claim,
+) -> Result<Answer> {
+    let id = Uuid::now_v7();
+    let plan = ledger::funding(id, kind, funding.owner, &funding.asset.code, funding.units);
+    let view = FundingView {
+        id,
+        account_id: funding.owner,
+        asset: funding.asset.code.clone(),
+        amount: format_units(funding.units, funding.asset.scale),
+        kind: kind.as_str().to_owned(),
+        created_at: OffsetDateTime::now_utc(),
+    };
+    let moved = async {
+        let mut tx = pool.begin().await?;
+        store::apply(&mut tx, &plan, Some(admin)).await?;
+        let answer = Answer {
+            status: 201,
+            body: serde_json::to_string(&view).map_err(|e| Error::Internal(e.to_string()))?,
+        };
+        idempotency::complete(&mut tx, claim, &answer).await?;
+        tx.commit().await?;
+        metrics::counter!("settlement_funding_total", "kind" => kind.as_str()).increment(1);
+        Ok::<_, Error>(answer)
+    }
+    .await;
+    match moved {
+        Err(Error::InsufficientFunds { .. }) => {
+            let problem = Problem::unprocessable(
+                "insufficient_funds",
+                format!("not enough available {}", funding.asset.code),
+            );
+            let answer = Answer {
+                status: 422,
+                body: problem.body().map_err(|e| Error::Internal(e.to_string()))?,
+            };
+            let mut conn = pool.acquire().await?;
+            idempotency::complete(&mut conn, claim, &answer).await?;
+            Ok(answer)
+        }
+        other => other,
+    }
+}
+
+/// A deposit made once per `key` by the platform itself (the external owner stands in for an
+/// admin): what `bourse demo seed` funds its traders with. `false` when made before.
+pub async fn deposit_once(
+    pool: &PgPool,
+    assets: &[Asset],
+    request: &FundingRequest,
+    key: &str,
+) -> Result<bool> {
+    let valid = validate(request, assets)?;
+    let body = serde_json::json!({
+        "account_id": request.account_id, "asset": request.asset, "amount": request.amount,
+    });
+    let begun = idempotency::begin(pool, EXTERNAL, key, &idempotency::request_hash(&body)).await?;
+    match begun {
+        idempotency::Begin::Proceed(claim) => {
+            post(pool, Kind::Deposit, &valid, EXTERNAL, &claim).await?;
+            Ok(true)
+        }
+        idempotency::Begin::Replay { .. } => Ok(false),
+        idempotency::Begin::InFlight | idempotency::Begin::Mismatch => Err(Error::Internal(
+            format!("deposit {key} is running elsewhere or was made with other terms"),
+        )),
+    }
+}

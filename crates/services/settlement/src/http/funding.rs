@@ -1,0 +1,80 @@
+//! Admin deposits and withdrawals: thin handlers around idempotency and the ledger.
+
+use access::{Principal, Role};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use service_kit::http::{Json, Problem};
+use service_kit::idempotency;
+
+use super::AppState;
+use crate::error::Result;
+use crate::funding::{self, FundingRequest, FundingView};
+use crate::ledger::Kind;
+
+/// Credit a trader's account from outside the platform (admin). Requires `Idempotency-Key`.
+#[utoipa::path(post, path = "/v1/admin/deposits", tag = "admin", request_body = FundingRequest,
+    params(("Idempotency-Key" = String, Header, description = "1-255 characters; retries with the same key and body replay the first answer")),
+    security(("bearer" = [])),
+    responses((status = 201, body = FundingView), (status = 400, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn deposit(
+    state: State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Json<serde_json::Value>,
+) -> Result<Response> {
+    fund(state, principal, headers, body, Kind::Deposit).await
+}
+
+/// Pay out of a trader's available balance (admin). Requires `Idempotency-Key`; more than is
+/// available → 422 `insufficient_funds`.
+#[utoipa::path(post, path = "/v1/admin/withdrawals", tag = "admin", request_body = FundingRequest,
+    params(("Idempotency-Key" = String, Header, description = "1-255 characters; retries with the same key and body replay the first answer")),
+    security(("bearer" = [])),
+    responses((status = 201, body = FundingView), (status = 400, body = Problem), (status = 403, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn withdraw(
+    state: State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    body: Json<serde_json::Value>,
+) -> Result<Response> {
+    fund(state, principal, headers, body, Kind::Withdrawal).await
+}
+
+async fn fund(
+    State(state): State<AppState>,
+    principal: Principal,
+    headers: HeaderMap,
+    Json(body): Json<serde_json::Value>,
+    kind: Kind,
+) -> Result<Response> {
+    principal.require_any(&[Role::Admin])?;
+    let route = match kind {
+        Kind::Withdrawal => "POST /v1/admin/withdrawals",
+        _ => "POST /v1/admin/deposits",
+    };
+    let key = idempotency::required_key(&headers, route)?;
+    let request: FundingRequest = serde_json::from_value(body.clone())
+        .map_err(|e| Problem::unprocessable("invalid_body", e.to_string()))?;
+    let valid = funding::validate(&request, &state.assets)?;
+    let begun = idempotency::begin(
+        &state.pool,
+        principal.user_id,
+        key,
+        &idempotency::request_hash(&body),
+    )
+    .await?;
+    let claim = match begun.claim() {
+        Ok(claim) => claim,
+        Err(response) => return Ok(*response),
+    };
+    match funding::post(&state.pool, kind, &valid, principal.user_id, &claim).await {
+        Ok(answer) => Ok(answer.into_response(false)),
+        Err(err) => {
+            idempotency::abandon(&state.pool, &claim).await;
+            Err(err)
+        }
+    }
+}

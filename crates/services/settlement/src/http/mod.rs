@@ -1,0 +1,72 @@
+//! The settlement service's HTTP surface: public routes (through the gateway) and the
+//! internal holds API (service tokens only; the gateway never routes `/internal/*`).
+
+mod balances;
+mod funding;
+mod holds;
+mod reconciliation;
+
+use std::sync::Arc;
+
+use access::{ServiceClaims, TokenVerifier};
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::{delete, get, post};
+use contracts::Asset;
+use sqlx::PgPool;
+use utoipa::OpenApi;
+
+use crate::ledger::Fees;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    /// Users' access tokens.
+    pub verifier: Arc<TokenVerifier>,
+    /// Service tokens minted for settlement.
+    pub services: Arc<TokenVerifier<ServiceClaims>>,
+    pub assets: Arc<Vec<Asset>>,
+    pub fees: Fees,
+}
+
+impl FromRef<AppState> for Arc<TokenVerifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<TokenVerifier<ServiceClaims>> {
+    fn from_ref(state: &AppState) -> Self {
+        state.services.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/balances", get(balances::own))
+        .route("/v1/admin/deposits", post(funding::deposit))
+        .route("/v1/admin/withdrawals", post(funding::withdraw))
+        .route("/v1/admin/reconciliation", post(reconciliation::run))
+        .route("/internal/v1/holds", post(holds::place))
+        .route("/internal/v1/holds/{id}", delete(holds::void))
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+/// The public routes only: `/internal/*` is not part of the public API.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Bourse settlement", version = "1"),
+    paths(
+        balances::own,
+        funding::deposit,
+        funding::withdraw,
+        reconciliation::run
+    ),
+    components(schemas(service_kit::http::Problem, service_kit::http::FieldError))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

@@ -1,0 +1,160 @@
+//! The settlement service: the double-entry ledger every unit of money lives in (TRD-05..08,
+//! TRD-13, REL-15).
+//!
+//! - [`config`]: `BOURSE_SETTLEMENT_*` settings: fees, reconciliation interval.
+//! - [`ledger`]: the money rules with no IO — hold sizes, the transfers that settle a trade,
+//!   rounding — and the property tests that prove every asset is conserved.
+//! - [`funding`]: admin deposits and withdrawals, idempotent by `Idempotency-Key`.
+//! - [`holds`]: the holds orders places before matching (idempotent by order id).
+//! - [`settle`]: the `orders` stream consumer: trades settle by delivery versus payment, ended
+//!   orders release what is left of their hold.
+//! - [`reconciliation`]: checks that prove the books, periodic and on demand.
+//! - [`store`]: all SQL.
+//! - [`http`]: thin handlers and the OpenAPI description.
+//! - [`error`]: the crate's errors as problem+json.
+
+pub mod config;
+pub mod error;
+pub mod funding;
+pub mod holds;
+pub mod http;
+pub mod ledger;
+pub mod reconciliation;
+pub mod settle;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use access::{HttpKeySource, JwksCache, ServiceClaims, TokenVerifier};
+use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
+use service_kit::health::{Check, Readiness};
+use service_kit::redis::KeyPrefix;
+use service_kit::{Server, Shutdown};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+pub use config::Config;
+pub use error::Error;
+
+pub const SCHEMA: &str = "settlement";
+pub const SERVICE: &str = "settlement";
+/// The stream settlement writes to (`TradeSettled`, `ReconciliationFailed`).
+pub const STREAM: &str = "settlement";
+/// The stream it consumes.
+pub const ORDERS_STREAM: &str = "orders";
+
+pub fn migrator() -> Migrator {
+    sqlx::migrate!("../../../migrations/settlement")
+}
+
+/// The ledger, the outbox and inbox, and the idempotency keys.
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    let failed =
+        |e: sqlx::migrate::MigrateError| Error::Internal(format!("migrating {SCHEMA}: {e}"));
+    service_kit::db::migrate(pool, SCHEMA, migrator())
+        .await
+        .map_err(failed)?;
+    events::migrate(pool, SCHEMA).await.map_err(failed)?;
+    service_kit::idempotency::migrate(pool, SCHEMA)
+        .await
+        .map_err(failed)
+}
+
+pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
+    service_kit::metrics::install();
+    let pool = service_kit::db::connect(&config.common, SCHEMA).await?;
+    if config.migrate_on_start {
+        migrate(&pool).await?;
+    }
+    store::sync_assets(&pool, &config.assets).await?;
+    let redis = service_kit::redis::connect(&config.common.redis_url)
+        .await
+        .map_err(|e| Error::Internal(format!("redis: {e}")))?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let keys = || {
+        JwksCache::new(Arc::new(HttpKeySource::new(
+            client.clone(),
+            format!("{}/.well-known/jwks.json", config.auth_url),
+        )))
+    };
+    let verifier =
+        TokenVerifier::new(keys(), &config.jwt_issuer, &config.jwt_audience).into_shared();
+    // Service tokens are minted for this service by name (SEC-14).
+    let services =
+        TokenVerifier::<ServiceClaims>::new(keys(), &config.jwt_issuer, SERVICE).into_shared();
+
+    let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
+    let relay = Relay::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        SCHEMA,
+        RelaySettings::default(),
+    );
+    tokio::spawn(relay.run(shutdown.clone()));
+    let consumer = Consumer::new(
+        pool.clone(),
+        redis.clone(),
+        prefix,
+        ORDERS_STREAM,
+        SERVICE,
+        &consumer_name(),
+        SERVICE,
+        ConsumerSettings {
+            batch: config.consumer_batch,
+            ..ConsumerSettings::default()
+        },
+    );
+    tokio::spawn(consumer.run(
+        Arc::new(settle::Settler::new(config.fees, &config.assets)),
+        shutdown.clone(),
+    ));
+    tokio::spawn(reconciliation::every(
+        pool.clone(),
+        config.reconciliation_interval,
+        shutdown.clone(),
+    ));
+    tokio::spawn(service_kit::idempotency::purge_every_hour(
+        pool.clone(),
+        shutdown.clone(),
+    ));
+
+    let state = http::AppState {
+        pool: pool.clone(),
+        verifier,
+        services,
+        assets: Arc::new(config.assets.clone()),
+        fees: config.fees,
+    };
+    let readiness = Readiness::new(shutdown.clone())
+        .with(Check::Postgres(pool))
+        .with(Check::Redis(redis));
+    let router = service_kit::http::service_router(
+        SERVICE,
+        &config.common.http,
+        readiness,
+        http::router(state),
+    );
+    let address = format!("{}:{}", config.common.bind_host, config.port);
+    Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
+        .await
+        .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
+}
+
+/// This replica's name in the consumer group: stable across restarts of the same host, so a
+/// restarted replica re-reads its own pending entries first.
+fn consumer_name() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| format!("{SERVICE}-1"))
+}
+
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let server = build(config, &shutdown).await?;
+    server
+        .run(shutdown)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))
+}

@@ -1,0 +1,242 @@
+//! Settling what orders announces: trades by delivery versus payment, and the release of
+//! what is left of a hold when its order ends.
+//!
+//! Runs as an [`events::Handler`] on the `orders` stream: each event's effect commits with its
+//! inbox row in one transaction, so a redelivered event has no second effect and a crash
+//! before the commit leaves nothing behind (REL-09).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use contracts::Asset;
+use events::{Envelope, Handler};
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use sqlx::PgConnection;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::ledger::{self, Fees, Trade};
+use crate::store::{self, Released, SettledTrade};
+
+/// The orders stream's events settlement acts on; the consumer skips the rest unread.
+pub const EVENT_TYPES: &[&str] = &[
+    "TradeExecuted",
+    "OrderCompleted",
+    "OrderCancelled",
+    "OrderRejected",
+];
+
+pub struct Settler {
+    fees: Fees,
+    scales: Arc<HashMap<String, u32>>,
+}
+
+impl Settler {
+    pub fn new(fees: Fees, assets: &[Asset]) -> Self {
+        Self {
+            fees,
+            scales: Arc::new(assets.iter().map(|a| (a.code.clone(), a.scale)).collect()),
+        }
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), String> {
+        match event.event_type.as_str() {
+            "TradeExecuted" => self.trade(tx, event).await,
+            "OrderCompleted" => {
+                let ended: Ended = payload(event)?;
+                // Completed: every lot filled. The hold knows the order's quantity.
+                release(tx, ended.order_id, Fill::All).await
+            }
+            "OrderCancelled" => {
+                let ended: Ended = payload(event)?;
+                release(
+                    tx,
+                    ended.order_id,
+                    Fill::AllBut(ended.remaining.unwrap_or(0)),
+                )
+                .await
+            }
+            "OrderRejected" => {
+                let ended: Rejected = payload(event)?;
+                match ended.order_id {
+                    Some(id) => release(tx, id, Fill::None).await,
+                    None => Ok(()),
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    async fn trade(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), String> {
+        let executed: TradeExecuted = payload(event)?;
+        let base_scale = *self
+            .scales
+            .get(&executed.base_asset)
+            .ok_or_else(|| format!("unknown asset {}", executed.base_asset))?;
+        let buyer_is_taker = executed.taker_side == "buy";
+        let (buyer, buy_order, seller, sell_order) = if buyer_is_taker {
+            (
+                executed.taker_account_id,
+                executed.taker_order_id,
+                executed.maker_account_id,
+                executed.maker_order_id,
+            )
+        } else {
+            (
+                executed.maker_account_id,
+                executed.maker_order_id,
+                executed.taker_account_id,
+                executed.taker_order_id,
+            )
+        };
+        let trade = Trade {
+            id: executed.trade_id,
+            base_asset: executed.base_asset,
+            quote_asset: executed.quote_asset,
+            base_scale,
+            price: executed.price,
+            quantity: executed.quantity,
+            buyer,
+            seller,
+            buy_order,
+            sell_order,
+            buyer_is_taker,
+        };
+        let settled = ledger::settle(&trade, self.fees).map_err(|e| e.to_string())?;
+        let fresh = store::record_settled(
+            &mut *tx,
+            &SettledTrade {
+                trade: &trade,
+                symbol: &executed.symbol,
+                notional: settled.notional,
+                buyer_fee: settled.buyer_fee,
+                seller_fee: settled.seller_fee,
+                executed_at: event.occurred_at,
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if !fresh {
+            // Settled already (the inbox is per consumer; this guards the ledger itself).
+            return Ok(());
+        }
+        store::apply(&mut *tx, &settled.plan, None)
+            .await
+            .map_err(|e| match e {
+                Error::HoldNotPending(hold) => format!(
+                    "trade {} posts to hold {hold}, which is not pending",
+                    trade.id
+                ),
+                other => format!("trade {}: {other}", trade.id),
+            })?;
+        let notice = Envelope::new(
+            crate::SERVICE,
+            "TradeSettled",
+            1,
+            trade.id.to_string(),
+            0,
+            serde_json::json!({
+                "trade_id": trade.id, "symbol": executed.symbol,
+                "buyer_account_id": trade.buyer, "seller_account_id": trade.seller,
+                "base_asset": trade.base_asset, "quote_asset": trade.quote_asset,
+                "price": trade.price, "quantity": trade.quantity, "notional": settled.notional,
+                "buyer_fee": settled.buyer_fee, "seller_fee": settled.seller_fee,
+                "fee_asset": trade.quote_asset,
+            }),
+        )
+        .caused_by(event);
+        events::outbox::append(&mut *tx, crate::STREAM, &notice)
+            .await
+            .map_err(|e| e.to_string())?;
+        let finality = (OffsetDateTime::now_utc() - event.occurred_at).as_seconds_f64();
+        metrics::histogram!("settlement_finality_seconds").record(finality.max(0.0));
+        metrics::counter!("settlement_trades_settled_total").increment(1);
+        Ok(())
+    }
+}
+
+impl Handler for Settler {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.apply(tx, event))
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        EVENT_TYPES.contains(&event_type)
+    }
+}
+
+/// How much of an ended order traded, in base units.
+enum Fill {
+    All,
+    AllBut(i64),
+    None,
+}
+
+/// Releases the rest of an ended order's hold — once every trade of the order has settled.
+/// If one has not (its event failed and waits for a retry), this fails too and is retried
+/// later, so the hold is never released under a trade that still has to post from it.
+async fn release(tx: &mut PgConnection, order: Uuid, fill: Fill) -> Result<(), String> {
+    let hold = store::hold_by_id(&mut *tx, order)
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(hold) = hold else {
+        tracing::debug!(%order, "no hold for this order; nothing to release");
+        return Ok(());
+    };
+    let expected = match fill {
+        Fill::All => hold.quantity,
+        Fill::AllBut(remaining) => hold.quantity - remaining,
+        Fill::None => 0,
+    };
+    match store::release_hold(&mut *tx, order, Some(expected))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Released::Resolved { amount, status } => {
+            tracing::debug!(%order, amount, %status, "hold resolved");
+            metrics::counter!("settlement_holds_resolved_total", "status" => status).increment(1);
+            Ok(())
+        }
+        Released::AlreadyResolved | Released::Unknown => Ok(()),
+        Released::Unsettled { filled, expected } => Err(format!(
+            "order {order} ended with {expected} filled but {filled} has settled; retrying later"
+        )),
+    }
+}
+
+fn payload<T: for<'de> Deserialize<'de>>(event: &Envelope) -> Result<T, String> {
+    serde_json::from_value(event.payload.clone())
+        .map_err(|e| format!("{} payload: {e}", event.event_type))
+}
+
+#[derive(Deserialize)]
+struct TradeExecuted {
+    trade_id: Uuid,
+    symbol: String,
+    base_asset: String,
+    quote_asset: String,
+    price: i64,
+    quantity: i64,
+    maker_order_id: Uuid,
+    taker_order_id: Uuid,
+    maker_account_id: Uuid,
+    taker_account_id: Uuid,
+    taker_side: String,
+}
+
+#[derive(Deserialize)]
+struct Ended {
+    order_id: Uuid,
+    remaining: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Rejected {
+    order_id: Option<Uuid>,
+}

@@ -1,0 +1,372 @@
+//! All of settlement's SQL.
+
+use sqlx::{PgConnection, PgPool};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::ledger::{EXTERNAL, FEES, Plan, Side};
+use contracts::Asset;
+
+/// Registers the configured assets and their system accounts. A scale that differs from the
+/// one already recorded is refused: money exists in the old one.
+pub async fn sync_assets(pool: &PgPool, assets: &[Asset]) -> Result<()> {
+    let codes: Vec<&str> = assets.iter().map(|a| a.code.as_str()).collect();
+    let scales: Vec<i16> = assets
+        .iter()
+        .map(|a| i16::try_from(a.scale).unwrap_or(i16::MAX))
+        .collect();
+    sqlx::query(
+        "INSERT INTO assets (code, scale) SELECT * FROM UNNEST($1::text[], $2::int2[])
+         ON CONFLICT ON CONSTRAINT assets_pkey DO NOTHING",
+    )
+    .bind(&codes)
+    .bind(&scales)
+    .execute(pool)
+    .await?;
+    let recorded: Vec<(String, i16)> =
+        sqlx::query_as("SELECT code, scale FROM assets WHERE code = ANY($1)")
+            .bind(&codes)
+            .fetch_all(pool)
+            .await?;
+    for (code, scale) in recorded {
+        if let Some(asset) = assets.iter().find(|a| a.code == code)
+            && i16::try_from(asset.scale).ok() != Some(scale)
+        {
+            return Err(Error::Internal(format!(
+                "asset {code} is configured with scale {} but the ledger holds it at scale {scale}",
+                asset.scale
+            )));
+        }
+    }
+    sqlx::query(
+        "INSERT INTO accounts (owner_id, asset)
+         SELECT owner, code FROM UNNEST($1::text[]) AS code CROSS JOIN UNNEST($2::uuid[]) AS owner
+         ON CONFLICT ON CONSTRAINT accounts_pkey DO NOTHING",
+    )
+    .bind(&codes)
+    .bind([EXTERNAL, FEES])
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Writes a plan: its transfers, one update per touched account, and what it posts out of
+/// holds — in the caller's transaction. An account that would go negative (or a debit from an
+/// account that does not exist) fails it with [`Error::InsufficientFunds`]; posting to a hold
+/// that is no longer pending fails it with [`Error::HoldNotPending`].
+pub async fn apply(conn: &mut PgConnection, plan: &Plan, created_by: Option<Uuid>) -> Result<()> {
+    if plan.transfers.is_empty() {
+        return Ok(());
+    }
+    let deltas = plan.deltas()?;
+    let owners: Vec<Uuid> = deltas.keys().map(|(o, _)| *o).collect();
+    let assets: Vec<&str> = deltas.keys().map(|(_, a)| a.as_str()).collect();
+    let available: Vec<i64> = deltas.values().map(|d| d.available).collect();
+    let held: Vec<i64> = deltas.values().map(|d| d.held).collect();
+    // Accounts come into being when money first arrives.
+    sqlx::query(
+        "INSERT INTO accounts (owner_id, asset)
+         SELECT owner, asset FROM UNNEST($1::uuid[], $2::text[], $3::int8[]) AS d(owner, asset, available)
+          WHERE d.available > 0
+         ON CONFLICT ON CONSTRAINT accounts_pkey DO NOTHING",
+    )
+    .bind(&owners)
+    .bind(&assets)
+    .bind(&available)
+    .execute(&mut *conn)
+    .await?;
+    let updated = sqlx::query(
+        "UPDATE accounts a
+            SET available = a.available + d.available, held = a.held + d.held, updated_at = now()
+           FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[]) AS d(owner, asset, available, held)
+          WHERE a.owner_id = d.owner AND a.asset = d.asset",
+    )
+    .bind(&owners)
+    .bind(&assets)
+    .bind(&available)
+    .bind(&held)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| with_asset(e.into(), &plan.transfers[0].asset))?
+    .rows_affected();
+    if updated != deltas.len() as u64 {
+        return Err(Error::InsufficientFunds {
+            asset: plan.transfers[0].asset.clone(),
+        });
+    }
+    if !plan.hold_posts.is_empty() {
+        let ids: Vec<Uuid> = plan.hold_posts.keys().copied().collect();
+        let posted: Vec<i64> = plan.hold_posts.values().map(|(p, _)| *p).collect();
+        let filled: Vec<i64> = plan.hold_posts.values().map(|(_, f)| *f).collect();
+        let touched = sqlx::query(
+            "UPDATE holds h SET posted = h.posted + p.posted, filled = h.filled + p.filled
+               FROM UNNEST($1::uuid[], $2::int8[], $3::int8[]) AS p(id, posted, filled)
+              WHERE h.id = p.id AND h.status = 'pending'",
+        )
+        .bind(&ids)
+        .bind(&posted)
+        .bind(&filled)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if touched != ids.len() as u64 {
+            let missing = pending_missing(&mut *conn, &ids).await?;
+            return Err(Error::HoldNotPending(missing));
+        }
+    }
+    let t = &plan.transfers;
+    sqlx::query(
+        "INSERT INTO transfers (id, asset, debit_owner_id, credit_owner_id, amount, kind, hold_id, trade_id, created_by)
+         SELECT id, asset, debit, credit, amount, kind, hold, trade, $9
+           FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::int8[], $6::text[], $7::uuid[], $8::uuid[])
+             AS t(id, asset, debit, credit, amount, kind, hold, trade)",
+    )
+    .bind(t.iter().map(|t| t.id).collect::<Vec<_>>())
+    .bind(t.iter().map(|t| t.asset.as_str()).collect::<Vec<_>>())
+    .bind(t.iter().map(|t| t.debit).collect::<Vec<_>>())
+    .bind(t.iter().map(|t| t.credit).collect::<Vec<_>>())
+    .bind(t.iter().map(|t| t.amount).collect::<Vec<_>>())
+    .bind(t.iter().map(|t| t.kind.as_str()).collect::<Vec<_>>())
+    .bind(t.iter().map(|t| t.hold).collect::<Vec<_>>())
+    .bind(t.iter().map(|t| t.trade).collect::<Vec<_>>())
+    .bind(created_by)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+fn with_asset(err: Error, asset: &str) -> Error {
+    match err {
+        Error::InsufficientFunds { .. } => Error::InsufficientFunds {
+            asset: asset.to_owned(),
+        },
+        other => other,
+    }
+}
+
+async fn pending_missing(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Uuid> {
+    let pending: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM holds WHERE id = ANY($1) AND status = 'pending'")
+            .bind(ids)
+            .fetch_all(conn)
+            .await?;
+    Ok(ids
+        .iter()
+        .copied()
+        .find(|id| !pending.contains(id))
+        .unwrap_or_default())
+}
+
+/// A hold as requested by orders.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewHold {
+    pub id: Uuid,
+    pub owner: Uuid,
+    pub asset: String,
+    pub side: Side,
+    pub symbol: String,
+    pub price: i64,
+    pub quantity: i64,
+    pub amount: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, sqlx::FromRow)]
+pub struct HoldRow {
+    pub id: Uuid,
+    pub owner_id: Uuid,
+    pub asset: String,
+    pub side: String,
+    pub symbol: String,
+    pub price: i64,
+    pub quantity: i64,
+    pub amount: i64,
+    pub posted: i64,
+    pub released: i64,
+    pub filled: i64,
+    pub status: String,
+}
+
+impl HoldRow {
+    fn same_terms(&self, hold: &NewHold) -> bool {
+        self.owner_id == hold.owner
+            && self.asset == hold.asset
+            && self.side == hold.side.as_str()
+            && self.symbol == hold.symbol
+            && self.price == hold.price
+            && self.quantity == hold.quantity
+            && self.amount == hold.amount
+    }
+}
+
+const HOLD_COLUMNS: &str =
+    "id, owner_id, asset, side, symbol, price, quantity, amount, posted, released, filled, status";
+
+/// Places a hold, or finds the one placed before under the same id (`false`: nothing new).
+pub async fn place_hold(conn: &mut PgConnection, hold: &NewHold) -> Result<(HoldRow, bool)> {
+    let inserted: Option<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO holds (id, owner_id, asset, side, symbol, price, quantity, amount)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT ON CONSTRAINT holds_pkey DO NOTHING
+         RETURNING {HOLD_COLUMNS}"
+    )))
+    .bind(hold.id)
+    .bind(hold.owner)
+    .bind(&hold.asset)
+    .bind(hold.side.as_str())
+    .bind(&hold.symbol)
+    .bind(hold.price)
+    .bind(hold.quantity)
+    .bind(hold.amount)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(|e| with_asset(e.into(), &hold.asset))?;
+    if let Some(row) = inserted {
+        sqlx::query(
+            "UPDATE accounts SET available = available - $3, held = held + $3, updated_at = now()
+              WHERE owner_id = $1 AND asset = $2",
+        )
+        .bind(hold.owner)
+        .bind(&hold.asset)
+        .bind(hold.amount)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| with_asset(e.into(), &hold.asset))?;
+        return Ok((row, true));
+    }
+    let existing = hold_by_id(&mut *conn, hold.id)
+        .await?
+        .ok_or(Error::NotFound)?;
+    if existing.same_terms(hold) {
+        Ok((existing, false))
+    } else {
+        Err(Error::HoldConflict(hold.id))
+    }
+}
+
+pub async fn hold_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<HoldRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// What releasing a hold did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Released {
+    /// The rest went back to available; the hold is resolved.
+    Resolved { amount: i64, status: String },
+    /// Resolved before (a redelivered or late event).
+    AlreadyResolved,
+    /// No hold has this id (an order placed before holds existed, or rejected before one).
+    Unknown,
+    /// Trades of the order are still to settle: `filled` of `expected` so far.
+    Unsettled { filled: i64, expected: i64 },
+}
+
+/// Releases what is left of a hold once its order has ended with `filled` base units traded
+/// (`None`: whatever has settled). Locks the hold row, so a concurrent release waits.
+pub async fn release_hold(
+    conn: &mut PgConnection,
+    id: Uuid,
+    filled: Option<i64>,
+) -> Result<Released> {
+    let hold: Option<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1 FOR UPDATE"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(hold) = hold else {
+        return Ok(Released::Unknown);
+    };
+    if hold.status != "pending" {
+        return Ok(Released::AlreadyResolved);
+    }
+    if let Some(expected) = filled
+        && hold.filled != expected
+    {
+        return Ok(Released::Unsettled {
+            filled: hold.filled,
+            expected,
+        });
+    }
+    let rest = hold.amount - hold.posted;
+    let status = if hold.posted > 0 { "posted" } else { "voided" };
+    sqlx::query("UPDATE holds SET released = $2, status = $3, resolved_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(rest)
+        .bind(status)
+        .execute(&mut *conn)
+        .await?;
+    if rest > 0 {
+        sqlx::query(
+            "UPDATE accounts SET available = available + $3, held = held - $3, updated_at = now()
+              WHERE owner_id = $1 AND asset = $2",
+        )
+        .bind(hold.owner_id)
+        .bind(&hold.asset)
+        .bind(rest)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Released::Resolved {
+        amount: rest,
+        status: status.to_owned(),
+    })
+}
+
+/// A settled trade's record; `false` when it was settled before.
+pub struct SettledTrade<'a> {
+    pub trade: &'a crate::ledger::Trade,
+    pub symbol: &'a str,
+    pub notional: i64,
+    pub buyer_fee: i64,
+    pub seller_fee: i64,
+    pub executed_at: OffsetDateTime,
+}
+
+pub async fn record_settled(conn: &mut PgConnection, s: &SettledTrade<'_>) -> Result<bool> {
+    let t = s.trade;
+    Ok(sqlx::query(
+        "INSERT INTO settled_trades (trade_id, symbol, buy_order_id, sell_order_id, buyer_id,
+                                     seller_id, price, quantity, notional, buyer_fee, seller_fee, executed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+         ON CONFLICT ON CONSTRAINT settled_trades_pkey DO NOTHING",
+    )
+    .bind(t.id)
+    .bind(s.symbol)
+    .bind(t.buy_order)
+    .bind(t.sell_order)
+    .bind(t.buyer)
+    .bind(t.seller)
+    .bind(t.price)
+    .bind(t.quantity)
+    .bind(s.notional)
+    .bind(s.buyer_fee)
+    .bind(s.seller_fee)
+    .bind(s.executed_at)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// An owner's balances, by asset.
+pub async fn balances(pool: &PgPool, owner: Uuid) -> Result<Vec<(String, i16, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT a.asset, s.scale, a.available, a.held
+           FROM accounts a JOIN assets s ON s.code = a.asset
+          WHERE a.owner_id = $1 ORDER BY a.asset",
+    )
+    .bind(owner)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One reconciliation query's findings: a row per discrepancy, described.
+pub async fn discrepancies(pool: &PgPool, sql: &'static str) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(sql).fetch_all(pool).await?)
+}
