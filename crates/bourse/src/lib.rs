@@ -212,6 +212,11 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
         {
             config.auth_url = url;
         }
+        if !plan.settlement_url_given
+            && let Some(url) = local_url(Target::Settlement, &addresses)
+        {
+            config.settlement_url = url;
+        }
         let stage_shutdown = Shutdown::new();
         let server = orders::build(config, &stage_shutdown).await?;
         addresses.insert(Target::Orders, server.local_addr()?);

@@ -242,6 +242,41 @@ impl TestApp {
     pub async fn me(&self, access_token: &str) -> Response {
         self.get_authed("/v1/auth/me", access_token).await
     }
+
+    /// BTC-USD (tick 0.01, lot 0.0001), created by `admin`; an existing one is fine.
+    pub async fn btc_usd(&self, admin: &Tokens) {
+        let created = self
+            .client
+            .post(self.url("/v1/admin/instruments"))
+            .bearer_auth(&admin.access_token)
+            .json(&json!({ "symbol": "BTC-USD", "base_asset": "BTC", "quote_asset": "USD", "tick_size": "0.01", "lot_size": "0.0001" }))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            created.status() == StatusCode::CREATED || created.status() == StatusCode::CONFLICT
+        );
+    }
+
+    /// The user id (= account id) behind `tokens`.
+    pub async fn user_id(&self, tokens: &Tokens) -> Uuid {
+        let me: Value = self.me(&tokens.access_token).await.json().await.unwrap();
+        me["id"].as_str().unwrap().parse().unwrap()
+    }
+
+    /// An admin's deposit of `amount` `asset` into `account`, through the gateway.
+    pub async fn deposit(&self, admin: &Tokens, account: Uuid, asset: &str, amount: &str) {
+        let response = self
+            .client
+            .post(self.url("/v1/admin/deposits"))
+            .bearer_auth(&admin.access_token)
+            .header("idempotency-key", Uuid::now_v7().to_string())
+            .json(&json!({ "account_id": account, "asset": asset, "amount": amount }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "deposit");
+    }
 }
 
 /// Asserts a problem+json response with `status` and `code`, and returns its body.

@@ -8,6 +8,7 @@ mod audit;
 mod auth_flow;
 mod database_roles;
 mod edge;
+mod funds;
 mod helpers;
 mod hostile_input;
 mod instruments;

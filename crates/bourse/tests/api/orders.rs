@@ -19,23 +19,24 @@ async fn market_on(app: TestApp) -> Market {
     let admin = app
         .signed_up_with_roles("exchange-admin@example.com", &["admin"])
         .await;
-    let created = app
-        .client
-        .post(app.url("/v1/admin/instruments"))
-        .bearer_auth(&admin.access_token)
-        .json(&json!({ "symbol": "BTC-USD", "base_asset": "BTC", "quote_asset": "USD", "tick_size": "0.01", "lot_size": "0.0001" }))
-        .send()
-        .await
-        .unwrap();
-    assert!(created.status() == StatusCode::CREATED || created.status() == StatusCode::CONFLICT);
-    let alice = app.signed_up("alice@example.com").await;
-    let bob = app.signed_up("bob@example.com").await;
+    app.btc_usd(&admin).await;
+    let alice = funded_trader(&app, &admin, "alice@example.com").await;
+    let bob = funded_trader(&app, &admin, "bob@example.com").await;
     Market {
         app,
         admin,
         alice,
         bob,
     }
+}
+
+/// A trader with plenty for every test here; the funds checks are tested on their own.
+async fn funded_trader(app: &TestApp, admin: &Tokens, email: &str) -> Tokens {
+    let trader = app.signed_up(email).await;
+    let account = app.user_id(&trader).await;
+    app.deposit(admin, account, "USD", "10000000").await;
+    app.deposit(admin, account, "BTC", "1000").await;
+    trader
 }
 
 async fn market(pool: PgPool) -> Market {
@@ -475,7 +476,7 @@ async fn after_a_restart_the_book_is_identical_including_time_priority(pool: PgP
     let late = m.placed(&m.bob, &limit("sell", "30000.00", "0.2")).await;
     m.placed(&m.bob, &limit("sell", "30000.00", "0.1")).await;
     // A third trader takes 0.1 of the early order (Alice buying would self-trade).
-    let carol = m.app.signed_up("carol@example.com").await;
+    let carol = funded_trader(&m.app, &m.admin, "carol@example.com").await;
     let partly = m.placed(&carol, &limit("buy", "30000.00", "0.1")).await;
     assert_eq!(partly["status"], "filled");
     let carol_session = carol.refresh_token.clone();

@@ -29,15 +29,7 @@ async fn ledger(pool: PgPool) -> Ledger {
         .await;
     let alice = app.signed_up("alice@example.com").await;
     let bob = app.signed_up("bob@example.com").await;
-    let id_of = |tokens: &Tokens| {
-        let tokens = tokens.access_token.clone();
-        let app = &app;
-        async move {
-            let me: Value = app.me(&tokens).await.json().await.unwrap();
-            me["id"].as_str().unwrap().parse::<Uuid>().unwrap()
-        }
-    };
-    let (alice_id, bob_id) = (id_of(&alice).await, id_of(&bob).await);
+    let (alice_id, bob_id) = (app.user_id(&alice).await, app.user_id(&bob).await);
     let service_token = orders_token(&app).await;
     Ledger {
         app,
@@ -86,14 +78,7 @@ impl Ledger {
     }
 
     async fn deposit(&self, account: Uuid, asset: &str, amount: &str) {
-        let response = self
-            .fund_with_key(
-                "deposits",
-                &Uuid::now_v7().to_string(),
-                &json!({ "account_id": account, "asset": asset, "amount": amount }),
-            )
-            .await;
-        assert_eq!(response.status(), StatusCode::CREATED);
+        self.app.deposit(&self.admin, account, asset, amount).await;
     }
 
     /// `{asset: (available, held)}` of `who`.
@@ -398,33 +383,6 @@ async fn a_hold_reserves_funds_once_per_order_and_only_for_services(pool: PgPool
     assert_eq!(
         count(&l.app.db, "SELECT count(*) FROM settlement.holds").await,
         1
-    );
-}
-
-#[sqlx::test(migrations = false)]
-async fn thirty_racing_holds_never_overdraw_one_balance(pool: PgPool) {
-    let l = ledger(pool).await;
-    l.deposit(l.alice_id, "USD", "100").await;
-    // Each: 0.01 BTC at 1,000.00 = 10.00 USD + 0.02 fee. Nine fit in 100.00; the tenth not.
-    let l = &l;
-    let holds = (0..30).map(|_| {
-        let request = hold_request(Uuid::now_v7(), l.alice_id, "buy", 100_000, 1_000_000);
-        async move { l.hold(&request).await.status() }
-    });
-    let statuses = futures_util::future::join_all(holds).await;
-
-    let placed = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::CREATED)
-        .count();
-    let refused = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY)
-        .count();
-    assert_eq!((placed, refused), (9, 21), "{statuses:?}");
-    assert_eq!(
-        l.balance(&l.alice, "USD").await,
-        ("9.82".to_owned(), "90.18".to_owned())
     );
 }
 

@@ -85,6 +85,26 @@ pub struct Transition {
     pub to: BreakerState,
 }
 
+impl Transition {
+    /// The ops event's payload: which service saw which upstream go from what to what.
+    pub fn payload(&self, service: &str) -> serde_json::Value {
+        serde_json::json!({
+            "service": service, "upstream": self.upstream,
+            "from": self.from.as_str(), "to": self.to.as_str(),
+        })
+    }
+
+    /// The ops event announcing it: `CircuitBreakerOpened` or `CircuitBreakerClosed`.
+    /// Half-open and disabled are visible in the metric; alerting needs neither.
+    pub fn event_type(&self) -> Option<&'static str> {
+        match self.to {
+            to if to.is_open() => Some("CircuitBreakerOpened"),
+            BreakerState::Closed => Some("CircuitBreakerClosed"),
+            _ => None,
+        }
+    }
+}
+
 /// The calls a breaker has counted in its sliding window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
@@ -325,6 +345,35 @@ impl Upstream {
     /// Breaker transitions from now on (a lagging receiver loses the oldest, never blocks calls).
     pub fn transitions(&self) -> broadcast::Receiver<Transition> {
         self.0.transitions.subscribe()
+    }
+
+    /// Calls `announce` with each transition that has an [event type](Transition::event_type)
+    /// (opened, closed), in a task that ends with `shutdown`: how a service turns its
+    /// breakers' transitions into ops events.
+    pub fn spawn_announcer<F, Fut>(&self, shutdown: service_kit::Shutdown, announce: F)
+    where
+        F: Fn(Transition, &'static str) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let mut transitions = self.transitions();
+        tokio::spawn(async move {
+            loop {
+                let transition = tokio::select! {
+                    received = transitions.recv() => match received {
+                        Ok(transition) => transition,
+                        Err(broadcast::error::RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "breaker notices fell behind; some were not announced");
+                            continue;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => break,
+                    },
+                    () = shutdown.triggered() => break,
+                };
+                if let Some(event_type) = transition.event_type() {
+                    announce(transition, event_type).await;
+                }
+            }
+        });
     }
 
     pub fn mode(&self) -> Mode {

@@ -164,36 +164,16 @@ fn spawn_breaker_notices(
     keys: KeyPrefix,
     shutdown: Shutdown,
 ) {
-    let mut transitions = upstream.transitions();
-    tokio::spawn(async move {
-        loop {
-            let transition = tokio::select! {
-                received = transitions.recv() => match received {
-                    Ok(transition) => transition,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::warn!(missed, "breaker notices fell behind; some were not published");
-                        continue;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                },
-                () = shutdown.triggered() => break,
-            };
-            let event_type = match transition.to {
-                to if to.is_open() => "CircuitBreakerOpened",
-                resilience::BreakerState::Closed => "CircuitBreakerClosed",
-                // Half-open and disabled are visible in the metric; alerting needs neither.
-                _ => continue,
-            };
+    upstream.spawn_announcer(shutdown, move |transition, event_type| {
+        let (redis, keys) = (redis.clone(), keys.clone());
+        async move {
             let notice = events::Envelope::new(
                 SERVICE,
                 event_type,
                 1,
                 transition.upstream,
                 0,
-                serde_json::json!({
-                    "service": SERVICE, "upstream": transition.upstream,
-                    "from": transition.from.as_str(), "to": transition.to.as_str(),
-                }),
+                transition.payload(SERVICE),
             );
             if let Err(err) =
                 events::direct::publish(&redis, &keys, events::consumer::OPS_STREAM, &notice).await

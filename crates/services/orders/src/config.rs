@@ -1,14 +1,28 @@
 //! Settings of the orders service (`BOURSE_ORDERS_*`).
 
+use std::time::Duration;
+
 use contracts::Asset;
+use resilience::Policy;
+use secrecy::SecretString;
 use service_kit::{CommonConfig, Env};
 
 #[derive(Clone, Debug)]
 pub struct Config {
     pub common: CommonConfig,
     pub port: u16,
-    /// Where the JWKS comes from (auth).
+    /// Where the JWKS and service tokens come from (auth).
     pub auth_url: String,
+    /// The ledger that holds funds for orders before they match.
+    pub settlement_url: String,
+    /// Timeout, retries, breaker and bulkhead of the calls to settlement
+    /// (`BOURSE_ORDERS_SETTLEMENT_*`).
+    pub settlement: Policy,
+    /// Orders' client secret for service tokens (`BOURSE_SERVICE_SECRET_ORDERS`).
+    pub service_secret: SecretString,
+    /// How far from the reference price (last trade, else the best opposite quote) a market
+    /// order may execute, in bps; its funds are held at that limit.
+    pub market_protection_bps: u32,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub assets: Vec<Asset>,
@@ -32,6 +46,29 @@ impl Config {
                 .to_owned(),
             jwt_issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
             jwt_audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
+            settlement_url: env
+                .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            settlement: Policy::read(
+                env,
+                "BOURSE_ORDERS_SETTLEMENT",
+                Policy {
+                    timeout: Duration::from_millis(500),
+                    ..Policy::default()
+                },
+            ),
+            service_secret: access::service::client_secret(env, "orders", common.is_production()),
+            market_protection_bps: {
+                let bps = env.or("BOURSE_ORDERS_MARKET_PROTECTION_BPS", 1_000u32);
+                if bps == 0 || bps >= 10_000 {
+                    env.problem(
+                        "BOURSE_ORDERS_MARKET_PROTECTION_BPS",
+                        "must be between 1 and 9999",
+                    );
+                }
+                bps.clamp(1, 9_999)
+            },
             assets,
             queue_capacity: {
                 let capacity = env.or("BOURSE_ORDERS_QUEUE_CAPACITY", 1024usize);

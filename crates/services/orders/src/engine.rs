@@ -170,6 +170,24 @@ impl Engines {
     }
 
     /// The top `levels` of the book, read by the book's own task (so never torn).
+    /// Where a market order on `side` is priced from: the last trade, else the best quote it
+    /// would trade against. In quote minor units.
+    pub async fn reference_price(
+        &self,
+        instrument: &Instrument,
+        side: Side,
+    ) -> Result<Option<i64>> {
+        if let (Some(last), _) = store::ticker(&self.pool, &instrument.symbol).await? {
+            return Ok(Some(last));
+        }
+        let top = self.depth(instrument, 1).await?;
+        let opposite = match side {
+            Side::Buy => &top.asks,
+            Side::Sell => &top.bids,
+        };
+        Ok(opposite.first().map(|l| l.price * instrument.tick_size))
+    }
+
     pub async fn depth(&self, instrument: &Instrument, levels: usize) -> Result<Depth> {
         self.ask(instrument, |reply| Job::Depth { levels, reply })
             .await
@@ -436,7 +454,7 @@ fn new_order(instrument: &Instrument, order: &ValidOrder) -> NewOrder {
         side: order.side,
         kind: order.kind(instrument),
         quantity: order.lots(instrument),
-        time_in_force: order.time_in_force,
+        time_in_force: order.matching_time_in_force(),
         post_only: order.post_only,
         self_trade: SelfTradePrevention::CancelTaker,
     }

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod funds;
 pub mod group_commit;
 pub mod http;
 pub mod instruments;
@@ -69,7 +70,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .map_err(|e| Error::Internal(e.to_string()))?;
     let verifier = TokenVerifier::new(
         JwksCache::new(Arc::new(HttpKeySource::new(
-            client,
+            client.clone(),
             format!("{}/.well-known/jwks.json", config.auth_url),
         ))),
         &config.jwt_issuer,
@@ -86,11 +87,36 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     );
     tokio::spawn(relay.run(shutdown.clone()));
 
+    // Service tokens come from auth; settlement's holds are called with them (SEC-14).
+    let auth = resilience::Upstream::new(
+        "auth",
+        config.auth_url.clone(),
+        client.clone(),
+        resilience::Policy::default(),
+    )
+    .map_err(Error::Internal)?;
+    let tokens = Arc::new(resilience::TokenSource::new(
+        auth,
+        SERVICE,
+        config.service_secret.clone(),
+    ));
+    let settlement = resilience::Upstream::authenticated(
+        "settlement",
+        config.settlement_url.clone(),
+        client.clone(),
+        config.settlement.clone(),
+        tokens,
+    )
+    .map_err(Error::Internal)?;
+    spawn_breaker_notices(&settlement, pool.clone(), shutdown.clone());
+
     let state = http::AppState {
         pool: pool.clone(),
         verifier,
         assets: Arc::new(config.assets.clone()),
         engines: engine::Engines::new(pool.clone(), config.queue_capacity),
+        funds: funds::Funds::new(settlement),
+        market_protection_bps: config.market_protection_bps,
     };
     tokio::spawn(service_kit::idempotency::purge_every_hour(
         pool.clone(),
@@ -109,6 +135,34 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
         .await
         .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
+}
+
+/// Each transition of the breaker in front of settlement becomes `CircuitBreakerOpened` /
+/// `CircuitBreakerClosed` on the ops stream, through the outbox (alerting pages on it).
+fn spawn_breaker_notices(upstream: &resilience::Upstream, pool: PgPool, shutdown: Shutdown) {
+    upstream.spawn_announcer(shutdown, move |transition, event_type| {
+        let pool = pool.clone();
+        async move {
+            let event = events::Envelope::new(
+                SERVICE,
+                event_type,
+                1,
+                transition.upstream,
+                0,
+                transition.payload(SERVICE),
+            );
+            let written = async {
+                let mut tx = pool.begin().await?;
+                events::outbox::append(&mut tx, events::consumer::OPS_STREAM, &event).await?;
+                tx.commit().await?;
+                Ok::<_, Error>(())
+            }
+            .await;
+            if let Err(err) = written {
+                tracing::warn!(error = %err, "could not record a breaker transition");
+            }
+        }
+    });
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

@@ -61,16 +61,34 @@ pub struct ValidOrder {
     pub quantity: i64,
     pub time_in_force: TimeInForce,
     pub post_only: bool,
+    /// A market order's protection price (quote minor units, on the tick grid): it executes
+    /// no worse than this, and a buy's funds are held at it. Set by [`protect`].
+    pub protection: Option<i64>,
 }
 
 impl ValidOrder {
+    /// What the book matches. A protected market order is an immediate-or-cancel limit order
+    /// at its protection price, so it can never cost more than its hold.
     pub fn kind(&self, instrument: &Instrument) -> OrderKind {
-        match self.price {
+        match self.price.or(self.protection) {
             Some(price) => OrderKind::Limit {
                 price: price / instrument.tick_size,
             },
             None => OrderKind::Market,
         }
+    }
+
+    /// A market order never rests, whatever its time in force says.
+    pub fn matching_time_in_force(&self) -> TimeInForce {
+        match (self.order_type, self.time_in_force) {
+            (OrderType::Market, TimeInForce::Gtc) => TimeInForce::Ioc,
+            (_, tif) => tif,
+        }
+    }
+
+    /// The price funds are held at: the limit, or a market order's protection price.
+    pub fn hold_price(&self) -> Option<i64> {
+        self.price.or(self.protection)
     }
 
     pub fn lots(&self, instrument: &Instrument) -> u64 {
@@ -181,5 +199,107 @@ pub fn validate(
             TimeInForceName::Fok => TimeInForce::Fok,
         },
         post_only: request.post_only,
+        protection: None,
     })
+}
+
+/// Gives a market order its protection price: `bps` beyond the reference price (the last
+/// trade, else the best opposite quote), rounded onto the tick grid inside that band — never
+/// worse than `bps` from the reference. No reference means nothing to price it against: 422
+/// `no_reference_price`.
+pub fn protect(
+    order: &mut ValidOrder,
+    reference: Option<i64>,
+    bps: u32,
+    instrument: &Instrument,
+) -> Result<(), Rejection> {
+    if order.order_type != OrderType::Market {
+        return Ok(());
+    }
+    let reference = reference.ok_or_else(|| {
+        reject(
+            "no_reference_price",
+            "no last trade and no opposite quote to price a market order against",
+        )
+    })?;
+    let tick = i128::from(instrument.tick_size);
+    let reference = i128::from(reference);
+    let bps = i128::from(bps);
+    let ticks = match order.side {
+        Side::Buy => reference * (10_000 + bps) / 10_000 / tick,
+        Side::Sell => {
+            let per = 10_000 * tick;
+            ((reference * (10_000 - bps) + per - 1) / per).max(1)
+        }
+    };
+    let price = i64::try_from(ticks * tick)
+        .map_err(|_| reject("invalid_price", "the protection price does not fit"))?;
+    order.protection = Some(price);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use contracts::Asset;
+
+    use super::*;
+    use crate::instruments::Status;
+
+    fn btc_usd() -> Instrument {
+        Instrument {
+            symbol: "BTC-USD".into(),
+            base: Asset::new("BTC", 8),
+            quote: Asset::new("USD", 2),
+            tick_size: 5,
+            lot_size: 10_000,
+            min_quantity: 10_000,
+            max_quantity: i64::MAX,
+            status: Status::Open,
+        }
+    }
+
+    fn market(side: Side) -> ValidOrder {
+        ValidOrder {
+            id: Uuid::now_v7(),
+            account: Uuid::now_v7(),
+            client_order_id: None,
+            symbol: "BTC-USD".into(),
+            side,
+            order_type: OrderType::Market,
+            price: None,
+            quantity: 10_000,
+            time_in_force: TimeInForce::Gtc,
+            post_only: false,
+            protection: None,
+        }
+    }
+
+    #[test]
+    fn a_market_order_is_protected_on_the_tick_grid_towards_the_reference() {
+        let instrument = btc_usd();
+        // 10 % beyond 30,000.00: a buy at most 33,000.00, a sell at least 27,000.00.
+        let mut buy = market(Side::Buy);
+        protect(&mut buy, Some(3_000_000), 1_000, &instrument).unwrap();
+        assert_eq!(buy.protection, Some(3_300_000));
+        let mut sell = market(Side::Sell);
+        protect(&mut sell, Some(3_000_000), 1_000, &instrument).unwrap();
+        assert_eq!(sell.protection, Some(2_700_000));
+        // 1 % beyond 0.13 is 0.1313 / 0.1287: rounded inside the band onto the 0.05 grid.
+        let mut buy = market(Side::Buy);
+        protect(&mut buy, Some(13), 100, &instrument).unwrap();
+        assert_eq!(buy.protection, Some(10));
+        let mut sell = market(Side::Sell);
+        protect(&mut sell, Some(13), 100, &instrument).unwrap();
+        assert_eq!(sell.protection, Some(15));
+        // It matches as an immediate-or-cancel limit at that price.
+        assert_eq!(buy.kind(&instrument), OrderKind::Limit { price: 2 });
+        assert_eq!(buy.matching_time_in_force(), TimeInForce::Ioc);
+    }
+
+    #[test]
+    fn a_market_order_without_a_reference_is_refused() {
+        let mut buy = market(Side::Buy);
+        let refused = protect(&mut buy, None, 1_000, &btc_usd()).unwrap_err();
+        assert_eq!(refused.code, "no_reference_price");
+    }
 }

@@ -20,6 +20,9 @@ pub struct AppState {
     pub verifier: Arc<TokenVerifier>,
     pub assets: Arc<Vec<Asset>>,
     pub engines: crate::engine::Engines,
+    /// Settlement's holds, asked before matching.
+    pub funds: crate::funds::Funds,
+    pub market_protection_bps: u32,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::AppState;
 use crate::error::{Error, Result};
 use crate::instruments::{PRODUCER, STREAM};
-use crate::order_entry::{self, PlaceOrder};
+use crate::order_entry::{self, OrderType, PlaceOrder};
 use crate::store;
 use crate::view::OrderView;
 use service_kit::idempotency::{self, Answer};
@@ -52,43 +52,90 @@ pub async fn place(
             return Err(err);
         }
     };
-    match order_entry::validate(&request, principal.user_id, instrument.as_ref()) {
-        Ok(order) => {
-            let Some(instrument) = instrument else {
-                return Err(Error::Internal(
-                    "validated without an instrument".to_owned(),
-                ));
-            };
-            match state.engines.place(&instrument, order, claim.clone()).await {
-                Ok(answer) => Ok(answer.into_response(false)),
-                Err(err) => {
-                    idempotency::abandon(&state.pool, &claim).await;
-                    Err(err)
-                }
+    let mut order = match order_entry::validate(&request, principal.user_id, instrument.as_ref()) {
+        Ok(order) => order,
+        Err(rejection) => return refuse(&state, &claim, &request, rejection, None).await,
+    };
+    let Some(instrument) = instrument else {
+        return Err(Error::Internal(
+            "validated without an instrument".to_owned(),
+        ));
+    };
+    // Funds first: a market order is priced against the reference, then the order's worst
+    // cost is held. No answer from settlement → 503; a refusal → 422, stored like any other.
+    let funded = async {
+        if order.order_type == OrderType::Market {
+            let reference = state
+                .engines
+                .reference_price(&instrument, order.side)
+                .await?;
+            let protected = order_entry::protect(
+                &mut order,
+                reference,
+                state.market_protection_bps,
+                &instrument,
+            );
+            if let Err(rejection) = protected {
+                return Ok(Err(rejection));
             }
         }
-        Err(rejection) => {
-            // A refused order is an answer too: stored for replay, announced as an event.
-            let body = crate::group_commit::problem_body(Problem::unprocessable(
-                rejection.code,
-                rejection.detail.clone(),
-            ))?;
-            let mut tx = state.pool.begin().await?;
-            let event = events::Envelope::new(
-                PRODUCER,
-                "OrderRejected",
-                1,
-                principal.user_id.to_string(),
-                0,
-                serde_json::json!({ "account_id": principal.user_id, "symbol": request.symbol, "reason": rejection.code }),
-            );
-            events::outbox::append(&mut tx, STREAM, &event).await?;
-            let answer = Answer { status: 422, body };
-            idempotency::complete(&mut tx, &claim, &answer).await?;
-            tx.commit().await?;
-            Ok(answer.into_response(false))
+        state.funds.hold(&order, &instrument).await
+    }
+    .await;
+    match funded {
+        Ok(Ok(())) => {}
+        Ok(Err(rejection)) => {
+            return refuse(&state, &claim, &request, rejection, Some(order.id)).await;
+        }
+        Err(err) => {
+            idempotency::abandon(&state.pool, &claim).await;
+            return Err(err);
         }
     }
+    let order_id = order.id;
+    match state.engines.place(&instrument, order, claim.clone()).await {
+        Ok(answer) => Ok(answer.into_response(false)),
+        Err(err) => {
+            // Only where the order surely was not stored does its hold go back at once; after
+            // any other failure it might have been, and the hold stays with it.
+            if matches!(err, Error::Overloaded | Error::ClientOrderIdTaken) {
+                state.funds.void(order_id).await;
+            }
+            idempotency::abandon(&state.pool, &claim).await;
+            Err(err)
+        }
+    }
+}
+
+/// A refused order is an answer too: stored for replay, announced as `OrderRejected`.
+async fn refuse(
+    state: &AppState,
+    claim: &idempotency::Claim,
+    request: &PlaceOrder,
+    rejection: order_entry::Rejection,
+    order_id: Option<Uuid>,
+) -> Result<Response> {
+    let body = crate::group_commit::problem_body(Problem::unprocessable(
+        rejection.code,
+        rejection.detail.clone(),
+    ))?;
+    let mut tx = state.pool.begin().await?;
+    let event = events::Envelope::new(
+        PRODUCER,
+        "OrderRejected",
+        1,
+        claim.principal.to_string(),
+        0,
+        serde_json::json!({
+            "order_id": order_id, "account_id": claim.principal, "symbol": request.symbol,
+            "reason": rejection.code,
+        }),
+    );
+    events::outbox::append(&mut tx, STREAM, &event).await?;
+    let answer = Answer { status: 422, body };
+    idempotency::complete(&mut tx, claim, &answer).await?;
+    tx.commit().await?;
+    Ok(answer.into_response(false))
 }
 
 /// One of your orders, with its fills.

@@ -1,0 +1,313 @@
+//! Orders hold funds before they match (TRD-07, TRD-10 buying power, REL-05): through the
+//! gateway, orders, settlement and the orders stream, all real.
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use service_kit::testing::eventually;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with};
+
+/// BTC-USD (tick 0.01, lot 0.0001), an admin and two traders with nothing yet.
+struct Exchange {
+    app: TestApp,
+    admin: Tokens,
+    alice: Tokens,
+    bob: Tokens,
+}
+
+async fn exchange_on(app: TestApp) -> Exchange {
+    let admin = app
+        .signed_up_with_roles("treasury@example.com", &["admin"])
+        .await;
+    app.btc_usd(&admin).await;
+    let alice = app.signed_up("alice@example.com").await;
+    let bob = app.signed_up("bob@example.com").await;
+    Exchange {
+        app,
+        admin,
+        alice,
+        bob,
+    }
+}
+
+fn limit(side: &str, price: &str, quantity: &str) -> Value {
+    json!({ "symbol": "BTC-USD", "side": side, "type": "limit", "price": price, "quantity": quantity, "time_in_force": "gtc" })
+}
+
+impl Exchange {
+    async fn fund(&self, who: &Tokens, asset: &str, amount: &str) {
+        let account = self.app.user_id(who).await;
+        self.app.deposit(&self.admin, account, asset, amount).await;
+    }
+
+    async fn place(&self, who: &Tokens, order: &Value) -> Response {
+        self.app
+            .client
+            .post(self.app.url("/v1/orders"))
+            .bearer_auth(&who.access_token)
+            .header("idempotency-key", Uuid::now_v7().to_string())
+            .json(order)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn placed(&self, who: &Tokens, order: &Value) -> Value {
+        let response = self.place(who, order).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    /// (available, held) of `asset`; zeros for an asset never held.
+    async fn balance(&self, who: &Tokens, asset: &str) -> (String, String) {
+        let balances: Vec<Value> = self
+            .app
+            .get_authed("/v1/balances", &who.access_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        balances
+            .iter()
+            .find(|b| b["asset"] == asset)
+            .map(|b| {
+                (
+                    b["available"].as_str().unwrap().to_owned(),
+                    b["held"].as_str().unwrap().to_owned(),
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    async fn settled_trades(&self) -> i64 {
+        count(
+            &self.app.db,
+            "SELECT count(*) FROM settlement.settled_trades",
+        )
+        .await
+    }
+
+    async fn reconciled(&self) -> Value {
+        self.app
+            .client
+            .post(self.app.url("/v1/admin/reconciliation"))
+            .bearer_auth(&self.admin.access_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_order_beyond_the_available_balance_is_refused_and_holds_nothing(pool: PgPool) {
+    let x = exchange_on(spawn_app(pool).await).await;
+    x.fund(&x.bob, "USD", "100").await;
+
+    assert_problem(
+        x.place(&x.bob, &limit("buy", "30000.00", "1")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+    // Alice has no BTC to sell.
+    assert_problem(
+        x.place(&x.alice, &limit("sell", "30000.00", "0.1")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+    assert_eq!(
+        x.balance(&x.bob, "USD").await,
+        ("100.00".to_owned(), "0.00".to_owned())
+    );
+    assert_eq!(
+        count(&x.app.db, "SELECT count(*) FROM orders.orders").await,
+        0
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn deposit_trade_and_settlement_are_exact_to_the_minor_unit_including_fees(pool: PgPool) {
+    let x = exchange_on(spawn_app(pool).await).await;
+    x.fund(&x.alice, "BTC", "1").await;
+    x.fund(&x.bob, "USD", "40000").await;
+
+    let ask = x.placed(&x.alice, &limit("sell", "30000.00", "1")).await;
+    assert_eq!(
+        x.balance(&x.alice, "BTC").await,
+        ("0.00000000".to_owned(), "1.00000000".to_owned()),
+        "the resting sell holds its BTC"
+    );
+    // Bob pays up to 30,100 for 0.4 and trades at Alice's 30,000: 12,000.00, taker fee 24.00.
+    let bid = x.placed(&x.bob, &limit("buy", "30100.00", "0.4")).await;
+    assert_eq!(bid["status"], "filled");
+
+    eventually(
+        "the trade to settle and Bob's hold to be released",
+        || async { x.settled_trades().await == 1 && x.balance(&x.bob, "USD").await.1 == "0.00" },
+    )
+    .await;
+    assert_eq!(
+        x.balance(&x.bob, "USD").await,
+        ("27976.00".to_owned(), "0.00".to_owned()),
+        "40,000 − 12,000 − 24; the 40.00 of price improvement and the unused fee came back"
+    );
+    assert_eq!(x.balance(&x.bob, "BTC").await.0, "0.40000000");
+    assert_eq!(
+        x.balance(&x.alice, "USD").await,
+        ("11988.00".to_owned(), "0.00".to_owned()),
+        "12,000 − 12 maker fee"
+    );
+    assert_eq!(
+        x.balance(&x.alice, "BTC").await,
+        ("0.00000000".to_owned(), "0.60000000".to_owned())
+    );
+
+    // Alice cancels the rest; her 0.6 BTC comes back.
+    let cancelled = x
+        .app
+        .client
+        .delete(
+            x.app
+                .url(&format!("/v1/orders/{}", ask["id"].as_str().unwrap())),
+        )
+        .bearer_auth(&x.alice.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    eventually("Alice's hold to be released", || async {
+        x.balance(&x.alice, "BTC").await.1 == "0.00000000"
+    })
+    .await;
+    assert_eq!(x.balance(&x.alice, "BTC").await.0, "0.60000000");
+    let report = x.reconciled().await;
+    assert_eq!(report["ok"], true, "{report}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_market_buy_holds_at_its_protection_price_and_gets_the_rest_back(pool: PgPool) {
+    let x = exchange_on(spawn_app(pool).await).await;
+    x.fund(&x.alice, "BTC", "1").await;
+    x.fund(&x.bob, "USD", "5000").await;
+    // Nothing to price against yet: refused.
+    let market_buy = json!({ "symbol": "BTC-USD", "side": "buy", "type": "market", "quantity": "0.1", "time_in_force": "ioc" });
+    assert_problem(
+        x.place(&x.bob, &market_buy).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "no_reference_price",
+    )
+    .await;
+
+    x.placed(&x.alice, &limit("sell", "30000.00", "1")).await;
+    // Priced at most 10 % above the best ask: 0.1 × 33,000 + 20 bps = 3,306.60 held, then
+    // 3,000.00 + 6.00 paid.
+    let filled = x.placed(&x.bob, &market_buy).await;
+    assert_eq!(filled["status"], "filled");
+    assert_eq!(filled["average_fill_price"], "30000.00");
+    eventually("Bob's market buy to settle", || async {
+        x.balance(&x.bob, "USD").await == ("1994.00".to_owned(), "0.00".to_owned())
+    })
+    .await;
+
+    // More than Bob could pay at the protection price: refused before it reaches the book.
+    let too_big = json!({ "symbol": "BTC-USD", "side": "buy", "type": "market", "quantity": "0.9", "time_in_force": "ioc" });
+    assert_problem(
+        x.place(&x.bob, &too_big).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn thirty_racing_orders_against_one_balance_never_overdraw(pool: PgPool) {
+    let x = exchange_on(spawn_app(pool).await).await;
+    x.fund(&x.bob, "USD", "100").await;
+    // Each holds 0.01 × 1,000.00 + 20 bps = 10.02: nine fit in 100.00.
+    let x = &x;
+    let orders = (0..30).map(|_| async move {
+        x.place(&x.bob, &limit("buy", "1000.00", "0.01"))
+            .await
+            .status()
+    });
+    let statuses = futures_util::future::join_all(orders).await;
+
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY)
+        .count();
+    assert_eq!((created, refused), (9, 21), "{statuses:?}");
+    assert_eq!(
+        x.balance(&x.bob, "USD").await,
+        ("9.82".to_owned(), "90.18".to_owned())
+    );
+    assert_eq!(
+        count(
+            &x.app.db,
+            "SELECT count(*) FROM orders.orders WHERE status = 'open'"
+        )
+        .await,
+        9
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn without_settlement_orders_are_refused_fast_and_the_breaker_opens(pool: PgPool) {
+    // Orders is pointed at a settlement that is not there (a closed port).
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("BOURSE_SETTLEMENT_URL", nowhere.as_str()),
+            ("BOURSE_ORDERS_SETTLEMENT_RETRIES", "0"),
+            ("BOURSE_ORDERS_SETTLEMENT_BREAKER_MINIMUM_CALLS", "2"),
+            ("BOURSE_ORDERS_SETTLEMENT_BREAKER_OPEN_FOR_MS", "60000"),
+        ],
+    )
+    .await;
+    let x = exchange_on(app).await;
+
+    for _ in 0..2 {
+        assert_problem(
+            x.place(&x.bob, &limit("buy", "1000.00", "0.01")).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+        )
+        .await;
+    }
+    // The breaker is open now: refused without a call, with Retry-After.
+    let refused = x.place(&x.bob, &limit("buy", "1000.00", "0.01")).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem = assert_problem(
+        refused,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_unavailable",
+    )
+    .await;
+    assert!(
+        problem["detail"].as_str().unwrap().contains("circuit open"),
+        "{problem}"
+    );
+
+    let (event_type, event) = x.app.first_event("ops").await;
+    assert_eq!(event_type, "CircuitBreakerOpened");
+    assert_eq!(event["payload"]["service"], "orders");
+    assert_eq!(event["payload"]["upstream"], "settlement");
+    // Never matched unchecked: no order exists.
+    assert_eq!(
+        count(&x.app.db, "SELECT count(*) FROM orders.orders").await,
+        0
+    );
+}
