@@ -22,6 +22,7 @@ pub enum Target {
     Auth,
     Orders,
     Settlement,
+    Risk,
 }
 
 impl Target {
@@ -30,6 +31,7 @@ impl Target {
         let mut services: Vec<Target> = if targets.contains(&Target::All) {
             vec![
                 Target::Auth,
+                Target::Risk,
                 Target::Settlement,
                 Target::Orders,
                 Target::Gateway,
@@ -42,10 +44,11 @@ impl Target {
         // Upstreams first, so the services calling them can be pointed at them.
         services.sort_by_key(|t| match t {
             Target::Auth => 0,
-            Target::Settlement => 1,
-            Target::Orders => 2,
-            Target::Gateway => 3,
-            Target::All => 4,
+            Target::Risk => 1,
+            Target::Settlement => 2,
+            Target::Orders => 3,
+            Target::Gateway => 4,
+            Target::All => 5,
         });
         services
     }
@@ -57,12 +60,14 @@ pub struct Plan {
     pub auth: Option<auth::Config>,
     pub orders: Option<orders::Config>,
     pub settlement: Option<settlement::Config>,
+    pub risk: Option<risk::Config>,
     pub gateway: Option<gateway::Config>,
     /// Whether upstream URLs were given; those not given are wired to the services started
     /// in this process.
     auth_url_given: bool,
     orders_url_given: bool,
     settlement_url_given: bool,
+    risk_url_given: bool,
 }
 
 /// Reads the configuration of `targets`; every problem is reported at once (OPS-01).
@@ -72,12 +77,16 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     let auth_url_given = env.is_set("BOURSE_AUTH_URL");
     let orders_url_given = env.is_set("BOURSE_ORDERS_URL");
     let settlement_url_given = env.is_set("BOURSE_SETTLEMENT_URL");
+    let risk_url_given = env.is_set("BOURSE_RISK_URL");
     let auth = services
         .contains(&Target::Auth)
         .then(|| auth::Config::read(&mut env));
     let orders = services
         .contains(&Target::Orders)
         .then(|| orders::Config::read(&mut env));
+    let risk = services
+        .contains(&Target::Risk)
+        .then(|| risk::Config::read(&mut env));
     let settlement = services
         .contains(&Target::Settlement)
         .then(|| settlement::Config::read(&mut env));
@@ -94,6 +103,8 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
         orders_url_given,
         settlement_url_given,
         settlement,
+        risk_url_given,
+        risk,
     })
 }
 
@@ -170,7 +181,8 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
     let mut stages = Vec::new();
     let migrate_on_start = plan.auth.as_ref().is_some_and(|c| c.migrate_on_start)
         || plan.orders.as_ref().is_some_and(|c| c.migrate_on_start)
-        || plan.settlement.as_ref().is_some_and(|c| c.migrate_on_start);
+        || plan.settlement.as_ref().is_some_and(|c| c.migrate_on_start)
+        || plan.risk.as_ref().is_some_and(|c| c.migrate_on_start);
     if migrate_on_start {
         service_kit::db::ensure_database(&plan.common).await?;
     }
@@ -190,6 +202,22 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
             .get(&target)
             .map(|address| format!("http://{}", reachable(*address)))
     };
+    if let Some(mut config) = plan.risk {
+        if !plan.auth_url_given
+            && let Some(url) = local_url(Target::Auth, &addresses)
+        {
+            config.auth_url = url;
+        }
+        let stage_shutdown = Shutdown::new();
+        let server = risk::build(config, &stage_shutdown).await?;
+        addresses.insert(Target::Risk, server.local_addr()?);
+        stages.push(spawn_stage_with(
+            Target::Risk,
+            server,
+            stage_shutdown,
+            shutdown,
+        ));
+    }
     if let Some(mut config) = plan.settlement {
         if !plan.auth_url_given
             && let Some(url) = local_url(Target::Auth, &addresses)
@@ -217,6 +245,11 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
         {
             config.settlement_url = url;
         }
+        if !plan.risk_url_given
+            && let Some(url) = local_url(Target::Risk, &addresses)
+        {
+            config.risk_url = url;
+        }
         let stage_shutdown = Shutdown::new();
         let server = orders::build(config, &stage_shutdown).await?;
         addresses.insert(Target::Orders, server.local_addr()?);
@@ -242,6 +275,11 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
             && let Some(url) = local_url(Target::Settlement, &addresses)
         {
             config.settlement_url = url;
+        }
+        if !plan.risk_url_given
+            && let Some(url) = local_url(Target::Risk, &addresses)
+        {
+            config.risk_url = url;
         }
         let stage_shutdown = Shutdown::new();
         let server = gateway::build(config, &stage_shutdown).await?;
@@ -278,6 +316,8 @@ pub async fn migrate(common: &CommonConfig) -> anyhow::Result<()> {
     orders::migrate(&pool).await?;
     let pool = service_kit::db::connect(common, settlement::SCHEMA).await?;
     settlement::migrate(&pool).await?;
+    let pool = service_kit::db::connect(common, risk::SCHEMA).await?;
+    risk::migrate(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())
 }

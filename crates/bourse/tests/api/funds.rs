@@ -5,7 +5,6 @@ use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use service_kit::testing::eventually;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::helpers::{TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with};
 
@@ -43,21 +42,11 @@ impl Exchange {
     }
 
     async fn place(&self, who: &Tokens, order: &Value) -> Response {
-        self.app
-            .client
-            .post(self.app.url("/v1/orders"))
-            .bearer_auth(&who.access_token)
-            .header("idempotency-key", Uuid::now_v7().to_string())
-            .json(order)
-            .send()
-            .await
-            .unwrap()
+        self.app.place_order(who, order).await
     }
 
     async fn placed(&self, who: &Tokens, order: &Value) -> Value {
-        let response = self.place(who, order).await;
-        assert_eq!(response.status(), StatusCode::CREATED);
-        response.json().await.unwrap()
+        self.app.placed_order(who, order).await
     }
 
     /// (available, held) of `asset`; zeros for an asset never held.

@@ -23,6 +23,8 @@ pub struct TestApp {
     pub orders: String,
     /// Base URL of settlement, likewise (its `/internal/*` routes).
     pub settlement: String,
+    /// Base URL of risk, likewise.
+    pub risk: String,
     pub client: reqwest::Client,
     /// The test's own database (public schema); services use their schemas in it.
     pub db: PgPool,
@@ -73,6 +75,7 @@ pub fn base_env(pool: &PgPool) -> Vec<(String, String)> {
         ("BOURSE_GATEWAY_PORT", "0".to_owned()),
         ("BOURSE_ORDERS_PORT", "0".to_owned()),
         ("BOURSE_SETTLEMENT_PORT", "0".to_owned()),
+        ("BOURSE_RISK_PORT", "0".to_owned()),
         ("BOURSE_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
         (
             "BOURSE_GATEWAY_CORS_ORIGINS",
@@ -114,12 +117,14 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
     let settlement = url(running
         .address(Target::Settlement)
         .expect("settlement runs"));
+    let risk = url(running.address(Target::Risk).expect("risk runs"));
     tokio::spawn(running.wait());
     TestApp {
         gateway,
         auth,
         orders,
         settlement,
+        risk,
         client: reqwest::Client::new(),
         db: pool,
         redis_prefix,
@@ -256,6 +261,25 @@ impl TestApp {
         assert!(
             created.status() == StatusCode::CREATED || created.status() == StatusCode::CONFLICT
         );
+    }
+
+    /// `POST /v1/orders` as `who`, with a fresh Idempotency-Key.
+    pub async fn place_order(&self, who: &Tokens, order: &Value) -> Response {
+        self.client
+            .post(self.url("/v1/orders"))
+            .bearer_auth(&who.access_token)
+            .header("idempotency-key", Uuid::now_v7().to_string())
+            .json(order)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// [`Self::place_order`], expecting 201; the order.
+    pub async fn placed_order(&self, who: &Tokens, order: &Value) -> Value {
+        let response = self.place_order(who, order).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
     }
 
     /// The user id (= account id) behind `tokens`.

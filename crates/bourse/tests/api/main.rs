@@ -15,6 +15,7 @@ mod instruments;
 mod openapi;
 mod orders;
 mod rate_limits;
+mod risk;
 mod service_tokens;
 mod settlement;
 mod tokens;

@@ -160,6 +160,34 @@ fn remember_for(exp: u64, now_unix: u64) -> Duration {
     Duration::from_secs(exp.saturating_sub(now_unix)).min(REMEMBER_FOR)
 }
 
+/// What a service behind the gateway checks tokens with: users' access tokens (`audience`)
+/// and service tokens minted for `service` by name, both against auth's JWKS at `auth_url`.
+pub struct Verifiers {
+    pub users: Arc<TokenVerifier>,
+    pub services: Arc<TokenVerifier<crate::ServiceClaims>>,
+}
+
+impl Verifiers {
+    pub fn from_auth(
+        client: &reqwest::Client,
+        auth_url: &str,
+        issuer: &str,
+        audience: &str,
+        service: &str,
+    ) -> Self {
+        let keys = || {
+            JwksCache::new(Arc::new(crate::HttpKeySource::new(
+                client.clone(),
+                format!("{auth_url}/.well-known/jwks.json"),
+            )))
+        };
+        Self {
+            users: TokenVerifier::new(keys(), issuer, audience).into_shared(),
+            services: TokenVerifier::new(keys(), issuer, service).into_shared(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,9 +2,11 @@
 //!
 //! - [`amount`]: decimal strings ⇄ integer minor units, exactly or not at all.
 //! - [`asset`]: assets and their scales.
+//! - [`events`]: payloads of events that several services read.
 
 pub mod amount;
 pub mod asset;
+pub mod events;
 
 pub use amount::{AmountError, format_units, parse_units};
 pub use asset::Asset;

@@ -52,6 +52,12 @@ pub trait Handler: Send + Sync {
     fn wants(&self, _event_type: &str) -> bool {
         true
     }
+
+    /// Called once the event's transaction has committed (never for a duplicate): where a
+    /// handler updates in-memory state derived from what it wrote, so memory never runs ahead
+    /// of the database. A crash before it runs loses nothing — state is rebuilt from the
+    /// database on start.
+    fn committed(&self, _event: &Envelope) {}
 }
 
 #[derive(Clone, Debug)]
@@ -69,7 +75,9 @@ impl Default for ConsumerSettings {
     fn default() -> Self {
         Self {
             batch: 100,
-            block: Duration::from_millis(500),
+            // Well under the connection's 500 ms response timeout (`service_kit::redis`):
+            // a block as long as the timeout makes idle reads fail as timeouts.
+            block: Duration::from_millis(200),
             max_deliveries: 5,
             retry_after: Duration::from_secs(5),
         }
@@ -292,6 +300,9 @@ impl Consumer {
                     .increment(1);
             }
             tx.commit().await?;
+            if fresh {
+                handler.committed(envelope);
+            }
             Ok(())
         }
         .await;

@@ -59,6 +59,12 @@ impl Envelope {
         }
     }
 
+    /// The payload as `T`; the error names the event type.
+    pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+        serde_json::from_value(self.payload.clone())
+            .map_err(|e| format!("{} payload: {e}", self.event_type))
+    }
+
     /// A new event caused by `cause`: same correlation and trace, `causation_id` = its id.
     pub fn caused_by(mut self, cause: &Envelope) -> Self {
         self.correlation_id.clone_from(&cause.correlation_id);

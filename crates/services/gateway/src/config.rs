@@ -16,6 +16,8 @@ pub struct Config {
     pub orders_url: String,
     /// Base URL of the settlement service.
     pub settlement_url: String,
+    /// Base URL of the risk service.
+    pub risk_url: String,
     /// Timeout, retries, breaker and bulkhead of each upstream (`BOURSE_GATEWAY_UPSTREAM_*`).
     pub upstream: Policy,
     pub cors_origins: Vec<String>,
@@ -101,6 +103,10 @@ impl Config {
                 .to_owned(),
             settlement_url: env
                 .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            risk_url: env
+                .or("BOURSE_RISK_URL", "http://127.0.0.1:8083".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
             upstream: Policy::read(

@@ -11,7 +11,12 @@ use utoipa::openapi::{InfoBuilder, OpenApi, OpenApiBuilder};
 use crate::proxy::Upstreams;
 use crate::route_table::{ROUTES, Upstream};
 
-const UPSTREAMS: &[Upstream] = &[Upstream::Auth, Upstream::Orders, Upstream::Settlement];
+const UPSTREAMS: &[Upstream] = &[
+    Upstream::Auth,
+    Upstream::Orders,
+    Upstream::Settlement,
+    Upstream::Risk,
+];
 
 #[derive(Clone, Default)]
 pub struct ApiDocument {

@@ -45,6 +45,7 @@ pub struct Upstreams {
     auth: resilience::Upstream,
     orders: resilience::Upstream,
     settlement: resilience::Upstream,
+    risk: resilience::Upstream,
     body_limit: usize,
 }
 
@@ -53,12 +54,14 @@ impl Upstreams {
         auth: resilience::Upstream,
         orders: resilience::Upstream,
         settlement: resilience::Upstream,
+        risk: resilience::Upstream,
         body_limit: usize,
     ) -> Self {
         Self {
             auth,
             orders,
             settlement,
+            risk,
             body_limit,
         }
     }
@@ -68,11 +71,12 @@ impl Upstreams {
             Upstream::Auth => &self.auth,
             Upstream::Orders => &self.orders,
             Upstream::Settlement => &self.settlement,
+            Upstream::Risk => &self.risk,
         }
     }
 
-    pub fn all(&self) -> [&resilience::Upstream; 3] {
-        [&self.auth, &self.orders, &self.settlement]
+    pub fn all(&self) -> [&resilience::Upstream; 4] {
+        [&self.auth, &self.orders, &self.settlement, &self.risk]
     }
 
     /// Forwards a client's request. Only idempotent methods are retried (REL-04); the request

@@ -12,6 +12,7 @@ pub enum Upstream {
     Auth,
     Orders,
     Settlement,
+    Risk,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +193,36 @@ pub static ROUTES: &[RouteSpec] = &[
         "/v1/admin/reconciliation",
         Upstream::Settlement,
         Access::Roles(&[Role::Admin, Role::Auditor]),
+    ),
+    route(
+        Method::GET,
+        "/v1/positions",
+        Upstream::Risk,
+        Access::Roles(&[Role::Trader]),
+    ),
+    route(
+        Method::GET,
+        "/v1/admin/risk-limits/{account_id}",
+        Upstream::Risk,
+        Access::Roles(&[Role::RiskOfficer, Role::Admin]),
+    ),
+    route(
+        Method::PUT,
+        "/v1/admin/risk-limits/{account_id}",
+        Upstream::Risk,
+        Access::Roles(&[Role::RiskOfficer, Role::Admin]),
+    ),
+    route(
+        Method::POST,
+        "/v1/admin/kill-switches",
+        Upstream::Risk,
+        Access::Roles(&[Role::RiskOfficer, Role::Admin]),
+    ),
+    route(
+        Method::DELETE,
+        "/v1/admin/kill-switches/{id}",
+        Upstream::Risk,
+        Access::Roles(&[Role::RiskOfficer, Role::Admin]),
     ),
 ];
 

@@ -15,6 +15,10 @@ pub struct Config {
     pub auth_url: String,
     /// The ledger that holds funds for orders before they match.
     pub settlement_url: String,
+    /// The pre-trade risk checks, asked before the hold.
+    pub risk_url: String,
+    /// Timeout, retries, breaker and bulkhead of the calls to risk (`BOURSE_ORDERS_RISK_*`).
+    pub risk: Policy,
     /// Timeout, retries, breaker and bulkhead of the calls to settlement
     /// (`BOURSE_ORDERS_SETTLEMENT_*`).
     pub settlement: Policy,
@@ -50,6 +54,18 @@ impl Config {
                 .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
+            risk_url: env
+                .or("BOURSE_RISK_URL", "http://127.0.0.1:8083".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            risk: Policy::read(
+                env,
+                "BOURSE_ORDERS_RISK",
+                Policy {
+                    timeout: Duration::from_millis(250),
+                    ..Policy::default()
+                },
+            ),
             settlement: Policy::read(
                 env,
                 "BOURSE_ORDERS_SETTLEMENT",

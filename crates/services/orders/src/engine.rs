@@ -169,7 +169,6 @@ impl Engines {
         .await?
     }
 
-    /// The top `levels` of the book, read by the book's own task (so never torn).
     /// Where a market order on `side` is priced from: the last trade, else the best quote it
     /// would trade against. In quote minor units.
     pub async fn reference_price(
@@ -188,6 +187,7 @@ impl Engines {
         Ok(opposite.first().map(|l| l.price * instrument.tick_size))
     }
 
+    /// The top `levels` of the book, read by the book's own task (so never torn).
     pub async fn depth(&self, instrument: &Instrument, levels: usize) -> Result<Depth> {
         self.ask(instrument, |reply| Job::Depth { levels, reply })
             .await

@@ -1,10 +1,10 @@
-//! Funds before matching: every order holds what it could cost in the settlement ledger
-//! before it reaches the book (DESIGN §4, TRD-10 buying power).
+//! Before matching (DESIGN §4): risk checks the order (TRD-10, TRD-11), then settlement holds
+//! what it could cost (buying power).
 //!
-//! The call goes through `libs/resilience` with a service token; it is retried, because a
-//! hold is keyed by the order id and settlement answers a repeated request with the same hold.
-//! Any failure to get an answer refuses the order with 503 — an order is never matched
-//! without its hold.
+//! Both calls go through `libs/resilience` with a service token and are retried, because both
+//! are keyed by the order id: risk remembers the orders it passed and settlement answers a
+//! repeated hold with the same hold. Any failure to get an answer refuses the order with 503 —
+//! an order is never matched unchecked or without its hold.
 
 use serde_json::json;
 use service_kit::http::Problem;
@@ -14,18 +14,61 @@ use crate::error::{Error, Result};
 use crate::instruments::Instrument;
 use crate::order_entry::{Rejection, ValidOrder};
 
+/// Codes risk refuses orders with; anything else is reported as `risk_refused`.
+const RISK_CODES: &[&str] = &[
+    "kill_switch",
+    "max_order_quantity",
+    "max_order_notional",
+    "price_collar",
+    "max_open_orders",
+    "max_orders_per_second",
+    "max_position",
+];
+
 #[derive(Clone)]
 pub struct Funds {
+    risk: resilience::Upstream,
     settlement: resilience::Upstream,
 }
 
 impl Funds {
-    pub fn new(settlement: resilience::Upstream) -> Self {
-        Self { settlement }
+    pub fn new(risk: resilience::Upstream, settlement: resilience::Upstream) -> Self {
+        Self { risk, settlement }
     }
 
-    pub fn upstream(&self) -> &resilience::Upstream {
-        &self.settlement
+    /// Asks risk whether the order may proceed (TRD-10, TRD-11). Same answers as [`Self::hold`].
+    /// Retried: risk remembers the orders it passed, by id.
+    #[tracing::instrument(skip_all, fields(order_id = %order.id))]
+    pub async fn check(
+        &self,
+        order: &ValidOrder,
+        instrument: &Instrument,
+    ) -> Result<Result<(), Rejection>> {
+        let price = order
+            .hold_price()
+            .ok_or_else(|| Error::Internal("a market order reached risk unprotected".into()))?;
+        let body = json!({
+            "order_id": order.id, "account_id": order.account, "symbol": instrument.symbol,
+            "side": side_name(order.side),
+            "type": match order.order_type { crate::order_entry::OrderType::Limit => "limit", crate::order_entry::OrderType::Market => "market" },
+            "price": price, "quantity": order.quantity,
+            "base_scale": instrument.base.scale, "quote_scale": instrument.quote.scale,
+        });
+        let call =
+            resilience::Call::post_json("/internal/v1/checks", body.to_string()).idempotent(true);
+        let response = self
+            .risk
+            .send(call)
+            .await
+            .map_err(|e| Error::Problem(e.problem()))?;
+        refusal(response, "risk", |code| {
+            RISK_CODES
+                .iter()
+                .find(|c| **c == code)
+                .copied()
+                .unwrap_or("risk_refused")
+        })
+        .await
     }
 
     /// Holds the order's funds. `Ok(Err(_))`: settlement refused (422 `insufficient_funds`…);
@@ -41,7 +84,7 @@ impl Funds {
             .ok_or_else(|| Error::Internal("a market order reached funds unprotected".into()))?;
         let body = json!({
             "order_id": order.id, "account_id": order.account, "symbol": instrument.symbol,
-            "side": match order.side { matching::Side::Buy => "buy", matching::Side::Sell => "sell" },
+            "side": side_name(order.side),
             "base_asset": instrument.base.code, "quote_asset": instrument.quote.code,
             "price": price, "quantity": order.quantity,
         });
@@ -52,30 +95,12 @@ impl Funds {
             .send(call)
             .await
             .map_err(|e| Error::Problem(e.problem()))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(Ok(()));
-        }
-        if status.as_u16() == 422 {
-            let problem: serde_json::Value = response.json().await.unwrap_or_default();
-            let code = match problem["code"].as_str() {
-                Some("insufficient_funds") => "insufficient_funds",
-                Some("amount_out_of_range") => "amount_out_of_range",
-                _ => "hold_refused",
-            };
-            let detail = problem["detail"]
-                .as_str()
-                .unwrap_or("settlement refused the hold")
-                .to_owned();
-            return Ok(Err(Rejection { code, detail }));
-        }
-        // 401/403/409/5xx: a fault between the services, not the trader's — refuse, loudly.
-        tracing::error!(%status, "settlement refused a hold for a reason other than the order");
-        Err(Error::Problem(Problem::unavailable(
-            "upstream_unavailable",
-            "settlement could not hold funds for this order",
-            1,
-        )))
+        refusal(response, "settlement", |code| match code {
+            "insufficient_funds" => "insufficient_funds",
+            "amount_out_of_range" => "amount_out_of_range",
+            _ => "hold_refused",
+        })
+        .await
     }
 
     /// Gives back the hold of an order that never reached the book (best effort: a hold left
@@ -93,4 +118,36 @@ impl Funds {
             Err(err) => tracing::warn!(%order, error = %err, "could not void a hold"),
         }
     }
+}
+
+fn side_name(side: matching::Side) -> &'static str {
+    match side {
+        matching::Side::Buy => "buy",
+        matching::Side::Sell => "sell",
+    }
+}
+
+/// 2xx → go; 422 → the order is refused with the upstream's code (as `code_of` names it);
+/// anything else is a fault between the services, not the trader's: 503, loudly.
+async fn refusal(
+    response: reqwest::Response,
+    upstream: &str,
+    code_of: impl Fn(&str) -> &'static str,
+) -> Result<Result<(), Rejection>> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(Ok(()));
+    }
+    if status.as_u16() == 422 {
+        let problem: serde_json::Value = response.json().await.unwrap_or_default();
+        let code = code_of(problem["code"].as_str().unwrap_or_default());
+        let detail = problem["detail"].as_str().unwrap_or("refused").to_owned();
+        return Ok(Err(Rejection { code, detail }));
+    }
+    tracing::error!(%status, upstream, "an upstream refused an order for a reason other than the order");
+    Err(Error::Problem(Problem::unavailable(
+        "upstream_unavailable",
+        format!("{upstream} could not check this order"),
+        1,
+    )))
 }

@@ -17,6 +17,7 @@ pub mod funds;
 pub mod group_commit;
 pub mod http;
 pub mod instruments;
+pub mod kill_switches;
 pub mod order_entry;
 pub mod store;
 pub mod view;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use access::{HttpKeySource, JwksCache, TokenVerifier};
-use events::{Relay, RelaySettings};
+use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
 use service_kit::health::{Check, Readiness};
 use service_kit::redis::KeyPrefix;
 use service_kit::{Server, Shutdown};
@@ -86,6 +87,22 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         RelaySettings::default(),
     );
     tokio::spawn(relay.run(shutdown.clone()));
+    let engines = engine::Engines::new(pool.clone(), config.queue_capacity);
+    // Kill switches from risk cancel what is open in their scope (TRD-11).
+    let kill_switches = Consumer::new(
+        pool.clone(),
+        redis.clone(),
+        KeyPrefix::new(&config.common.redis_key_prefix),
+        "risk",
+        SERVICE,
+        &format!("{SERVICE}-1"),
+        SERVICE,
+        ConsumerSettings::default(),
+    );
+    tokio::spawn(kill_switches.run(
+        Arc::new(kill_switches::MassCancel::new(engines.clone())),
+        shutdown.clone(),
+    ));
 
     // Service tokens come from auth; settlement's holds are called with them (SEC-14).
     let auth = resilience::Upstream::new(
@@ -100,6 +117,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         SERVICE,
         config.service_secret.clone(),
     ));
+    let risk = resilience::Upstream::authenticated(
+        "risk",
+        config.risk_url.clone(),
+        client.clone(),
+        config.risk.clone(),
+        tokens.clone(),
+    )
+    .map_err(Error::Internal)?;
     let settlement = resilience::Upstream::authenticated(
         "settlement",
         config.settlement_url.clone(),
@@ -108,14 +133,16 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         tokens,
     )
     .map_err(Error::Internal)?;
-    spawn_breaker_notices(&settlement, pool.clone(), shutdown.clone());
+    for upstream in [&risk, &settlement] {
+        spawn_breaker_notices(upstream, pool.clone(), shutdown.clone());
+    }
 
     let state = http::AppState {
         pool: pool.clone(),
         verifier,
         assets: Arc::new(config.assets.clone()),
-        engines: engine::Engines::new(pool.clone(), config.queue_capacity),
-        funds: funds::Funds::new(settlement),
+        engines,
+        funds: funds::Funds::new(risk, settlement),
         market_protection_bps: config.market_protection_bps,
     };
     tokio::spawn(service_kit::idempotency::purge_every_hour(

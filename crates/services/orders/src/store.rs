@@ -337,14 +337,36 @@ pub async fn last_sequence(pool: &PgPool, symbol: &str) -> Result<i64> {
     .await?)
 }
 
-pub async fn instrument(pool: &PgPool, symbol: &str) -> Result<Option<Instrument>> {
+pub async fn instrument<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    symbol: &str,
+) -> Result<Option<Instrument>> {
     let row: Option<InstrumentRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {INSTRUMENT_COLUMNS} FROM instruments WHERE symbol = $1"
     )))
     .bind(symbol)
-    .fetch_optional(pool)
+    .fetch_optional(executor)
     .await?;
     row.map(Instrument::try_from).transpose()
+}
+
+/// (symbol, account) of every account with open orders, narrowed to one account and/or one
+/// symbol: what a kill switch has to cancel.
+pub async fn open_order_owners(
+    conn: &mut sqlx::PgConnection,
+    account: Option<uuid::Uuid>,
+    symbol: Option<&str>,
+) -> Result<Vec<(String, uuid::Uuid)>> {
+    Ok(sqlx::query_as(
+        "SELECT DISTINCT symbol, account_id FROM orders
+          WHERE status IN ('open', 'partially_filled')
+            AND ($1::uuid IS NULL OR account_id = $1)
+            AND ($2::text IS NULL OR symbol = $2)",
+    )
+    .bind(account)
+    .bind(symbol)
+    .fetch_all(conn)
+    .await?)
 }
 
 /// The caller's orders, newest first, after the `cursor` order (exclusive).

@@ -26,7 +26,7 @@ pub mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use access::{HttpKeySource, JwksCache, ServiceClaims, TokenVerifier};
+use access::Verifiers;
 use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
 use service_kit::health::{Check, Readiness};
 use service_kit::redis::KeyPrefix;
@@ -75,17 +75,13 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .connect_timeout(Duration::from_secs(1))
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let keys = || {
-        JwksCache::new(Arc::new(HttpKeySource::new(
-            client.clone(),
-            format!("{}/.well-known/jwks.json", config.auth_url),
-        )))
-    };
-    let verifier =
-        TokenVerifier::new(keys(), &config.jwt_issuer, &config.jwt_audience).into_shared();
-    // Service tokens are minted for this service by name (SEC-14).
-    let services =
-        TokenVerifier::<ServiceClaims>::new(keys(), &config.jwt_issuer, SERVICE).into_shared();
+    let Verifiers { users, services } = Verifiers::from_auth(
+        &client,
+        &config.auth_url,
+        &config.jwt_issuer,
+        &config.jwt_audience,
+        SERVICE,
+    );
 
     let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
     let relay = Relay::new(
@@ -125,7 +121,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
 
     let state = http::AppState {
         pool: pool.clone(),
-        verifier,
+        verifier: users,
         services,
         assets: Arc::new(config.assets.clone()),
         fees: config.fees,

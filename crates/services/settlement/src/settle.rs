@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use contracts::Asset;
+use contracts::events::{OrderEnded, TradeExecuted};
 use events::{Envelope, Handler};
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -44,24 +44,17 @@ impl Settler {
     async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), String> {
         match event.event_type.as_str() {
             "TradeExecuted" => self.trade(tx, event).await,
-            "OrderCompleted" => {
-                let ended: Ended = payload(event)?;
-                // Completed: every lot filled. The hold knows the order's quantity.
-                release(tx, ended.order_id, Fill::All).await
-            }
-            "OrderCancelled" => {
-                let ended: Ended = payload(event)?;
-                release(
-                    tx,
-                    ended.order_id,
-                    Fill::AllBut(ended.remaining.unwrap_or(0)),
-                )
-                .await
-            }
-            "OrderRejected" => {
-                let ended: Rejected = payload(event)?;
-                match ended.order_id {
-                    Some(id) => release(tx, id, Fill::None).await,
+            // An ended order releases what is left of its hold: everything filled
+            // (completed), all but `remaining` (cancelled) or nothing (rejected after its hold).
+            ended @ ("OrderCompleted" | "OrderCancelled" | "OrderRejected") => {
+                let payload: OrderEnded = event.payload_as()?;
+                let fill = match ended {
+                    "OrderCompleted" => Fill::All,
+                    "OrderCancelled" => Fill::AllBut(payload.remaining.unwrap_or(0)),
+                    _ => Fill::None,
+                };
+                match payload.order_id {
+                    Some(order) => release(tx, order, fill).await,
                     None => Ok(()),
                 }
             }
@@ -70,7 +63,7 @@ impl Settler {
     }
 
     async fn trade(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), String> {
-        let executed: TradeExecuted = payload(event)?;
+        let executed: TradeExecuted = event.payload_as()?;
         let base_scale = *self
             .scales
             .get(&executed.base_asset)
@@ -208,35 +201,4 @@ async fn release(tx: &mut PgConnection, order: Uuid, fill: Fill) -> Result<(), S
             "order {order} ended with {expected} filled but {filled} has settled; retrying later"
         )),
     }
-}
-
-fn payload<T: for<'de> Deserialize<'de>>(event: &Envelope) -> Result<T, String> {
-    serde_json::from_value(event.payload.clone())
-        .map_err(|e| format!("{} payload: {e}", event.event_type))
-}
-
-#[derive(Deserialize)]
-struct TradeExecuted {
-    trade_id: Uuid,
-    symbol: String,
-    base_asset: String,
-    quote_asset: String,
-    price: i64,
-    quantity: i64,
-    maker_order_id: Uuid,
-    taker_order_id: Uuid,
-    maker_account_id: Uuid,
-    taker_account_id: Uuid,
-    taker_side: String,
-}
-
-#[derive(Deserialize)]
-struct Ended {
-    order_id: Uuid,
-    remaining: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct Rejected {
-    order_id: Option<Uuid>,
 }

@@ -61,8 +61,8 @@ pub async fn place(
             "validated without an instrument".to_owned(),
         ));
     };
-    // Funds first: a market order is priced against the reference, then the order's worst
-    // cost is held. No answer from settlement → 503; a refusal → 422, stored like any other.
+    // Checks first: a market order is priced against the reference, risk checks the order,
+    // then its worst cost is held. No answer → 503; a refusal → 422, stored like any other.
     let funded = async {
         if order.order_type == OrderType::Market {
             let reference = state
@@ -78,6 +78,9 @@ pub async fn place(
             if let Err(rejection) = protected {
                 return Ok(Err(rejection));
             }
+        }
+        if let Err(rejection) = state.funds.check(&order, &instrument).await? {
+            return Ok(Err(rejection));
         }
         state.funds.hold(&order, &instrument).await
     }

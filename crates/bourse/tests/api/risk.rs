@@ -1,0 +1,371 @@
+//! Pre-trade risk (TRD-10..12, REL-05): limits set by risk officers, kill switches with mass
+//! cancel, positions, and orders refusing fast when risk — its own OS process here — is down.
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use service_kit::testing::eventually;
+use sqlx::PgPool;
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, Tokens, assert_problem, base_env, count, spawn_app, spawn_app_with};
+
+/// BTC-USD, an admin, a risk officer and two funded traders.
+struct Desk {
+    app: TestApp,
+    officer: Tokens,
+    alice: Tokens,
+    bob: Tokens,
+    bob_id: Uuid,
+}
+
+async fn desk_on(app: TestApp) -> Desk {
+    let admin = app
+        .signed_up_with_roles("ops@example.com", &["admin"])
+        .await;
+    app.btc_usd(&admin).await;
+    let officer = app
+        .signed_up_with_roles("risk@example.com", &["risk_officer"])
+        .await;
+    let alice = app.signed_up("alice@example.com").await;
+    let bob = app.signed_up("bob@example.com").await;
+    for trader in [&alice, &bob] {
+        let account = app.user_id(trader).await;
+        app.deposit(&admin, account, "USD", "1000000").await;
+        app.deposit(&admin, account, "BTC", "100").await;
+    }
+    let bob_id = app.user_id(&bob).await;
+    Desk {
+        app,
+        officer,
+        alice,
+        bob,
+        bob_id,
+    }
+}
+
+fn limit(side: &str, price: &str, quantity: &str) -> Value {
+    json!({ "symbol": "BTC-USD", "side": side, "type": "limit", "price": price, "quantity": quantity, "time_in_force": "gtc" })
+}
+
+fn limits(max_order_quantity: &str) -> Value {
+    json!({
+        "max_order_quantity": max_order_quantity, "max_order_notional": "1000000",
+        "max_open_orders": 10, "max_orders_per_second": 50, "max_position": "20",
+        "price_collar_bps": 1000,
+    })
+}
+
+impl Desk {
+    async fn place(&self, who: &Tokens, order: &Value) -> Response {
+        self.app.place_order(who, order).await
+    }
+
+    async fn placed(&self, who: &Tokens, order: &Value) -> Value {
+        self.app.placed_order(who, order).await
+    }
+
+    async fn put_limits(&self, who: &Tokens, account: Uuid, body: &Value) -> Response {
+        self.app
+            .client
+            .put(self.app.url(&format!("/v1/admin/risk-limits/{account}")))
+            .bearer_auth(&who.access_token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn kill(&self, body: &Value) -> Response {
+        self.app
+            .client
+            .post(self.app.url("/v1/admin/kill-switches"))
+            .bearer_auth(&self.officer.access_token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn release(&self, id: &str) -> Response {
+        self.app
+            .client
+            .delete(self.app.url(&format!("/v1/admin/kill-switches/{id}")))
+            .bearer_auth(&self.officer.access_token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn order_status(&self, who: &Tokens, id: &str) -> String {
+        let order: Value = self
+            .app
+            .get_authed(&format!("/v1/orders/{id}"), &who.access_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        order["status"].as_str().unwrap().to_owned()
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn risk_officers_set_limits_that_apply_to_the_next_order_and_are_logged(pool: PgPool) {
+    let d = desk_on(spawn_app(pool).await).await;
+
+    let set = d.put_limits(&d.officer, d.bob_id, &limits("0.5")).await;
+    assert_eq!(set.status(), StatusCode::OK);
+    let read: Value = d
+        .app
+        .get_authed(
+            &format!("/v1/admin/risk-limits/{}", d.bob_id),
+            &d.officer.access_token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(read["max_order_quantity"], "0.5");
+
+    assert_problem(
+        d.place(&d.bob, &limit("buy", "30000.00", "1")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "max_order_quantity",
+    )
+    .await;
+    d.placed(&d.bob, &limit("buy", "30000.00", "0.5")).await;
+    // Alice keeps the defaults.
+    d.placed(&d.alice, &limit("buy", "30000.00", "1")).await;
+
+    // Who changed what is on record; traders cannot change limits; nonsense is refused.
+    let changed_by: Uuid =
+        sqlx::query_scalar("SELECT changed_by FROM risk.limit_changes WHERE account_id = $1")
+            .bind(d.bob_id)
+            .fetch_one(&d.app.db)
+            .await
+            .unwrap();
+    assert_eq!(changed_by, d.app.user_id(&d.officer).await);
+    assert_eq!(
+        d.put_limits(&d.bob, d.bob_id, &limits("1000"))
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    let mut nonsense = limits("lots");
+    nonsense["price_collar_bps"] = json!(0);
+    let refused = d.put_limits(&d.officer, d.bob_id, &nonsense).await;
+    let problem = assert_problem(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["errors"].as_array().unwrap().len(), 2, "{problem}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_kill_switch_blocks_new_orders_and_cancels_open_ones_until_released(pool: PgPool) {
+    let d = desk_on(spawn_app(pool).await).await;
+    let resting = d.placed(&d.bob, &limit("buy", "29000.00", "0.1")).await;
+    let alices = d.placed(&d.alice, &limit("buy", "29000.00", "0.1")).await;
+
+    let activated = d
+        .kill(&json!({ "scope": "account", "target": d.bob_id, "reason": "runaway algo" }))
+        .await;
+    assert_eq!(activated.status(), StatusCode::CREATED);
+    let switch: Value = activated.json().await.unwrap();
+
+    assert_problem(
+        d.place(&d.bob, &limit("buy", "29000.00", "0.1")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "kill_switch",
+    )
+    .await;
+    let (event_type, event) = d.app.first_event("risk").await;
+    assert_eq!(event_type, "KillSwitchActivated");
+    assert_eq!(event["payload"]["reason"], "runaway algo");
+    // Orders mass-cancels what Bob had open; Alice's order is untouched.
+    let bobs = resting["id"].as_str().unwrap();
+    eventually("Bob's open order to be cancelled", || async {
+        d.order_status(&d.bob, bobs).await == "cancelled"
+    })
+    .await;
+    assert_eq!(
+        d.order_status(&d.alice, alices["id"].as_str().unwrap())
+            .await,
+        "open"
+    );
+
+    // Released: Bob trades again. Releasing twice finds nothing.
+    let id = switch["id"].as_str().unwrap();
+    assert_eq!(d.release(id).await.status(), StatusCode::NO_CONTENT);
+    d.placed(&d.bob, &limit("buy", "29000.00", "0.1")).await;
+    assert_eq!(d.release(id).await.status(), StatusCode::NOT_FOUND);
+    // A trader cannot pull one; a malformed one is refused.
+    let by_trader = d
+        .app
+        .client
+        .post(d.app.url("/v1/admin/kill-switches"))
+        .bearer_auth(&d.alice.access_token)
+        .json(&json!({ "scope": "global", "reason": "mine" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_trader.status(), StatusCode::FORBIDDEN);
+    assert_problem(
+        d.kill(&json!({ "scope": "account", "target": "not-an-id", "reason": "x" }))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn trades_build_positions_and_set_the_collar_reference(pool: PgPool) {
+    let d = desk_on(spawn_app(pool).await).await;
+    d.placed(&d.alice, &limit("sell", "30000.00", "1")).await;
+    d.placed(&d.bob, &limit("buy", "30000.00", "1")).await;
+
+    eventually("Bob's position to appear", || async {
+        let positions: Vec<Value> = d
+            .app
+            .get_authed("/v1/positions", &d.bob.access_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        positions
+            .first()
+            .is_some_and(|p| p["net_quantity"] == "1.00000000")
+    })
+    .await;
+    let alice: Vec<Value> = d
+        .app
+        .get_authed("/v1/positions", &d.alice.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(alice[0]["net_quantity"], "-1.00000000");
+    assert_eq!(alice[0]["average_price"], "30000.00");
+
+    // The trade at 30,000 is the reference now: 10 % away is as far as a price may go.
+    eventually("the collar to apply", || async {
+        d.place(&d.bob, &limit("buy", "33000.01", "0.1"))
+            .await
+            .status()
+            == StatusCode::UNPROCESSABLE_ENTITY
+    })
+    .await;
+    assert_problem(
+        d.place(&d.bob, &limit("sell", "26999.99", "0.1")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "price_collar",
+    )
+    .await;
+    d.placed(&d.bob, &limit("buy", "33000.00", "0.1")).await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_internal_check_is_for_services_only(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let trader = app.signed_up("mallory@example.com").await;
+    for token in [None, Some(trader.access_token.as_str())] {
+        let mut request = app
+            .client
+            .post(format!("{}/internal/v1/checks", app.risk))
+            .json(&json!({}));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        assert_eq!(
+            request.send().await.unwrap().status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let via_gateway = app.post_json("/internal/v1/checks", &json!({})).await;
+    assert_eq!(via_gateway.status(), StatusCode::NOT_FOUND);
+}
+
+/// `bourse serve risk` as its own OS process on `port`, sharing the test's database and Redis.
+fn risk_process(app_env: &[(String, String)], port: u16) -> Child {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_bourse"));
+    command
+        .args(["serve", "risk"])
+        .envs(app_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("BOURSE_RISK_PORT", port.to_string())
+        .env("BOURSE_LOG", "warn")
+        .kill_on_drop(true);
+    command.spawn().unwrap()
+}
+
+async fn ready(url: &str) -> bool {
+    reqwest::get(format!("{url}/health/ready"))
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+#[sqlx::test(migrations = false)]
+async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(pool: PgPool) {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let risk_url = format!("http://127.0.0.1:{port}");
+    let env = base_env(&pool);
+    let prefix = env
+        .iter()
+        .find(|(k, _)| k == "BOURSE_REDIS_KEY_PREFIX")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str()),
+            ("BOURSE_RISK_URL", risk_url.as_str()),
+            ("BOURSE_ORDERS_RISK_RETRIES", "0"),
+            ("BOURSE_ORDERS_RISK_BREAKER_MINIMUM_CALLS", "2"),
+            ("BOURSE_ORDERS_RISK_BREAKER_OPEN_FOR_MS", "300"),
+            ("BOURSE_ORDERS_RISK_BREAKER_HALF_OPEN_CALLS", "1"),
+        ],
+    )
+    .await;
+    // Risk verifies orders' service tokens against this app's auth.
+    let mut env = env;
+    env.push(("BOURSE_AUTH_URL".to_owned(), app.auth.clone()));
+    let mut risk = risk_process(&env, port);
+    eventually("risk to be ready", || ready(&risk_url)).await;
+    let d = desk_on(app).await;
+    d.placed(&d.bob, &limit("buy", "29000.00", "0.1")).await;
+
+    // Risk dies: orders are refused with 503 — never placed unchecked — and the breaker opens.
+    risk.kill().await.unwrap();
+    for _ in 0..2 {
+        assert_problem(
+            d.place(&d.bob, &limit("buy", "29000.00", "0.1")).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+        )
+        .await;
+    }
+    let (event_type, event) = d.app.first_event("ops").await;
+    assert_eq!(event_type, "CircuitBreakerOpened");
+    assert_eq!(event["payload"]["upstream"], "risk");
+    assert_eq!(
+        count(&d.app.db, "SELECT count(*) FROM orders.orders").await,
+        1,
+        "nothing placed while risk was down"
+    );
+
+    // Risk is back: after the open period a probe succeeds and orders flow again.
+    let _risk = risk_process(&env, port);
+    eventually("risk to be ready again", || ready(&risk_url)).await;
+    eventually("orders to flow again", || async {
+        d.place(&d.bob, &limit("buy", "29000.00", "0.1"))
+            .await
+            .status()
+            == StatusCode::CREATED
+    })
+    .await;
+}

@@ -1,0 +1,79 @@
+//! Kill switches from risk (TRD-11): risk refuses new orders in scope at once; orders cancels
+//! what is already open in it. Consumed from the `risk` stream; cancelling is idempotent (an
+//! order cancelled twice is cancelled once), so a redelivered switch does no harm.
+
+use events::{Envelope, Handler};
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::engine::Engines;
+use crate::store;
+
+pub struct MassCancel {
+    engines: Engines,
+}
+
+impl MassCancel {
+    pub fn new(engines: Engines) -> Self {
+        Self { engines }
+    }
+
+    async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), String> {
+        let switch: Activated = serde_json::from_value(event.payload.clone())
+            .map_err(|e| format!("KillSwitchActivated payload: {e}"))?;
+        let (account, symbol) = match (switch.scope.as_str(), switch.target.as_deref()) {
+            ("global", _) => (None, None),
+            ("account", Some(target)) => (
+                Some(target.parse::<Uuid>().map_err(|e| e.to_string())?),
+                None,
+            ),
+            ("symbol", Some(target)) => (None, Some(target)),
+            _ => {
+                return Err(format!(
+                    "kill switch scope {:?} without target",
+                    switch.scope
+                ));
+            }
+        };
+        let owners = store::open_order_owners(&mut *tx, account, symbol)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut cancelled = 0;
+        for (symbol, account) in owners {
+            let instrument = store::instrument(&mut *tx, &symbol)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no instrument {symbol}"))?;
+            cancelled += self
+                .engines
+                .cancel_account(&instrument, account)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        tracing::warn!(kill_switch = %switch.kill_switch_id, cancelled, "kill switch: open orders cancelled");
+        Ok(())
+    }
+}
+
+impl Handler for MassCancel {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(self.apply(tx, event))
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        event_type == "KillSwitchActivated"
+    }
+}
+
+#[derive(Deserialize)]
+struct Activated {
+    kill_switch_id: Uuid,
+    scope: String,
+    target: Option<String>,
+}

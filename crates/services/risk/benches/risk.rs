@@ -1,0 +1,66 @@
+//! A pre-trade check from memory: what every order pays before it may match (DESIGN §4).
+//! Run with `cargo bench -p risk`.
+
+#![allow(clippy::unwrap_used)]
+
+use risk::book::{Book, Change, CheckRequest};
+use risk::limits::LimitsBody;
+use risk::positions::Side;
+use uuid::Uuid;
+
+fn main() {
+    divan::main();
+}
+
+/// A book with 1,000 accounts, each long 1 BTC, and a last price; then checks that pass (and
+/// reserve), spread over the accounts so no limit is reached.
+#[divan::bench]
+fn check_a_passing_order(bencher: divan::Bencher) {
+    let limits = LimitsBody {
+        max_order_quantity: "100".into(),
+        max_order_notional: "100000000".into(),
+        max_open_orders: u32::MAX,
+        max_orders_per_second: u32::MAX,
+        max_position: "1000000".into(),
+        price_collar_bps: 1_000,
+    }
+    .validate()
+    .unwrap();
+    let mut book = Book::new(limits);
+    let accounts: Vec<Uuid> = (0..1_000).map(|_| Uuid::now_v7()).collect();
+    for account in &accounts {
+        book.apply(Change::Position {
+            account: *account,
+            symbol: "BTC-USD".into(),
+            position: risk::positions::Position {
+                net: 100_000_000,
+                average_price: 3_000_000,
+                realized_pnl: 0,
+            },
+        });
+    }
+    book.apply(Change::LastPrice {
+        symbol: "BTC-USD".into(),
+        price: 3_000_000,
+    });
+    let mut n = 0usize;
+    bencher.bench_local(|| {
+        n += 1;
+        let order = CheckRequest {
+            order_id: Uuid::now_v7(),
+            account_id: accounts[n % accounts.len()],
+            symbol: "BTC-USD".into(),
+            side: if n.is_multiple_of(2) {
+                Side::Buy
+            } else {
+                Side::Sell
+            },
+            order_type: "limit".into(),
+            price: 3_000_000 + (n % 100) as i64,
+            quantity: 1_000_000,
+            base_scale: 8,
+            quote_scale: 2,
+        };
+        book.check(divan::black_box(&order), 1).unwrap();
+    });
+}

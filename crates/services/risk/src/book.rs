@@ -1,0 +1,524 @@
+//! The in-memory state checks are answered from, and the checks themselves (TRD-10, TRD-11).
+//!
+//! One `Book` behind one mutex: a check reads and reserves in the same critical section, so
+//! thirty racing orders cannot all squeeze under one open-order or position limit. What it
+//! knows comes from the database on start, then from the admin API (limits, kill switches) and
+//! from the orders stream (open orders, fills, positions, last prices) after each commit.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::limits::Limits;
+use crate::positions::{Position, Side};
+
+/// An approved order not seen on the orders stream within this long was never stored (orders
+/// refused it after the check, or crashed): its reservation lapses.
+const RESERVATION_TTL: Duration = Duration::from_secs(30);
+
+/// `POST /internal/v1/checks`: the order as orders is about to place it. Prices and
+/// quantities are integer minor units, as in events.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckRequest {
+    pub order_id: Uuid,
+    pub account_id: Uuid,
+    pub symbol: String,
+    pub side: Side,
+    /// `limit` or `market`.
+    #[serde(rename = "type")]
+    pub order_type: String,
+    /// The limit price, or a market order's protection price; quote minor units.
+    pub price: i64,
+    /// Base minor units.
+    pub quantity: i64,
+    pub base_scale: u32,
+    pub quote_scale: u32,
+}
+
+/// Why an order was refused: its 422 code and a sentence.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Breach {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+fn breach(code: &'static str, detail: impl Into<String>) -> Breach {
+    Breach {
+        code,
+        detail: detail.into(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillSwitch {
+    pub id: Uuid,
+    /// `global`, `account` or `symbol`.
+    pub scope: String,
+    /// The account id or symbol; none for global.
+    pub target: Option<String>,
+    pub reason: String,
+}
+
+impl KillSwitch {
+    pub fn covers(&self, account: Uuid, symbol: &str) -> bool {
+        match (self.scope.as_str(), self.target.as_deref()) {
+            ("global", _) => true,
+            ("account", Some(target)) => target == account.to_string(),
+            ("symbol", Some(target)) => target == symbol,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct OpenOrder {
+    account: Uuid,
+    symbol: String,
+    side: Side,
+    remaining: i64,
+    /// Set while only the check knows of it; cleared when `OrderAccepted` confirms it.
+    reserved_at: Option<Instant>,
+}
+
+/// Per (account, symbol): the position and what open orders could add to it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Exposure {
+    position: Position,
+    open_buy: i64,
+    open_sell: i64,
+}
+
+/// A change the orders-stream consumer committed, applied to memory after the commit.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Opened {
+        order: Uuid,
+        account: Uuid,
+        symbol: String,
+        side: Side,
+        remaining: i64,
+    },
+    Remaining {
+        order: Uuid,
+        remaining: i64,
+    },
+    Ended {
+        order: Uuid,
+    },
+    Position {
+        account: Uuid,
+        symbol: String,
+        position: Position,
+    },
+    LastPrice {
+        symbol: String,
+        price: i64,
+    },
+}
+
+#[derive(Default)]
+pub struct Book {
+    defaults: Option<Limits>,
+    limits: HashMap<Uuid, Limits>,
+    kill_switches: Vec<KillSwitch>,
+    open: HashMap<Uuid, OpenOrder>,
+    open_count: HashMap<Uuid, u32>,
+    exposure: HashMap<(Uuid, String), Exposure>,
+    last_price: HashMap<String, i64>,
+    /// Per account: the second being counted and how many orders passed in it.
+    throttle: HashMap<Uuid, (u64, u32)>,
+}
+
+impl Book {
+    pub fn new(defaults: Limits) -> Self {
+        Self {
+            defaults: Some(defaults),
+            ..Self::default()
+        }
+    }
+
+    pub fn limits_of(&self, account: Uuid) -> Option<Limits> {
+        self.limits.get(&account).copied().or(self.defaults)
+    }
+
+    pub fn set_limits(&mut self, account: Uuid, limits: Limits) {
+        self.limits.insert(account, limits);
+    }
+
+    pub fn activate(&mut self, switch: KillSwitch) {
+        self.kill_switches.retain(|k| k.id != switch.id);
+        self.kill_switches.push(switch);
+    }
+
+    pub fn release(&mut self, id: Uuid) {
+        self.kill_switches.retain(|k| k.id != id);
+    }
+
+    pub fn kill_switches(&self) -> &[KillSwitch] {
+        &self.kill_switches
+    }
+
+    pub fn position(&self, account: Uuid, symbol: &str) -> Position {
+        self.exposure
+            .get(&(account, symbol.to_owned()))
+            .map(|e| e.position)
+            .unwrap_or_default()
+    }
+
+    /// Checks the order and, if it passes, reserves its place among the account's open
+    /// orders and exposure. `second` is the current Unix second (the throttle's window).
+    pub fn check(&mut self, order: &CheckRequest, second: u64) -> Result<(), Breach> {
+        if self.open.contains_key(&order.order_id) {
+            // Asked again (a retried call): it passed and holds its reservation.
+            return Ok(());
+        }
+        let Some(limits) = self.limits_of(order.account_id) else {
+            return Err(breach("risk_unconfigured", "no limits are configured"));
+        };
+        if let Some(switch) = self
+            .kill_switches
+            .iter()
+            .find(|k| k.covers(order.account_id, &order.symbol))
+        {
+            return Err(breach(
+                "kill_switch",
+                format!(
+                    "trading is stopped ({} kill switch: {})",
+                    switch.scope, switch.reason
+                ),
+            ));
+        }
+        if order.quantity <= 0 || order.price <= 0 {
+            return Err(breach(
+                "invalid_order",
+                "price and quantity must be positive",
+            ));
+        }
+        if limits
+            .max_order_quantity
+            .exceeded_by(i128::from(order.quantity), order.base_scale)
+        {
+            return Err(breach(
+                "max_order_quantity",
+                format!("at most {} per order", limits.max_order_quantity),
+            ));
+        }
+        let notional = i128::from(order.price) * i128::from(order.quantity);
+        if limits
+            .max_order_notional
+            .exceeded_by(notional, order.base_scale + order.quote_scale)
+        {
+            return Err(breach(
+                "max_order_notional",
+                format!(
+                    "at most {} of notional per order",
+                    limits.max_order_notional
+                ),
+            ));
+        }
+        if order.order_type == "limit"
+            && let Some(&reference) = self.last_price.get(&order.symbol)
+        {
+            let band = i128::from(reference) * i128::from(limits.price_collar_bps) / 10_000;
+            let (low, high) = (i128::from(reference) - band, i128::from(reference) + band);
+            if !(low..=high).contains(&i128::from(order.price)) {
+                return Err(breach(
+                    "price_collar",
+                    format!(
+                        "the price must be within {} bps of the last trade",
+                        limits.price_collar_bps
+                    ),
+                ));
+            }
+        }
+        self.expire_reservations(order.account_id);
+        let open = self.open_count.get(&order.account_id).copied().unwrap_or(0);
+        if open >= limits.max_open_orders {
+            return Err(breach(
+                "max_open_orders",
+                format!("at most {} open orders", limits.max_open_orders),
+            ));
+        }
+        let (window, passed) = self
+            .throttle
+            .get(&order.account_id)
+            .copied()
+            .unwrap_or((second, 0));
+        let passed = if window == second { passed } else { 0 };
+        if passed >= limits.max_orders_per_second {
+            return Err(breach(
+                "max_orders_per_second",
+                format!("at most {} orders per second", limits.max_orders_per_second),
+            ));
+        }
+        let key = (order.account_id, order.symbol.clone());
+        let exposure = self.exposure.get(&key).copied().unwrap_or_default();
+        let net = i128::from(exposure.position.net);
+        let worst = match order.side {
+            Side::Buy => net + i128::from(exposure.open_buy) + i128::from(order.quantity),
+            Side::Sell => net - i128::from(exposure.open_sell) - i128::from(order.quantity),
+        };
+        if limits
+            .max_position
+            .exceeded_by(worst.abs(), order.base_scale)
+        {
+            return Err(breach(
+                "max_position",
+                format!(
+                    "the position could exceed {} with this order and your open orders",
+                    limits.max_position
+                ),
+            ));
+        }
+        // Passed: count it and reserve its place until orders confirms or ends it.
+        self.throttle.insert(order.account_id, (second, passed + 1));
+        self.open_order(
+            order.order_id,
+            order.account_id,
+            &order.symbol,
+            order.side,
+            order.quantity,
+            Some(Instant::now()),
+        );
+        Ok(())
+    }
+
+    fn expire_reservations(&mut self, account: Uuid) {
+        let lapsed: Vec<Uuid> = self
+            .open
+            .iter()
+            .filter(|(_, o)| {
+                o.account == account
+                    && o.reserved_at
+                        .is_some_and(|at| at.elapsed() > RESERVATION_TTL)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in lapsed {
+            self.end(id);
+        }
+    }
+
+    fn open_order(
+        &mut self,
+        id: Uuid,
+        account: Uuid,
+        symbol: &str,
+        side: Side,
+        remaining: i64,
+        reserved_at: Option<Instant>,
+    ) {
+        if let Some(existing) = self.open.get_mut(&id) {
+            // The check's reservation, now confirmed.
+            existing.reserved_at = reserved_at.and(existing.reserved_at);
+            return;
+        }
+        self.open.insert(
+            id,
+            OpenOrder {
+                account,
+                symbol: symbol.to_owned(),
+                side,
+                remaining,
+                reserved_at,
+            },
+        );
+        *self.open_count.entry(account).or_default() += 1;
+        self.add_open(account, symbol, side, remaining);
+    }
+
+    fn add_open(&mut self, account: Uuid, symbol: &str, side: Side, quantity: i64) {
+        let exposure = self
+            .exposure
+            .entry((account, symbol.to_owned()))
+            .or_default();
+        match side {
+            Side::Buy => exposure.open_buy += quantity,
+            Side::Sell => exposure.open_sell += quantity,
+        }
+    }
+
+    fn end(&mut self, id: Uuid) {
+        if let Some(order) = self.open.remove(&id) {
+            if let Some(count) = self.open_count.get_mut(&order.account) {
+                *count = count.saturating_sub(1);
+            }
+            self.add_open(order.account, &order.symbol, order.side, -order.remaining);
+        }
+    }
+
+    /// Applies what the consumer committed.
+    pub fn apply(&mut self, change: Change) {
+        match change {
+            Change::Opened {
+                order,
+                account,
+                symbol,
+                side,
+                remaining,
+            } => self.open_order(order, account, &symbol, side, remaining, None),
+            Change::Remaining { order, remaining } => {
+                if let Some(open) = self.open.get_mut(&order) {
+                    let delta = remaining - open.remaining;
+                    open.remaining = remaining;
+                    let (account, symbol, side) = (open.account, open.symbol.clone(), open.side);
+                    self.add_open(account, &symbol, side, delta);
+                }
+            }
+            Change::Ended { order } => self.end(order),
+            Change::Position {
+                account,
+                symbol,
+                position,
+            } => {
+                self.exposure.entry((account, symbol)).or_default().position = position;
+            }
+            Change::LastPrice { symbol, price } => {
+                self.last_price.insert(symbol, price);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::LimitsBody;
+
+    fn limits() -> Limits {
+        LimitsBody {
+            max_order_quantity: "2".into(),
+            max_order_notional: "100000".into(),
+            max_open_orders: 2,
+            max_orders_per_second: 3,
+            max_position: "3".into(),
+            price_collar_bps: 1_000,
+        }
+        .validate()
+        .unwrap()
+    }
+
+    fn order(account: Uuid, side: Side, price: i64, quantity: i64) -> CheckRequest {
+        CheckRequest {
+            order_id: Uuid::now_v7(),
+            account_id: account,
+            symbol: "BTC-USD".into(),
+            side,
+            order_type: "limit".into(),
+            price,
+            quantity,
+            base_scale: 8,
+            quote_scale: 2,
+        }
+    }
+
+    const BTC: i64 = 100_000_000;
+
+    #[test]
+    fn each_limit_refuses_with_its_code() {
+        let alice = Uuid::now_v7();
+        let mut book = Book::new(limits());
+        let code = |book: &mut Book, o: CheckRequest| book.check(&o, 1).err().map(|b| b.code);
+        assert_eq!(
+            code(&mut book, order(alice, Side::Buy, 3_000_000, 3 * BTC)),
+            Some("max_order_quantity")
+        );
+        assert_eq!(
+            code(&mut book, order(alice, Side::Buy, 6_000_000, 2 * BTC)),
+            Some("max_order_notional")
+        );
+        // A last trade at 30,000.00 sets the collar to 27,000.00–33,000.00.
+        book.apply(Change::LastPrice {
+            symbol: "BTC-USD".into(),
+            price: 3_000_000,
+        });
+        assert_eq!(
+            code(&mut book, order(alice, Side::Buy, 3_300_001, BTC / 10)),
+            Some("price_collar")
+        );
+        assert_eq!(
+            code(&mut book, order(alice, Side::Sell, 2_699_999, BTC / 10)),
+            Some("price_collar")
+        );
+        // Two open orders pass and reserve; the third is one too many.
+        assert_eq!(
+            code(&mut book, order(alice, Side::Buy, 3_000_000, 2 * BTC)),
+            None
+        );
+        assert_eq!(
+            code(&mut book, order(alice, Side::Sell, 3_000_000, BTC)),
+            None
+        );
+        assert_eq!(
+            code(&mut book, order(alice, Side::Buy, 3_000_000, BTC)),
+            Some("max_open_orders")
+        );
+    }
+
+    #[test]
+    fn positions_include_open_orders_and_the_throttle_counts_per_second() {
+        let bob = Uuid::now_v7();
+        let mut book = Book::new(Limits {
+            max_open_orders: 100,
+            max_orders_per_second: 2,
+            ..limits()
+        });
+        book.apply(Change::Position {
+            account: bob,
+            symbol: "BTC-USD".into(),
+            position: Position {
+                net: 2 * BTC,
+                average_price: 3_000_000,
+                realized_pnl: 0,
+            },
+        });
+        // Long 2; buying 1 more reaches 3 (fine), a further 0.5 would exceed 3.
+        assert!(
+            book.check(&order(bob, Side::Buy, 3_000_000, BTC), 7)
+                .is_ok()
+        );
+        let refused = book
+            .check(&order(bob, Side::Buy, 3_000_000, BTC / 2), 7)
+            .unwrap_err();
+        assert_eq!(refused.code, "max_position");
+        // One passed in second 7 (the refused one does not count); one more fits, the next must
+        // wait for second 8.
+        assert!(
+            book.check(&order(bob, Side::Sell, 3_000_000, BTC), 7)
+                .is_ok()
+        );
+        let throttled = book
+            .check(&order(bob, Side::Sell, 3_000_000, BTC), 7)
+            .unwrap_err();
+        assert_eq!(throttled.code, "max_orders_per_second");
+        assert!(
+            book.check(&order(bob, Side::Sell, 3_000_000, BTC), 8)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_kill_switch_stops_its_scope_until_released() {
+        let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut book = Book::new(limits());
+        let switch = KillSwitch {
+            id: Uuid::now_v7(),
+            scope: "account".into(),
+            target: Some(alice.to_string()),
+            reason: "runaway algo".into(),
+        };
+        book.activate(switch.clone());
+        assert_eq!(
+            book.check(&order(alice, Side::Buy, 100, 1), 1)
+                .unwrap_err()
+                .code,
+            "kill_switch"
+        );
+        assert!(book.check(&order(bob, Side::Buy, 100, 1), 1).is_ok());
+        book.release(switch.id);
+        assert!(book.check(&order(alice, Side::Buy, 100, 1), 1).is_ok());
+    }
+}

@@ -1,0 +1,68 @@
+//! Settings of the risk service (`BOURSE_RISK_*`): the default limits every account has until
+//! a risk officer sets its own.
+
+use contracts::Asset;
+use service_kit::{CommonConfig, Env};
+
+use crate::limits::{Decimal, Limits, LimitsBody};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub common: CommonConfig,
+    pub port: u16,
+    pub auth_url: String,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub assets: Vec<Asset>,
+    pub defaults: Limits,
+    pub migrate_on_start: bool,
+}
+
+impl Config {
+    pub fn read(env: &mut Env) -> Self {
+        let common = CommonConfig::read(env);
+        let assets = Asset::configured(&env.list("BOURSE_ASSETS")).unwrap_or_else(|message| {
+            env.problem("BOURSE_ASSETS", message);
+            Asset::defaults()
+        });
+        let body = LimitsBody {
+            max_order_quantity: env.or("BOURSE_RISK_MAX_ORDER_QUANTITY", "1000".to_owned()),
+            max_order_notional: env.or("BOURSE_RISK_MAX_ORDER_NOTIONAL", "10000000".to_owned()),
+            max_open_orders: env.or("BOURSE_RISK_MAX_OPEN_ORDERS", 1_000u32),
+            max_orders_per_second: env.or("BOURSE_RISK_MAX_ORDERS_PER_SECOND", 100u32),
+            max_position: env.or("BOURSE_RISK_MAX_POSITION", "10000".to_owned()),
+            price_collar_bps: env.or("BOURSE_RISK_PRICE_COLLAR_BPS", 1_000u32),
+        };
+        let defaults = body.validate().unwrap_or_else(|errors| {
+            for (field, message) in errors {
+                env.problem(&format!("BOURSE_RISK_{}", field.to_uppercase()), message);
+            }
+            fallback()
+        });
+        Self {
+            port: env.or("BOURSE_RISK_PORT", 8083u16),
+            auth_url: env
+                .or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            jwt_issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
+            jwt_audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
+            assets,
+            defaults,
+            migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
+            common,
+        }
+    }
+}
+
+/// Only used when the configuration is already refused (the problem is reported).
+fn fallback() -> Limits {
+    Limits {
+        max_order_quantity: Decimal::ZERO,
+        max_order_notional: Decimal::ZERO,
+        max_open_orders: 0,
+        max_orders_per_second: 0,
+        max_position: Decimal::ZERO,
+        price_collar_bps: 1,
+    }
+}

@@ -1,0 +1,75 @@
+//! The risk service's HTTP surface: the internal check (service tokens only) and the public
+//! risk-officer, admin and trader routes.
+
+mod checks;
+mod kill_switches;
+mod limits;
+mod positions;
+
+use std::sync::{Arc, Mutex};
+
+use access::{ServiceClaims, TokenVerifier};
+use axum::Router;
+use axum::extract::FromRef;
+use axum::routing::{delete, get, post};
+use contracts::Asset;
+use sqlx::PgPool;
+use utoipa::OpenApi;
+
+use crate::book::Book;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub verifier: Arc<TokenVerifier>,
+    pub services: Arc<TokenVerifier<ServiceClaims>>,
+    pub book: Arc<Mutex<Book>>,
+    pub assets: Arc<Vec<Asset>>,
+}
+
+impl FromRef<AppState> for Arc<TokenVerifier> {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<TokenVerifier<ServiceClaims>> {
+    fn from_ref(state: &AppState) -> Self {
+        state.services.clone()
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/internal/v1/checks", post(checks::check))
+        .route(
+            "/v1/admin/risk-limits/{account_id}",
+            get(limits::get).put(limits::put),
+        )
+        .route("/v1/admin/kill-switches", post(kill_switches::activate))
+        .route(
+            "/v1/admin/kill-switches/{id}",
+            delete(kill_switches::release),
+        )
+        .route("/v1/positions", get(positions::own))
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Bourse risk", version = "1"),
+    paths(
+        limits::get,
+        limits::put,
+        kill_switches::activate,
+        kill_switches::release,
+        positions::own
+    ),
+    components(schemas(service_kit::http::Problem, service_kit::http::FieldError))
+)]
+pub struct ApiDoc;
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}

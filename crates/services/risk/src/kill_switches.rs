@@ -1,0 +1,129 @@
+//! Kill switches (TRD-11): stored, applied to memory at once, announced on the `risk` stream
+//! so orders mass-cancels what is open in their scope and alerting pages.
+
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::book::{Book, KillSwitch};
+use crate::error::{Error, Result};
+use crate::store;
+
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Activate {
+    /// `global`, `account` or `symbol`.
+    pub scope: String,
+    /// The account id or the symbol; none for `global`.
+    pub target: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct KillSwitchView {
+    pub id: Uuid,
+    pub scope: String,
+    pub target: Option<String>,
+    pub reason: String,
+}
+
+impl From<KillSwitch> for KillSwitchView {
+    fn from(k: KillSwitch) -> Self {
+        Self {
+            id: k.id,
+            scope: k.scope,
+            target: k.target,
+            reason: k.reason,
+        }
+    }
+}
+
+fn validate(request: &Activate) -> Result<KillSwitch> {
+    let mut errors = Vec::new();
+    match (request.scope.as_str(), request.target.as_deref()) {
+        ("global", None) => {}
+        ("global", Some(_)) => {
+            errors.push(("target".into(), "a global switch has no target".into()))
+        }
+        ("account", Some(target)) if target.parse::<Uuid>().is_ok() => {}
+        ("account", _) => errors.push((
+            "target".into(),
+            "an account switch needs an account id".into(),
+        )),
+        ("symbol", Some(target)) if !target.is_empty() && target.len() <= 32 => {}
+        ("symbol", _) => errors.push(("target".into(), "a symbol switch needs a symbol".into())),
+        _ => errors.push(("scope".into(), "must be global, account or symbol".into())),
+    }
+    if !(1..=500).contains(&request.reason.trim().len()) {
+        errors.push(("reason".into(), "1-500 characters".into()));
+    }
+    if !errors.is_empty() {
+        return Err(Error::fields(errors));
+    }
+    Ok(KillSwitch {
+        id: Uuid::now_v7(),
+        scope: request.scope.clone(),
+        target: request.target.clone(),
+        reason: request.reason.trim().to_owned(),
+    })
+}
+
+/// Stores it and its event in one transaction, then applies it: orders in scope are refused
+/// from the moment this returns.
+#[tracing::instrument(skip_all, fields(scope = %request.scope))]
+pub async fn activate(
+    pool: &PgPool,
+    book: &Arc<Mutex<Book>>,
+    request: &Activate,
+    actor: Uuid,
+) -> Result<KillSwitch> {
+    let switch = validate(request)?;
+    let mut tx = pool.begin().await?;
+    store::insert_kill_switch(&mut tx, &switch, actor).await?;
+    announce(&mut tx, "KillSwitchActivated", &switch, actor).await?;
+    tx.commit().await?;
+    lock(book)?.activate(switch.clone());
+    tracing::warn!(id = %switch.id, target = ?switch.target, reason = %switch.reason, "kill switch activated");
+    Ok(switch)
+}
+
+pub async fn release(pool: &PgPool, book: &Arc<Mutex<Book>>, id: Uuid, actor: Uuid) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let switch = store::release_kill_switch(&mut tx, id, actor)
+        .await?
+        .ok_or(Error::NotFound)?;
+    announce(&mut tx, "KillSwitchReleased", &switch, actor).await?;
+    tx.commit().await?;
+    lock(book)?.release(id);
+    tracing::warn!(%id, "kill switch released");
+    Ok(())
+}
+
+async fn announce(
+    tx: &mut sqlx::PgConnection,
+    event_type: &str,
+    switch: &KillSwitch,
+    actor: Uuid,
+) -> Result<()> {
+    let event = events::Envelope::new(
+        crate::SERVICE,
+        event_type,
+        1,
+        switch.id.to_string(),
+        0,
+        serde_json::json!({
+            "kill_switch_id": switch.id, "scope": switch.scope, "target": switch.target,
+            "reason": switch.reason, "by": actor,
+        }),
+    );
+    events::outbox::append(tx, crate::STREAM, &event).await?;
+    Ok(())
+}
+
+pub fn lock(book: &Arc<Mutex<Book>>) -> Result<std::sync::MutexGuard<'_, Book>> {
+    book.lock()
+        .map_err(|_| Error::Internal("the risk book is poisoned".to_owned()))
+}

@@ -1,0 +1,152 @@
+//! The risk service: pre-trade checks from memory, limits, kill switches, positions
+//! (TRD-10..12).
+//!
+//! - [`config`]: `BOURSE_RISK_*` settings: the default limits.
+//! - [`limits`]: limits and exact decimal comparisons.
+//! - [`book`]: the in-memory state and the checks, reserving what passes.
+//! - [`positions`]: positions and realized PnL from fills, without IO.
+//! - [`project`]: the orders-stream consumer that keeps tables and memory current.
+//! - [`kill_switches`]: activating and releasing, announced as events.
+//! - [`store`]: all SQL.
+//! - [`http`]: thin handlers and the OpenAPI description.
+//! - [`error`]: the crate's errors as problem+json.
+
+pub mod book;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod kill_switches;
+pub mod limits;
+pub mod positions;
+pub mod project;
+pub mod store;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use access::Verifiers;
+use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
+use service_kit::health::{Check, Readiness};
+use service_kit::redis::KeyPrefix;
+use service_kit::{Server, Shutdown};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+
+pub use config::Config;
+pub use error::Error;
+
+pub const SCHEMA: &str = "risk";
+pub const SERVICE: &str = "risk";
+/// The stream risk writes to (`KillSwitchActivated`/`Released`, `RiskLimitBreached`).
+pub const STREAM: &str = "risk";
+
+pub fn migrator() -> Migrator {
+    sqlx::migrate!("../../../migrations/risk")
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    let failed =
+        |e: sqlx::migrate::MigrateError| Error::Internal(format!("migrating {SCHEMA}: {e}"));
+    service_kit::db::migrate(pool, SCHEMA, migrator())
+        .await
+        .map_err(failed)?;
+    events::migrate(pool, SCHEMA).await.map_err(failed)
+}
+
+/// Memory as the database has it: limits, active kill switches, open orders, positions and
+/// last prices.
+pub async fn load_book(pool: &PgPool, config: &Config) -> Result<book::Book, Error> {
+    let snapshot = store::snapshot(pool).await?;
+    let mut book = book::Book::new(config.defaults);
+    for (account, body) in snapshot.limits {
+        let limits = body
+            .validate()
+            .map_err(|e| Error::Internal(format!("stored limits of {account}: {e:?}")))?;
+        book.set_limits(account, limits);
+    }
+    for switch in snapshot.kill_switches {
+        book.activate(switch);
+    }
+    for change in snapshot.changes {
+        book.apply(change);
+    }
+    Ok(book)
+}
+
+pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
+    service_kit::metrics::install();
+    let pool = service_kit::db::connect(&config.common, SCHEMA).await?;
+    if config.migrate_on_start {
+        migrate(&pool).await?;
+    }
+    let book = Arc::new(Mutex::new(load_book(&pool, &config).await?));
+    let redis = service_kit::redis::connect(&config.common.redis_url)
+        .await
+        .map_err(|e| Error::Internal(format!("redis: {e}")))?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let Verifiers { users, services } = Verifiers::from_auth(
+        &client,
+        &config.auth_url,
+        &config.jwt_issuer,
+        &config.jwt_audience,
+        SERVICE,
+    );
+
+    let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
+    tokio::spawn(
+        Relay::new(
+            pool.clone(),
+            redis.clone(),
+            prefix.clone(),
+            SCHEMA,
+            RelaySettings::default(),
+        )
+        .run(shutdown.clone()),
+    );
+    let consumer = Consumer::new(
+        pool.clone(),
+        redis.clone(),
+        prefix,
+        "orders",
+        SERVICE,
+        &format!("{SERVICE}-1"),
+        SERVICE,
+        ConsumerSettings::default(),
+    );
+    tokio::spawn(consumer.run(
+        Arc::new(project::Projector::new(book.clone(), &config.assets)),
+        shutdown.clone(),
+    ));
+
+    let state = http::AppState {
+        pool: pool.clone(),
+        verifier: users,
+        services,
+        book,
+        assets: Arc::new(config.assets.clone()),
+    };
+    let readiness = Readiness::new(shutdown.clone())
+        .with(Check::Postgres(pool))
+        .with(Check::Redis(redis));
+    let router = service_kit::http::service_router(
+        SERVICE,
+        &config.common.http,
+        readiness,
+        http::router(state),
+    );
+    let address = format!("{}:{}", config.common.bind_host, config.port);
+    Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
+        .await
+        .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
+}
+
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let server = build(config, &shutdown).await?;
+    server
+        .run(shutdown)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))
+}
