@@ -8,6 +8,10 @@ export BOURSE_REDIS_KEY_PREFIX="perf:$$" BOURSE_LOG=warn BOURSE_BIND_HOST=127.0.
 export BOURSE_GATEWAY_PRINCIPAL_RATE_PER_SEC=1000000 BOURSE_GATEWAY_PRINCIPAL_BURST=1000000
 export BOURSE_GATEWAY_IP_RATE_PER_SEC=1000000 BOURSE_GATEWAY_IP_BURST=1000000
 export BOURSE_DATABASE_MAX_CONNECTIONS=16
+# The load generator is one account per side placing thousands of orders a second that mostly
+# rest: lift the per-account risk limits too (the checks still run on every order).
+export BOURSE_RISK_MAX_ORDERS_PER_SECOND=1000000 BOURSE_RISK_MAX_OPEN_ORDERS=10000000
+export BOURSE_RISK_MAX_POSITION=100000000 BOURSE_RISK_MAX_ORDER_NOTIONAL=1000000000
 
 bin=target/release/bourse
 "$bin" demo seed > /dev/null

@@ -268,6 +268,33 @@ async fn trades_build_positions_and_set_the_collar_reference(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_fill_beyond_a_lowered_position_limit_is_reported(pool: PgPool) {
+    let d = desk_on(spawn_app(pool).await).await;
+    d.placed(&d.bob, &limit("buy", "30000.00", "1")).await;
+    // The limit is lowered under what Bob's resting order could reach; then it fills.
+    let mut lowered = limits("10");
+    lowered["max_position"] = json!("0.5");
+    assert_eq!(
+        d.put_limits(&d.officer, d.bob_id, &lowered).await.status(),
+        StatusCode::OK
+    );
+    d.placed(&d.alice, &limit("sell", "30000.00", "1")).await;
+
+    let (event_type, event) = d.app.first_event("risk").await;
+    assert_eq!(event_type, "RiskLimitBreached");
+    assert_eq!(event["payload"]["account_id"], d.bob_id.to_string());
+    assert_eq!(event["payload"]["limit"], "max_position");
+    assert_eq!(event["payload"]["net_quantity"], "1.00000000");
+    // And any order that would grow the position is refused now.
+    assert_problem(
+        d.place(&d.bob, &limit("buy", "30000.00", "0.1")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "max_position",
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
 async fn the_internal_check_is_for_services_only(pool: PgPool) {
     let app = spawn_app(pool).await;
     let trader = app.signed_up("mallory@example.com").await;
