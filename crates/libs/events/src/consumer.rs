@@ -209,10 +209,129 @@ impl Consumer {
             .block(block);
         let reply: Option<StreamReadReply> =
             redis.xread_options(&[self.key()], &[">"], &options).await?;
-        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
-            self.process(handler, entry).await?;
+        let entries: Vec<StreamId> = reply
+            .into_iter()
+            .flat_map(|r| r.keys)
+            .flat_map(|k| k.ids)
+            .collect();
+        if !entries.is_empty() {
+            self.process_batch(handler, entries).await?;
         }
         Ok(())
+    }
+
+    /// New entries, read for the first time: all their effects and inbox rows commit in one
+    /// transaction and are acknowledged with one `XACK` — one commit (one WAL flush) per
+    /// batch instead of per event. If any event of the batch fails, the batch is rolled back
+    /// and its events are applied one by one, so one bad event holds back no other.
+    async fn process_batch(
+        &self,
+        handler: &dyn Handler,
+        entries: Vec<StreamId>,
+    ) -> Result<(), Error> {
+        let mut acknowledge: Vec<String> = Vec::with_capacity(entries.len());
+        let mut batch: Vec<(String, Envelope)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let event_type: Option<String> = entry.get("type");
+            if event_type.is_some_and(|t| !handler.wants(&t)) {
+                acknowledge.push(entry.id);
+                continue;
+            }
+            let raw: Option<String> = entry.get("envelope");
+            match raw
+                .as_deref()
+                .and_then(|r| serde_json::from_str::<Envelope>(r).ok())
+            {
+                Some(envelope) => batch.push((entry.id, envelope)),
+                None => self.dead_letter(&entry, "malformed envelope", 1).await?,
+            }
+        }
+        if !batch.is_empty() {
+            match self.apply_batch(handler, &batch).await {
+                Ok(fresh) => {
+                    for envelope in fresh {
+                        handler.committed(envelope);
+                    }
+                    acknowledge.extend(batch.iter().map(|(id, _)| id.clone()));
+                }
+                Err(reason) => {
+                    tracing::debug!(%reason, size = batch.len(), "batch failed; applying its events one by one");
+                    for (id, envelope) in &batch {
+                        match self.apply_in_context(handler, envelope).await {
+                            Ok(()) => acknowledge.push(id.clone()),
+                            // Left pending: retried after `retry_after`, dead-lettered after
+                            // too many tries.
+                            Err(reason) => {
+                                tracing::warn!(event_id = %envelope.id, %reason, "event handler failed");
+                                metrics::counter!("events_handler_failures_total", "stream" => self.stream.clone())
+                                    .increment(1);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if !acknowledge.is_empty() {
+            let mut redis = self.redis.clone();
+            let _: usize = redis.xack(self.key(), &self.group, &acknowledge).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::apply`] inside the event's own context: its correlation id and trace continue.
+    async fn apply_in_context(
+        &self,
+        handler: &dyn Handler,
+        envelope: &Envelope,
+    ) -> Result<(), String> {
+        within_event(envelope, &self.stream, self.apply(handler, envelope)).await
+    }
+
+    /// Every event of `batch` with its inbox row in one transaction; the fresh ones (not seen
+    /// before) are returned once it has committed.
+    async fn apply_batch<'b>(
+        &self,
+        handler: &dyn Handler,
+        batch: &'b [(String, Envelope)],
+    ) -> Result<Vec<&'b Envelope>, String> {
+        let result: Result<Vec<&Envelope>, Error> = async {
+            let mut tx = self.pool.begin().await?;
+            let mut fresh = Vec::with_capacity(batch.len());
+            for (_, envelope) in batch {
+                if !self.claim_inbox(&mut tx, envelope).await? {
+                    metrics::counter!("events_duplicates_total", "stream" => self.stream.clone())
+                        .increment(1);
+                    continue;
+                }
+                within_event(envelope, &self.stream, handler.handle(&mut tx, envelope))
+                    .await
+                    .map_err(Error::Handler)?;
+                fresh.push(envelope);
+            }
+            tx.commit().await?;
+            metrics::counter!("events_applied_total", "stream" => self.stream.clone())
+                .increment(fresh.len() as u64);
+            metrics::histogram!("events_batch_size", "stream" => self.stream.clone())
+                .record(batch.len() as f64);
+            Ok(fresh)
+        }
+        .await;
+        result.map_err(|e| e.to_string())
+    }
+
+    /// Inserts the inbox row; `false` when the event was applied before.
+    async fn claim_inbox(&self, tx: &mut PgConnection, envelope: &Envelope) -> Result<bool, Error> {
+        Ok(sqlx::query(
+            "INSERT INTO inbox (consumer, event_id, stream) VALUES ($1, $2, $3)
+             ON CONFLICT ON CONSTRAINT inbox_pkey DO NOTHING",
+        )
+        .bind(&self.group)
+        .bind(envelope.id)
+        .bind(&self.stream)
+        .execute(tx)
+        .await?
+        .rows_affected()
+            == 1)
     }
 
     async fn deliveries(&self, entry_id: &str) -> Result<usize, Error> {
@@ -245,20 +364,7 @@ impl Consumer {
                 .dead_letter(&entry, "too many failed deliveries", deliveries)
                 .await;
         }
-        let span = tracing::info_span!(
-            "consume", stream = %self.stream, event_id = %envelope.id, event_type = %envelope.event_type,
-            request_id = %envelope.correlation_id,
-        );
-        let context = RequestContext {
-            request_id: envelope.correlation_id.clone(),
-            trace: TraceContext::child_of(TraceContext::parse(envelope.traceparent.as_deref())),
-        };
-        let applied = service_kit::http::observe::within(
-            Some(context),
-            self.apply(handler, &envelope).instrument(span),
-        )
-        .await;
-        match applied {
+        match self.apply_in_context(handler, &envelope).await {
             Ok(()) => {
                 let mut redis = self.redis.clone();
                 let _: usize = redis.xack(self.key(), &self.group, &[&entry.id]).await?;
@@ -278,17 +384,7 @@ impl Consumer {
     async fn apply(&self, handler: &dyn Handler, envelope: &Envelope) -> Result<(), String> {
         let result: Result<(), Error> = async {
             let mut tx = self.pool.begin().await?;
-            let fresh = sqlx::query(
-                "INSERT INTO inbox (consumer, event_id, stream) VALUES ($1, $2, $3)
-                 ON CONFLICT ON CONSTRAINT inbox_pkey DO NOTHING",
-            )
-            .bind(&self.group)
-            .bind(envelope.id)
-            .bind(&self.stream)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
+            let fresh = self.claim_inbox(&mut tx, envelope).await?;
             if fresh {
                 if let Err(reason) = handler.handle(&mut tx, envelope).await {
                     return Err(Error::Handler(reason));
@@ -360,4 +456,22 @@ impl Consumer {
             .increment(1);
         Ok(())
     }
+}
+
+/// Runs `work` in the event's context (its request id as correlation, its trace continued) and
+/// span, so logs and events it writes carry them on (OBS-02, OBS-06).
+async fn within_event<T>(
+    envelope: &Envelope,
+    stream: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let span = tracing::info_span!(
+        "consume", stream = %stream, event_id = %envelope.id, event_type = %envelope.event_type,
+        request_id = %envelope.correlation_id,
+    );
+    let context = RequestContext {
+        request_id: envelope.correlation_id.clone(),
+        trace: TraceContext::child_of(TraceContext::parse(envelope.traceparent.as_deref())),
+    };
+    service_kit::http::observe::within(Some(context), work.instrument(span)).await
 }

@@ -430,3 +430,60 @@ async fn events_a_handler_does_not_want_are_acknowledged_without_an_inbox_row(po
         .unwrap();
     assert_eq!(inbox, 1, "only the wanted event left an inbox row");
 }
+
+/// Fails every delivery of one event; applies the others.
+struct Poisoned {
+    poison: Uuid,
+    inner: Arc<Recorder>,
+}
+
+impl Handler for Poisoned {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        if event.id == self.poison {
+            return Box::pin(async { Err("poison".to_owned()) });
+        }
+        self.inner.handle(tx, event)
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_commits_once_and_one_bad_event_holds_back_no_other(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    // Published before the consumer starts: read as one batch of three.
+    let (first, poison, last) = (trade(1), trade(2), trade(3));
+    for event in [&first, &poison, &last] {
+        publish(&mut redis, &prefix, event).await;
+    }
+
+    let shutdown = Shutdown::new();
+    let handler = Arc::new(Poisoned {
+        poison: poison.id,
+        inner: Recorder::new(0),
+    });
+    let task =
+        tokio::spawn(consumer(&pool, &redis, &prefix, "c1", 2).run(handler, shutdown.clone()));
+    eventually("the good events applied", || async {
+        applied(&pool, first.id).await == 1 && applied(&pool, last.id).await == 1
+    })
+    .await;
+    eventually("the poison dead-lettered and nothing left pending", || {
+        let (mut r, p) = (redis.clone(), prefix.clone());
+        async move { pending(&mut r, &p).await == 0 }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    // The batch's failed attempt rolled back whole; the retry one by one applied each once.
+    assert_eq!(applied(&pool, first.id).await, 1);
+    assert_eq!(applied(&pool, last.id).await, 1);
+    assert_eq!(applied(&pool, poison.id).await, 0);
+    let letters = events::dlq::list(&redis, &prefix, "trades").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_id, poison.id.to_string());
+}
