@@ -125,6 +125,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         services,
         assets: Arc::new(config.assets.clone()),
         fees: config.fees,
+        holds: holds::Holds::start(pool.clone()),
     };
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Postgres(pool))

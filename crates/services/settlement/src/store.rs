@@ -244,6 +244,67 @@ pub async fn place_hold(conn: &mut PgConnection, hold: &NewHold) -> Result<(Hold
     }
 }
 
+/// Places many new holds in one transaction: one insert, one update per account, one
+/// commit. Any refusal in the batch — an account short of funds or missing, an id placed
+/// before, the same id twice — fails it whole, and the caller places them one by one with
+/// [`place_hold`] to give each its own answer.
+pub async fn place_holds(pool: &PgPool, holds: &[NewHold]) -> Result<Vec<HoldRow>> {
+    let ids: Vec<Uuid> = holds.iter().map(|h| h.id).collect();
+    let mut unique = ids.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != ids.len() {
+        return Err(Error::HoldConflict(ids[0]));
+    }
+    let mut tx = pool.begin().await?;
+    let inserted: Vec<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO holds (id, owner_id, asset, side, symbol, price, quantity, amount)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                              $6::int8[], $7::int8[], $8::int8[])
+         ON CONFLICT ON CONSTRAINT holds_pkey DO NOTHING
+         RETURNING {HOLD_COLUMNS}"
+    )))
+    .bind(&ids)
+    .bind(holds.iter().map(|h| h.owner).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.asset.as_str()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.side.as_str()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.symbol.as_str()).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.price).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.quantity).collect::<Vec<_>>())
+    .bind(holds.iter().map(|h| h.amount).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    if inserted.len() != holds.len() {
+        return Err(Error::HoldConflict(ids[0]));
+    }
+    let mut per_account: std::collections::BTreeMap<(Uuid, &str), i64> =
+        std::collections::BTreeMap::new();
+    for hold in holds {
+        let total = per_account.entry((hold.owner, &hold.asset)).or_default();
+        *total = total
+            .checked_add(hold.amount)
+            .ok_or(crate::ledger::Overflow)?;
+    }
+    sqlx::query(
+        "UPDATE accounts a
+            SET available = a.available - d.amount, held = a.held + d.amount, updated_at = now()
+           FROM UNNEST($1::uuid[], $2::text[], $3::int8[]) AS d(owner, asset, amount)
+          WHERE a.owner_id = d.owner AND a.asset = d.asset",
+    )
+    .bind(per_account.keys().map(|(o, _)| *o).collect::<Vec<_>>())
+    .bind(per_account.keys().map(|(_, a)| *a).collect::<Vec<_>>())
+    .bind(per_account.values().copied().collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    // In the order asked.
+    let mut by_id: std::collections::HashMap<Uuid, HoldRow> =
+        inserted.into_iter().map(|r| (r.id, r)).collect();
+    ids.iter()
+        .map(|id| by_id.remove(id).ok_or(Error::HoldConflict(*id)))
+        .collect()
+}
+
 pub async fn hold_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<HoldRow>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1"

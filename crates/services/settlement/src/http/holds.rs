@@ -19,7 +19,7 @@ pub async fn place(
     Json(request): Json<HoldRequest>,
 ) -> Result<(StatusCode, Body<HoldView>)> {
     caller.require(SETTLEMENT_HOLD)?;
-    let (view, placed) = holds::place(&state.pool, &state.assets, state.fees, &request).await?;
+    let (view, placed) = holds::place(&state.holds, &state.assets, state.fees, &request).await?;
     let status = if placed {
         StatusCode::CREATED
     } else {

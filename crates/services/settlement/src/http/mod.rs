@@ -27,6 +27,8 @@ pub struct AppState {
     pub services: Arc<TokenVerifier<ServiceClaims>>,
     pub assets: Arc<Vec<Asset>>,
     pub fees: Fees,
+    /// The hold writer (group commit).
+    pub holds: crate::holds::Holds,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
