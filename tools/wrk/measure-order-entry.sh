@@ -34,6 +34,15 @@ orders=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) F
 trades=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.trades")
 echo "stored: $orders orders, $trades trades"
 # Settlement finality (executed → settled) over the run, from the settlement service's histogram.
-curl -s http://127.0.0.1:8084/metrics | grep -E '^settlement_finality_seconds(_sum|_count| )' || true
+# p50 and p99 as the upper bound of the histogram bucket they fall in.
+curl -s http://127.0.0.1:8084/metrics | awk '
+  /^settlement_finality_seconds_bucket/ { match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; les[n] = le; counts[n] = $2 }
+  /^settlement_finality_seconds_count/ { total = $2 }
+  /^settlement_finality_seconds_sum/ { sum = $2 }
+  END {
+    if (total == 0) { print "settlement finality: no trades settled"; exit }
+    for (i = 1; i <= n; i++) { if (!p50 && counts[i] >= 0.5 * total) p50 = les[i]; if (!p99 && counts[i] >= 0.99 * total) p99 = les[i] }
+    printf "settlement finality over %d trades: mean %.3f s, p50 <= %s s, p99 <= %s s\n", total, sum / total, p50, p99
+  }' || true
 settled=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM settlement.settled_trades")
 echo "settled: $settled of $trades trades when the run ended"
