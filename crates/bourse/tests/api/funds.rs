@@ -135,6 +135,21 @@ async fn deposit_trade_and_settlement_are_exact_to_the_minor_unit_including_fees
     // Bob pays up to 30,100 for 0.4 and trades at Alice's 30,000: 12,000.00, taker fee 24.00.
     let bid = x.placed(&x.bob, &limit("buy", "30100.00", "0.4")).await;
     assert_eq!(bid["status"], "filled");
+    // The fill shows the fee settlement books: taker 20 bps of 12,000.00.
+    assert_eq!(bid["fills"][0]["fee"], "24.00");
+    assert_eq!(bid["fills"][0]["fee_asset"], "USD");
+    let ask_now: Value = x
+        .app
+        .get_authed(
+            &format!("/v1/orders/{}", ask["id"].as_str().unwrap()),
+            &x.alice.access_token,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ask_now["fills"][0]["liquidity"], "maker");
+    assert_eq!(ask_now["fills"][0]["fee"], "12.00");
 
     eventually(
         "the trade to settle and Bob's hold to be released",

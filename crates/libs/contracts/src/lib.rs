@@ -3,10 +3,12 @@
 //! - [`amount`]: decimal strings ⇄ integer minor units, exactly or not at all.
 //! - [`asset`]: assets and their scales.
 //! - [`events`]: payloads of events that several services read.
+//! - [`fees`]: maker/taker fees, one formula for settlement and orders.
 
 pub mod amount;
 pub mod asset;
 pub mod events;
+pub mod fees;
 
 pub use amount::{AmountError, format_units, parse_units};
 pub use asset::Asset;

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use contracts::Asset;
+use contracts::fees::Fees;
 use resilience::Policy;
 use secrecy::SecretString;
 use service_kit::{CommonConfig, Env};
@@ -27,6 +28,8 @@ pub struct Config {
     /// How far from the reference price (last trade, else the best opposite quote) a market
     /// order may execute, in bps; its funds are held at that limit.
     pub market_protection_bps: u32,
+    /// The fee schedule settlement books; orders shows each fill's fee by it.
+    pub fees: Fees,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub assets: Vec<Asset>,
@@ -85,6 +88,14 @@ impl Config {
                 }
                 bps.clamp(1, 9_999)
             },
+            fees: Fees::new(
+                env.or("BOURSE_MAKER_FEE_BPS", Fees::DEFAULT.maker_bps),
+                env.or("BOURSE_TAKER_FEE_BPS", Fees::DEFAULT.taker_bps),
+            )
+            .unwrap_or_else(|(variable, message)| {
+                env.problem(variable, message);
+                Fees::DEFAULT
+            }),
             assets,
             queue_capacity: {
                 let capacity = env.or("BOURSE_ORDERS_QUEUE_CAPACITY", 1024usize);

@@ -18,6 +18,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use contracts::fees::Fees;
+
 use crate::error::{Error, Result};
 use crate::group_commit::BatchWrites;
 use crate::instruments::Instrument;
@@ -89,15 +91,18 @@ pub struct Depth {
 pub struct Engines {
     pool: PgPool,
     capacity: usize,
+    /// Shown on the fills of the orders it answers with.
+    fees: Fees,
     tasks: Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>,
 }
 
 impl Engines {
     /// `capacity`: requests that may wait per symbol; beyond it they are shed with 503.
-    pub fn new(pool: PgPool, capacity: usize) -> Self {
+    pub fn new(pool: PgPool, capacity: usize, fees: Fees) -> Self {
         Self {
             pool,
             capacity,
+            fees,
             tasks: Arc::default(),
         }
     }
@@ -113,7 +118,12 @@ impl Engines {
             return Ok(sender.clone());
         }
         let (sender, receiver) = mpsc::channel(self.capacity);
-        tokio::spawn(run(self.pool.clone(), instrument.clone(), receiver));
+        tokio::spawn(run(
+            self.pool.clone(),
+            instrument.clone(),
+            self.fees,
+            receiver,
+        ));
         tasks.insert(instrument.symbol.clone(), sender.clone());
         Ok(sender)
     }
@@ -261,7 +271,7 @@ enum Pending {
     Depth(Depth),
 }
 
-async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>) {
+async fn run(pool: PgPool, instrument: Instrument, fees: Fees, mut jobs: mpsc::Receiver<Job>) {
     let symbol = instrument.symbol.clone();
     let mut book = match recover(&pool, &instrument).await {
         Ok(book) => book,
@@ -286,7 +296,7 @@ async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>
         metrics::histogram!("orders_matching_batch_size", "symbol" => symbol.clone())
             .record(batch.len() as f64);
         let started = std::time::Instant::now();
-        let committed = commit_batch(&pool, &instrument, &mut book, &batch).await;
+        let committed = commit_batch(&pool, &instrument, fees, &mut book, &batch).await;
         metrics::histogram!("orders_matching_batch_seconds", "symbol" => symbol.clone())
             .record(started.elapsed());
         match committed {
@@ -308,7 +318,7 @@ async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>
                 };
                 for job in batch.drain(..) {
                     let single = std::slice::from_ref(&job);
-                    match commit_batch(&pool, &instrument, &mut book, single).await {
+                    match commit_batch(&pool, &instrument, fees, &mut book, single).await {
                         Ok(mut outputs) => match outputs.pop() {
                             Some(output) => reply(job, Ok(output)),
                             None => reply(job, Err(Error::Internal("no output".to_owned()))),
@@ -337,10 +347,11 @@ async fn run(pool: PgPool, instrument: Instrument, mut jobs: mpsc::Receiver<Job>
 async fn commit_batch(
     pool: &PgPool,
     instrument: &Instrument,
+    fees: Fees,
     book: &mut Book,
     jobs: &[Job],
 ) -> Result<Vec<Output>> {
-    let mut writes = BatchWrites::new(instrument);
+    let mut writes = BatchWrites::new(instrument, fees);
     let mut outputs = Vec::with_capacity(jobs.len());
     let mut events = Vec::new();
     for job in jobs {
@@ -403,11 +414,11 @@ async fn commit_batch(
     let mut answers = Vec::with_capacity(outputs.len());
     for output in outputs {
         answers.push(match output {
-            Pending::Cancelled(Some((order_id, account))) => Output::Cancelled(
-                store::own_order(&mut tx, order_id, account)
-                    .await?
-                    .map(|(order, fills)| Box::new(OrderView::new(&order, &fills, instrument))),
-            ),
+            Pending::Cancelled(Some((order_id, account))) => {
+                Output::Cancelled(store::own_order(&mut tx, order_id, account).await?.map(
+                    |(order, fills)| Box::new(OrderView::new(&order, &fills, instrument, fees)),
+                ))
+            }
             Pending::Cancelled(None) => Output::Cancelled(None),
             Pending::Placed(answer) => Output::Placed(answer),
             Pending::Counted(count) => Output::Counted(count),

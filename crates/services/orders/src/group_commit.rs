@@ -16,6 +16,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use contracts::fees::Fees;
+
 use crate::engine::Answer;
 use crate::error::{Error, Result};
 use crate::instruments::{Instrument, PRODUCER, STREAM};
@@ -34,6 +36,8 @@ struct Created {
 /// Everything one batch will write.
 pub struct BatchWrites<'a> {
     instrument: &'a Instrument,
+    /// For the fees on the fills of the answers.
+    fees: Fees,
     /// One timestamp per batch, at the database's precision (microseconds), so an answer built
     /// from memory equals what a later read returns.
     now: OffsetDateTime,
@@ -47,13 +51,14 @@ pub struct BatchWrites<'a> {
 }
 
 impl<'a> BatchWrites<'a> {
-    pub fn new(instrument: &'a Instrument) -> Self {
+    pub fn new(instrument: &'a Instrument, fees: Fees) -> Self {
         let now = OffsetDateTime::now_utc();
         let now = now
             .replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
             .unwrap_or(now);
         Self {
             instrument,
+            fees,
             now,
             created: Vec::new(),
             created_at: HashMap::new(),
@@ -139,8 +144,13 @@ impl<'a> BatchWrites<'a> {
                 let row = &self.created[self.created.len() - 1].row;
                 Answer {
                     status: 201,
-                    body: serde_json::to_string(&OrderView::new(row, &fills, self.instrument))
-                        .map_err(|e| Error::Internal(e.to_string()))?,
+                    body: serde_json::to_string(&OrderView::new(
+                        row,
+                        &fills,
+                        self.instrument,
+                        self.fees,
+                    ))
+                    .map_err(|e| Error::Internal(e.to_string()))?,
                 }
             }
             Some(reason) => {

@@ -87,7 +87,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         RelaySettings::default(),
     );
     tokio::spawn(relay.run(shutdown.clone()));
-    let engines = engine::Engines::new(pool.clone(), config.queue_capacity);
+    let engines = engine::Engines::new(pool.clone(), config.queue_capacity, config.fees);
     // Kill switches from risk cancel what is open in their scope (TRD-11).
     let kill_switches = Consumer::new(
         pool.clone(),
@@ -144,6 +144,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         engines,
         funds: funds::Funds::new(risk, settlement),
         market_protection_bps: config.market_protection_bps,
+        fees: config.fees,
     };
     tokio::spawn(service_kit::idempotency::purge_every_hour(
         pool.clone(),

@@ -1,5 +1,6 @@
 //! The order object of the API (DESIGN §5), and the codes of rejected orders.
 
+use contracts::fees::Fees;
 use contracts::format_units;
 use matching::RejectReason;
 use serde::{Deserialize, Serialize};
@@ -17,7 +18,8 @@ pub struct FillView {
     pub quantity: String,
     /// `maker` or `taker`.
     pub liquidity: String,
-    /// Fees are booked by settlement (issue [3]); until then no fee is charged.
+    /// What settlement books for this fill: the maker or taker bps of its quote amount,
+    /// rounded down (the same formula, `contracts::fees`).
     pub fee: String,
     pub fee_asset: String,
 }
@@ -47,7 +49,7 @@ pub struct OrderView {
 }
 
 impl OrderView {
-    pub fn new(order: &OrderRow, fills: &[FillRow], instrument: &Instrument) -> Self {
+    pub fn new(order: &OrderRow, fills: &[FillRow], instrument: &Instrument, fees: Fees) -> Self {
         let price = |units: i64| format_units(units, instrument.quote.scale);
         let quantity = |units: i64| format_units(units, instrument.base.scale);
         Self {
@@ -73,12 +75,19 @@ impl OrderView {
                     price: price(fill.price),
                     quantity: quantity(fill.quantity),
                     liquidity: fill.liquidity.clone(),
-                    fee: format_units(0, instrument.quote.scale),
+                    fee: format_units(fill_fee(fill, instrument, fees), instrument.quote.scale),
                     fee_asset: instrument.quote.code.clone(),
                 })
                 .collect(),
         }
     }
+}
+
+/// A fill's fee in quote minor units, as settlement books it.
+fn fill_fee(fill: &FillRow, instrument: &Instrument, fees: Fees) -> i64 {
+    contracts::fees::notional(fill.price, fill.quantity, instrument.base.scale)
+        .and_then(|notional| contracts::fees::fee(notional, fees.bps(fill.liquidity == "maker")))
+        .unwrap_or(0)
 }
 
 /// The problem code and detail of an order the book refused.

@@ -5,7 +5,7 @@
 //! knows comes from the database on start, then from the admin API (limits, kill switches) and
 //! from the orders stream (open orders, fills, positions, last prices) after each commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -130,6 +130,9 @@ pub struct Book {
     last_price: HashMap<String, i64>,
     /// Per account: the second being counted and how many orders passed in it.
     throttle: HashMap<Uuid, (u64, u32)>,
+    /// Reservations in the order they were made, so lapsed ones are found from the front
+    /// without scanning every open order.
+    reservations: VecDeque<(Instant, Uuid)>,
 }
 
 impl Book {
@@ -234,7 +237,7 @@ impl Book {
                 ));
             }
         }
-        self.expire_reservations(order.account_id);
+        self.expire_reservations();
         let open = self.open_count.get(&order.account_id).copied().unwrap_or(0);
         if open >= limits.max_open_orders {
             return Err(breach(
@@ -275,30 +278,29 @@ impl Book {
         }
         // Passed: count it and reserve its place until orders confirms or ends it.
         self.throttle.insert(order.account_id, (second, passed + 1));
+        let now = Instant::now();
         self.open_order(
             order.order_id,
             order.account_id,
             &order.symbol,
             order.side,
             order.quantity,
-            Some(Instant::now()),
+            Some(now),
         );
+        self.reservations.push_back((now, order.order_id));
         Ok(())
     }
 
-    fn expire_reservations(&mut self, account: Uuid) {
-        let lapsed: Vec<Uuid> = self
-            .open
-            .iter()
-            .filter(|(_, o)| {
-                o.account == account
-                    && o.reserved_at
-                        .is_some_and(|at| at.elapsed() > RESERVATION_TTL)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in lapsed {
-            self.end(id);
+    fn expire_reservations(&mut self) {
+        while let Some(&(at, id)) = self.reservations.front() {
+            if at.elapsed() <= RESERVATION_TTL {
+                break;
+            }
+            self.reservations.pop_front();
+            // Still only reserved (never confirmed by `OrderAccepted`, never ended): it lapses.
+            if self.open.get(&id).is_some_and(|o| o.reserved_at.is_some()) {
+                self.end(id);
+            }
         }
     }
 

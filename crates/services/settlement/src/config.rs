@@ -25,9 +25,6 @@ pub struct Config {
     pub migrate_on_start: bool,
 }
 
-/// Fees above 10 % are a typo, not a pricing decision.
-const MAX_FEE_BPS: u32 = 1_000;
-
 impl Config {
     pub fn read(env: &mut Env) -> Self {
         let common = CommonConfig::read(env);
@@ -35,17 +32,14 @@ impl Config {
             env.problem("BOURSE_ASSETS", message);
             Asset::defaults()
         });
-        let mut bps = |key: &str, default: u32| {
-            let value = env.or(key, default);
-            if value > MAX_FEE_BPS {
-                env.problem(key, format!("at most {MAX_FEE_BPS} bps (10 %)"));
-            }
-            value.min(MAX_FEE_BPS)
-        };
-        let fees = Fees {
-            maker_bps: bps("BOURSE_MAKER_FEE_BPS", 10),
-            taker_bps: bps("BOURSE_TAKER_FEE_BPS", 20),
-        };
+        let fees = Fees::new(
+            env.or("BOURSE_MAKER_FEE_BPS", Fees::DEFAULT.maker_bps),
+            env.or("BOURSE_TAKER_FEE_BPS", Fees::DEFAULT.taker_bps),
+        )
+        .unwrap_or_else(|(variable, message)| {
+            env.problem(variable, message);
+            Fees::DEFAULT
+        });
         let interval = env.or("BOURSE_SETTLEMENT_RECONCILIATION_INTERVAL_SECS", 60u64);
         if interval == 0 {
             env.problem(

@@ -19,18 +19,8 @@ pub const FEES: Uuid = Uuid::from_u128(1);
 /// Basis points: 1 bps = 0.01 %.
 const BPS: i128 = 10_000;
 
-/// Fees charged on the quote amount of a trade.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Fees {
-    pub maker_bps: u32,
-    pub taker_bps: u32,
-}
-
-impl Fees {
-    fn highest_bps(self) -> u32 {
-        self.maker_bps.max(self.taker_bps)
-    }
-}
+/// The fee schedule, shared with orders (which shows each fill's fee).
+pub use contracts::fees::Fees;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -60,13 +50,12 @@ fn fit(value: i128) -> Result<i64, Overflow> {
 /// `price` quote minor units per whole base unit × `quantity` base minor units, in quote minor
 /// units, rounded down.
 pub fn notional(price: i64, quantity: i64, base_scale: u32) -> Result<i64, Overflow> {
-    let one_base = 10i128.pow(base_scale);
-    fit(i128::from(price) * i128::from(quantity) / one_base)
+    contracts::fees::notional(price, quantity, base_scale).ok_or(Overflow)
 }
 
 /// The fee on `notional` at `bps`, rounded down.
 pub fn fee(notional: i64, bps: u32) -> Result<i64, Overflow> {
-    fit(i128::from(notional) * i128::from(bps) / BPS)
+    contracts::fees::fee(notional, bps).ok_or(Overflow)
 }
 
 fn div_ceil(numerator: i128, denominator: i128) -> i128 {

@@ -23,6 +23,8 @@ pub struct AppState {
     /// Settlement's holds, asked before matching.
     pub funds: crate::funds::Funds,
     pub market_protection_bps: u32,
+    /// Shown on each fill (settlement books them).
+    pub fees: contracts::fees::Fees,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {

@@ -156,7 +156,12 @@ pub async fn get(
     let instrument = store::instrument(&state.pool, &order.symbol)
         .await?
         .ok_or(Error::NotFound)?;
-    Ok(Body(OrderView::new(&order, &fills, &instrument)))
+    Ok(Body(OrderView::new(
+        &order,
+        &fills,
+        &instrument,
+        state.fees,
+    )))
 }
 
 /// Cancel one of your resting orders.
@@ -271,7 +276,7 @@ pub async fn list(
             .filter(|(id, _)| *id == row.id)
             .map(|(_, f)| f.clone())
             .collect();
-        items.push(OrderView::new(row, &own, instrument));
+        items.push(OrderView::new(row, &own, instrument, state.fees));
     }
     Ok(Body(OrderPage {
         next_cursor: if has_more {
