@@ -8,7 +8,8 @@
 //! - [`holds`]: the holds orders places before matching (idempotent by order id).
 //! - [`settle`]: the `orders` stream consumer: trades settle by delivery versus payment, ended
 //!   orders release what is left of their hold.
-//! - [`reconciliation`]: checks that prove the books, periodic and on demand.
+//! - [`reconciliation`]: checks that prove the books (and find orphaned holds), periodic and
+//!   on demand.
 //! - [`store`]: all SQL.
 //! - [`http`]: thin handlers and the OpenAPI description.
 //! - [`error`]: the crate's errors as problem+json.

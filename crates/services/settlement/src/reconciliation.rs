@@ -53,6 +53,17 @@ const CHECKS: &[(&str, &str)] = &[
           WHERE a.held <> coalesce(p.rest, 0)",
     ),
     (
+        // Holds match open orders: a hold still pending five minutes after it was placed, for
+        // an order that never reached the book (no `OrderAccepted`), was orphaned by orders
+        // stopping between the hold and its commit; its funds are stuck until it is voided.
+        "holds_match_open_orders",
+        "SELECT format('hold %s of %s %s is pending but its order never reached the book', id,
+                       owner_id, asset)
+           FROM holds
+          WHERE status = 'pending' AND accepted_at IS NULL
+            AND created_at < now() - interval '5 minutes'",
+    ),
+    (
         // Every settled trade moved its base and its quote exactly once, and no trade transfer
         // exists without a settled trade.
         "trades_settled_once",

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use contracts::Asset;
-use contracts::events::{OrderEnded, TradeExecuted};
+use contracts::events::{OrderAccepted, OrderEnded, TradeExecuted};
 use events::{Envelope, Handler};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
@@ -22,6 +22,7 @@ use crate::store::{self, Released, SettledTrade};
 
 /// The orders stream's events settlement acts on; the consumer skips the rest unread.
 pub const EVENT_TYPES: &[&str] = &[
+    "OrderAccepted",
     "TradeExecuted",
     "OrderCompleted",
     "OrderCancelled",
@@ -44,6 +45,14 @@ impl Settler {
     async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), String> {
         match event.event_type.as_str() {
             "TradeExecuted" => self.trade(tx, event).await,
+            // The order behind a hold reached the book (reconciliation looks for holds whose
+            // order never did).
+            "OrderAccepted" => {
+                let accepted: OrderAccepted = event.payload_as()?;
+                store::mark_accepted(tx, accepted.order_id)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             // An ended order releases what is left of its hold: everything filled
             // (completed), all but `remaining` (cancelled) or nothing (rejected after its hold).
             ended @ ("OrderCompleted" | "OrderCancelled" | "OrderRejected") => {

@@ -379,6 +379,15 @@ pub async fn release_hold(
     })
 }
 
+/// Records that the order behind hold `id` reached the book (no hold: nothing to record).
+pub async fn mark_accepted(conn: &mut PgConnection, id: Uuid) -> Result<()> {
+    sqlx::query("UPDATE holds SET accepted_at = now() WHERE id = $1 AND accepted_at IS NULL")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// A settled trade's record; `false` when it was settled before.
 pub struct SettledTrade<'a> {
     pub trade: &'a crate::ledger::Trade,
