@@ -268,6 +268,29 @@ async fn trades_build_positions_and_set_the_collar_reference(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn before_the_first_trade_the_collar_centres_on_the_books_mid(pool: PgPool) {
+    let d = desk_on(spawn_app(pool).await).await;
+    // Nothing has traded; the book quotes 29,000 / 31,000: the mid is 30,000.
+    d.placed(&d.alice, &limit("sell", "31000.00", "0.1")).await;
+    d.placed(&d.bob, &limit("buy", "29000.00", "0.1")).await;
+
+    eventually("the collar to centre on the mid", || async {
+        d.place(&d.alice, &limit("sell", "33000.01", "0.1"))
+            .await
+            .status()
+            == StatusCode::UNPROCESSABLE_ENTITY
+    })
+    .await;
+    assert_problem(
+        d.place(&d.bob, &limit("buy", "26999.99", "0.1")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "price_collar",
+    )
+    .await;
+    d.placed(&d.bob, &limit("buy", "27000.00", "0.1")).await;
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_fill_beyond_a_lowered_position_limit_is_reported(pool: PgPool) {
     let d = desk_on(spawn_app(pool).await).await;
     d.placed(&d.bob, &limit("buy", "30000.00", "1")).await;

@@ -93,6 +93,7 @@ pub struct Engines {
     capacity: usize,
     /// Shown on the fills of the orders it answers with.
     fees: Fees,
+    quotes: Quotes,
     tasks: Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>,
 }
 
@@ -103,6 +104,7 @@ impl Engines {
             pool,
             capacity,
             fees,
+            quotes: Quotes::default(),
             tasks: Arc::default(),
         }
     }
@@ -122,6 +124,7 @@ impl Engines {
             self.pool.clone(),
             instrument.clone(),
             self.fees,
+            self.quotes.clone(),
             receiver,
         ));
         tasks.insert(instrument.symbol.clone(), sender.clone());
@@ -177,6 +180,10 @@ impl Engines {
             reply,
         })
         .await?
+    }
+
+    pub fn quotes(&self) -> &Quotes {
+        &self.quotes
     }
 
     /// Where a market order on `side` is priced from: the last trade, else the best quote it
@@ -271,7 +278,13 @@ enum Pending {
     Depth(Depth),
 }
 
-async fn run(pool: PgPool, instrument: Instrument, fees: Fees, mut jobs: mpsc::Receiver<Job>) {
+async fn run(
+    pool: PgPool,
+    instrument: Instrument,
+    fees: Fees,
+    quotes: Quotes,
+    mut jobs: mpsc::Receiver<Job>,
+) {
     let symbol = instrument.symbol.clone();
     let mut book = match recover(&pool, &instrument).await {
         Ok(book) => book,
@@ -339,6 +352,36 @@ async fn run(pool: PgPool, instrument: Instrument, fees: Fees, mut jobs: mpsc::R
                     }
                 }
             }
+        }
+        let (bids, asks) = book.depth(1);
+        let price =
+            |levels: &[matching::Level]| levels.first().map(|l| l.price * instrument.tick_size);
+        quotes.set(&symbol, price(&bids), price(&asks));
+    }
+}
+
+/// The best bid and ask of each book as its matching task last left it (quote minor units),
+/// readable without a trip through the task: what risk's collar falls back to before the
+/// first trade (the mid).
+#[derive(Clone, Default)]
+pub struct Quotes(Arc<std::sync::RwLock<HashMap<String, BestPrices>>>);
+
+/// (best bid, best ask), either side possibly empty.
+type BestPrices = (Option<i64>, Option<i64>);
+
+impl Quotes {
+    fn set(&self, symbol: &str, bid: Option<i64>, ask: Option<i64>) {
+        if let Ok(mut quotes) = self.0.write() {
+            quotes.insert(symbol.to_owned(), (bid, ask));
+        }
+    }
+
+    /// Halfway between the best bid and ask, when both exist.
+    pub fn mid(&self, symbol: &str) -> Option<i64> {
+        let quotes = self.0.read().ok()?;
+        match quotes.get(symbol) {
+            Some((Some(bid), Some(ask))) => Some(bid + (ask - bid) / 2),
+            _ => None,
         }
     }
 }

@@ -36,13 +36,15 @@ impl Funds {
         Self { risk, settlement }
     }
 
-    /// Asks risk whether the order may proceed (TRD-10, TRD-11). Same answers as [`Self::hold`].
+    /// Asks risk whether the order may proceed (TRD-10, TRD-11), with the book's mid for the
+    /// collar before the first trade. Same answers as [`Self::hold`].
     /// Retried: risk remembers the orders it passed, by id.
     #[tracing::instrument(skip_all, fields(order_id = %order.id))]
     pub async fn check(
         &self,
         order: &ValidOrder,
         instrument: &Instrument,
+        mid: Option<i64>,
     ) -> Result<Result<(), Rejection>> {
         let price = order
             .hold_price()
@@ -53,6 +55,7 @@ impl Funds {
             "type": match order.order_type { crate::order_entry::OrderType::Limit => "limit", crate::order_entry::OrderType::Market => "market" },
             "price": price, "quantity": order.quantity,
             "base_scale": instrument.base.scale, "quote_scale": instrument.quote.scale,
+            "mid": mid,
         });
         let call =
             resilience::Call::post_json("/internal/v1/checks", body.to_string()).idempotent(true);

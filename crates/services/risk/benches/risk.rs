@@ -60,6 +60,7 @@ fn check_a_passing_order(bencher: divan::Bencher) {
             quantity: 1_000_000,
             base_scale: 8,
             quote_scale: 2,
+            mid: None,
         };
         book.check(divan::black_box(&order), 1).unwrap();
     });

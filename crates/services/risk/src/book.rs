@@ -36,6 +36,10 @@ pub struct CheckRequest {
     pub quantity: i64,
     pub base_scale: u32,
     pub quote_scale: u32,
+    /// Halfway between the book's best bid and ask, as orders last saw it: the collar's
+    /// reference while the instrument has not traded.
+    #[serde(default)]
+    pub mid: Option<i64>,
 }
 
 /// Why an order was refused: its 422 code and a sentence.
@@ -222,8 +226,10 @@ impl Book {
                 ),
             ));
         }
+        // The reference: the last trade, else the book's mid, else none (no collar).
+        let reference = self.last_price.get(&order.symbol).copied().or(order.mid);
         if order.order_type == "limit"
-            && let Some(&reference) = self.last_price.get(&order.symbol)
+            && let Some(reference) = reference
         {
             let band = i128::from(reference) * i128::from(limits.price_collar_bps) / 10_000;
             let (low, high) = (i128::from(reference) - band, i128::from(reference) + band);
@@ -231,7 +237,7 @@ impl Book {
                 return Err(breach(
                     "price_collar",
                     format!(
-                        "the price must be within {} bps of the last trade",
+                        "the price must be within {} bps of the reference price {reference}",
                         limits.price_collar_bps
                     ),
                 ));
@@ -414,6 +420,7 @@ mod tests {
             quantity,
             base_scale: 8,
             quote_scale: 2,
+            mid: None,
         }
     }
 
@@ -457,6 +464,37 @@ mod tests {
         assert_eq!(
             code(&mut book, order(alice, Side::Buy, 3_000_000, BTC)),
             Some("max_open_orders")
+        );
+    }
+
+    #[test]
+    fn before_the_first_trade_the_collar_centres_on_the_mid() {
+        let alice = Uuid::now_v7();
+        let mut book = Book::new(limits());
+        let at = |price: i64, mid: Option<i64>| CheckRequest {
+            mid,
+            ..order(alice, Side::Sell, price, BTC / 10)
+        };
+        // No trade and no mid: no collar.
+        assert!(book.check(&at(9_000_000, None), 1).is_ok());
+        // A mid of 30,000.00: 33,000.01 is outside, 33,000.00 inside.
+        assert_eq!(
+            book.check(&at(3_300_001, Some(3_000_000)), 1)
+                .unwrap_err()
+                .code,
+            "price_collar"
+        );
+        assert!(book.check(&at(3_300_000, Some(3_000_000)), 1).is_ok());
+        // Once it trades, the last price wins over the mid.
+        book.apply(Change::LastPrice {
+            symbol: "BTC-USD".into(),
+            price: 2_000_000,
+        });
+        assert_eq!(
+            book.check(&at(2_500_000, Some(3_000_000)), 2)
+                .unwrap_err()
+                .code,
+            "price_collar"
         );
     }
 

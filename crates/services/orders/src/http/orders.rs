@@ -79,7 +79,15 @@ pub async fn place(
                 return Ok(Err(rejection));
             }
         }
-        if let Err(rejection) = state.funds.check(&order, &instrument).await? {
+        if let Err(rejection) = state
+            .funds
+            .check(
+                &order,
+                &instrument,
+                state.engines.quotes().mid(&instrument.symbol),
+            )
+            .await?
+        {
             return Ok(Err(rejection));
         }
         state.funds.hold(&order, &instrument).await
