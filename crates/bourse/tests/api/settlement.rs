@@ -9,7 +9,7 @@ use service_kit::testing::eventually;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, Tokens, assert_problem, count, spawn_app};
+use crate::helpers::{TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with};
 
 /// An exchange with an admin and two traders, and a service token orders would use.
 struct Ledger {
@@ -23,7 +23,10 @@ struct Ledger {
 }
 
 async fn ledger(pool: PgPool) -> Ledger {
-    let app = spawn_app(pool).await;
+    ledger_on(spawn_app(pool).await).await
+}
+
+async fn ledger_on(app: TestApp) -> Ledger {
     let admin = app
         .signed_up_with_roles("treasury@example.com", &["admin"])
         .await;
@@ -512,6 +515,57 @@ async fn a_trade_settles_by_delivery_versus_payment_exactly_once_with_fees(pool:
     );
     let report: Value = l.reconcile(&l.admin).await.json().await.unwrap();
     assert_eq!(report["ok"], true, "{report}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_trade_that_cannot_settle_is_dead_lettered_and_announced(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("BOURSE_SETTLEMENT_CONSUMER_MAX_DELIVERIES", "2"),
+            ("BOURSE_SETTLEMENT_CONSUMER_RETRY_AFTER_MS", "100"),
+        ],
+    )
+    .await;
+    let l = ledger_on(app).await;
+    // A trade in an asset the ledger does not know: every delivery fails.
+    let poison = l
+        .publish(
+            "TradeExecuted",
+            json!({
+                "trade_id": Uuid::now_v7(), "symbol": "DOGE-USD", "base_asset": "DOGE",
+                "quote_asset": "USD", "price": 10, "quantity": 100,
+                "maker_order_id": Uuid::now_v7(), "taker_order_id": Uuid::now_v7(),
+                "maker_account_id": l.alice_id, "taker_account_id": l.bob_id, "taker_side": "buy",
+            }),
+        )
+        .await;
+
+    let (event_type, notice) = l.app.first_event("ops").await;
+    assert_eq!(event_type, "EventDeadLettered");
+    assert_eq!(notice["payload"]["event_id"], poison.id.to_string());
+    assert_eq!(notice["payload"]["group"], "settlement");
+    let redis = service_kit::redis::connect(&"redis://127.0.0.1:6379".into())
+        .await
+        .unwrap();
+    let letters = events::dlq::list(
+        &redis,
+        &service_kit::redis::KeyPrefix::new(&l.app.redis_prefix),
+        "orders",
+    )
+    .await
+    .unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].event_id, poison.id.to_string());
+    // Nothing of it reached the books.
+    assert_eq!(
+        count(
+            &l.app.db,
+            "SELECT count(*) FROM settlement.transfers WHERE kind = 'trade'"
+        )
+        .await,
+        0
+    );
 }
 
 #[sqlx::test(migrations = false)]

@@ -22,6 +22,10 @@ pub struct Config {
     pub reconciliation_interval: Duration,
     /// Entries read from the orders stream at a time.
     pub consumer_batch: usize,
+    /// Deliveries of a failing event before it is dead-lettered.
+    pub consumer_max_deliveries: usize,
+    /// How long a failed event waits before it is retried.
+    pub consumer_retry_after: Duration,
     pub migrate_on_start: bool,
 }
 
@@ -66,6 +70,13 @@ impl Config {
             fees,
             reconciliation_interval: Duration::from_secs(interval.max(1)),
             consumer_batch: batch.max(1),
+            consumer_max_deliveries: env
+                .or("BOURSE_SETTLEMENT_CONSUMER_MAX_DELIVERIES", 5usize)
+                .max(1),
+            consumer_retry_after: env.millis(
+                "BOURSE_SETTLEMENT_CONSUMER_RETRY_AFTER_MS",
+                Duration::from_secs(5),
+            ),
             migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,
         }

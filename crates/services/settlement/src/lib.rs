@@ -103,6 +103,8 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         SERVICE,
         ConsumerSettings {
             batch: config.consumer_batch,
+            max_deliveries: config.consumer_max_deliveries,
+            retry_after: config.consumer_retry_after,
             ..ConsumerSettings::default()
         },
     );
