@@ -1,32 +1,46 @@
 #!/usr/bin/env bash
 # End-to-end order entry through the gateway on this machine (docs/performance.md).
 # Needs: a release build (cargo build --release -p bourse), wrk, jq, local PostgreSQL and Redis.
-# Usage: tools/wrk/measure-order-entry.sh [connections] [duration]
+# Usage: tools/wrk/measure-order-entry.sh [connections] [duration] [traders per side]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 connections=${1:-32}
 duration=${2:-20s}
+per_side=${3:-1}
 source tools/wrk/start-bourse.sh
 
 login() {
   curl -sf http://127.0.0.1:8080/v1/auth/login -H 'content-type: application/json' \
-    -d "{\"email\":\"$1\",\"password\":\"demo password 1234\"}" | jq -r .access_token
+    -d "{\"email\":\"$1\",\"password\":\"$2\"}" | jq -r .access_token
 }
-# Every order holds its funds: give both traders enough for the whole run (through the API,
-# as an admin would).
+# Every order holds its funds: the admin funds each trader for the whole run (through the API).
 echo 'perf admin password 1234' | "$bin" admin create-user --email perf-admin@example.com --role admin > /dev/null
-ADMIN=$(curl -sf http://127.0.0.1:8080/v1/auth/login -H 'content-type: application/json' \
-  -d '{"email":"perf-admin@example.com","password":"perf admin password 1234"}' | jq -r .access_token)
-for trader in alice@demo.bourse bob@demo.bourse; do
-  id=$(curl -sf http://127.0.0.1:8080/v1/auth/me -H "authorization: Bearer $(login $trader)" | jq -r .id)
+ADMIN=$(login perf-admin@example.com 'perf admin password 1234')
+# The demo traders on one side each; with more per side, new traders (spreading the load over
+# accounts, as real traffic is, instead of two hot accounts).
+trader() {
+  local email=$1 password=$2 token id funds
+  if [[ $email != *@demo.bourse ]]; then
+    curl -sf http://127.0.0.1:8080/v1/auth/register -H 'content-type: application/json' \
+      -d "{\"email\":\"$email\",\"password\":\"$password\"}" > /dev/null
+  fi
+  token=$(login "$email" "$password")
+  id=$(curl -sf http://127.0.0.1:8080/v1/auth/me -H "authorization: Bearer $token" | jq -r .id)
   for funds in 'USD 10000000000' 'BTC 10000000'; do
     set -- $funds
     curl -sf http://127.0.0.1:8080/v1/admin/deposits -H "authorization: Bearer $ADMIN" \
-      -H "idempotency-key: perf-$trader-$1" -H 'content-type: application/json' \
+      -H "idempotency-key: perf-$email-$1" -H 'content-type: application/json' \
       -d "{\"account_id\":\"$id\",\"asset\":\"$1\",\"amount\":\"$2\"}" > /dev/null
   done
+  echo "$token"
+}
+BUY_TOKENS=$(trader alice@demo.bourse 'demo password 1234')
+SELL_TOKENS=$(trader bob@demo.bourse 'demo password 1234')
+for n in $(seq 2 "$per_side"); do
+  BUY_TOKENS="$BUY_TOKENS,$(trader "buyer-$n@perf.example" 'perf trader password 1234')"
+  SELL_TOKENS="$SELL_TOKENS,$(trader "seller-$n@perf.example" 'perf trader password 1234')"
 done
-BUY_TOKEN=$(login alice@demo.bourse) SELL_TOKEN=$(login bob@demo.bourse) \
+BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS \
   wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua http://127.0.0.1:8080
 # How the matching task batched: sizes and time per batch (orders service metrics).
 curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_matching_batch_(size|seconds)_(sum|count)' || true

@@ -1,10 +1,16 @@
 -- Order entry through the gateway, for wrk (docs/performance.md has the full procedure).
--- Two traders (BUY_TOKEN buys, SELL_TOKEN sells, so orders can cross without self-trade
--- prevention) place GTC limit orders on BTC-USD within 20 ticks of 30000.00, each with its
+-- Traders on two sides (BUY_TOKENS buy, SELL_TOKENS sell, so orders can cross without
+-- self-trade prevention) place GTC limit orders on BTC-USD within 20 ticks of 30000.00, each with its
 -- own Idempotency-Key. Non-2xx answers are counted and printed at the end.
 
-local buy_token = os.getenv("BUY_TOKEN")
-local sell_token = os.getenv("SELL_TOKEN")
+-- Comma-separated access tokens: each order goes out as one of the buyers or the sellers.
+local function split(list)
+  local tokens = {}
+  for token in string.gmatch(list or "", "[^,]+") do table.insert(tokens, token) end
+  return tokens
+end
+local buy_tokens = split(os.getenv("BUY_TOKENS"))
+local sell_tokens = split(os.getenv("SELL_TOKENS"))
 local counter = 0
 local threads = {}
 -- `thread_id` is a global set per thread by setup(); a local here would shadow it and make
@@ -30,7 +36,7 @@ function request()
     buy and "buy" or "sell", math.floor(price / 100), price % 100, math.random(1, 9))
   local headers = {
     ["Content-Type"] = "application/json",
-    ["Authorization"] = "Bearer " .. (buy and buy_token or sell_token),
+    ["Authorization"] = "Bearer " .. (buy and buy_tokens[math.random(#buy_tokens)] or sell_tokens[math.random(#sell_tokens)]),
     ["Idempotency-Key"] = string.format("wrk-%d-%d-%d", thread_id, counter, math.random(1, 1e9)),
   }
   return wrk.format("POST", "/v1/orders", headers, body)

@@ -256,7 +256,34 @@ pub async fn place_holds(pool: &PgPool, holds: &[NewHold]) -> Result<Vec<HoldRow
     if unique.len() != ids.len() {
         return Err(Error::HoldConflict(ids[0]));
     }
+    let mut per_account: std::collections::BTreeMap<(Uuid, &str), i64> =
+        std::collections::BTreeMap::new();
+    for hold in holds {
+        let total = per_account.entry((hold.owner, &hold.asset)).or_default();
+        *total = total
+            .checked_add(hold.amount)
+            .ok_or(crate::ledger::Overflow)?;
+    }
+    let owners: Vec<Uuid> = per_account.keys().map(|(o, _)| *o).collect();
+    let assets: Vec<&str> = per_account.keys().map(|(_, a)| *a).collect();
     let mut tx = pool.begin().await?;
+    // The settling consumer locks accounts in trade order, so two multi-row transactions can
+    // wait on each other: take this batch's rows in one sorted pass, and give up quickly (the
+    // caller then places the holds one by one, each locking a single row) rather than wait
+    // out PostgreSQL's one-second deadlock detection — which a load over many accounts showed
+    // as 1 s stalls.
+    sqlx::query("SELECT set_config('lock_timeout', '50ms', true)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "SELECT 1 FROM accounts a JOIN UNNEST($1::uuid[], $2::text[]) AS k(owner, asset)
+             ON a.owner_id = k.owner AND a.asset = k.asset
+          ORDER BY a.owner_id, a.asset FOR UPDATE OF a",
+    )
+    .bind(&owners)
+    .bind(&assets)
+    .execute(&mut *tx)
+    .await?;
     let inserted: Vec<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO holds (id, owner_id, asset, side, symbol, price, quantity, amount)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
@@ -277,22 +304,14 @@ pub async fn place_holds(pool: &PgPool, holds: &[NewHold]) -> Result<Vec<HoldRow
     if inserted.len() != holds.len() {
         return Err(Error::HoldConflict(ids[0]));
     }
-    let mut per_account: std::collections::BTreeMap<(Uuid, &str), i64> =
-        std::collections::BTreeMap::new();
-    for hold in holds {
-        let total = per_account.entry((hold.owner, &hold.asset)).or_default();
-        *total = total
-            .checked_add(hold.amount)
-            .ok_or(crate::ledger::Overflow)?;
-    }
     sqlx::query(
         "UPDATE accounts a
             SET available = a.available - d.amount, held = a.held + d.amount, updated_at = now()
            FROM UNNEST($1::uuid[], $2::text[], $3::int8[]) AS d(owner, asset, amount)
           WHERE a.owner_id = d.owner AND a.asset = d.asset",
     )
-    .bind(per_account.keys().map(|(o, _)| *o).collect::<Vec<_>>())
-    .bind(per_account.keys().map(|(_, a)| *a).collect::<Vec<_>>())
+    .bind(&owners)
+    .bind(&assets)
     .bind(per_account.values().copied().collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
