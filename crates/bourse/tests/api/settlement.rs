@@ -389,6 +389,49 @@ async fn a_hold_reserves_funds_once_per_order_and_only_for_services(pool: PgPool
     );
 }
 
+#[sqlx::test(migrations = false)]
+async fn hostile_hold_requests_are_refused_and_reserve_nothing(pool: PgPool) {
+    let l = ledger(pool).await;
+    l.deposit(l.alice_id, "USD", "100").await;
+    let order = Uuid::now_v7();
+    let mut unknown_field = hold_request(order, l.alice_id, "buy", 100, 100);
+    unknown_field["memo"] = json!("x");
+    let mut unknown_asset = hold_request(order, l.alice_id, "buy", 100, 100);
+    unknown_asset["quote_asset"] = json!("DOGE");
+    let cases = [
+        hold_request(order, l.alice_id, "buy", -100, 100),
+        hold_request(order, l.alice_id, "buy", 100, 0),
+        hold_request(order, Uuid::nil(), "buy", 100, 100),
+        hold_request(order, l.alice_id, "buy", i64::MAX, i64::MAX),
+        unknown_field,
+        unknown_asset,
+        json!({ "order_id": "not-a-uuid" }),
+    ];
+    for body in cases {
+        let status = l.hold(&body).await.status();
+        assert!(status.is_client_error(), "{body}: {status}");
+    }
+    let malformed = l
+        .app
+        .client
+        .post(format!("{}/internal/v1/holds", l.app.settlement))
+        .bearer_auth(&l.service_token)
+        .header("content-type", "application/json")
+        .body("{\"order_id\":")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        count(&l.app.db, "SELECT count(*) FROM settlement.holds").await,
+        0
+    );
+    assert_eq!(
+        l.balance(&l.alice, "USD").await,
+        ("100.00".to_owned(), "0.00".to_owned())
+    );
+}
+
 /// What the orders service announces for one trade of BTC-USD.
 fn trade_executed(
     trade: Uuid,
