@@ -6,7 +6,7 @@
 
 pub mod demo;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use service_kit::Server;
@@ -62,22 +62,25 @@ pub struct Plan {
     pub settlement: Option<settlement::Config>,
     pub risk: Option<risk::Config>,
     pub gateway: Option<gateway::Config>,
-    /// Whether upstream URLs were given; those not given are wired to the services started
-    /// in this process.
-    auth_url_given: bool,
-    orders_url_given: bool,
-    settlement_url_given: bool,
-    risk_url_given: bool,
+    /// The upstreams whose URL was given (`BOURSE_<TARGET>_URL`); the others are wired to the
+    /// services started in this process.
+    urls_given: BTreeSet<Target>,
 }
 
 /// Reads the configuration of `targets`; every problem is reported at once (OPS-01).
 pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     let services = Target::expand(targets);
     let common = CommonConfig::read(&mut env);
-    let auth_url_given = env.is_set("BOURSE_AUTH_URL");
-    let orders_url_given = env.is_set("BOURSE_ORDERS_URL");
-    let settlement_url_given = env.is_set("BOURSE_SETTLEMENT_URL");
-    let risk_url_given = env.is_set("BOURSE_RISK_URL");
+    let urls_given = [
+        (Target::Auth, "BOURSE_AUTH_URL"),
+        (Target::Orders, "BOURSE_ORDERS_URL"),
+        (Target::Settlement, "BOURSE_SETTLEMENT_URL"),
+        (Target::Risk, "BOURSE_RISK_URL"),
+    ]
+    .into_iter()
+    .filter(|(_, variable)| env.is_set(variable))
+    .map(|(target, _)| target)
+    .collect();
     let auth = services
         .contains(&Target::Auth)
         .then(|| auth::Config::read(&mut env));
@@ -99,12 +102,9 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
         auth,
         orders,
         gateway,
-        auth_url_given,
-        orders_url_given,
-        settlement_url_given,
         settlement,
-        risk_url_given,
         risk,
+        urls_given,
     })
 }
 
@@ -177,8 +177,6 @@ fn spawn_stage_with(
 
 /// Builds and starts every planned service, upstreams first.
 pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
-    let mut addresses = BTreeMap::new();
-    let mut stages = Vec::new();
     let migrate_on_start = plan.auth.as_ref().is_some_and(|c| c.migrate_on_start)
         || plan.orders.as_ref().is_some_and(|c| c.migrate_on_start)
         || plan.settlement.as_ref().is_some_and(|c| c.migrate_on_start)
@@ -186,116 +184,82 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
     if migrate_on_start {
         service_kit::db::ensure_database(&plan.common).await?;
     }
-    if let Some(config) = plan.auth {
-        let stage_shutdown = Shutdown::new();
-        let server = auth::build(config, &stage_shutdown).await?;
-        addresses.insert(Target::Auth, server.local_addr()?);
-        stages.push(spawn_stage_with(
-            Target::Auth,
-            server,
-            stage_shutdown,
-            shutdown,
-        ));
-    }
-    let local_url = |target: Target, addresses: &BTreeMap<Target, SocketAddr>| {
-        addresses
-            .get(&target)
-            .map(|address| format!("http://{}", reachable(*address)))
+    let mut started = Started {
+        urls_given: plan.urls_given,
+        addresses: BTreeMap::new(),
+        stages: Vec::new(),
     };
+    if let Some(config) = plan.auth {
+        let stage = Shutdown::new();
+        let server = auth::build(config, &stage).await?;
+        started.add(Target::Auth, server, stage, shutdown)?;
+    }
     if let Some(mut config) = plan.risk {
-        if !plan.auth_url_given
-            && let Some(url) = local_url(Target::Auth, &addresses)
-        {
-            config.auth_url = url;
-        }
-        let stage_shutdown = Shutdown::new();
-        let server = risk::build(config, &stage_shutdown).await?;
-        addresses.insert(Target::Risk, server.local_addr()?);
-        stages.push(spawn_stage_with(
-            Target::Risk,
-            server,
-            stage_shutdown,
-            shutdown,
-        ));
+        started.wire(Target::Auth, &mut config.auth.url);
+        let stage = Shutdown::new();
+        let server = risk::build(config, &stage).await?;
+        started.add(Target::Risk, server, stage, shutdown)?;
     }
     if let Some(mut config) = plan.settlement {
-        if !plan.auth_url_given
-            && let Some(url) = local_url(Target::Auth, &addresses)
-        {
-            config.auth_url = url;
-        }
-        let stage_shutdown = Shutdown::new();
-        let server = settlement::build(config, &stage_shutdown).await?;
-        addresses.insert(Target::Settlement, server.local_addr()?);
-        stages.push(spawn_stage_with(
-            Target::Settlement,
-            server,
-            stage_shutdown,
-            shutdown,
-        ));
+        started.wire(Target::Auth, &mut config.auth.url);
+        let stage = Shutdown::new();
+        let server = settlement::build(config, &stage).await?;
+        started.add(Target::Settlement, server, stage, shutdown)?;
     }
     if let Some(mut config) = plan.orders {
-        if !plan.auth_url_given
-            && let Some(url) = local_url(Target::Auth, &addresses)
-        {
-            config.auth_url = url;
-        }
-        if !plan.settlement_url_given
-            && let Some(url) = local_url(Target::Settlement, &addresses)
-        {
-            config.settlement_url = url;
-        }
-        if !plan.risk_url_given
-            && let Some(url) = local_url(Target::Risk, &addresses)
-        {
-            config.risk_url = url;
-        }
-        let stage_shutdown = Shutdown::new();
-        let server = orders::build(config, &stage_shutdown).await?;
-        addresses.insert(Target::Orders, server.local_addr()?);
-        stages.push(spawn_stage_with(
-            Target::Orders,
-            server,
-            stage_shutdown,
-            shutdown,
-        ));
+        started.wire(Target::Auth, &mut config.auth.url);
+        started.wire(Target::Settlement, &mut config.settlement_url);
+        started.wire(Target::Risk, &mut config.risk_url);
+        let stage = Shutdown::new();
+        let server = orders::build(config, &stage).await?;
+        started.add(Target::Orders, server, stage, shutdown)?;
     }
     if let Some(mut config) = plan.gateway {
-        if !plan.auth_url_given
-            && let Some(url) = local_url(Target::Auth, &addresses)
-        {
-            config.auth_url = url;
-        }
-        if !plan.orders_url_given
-            && let Some(url) = local_url(Target::Orders, &addresses)
-        {
-            config.orders_url = url;
-        }
-        if !plan.settlement_url_given
-            && let Some(url) = local_url(Target::Settlement, &addresses)
-        {
-            config.settlement_url = url;
-        }
-        if !plan.risk_url_given
-            && let Some(url) = local_url(Target::Risk, &addresses)
-        {
-            config.risk_url = url;
-        }
-        let stage_shutdown = Shutdown::new();
-        let server = gateway::build(config, &stage_shutdown).await?;
-        addresses.insert(Target::Gateway, server.local_addr()?);
-        stages.push(spawn_stage_with(
-            Target::Gateway,
-            server,
-            stage_shutdown,
-            shutdown,
-        ));
+        started.wire(Target::Auth, &mut config.auth.url);
+        started.wire(Target::Orders, &mut config.orders_url);
+        started.wire(Target::Settlement, &mut config.settlement_url);
+        started.wire(Target::Risk, &mut config.risk_url);
+        let stage = Shutdown::new();
+        let server = gateway::build(config, &stage).await?;
+        started.add(Target::Gateway, server, stage, shutdown)?;
     }
     Ok(Running {
-        addresses,
-        stages,
+        addresses: started.addresses,
+        stages: started.stages,
         shutdown: shutdown.clone(),
     })
+}
+
+/// The services started so far, upstreams first.
+struct Started {
+    urls_given: BTreeSet<Target>,
+    addresses: BTreeMap<Target, SocketAddr>,
+    stages: Vec<Stage>,
+}
+
+impl Started {
+    /// Points `url` at the `upstream` started in this process, unless the operator gave its
+    /// URL or it runs elsewhere.
+    fn wire(&self, upstream: Target, url: &mut String) {
+        if !self.urls_given.contains(&upstream)
+            && let Some(address) = self.addresses.get(&upstream)
+        {
+            *url = format!("http://{}", reachable(*address));
+        }
+    }
+
+    fn add(
+        &mut self,
+        target: Target,
+        server: Server,
+        stage: Shutdown,
+        process: &Shutdown,
+    ) -> anyhow::Result<()> {
+        self.addresses.insert(target, server.local_addr()?);
+        self.stages
+            .push(spawn_stage_with(target, server, stage, process));
+        Ok(())
+    }
 }
 
 /// A wildcard bind address is not something to connect to; use loopback instead.

@@ -250,12 +250,14 @@ async fn trades_build_positions_and_set_the_collar_reference(pool: PgPool) {
     assert_eq!(alice[0]["net_quantity"], "-1.00000000");
     assert_eq!(alice[0]["average_price"], "30000.00");
 
-    // The trade at 30,000 is the reference now: 10 % away is as far as a price may go.
+    // The trade at 30,000 is the reference now: 10 % away is as far as a price may go. Risk
+    // learns it from the orders stream; Carol, who has no funds, probes without side effects
+    // (before the collar applies, settlement refuses her hold instead).
+    let carol = d.app.signed_up("carol@example.com").await;
     eventually("the collar to apply", || async {
-        d.place(&d.bob, &limit("buy", "33000.01", "0.1"))
-            .await
-            .status()
-            == StatusCode::UNPROCESSABLE_ENTITY
+        let refused = d.place(&carol, &limit("buy", "33000.01", "0.1")).await;
+        let problem: Value = refused.json().await.unwrap();
+        problem["code"] == "price_collar"
     })
     .await;
     assert_problem(
@@ -274,12 +276,12 @@ async fn before_the_first_trade_the_collar_centres_on_the_books_mid(pool: PgPool
     d.placed(&d.alice, &limit("sell", "31000.00", "0.1")).await;
     d.placed(&d.bob, &limit("buy", "29000.00", "0.1")).await;
 
-    eventually("the collar to centre on the mid", || async {
-        d.place(&d.alice, &limit("sell", "33000.01", "0.1"))
-            .await
-            .status()
-            == StatusCode::UNPROCESSABLE_ENTITY
-    })
+    // The matching task publishes its quotes before it answers, so the next check sees them.
+    assert_problem(
+        d.place(&d.alice, &limit("sell", "33000.01", "0.1")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "price_collar",
+    )
     .await;
     assert_problem(
         d.place(&d.bob, &limit("buy", "26999.99", "0.1")).await,

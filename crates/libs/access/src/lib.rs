@@ -21,4 +21,4 @@ pub use jwks::{HttpKeySource, JwksCache, KeySource, StaticKeySource};
 pub use principal::Principal;
 pub use roles::Role;
 pub use service::ServicePrincipal;
-pub use verifier::{TokenClaims, TokenVerifier, Verifiers, VerifyError};
+pub use verifier::{AuthSettings, TokenClaims, TokenVerifier, Verifiers, VerifyError};

@@ -160,30 +160,53 @@ fn remember_for(exp: u64, now_unix: u64) -> Duration {
     Duration::from_secs(exp.saturating_sub(now_unix)).min(REMEMBER_FOR)
 }
 
-/// What a service behind the gateway checks tokens with: users' access tokens (`audience`)
-/// and service tokens minted for `service` by name, both against auth's JWKS at `auth_url`.
+/// Where tokens come from and what they must say: every service that checks tokens reads the
+/// same three settings (`BOURSE_AUTH_URL`, `BOURSE_JWT_ISSUER`, `BOURSE_JWT_AUDIENCE`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// Base URL of auth, without a trailing slash: its JWKS, and service tokens.
+    pub url: String,
+    pub issuer: String,
+    /// The audience of users' access tokens.
+    pub audience: String,
+}
+
+impl AuthSettings {
+    pub fn read(env: &mut service_kit::Env) -> Self {
+        Self {
+            url: env
+                .or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
+            audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
+        }
+    }
+
+    pub fn jwks_url(&self) -> String {
+        format!("{}/.well-known/jwks.json", self.url)
+    }
+}
+
+/// What a service behind the gateway checks tokens with: users' access tokens (the audience
+/// of [`AuthSettings`]) and service tokens minted for `service` by name, both against auth's
+/// JWKS.
 pub struct Verifiers {
     pub users: Arc<TokenVerifier>,
     pub services: Arc<TokenVerifier<crate::ServiceClaims>>,
 }
 
 impl Verifiers {
-    pub fn from_auth(
-        client: &reqwest::Client,
-        auth_url: &str,
-        issuer: &str,
-        audience: &str,
-        service: &str,
-    ) -> Self {
+    pub fn from_auth(client: &reqwest::Client, auth: &AuthSettings, service: &str) -> Self {
         let keys = || {
             JwksCache::new(Arc::new(crate::HttpKeySource::new(
                 client.clone(),
-                format!("{auth_url}/.well-known/jwks.json"),
+                auth.jwks_url(),
             )))
         };
         Self {
-            users: TokenVerifier::new(keys(), issuer, audience).into_shared(),
-            services: TokenVerifier::new(keys(), issuer, service).into_shared(),
+            users: TokenVerifier::new(keys(), &auth.issuer, &auth.audience).into_shared(),
+            services: TokenVerifier::new(keys(), &auth.issuer, service).into_shared(),
         }
     }
 }

@@ -4,11 +4,14 @@
 //! - [`asset`]: assets and their scales.
 //! - [`events`]: payloads of events that several services read.
 //! - [`fees`]: maker/taker fees, one formula for settlement and orders.
+//! - [`side`]: buy or sell.
 
 pub mod amount;
 pub mod asset;
 pub mod events;
 pub mod fees;
+pub mod side;
 
 pub use amount::{AmountError, format_units, parse_units};
 pub use asset::Asset;
+pub use side::Side;

@@ -38,6 +38,12 @@ use crate::{Error, outbox};
 /// The logical stream dead-letter notices go to.
 pub const OPS_STREAM: &str = "ops";
 
+/// This replica's name in a consumer group: the host name (a pod's name) where there is one,
+/// so a restarted replica re-reads its own pending entries first; else `<service>-1`.
+pub fn replica_name(service: &str) -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| format!("{service}-1"))
+}
+
 /// Applies one event. Runs inside the consumer's transaction; an `Err` rolls it back and the
 /// event is retried later.
 pub trait Handler: Send + Sync {

@@ -451,7 +451,7 @@ impl Handler for Poisoned {
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_batch_commits_once_and_one_bad_event_holds_back_no_other(pool: PgPool) {
+async fn one_bad_event_in_a_batch_holds_back_no_other(pool: PgPool) {
     let pool = consumer_db(&pool).await;
     let mut redis = redis().await;
     let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));

@@ -10,8 +10,8 @@ use service_kit::{CommonConfig, Env};
 pub struct Config {
     pub common: CommonConfig,
     pub port: u16,
-    /// Base URL of the auth service, e.g. `http://127.0.0.1:8081`.
-    pub auth_url: String,
+    /// Where tokens come from and what they must say.
+    pub auth: access::AuthSettings,
     /// Base URL of the orders service.
     pub orders_url: String,
     /// Base URL of the settlement service.
@@ -28,8 +28,6 @@ pub struct Config {
     /// Send `Strict-Transport-Security` (when TLS terminates at or before the gateway).
     pub hsts: bool,
     pub rate_limits: RateLimits,
-    pub jwt_issuer: String,
-    pub jwt_audience: String,
     /// Floor between two JWKS fetches triggered by unknown `kid`s.
     pub jwks_min_refresh: Duration,
 }
@@ -93,10 +91,7 @@ impl Config {
         let production = common.is_production();
         Self {
             port: env.or("BOURSE_GATEWAY_PORT", 8080u16),
-            auth_url: env
-                .or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
+            auth: access::AuthSettings::read(env),
             orders_url: env
                 .or("BOURSE_ORDERS_URL", "http://127.0.0.1:8082".to_owned())
                 .trim_end_matches('/')
@@ -128,11 +123,9 @@ impl Config {
             ),
             hsts: env.or("BOURSE_GATEWAY_HSTS", production),
             rate_limits,
-            jwt_issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
             jwks_min_refresh: Duration::from_millis(
                 env.or("BOURSE_GATEWAY_JWKS_MIN_REFRESH_MS", 1000u64),
             ),
-            jwt_audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
             common,
         }
     }

@@ -80,15 +80,12 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .build()?;
     let verifier = TokenVerifier::new(
         JwksCache::with_intervals(
-            Arc::new(HttpKeySource::new(
-                client.clone(),
-                format!("{}/.well-known/jwks.json", config.auth_url),
-            )),
+            Arc::new(HttpKeySource::new(client.clone(), config.auth.jwks_url())),
             config.jwks_min_refresh,
             Duration::from_secs(300),
         ),
-        &config.jwt_issuer,
-        &config.jwt_audience,
+        &config.auth.issuer,
+        &config.auth.audience,
     )
     .into_shared();
     let upstream = |name, url: &str| {
@@ -96,7 +93,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
             .map_err(Error::Upstream)
     };
     let upstreams = Upstreams::new(
-        upstream("auth", &config.auth_url)?,
+        upstream("auth", &config.auth.url)?,
         upstream("orders", &config.orders_url)?,
         upstream("settlement", &config.settlement_url)?,
         upstream("risk", &config.risk_url)?,
@@ -132,7 +129,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .with(Check::Redis(redis))
         .with(Check::Upstream {
             name: "auth",
-            base_url: config.auth_url.clone(),
+            base_url: config.auth.url.clone(),
             client: client.clone(),
         })
         .with(Check::Upstream {

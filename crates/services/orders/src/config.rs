@@ -12,8 +12,8 @@ use service_kit::{CommonConfig, Env};
 pub struct Config {
     pub common: CommonConfig,
     pub port: u16,
-    /// Where the JWKS and service tokens come from (auth).
-    pub auth_url: String,
+    /// Where tokens come from and what they must say.
+    pub auth: access::AuthSettings,
     /// The ledger that holds funds for orders before they match.
     pub settlement_url: String,
     /// The pre-trade risk checks, asked before the hold.
@@ -30,8 +30,6 @@ pub struct Config {
     pub market_protection_bps: u32,
     /// The fee schedule settlement books; orders shows each fill's fee by it.
     pub fees: Fees,
-    pub jwt_issuer: String,
-    pub jwt_audience: String,
     pub assets: Vec<Asset>,
     /// Requests that may wait for one symbol's matching task; beyond, 503 at once.
     pub queue_capacity: usize,
@@ -47,12 +45,7 @@ impl Config {
         });
         Self {
             port: env.or("BOURSE_ORDERS_PORT", 8082u16),
-            auth_url: env
-                .or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
-            jwt_issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
-            jwt_audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
+            auth: access::AuthSettings::read(env),
             settlement_url: env
                 .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())
                 .trim_end_matches('/')

@@ -314,6 +314,9 @@ async fn run(
             .record(started.elapsed());
         match committed {
             Ok(outputs) => {
+                // Before anyone hears back: a client that saw its order placed finds the
+                // book's new quotes in what risk is told next.
+                publish_quotes(&quotes, &instrument, &book);
                 for (job, output) in batch.drain(..).zip(outputs) {
                     reply(job, Ok(output));
                 }
@@ -353,11 +356,15 @@ async fn run(
                 }
             }
         }
-        let (bids, asks) = book.depth(1);
-        let price =
-            |levels: &[matching::Level]| levels.first().map(|l| l.price * instrument.tick_size);
-        quotes.set(&symbol, price(&bids), price(&asks));
+        // After a replay too (the book was rebuilt).
+        publish_quotes(&quotes, &instrument, &book);
     }
+}
+
+fn publish_quotes(quotes: &Quotes, instrument: &Instrument, book: &Book) {
+    let (bids, asks) = book.depth(1);
+    let price = |levels: &[matching::Level]| levels.first().map(|l| l.price * instrument.tick_size);
+    quotes.set(&instrument.symbol, price(&bids), price(&asks));
 }
 
 /// The best bid and ask of each book as its matching task last left it (quote minor units),

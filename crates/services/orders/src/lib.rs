@@ -72,10 +72,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let verifier = TokenVerifier::new(
         JwksCache::new(Arc::new(HttpKeySource::new(
             client.clone(),
-            format!("{}/.well-known/jwks.json", config.auth_url),
+            config.auth.jwks_url(),
         ))),
-        &config.jwt_issuer,
-        &config.jwt_audience,
+        &config.auth.issuer,
+        &config.auth.audience,
     )
     .into_shared();
 
@@ -95,7 +95,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         KeyPrefix::new(&config.common.redis_key_prefix),
         "risk",
         SERVICE,
-        &format!("{SERVICE}-1"),
+        &events::consumer::replica_name(SERVICE),
         SERVICE,
         ConsumerSettings::default(),
     );
@@ -107,7 +107,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     // Service tokens come from auth; settlement's holds are called with them (SEC-14).
     let auth = resilience::Upstream::new(
         "auth",
-        config.auth_url.clone(),
+        config.auth.url.clone(),
         client.clone(),
         resilience::Policy::default(),
     )

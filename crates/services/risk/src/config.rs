@@ -10,9 +10,8 @@ use crate::limits::{Decimal, Limits, LimitsBody};
 pub struct Config {
     pub common: CommonConfig,
     pub port: u16,
-    pub auth_url: String,
-    pub jwt_issuer: String,
-    pub jwt_audience: String,
+    /// Where tokens come from and what they must say.
+    pub auth: access::AuthSettings,
     pub assets: Vec<Asset>,
     pub defaults: Limits,
     pub migrate_on_start: bool,
@@ -41,12 +40,7 @@ impl Config {
         });
         Self {
             port: env.or("BOURSE_RISK_PORT", 8083u16),
-            auth_url: env
-                .or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
-            jwt_issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
-            jwt_audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
+            auth: access::AuthSettings::read(env),
             assets,
             defaults,
             migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),

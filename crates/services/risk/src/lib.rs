@@ -87,13 +87,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .connect_timeout(Duration::from_secs(1))
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let Verifiers { users, services } = Verifiers::from_auth(
-        &client,
-        &config.auth_url,
-        &config.jwt_issuer,
-        &config.jwt_audience,
-        SERVICE,
-    );
+    let Verifiers { users, services } = Verifiers::from_auth(&client, &config.auth, SERVICE);
 
     let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
     tokio::spawn(
@@ -112,7 +106,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         prefix,
         "orders",
         SERVICE,
-        &format!("{SERVICE}-1"),
+        &events::consumer::replica_name(SERVICE),
         SERVICE,
         ConsumerSettings::default(),
     );

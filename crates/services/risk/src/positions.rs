@@ -1,30 +1,6 @@
 //! Positions and realized PnL from fills (TRD-12), without IO.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    Buy,
-    Sell,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Buy => "buy",
-            Side::Sell => "sell",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "buy" => Some(Side::Buy),
-            "sell" => Some(Side::Sell),
-            _ => None,
-        }
-    }
-}
+pub use contracts::Side;
 
 /// One account's position in one instrument. `net` in base minor units (negative = short);
 /// `average_price` of the open position and `realized_pnl` in quote minor units.

@@ -11,10 +11,8 @@ use crate::ledger::Fees;
 pub struct Config {
     pub common: CommonConfig,
     pub port: u16,
-    /// Where the JWKS comes from (auth).
-    pub auth_url: String,
-    pub jwt_issuer: String,
-    pub jwt_audience: String,
+    /// Where tokens come from and what they must say.
+    pub auth: access::AuthSettings,
     /// Shared with orders (`BOURSE_ASSETS`): both must agree on every scale.
     pub assets: Vec<Asset>,
     pub fees: Fees,
@@ -60,12 +58,7 @@ impl Config {
         }
         Self {
             port: env.or("BOURSE_SETTLEMENT_PORT", 8084u16),
-            auth_url: env
-                .or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
-            jwt_issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
-            jwt_audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
+            auth: access::AuthSettings::read(env),
             assets,
             fees,
             reconciliation_interval: Duration::from_secs(interval.max(1)),

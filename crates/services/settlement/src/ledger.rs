@@ -22,21 +22,7 @@ const BPS: i128 = 10_000;
 /// The fee schedule, shared with orders (which shows each fill's fee).
 pub use contracts::fees::Fees;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    Buy,
-    Sell,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Buy => "buy",
-            Side::Sell => "sell",
-        }
-    }
-}
+pub use contracts::Side;
 
 /// An amount that does not fit the ledger's 64-bit minor units.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]

@@ -76,13 +76,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .connect_timeout(Duration::from_secs(1))
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let Verifiers { users, services } = Verifiers::from_auth(
-        &client,
-        &config.auth_url,
-        &config.jwt_issuer,
-        &config.jwt_audience,
-        SERVICE,
-    );
+    let Verifiers { users, services } = Verifiers::from_auth(&client, &config.auth, SERVICE);
 
     let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
     let relay = Relay::new(
@@ -99,7 +93,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         prefix,
         ORDERS_STREAM,
         SERVICE,
-        &consumer_name(),
+        &events::consumer::replica_name(SERVICE),
         SERVICE,
         ConsumerSettings {
             batch: config.consumer_batch,
@@ -143,12 +137,6 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
         .await
         .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
-}
-
-/// This replica's name in the consumer group: stable across restarts of the same host, so a
-/// restarted replica re-reads its own pending entries first.
-fn consumer_name() -> String {
-    std::env::var("HOSTNAME").unwrap_or_else(|_| format!("{SERVICE}-1"))
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
