@@ -23,6 +23,7 @@ pub enum Target {
     Orders,
     Settlement,
     Risk,
+    Alerting,
 }
 
 impl Target {
@@ -34,6 +35,7 @@ impl Target {
                 Target::Risk,
                 Target::Settlement,
                 Target::Orders,
+                Target::Alerting,
                 Target::Gateway,
             ]
         } else {
@@ -47,8 +49,9 @@ impl Target {
             Target::Risk => 1,
             Target::Settlement => 2,
             Target::Orders => 3,
-            Target::Gateway => 4,
-            Target::All => 5,
+            Target::Alerting => 4,
+            Target::Gateway => 5,
+            Target::All => 6,
         });
         services
     }
@@ -61,6 +64,7 @@ pub struct Plan {
     pub orders: Option<orders::Config>,
     pub settlement: Option<settlement::Config>,
     pub risk: Option<risk::Config>,
+    pub alerting: Option<alerting::Config>,
     pub gateway: Option<gateway::Config>,
     /// The upstreams whose URL was given (`BOURSE_<TARGET>_URL`); the others are wired to the
     /// services started in this process.
@@ -76,6 +80,7 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
         (Target::Orders, "BOURSE_ORDERS_URL"),
         (Target::Settlement, "BOURSE_SETTLEMENT_URL"),
         (Target::Risk, "BOURSE_RISK_URL"),
+        (Target::Alerting, "BOURSE_ALERTING_URL"),
     ]
     .into_iter()
     .filter(|(_, variable)| env.is_set(variable))
@@ -93,6 +98,9 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     let settlement = services
         .contains(&Target::Settlement)
         .then(|| settlement::Config::read(&mut env));
+    let alerting = services
+        .contains(&Target::Alerting)
+        .then(|| alerting::Config::read(&mut env));
     let gateway = services
         .contains(&Target::Gateway)
         .then(|| gateway::Config::read(&mut env));
@@ -104,6 +112,7 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
         gateway,
         settlement,
         risk,
+        alerting,
         urls_given,
     })
 }
@@ -180,7 +189,8 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
     let migrate_on_start = plan.auth.as_ref().is_some_and(|c| c.migrate_on_start)
         || plan.orders.as_ref().is_some_and(|c| c.migrate_on_start)
         || plan.settlement.as_ref().is_some_and(|c| c.migrate_on_start)
-        || plan.risk.as_ref().is_some_and(|c| c.migrate_on_start);
+        || plan.risk.as_ref().is_some_and(|c| c.migrate_on_start)
+        || plan.alerting.as_ref().is_some_and(|c| c.migrate_on_start);
     if migrate_on_start {
         service_kit::db::ensure_database(&plan.common).await?;
     }
@@ -214,11 +224,23 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
         let server = orders::build(config, &stage).await?;
         started.add(Target::Orders, server, stage, shutdown)?;
     }
+    if let Some(mut config) = plan.alerting {
+        started.wire(Target::Auth, &mut config.auth.url);
+        if config.watch.targets.is_empty() {
+            // Unless told what to watch (BOURSE_ALERTING_WATCH), watch what runs here. The
+            // gateway starts after alerting (it routes to it), so only a given list names it.
+            config.watch.targets = started.watchable();
+        }
+        let stage = Shutdown::new();
+        let server = alerting::build(config, &stage).await?;
+        started.add(Target::Alerting, server, stage, shutdown)?;
+    }
     if let Some(mut config) = plan.gateway {
         started.wire(Target::Auth, &mut config.auth.url);
         started.wire(Target::Orders, &mut config.orders_url);
         started.wire(Target::Settlement, &mut config.settlement_url);
         started.wire(Target::Risk, &mut config.risk_url);
+        started.wire(Target::Alerting, &mut config.alerting_url);
         let stage = Shutdown::new();
         let server = gateway::build(config, &stage).await?;
         started.add(Target::Gateway, server, stage, shutdown)?;
@@ -246,6 +268,19 @@ impl Started {
         {
             *url = format!("http://{}", reachable(*address));
         }
+    }
+
+    /// (name, base URL) of every service started so far, for the health watch.
+    fn watchable(&self) -> Vec<(String, String)> {
+        self.addresses
+            .iter()
+            .map(|(target, address)| {
+                (
+                    format!("{target:?}").to_lowercase(),
+                    format!("http://{}", reachable(*address)),
+                )
+            })
+            .collect()
     }
 
     fn add(
@@ -282,6 +317,8 @@ pub async fn migrate(common: &CommonConfig) -> anyhow::Result<()> {
     settlement::migrate(&pool).await?;
     let pool = service_kit::db::connect(common, risk::SCHEMA).await?;
     risk::migrate(&pool).await?;
+    let pool = service_kit::db::connect(common, alerting::SCHEMA).await?;
+    alerting::migrate(&pool).await?;
     tracing::info!("migrations applied");
     Ok(())
 }

@@ -309,6 +309,10 @@ async fn without_settlement_orders_are_refused_fast_and_the_breaker_opens(pool: 
     assert_eq!(event_type, "CircuitBreakerOpened");
     assert_eq!(event["payload"]["service"], "orders");
     assert_eq!(event["payload"]["upstream"], "settlement");
+    // It ends as an alert (ALR-07), scoped by caller and upstream.
+    let alert = x.app.alert_of(&x.admin, "CircuitBreakerOpened").await;
+    assert_eq!(alert["scope"], "orders->settlement");
+    assert_eq!(alert["status"], "firing");
     // Never matched unchecked: no order exists.
     assert_eq!(
         count(&x.app.db, "SELECT count(*) FROM orders.orders").await,

@@ -76,6 +76,7 @@ pub fn base_env(pool: &PgPool) -> Vec<(String, String)> {
         ("BOURSE_ORDERS_PORT", "0".to_owned()),
         ("BOURSE_SETTLEMENT_PORT", "0".to_owned()),
         ("BOURSE_RISK_PORT", "0".to_owned()),
+        ("BOURSE_ALERTING_PORT", "0".to_owned()),
         ("BOURSE_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
         (
             "BOURSE_GATEWAY_CORS_ORIGINS",
@@ -300,6 +301,26 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::CREATED, "deposit");
+    }
+}
+
+impl TestApp {
+    /// The alert alerting raised for `event_type`, once it has (ALR-07), read as `reader`.
+    pub async fn alert_of(&self, reader: &Tokens, event_type: &str) -> Value {
+        service_kit::testing::eventually_some(&format!("an alert for {event_type}"), || async {
+            let response = self
+                .get_authed("/v1/admin/alerts", &reader.access_token)
+                .await;
+            assert_eq!(response.status(), StatusCode::OK);
+            let alerts: Value = response.json().await.unwrap();
+            alerts
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["event_type"] == event_type)
+                .cloned()
+        })
+        .await
     }
 }
 

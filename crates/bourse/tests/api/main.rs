@@ -4,6 +4,7 @@
 // Test code: a failed expectation should panic with a message, which is what expect() does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod admin;
+mod alerting;
 mod audit;
 mod auth_flow;
 mod database_roles;
@@ -15,6 +16,7 @@ mod instruments;
 mod openapi;
 mod orders;
 mod rate_limits;
+mod receiver;
 mod risk;
 mod service_tokens;
 mod settlement;

@@ -310,6 +310,12 @@ async fn a_fill_beyond_a_lowered_position_limit_is_reported(pool: PgPool) {
     assert_eq!(event["payload"]["account_id"], d.bob_id.to_string());
     assert_eq!(event["payload"]["limit"], "max_position");
     assert_eq!(event["payload"]["net_quantity"], "1.00000000");
+    // Risk officers hear of it (ALR-07).
+    let alert = d.app.alert_of(&d.officer, "RiskLimitBreached").await;
+    assert_eq!(
+        alert["scope"],
+        format!("account:{}/symbol:BTC-USD", d.bob_id)
+    );
     // And any order that would grow the position is refused now.
     assert_problem(
         d.place(&d.bob, &limit("buy", "30000.00", "0.1")).await,

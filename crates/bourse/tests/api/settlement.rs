@@ -600,6 +600,15 @@ async fn a_trade_that_cannot_settle_is_dead_lettered_and_announced(pool: PgPool)
     .unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].event_id, poison.id.to_string());
+    // And operators are alerted (ALR-07): a settlement failure is a dead-lettered trade.
+    let alert = l.app.alert_of(&l.admin, "EventDeadLettered").await;
+    assert_eq!(alert["scope"], "orders/settlement");
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&poison.id.to_string())
+    );
     // Nothing of it reached the books.
     assert_eq!(
         count(
@@ -668,6 +677,14 @@ async fn reconciliation_proves_the_books_and_finds_a_planted_mismatch(pool: PgPo
     let (event_type, event) = l.app.first_event("settlement").await;
     assert_eq!(event_type, "ReconciliationFailed");
     assert_eq!(event["payload"]["checks"][0]["name"], "ledger_balanced");
+    let alert = l.app.alert_of(&auditor, "ReconciliationFailed").await;
+    assert_eq!(alert["severity"], "critical");
+    assert!(
+        alert["summary"]
+            .as_str()
+            .unwrap()
+            .contains("ledger_balanced")
+    );
 
     // A hold whose order never reached the book (orders stopped in between) is found once it
     // is old enough: placed here over the internal API, aged by hand.

@@ -12,8 +12,25 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    eventually_some(what, || {
+        let holds = condition();
+        async move { holds.await.then_some(()) }
+    })
+    .await;
+}
+
+/// [`eventually`] for a state that is a value: waits until `probe` finds it, and returns it
+/// ("the alert, once its count is 2").
+pub async fn eventually_some<T, F, Fut>(what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition().await {
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting for {what}"

@@ -18,6 +18,8 @@ pub struct Config {
     pub settlement_url: String,
     /// Base URL of the risk service.
     pub risk_url: String,
+    /// Base URL of the alerting service.
+    pub alerting_url: String,
     /// Timeout, retries, breaker and bulkhead of each upstream (`BOURSE_GATEWAY_UPSTREAM_*`).
     pub upstream: Policy,
     pub cors_origins: Vec<String>,
@@ -102,6 +104,10 @@ impl Config {
                 .to_owned(),
             risk_url: env
                 .or("BOURSE_RISK_URL", "http://127.0.0.1:8083".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            alerting_url: env
+                .or("BOURSE_ALERTING_URL", "http://127.0.0.1:8085".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
             upstream: Policy::read(

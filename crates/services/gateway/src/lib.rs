@@ -97,6 +97,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         upstream("orders", &config.orders_url)?,
         upstream("settlement", &config.settlement_url)?,
         upstream("risk", &config.risk_url)?,
+        upstream("alerting", &config.alerting_url)?,
         config.common.http.body_limit_bytes,
     );
     let keys = KeyPrefix::new(&config.common.redis_key_prefix);
@@ -145,6 +146,11 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .with(Check::Upstream {
             name: "risk",
             base_url: config.risk_url.clone(),
+            client: client.clone(),
+        })
+        .with(Check::Upstream {
+            name: "alerting",
+            base_url: config.alerting_url.clone(),
             client,
         });
     // CORS and security headers wrap everything, so preflights are answered before routing and

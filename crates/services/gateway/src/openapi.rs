@@ -16,6 +16,7 @@ const UPSTREAMS: &[Upstream] = &[
     Upstream::Orders,
     Upstream::Settlement,
     Upstream::Risk,
+    Upstream::Alerting,
 ];
 
 #[derive(Clone, Default)]

@@ -46,6 +46,7 @@ pub struct Upstreams {
     orders: resilience::Upstream,
     settlement: resilience::Upstream,
     risk: resilience::Upstream,
+    alerting: resilience::Upstream,
     body_limit: usize,
 }
 
@@ -55,6 +56,7 @@ impl Upstreams {
         orders: resilience::Upstream,
         settlement: resilience::Upstream,
         risk: resilience::Upstream,
+        alerting: resilience::Upstream,
         body_limit: usize,
     ) -> Self {
         Self {
@@ -62,6 +64,7 @@ impl Upstreams {
             orders,
             settlement,
             risk,
+            alerting,
             body_limit,
         }
     }
@@ -72,11 +75,18 @@ impl Upstreams {
             Upstream::Orders => &self.orders,
             Upstream::Settlement => &self.settlement,
             Upstream::Risk => &self.risk,
+            Upstream::Alerting => &self.alerting,
         }
     }
 
-    pub fn all(&self) -> [&resilience::Upstream; 4] {
-        [&self.auth, &self.orders, &self.settlement, &self.risk]
+    pub fn all(&self) -> [&resilience::Upstream; 5] {
+        [
+            &self.auth,
+            &self.orders,
+            &self.settlement,
+            &self.risk,
+            &self.alerting,
+        ]
     }
 
     /// Forwards a client's request. Only idempotent methods are retried (REL-04); the request

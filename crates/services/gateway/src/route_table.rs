@@ -13,6 +13,7 @@ pub enum Upstream {
     Orders,
     Settlement,
     Risk,
+    Alerting,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -223,6 +224,78 @@ pub static ROUTES: &[RouteSpec] = &[
         "/v1/admin/kill-switches/{id}",
         Upstream::Risk,
         Access::Roles(&[Role::RiskOfficer, Role::Admin]),
+    ),
+    route(
+        Method::POST,
+        "/v1/admin/alert-channels",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin]),
+    ),
+    route(
+        Method::GET,
+        "/v1/admin/alert-channels",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin]),
+    ),
+    route(
+        Method::POST,
+        "/v1/admin/alert-rules",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin]),
+    ),
+    route(
+        Method::GET,
+        "/v1/admin/alert-rules",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin]),
+    ),
+    route(
+        Method::DELETE,
+        "/v1/admin/alert-rules/{id}",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin]),
+    ),
+    route(
+        Method::GET,
+        "/v1/admin/alerts",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin, Role::RiskOfficer, Role::Auditor]),
+    ),
+    route(
+        Method::GET,
+        "/v1/admin/alerts/{id}",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin, Role::RiskOfficer, Role::Auditor]),
+    ),
+    route(
+        Method::POST,
+        "/v1/admin/alerts/{id}/ack",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin, Role::RiskOfficer]),
+    ),
+    route(
+        Method::POST,
+        "/v1/admin/alerts/{id}/resolve",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin, Role::RiskOfficer]),
+    ),
+    route(
+        Method::POST,
+        "/v1/admin/silences",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin, Role::RiskOfficer]),
+    ),
+    route(
+        Method::GET,
+        "/v1/admin/silences",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin, Role::RiskOfficer, Role::Auditor]),
+    ),
+    route(
+        Method::DELETE,
+        "/v1/admin/silences/{id}",
+        Upstream::Alerting,
+        Access::Roles(&[Role::Admin, Role::RiskOfficer]),
     ),
 ];
 

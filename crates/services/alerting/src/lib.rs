@@ -1,0 +1,156 @@
+//! The alerting service (ALR-01..07): operators learn within seconds when a kill switch
+//! fires, a breaker opens, a limit is breached, an event is dead-lettered, the ledger does not
+//! reconcile or a service is not ready.
+//!
+//! - [`config`]: `BOURSE_ALERTING_*` settings: retries, SMTP, the health watch.
+//! - [`signals`]: which events raise or resolve alerts, and their fingerprints — no IO.
+//! - [`rules`], [`channels`], [`silences`]: what routes where, validated — no IO.
+//! - [`alerts`]: raising (dedup, silences, routing), acknowledging, resolving; the consumer.
+//! - [`notify`]: the notifier working off the delivery log, with retries and backoff.
+//! - [`escalation`]: unacknowledged alerts sent on to `escalate_to`.
+//! - [`health_watch`]: every service's readiness, polled, announced on the ops stream.
+//! - [`store`]: all SQL.
+//! - [`http`]: thin handlers and the OpenAPI description.
+//! - [`error`]: the crate's errors as problem+json.
+
+pub mod alerts;
+pub mod channels;
+pub mod config;
+pub mod error;
+pub mod escalation;
+pub mod health_watch;
+pub mod http;
+pub mod notify;
+pub mod rules;
+pub mod signals;
+pub mod silences;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
+use service_kit::health::{Check, Readiness};
+use service_kit::redis::KeyPrefix;
+use service_kit::{Server, Shutdown};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::sync::Notify;
+
+pub use config::Config;
+pub use error::Error;
+
+pub const SCHEMA: &str = "alerting";
+pub const SERVICE: &str = "alerting";
+/// The streams alerts come from (the ops stream carries dead-letter and breaker notices and
+/// the health watch's own announcements).
+pub const SOURCES: &[&str] = &["risk", "settlement", events::consumer::OPS_STREAM];
+
+pub fn migrator() -> Migrator {
+    sqlx::migrate!("../../../migrations/alerting")
+}
+
+pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
+    let failed =
+        |e: sqlx::migrate::MigrateError| Error::Internal(format!("migrating {SCHEMA}: {e}"));
+    service_kit::db::migrate(pool, SCHEMA, migrator())
+        .await
+        .map_err(failed)?;
+    events::migrate(pool, SCHEMA).await.map_err(failed)
+}
+
+pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
+    service_kit::metrics::install();
+    let pool = service_kit::db::connect(&config.common, SCHEMA).await?;
+    if config.migrate_on_start {
+        migrate(&pool).await?;
+    }
+    let redis = service_kit::redis::connect(&config.common.redis_url)
+        .await
+        .map_err(|e| Error::Internal(format!("redis: {e}")))?;
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let verifier = access::Verifiers::from_auth(&client, &config.auth, SERVICE).users;
+    let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
+    let wake = Arc::new(Notify::new());
+
+    tokio::spawn(
+        Relay::new(
+            pool.clone(),
+            redis.clone(),
+            prefix.clone(),
+            SCHEMA,
+            RelaySettings::default(),
+        )
+        .run(shutdown.clone()),
+    );
+    let alerter = Arc::new(alerts::Alerter {
+        default_suppress: config.default_suppress,
+        wake: wake.clone(),
+    });
+    let settings = ConsumerSettings {
+        max_deliveries: config.consumer_max_deliveries,
+        retry_after: config.consumer_retry_after,
+        ..ConsumerSettings::default()
+    };
+    for stream in SOURCES {
+        let consumer = Consumer::new(
+            pool.clone(),
+            redis.clone(),
+            prefix.clone(),
+            stream,
+            SERVICE,
+            &events::consumer::replica_name(SERVICE),
+            SERVICE,
+            settings.clone(),
+        );
+        tokio::spawn(consumer.run(alerter.clone(), shutdown.clone()));
+    }
+    let notifier = notify::Notifier::new(
+        pool.clone(),
+        config.delivery.clone(),
+        &config.smtp,
+        wake.clone(),
+    )?;
+    let email_enabled = notifier.email_enabled();
+    tokio::spawn(notifier.run(shutdown.clone()));
+    tokio::spawn(escalation::every(
+        pool.clone(),
+        config.escalation_interval,
+        wake.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(
+        health_watch::Watch::new(pool.clone(), config.watch.clone())?.run(shutdown.clone()),
+    );
+
+    let state = http::AppState {
+        pool: pool.clone(),
+        verifier,
+        wake,
+        email_enabled,
+    };
+    let readiness = Readiness::new(shutdown.clone())
+        .with(Check::Postgres(pool))
+        .with(Check::Redis(redis));
+    let router = service_kit::http::service_router(
+        SERVICE,
+        &config.common.http,
+        readiness,
+        http::router(state),
+    );
+    let address = format!("{}:{}", config.common.bind_host, config.port);
+    Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
+        .await
+        .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
+}
+
+pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
+    let server = build(config, &shutdown).await?;
+    server
+        .run(shutdown)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))
+}
