@@ -664,3 +664,92 @@ async fn operators_list_and_replay_dead_letters() {
         .unwrap();
     assert!(!again.status.success(), "a dead letter is replayed once");
 }
+
+#[sqlx::test(migrations = false)]
+async fn alert_channel_secrets_never_reach_the_logs(pool: PgPool) {
+    // A Slack URL whose path is its credential and a webhook's HMAC key, both channels pointed
+    // at a closed port: every delivery fails, is retried and given up — all of it logged.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let slack_path = "/services/T0/B0/XyzSlackSecretPath";
+    let hmac_key = "webhook-hmac-secret-value";
+    let mut served = Served::start_with(
+        &pool,
+        &[
+            ("BOURSE_ALERTING_DELIVERY_MAX_ATTEMPTS", "2"),
+            ("BOURSE_ALERTING_DELIVERY_BACKOFF_BASE_MS", "10"),
+            ("BOURSE_ALERTING_DELIVERY_BACKOFF_CAP_MS", "20"),
+        ],
+    )
+    .await;
+    let gateway = served.address_of("gateway").await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://{gateway}{path}");
+    let admin = serde_json::json!({ "email": "ops@example.com", "password": PASSWORD });
+    let registered = client.post(url("/v1/auth/register")).json(&admin).send();
+    assert_eq!(registered.await.unwrap().status(), 201);
+    sqlx::query("UPDATE auth.users SET roles = '{admin}' WHERE email = 'ops@example.com'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let tokens: Value = client
+        .post(url("/v1/auth/login"))
+        .json(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = tokens["access_token"].as_str().unwrap();
+    let post = |path: &str, body: Value| {
+        client
+            .post(url(path))
+            .bearer_auth(access)
+            .json(&body)
+            .send()
+    };
+    for channel in [
+        serde_json::json!({ "name": "slack", "kind": "slack", "target": format!("{nowhere}{slack_path}") }),
+        serde_json::json!({ "name": "hook", "kind": "webhook", "target": format!("{nowhere}/hook"), "secret": hmac_key }),
+    ] {
+        assert_eq!(
+            post("/v1/admin/alert-channels", channel)
+                .await
+                .unwrap()
+                .status(),
+            201
+        );
+    }
+    let rule = serde_json::json!({ "event_type": "*", "severity": "critical", "channels": ["slack", "hook"] });
+    assert_eq!(
+        post("/v1/admin/alert-rules", rule).await.unwrap().status(),
+        201
+    );
+    let kill = serde_json::json!({ "scope": "global", "reason": "log test" });
+    assert_eq!(
+        post("/v1/admin/kill-switches", kill)
+            .await
+            .unwrap()
+            .status(),
+        201
+    );
+
+    for _ in 0..2 {
+        served
+            .wait_for("a delivery given up", |v| {
+                v["message"] == "alert delivery failed" && v["outcome"] == "failed"
+            })
+            .await;
+    }
+    served.terminate();
+    let (code, lines) = served.finish().await;
+    assert_eq!(code, Some(0));
+    for line in &lines {
+        assert!(
+            !line.contains("XyzSlackSecretPath") && !line.contains(hmac_key),
+            "a channel secret leaked into the logs: {line}"
+        );
+    }
+}
