@@ -20,4 +20,5 @@ mod receiver;
 mod risk;
 mod service_tokens;
 mod settlement;
+mod stream;
 mod tokens;

@@ -24,6 +24,12 @@ async fn every_route_the_gateway_serves_is_in_the_openapi_document(pool: PgPool)
             route.path
         );
     }
+    for path in gateway::openapi::GATEWAY_PATHS {
+        assert!(
+            spec["paths"][path]["get"].is_object(),
+            "{path} is not described"
+        );
+    }
     let paths = spec["paths"].as_object().unwrap();
     assert_eq!(
         paths.len(),
@@ -32,6 +38,7 @@ async fn every_route_the_gateway_serves_is_in_the_openapi_document(pool: PgPool)
             .map(|r| r.path)
             .collect::<std::collections::BTreeSet<_>>()
             .len()
+            + gateway::openapi::GATEWAY_PATHS.len()
     );
     assert!(paths.keys().all(|p| !p.starts_with("/internal")));
     assert!(spec["components"]["schemas"]["Problem"].is_object());

@@ -28,6 +28,9 @@ pub struct TradeExecuted {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderEnded {
     pub order_id: Option<Uuid>,
+    /// Whose order it was (absent from events written before it was added).
+    #[serde(default)]
+    pub account_id: Option<Uuid>,
     /// Base minor units left unfilled (cancels only).
     #[serde(default)]
     pub remaining: Option<i64>,

@@ -17,10 +17,22 @@ pub async fn publish(
     stream: &str,
     envelope: &Envelope,
 ) -> Result<(), Error> {
+    publish_trimmed(redis, keys, stream, envelope, None).await
+}
+
+/// [`publish`], trimming the stream to about `max_len` entries: for a feed whose readers only
+/// ever want its recent past (market data).
+pub async fn publish_trimmed(
+    redis: &ConnectionManager,
+    keys: &KeyPrefix,
+    stream: &str,
+    envelope: &Envelope,
+    max_len: Option<usize>,
+) -> Result<(), Error> {
     let mut redis = redis.clone();
     let _: String = crate::envelope::xadd(
         &keys.stream(stream),
-        None,
+        max_len,
         &envelope.id.to_string(),
         &envelope.event_type,
         &serde_json::to_string(envelope)?,

@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
+use contracts::Asset;
 use resilience::Policy;
 use service_kit::http::TrustedProxies;
 use service_kit::{CommonConfig, Env};
+
+use crate::stream::StreamSettings;
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -32,6 +35,10 @@ pub struct Config {
     pub rate_limits: RateLimits,
     /// Floor between two JWKS fetches triggered by unknown `kid`s.
     pub jwks_min_refresh: Duration,
+    /// The WebSocket stream (`BOURSE_GATEWAY_STREAM_*`).
+    pub stream: StreamSettings,
+    /// Scales of the assets, to show the stream's amounts as decimals (`BOURSE_ASSETS`).
+    pub assets: Vec<Asset>,
 }
 
 /// Documented defaults (SEC-07): 500 req/s per IP with bursts of 1,000; per principal 100 req/s
@@ -91,6 +98,24 @@ impl Config {
             },
         };
         let production = common.is_production();
+        let assets = Asset::configured(&env.list("BOURSE_ASSETS")).unwrap_or_else(|message| {
+            env.problem("BOURSE_ASSETS", message);
+            Asset::defaults()
+        });
+        let stream = StreamSettings {
+            buffer: positive(env, "BOURSE_GATEWAY_STREAM_BUFFER", 256) as usize,
+            heartbeat: env.millis(
+                "BOURSE_GATEWAY_STREAM_HEARTBEAT_MS",
+                Duration::from_secs(15),
+            ),
+            max_per_principal: positive(env, "BOURSE_GATEWAY_STREAM_MAX_PER_PRINCIPAL", 5) as usize,
+            auth_timeout: env.millis(
+                "BOURSE_GATEWAY_STREAM_AUTH_TIMEOUT_MS",
+                Duration::from_secs(5),
+            ),
+            max_subscriptions: positive(env, "BOURSE_GATEWAY_STREAM_MAX_SUBSCRIPTIONS", 32)
+                as usize,
+        };
         Self {
             port: env.or("BOURSE_GATEWAY_PORT", 8080u16),
             auth: access::AuthSettings::read(env),
@@ -132,6 +157,8 @@ impl Config {
             jwks_min_refresh: Duration::from_millis(
                 env.or("BOURSE_GATEWAY_JWKS_MIN_REFRESH_MS", 1000u64),
             ),
+            stream,
+            assets,
             common,
         }
     }

@@ -8,6 +8,8 @@
 //! - [`edge`]: security headers and CORS (SEC-08, SEC-09).
 //! - [`proxy`]: forwarding with timeouts, header hygiene and propagation (REL-03, OBS-06).
 //! - [`openapi`]: one API document merged from the services (OPS-09).
+//! - [`stream`]: the WebSocket stream's hub and its Redis feed (TRD-09); the session itself is
+//!   `http::stream`.
 
 pub mod config;
 pub mod edge;
@@ -16,6 +18,7 @@ pub mod openapi;
 pub mod proxy;
 pub mod rate_limit;
 pub mod route_table;
+pub mod stream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +66,10 @@ pub struct Gateway {
     pub admin_allowlist: TrustedProxies,
     pub trusted_proxies: TrustedProxies,
     pub api_document: ApiDocument,
+    /// WebSocket streams connected to this replica.
+    pub hub: Arc<stream::Hub>,
+    /// Sessions close with 1001 when it fires.
+    pub shutdown: Shutdown,
 }
 
 impl FromRef<Gateway> for Arc<TokenVerifier> {
@@ -115,7 +122,18 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         admin_allowlist: config.admin_allowlist.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
         api_document: ApiDocument::default(),
+        hub: stream::Hub::new(config.stream.clone()),
+        shutdown: shutdown.clone(),
     };
+    // Its own connection: a blocking XREAD holds a connection for its whole wait, and the
+    // per-principal limiter on every request must not queue behind it.
+    stream::feed::spawn(
+        service_kit::redis::connect(&config.common.redis_url).await?,
+        keys.clone(),
+        gateway.hub.clone(),
+        Arc::new(stream::messages::Amounts::new(config.assets.clone())),
+        shutdown.clone(),
+    );
 
     let ip_limits = rate_limit::ip_limiter(&config.rate_limits, config.trusted_proxies.clone())
         .ok_or(Error::RateLimits)?;

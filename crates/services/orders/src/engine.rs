@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use contracts::fees::Fees;
 
+use crate::book_feed::BookFeed;
 use crate::error::{Error, Result};
 use crate::group_commit::BatchWrites;
 use crate::instruments::Instrument;
@@ -94,17 +95,19 @@ pub struct Engines {
     /// Shown on the fills of the orders it answers with.
     fees: Fees,
     quotes: Quotes,
+    feed: BookFeed,
     tasks: Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>,
 }
 
 impl Engines {
     /// `capacity`: requests that may wait per symbol; beyond it they are shed with 503.
-    pub fn new(pool: PgPool, capacity: usize, fees: Fees) -> Self {
+    pub fn new(pool: PgPool, capacity: usize, fees: Fees, feed: BookFeed) -> Self {
         Self {
             pool,
             capacity,
             fees,
             quotes: Quotes::default(),
+            feed,
             tasks: Arc::default(),
         }
     }
@@ -125,6 +128,7 @@ impl Engines {
             instrument.clone(),
             self.fees,
             self.quotes.clone(),
+            self.feed.clone(),
             receiver,
         ));
         tasks.insert(instrument.symbol.clone(), sender.clone());
@@ -275,7 +279,8 @@ enum Pending {
     Placed(Answer),
     Cancelled(Option<(Uuid, Uuid)>),
     Counted(u64),
-    Depth(Depth),
+    /// Levels wanted; read at the end of the batch.
+    Depth(usize),
 }
 
 async fn run(
@@ -283,6 +288,7 @@ async fn run(
     instrument: Instrument,
     fees: Fees,
     quotes: Quotes,
+    feed: BookFeed,
     mut jobs: mpsc::Receiver<Job>,
 ) {
     let symbol = instrument.symbol.clone();
@@ -295,6 +301,7 @@ async fn run(
         }
     };
     tracing::info!(%symbol, resting = book.len(), "matching task started");
+    let mut published = book.sequence();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.recv().await {
         // Group commit: whatever queued up while the last batch was committing goes together,
@@ -358,6 +365,10 @@ async fn run(
         }
         // After a replay too (the book was rebuilt).
         publish_quotes(&quotes, &instrument, &book);
+        if book.sequence() != published {
+            feed.offer(&instrument, &book, published);
+            published = book.sequence();
+        }
     }
 }
 
@@ -448,14 +459,10 @@ async fn commit_batch(
                 origin.enter(|| writes.book_events(&events));
                 Pending::Counted(events.len() as u64)
             }
-            Job::Depth { levels, .. } => {
-                let (bids, asks) = book.depth(*levels);
-                Pending::Depth(Depth {
-                    sequence: book.sequence(),
-                    bids,
-                    asks,
-                })
-            }
+            // Read once the whole batch is applied: a snapshot is always of a batch's end, the
+            // state the book feed publishes too, so a WebSocket client's updates chain on from
+            // its snapshot's sequence without a gap.
+            Job::Depth { levels, .. } => Pending::Depth(*levels),
         };
         outputs.push(output);
     }
@@ -472,7 +479,14 @@ async fn commit_batch(
             Pending::Cancelled(None) => Output::Cancelled(None),
             Pending::Placed(answer) => Output::Placed(answer),
             Pending::Counted(count) => Output::Counted(count),
-            Pending::Depth(depth) => Output::Depth(depth),
+            Pending::Depth(levels) => {
+                let (bids, asks) = book.depth(levels);
+                Output::Depth(Depth {
+                    sequence: book.sequence(),
+                    bids,
+                    asks,
+                })
+            }
         });
     }
     tx.commit().await?;

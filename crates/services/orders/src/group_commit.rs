@@ -127,6 +127,7 @@ impl<'a> BatchWrites<'a> {
                 first_sequence,
                 json!({
                     "order_id": taker, "account_id": order.account, "symbol": order.symbol,
+                    "base_asset": self.instrument.base.code, "quote_asset": self.instrument.quote.code,
                     "side": side_name(order.side), "price": order.price, "quantity": order.quantity,
                 }),
             ));
@@ -250,13 +251,16 @@ impl<'a> BatchWrites<'a> {
                         "taker_side": side_name(taker_side),
                     }),
                 ));
-                for (order, remaining) in [(maker, maker_remaining), (taker, taker_remaining)] {
+                for (order, account, remaining) in [
+                    (maker, maker_account, maker_remaining),
+                    (taker, taker_account, taker_remaining),
+                ] {
                     if remaining == 0 {
                         self.outbox.push(event(
                             "OrderCompleted",
                             order,
                             emitted.sequence,
-                            json!({ "order_id": order, "symbol": instrument.symbol }),
+                            json!({ "order_id": order, "account_id": account, "symbol": instrument.symbol }),
                         ));
                     }
                 }
@@ -272,9 +276,9 @@ impl<'a> BatchWrites<'a> {
             }
             Event::Cancelled {
                 id,
+                account,
                 remaining,
                 reason,
-                ..
             } => {
                 let id = Uuid::from_u128(id.0);
                 self.set_status(id, "cancelled");
@@ -284,8 +288,9 @@ impl<'a> BatchWrites<'a> {
                     id,
                     emitted.sequence,
                     json!({
-                        "order_id": id, "symbol": instrument.symbol, "remaining": remaining,
-                        "reason": cancel_reason(reason),
+                        "order_id": id, "account_id": Uuid::from_u128(account.0),
+                        "symbol": instrument.symbol, "base_asset": instrument.base.code,
+                        "remaining": remaining, "reason": cancel_reason(reason),
                     }),
                 ));
             }

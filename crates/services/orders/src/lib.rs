@@ -1,15 +1,19 @@
-//! The orders service: instruments, orders and matching, market data.
-//!
-//! Built so far (issue [2], first slices): instruments and assets, with every change announced
-//! through the transactional outbox and published by the relay this service runs. Orders,
-//! matching tasks and market data follow.
+//! The orders service: instruments, orders and matching, market data. Every state change is
+//! announced through the transactional outbox and published by the relay this service runs.
 //!
 //! - [`config`]: `BOURSE_ORDERS_*` settings, including the asset list.
 //! - [`instruments`]: validation in exact units, create, halt/resume (TRD-01).
+//! - [`order_entry`]: an order request checked in exact units; market-order protection.
+//! - [`funds`]: the risk check and the funds hold every order needs before matching.
+//! - [`engine`]: one matching task per symbol; [`group_commit`] the writes of each batch.
+//! - [`book_feed`]: each batch's top of book, published for the WebSocket stream.
+//! - [`kill_switches`]: mass cancels when risk pulls a kill switch.
+//! - [`view`]: orders and fills as the API shows them.
 //! - [`store`]: all SQL.
 //! - [`http`]: thin handlers and the OpenAPI description.
 //! - [`error`]: the crate's errors as problem+json.
 
+pub mod book_feed;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -87,7 +91,12 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         RelaySettings::default(),
     );
     tokio::spawn(relay.run(shutdown.clone()));
-    let engines = engine::Engines::new(pool.clone(), config.queue_capacity, config.fees);
+    let feed = book_feed::BookFeed::spawn(
+        redis.clone(),
+        KeyPrefix::new(&config.common.redis_key_prefix),
+        shutdown.clone(),
+    );
+    let engines = engine::Engines::new(pool.clone(), config.queue_capacity, config.fees, feed);
     // Kill switches from risk cancel what is open in their scope (TRD-11).
     let kill_switches = Consumer::new(
         pool.clone(),

@@ -14,6 +14,8 @@ use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 use crate::Gateway;
 use crate::route_table::{Access, ROUTES, RouteSpec};
 
+pub mod stream;
+
 pub fn router(gateway: Gateway) -> Router {
     let trusted = gateway.trusted_proxies.clone();
     let mut router = Router::new();
@@ -35,6 +37,9 @@ pub fn router(gateway: Gateway) -> Router {
         .config(SwaggerConfig::new(["/openapi.json"]))
         .into();
     router
+        // The WebSocket stream authenticates itself (header or first message), so it is not a
+        // row of the route table; the per-IP limit still applies to its upgrades.
+        .route("/v1/stream", get(stream::upgrade))
         .route("/openapi.json", get(openapi))
         .merge(docs)
         .layer(Extension(trusted))

@@ -9,6 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
+use crate::book_feed::levels;
 use crate::error::{Error, Result};
 use crate::instruments::Instrument;
 use crate::store;
@@ -52,21 +53,6 @@ async fn instrument(state: &AppState, symbol: &str) -> Result<Instrument> {
     store::instrument(&state.pool, symbol)
         .await?
         .ok_or(Error::NotFound)
-}
-
-fn levels(instrument: &Instrument, levels: &[matching::Level]) -> Vec<[String; 2]> {
-    levels
-        .iter()
-        .map(|l| {
-            [
-                format_units(l.price * instrument.tick_size, instrument.quote.scale),
-                format_units(
-                    i64::try_from(l.quantity).unwrap_or(i64::MAX) * instrument.lot_size,
-                    instrument.base.scale,
-                ),
-            ]
-        })
-        .collect()
 }
 
 /// Order book depth, aggregated per price level.

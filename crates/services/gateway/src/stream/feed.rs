@@ -1,0 +1,116 @@
+//! The gateway's readers of the `orders` and `market` streams: plain `XREAD` from the moment
+//! the replica started (no consumer group — every replica must see every message, for its own
+//! clients), translated and handed to the hub.
+//!
+//! The WebSocket stream is live data: a reader that was down misses what happened meanwhile,
+//! and its clients learn of it the way they learn of any gap (a book update that does not
+//! follow their last sequence) and re-read the REST API or re-subscribe.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use service_kit::Shutdown;
+use service_kit::redis::KeyPrefix;
+
+use super::hub::Hub;
+use super::messages::{Amounts, translate};
+
+/// The streams the WebSocket channels come from.
+pub const SOURCES: &[&str] = &["orders", "market"];
+
+/// Well under the connection's 500 ms response timeout (`service_kit::redis`).
+const BLOCK: Duration = Duration::from_millis(200);
+
+/// `redis` should be a connection of the feed's own: its one reader blocks on it.
+pub fn spawn(
+    redis: ConnectionManager,
+    keys: KeyPrefix,
+    hub: Arc<Hub>,
+    amounts: Arc<Amounts>,
+    shutdown: Shutdown,
+) {
+    let streams = SOURCES.iter().map(|s| keys.stream(s)).collect();
+    tokio::spawn(read(redis, streams, hub, amounts, shutdown));
+}
+
+/// The newest entry id of `key` ("0-0" for an empty or missing stream).
+async fn newest(redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<String> {
+    let reply: redis::streams::StreamRangeReply = redis.xrevrange_count(key, "+", "-", 1).await?;
+    Ok(reply
+        .ids
+        .first()
+        .map_or_else(|| "0-0".to_owned(), |e| e.id.clone()))
+}
+
+/// One reader for all sources: one `XREAD` over every stream, so none waits behind another.
+async fn read(
+    mut redis: ConnectionManager,
+    streams: Vec<String>,
+    hub: Arc<Hub>,
+    amounts: Arc<Amounts>,
+    shutdown: Shutdown,
+) {
+    // From now on: entries before this replica started are not live data any more. Not `$`:
+    // between two reads that would skip what arrived in the gap.
+    let mut last = Vec::with_capacity(streams.len());
+    for key in &streams {
+        let id = loop {
+            match newest(&mut redis, key).await {
+                Ok(id) => break id,
+                Err(err) => {
+                    tracing::warn!(stream = %key, error = %err, "stream feed cannot start; retrying");
+                    tokio::select! {
+                        () = shutdown.triggered() => return,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        };
+        last.push(id);
+    }
+    let options = StreamReadOptions::default()
+        .count(500)
+        .block(usize::try_from(BLOCK.as_millis()).unwrap_or(200));
+    loop {
+        let read = async {
+            let reply: redis::RedisResult<Option<StreamReadReply>> =
+                redis.xread_options(&streams, &last, &options).await;
+            reply
+        };
+        let reply = tokio::select! {
+            () = shutdown.triggered() => return,
+            reply = read => reply,
+        };
+        let reply = match reply {
+            Ok(reply) => reply.map(|r| r.keys).unwrap_or_default(),
+            Err(err) => {
+                tracing::warn!(error = %err, "stream feed interrupted; retrying");
+                tokio::select! {
+                    () = shutdown.triggered() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        for stream in reply {
+            let Some(position) = streams.iter().position(|k| *k == stream.key) else {
+                continue;
+            };
+            for entry in stream.ids {
+                last[position].clone_from(&entry.id);
+                let raw: Option<String> = entry.get("envelope");
+                let Some(event) = raw
+                    .as_deref()
+                    .and_then(|r| serde_json::from_str::<events::Envelope>(r).ok())
+                else {
+                    continue;
+                };
+                for outgoing in translate(&event, &amounts) {
+                    hub.publish(&outgoing);
+                }
+            }
+        }
+    }
+}
