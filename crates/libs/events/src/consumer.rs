@@ -38,6 +38,15 @@ use crate::{Error, outbox};
 /// The logical stream dead-letter notices go to.
 pub const OPS_STREAM: &str = "ops";
 
+/// A connection for one consumer alone. Its `XREADGROUP … BLOCK` holds the connection for
+/// the whole wait, so on a shared connection every other command of the service — the relay's
+/// `XADD`s, a rate limiter's scripts — would queue behind each wait.
+pub async fn own_connection(
+    common: &service_kit::CommonConfig,
+) -> Result<ConnectionManager, Error> {
+    Ok(service_kit::redis::connect(&common.redis_url).await?)
+}
+
 /// This replica's name in a consumer group: the host name (a pod's name) where there is one,
 /// so a restarted replica re-reads its own pending entries first; else `<service>-1`.
 pub fn replica_name(service: &str) -> String {

@@ -96,14 +96,9 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         ..ConsumerSettings::default()
     };
     for stream in SOURCES {
-        // A connection per consumer: its reads block, and the relay's publishing must not
-        // queue behind them (an alert's latency is the sum).
-        let connection = service_kit::redis::connect(&config.common.redis_url)
-            .await
-            .map_err(|e| Error::Internal(format!("redis: {e}")))?;
         let consumer = Consumer::new(
             pool.clone(),
-            connection,
+            events::consumer::own_connection(&config.common).await?,
             prefix.clone(),
             stream,
             SERVICE,

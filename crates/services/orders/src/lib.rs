@@ -100,7 +100,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     // Kill switches from risk cancel what is open in their scope (TRD-11).
     let kill_switches = Consumer::new(
         pool.clone(),
-        redis.clone(),
+        events::consumer::own_connection(&config.common).await?,
         KeyPrefix::new(&config.common.redis_key_prefix),
         "risk",
         SERVICE,

@@ -102,7 +102,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     );
     let consumer = Consumer::new(
         pool.clone(),
-        redis.clone(),
+        events::consumer::own_connection(&config.common).await?,
         prefix,
         "orders",
         SERVICE,

@@ -89,7 +89,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     tokio::spawn(relay.run(shutdown.clone()));
     let consumer = Consumer::new(
         pool.clone(),
-        redis.clone(),
+        events::consumer::own_connection(&config.common).await?,
         prefix,
         ORDERS_STREAM,
         SERVICE,
