@@ -95,8 +95,18 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
     spawn_app_with(pool, &[]).await
 }
 
-/// Starts gateway and auth with `overrides` applied on top of [`base_env`].
+/// Starts every service with `overrides` applied on top of [`base_env`].
 pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_without(pool, overrides, &[]).await
+}
+
+/// Every service but `absent` (a test runs those as processes of their own and points the
+/// others at them with `BOURSE_<TARGET>_URL` overrides); their URLs in [`TestApp`] are empty.
+pub async fn spawn_app_without(
+    pool: PgPool,
+    overrides: &[(&str, &str)],
+    absent: &[Target],
+) -> TestApp {
     let mut vars = base_env(&pool);
     for (key, value) in overrides {
         vars.retain(|(k, _)| k != key);
@@ -107,18 +117,22 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
         .find(|(k, _)| k == "BOURSE_REDIS_KEY_PREFIX")
         .map(|(_, v)| v.clone())
         .expect("prefix is set");
-    let plan = bourse::plan(&[Target::All], Env::from_pairs(vars)).expect("valid test config");
+    let targets: Vec<Target> = Target::expand(&[Target::All])
+        .into_iter()
+        .filter(|t| !absent.contains(t))
+        .collect();
+    let plan = bourse::plan(&targets, Env::from_pairs(vars)).expect("valid test config");
     let shutdown = Shutdown::new();
     let running = bourse::start(plan, &shutdown)
         .await
         .expect("services start");
-    let gateway = url(running.address(Target::Gateway).expect("gateway runs"));
-    let auth = url(running.address(Target::Auth).expect("auth runs"));
-    let orders = url(running.address(Target::Orders).expect("orders runs"));
-    let settlement = url(running
-        .address(Target::Settlement)
-        .expect("settlement runs"));
-    let risk = url(running.address(Target::Risk).expect("risk runs"));
+    let address = |target| running.address(target).map(url).unwrap_or_default();
+    let (gateway, auth, orders) = (
+        address(Target::Gateway),
+        address(Target::Auth),
+        address(Target::Orders),
+    );
+    let (settlement, risk) = (address(Target::Settlement), address(Target::Risk));
     tokio::spawn(running.wait());
     TestApp {
         gateway,
