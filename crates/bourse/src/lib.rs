@@ -185,7 +185,7 @@ fn spawn_stage_with(
 }
 
 /// Builds and starts every planned service, upstreams first.
-pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
+pub async fn start(mut plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
     let migrate_on_start = plan.auth.as_ref().is_some_and(|c| c.migrate_on_start)
         || plan.orders.as_ref().is_some_and(|c| c.migrate_on_start)
         || plan.settlement.as_ref().is_some_and(|c| c.migrate_on_start)
@@ -212,6 +212,13 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
     }
     if let Some(mut config) = plan.settlement {
         started.wire(Target::Auth, &mut config.auth.url);
+        // Settlement's reconciliation asks orders, which starts after it (orders calls
+        // settlement): orders' address must be known before orders is bound.
+        if let Some(orders) = plan.orders.as_mut()
+            && !started.urls_given.contains(&Target::Orders)
+        {
+            config.orders_url = format!("http://{}", planned_address(orders)?);
+        }
         let stage = Shutdown::new();
         let server = settlement::build(config, &stage).await?;
         started.add(Target::Settlement, server, stage, shutdown)?;
@@ -295,6 +302,22 @@ impl Started {
             .push(spawn_stage_with(target, server, stage, process));
         Ok(())
     }
+}
+
+/// Where orders will listen: its configured port, or — for port 0 (tests) — a free port picked
+/// now and written into its configuration. (Between the pick and the bind another process
+/// could take it; only port 0 runs have that window, and they are tests on loopback.)
+fn planned_address(orders: &mut orders::Config) -> anyhow::Result<SocketAddr> {
+    let host: IpAddr = orders
+        .common
+        .bind_host
+        .parse()
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    if orders.port == 0 {
+        let probe = std::net::TcpListener::bind(SocketAddr::new(host, 0))?;
+        orders.port = probe.local_addr()?.port();
+    }
+    Ok(reachable(SocketAddr::new(host, orders.port)))
 }
 
 /// A wildcard bind address is not something to connect to; use loopback instead.

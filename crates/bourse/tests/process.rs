@@ -70,6 +70,7 @@ async fn production_refuses_to_start_without_explicit_settings() {
             "REDIS_URL",
             "BOURSE_AUTH_GENERATE_SIGNING_KEY",
             "BOURSE_SERVICE_SECRET_ORDERS",
+            "BOURSE_SERVICE_SECRET_SETTLEMENT",
         ],
     )
     .await;

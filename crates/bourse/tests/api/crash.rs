@@ -61,6 +61,12 @@ async fn a_settlement_killed_mid_stream_loses_and_doubles_nothing(pool: PgPool) 
     )
     .await;
     env.push(("BOURSE_AUTH_URL".to_owned(), app.auth.clone()));
+    env.push(("BOURSE_ORDERS_URL".to_owned(), app.orders.clone()));
+    // Reconciliation may compare trades the moment they are executed.
+    env.push((
+        "BOURSE_SETTLEMENT_RECONCILIATION_GRACE_SECS".to_owned(),
+        "0".to_owned(),
+    ));
     let mut settlement = settlement_process(&env, port);
     eventually("settlement to be ready", || ready(&settlement_url)).await;
 

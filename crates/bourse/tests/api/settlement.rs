@@ -646,7 +646,8 @@ async fn reconciliation_proves_the_books_and_finds_a_planted_mismatch(pool: PgPo
             "balances_match_transfers",
             "holds_match_held",
             "holds_match_open_orders",
-            "trades_settled_once"
+            "trades_settled_once",
+            "trades_match_orders"
         ]
     );
     assert_eq!(l.reconcile(&l.alice).await.status(), StatusCode::FORBIDDEN);
@@ -720,4 +721,48 @@ async fn reconciliation_proves_the_books_and_finds_a_planted_mismatch(pool: PgPo
         .execute(&l.app.db)
         .await;
     assert!(edited.is_err(), "transfers are immutable");
+}
+
+#[sqlx::test(migrations = false)]
+async fn reconciliation_counts_every_executed_trade_against_what_settled(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        &[("BOURSE_SETTLEMENT_RECONCILIATION_GRACE_SECS", "0")],
+    )
+    .await;
+    let l = ledger_on(app).await;
+    l.app.btc_usd(&l.admin).await;
+    l.deposit(l.alice_id, "BTC", "1").await;
+    l.deposit(l.bob_id, "USD", "20000").await;
+    let order = |side: &str| {
+        json!({ "symbol": "BTC-USD", "side": side, "type": "limit", "price": "30000.00",
+                "quantity": "0.5", "time_in_force": "gtc" })
+    };
+    l.app.placed_order(&l.alice, &order("sell")).await;
+    l.app.placed_order(&l.bob, &order("buy")).await;
+    eventually("the trade settled", || async {
+        count(&l.app.db, "SELECT count(*) FROM settlement.settled_trades").await == 1
+    })
+    .await;
+    let report: Value = l.reconcile(&l.admin).await.json().await.unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+
+    // Orders' own record of the trade disagrees with what settled: found, from orders' side.
+    sqlx::query("UPDATE orders.trades SET quantity = quantity * 2")
+        .execute(&l.app.db)
+        .await
+        .unwrap();
+    let report: Value = l.reconcile(&l.admin).await.json().await.unwrap();
+    assert_eq!(report["ok"], false);
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "trades_match_orders")
+        .unwrap();
+    assert_eq!(check["ok"], false);
+    assert_eq!(
+        check["detail"],
+        "BTC-USD: orders executed 1 trades (100000000 base units) but 1 settled (50000000 base units)"
+    );
 }

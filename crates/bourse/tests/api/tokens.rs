@@ -232,6 +232,10 @@ async fn production_refuses_to_start_until_a_signing_key_is_provisioned(pool: Pg
                     "BOURSE_SERVICE_SECRET_ORDERS",
                     "a production secret of at least 32 characters",
                 ),
+                (
+                    "BOURSE_SERVICE_SECRET_SETTLEMENT",
+                    "another production secret of 32 characters or more",
+                ),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );

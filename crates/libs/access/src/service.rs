@@ -31,6 +31,9 @@ pub const RISK_CHECK: &str = "risk:check";
 /// Funds holds, placed by orders before matching.
 pub const SETTLEMENT_HOLD: &str = "settlement:hold";
 
+/// Orders' totals of executed trades, read by settlement's reconciliation (REL-15).
+pub const ORDERS_TRADE_TOTALS: &str = "orders:trade-totals";
+
 /// Every service-to-service permission of the platform: the single source of truth, like the
 /// gateway's route table is for public routes.
 pub const GRANTS: &[Grant] = &[
@@ -43,6 +46,11 @@ pub const GRANTS: &[Grant] = &[
         client: "orders",
         audience: "settlement",
         scope: SETTLEMENT_HOLD,
+    },
+    Grant {
+        client: "settlement",
+        audience: "orders",
+        scope: ORDERS_TRADE_TOTALS,
     },
 ];
 
@@ -122,8 +130,13 @@ mod tests {
 
     #[test]
     fn grants_name_each_client_once_and_join_its_scopes_per_audience() {
-        assert_eq!(clients().collect::<Vec<_>>(), ["orders"]);
+        assert_eq!(clients().collect::<Vec<_>>(), ["orders", "settlement"]);
         assert_eq!(scopes("orders", "risk").as_deref(), Some(RISK_CHECK));
+        assert_eq!(
+            scopes("settlement", "orders").as_deref(),
+            Some(ORDERS_TRADE_TOTALS)
+        );
+        assert_eq!(scopes("settlement", "risk"), None);
         assert_eq!(scopes("orders", "auth"), None);
         assert_eq!(scopes("risk", "orders"), None);
     }

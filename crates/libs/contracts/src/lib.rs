@@ -4,12 +4,14 @@
 //! - [`asset`]: assets and their scales.
 //! - [`events`]: payloads of events that several services read.
 //! - [`fees`]: maker/taker fees, one formula for settlement and orders.
+//! - [`reconciliation`]: what orders and settlement compare to prove every trade settled.
 //! - [`side`]: buy or sell.
 
 pub mod amount;
 pub mod asset;
 pub mod events;
 pub mod fees;
+pub mod reconciliation;
 pub mod side;
 
 pub use amount::{AmountError, format_units, parse_units};

@@ -196,7 +196,7 @@ impl<'a> BatchWrites<'a> {
             return Err(Error::ClientOrderIdTaken);
         }
         store::apply_order_changes(&mut *tx, &self.changed, self.now).await?;
-        store::insert_trades(&mut *tx, &self.instrument.symbol, &self.trades).await?;
+        store::insert_trades(&mut *tx, &self.instrument.symbol, &self.trades, self.now).await?;
         events::outbox::append_all(&mut *tx, STREAM, &self.outbox).await?;
         idempotency::complete_all(&mut *tx, &self.answers).await?;
         Ok(())
@@ -238,7 +238,7 @@ impl<'a> BatchWrites<'a> {
                     taker_side: side_name(taker_side),
                     sequence: i64::try_from(emitted.sequence).unwrap_or(i64::MAX),
                 });
-                self.outbox.push(event(
+                let mut executed = event(
                     "TradeExecuted",
                     trade_id,
                     emitted.sequence,
@@ -250,7 +250,11 @@ impl<'a> BatchWrites<'a> {
                         "maker_account_id": maker_account, "taker_account_id": taker_account,
                         "taker_side": side_name(taker_side),
                     }),
-                ));
+                );
+                // The trade row's time: settlement records it, and reconciliation compares
+                // both sides' trades by it.
+                executed.occurred_at = self.now;
+                self.outbox.push(executed);
                 for (order, account, remaining) in [
                     (maker, maker_account, maker_remaining),
                     (taker, taker_account, taker_remaining),

@@ -29,7 +29,6 @@ pub mod view;
 use std::sync::Arc;
 use std::time::Duration;
 
-use access::{HttpKeySource, JwksCache, TokenVerifier};
 use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
 use service_kit::health::{Check, Readiness};
 use service_kit::redis::KeyPrefix;
@@ -73,15 +72,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .connect_timeout(Duration::from_secs(1))
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let verifier = TokenVerifier::new(
-        JwksCache::new(Arc::new(HttpKeySource::new(
-            client.clone(),
-            config.auth.jwks_url(),
-        ))),
-        &config.auth.issuer,
-        &config.auth.audience,
-    )
-    .into_shared();
+    let access::Verifiers {
+        users: verifier,
+        services,
+    } = access::Verifiers::from_auth(&client, &config.auth, SERVICE);
 
     let relay = Relay::new(
         pool.clone(),
@@ -149,6 +143,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let state = http::AppState {
         pool: pool.clone(),
         verifier,
+        services,
         assets: Arc::new(config.assets.clone()),
         engines,
         funds: funds::Funds::new(risk, settlement),

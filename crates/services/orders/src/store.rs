@@ -250,11 +250,14 @@ pub struct TradeInsert {
     pub sequence: i64,
 }
 
-/// Inserts a batch's trades of one symbol in one statement.
+/// Inserts a batch's trades of one symbol in one statement, all executed at `executed_at`
+/// (the batch's time, which their `TradeExecuted` events carry too: reconciliation windows
+/// both sides by it).
 pub async fn insert_trades(
     conn: &mut PgConnection,
     symbol: &str,
     trades: &[TradeInsert],
+    executed_at: time::OffsetDateTime,
 ) -> Result<()> {
     if trades.is_empty() {
         return Ok(());
@@ -264,9 +267,9 @@ pub async fn insert_trades(
     let sides: Vec<&str> = trades.iter().map(|t| t.taker_side).collect();
     sqlx::query(
         "INSERT INTO trades (id, symbol, price, quantity, maker_order_id, taker_order_id,
-                             maker_account, taker_account, taker_side, sequence)
+                             maker_account, taker_account, taker_side, sequence, executed_at)
          SELECT id, $1, price, quantity, maker_order_id, taker_order_id,
-                maker_account, taker_account, taker_side, sequence
+                maker_account, taker_account, taker_side, sequence, $11
          FROM UNNEST($2::uuid[], $3::int8[], $4::int8[], $5::uuid[], $6::uuid[], $7::uuid[],
                      $8::uuid[], $9::text[], $10::int8[])
               AS t(id, price, quantity, maker_order_id, taker_order_id, maker_account,
@@ -282,9 +285,26 @@ pub async fn insert_trades(
     .bind(column(|t| t.taker_account))
     .bind(&sides)
     .bind(number(|t| t.sequence))
+    .bind(executed_at)
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Per symbol, the trades executed in `[from, to)`: (symbol, count, base quantity).
+pub async fn trade_totals(
+    pool: &PgPool,
+    from: time::OffsetDateTime,
+    to: time::OffsetDateTime,
+) -> Result<Vec<(String, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT symbol, count(*), sum(quantity)::int8 FROM trades
+          WHERE executed_at >= $1 AND executed_at < $2 GROUP BY symbol ORDER BY symbol",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// The caller's order; someone else's is `None`, exactly like a missing one.

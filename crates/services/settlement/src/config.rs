@@ -7,6 +7,9 @@ use service_kit::{CommonConfig, Env};
 
 use crate::ledger::Fees;
 
+/// Settlement's name as a service-token client.
+const SERVICE_CLIENT: &str = "settlement";
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub common: CommonConfig,
@@ -18,6 +21,12 @@ pub struct Config {
     pub fees: Fees,
     /// How often the books are reconciled in the background.
     pub reconciliation_interval: Duration,
+    /// Trades younger than this are left out of the comparison with orders: still in flight.
+    pub reconciliation_grace: Duration,
+    /// Base URL of orders, whose executed trades reconciliation counts settled ones against.
+    pub orders_url: String,
+    /// Settlement's client secret for service tokens (`BOURSE_SERVICE_SECRET_SETTLEMENT`).
+    pub service_secret: secrecy::SecretString,
     /// Entries read from the orders stream at a time.
     pub consumer_batch: usize,
     /// Deliveries of a failing event before it is dead-lettered.
@@ -62,6 +71,18 @@ impl Config {
             assets,
             fees,
             reconciliation_interval: Duration::from_secs(interval.max(1)),
+            reconciliation_grace: Duration::from_secs(
+                env.or("BOURSE_SETTLEMENT_RECONCILIATION_GRACE_SECS", 60u64),
+            ),
+            orders_url: env
+                .or("BOURSE_ORDERS_URL", "http://127.0.0.1:8082".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            service_secret: access::service::client_secret(
+                env,
+                SERVICE_CLIENT,
+                common.is_production(),
+            ),
             consumer_batch: batch.max(1),
             consumer_max_deliveries: env
                 .or("BOURSE_SETTLEMENT_CONSUMER_MAX_DELIVERIES", 5usize)

@@ -106,11 +106,37 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         Arc::new(settle::Settler::new(config.fees, &config.assets)),
         shutdown.clone(),
     ));
-    tokio::spawn(reconciliation::every(
-        pool.clone(),
-        config.reconciliation_interval,
-        shutdown.clone(),
+    // Reconciliation asks orders for its executed trades, with a service token from auth.
+    let auth = resilience::Upstream::new(
+        "auth",
+        config.auth.url.clone(),
+        client.clone(),
+        resilience::Policy::default(),
+    )
+    .map_err(Error::Internal)?;
+    let tokens = Arc::new(resilience::TokenSource::new(
+        auth,
+        SERVICE,
+        config.service_secret.clone(),
     ));
+    let orders = resilience::Upstream::authenticated(
+        "orders",
+        config.orders_url.clone(),
+        client.clone(),
+        resilience::Policy::default(),
+        tokens,
+    )
+    .map_err(Error::Internal)?;
+    let reconciler = Arc::new(reconciliation::Reconciler {
+        pool: pool.clone(),
+        orders,
+        grace: config.reconciliation_grace,
+    });
+    tokio::spawn(
+        reconciler
+            .clone()
+            .every(config.reconciliation_interval, shutdown.clone()),
+    );
     tokio::spawn(service_kit::idempotency::purge_every_hour(
         pool.clone(),
         shutdown.clone(),
@@ -123,6 +149,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         assets: Arc::new(config.assets.clone()),
         fees: config.fees,
         holds: holds::Holds::start(pool.clone()),
+        reconciler,
     };
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Postgres(pool))

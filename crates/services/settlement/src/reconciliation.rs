@@ -1,12 +1,18 @@
 //! Reconciliation (REL-15): proving the books, not trusting them.
 //!
-//! Each check is one query that returns a row per discrepancy, so an empty result is a pass
-//! and a failure says exactly what is wrong. Run periodically (a failure writes
-//! `ReconciliationFailed` to the outbox, for alerting, and sets
+//! Each check of the ledger is one query that returns a row per discrepancy, so an empty
+//! result is a pass and a failure says exactly what is wrong. One more check looks outside:
+//! per symbol, the trades orders executed in the last day (its own trade table, over its
+//! internal API) against the trades settled in the same window — so a trade that never
+//! reached settlement is found, not only one that settled wrongly. Run periodically (a failure
+//! writes `ReconciliationFailed` to the outbox, for alerting, and sets
 //! `settlement_reconciliation_ok` to 0) and on demand by `POST /v1/admin/reconciliation`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use contracts::reconciliation::TradeTotals;
+use resilience::Call;
 use serde::Serialize;
 use service_kit::Shutdown;
 use sqlx::PgPool;
@@ -98,63 +104,150 @@ pub struct Report {
     pub checks: Vec<Check>,
 }
 
-/// Runs every check; records the outcome as metrics.
-pub async fn run(pool: &PgPool) -> Result<Report> {
-    let mut checks = Vec::with_capacity(CHECKS.len());
-    for (name, sql) in CHECKS {
-        let found = store::discrepancies(pool, sql).await?;
-        let shown: Vec<&str> = found.iter().take(REPORTED).map(String::as_str).collect();
-        let mut detail = shown.join("; ");
-        if found.len() > REPORTED {
-            detail.push_str(&format!("; and {} more", found.len() - REPORTED));
+/// Runs the checks; what the periodic job and the admin route share.
+pub struct Reconciler {
+    pub pool: PgPool,
+    /// Orders' internal API, with settlement's service token.
+    pub orders: resilience::Upstream,
+    /// Trades younger than this are still in flight and left out of the comparison.
+    pub grace: Duration,
+}
+
+/// A count of trades and their base quantity.
+type Totals = (i64, i64);
+
+/// How far back executed trades are compared: older ones were compared by earlier runs.
+const WINDOW: time::Duration = time::Duration::days(1);
+
+impl Reconciler {
+    /// Runs every check; records the outcome as metrics.
+    pub async fn run(&self) -> Result<Report> {
+        let mut checks = Vec::with_capacity(CHECKS.len() + 1);
+        for (name, sql) in CHECKS {
+            let found = store::discrepancies(&self.pool, sql).await?;
+            checks.push(check(name, &found));
         }
-        checks.push(Check {
-            name: (*name).to_owned(),
-            ok: found.is_empty(),
-            detail,
-        });
+        checks.push(self.trades_match_orders().await?);
+        let ok = checks.iter().all(|c| c.ok);
+        metrics::gauge!("settlement_reconciliation_ok").set(if ok { 1.0 } else { 0.0 });
+        metrics::counter!("settlement_reconciliations_total", "ok" => ok.to_string()).increment(1);
+        Ok(Report { ok, checks })
     }
-    let ok = checks.iter().all(|c| c.ok);
-    metrics::gauge!("settlement_reconciliation_ok").set(if ok { 1.0 } else { 0.0 });
-    metrics::counter!("settlement_reconciliations_total", "ok" => ok.to_string()).increment(1);
-    Ok(Report { ok, checks })
-}
 
-/// Runs [`run`] and, on a mismatch, announces it: a log at error level and a
-/// `ReconciliationFailed` event through the outbox (alerting pages on it).
-pub async fn run_and_announce(pool: &PgPool) -> Result<Report> {
-    let report = run(pool).await?;
-    if !report.ok {
-        let failed: Vec<&Check> = report.checks.iter().filter(|c| !c.ok).collect();
-        tracing::error!(checks = ?failed, "reconciliation found a mismatch");
-        let event = events::Envelope::new(
-            crate::SERVICE,
-            "ReconciliationFailed",
-            1,
-            crate::SERVICE,
-            0,
-            serde_json::json!({ "checks": failed }),
-        );
-        let mut tx = pool.begin().await?;
-        events::outbox::append(&mut tx, crate::STREAM, &event).await?;
-        tx.commit().await?;
-    }
-    Ok(report)
-}
-
-/// The periodic job.
-pub async fn every(pool: PgPool, interval: Duration, shutdown: Shutdown) {
-    let mut ticker = tokio::time::interval(interval);
-    // The first tick is immediate; the books were just opened, give them one interval.
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                if let Err(err) = run_and_announce(&pool).await {
-                    tracing::warn!(error = %err, "reconciliation could not run");
-                }
+    /// Every trade orders executed settled, and nothing else did: per symbol, counts and
+    /// quantities over `[now - 1 day - grace, now - grace)`, the same window on both sides
+    /// (a trade's time is its row's in orders, carried by `TradeExecuted`).
+    async fn trades_match_orders(&self) -> Result<Check> {
+        let grace = time::Duration::try_from(self.grace).unwrap_or(time::Duration::ZERO);
+        let to = time::OffsetDateTime::now_utc() - grace;
+        let from = to - WINDOW;
+        let executed = match self.executed(from, to).await {
+            Ok(executed) => executed,
+            Err(reason) => {
+                return Ok(check(
+                    "trades_match_orders",
+                    &[format!("orders could not be asked: {reason}")],
+                ));
             }
-            () = shutdown.triggered() => break,
+        };
+        let settled = store::settled_totals(&self.pool, from, to).await?;
+        // Per symbol: (trades, quantity) executed, and settled.
+        let mut sides: BTreeMap<String, (Totals, Totals)> = BTreeMap::new();
+        for t in executed {
+            sides.entry(t.symbol).or_default().0 = (t.trades, t.quantity);
         }
+        for (symbol, trades, quantity) in settled {
+            sides.entry(symbol).or_default().1 = (trades, quantity);
+        }
+        let found: Vec<String> = sides
+            .into_iter()
+            .filter(|(_, (executed, settled))| executed != settled)
+            .map(|(symbol, (executed, settled))| {
+                format!(
+                    "{symbol}: orders executed {} trades ({} base units) but {} settled ({} base units)",
+                    executed.0, executed.1, settled.0, settled.1
+                )
+            })
+            .collect();
+        Ok(check("trades_match_orders", &found))
+    }
+
+    async fn executed(
+        &self,
+        from: time::OffsetDateTime,
+        to: time::OffsetDateTime,
+    ) -> std::result::Result<Vec<TradeTotals>, String> {
+        let format = |t: time::OffsetDateTime| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .map_err(|e| e.to_string())
+        };
+        // RFC 3339 carries `+` only in offsets; UTC is written with `Z`, safe in a query.
+        let path = format!(
+            "/internal/v1/trade-totals?from={}&to={}",
+            format(from)?,
+            format(to)?
+        );
+        let response = self
+            .orders
+            .send(Call::get(&path))
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(format!("orders answered {}", response.status()));
+        }
+        response.json().await.map_err(|e| e.to_string())
+    }
+
+    /// Runs [`Self::run`] and, on a mismatch, announces it: a log at error level and a
+    /// `ReconciliationFailed` event through the outbox (alerting pages on it).
+    pub async fn run_and_announce(&self) -> Result<Report> {
+        let report = self.run().await?;
+        if !report.ok {
+            let failed: Vec<&Check> = report.checks.iter().filter(|c| !c.ok).collect();
+            tracing::error!(checks = ?failed, "reconciliation found a mismatch");
+            let event = events::Envelope::new(
+                crate::SERVICE,
+                "ReconciliationFailed",
+                1,
+                crate::SERVICE,
+                0,
+                serde_json::json!({ "checks": failed }),
+            );
+            let mut tx = self.pool.begin().await?;
+            events::outbox::append(&mut tx, crate::STREAM, &event).await?;
+            tx.commit().await?;
+        }
+        Ok(report)
+    }
+
+    /// The periodic job.
+    pub async fn every(self: std::sync::Arc<Self>, interval: Duration, shutdown: Shutdown) {
+        let mut ticker = tokio::time::interval(interval);
+        // The first tick is immediate; the books were just opened, give them one interval.
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if let Err(err) = self.run_and_announce().await {
+                        tracing::warn!(error = %err, "reconciliation could not run");
+                    }
+                }
+                () = shutdown.triggered() => break,
+            }
+        }
+    }
+}
+
+/// A check from its findings (at most [`REPORTED`] of them quoted).
+fn check(name: &str, found: &[String]) -> Check {
+    let shown: Vec<&str> = found.iter().take(REPORTED).map(String::as_str).collect();
+    let mut detail = shown.join("; ");
+    if found.len() > REPORTED {
+        detail.push_str(&format!("; and {} more", found.len() - REPORTED));
+    }
+    Check {
+        name: name.to_owned(),
+        ok: found.is_empty(),
+        detail,
     }
 }

@@ -455,6 +455,23 @@ pub async fn balances(pool: &PgPool, owner: Uuid) -> Result<Vec<(String, i16, i6
     .await?)
 }
 
+/// Per symbol, the trades settled in `[from, to)` of their execution: (symbol, count, base
+/// quantity) — reconciliation's side of the comparison with orders.
+pub async fn settled_totals(
+    pool: &PgPool,
+    from: OffsetDateTime,
+    to: OffsetDateTime,
+) -> Result<Vec<(String, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT symbol, count(*), sum(quantity)::int8 FROM settled_trades
+          WHERE executed_at >= $1 AND executed_at < $2 GROUP BY symbol ORDER BY symbol",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// One reconciliation query's findings: a row per discrepancy, described.
 pub async fn discrepancies(pool: &PgPool, sql: &'static str) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(sql).fetch_all(pool).await?)

@@ -3,10 +3,11 @@
 mod instruments;
 mod market;
 mod orders;
+mod trade_totals;
 
 use std::sync::Arc;
 
-use access::TokenVerifier;
+use access::{ServiceClaims, TokenVerifier};
 use axum::Router;
 use axum::extract::FromRef;
 use axum::routing::{get, patch, post};
@@ -18,6 +19,8 @@ use utoipa::OpenApi;
 pub struct AppState {
     pub pool: PgPool,
     pub verifier: Arc<TokenVerifier>,
+    /// Service tokens, for `/internal/*`.
+    pub services: Arc<TokenVerifier<ServiceClaims>>,
     pub assets: Arc<Vec<Asset>>,
     pub engines: crate::engine::Engines,
     /// Settlement's holds, asked before matching.
@@ -30,6 +33,12 @@ pub struct AppState {
 impl FromRef<AppState> for Arc<TokenVerifier> {
     fn from_ref(state: &AppState) -> Self {
         state.verifier.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<TokenVerifier<ServiceClaims>> {
+    fn from_ref(state: &AppState) -> Self {
+        state.services.clone()
     }
 }
 
@@ -53,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/markets/{symbol}/trades", get(market::trades))
         .route("/v1/markets/{symbol}/ticker", get(market::ticker))
         .route("/v1/orders/{id}", get(orders::get).delete(orders::cancel))
+        .route("/internal/v1/trade-totals", get(trade_totals::totals))
         .route("/openapi.json", get(openapi))
         .with_state(state)
 }

@@ -29,6 +29,7 @@ pub struct AppState {
     pub fees: Fees,
     /// The hold writer (group commit).
     pub holds: crate::holds::Holds,
+    pub reconciler: Arc<crate::reconciliation::Reconciler>,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {

@@ -6,7 +6,7 @@ use axum::extract::State;
 
 use super::AppState;
 use crate::error::Result;
-use crate::reconciliation::{self, Report};
+use crate::reconciliation::Report;
 
 /// Check the books now: `{ok, checks: [{name, ok, detail}]}`. A failed check is also
 /// announced as `ReconciliationFailed`.
@@ -14,5 +14,5 @@ use crate::reconciliation::{self, Report};
     responses((status = 200, body = Report), (status = 403, body = service_kit::http::Problem)))]
 pub async fn run(State(state): State<AppState>, principal: Principal) -> Result<Body<Report>> {
     principal.require_any(&[Role::Admin, Role::Auditor])?;
-    Ok(Body(reconciliation::run_and_announce(&state.pool).await?))
+    Ok(Body(state.reconciler.run_and_announce().await?))
 }
