@@ -1,0 +1,38 @@
+//! Secrets by reference (SEC-11): a setting names where its secret lives, and the value is
+//! fetched, cached, refreshed and handed out as a [`SecretString`] that no log line or `Debug`
+//! print can show. Issue [5], first slice: the references, the env / file / Vault providers and
+//! the cache; wiring every service's settings through it comes next.
+//!
+//! - [`reference`]: `env:NAME`, `file:/run/secrets/NAME`, `vault:<mount>/<path>#<key>`,
+//!   `aws-sm:<name>#<key>` — parsed, never the value.
+//! - [`provider`]: where values come from: the environment, files, Vault's KV v2 API.
+//! - [`cache`]: [`Secrets`], values cached for a TTL, refreshed in the background, and
+//!   watchers told when a value changed (a rotated password picked up without a restart).
+//!
+//! Errors name the reference that failed, never a value.
+
+pub mod cache;
+pub mod provider;
+pub mod reference;
+
+pub use cache::Secrets;
+pub use provider::{Providers, VaultSettings};
+pub use reference::Reference;
+pub use secrecy::{ExposeSecret, SecretString};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "{0:?} is not a secret reference (env:NAME, file:/path, vault:mount/path#key, aws-sm:name#key)"
+    )]
+    Malformed(String),
+    #[error("{reference}: {reason}")]
+    Unavailable { reference: String, reason: String },
+    #[error("{reference}: not found")]
+    NotFound { reference: String },
+    #[error("{reference}: the {provider} provider is not configured")]
+    NotConfigured {
+        reference: String,
+        provider: &'static str,
+    },
+}
