@@ -73,6 +73,9 @@ enum AdminCommand {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Re-seal every encrypted field under the current master key (`BOURSE_MASTER_KEYS`), so
+    /// an older key can be retired. Services also do it for their own fields at start.
+    Reencrypt,
 }
 
 #[derive(Subcommand)]
@@ -216,10 +219,29 @@ async fn dead_letters(command: DlqCommand) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `bourse admin reencrypt`: alerting's channel targets and secrets (SEC-12).
+async fn reencrypt() -> Result<ExitCode, Failure> {
+    let mut env = Env::from_process();
+    let config = alerting::Config::read(&mut env);
+    env.finish().map_err(Failure::Config)?;
+    let _telemetry =
+        service_kit::telemetry::init(config.common.log_format, &config.common.log_filter, None);
+    service_kit::db::ensure_database(&config.common).await?;
+    let pool = service_kit::db::connect(&config.common, alerting::SCHEMA).await?;
+    alerting::migrate(&pool).await?;
+    let resealed = alerting::store::reseal_channels(&pool, &config.master_keys).await?;
+    println!(
+        "{resealed} alert channel(s) re-sealed under master key {}",
+        config.master_keys.current()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn admin(command: AdminCommand) -> Result<ExitCode, Failure> {
     // Dead letters live in Redis; they need neither auth's configuration nor its database.
     let command = match command {
         AdminCommand::Dlq { command } => return dead_letters(command).await,
+        AdminCommand::Reencrypt => return reencrypt().await,
         other => other,
     };
     let mut env = Env::from_process();
@@ -258,6 +280,7 @@ async fn admin(command: AdminCommand) -> Result<ExitCode, Failure> {
             );
         }
         AdminCommand::Dlq { command } => return dead_letters(command).await,
+        AdminCommand::Reencrypt => return reencrypt().await,
         AdminCommand::VerifyAudit => {
             let report = auth::audit::verify_chain(&pool).await?;
             match report.broken_at {

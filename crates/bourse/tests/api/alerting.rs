@@ -767,3 +767,86 @@ async fn email_alerts_go_out_over_smtp(pool: PgPool) {
     .await;
     assert_eq!(detail["deliveries"][0]["channel"], "on-call");
 }
+
+fn master_keys(versions: &[(u32, u8)]) -> String {
+    use base64::Engine as _;
+    versions
+        .iter()
+        .map(|(v, fill)| {
+            format!(
+                "{v}:{}",
+                base64::engine::general_purpose::STANDARD.encode([*fill; 32])
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[sqlx::test(migrations = false)]
+async fn channel_secrets_are_sealed_at_rest_and_resealed_after_a_key_rotation(pool: PgPool) {
+    let first = master_keys(&[(1, 1)]);
+    let ops = ops(pool.clone(), &[("BOURSE_MASTER_KEYS", &first)]).await;
+    let receiver = Receiver::start().await;
+    let target = receiver.url("/services/T0/B0/XyzTokenInPath");
+    ops.channel("slack", "slack", &target, None).await;
+    ops.channel(
+        "hook",
+        "webhook",
+        &receiver.url("/hook"),
+        Some("hmac-secret-value"),
+    )
+    .await;
+    let db = ops.app.db.clone();
+    let stored = |version: &'static str| {
+        let db = db.clone();
+        async move {
+            let rows: Vec<(String, Option<String>)> =
+                sqlx::query_as("SELECT target, secret FROM alerting.channels ORDER BY name")
+                    .fetch_all(&db)
+                    .await
+                    .unwrap();
+            for (target, secret) in &rows {
+                assert!(target.starts_with(version), "{target}");
+                assert!(!target.contains("XyzTokenInPath") && !target.contains("127.0.0.1"));
+                if let Some(secret) = secret {
+                    assert!(secret.starts_with(version) && !secret.contains("hmac-secret-value"));
+                }
+            }
+            rows
+        }
+    };
+    let before = stored("bse1.1.").await;
+
+    // A new master key: the service restarted with both keys re-seals every channel under the
+    // new one at start, and the channels still work.
+    let Ops { app, admin } = ops;
+    let prefix = app.redis_prefix.clone();
+    app.stop().await;
+    let rotated = master_keys(&[(1, 1), (2, 2)]);
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("BOURSE_MASTER_KEYS", rotated.as_str()),
+            ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str()),
+        ],
+    )
+    .await;
+    let ops = Ops { app, admin };
+    let after = stored("bse1.2.").await;
+    assert_ne!(before, after);
+    let listed = ops.get("/v1/admin/alert-channels").await;
+    assert_eq!(
+        listed[1]["target"], "http://127.0.0.1/…",
+        "opened with the new key"
+    );
+    ops.rule(json!({ "event_type": "*", "severity": "critical", "channels": ["slack"] }))
+        .await;
+    ops.kill_switch("global", None).await;
+    let page = receiver.next_at("/services/T0/B0/XyzTokenInPath").await;
+    assert!(
+        page.json()["text"]
+            .as_str()
+            .unwrap()
+            .contains("Kill switch")
+    );
+}

@@ -30,6 +30,8 @@ pub struct TestApp {
     pub db: PgPool,
     pub redis_prefix: String,
     shutdown: Shutdown,
+    /// The services' edge-first stop, awaited by [`TestApp::stop`].
+    stopped: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -133,7 +135,7 @@ pub async fn spawn_app_without(
         address(Target::Orders),
     );
     let (settlement, risk) = (address(Target::Settlement), address(Target::Risk));
-    tokio::spawn(running.wait());
+    let stopped = Some(tokio::spawn(running.wait()));
     TestApp {
         gateway,
         auth,
@@ -144,6 +146,7 @@ pub async fn spawn_app_without(
         db: pool,
         redis_prefix,
         shutdown,
+        stopped,
     }
 }
 
@@ -152,6 +155,14 @@ fn url(address: SocketAddr) -> String {
 }
 
 impl TestApp {
+    /// Stops every service and waits until they have: nothing of this app runs afterwards.
+    pub async fn stop(mut self) {
+        self.shutdown.trigger();
+        if let Some(stopped) = self.stopped.take() {
+            let _ = stopped.await;
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.gateway, path)
     }

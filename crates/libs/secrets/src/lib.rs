@@ -8,14 +8,18 @@
 //! - [`provider`]: where values come from: the environment, files, Vault's KV v2 API.
 //! - [`cache`]: [`Secrets`], values cached for a TTL, refreshed in the background, and
 //!   watchers told when a value changed (a rotated password picked up without a restart).
+//! - [`envelope`]: field encryption at rest — AES-256-GCM with a data key per value, wrapped
+//!   by a versioned master key (SEC-12).
 //!
 //! Errors name the reference that failed, never a value.
 
 pub mod cache;
+pub mod envelope;
 pub mod provider;
 pub mod reference;
 
 pub use cache::Secrets;
+pub use envelope::{EnvelopeError, MasterKeys};
 pub use provider::{Providers, VaultSettings};
 pub use reference::Reference;
 pub use secrecy::{ExposeSecret, SecretString};

@@ -108,10 +108,19 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         );
         tokio::spawn(consumer.run(alerter.clone(), shutdown.clone()));
     }
+    // Channels stored before encryption, or under a retired master key, are re-sealed now.
+    let resealed = store::reseal_channels(&pool, &config.master_keys).await?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "alert channels re-sealed under the current master key"
+        );
+    }
     let notifier = notify::Notifier::new(
         pool.clone(),
         config.delivery.clone(),
         &config.smtp,
+        config.master_keys.clone(),
         wake.clone(),
     )?;
     let email_enabled = notifier.email_enabled();
@@ -131,6 +140,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         verifier,
         wake,
         email_enabled,
+        master_keys: config.master_keys.clone(),
     };
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Postgres(pool))

@@ -16,6 +16,7 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
+use secrets::MasterKeys;
 use serde_json::json;
 use service_kit::Shutdown;
 use sqlx::PgPool;
@@ -34,6 +35,7 @@ pub struct Notifier {
     http: reqwest::Client,
     smtp: Option<(AsyncSmtpTransport<Tokio1Executor>, Mailbox)>,
     settings: DeliverySettings,
+    master_keys: Arc<MasterKeys>,
     wake: Arc<Notify>,
 }
 
@@ -42,6 +44,7 @@ impl Notifier {
         pool: PgPool,
         settings: DeliverySettings,
         smtp: &SmtpSettings,
+        master_keys: Arc<MasterKeys>,
         wake: Arc<Notify>,
     ) -> Result<Self> {
         let http = reqwest::Client::builder()
@@ -59,6 +62,7 @@ impl Notifier {
             http,
             smtp,
             settings,
+            master_keys,
             wake,
         })
     }
@@ -105,7 +109,7 @@ impl Notifier {
     /// Leases a batch of due deliveries and sends them concurrently; how many it sent.
     pub async fn round(&self) -> Result<usize> {
         let lease = self.settings.timeout.as_secs_f64() * 2.0 + 1.0;
-        let due = store::claim_due(&self.pool, BATCH, lease).await?;
+        let due = store::claim_due(&self.pool, &self.master_keys, BATCH, lease).await?;
         let count = due.len();
         futures_util::future::join_all(due.iter().map(|d| self.deliver(d))).await;
         Ok(count)

@@ -1,6 +1,7 @@
 //! All of alerting's SQL.
 
 use secrecy::{ExposeSecret, SecretString};
+use secrets::MasterKeys;
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -13,7 +14,43 @@ use crate::silences::{Matcher, Silence};
 
 // ---- channels --------------------------------------------------------------------------
 
-pub async fn insert_channel(pool: &PgPool, channel: &Channel, actor: Uuid) -> Result<()> {
+/// The encryption contexts of a channel's two sealed columns: a value copied to another row
+/// or column does not open.
+fn contexts(id: Uuid) -> (String, String) {
+    (
+        format!("alerting.channels.target:{id}"),
+        format!("alerting.channels.secret:{id}"),
+    )
+}
+
+fn seal(keys: &MasterKeys, value: &str, context: &str) -> Result<String> {
+    keys.seal(value, context)
+        .map_err(|e| Error::Internal(format!("sealing a channel: {e}")))
+}
+
+/// A stored column's value: opened when sealed, as it is when written before encryption
+/// (re-sealed by [`reseal_channels`]).
+fn open(keys: &MasterKeys, stored: String, context: &str) -> Result<SecretString> {
+    if !stored.starts_with("bse1.") {
+        return Ok(SecretString::from(stored));
+    }
+    keys.open(&stored, context)
+        .map_err(|e| Error::Internal(format!("{context} cannot be opened: {e}")))
+}
+
+pub async fn insert_channel(
+    pool: &PgPool,
+    keys: &MasterKeys,
+    channel: &Channel,
+    actor: Uuid,
+) -> Result<()> {
+    let (target_context, secret_context) = contexts(channel.id);
+    let target = seal(keys, channel.target.expose_secret(), &target_context)?;
+    let secret = channel
+        .secret
+        .as_ref()
+        .map(|s| seal(keys, s.expose_secret(), &secret_context))
+        .transpose()?;
     sqlx::query(
         "INSERT INTO channels (id, name, kind, target, secret, created_by, created_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -21,8 +58,8 @@ pub async fn insert_channel(pool: &PgPool, channel: &Channel, actor: Uuid) -> Re
     .bind(channel.id)
     .bind(&channel.name)
     .bind(channel.kind.as_str())
-    .bind(channel.target.expose_secret())
-    .bind(channel.secret.as_ref().map(ExposeSecret::expose_secret))
+    .bind(target)
+    .bind(secret)
     .bind(actor)
     .bind(channel.created_at)
     .execute(pool)
@@ -33,25 +70,59 @@ pub async fn insert_channel(pool: &PgPool, channel: &Channel, actor: Uuid) -> Re
 
 type ChannelRow = (Uuid, String, String, String, Option<String>, OffsetDateTime);
 
-fn channel(row: ChannelRow) -> Result<Channel> {
+fn channel(keys: &MasterKeys, row: ChannelRow) -> Result<Channel> {
     let (id, name, kind, target, secret, created_at) = row;
+    let (target_context, secret_context) = contexts(id);
     Ok(Channel {
         id,
         kind: Kind::parse(&kind).ok_or_else(|| Error::Internal(format!("channel kind {kind}")))?,
         name,
-        target: SecretString::from(target),
-        secret: secret.map(SecretString::from),
+        target: open(keys, target, &target_context)?,
+        secret: secret.map(|s| open(keys, s, &secret_context)).transpose()?,
         created_at,
     })
 }
 
-pub async fn channels(pool: &PgPool) -> Result<Vec<Channel>> {
+/// Re-seals every channel whose columns are plaintext from before encryption or sealed under
+/// an older master key: run at start and by `bourse admin reencrypt`. Returns how many.
+pub async fn reseal_channels(pool: &PgPool, keys: &MasterKeys) -> Result<u64> {
+    let rows: Vec<ChannelRow> =
+        sqlx::query_as("SELECT id, name, kind, target, secret, created_at FROM channels")
+            .fetch_all(pool)
+            .await?;
+    let mut resealed = 0;
+    for (id, name, kind, target, secret, created_at) in rows {
+        let stale =
+            keys.needs_rewrap(&target) || secret.as_deref().is_some_and(|s| keys.needs_rewrap(s));
+        if !stale {
+            continue;
+        }
+        let channel = channel(keys, (id, name, kind, target, secret, created_at))?;
+        let (target_context, secret_context) = contexts(id);
+        sqlx::query("UPDATE channels SET target = $2, secret = $3 WHERE id = $1")
+            .bind(id)
+            .bind(seal(keys, channel.target.expose_secret(), &target_context)?)
+            .bind(
+                channel
+                    .secret
+                    .as_ref()
+                    .map(|s| seal(keys, s.expose_secret(), &secret_context))
+                    .transpose()?,
+            )
+            .execute(pool)
+            .await?;
+        resealed += 1;
+    }
+    Ok(resealed)
+}
+
+pub async fn channels(pool: &PgPool, keys: &MasterKeys) -> Result<Vec<Channel>> {
     let rows: Vec<ChannelRow> = sqlx::query_as(
         "SELECT id, name, kind, target, secret, created_at FROM channels ORDER BY name",
     )
     .fetch_all(pool)
     .await?;
-    rows.into_iter().map(channel).collect()
+    rows.into_iter().map(|row| channel(keys, row)).collect()
 }
 
 /// The names among `names` that no channel has.
@@ -415,7 +486,12 @@ pub struct Due {
 /// Leases up to `limit` due deliveries for `lease_secs` and counts the attempt. `SKIP LOCKED`
 /// lets replicas share the queue; a lease that runs out (the sender died) makes the row due
 /// again.
-pub async fn claim_due(pool: &PgPool, limit: i64, lease_secs: f64) -> Result<Vec<Due>> {
+pub async fn claim_due(
+    pool: &PgPool,
+    keys: &MasterKeys,
+    limit: i64,
+    lease_secs: f64,
+) -> Result<Vec<Due>> {
     let mut tx = pool.begin().await?;
     let claimed: Vec<(Uuid, Uuid, Uuid, String, i32)> = sqlx::query_as(
         "UPDATE deliveries d
@@ -441,11 +517,21 @@ pub async fn claim_due(pool: &PgPool, limit: i64, lease_secs: f64) -> Result<Vec
         let alert = alert(&mut tx, alert_id)
             .await?
             .ok_or_else(|| Error::Internal(format!("delivery {id} without its alert")))?;
+        // A channel this replica cannot open (sealed under a master key it does not have yet,
+        // mid-rotation) holds back no other delivery: its lease runs out and a replica that
+        // has the key sends it.
+        let channel = match channel(keys, row) {
+            Ok(channel) => channel,
+            Err(err) => {
+                tracing::warn!(delivery_id = %id, error = %err, "a delivery's channel cannot be opened here");
+                continue;
+            }
+        };
         due.push(Due {
             id,
             action,
             attempts,
-            channel: channel(row)?,
+            channel,
             alert,
         });
     }

@@ -23,7 +23,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Body<ChannelView>)> {
     principal.require_any(&[Role::Admin])?;
     let channel = channels::validate(request, state.email_enabled)?;
-    store::insert_channel(&state.pool, &channel, principal.user_id).await?;
+    store::insert_channel(&state.pool, &state.master_keys, &channel, principal.user_id).await?;
     tracing::info!(channel = %channel.name, kind = channel.kind.as_str(), "alert channel created");
     Ok((StatusCode::CREATED, Body(ChannelView::from(&channel))))
 }
@@ -36,6 +36,6 @@ pub async fn list(
     principal: Principal,
 ) -> Result<Body<Vec<ChannelView>>> {
     principal.require_any(&[Role::Admin])?;
-    let channels = store::channels(&state.pool).await?;
+    let channels = store::channels(&state.pool, &state.master_keys).await?;
     Ok(Body(channels.iter().map(ChannelView::from).collect()))
 }

@@ -28,6 +28,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Whether SMTP is configured, so email channels can work.
     pub email_enabled: bool,
+    /// Channel targets and secrets are sealed with these at rest (SEC-12).
+    pub master_keys: Arc<secrets::MasterKeys>,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
