@@ -219,9 +219,11 @@ async fn dead_letters(command: DlqCommand) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bourse admin reencrypt`: alerting's channel targets and secrets (SEC-12).
+/// `bourse admin reencrypt`: auth's signing keys, alerting's channel targets and secrets
+/// (SEC-12).
 async fn reencrypt() -> Result<ExitCode, Failure> {
     let mut env = Env::from_process();
+    let auth_config = auth::Config::read(&mut env);
     let config = alerting::Config::read(&mut env);
     env.finish().map_err(Failure::Config)?;
     let _telemetry =
@@ -230,8 +232,11 @@ async fn reencrypt() -> Result<ExitCode, Failure> {
     let pool = service_kit::db::connect(&config.common, alerting::SCHEMA).await?;
     alerting::migrate(&pool).await?;
     let resealed = alerting::store::reseal_channels(&pool, &config.master_keys).await?;
+    let auth_pool = auth::connect(&auth_config).await?;
+    auth::migrate(&auth_pool).await?;
+    let keys = auth::signing_keys::reseal(&auth_pool, &auth_config.master_keys).await?;
     println!(
-        "{resealed} alert channel(s) re-sealed under master key {}",
+        "re-sealed under master key {}: {keys} signing key(s), {resealed} alert channel(s)",
         config.master_keys.current()
     );
     Ok(ExitCode::SUCCESS)
@@ -274,7 +279,7 @@ async fn admin(command: AdminCommand) -> Result<ExitCode, Failure> {
             );
         }
         AdminCommand::RotateSigningKey => {
-            let kid = auth::signing_keys::rotate(&pool).await?;
+            let kid = auth::signing_keys::rotate(&pool, &config.master_keys).await?;
             println!(
                 "new signing key {kid}; the previous key stays published until its tokens expire"
             );

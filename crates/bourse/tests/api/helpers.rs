@@ -387,6 +387,11 @@ pub async fn schema_pool(pool: &PgPool, schema: &str) -> PgPool {
         .expect("schema pool connects")
 }
 
+/// The master keys a test app seals with (the development default).
+pub fn master_keys() -> std::sync::Arc<secrets::MasterKeys> {
+    secrets::envelope::read_master_keys(&mut Env::from_pairs(Vec::<(String, String)>::new()), false)
+}
+
 /// A pool on auth's schema.
 pub async fn auth_pool(app: &TestApp) -> PgPool {
     schema_pool(&app.db, "auth").await

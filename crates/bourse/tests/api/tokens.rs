@@ -20,12 +20,16 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// The signing key auth is using, read the way an insider with database access would.
+/// The signing key auth is using, read the way an insider with database access *and* the
+/// master key would (the database alone holds it sealed).
 async fn active_key(app: &TestApp) -> (String, Vec<u8>) {
-    sqlx::query_as("SELECT kid, private_key FROM auth.signing_keys WHERE retired_at IS NULL")
-        .fetch_one(&app.db)
-        .await
-        .unwrap()
+    let (kid, stored): (String, Vec<u8>) =
+        sqlx::query_as("SELECT kid, private_key FROM auth.signing_keys WHERE retired_at IS NULL")
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    let private = auth::signing_keys::open(&crate::helpers::master_keys(), &kid, &stored).unwrap();
+    (kid, private)
 }
 
 fn claims(sub: &str) -> Value {
@@ -173,7 +177,9 @@ async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(poo
 
     // The operator rotates (what `bourse admin rotate-signing-key` does).
     let auth_pool = crate::helpers::auth_pool(&app).await;
-    let new_kid = auth::signing_keys::rotate(&auth_pool).await.unwrap();
+    let new_kid = auth::signing_keys::rotate(&auth_pool, &crate::helpers::master_keys())
+        .await
+        .unwrap();
     assert_ne!(new_kid, old_kid);
 
     // Auth replicas pick the new key up on their next reload; wait for that event, bounded.
@@ -236,6 +242,10 @@ async fn production_refuses_to_start_until_a_signing_key_is_provisioned(pool: Pg
                     "BOURSE_SERVICE_SECRET_SETTLEMENT",
                     "another production secret of 32 characters or more",
                 ),
+                (
+                    "BOURSE_MASTER_KEYS",
+                    "1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=",
+                ),
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
@@ -255,13 +265,39 @@ async fn production_refuses_to_start_until_a_signing_key_is_provisioned(pool: Pg
     assert_eq!(keys, 0, "production never generates one itself");
 
     // The operator provisions a key (`bourse admin rotate-signing-key`); now it starts.
-    auth::signing_keys::rotate(&crate::helpers::schema_pool(&pool, "auth").await)
-        .await
-        .unwrap();
+    // It seals it with the production master keys, as the services will open it.
+    let master_keys = production(&pool).auth.expect("auth planned").master_keys;
+    auth::signing_keys::rotate(
+        &crate::helpers::schema_pool(&pool, "auth").await,
+        &master_keys,
+    )
+    .await
+    .unwrap();
     let running = bourse::start(production(&pool), &shutdown)
         .await
         .expect("starts with a key");
     assert!(running.address(bourse::Target::Auth).is_some());
     shutdown.trigger();
     running.wait().await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn signing_keys_are_sealed_at_rest(pool: PgPool) {
+    let app = crate::helpers::spawn_app(pool).await;
+    let tokens = app.signed_up("sealed@example.com").await;
+    assert_eq!(app.me(&tokens.access_token).await.status(), 200);
+
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT private_key FROM auth.signing_keys")
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+    assert!(!stored.is_empty());
+    for key in stored {
+        // An envelope under master key 1, not PKCS#8 DER (which starts with an ASN.1 SEQUENCE).
+        assert!(
+            key.starts_with(b"bse1.1."),
+            "{:?}",
+            &key[..8.min(key.len())]
+        );
+    }
 }

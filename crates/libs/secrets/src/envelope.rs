@@ -193,6 +193,34 @@ fn decrypt(key: &[u8], sealed: Vec<u8>, context: &str) -> Result<Vec<u8>, Envelo
     Ok(plaintext.to_vec())
 }
 
+/// A development master key, so that `bourse serve all` runs with no setup. Production
+/// refuses to start without `BOURSE_MASTER_KEYS`.
+const DEVELOPMENT_KEY: &[u8; KEY_LEN] = b"bourse-development-master-key-01";
+
+/// `BOURSE_MASTER_KEYS` (`VERSION:BASE64,…`), read by every service that seals fields.
+pub fn read_master_keys(
+    env: &mut service_kit::Env,
+    production: bool,
+) -> std::sync::Arc<MasterKeys> {
+    let development = format!(
+        "1:{}",
+        base64::engine::general_purpose::STANDARD.encode(DEVELOPMENT_KEY)
+    );
+    let text = env.secret(
+        "BOURSE_MASTER_KEYS",
+        (!production).then_some(development.as_str()),
+    );
+    let parsed = MasterKeys::parse(&text).unwrap_or_else(|err| {
+        // A missing value was reported as required already.
+        if !text.expose_secret().is_empty() {
+            env.problem("BOURSE_MASTER_KEYS", err.to_string());
+        }
+        #[allow(clippy::expect_used)] // start-up: the development key is a constant that parses
+        MasterKeys::parse(&SecretString::from(development)).expect("the development key parses")
+    });
+    std::sync::Arc::new(parsed)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

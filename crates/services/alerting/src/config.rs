@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use resilience::Backoff;
 use secrecy::SecretString;
 use secrets::MasterKeys;
@@ -140,7 +139,7 @@ impl Config {
             interval: env.millis("BOURSE_ALERTING_WATCH_INTERVAL_MS", Duration::from_secs(5)),
             failures: env.or("BOURSE_ALERTING_WATCH_FAILURES", 2u32).max(1),
         };
-        let master_keys = read_master_keys(env, common.is_production());
+        let master_keys = secrets::envelope::read_master_keys(env, common.is_production());
         Self {
             port: env.or("BOURSE_ALERTING_PORT", 8085u16),
             auth: access::AuthSettings::read(env),
@@ -177,26 +176,4 @@ impl Config {
             common,
         }
     }
-}
-
-/// A development master key, so that `bourse serve all` runs with no setup. Production
-/// refuses to start without `BOURSE_MASTER_KEYS`.
-const DEVELOPMENT_KEY: &[u8; 32] = b"bourse-development-master-key-01";
-
-/// `BOURSE_MASTER_KEYS`: `VERSION:BASE64,…` (SEC-12).
-fn read_master_keys(env: &mut Env, production: bool) -> Arc<MasterKeys> {
-    let development = format!(
-        "1:{}",
-        base64::engine::general_purpose::STANDARD.encode(DEVELOPMENT_KEY)
-    );
-    let text = env.secret(
-        "BOURSE_MASTER_KEYS",
-        (!production).then_some(development.as_str()),
-    );
-    let parsed = MasterKeys::parse(&text).unwrap_or_else(|err| {
-        env.problem("BOURSE_MASTER_KEYS", err.to_string());
-        #[allow(clippy::expect_used)] // start-up: the development key is a constant that parses
-        MasterKeys::parse(&SecretString::from(development)).expect("the development key parses")
-    });
-    Arc::new(parsed)
 }

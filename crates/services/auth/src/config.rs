@@ -25,6 +25,8 @@ pub struct Config {
     pub migrate_on_start: bool,
     /// How often each replica re-reads the signing keys (a rotation reaches it within this).
     pub signing_key_reload: Duration,
+    /// The master keys the signing keys' private halves are sealed with (SEC-12).
+    pub master_keys: std::sync::Arc<secrets::MasterKeys>,
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +121,7 @@ impl Config {
             generate_signing_key,
             signing_key_reload: env
                 .millis("BOURSE_AUTH_SIGNING_KEY_RELOAD_MS", Duration::from_secs(30)),
+            master_keys: secrets::envelope::read_master_keys(env, common.is_production()),
             migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,
         }

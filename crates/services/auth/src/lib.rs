@@ -80,7 +80,19 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
 
     // Retired keys stay published for the token lifetime plus a minute of clock skew.
     let overlap = config.tokens.access_ttl + Duration::from_secs(60);
-    let keyring = Arc::new(Keyring::new(pool.clone(), overlap));
+    // Keys stored before encryption, or under a retired master key, are re-sealed first.
+    let resealed = signing_keys::reseal(&pool, &config.master_keys).await?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            "signing keys re-sealed under the current master key"
+        );
+    }
+    let keyring = Arc::new(Keyring::new(
+        pool.clone(),
+        overlap,
+        config.master_keys.clone(),
+    ));
     keyring.ensure_active(config.generate_signing_key).await?;
     tokio::spawn(
         keyring

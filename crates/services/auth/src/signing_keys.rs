@@ -11,13 +11,14 @@ use std::time::Duration;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use futures_util::future::BoxFuture;
 use jsonwebtoken::EncodingKey;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, CommonParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm,
     OctetKeyPairParameters, OctetKeyPairType, PublicKeyUse,
 };
+use secrets::{ExposeSecret, MasterKeys};
 use sqlx::PgPool;
 
 use crate::audit::{self, AuditEvent};
@@ -43,12 +44,56 @@ pub fn generate() -> Result<NewSigningKey> {
     })
 }
 
+/// The private half as stored: PKCS#8 in base64, sealed for this key's row (SEC-12).
+fn seal(keys: &MasterKeys, kid: &str, private_pkcs8: &[u8]) -> Result<Vec<u8>> {
+    keys.seal(&STANDARD.encode(private_pkcs8), &context(kid))
+        .map(String::into_bytes)
+        .map_err(|e| Error::Internal(format!("sealing signing key {kid}: {e}")))
+}
+
+fn context(kid: &str) -> String {
+    format!("auth.signing_keys.private_key:{kid}")
+}
+
+/// The private half (PKCS#8 DER) from what is stored: sealed, or raw from before encryption.
+pub fn open(keys: &MasterKeys, kid: &str, stored: &[u8]) -> Result<Vec<u8>> {
+    let Some(sealed) = stored
+        .starts_with(b"bse1.")
+        .then(|| std::str::from_utf8(stored).ok())
+        .flatten()
+    else {
+        return Ok(stored.to_vec());
+    };
+    let encoded = keys
+        .open(sealed, &context(kid))
+        .map_err(|e| Error::Internal(format!("signing key {kid} cannot be opened: {e}")))?;
+    STANDARD
+        .decode(encoded.expose_secret())
+        .map_err(|_| Error::Internal(format!("signing key {kid} is not base64")))
+}
+
+/// Re-seals every stored private key that is raw or under an older master key; run at start
+/// and by `bourse admin reencrypt`. Returns how many.
+pub async fn reseal(pool: &PgPool, keys: &MasterKeys) -> Result<u64> {
+    let mut resealed = 0;
+    for (kid, stored) in store::signing_key_secrets(pool).await? {
+        let stale = std::str::from_utf8(&stored).map_or(true, |s| keys.needs_rewrap(s));
+        if stale {
+            let private = open(keys, &kid, &stored)?;
+            store::replace_signing_key_secret(pool, &kid, &seal(keys, &kid, &private)?).await?;
+            resealed += 1;
+        }
+    }
+    Ok(resealed)
+}
+
 /// Retires the signing key (if any) and makes a new one; returns the new `kid`.
-pub async fn rotate(pool: &PgPool) -> Result<String> {
+pub async fn rotate(pool: &PgPool, keys: &MasterKeys) -> Result<String> {
     let key = generate()?;
+    let sealed = seal(keys, &key.kid, &key.private_pkcs8)?;
     let mut tx = pool.begin().await?;
     store::retire_active_signing_key(&mut tx).await?;
-    store::insert_signing_key(&mut tx, &key).await?;
+    store::insert_signing_key(&mut tx, &key, &sealed).await?;
     audit::append(
         &mut tx,
         AuditEvent::new("signing_key_rotated").details(serde_json::json!({ "kid": key.kid })),
@@ -68,15 +113,18 @@ pub struct ActiveKey {
 /// The keys this replica signs with and publishes, reloaded from the database.
 pub struct Keyring {
     pool: PgPool,
+    /// The private halves are stored sealed with these.
+    master_keys: Arc<MasterKeys>,
     /// Retired keys stay published this long: the access-token lifetime plus clock leeway.
     overlap: Duration,
     state: RwLock<(Option<Arc<ActiveKey>>, JwkSet)>,
 }
 
 impl Keyring {
-    pub fn new(pool: PgPool, overlap: Duration) -> Self {
+    pub fn new(pool: PgPool, overlap: Duration, master_keys: Arc<MasterKeys>) -> Self {
         Self {
             pool,
+            master_keys,
             overlap,
             state: RwLock::new((None, JwkSet { keys: Vec::new() })),
         }
@@ -88,7 +136,7 @@ impl Keyring {
         let active = rows
             .iter()
             .find(|row| row.retired_at.is_none())
-            .map(active_key)
+            .map(|row| active_key(&self.master_keys, row))
             .transpose()?;
         let set = JwkSet {
             keys: rows.iter().map(jwk).collect(),
@@ -126,7 +174,7 @@ impl Keyring {
         }
         // Two replicas starting together may both try; the unique index lets one win, and the
         // loser finds the winner's key on reload.
-        let created = rotate(&self.pool).await;
+        let created = rotate(&self.pool, &self.master_keys).await;
         self.reload().await?;
         match (created, self.active()) {
             (_, Ok(_)) => Ok(()),
@@ -162,10 +210,10 @@ impl access::KeySource for Keyring {
     }
 }
 
-fn active_key(row: &SigningKeyRow) -> Result<ActiveKey> {
+fn active_key(keys: &MasterKeys, row: &SigningKeyRow) -> Result<ActiveKey> {
     Ok(ActiveKey {
         kid: row.kid.clone(),
-        encoding: EncodingKey::from_ed_der(&row.private_key),
+        encoding: EncodingKey::from_ed_der(&open(keys, &row.kid, &row.private_key)?),
     })
 }
 

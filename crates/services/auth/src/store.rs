@@ -194,15 +194,37 @@ pub async fn retire_active_signing_key(conn: &mut PgConnection) -> Result<(), sq
         .map(|_| ())
 }
 
+/// Stores a key; `sealed_private` is its private half as sealed by the caller (SEC-12).
 pub async fn insert_signing_key(
     conn: &mut PgConnection,
     key: &NewSigningKey,
+    sealed_private: &[u8],
 ) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO signing_keys (kid, private_key, public_key) VALUES ($1, $2, $3)")
         .bind(&key.kid)
-        .bind(&key.private_pkcs8)
+        .bind(sealed_private)
         .bind(&key.public_key)
         .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Every key's id and stored private half (sealed, or raw from before encryption).
+pub async fn signing_key_secrets(pool: &PgPool) -> Result<Vec<(String, Vec<u8>)>, sqlx::Error> {
+    sqlx::query_as("SELECT kid, private_key FROM signing_keys")
+        .fetch_all(pool)
+        .await
+}
+
+pub async fn replace_signing_key_secret(
+    pool: &PgPool,
+    kid: &str,
+    sealed_private: &[u8],
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE signing_keys SET private_key = $2 WHERE kid = $1")
+        .bind(kid)
+        .bind(sealed_private)
+        .execute(pool)
         .await
         .map(|_| ())
 }
