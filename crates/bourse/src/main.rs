@@ -9,6 +9,7 @@ use access::Role;
 use bourse::Target;
 use clap::{Parser, Subcommand};
 use secrecy::SecretString;
+use service_kit::config::ConfigProblem;
 use service_kit::{CommonConfig, ConfigError, Env, Shutdown};
 
 #[derive(Parser)]
@@ -130,7 +131,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Serve { targets } => {
-            let plan = bourse::plan(&targets, Env::from_process()).map_err(Failure::Config)?;
+            let plan = bourse::plan(&targets, environment().await?).map_err(Failure::Config)?;
             let telemetry = service_kit::telemetry::init(
                 plan.common.log_format,
                 &plan.common.log_filter,
@@ -148,7 +149,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
-            let common = common_config()?;
+            let common = common_config().await?;
             bourse::migrate(&common).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -156,7 +157,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Demo {
             command: DemoCommand::Seed,
         } => {
-            let mut env = Env::from_process();
+            let mut env = environment().await?;
             let auth_config = auth::Config::read(&mut env);
             let orders_config = orders::Config::read(&mut env);
             let settlement_config = settlement::Config::read(&mut env);
@@ -186,8 +187,8 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
-fn common_config() -> Result<CommonConfig, Failure> {
-    let mut env = Env::from_process();
+async fn common_config() -> Result<CommonConfig, Failure> {
+    let mut env = environment().await?;
     let common = CommonConfig::read(&mut env);
     env.finish().map_err(Failure::Config)?;
     // Short-lived commands log but do not export traces.
@@ -196,7 +197,7 @@ fn common_config() -> Result<CommonConfig, Failure> {
 }
 
 async fn dead_letters(command: DlqCommand) -> Result<ExitCode, Failure> {
-    let common = common_config()?;
+    let common = common_config().await?;
     let redis = service_kit::redis::connect(&common.redis_url).await?;
     let keys = service_kit::redis::KeyPrefix::new(&common.redis_key_prefix);
     match command {
@@ -222,7 +223,7 @@ async fn dead_letters(command: DlqCommand) -> Result<ExitCode, Failure> {
 /// `bourse admin reencrypt`: auth's signing keys, alerting's channel targets and secrets
 /// (SEC-12).
 async fn reencrypt() -> Result<ExitCode, Failure> {
-    let mut env = Env::from_process();
+    let mut env = environment().await?;
     let auth_config = auth::Config::read(&mut env);
     let config = alerting::Config::read(&mut env);
     env.finish().map_err(Failure::Config)?;
@@ -242,6 +243,21 @@ async fn reencrypt() -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The process environment, secret settings given as references resolved (SEC-11): every
+/// reference that cannot be resolved is reported, by variable and reference, like any other
+/// configuration problem.
+async fn environment() -> Result<Env, Failure> {
+    match secrets::settings::resolve(service_kit::config::process_variables()).await {
+        Ok(vars) => Ok(Env::from_pairs(vars)),
+        Err(problems) => Err(Failure::Config(ConfigError {
+            problems: problems
+                .into_iter()
+                .map(|(variable, message)| ConfigProblem { variable, message })
+                .collect(),
+        })),
+    }
+}
+
 async fn admin(command: AdminCommand) -> Result<ExitCode, Failure> {
     // Dead letters live in Redis; they need neither auth's configuration nor its database.
     let command = match command {
@@ -249,7 +265,7 @@ async fn admin(command: AdminCommand) -> Result<ExitCode, Failure> {
         AdminCommand::Reencrypt => return reencrypt().await,
         other => other,
     };
-    let mut env = Env::from_process();
+    let mut env = environment().await?;
     let config = auth::Config::read(&mut env);
     env.finish().map_err(Failure::Config)?;
     let _telemetry =

@@ -755,3 +755,51 @@ async fn alert_channel_secrets_never_reach_the_logs(pool: PgPool) {
         );
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn secret_settings_are_resolved_from_vault_at_start(pool: PgPool) {
+    let bao = secrets::testing::OpenBao::start().await;
+    let master = "1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    bao.put("bourse/keys", serde_json::json!({ "master": master }))
+        .await;
+    let vault = [
+        ("BOURSE_VAULT_ADDR", bao.address.as_str()),
+        ("BOURSE_VAULT_TOKEN", bao.token.as_str()),
+    ];
+
+    // A reference that names nothing: refused at start, by variable and reference, no value.
+    let mut missing = vault.to_vec();
+    missing.push(("BOURSE_MASTER_KEYS", "vault:secret/bourse/keys#nothing"));
+    let stderr = refuses_to_start(&missing, &["BOURSE_MASTER_KEYS"]).await;
+    assert!(
+        stderr.contains("vault:secret/bourse/keys#nothing: not found"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(master) && !stderr.contains(&bao.token),
+        "{stderr}"
+    );
+
+    // A reference that resolves: the services start with the value from Vault, and seal with it.
+    let mut found = vault.to_vec();
+    found.push(("BOURSE_MASTER_KEYS", "vault:secret/bourse/keys#master"));
+    let mut served = Served::start_with(&pool, &found).await;
+    served.address_of("gateway").await;
+    let (kid, stored): (String, Vec<u8>) =
+        sqlx::query_as("SELECT kid, private_key FROM auth.signing_keys")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let keys = secrets::MasterKeys::parse(&secrets::SecretString::from(master.to_owned())).unwrap();
+    assert!(
+        auth::signing_keys::open(&keys, &kid, &stored).is_ok(),
+        "sealed with Vault's key"
+    );
+    served.terminate();
+    let (code, lines) = served.finish().await;
+    assert_eq!(code, Some(0));
+    assert!(
+        lines.iter().all(|l| !l.contains(master)),
+        "the key never reaches the logs"
+    );
+}

@@ -8,6 +8,7 @@
 //! - [`provider`]: where values come from: the environment, files, Vault's KV v2 API.
 //! - [`cache`]: [`Secrets`], values cached for a TTL, refreshed in the background, and
 //!   watchers told when a value changed (a rotated password picked up without a restart).
+//! - [`settings`]: secret settings given as references, resolved before services read them.
 //! - [`envelope`]: field encryption at rest — AES-256-GCM with a data key per value, wrapped
 //!   by a versioned master key (SEC-12).
 //!
@@ -17,6 +18,9 @@ pub mod cache;
 pub mod envelope;
 pub mod provider;
 pub mod reference;
+pub mod settings;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cache::Secrets;
 pub use envelope::{EnvelopeError, MasterKeys};

