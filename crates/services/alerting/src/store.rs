@@ -199,7 +199,9 @@ pub struct Raised {
 }
 
 /// Opens the alert, or counts the repeat of the open one with its fingerprint (ALR-04). The
-/// partial unique index makes this one atomic step even when replicas race.
+/// partial unique index makes this one atomic step even when replicas race. `xmax = 0` holds
+/// for a row this statement inserted and not for one it updated: PostgreSQL's way of telling
+/// which branch of `ON CONFLICT` ran.
 pub async fn raise(
     tx: &mut PgConnection,
     alert: &NewAlert<'_>,
