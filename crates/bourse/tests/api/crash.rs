@@ -10,7 +10,7 @@ use service_kit::testing::eventually;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
-use crate::helpers::{Tokens, base_env, count, spawn_app_without};
+use crate::helpers::{base_env, count, spawn_app_without};
 
 /// `bourse serve settlement` on `port`, sharing the test's database and Redis prefix.
 fn settlement_process(env: &[(String, String)], port: u16) -> Child {
@@ -70,17 +70,7 @@ async fn a_settlement_killed_mid_stream_loses_and_doubles_nothing(pool: PgPool) 
     let mut settlement = settlement_process(&env, port);
     eventually("settlement to be ready", || ready(&settlement_url)).await;
 
-    let admin = app
-        .signed_up_with_roles("treasury@example.com", &["admin"])
-        .await;
-    app.btc_usd(&admin).await;
-    let (alice, bob): (Tokens, Tokens) = (
-        app.signed_up("alice@example.com").await,
-        app.signed_up("bob@example.com").await,
-    );
-    let (alice_id, bob_id) = (app.user_id(&alice).await, app.user_id(&bob).await);
-    app.deposit(&admin, alice_id, "BTC", "10").await;
-    app.deposit(&admin, bob_id, "USD", "1000000").await;
+    let (admin, alice, bob) = app.funded_market().await;
 
     // Trades flow; settlement is killed once it has settled some and before it can have
     // settled them all.
@@ -158,7 +148,9 @@ async fn a_settlement_killed_mid_stream_loses_and_doubles_nothing(pool: PgPool) 
         .iter()
         .find(|b| b["asset"] == "BTC")
         .unwrap();
-    let expected = format!("{:.8}", executed as f64 * 0.01);
+    // 100 BTC to start with, 0.01 more per trade; in satoshis to stay exact.
+    let satoshis = 100 * 100_000_000 + executed * 1_000_000;
+    let expected = format!("{}.{:08}", satoshis / 100_000_000, satoshis % 100_000_000);
     assert_eq!(
         btc["available"], expected,
         "{bobs_btc} after {placed} pairs"

@@ -289,6 +289,23 @@ impl TestApp {
         );
     }
 
+    /// BTC-USD, an admin, and Alice and Bob each funded with 1,000,000 USD and 100 BTC:
+    /// (admin, alice, bob).
+    pub async fn funded_market(&self) -> (Tokens, Tokens, Tokens) {
+        let admin = self
+            .signed_up_with_roles("treasury@example.com", &["admin"])
+            .await;
+        self.btc_usd(&admin).await;
+        let alice = self.signed_up("alice@example.com").await;
+        let bob = self.signed_up("bob@example.com").await;
+        for who in [&alice, &bob] {
+            let account = self.user_id(who).await;
+            self.deposit(&admin, account, "USD", "1000000").await;
+            self.deposit(&admin, account, "BTC", "100").await;
+        }
+        (admin, alice, bob)
+    }
+
     /// `POST /v1/orders` as `who`, with a fresh Idempotency-Key.
     pub async fn place_order(&self, who: &Tokens, order: &Value) -> Response {
         self.client

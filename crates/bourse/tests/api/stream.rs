@@ -27,17 +27,7 @@ struct Market {
 
 async fn market(pool: PgPool, env: &[(&str, &str)]) -> Market {
     let app = spawn_app_with(pool, env).await;
-    let admin = app
-        .signed_up_with_roles("treasury@example.com", &["admin"])
-        .await;
-    app.btc_usd(&admin).await;
-    let alice = app.signed_up("alice@example.com").await;
-    let bob = app.signed_up("bob@example.com").await;
-    for who in [&alice, &bob] {
-        let account = app.user_id(who).await;
-        app.deposit(&admin, account, "USD", "1000000").await;
-        app.deposit(&admin, account, "BTC", "100").await;
-    }
+    let (_, alice, bob) = app.funded_market().await;
     Market { app, alice, bob }
 }
 

@@ -114,6 +114,7 @@ pub struct Consumer {
 
 impl Consumer {
     /// `pool` is the consuming service's pool (its schema holds the inbox and the outbox);
+    /// `redis` a connection of this consumer's own ([`own_connection`]: its reads block);
     /// `group` names the consuming service, `name` this replica.
     #[allow(clippy::too_many_arguments)]
     pub fn new(

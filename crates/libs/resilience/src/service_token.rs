@@ -60,6 +60,18 @@ impl TokenSource {
         }
     }
 
+    /// The usual source: auth at `auth_url`, called through an upstream of its own with the
+    /// default policy, for service `client` with `secret`.
+    pub fn from_auth(
+        http: &reqwest::Client,
+        auth_url: &str,
+        client: &str,
+        secret: SecretString,
+    ) -> Result<Self, String> {
+        let auth = Upstream::new("auth", auth_url, http.clone(), crate::Policy::default())?;
+        Ok(Self::new(auth, client, secret))
+    }
+
     /// A token for calling `audience`: the cached one while it has at least a fifth of its
     /// life left, else a new one.
     pub async fn token(&self, audience: &str) -> Result<SecretString, TokenError> {

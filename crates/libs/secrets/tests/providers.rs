@@ -7,24 +7,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrets::provider::SecretProvider;
-use secrets::testing::OpenBao as Bao;
+use secrets::testing::OpenBao;
 use secrets::{Error, ExposeSecret, Providers, Reference, SecretString, Secrets, VaultSettings};
 use serde_json::json;
 
-trait ProvidersFor {
-    fn providers(&self, token: &str) -> Arc<Providers>;
-}
-
-impl ProvidersFor for Bao {
-    fn providers(&self, token: &str) -> Arc<Providers> {
-        Arc::new(
-            Providers::new(Some(VaultSettings {
-                address: self.address.clone(),
-                token: SecretString::from(token.to_owned()),
-            }))
-            .unwrap(),
-        )
-    }
+/// The providers with `bao` as Vault, reading with `token`.
+fn vault_providers(bao: &OpenBao, token: &str) -> Arc<Providers> {
+    Arc::new(
+        Providers::new(Some(VaultSettings {
+            address: bao.address.clone(),
+            token: SecretString::from(token.to_owned()),
+        }))
+        .unwrap(),
+    )
 }
 
 fn reference(text: &str) -> Reference {
@@ -33,10 +28,10 @@ fn reference(text: &str) -> Reference {
 
 #[tokio::test]
 async fn a_vault_secret_is_cached_and_its_rotation_is_seen_without_a_restart() {
-    let bao = Bao::start().await;
+    let bao = OpenBao::start().await;
     bao.put("bourse/db", json!({ "password": "first-password" }))
         .await;
-    let secrets = Secrets::new(bao.providers(&bao.token), Duration::from_secs(3600));
+    let secrets = Secrets::new(vault_providers(&bao, &bao.token), Duration::from_secs(3600));
     let db = reference("vault:secret/bourse/db#password");
 
     let mut watched = secrets.watch(&db).await.unwrap();
@@ -72,10 +67,10 @@ async fn a_vault_secret_is_cached_and_its_rotation_is_seen_without_a_restart() {
 
 #[tokio::test]
 async fn failures_name_the_reference_and_never_a_value() {
-    let bao = Bao::start().await;
+    let bao = OpenBao::start().await;
     bao.put("bourse/api", json!({ "token": "s3cr3t-value" }))
         .await;
-    let providers = bao.providers(&bao.token);
+    let providers = vault_providers(&bao, &bao.token);
 
     let missing_path = providers
         .fetch(&reference("vault:secret/bourse/nothing#token"))
@@ -96,8 +91,7 @@ async fn failures_name_the_reference_and_never_a_value() {
     );
 
     // A wrong token: refused, and the error shows neither token nor value.
-    let denied = bao
-        .providers("not-the-token")
+    let denied = vault_providers(&bao, "not-the-token")
         .fetch(&reference("vault:secret/bourse/api#token"))
         .await
         .unwrap_err();

@@ -108,18 +108,15 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     ));
 
     // Service tokens come from auth; settlement's holds are called with them (SEC-14).
-    let auth = resilience::Upstream::new(
-        "auth",
-        config.auth.url.clone(),
-        client.clone(),
-        resilience::Policy::default(),
-    )
-    .map_err(Error::Internal)?;
-    let tokens = Arc::new(resilience::TokenSource::new(
-        auth,
-        SERVICE,
-        config.service_secret.clone(),
-    ));
+    let tokens = Arc::new(
+        resilience::TokenSource::from_auth(
+            &client,
+            &config.auth.url,
+            SERVICE,
+            config.service_secret.clone(),
+        )
+        .map_err(Error::Internal)?,
+    );
     let risk = resilience::Upstream::authenticated(
         "risk",
         config.risk_url.clone(),

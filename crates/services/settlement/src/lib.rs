@@ -107,18 +107,15 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         shutdown.clone(),
     ));
     // Reconciliation asks orders for its executed trades, with a service token from auth.
-    let auth = resilience::Upstream::new(
-        "auth",
-        config.auth.url.clone(),
-        client.clone(),
-        resilience::Policy::default(),
-    )
-    .map_err(Error::Internal)?;
-    let tokens = Arc::new(resilience::TokenSource::new(
-        auth,
-        SERVICE,
-        config.service_secret.clone(),
-    ));
+    let tokens = Arc::new(
+        resilience::TokenSource::from_auth(
+            &client,
+            &config.auth.url,
+            SERVICE,
+            config.service_secret.clone(),
+        )
+        .map_err(Error::Internal)?,
+    );
     let orders = resilience::Upstream::authenticated(
         "orders",
         config.orders_url.clone(),
