@@ -75,17 +75,11 @@ pub struct Plan {
 pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     let services = Target::expand(targets);
     let common = CommonConfig::read(&mut env);
-    let urls_given = [
-        (Target::Auth, "BOURSE_AUTH_URL"),
-        (Target::Orders, "BOURSE_ORDERS_URL"),
-        (Target::Settlement, "BOURSE_SETTLEMENT_URL"),
-        (Target::Risk, "BOURSE_RISK_URL"),
-        (Target::Alerting, "BOURSE_ALERTING_URL"),
-    ]
-    .into_iter()
-    .filter(|(_, variable)| env.is_set(variable))
-    .map(|(target, _)| target)
-    .collect();
+    let urls_given = UPSTREAM_URLS
+        .into_iter()
+        .filter(|(_, variable)| env.is_set(variable))
+        .map(|(target, _)| target)
+        .collect();
     let auth = services
         .contains(&Target::Auth)
         .then(|| auth::Config::read(&mut env));
@@ -104,6 +98,9 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     let gateway = services
         .contains(&Target::Gateway)
         .then(|| gateway::Config::read(&mut env));
+    if common.tls.required {
+        refuse_plaintext_upstreams(&services, &urls_given, &mut env);
+    }
     env.finish()?;
     Ok(Plan {
         common,
@@ -115,6 +112,54 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
         alerting,
         urls_given,
     })
+}
+
+/// The variable that points a service at an upstream running elsewhere.
+const UPSTREAM_URLS: [(Target, &str); 5] = [
+    (Target::Auth, "BOURSE_AUTH_URL"),
+    (Target::Orders, "BOURSE_ORDERS_URL"),
+    (Target::Settlement, "BOURSE_SETTLEMENT_URL"),
+    (Target::Risk, "BOURSE_RISK_URL"),
+    (Target::Alerting, "BOURSE_ALERTING_URL"),
+];
+
+/// The upstreams each service calls.
+fn upstreams_of(service: Target) -> &'static [Target] {
+    match service {
+        Target::Gateway => &[
+            Target::Auth,
+            Target::Orders,
+            Target::Settlement,
+            Target::Risk,
+            Target::Alerting,
+        ],
+        Target::Orders => &[Target::Auth, Target::Settlement, Target::Risk],
+        Target::Settlement => &[Target::Auth, Target::Orders],
+        Target::Risk | Target::Alerting => &[Target::Auth],
+        Target::Auth | Target::All => &[],
+    }
+}
+
+/// With `BOURSE_TLS_REQUIRED=true`, every upstream this process calls outside itself must be
+/// given as an `https://` URL: the defaults are plaintext loopback addresses (SEC-13).
+fn refuse_plaintext_upstreams(services: &[Target], urls_given: &BTreeSet<Target>, env: &mut Env) {
+    let needed: BTreeSet<Target> = services
+        .iter()
+        .flat_map(|service| upstreams_of(*service).iter().copied())
+        .filter(|upstream| !services.contains(upstream))
+        .collect();
+    for (upstream, variable) in UPSTREAM_URLS {
+        if !needed.contains(&upstream) && !urls_given.contains(&upstream) {
+            continue;
+        }
+        let url: String = env.or(variable, String::new());
+        if !url.starts_with("https://") {
+            env.problem(
+                variable,
+                "must be an https:// URL when BOURSE_TLS_REQUIRED=true",
+            );
+        }
+    }
 }
 
 /// One started service: its own shutdown token and its task.
@@ -195,6 +240,7 @@ pub async fn start(mut plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Runnin
         service_kit::db::ensure_database(&plan.common).await?;
     }
     let mut started = Started {
+        scheme: plan.common.tls.scheme(),
         urls_given: plan.urls_given,
         addresses: BTreeMap::new(),
         stages: Vec::new(),
@@ -217,7 +263,7 @@ pub async fn start(mut plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Runnin
         if let Some(orders) = plan.orders.as_mut()
             && !started.urls_given.contains(&Target::Orders)
         {
-            config.orders_url = format!("http://{}", planned_address(orders)?);
+            config.orders_url = format!("{}://{}", started.scheme, planned_address(orders)?);
         }
         let stage = Shutdown::new();
         let server = settlement::build(config, &stage).await?;
@@ -261,6 +307,8 @@ pub async fn start(mut plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Runnin
 
 /// The services started so far, upstreams first.
 struct Started {
+    /// `https` when the services listen with TLS.
+    scheme: &'static str,
     urls_given: BTreeSet<Target>,
     addresses: BTreeMap<Target, SocketAddr>,
     stages: Vec<Stage>,
@@ -273,7 +321,7 @@ impl Started {
         if !self.urls_given.contains(&upstream)
             && let Some(address) = self.addresses.get(&upstream)
         {
-            *url = format!("http://{}", reachable(*address));
+            *url = format!("{}://{}", self.scheme, reachable(*address));
         }
     }
 
@@ -284,7 +332,7 @@ impl Started {
             .map(|(target, address)| {
                 (
                     format!("{target:?}").to_lowercase(),
-                    format!("http://{}", reachable(*address)),
+                    format!("{}://{}", self.scheme, reachable(*address)),
                 )
             })
             .collect()

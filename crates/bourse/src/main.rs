@@ -198,7 +198,7 @@ async fn common_config() -> Result<CommonConfig, Failure> {
 
 async fn dead_letters(command: DlqCommand) -> Result<ExitCode, Failure> {
     let common = common_config().await?;
-    let redis = service_kit::redis::connect(&common.redis_url).await?;
+    let redis = service_kit::redis::connect(&common).await?;
     let keys = service_kit::redis::KeyPrefix::new(&common.redis_key_prefix);
     match command {
         DlqCommand::List { stream } => {

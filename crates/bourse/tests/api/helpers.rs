@@ -1,6 +1,5 @@
 //! `spawn_app()` and typed helpers, so each test reads as setup / act / check.
 
-use std::net::SocketAddr;
 use std::str::FromStr;
 
 use bourse::Target;
@@ -46,6 +45,51 @@ pub struct Tokens {
     pub token_type: String,
     pub expires_in: u64,
     pub refresh_token: String,
+}
+
+/// A development CA and service certificate issued by `tools/tls/dev-ca.sh` into a fresh
+/// directory: (ca.pem, service.pem, service.key) paths.
+pub fn dev_certificates() -> DevCertificates {
+    let dir = std::env::temp_dir().join(format!("bourse-tls-{}", Uuid::now_v7()));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/tls/dev-ca.sh");
+    let status = std::process::Command::new("bash")
+        .arg(script)
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("dev-ca.sh runs");
+    assert!(status.success(), "dev-ca.sh failed");
+    let path = |name: &str| dir.join(name).display().to_string();
+    DevCertificates {
+        ca: path("ca.pem"),
+        cert: path("service.pem"),
+        key: path("service.key"),
+        dir,
+    }
+}
+
+pub struct DevCertificates {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    dir: std::path::PathBuf,
+}
+
+impl DevCertificates {
+    /// The settings that put a deployment on these certificates, mTLS between services.
+    pub fn settings(&self) -> [(&str, &str); 3] {
+        [
+            ("BOURSE_TLS_CERT", self.cert.as_str()),
+            ("BOURSE_TLS_KEY", self.key.as_str()),
+            ("BOURSE_TLS_CA", self.ca.as_str()),
+        ]
+    }
+}
+
+impl Drop for DevCertificates {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// The URL of the test database the pool points at.
@@ -124,11 +168,26 @@ pub async fn spawn_app_without(
         .filter(|t| !absent.contains(t))
         .collect();
     let plan = bourse::plan(&targets, Env::from_pairs(vars)).expect("valid test config");
+    // Under TLS the test calls like a service of the deployment: it trusts the service CA and
+    // presents the service certificate (the gateway does not ask for it).
+    let scheme = plan.common.tls.scheme();
+    let client = plan
+        .common
+        .tls
+        .service_client()
+        .expect("test client")
+        .build()
+        .expect("test client");
     let shutdown = Shutdown::new();
     let running = bourse::start(plan, &shutdown)
         .await
         .expect("services start");
-    let address = |target| running.address(target).map(url).unwrap_or_default();
+    let address = |target| {
+        running
+            .address(target)
+            .map(|address| format!("{scheme}://{address}"))
+            .unwrap_or_default()
+    };
     let (gateway, auth, orders) = (
         address(Target::Gateway),
         address(Target::Auth),
@@ -142,16 +201,12 @@ pub async fn spawn_app_without(
         orders,
         settlement,
         risk,
-        client: reqwest::Client::new(),
+        client,
         db: pool,
         redis_prefix,
         shutdown,
         stopped,
     }
-}
-
-fn url(address: SocketAddr) -> String {
-    format!("http://{address}")
 }
 
 impl TestApp {

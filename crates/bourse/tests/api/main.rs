@@ -22,4 +22,5 @@ mod risk;
 mod service_tokens;
 mod settlement;
 mod stream;
+mod tls;
 mod tokens;

@@ -588,7 +588,7 @@ async fn a_trade_that_cannot_settle_is_dead_lettered_and_announced(pool: PgPool)
     assert_eq!(event_type, "EventDeadLettered");
     assert_eq!(notice["payload"]["event_id"], poison.id.to_string());
     assert_eq!(notice["payload"]["group"], "settlement");
-    let redis = service_kit::redis::connect(&"redis://127.0.0.1:6379".into())
+    let redis = service_kit::redis::connect_url(&"redis://127.0.0.1:6379".into(), None)
         .await
         .unwrap();
     let letters = events::dlq::list(

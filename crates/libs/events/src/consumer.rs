@@ -44,7 +44,7 @@ pub const OPS_STREAM: &str = "ops";
 pub async fn own_connection(
     common: &service_kit::CommonConfig,
 ) -> Result<ConnectionManager, Error> {
-    Ok(service_kit::redis::connect(&common.redis_url).await?)
+    Ok(service_kit::redis::connect(common).await?)
 }
 
 /// This replica's name in a consumer group: the host name (a pod's name) where there is one,

@@ -1,5 +1,5 @@
 //! Where secret values come from. Each provider fetches one reference's current value; the
-//! cache ([`crate::Secrets`]) decides how often.
+//! cache ([`crate::Secrets`]) decides how often. AWS lives in [`crate::aws`] (feature `aws`).
 
 use std::time::Duration;
 
@@ -22,16 +22,69 @@ pub struct VaultSettings {
     pub token: SecretString,
 }
 
+/// AWS: the region, and for a stand-in (moto, LocalStack) its endpoint. Credentials: static
+/// ones when given, else the SDK's default chain (environment, web identity, instance role).
+#[derive(Clone, Debug)]
+pub struct AwsSettings {
+    pub region: String,
+    pub endpoint_url: Option<String>,
+    /// (access key id, secret access key).
+    pub credentials: Option<(String, SecretString)>,
+}
+
 /// Every provider this process is configured for, by scheme.
 pub struct Providers {
     vault: Option<Vault>,
+    aws_settings: Option<AwsSettings>,
+    /// The AWS clients, made on the first `aws-*` reference (loading their config is async).
+    #[cfg(feature = "aws")]
+    aws: tokio::sync::OnceCell<crate::aws::Aws>,
 }
 
 impl Providers {
     /// Environment and files always; Vault when `vault` is given.
     pub fn new(vault: Option<VaultSettings>) -> Result<Self, Error> {
         let vault = vault.map(Vault::new).transpose()?;
-        Ok(Self { vault })
+        Ok(Self {
+            vault,
+            aws_settings: None,
+            #[cfg(feature = "aws")]
+            aws: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// AWS Secrets Manager and KMS too. Without the `aws` feature their references fail with
+    /// a message that says so.
+    pub fn with_aws(mut self, settings: Option<AwsSettings>) -> Self {
+        self.aws_settings = settings;
+        self
+    }
+
+    #[cfg(feature = "aws")]
+    async fn fetch_aws(&self, reference: &Reference) -> Result<SecretString, Error> {
+        let Some(settings) = &self.aws_settings else {
+            return Err(Error::NotConfigured {
+                reference: reference.to_string(),
+                provider: "aws (AWS_REGION)",
+            });
+        };
+        let aws = self
+            .aws
+            .get_or_init(|| crate::aws::Aws::connect(settings))
+            .await;
+        match reference {
+            Reference::AwsSecretsManager { name, key } => aws.secret(reference, name, key).await,
+            Reference::AwsKms(ciphertext) => aws.decrypt(reference, ciphertext).await,
+            _ => Err(Error::Malformed(reference.to_string())),
+        }
+    }
+
+    #[cfg(not(feature = "aws"))]
+    async fn fetch_aws(&self, reference: &Reference) -> Result<SecretString, Error> {
+        Err(Error::NotConfigured {
+            reference: reference.to_string(),
+            provider: "aws (a build with the `aws` feature)",
+        })
     }
 }
 
@@ -68,10 +121,9 @@ impl SecretProvider for Providers {
                         provider: "vault",
                     }),
                 },
-                Reference::AwsSecretsManager { .. } => Err(Error::NotConfigured {
-                    reference: reference.to_string(),
-                    provider: "aws-sm",
-                }),
+                Reference::AwsSecretsManager { .. } | Reference::AwsKms(_) => {
+                    self.fetch_aws(reference).await
+                }
             }
         })
     }

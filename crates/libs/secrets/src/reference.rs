@@ -18,6 +18,9 @@ pub enum Reference {
     },
     /// A key of an AWS Secrets Manager JSON secret: `aws-sm:<name>#<key>`.
     AwsSecretsManager { name: String, key: String },
+    /// A value encrypted under an AWS KMS key, as `aws kms encrypt` prints it (base64):
+    /// `aws-kms:<ciphertext>`. The setting carries the value; only KMS can open it.
+    AwsKms(String),
 }
 
 impl Reference {
@@ -44,6 +47,7 @@ impl Reference {
                     key: nonempty(key)?,
                 })
             }
+            "aws-kms" => Ok(Reference::AwsKms(nonempty(rest)?)),
             _ => Err(malformed()),
         }
     }
@@ -57,6 +61,7 @@ impl fmt::Display for Reference {
             Reference::File(path) => write!(f, "file:{path}"),
             Reference::Vault { mount, path, key } => write!(f, "vault:{mount}/{path}#{key}"),
             Reference::AwsSecretsManager { name, key } => write!(f, "aws-sm:{name}#{key}"),
+            Reference::AwsKms(ciphertext) => write!(f, "aws-kms:{ciphertext}"),
         }
     }
 }
@@ -73,6 +78,7 @@ mod tests {
             "file:/run/secrets/db",
             "vault:secret/bourse/db#password",
             "aws-sm:bourse/prod#password",
+            "aws-kms:AQICAHg=",
         ] {
             assert_eq!(Reference::parse(text).unwrap().to_string(), text);
         }
@@ -96,6 +102,7 @@ mod tests {
             "vault:secret/path",
             "vault:secret/path#",
             "aws-sm:name",
+            "aws-kms:",
             "ftp:x",
         ] {
             assert!(Reference::parse(text).is_err(), "{text}");

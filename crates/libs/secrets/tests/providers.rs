@@ -45,24 +45,12 @@ async fn a_vault_secret_is_cached_and_its_rotation_is_seen_without_a_restart() {
         "first-password"
     );
     // …and the background refresh tells every watcher, with no restart.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(
-        secrets
-            .clone()
-            .refresh_watched_every(Duration::from_millis(50), async move {
-                let _ = stopped.await;
-            }),
-    );
-    tokio::time::timeout(Duration::from_secs(20), watched.changed())
-        .await
-        .expect("the rotation seen within 20 s")
-        .unwrap();
+    secrets::testing::rotation_seen(&secrets, &mut watched).await;
     assert_eq!(watched.borrow().expose_secret(), "second-password");
     assert_eq!(
         secrets.get(&db).await.unwrap().expose_secret(),
         "second-password"
     );
-    let _ = stop.send(());
 }
 
 #[tokio::test]

@@ -244,6 +244,8 @@ pub struct CommonConfig {
     pub bind_host: String,
     /// Trace export, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
     pub otlp: Option<crate::telemetry::OtlpSettings>,
+    /// Certificates, mTLS and whether plaintext is refused (SEC-13).
+    pub tls: crate::tls::TlsSettings,
 }
 
 /// Limits applied to every inbound request.
@@ -292,13 +294,16 @@ impl CommonConfig {
                 "must be greater than zero",
             );
         }
+        let database_url = env.secret("DATABASE_URL", Some(DEFAULT_DATABASE_URL));
+        let redis_url = env.secret("REDIS_URL", Some(DEFAULT_REDIS_URL));
+        let tls = crate::tls::TlsSettings::read(env, &database_url, &redis_url);
         Self {
             environment,
-            database_url: env.secret("DATABASE_URL", Some(DEFAULT_DATABASE_URL)),
+            database_url,
             database_max_connections,
             database_acquire_timeout: env
                 .millis("BOURSE_DATABASE_ACQUIRE_TIMEOUT_MS", Duration::from_secs(3)),
-            redis_url: env.secret("REDIS_URL", Some(DEFAULT_REDIS_URL)),
+            redis_url,
             redis_key_prefix: env.or("BOURSE_REDIS_KEY_PREFIX", "bourse".to_owned()),
             log_format,
             log_filter: env.or("BOURSE_LOG", "info".to_owned()),
@@ -314,12 +319,18 @@ impl CommonConfig {
                 let service_name = env.or("OTEL_SERVICE_NAME", "bourse".to_owned());
                 if !endpoint.is_empty() && !endpoint.starts_with("http") {
                     env.problem("OTEL_EXPORTER_OTLP_ENDPOINT", "must be an http(s) URL");
+                } else if !endpoint.is_empty() && !tls.allows_url(&endpoint) {
+                    env.problem(
+                        "OTEL_EXPORTER_OTLP_ENDPOINT",
+                        "must be https when BOURSE_TLS_REQUIRED=true",
+                    );
                 }
                 (!endpoint.is_empty()).then_some(crate::telemetry::OtlpSettings {
                     endpoint,
                     service_name,
                 })
             },
+            tls,
         }
     }
 

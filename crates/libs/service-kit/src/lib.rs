@@ -13,6 +13,7 @@
 //! - [`db`]: the PostgreSQL pool bound to one schema, and per-schema migrations (REL-12).
 //! - [`redis`]: the Redis connection manager and key prefixes.
 //! - [`shutdown`]: signals, the shutdown token and a server that drains on exit (REL-02).
+//! - [`tls`]: HTTPS listeners, mTLS between services, TLS to PostgreSQL and Redis (SEC-13).
 //! - `testing` (feature `testing`, test crates only): `eventually`, a bounded wait for a state.
 
 pub mod config;
@@ -26,6 +27,7 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 
 pub use config::{CommonConfig, ConfigError, Env, Environment};
 pub use shutdown::{Server, Shutdown};

@@ -7,10 +7,31 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::CommonConfig;
+
+/// Connects to the configured Redis: `REDIS_URL`, over TLS for a `rediss://` URL, its
+/// certificate verified against `BOURSE_REDIS_TLS_CA` when set (SEC-13).
+pub async fn connect(common: &CommonConfig) -> redis::RedisResult<ConnectionManager> {
+    connect_url(&common.redis_url, common.tls.redis_ca_pem.as_deref()).await
+}
+
 /// Connects a manager that reconnects by itself; every command has a bounded response time so a
-/// stalled Redis turns into an error, not a hung request (REL-03).
-pub async fn connect(url: &SecretString) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url.expose_secret())?;
+/// stalled Redis turns into an error, not a hung request (REL-03). `root_ca`: the CA a
+/// `rediss://` server must be signed by, instead of the platform's roots.
+pub async fn connect_url(
+    url: &SecretString,
+    root_ca: Option<&[u8]>,
+) -> redis::RedisResult<ConnectionManager> {
+    let client = match root_ca {
+        Some(ca) if url.expose_secret().starts_with("rediss://") => redis::Client::build_with_tls(
+            url.expose_secret(),
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(ca.to_vec()),
+            },
+        )?,
+        _ => redis::Client::open(url.expose_secret())?,
+    };
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_millis(500)));

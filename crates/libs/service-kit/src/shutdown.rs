@@ -6,6 +6,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -69,6 +70,15 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("binding {address}: {source}")]
+    Io { address: String, source: io::Error },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
 /// A bound listener and the router it serves. Binding is separate from running so callers
 /// (tests, `serve all`) learn the real address of a `:0` listener before traffic starts.
 pub struct Server {
@@ -76,6 +86,8 @@ pub struct Server {
     listener: TcpListener,
     router: Router,
     grace: Duration,
+    /// HTTPS (and mTLS, when the config verifies clients) instead of plaintext (SEC-13).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
@@ -91,7 +103,30 @@ impl Server {
             listener,
             router,
             grace,
+            tls: None,
         })
+    }
+
+    /// A service's listener on `bind_host:port`: HTTPS with mTLS when `common.tls` has a
+    /// certificate and a CA, plaintext without one (SEC-13).
+    pub async fn for_service(
+        name: &'static str,
+        common: &crate::CommonConfig,
+        port: u16,
+        router: Router,
+    ) -> Result<Self, BindError> {
+        let tls = common.tls.service_listener()?;
+        let address = format!("{}:{}", common.bind_host, port);
+        let server = Self::bind(name, &address, router, common.shutdown_grace)
+            .await
+            .map_err(|source| BindError::Io { address, source })?;
+        Ok(server.with_tls(tls))
+    }
+
+    /// Serves HTTPS with `tls` (from [`crate::tls::TlsSettings`]); `None` keeps plaintext.
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -101,7 +136,10 @@ impl Server {
     /// Serves until `shutdown`, then lets in-flight requests finish for at most the grace period.
     pub async fn run(self, shutdown: Shutdown) -> io::Result<()> {
         let address = self.local_addr()?;
-        tracing::info!(service = self.name, %address, "listening");
+        tracing::info!(service = self.name, %address, tls = self.tls.is_some(), "listening");
+        if let Some(tls) = self.tls.clone() {
+            return self.run_tls(tls, shutdown).await;
+        }
         let stop = shutdown.clone();
         let serve = axum::serve(
             self.listener,
@@ -121,6 +159,30 @@ impl Server {
                     "grace period over; dropping unfinished connections");
             }
         }
+        tracing::info!(service = self.name, "stopped");
+        Ok(())
+    }
+
+    /// The same contract over TLS: axum-server does the handshakes (bounded by its handshake
+    /// timeout, off the accept loop) and drains within the grace period on shutdown.
+    async fn run_tls(self, tls: Arc<rustls::ServerConfig>, shutdown: Shutdown) -> io::Result<()> {
+        let handle = axum_server::Handle::new();
+        let draining = handle.clone();
+        let grace = self.grace;
+        tokio::spawn(async move {
+            shutdown.triggered().await;
+            draining.graceful_shutdown(Some(grace));
+        });
+        axum_server::from_tcp_rustls(
+            self.listener.into_std()?,
+            axum_server::tls_rustls::RustlsConfig::from_config(tls),
+        )?
+        .handle(handle)
+        .serve(
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await?;
         tracing::info!(service = self.name, "stopped");
         Ok(())
     }

@@ -32,8 +32,15 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn new(pool: PgPool, settings: WatchSettings) -> Result<Self> {
-        let client = reqwest::Client::builder()
+    /// `tls`: the watched services may serve mTLS; the watch calls them as any service does.
+    pub fn new(
+        pool: PgPool,
+        settings: WatchSettings,
+        tls: &service_kit::tls::TlsSettings,
+    ) -> Result<Self> {
+        let client = tls
+            .service_client()
+            .map_err(|e| crate::Error::Internal(e.to_string()))?
             .timeout(settings.interval.min(Duration::from_secs(2)))
             .build()
             .map_err(|e| crate::Error::Internal(e.without_url().to_string()))?;

@@ -76,7 +76,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
-    let redis = service_kit::redis::connect(&config.common.redis_url).await?;
+    let redis = service_kit::redis::connect(&config.common).await?;
 
     // Retired keys stay published for the token lifetime plus a minute of clock skew.
     let overlap = config.tokens.access_ttl + Duration::from_secs(60);
@@ -138,10 +138,9 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         readiness,
         http::router(state, config.trusted_proxies.clone()),
     );
-    let address = format!("{}:{}", config.common.bind_host, config.port);
-    Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
+    Server::for_service(SERVICE, &config.common, config.port, router)
         .await
-        .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Builds and serves until `shutdown`.

@@ -32,6 +32,9 @@ pub struct Config {
     pub admin_allowlist: TrustedProxies,
     /// Send `Strict-Transport-Security` (when TLS terminates at or before the gateway).
     pub hsts: bool,
+    /// The public listener's certificate (`BOURSE_GATEWAY_TLS_CERT`/`_KEY`), usually from a
+    /// public CA; the service certificate (`BOURSE_TLS_CERT`) when unset (SEC-13).
+    pub public_tls: Option<service_kit::tls::Identity>,
     pub rate_limits: RateLimits,
     /// Floor between two JWKS fetches triggered by unknown `kid`s.
     pub jwks_min_refresh: Duration,
@@ -153,6 +156,11 @@ impl Config {
                     .unwrap_or_default(),
             ),
             hsts: env.or("BOURSE_GATEWAY_HSTS", production),
+            public_tls: service_kit::tls::Identity::read(
+                env,
+                "BOURSE_GATEWAY_TLS_CERT",
+                "BOURSE_GATEWAY_TLS_KEY",
+            ),
             rate_limits,
             jwks_min_refresh: Duration::from_millis(
                 env.or("BOURSE_GATEWAY_JWKS_MIN_REFRESH_MS", 1000u64),

@@ -50,6 +50,8 @@ pub enum Error {
     RateLimits,
     #[error("{0}")]
     Upstream(String),
+    #[error("{0}")]
+    Tls(String),
     #[error("binding {address}: {source}")]
     Bind {
         address: String,
@@ -80,8 +82,12 @@ impl FromRef<Gateway> for Arc<TokenVerifier> {
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
-    let redis = service_kit::redis::connect(&config.common.redis_url).await?;
-    let client = reqwest::Client::builder()
+    let redis = service_kit::redis::connect(&config.common).await?;
+    let client = config
+        .common
+        .tls
+        .service_client()
+        .map_err(|e| Error::Tls(e.to_string()))?
         .connect_timeout(Duration::from_secs(1))
         .pool_idle_timeout(Duration::from_secs(30))
         .build()?;
@@ -128,7 +134,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     // Its own connection: a blocking XREAD holds a connection for its whole wait, and the
     // per-principal limiter on every request must not queue behind it.
     stream::feed::spawn(
-        service_kit::redis::connect(&config.common.redis_url).await?,
+        service_kit::redis::connect(&config.common).await?,
         keys.clone(),
         gateway.hub.clone(),
         Arc::new(stream::messages::Amounts::new(config.assets.clone())),
@@ -177,9 +183,18 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .layer(edge::cors(&config.cors_origins))
         .layer(from_fn_with_state(config.hsts, edge::security_headers));
     let address = format!("{}:{}", config.common.bind_host, config.port);
-    Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
-        .await
-        .map_err(|source| Error::Bind { address, source })
+    // The public listener: HTTPS for browsers, which are never asked for a certificate.
+    let tls = config
+        .common
+        .tls
+        .public_listener(config.public_tls.as_ref())
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    Ok(
+        Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
+            .await
+            .map_err(|source| Error::Bind { address, source })?
+            .with_tls(tls),
+    )
 }
 
 /// Publishes the breaker's transitions as `CircuitBreakerOpened`/`Closed` on the ops stream,

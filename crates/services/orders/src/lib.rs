@@ -65,10 +65,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
-    let redis = service_kit::redis::connect(&config.common.redis_url)
+    let redis = service_kit::redis::connect(&config.common)
         .await
         .map_err(|e| Error::Internal(format!("redis: {e}")))?;
-    let client = reqwest::Client::builder()
+    let client = config
+        .common
+        .tls
+        .service_client()
+        .map_err(|e| Error::Internal(e.to_string()))?
         .connect_timeout(Duration::from_secs(1))
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -160,10 +164,9 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         readiness,
         http::router(state),
     );
-    let address = format!("{}:{}", config.common.bind_host, config.port);
-    Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
+    Server::for_service(SERVICE, &config.common, config.port, router)
         .await
-        .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// Each transition of the breaker in front of settlement becomes `CircuitBreakerOpened` /

@@ -80,10 +80,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         migrate(&pool).await?;
     }
     let book = Arc::new(Mutex::new(load_book(&pool, &config).await?));
-    let redis = service_kit::redis::connect(&config.common.redis_url)
+    let redis = service_kit::redis::connect(&config.common)
         .await
         .map_err(|e| Error::Internal(format!("redis: {e}")))?;
-    let client = reqwest::Client::builder()
+    let client = config
+        .common
+        .tls
+        .service_client()
+        .map_err(|e| Error::Internal(e.to_string()))?
         .connect_timeout(Duration::from_secs(1))
         .build()
         .map_err(|e| Error::Internal(e.to_string()))?;
@@ -131,10 +135,9 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         readiness,
         http::router(state),
     );
-    let address = format!("{}:{}", config.common.bind_host, config.port);
-    Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
+    Server::for_service(SERVICE, &config.common, config.port, router)
         .await
-        .map_err(|e| Error::Internal(format!("binding {address}: {e}")))
+        .map_err(|e| Error::Internal(e.to_string()))
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

@@ -20,7 +20,7 @@ pub async fn service_db(
 }
 
 pub async fn redis() -> ConnectionManager {
-    service_kit::redis::connect(&secrecy::SecretString::from("redis://127.0.0.1:6379"))
+    service_kit::redis::connect_url(&secrecy::SecretString::from("redis://127.0.0.1:6379"), None)
         .await
         .unwrap()
 }
