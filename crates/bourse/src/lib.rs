@@ -71,6 +71,44 @@ pub struct Plan {
     urls_given: BTreeSet<Target>,
 }
 
+impl Plan {
+    /// Every planned service's database pools follow `changes` of `DATABASE_URL`: a credential
+    /// rotated in the secret store is used by new connections without a restart (SEC-11).
+    pub fn follow_database_url(
+        &mut self,
+        changes: tokio::sync::watch::Receiver<secrecy::SecretString>,
+    ) {
+        let services = [
+            self.auth.as_mut().map(|c| &mut c.common),
+            self.orders.as_mut().map(|c| &mut c.common),
+            self.settlement.as_mut().map(|c| &mut c.common),
+            self.risk.as_mut().map(|c| &mut c.common),
+            self.alerting.as_mut().map(|c| &mut c.common),
+            self.gateway.as_mut().map(|c| &mut c.common),
+        ];
+        for common in services.into_iter().flatten() {
+            common.database_url_changes = Some(changes.clone());
+        }
+        self.common.database_url_changes = Some(changes);
+    }
+}
+
+/// Keeps the secret settings given as references fresh until `shutdown`, and points the
+/// planned services' pools at `DATABASE_URL` as it rotates. Other secret settings are read at
+/// start (a rolling restart picks up their rotation; signing keys rotate through auth's
+/// database, SEC-03).
+pub async fn keep_secrets_fresh(
+    plan: &mut Plan,
+    live: &secrets::settings::LiveSettings,
+    shutdown: &Shutdown,
+) {
+    if let Some(changes) = live.watch("DATABASE_URL").await {
+        plan.follow_database_url(changes);
+    }
+    let stop = shutdown.clone();
+    live.spawn_refresh(async move { stop.triggered().await });
+}
+
 /// Reads the configuration of `targets`; every problem is reported at once (OPS-01).
 pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     let services = Target::expand(targets);

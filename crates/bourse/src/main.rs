@@ -131,7 +131,8 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Serve { targets } => {
-            let plan = bourse::plan(&targets, environment().await?).map_err(Failure::Config)?;
+            let (env, live) = live_environment().await?;
+            let mut plan = bourse::plan(&targets, env).map_err(Failure::Config)?;
             let telemetry = service_kit::telemetry::init(
                 plan.common.log_format,
                 &plan.common.log_filter,
@@ -139,6 +140,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             let shutdown = Shutdown::new();
             shutdown.trigger_on_signals();
+            bourse::keep_secrets_fresh(&mut plan, &live, &shutdown).await;
             let result = match bourse::start(plan, &shutdown).await {
                 Ok(running) => running.wait().await,
                 Err(err) => Err(err),
@@ -247,8 +249,13 @@ async fn reencrypt() -> Result<ExitCode, Failure> {
 /// reference that cannot be resolved is reported, by variable and reference, like any other
 /// configuration problem.
 async fn environment() -> Result<Env, Failure> {
+    Ok(live_environment().await?.0)
+}
+
+/// [`environment`], and the references kept fresh for a long-running process.
+async fn live_environment() -> Result<(Env, secrets::settings::LiveSettings), Failure> {
     match secrets::settings::resolve(service_kit::config::process_variables()).await {
-        Ok(vars) => Ok(Env::from_pairs(vars)),
+        Ok(resolved) => Ok((Env::from_pairs(resolved.vars), resolved.live)),
         Err(problems) => Err(Failure::Config(ConfigError {
             problems: problems
                 .into_iter()

@@ -63,6 +63,7 @@ fn env_example_lists_exactly_the_variables_the_code_reads() {
     let _ = alerting::Config::read(&mut env);
     let _ = secrets::settings::vault_settings(&mut env);
     let _ = secrets::settings::aws_settings(&mut env);
+    let _ = secrets::settings::refresh_interval(&mut env);
     let read: BTreeSet<String> = env.variables_read().map(str::to_owned).collect();
     let documented: BTreeSet<String> = documented().into_iter().map(|(_, key, _, _)| key).collect();
     let undocumented: Vec<_> = read.difference(&documented).collect();

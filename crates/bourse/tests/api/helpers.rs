@@ -167,7 +167,12 @@ pub async fn spawn_app_without(
         .into_iter()
         .filter(|t| !absent.contains(t))
         .collect();
-    let plan = bourse::plan(&targets, Env::from_pairs(vars)).expect("valid test config");
+    // As the binary does: secret settings given as references are resolved, and kept fresh.
+    let Ok(resolved) = secrets::settings::resolve(vars).await else {
+        panic!("the test's secret references resolve");
+    };
+    let mut plan =
+        bourse::plan(&targets, Env::from_pairs(resolved.vars)).expect("valid test config");
     // Under TLS the test calls like a service of the deployment: it trusts the service CA and
     // presents the service certificate (the gateway does not ask for it).
     let scheme = plan.common.tls.scheme();
@@ -179,6 +184,7 @@ pub async fn spawn_app_without(
         .build()
         .expect("test client");
     let shutdown = Shutdown::new();
+    bourse::keep_secrets_fresh(&mut plan, &resolved.live, &shutdown).await;
     let running = bourse::start(plan, &shutdown)
         .await
         .expect("services start");

@@ -19,6 +19,7 @@ mod orders;
 mod rate_limits;
 mod receiver;
 mod risk;
+mod secret_rotation;
 mod service_tokens;
 mod settlement;
 mod stream;

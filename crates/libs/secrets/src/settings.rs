@@ -2,12 +2,19 @@
 //! reference — `DATABASE_URL=vault:secret/bourse/db#url`,
 //! `BOURSE_MASTER_KEYS=file:/run/secrets/master_keys` — and is replaced by what it names
 //! before any service reads its configuration. Every failure is reported together, naming the
-//! variable and the reference, never a value.
+//! variable and the reference, never a value. The references stay watched ([`LiveSettings`]):
+//! a database credential rotated in the store reaches the running pools (SEC-11).
 
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
 use service_kit::Env;
+use tokio::sync::watch;
 
 use crate::provider::SecretProvider;
-use crate::{AwsSettings, Providers, Reference, SecretString, VaultSettings};
+use crate::{AwsSettings, Providers, Reference, SecretString, Secrets, VaultSettings};
 
 /// Variables that hold secrets, and prefixes of such families. Only these are resolved: a
 /// non-secret setting that happens to start with `file:` stays what it says.
@@ -39,6 +46,11 @@ pub fn vault_settings(env: &mut Env) -> Option<VaultSettings> {
     })
 }
 
+/// How often watched references are read again (`BOURSE_SECRETS_REFRESH_MS`, a minute).
+pub fn refresh_interval(env: &mut Env) -> Duration {
+    env.millis("BOURSE_SECRETS_REFRESH_MS", Duration::from_secs(60))
+}
+
 /// AWS, when `AWS_REGION` is set: `BOURSE_AWS_ENDPOINT_URL` for a stand-in (moto, LocalStack),
 /// and static credentials when `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` are both given
 /// (otherwise the SDK's default chain: web identity, instance role…).
@@ -50,9 +62,8 @@ pub fn aws_settings(env: &mut Env) -> Option<AwsSettings> {
     if region.is_empty() {
         return None;
     }
-    let credentials = (!access_key_id.is_empty()
-        && !secrecy::ExposeSecret::expose_secret(&secret_access_key).is_empty())
-    .then_some((access_key_id, secret_access_key));
+    let credentials = (!access_key_id.is_empty() && !secret_access_key.expose_secret().is_empty())
+        .then_some((access_key_id, secret_access_key));
     Some(AwsSettings {
         region,
         endpoint_url: (!endpoint_url.is_empty()).then_some(endpoint_url),
@@ -60,18 +71,54 @@ pub fn aws_settings(env: &mut Env) -> Option<AwsSettings> {
     })
 }
 
+/// The settings with their references resolved, and those references kept fresh.
+pub struct Resolved {
+    /// Every variable, a reference replaced by its value.
+    pub vars: Vec<(String, String)>,
+    pub live: LiveSettings,
+}
+
+/// The secret settings that were references, kept fresh while the process runs: a rotated
+/// value reaches whoever [`LiveSettings::watch`]es it without a restart.
+pub struct LiveSettings {
+    secrets: Arc<Secrets>,
+    references: Vec<(String, Reference)>,
+    refresh: Duration,
+}
+
+impl LiveSettings {
+    /// The value of `variable` now and as it changes; `None` unless it was a reference.
+    pub async fn watch(&self, variable: &str) -> Option<watch::Receiver<SecretString>> {
+        let (_, reference) = self.references.iter().find(|(name, _)| name == variable)?;
+        match self.secrets.watch(reference).await {
+            Ok(changes) => Some(changes),
+            Err(err) => {
+                tracing::warn!(variable, error = %err, "cannot watch a secret setting");
+                None
+            }
+        }
+    }
+
+    /// Re-reads every watched reference each `BOURSE_SECRETS_REFRESH_MS` until `stop`.
+    pub fn spawn_refresh(&self, stop: impl Future<Output = ()> + Send + 'static) {
+        tokio::spawn(
+            self.secrets
+                .clone()
+                .refresh_watched_every(self.refresh, stop),
+        );
+    }
+}
+
 /// `vars` with every secret setting that holds a reference replaced by its value; or every
 /// problem, as (variable, message).
-pub async fn resolve(
-    vars: Vec<(String, String)>,
-) -> Result<Vec<(String, String)>, Vec<(String, String)>> {
+pub async fn resolve(vars: Vec<(String, String)>) -> Result<Resolved, Vec<(String, String)>> {
     let mut problems = Vec::new();
     let mut env = Env::from_pairs(vars.clone());
+    let refresh = refresh_interval(&mut env);
     let mut vault = vault_settings(&mut env);
     // The token may itself be a reference to a file or another variable.
     if let Some(settings) = vault.as_mut()
-        && let Ok(reference) =
-            Reference::parse(secrecy::ExposeSecret::expose_secret(&settings.token))
+        && let Ok(reference) = Reference::parse(settings.token.expose_secret())
     {
         match Providers::new(None) {
             Ok(local) => match local.fetch(&reference).await {
@@ -86,6 +133,8 @@ pub async fn resolve(
         Ok(providers) => providers.with_aws(aws),
         Err(err) => return Err(vec![("BOURSE_VAULT_ADDR".to_owned(), err.to_string())]),
     };
+    let secrets = Secrets::new(Arc::new(providers), refresh);
+    let mut references = Vec::new();
     let mut resolved = Vec::with_capacity(vars.len());
     for (name, value) in vars {
         let reference = is_secret(&name)
@@ -93,20 +142,32 @@ pub async fn resolve(
             .flatten();
         match reference {
             None => resolved.push((name, value)),
-            Some(reference) => match providers.fetch(&reference).await {
+            Some(reference) => match secrets.get(&reference).await {
                 Ok(secret) => {
-                    let secret: SecretString = secret;
-                    resolved.push((
-                        name,
-                        secrecy::ExposeSecret::expose_secret(&secret).to_owned(),
-                    ));
+                    resolved.push((name.clone(), secret.expose_secret().to_owned()));
+                    references.push((name, reference));
                 }
                 Err(err) => problems.push((name, err.to_string())),
             },
         }
     }
+    if let Err(problem) = env.finish() {
+        problems.extend(
+            problem
+                .problems
+                .into_iter()
+                .map(|p| (p.variable, p.message)),
+        );
+    }
     if problems.is_empty() {
-        Ok(resolved)
+        Ok(Resolved {
+            vars: resolved,
+            live: LiveSettings {
+                secrets,
+                references,
+                refresh,
+            },
+        })
     } else {
         Err(problems)
     }

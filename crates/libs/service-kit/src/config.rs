@@ -230,6 +230,9 @@ impl FromStr for LogFormat {
 pub struct CommonConfig {
     pub environment: Environment,
     pub database_url: SecretString,
+    /// `DATABASE_URL` as it changes, when it was a secret reference: pools follow a rotated
+    /// credential without a restart (SEC-11). Set by the binary, never read from a variable.
+    pub database_url_changes: Option<tokio::sync::watch::Receiver<SecretString>>,
     pub database_max_connections: u32,
     pub database_acquire_timeout: Duration,
     pub redis_url: SecretString,
@@ -300,6 +303,7 @@ impl CommonConfig {
         Self {
             environment,
             database_url,
+            database_url_changes: None,
             database_max_connections,
             database_acquire_timeout: env
                 .millis("BOURSE_DATABASE_ACQUIRE_TIMEOUT_MS", Duration::from_secs(3)),

@@ -7,18 +7,57 @@
 
 use std::str::FromStr;
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::config::CommonConfig;
 
-/// Connects a pool whose sessions see only `schema` (and `public` is not on the path).
+/// Connects a pool whose sessions see only `schema` (and `public` is not on the path). When
+/// the URL is a watched secret, the pool follows its rotations: new connections use the new
+/// credential, open ones finish their work and age out (`max_lifetime`), no restart.
 pub async fn connect(config: &CommonConfig, schema: &'static str) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(config.database_url.expose_secret())?
+    let pool = connect_with(options(&config.database_url, schema)?, config).await?;
+    if let Some(changes) = config.database_url_changes.clone() {
+        tokio::spawn(follow_rotations(pool.clone(), schema, changes));
+    }
+    Ok(pool)
+}
+
+fn options(url: &SecretString, schema: &'static str) -> Result<PgConnectOptions, sqlx::Error> {
+    Ok(PgConnectOptions::from_str(url.expose_secret())?
         .application_name(schema)
-        .options([("search_path", schema)]);
+        .options([("search_path", schema)]))
+}
+
+/// Points `pool`'s next connections at each new `DATABASE_URL`, until the sender is gone.
+async fn follow_rotations(
+    pool: PgPool,
+    schema: &'static str,
+    mut changes: tokio::sync::watch::Receiver<SecretString>,
+) {
+    while changes.changed().await.is_ok() {
+        let url = changes.borrow_and_update().clone();
+        match options(&url, schema) {
+            Ok(options) => {
+                pool.set_connect_options(options);
+                tracing::info!(
+                    schema,
+                    "database credential rotated; new connections use it"
+                );
+            }
+            // The error names what is malformed, never the URL (it holds the password).
+            Err(err) => tracing::error!(schema, error = %err,
+                "rotated DATABASE_URL is unusable; keeping the previous one"),
+        }
+    }
+}
+
+async fn connect_with(
+    options: PgConnectOptions,
+    config: &CommonConfig,
+) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         // Keep one warm connection: the first request after idle should not pay a TLS+auth
