@@ -33,6 +33,7 @@ enum Command {
     /// Create the database if needed and apply every service's migrations.
     Migrate,
     /// GET a URL and exit 0 on a 2xx answer: the container healthcheck (the image has no curl).
+    /// With `BOURSE_TLS_*` set it presents the service certificate and trusts the service CA.
     Probe {
         #[arg(default_value = "http://127.0.0.1:8080/health/live")]
         url: String,
@@ -175,7 +176,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe { url } => {
-            let response = reqwest::Client::new()
+            // Under mTLS the probe calls as the service it runs beside: its certificate, its CA.
+            let mut env = Env::from_process();
+            let tls = service_kit::tls::TlsSettings::read_files(&mut env);
+            env.finish().map_err(Failure::Config)?;
+            let client = tls
+                .service_client()
+                .map_err(|e| anyhow::anyhow!(e))?
+                .build()?;
+            let response = client
                 .get(&url)
                 .timeout(std::time::Duration::from_secs(2))
                 .send()

@@ -125,16 +125,7 @@ async fn a_settlement_killed_mid_stream_loses_and_doubles_nothing(pool: PgPool) 
 
     // Exactly once: every trade moved its base and quote once (reconciliation's
     // trades_settled_once), the books balance, and each buyer got exactly what was bought.
-    let report: Value = app
-        .client
-        .post(app.url("/v1/admin/reconciliation"))
-        .bearer_auth(&admin.access_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report = app.reconciliation(&admin).await;
     assert_eq!(report["ok"], true, "{report}");
     let bobs_btc: Value = app
         .get_authed("/v1/balances", &bob.access_token)

@@ -94,12 +94,21 @@ impl Drop for DevCertificates {
 
 /// The URL of the test database the pool points at.
 pub fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by .cargo/config.toml");
     let options = pool.connect_options();
-    let name = options.get_database().expect("test database has a name");
+    database_url_named(options.get_database().expect("test database has a name"))
+}
+
+/// The URL of database `name` on the test server, with the base URL's parameters (`sslmode`).
+pub fn database_url_named(name: &str) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by .cargo/config.toml");
+    let query = base.split_once('?').map(|(_, q)| q);
     let mut url = url_without_database(&base);
     url.push('/');
     url.push_str(name);
+    if let Some(query) = query {
+        url.push('?');
+        url.push_str(query);
+    }
     url
 }
 
@@ -384,6 +393,19 @@ impl TestApp {
         let response = self.place_order(who, order).await;
         assert_eq!(response.status(), StatusCode::CREATED);
         response.json().await.unwrap()
+    }
+
+    /// `POST /v1/admin/reconciliation` as `admin`: the report.
+    pub async fn reconciliation(&self, admin: &Tokens) -> Value {
+        self.client
+            .post(self.url("/v1/admin/reconciliation"))
+            .bearer_auth(&admin.access_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 
     /// The user id (= account id) behind `tokens`.

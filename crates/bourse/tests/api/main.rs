@@ -7,6 +7,7 @@ mod admin;
 mod alerting;
 mod audit;
 mod auth_flow;
+mod backup;
 mod crash;
 mod database_roles;
 mod edge;

@@ -65,7 +65,10 @@ async fn tls_redis(certificates: &DevCertificates) -> TlsRedis {
 async fn a_deployment_that_requires_tls_trades_end_to_end_over_it(pool: PgPool) {
     let certificates = dev_certificates();
     let redis = tls_redis(&certificates).await;
-    let database = format!("{}?sslmode=require", database_url(&pool));
+    let database = format!(
+        "{}?sslmode=require",
+        database_url(&pool).split('?').next().unwrap()
+    );
     let mut settings = certificates.settings().to_vec();
     settings.extend([
         ("BOURSE_TLS_REQUIRED", "true"),
@@ -158,6 +161,26 @@ async fn services_refuse_callers_without_a_certificate_from_their_ca(pool: PgPoo
     // With the deployment's certificate the same call passes.
     let ok = app.client.get(health(&app.orders)).send().await.unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
+
+    // The container healthcheck, `bourse probe`, calls as the service it runs beside: with the
+    // deployment's settings it passes, without them it is refused like any stranger.
+    let probe = |settings: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bourse"));
+        command
+            .args(["probe", &health(&app.orders)])
+            .env_remove("BOURSE_TLS_CERT")
+            .env_remove("BOURSE_TLS_KEY")
+            .env_remove("BOURSE_TLS_CA")
+            .envs(settings.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        async move { command.status().await.unwrap().success() }
+    };
+    assert!(
+        probe(&certificates.settings()).await,
+        "probe with the certificate"
+    );
+    assert!(!probe(&[]).await, "probe without one");
 
     // The gateway is public: HTTPS, and no certificate asked of browsers.
     let public = anonymous.get(health(&app.gateway)).send().await.unwrap();

@@ -149,6 +149,27 @@ impl TlsSettings {
     /// Reads the settings; with `BOURSE_TLS_REQUIRED=true`, also checks that the connection
     /// strings ask for TLS (their values never appear in a problem).
     pub fn read(env: &mut Env, database_url: &SecretString, redis_url: &SecretString) -> Self {
+        let settings = Self::read_files(env);
+        if settings.required {
+            if !postgres_url_requires_tls(database_url.expose_secret()) {
+                env.problem(
+                    "DATABASE_URL",
+                    "must set sslmode=verify-full (or verify-ca, require) when BOURSE_TLS_REQUIRED=true",
+                );
+            }
+            if !redis_url.expose_secret().starts_with("rediss://") {
+                env.problem(
+                    "REDIS_URL",
+                    "must be a rediss:// URL when BOURSE_TLS_REQUIRED=true",
+                );
+            }
+        }
+        settings
+    }
+
+    /// The certificates and the TLS-required switch alone: what a process that only calls a
+    /// service needs (`bourse probe`, the container healthcheck under mTLS).
+    pub fn read_files(env: &mut Env) -> Self {
         let identity = Identity::read(env, "BOURSE_TLS_CERT", "BOURSE_TLS_KEY");
         let ca_pem = path_setting(env, "BOURSE_TLS_CA")
             .and_then(|path| read_certificates(env, "BOURSE_TLS_CA", &path));
@@ -168,18 +189,6 @@ impl TlsSettings {
             }
             if ca_pem.is_none() {
                 env.problem("BOURSE_TLS_CA", why);
-            }
-            if !postgres_url_requires_tls(database_url.expose_secret()) {
-                env.problem(
-                    "DATABASE_URL",
-                    "must set sslmode=verify-full (or verify-ca, require) when BOURSE_TLS_REQUIRED=true",
-                );
-            }
-            if !redis_url.expose_secret().starts_with("rediss://") {
-                env.problem(
-                    "REDIS_URL",
-                    "must be a rediss:// URL when BOURSE_TLS_REQUIRED=true",
-                );
             }
         }
         Self {
