@@ -1,5 +1,6 @@
 //! The configuration is documented completely (OPS-02): `.env.example` lists exactly the
-//! variables the services read, and `docs/configuration.md` is generated from it.
+//! variables the services read, and `docs/configuration.md` is generated from it. The alert
+//! rules (OBS-05) name only metrics the code emits, so a renamed metric cannot silence a page.
 //! Regenerate the reference with `BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test configuration`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -112,4 +113,67 @@ fn the_configuration_reference_is_generated_from_env_example() {
         committed, doc,
         "docs/configuration.md is stale; regenerate it (see the module doc)"
     );
+}
+
+/// Every metric name the code registers with `counter!`, `gauge!` or `histogram!`.
+fn emitted_metrics() -> BTreeSet<String> {
+    fn walk(dir: &std::path::Path, names: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, names);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for macro_call in ["counter!(", "gauge!(", "histogram!("] {
+                    for (at, _) in text.match_indices(macro_call) {
+                        let rest = text[at + macro_call.len()..].trim_start();
+                        if let Some(quoted) = rest.strip_prefix('"') {
+                            let name = quoted.split('"').next().unwrap();
+                            names.insert(name.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut names = BTreeSet::new();
+    walk(&repo_file("crates"), &mut names);
+    names
+}
+
+#[test]
+fn alert_rules_name_only_metrics_the_code_emits() {
+    let emitted = emitted_metrics();
+    assert!(emitted.contains("http_requests_total"), "{emitted:?}");
+    let rules = std::fs::read_to_string(repo_file("deploy/prometheus/alerts.yml")).unwrap();
+    // Metric names are the identifiers with an underscore that are not called like functions
+    // (histogram_quantile); label names here have none.
+    let mut named = BTreeSet::new();
+    let mut identifier = String::new();
+    for (at, c) in rules.char_indices().chain([(rules.len(), ' ')]) {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            identifier.push(c);
+            continue;
+        }
+        let is_call = rules[at..].trim_start().starts_with('(');
+        if identifier.contains('_') && !is_call && !identifier.starts_with('_') {
+            named.insert(std::mem::take(&mut identifier));
+        }
+        identifier.clear();
+    }
+    let unknown: Vec<_> = named
+        .iter()
+        .filter(|name| {
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
+            !emitted.contains(*name) && !emitted.contains(base)
+        })
+        .collect();
+    assert!(
+        named.contains("settlement_reconciliation_ok"),
+        "the rules were read: {named:?}"
+    );
+    assert!(unknown.is_empty(), "alert rules name metrics nothing emits: {unknown:?}");
 }
