@@ -175,5 +175,8 @@ fn alert_rules_name_only_metrics_the_code_emits() {
         named.contains("settlement_reconciliation_ok"),
         "the rules were read: {named:?}"
     );
-    assert!(unknown.is_empty(), "alert rules name metrics nothing emits: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "alert rules name metrics nothing emits: {unknown:?}"
+    );
 }
