@@ -310,7 +310,9 @@ async fn a_failing_upstream_trips_its_breaker_and_then_gets_no_more_calls(pool: 
     // The breaker's state is a metric.
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains(r#"resilience_breaker_state{upstream="auth",state="open"} 1"#),
+        metrics.contains(
+            r#"resilience_breaker_state{service="gateway",upstream="auth",state="open"} 1"#
+        ),
         "{metrics}"
     );
 }

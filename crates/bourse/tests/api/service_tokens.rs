@@ -24,7 +24,14 @@ fn orders_secret() -> SecretString {
 }
 
 fn token_source(app: &TestApp, secret: SecretString) -> TokenSource {
-    let auth = Upstream::new("auth", &app.auth, reqwest::Client::new(), Policy::default()).unwrap();
+    let auth = Upstream::new(
+        "orders",
+        "auth",
+        &app.auth,
+        reqwest::Client::new(),
+        Policy::default(),
+    )
+    .unwrap();
     TokenSource::new(auth, "orders", secret)
 }
 
@@ -144,6 +151,7 @@ async fn an_authenticated_upstream_carries_a_valid_token_on_every_call(pool: PgP
 
     let tokens = Arc::new(token_source(&app, orders_secret()));
     let upstream = Upstream::authenticated(
+        "orders",
         "risk",
         risk_url,
         reqwest::Client::new(),
@@ -169,6 +177,7 @@ async fn without_a_token_an_authenticated_upstream_is_not_called(pool: PgPool) {
     let tokens = Arc::new(token_source(&app, SecretString::from("wrong".to_owned())));
     // Nothing listens there; the call must fail before trying.
     let upstream = Upstream::authenticated(
+        "orders",
         "risk",
         "http://127.0.0.1:9",
         reqwest::Client::new(),

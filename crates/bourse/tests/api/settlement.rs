@@ -48,6 +48,7 @@ async fn ledger_on(app: TestApp) -> Ledger {
 /// A token for settlement, minted by the real auth for the `orders` client.
 async fn orders_token(app: &TestApp) -> String {
     let auth = resilience::Upstream::new(
+        "orders",
         "auth",
         &app.auth,
         reqwest::Client::new(),

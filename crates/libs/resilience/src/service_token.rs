@@ -65,10 +65,16 @@ impl TokenSource {
     pub fn from_auth(
         http: &reqwest::Client,
         auth_url: &str,
-        client: &str,
+        client: &'static str,
         secret: SecretString,
     ) -> Result<Self, String> {
-        let auth = Upstream::new("auth", auth_url, http.clone(), crate::Policy::default())?;
+        let auth = Upstream::new(
+            client,
+            "auth",
+            auth_url,
+            http.clone(),
+            crate::Policy::default(),
+        )?;
         Ok(Self::new(auth, client, secret))
     }
 

@@ -239,6 +239,9 @@ const FORCED_OPEN: u8 = 1;
 const DISABLED: u8 = 2;
 
 struct Inner {
+    /// The service making the calls: a label, so that services sharing a process (`serve all`)
+    /// keep their own series for the same upstream.
+    caller: &'static str,
     name: &'static str,
     base_url: String,
     policy: Policy,
@@ -257,29 +260,33 @@ struct Inner {
 pub struct Upstream(Arc<Inner>);
 
 impl Upstream {
-    /// `name` labels metrics, logs and problems; `base_url` has no trailing slash.
+    /// `caller` is the calling service and `name` the upstream: both label metrics, `name`
+    /// also logs and problems; `base_url` has no trailing slash.
     pub fn new(
+        caller: &'static str,
         name: &'static str,
         base_url: impl Into<String>,
         http: reqwest::Client,
         policy: Policy,
     ) -> Result<Self, String> {
-        Self::build(name, base_url.into(), http, policy, None)
+        Self::build(caller, name, base_url.into(), http, policy, None)
     }
 
     /// An upstream whose routes need a service token (its `/internal/*` routes, SEC-14): every
     /// call carries a token from `tokens` for the audience `name`.
     pub fn authenticated(
+        caller: &'static str,
         name: &'static str,
         base_url: impl Into<String>,
         http: reqwest::Client,
         policy: Policy,
         tokens: Arc<TokenSource>,
     ) -> Result<Self, String> {
-        Self::build(name, base_url.into(), http, policy, Some(tokens))
+        Self::build(caller, name, base_url.into(), http, policy, Some(tokens))
     }
 
     fn build(
+        caller: &'static str,
         name: &'static str,
         base_url: String,
         http: reqwest::Client,
@@ -305,6 +312,7 @@ impl Upstream {
             .on_state_transition(move |from, to| {
                 announce(
                     &publish,
+                    caller,
                     Transition {
                         upstream: name,
                         from: BreakerState::from_circuit(from),
@@ -319,8 +327,9 @@ impl Upstream {
             timeout: policy.timeout,
         };
         let breaker = tower::Layer::layer(&layer, transport.clone());
-        set_state_gauge(name, BreakerState::Closed);
+        set_state_gauge(caller, name, BreakerState::Closed);
         Ok(Self(Arc::new(Inner {
+            caller,
             name,
             base_url,
             bulkhead: Arc::new(Semaphore::new(policy.max_concurrent)),
@@ -418,6 +427,7 @@ impl Upstream {
         if from != to {
             announce(
                 &self.0.transitions,
+                self.0.caller,
                 Transition {
                     upstream: self.0.name,
                     from,
@@ -431,17 +441,17 @@ impl Upstream {
     /// Any answer, 4xx and 5xx included, is `Ok`; `Err` means there was no usable answer.
     pub async fn send(&self, call: Call) -> Result<reqwest::Response, CallError> {
         let inner = &self.0;
-        let name = inner.name;
+        let (caller, name) = (inner.caller, inner.name);
         let mode = self.mode();
         if mode == Mode::ForcedOpen {
-            count(name, "rejected");
+            count(caller, name, "rejected");
             return Err(CallError::Open {
                 upstream: name,
                 retry_after: inner.policy.breaker.open_for,
             });
         }
         let Ok(_permit) = inner.bulkhead.clone().try_acquire_owned() else {
-            count(name, "saturated");
+            count(caller, name, "saturated");
             return Err(CallError::Saturated { upstream: name });
         };
         let call = match &inner.tokens {
@@ -449,7 +459,7 @@ impl Upstream {
             Some(tokens) => match Box::pin(tokens.token(name)).await {
                 Ok(token) => call.bearer(token.expose_secret()),
                 Err(err) => {
-                    count(name, "no_service_token");
+                    count(caller, name, "no_service_token");
                     return Err(CallError::NoServiceToken {
                         upstream: name,
                         detail: err.to_string(),
@@ -487,9 +497,10 @@ impl Upstream {
                 Err(CircuitBreakerError::Inner(Failure::Timeout)) => ("timeout", true),
                 Err(CircuitBreakerError::Inner(Failure::Transport(_))) => ("unreachable", true),
             };
-            count(name, outcome);
-            metrics::histogram!("resilience_call_duration_seconds", "upstream" => name, "outcome" => outcome)
-                .record(started.elapsed());
+            count(caller, name, outcome);
+            metrics::histogram!("resilience_call_duration_seconds",
+                "service" => caller, "upstream" => name, "outcome" => outcome)
+            .record(started.elapsed());
             if !retryable || attempt >= attempts {
                 return match result {
                     Ok(response) => {
@@ -517,7 +528,8 @@ impl Upstream {
                     }
                 };
             }
-            metrics::counter!("resilience_retries_total", "upstream" => name).increment(1);
+            metrics::counter!("resilience_retries_total", "service" => caller, "upstream" => name)
+                .increment(1);
             tokio::time::sleep(inner.policy.backoff.delay(attempt - 1)).await;
         }
     }
@@ -557,14 +569,19 @@ impl Upstream {
     }
 }
 
-fn count(upstream: &'static str, outcome: &'static str) {
-    metrics::counter!("resilience_calls_total", "upstream" => upstream, "outcome" => outcome)
-        .increment(1);
+fn count(caller: &'static str, upstream: &'static str, outcome: &'static str) {
+    metrics::counter!("resilience_calls_total",
+        "service" => caller, "upstream" => upstream, "outcome" => outcome)
+    .increment(1);
 }
 
 /// Records a transition: the state gauge, a log line, and the broadcast for ops events.
-fn announce(transitions: &broadcast::Sender<Transition>, transition: Transition) {
-    set_state_gauge(transition.upstream, transition.to);
+fn announce(
+    transitions: &broadcast::Sender<Transition>,
+    caller: &'static str,
+    transition: Transition,
+) {
+    set_state_gauge(caller, transition.upstream, transition.to);
     if transition.to.is_open() {
         tracing::warn!(
             upstream = transition.upstream,
@@ -584,10 +601,12 @@ fn announce(transitions: &broadcast::Sender<Transition>, transition: Transition)
     let _ = transitions.send(transition);
 }
 
-/// `resilience_breaker_state{upstream, state}`: 1 for the current state, 0 for the others.
-fn set_state_gauge(upstream: &'static str, current: BreakerState) {
+/// `resilience_breaker_state{service, upstream, state}`: 1 for the current state, 0 for the
+/// others.
+fn set_state_gauge(caller: &'static str, upstream: &'static str, current: BreakerState) {
     for state in BreakerState::ALL {
-        metrics::gauge!("resilience_breaker_state", "upstream" => upstream, "state" => state.as_str())
-            .set(if state == current { 1.0 } else { 0.0 });
+        metrics::gauge!("resilience_breaker_state",
+            "service" => caller, "upstream" => upstream, "state" => state.as_str())
+        .set(if state == current { 1.0 } else { 0.0 });
     }
 }

@@ -100,7 +100,14 @@ fn policy(minimum_calls: usize, open_for: Duration) -> Policy {
 }
 
 fn upstream(server: &Server, policy: Policy) -> Upstream {
-    Upstream::new("risk", &server.url, reqwest::Client::new(), policy).unwrap()
+    Upstream::new(
+        "orders",
+        "risk",
+        &server.url,
+        reqwest::Client::new(),
+        policy,
+    )
+    .unwrap()
 }
 
 async fn status(upstream: &Upstream, call: Call) -> Result<u16, CallError> {
@@ -344,6 +351,7 @@ async fn an_unreachable_upstream_is_a_503_problem() {
         listener.local_addr().unwrap().port()
     };
     let risk = Upstream::new(
+        "orders",
         "risk",
         format!("http://127.0.0.1:{port}"),
         reqwest::Client::new(),

@@ -102,7 +102,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     )
     .into_shared();
     let upstream = |name, url: &str| {
-        resilience::Upstream::new(name, url, client.clone(), config.upstream.clone())
+        resilience::Upstream::new(SERVICE, name, url, client.clone(), config.upstream.clone())
             .map_err(Error::Upstream)
     };
     let upstreams = Upstreams::new(

@@ -121,6 +121,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .map_err(Error::Internal)?,
     );
     let orders = resilience::Upstream::authenticated(
+        SERVICE,
         "orders",
         config.orders_url.clone(),
         client.clone(),
