@@ -680,10 +680,7 @@ struct SmtpServer {
 
 impl SmtpServer {
     async fn start() -> Self {
-        let port = {
-            let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            free.local_addr().unwrap().port()
-        };
+        let port = service_kit::testing::free_port();
         let mut process = tokio::process::Command::new("python3")
             .args(["-u", "-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))

@@ -40,10 +40,7 @@ fn limit(side: &str) -> Value {
 
 #[sqlx::test(migrations = false)]
 async fn a_settlement_killed_mid_stream_loses_and_doubles_nothing(pool: PgPool) {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = service_kit::testing::free_port();
     let settlement_url = format!("http://127.0.0.1:{port}");
     let mut env = base_env(&pool);
     let prefix = env

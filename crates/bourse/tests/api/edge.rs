@@ -150,9 +150,7 @@ async fn internal_routes_are_never_reachable_through_the_gateway(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_down_upstream_is_a_503_problem_not_a_hang(pool: PgPool) {
     // Point the gateway at a port where nothing listens.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let url = format!("http://127.0.0.1:{}", service_kit::testing::free_port());
     let app = spawn_app_with(pool, &[("BOURSE_AUTH_URL", url.as_str())]).await;
 
     let response = app.login("a@example.com", "whatever password").await;

@@ -77,19 +77,6 @@ impl Exchange {
         )
         .await
     }
-
-    async fn reconciled(&self) -> Value {
-        self.app
-            .client
-            .post(self.app.url("/v1/admin/reconciliation"))
-            .bearer_auth(&self.admin.access_token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
 }
 
 #[sqlx::test(migrations = false)]
@@ -190,7 +177,7 @@ async fn deposit_trade_and_settlement_are_exact_to_the_minor_unit_including_fees
     })
     .await;
     assert_eq!(x.balance(&x.alice, "BTC").await.0, "0.60000000");
-    let report = x.reconciled().await;
+    let report = x.app.reconciliation(&x.admin).await;
     assert_eq!(report["ok"], true, "{report}");
 }
 
@@ -268,9 +255,7 @@ async fn thirty_racing_orders_against_one_balance_never_overdraw(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn without_settlement_orders_are_refused_fast_and_the_breaker_opens(pool: PgPool) {
     // Orders is pointed at a settlement that is not there (a closed port).
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nowhere = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
+    let nowhere = format!("http://127.0.0.1:{}", service_kit::testing::free_port());
     let app = spawn_app_with(
         pool,
         &[

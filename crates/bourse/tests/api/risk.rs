@@ -366,10 +366,7 @@ async fn ready(url: &str) -> bool {
 
 #[sqlx::test(migrations = false)]
 async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(pool: PgPool) {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = service_kit::testing::free_port();
     let risk_url = format!("http://127.0.0.1:{port}");
     let env = base_env(&pool);
     let prefix = env

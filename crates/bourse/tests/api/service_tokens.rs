@@ -151,7 +151,6 @@ async fn an_authenticated_upstream_carries_a_valid_token_on_every_call(pool: PgP
 
     let tokens = Arc::new(token_source(&app, orders_secret()));
     let upstream = Upstream::authenticated(
-        "orders",
         "risk",
         risk_url,
         reqwest::Client::new(),
@@ -177,7 +176,6 @@ async fn without_a_token_an_authenticated_upstream_is_not_called(pool: PgPool) {
     let tokens = Arc::new(token_source(&app, SecretString::from("wrong".to_owned())));
     // Nothing listens there; the call must fail before trying.
     let upstream = Upstream::authenticated(
-        "orders",
         "risk",
         "http://127.0.0.1:9",
         reqwest::Client::new(),

@@ -20,10 +20,7 @@ struct TlsRedis {
 }
 
 async fn tls_redis(certificates: &DevCertificates) -> TlsRedis {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
+    let port = service_kit::testing::free_port();
     let server = Command::new("redis-server")
         .args([
             "--port",

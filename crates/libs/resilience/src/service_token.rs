@@ -14,7 +14,7 @@ use crate::upstream::{Call, Upstream};
 /// Where a service's tokens come from: auth's `/internal/v1/service-tokens`.
 pub struct TokenSource {
     auth: Upstream,
-    client: String,
+    client: &'static str,
     secret: SecretString,
     cached: Mutex<HashMap<String, Cached>>,
 }
@@ -51,13 +51,18 @@ pub enum TokenError {
 impl TokenSource {
     /// `auth` is the client for the auth service; `client` and `secret` this service's
     /// credentials (`access::service::client_secret`).
-    pub fn new(auth: Upstream, client: &str, secret: SecretString) -> Self {
+    pub fn new(auth: Upstream, client: &'static str, secret: SecretString) -> Self {
         Self {
             auth,
-            client: client.to_owned(),
+            client,
             secret,
             cached: Mutex::default(),
         }
+    }
+
+    /// The service these tokens are for: the caller of every upstream that uses them.
+    pub fn client(&self) -> &'static str {
+        self.client
     }
 
     /// The usual source: auth at `auth_url`, called through an upstream of its own with the
@@ -85,7 +90,7 @@ impl TokenSource {
             return Ok(token);
         }
         let body = serde_json::to_vec(&TokenRequest {
-            client_id: &self.client,
+            client_id: self.client,
             client_secret: self.secret.expose_secret(),
             audience,
         })

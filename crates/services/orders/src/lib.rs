@@ -122,7 +122,6 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .map_err(Error::Internal)?,
     );
     let risk = resilience::Upstream::authenticated(
-        SERVICE,
         "risk",
         config.risk_url.clone(),
         client.clone(),
@@ -131,7 +130,6 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     )
     .map_err(Error::Internal)?;
     let settlement = resilience::Upstream::authenticated(
-        SERVICE,
         "settlement",
         config.settlement_url.clone(),
         client.clone(),

@@ -121,7 +121,6 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .map_err(Error::Internal)?,
     );
     let orders = resilience::Upstream::authenticated(
-        SERVICE,
         "orders",
         config.orders_url.clone(),
         client.clone(),
