@@ -96,17 +96,18 @@ impl Plan {
 /// Keeps the secret settings given as references fresh until `shutdown`, and points the
 /// planned services' pools at `DATABASE_URL` as it rotates. Other secret settings are read at
 /// start (a rolling restart picks up their rotation; signing keys rotate through auth's
-/// database, SEC-03).
+/// database, SEC-03). The refresher's task is returned, to be awaited after shutdown.
+#[must_use = "a dropped handle hides a refresher that died"]
 pub async fn keep_secrets_fresh(
     plan: &mut Plan,
     live: &secrets::settings::LiveSettings,
     shutdown: &Shutdown,
-) {
+) -> JoinHandle<()> {
     if let Some(changes) = live.watch("DATABASE_URL").await {
         plan.follow_database_url(changes);
     }
     let stop = shutdown.clone();
-    live.spawn_refresh(async move { stop.triggered().await });
+    live.spawn_refresh(async move { stop.triggered().await })
 }
 
 /// Reads the configuration of `targets`; every problem is reported at once (OPS-01).

@@ -141,11 +141,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             let shutdown = Shutdown::new();
             shutdown.trigger_on_signals();
-            bourse::keep_secrets_fresh(&mut plan, &live, &shutdown).await;
+            let refresher = bourse::keep_secrets_fresh(&mut plan, &live, &shutdown).await;
             let result = match bourse::start(plan, &shutdown).await {
                 Ok(running) => running.wait().await,
                 Err(err) => Err(err),
             };
+            shutdown.trigger();
+            if let Err(err) = refresher.await {
+                tracing::error!(error = %err, "the secret refresher failed");
+            }
             // Flush traces on every way out, off the async runtime (the exporter blocks).
             tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
             result?;

@@ -1,11 +1,12 @@
 //! What the edge guarantees on every response: request ids, security headers, CORS, no route to
 //! internals, and a clean answer when an upstream is down.
 
+use bourse::Target;
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{assert_problem, spawn_app, spawn_app_with};
+use crate::helpers::{assert_problem, spawn_app, spawn_app_with, spawn_app_without};
 
 #[sqlx::test(migrations = false)]
 async fn a_valid_request_id_is_kept_and_propagated_an_invalid_one_replaced(pool: PgPool) {
@@ -162,11 +163,55 @@ async fn a_down_upstream_is_a_503_problem_not_a_hang(pool: PgPool) {
     .await;
     assert!(body["detail"].as_str().unwrap().contains("auth"));
 
+    // Only auth's routes are down: the gateway stays in rotation and says what is missing.
     let ready = app.get("/health/ready").await;
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.status(), StatusCode::OK);
     let ready: Value = ready.json().await.unwrap();
     assert_eq!(ready["checks"]["auth"], "unavailable");
     assert_eq!(ready["checks"]["redis"], "ok");
+    assert!(
+        app.metrics()
+            .await
+            .contains(r#"health_dependency_up{service="gateway",dependency="auth"} 0"#)
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn with_alerting_down_the_gateway_stays_ready_and_trading_goes_on(pool: PgPool) {
+    let nowhere = format!("http://127.0.0.1:{}", service_kit::testing::free_port());
+    let app = spawn_app_without(
+        pool,
+        &[("BOURSE_ALERTING_URL", nowhere.as_str())],
+        &[Target::Alerting],
+    )
+    .await;
+
+    let ready = app.get("/health/ready").await;
+    assert_eq!(ready.status(), StatusCode::OK, "the pager is not the API");
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["checks"]["alerting"], "unavailable");
+    assert_eq!(ready["checks"]["orders"], "ok");
+
+    // Trading works end to end ...
+    let (admin, alice, bob) = app.funded_market().await;
+    let order = |side: &str| {
+        json!({"symbol": "BTC-USD", "side": side, "type": "limit", "price": "30000.00",
+               "quantity": "0.5", "time_in_force": "gtc"})
+    };
+    app.placed_order(&alice, &order("sell")).await;
+    let filled = app.placed_order(&bob, &order("buy")).await;
+    assert_eq!(filled["status"], "filled");
+    // ... and only alerting's own routes answer 503.
+    let alerts = app
+        .get_authed("/v1/admin/alerts", &admin.access_token)
+        .await;
+    assert_problem(
+        alerts,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_unavailable",
+    )
+    .await;
 }
 
 #[sqlx::test(migrations = false)]

@@ -193,7 +193,7 @@ pub async fn spawn_app_without(
         .build()
         .expect("test client");
     let shutdown = Shutdown::new();
-    bourse::keep_secrets_fresh(&mut plan, &resolved.live, &shutdown).await;
+    let refresher = bourse::keep_secrets_fresh(&mut plan, &resolved.live, &shutdown).await;
     let running = bourse::start(plan, &shutdown)
         .await
         .expect("services start");
@@ -209,7 +209,13 @@ pub async fn spawn_app_without(
         address(Target::Orders),
     );
     let (settlement, risk) = (address(Target::Settlement), address(Target::Risk));
-    let stopped = Some(tokio::spawn(running.wait()));
+    let stopped = Some(tokio::spawn(async move {
+        let result = running.wait().await;
+        refresher
+            .await
+            .expect("the secret refresher ends with the services");
+        result
+    }));
     TestApp {
         gateway,
         auth,

@@ -7,25 +7,40 @@
 //!
 //! On start the consumer re-reads its own pending entries (what it had received but not
 //! acknowledged before it stopped). Entries left pending too long — by a dead consumer, or by
-//! a failed attempt of our own — are claimed with `XAUTOCLAIM` and retried. After
-//! `max_deliveries` an entry moves to `<stream>.dlq`, an `EventDeadLettered` ops event is
-//! written, and the original is acknowledged; `bourse admin dlq` lists and replays them.
+//! a failed attempt of our own — are claimed with `XAUTOCLAIM` and retried.
+//!
+//! Failures are told apart ([`HandlerError`]). A transient one — the database or Redis away,
+//! a serialization failure — is retried in place with capped, jittered backoff for as long as
+//! it takes: the entry stays this consumer's, no delivery is counted, nothing is dead-lettered
+//! because a dependency was down. A permanent one leaves the entry pending for another try;
+//! when it fails permanently on its `max_deliveries`-th delivery it moves to `<stream>.dlq`, an
+//! `EventDeadLettered` ops event is written, and the original is acknowledged; `bourse admin
+//! dlq` lists and replays them. A handler that panics fails permanently.
+//!
+//! The broker may forget: when Redis restarts empty, the group (and the stream) are gone and
+//! every read answers `NOGROUP`. The consumer then creates them again and carries on; the
+//! outbox relay publishes again what no group had confirmed ([`crate::relay`]), and the inbox
+//! turns the duplicates into no-ops. How far a group is behind is exported as
+//! `events_consumer_lag` (entries not yet delivered plus delivered but unacknowledged).
 //!
 //! Handlers run inside the event's context: its correlation id and trace continue, so events
 //! they write carry them on (OBS-02, OBS-06).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use futures_util::future::BoxFuture;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply,
-    StreamReadOptions, StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply,
+    StreamPendingCountReply, StreamReadOptions, StreamReadReply,
 };
 use service_kit::Shutdown;
+use service_kit::backoff::Backoff;
 use service_kit::http::RequestContext;
 use service_kit::redis::KeyPrefix;
 use service_kit::telemetry::TraceContext;
@@ -33,10 +48,14 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument as _;
 
 use crate::envelope::Envelope;
+use crate::failure::HandlerError;
 use crate::{Error, outbox};
 
 /// The logical stream dead-letter notices go to.
 pub const OPS_STREAM: &str = "ops";
+
+/// How often a consumer exports its group's lag.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A connection for one consumer alone. Its `XREADGROUP … BLOCK` holds the connection for
 /// the whole wait, so on a shared connection every other command of the service — the relay's
@@ -53,14 +72,14 @@ pub fn replica_name(service: &str) -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| format!("{service}-1"))
 }
 
-/// Applies one event. Runs inside the consumer's transaction; an `Err` rolls it back and the
-/// event is retried later.
+/// Applies one event. Runs inside the consumer's transaction; an `Err` rolls it back, and what
+/// happens next depends on its kind ([`HandlerError`]).
 pub trait Handler: Send + Sync {
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<(), HandlerError>>;
 
     /// Whether this handler acts on events of `event_type`. Others are acknowledged unread:
     /// no transaction, no inbox row — a consumer of a busy stream pays only for what it uses.
@@ -80,10 +99,13 @@ pub struct ConsumerSettings {
     pub batch: usize,
     /// How long one read waits for new entries.
     pub block: Duration,
-    /// Deliveries before an entry is dead-lettered.
+    /// The delivery on which an entry that fails permanently is dead-lettered.
     pub max_deliveries: usize,
     /// How long an entry stays pending before it is claimed and retried.
     pub retry_after: Duration,
+    /// The longest wait between two attempts while a dependency is away (full jitter, doubling
+    /// from 50 ms up to this).
+    pub max_backoff: Duration,
 }
 
 impl Default for ConsumerSettings {
@@ -95,10 +117,12 @@ impl Default for ConsumerSettings {
             block: Duration::from_millis(200),
             max_deliveries: 5,
             retry_after: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(5),
         }
     }
 }
 
+#[derive(Clone)]
 pub struct Consumer {
     pool: PgPool,
     redis: ConnectionManager,
@@ -143,9 +167,20 @@ impl Consumer {
         self.keys.stream(&self.stream)
     }
 
-    /// Consumes until `shutdown`; errors are logged and retried.
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base: Duration::from_millis(50),
+            cap: self.settings.max_backoff,
+        }
+    }
+
+    /// Consumes until `shutdown`. Nothing ends it but `shutdown`: failures are logged and
+    /// retried with backoff, a missing group is created again.
     pub async fn run(self, handler: Arc<dyn Handler>, shutdown: Shutdown) {
+        // Whether the group is known to exist and our own pending entries were re-read.
         let mut recovered = false;
+        let mut failures: u32 = 0;
+        let mut lag_measured = tokio::time::Instant::now();
         loop {
             let step = async {
                 if !recovered {
@@ -154,20 +189,56 @@ impl Consumer {
                     recovered = true;
                 }
                 self.claim_stale(handler.as_ref()).await?;
-                self.read_new(handler.as_ref()).await
+                self.read_new(handler.as_ref()).await?;
+                if lag_measured.elapsed() >= LAG_INTERVAL {
+                    self.record_lag().await?;
+                    lag_measured = tokio::time::Instant::now();
+                }
+                Ok::<(), Error>(())
             };
             let result = tokio::select! {
                 () = shutdown.triggered() => return,
                 result = step => result,
             };
-            if let Err(err) = result {
-                tracing::warn!(stream = %self.stream, error = %err, "consumer interrupted; retrying");
-                tokio::select! {
-                    () = shutdown.triggered() => return,
-                    () = tokio::time::sleep(self.settings.retry_after) => {}
-                }
+            let Err(err) = result else {
+                failures = 0;
+                continue;
+            };
+            if is_missing_group(&err) {
+                // The broker lost the stream or the group (a restart without persistence, a
+                // failover to a replica that lagged): create them again and go on.
+                tracing::warn!(stream = %self.stream, group = %self.group,
+                    "consumer group missing; creating it again");
+                metrics::counter!("events_consumer_groups_recreated_total",
+                    "stream" => self.stream.clone(), "group" => self.group.clone())
+                .increment(1);
+                recovered = false;
+            } else {
+                tracing::warn!(stream = %self.stream, error = %err, transient = err.is_transient(),
+                    "consumer interrupted; retrying");
+            }
+            let delay = self.backoff().delay(failures);
+            failures = failures.saturating_add(1);
+            tokio::select! {
+                () = shutdown.triggered() => return,
+                () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    /// `events_consumer_lag{stream,group}`: entries the group has not yet been given plus
+    /// entries given but not acknowledged (Redis 7's `lag` and `pending` of `XINFO GROUPS`).
+    async fn record_lag(&self) -> Result<(), Error> {
+        let mut redis = self.redis.clone();
+        let info: StreamInfoGroupsReply = redis.xinfo_groups(self.key()).await?;
+        if let Some(group) = info.groups.iter().find(|g| g.name == self.group) {
+            // `lag` is unknown to Redis after some deletions; the pending count still tells.
+            let lag = group.lag.unwrap_or(0).saturating_add(group.pending);
+            metrics::gauge!("events_consumer_lag", "stream" => self.stream.clone(),
+                "group" => self.group.clone())
+            .set(lag as f64);
+        }
+        Ok(())
     }
 
     async fn ensure_group(&self) -> Result<(), Error> {
@@ -238,27 +309,23 @@ impl Consumer {
 
     /// New entries, read for the first time: all their effects and inbox rows commit in one
     /// transaction and are acknowledged with one `XACK` — one commit (one WAL flush) per
-    /// batch instead of per event. If any event of the batch fails, the batch is rolled back
-    /// and its events are applied one by one, so one bad event holds back no other.
+    /// batch instead of per event. If an event of the batch fails permanently, the batch is
+    /// rolled back and its events are applied one by one, so one bad event holds back no other.
     async fn process_batch(
         &self,
         handler: &dyn Handler,
         entries: Vec<StreamId>,
     ) -> Result<(), Error> {
         let mut acknowledge: Vec<String> = Vec::with_capacity(entries.len());
-        let mut batch: Vec<(String, Envelope)> = Vec::with_capacity(entries.len());
+        let mut batch: Vec<(StreamId, Envelope)> = Vec::with_capacity(entries.len());
         for entry in entries {
             let event_type: Option<String> = entry.get("type");
             if event_type.is_some_and(|t| !handler.wants(&t)) {
                 acknowledge.push(entry.id);
                 continue;
             }
-            let raw: Option<String> = entry.get("envelope");
-            match raw
-                .as_deref()
-                .and_then(|r| serde_json::from_str::<Envelope>(r).ok())
-            {
-                Some(envelope) => batch.push((entry.id, envelope)),
+            match parse(&entry) {
+                Some(envelope) => batch.push((entry, envelope)),
                 None => self.dead_letter(&entry, "malformed envelope", 1).await?,
             }
         }
@@ -268,71 +335,86 @@ impl Consumer {
                     for envelope in fresh {
                         handler.committed(envelope);
                     }
-                    acknowledge.extend(batch.iter().map(|(id, _)| id.clone()));
+                    acknowledge.extend(batch.iter().map(|(entry, _)| entry.id.clone()));
                 }
-                Err(reason) => {
-                    tracing::debug!(%reason, size = batch.len(), "batch failed; applying its events one by one");
-                    for (id, envelope) in &batch {
-                        match self.apply_in_context(handler, envelope).await {
-                            Ok(()) => acknowledge.push(id.clone()),
-                            // Left pending: retried after `retry_after`, dead-lettered after
-                            // too many tries.
-                            Err(reason) => {
-                                tracing::warn!(event_id = %envelope.id, %reason, "event handler failed");
-                                metrics::counter!("events_handler_failures_total", "stream" => self.stream.clone())
-                                    .increment(1);
-                            }
-                        }
+                Err(err) => {
+                    tracing::debug!(error = %err, size = batch.len(), "batch failed; applying its events one by one");
+                    for (entry, envelope) in &batch {
+                        self.apply_entry(handler, entry, envelope).await?;
                     }
                 }
             }
         }
-        if !acknowledge.is_empty() {
+        self.acknowledge(&acknowledge).await
+    }
+
+    async fn acknowledge(&self, ids: &[String]) -> Result<(), Error> {
+        if !ids.is_empty() {
             let mut redis = self.redis.clone();
-            let _: usize = redis.xack(self.key(), &self.group, &acknowledge).await?;
+            let _: usize = redis.xack(self.key(), &self.group, ids).await?;
         }
         Ok(())
     }
 
-    /// [`Self::apply`] inside the event's own context: its correlation id and trace continue.
-    async fn apply_in_context(
-        &self,
-        handler: &dyn Handler,
-        envelope: &Envelope,
-    ) -> Result<(), String> {
-        within_event(envelope, &self.stream, self.apply(handler, envelope)).await
+    /// Runs `attempt` until it succeeds or fails for good: a transient failure (a dependency
+    /// away) is retried in place after a jittered, capped backoff, as often as it takes. The
+    /// entry stays this consumer's meanwhile and no delivery is counted.
+    async fn until_not_transient<T, F, Fut>(&self, mut attempt: F) -> Result<T, HandlerError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, HandlerError>>,
+    {
+        let mut retry: u32 = 0;
+        loop {
+            match attempt().await {
+                Err(err) if err.is_transient() => {
+                    metrics::counter!("events_transient_failures_total", "stream" => self.stream.clone())
+                        .increment(1);
+                    tracing::warn!(stream = %self.stream, error = %err, retry,
+                        "a dependency is unavailable; retrying the event in place");
+                    tokio::time::sleep(self.backoff().delay(retry)).await;
+                    retry = retry.saturating_add(1);
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Every event of `batch` with its inbox row in one transaction; the fresh ones (not seen
-    /// before) are returned once it has committed.
+    /// before) are returned once it has committed. Transient failures are retried in place.
     async fn apply_batch<'b>(
         &self,
         handler: &dyn Handler,
-        batch: &'b [(String, Envelope)],
-    ) -> Result<Vec<&'b Envelope>, String> {
-        let result: Result<Vec<&Envelope>, Error> = async {
-            let mut tx = self.pool.begin().await?;
-            let mut fresh = Vec::with_capacity(batch.len());
-            for (_, envelope) in batch {
-                if !self.claim_inbox(&mut tx, envelope).await? {
-                    metrics::counter!("events_duplicates_total", "stream" => self.stream.clone())
-                        .increment(1);
-                    continue;
-                }
-                within_event(envelope, &self.stream, handler.handle(&mut tx, envelope))
-                    .await
-                    .map_err(Error::Handler)?;
-                fresh.push(envelope);
+        batch: &'b [(StreamId, Envelope)],
+    ) -> Result<Vec<&'b Envelope>, HandlerError> {
+        let fresh = self
+            .until_not_transient(|| self.apply_batch_once(handler, batch))
+            .await?;
+        metrics::counter!("events_applied_total", "stream" => self.stream.clone())
+            .increment(fresh.len() as u64);
+        metrics::histogram!("events_batch_size", "stream" => self.stream.clone())
+            .record(batch.len() as f64);
+        Ok(fresh)
+    }
+
+    async fn apply_batch_once<'b>(
+        &self,
+        handler: &dyn Handler,
+        batch: &'b [(StreamId, Envelope)],
+    ) -> Result<Vec<&'b Envelope>, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let mut fresh = Vec::with_capacity(batch.len());
+        for (_, envelope) in batch {
+            if !self.claim_inbox(&mut tx, envelope).await? {
+                metrics::counter!("events_duplicates_total", "stream" => self.stream.clone())
+                    .increment(1);
+                continue;
             }
-            tx.commit().await?;
-            metrics::counter!("events_applied_total", "stream" => self.stream.clone())
-                .increment(fresh.len() as u64);
-            metrics::histogram!("events_batch_size", "stream" => self.stream.clone())
-                .record(batch.len() as f64);
-            Ok(fresh)
+            within_event(envelope, &self.stream, guarded(handler, &mut tx, envelope)).await?;
+            fresh.push(envelope);
         }
-        .await;
-        result.map_err(|e| e.to_string())
+        tx.commit().await?;
+        Ok(fresh)
     }
 
     /// Inserts the inbox row; `false` when the event was applied before.
@@ -358,67 +440,80 @@ impl Consumer {
         Ok(pending.ids.first().map_or(0, |p| p.times_delivered))
     }
 
+    /// An entry read again (our own pending after a restart, or claimed as stale).
     async fn process(&self, handler: &dyn Handler, entry: StreamId) -> Result<(), Error> {
         let event_type: Option<String> = entry.get("type");
         if let Some(event_type) = event_type
             && !handler.wants(&event_type)
         {
-            let mut redis = self.redis.clone();
-            let _: usize = redis.xack(self.key(), &self.group, &[&entry.id]).await?;
-            return Ok(());
+            return self.acknowledge(std::slice::from_ref(&entry.id)).await;
         }
-        let raw: Option<String> = entry.get("envelope");
-        let Some(envelope) = raw
-            .as_deref()
-            .and_then(|r| serde_json::from_str::<Envelope>(r).ok())
-        else {
+        let Some(envelope) = parse(&entry) else {
             return self.dead_letter(&entry, "malformed envelope", 1).await;
         };
-        let deliveries = self.deliveries(&entry.id).await?;
-        if deliveries > self.settings.max_deliveries {
-            return self
-                .dead_letter(&entry, "too many failed deliveries", deliveries)
-                .await;
-        }
-        match self.apply_in_context(handler, &envelope).await {
-            Ok(()) => {
-                let mut redis = self.redis.clone();
-                let _: usize = redis.xack(self.key(), &self.group, &[&entry.id]).await?;
-                Ok(())
-            }
-            // Left pending: retried after `retry_after`, dead-lettered after too many tries.
-            Err(reason) => {
-                tracing::warn!(event_id = %envelope.id, deliveries, %reason, "event handler failed");
-                metrics::counter!("events_handler_failures_total", "stream" => self.stream.clone())
-                    .increment(1);
-                Ok(())
-            }
-        }
+        self.apply_entry(handler, &entry, &envelope).await
     }
 
-    /// Effect + inbox row in one transaction; a known event is a no-op.
-    async fn apply(&self, handler: &dyn Handler, envelope: &Envelope) -> Result<(), String> {
-        let result: Result<(), Error> = async {
-            let mut tx = self.pool.begin().await?;
-            let fresh = self.claim_inbox(&mut tx, envelope).await?;
-            if fresh {
-                if let Err(reason) = handler.handle(&mut tx, envelope).await {
-                    return Err(Error::Handler(reason));
-                }
-                metrics::counter!("events_applied_total", "stream" => self.stream.clone())
-                    .increment(1);
-            } else {
-                metrics::counter!("events_duplicates_total", "stream" => self.stream.clone())
-                    .increment(1);
-            }
-            tx.commit().await?;
-            if fresh {
-                handler.committed(envelope);
-            }
-            Ok(())
+    /// Applies one event and settles its entry: acknowledged once applied; when it failed
+    /// permanently, dead-lettered if this was its last allowed delivery, else left pending to
+    /// be claimed and tried again after `retry_after` (another replica may still be applying
+    /// an event this one depends on).
+    async fn apply_entry(
+        &self,
+        handler: &dyn Handler,
+        entry: &StreamId,
+        envelope: &Envelope,
+    ) -> Result<(), Error> {
+        let Err(err) = self.apply_in_context(handler, envelope).await else {
+            return self.acknowledge(std::slice::from_ref(&entry.id)).await;
+        };
+        let deliveries = self.deliveries(&entry.id).await?;
+        if deliveries >= self.settings.max_deliveries {
+            return self.dead_letter(entry, &err.to_string(), deliveries).await;
         }
-        .await;
-        result.map_err(|e| e.to_string())
+        tracing::warn!(event_id = %envelope.id, deliveries, error = %err, "event handler failed");
+        metrics::counter!("events_handler_failures_total", "stream" => self.stream.clone())
+            .increment(1);
+        Ok(())
+    }
+
+    /// [`Self::apply`] inside the event's own context: its correlation id and trace continue.
+    async fn apply_in_context(
+        &self,
+        handler: &dyn Handler,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
+        within_event(envelope, &self.stream, self.apply(handler, envelope)).await
+    }
+
+    /// Effect + inbox row in one transaction; a known event is a no-op. Transient failures are
+    /// retried in place.
+    async fn apply(&self, handler: &dyn Handler, envelope: &Envelope) -> Result<(), HandlerError> {
+        let fresh = self
+            .until_not_transient(|| self.apply_once(handler, envelope))
+            .await?;
+        if fresh {
+            metrics::counter!("events_applied_total", "stream" => self.stream.clone()).increment(1);
+            handler.committed(envelope);
+        } else {
+            metrics::counter!("events_duplicates_total", "stream" => self.stream.clone())
+                .increment(1);
+        }
+        Ok(())
+    }
+
+    async fn apply_once(
+        &self,
+        handler: &dyn Handler,
+        envelope: &Envelope,
+    ) -> Result<bool, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let fresh = self.claim_inbox(&mut tx, envelope).await?;
+        if fresh {
+            guarded(handler, &mut tx, envelope).await?;
+        }
+        tx.commit().await?;
+        Ok(fresh)
     }
 
     async fn dead_letter(
@@ -471,6 +566,37 @@ impl Consumer {
         metrics::counter!("events_dead_lettered_total", "stream" => self.stream.clone())
             .increment(1);
         Ok(())
+    }
+}
+
+/// The entry's envelope; `None` when it has none or it does not parse.
+fn parse(entry: &StreamId) -> Option<Envelope> {
+    let raw: Option<String> = entry.get("envelope");
+    raw.as_deref()
+        .and_then(|raw| serde_json::from_str::<Envelope>(raw).ok())
+}
+
+/// Whether a consumer step failed because its group (or the stream) does not exist.
+fn is_missing_group(err: &Error) -> bool {
+    matches!(err, Error::Redis(err) if err.code() == Some("NOGROUP"))
+}
+
+/// Runs the handler; a panic is a permanent failure of this event, not the end of the
+/// consumer (the transaction is dropped, so rolled back).
+async fn guarded(
+    handler: &dyn Handler,
+    tx: &mut PgConnection,
+    envelope: &Envelope,
+) -> Result<(), HandlerError> {
+    match AssertUnwindSafe(handler.handle(tx, envelope))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(_) => Err(HandlerError::permanent(format!(
+            "the handler panicked on {} {}",
+            envelope.event_type, envelope.id
+        ))),
     }
 }
 

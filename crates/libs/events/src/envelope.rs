@@ -60,9 +60,11 @@ impl Envelope {
     }
 
     /// The payload as `T`; the error names the event type.
-    pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
-        serde_json::from_value(self.payload.clone())
-            .map_err(|e| format!("{} payload: {e}", self.event_type))
+    pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, PayloadError> {
+        serde_json::from_value(self.payload.clone()).map_err(|source| PayloadError {
+            event_type: self.event_type.clone(),
+            source,
+        })
     }
 
     /// A new event caused by `cause`: same correlation and trace, `causation_id` = its id.
@@ -72,6 +74,15 @@ impl Envelope {
         self.causation_id = Some(cause.id);
         self
     }
+}
+
+/// A payload that is not the shape its event type promises.
+#[derive(Debug, thiserror::Error)]
+#[error("{event_type} payload: {source}")]
+pub struct PayloadError {
+    pub event_type: String,
+    #[source]
+    pub source: serde_json::Error,
 }
 
 /// The `XADD` that puts an event on a stream, in the one entry shape every reader of our

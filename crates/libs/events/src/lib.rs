@@ -5,6 +5,8 @@
 //! - [`outbox`]: writing events in the same transaction as the state change (REL-08).
 //! - [`relay`]: publishing the outbox to Redis Streams in order, at least once, surviving its
 //!   own crash; lag exported as metrics.
+//! - [`failure`]: what a handler's failure is — transient (retried in place for as long as it
+//!   takes) or permanent (dead-lettered after a few tries).
 //! - [`consumer`]: consumer groups, the inbox in the effect's transaction, acknowledgement
 //!   after commit, recovery of pending entries, dead letters (REL-09, REL-10).
 //! - [`dlq`]: listing and replaying dead letters.
@@ -14,11 +16,13 @@ pub mod consumer;
 pub mod direct;
 pub mod dlq;
 pub mod envelope;
+pub mod failure;
 pub mod outbox;
 pub mod relay;
 
 pub use consumer::{Consumer, ConsumerSettings, Handler};
 pub use envelope::Envelope;
+pub use failure::HandlerError;
 pub use relay::{Relay, RelaySettings};
 
 use sqlx::PgPool;
@@ -43,6 +47,15 @@ pub enum Error {
     Redis(#[from] redis::RedisError),
     #[error("encoding an envelope: {0}")]
     Encoding(#[from] serde_json::Error),
-    #[error("handler: {0}")]
-    Handler(String),
+}
+
+impl Error {
+    /// Whether the failure is a dependency being away (retry), not a fault in what was asked.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Database(err) => service_kit::db::is_unavailable(err),
+            Self::Redis(err) => service_kit::redis::is_unavailable(err),
+            Self::Encoding(_) => false,
+        }
+    }
 }

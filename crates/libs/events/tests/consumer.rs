@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use events::consumer::OPS_STREAM;
-use events::{Consumer, ConsumerSettings, Envelope, Handler};
+use events::{Consumer, ConsumerSettings, Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
+use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
 use service_kit::Shutdown;
 use service_kit::redis::KeyPrefix;
@@ -41,15 +42,14 @@ impl Handler for Recorder {
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
                 .bind(event.id)
                 .execute(&mut *tx)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             if self.attempts.fetch_add(1, Ordering::SeqCst) < self.failures {
-                return Err("not yet".to_owned());
+                return Err(HandlerError::permanent("not yet"));
             }
             Ok(())
         })
@@ -76,6 +76,7 @@ fn consumer(
             block: Duration::from_millis(50),
             max_deliveries,
             retry_after: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(100),
         },
     )
 }
@@ -381,7 +382,7 @@ impl Handler for TradesOnly {
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         self.0.handle(tx, event)
     }
 
@@ -442,9 +443,9 @@ impl Handler for Poisoned {
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         if event.id == self.poison {
-            return Box::pin(async { Err("poison".to_owned()) });
+            return Box::pin(async { Err(HandlerError::permanent("poison")) });
         }
         self.inner.handle(tx, event)
     }
@@ -486,4 +487,102 @@ async fn one_bad_event_in_a_batch_holds_back_no_other(pool: PgPool) {
     let letters = events::dlq::list(&redis, &prefix, "trades").await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].event_id, poison.id.to_string());
+}
+
+/// Fails with a transient error — the database away — on its first `outages` attempts.
+struct Flaky {
+    outages: usize,
+    attempts: AtomicUsize,
+}
+
+impl Handler for Flaky {
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        event: &'a Envelope,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            if self.attempts.fetch_add(1, Ordering::SeqCst) < self.outages {
+                return Err(sqlx::Error::PoolTimedOut.into());
+            }
+            sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
+                .bind(event.id)
+                .execute(&mut *tx)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_transient_failure_is_retried_until_it_passes_and_never_dead_lettered(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let event = trade(1);
+    publish(&mut redis, &prefix, &event).await;
+
+    // Two deliveries would dead-letter a permanent failure; eight transient ones must not.
+    let handler = Arc::new(Flaky {
+        outages: 8,
+        attempts: AtomicUsize::new(0),
+    });
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 2).run(handler.clone(), shutdown.clone()),
+    );
+    eventually("the event applied once the dependency is back", || async {
+        applied(&pool, event.id).await == 1
+    })
+    .await;
+    eventually("and acknowledged", || {
+        let (mut r, p) = (redis.clone(), prefix.clone());
+        async move { pending(&mut r, &p).await == 0 }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    assert_eq!(
+        handler.attempts.load(Ordering::SeqCst),
+        9,
+        "retried in place"
+    );
+    assert!(
+        events::dlq::list(&redis, &prefix, "trades")
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing dead-lettered"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_group_the_broker_lost_is_created_again_and_consumption_goes_on(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let before = trade(1);
+    publish(&mut redis, &prefix, &before).await;
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 5).run(Recorder::new(0), shutdown.clone()),
+    );
+    eventually("the first event applied", || async {
+        applied(&pool, before.id).await == 1
+    })
+    .await;
+
+    // The broker forgets the stream and with it the group (what a restart without
+    // persistence does); the next event lands in a new stream no group reads yet.
+    let _: () = redis.del(prefix.stream("trades")).await.unwrap();
+    let after = trade(2);
+    publish(&mut redis, &prefix, &after).await;
+
+    eventually("the event after the loss applied", || async {
+        applied(&pool, after.id).await == 1
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    assert_eq!(applied(&pool, before.id).await, 1);
 }

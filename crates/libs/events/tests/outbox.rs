@@ -5,9 +5,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use events::{Envelope, Relay, RelaySettings, outbox};
+use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
 use service_kit::Shutdown;
 use service_kit::redis::KeyPrefix;
+use service_kit::testing::RedisServer;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -301,6 +303,168 @@ async fn many_events_appended_at_once_keep_their_order(pool: PgPool) {
         published[1..],
         batch.iter().map(|e| e.id).collect::<Vec<_>>()[..]
     );
+}
+
+/// A relay that confirms and trims every 50 ms and keeps acknowledged entries for `keep`.
+fn confirming_relay(
+    pool: &PgPool,
+    redis: &ConnectionManager,
+    prefix: &KeyPrefix,
+    keep: Duration,
+) -> Relay {
+    Relay::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        SCHEMA,
+        RelaySettings {
+            batch_size: 100,
+            poll_interval: Duration::from_millis(50),
+            confirm_interval: Duration::from_millis(50),
+            stream_keep: keep,
+            ..RelaySettings::default()
+        },
+    )
+}
+
+async fn confirmed(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE confirmed_at IS NOT NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Group `group` is given up to `count` new entries of `key` and acknowledges the first `ack`.
+async fn read_and_ack(
+    redis: &mut ConnectionManager,
+    key: &str,
+    group: &str,
+    count: usize,
+    ack: usize,
+) {
+    let options = redis::streams::StreamReadOptions::default()
+        .group(group, "reader")
+        .count(count);
+    let reply: redis::streams::StreamReadReply =
+        redis.xread_options(&[key], &[">"], &options).await.unwrap();
+    let ids: Vec<String> = reply
+        .keys
+        .into_iter()
+        .flat_map(|k| k.ids)
+        .map(|e| e.id)
+        .take(ack)
+        .collect();
+    if !ids.is_empty() {
+        let _: usize = redis.xack(key, group, &ids).await.unwrap();
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn retention_trims_only_what_every_group_acknowledged(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let key = prefix.stream("items");
+    for group in ["fast", "slow"] {
+        let _: () = redis
+            .xgroup_create_mkstream(&key, group, "0")
+            .await
+            .unwrap();
+    }
+    let written = produce(&pool, 10, 10).await;
+    let shutdown = Shutdown::new();
+    let relay = confirming_relay(&pool, &redis, &prefix, Duration::ZERO);
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    eventually("the outbox to drain", || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+
+    // One group has everything, the other only the first four.
+    read_and_ack(&mut redis, &key, "fast", 10, 10).await;
+    read_and_ack(&mut redis, &key, "slow", 10, 4).await;
+    eventually("the first four confirmed", || async {
+        confirmed(&pool).await == 4
+    })
+    .await;
+    eventually("the stream trimmed up to the slow group", || {
+        let mut r = redis.clone();
+        let k = key.clone();
+        async move { stream_ids(&mut r, &k).await.len() == 6 }
+    })
+    .await;
+    assert_eq!(stream_ids(&mut redis, &key).await, written[4..]);
+
+    // The slow group catches up: everything is confirmed and the stream emptied.
+    let pending: Vec<String> = {
+        let reply: redis::streams::StreamPendingCountReply = redis
+            .xpending_count(&key, "slow", "-", "+", 10)
+            .await
+            .unwrap();
+        reply.ids.into_iter().map(|p| p.id).collect()
+    };
+    let _: usize = redis.xack(&key, "slow", &pending).await.unwrap();
+    eventually("all confirmed", || async { confirmed(&pool).await == 10 }).await;
+    eventually("the stream trimmed", || {
+        let mut r = redis.clone();
+        let k = key.clone();
+        async move { stream_ids(&mut r, &k).await.is_empty() }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn what_a_redis_restarted_empty_lost_is_published_again_before_anything_newer(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut server = RedisServer::start().await;
+    let url = secrecy::SecretString::from(server.url());
+    let mut redis = service_kit::redis::connect_url(&url, None).await.unwrap();
+    let prefix = KeyPrefix::new("bourse");
+    let key = prefix.stream("items");
+    let _: () = redis
+        .xgroup_create_mkstream(&key, "consumer", "0")
+        .await
+        .unwrap();
+    let before = produce(&pool, 6, 2).await;
+    let shutdown = Shutdown::new();
+    // Entries stay a minute for readers without a group: after the restart no group exists
+    // until consumers create theirs again.
+    let relay = confirming_relay(&pool, &redis, &prefix, Duration::from_secs(60));
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    eventually("the outbox to drain", || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    read_and_ack(&mut redis, &key, "consumer", 2, 2).await;
+    eventually("the first two confirmed", || async {
+        confirmed(&pool).await == 2
+    })
+    .await;
+
+    // Redis dies and comes back with nothing: four published events were never acknowledged.
+    server.restart().await;
+    let after = produce(&pool, 3, 3).await;
+
+    let expected: Vec<Uuid> = before[2..].iter().chain(&after).copied().collect();
+    let wanted = expected.len();
+    eventually(
+        "the unconfirmed and the new events in the new stream",
+        || {
+            let mut r = redis.clone();
+            let k = key.clone();
+            async move { stream_ids(&mut r, &k).await.len() >= wanted }
+        },
+    )
+    .await;
+    assert_eq!(
+        stream_ids(&mut redis, &key).await,
+        expected,
+        "what was lost goes out again first, in outbox order, and nothing confirmed is repeated"
+    );
+    shutdown.trigger();
+    task.await.unwrap();
 }
 
 /// A producer's pool on its own schema, with the outbox and a table of "state" to change.

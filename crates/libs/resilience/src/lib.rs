@@ -22,7 +22,8 @@
 //! full jitter), [`upstream`] ([`Upstream`] and [`Call`]), [`service_token`] ([`TokenSource`]:
 //! service tokens from auth, SEC-14), [`error`] ([`CallError`]).
 
-pub mod backoff;
+/// Moved to the service kit (every retry loop uses it); re-exported where callers knew it.
+pub use service_kit::backoff;
 pub mod error;
 pub mod policy;
 pub mod service_token;

@@ -364,29 +364,33 @@ impl Upstream {
     }
 
     /// Calls `announce` with each transition that has an [event type](Transition::event_type)
-    /// (opened, closed), in a task that ends with `shutdown`: how a service turns its
-    /// breakers' transitions into ops events.
-    pub fn spawn_announcer<F, Fut>(&self, shutdown: service_kit::Shutdown, announce: F)
+    /// (opened, closed), in a task of `tasks` that ends with the service: how a service turns
+    /// its breakers' transitions into ops events.
+    pub fn spawn_announcer<F, Fut>(&self, tasks: &service_kit::Supervisor, announce: F)
     where
-        F: Fn(Transition, &'static str) -> Fut + Send + 'static,
+        F: Fn(Transition, &'static str) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send,
     {
-        let mut transitions = self.transitions();
-        tokio::spawn(async move {
-            loop {
-                let transition = tokio::select! {
-                    received = transitions.recv() => match received {
-                        Ok(transition) => transition,
-                        Err(broadcast::error::RecvError::Lagged(missed)) => {
-                            tracing::warn!(missed, "breaker notices fell behind; some were not announced");
-                            continue;
-                        }
-                        Err(broadcast::error::RecvError::Closed) => break,
-                    },
-                    () = shutdown.triggered() => break,
-                };
-                if let Some(event_type) = transition.event_type() {
-                    announce(transition, event_type).await;
+        let (upstream, announce) = (self.clone(), Arc::new(announce));
+        let name = format!("{} breaker notices", self.0.name);
+        tasks.spawn(name, move |shutdown| {
+            let (mut transitions, announce) = (upstream.transitions(), announce.clone());
+            async move {
+                loop {
+                    let transition = tokio::select! {
+                        received = transitions.recv() => match received {
+                            Ok(transition) => transition,
+                            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                                tracing::warn!(missed, "breaker notices fell behind; some were not announced");
+                                continue;
+                            }
+                            Err(broadcast::error::RecvError::Closed) => break,
+                        },
+                        () = shutdown.triggered() => break,
+                    };
+                    if let Some(event_type) = transition.event_type() {
+                        announce(transition, event_type).await;
+                    }
                 }
             }
         });

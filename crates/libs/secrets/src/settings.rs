@@ -99,13 +99,18 @@ impl LiveSettings {
         }
     }
 
-    /// Re-reads every watched reference each `BOURSE_SECRETS_REFRESH_MS` until `stop`.
-    pub fn spawn_refresh(&self, stop: impl Future<Output = ()> + Send + 'static) {
+    /// Re-reads every watched reference each `BOURSE_SECRETS_REFRESH_MS` until `stop`; the
+    /// caller owns the task and awaits it when stopping.
+    #[must_use = "a dropped handle hides a refresher that died"]
+    pub fn spawn_refresh(
+        &self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         tokio::spawn(
             self.secrets
                 .clone()
                 .refresh_watched_every(self.refresh, stop),
-        );
+        )
     }
 }
 

@@ -13,14 +13,34 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
 
 use crate::config::CommonConfig;
+use crate::tasks::Supervisor;
 
-/// Connects a pool whose sessions see only `schema` (and `public` is not on the path). When
-/// the URL is a watched secret, the pool follows its rotations: new connections use the new
-/// credential, open ones finish their work and age out (`max_lifetime`), no restart.
+/// Connects a pool whose sessions see only `schema` (and `public` is not on the path): for a
+/// one-off job (migrations, an admin command). A service uses [`connect_following`].
 pub async fn connect(config: &CommonConfig, schema: &'static str) -> Result<PgPool, sqlx::Error> {
-    let pool = connect_with(options(&config.database_url, schema)?, config).await?;
+    connect_with(options(&config.database_url, schema)?, config).await
+}
+
+/// [`connect`], and when the URL is a watched secret the pool follows its rotations, in a task
+/// of `tasks`: new connections use the new credential, open ones finish their work and age out
+/// (`max_lifetime`), no restart.
+pub async fn connect_following(
+    config: &CommonConfig,
+    schema: &'static str,
+    tasks: &Supervisor,
+) -> Result<PgPool, sqlx::Error> {
+    let pool = connect(config, schema).await?;
     if let Some(changes) = config.database_url_changes.clone() {
-        tokio::spawn(follow_rotations(pool.clone(), schema, changes));
+        let following = pool.clone();
+        tasks.spawn(format!("{schema} credential rotations"), move |shutdown| {
+            let (pool, changes) = (following.clone(), changes.clone());
+            async move {
+                tokio::select! {
+                    () = follow_rotations(pool, schema, changes) => {}
+                    () = shutdown.triggered() => {}
+                }
+            }
+        });
     }
     Ok(pool)
 }
@@ -148,11 +168,58 @@ pub async fn ensure_database(config: &CommonConfig) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Whether a database error means "the database is unreachable or saturated right now" — a 503
-/// with `Retry-After`, not a 500: the request was fine and a retry may succeed.
+/// Whether a database error means "the database is unreachable, restarting, failing over or
+/// saturated right now" — a 503 with `Retry-After` for a request, a retry (never a dead letter)
+/// for an event: the work was fine and the same attempt may succeed shortly.
+///
+/// Beyond the client-side failures (pool, socket, TLS, a connection cut mid-message), the
+/// server says so with SQLSTATEs: class 08 (connection exception), 57P01-57P03 (terminated by an
+/// administrator or a crash, not accepting connections yet — what a stopping or restarting
+/// server answers), class 53 (out of resources: too many connections, disk full), 25006 (a
+/// read-only transaction: a failed-over primary still running as a replica), and 40001/40P01
+/// (a serialization failure or deadlock: the transaction itself should be retried).
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
-    )
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| is_transient_sqlstate(&code)),
+        _ => false,
+    }
+}
+
+fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "25006" | "40001" | "40P01"
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_and_restart_states_are_transient_and_data_errors_are_not() {
+        for code in [
+            "08006", "08001", "57P01", "57P03", "53300", "25006", "40001", "40P01",
+        ] {
+            assert!(is_transient_sqlstate(code), "{code}");
+        }
+        // unique violation, check violation, syntax error, undefined table
+        for code in ["23505", "23514", "42601", "42P01", "22003"] {
+            assert!(!is_transient_sqlstate(code), "{code}");
+        }
+        assert!(is_unavailable(&sqlx::Error::PoolTimedOut));
+        assert!(is_unavailable(&sqlx::Error::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+        assert!(!is_unavailable(&sqlx::Error::RowNotFound));
+        assert!(!is_unavailable(&sqlx::Error::ColumnNotFound("x".into())));
+    }
 }

@@ -1,8 +1,16 @@
 //! `/health/live` and `/health/ready` (REL-01).
 //!
 //! Live means the process can answer at all: it never checks dependencies, so a database outage
-//! does not make an orchestrator restart every replica. Ready means this replica should get
-//! traffic: PostgreSQL, Redis and declared upstreams answer, and no shutdown is under way.
+//! does not make an orchestrator restart every replica. Ready means this replica can serve its
+//! own routes: what it cannot serve any route without answers (its database, its Redis), no
+//! shutdown is under way and the service has not failed.
+//!
+//! Readiness does not cascade. A dependency whose loss takes down only the routes that use it —
+//! an upstream service behind a circuit breaker, which then answers 503 with `Retry-After` — is
+//! *reported*, not required ([`Readiness::reporting`]): its state is in the body and in
+//! `health_dependency_up{service,dependency}`, but a replica is not taken out of rotation for it.
+//! Otherwise a pager that is down (alerting) would take the whole trading API out of a load
+//! balancer with it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -71,20 +79,37 @@ impl Check {
 /// The checks of one service and the shutdown it watches.
 #[derive(Clone)]
 pub struct Readiness {
-    checks: Vec<Check>,
+    /// Named by the service router, for the metric's label.
+    service: &'static str,
+    /// (check, whether readiness requires it)
+    checks: Vec<(Check, bool)>,
     shutdown: Shutdown,
 }
 
 impl Readiness {
     pub fn new(shutdown: Shutdown) -> Self {
         Self {
+            service: "",
             checks: Vec::new(),
             shutdown,
         }
     }
 
+    /// A dependency the service cannot serve any route without: not ready while it is down.
     pub fn with(mut self, check: Check) -> Self {
-        self.checks.push(check);
+        self.checks.push((check, true));
+        self
+    }
+
+    /// A dependency only some routes need (an upstream behind a breaker): shown in the body and
+    /// the metric, never a reason to take the replica out of rotation.
+    pub fn reporting(mut self, check: Check) -> Self {
+        self.checks.push((check, false));
+        self
+    }
+
+    pub(crate) fn named(mut self, service: &'static str) -> Self {
+        self.service = service;
         self
     }
 }
@@ -106,6 +131,16 @@ async fn live() -> Json<serde_json::Value> {
 }
 
 async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<ReadyBody>) {
+    // A service that failed (a task it cannot work without died) is draining to exit.
+    if readiness.shutdown.failure().is_some() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(ReadyBody {
+                status: "failed",
+                checks: BTreeMap::new(),
+            }),
+        );
+    }
     if readiness.shutdown.is_triggered() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -115,14 +150,17 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<ReadyBod
             }),
         );
     }
-    let results = join_all(readiness.checks.iter().map(Check::run)).await;
-    let checks: BTreeMap<_, _> = readiness
-        .checks
-        .iter()
-        .zip(&results)
-        .map(|(check, ok)| (check.name(), if *ok { "ok" } else { "unavailable" }))
-        .collect();
-    if results.iter().all(|ok| *ok) {
+    let results = join_all(readiness.checks.iter().map(|(check, _)| check.run())).await;
+    let mut checks = BTreeMap::new();
+    let mut ready = true;
+    for ((check, required), up) in readiness.checks.iter().zip(&results) {
+        checks.insert(check.name(), if *up { "ok" } else { "unavailable" });
+        ready &= *up || !required;
+        metrics::gauge!("health_dependency_up", "service" => readiness.service,
+            "dependency" => check.name())
+        .set(if *up { 1.0 } else { 0.0 });
+    }
+    if ready {
         (
             StatusCode::OK,
             Json(ReadyBody {

@@ -6,6 +6,12 @@
 //! transaction*, so a retry replays exactly what the first call answered — or, if the work
 //! failed without an answer worth keeping, the claim is released and a retry runs afresh.
 //! The table lives in each service's schema ([`migrate`]).
+//!
+//! A claim is a lease ([`LEASE`]), as the IETF idempotency-key draft and Stripe describe: work
+//! cut off without releasing it (a process killed, a panic) does not leave its key answering
+//! 409 "in flight" for a day — a retry of the same request after the lease takes the claim over.
+//! Each claim carries a token, and storing the answer checks it: work whose claim was taken
+//! over cannot commit, so a key never has two outcomes.
 
 use std::time::Duration;
 
@@ -88,11 +94,17 @@ impl Answer {
     }
 }
 
-/// A key this request owns until it completes or abandons it.
+/// How long a claim holds before a retry of the same request may take it over: well beyond
+/// any request's timeout (`BOURSE_HTTP_REQUEST_TIMEOUT_MS`, 10 s by default).
+pub const LEASE: Duration = Duration::from_secs(60);
+
+/// A key this request owns until it completes or abandons it, or its lease is taken over.
 #[derive(Clone, Debug)]
 pub struct Claim {
     pub principal: Uuid,
     pub key: String,
+    /// Fences the completion: only the current claimant's answer is stored.
+    pub token: Uuid,
 }
 
 /// What to do with a request carrying an idempotency key.
@@ -144,27 +156,65 @@ pub fn request_hash(body: &serde_json::Value) -> Vec<u8> {
 }
 
 pub async fn begin(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> Result<Begin> {
+    begin_with_lease(pool, principal, key, hash, LEASE).await
+}
+
+/// [`begin`] with a lease of `lease`.
+pub async fn begin_with_lease(
+    pool: &PgPool,
+    principal: Uuid,
+    key: &str,
+    hash: &[u8],
+    lease: Duration,
+) -> Result<Begin> {
+    let token = Uuid::now_v7();
+    let proceed = || {
+        Begin::Proceed(Claim {
+            principal,
+            key: key.to_owned(),
+            token,
+        })
+    };
     // The claim commits without waiting for its WAL flush (synchronous_commit off for this one
     // statement's transaction). That is safe: the work's own transaction commits synchronously
     // and flushes all earlier WAL, the claim included; and a claim lost in a crash had no work
     // depending on it, so the client's retry simply claims again.
     let claimed = sqlx::query(
-        "INSERT INTO idempotency_keys (principal_id, key, request_hash)
-         SELECT $1, $2, $3 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
+        "INSERT INTO idempotency_keys (principal_id, key, request_hash, claim)
+         SELECT $1, $2, $3, $4 FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed
          ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO NOTHING",
     )
     .bind(principal)
     .bind(key)
     .bind(hash)
+    .bind(token)
     .execute(pool)
     .await?
     .rows_affected()
         == 1;
     if claimed {
-        return Ok(Begin::Proceed(Claim {
-            principal,
-            key: key.to_owned(),
-        }));
+        return Ok(proceed());
+    }
+    // The same request, unanswered, claimed longer ago than the lease: its work was cut off.
+    // One retry wins the row; the old claimant can no longer store an answer.
+    let taken_over = sqlx::query(
+        "UPDATE idempotency_keys SET claim = $4, locked_at = now()
+          WHERE principal_id = $1 AND key = $2 AND request_hash = $3
+            AND response_status IS NULL
+            AND locked_at < now() - make_interval(secs => $5)",
+    )
+    .bind(principal)
+    .bind(key)
+    .bind(hash)
+    .bind(token)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1;
+    if taken_over {
+        tracing::warn!(%principal, "idempotency claim taken over after its lease");
+        return Ok(proceed());
     }
     let existing: Option<(Vec<u8>, Option<i16>, Option<String>)> = sqlx::query_as(
         "SELECT request_hash, response_status, response_body FROM idempotency_keys
@@ -191,7 +241,8 @@ pub async fn complete(conn: &mut PgConnection, claim: &Claim, answer: &Answer) -
     complete_all(conn, &[(claim.clone(), answer.clone())]).await
 }
 
-/// Stores the responses of a batch, in the transaction that did the work.
+/// Stores the responses of a batch, in the transaction that did the work. Fails when a claim
+/// was taken over (its lease ran out): that work must not commit.
 pub async fn complete_all(conn: &mut PgConnection, answers: &[(Claim, Answer)]) -> Result<()> {
     if answers.is_empty() {
         return Ok(());
@@ -203,17 +254,25 @@ pub async fn complete_all(conn: &mut PgConnection, answers: &[(Claim, Answer)]) 
         .map(|(_, a)| i16::try_from(a.status).unwrap_or(500))
         .collect();
     let bodies: Vec<&str> = answers.iter().map(|(_, a)| a.body.as_str()).collect();
-    sqlx::query(
+    let tokens: Vec<Uuid> = answers.iter().map(|(c, _)| c.token).collect();
+    let stored = sqlx::query(
         "UPDATE idempotency_keys k SET response_status = a.status, response_body = a.body
-           FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::text[]) AS a(principal, key, status, body)
-          WHERE k.principal_id = a.principal AND k.key = a.key",
+           FROM UNNEST($1::uuid[], $2::text[], $3::int2[], $4::text[], $5::uuid[])
+                AS a(principal, key, status, body, claim)
+          WHERE k.principal_id = a.principal AND k.key = a.key AND k.claim = a.claim",
     )
     .bind(&principals)
     .bind(&keys)
     .bind(&statuses)
     .bind(&bodies)
+    .bind(&tokens)
     .execute(conn)
-    .await?;
+    .await?
+    .rows_affected();
+    if stored != answers.len() as u64 {
+        // A retry took a claim over after its lease: this work lost the key.
+        return Err(sqlx::Error::RowNotFound);
+    }
     Ok(())
 }
 
@@ -221,10 +280,11 @@ pub async fn complete_all(conn: &mut PgConnection, answers: &[(Claim, Answer)]) 
 pub async fn abandon(pool: &PgPool, claim: &Claim) {
     let result = sqlx::query(
         "DELETE FROM idempotency_keys
-         WHERE principal_id = $1 AND key = $2 AND response_status IS NULL",
+         WHERE principal_id = $1 AND key = $2 AND claim = $3 AND response_status IS NULL",
     )
     .bind(claim.principal)
     .bind(&claim.key)
+    .bind(claim.token)
     .execute(pool)
     .await;
     if let Err(err) = result {

@@ -38,6 +38,19 @@ pub async fn connect_url(
     ConnectionManager::new_with_config(client, config).await
 }
 
+/// Whether a Redis error means "Redis is unreachable, restarting or failing over right now":
+/// a retry may succeed, so a request gets a 503 and an event is retried, never dead-lettered.
+/// Beyond socket failures, the client's own retry advice covers the server's words for it:
+/// `LOADING` (a restarted server reading its data), `READONLY` (a primary demoted during a
+/// failover), `MASTERDOWN`, `TRYAGAIN`, `CLUSTERDOWN`.
+pub fn is_unavailable(err: &redis::RedisError) -> bool {
+    err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || !matches!(err.retry_method(), redis::RetryMethod::NoRetry)
+}
+
 /// The namespace of every key a deployment writes: `prefix:part:part`. Tests give each run its
 /// own prefix, so parallel runs never see each other's counters.
 #[derive(Clone)]

@@ -2,19 +2,28 @@
 //!
 //! One [`Shutdown`] token per process. SIGTERM or SIGINT triggers it; readiness then answers
 //! 503, listeners stop accepting, in-flight requests finish within the grace period, background
-//! tasks watching the token stop, and `main` returns normally (exit 0).
+//! tasks (owned by the service's [`Supervisor`]) stop within what is left of it, and `main`
+//! returns normally (exit 0). A service that cannot go on — a task it cannot work without died —
+//! [`Shutdown::fail`]s instead: the same drain, then an error and a non-zero exit, so the
+//! orchestrator starts a fresh process.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::tasks::Supervisor;
+
 #[derive(Clone, Debug, Default)]
-pub struct Shutdown(CancellationToken);
+pub struct Shutdown {
+    token: CancellationToken,
+    /// Why the service failed, when it did (the first reason wins).
+    failure: Arc<OnceLock<String>>,
+}
 
 impl Shutdown {
     pub fn new() -> Self {
@@ -22,21 +31,35 @@ impl Shutdown {
     }
 
     pub fn trigger(&self) {
-        self.0.cancel();
+        self.token.cancel();
+    }
+
+    /// Stops the service because it cannot work any more: readiness answers 503 `failed`, and
+    /// the server's `run` ends with an error naming `reason`.
+    pub fn fail(&self, reason: impl Into<String>) {
+        let _ = self.failure.set(reason.into());
+        self.trigger();
+    }
+
+    /// Why the service failed, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
     }
 
     pub fn is_triggered(&self) -> bool {
-        self.0.is_cancelled()
+        self.token.is_cancelled()
     }
 
     /// Resolves once shutdown has been triggered.
     pub async fn triggered(&self) {
-        self.0.cancelled().await;
+        self.token.cancelled().await;
     }
 
     /// Triggers this token on the first SIGTERM or SIGINT.
     pub fn trigger_on_signals(&self) {
         let token = self.clone();
+        // Detached on purpose: it lives as long as the process, holds nothing and can only
+        // ever trigger the token; there is no shutdown to wait for it in.
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutdown signal received; draining");
@@ -88,6 +111,8 @@ pub struct Server {
     grace: Duration,
     /// HTTPS (and mTLS, when the config verifies clients) instead of plaintext (SEC-13).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The service's background tasks, waited for after the listener has drained.
+    tasks: Option<Supervisor>,
 }
 
 impl Server {
@@ -104,6 +129,7 @@ impl Server {
             router,
             grace,
             tls: None,
+            tasks: None,
         })
     }
 
@@ -129,17 +155,57 @@ impl Server {
         self
     }
 
+    /// Waits for `tasks` when stopping, within what is left of the grace period, and fails
+    /// `run` when the supervisor failed the service.
+    pub fn with_tasks(mut self, tasks: Supervisor) -> Self {
+        self.tasks = Some(tasks);
+        self
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown`, then lets in-flight requests finish for at most the grace period.
-    pub async fn run(self, shutdown: Shutdown) -> io::Result<()> {
+    /// Serves until `shutdown`, then lets in-flight requests finish and background tasks stop,
+    /// for at most the grace period in all. An error when the service failed
+    /// ([`Shutdown::fail`]).
+    pub async fn run(mut self, shutdown: Shutdown) -> io::Result<()> {
         let address = self.local_addr()?;
         tracing::info!(service = self.name, %address, tls = self.tls.is_some(), "listening");
-        if let Some(tls) = self.tls.clone() {
-            return self.run_tls(tls, shutdown).await;
+        let (name, grace, tasks) = (self.name, self.grace, self.tasks.take());
+        // The grace period counts from the moment shutdown starts: tasks stop while the
+        // listener drains, and together they get no more than the grace period.
+        let deadline = async {
+            shutdown.triggered().await;
+            tokio::time::Instant::now() + grace
+        };
+        let served = async {
+            let served = match self.tls.clone() {
+                Some(tls) => self.run_tls(tls, shutdown.clone()).await,
+                None => self.run_plain(shutdown.clone()).await,
+            };
+            // A listener that ended on its own ends the service: its tasks stop too.
+            shutdown.trigger();
+            served
+        };
+        let (served, deadline) = tokio::join!(served, deadline);
+        served?;
+        if let Some(tasks) = tasks
+            && !tasks.wait_until(deadline).await
+        {
+            tracing::warn!(
+                service = name,
+                "grace period over; background tasks left running"
+            );
         }
+        tracing::info!(service = name, "stopped");
+        match shutdown.failure() {
+            Some(reason) => Err(io::Error::other(format!("{name} failed: {reason}"))),
+            None => Ok(()),
+        }
+    }
+
+    async fn run_plain(self, shutdown: Shutdown) -> io::Result<()> {
         let stop = shutdown.clone();
         let serve = axum::serve(
             self.listener,
@@ -159,7 +225,6 @@ impl Server {
                     "grace period over; dropping unfinished connections");
             }
         }
-        tracing::info!(service = self.name, "stopped");
         Ok(())
     }
 
@@ -169,11 +234,13 @@ impl Server {
         let handle = axum_server::Handle::new();
         let draining = handle.clone();
         let grace = self.grace;
-        tokio::spawn(async move {
+        let drain = async {
             shutdown.triggered().await;
             draining.graceful_shutdown(Some(grace));
-        });
-        axum_server::from_tcp_rustls(
+            // Serving ends once drained; this side has nothing more to do.
+            std::future::pending::<()>().await;
+        };
+        let serve = axum_server::from_tcp_rustls(
             self.listener.into_std()?,
             axum_server::tls_rustls::RustlsConfig::from_config(tls),
         )?
@@ -181,9 +248,11 @@ impl Server {
         .serve(
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await?;
-        tracing::info!(service = self.name, "stopped");
+        );
+        tokio::select! {
+            served = serve => served?,
+            () = drain => {}
+        }
         Ok(())
     }
 }

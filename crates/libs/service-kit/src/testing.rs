@@ -48,3 +48,65 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A private `redis-server` on a free loopback port, keeping nothing on disk: for a test that
+/// stops Redis or makes it forget everything, which must never happen to the shared one (other
+/// tests run beside it). Killed when dropped.
+pub struct RedisServer {
+    port: u16,
+    process: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts the server and waits until it answers.
+    pub async fn start() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            process: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: the server is gone at once, with everything it held.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// (Re)starts the server on the same port, empty, and waits until it answers.
+    #[allow(clippy::expect_used)]
+    pub async fn restart(&mut self) {
+        self.kill();
+        let process = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server starts (installed by .ci/run)");
+        self.process = Some(process);
+        let url = secrecy::SecretString::from(self.url());
+        eventually("the private Redis to answer", || async {
+            match crate::redis::connect_url(&url, None).await {
+                Ok(mut redis) => redis::cmd("PING")
+                    .query_async::<String>(&mut redis)
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

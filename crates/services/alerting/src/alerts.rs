@@ -251,8 +251,8 @@ impl Handler for Alerter {
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
-    ) -> BoxFuture<'a, std::result::Result<(), String>> {
-        Box::pin(async move { self.apply(tx, event).await.map_err(|e| e.to_string()) })
+    ) -> BoxFuture<'a, std::result::Result<(), events::HandlerError>> {
+        Box::pin(async move { Ok(self.apply(tx, event).await?) })
     }
 
     fn wants(&self, event_type: &str) -> bool {

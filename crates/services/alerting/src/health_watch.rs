@@ -24,6 +24,7 @@ struct Health {
     announced_unhealthy: bool,
 }
 
+#[derive(Clone)]
 pub struct Watch {
     pool: PgPool,
     client: reqwest::Client,

@@ -32,7 +32,7 @@ use std::time::Duration;
 use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
 use service_kit::health::{Check, Readiness};
 use service_kit::redis::KeyPrefix;
-use service_kit::{Server, Shutdown};
+use service_kit::{Server, Shutdown, Supervisor};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
@@ -61,7 +61,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
-    let pool = service_kit::db::connect(&config.common, SCHEMA).await?;
+    let tasks = Supervisor::new(SERVICE, shutdown);
+    let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
@@ -80,16 +81,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
     let wake = Arc::new(Notify::new());
 
-    tokio::spawn(
-        Relay::new(
-            pool.clone(),
-            redis.clone(),
-            prefix.clone(),
-            SCHEMA,
-            RelaySettings::default(),
-        )
-        .run(shutdown.clone()),
+    let relay = Relay::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        SCHEMA,
+        RelaySettings::default(),
     );
+    tasks.spawn("outbox relay", move |stop| relay.clone().run(stop));
     let alerter = Arc::new(alerts::Alerter {
         default_suppress: config.default_suppress,
         wake: wake.clone(),
@@ -110,7 +109,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
             SERVICE,
             settings.clone(),
         );
-        tokio::spawn(consumer.run(alerter.clone(), shutdown.clone()));
+        let alerter = alerter.clone();
+        tasks.spawn(format!("{stream} consumer"), move |stop| {
+            consumer.clone().run(alerter.clone(), stop)
+        });
     }
     // Channels stored before encryption, or under a retired master key, are re-sealed now.
     let resealed = store::reseal_channels(&pool, &config.master_keys).await?;
@@ -128,17 +130,13 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         wake.clone(),
     )?;
     let email_enabled = notifier.email_enabled();
-    tokio::spawn(notifier.run(shutdown.clone()));
-    tokio::spawn(escalation::every(
-        pool.clone(),
-        config.escalation_interval,
-        wake.clone(),
-        shutdown.clone(),
-    ));
-    tokio::spawn(
-        health_watch::Watch::new(pool.clone(), config.watch.clone(), &config.common.tls)?
-            .run(shutdown.clone()),
-    );
+    tasks.spawn("notifier", move |stop| notifier.clone().run(stop));
+    let (escalating, interval, woken) = (pool.clone(), config.escalation_interval, wake.clone());
+    tasks.spawn("escalation", move |stop| {
+        escalation::every(escalating.clone(), interval, woken.clone(), stop)
+    });
+    let watch = health_watch::Watch::new(pool.clone(), config.watch.clone(), &config.common.tls)?;
+    tasks.spawn("health watch", move |stop| watch.clone().run(stop));
 
     let state = http::AppState {
         pool: pool.clone(),
@@ -156,9 +154,12 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         readiness,
         http::router(state),
     );
-    Server::for_service(SERVICE, &config.common, config.port, router)
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))
+    Ok(
+        Server::for_service(SERVICE, &config.common, config.port, router)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_tasks(tasks),
+    )
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

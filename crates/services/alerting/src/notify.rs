@@ -30,6 +30,7 @@ use crate::store::{self, Due};
 /// Deliveries leased per round.
 const BATCH: i64 = 32;
 
+#[derive(Clone)]
 pub struct Notifier {
     pool: PgPool,
     http: reqwest::Client,

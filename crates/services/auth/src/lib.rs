@@ -30,7 +30,7 @@ use std::time::Duration;
 use access::{JwksCache, TokenVerifier};
 use service_kit::health::{Check, Readiness};
 use service_kit::redis::KeyPrefix;
-use service_kit::{Server, Shutdown};
+use service_kit::{Server, Shutdown, Supervisor};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
@@ -72,7 +72,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 /// Connects, prepares keys and binds the listener; background tasks stop with `shutdown`.
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
-    let pool = connect(&config).await?;
+    let tasks = Supervisor::new(SERVICE, shutdown);
+    let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
@@ -94,11 +95,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         config.master_keys.clone(),
     ));
     keyring.ensure_active(config.generate_signing_key).await?;
-    tokio::spawn(
-        keyring
-            .clone()
-            .refresh_until(config.signing_key_reload, shutdown.clone()),
-    );
+    let (refreshed, reload) = (keyring.clone(), config.signing_key_reload);
+    tasks.spawn("signing key reload", move |stop| {
+        refreshed.clone().refresh_until(reload, stop)
+    });
 
     let verifier = TokenVerifier::new(
         JwksCache::new(keyring.clone()),
@@ -138,9 +138,12 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         readiness,
         http::router(state, config.trusted_proxies.clone()),
     );
-    Server::for_service(SERVICE, &config.common, config.port, router)
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))
+    Ok(
+        Server::for_service(SERVICE, &config.common, config.port, router)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_tasks(tasks),
+    )
 }
 
 /// Builds and serves until `shutdown`.

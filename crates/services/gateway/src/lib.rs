@@ -29,7 +29,7 @@ use axum::middleware::from_fn_with_state;
 use service_kit::health::{Check, Readiness};
 use service_kit::http::TrustedProxies;
 use service_kit::redis::KeyPrefix;
-use service_kit::{Server, Shutdown};
+use service_kit::{Server, Shutdown, Supervisor};
 use tower_governor::GovernorLayer;
 
 pub use config::Config;
@@ -82,6 +82,7 @@ impl FromRef<Gateway> for Arc<TokenVerifier> {
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
+    let tasks = Supervisor::new(SERVICE, shutdown);
     let redis = service_kit::redis::connect(&config.common).await?;
     let client = config
         .common
@@ -115,7 +116,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     );
     let keys = KeyPrefix::new(&config.common.redis_key_prefix);
     for upstream in upstreams.all() {
-        spawn_breaker_notices(upstream, redis.clone(), keys.clone(), shutdown.clone());
+        spawn_breaker_notices(upstream, redis.clone(), keys.clone(), &tasks);
     }
     let gateway = Gateway {
         verifier,
@@ -138,41 +139,44 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         keys.clone(),
         gateway.hub.clone(),
         Arc::new(stream::messages::Amounts::new(config.assets.clone())),
-        shutdown.clone(),
+        &tasks,
     );
 
     let ip_limits = rate_limit::ip_limiter(&config.rate_limits, config.trusted_proxies.clone())
         .ok_or(Error::RateLimits)?;
-    spawn_ip_limiter_cleanup(&ip_limits, shutdown.clone());
+    spawn_ip_limiter_cleanup(&ip_limits, &tasks);
     let limits = config.rate_limits.clone();
     let api = http::router(gateway).layer(
         GovernorLayer::new(ip_limits)
             .error_handler(move |err| rate_limit::ip_limit_response(&limits, err)),
     );
 
+    // Ready when the gateway itself can serve: an upstream that is down takes only its own
+    // routes down (503 through its breaker), so it is reported, not required — a pager that is
+    // down must not take the trading API out of rotation.
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Redis(redis))
-        .with(Check::Upstream {
+        .reporting(Check::Upstream {
             name: "auth",
             base_url: config.auth.url.clone(),
             client: client.clone(),
         })
-        .with(Check::Upstream {
+        .reporting(Check::Upstream {
             name: "orders",
             base_url: config.orders_url.clone(),
             client: client.clone(),
         })
-        .with(Check::Upstream {
+        .reporting(Check::Upstream {
             name: "settlement",
             base_url: config.settlement_url.clone(),
             client: client.clone(),
         })
-        .with(Check::Upstream {
+        .reporting(Check::Upstream {
             name: "risk",
             base_url: config.risk_url.clone(),
             client: client.clone(),
         })
-        .with(Check::Upstream {
+        .reporting(Check::Upstream {
             name: "alerting",
             base_url: config.alerting_url.clone(),
             client,
@@ -193,7 +197,8 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
             .await
             .map_err(|source| Error::Bind { address, source })?
-            .with_tls(tls),
+            .with_tls(tls)
+            .with_tasks(tasks),
     )
 }
 
@@ -204,9 +209,9 @@ fn spawn_breaker_notices(
     upstream: &resilience::Upstream,
     redis: redis::aio::ConnectionManager,
     keys: KeyPrefix,
-    shutdown: Shutdown,
+    tasks: &Supervisor,
 ) {
-    upstream.spawn_announcer(shutdown, move |transition, event_type| {
+    upstream.spawn_announcer(tasks, move |transition, event_type| {
         let (redis, keys) = (redis.clone(), keys.clone());
         async move {
             let notice = events::Envelope::new(
@@ -227,17 +232,20 @@ fn spawn_breaker_notices(
 }
 
 /// The in-memory limiter keeps a state per client address; forget the idle ones.
-fn spawn_ip_limiter_cleanup(config: &Arc<rate_limit::IpLimiterConfig>, shutdown: Shutdown) {
+fn spawn_ip_limiter_cleanup(config: &Arc<rate_limit::IpLimiterConfig>, tasks: &Supervisor) {
     let limiter = config.limiter().clone();
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {
-                    limiter.retain_recent();
-                    limiter.shrink_to_fit();
+    tasks.spawn("ip limiter cleanup", move |shutdown| {
+        let limiter = limiter.clone();
+        async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {
+                        limiter.retain_recent();
+                        limiter.shrink_to_fit();
+                    }
+                    () = shutdown.triggered() => break,
                 }
-                () = shutdown.triggered() => break,
             }
         }
     });

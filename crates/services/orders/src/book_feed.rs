@@ -12,8 +12,8 @@ use contracts::format_units;
 use matching::{Book, Level};
 use redis::aio::ConnectionManager;
 use serde::Serialize;
-use service_kit::Shutdown;
 use service_kit::redis::KeyPrefix;
+use service_kit::{Shutdown, Supervisor};
 use tokio::sync::mpsc;
 
 use crate::instruments::Instrument;
@@ -64,10 +64,11 @@ pub struct BookFeed {
 }
 
 impl BookFeed {
-    /// Starts the publisher; it stops with `shutdown`.
-    pub fn spawn(redis: ConnectionManager, keys: KeyPrefix, shutdown: Shutdown) -> Self {
+    /// Starts the publisher; it stops with the service. It owns the queue's receiving end,
+    /// so it cannot be started again: essential.
+    pub fn spawn(redis: ConnectionManager, keys: KeyPrefix, tasks: &Supervisor) -> Self {
         let (updates, receiver) = mpsc::channel(QUEUE);
-        tokio::spawn(publish(redis, keys, receiver, shutdown));
+        tasks.spawn_essential("book feed", |stop| publish(redis, keys, receiver, stop));
         Self { updates }
     }
 

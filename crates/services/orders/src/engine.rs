@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use matching::{
     AccountId, Book, Command, Event, NewOrder, OrderId, RestingOrder, SelfTradePrevention, Side,
 };
+use service_kit::Supervisor;
 use service_kit::http::RequestContext;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
@@ -97,17 +98,27 @@ pub struct Engines {
     quotes: Quotes,
     feed: BookFeed,
     tasks: Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>,
+    /// Owns the matching tasks: a task that stopped (its book could not be rebuilt, or it
+    /// panicked) is started again by the next order for its symbol.
+    supervisor: Supervisor,
 }
 
 impl Engines {
     /// `capacity`: requests that may wait per symbol; beyond it they are shed with 503.
-    pub fn new(pool: PgPool, capacity: usize, fees: Fees, feed: BookFeed) -> Self {
+    pub fn new(
+        pool: PgPool,
+        capacity: usize,
+        fees: Fees,
+        feed: BookFeed,
+        supervisor: Supervisor,
+    ) -> Self {
         Self {
             pool,
             capacity,
             fees,
             quotes: Quotes::default(),
             feed,
+            supervisor,
             tasks: Arc::default(),
         }
     }
@@ -123,14 +134,17 @@ impl Engines {
             return Ok(sender.clone());
         }
         let (sender, receiver) = mpsc::channel(self.capacity);
-        tokio::spawn(run(
-            self.pool.clone(),
-            instrument.clone(),
-            self.fees,
-            self.quotes.clone(),
-            self.feed.clone(),
-            receiver,
-        ));
+        self.supervisor.spawn_tracked(
+            format!("matching:{}", instrument.symbol),
+            run(
+                self.pool.clone(),
+                instrument.clone(),
+                self.fees,
+                self.quotes.clone(),
+                self.feed.clone(),
+                receiver,
+            ),
+        );
         tasks.insert(instrument.symbol.clone(), sender.clone());
         Ok(sender)
     }

@@ -59,9 +59,25 @@ impl IntoResponse for Error {
             Error::Database(ref err) if service_kit::db::is_unavailable(err) => {
                 Problem::dependency_unavailable("database", err)
             }
+            Error::Events(ref err) if err.is_transient() => {
+                Problem::dependency_unavailable("events", err)
+            }
             other => Problem::unexpected(&other),
         };
         problem.into_response()
+    }
+}
+
+/// For the `risk` stream consumer (kill switches): a database away or a full matching queue is
+/// worth waiting for; anything else is the event's fault.
+impl From<Error> for events::HandlerError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Database(err) => err.into(),
+            Error::Events(err) => err.into(),
+            Error::Overloaded => events::HandlerError::transient(err),
+            other => events::HandlerError::permanent(other),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! what is already open in it. Consumed from the `risk` stream; cancelling is idempotent (an
 //! order cancelled twice is cancelled once), so a redelivered switch does no harm.
 
-use events::{Envelope, Handler};
+use events::{Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use sqlx::PgConnection;
@@ -20,37 +20,29 @@ impl MassCancel {
         Self { engines }
     }
 
-    async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), String> {
-        let switch: Activated = serde_json::from_value(event.payload.clone())
-            .map_err(|e| format!("KillSwitchActivated payload: {e}"))?;
+    async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+        let switch: Activated = event.payload_as()?;
         let (account, symbol) = match (switch.scope.as_str(), switch.target.as_deref()) {
             ("global", _) => (None, None),
             ("account", Some(target)) => (
-                Some(target.parse::<Uuid>().map_err(|e| e.to_string())?),
+                Some(target.parse::<Uuid>().map_err(HandlerError::permanent)?),
                 None,
             ),
             ("symbol", Some(target)) => (None, Some(target)),
             _ => {
-                return Err(format!(
+                return Err(HandlerError::permanent(format!(
                     "kill switch scope {:?} without target",
                     switch.scope
-                ));
+                )));
             }
         };
-        let owners = store::open_order_owners(&mut *tx, account, symbol)
-            .await
-            .map_err(|e| e.to_string())?;
+        let owners = store::open_order_owners(&mut *tx, account, symbol).await?;
         let mut cancelled = 0;
         for (symbol, account) in owners {
             let instrument = store::instrument(&mut *tx, &symbol)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no instrument {symbol}"))?;
-            cancelled += self
-                .engines
-                .cancel_account(&instrument, account)
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?
+                .ok_or_else(|| HandlerError::permanent(format!("no instrument {symbol}")))?;
+            cancelled += self.engines.cancel_account(&instrument, account).await?;
         }
         tracing::warn!(kill_switch = %switch.kill_switch_id, cancelled, "kill switch: open orders cancelled");
         Ok(())
@@ -62,7 +54,7 @@ impl Handler for MassCancel {
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(self.apply(tx, event))
     }
 

@@ -32,7 +32,7 @@ use std::time::Duration;
 use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
 use service_kit::health::{Check, Readiness};
 use service_kit::redis::KeyPrefix;
-use service_kit::{Server, Shutdown};
+use service_kit::{Server, Shutdown, Supervisor};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
@@ -61,7 +61,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
-    let pool = service_kit::db::connect(&config.common, SCHEMA).await?;
+    let tasks = Supervisor::new(SERVICE, shutdown);
+    let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
@@ -88,13 +89,19 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         SCHEMA,
         RelaySettings::default(),
     );
-    tokio::spawn(relay.run(shutdown.clone()));
+    tasks.spawn("outbox relay", move |stop| relay.clone().run(stop));
     let feed = book_feed::BookFeed::spawn(
         redis.clone(),
         KeyPrefix::new(&config.common.redis_key_prefix),
-        shutdown.clone(),
+        &tasks,
     );
-    let engines = engine::Engines::new(pool.clone(), config.queue_capacity, config.fees, feed);
+    let engines = engine::Engines::new(
+        pool.clone(),
+        config.queue_capacity,
+        config.fees,
+        feed,
+        tasks.clone(),
+    );
     // Kill switches from risk cancel what is open in their scope (TRD-11).
     let kill_switches = Consumer::new(
         pool.clone(),
@@ -106,10 +113,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         SERVICE,
         ConsumerSettings::default(),
     );
-    tokio::spawn(kill_switches.run(
-        Arc::new(kill_switches::MassCancel::new(engines.clone())),
-        shutdown.clone(),
-    ));
+    let mass_cancel = Arc::new(kill_switches::MassCancel::new(engines.clone()));
+    tasks.spawn("risk consumer", move |stop| {
+        kill_switches.clone().run(mass_cancel.clone(), stop)
+    });
 
     // Service tokens come from auth; settlement's holds are called with them (SEC-14).
     let tokens = Arc::new(
@@ -138,7 +145,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     )
     .map_err(Error::Internal)?;
     for upstream in [&risk, &settlement] {
-        spawn_breaker_notices(upstream, pool.clone(), shutdown.clone());
+        spawn_breaker_notices(upstream, pool.clone(), &tasks);
     }
 
     let state = http::AppState {
@@ -151,10 +158,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         market_protection_bps: config.market_protection_bps,
         fees: config.fees,
     };
-    tokio::spawn(service_kit::idempotency::purge_every_hour(
-        pool.clone(),
-        shutdown.clone(),
-    ));
+    let purged = pool.clone();
+    tasks.spawn("idempotency purge", move |stop| {
+        service_kit::idempotency::purge_every_hour(purged.clone(), stop)
+    });
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Postgres(pool))
         .with(Check::Redis(redis));
@@ -164,15 +171,18 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         readiness,
         http::router(state),
     );
-    Server::for_service(SERVICE, &config.common, config.port, router)
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))
+    Ok(
+        Server::for_service(SERVICE, &config.common, config.port, router)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_tasks(tasks),
+    )
 }
 
 /// Each transition of the breaker in front of settlement becomes `CircuitBreakerOpened` /
 /// `CircuitBreakerClosed` on the ops stream, through the outbox (alerting pages on it).
-fn spawn_breaker_notices(upstream: &resilience::Upstream, pool: PgPool, shutdown: Shutdown) {
-    upstream.spawn_announcer(shutdown, move |transition, event_type| {
+fn spawn_breaker_notices(upstream: &resilience::Upstream, pool: PgPool, tasks: &Supervisor) {
+    upstream.spawn_announcer(tasks, move |transition, event_type| {
         let pool = pool.clone();
         async move {
             let event = events::Envelope::new(

@@ -39,9 +39,24 @@ impl IntoResponse for Error {
             Error::Database(ref err) if service_kit::db::is_unavailable(err) => {
                 Problem::dependency_unavailable("database", err)
             }
+            Error::Events(ref err) if err.is_transient() => {
+                Problem::dependency_unavailable("events", err)
+            }
             other => Problem::unexpected(&other),
         };
         problem.into_response()
+    }
+}
+
+/// For the `orders` stream consumer: a database away is worth waiting for, anything else is
+/// the event's fault.
+impl From<Error> for events::HandlerError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Database(err) => err.into(),
+            Error::Events(err) => err.into(),
+            other => events::HandlerError::permanent(other),
+        }
     }
 }
 

@@ -28,7 +28,7 @@ use access::Verifiers;
 use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
 use service_kit::health::{Check, Readiness};
 use service_kit::redis::KeyPrefix;
-use service_kit::{Server, Shutdown};
+use service_kit::{Server, Shutdown, Supervisor};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
@@ -75,7 +75,8 @@ pub async fn load_book(pool: &PgPool, config: &Config) -> Result<book::Book, Err
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
-    let pool = service_kit::db::connect(&config.common, SCHEMA).await?;
+    let tasks = Supervisor::new(SERVICE, shutdown);
+    let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
@@ -94,16 +95,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let Verifiers { users, services } = Verifiers::from_auth(&client, &config.auth, SERVICE);
 
     let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
-    tokio::spawn(
-        Relay::new(
-            pool.clone(),
-            redis.clone(),
-            prefix.clone(),
-            SCHEMA,
-            RelaySettings::default(),
-        )
-        .run(shutdown.clone()),
+    let relay = Relay::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        SCHEMA,
+        RelaySettings::default(),
     );
+    tasks.spawn("outbox relay", move |stop| relay.clone().run(stop));
     let consumer = Consumer::new(
         pool.clone(),
         events::consumer::own_connection(&config.common).await?,
@@ -114,10 +113,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         SERVICE,
         ConsumerSettings::default(),
     );
-    tokio::spawn(consumer.run(
-        Arc::new(project::Projector::new(book.clone(), &config.assets)),
-        shutdown.clone(),
-    ));
+    let projector = Arc::new(project::Projector::new(book.clone(), &config.assets));
+    tasks.spawn("orders consumer", move |stop| {
+        consumer.clone().run(projector.clone(), stop)
+    });
 
     let state = http::AppState {
         pool: pool.clone(),
@@ -135,9 +134,12 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         readiness,
         http::router(state),
     );
-    Server::for_service(SERVICE, &config.common, config.port, router)
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))
+    Ok(
+        Server::for_service(SERVICE, &config.common, config.port, router)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_tasks(tasks),
+    )
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use contracts::events::{OrderAccepted, OrderEnded, TradeExecuted};
-use events::{Envelope, Handler};
+use events::{Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
@@ -39,13 +39,17 @@ impl Projector {
         }
     }
 
-    async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<Vec<Change>, String> {
-        let fail = |e: crate::Error| e.to_string();
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &Envelope,
+    ) -> Result<Vec<Change>, HandlerError> {
+        let unknown_side = || HandlerError::permanent("unknown side");
         let mut changes = Vec::new();
         match event.event_type.as_str() {
             "OrderAccepted" => {
                 let accepted: OrderAccepted = event.payload_as()?;
-                let side = Side::parse(&accepted.side).ok_or("unknown side")?;
+                let side = Side::parse(&accepted.side).ok_or_else(unknown_side)?;
                 store::open_order(
                     tx,
                     accepted.order_id,
@@ -54,8 +58,7 @@ impl Projector {
                     side,
                     accepted.quantity,
                 )
-                .await
-                .map_err(fail)?;
+                .await?;
                 changes.push(Change::Opened {
                     order: accepted.order_id,
                     account: accepted.account_id,
@@ -67,17 +70,16 @@ impl Projector {
             "OrderCompleted" | "OrderCancelled" | "OrderRejected" => {
                 let ended: OrderEnded = event.payload_as()?;
                 if let Some(order) = ended.order_id {
-                    store::end_order(tx, order).await.map_err(fail)?;
+                    store::end_order(tx, order).await?;
                     changes.push(Change::Ended { order });
                 }
             }
             "TradeExecuted" => {
                 let trade: TradeExecuted = event.payload_as()?;
-                let base_scale = *self
-                    .scales
-                    .get(&trade.base_asset)
-                    .ok_or_else(|| format!("unknown asset {}", trade.base_asset))?;
-                let taker_side = Side::parse(&trade.taker_side).ok_or("unknown side")?;
+                let base_scale = *self.scales.get(&trade.base_asset).ok_or_else(|| {
+                    HandlerError::permanent(format!("unknown asset {}", trade.base_asset))
+                })?;
+                let taker_side = Side::parse(&trade.taker_side).ok_or_else(unknown_side)?;
                 let maker_side = match taker_side {
                     Side::Buy => Side::Sell,
                     Side::Sell => Side::Buy,
@@ -86,15 +88,12 @@ impl Projector {
                     (trade.maker_order_id, trade.maker_account_id, maker_side),
                     (trade.taker_order_id, trade.taker_account_id, taker_side),
                 ] {
-                    if let Some(remaining) = store::fill_open_order(tx, order, trade.quantity)
-                        .await
-                        .map_err(fail)?
+                    if let Some(remaining) =
+                        store::fill_open_order(tx, order, trade.quantity).await?
                     {
                         changes.push(Change::Remaining { order, remaining });
                     }
-                    let before = store::position_for_update(tx, account, &trade.symbol)
-                        .await
-                        .map_err(fail)?;
+                    let before = store::position_for_update(tx, account, &trade.symbol).await?;
                     let position = before.fill(side, trade.price, trade.quantity, base_scale);
                     store::put_position(
                         tx,
@@ -103,8 +102,7 @@ impl Projector {
                         (&trade.base_asset, &trade.quote_asset),
                         position,
                     )
-                    .await
-                    .map_err(fail)?;
+                    .await?;
                     self.announce_breach(tx, event, account, &trade, position, base_scale)
                         .await?;
                     changes.push(Change::Position {
@@ -113,9 +111,7 @@ impl Projector {
                         position,
                     });
                 }
-                store::put_last_price(tx, &trade.symbol, trade.price)
-                    .await
-                    .map_err(fail)?;
+                store::put_last_price(tx, &trade.symbol, trade.price).await?;
                 changes.push(Change::LastPrice {
                     symbol: trade.symbol,
                     price: trade.price,
@@ -136,11 +132,11 @@ impl Projector {
         trade: &TradeExecuted,
         position: crate::positions::Position,
         base_scale: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), HandlerError> {
         let limits = self
             .book
             .lock()
-            .map_err(|_| "risk book poisoned")?
+            .map_err(|_| HandlerError::permanent("risk book poisoned"))?
             .limits_of(account);
         let Some(limits) = limits else {
             return Ok(());
@@ -165,9 +161,7 @@ impl Projector {
             }),
         )
         .caused_by(cause);
-        events::outbox::append(tx, crate::STREAM, &event)
-            .await
-            .map_err(|e| e.to_string())?;
+        events::outbox::append(tx, crate::STREAM, &event).await?;
         metrics::counter!("risk_limit_breaches_total", "limit" => "max_position").increment(1);
         Ok(())
     }
@@ -178,7 +172,7 @@ impl Handler for Projector {
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let changes = self.apply(tx, event).await?;
             if let Ok(mut pending) = self.pending.lock() {

@@ -70,10 +70,11 @@ pub struct Holds {
 
 impl Holds {
     /// The writer runs until the last `Holds` is dropped (the server has drained), so a
-    /// shutdown never fails a hold that was already asked for.
-    pub fn start(pool: PgPool) -> Self {
+    /// shutdown never fails a hold that was already asked for. Settlement cannot place holds
+    /// without it, and its queue cannot be handed to another: it is essential.
+    pub fn start(pool: PgPool, tasks: &service_kit::Supervisor) -> Self {
         let (jobs, receiver) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_holds(pool, receiver));
+        tasks.spawn_essential("hold writer", |_| write_holds(pool, receiver));
         Self { jobs }
     }
 

@@ -31,7 +31,7 @@ use access::Verifiers;
 use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
 use service_kit::health::{Check, Readiness};
 use service_kit::redis::KeyPrefix;
-use service_kit::{Server, Shutdown};
+use service_kit::{Server, Shutdown, Supervisor};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
@@ -64,7 +64,8 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
-    let pool = service_kit::db::connect(&config.common, SCHEMA).await?;
+    let tasks = Supervisor::new(SERVICE, shutdown);
+    let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
@@ -90,7 +91,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         SCHEMA,
         RelaySettings::default(),
     );
-    tokio::spawn(relay.run(shutdown.clone()));
+    tasks.spawn("outbox relay", move |stop| relay.clone().run(stop));
     let consumer = Consumer::new(
         pool.clone(),
         events::consumer::own_connection(&config.common).await?,
@@ -106,10 +107,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
             ..ConsumerSettings::default()
         },
     );
-    tokio::spawn(consumer.run(
-        Arc::new(settle::Settler::new(config.fees, &config.assets)),
-        shutdown.clone(),
-    ));
+    let settler = Arc::new(settle::Settler::new(config.fees, &config.assets));
+    tasks.spawn("orders consumer", move |stop| {
+        consumer.clone().run(settler.clone(), stop)
+    });
     // Reconciliation asks orders for its executed trades, with a service token from auth.
     let tokens = Arc::new(
         resilience::TokenSource::from_auth(
@@ -133,15 +134,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         orders,
         grace: config.reconciliation_grace,
     });
-    tokio::spawn(
-        reconciler
-            .clone()
-            .every(config.reconciliation_interval, shutdown.clone()),
-    );
-    tokio::spawn(service_kit::idempotency::purge_every_hour(
-        pool.clone(),
-        shutdown.clone(),
-    ));
+    let (periodic, interval) = (reconciler.clone(), config.reconciliation_interval);
+    tasks.spawn("reconciliation", move |stop| {
+        periodic.clone().every(interval, stop)
+    });
+    let purged = pool.clone();
+    tasks.spawn("idempotency purge", move |stop| {
+        service_kit::idempotency::purge_every_hour(purged.clone(), stop)
+    });
 
     let state = http::AppState {
         pool: pool.clone(),
@@ -149,7 +149,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         services,
         assets: Arc::new(config.assets.clone()),
         fees: config.fees,
-        holds: holds::Holds::start(pool.clone()),
+        holds: holds::Holds::start(pool.clone(), &tasks),
         reconciler,
     };
     let readiness = Readiness::new(shutdown.clone())
@@ -161,9 +161,12 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         readiness,
         http::router(state),
     );
-    Server::for_service(SERVICE, &config.common, config.port, router)
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))
+    Ok(
+        Server::for_service(SERVICE, &config.common, config.port, router)
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))?
+            .with_tasks(tasks),
+    )
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use contracts::Asset;
 use contracts::events::{OrderAccepted, OrderEnded, TradeExecuted};
-use events::{Envelope, Handler};
+use events::{Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 use time::OffsetDateTime;
@@ -42,16 +42,14 @@ impl Settler {
         }
     }
 
-    async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), String> {
+    async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
         match event.event_type.as_str() {
             "TradeExecuted" => self.trade(tx, event).await,
             // The order behind a hold reached the book (reconciliation looks for holds whose
             // order never did).
             "OrderAccepted" => {
                 let accepted: OrderAccepted = event.payload_as()?;
-                store::mark_accepted(tx, accepted.order_id)
-                    .await
-                    .map_err(|e| e.to_string())
+                Ok(store::mark_accepted(tx, accepted.order_id).await?)
             }
             // An ended order releases what is left of its hold: everything filled
             // (completed), all but `remaining` (cancelled) or nothing (rejected after its hold).
@@ -71,12 +69,11 @@ impl Settler {
         }
     }
 
-    async fn trade(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), String> {
+    async fn trade(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
         let executed: TradeExecuted = event.payload_as()?;
-        let base_scale = *self
-            .scales
-            .get(&executed.base_asset)
-            .ok_or_else(|| format!("unknown asset {}", executed.base_asset))?;
+        let base_scale = *self.scales.get(&executed.base_asset).ok_or_else(|| {
+            HandlerError::permanent(format!("unknown asset {}", executed.base_asset))
+        })?;
         let buyer_is_taker = executed.taker_side == "buy";
         let (buyer, buy_order, seller, sell_order) = if buyer_is_taker {
             (
@@ -106,7 +103,7 @@ impl Settler {
             sell_order,
             buyer_is_taker,
         };
-        let settled = ledger::settle(&trade, self.fees).map_err(|e| e.to_string())?;
+        let settled = ledger::settle(&trade, self.fees).map_err(HandlerError::permanent)?;
         let fresh = store::record_settled(
             &mut *tx,
             &SettledTrade {
@@ -118,8 +115,7 @@ impl Settler {
                 executed_at: event.occurred_at,
             },
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
         if !fresh {
             // Settled already (the inbox is per consumer; this guards the ledger itself).
             return Ok(());
@@ -127,11 +123,11 @@ impl Settler {
         store::apply(&mut *tx, &settled.plan, None)
             .await
             .map_err(|e| match e {
-                Error::HoldNotPending(hold) => format!(
+                Error::HoldNotPending(hold) => HandlerError::permanent(format!(
                     "trade {} posts to hold {hold}, which is not pending",
                     trade.id
-                ),
-                other => format!("trade {}: {other}", trade.id),
+                )),
+                other => other.into(),
             })?;
         let notice = Envelope::new(
             crate::SERVICE,
@@ -149,9 +145,7 @@ impl Settler {
             }),
         )
         .caused_by(event);
-        events::outbox::append(&mut *tx, crate::STREAM, &notice)
-            .await
-            .map_err(|e| e.to_string())?;
+        events::outbox::append(&mut *tx, crate::STREAM, &notice).await?;
         let finality = (OffsetDateTime::now_utc() - event.occurred_at).as_seconds_f64();
         metrics::histogram!("settlement_finality_seconds").record(finality.max(0.0));
         metrics::counter!("settlement_trades_settled_total").increment(1);
@@ -164,7 +158,7 @@ impl Handler for Settler {
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(self.apply(tx, event))
     }
 
@@ -183,10 +177,8 @@ enum Fill {
 /// Releases the rest of an ended order's hold — once every trade of the order has settled.
 /// If one has not (its event failed and waits for a retry), this fails too and is retried
 /// later, so the hold is never released under a trade that still has to post from it.
-async fn release(tx: &mut PgConnection, order: Uuid, fill: Fill) -> Result<(), String> {
-    let hold = store::hold_by_id(&mut *tx, order)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn release(tx: &mut PgConnection, order: Uuid, fill: Fill) -> Result<(), HandlerError> {
+    let hold = store::hold_by_id(&mut *tx, order).await?;
     let Some(hold) = hold else {
         tracing::debug!(%order, "no hold for this order; nothing to release");
         return Ok(());
@@ -196,18 +188,17 @@ async fn release(tx: &mut PgConnection, order: Uuid, fill: Fill) -> Result<(), S
         Fill::AllBut(remaining) => hold.quantity - remaining,
         Fill::None => 0,
     };
-    match store::release_hold(&mut *tx, order, Some(expected))
-        .await
-        .map_err(|e| e.to_string())?
-    {
+    match store::release_hold(&mut *tx, order, Some(expected)).await? {
         Released::Resolved { amount, status } => {
             tracing::debug!(%order, amount, %status, "hold resolved");
             metrics::counter!("settlement_holds_resolved_total", "status" => status).increment(1);
             Ok(())
         }
         Released::AlreadyResolved | Released::Unknown => Ok(()),
-        Released::Unsettled { filled, expected } => Err(format!(
+        // Permanent as it stands, but only until the trade settles: the entry is tried again
+        // (a few times) before it is dead-lettered.
+        Released::Unsettled { filled, expected } => Err(HandlerError::permanent(format!(
             "order {order} ended with {expected} filled but {filled} has settled; retrying later"
-        )),
+        ))),
     }
 }

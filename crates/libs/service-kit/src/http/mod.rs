@@ -34,7 +34,7 @@ pub fn service_router(
     readiness: Readiness,
     api: Router,
 ) -> Router {
-    api.merge(health::router(readiness))
+    api.merge(health::router(readiness.named(service)))
         .merge(crate::metrics::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

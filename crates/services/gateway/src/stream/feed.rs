@@ -12,8 +12,8 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamReadOptions, StreamReadReply};
-use service_kit::Shutdown;
 use service_kit::redis::KeyPrefix;
+use service_kit::{Shutdown, Supervisor};
 
 use super::hub::Hub;
 use super::messages::{Amounts, translate};
@@ -30,10 +30,18 @@ pub fn spawn(
     keys: KeyPrefix,
     hub: Arc<Hub>,
     amounts: Arc<Amounts>,
-    shutdown: Shutdown,
+    tasks: &Supervisor,
 ) {
-    let streams = SOURCES.iter().map(|s| keys.stream(s)).collect();
-    tokio::spawn(read(redis, streams, hub, amounts, shutdown));
+    let streams: Vec<String> = SOURCES.iter().map(|s| keys.stream(s)).collect();
+    tasks.spawn("stream feed", move |shutdown| {
+        read(
+            redis.clone(),
+            streams.clone(),
+            hub.clone(),
+            amounts.clone(),
+            shutdown,
+        )
+    });
 }
 
 /// The newest entry id of `key` ("0-0" for an empty or missing stream).

@@ -1,0 +1,334 @@
+//! Background tasks, owned (REL-02, REL-11).
+//!
+//! Every task a service runs beside its listener — outbox relays, stream consumers, notifiers,
+//! matching tasks — is spawned through the service's [`Supervisor`], never with a bare
+//! `tokio::spawn` whose handle is dropped. A dropped handle hides a dead task: the process
+//! still says it is ready while its events pile up unread. Under the supervisor:
+//!
+//! - a task that can simply start again ([`Supervisor::spawn`]) is restarted, with full-jitter
+//!   backoff, whenever it ends or panics before shutdown — counted in
+//!   `service_task_restarts_total{service,task}` and logged;
+//! - a task the service cannot work without and cannot restart, because it owns what would be
+//!   lost ([`Supervisor::spawn_essential`]: the receiving end of a channel), fails the service
+//!   when it ends or panics: readiness answers 503, the service drains and stops, the process
+//!   exits non-zero, and the orchestrator starts a fresh one;
+//! - a task whose owner starts it again when next needed ([`Supervisor::spawn_tracked`]: a
+//!   symbol's matching task, started again by the next order) is only tracked, its panic
+//!   logged and counted (`service_task_panics_total{service,task}`);
+//! - at shutdown the server waits for every task, within the grace period.
+//!
+//! Tasks stop by watching the service's [`Shutdown`], which they are handed, or when their
+//! channel closes; the supervisor never aborts them, so a task is never cut off halfway
+//! through a transaction it could have finished.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures_util::FutureExt as _;
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use crate::Shutdown;
+use crate::backoff::Backoff;
+
+/// The backoff between two starts of a task that keeps ending.
+const RESTART_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(100),
+    cap: Duration::from_secs(10),
+};
+
+/// The owner of one service's background tasks.
+#[derive(Clone, Debug)]
+pub struct Supervisor {
+    service: &'static str,
+    tracker: TaskTracker,
+    shutdown: Shutdown,
+    backoff: Backoff,
+}
+
+/// How a task's run ended.
+enum Ended {
+    Returned,
+    Panicked(String),
+}
+
+impl Supervisor {
+    /// The supervisor of `service`, whose tasks stop on `shutdown` (the service's token).
+    pub fn new(service: &'static str, shutdown: &Shutdown) -> Self {
+        Self {
+            service,
+            tracker: TaskTracker::new(),
+            shutdown: shutdown.clone(),
+            backoff: RESTART_BACKOFF,
+        }
+    }
+
+    /// Restarts after `backoff` instead of the default (tests restart quickly).
+    pub fn with_backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Runs the future `task` makes, handed the service's shutdown, for the life of the
+    /// service: whenever it ends or panics before shutdown, a new one is made and run after a
+    /// backoff.
+    pub fn spawn<F, Fut>(&self, name: impl Into<String>, mut task: F)
+    where
+        F: FnMut(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (service, name, shutdown, backoff) = (
+            self.service,
+            name.into(),
+            self.shutdown.clone(),
+            self.backoff,
+        );
+        self.tracker.spawn(async move {
+            let mut restarts: u32 = 0;
+            loop {
+                let ended = run_caught(task(shutdown.clone())).await;
+                if shutdown.is_triggered() {
+                    return;
+                }
+                report(service, &name, &ended, "restarting it");
+                metrics::counter!("service_task_restarts_total", "service" => service, "task" => name.clone())
+                    .increment(1);
+                tokio::select! {
+                    () = shutdown.triggered() => return,
+                    () = tokio::time::sleep(backoff.delay(restarts)) => {}
+                }
+                restarts = restarts.saturating_add(1);
+            }
+        });
+    }
+
+    /// Runs the future `task` makes, handed the service's shutdown; the service cannot work
+    /// without it and it cannot be started again: if it ends or panics before shutdown, the
+    /// service fails ([`Shutdown::fail`]).
+    pub fn spawn_essential<F, Fut>(&self, name: impl Into<String>, task: F)
+    where
+        F: FnOnce(Shutdown) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (service, name, shutdown) = (self.service, name.into(), self.shutdown.clone());
+        let task = task(shutdown.clone());
+        self.tracker.spawn(async move {
+            let ended = run_caught(task).await;
+            if shutdown.is_triggered() {
+                return;
+            }
+            report(
+                service,
+                &name,
+                &ended,
+                "the service cannot go on without it",
+            );
+            shutdown.fail(format!("essential task {name} stopped"));
+        });
+    }
+
+    /// Runs `task` once, tracked: for a task its owner starts again when it is next needed.
+    /// It ends by itself (its channel closes); a panic is logged and counted, nothing more.
+    pub fn spawn_tracked<Fut>(&self, name: impl Into<String>, task: Fut)
+    where
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (service, name) = (self.service, name.into());
+        self.tracker.spawn(async move {
+            if let Ended::Panicked(message) = run_caught(task).await {
+                tracing::error!(service, task = name, panic = %message,
+                    "background task panicked; its owner starts it again when needed");
+                metrics::counter!("service_task_panics_total", "service" => service, "task" => name)
+                    .increment(1);
+            }
+        });
+    }
+
+    /// Waits until every task has ended, or `deadline`; `false` if some were still running.
+    /// Call it once shutdown has been triggered: tasks end by watching it.
+    pub async fn wait_until(&self, deadline: Instant) -> bool {
+        self.tracker.close();
+        tokio::time::timeout_at(deadline, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    /// How many tasks are running.
+    pub fn running(&self) -> usize {
+        self.tracker.len()
+    }
+
+    /// The service's shutdown, which its tasks watch.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+}
+
+async fn run_caught(task: impl Future<Output = ()>) -> Ended {
+    match AssertUnwindSafe(task).catch_unwind().await {
+        Ok(()) => Ended::Returned,
+        Err(panic) => Ended::Panicked(
+            panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".to_owned()),
+        ),
+    }
+}
+
+fn report(service: &'static str, name: &str, ended: &Ended, then: &str) {
+    match ended {
+        Ended::Returned => {
+            tracing::error!(
+                service,
+                task = name,
+                "background task ended unexpectedly; {then}"
+            );
+        }
+        Ended::Panicked(message) => {
+            tracing::error!(service, task = name, panic = %message, "background task panicked; {then}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn supervisor(shutdown: &Shutdown) -> Supervisor {
+        Supervisor::new("test", shutdown).with_backoff(Backoff {
+            base: Duration::from_millis(1),
+            cap: Duration::from_millis(5),
+        })
+    }
+
+    /// A task that counts its starts, ends at once for its first two (panicking when
+    /// `panics`), then runs until shutdown; the third start is signalled.
+    fn flaky(
+        runs: Arc<AtomicUsize>,
+        panics: bool,
+        third: Arc<tokio::sync::Notify>,
+    ) -> impl FnMut(Shutdown) -> futures_util::future::BoxFuture<'static, ()> {
+        move |shutdown| {
+            let (runs, third) = (runs.clone(), third.clone());
+            Box::pin(async move {
+                let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                if run < 3 {
+                    if panics {
+                        panic!("run {run} fails");
+                    }
+                    return;
+                }
+                third.notify_one();
+                shutdown.triggered().await;
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_is_started_again_until_shutdown() {
+        let shutdown = Shutdown::new();
+        let tasks = supervisor(&shutdown);
+        let (runs, third) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        tasks.spawn("flaky", flaky(runs.clone(), false, third.clone()));
+        third.notified().await;
+        shutdown.trigger();
+        assert!(
+            tasks
+                .wait_until(Instant::now() + Duration::from_secs(5))
+                .await
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert!(
+            shutdown.failure().is_none(),
+            "a restartable task fails nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_is_started_again() {
+        let shutdown = Shutdown::new();
+        let tasks = supervisor(&shutdown);
+        let (runs, third) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        tasks.spawn("panicky", flaky(runs.clone(), true, third.clone()));
+        third.notified().await;
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert!(!shutdown.is_triggered());
+        shutdown.trigger();
+        assert!(
+            tasks
+                .wait_until(Instant::now() + Duration::from_secs(5))
+                .await
+        );
+    }
+
+    #[tokio::test]
+    async fn an_essential_task_that_dies_fails_the_service() {
+        let shutdown = Shutdown::new();
+        let tasks = supervisor(&shutdown);
+        tasks.spawn_essential("hold writer", |_| async { panic!("ledger corrupted") });
+        shutdown.triggered().await;
+        assert_eq!(
+            shutdown.failure(),
+            Some("essential task hold writer stopped")
+        );
+        assert!(
+            tasks
+                .wait_until(Instant::now() + Duration::from_secs(5))
+                .await
+        );
+    }
+
+    #[tokio::test]
+    async fn tasks_that_end_at_shutdown_are_not_failures() {
+        let shutdown = Shutdown::new();
+        let tasks = supervisor(&shutdown);
+        tasks.spawn_essential("relay", |stop| async move { stop.triggered().await });
+        shutdown.trigger();
+        assert!(
+            tasks
+                .wait_until(Instant::now() + Duration::from_secs(5))
+                .await
+        );
+        assert!(shutdown.failure().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_tracked_task_that_panics_fails_nothing() {
+        let shutdown = Shutdown::new();
+        let tasks = supervisor(&shutdown);
+        tasks.spawn_tracked("matching:BTC-USD", async { panic!("book corrupted") });
+        shutdown.trigger();
+        assert!(
+            tasks
+                .wait_until(Instant::now() + Duration::from_secs(5))
+                .await
+        );
+        assert!(shutdown.failure().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_gives_up_at_the_deadline_on_a_task_that_ignores_shutdown() {
+        let shutdown = Shutdown::new();
+        let tasks = supervisor(&shutdown);
+        tasks.spawn_essential("stubborn", |_| std::future::pending());
+        shutdown.trigger();
+        assert!(
+            !tasks
+                .wait_until(Instant::now() + Duration::from_secs(1))
+                .await
+        );
+        assert_eq!(tasks.running(), 1);
+    }
+}
