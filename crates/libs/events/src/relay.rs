@@ -12,6 +12,7 @@
 //!   promoted before it received the last writes has an older one. Either way the script adds
 //!   nothing, and the relay marks every published-but-unconfirmed row unpublished again and
 //!   carries on — so the lost events go out again *before* anything newer, in outbox order.
+//!   An idle relay checks the marker every `confirm_interval` too.
 //! - Every second the relay reads each stream's groups (`XINFO GROUPS`, `XPENDING`): rows below
 //!   the slowest group's first unacknowledged entry are confirmed, and the stream is trimmed
 //!   up to there (`XTRIM MINID`, exact) — never past an entry some group has not acknowledged. Entries
@@ -190,6 +191,7 @@ impl Relay {
             let published = self.publish_batch(&mut marker).await?;
             self.record_lag().await?;
             if last_confirm.elapsed() >= self.settings.confirm_interval {
+                self.check_marker(&mut marker).await?;
                 self.confirm_and_trim().await?;
                 last_confirm = tokio::time::Instant::now();
             }
@@ -280,6 +282,22 @@ impl Relay {
         metrics::counter!("outbox_published_total", "schema" => self.schema)
             .increment(count.unsigned_abs());
         Ok(count)
+    }
+
+    /// An idle relay publishes nothing, so it also looks at the marker on its own: a broker
+    /// that forgot is found even when no new event comes to find it.
+    async fn check_marker(&self, marker: &mut String) -> Result<(), Error> {
+        let mut redis = self.redis.clone();
+        let held: Option<String> = redis.get(self.marker_key()).await?;
+        if held.as_deref().unwrap_or_default() != marker.as_str() {
+            let lost = redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the stream marker is gone or behind",
+                format!("held {held:?}, expected {marker:?}"),
+            ));
+            *marker = self.republish_unconfirmed(&lost).await?;
+        }
+        Ok(())
     }
 
     /// The broker lost entries of this schema: every published row no group had confirmed is

@@ -110,3 +110,135 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// A private PostgreSQL cluster (`initdb` + `pg_ctl` from the machine's packages) on a free
+/// loopback port, trusting local connections: for a test that stops the database, which must
+/// never happen to the shared server (other tests run beside it). Stopped and removed when
+/// dropped. As root (CI), the server runs as the `postgres` user, as PostgreSQL requires.
+pub struct PgCluster {
+    port: u16,
+    dir: std::path::PathBuf,
+    running: bool,
+}
+
+impl PgCluster {
+    /// Creates the cluster and starts it.
+    #[allow(clippy::expect_used)]
+    pub async fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("bourse-pg-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("a directory for the cluster");
+        let cluster = Self {
+            port: free_port(),
+            dir,
+            running: false,
+        };
+        if is_root() {
+            run(std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&cluster.dir));
+        }
+        run(cluster
+            .as_server_user(&pg_binary("initdb"))
+            .args(["--auth=trust", "--username=postgres", "--no-sync", "-D"])
+            .arg(cluster.data()));
+        let mut cluster = cluster;
+        cluster.start_again().await;
+        cluster
+    }
+
+    /// `postgres://` URL of database `name` (created by whoever connects first with
+    /// `ensure_database`, or by the test).
+    pub fn url(&self, name: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{name}?sslmode=disable",
+            self.port
+        )
+    }
+
+    /// Stops the server as a crash or a failover would: every connection cut at once
+    /// (`pg_ctl stop -m immediate`).
+    pub fn stop(&mut self) {
+        if self.running {
+            run(self
+                .as_server_user(&pg_binary("pg_ctl"))
+                .args(["stop", "-m", "immediate", "-D"])
+                .arg(self.data()));
+            self.running = false;
+        }
+    }
+
+    /// Starts the server (again) and waits until it accepts connections.
+    #[allow(clippy::expect_used)]
+    pub async fn start_again(&mut self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        run(self
+            .as_server_user(&pg_binary("pg_ctl"))
+            .args(["start", "-w", "-t", "60", "-D"])
+            .arg(self.data())
+            .args(["-l"])
+            .arg(self.dir.join("server.log"))
+            .args(["-o", &options]));
+        self.running = true;
+        let url = self.url("postgres");
+        eventually("the private PostgreSQL to accept connections", || async {
+            sqlx::PgPool::connect(&url).await.is_ok()
+        })
+        .await;
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.join("data")
+    }
+
+    fn as_server_user(&self, binary: &str) -> std::process::Command {
+        if is_root() {
+            let mut command = std::process::Command::new("runuser");
+            command.args(["-u", "postgres", "--", binary]);
+            command
+        } else {
+            std::process::Command::new(binary)
+        }
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The newest installed PostgreSQL's `binary` (Debian keeps them off the `PATH`).
+fn pg_binary(binary: &str) -> String {
+    let mut versions: Vec<std::path::PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| dir.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    versions.sort();
+    versions
+        .last()
+        .map(|v| v.join("bin").join(binary).display().to_string())
+        .unwrap_or_else(|| binary.to_owned())
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+}
+
+#[allow(clippy::expect_used)]
+fn run(command: &mut std::process::Command) {
+    let output = command
+        .output()
+        .expect("a PostgreSQL binary (installed by .ci/run)");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

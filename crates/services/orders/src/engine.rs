@@ -154,9 +154,7 @@ impl Engines {
             .try_send(job)
             .map_err(|err| match err {
                 mpsc::error::TrySendError::Full(_) => Error::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => {
-                    Error::Internal("matching task stopped".to_owned())
-                }
+                mpsc::error::TrySendError::Closed(_) => Error::MatchingStopped,
             })
     }
 
@@ -168,9 +166,7 @@ impl Engines {
     ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         self.send(instrument, job(reply))?;
-        answer
-            .await
-            .map_err(|_| Error::Internal("matching task dropped the request".to_owned()))
+        answer.await.map_err(|_| Error::MatchingStopped)
     }
 
     pub async fn place(

@@ -16,6 +16,10 @@ pub enum Error {
     Overloaded,
     #[error("client order id already used")]
     ClientOrderIdTaken,
+    /// The symbol's matching task stopped (it could not rebuild its book: the database is
+    /// away) before answering; the next request starts it again.
+    #[error("the matching task stopped")]
+    MatchingStopped,
     #[error(transparent)]
     Problem(#[from] Problem),
     #[error("database: {0}")]
@@ -50,6 +54,11 @@ impl IntoResponse for Error {
                 "too many orders for this instrument right now; retry shortly",
                 1,
             ),
+            Error::MatchingStopped => Problem::unavailable(
+                "matching_unavailable",
+                "the matching engine for this instrument is restarting; retry with the same Idempotency-Key",
+                1,
+            ),
             Error::ClientOrderIdTaken => Problem::new(
                 StatusCode::CONFLICT,
                 "client_order_id_taken",
@@ -75,7 +84,7 @@ impl From<Error> for events::HandlerError {
         match err {
             Error::Database(err) => err.into(),
             Error::Events(err) => err.into(),
-            Error::Overloaded => events::HandlerError::transient(err),
+            Error::Overloaded | Error::MatchingStopped => events::HandlerError::transient(err),
             other => events::HandlerError::permanent(other),
         }
     }
