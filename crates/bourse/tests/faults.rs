@@ -8,8 +8,9 @@
 //!    failover to a replica that lagged) comes back;
 //!
 //! — and afterwards: every order answered 2xx is stored exactly once, every executed trade is
-//! settled exactly once, nothing was dead-lettered, no request was answered 500, the books
-//! reconcile, and the outages were alerted and resolved.
+//! settled exactly once, nothing was dead-lettered, no request was answered 500 (a dependency
+//! away is a 503 that says when to retry, or a 504), the books reconcile, and the outages were
+//! alerted and resolved.
 //!
 //! The outages touch only the suite's own servers (`service_kit::testing::{PgCluster,
 //! RedisServer}`): the shared PostgreSQL and Redis other tests use are never stopped.
@@ -163,7 +164,8 @@ impl Platform {
 #[derive(Clone, Debug)]
 enum Outcome {
     Placed(Uuid),
-    Refused(StatusCode),
+    /// Not placed: the status, and whether the answer said when to retry (`Retry-After`).
+    Refused(StatusCode, bool),
     /// No HTTP answer at all (the gateway itself was down).
     Unreachable,
 }
@@ -255,7 +257,8 @@ async fn place(client: &reqwest::Client, gateway: &str, token: &str, side: &str)
     };
     let status = response.status();
     if status != StatusCode::CREATED {
-        return Outcome::Refused(status);
+        let retry_after = response.headers().contains_key("retry-after");
+        return Outcome::Refused(status, retry_after);
     }
     match response.json::<Value>().await {
         Ok(order) => Outcome::Placed(order["id"].as_str().unwrap().parse().unwrap()),
@@ -416,7 +419,7 @@ async fn through_kills_a_database_failover_and_a_redis_that_forgets_nothing_is_l
     for outcome in &outcomes {
         let kind = match outcome {
             Outcome::Placed(_) => "201".to_owned(),
-            Outcome::Refused(status) => status.as_u16().to_string(),
+            Outcome::Refused(status, _) => status.as_u16().to_string(),
             Outcome::Unreachable => "unreachable".to_owned(),
         };
         *tally.entry(kind).or_default() += 1;
@@ -427,18 +430,25 @@ async fn through_kills_a_database_failover_and_a_redis_that_forgets_nothing_is_l
     let faults: Vec<&Outcome> = outcomes
         .iter()
         .filter(|o| {
-            matches!(o, Outcome::Refused(s) if s.is_server_error()
+            matches!(o, Outcome::Refused(s, _) if s.is_server_error()
                 && *s != StatusCode::SERVICE_UNAVAILABLE && *s != StatusCode::GATEWAY_TIMEOUT)
         })
         .collect();
     assert!(faults.is_empty(), "answered as faults: {tally:?}");
+    let without_retry_after = outcomes
+        .iter()
+        .filter(
+            |o| matches!(o, Outcome::Refused(s, false) if *s == StatusCode::SERVICE_UNAVAILABLE),
+        )
+        .count();
+    assert_eq!(without_retry_after, 0, "every 503 says when to retry");
 
     // Every order answered 201 is stored, once.
     let placed: Vec<Uuid> = outcomes
         .iter()
         .filter_map(|o| match o {
             Outcome::Placed(id) => Some(*id),
-            Outcome::Refused(_) | Outcome::Unreachable => None,
+            Outcome::Refused(..) | Outcome::Unreachable => None,
         })
         .collect();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders.orders WHERE id = ANY($1)")
