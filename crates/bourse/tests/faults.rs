@@ -23,7 +23,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use service_kit::Shutdown;
-use service_kit::testing::{PgCluster, RedisServer, eventually, free_port};
+use service_kit::testing::{PgCluster, RedisServer, eventually, free_ports};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -56,7 +56,7 @@ impl Platform {
     async fn start() -> Self {
         let database = PgCluster::start().await;
         let redis = RedisServer::start().await;
-        let ports = SERVICES.iter().map(|s| (*s, free_port())).collect();
+        let ports = SERVICES.iter().copied().zip(free_ports(SERVICES.len())).collect();
         let mut platform = Self {
             db: PgPool::connect_lazy(&database.url("bourse")).unwrap(),
             database,

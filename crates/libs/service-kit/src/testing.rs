@@ -12,6 +12,30 @@ pub fn free_port() -> u16 {
     probe.local_addr().expect("a bound address").port()
 }
 
+/// `count` distinct loopback ports nothing listens on, for servers that stop and start again
+/// on the same port (a service killed and restarted, a database stopped and started). They
+/// are drawn below Linux's ephemeral range (32768+), so the clients' own outgoing connections
+/// cannot take one while its server is down, and held together while drawn, so no two are the
+/// same.
+#[allow(clippy::expect_used)]
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let mut held = Vec::with_capacity(count);
+    let mut rng = fastrand::Rng::new();
+    for _ in 0..count * 1000 {
+        if held.len() == count {
+            break;
+        }
+        let port = rng.u16(20_000..32_000);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    assert_eq!(held.len(), count, "free loopback ports below the ephemeral range");
+    held.iter()
+        .map(|l| l.local_addr().expect("a bound address").port())
+        .collect()
+}
+
 /// Waits until `condition` holds, failing the test after 20 s. For an observable state that
 /// has no event to await — "the relay drained the outbox", "PostgreSQL shows the task waiting on
 /// a lock", "auth reloaded its keys". Where an event exists (a stream entry, a task finishing),
@@ -61,7 +85,7 @@ impl RedisServer {
     /// Starts the server and waits until it answers.
     pub async fn start() -> Self {
         let mut server = Self {
-            port: free_port(),
+            port: free_ports(1)[0],
             process: None,
         };
         server.restart().await;
@@ -128,7 +152,7 @@ impl PgCluster {
         let dir = std::env::temp_dir().join(format!("bourse-pg-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&dir).expect("a directory for the cluster");
         let cluster = Self {
-            port: free_port(),
+            port: free_ports(1)[0],
             dir,
             running: false,
         };

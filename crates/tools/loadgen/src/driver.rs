@@ -1,0 +1,232 @@
+//! Carrying a run out: setup, the open-model schedule, the subscribers, the end.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt as _, StreamExt as _};
+use reqwest::StatusCode;
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use uuid::Uuid;
+
+use crate::client::Gateway;
+use crate::invariants::{self, Ledger};
+use crate::report::{Report, Sample};
+use crate::workload::{Action, Kind, Workload};
+use crate::{Config, Error};
+
+/// What each account is given before trading.
+pub const FUNDING: [(&str, &str); 2] = [("USD", "100000000.00"), ("BTC", "10000.00000000")];
+
+/// A funded trading account of the run.
+pub struct Trader {
+    pub token: String,
+    pub account: Uuid,
+    /// Resting orders it might cancel; filled ones answer 409 and are forgotten.
+    resting: Mutex<Vec<Uuid>>,
+}
+
+/// Everything an action needs.
+struct Shared {
+    gateway: Gateway,
+    /// `/v1/markets/{symbol}/book`
+    book: String,
+    traders: Vec<Trader>,
+    /// Every order answered 201: (trader index, order id).
+    placed: Mutex<Vec<(usize, Uuid)>>,
+}
+
+/// Sets up, trades for `config.duration()`, lets the platform settle and checks the
+/// invariants. `Err` only when the run could not be carried out at all.
+pub async fn run(config: &Config) -> Result<Report, Error> {
+    let gateway = Gateway::new(&config.gateway)?;
+    let admin = gateway
+        .log_in(&config.admin_email, &config.admin_password)
+        .await?;
+    gateway.ensure_instrument(&admin, &config.symbol).await?;
+    let traders = sign_up_traders(&gateway, &admin, config).await?;
+    let shared = Arc::new(Shared {
+        gateway: gateway.clone(),
+        book: format!("/v1/markets/{}/book", config.symbol),
+        traders,
+        placed: Mutex::new(Vec::new()),
+    });
+
+    let stop_streams = Arc::new(tokio::sync::Notify::new());
+    let mut subscribers = JoinSet::new();
+    for n in 0..config.subscribers {
+        let token = shared.traders[n % shared.traders.len()].token.clone();
+        subscribers.spawn(subscribe(
+            gateway.base().to_owned(),
+            token,
+            config.symbol.clone(),
+            stop_streams.clone(),
+        ));
+    }
+
+    let mut report = Report::new(config.rate, config.duration());
+    drive(config, &shared, &mut report).await;
+
+    // The end of the day: every account cancels what rests, so nothing should stay held.
+    for trader in &shared.traders {
+        gateway.cancel_all(&trader.token).await?;
+    }
+    stop_streams.notify_waiters();
+    while let Some(messages) = subscribers.join_next().await {
+        report.stream_messages.push(messages.unwrap_or(0));
+    }
+
+    let placed = shared.placed.lock().map(|p| p.clone()).unwrap_or_default();
+    let ledger = Ledger {
+        gateway: &gateway,
+        admin: &admin,
+        traders: &shared.traders,
+        placed: &placed,
+        settle_timeout: config.settle_timeout(),
+    };
+    report.violations = invariants::check(&ledger, &report).await?;
+    Ok(report)
+}
+
+async fn sign_up_traders(
+    gateway: &Gateway,
+    admin: &str,
+    config: &Config,
+) -> Result<Vec<Trader>, Error> {
+    // Fresh accounts per run, so balances start from the deposits alone.
+    let run = Uuid::now_v7().simple().to_string();
+    let mut traders = Vec::with_capacity(config.accounts);
+    for n in 0..config.accounts.max(2) {
+        let token = gateway
+            .sign_up(&format!("loadgen-{run}-{n}@example.com"))
+            .await?;
+        let account = gateway.account(&token).await?;
+        for (asset, amount) in FUNDING {
+            gateway.deposit(admin, account, asset, amount).await?;
+        }
+        traders.push(Trader {
+            token,
+            account,
+            resting: Mutex::new(Vec::new()),
+        });
+    }
+    Ok(traders)
+}
+
+/// The open model: action `n` starts at `start + n / rate` whether or not earlier ones have
+/// answered, and its latency counts from then.
+async fn drive(config: &Config, shared: &Arc<Shared>, report: &mut Report) {
+    let mut workload = Workload::new(config.seed, shared.traders.len(), &config.symbol);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(config.rate.max(1)));
+    let total = u64::from(config.rate) * config.duration_secs;
+    let start = Instant::now();
+    let mut in_flight = JoinSet::new();
+    for n in 0..total {
+        let scheduled = start + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(scheduled).await;
+        while let Some(done) = in_flight.try_join_next() {
+            if let Ok(sample) = done {
+                report.record(&sample);
+            }
+        }
+        if in_flight.len() >= config.max_in_flight {
+            report.not_started += 1;
+            continue;
+        }
+        let action = workload.next_action();
+        in_flight.spawn(perform(shared.clone(), action, scheduled));
+    }
+    while let Some(done) = in_flight.join_next().await {
+        if let Ok(sample) = done {
+            report.record(&sample);
+        }
+    }
+}
+
+async fn perform(shared: Arc<Shared>, action: Action, scheduled: Instant) -> Sample {
+    let trader = &shared.traders[action.trader];
+    let gateway = &shared.gateway;
+    let answered = match (action.kind, &action.order) {
+        (_, Some(order)) => gateway.place(&trader.token, order).await,
+        (Kind::Cancel, _) => {
+            let victim = trader.resting.lock().ok().and_then(|mut r| r.pop());
+            match victim {
+                Some(order) => gateway.cancel(&trader.token, order).await,
+                None => {
+                    gateway
+                        .read(Some(&trader.token), "/v1/orders?status=open")
+                        .await
+                }
+            }
+        }
+        (Kind::CancelAll, _) => gateway.cancel_all(&trader.token).await,
+        (Kind::ReadOrders, _) => gateway.read(Some(&trader.token), "/v1/orders").await,
+        (Kind::ReadBalances, _) => gateway.read(Some(&trader.token), "/v1/balances").await,
+        _ => gateway.read(None, &shared.book).await,
+    };
+    let latency = scheduled.elapsed();
+    let status = answered.as_ref().ok().map(|a| a.status.as_u16());
+    let code = answered
+        .as_ref()
+        .ok()
+        .filter(|a| !a.status.is_success())
+        .and_then(|a| a.body["code"].as_str().map(str::to_owned));
+    if let Ok(answer) = &answered
+        && answer.status == StatusCode::CREATED
+        && let Some(id) = answer.body["id"].as_str().and_then(|id| id.parse().ok())
+    {
+        if let Ok(mut placed) = shared.placed.lock() {
+            placed.push((action.trader, id));
+        }
+        let rests = answer.body["status"] == "open" || answer.body["status"] == "partially_filled";
+        if rests && let Ok(mut resting) = trader.resting.lock() {
+            resting.push(id);
+        }
+    }
+    Sample {
+        kind: action.kind,
+        latency,
+        status,
+        code,
+    }
+}
+
+/// A WebSocket client following `symbol`'s trades and book until `stop`; how many messages
+/// it received.
+async fn subscribe(
+    base: String,
+    token: String,
+    symbol: String,
+    stop: Arc<tokio::sync::Notify>,
+) -> u64 {
+    let received = AtomicU64::new(0);
+    let url = format!("{}/v1/stream", base.replacen("http", "ws", 1));
+    let follow = async {
+        let mut request = url.into_client_request().ok()?;
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().ok()?);
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.ok()?;
+        let subscription = json!({ "op": "subscribe",
+                                   "channels": [format!("trades:{symbol}"), format!("book:{symbol}")] });
+        socket
+            .send(Message::Text(subscription.to_string().into()))
+            .await
+            .ok()?;
+        while let Some(Ok(message)) = socket.next().await {
+            if matches!(message, Message::Text(_)) {
+                received.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Some(())
+    };
+    tokio::select! {
+        _ = follow => {}
+        () = stop.notified() => {}
+    }
+    received.load(Ordering::Relaxed)
+}
