@@ -56,7 +56,11 @@ impl Platform {
     async fn start() -> Self {
         let database = PgCluster::start().await;
         let redis = RedisServer::start().await;
-        let ports = SERVICES.iter().copied().zip(free_ports(SERVICES.len())).collect();
+        let ports = SERVICES
+            .iter()
+            .copied()
+            .zip(free_ports(SERVICES.len()))
+            .collect();
         let mut platform = Self {
             db: PgPool::connect_lazy(&database.url("bourse")).unwrap(),
             database,

@@ -30,7 +30,11 @@ pub fn free_ports(count: usize) -> Vec<u16> {
             held.push(listener);
         }
     }
-    assert_eq!(held.len(), count, "free loopback ports below the ephemeral range");
+    assert_eq!(
+        held.len(),
+        count,
+        "free loopback ports below the ephemeral range"
+    );
     held.iter()
         .map(|l| l.local_addr().expect("a bound address").port())
         .collect()
