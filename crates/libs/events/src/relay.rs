@@ -183,6 +183,7 @@ impl Relay {
         // What the broker must hold for this schema; checked (and reconciled) with the first
         // batch.
         let mut marker = self.last_published().await?;
+        self.check_marker(&mut marker).await?;
         let mut last_cleanup = tokio::time::Instant::now();
         let mut last_confirm = tokio::time::Instant::now();
         loop {
@@ -284,12 +285,22 @@ impl Relay {
         Ok(count)
     }
 
-    /// An idle relay publishes nothing, so it also looks at the marker on its own: a broker
-    /// that forgot is found even when no new event comes to find it.
+    /// An idle relay publishes nothing, so it also looks at the marker on its own (and a new
+    /// leader before its first batch): a broker that forgot is found even when no new event
+    /// comes to find it. A marker *ahead* of the outbox is no loss: the previous leader
+    /// published a batch and died before stamping it, and that batch goes out again anyway.
     async fn check_marker(&self, marker: &mut String) -> Result<(), Error> {
         let mut redis = self.redis.clone();
         let held: Option<String> = redis.get(self.marker_key()).await?;
-        if held.as_deref().unwrap_or_default() != marker.as_str() {
+        let held = held.unwrap_or_default();
+        // Ahead of the outbox: a leader published a batch and died before stamping it — that
+        // batch goes out again anyway (at least once), nothing was lost.
+        let position = |m: &str| m.parse::<i64>().ok();
+        if position(&held) > position(marker) {
+            *marker = held;
+            return Ok(());
+        }
+        if held != *marker {
             let lost = redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "the stream marker is gone or behind",
