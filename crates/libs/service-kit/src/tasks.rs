@@ -28,6 +28,7 @@ use std::time::Duration;
 use futures_util::FutureExt as _;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::Shutdown;
 use crate::backoff::Backoff;
@@ -143,6 +144,23 @@ impl Supervisor {
                     .increment(1);
             }
         });
+    }
+
+    /// Runs `work` to its end even if whoever awaits the handle goes away — for work that must
+    /// not stop halfway (an order whose funds are held must reach the book or release them),
+    /// which a request's cancellation (its client gone, its timeout) would otherwise cut.
+    /// Tracked: shutdown waits for it. It runs in the caller's request context and span, so
+    /// its logs, problems and events carry the request id and trace. A panic surfaces as the
+    /// handle's error.
+    pub fn complete<T, Fut>(&self, work: Fut) -> tokio::task::JoinHandle<T>
+    where
+        T: Send + 'static,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        let context = crate::http::observe::current_context();
+        let span = tracing::Span::current();
+        self.tracker
+            .spawn(crate::http::observe::within(context, work.instrument(span)))
     }
 
     /// Waits until every task has ended, or `deadline`; `false` if some were still running.
@@ -316,6 +334,34 @@ mod tests {
                 .await
         );
         assert!(shutdown.failure().is_none());
+    }
+
+    #[tokio::test]
+    async fn work_to_complete_runs_to_its_end_without_its_caller_and_in_its_request() {
+        let shutdown = Shutdown::new();
+        let tasks = supervisor(&shutdown);
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let (go, release) = tokio::sync::oneshot::channel::<()>();
+        let context = crate::http::RequestContext {
+            request_id: "req-42".to_owned(),
+            trace: crate::telemetry::TraceContext::child_of(None),
+        };
+        let handle = crate::http::observe::within_sync(Some(context), || {
+            tasks.complete(async move {
+                let _ = release.await;
+                let _ = done.send(crate::http::observe::current_request_id());
+            })
+        });
+        // The caller goes away (a request cut off by its timeout) before the work is done.
+        drop(handle);
+        let _ = go.send(());
+        assert_eq!(finished.await.unwrap(), Some("req-42".to_owned()));
+        shutdown.trigger();
+        assert!(
+            tasks
+                .wait_until(Instant::now() + Duration::from_secs(5))
+                .await
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -157,6 +157,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         funds: funds::Funds::new(risk, settlement),
         market_protection_bps: config.market_protection_bps,
         fees: config.fees,
+        tasks: tasks.clone(),
     };
     let purged = pool.clone();
     tasks.spawn("idempotency purge", move |stop| {

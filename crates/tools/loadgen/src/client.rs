@@ -205,6 +205,16 @@ impl Gateway {
         }
     }
 
+    /// `/v1/assets`: every asset's code and scale.
+    pub async fn assets(&self) -> Result<Vec<Value>, Error> {
+        let body = Self::expect(
+            "assets",
+            self.read(None, "/v1/assets").await?,
+            &[StatusCode::OK],
+        )?;
+        body.as_array().cloned().ok_or(Error::Malformed("assets"))
+    }
+
     pub async fn balances(&self, token: &str) -> Result<Vec<Value>, Error> {
         let body = Self::expect(
             "balances",

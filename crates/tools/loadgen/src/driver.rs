@@ -71,9 +71,17 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
     let mut report = Report::new(config.rate, config.duration());
     drive(config, &shared, &mut report).await;
 
-    // The end of the day: every account cancels what rests, so nothing should stay held.
+    // The end of the day: every account cancels what rests, so nothing should stay held. A
+    // platform still working off the load may refuse (503): ask again until it answers.
+    let deadline = Instant::now() + config.settle_timeout();
     for trader in &shared.traders {
-        gateway.cancel_all(&trader.token).await?;
+        loop {
+            let cancelled = gateway.cancel_all(&trader.token).await?;
+            if cancelled.status.is_success() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
     stop_streams.notify_waiters();
     while let Some(messages) = subscribers.join_next().await {

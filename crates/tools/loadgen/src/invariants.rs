@@ -48,7 +48,14 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
             .any(|o| o["fills"].as_array().is_some_and(|f| !f.is_empty()));
         if let Some(mismatch) = balances_match(ledger, trader, &expected, &scales, deadline).await?
         {
-            violations.push(format!("account {}: {mismatch}", trader.account));
+            let open = orders
+                .iter()
+                .filter(|o| o["status"] == "open" || o["status"] == "partially_filled")
+                .count();
+            violations.push(format!(
+                "account {}: {mismatch} ({open} of its orders still open)",
+                trader.account
+            ));
         }
     }
 
@@ -92,10 +99,9 @@ fn stored_once(trader: usize, orders: &[Value], placed: &[(usize, Uuid)]) -> Vec
 }
 
 async fn asset_scales(gateway: &Gateway) -> Result<HashMap<String, u32>, Error> {
-    let assets = gateway.read(None, "/v1/assets").await?.body;
-    assets
-        .as_array()
-        .ok_or(Error::Malformed("assets"))?
+    gateway
+        .assets()
+        .await?
         .iter()
         .map(|a| {
             let code = a["code"].as_str().ok_or(Error::Malformed("assets"))?;

@@ -28,6 +28,8 @@ pub struct AppState {
     pub market_protection_bps: u32,
     /// Shown on each fill (settlement books them).
     pub fees: contracts::fees::Fees,
+    /// Runs work that must finish even when its request is cut off (an order being placed).
+    pub tasks: service_kit::Supervisor,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {

@@ -45,6 +45,28 @@ pub async fn place(
         Err(response) => return Ok(*response),
     };
 
+    // From here the order's funds may be held. Whatever becomes of this request — its client
+    // gone, its timeout — the work runs to its end in a task of its own: into the book, or
+    // refused with its hold released. A hold is never left behind without its order.
+    let placing = state.tasks.complete(place_claimed(
+        state.clone(),
+        request,
+        principal.user_id,
+        claim,
+    ));
+    placing
+        .await
+        .map_err(|_| Error::Internal("the order placement panicked".to_owned()))?
+}
+
+/// Places an order whose idempotency key is claimed: validation, the risk check and the hold,
+/// then the book.
+async fn place_claimed(
+    state: AppState,
+    request: PlaceOrder,
+    account: Uuid,
+    claim: idempotency::Claim,
+) -> Result<Response> {
     let instrument = match store::instrument(&state.pool, &request.symbol).await {
         Ok(instrument) => instrument,
         Err(err) => {
@@ -52,7 +74,7 @@ pub async fn place(
             return Err(err);
         }
     };
-    let mut order = match order_entry::validate(&request, principal.user_id, instrument.as_ref()) {
+    let mut order = match order_entry::validate(&request, account, instrument.as_ref()) {
         Ok(order) => order,
         Err(rejection) => return refuse(&state, &claim, &request, rejection, None).await,
     };
@@ -99,6 +121,10 @@ pub async fn place(
             return refuse(&state, &claim, &request, rejection, Some(order.id)).await;
         }
         Err(err) => {
+            // No answer from risk or settlement. The hold may have been placed all the same
+            // (its answer lost to a timeout); the order surely never reached the book, so the
+            // hold goes back.
+            release_unplaced(&state, order.id, account, &request.symbol).await;
             idempotency::abandon(&state.pool, &claim).await;
             return Err(err);
         }
@@ -110,11 +136,40 @@ pub async fn place(
             // Only where the order surely was not stored does its hold go back at once; after
             // any other failure it might have been, and the hold stays with it.
             if matches!(err, Error::Overloaded | Error::ClientOrderIdTaken) {
-                state.funds.void(order_id).await;
+                release_unplaced(&state, order_id, account, &request.symbol).await;
             }
             idempotency::abandon(&state.pool, &claim).await;
             Err(err)
         }
+    }
+}
+
+/// Gives back the hold of an order that surely never reached the book, through the outbox:
+/// `OrderRejected` (reason `not_placed`) makes settlement release it once, whenever it reads
+/// it — a direct call would be lost exactly when settlement is slow or away, which is when
+/// orders fail here. Without the database either, the call is tried; a hold left even then is
+/// found by reconciliation.
+async fn release_unplaced(state: &AppState, order: Uuid, account: Uuid, symbol: &str) {
+    let event = events::Envelope::new(
+        PRODUCER,
+        "OrderRejected",
+        1,
+        account.to_string(),
+        0,
+        serde_json::json!({
+            "order_id": order, "account_id": account, "symbol": symbol, "reason": "not_placed",
+        }),
+    );
+    let announced = async {
+        let mut tx = state.pool.begin().await?;
+        events::outbox::append(&mut tx, STREAM, &event).await?;
+        tx.commit().await?;
+        Ok::<_, Error>(())
+    }
+    .await;
+    if let Err(err) = announced {
+        tracing::warn!(%order, error = %err, "could not announce an unplaced order; voiding its hold directly");
+        state.funds.void(order).await;
     }
 }
 
