@@ -321,6 +321,37 @@ async fn a_withdrawal_beyond_the_available_balance_is_refused_the_same_way_every
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_hold_that_arrives_after_its_order_was_given_up_is_refused(pool: PgPool) {
+    let l = ledger(pool).await;
+    l.deposit(l.alice_id, "USD", "100").await;
+    let order = Uuid::now_v7();
+    // Orders gave up on the order (its hold call got no answer in time) and said so through
+    // its outbox; under load that release reaches settlement before the hold request does.
+    l.publish(
+        "OrderRejected",
+        json!({ "order_id": order, "account_id": l.alice_id, "symbol": "BTC-USD",
+                "reason": "not_placed" }),
+    )
+    .await;
+    let released =
+        format!("SELECT count(*) FROM settlement.released_orders WHERE order_id = '{order}'");
+    eventually("settlement to apply the release", || async {
+        count(&l.app.db, &released).await == 1
+    })
+    .await;
+
+    // The late hold request: refused, and nothing is held for an order nobody will place.
+    let late = l
+        .hold(&hold_request(order, l.alice_id, "buy", 3_000_000, 100_000))
+        .await;
+    assert_problem(late, StatusCode::CONFLICT, "order_released").await;
+    assert_eq!(
+        l.balance(&l.alice, "USD").await,
+        ("100.00".to_owned(), "0.00".to_owned())
+    );
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_hold_reserves_funds_once_per_order_and_only_for_services(pool: PgPool) {
     let l = ledger(pool).await;
     l.deposit(l.alice_id, "USD", "100").await;

@@ -14,6 +14,9 @@ pub enum Error {
     HoldConflict(uuid::Uuid),
     #[error("hold {0} is not pending")]
     HoldNotPending(uuid::Uuid),
+    /// The order was released (given up on by orders) before this hold for it arrived.
+    #[error("order {0} was released before its hold arrived")]
+    OrderReleased(uuid::Uuid),
     #[error("not found")]
     NotFound,
     #[error("amount overflow")]
@@ -74,6 +77,11 @@ impl IntoResponse for Error {
                 StatusCode::CONFLICT,
                 "hold_not_pending",
                 format!("hold {id} is already resolved"),
+            ),
+            Error::OrderReleased(id) => Problem::new(
+                StatusCode::CONFLICT,
+                "order_released",
+                format!("order {id} was given up on; no hold is placed for it"),
             ),
             Error::NotFound => Problem::not_found(),
             Error::Overflow(_) => Problem::unprocessable(

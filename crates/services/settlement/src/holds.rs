@@ -185,7 +185,12 @@ pub async fn place(
 pub async fn void(pool: &PgPool, id: Uuid) -> Result<()> {
     let mut tx = pool.begin().await?;
     match store::release_hold(&mut tx, id, Some(0)).await? {
-        store::Released::Unknown => return Err(Error::NotFound),
+        store::Released::Unknown => {
+            // The hold may still be on its way: it must find the order released.
+            store::remember_released(&mut tx, id).await?;
+            tx.commit().await?;
+            return Err(Error::NotFound);
+        }
         store::Released::Unsettled { .. } => return Err(Error::HoldNotPending(id)),
         store::Released::Resolved { .. } | store::Released::AlreadyResolved => {}
     }

@@ -180,7 +180,9 @@ enum Fill {
 async fn release(tx: &mut PgConnection, order: Uuid, fill: Fill) -> Result<(), HandlerError> {
     let hold = store::hold_by_id(&mut *tx, order).await?;
     let Some(hold) = hold else {
-        tracing::debug!(%order, "no hold for this order; nothing to release");
+        // Nothing held yet — a late hold request may still be on its way (orders gave up on
+        // the order when the call timed out): it must find the order released.
+        store::remember_released(&mut *tx, order).await?;
         return Ok(());
     };
     let expected = match fill {

@@ -202,11 +202,24 @@ impl HoldRow {
 const HOLD_COLUMNS: &str =
     "id, owner_id, asset, side, symbol, price, quantity, amount, posted, released, filled, status";
 
+/// Records that `order` was released with no hold: a hold arriving for it later is refused.
+pub async fn remember_released(conn: &mut PgConnection, order: Uuid) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO released_orders (order_id) VALUES ($1)
+         ON CONFLICT ON CONSTRAINT released_orders_pkey DO NOTHING",
+    )
+    .bind(order)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Places a hold, or finds the one placed before under the same id (`false`: nothing new).
 pub async fn place_hold(conn: &mut PgConnection, hold: &NewHold) -> Result<(HoldRow, bool)> {
     let inserted: Option<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO holds (id, owner_id, asset, side, symbol, price, quantity, amount)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8
+          WHERE NOT EXISTS (SELECT 1 FROM released_orders WHERE order_id = $1)
          ON CONFLICT ON CONSTRAINT holds_pkey DO NOTHING
          RETURNING {HOLD_COLUMNS}"
     )))
@@ -234,9 +247,10 @@ pub async fn place_hold(conn: &mut PgConnection, hold: &NewHold) -> Result<(Hold
         .map_err(|e| with_asset(e.into(), &hold.asset))?;
         return Ok((row, true));
     }
+    // Not inserted and not there: its order was released before this hold arrived.
     let existing = hold_by_id(&mut *conn, hold.id)
         .await?
-        .ok_or(Error::NotFound)?;
+        .ok_or(Error::OrderReleased(hold.id))?;
     if existing.same_terms(hold) {
         Ok((existing, false))
     } else {
@@ -288,6 +302,8 @@ pub async fn place_holds(pool: &PgPool, holds: &[NewHold]) -> Result<Vec<HoldRow
         "INSERT INTO holds (id, owner_id, asset, side, symbol, price, quantity, amount)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                               $6::int8[], $7::int8[], $8::int8[])
+                AS n(id, owner_id, asset, side, symbol, price, quantity, amount)
+          WHERE NOT EXISTS (SELECT 1 FROM released_orders r WHERE r.order_id = n.id)
          ON CONFLICT ON CONSTRAINT holds_pkey DO NOTHING
          RETURNING {HOLD_COLUMNS}"
     )))
