@@ -326,14 +326,20 @@ mod tests {
     async fn a_tracked_task_that_panics_fails_nothing() {
         let shutdown = Shutdown::new();
         let tasks = supervisor(&shutdown);
-        tasks.spawn_tracked("matching:BTC-USD", async { panic!("book corrupted") });
-        shutdown.trigger();
+        let (ran, started) = tokio::sync::oneshot::channel();
+        tasks.spawn_tracked("matching:BTC-USD", async move {
+            let _ = ran.send(());
+            panic!("book corrupted");
+        });
+        started.await.unwrap();
+        // Its owner starts it again when needed: the panic neither fails nor stops the service.
         assert!(
             tasks
                 .wait_until(Instant::now() + Duration::from_secs(5))
                 .await
         );
         assert!(shutdown.failure().is_none());
+        assert!(!shutdown.is_triggered());
     }
 
     #[tokio::test]
