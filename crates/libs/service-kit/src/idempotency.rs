@@ -292,6 +292,52 @@ pub async fn abandon(pool: &PgPool, claim: &Claim) {
     }
 }
 
+/// What became of a claim whose work gave up without knowing whether it was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The claim is gone unanswered: work under it can never commit any more (completing it
+    /// fails), so whatever it set up beforehand may be undone.
+    Withdrawn,
+    /// The work committed its answer after all: it stands.
+    Answered,
+}
+
+/// Settles an ambiguous failure (a commit whose outcome was lost, a worker that stopped after
+/// taking the job): deletes the claim if it is still unanswered, which fences its work off for
+/// good. A claim that a retry took over, or that the purge removed, is withdrawn too — its
+/// token can no longer complete anything.
+pub async fn withdraw(pool: &PgPool, claim: &Claim) -> Result<Withdrawal> {
+    let withdrawn = sqlx::query(
+        "DELETE FROM idempotency_keys
+         WHERE principal_id = $1 AND key = $2 AND claim = $3 AND response_status IS NULL",
+    )
+    .bind(claim.principal)
+    .bind(&claim.key)
+    .bind(claim.token)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1;
+    if withdrawn {
+        return Ok(Withdrawal::Withdrawn);
+    }
+    // A statement of its own, so its snapshot is taken after the delete waited out a batch
+    // that was completing the claim.
+    let answered: Option<bool> = sqlx::query_scalar(
+        "SELECT response_status IS NOT NULL FROM idempotency_keys
+          WHERE principal_id = $1 AND key = $2 AND claim = $3",
+    )
+    .bind(claim.principal)
+    .bind(&claim.key)
+    .bind(claim.token)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match answered {
+        Some(true) => Withdrawal::Answered,
+        _ => Withdrawal::Withdrawn,
+    })
+}
+
 /// Deletes keys older than `retention` (at least 24 h per the API contract).
 pub async fn purge(pool: &PgPool, retention: Duration) -> Result<u64> {
     Ok(sqlx::query(

@@ -100,3 +100,71 @@ async fn a_claim_cut_off_mid_work_is_taken_over_after_its_lease_and_fenced(pool:
         _ => panic!("an answered key is replayed, never taken over"),
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_withdrawn_claim_fences_its_work_and_an_answered_one_stands(pool: PgPool) {
+    use idempotency::Withdrawal;
+    let pool = claims_db(&pool).await;
+    let principal = Uuid::now_v7();
+    let hash = idempotency::request_hash(&serde_json::json!({"side": "buy"}));
+
+    // Unanswered: withdrawn, and the work can no longer store its answer.
+    let lost = claim_of(
+        idempotency::begin(&pool, principal, "lost", &hash)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        idempotency::withdraw(&pool, &lost).await.unwrap(),
+        Withdrawal::Withdrawn
+    );
+    let mut conn = pool.acquire().await.unwrap();
+    assert!(
+        idempotency::complete(&mut conn, &lost, &created())
+            .await
+            .is_err()
+    );
+
+    // Being completed by a transaction that has not committed yet: the withdrawal waits for it
+    // and then sees the answer — the work stands.
+    let racing = claim_of(
+        idempotency::begin(&pool, principal, "racing", &hash)
+            .await
+            .unwrap(),
+    );
+    let mut batch = pool.begin().await.unwrap();
+    idempotency::complete(&mut batch, &racing, &created())
+        .await
+        .unwrap();
+    let withdrawal = tokio::spawn({
+        let (pool, racing) = (pool.clone(), racing.clone());
+        async move { idempotency::withdraw(&pool, &racing).await.unwrap() }
+    });
+    // The withdrawal is blocked on the batch's row lock until the batch commits.
+    wait_for_lock_wait(&pool).await;
+    batch.commit().await.unwrap();
+    assert_eq!(withdrawal.await.unwrap(), Withdrawal::Answered);
+    assert!(matches!(
+        idempotency::begin(&pool, principal, "racing", &hash)
+            .await
+            .unwrap(),
+        Begin::Replay { status: 201, .. }
+    ));
+}
+
+/// Until some session of this database waits for a row lock.
+async fn wait_for_lock_wait(pool: &PgPool) {
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}

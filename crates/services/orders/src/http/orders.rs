@@ -133,13 +133,69 @@ async fn place_claimed(
     match state.engines.place(&instrument, order, claim.clone()).await {
         Ok(answer) => Ok(answer.into_response(false)),
         Err(err) => {
-            // Only where the order surely was not stored does its hold go back at once; after
-            // any other failure it might have been, and the hold stays with it.
-            if matches!(err, Error::Overloaded | Error::ClientOrderIdTaken) {
-                release_unplaced(&state, order_id, account, &request.symbol).await;
+            // Whether the order was stored is not always known here (a commit whose outcome
+            // was lost, a matching task that stopped holding it): its claim decides.
+            let unplaced = Unplaced {
+                order: order_id,
+                account,
+                symbol: request.symbol,
+                claim,
+            };
+            if let Err(unsettled) = unplaced.settle(&state).await {
+                tracing::warn!(order = %order_id, error = %unsettled,
+                    "cannot settle a failed placement yet; retrying in the background");
+                state.tasks.spawn_tracked(
+                    format!("settle order {order_id}"),
+                    unplaced.settle_eventually(state.clone()),
+                );
             }
-            idempotency::abandon(&state.pool, &claim).await;
             Err(err)
+        }
+    }
+}
+
+/// An order whose placement failed after its funds were held.
+struct Unplaced {
+    order: Uuid,
+    account: Uuid,
+    symbol: String,
+    claim: idempotency::Claim,
+}
+
+impl Unplaced {
+    /// Withdraws the order's claim: once withdrawn no batch can commit the order any more, so
+    /// its hold goes back; if a batch answered it first, the order stands with its hold.
+    async fn settle(&self, state: &AppState) -> std::result::Result<(), sqlx::Error> {
+        match idempotency::withdraw(&state.pool, &self.claim).await? {
+            idempotency::Withdrawal::Withdrawn => {
+                release_unplaced(state, self.order, self.account, &self.symbol).await;
+            }
+            idempotency::Withdrawal::Answered => {
+                tracing::info!(order = %self.order, "a placement that failed to answer was stored after all");
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::settle`] retried while the database is away. Giving up at shutdown leaves the
+    /// hold to reconciliation (it reports holds without an open order).
+    async fn settle_eventually(self, state: AppState) {
+        let backoff = service_kit::backoff::Backoff {
+            base: std::time::Duration::from_millis(100),
+            cap: std::time::Duration::from_secs(5),
+        };
+        let shutdown = state.tasks.shutdown().clone();
+        for retry in 0.. {
+            tokio::select! {
+                () = shutdown.triggered() => {
+                    tracing::warn!(order = %self.order, "shutting down with a failed placement unsettled; its hold is left to reconciliation");
+                    return;
+                }
+                () = tokio::time::sleep(backoff.delay(retry)) => {}
+            }
+            if self.settle(&state).await.is_ok() {
+                return;
+            }
         }
     }
 }
