@@ -22,8 +22,10 @@ base="$out/bourse-$(date -u +%Y%m%dT%H%M%SZ)"
 
 # One snapshot for every schema, taken without blocking writers; a serializable-deferrable
 # snapshot cannot show an anomaly a running transaction would later make impossible.
+# orders.replicas is which processes are alive, not data: a restored copy must not believe the
+# original's orders replicas own its books (it would forward orders to them; ADR 0014).
 pg_dump --dbname="$url" --format=custom --compress=6 --serializable-deferrable \
-  --file="$base.dump.partial"
+  --exclude-table-data=orders.replicas --file="$base.dump.partial"
 pg_dumpall --dbname="$url" --roles-only --no-role-passwords \
   | grep -E '^(CREATE|ALTER) ROLE bourse_' >"$base.roles.sql" || true
 mv "$base.dump.partial" "$base.dump"

@@ -23,7 +23,7 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use service_kit::Shutdown;
-use service_kit::testing::{PgCluster, RedisServer, eventually, free_ports};
+use service_kit::testing::{PgCluster, RedisServer, eventually, eventually_some, free_ports};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -43,7 +43,8 @@ const DATABASE_OUTAGE: Duration = Duration::from_secs(45);
 /// How long Redis is away before it comes back empty.
 const REDIS_OUTAGE: Duration = Duration::from_secs(15);
 
-/// Every service as a process of its own, on servers of the suite's own.
+/// Every service as a process of its own, on servers of the suite's own. An instance is named
+/// by its service, or `<service>-<n>` for a further replica of it (`orders-2`).
 struct Platform {
     database: PgCluster,
     redis: RedisServer,
@@ -54,12 +55,18 @@ struct Platform {
 
 impl Platform {
     async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Every service, then the `replicas` (further instances) in order.
+    async fn start_with(replicas: &[&'static str]) -> Self {
         let database = PgCluster::start().await;
         let redis = RedisServer::start().await;
-        let ports = SERVICES
+        let instances: Vec<&'static str> = SERVICES.iter().chain(replicas).copied().collect();
+        let ports = instances
             .iter()
             .copied()
-            .zip(free_ports(SERVICES.len()))
+            .zip(free_ports(instances.len()))
             .collect();
         let mut platform = Self {
             db: PgPool::connect_lazy(&database.url("bourse")).unwrap(),
@@ -68,9 +75,9 @@ impl Platform {
             ports,
             processes: BTreeMap::new(),
         };
-        for service in SERVICES {
-            platform.spawn(service);
-            platform.until_ready(service).await;
+        for instance in instances {
+            platform.spawn(instance);
+            platform.until_ready(instance).await;
         }
         platform
     }
@@ -120,15 +127,21 @@ impl Platform {
         env
     }
 
-    fn spawn(&mut self, service: &'static str) {
+    fn spawn(&mut self, instance: &'static str) {
+        let service = instance.split('-').next().unwrap();
+        let port = (
+            format!("BOURSE_{}_PORT", service.to_uppercase()),
+            self.ports[instance].to_string(),
+        );
         let child = Command::new(env!("CARGO_BIN_EXE_bourse"))
             .args(["serve", service])
             .env_clear()
             .envs(self.env())
+            .envs([port])
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        self.processes.insert(service, child);
+        self.processes.insert(instance, child);
     }
 
     async fn until_ready(&self, service: &str) {
@@ -153,6 +166,34 @@ impl Platform {
         child.kill().await.unwrap();
         self.spawn(service);
         self.until_ready(service).await;
+    }
+
+    async fn until_every_trade_settled(&self) {
+        eventually("every executed trade settled", || async {
+            self.count(
+                "SELECT count(*) FROM orders.trades t
+                  WHERE NOT EXISTS (SELECT 1 FROM settlement.settled_trades s
+                                     WHERE s.trade_id = t.id)",
+            )
+            .await
+                == 0
+        })
+        .await;
+    }
+
+    /// Settlement's reconciliation, asked by `admin`, finds nothing wrong: the ledger balances,
+    /// holds match open orders, every trade is counted.
+    async fn assert_reconciled(&self, admin: &str) {
+        let report: Value = reqwest::Client::new()
+            .post(format!("{}/v1/admin/reconciliation", self.url("gateway")))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(report["ok"], true, "{report}");
     }
 
     /// One number from the platform's database.
@@ -463,17 +504,7 @@ async fn through_kills_a_database_failover_and_a_redis_that_forgets_nothing_is_l
     assert_eq!(stored, placed.len() as i64, "every 2xx order stored once");
 
     // Every executed trade settles, once.
-    eventually("every executed trade settled", || async {
-        platform
-            .count(
-                "SELECT count(*) FROM orders.trades t
-                  WHERE NOT EXISTS (SELECT 1 FROM settlement.settled_trades s
-                                     WHERE s.trade_id = t.id)",
-            )
-            .await
-            == 0
-    })
-    .await;
+    platform.until_every_trade_settled().await;
     let executed = platform.count("SELECT count(*) FROM orders.trades").await;
     let settled = platform
         .count("SELECT count(*) FROM settlement.settled_trades")
@@ -495,19 +526,7 @@ async fn through_kills_a_database_failover_and_a_redis_that_forgets_nothing_is_l
     }
 
     // The books reconcile: ledger balanced, holds match open orders, every trade counted.
-    let report: Value = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/admin/reconciliation",
-            platform.url("gateway")
-        ))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(report["ok"], true, "{report}");
+    platform.assert_reconciled(&admin).await;
 
     // What the broker forgot was published again from the outbox: alerting paged the kill
     // switch it had never read.
@@ -534,4 +553,274 @@ async fn through_kills_a_database_failover_and_a_redis_that_forgets_nothing_is_l
             == 0
     })
     .await;
+}
+
+/// An order sent straight to one orders replica (not through the gateway): its status and body.
+async fn place_at(orders: &str, token: &str, order: Value) -> (StatusCode, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{orders}/v1/orders"))
+        .bearer_auth(token)
+        .header("idempotency-key", Uuid::now_v7().to_string())
+        .json(&order)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+fn limit(symbol: &str, side: &str, price: &str) -> Value {
+    json!({ "symbol": symbol, "side": side, "type": "limit", "price": price,
+            "quantity": "0.5", "time_in_force": "gtc" })
+}
+
+/// The book of `symbol` as one replica serves it.
+async fn book_at(orders: &str, symbol: &str) -> Value {
+    reqwest::get(format!("{orders}/v1/markets/{symbol}/book"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Which orders instance owns `symbol` now (its lease alive), if any.
+async fn owner_of(platform: &Platform, symbol: &str) -> Option<&'static str> {
+    let address: Option<String> = sqlx::query_scalar(
+        "SELECT r.address FROM orders.symbol_owners o JOIN orders.replicas r ON r.id = o.replica
+          WHERE o.symbol = $1 AND r.lease_until > now()",
+    )
+    .bind(symbol)
+    .fetch_optional(&platform.db)
+    .await
+    .unwrap();
+    let address = address?;
+    ["orders", "orders-2"]
+        .into_iter()
+        .find(|instance| address == platform.url(instance))
+}
+
+fn signal(child: &Child, signal: &str) {
+    let pid = child.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// Two orders replicas on one database (TRD-08, ADR 0014): the symbols spread over both, an
+/// order placed through either lands in the one book of its symbol, a killed owner's symbol is
+/// taken over with its book rebuilt exactly, a paused owner that wakes up after losing its
+/// symbol commits nothing of its own (its command goes to the new owner), and a returning
+/// replica joins the same books. No crossed market, ever; everything settles and reconciles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_replicas_keep_one_book_per_symbol_through_a_kill_and_a_pause() {
+    let mut platform = Platform::start_with(&["orders-2"]).await;
+    let client = reqwest::Client::new();
+    let gateway = platform.url("gateway");
+    let admin = trader(&platform, "treasury@example.com", &["admin"]).await;
+    for (base, lot) in [("BTC", "0.0001"), ("ETH", "0.001")] {
+        let created = client
+            .post(format!("{gateway}/v1/admin/instruments"))
+            .bearer_auth(&admin)
+            .json(
+                &json!({ "symbol": format!("{base}-USD"), "base_asset": base,
+                           "quote_asset": "USD", "tick_size": "0.01", "lot_size": lot }),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), StatusCode::CREATED);
+    }
+    let mut traders = Vec::new();
+    for name in ["alice", "bob"] {
+        let who = trader(&platform, &format!("{name}@example.com"), &[]).await;
+        let account = account_of(&platform, &who).await;
+        for asset in ["USD", "BTC", "ETH"] {
+            let deposit = client
+                .post(format!("{gateway}/v1/admin/deposits"))
+                .bearer_auth(&admin)
+                .header("idempotency-key", Uuid::now_v7().to_string())
+                .json(&json!({ "account_id": account, "asset": asset, "amount": "1000000" }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(deposit.status(), StatusCode::CREATED);
+        }
+        traders.push(who);
+    }
+    let (alice, bob) = (&traders[0], &traders[1]);
+    let (first, second) = (platform.url("orders"), platform.url("orders-2"));
+
+    // The two symbols spread, one per replica.
+    eventually("the symbols spread over both replicas", || async {
+        let btc = owner_of(&platform, "BTC-USD").await;
+        let eth = owner_of(&platform, "ETH-USD").await;
+        btc.is_some() && eth.is_some() && btc != eth
+    })
+    .await;
+
+    // Through either replica, one book: an ask placed through one is taken by a bid placed
+    // through the other, both ways round, and both replicas show the same book.
+    for symbol in ["BTC-USD", "ETH-USD"] {
+        for (seller, buyer) in [(&first, &second), (&second, &first)] {
+            let (status, ask) = place_at(seller, alice, limit(symbol, "sell", "100.00")).await;
+            assert_eq!(status, StatusCode::CREATED, "{ask}");
+            let (status, bid) = place_at(buyer, bob, limit(symbol, "buy", "100.00")).await;
+            assert_eq!(status, StatusCode::CREATED, "{bid}");
+            assert_eq!(bid["status"], "filled", "{symbol}: {bid}");
+        }
+        let (status, resting) = place_at(&first, alice, limit(symbol, "sell", "101.00")).await;
+        assert_eq!(status, StatusCode::CREATED, "{resting}");
+        assert_eq!(
+            book_at(&first, symbol).await,
+            book_at(&second, symbol).await
+        );
+    }
+
+    // The owner of BTC-USD is killed: the other replica takes the symbol over, with the book
+    // rebuilt exactly — the ask resting there before the kill is what the next bid takes.
+    let killed = owner_of(&platform, "BTC-USD").await.unwrap();
+    let survivor = if killed == "orders" { &second } else { &first };
+    let book_before = book_at(survivor, "BTC-USD").await;
+    let mut child = platform.processes.remove(killed).unwrap();
+    child.kill().await.unwrap();
+    let started = std::time::Instant::now();
+    let bid = eventually_some("BTC-USD taken over by the survivor", || async {
+        let (status, bid) = place_at(survivor, bob, limit("BTC-USD", "buy", "101.00")).await;
+        (status == StatusCode::CREATED).then_some(bid)
+    })
+    .await;
+    eprintln!("BTC-USD failed over in {:?}", started.elapsed());
+    assert_eq!(
+        bid["status"], "filled",
+        "the rebuilt book kept the ask: {bid}"
+    );
+    assert_eq!(
+        book_before["asks"][0],
+        json!(["101.00", "0.50000000"]),
+        "{book_before}"
+    );
+
+    // It comes back, joins, and takes its share again; orders through it reach the same book.
+    platform.spawn(killed);
+    platform.until_ready(killed).await;
+    eventually("the returning replica takes its share", || async {
+        let btc = owner_of(&platform, "BTC-USD").await;
+        let eth = owner_of(&platform, "ETH-USD").await;
+        btc.is_some() && eth.is_some() && btc != eth
+    })
+    .await;
+    let returned = platform.url(killed);
+    let (status, ask) = place_at(survivor, alice, limit("BTC-USD", "sell", "102.00")).await;
+    assert_eq!(status, StatusCode::CREATED, "{ask}");
+    let (status, bid) = place_at(&returned, bob, limit("BTC-USD", "buy", "102.00")).await;
+    assert_eq!(status, StatusCode::CREATED, "{bid}");
+    assert_eq!(bid["status"], "filled", "{bid}");
+
+    // A batch caught by a takeover: the owner of BTC-USD is committing a bid when the other
+    // replica takes the symbol over (the takeover statement, held back by a lock of the test's
+    // until the batch is waiting on it). The batch's fence sees the new epoch, nothing of it
+    // commits, and the bid is sent on to the new owner, whose book has the ask.
+    let owner = owner_of(&platform, "BTC-USD").await.unwrap();
+    let heir = if owner == "orders" {
+        "orders-2"
+    } else {
+        "orders"
+    };
+    let heir_id: Uuid = sqlx::query_scalar("SELECT id FROM orders.replicas WHERE address = $1")
+        .bind(platform.url(heir))
+        .fetch_one(&platform.db)
+        .await
+        .unwrap();
+    let (status, ask) = place_at(
+        &platform.url(heir),
+        alice,
+        limit("BTC-USD", "sell", "103.00"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{ask}");
+    let mut takeover = platform.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders.symbol_owners WHERE symbol = 'BTC-USD' FOR UPDATE")
+        .execute(&mut *takeover)
+        .await
+        .unwrap();
+    let bid = tokio::spawn({
+        let (owner_url, bob) = (platform.url(owner), bob.clone());
+        async move { place_at(&owner_url, &bob, limit("BTC-USD", "buy", "103.00")).await }
+    });
+    // Its batch now waits at its fence, behind the test's lock.
+    service_kit::testing::until_waiting_for_a_lock(&platform.db, "FOR SHARE").await;
+    sqlx::query(
+        "UPDATE orders.symbol_owners SET epoch = epoch + 1, replica = $1 WHERE symbol = 'BTC-USD'",
+    )
+    .bind(heir_id)
+    .execute(&mut *takeover)
+    .await
+    .unwrap();
+    takeover.commit().await.unwrap();
+    let (status, bid) = bid.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{bid}");
+    assert_eq!(
+        bid["status"], "filled",
+        "the new owner's book took it: {bid}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", platform.url(owner)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("orders_symbols_lost_total 1"),
+        "the old owner's batch was fenced off"
+    );
+
+    // The owner of ETH-USD is paused (SIGSTOP): its lease runs out and the other replica takes
+    // the symbol, while the paused one still believes it keeps the book.
+    let paused = owner_of(&platform, "ETH-USD").await.unwrap();
+    let awake = if paused == "orders" {
+        platform.url("orders-2")
+    } else {
+        platform.url("orders")
+    };
+    signal(&platform.processes[paused], "-STOP");
+    let ask = eventually_some("ETH-USD taken over from the paused owner", || async {
+        let (status, ask) = place_at(&awake, alice, limit("ETH-USD", "sell", "99.00")).await;
+        (status == StatusCode::CREATED).then_some(ask)
+    })
+    .await;
+    assert_eq!(ask["status"], "open", "{ask}");
+    // Woken up, the old owner's stale book does not have that ask; had it committed from that
+    // book, this bid would rest beside it (a crossed market) instead of taking it.
+    signal(&platform.processes[paused], "-CONT");
+    let (status, bid) =
+        place_at(&platform.url(paused), bob, limit("ETH-USD", "buy", "99.00")).await;
+    assert_eq!(status, StatusCode::CREATED, "{bid}");
+    assert_eq!(bid["status"], "filled", "{bid}");
+
+    // Never a crossed market: no open bid at or above an open ask of the same symbol.
+    let crossed = platform
+        .count(
+            "SELECT count(*) FROM orders.orders b JOIN orders.orders a
+                ON a.symbol = b.symbol AND a.side = 'sell' AND b.side = 'buy'
+             WHERE a.status IN ('open', 'partially_filled')
+               AND b.status IN ('open', 'partially_filled') AND b.price >= a.price",
+        )
+        .await;
+    assert_eq!(crossed, 0, "crossed market");
+    // One sequence per book: no two events of a symbol share a book sequence.
+    let forked = platform
+        .count(
+            "SELECT count(*) FROM (SELECT symbol, book_sequence FROM orders.orders
+                                    WHERE book_sequence IS NOT NULL
+                                    GROUP BY 1, 2 HAVING count(*) > 1) AS doubled",
+        )
+        .await;
+    assert_eq!(forked, 0, "two books wrote the same sequence");
+
+    // Every trade settles once, and the books reconcile.
+    platform.until_every_trade_settled().await;
+    platform.assert_reconciled(&admin).await;
 }

@@ -31,6 +31,10 @@ pub const RISK_CHECK: &str = "risk:check";
 /// Funds holds, placed by orders before matching.
 pub const SETTLEMENT_HOLD: &str = "settlement:hold";
 
+/// Commands for a symbol's book, forwarded by an orders replica to the replica that owns it
+/// (TRD-08).
+pub const ORDERS_MATCHING: &str = "orders:matching";
+
 /// Orders' totals of executed trades, read by settlement's reconciliation (REL-15).
 pub const ORDERS_TRADE_TOTALS: &str = "orders:trade-totals";
 
@@ -51,6 +55,11 @@ pub const GRANTS: &[Grant] = &[
         client: "settlement",
         audience: "orders",
         scope: ORDERS_TRADE_TOTALS,
+    },
+    Grant {
+        client: "orders",
+        audience: "orders",
+        scope: ORDERS_MATCHING,
     },
 ];
 

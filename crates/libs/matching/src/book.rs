@@ -30,6 +30,7 @@ pub struct RestingOrder {
 
 /// Aggregated depth at one price.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Level {
     pub price: i64,
     pub quantity: u64,

@@ -9,6 +9,8 @@ pub struct OrderId(pub u128);
 pub struct AccountId(pub u128);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Side {
     Buy,
     Sell,
@@ -31,6 +33,8 @@ pub enum OrderKind {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum TimeInForce {
     /// Good till cancelled: what does not fill rests on the book.
     #[default]

@@ -64,7 +64,7 @@ pub fn required_key<'h>(
 }
 
 /// A stored answer: what the first request got, replayed to its retries.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Answer {
     pub status: u16,
     pub body: String,
@@ -99,7 +99,7 @@ impl Answer {
 pub const LEASE: Duration = Duration::from_secs(60);
 
 /// A key this request owns until it completes or abandons it, or its lease is taken over.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Claim {
     pub principal: Uuid,
     pub key: String,

@@ -77,6 +77,30 @@ where
     }
 }
 
+/// Waits until a session of `pool`'s database is blocked on a lock whose statement contains
+/// `statement` (e.g. `"FOR SHARE"`): how a test knows the statement it set off — in a task, or in
+/// another process — now waits on a transaction the test holds open.
+#[allow(clippy::expect_used)]
+pub async fn until_waiting_for_a_lock(pool: &sqlx::PgPool, statement: &str) {
+    let pattern = format!("%{statement}%");
+    eventually(
+        &format!("a statement like {statement:?} waiting on a lock"),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND wait_event_type = 'Lock'
+                AND query LIKE $1",
+            )
+            .bind(&pattern)
+            .fetch_one(pool)
+            .await
+            .expect("pg_stat_activity is readable");
+            waiting > 0
+        },
+    )
+    .await;
+}
+
 /// A private `redis-server` on a free loopback port, keeping nothing on disk: for a test that
 /// stops Redis or makes it forget everything, which must never happen to the shared one (other
 /// tests run beside it). Killed when dropped.

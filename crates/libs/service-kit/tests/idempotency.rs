@@ -141,7 +141,7 @@ async fn a_withdrawn_claim_fences_its_work_and_an_answered_one_stands(pool: PgPo
         async move { idempotency::withdraw(&pool, &racing).await.unwrap() }
     });
     // The withdrawal is blocked on the batch's row lock until the batch commits.
-    wait_for_lock_wait(&pool).await;
+    service_kit::testing::until_waiting_for_a_lock(&pool, "DELETE FROM idempotency_keys").await;
     batch.commit().await.unwrap();
     assert_eq!(withdrawal.await.unwrap(), Withdrawal::Answered);
     assert!(matches!(
@@ -150,21 +150,4 @@ async fn a_withdrawn_claim_fences_its_work_and_an_answered_one_stands(pool: PgPo
             .unwrap(),
         Begin::Replay { status: 201, .. }
     ));
-}
-
-/// Until some session of this database waits for a row lock.
-async fn wait_for_lock_wait(pool: &PgPool) {
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            return;
-        }
-        tokio::task::yield_now().await;
-    }
 }

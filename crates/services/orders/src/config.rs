@@ -23,6 +23,12 @@ pub struct Config {
     /// Timeout, retries, breaker and bulkhead of the calls to settlement
     /// (`BOURSE_ORDERS_SETTLEMENT_*`).
     pub settlement: Policy,
+    /// Timeout, breaker and bulkhead of commands forwarded to the replica that owns a symbol's
+    /// book (`BOURSE_ORDERS_FORWARD_*`).
+    pub forward: Policy,
+    /// Where the other orders replicas reach this one (`BOURSE_ORDERS_ADVERTISE_URL`, e.g.
+    /// `http://$(POD_IP):8082`); by default the bound address, which only works on one host.
+    pub advertise_url: Option<String>,
     /// Orders' client secret for service tokens (`BOURSE_SERVICE_SECRET_ORDERS`).
     pub service_secret: SecretString,
     /// How far from the reference price (last trade, else the best opposite quote) a market
@@ -70,6 +76,20 @@ impl Config {
                     ..Policy::default()
                 },
             ),
+            forward: Policy::read(
+                env,
+                "BOURSE_ORDERS_FORWARD",
+                Policy {
+                    timeout: Duration::from_secs(2),
+                    ..Policy::default()
+                },
+            ),
+            advertise_url: if env.is_set("BOURSE_ORDERS_ADVERTISE_URL") {
+                let url: String = env.or("BOURSE_ORDERS_ADVERTISE_URL", String::new());
+                Some(url.trim_end_matches('/').to_owned())
+            } else {
+                None
+            },
             service_secret: access::service::client_secret(env, "orders", common.is_production()),
             market_protection_bps: {
                 let bps = env.or("BOURSE_ORDERS_MARKET_PROTECTION_BPS", 1_000u32);

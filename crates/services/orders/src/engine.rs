@@ -1,20 +1,27 @@
-//! Matching tasks: one per symbol, the only writer of that symbol's book (TRD-03).
+//! Matching tasks: one per symbol across all replicas, the only writer of that symbol's book
+//! (TRD-03). A replica runs the tasks of the symbols it owns ([`crate::ownership`]) and
+//! forwards the commands of the others to their owner ([`crate::forwarding`]).
 //!
 //! Requests reach a task through a bounded queue; a full queue is answered with 503 at once
 //! instead of growing without bound. The task executes a command on its in-memory [`Book`],
 //! then commits the resulting order rows, trades, outbox events and the idempotency response
 //! in one transaction, and only then answers. If that transaction fails, the book has moved
 //! ahead of the database: the task rebuilds it from the database (as on start-up, REL-16) and
-//! answers 503, so memory never disagrees with what was committed.
+//! answers 503, so memory never disagrees with what was committed. Every batch also proves,
+//! inside its transaction, that its task still owns the symbol (its epoch): a task that lost
+//! the symbol while it was paused commits nothing, hands its queue back as `not_owner`, and
+//! stops.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use matching::{
-    AccountId, Book, Command, Event, NewOrder, OrderId, RestingOrder, SelfTradePrevention, Side,
+    AccountId, Book, Command as BookCommand, Event, NewOrder, OrderId, RestingOrder,
+    SelfTradePrevention, Side,
 };
-use service_kit::Supervisor;
+use serde::{Deserialize, Serialize};
 use service_kit::http::RequestContext;
+use service_kit::{Shutdown, Supervisor};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
@@ -23,9 +30,11 @@ use contracts::fees::Fees;
 
 use crate::book_feed::BookFeed;
 use crate::error::{Error, Result};
+use crate::forwarding::Forwarder;
 use crate::group_commit::BatchWrites;
 use crate::instruments::Instrument;
 use crate::order_entry::ValidOrder;
+use crate::ownership::{self, Owner, Ownership};
 use crate::store;
 use crate::view::OrderView;
 use service_kit::idempotency::{self, Claim};
@@ -56,39 +65,42 @@ impl Origin {
     }
 }
 
-enum Job {
-    Place {
-        order: ValidOrder,
-        claim: Claim,
-        origin: Origin,
-        reply: oneshot::Sender<Result<Answer>>,
-    },
-    Cancel {
-        order_id: Uuid,
-        account: Uuid,
-        origin: Origin,
-        reply: oneshot::Sender<Result<Option<OrderView>>>,
-    },
-    CancelAccount {
-        account: Uuid,
-        origin: Origin,
-        reply: oneshot::Sender<Result<u64>>,
-    },
-    Depth {
-        levels: usize,
-        reply: oneshot::Sender<Depth>,
-    },
+/// What a matching task is asked to do; also what a replica forwards to a symbol's owner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    Place { order: ValidOrder, claim: Claim },
+    Cancel { order_id: Uuid, account: Uuid },
+    CancelAccount { account: Uuid },
+    Depth { levels: usize },
+}
+
+/// A command's result, once its batch committed.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "value", rename_all = "snake_case")]
+pub enum Outcome {
+    Placed(Answer),
+    /// The cancelled order; `None` when it was not the caller's or not open.
+    Cancelled(Option<Box<OrderView>>),
+    Counted(u64),
+    Depth(Depth),
+}
+
+struct Job {
+    command: Command,
+    origin: Origin,
+    reply: oneshot::Sender<Result<Outcome>>,
 }
 
 /// A consistent view of the top of a book, in ticks and lots.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Depth {
     pub sequence: u64,
     pub bids: Vec<matching::Level>,
     pub asks: Vec<matching::Level>,
 }
 
-/// The running matching tasks, started on first use of a symbol.
+/// The matching tasks of the symbols this replica owns, and the way to the others' owners.
 #[derive(Clone)]
 pub struct Engines {
     pool: PgPool,
@@ -97,11 +109,43 @@ pub struct Engines {
     fees: Fees,
     quotes: Quotes,
     feed: BookFeed,
-    tasks: Arc<Mutex<HashMap<String, mpsc::Sender<Job>>>>,
-    /// Owns the matching tasks: a task that stopped (its book could not be rebuilt, or it
-    /// panicked) is started again by the next order for its symbol.
+    ownership: Ownership,
+    forwarder: Forwarder,
+    /// The symbols whose book is here: their task's queue and the epoch it commits under.
+    local: Arc<Mutex<HashMap<String, LocalBook>>>,
+    /// Where the other symbols' books were last found.
+    remote: Arc<Mutex<HashMap<String, Remote>>>,
+    /// Owns the matching tasks: a task that stopped (its book could not be rebuilt, it
+    /// panicked, or it lost its symbol) is started again when the symbol is next needed here.
     supervisor: Supervisor,
 }
+
+#[derive(Clone)]
+struct LocalBook {
+    queue: mpsc::Sender<Job>,
+    epoch: i64,
+}
+
+/// Another replica's book: who keeps it and where it listens.
+#[derive(Clone)]
+struct Remote {
+    replica: Uuid,
+    address: String,
+}
+
+/// Where a command goes.
+enum Route {
+    Here(mpsc::Sender<Job>),
+    There(Remote),
+}
+
+/// How often a command is routed again when the book moved under it, with a short wait in
+/// between: a book that moves is back within a batch or two.
+const ROUTE_ATTEMPTS: u32 = 5;
+const ROUTE_BACKOFF: service_kit::backoff::Backoff = service_kit::backoff::Backoff {
+    base: std::time::Duration::from_millis(20),
+    cap: std::time::Duration::from_millis(500),
+};
 
 impl Engines {
     /// `capacity`: requests that may wait per symbol; beyond it they are shed with 503.
@@ -110,6 +154,8 @@ impl Engines {
         capacity: usize,
         fees: Fees,
         feed: BookFeed,
+        ownership: Ownership,
+        forwarder: Forwarder,
         supervisor: Supervisor,
     ) -> Self {
         Self {
@@ -118,55 +164,169 @@ impl Engines {
             fees,
             quotes: Quotes::default(),
             feed,
+            ownership,
+            forwarder,
             supervisor,
-            tasks: Arc::default(),
+            local: Arc::default(),
+            remote: Arc::default(),
         }
     }
 
-    fn queue(&self, instrument: &Instrument) -> Result<mpsc::Sender<Job>> {
-        let mut tasks = self
-            .tasks
+    pub fn ownership(&self) -> &Ownership {
+        &self.ownership
+    }
+
+    /// The queue of this replica's task for `instrument` under `epoch`, started if needed.
+    fn start(&self, instrument: &Instrument, epoch: i64) -> Result<mpsc::Sender<Job>> {
+        let mut local = self
+            .local
             .lock()
             .map_err(|_| Error::Internal("engine registry poisoned".to_owned()))?;
-        if let Some(sender) = tasks.get(&instrument.symbol)
-            && !sender.is_closed()
+        if let Some(book) = local.get(&instrument.symbol)
+            && !book.queue.is_closed()
+            && book.epoch >= epoch
         {
-            return Ok(sender.clone());
+            return Ok(book.queue.clone());
         }
-        let (sender, receiver) = mpsc::channel(self.capacity);
+        let (queue, receiver) = mpsc::channel(self.capacity);
         self.supervisor.spawn_tracked(
             format!("matching:{}", instrument.symbol),
             run(
                 self.pool.clone(),
                 instrument.clone(),
+                epoch,
                 self.fees,
                 self.quotes.clone(),
                 self.feed.clone(),
                 receiver,
             ),
         );
-        tasks.insert(instrument.symbol.clone(), sender.clone());
-        Ok(sender)
+        local.insert(
+            instrument.symbol.clone(),
+            LocalBook {
+                queue: queue.clone(),
+                epoch,
+            },
+        );
+        if let Ok(mut remote) = self.remote.lock() {
+            remote.remove(&instrument.symbol);
+        }
+        Ok(queue)
     }
 
-    fn send(&self, instrument: &Instrument, job: Job) -> Result<()> {
-        self.queue(instrument)?
-            .try_send(job)
-            .map_err(|err| match err {
-                mpsc::error::TrySendError::Full(_) => Error::Overloaded,
-                mpsc::error::TrySendError::Closed(_) => Error::MatchingStopped,
-            })
+    /// Stops routing `symbol` here (its task ends once its queue drains) and forgets where
+    /// it was found elsewhere: the next command looks its owner up again.
+    fn forget(&self, symbol: &str) {
+        if let Ok(mut local) = self.local.lock() {
+            local.remove(symbol);
+        }
+        if let Ok(mut remote) = self.remote.lock() {
+            remote.remove(symbol);
+        }
     }
 
-    /// Hands a job to the symbol's task and waits for its answer.
-    async fn ask<T>(
+    fn cached(&self, symbol: &str) -> Option<Route> {
+        if let Some(book) = self.local.lock().ok()?.get(symbol)
+            && !book.queue.is_closed()
+        {
+            return Some(Route::Here(book.queue.clone()));
+        }
+        let remote = self.remote.lock().ok()?;
+        remote
+            .get(symbol)
+            .map(|address| Route::There(address.clone()))
+    }
+
+    async fn route(&self, instrument: &Instrument) -> Result<Route> {
+        if let Some(route) = self.cached(&instrument.symbol) {
+            return Ok(route);
+        }
+        match self.ownership.resolve(&instrument.symbol).await? {
+            Some(Owner::Here { epoch }) => Ok(Route::Here(self.start(instrument, epoch)?)),
+            Some(Owner::There { replica, address }) => {
+                let owner = Remote { replica, address };
+                if let Ok(mut remote) = self.remote.lock() {
+                    remote.insert(instrument.symbol.clone(), owner.clone());
+                }
+                Ok(Route::There(owner))
+            }
+            None => Err(Error::NotFound),
+        }
+    }
+
+    /// Runs `command` on the symbol's book, wherever it is kept.
+    async fn ask(&self, instrument: &Instrument, command: Command) -> Result<Outcome> {
+        self.ask_routed(instrument, command, true).await
+    }
+
+    /// Runs a command forwarded by another replica to `owner`: here, or `not_owner` — when
+    /// this replica is not the one the sender meant (an address reused by a new process) or
+    /// no longer keeps the book. Never forwarded on, so two replicas with stale views cannot
+    /// bounce a command between them.
+    pub async fn ask_owner(
         &self,
         instrument: &Instrument,
-        job: impl FnOnce(oneshot::Sender<T>) -> Job,
-    ) -> Result<T> {
+        owner: Uuid,
+        command: Command,
+    ) -> Result<Outcome> {
+        if owner != self.ownership.replica() {
+            return Err(Error::NotOwner);
+        }
+        self.ask_routed(instrument, command, false).await
+    }
+
+    async fn ask_routed(
+        &self,
+        instrument: &Instrument,
+        command: Command,
+        forward: bool,
+    ) -> Result<Outcome> {
+        for attempt in 0..ROUTE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(ROUTE_BACKOFF.delay(attempt - 1)).await;
+            }
+            let outcome = match self.route(instrument).await? {
+                Route::Here(queue) => self.ask_here(&queue, command.clone()).await,
+                Route::There(owner) if forward => {
+                    let sent = self
+                        .forwarder
+                        .send(&owner.address, owner.replica, &instrument.symbol, &command)
+                        .await;
+                    if sent.is_err() {
+                        // Unreachable, or it answered from a book that moved: look again.
+                        self.forget(&instrument.symbol);
+                    }
+                    sent
+                }
+                Route::There(_) => Err(Error::NotOwner),
+            };
+            match outcome {
+                // The book moved (fenced, released, or its task gone before taking the job):
+                // the command never ran, so it may be routed again.
+                Err(Error::NotOwner) if forward => self.forget(&instrument.symbol),
+                Err(Error::NotOwner) => {
+                    self.forget(&instrument.symbol);
+                    return Err(Error::NotOwner);
+                }
+                other => return other,
+            }
+        }
+        Err(Error::OwnerMoving)
+    }
+
+    async fn ask_here(&self, queue: &mpsc::Sender<Job>, command: Command) -> Result<Outcome> {
         let (reply, answer) = oneshot::channel();
-        self.send(instrument, job(reply))?;
-        answer.await.map_err(|_| Error::MatchingStopped)
+        let job = Job {
+            command,
+            origin: Origin::current(),
+            reply,
+        };
+        queue.try_send(job).map_err(|err| match err {
+            mpsc::error::TrySendError::Full(_) => Error::Overloaded,
+            // The task ended before taking the job: nothing ran.
+            mpsc::error::TrySendError::Closed(_) => Error::NotOwner,
+        })?;
+        answer.await.map_err(|_| Error::MatchingStopped)?
     }
 
     pub async fn place(
@@ -175,29 +335,43 @@ impl Engines {
         order: ValidOrder,
         claim: Claim,
     ) -> Result<Answer> {
-        let origin = Origin::current();
-        self.ask(instrument, |reply| Job::Place {
-            order,
-            claim,
-            origin,
-            reply,
-        })
-        .await?
+        match self
+            .ask(instrument, Command::Place { order, claim })
+            .await?
+        {
+            Outcome::Placed(answer) => Ok(answer),
+            _ => Err(mismatch()),
+        }
     }
 
     /// Cancels every resting order of `account` in this instrument; returns how many.
     pub async fn cancel_account(&self, instrument: &Instrument, account: Uuid) -> Result<u64> {
-        let origin = Origin::current();
-        self.ask(instrument, |reply| Job::CancelAccount {
-            account,
-            origin,
-            reply,
-        })
-        .await?
+        match self
+            .ask(instrument, Command::CancelAccount { account })
+            .await?
+        {
+            Outcome::Counted(count) => Ok(count),
+            _ => Err(mismatch()),
+        }
     }
 
-    pub fn quotes(&self) -> &Quotes {
-        &self.quotes
+    /// Halfway between the best bid and ask, when both exist: what risk's collar falls back to
+    /// before the first trade. Read without a trip through the task where the book is here.
+    pub async fn mid(&self, instrument: &Instrument) -> Result<Option<i64>> {
+        if let Some(Route::Here(_)) = self.cached(&instrument.symbol) {
+            return Ok(self.quotes.mid(&instrument.symbol));
+        }
+        let top = self.depth(instrument, 1).await?;
+        Ok(match (top.bids.first(), top.asks.first()) {
+            (Some(bid), Some(ask)) => {
+                let (bid, ask) = (
+                    bid.price * instrument.tick_size,
+                    ask.price * instrument.tick_size,
+                );
+                Some(bid + (ask - bid) / 2)
+            }
+            _ => None,
+        })
     }
 
     /// Where a market order on `side` is priced from: the last trade, else the best quote it
@@ -220,8 +394,10 @@ impl Engines {
 
     /// The top `levels` of the book, read by the book's own task (so never torn).
     pub async fn depth(&self, instrument: &Instrument, levels: usize) -> Result<Depth> {
-        self.ask(instrument, |reply| Job::Depth { levels, reply })
-            .await
+        match self.ask(instrument, Command::Depth { levels }).await? {
+            Outcome::Depth(depth) => Ok(depth),
+            _ => Err(mismatch()),
+        }
     }
 
     /// Cancels the caller's resting order; `None` when it is not theirs or does not exist.
@@ -231,15 +407,101 @@ impl Engines {
         order_id: Uuid,
         account: Uuid,
     ) -> Result<Option<OrderView>> {
-        let origin = Origin::current();
-        self.ask(instrument, |reply| Job::Cancel {
-            order_id,
-            account,
-            origin,
-            reply,
-        })
-        .await?
+        match self
+            .ask(instrument, Command::Cancel { order_id, account })
+            .await?
+        {
+            Outcome::Cancelled(view) => Ok(view.map(|v| *v)),
+            _ => Err(mismatch()),
+        }
     }
+
+    /// Keeps this replica's share of the books until `stop`: renews its lease every second,
+    /// takes orphaned symbols and hands surplus ones over ([`ownership::plan`]), starts the
+    /// task of every symbol it owns (so a takeover rebuilds the book before the first order
+    /// arrives) and stops routing to the ones it lost. On `stop` it gives its symbols up, so
+    /// the other replicas take them at once.
+    pub async fn keep_books(self, stop: Shutdown) {
+        loop {
+            if let Err(err) = self.balance().await {
+                tracing::warn!(error = %err, "could not renew this replica's books");
+            }
+            tokio::select! {
+                () = stop.triggered() => break,
+                () = tokio::time::sleep(ownership::RENEW_EVERY) => {}
+            }
+        }
+        match self.ownership.leave().await {
+            Ok(()) => tracing::info!("gave up this replica's books"),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not give up this replica's books; they move when its lease runs out")
+            }
+        }
+    }
+
+    async fn balance(&self) -> Result<()> {
+        self.ownership.renew().await?;
+        let me = self.ownership.replica();
+        let (owners, live) = self.ownership.survey().await?;
+        let plan = ownership::plan(me, &owners, &live);
+        for (symbol, seen) in &plan.take {
+            self.ownership.take(symbol, *seen, me).await?;
+        }
+        for (symbol, epoch, to) in &plan.hand_over {
+            if self.ownership.take(symbol, *epoch, *to).await?.is_some() {
+                self.forget(symbol);
+            }
+        }
+        if plan.take.is_empty() && plan.hand_over.is_empty() {
+            self.follow(&owners).await?;
+        } else {
+            // Act on what the moves left, read again.
+            let (owners, _) = self.ownership.survey().await?;
+            self.follow(&owners).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the task of every symbol owned here; forgets the local task of every symbol
+    /// owned elsewhere.
+    async fn follow(&self, owners: &[store::OwnerRow]) -> Result<()> {
+        let me = self.ownership.replica();
+        let mut owned = 0;
+        for row in owners {
+            if row.replica == Some(me) {
+                owned += 1;
+                let running = self
+                    .local
+                    .lock()
+                    .map_err(|_| Error::Internal("engine registry poisoned".to_owned()))?
+                    .get(&row.symbol)
+                    .is_some_and(|book| book.epoch == row.epoch && !book.queue.is_closed());
+                if !running
+                    && let Some(instrument) = store::instrument(&self.pool, &row.symbol).await?
+                {
+                    self.start(&instrument, row.epoch)?;
+                }
+            } else {
+                // Only a newer epoch means the book moved: a survey older than this replica's
+                // own takeover still names the previous owner.
+                let superseded = self
+                    .local
+                    .lock()
+                    .map_err(|_| Error::Internal("engine registry poisoned".to_owned()))?
+                    .get(&row.symbol)
+                    .is_some_and(|book| book.epoch < row.epoch);
+                if superseded {
+                    self.forget(&row.symbol);
+                }
+            }
+        }
+        metrics::gauge!("orders_owned_symbols").set(owned as f64);
+        Ok(())
+    }
+}
+
+fn mismatch() -> Error {
+    Error::Internal("a command answered with another command's outcome".to_owned())
 }
 
 /// Rebuilds a symbol's book from the database, keeping every order's time priority.
@@ -276,14 +538,6 @@ pub async fn recover(pool: &PgPool, instrument: &Instrument) -> Result<Book> {
 /// Most commands committed together in one transaction (group commit).
 pub const MAX_BATCH: usize = 256;
 
-/// What a job produced, held until its batch commits.
-enum Output {
-    Placed(Answer),
-    Cancelled(Option<Box<OrderView>>),
-    Counted(u64),
-    Depth(Depth),
-}
-
 /// A job's output before its batch is written: a cancel's view is read after the writes.
 enum Pending {
     Placed(Answer),
@@ -296,6 +550,7 @@ enum Pending {
 async fn run(
     pool: PgPool,
     instrument: Instrument,
+    epoch: i64,
     fees: Fees,
     quotes: Quotes,
     feed: BookFeed,
@@ -310,7 +565,13 @@ async fn run(
             return;
         }
     };
-    tracing::info!(%symbol, resting = book.len(), "matching task started");
+    tracing::info!(%symbol, epoch, resting = book.len(), "matching task started");
+    let batches = Batches {
+        pool: &pool,
+        instrument: &instrument,
+        epoch,
+        fees,
+    };
     let mut published = book.sequence();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.recv().await {
@@ -326,7 +587,7 @@ async fn run(
         metrics::histogram!("orders_matching_batch_size", "symbol" => symbol.clone())
             .record(batch.len() as f64);
         let started = std::time::Instant::now();
-        let committed = commit_batch(&pool, &instrument, fees, &mut book, &batch).await;
+        let committed = batches.commit(&mut book, &batch).await;
         metrics::histogram!("orders_matching_batch_seconds", "symbol" => symbol.clone())
             .record(started.elapsed());
         match committed {
@@ -338,6 +599,7 @@ async fn run(
                     reply(job, Ok(output));
                 }
             }
+            Err(Error::NotOwner) => return lost(&symbol, epoch, batch.drain(..), jobs),
             Err(err) => {
                 // The book ran ahead of what was committed: rebuild it, then redo the jobs one
                 // at a time, so only a job that fails on its own gets an error.
@@ -349,15 +611,24 @@ async fn run(
                         return;
                     }
                 };
-                for job in batch.drain(..) {
+                let mut replayed = batch.drain(..);
+                while let Some(job) = replayed.next() {
                     let single = std::slice::from_ref(&job);
-                    match commit_batch(&pool, &instrument, fees, &mut book, single).await {
+                    match batches.commit(&mut book, single).await {
                         Ok(mut outputs) => match outputs.pop() {
                             Some(output) => reply(job, Ok(output)),
                             None => reply(job, Err(Error::Internal("no output".to_owned()))),
                         },
+                        Err(Error::NotOwner) => {
+                            return lost(
+                                &symbol,
+                                epoch,
+                                std::iter::once(job).chain(replayed),
+                                jobs,
+                            );
+                        }
                         Err(err) => {
-                            if let Job::Place { claim, .. } = &job {
+                            if let Command::Place { claim, .. } = &job.command {
                                 idempotency::abandon(&pool, claim).await;
                             }
                             reply(job, Err(err));
@@ -379,6 +650,22 @@ async fn run(
             feed.offer(&instrument, &book, published);
             published = book.sequence();
         }
+    }
+}
+
+/// The symbol moved to another replica while this task held it (it was paused past its lease,
+/// or cut off from the database): nothing of `batch` committed, so it and everything queued
+/// behind it is answered `not_owner` — the callers route those commands to the new owner —
+/// and the task ends with its book.
+fn lost(symbol: &str, epoch: i64, batch: impl Iterator<Item = Job>, mut jobs: mpsc::Receiver<Job>) {
+    tracing::warn!(%symbol, epoch, "this replica lost the symbol; its queue goes to the new owner");
+    metrics::counter!("orders_symbols_lost_total").increment(1);
+    for job in batch {
+        reply(job, Err(Error::NotOwner));
+    }
+    jobs.close();
+    while let Ok(job) = jobs.try_recv() {
+        reply(job, Err(Error::NotOwner));
     }
 }
 
@@ -414,122 +701,105 @@ impl Quotes {
     }
 }
 
-/// Applies `jobs` to the book, then writes all their effects in one transaction.
-async fn commit_batch(
-    pool: &PgPool,
-    instrument: &Instrument,
+/// What every batch of one task shares.
+struct Batches<'a> {
+    pool: &'a PgPool,
+    instrument: &'a Instrument,
+    /// The task's ownership of the symbol, proven in every batch's transaction.
+    epoch: i64,
     fees: Fees,
-    book: &mut Book,
-    jobs: &[Job],
-) -> Result<Vec<Output>> {
-    let mut writes = BatchWrites::new(instrument, fees);
-    let mut outputs = Vec::with_capacity(jobs.len());
-    let mut events = Vec::new();
-    for job in jobs {
-        events.clear();
-        let output = match job {
-            Job::Place {
-                order,
-                claim,
-                origin,
-                ..
-            } => {
-                book.execute(Command::Place(new_order(instrument, order)), &mut events);
-                Pending::Placed(origin.enter(|| writes.place(order, claim, &events))?)
-            }
-            Job::Cancel {
-                order_id,
-                account,
-                origin,
-                ..
-            } => {
-                book.execute(
-                    Command::Cancel {
-                        id: OrderId(order_id.as_u128()),
-                        account: AccountId(account.as_u128()),
-                    },
-                    &mut events,
-                );
-                origin.enter(|| writes.book_events(&events));
-                let cancelled = events
-                    .iter()
-                    .any(|e| matches!(e.event, Event::Cancelled { .. }));
-                // The order may predate this batch: its view is read once the batch is written.
-                Pending::Cancelled(cancelled.then_some((*order_id, *account)))
-            }
-            Job::CancelAccount {
-                account, origin, ..
-            } => {
-                book.execute(
-                    Command::CancelAccount {
-                        account: AccountId(account.as_u128()),
-                    },
-                    &mut events,
-                );
-                origin.enter(|| writes.book_events(&events));
-                Pending::Counted(events.len() as u64)
-            }
-            // Read once the whole batch is applied: a snapshot is always of a batch's end, the
-            // state the book feed publishes too, so a WebSocket client's updates chain on from
-            // its snapshot's sequence without a gap.
-            Job::Depth { levels, .. } => Pending::Depth(*levels),
-        };
-        outputs.push(output);
-    }
-    let mut tx = pool.begin().await?;
-    writes.flush(&mut tx).await?;
-    let mut answers = Vec::with_capacity(outputs.len());
-    for output in outputs {
-        answers.push(match output {
-            Pending::Cancelled(Some((order_id, account))) => {
-                Output::Cancelled(store::own_order(&mut tx, order_id, account).await?.map(
-                    |(order, fills)| Box::new(OrderView::new(&order, &fills, instrument, fees)),
-                ))
-            }
-            Pending::Cancelled(None) => Output::Cancelled(None),
-            Pending::Placed(answer) => Output::Placed(answer),
-            Pending::Counted(count) => Output::Counted(count),
-            Pending::Depth(levels) => {
-                let (bids, asks) = book.depth(levels);
-                Output::Depth(Depth {
-                    sequence: book.sequence(),
-                    bids,
-                    asks,
-                })
-            }
-        });
-    }
-    tx.commit().await?;
-    Ok(answers)
 }
 
-fn reply(job: Job, output: Result<Output>) {
-    let mismatch = || Error::Internal("job and output do not match".to_owned());
-    match job {
-        Job::Place { reply, .. } => {
-            let _ = reply.send(output.and_then(|o| match o {
-                Output::Placed(answer) => Ok(answer),
-                _ => Err(mismatch()),
-            }));
+impl Batches<'_> {
+    /// Applies `jobs` to the book, then writes all their effects in one transaction — only
+    /// while the symbol's epoch is still this task's (`Error::NotOwner` otherwise).
+    async fn commit(&self, book: &mut Book, jobs: &[Job]) -> Result<Vec<Outcome>> {
+        let instrument = self.instrument;
+        let mut writes = BatchWrites::new(instrument, self.fees);
+        let mut outputs = Vec::with_capacity(jobs.len());
+        let mut events = Vec::new();
+        for job in jobs {
+            events.clear();
+            let origin = &job.origin;
+            let output = match &job.command {
+                Command::Place { order, claim } => {
+                    book.execute(
+                        BookCommand::Place(new_order(instrument, order)),
+                        &mut events,
+                    );
+                    Pending::Placed(origin.enter(|| writes.place(order, claim, &events))?)
+                }
+                Command::Cancel { order_id, account } => {
+                    book.execute(
+                        BookCommand::Cancel {
+                            id: OrderId(order_id.as_u128()),
+                            account: AccountId(account.as_u128()),
+                        },
+                        &mut events,
+                    );
+                    origin.enter(|| writes.book_events(&events));
+                    let cancelled = events
+                        .iter()
+                        .any(|e| matches!(e.event, Event::Cancelled { .. }));
+                    // The order may predate this batch: its view is read once the batch is
+                    // written.
+                    Pending::Cancelled(cancelled.then_some((*order_id, *account)))
+                }
+                Command::CancelAccount { account } => {
+                    book.execute(
+                        BookCommand::CancelAccount {
+                            account: AccountId(account.as_u128()),
+                        },
+                        &mut events,
+                    );
+                    origin.enter(|| writes.book_events(&events));
+                    Pending::Counted(events.len() as u64)
+                }
+                // Read once the whole batch is applied: a snapshot is always of a batch's end,
+                // the state the book feed publishes too, so a WebSocket client's updates chain
+                // on from its snapshot's sequence without a gap.
+                Command::Depth { levels } => Pending::Depth(*levels),
+            };
+            outputs.push(output);
         }
-        Job::Cancel { reply, .. } => {
-            let _ = reply.send(output.and_then(|o| match o {
-                Output::Cancelled(view) => Ok(view.map(|v| *v)),
-                _ => Err(mismatch()),
-            }));
+        let mut tx = self.pool.begin().await?;
+        // First, so a task that lost the symbol writes nothing, and the row stays share-locked
+        // until this commit: a takeover waits for it, then rebuilds the book with it.
+        if !store::fence(&mut tx, &instrument.symbol, self.epoch).await? {
+            return Err(Error::NotOwner);
         }
-        Job::CancelAccount { reply, .. } => {
-            let _ = reply.send(output.and_then(|o| match o {
-                Output::Counted(count) => Ok(count),
-                _ => Err(mismatch()),
-            }));
+        writes.flush(&mut tx).await?;
+        let mut answers = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            answers.push(match output {
+                Pending::Cancelled(Some((order_id, account))) => {
+                    Outcome::Cancelled(store::own_order(&mut tx, order_id, account).await?.map(
+                        |(order, fills)| {
+                            Box::new(OrderView::new(&order, &fills, instrument, self.fees))
+                        },
+                    ))
+                }
+                Pending::Cancelled(None) => Outcome::Cancelled(None),
+                Pending::Placed(answer) => Outcome::Placed(answer),
+                Pending::Counted(count) => Outcome::Counted(count),
+                Pending::Depth(levels) => {
+                    let (bids, asks) = book.depth(levels);
+                    Outcome::Depth(Depth {
+                        sequence: book.sequence(),
+                        bids,
+                        asks,
+                    })
+                }
+            });
         }
-        Job::Depth { reply, .. } => {
-            if let Ok(Output::Depth(depth)) = output {
-                let _ = reply.send(depth);
-            }
-        }
+        tx.commit().await?;
+        Ok(answers)
     }
+}
+
+fn reply(job: Job, outcome: Result<Outcome>) {
+    // The caller may be gone (its request cut off); the outcome stands regardless.
+    let _ = job.reply.send(outcome);
 }
 
 fn new_order(instrument: &Instrument, order: &ValidOrder) -> NewOrder {

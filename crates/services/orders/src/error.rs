@@ -20,6 +20,12 @@ pub enum Error {
     /// away) before answering; the next request starts it again.
     #[error("the matching task stopped")]
     MatchingStopped,
+    /// This replica does not keep the symbol's book (any more): ask its owner.
+    #[error("not the owner of the symbol's book")]
+    NotOwner,
+    /// The symbol's book is changing replicas right now.
+    #[error("the symbol's book is moving between replicas")]
+    OwnerMoving,
     #[error(transparent)]
     Problem(#[from] Problem),
     #[error("database: {0}")]
@@ -54,6 +60,16 @@ impl IntoResponse for Error {
                 "too many orders for this instrument right now; retry shortly",
                 1,
             ),
+            Error::NotOwner => Problem::new(
+                StatusCode::CONFLICT,
+                "not_owner",
+                "this replica does not keep the instrument's book",
+            ),
+            Error::OwnerMoving => Problem::unavailable(
+                "matching_moving",
+                "the instrument's book is moving between replicas; retry with the same Idempotency-Key",
+                1,
+            ),
             Error::MatchingStopped => Problem::unavailable(
                 "matching_unavailable",
                 "the matching engine for this instrument is restarting; retry with the same Idempotency-Key",
@@ -84,7 +100,9 @@ impl From<Error> for events::HandlerError {
         match err {
             Error::Database(err) => err.into(),
             Error::Events(err) => err.into(),
-            Error::Overloaded | Error::MatchingStopped => events::HandlerError::transient(err),
+            Error::Overloaded | Error::MatchingStopped | Error::NotOwner | Error::OwnerMoving => {
+                events::HandlerError::transient(err)
+            }
             other => events::HandlerError::permanent(other),
         }
     }

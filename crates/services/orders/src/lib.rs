@@ -6,6 +6,8 @@
 //! - [`order_entry`]: an order request checked in exact units; market-order protection.
 //! - [`funds`]: the risk check and the funds hold every order needs before matching.
 //! - [`engine`]: one matching task per symbol; [`group_commit`] the writes of each batch.
+//! - [`ownership`]: which replica keeps each symbol's book (leases and fencing epochs);
+//!   [`forwarding`] sends a command to the replica that does.
 //! - [`book_feed`]: each batch's top of book, published for the WebSocket stream.
 //! - [`kill_switches`]: mass cancels when risk pulls a kill switch.
 //! - [`view`]: orders and fills as the API shows them.
@@ -17,12 +19,14 @@ pub mod book_feed;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod forwarding;
 pub mod funds;
 pub mod group_commit;
 pub mod http;
 pub mod instruments;
 pub mod kill_switches;
 pub mod order_entry;
+pub mod ownership;
 pub mod store;
 pub mod view;
 
@@ -95,11 +99,25 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         KeyPrefix::new(&config.common.redis_key_prefix),
         &tasks,
     );
+    // Service tokens come from auth; settlement's holds are called with them (SEC-14), and so
+    // are the commands forwarded to the replica that keeps a symbol's book.
+    let tokens = Arc::new(
+        resilience::TokenSource::from_auth(
+            &client,
+            &config.auth.url,
+            SERVICE,
+            config.service_secret.clone(),
+        )
+        .map_err(Error::Internal)?,
+    );
+    let ownership = ownership::Ownership::new(pool.clone());
     let engines = engine::Engines::new(
         pool.clone(),
         config.queue_capacity,
         config.fees,
         feed,
+        ownership.clone(),
+        forwarding::Forwarder::new(client.clone(), config.forward.clone(), tokens.clone()),
         tasks.clone(),
     );
     // Kill switches from risk cancel what is open in their scope (TRD-11).
@@ -118,16 +136,6 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         kill_switches.clone().run(mass_cancel.clone(), stop)
     });
 
-    // Service tokens come from auth; settlement's holds are called with them (SEC-14).
-    let tokens = Arc::new(
-        resilience::TokenSource::from_auth(
-            &client,
-            &config.auth.url,
-            SERVICE,
-            config.service_secret.clone(),
-        )
-        .map_err(Error::Internal)?,
-    );
     let risk = resilience::Upstream::authenticated(
         "risk",
         config.risk_url.clone(),
@@ -166,18 +174,42 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Postgres(pool))
         .with(Check::Redis(redis));
+    let books = state.engines.clone();
     let router = service_kit::http::service_router(
         SERVICE,
         &config.common.http,
         readiness,
         http::router(state),
     );
-    Ok(
-        Server::for_service(SERVICE, &config.common, config.port, router)
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .with_tasks(tasks),
-    )
+    let server = Server::for_service(SERVICE, &config.common, config.port, router)
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    // Only now is this replica's address known (port 0 binds anywhere): it joins the others
+    // and takes its share of the books (TRD-08).
+    let address = match &config.advertise_url {
+        Some(url) => url.clone(),
+        None => bound_url(&config.common, &server)?,
+    };
+    ownership.advertise(address);
+    ownership.renew().await?;
+    tasks.spawn("symbol ownership", move |stop| {
+        books.clone().keep_books(stop)
+    });
+    Ok(server.with_tasks(tasks))
+}
+
+/// This replica as reachable on this host: the bound port, on loopback when bound to every
+/// interface; `https` when the service serves TLS.
+fn bound_url(common: &service_kit::CommonConfig, server: &Server) -> Result<String, Error> {
+    let bound = server
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("the bound address: {e}")))?;
+    let host = if bound.ip().is_unspecified() {
+        "127.0.0.1".to_owned()
+    } else {
+        bound.ip().to_string()
+    };
+    Ok(format!("{}://{host}:{}", common.tls.scheme(), bound.port()))
 }
 
 /// Each transition of the breaker in front of settlement becomes `CircuitBreakerOpened` /

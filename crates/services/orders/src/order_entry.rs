@@ -49,7 +49,9 @@ pub struct PlaceOrder {
 }
 
 /// An order that passed every check, in units of its assets and in ticks/lots for the book.
-#[derive(Clone, Debug)]
+/// Serialized only between orders replicas (a request forwarded to its symbol's owner).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ValidOrder {
     pub id: Uuid,
     pub account: Uuid,

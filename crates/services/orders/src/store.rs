@@ -534,3 +534,139 @@ pub async fn ticker(pool: &PgPool, symbol: &str) -> Result<(Option<i64>, i64)> {
     .fetch_one(pool)
     .await?)
 }
+
+/// Renews this replica's lease (and says where it can be reached).
+pub async fn renew_replica(
+    pool: &PgPool,
+    replica: uuid::Uuid,
+    address: &str,
+    lease: std::time::Duration,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO replicas (id, address, lease_until)
+         VALUES ($1, $2, now() + make_interval(secs => $3))
+         ON CONFLICT ON CONSTRAINT replicas_pkey
+         DO UPDATE SET address = EXCLUDED.address, lease_until = EXCLUDED.lease_until",
+    )
+    .bind(replica)
+    .bind(address)
+    .bind(lease.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A symbol's owner as the database has it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct OwnerRow {
+    pub symbol: String,
+    /// 0: never owned.
+    pub epoch: i64,
+    pub replica: Option<uuid::Uuid>,
+    pub address: Option<String>,
+    /// The owner's lease still holds.
+    pub live: bool,
+}
+
+/// Every instrument with its owner, or only `symbol`'s.
+async fn owners_of(pool: &PgPool, symbol: Option<&str>) -> Result<Vec<OwnerRow>> {
+    Ok(sqlx::query_as(
+        "SELECT i.symbol, COALESCE(o.epoch, 0) AS epoch, o.replica, r.address,
+                COALESCE(r.lease_until > now(), false) AS live
+           FROM instruments i
+           LEFT JOIN symbol_owners o ON o.symbol = i.symbol
+           LEFT JOIN replicas r ON r.id = o.replica
+          WHERE $1::text IS NULL OR i.symbol = $1
+          ORDER BY i.symbol",
+    )
+    .bind(symbol)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The owner of `symbol`; `None` when there is no such instrument.
+pub async fn owner(pool: &PgPool, symbol: &str) -> Result<Option<OwnerRow>> {
+    Ok(owners_of(pool, Some(symbol)).await?.pop())
+}
+
+/// Every instrument with its owner.
+pub async fn owners(pool: &PgPool) -> Result<Vec<OwnerRow>> {
+    owners_of(pool, None).await
+}
+
+/// The replicas whose lease holds.
+pub async fn live_replicas(pool: &PgPool) -> Result<Vec<uuid::Uuid>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM replicas WHERE lease_until > now() ORDER BY id")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+/// Makes `replica` the owner of `symbol` if its epoch is still `seen` (compare and set): the
+/// new epoch, or `None` when another replica moved it first. The update waits for a batch of
+/// the old owner that is committing (it holds the row FOR SHARE), so what that batch wrote is
+/// in the database before the new owner rebuilds the book.
+pub async fn take_symbol(
+    pool: &PgPool,
+    symbol: &str,
+    seen: i64,
+    replica: uuid::Uuid,
+) -> Result<Option<i64>> {
+    let statement = if seen == 0 {
+        // Never owned: the first owner creates the row; a concurrent first owner wins.
+        "INSERT INTO symbol_owners (symbol, epoch, replica) VALUES ($1, 1, $3)
+         ON CONFLICT ON CONSTRAINT symbol_owners_pkey DO NOTHING
+         RETURNING epoch"
+    } else {
+        "UPDATE symbol_owners SET epoch = epoch + 1, replica = $3
+          WHERE symbol = $1 AND epoch = $2
+         RETURNING epoch"
+    };
+    Ok(sqlx::query_scalar(statement)
+        .bind(symbol)
+        .bind(seen)
+        .bind(replica)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Gives up every symbol of `replica` and its lease (a clean shutdown): the others take its
+/// symbols at once instead of waiting for the lease to run out.
+pub async fn leave(pool: &PgPool, replica: uuid::Uuid) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("UPDATE symbol_owners SET replica = NULL WHERE replica = $1")
+        .bind(replica)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM replicas WHERE id = $1")
+        .bind(replica)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Forgets replicas whose lease ran out long ago (their symbols were taken over by epoch).
+pub async fn purge_replicas(pool: &PgPool, older_than: std::time::Duration) -> Result<u64> {
+    Ok(
+        sqlx::query("DELETE FROM replicas WHERE lease_until < now() - make_interval(secs => $1)")
+            .bind(older_than.as_secs_f64())
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// The fence of every matching batch: true while `epoch` is still the symbol's, and then the
+/// row is held FOR SHARE until the batch commits, so no takeover can pass it in between.
+pub async fn fence(conn: &mut PgConnection, symbol: &str, epoch: i64) -> Result<bool> {
+    Ok(sqlx::query_scalar::<_, i32>(
+        "SELECT 1 FROM symbol_owners WHERE symbol = $1 AND epoch = $2 FOR SHARE",
+    )
+    .bind(symbol)
+    .bind(epoch)
+    .fetch_optional(conn)
+    .await?
+    .is_some())
+}

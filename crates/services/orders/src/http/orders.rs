@@ -101,15 +101,8 @@ async fn place_claimed(
                 return Ok(Err(rejection));
             }
         }
-        if let Err(rejection) = state
-            .funds
-            .check(
-                &order,
-                &instrument,
-                state.engines.quotes().mid(&instrument.symbol),
-            )
-            .await?
-        {
+        let mid = state.engines.mid(&instrument).await?;
+        if let Err(rejection) = state.funds.check(&order, &instrument, mid).await? {
             return Ok(Err(rejection));
         }
         state.funds.hold(&order, &instrument).await
