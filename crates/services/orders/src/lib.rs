@@ -188,7 +188,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     // and takes its share of the books (TRD-08).
     let address = match &config.advertise_url {
         Some(url) => url.clone(),
-        None => bound_url(&config.common, &server)?,
+        None => reachable_url(&config.common, &server).await?,
     };
     ownership.advertise(address);
     ownership.renew().await?;
@@ -198,18 +198,37 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     Ok(server.with_tasks(tasks))
 }
 
-/// This replica as reachable on this host: the bound port, on loopback when bound to every
-/// interface; `https` when the service serves TLS.
-fn bound_url(common: &service_kit::CommonConfig, server: &Server) -> Result<String, Error> {
+/// This replica as the others can reach it without `BOURSE_ORDERS_ADVERTISE_URL`: the bound
+/// port, on the bound address — or, when bound to every interface, on the address of the
+/// interface this host reaches the database through: a container's address on its compose
+/// network, a pod's IP, loopback on a laptop. `https` when the service serves TLS.
+async fn reachable_url(
+    common: &service_kit::CommonConfig,
+    server: &Server,
+) -> Result<String, Error> {
     let bound = server
         .local_addr()
         .map_err(|e| Error::Internal(format!("the bound address: {e}")))?;
-    let host = if bound.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
+    let ip = if bound.ip().is_unspecified() {
+        route_to_database(common)
+            .await
+            .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into())
     } else {
-        bound.ip().to_string()
+        bound.ip()
     };
-    Ok(format!("{}://{host}:{}", common.tls.scheme(), bound.port()))
+    let address = std::net::SocketAddr::new(ip, bound.port());
+    Ok(format!("{}://{address}", common.tls.scheme()))
+}
+
+/// The local address of a UDP socket "connected" to the database's host (nothing is sent):
+/// the kernel picks the interface that routes there.
+async fn route_to_database(common: &service_kit::CommonConfig) -> Option<std::net::IpAddr> {
+    use secrecy::ExposeSecret;
+    let url = reqwest::Url::parse(common.database_url.expose_secret()).ok()?;
+    let host = url.host_str()?;
+    let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
+    socket.connect((host, url.port().unwrap_or(5432))).await.ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }
 
 /// Each transition of the breaker in front of settlement becomes `CircuitBreakerOpened` /
