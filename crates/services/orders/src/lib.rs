@@ -227,7 +227,10 @@ async fn route_to_database(common: &service_kit::CommonConfig) -> Option<std::ne
     let url = reqwest::Url::parse(common.database_url.expose_secret()).ok()?;
     let host = url.host_str()?;
     let socket = tokio::net::UdpSocket::bind("0.0.0.0:0").await.ok()?;
-    socket.connect((host, url.port().unwrap_or(5432))).await.ok()?;
+    socket
+        .connect((host, url.port().unwrap_or(5432)))
+        .await
+        .ok()?;
     Some(socket.local_addr().ok()?.ip())
 }
 
