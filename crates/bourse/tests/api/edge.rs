@@ -288,6 +288,91 @@ async fn an_upstream_that_never_answers_is_a_504(pool: PgPool) {
     assert_problem(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
 }
 
+#[sqlx::test(migrations = false)]
+async fn beyond_its_in_flight_limit_the_gateway_sheds_at_once_and_admits_again_when_freed(
+    pool: PgPool,
+) {
+    // An upstream that accepts and never answers, handing each connection to the test.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (accepted, mut connections) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = silent.accept().await {
+            if accepted.send(socket).is_err() {
+                break;
+            }
+        }
+    });
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("BOURSE_AUTH_URL", url.as_str()),
+            ("BOURSE_GATEWAY_MAX_IN_FLIGHT", "1"),
+            ("BOURSE_GATEWAY_QUEUE_DEADLINE_MS", "20"),
+            ("BOURSE_GATEWAY_UPSTREAM_TIMEOUT_MS", "60000"),
+        ],
+    )
+    .await;
+
+    // The one permit is taken by a request the upstream sits on.
+    let stuck = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url("/v1/auth/login");
+        async move {
+            client
+                .post(url)
+                .json(&json!({ "email": "a@example.com", "password": "whatever password" }))
+                .send()
+                .await
+        }
+    });
+    let first = connections.recv().await.unwrap();
+
+    // The next is refused at once, saying when to retry, and never reaches the upstream.
+    let response = app.login("b@example.com", "whatever password").await;
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+    assert!(
+        connections.try_recv().is_err(),
+        "a shed request was forwarded"
+    );
+    // Health is not a forwarded request: an overloaded gateway still reports itself.
+    let live = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("gateway_requests_shed_total 1")
+    );
+
+    // The stuck request ends (its upstream hangs up): its permit is free again.
+    drop(first);
+    let ended = stuck.await.unwrap().unwrap();
+    assert!(ended.status().is_server_error());
+    let retried = tokio::spawn({
+        let client = app.client.clone();
+        let url = app.url("/v1/auth/login");
+        async move {
+            client
+                .post(url)
+                .json(&json!({ "email": "b@example.com", "password": "whatever password" }))
+                .send()
+                .await
+        }
+    });
+    let admitted = connections.recv().await;
+    assert!(admitted.is_some(), "admitted once a permit was free");
+    retried.abort();
+}
+
 /// A stand-in upstream that fails every request with 500 and counts them.
 async fn failing_upstream() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -42,6 +42,8 @@ pub struct Config {
     pub stream: StreamSettings,
     /// Scales of the assets, to show the stream's amounts as decimals (`BOURSE_ASSETS`).
     pub assets: Vec<Asset>,
+    /// How many forwarded requests at once, and how long the excess may wait (REL-06).
+    pub admission: crate::admission::AdmissionSettings,
 }
 
 /// Documented defaults (SEC-07): 500 req/s per IP with bursts of 1,000; per principal 100 req/s
@@ -167,6 +169,13 @@ impl Config {
             ),
             stream,
             assets,
+            admission: crate::admission::AdmissionSettings {
+                max_in_flight: positive(env, "BOURSE_GATEWAY_MAX_IN_FLIGHT", 256) as usize,
+                queue_deadline: env.millis(
+                    "BOURSE_GATEWAY_QUEUE_DEADLINE_MS",
+                    Duration::from_millis(50),
+                ),
+            },
             common,
         }
     }

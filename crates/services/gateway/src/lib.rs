@@ -1,6 +1,7 @@
 //! The gateway: the only public port.
 //!
 //! - [`config`]: `BOURSE_GATEWAY_*` settings.
+//! - [`admission`]: shedding by the gateway's own load, before anything is forwarded (REL-06).
 //! - [`route_table`]: every public route, its upstream and who may call it (SEC-02, SEC-14).
 //! - [`http`]: the router built from the table; the gate (token, role, admin source IP,
 //!   per-principal limit) in front of every forwarded request (SEC-06, SEC-15).
@@ -11,6 +12,7 @@
 //! - [`stream`]: the WebSocket stream's hub and its Redis feed (TRD-09); the session itself is
 //!   `http::stream`.
 
+pub mod admission;
 pub mod config;
 pub mod edge;
 pub mod http;
@@ -72,6 +74,8 @@ pub struct Gateway {
     pub hub: Arc<stream::Hub>,
     /// Sessions close with 1001 when it fires.
     pub shutdown: Shutdown,
+    /// Forwarded requests in flight, and the excess shed (REL-06).
+    pub admission: admission::Admission,
 }
 
 impl FromRef<Gateway> for Arc<TokenVerifier> {
@@ -131,6 +135,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         api_document: ApiDocument::default(),
         hub: stream::Hub::new(config.stream.clone()),
         shutdown: shutdown.clone(),
+        admission: admission::Admission::new(config.admission),
     };
     // Its own connection: a blocking XREAD holds a connection for its whole wait, and the
     // per-principal limiter on every request must not queue behind it.

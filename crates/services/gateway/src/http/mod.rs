@@ -46,8 +46,14 @@ pub fn router(gateway: Gateway) -> Router {
         .with_state(gateway)
 }
 
-/// Admits the request per its route's access rule and rate limits, then forwards it.
+/// Admits the request per the gateway's load, its route's access rule and rate limits, then
+/// forwards it.
 async fn gate(gw: &Gateway, spec: &'static RouteSpec, ip: IpAddr, req: Request) -> Response {
+    // First, before a token is even verified: under overload, refusing must be the cheap part.
+    let _in_flight = match gw.admission.admit().await {
+        Ok(permit) => permit,
+        Err(problem) => return problem.into_response(),
+    };
     // Admin routes are checked for source first: from elsewhere they do not even parse tokens.
     if spec.is_admin() && !gw.admin_allowlist.contains(ip) {
         tracing::warn!(%ip, path = spec.path, "admin route from a disallowed address");
