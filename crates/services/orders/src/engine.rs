@@ -422,9 +422,16 @@ impl Engines {
     /// arrives) and stops routing to the ones it lost. On `stop` it gives its symbols up, so
     /// the other replicas take them at once.
     pub async fn keep_books(self, stop: Shutdown) {
-        loop {
+        for round in 0u64.. {
             if let Err(err) = self.balance().await {
                 tracing::warn!(error = %err, "could not renew this replica's books");
+            }
+            // Dead replicas' rows (every process has a new id) are kept a while for the
+            // runbook's questions, then dropped.
+            if round % 60 == 0
+                && let Err(err) = self.ownership.purge_dead().await
+            {
+                tracing::warn!(error = %err, "could not purge dead replicas");
             }
             tokio::select! {
                 () = stop.triggered() => break,

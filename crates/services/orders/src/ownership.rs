@@ -121,6 +121,12 @@ impl Ownership {
         ))
     }
 
+    /// Forgets replicas whose lease ran out an hour ago.
+    pub async fn purge_dead(&self) -> Result<()> {
+        store::purge_replicas(&self.pool, Duration::from_secs(3600)).await?;
+        Ok(())
+    }
+
     /// Gives up every symbol and the lease, so the others take over at once (clean shutdown).
     pub async fn leave(&self) -> Result<()> {
         store::leave(&self.pool, self.replica).await

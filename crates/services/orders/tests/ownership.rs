@@ -128,4 +128,20 @@ async fn a_replica_whose_lease_ran_out_loses_its_symbols_and_one_that_leaves_giv
         first.resolve(SYMBOL).await.unwrap(),
         Some(Owner::Here { epoch: 3 })
     );
+
+    // A replica dead for an hour is forgotten; a live one is kept.
+    sqlx::query(
+        "INSERT INTO replicas (id, address, lease_until)
+         VALUES ($1, 'http://127.0.0.1:3', now() - interval '2 hours')",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .unwrap();
+    first.purge_dead().await.unwrap();
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM replicas")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![first.replica()]);
 }
