@@ -184,6 +184,7 @@ pub async fn place(
 #[tracing::instrument(skip_all, fields(order_id = %id))]
 pub async fn void(pool: &PgPool, id: Uuid) -> Result<()> {
     let mut tx = pool.begin().await?;
+    store::lock_order_holds(&mut tx, &[id]).await?;
     match store::release_hold(&mut tx, id, Some(0)).await? {
         store::Released::Unknown => {
             // The hold may still be on its way: it must find the order released.

@@ -178,6 +178,9 @@ enum Fill {
 /// If one has not (its event failed and waits for a retry), this fails too and is retried
 /// later, so the hold is never released under a trade that still has to post from it.
 async fn release(tx: &mut PgConnection, order: Uuid, fill: Fill) -> Result<(), HandlerError> {
+    // Before looking: a hold being placed for this order right now is then either seen here or
+    // refused there, never neither.
+    store::lock_order_holds(&mut *tx, &[order]).await?;
     let hold = store::hold_by_id(&mut *tx, order).await?;
     let Some(hold) = hold else {
         // Nothing held yet — a late hold request may still be on its way (orders gave up on

@@ -202,7 +202,29 @@ impl HoldRow {
 const HOLD_COLUMNS: &str =
     "id, owner_id, asset, side, symbol, price, quantity, amount, posted, released, filled, status";
 
+/// Advisory lock class of orders' holds (the key is the order id's hash).
+const ORDER_HOLD_LOCK: i32 = 736_812_611;
+
+/// Serializes this transaction with every other one about these orders' holds: placing a hold
+/// and releasing its order each take it first. Without it the two can miss each other under
+/// READ COMMITTED — the release finds no hold yet and records the order released, while the
+/// hold's insert, checking `released_orders` from a snapshot taken before that commit, goes in
+/// anyway and stays held with no order (found by the load generator). Taken in sorted order.
+pub async fn lock_order_holds(conn: &mut PgConnection, orders: &[Uuid]) -> Result<()> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock($1, k)
+           FROM (SELECT DISTINCT hashtext(id::text) AS k FROM UNNEST($2::uuid[]) AS id
+                  ORDER BY 1) AS keys",
+    )
+    .bind(ORDER_HOLD_LOCK)
+    .bind(orders)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Records that `order` was released with no hold: a hold arriving for it later is refused.
+/// The caller holds [`lock_order_holds`] for it.
 pub async fn remember_released(conn: &mut PgConnection, order: Uuid) -> Result<()> {
     sqlx::query(
         "INSERT INTO released_orders (order_id) VALUES ($1)
@@ -216,6 +238,7 @@ pub async fn remember_released(conn: &mut PgConnection, order: Uuid) -> Result<(
 
 /// Places a hold, or finds the one placed before under the same id (`false`: nothing new).
 pub async fn place_hold(conn: &mut PgConnection, hold: &NewHold) -> Result<(HoldRow, bool)> {
+    lock_order_holds(&mut *conn, &[hold.id]).await?;
     let inserted: Option<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO holds (id, owner_id, asset, side, symbol, price, quantity, amount)
          SELECT $1, $2, $3, $4, $5, $6, $7, $8
@@ -289,6 +312,7 @@ pub async fn place_holds(pool: &PgPool, holds: &[NewHold]) -> Result<Vec<HoldRow
     sqlx::query("SELECT set_config('lock_timeout', '50ms', true)")
         .execute(&mut *tx)
         .await?;
+    lock_order_holds(&mut tx, &ids).await?;
     sqlx::query(
         "SELECT 1 FROM accounts a JOIN UNNEST($1::uuid[], $2::text[]) AS k(owner, asset)
              ON a.owner_id = k.owner AND a.asset = k.asset
