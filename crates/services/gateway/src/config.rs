@@ -170,7 +170,7 @@ impl Config {
             stream,
             assets,
             admission: crate::admission::AdmissionSettings {
-                max_in_flight: positive(env, "BOURSE_GATEWAY_MAX_IN_FLIGHT", 256) as usize,
+                max_in_flight: positive(env, "BOURSE_GATEWAY_MAX_IN_FLIGHT", 64) as usize,
                 queue_deadline: env.millis(
                     "BOURSE_GATEWAY_QUEUE_DEADLINE_MS",
                     Duration::from_millis(50),
