@@ -265,15 +265,7 @@ async fn health_and_metrics_are_served_by_every_service(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn an_upstream_that_never_answers_is_a_504(pool: PgPool) {
-    // A server that accepts connections and then says nothing, like a hung process.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", silent.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = silent.accept().await {
-            held.push(socket);
-        }
-    });
+    let (url, _connections) = silent_upstream().await;
     let app = spawn_app_with(
         pool,
         &[
@@ -292,17 +284,7 @@ async fn an_upstream_that_never_answers_is_a_504(pool: PgPool) {
 async fn beyond_its_in_flight_limit_the_gateway_sheds_at_once_and_admits_again_when_freed(
     pool: PgPool,
 ) {
-    // An upstream that accepts and never answers, handing each connection to the test.
-    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", silent.local_addr().unwrap());
-    let (accepted, mut connections) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = silent.accept().await {
-            if accepted.send(socket).is_err() {
-                break;
-            }
-        }
-    });
+    let (url, mut connections) = silent_upstream().await;
     let app = spawn_app_with(
         pool,
         &[
@@ -371,6 +353,25 @@ async fn beyond_its_in_flight_limit_the_gateway_sheds_at_once_and_admits_again_w
     let admitted = connections.recv().await;
     assert!(admitted.is_some(), "admitted once a permit was free");
     retried.abort();
+}
+
+/// A stand-in upstream that accepts connections and then says nothing, like a hung process:
+/// its URL, and each accepted connection (held open until dropped).
+async fn silent_upstream() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<tokio::net::TcpStream>,
+) {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", silent.local_addr().unwrap());
+    let (accepted, connections) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = silent.accept().await {
+            if accepted.send(socket).is_err() {
+                break;
+            }
+        }
+    });
+    (url, connections)
 }
 
 /// A stand-in upstream that fails every request with 500 and counts them.

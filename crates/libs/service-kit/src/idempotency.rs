@@ -278,16 +278,7 @@ pub async fn complete_all(conn: &mut PgConnection, answers: &[(Claim, Answer)]) 
 
 /// Releases a claim whose work failed before producing an answer worth replaying (a 5xx).
 pub async fn abandon(pool: &PgPool, claim: &Claim) {
-    let result = sqlx::query(
-        "DELETE FROM idempotency_keys
-         WHERE principal_id = $1 AND key = $2 AND claim = $3 AND response_status IS NULL",
-    )
-    .bind(claim.principal)
-    .bind(&claim.key)
-    .bind(claim.token)
-    .execute(pool)
-    .await;
-    if let Err(err) = result {
+    if let Err(err) = withdraw(pool, claim).await {
         tracing::warn!(error = %err, "could not release an idempotency key; it expires with the purge");
     }
 }
