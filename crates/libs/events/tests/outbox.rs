@@ -62,14 +62,19 @@ async fn unpublished(pool: &PgPool) -> i64 {
 
 /// Event ids in the stream, in stream order.
 async fn stream_ids(redis: &mut ConnectionManager, key: &str) -> Vec<Uuid> {
+    try_stream_ids(redis, key).await.unwrap()
+}
+
+/// [`stream_ids`], or the error of a connection that has not reconnected yet (its first command
+/// after the server restarted fails with a broken pipe, then it reconnects).
+async fn try_stream_ids(redis: &mut ConnectionManager, key: &str) -> redis::RedisResult<Vec<Uuid>> {
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(key)
         .arg("-")
         .arg("+")
         .query_async(redis)
-        .await
-        .unwrap();
-    entries
+        .await?;
+    Ok(entries
         .into_iter()
         .map(|(_, fields)| {
             let id = fields
@@ -79,7 +84,7 @@ async fn stream_ids(redis: &mut ConnectionManager, key: &str) -> Vec<Uuid> {
                 .unwrap();
             Uuid::from_str(&id).unwrap()
         })
-        .collect()
+        .collect())
 }
 
 fn relay(pool: &PgPool, redis: &ConnectionManager, prefix: &KeyPrefix, batch_size: i64) -> Relay {
@@ -454,7 +459,11 @@ async fn what_a_redis_restarted_empty_lost_is_published_again_before_anything_ne
         || {
             let mut r = redis.clone();
             let k = key.clone();
-            async move { stream_ids(&mut r, &k).await.len() >= wanted }
+            async move {
+                try_stream_ids(&mut r, &k)
+                    .await
+                    .is_ok_and(|ids| ids.len() >= wanted)
+            }
         },
     )
     .await;
