@@ -15,7 +15,38 @@ export BOURSE_RISK_MAX_POSITION=100000000 BOURSE_RISK_MAX_ORDER_NOTIONAL=1000000
 
 bin=target/release/bourse
 "$bin" demo seed > /dev/null
-"$bin" serve all > /tmp/bourse-perf.log 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $database" postgres' EXIT
+# BOURSE_PERF_PROCESSES=separate: each service its own process on its default port (real HTTP
+# and service tokens between them, as deployed); BOURSE_PERF_ORDERS_REPLICAS=2 adds a second
+# orders replica on 8092 (the symbols spread over both; the gateway still calls 8082, which
+# forwards the other's symbols — ADR 0014). Default: one `serve all` process.
+servers=()
+if [[ ${BOURSE_PERF_PROCESSES:-all} == separate ]]; then
+  declare -A port=([auth]=8081 [risk]=8083 [settlement]=8084 [orders]=8082 [alerting]=8085 [gateway]=8080)
+  # Upstreams first: each starts once what it calls answers.
+  for service in auth risk settlement orders alerting gateway; do
+    "$bin" serve "$service" >> /tmp/bourse-perf.log 2>&1 &
+    servers+=($!)
+    for _ in $(seq 1 50); do
+      curl -sf "http://127.0.0.1:${port[$service]}/health/ready" > /dev/null && break
+      sleep 0.2
+    done
+  done
+else
+  "$bin" serve all > /tmp/bourse-perf.log 2>&1 &
+  servers+=($!)
+fi
+if [[ ${BOURSE_PERF_ORDERS_REPLICAS:-1} == 2 ]]; then
+  BOURSE_ORDERS_PORT=8092 "$bin" serve orders >> /tmp/bourse-perf.log 2>&1 &
+  servers+=($!)
+fi
+trap 'kill ${servers[*]} 2>/dev/null; wait ${servers[*]} 2>/dev/null; psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $database" postgres' EXIT
 for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8080/health/ready > /dev/null && break; sleep 0.2; done
+if [[ ${BOURSE_PERF_ORDERS_REPLICAS:-1} == 2 ]]; then
+  # Until both replicas own a symbol.
+  for _ in $(seq 1 50); do
+    owners=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c \
+      "SELECT count(DISTINCT replica) FROM orders.symbol_owners o JOIN orders.replicas r ON r.id = o.replica WHERE r.lease_until > now()")
+    [[ $owners == 2 ]] && break
+    sleep 0.2
+  done
+fi
