@@ -2,9 +2,12 @@
 //!
 //! `bourse serve all` and `bourse serve auth` run the same code: each target is built from its
 //! own configuration and served on its own listener, and targets talk to each other over HTTP
-//! even when they share a process. Tests use [`plan`] and [`start`] directly.
+//! even when they share a process. Tests use [`plan`] and [`start`] directly, with the
+//! environment of `testing` (feature `testing`).
 
 pub mod demo;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

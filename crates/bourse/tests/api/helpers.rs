@@ -92,58 +92,11 @@ impl Drop for DevCertificates {
     }
 }
 
-/// The URL of the test database the pool points at.
-pub fn database_url(pool: &PgPool) -> String {
-    let options = pool.connect_options();
-    database_url_named(options.get_database().expect("test database has a name"))
-}
+pub use bourse::testing::{database_url, database_url_named};
 
-/// The URL of database `name` on the test server, with the base URL's parameters (`sslmode`).
-pub fn database_url_named(name: &str) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by .cargo/config.toml");
-    let query = base.split_once('?').map(|(_, q)| q);
-    let mut url = url_without_database(&base);
-    url.push('/');
-    url.push_str(name);
-    if let Some(query) = query {
-        url.push('?');
-        url.push_str(query);
-    }
-    url
-}
-
-fn url_without_database(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").expect("url has a scheme");
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    format!("{scheme}://{authority}")
-}
-
-/// The environment every test app starts from: its own database and Redis prefix, ports 0,
-/// cheap argon2 (the OWASP parameters are exercised by the rehash test).
+/// The environment every test app starts from (shared with the load generator's test).
 pub fn base_env(pool: &PgPool) -> Vec<(String, String)> {
-    let prefix = format!("test:{}", Uuid::now_v7());
-    [
-        ("DATABASE_URL", database_url(pool)),
-        ("BOURSE_REDIS_KEY_PREFIX", prefix),
-        ("BOURSE_BIND_HOST", "127.0.0.1".to_owned()),
-        ("BOURSE_AUTH_PORT", "0".to_owned()),
-        ("BOURSE_GATEWAY_PORT", "0".to_owned()),
-        ("BOURSE_ORDERS_PORT", "0".to_owned()),
-        ("BOURSE_SETTLEMENT_PORT", "0".to_owned()),
-        ("BOURSE_RISK_PORT", "0".to_owned()),
-        ("BOURSE_ALERTING_PORT", "0".to_owned()),
-        ("BOURSE_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
-        (
-            "BOURSE_GATEWAY_CORS_ORIGINS",
-            "https://app.example.com".to_owned(),
-        ),
-        ("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096".to_owned()),
-        ("BOURSE_AUTH_ARGON2_ITERATIONS", "1".to_owned()),
-        ("BOURSE_DATABASE_MAX_CONNECTIONS", "5".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    bourse::testing::test_env(pool)
 }
 
 pub async fn spawn_app(pool: PgPool) -> TestApp {

@@ -7,37 +7,9 @@ use bourse::Target;
 use service_kit::{Env, Shutdown};
 use sqlx::PgPool;
 
-/// The test database's URL: the server of `DATABASE_URL`, the database `sqlx::test` made.
-fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by .cargo/config.toml");
-    let (server, query) = base.split_once('?').unwrap_or((&base, ""));
-    let server = &server[..server.rfind('/').expect("a database in the URL")];
-    let name = pool.connect_options().get_database().unwrap().to_owned();
-    format!("{server}/{name}?{query}")
-}
-
 #[sqlx::test(migrations = false)]
 async fn a_short_run_keeps_every_invariant(pool: PgPool) {
-    let vars: Vec<(String, String)> = [
-        ("DATABASE_URL", database_url(&pool)),
-        (
-            "BOURSE_REDIS_KEY_PREFIX",
-            format!("test:{}", uuid::Uuid::now_v7()),
-        ),
-        ("BOURSE_BIND_HOST", "127.0.0.1".to_owned()),
-        ("BOURSE_AUTH_PORT", "0".to_owned()),
-        ("BOURSE_GATEWAY_PORT", "0".to_owned()),
-        ("BOURSE_ORDERS_PORT", "0".to_owned()),
-        ("BOURSE_SETTLEMENT_PORT", "0".to_owned()),
-        ("BOURSE_RISK_PORT", "0".to_owned()),
-        ("BOURSE_ALERTING_PORT", "0".to_owned()),
-        ("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096".to_owned()),
-        ("BOURSE_AUTH_ARGON2_ITERATIONS", "1".to_owned()),
-        ("BOURSE_DATABASE_MAX_CONNECTIONS", "5".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let vars = bourse::testing::test_env(&pool);
     let plan = bourse::plan(&[Target::All], Env::from_pairs(vars)).unwrap();
     let shutdown = Shutdown::new();
     let running = bourse::start(plan, &shutdown).await.unwrap();

@@ -1,0 +1,52 @@
+//! The platform as tests start it, compiled only with the `testing` feature (enabled by test
+//! crates' dev-dependencies, never in a release build): one environment for every suite that
+//! runs `serve all` in-process — the api tests, the load generator's invariant run.
+
+#![allow(clippy::expect_used)]
+
+use sqlx::PgPool;
+
+/// The URL of the test database `pool` points at (`#[sqlx::test]` makes one per test).
+pub fn database_url(pool: &PgPool) -> String {
+    let options = pool.connect_options();
+    database_url_named(options.get_database().expect("test database has a name"))
+}
+
+/// The URL of database `name` on the test server, with the base URL's parameters (`sslmode`).
+pub fn database_url_named(name: &str) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set by .cargo/config.toml");
+    let (scheme, rest) = base.split_once("://").expect("url has a scheme");
+    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
+    match base.split_once('?') {
+        Some((_, query)) => format!("{scheme}://{authority}/{name}?{query}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    }
+}
+
+/// The environment every in-process test platform starts from: its own database and Redis
+/// prefix, every port 0, cheap argon2 (the OWASP parameters are exercised by the rehash test).
+pub fn test_env(pool: &PgPool) -> Vec<(String, String)> {
+    let prefix = format!("test:{}", uuid::Uuid::now_v7());
+    [
+        ("DATABASE_URL", database_url(pool)),
+        ("BOURSE_REDIS_KEY_PREFIX", prefix),
+        ("BOURSE_BIND_HOST", "127.0.0.1".to_owned()),
+        ("BOURSE_AUTH_PORT", "0".to_owned()),
+        ("BOURSE_GATEWAY_PORT", "0".to_owned()),
+        ("BOURSE_ORDERS_PORT", "0".to_owned()),
+        ("BOURSE_SETTLEMENT_PORT", "0".to_owned()),
+        ("BOURSE_RISK_PORT", "0".to_owned()),
+        ("BOURSE_ALERTING_PORT", "0".to_owned()),
+        ("BOURSE_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
+        (
+            "BOURSE_GATEWAY_CORS_ORIGINS",
+            "https://app.example.com".to_owned(),
+        ),
+        ("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096".to_owned()),
+        ("BOURSE_AUTH_ARGON2_ITERATIONS", "1".to_owned()),
+        ("BOURSE_DATABASE_MAX_CONNECTIONS", "5".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
