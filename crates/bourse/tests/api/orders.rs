@@ -878,6 +878,29 @@ async fn a_full_matching_queue_sheds_orders_with_503(pool: PgPool) {
         4,
         "1 before + stalled + 2 queued"
     );
+    // The shed order's funds were held before it met the full queue: its claim is withdrawn
+    // and the hold given back (through the outbox), never left without an order.
+    eventually("the shed order's hold released", || async {
+        count(
+            &m.app.db,
+            "SELECT count(*) FROM settlement.holds h
+              WHERE h.status <> 'pending'
+                AND NOT EXISTS (SELECT 1 FROM orders.orders o WHERE o.id = h.id)",
+        )
+        .await
+            == 1
+    })
+    .await;
+    assert_eq!(
+        count(
+            &m.app.db,
+            "SELECT count(*) FROM settlement.holds h
+              WHERE h.status = 'pending'
+                AND NOT EXISTS (SELECT 1 FROM orders.orders o WHERE o.id = h.id)"
+        )
+        .await,
+        0
+    );
 }
 
 #[sqlx::test(migrations = false)]
