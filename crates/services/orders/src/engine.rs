@@ -362,16 +362,10 @@ impl Engines {
             return Ok(self.quotes.mid(&instrument.symbol));
         }
         let top = self.depth(instrument, 1).await?;
-        Ok(match (top.bids.first(), top.asks.first()) {
-            (Some(bid), Some(ask)) => {
-                let (bid, ask) = (
-                    bid.price * instrument.tick_size,
-                    ask.price * instrument.tick_size,
-                );
-                Some(bid + (ask - bid) / 2)
-            }
-            _ => None,
-        })
+        Ok(midpoint(
+            best_price(&top.bids, instrument),
+            best_price(&top.asks, instrument),
+        ))
     }
 
     /// Where a market order on `side` is priced from: the last trade, else the best quote it
@@ -389,7 +383,7 @@ impl Engines {
             Side::Buy => &top.asks,
             Side::Sell => &top.bids,
         };
-        Ok(opposite.first().map(|l| l.price * instrument.tick_size))
+        Ok(best_price(opposite, instrument))
     }
 
     /// The top `levels` of the book, read by the book's own task (so never torn).
@@ -678,8 +672,16 @@ fn lost(symbol: &str, epoch: i64, batch: impl Iterator<Item = Job>, mut jobs: mp
 
 fn publish_quotes(quotes: &Quotes, instrument: &Instrument, book: &Book) {
     let (bids, asks) = book.depth(1);
-    let price = |levels: &[matching::Level]| levels.first().map(|l| l.price * instrument.tick_size);
-    quotes.set(&instrument.symbol, price(&bids), price(&asks));
+    quotes.set(
+        &instrument.symbol,
+        best_price(&bids, instrument),
+        best_price(&asks, instrument),
+    );
+}
+
+/// The best price of one side of a book, in quote minor units.
+fn best_price(levels: &[matching::Level], instrument: &Instrument) -> Option<i64> {
+    levels.first().map(|l| l.price * instrument.tick_size)
 }
 
 /// The best bid and ask of each book as its matching task last left it (quote minor units),
@@ -701,11 +703,14 @@ impl Quotes {
     /// Halfway between the best bid and ask, when both exist.
     pub fn mid(&self, symbol: &str) -> Option<i64> {
         let quotes = self.0.read().ok()?;
-        match quotes.get(symbol) {
-            Some((Some(bid), Some(ask))) => Some(bid + (ask - bid) / 2),
-            _ => None,
-        }
+        let (bid, ask) = quotes.get(symbol)?;
+        midpoint(*bid, *ask)
     }
+}
+
+/// Halfway between a best bid and ask (quote minor units, rounded down), when both exist.
+fn midpoint(bid: Option<i64>, ask: Option<i64>) -> Option<i64> {
+    Some(bid? + (ask? - bid?) / 2)
 }
 
 /// What every batch of one task shares.
