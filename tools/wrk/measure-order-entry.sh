@@ -44,6 +44,8 @@ BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS \
   wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua http://127.0.0.1:8080
 # How the matching task batched: sizes and time per batch (orders service metrics).
 curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_matching_batch_(size|seconds)_(sum|count)' || true
+# Commands 8082 forwarded to another orders replica that owns the symbol (BOURSE_PERF_ORDERS_REPLICAS=2).
+curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_forwarded_commands_total' || true
 orders=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.orders")
 trades=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.trades")
 echo "stored: $orders orders, $trades trades"
