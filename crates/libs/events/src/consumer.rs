@@ -72,14 +72,35 @@ pub fn replica_name(service: &str) -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| format!("{service}-1"))
 }
 
-/// Applies one event. Runs inside the consumer's transaction; an `Err` rolls it back, and what
+/// Applies events. Runs inside the consumer's transaction; an `Err` rolls it back, and what
 /// happens next depends on its kind ([`HandlerError`]).
-pub trait Handler: Send + Sync {
+///
+/// One transaction may carry many events (a batch). A handler can gather part of its work over
+/// them in [`Handler::Deferred`] and write it in [`Handler::finish`], right before the commit —
+/// settlement does so with account balances, so the rows every transaction touches are locked
+/// for the last statement only instead of the whole batch.
+pub trait Handler: Send + Sync + 'static {
+    /// What [`Handler::handle`] gathers over one transaction for [`Handler::finish`]; `()` for
+    /// a handler that writes as it goes.
+    type Deferred: Default + Send;
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
+        deferred: &'a mut Self::Deferred,
     ) -> BoxFuture<'a, Result<(), HandlerError>>;
+
+    /// Writes what the transaction's events deferred; runs once per transaction, after its
+    /// last event, and its failure rolls the whole transaction back.
+    fn finish<'a>(
+        &'a self,
+        _tx: &'a mut PgConnection,
+        deferred: Self::Deferred,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        drop(deferred);
+        Box::pin(std::future::ready(Ok(())))
+    }
 
     /// Whether this handler acts on events of `event_type`. Others are acknowledged unread:
     /// no transaction, no inbox row — a consumer of a busy stream pays only for what it uses.
@@ -176,7 +197,7 @@ impl Consumer {
 
     /// Consumes until `shutdown`. Nothing ends it but `shutdown`: failures are logged and
     /// retried with backoff, a missing group is created again.
-    pub async fn run(self, handler: Arc<dyn Handler>, shutdown: Shutdown) {
+    pub async fn run<H: Handler>(self, handler: Arc<H>, shutdown: Shutdown) {
         // Whether the group is known to exist and our own pending entries were re-read.
         let mut recovered = false;
         let mut failures: u32 = 0;
@@ -255,7 +276,7 @@ impl Consumer {
     }
 
     /// What this consumer received but never acknowledged (it stopped or crashed).
-    async fn process_own_pending(&self, handler: &dyn Handler) -> Result<(), Error> {
+    async fn process_own_pending<H: Handler>(&self, handler: &H) -> Result<(), Error> {
         let mut redis = self.redis.clone();
         let options = StreamReadOptions::default()
             .group(&self.group, &self.name)
@@ -268,7 +289,7 @@ impl Consumer {
     }
 
     /// Entries pending longer than `retry_after`: a dead consumer's, or our own failed ones.
-    async fn claim_stale(&self, handler: &dyn Handler) -> Result<(), Error> {
+    async fn claim_stale<H: Handler>(&self, handler: &H) -> Result<(), Error> {
         let mut redis = self.redis.clone();
         let min_idle = u64::try_from(self.settings.retry_after.as_millis()).unwrap_or(u64::MAX);
         let reply: StreamAutoClaimReply = redis
@@ -287,7 +308,7 @@ impl Consumer {
         Ok(())
     }
 
-    async fn read_new(&self, handler: &dyn Handler) -> Result<(), Error> {
+    async fn read_new<H: Handler>(&self, handler: &H) -> Result<(), Error> {
         let mut redis = self.redis.clone();
         let block = usize::try_from(self.settings.block.as_millis()).unwrap_or(usize::MAX);
         let options = StreamReadOptions::default()
@@ -311,9 +332,9 @@ impl Consumer {
     /// transaction and are acknowledged with one `XACK` — one commit (one WAL flush) per
     /// batch instead of per event. If an event of the batch fails permanently, the batch is
     /// rolled back and its events are applied one by one, so one bad event holds back no other.
-    async fn process_batch(
+    async fn process_batch<H: Handler>(
         &self,
-        handler: &dyn Handler,
+        handler: &H,
         entries: Vec<StreamId>,
     ) -> Result<(), Error> {
         let mut acknowledge: Vec<String> = Vec::with_capacity(entries.len());
@@ -382,9 +403,9 @@ impl Consumer {
 
     /// Every event of `batch` with its inbox row in one transaction; the fresh ones (not seen
     /// before) are returned once it has committed. Transient failures are retried in place.
-    async fn apply_batch<'b>(
+    async fn apply_batch<'b, H: Handler>(
         &self,
-        handler: &dyn Handler,
+        handler: &H,
         batch: &'b [(StreamId, Envelope)],
     ) -> Result<Vec<&'b Envelope>, HandlerError> {
         let fresh = self
@@ -397,12 +418,13 @@ impl Consumer {
         Ok(fresh)
     }
 
-    async fn apply_batch_once<'b>(
+    async fn apply_batch_once<'b, H: Handler>(
         &self,
-        handler: &dyn Handler,
+        handler: &H,
         batch: &'b [(StreamId, Envelope)],
     ) -> Result<Vec<&'b Envelope>, HandlerError> {
         let mut tx = self.pool.begin().await?;
+        let mut deferred = H::Deferred::default();
         let mut fresh = Vec::with_capacity(batch.len());
         for (_, envelope) in batch {
             if !self.claim_inbox(&mut tx, envelope).await? {
@@ -410,9 +432,15 @@ impl Consumer {
                     .increment(1);
                 continue;
             }
-            within_event(envelope, &self.stream, guarded(handler, &mut tx, envelope)).await?;
+            within_event(
+                envelope,
+                &self.stream,
+                guarded(handler, &mut tx, envelope, &mut deferred),
+            )
+            .await?;
             fresh.push(envelope);
         }
+        finish(handler, &mut tx, deferred).await?;
         tx.commit().await?;
         Ok(fresh)
     }
@@ -441,7 +469,7 @@ impl Consumer {
     }
 
     /// An entry read again (our own pending after a restart, or claimed as stale).
-    async fn process(&self, handler: &dyn Handler, entry: StreamId) -> Result<(), Error> {
+    async fn process<H: Handler>(&self, handler: &H, entry: StreamId) -> Result<(), Error> {
         let event_type: Option<String> = entry.get("type");
         if let Some(event_type) = event_type
             && !handler.wants(&event_type)
@@ -458,9 +486,9 @@ impl Consumer {
     /// permanently, dead-lettered if this was its last allowed delivery, else left pending to
     /// be claimed and tried again after `retry_after` (another replica may still be applying
     /// an event this one depends on).
-    async fn apply_entry(
+    async fn apply_entry<H: Handler>(
         &self,
-        handler: &dyn Handler,
+        handler: &H,
         entry: &StreamId,
         envelope: &Envelope,
     ) -> Result<(), Error> {
@@ -478,9 +506,9 @@ impl Consumer {
     }
 
     /// [`Self::apply`] inside the event's own context: its correlation id and trace continue.
-    async fn apply_in_context(
+    async fn apply_in_context<H: Handler>(
         &self,
-        handler: &dyn Handler,
+        handler: &H,
         envelope: &Envelope,
     ) -> Result<(), HandlerError> {
         within_event(envelope, &self.stream, self.apply(handler, envelope)).await
@@ -488,7 +516,11 @@ impl Consumer {
 
     /// Effect + inbox row in one transaction; a known event is a no-op. Transient failures are
     /// retried in place.
-    async fn apply(&self, handler: &dyn Handler, envelope: &Envelope) -> Result<(), HandlerError> {
+    async fn apply<H: Handler>(
+        &self,
+        handler: &H,
+        envelope: &Envelope,
+    ) -> Result<(), HandlerError> {
         let fresh = self
             .until_not_transient(|| self.apply_once(handler, envelope))
             .await?;
@@ -502,15 +534,17 @@ impl Consumer {
         Ok(())
     }
 
-    async fn apply_once(
+    async fn apply_once<H: Handler>(
         &self,
-        handler: &dyn Handler,
+        handler: &H,
         envelope: &Envelope,
     ) -> Result<bool, HandlerError> {
         let mut tx = self.pool.begin().await?;
         let fresh = self.claim_inbox(&mut tx, envelope).await?;
         if fresh {
-            guarded(handler, &mut tx, envelope).await?;
+            let mut deferred = H::Deferred::default();
+            guarded(handler, &mut tx, envelope, &mut deferred).await?;
+            finish(handler, &mut tx, deferred).await?;
         }
         tx.commit().await?;
         Ok(fresh)
@@ -583,12 +617,13 @@ fn is_missing_group(err: &Error) -> bool {
 
 /// Runs the handler; a panic is a permanent failure of this event, not the end of the
 /// consumer (the transaction is dropped, so rolled back).
-async fn guarded(
-    handler: &dyn Handler,
+async fn guarded<H: Handler>(
+    handler: &H,
     tx: &mut PgConnection,
     envelope: &Envelope,
+    deferred: &mut H::Deferred,
 ) -> Result<(), HandlerError> {
-    match AssertUnwindSafe(handler.handle(tx, envelope))
+    match AssertUnwindSafe(handler.handle(tx, envelope, deferred))
         .catch_unwind()
         .await
     {
@@ -597,6 +632,24 @@ async fn guarded(
             "the handler panicked on {} {}",
             envelope.event_type, envelope.id
         ))),
+    }
+}
+
+/// Runs the handler's end-of-transaction work; a panic fails the transaction permanently, as
+/// one in [`guarded`] does.
+async fn finish<H: Handler>(
+    handler: &H,
+    tx: &mut PgConnection,
+    deferred: H::Deferred,
+) -> Result<(), HandlerError> {
+    match AssertUnwindSafe(handler.finish(tx, deferred))
+        .catch_unwind()
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(_) => Err(HandlerError::permanent(
+            "the handler panicked finishing a transaction".to_owned(),
+        )),
     }
 }
 

@@ -38,10 +38,13 @@ impl Recorder {
 }
 
 impl Handler for Recorder {
+    type Deferred = ();
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
+        _: &'a mut (),
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
@@ -378,12 +381,15 @@ async fn consumer_db(test_pool: &PgPool) -> PgPool {
 struct TradesOnly(Arc<Recorder>);
 
 impl Handler for TradesOnly {
+    type Deferred = ();
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
+        deferred: &'a mut (),
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        self.0.handle(tx, event)
+        self.0.handle(tx, event, deferred)
     }
 
     fn wants(&self, event_type: &str) -> bool {
@@ -439,15 +445,18 @@ struct Poisoned {
 }
 
 impl Handler for Poisoned {
+    type Deferred = ();
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
+        deferred: &'a mut (),
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         if event.id == self.poison {
             return Box::pin(async { Err(HandlerError::permanent("poison")) });
         }
-        self.inner.handle(tx, event)
+        self.inner.handle(tx, event, deferred)
     }
 }
 
@@ -496,10 +505,13 @@ struct Flaky {
 }
 
 impl Handler for Flaky {
+    type Deferred = ();
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
+        _: &'a mut (),
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             if self.attempts.fetch_add(1, Ordering::SeqCst) < self.outages {
@@ -585,4 +597,90 @@ async fn a_group_the_broker_lost_is_created_again_and_consumption_goes_on(pool: 
     shutdown.trigger();
     task.await.unwrap();
     assert_eq!(applied(&pool, before.id).await, 1);
+}
+
+/// Defers its writes to the end of the transaction; its first `failures` finishes fail.
+struct Deferring {
+    failures: usize,
+    /// How many events each finish was given, in order.
+    finishes: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Handler for Deferring {
+    type Deferred = Vec<Uuid>;
+
+    fn handle<'a>(
+        &'a self,
+        _tx: &'a mut PgConnection,
+        event: &'a Envelope,
+        deferred: &'a mut Vec<Uuid>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        deferred.push(event.id);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        deferred: Vec<Uuid>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO applied (event_id) SELECT * FROM UNNEST($1::uuid[])")
+                .bind(&deferred)
+                .execute(&mut *tx)
+                .await?;
+            let mut finishes = self.finishes.lock().unwrap();
+            finishes.push(deferred.len());
+            if finishes.len() <= self.failures {
+                return Err(HandlerError::permanent("finish failed"));
+            }
+            Ok(())
+        })
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn deferred_work_is_written_once_per_transaction_and_rolls_back_with_it(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let trades: Vec<Envelope> = (1..=3).map(trade).collect();
+    for event in &trades {
+        publish(&mut redis, &prefix, event).await;
+    }
+
+    // The batch's finish fails: the batch rolls back and each event goes alone.
+    let shutdown = Shutdown::new();
+    let handler = Arc::new(Deferring {
+        failures: 1,
+        finishes: std::sync::Mutex::new(Vec::new()),
+    });
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 5).run(handler.clone(), shutdown.clone()),
+    );
+    eventually("the last event applied", || async {
+        applied(&pool, trades[2].id).await == 1
+    })
+    .await;
+    eventually("all entries acknowledged", || {
+        let mut r = redis.clone();
+        let p = prefix.clone();
+        async move { pending(&mut r, &p).await == 0 }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+
+    assert_eq!(
+        *handler.finishes.lock().unwrap(),
+        vec![3, 1, 1, 1],
+        "one finish for the batch of three, then one per event"
+    );
+    for event in &trades {
+        assert_eq!(
+            applied(&pool, event.id).await,
+            1,
+            "the failed finish's writes were rolled back"
+        );
+    }
 }

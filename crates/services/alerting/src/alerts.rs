@@ -247,10 +247,13 @@ impl Alerter {
 }
 
 impl Handler for Alerter {
+    type Deferred = ();
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
+        _: &'a mut (),
     ) -> BoxFuture<'a, std::result::Result<(), events::HandlerError>> {
         Box::pin(async move { Ok(self.apply(tx, event).await?) })
     }

@@ -50,10 +50,13 @@ impl MassCancel {
 }
 
 impl Handler for MassCancel {
+    type Deferred = ();
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
+        _: &'a mut (),
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(self.apply(tx, event))
     }

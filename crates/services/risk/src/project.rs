@@ -168,10 +168,13 @@ impl Projector {
 }
 
 impl Handler for Projector {
+    type Deferred = ();
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
+        _: &'a mut (),
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let changes = self.apply(tx, event).await?;

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::ledger::{self, EXTERNAL, FEES, Fees, Side};
+use crate::ledger::{self, Deltas, EXTERNAL, FEES, Fees, Side};
 use crate::store::{self, HoldRow, NewHold};
 use tokio::sync::{mpsc, oneshot};
 
@@ -185,7 +185,8 @@ pub async fn place(
 pub async fn void(pool: &PgPool, id: Uuid) -> Result<()> {
     let mut tx = pool.begin().await?;
     store::lock_order_holds(&mut tx, &[id]).await?;
-    match store::release_hold(&mut tx, id, Some(0)).await? {
+    let mut deltas = Deltas::default();
+    match store::release_hold(&mut tx, id, Some(0), &mut deltas).await? {
         store::Released::Unknown => {
             // The hold may still be on its way: it must find the order released.
             store::remember_released(&mut tx, id).await?;
@@ -195,6 +196,7 @@ pub async fn void(pool: &PgPool, id: Uuid) -> Result<()> {
         store::Released::Unsettled { .. } => return Err(Error::HoldNotPending(id)),
         store::Released::Resolved { .. } | store::Released::AlreadyResolved => {}
     }
+    store::post_deltas(&mut tx, &deltas).await?;
     tx.commit().await?;
     Ok(())
 }

@@ -160,6 +160,41 @@ impl Plan {
     }
 }
 
+/// Net balance changes per account gathered over many plans (a consumer's batch of trades and
+/// releases), written with one update per account right before the commit
+/// (`store::post_deltas`) — so an account row is locked for the end of a transaction only, and
+/// always in this map's (owner, asset) order, the order the hold writer locks in too.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Deltas(BTreeMap<(Uuid, String), Delta>);
+
+impl Deltas {
+    pub fn add(&mut self, owner: Uuid, asset: &str, change: Delta) -> Result<(), Overflow> {
+        let delta = self.0.entry((owner, asset.to_owned())).or_default();
+        delta.available = delta
+            .available
+            .checked_add(change.available)
+            .ok_or(Overflow)?;
+        delta.held = delta.held.checked_add(change.held).ok_or(Overflow)?;
+        Ok(())
+    }
+
+    pub fn add_plan(&mut self, plan: &Plan) -> Result<(), Overflow> {
+        for ((owner, asset), change) in plan.deltas()? {
+            self.add(owner, &asset, change)?;
+        }
+        Ok(())
+    }
+
+    /// The accounts that change, in lock order; an account whose changes cancel out is left
+    /// alone (not locked, not written).
+    pub fn changes(&self) -> impl Iterator<Item = (Uuid, &str, Delta)> {
+        self.0
+            .iter()
+            .filter(|(_, d)| d.available != 0 || d.held != 0)
+            .map(|((owner, asset), d)| (*owner, asset.as_str(), *d))
+    }
+}
+
 /// What settling a trade moves, and the figures `TradeSettled` reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settlement {

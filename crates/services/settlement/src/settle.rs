@@ -4,6 +4,11 @@
 //! Runs as an [`events::Handler`] on the `orders` stream: each event's effect commits with its
 //! inbox row in one transaction, so a redelivered event has no second effect and a crash
 //! before the commit leaves nothing behind (REL-09).
+//!
+//! A batch's balance changes are summed per account and written last, right before its commit
+//! ([`Handler::finish`]): the account rows that every trade and every new order's hold touch
+//! are locked for one statement, not for the whole batch, and in the order the hold writer
+//! locks them too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +22,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::ledger::{self, Fees, Trade};
+use crate::ledger::{self, Deltas, Fees, Trade};
 use crate::store::{self, Released, SettledTrade};
 
 /// The orders stream's events settlement acts on; the consumer skips the rest unread.
@@ -42,9 +47,14 @@ impl Settler {
         }
     }
 
-    async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        event: &Envelope,
+        deltas: &mut Deltas,
+    ) -> Result<(), HandlerError> {
         match event.event_type.as_str() {
-            "TradeExecuted" => self.trade(tx, event).await,
+            "TradeExecuted" => self.trade(tx, event, deltas).await,
             // The order behind a hold reached the book (reconciliation looks for holds whose
             // order never did).
             "OrderAccepted" => {
@@ -61,7 +71,7 @@ impl Settler {
                     _ => Fill::None,
                 };
                 match payload.order_id {
-                    Some(order) => release(tx, order, fill).await,
+                    Some(order) => release(tx, order, fill, deltas).await,
                     None => Ok(()),
                 }
             }
@@ -69,7 +79,12 @@ impl Settler {
         }
     }
 
-    async fn trade(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
+    async fn trade(
+        &self,
+        tx: &mut PgConnection,
+        event: &Envelope,
+        deltas: &mut Deltas,
+    ) -> Result<(), HandlerError> {
         let executed: TradeExecuted = event.payload_as()?;
         let base_scale = *self.scales.get(&executed.base_asset).ok_or_else(|| {
             HandlerError::permanent(format!("unknown asset {}", executed.base_asset))
@@ -120,7 +135,7 @@ impl Settler {
             // Settled already (the inbox is per consumer; this guards the ledger itself).
             return Ok(());
         }
-        store::apply(&mut *tx, &settled.plan, None)
+        store::write_plan(&mut *tx, &settled.plan, None, deltas)
             .await
             .map_err(|e| match e {
                 Error::HoldNotPending(hold) => HandlerError::permanent(format!(
@@ -154,12 +169,24 @@ impl Settler {
 }
 
 impl Handler for Settler {
+    /// The batch's balance changes, written by [`Handler::finish`] right before the commit.
+    type Deferred = Deltas;
+
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
+        deltas: &'a mut Deltas,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(self.apply(tx, event))
+        Box::pin(self.apply(tx, event, deltas))
+    }
+
+    fn finish<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        deltas: Deltas,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move { Ok(store::post_deltas(tx, &deltas).await?) })
     }
 
     fn wants(&self, event_type: &str) -> bool {
@@ -177,7 +204,12 @@ enum Fill {
 /// Releases the rest of an ended order's hold — once every trade of the order has settled.
 /// If one has not (its event failed and waits for a retry), this fails too and is retried
 /// later, so the hold is never released under a trade that still has to post from it.
-async fn release(tx: &mut PgConnection, order: Uuid, fill: Fill) -> Result<(), HandlerError> {
+async fn release(
+    tx: &mut PgConnection,
+    order: Uuid,
+    fill: Fill,
+    deltas: &mut Deltas,
+) -> Result<(), HandlerError> {
     // Before looking: a hold being placed for this order right now is then either seen here or
     // refused there, never neither.
     store::lock_order_holds(&mut *tx, &[order]).await?;
@@ -193,7 +225,7 @@ async fn release(tx: &mut PgConnection, order: Uuid, fill: Fill) -> Result<(), H
         Fill::AllBut(remaining) => hold.quantity - remaining,
         Fill::None => 0,
     };
-    match store::release_hold(&mut *tx, order, Some(expected)).await? {
+    match store::release_hold(&mut *tx, order, Some(expected), deltas).await? {
         Released::Resolved { amount, status } => {
             tracing::debug!(%order, amount, %status, "hold resolved");
             metrics::counter!("settlement_holds_resolved_total", "status" => status).increment(1);

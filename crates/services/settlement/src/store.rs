@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::ledger::{EXTERNAL, FEES, Plan, Side};
+use crate::ledger::{Delta, Deltas, EXTERNAL, FEES, Plan, Side};
 use contracts::Asset;
 
 /// Registers the configured assets and their system accounts. A scale that differs from the
@@ -51,49 +51,51 @@ pub async fn sync_assets(pool: &PgPool, assets: &[Asset]) -> Result<()> {
     Ok(())
 }
 
-/// Writes a plan: its transfers, one update per touched account, and what it posts out of
-/// holds — in the caller's transaction. An account that would go negative (or a debit from an
-/// account that does not exist) fails it with [`Error::InsufficientFunds`]; posting to a hold
-/// that is no longer pending fails it with [`Error::HoldNotPending`].
+/// Writes a plan and its balance changes at once, in the caller's transaction (deposits and
+/// withdrawals: one plan per transaction). An account that would go negative (or a debit from
+/// an account that does not exist) fails it with [`Error::InsufficientFunds`].
 pub async fn apply(conn: &mut PgConnection, plan: &Plan, created_by: Option<Uuid>) -> Result<()> {
+    let mut deltas = Deltas::default();
+    write_plan(&mut *conn, plan, created_by, &mut deltas).await?;
+    post_deltas(&mut *conn, &deltas)
+        .await
+        .map_err(|err| match plan.transfers.first() {
+            Some(transfer) => with_asset(err, &transfer.asset),
+            None => err,
+        })
+}
+
+/// Writes a plan's transfers and what it posts out of holds, and adds its balance changes to
+/// `deltas` for [`post_deltas`] to write at the end of the transaction. Posting to a hold that
+/// is no longer pending fails it with [`Error::HoldNotPending`].
+pub async fn write_plan(
+    conn: &mut PgConnection,
+    plan: &Plan,
+    created_by: Option<Uuid>,
+    deltas: &mut Deltas,
+) -> Result<()> {
     if plan.transfers.is_empty() {
         return Ok(());
     }
-    let deltas = plan.deltas()?;
-    let owners: Vec<Uuid> = deltas.keys().map(|(o, _)| *o).collect();
-    let assets: Vec<&str> = deltas.keys().map(|(_, a)| a.as_str()).collect();
-    let available: Vec<i64> = deltas.values().map(|d| d.available).collect();
-    let held: Vec<i64> = deltas.values().map(|d| d.held).collect();
-    // Accounts come into being when money first arrives.
-    sqlx::query(
-        "INSERT INTO accounts (owner_id, asset)
-         SELECT owner, asset FROM UNNEST($1::uuid[], $2::text[], $3::int8[]) AS d(owner, asset, available)
-          WHERE d.available > 0
-         ON CONFLICT ON CONSTRAINT accounts_pkey DO NOTHING",
-    )
-    .bind(&owners)
-    .bind(&assets)
-    .bind(&available)
-    .execute(&mut *conn)
-    .await?;
-    let updated = sqlx::query(
-        "UPDATE accounts a
-            SET available = a.available + d.available, held = a.held + d.held, updated_at = now()
-           FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[]) AS d(owner, asset, available, held)
-          WHERE a.owner_id = d.owner AND a.asset = d.asset",
-    )
-    .bind(&owners)
-    .bind(&assets)
-    .bind(&available)
-    .bind(&held)
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| with_asset(e.into(), &plan.transfers[0].asset))?
-    .rows_affected();
-    if updated != deltas.len() as u64 {
-        return Err(Error::InsufficientFunds {
-            asset: plan.transfers[0].asset.clone(),
-        });
+    let changes = plan.deltas()?;
+    deltas.add_plan(plan)?;
+    // Accounts come into being when money first arrives — before the transfers that name
+    // them. An existing account is not locked by this (DO NOTHING takes no row lock).
+    let (owners, assets): (Vec<Uuid>, Vec<&str>) = changes
+        .iter()
+        .filter(|(_, d)| d.available > 0)
+        .map(|((owner, asset), _)| (*owner, asset.as_str()))
+        .unzip();
+    if !owners.is_empty() {
+        sqlx::query(
+            "INSERT INTO accounts (owner_id, asset)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[])
+             ON CONFLICT ON CONSTRAINT accounts_pkey DO NOTHING",
+        )
+        .bind(&owners)
+        .bind(&assets)
+        .execute(&mut *conn)
+        .await?;
     }
     if !plan.hold_posts.is_empty() {
         let ids: Vec<Uuid> = plan.hold_posts.keys().copied().collect();
@@ -115,6 +117,8 @@ pub async fn apply(conn: &mut PgConnection, plan: &Plan, created_by: Option<Uuid
             return Err(Error::HoldNotPending(missing));
         }
     }
+    // The foreign keys to `accounts` take only a key-share lock on the account rows, which
+    // does not conflict with the hold writer's no-key-update locks.
     let t = &plan.transfers;
     sqlx::query(
         "INSERT INTO transfers (id, asset, debit_owner_id, credit_owner_id, amount, kind, hold_id, trade_id, created_by)
@@ -132,6 +136,63 @@ pub async fn apply(conn: &mut PgConnection, plan: &Plan, created_by: Option<Uuid
     .bind(t.iter().map(|t| t.trade).collect::<Vec<_>>())
     .bind(created_by)
     .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Writes gathered balance changes: locks the accounts in (owner, asset) order — the order
+/// the hold writer locks in, so the two never wait on each other in a cycle — then one update
+/// for all. Meant as the last statements before the commit: the rows every trade and hold
+/// touches stay locked only from here to the commit. An account that would go negative, or a
+/// change to an account that does not exist, fails it with [`Error::InsufficientFunds`].
+pub async fn post_deltas(conn: &mut PgConnection, deltas: &Deltas) -> Result<()> {
+    let mut owners = Vec::new();
+    let mut assets = Vec::new();
+    let mut available = Vec::new();
+    let mut held = Vec::new();
+    for (owner, asset, change) in deltas.changes() {
+        owners.push(owner);
+        assets.push(asset);
+        available.push(change.available);
+        held.push(change.held);
+    }
+    if owners.is_empty() {
+        return Ok(());
+    }
+    lock_accounts(&mut *conn, &owners, &assets).await?;
+    let updated = sqlx::query(
+        "UPDATE accounts a
+            SET available = a.available + d.available, held = a.held + d.held, updated_at = now()
+           FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[]) AS d(owner, asset, available, held)
+          WHERE a.owner_id = d.owner AND a.asset = d.asset",
+    )
+    .bind(&owners)
+    .bind(&assets)
+    .bind(&available)
+    .bind(&held)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated != owners.len() as u64 {
+        return Err(Error::InsufficientFunds {
+            asset: String::new(),
+        });
+    }
+    Ok(())
+}
+
+/// Locks account rows in (owner, asset) order, for an update of their balances only
+/// (`FOR NO KEY UPDATE`: it leaves the key-share locks of inserts that reference the accounts
+/// — transfers, holds — free to proceed).
+async fn lock_accounts(conn: &mut PgConnection, owners: &[Uuid], assets: &[&str]) -> Result<()> {
+    sqlx::query(
+        "SELECT 1 FROM accounts a JOIN UNNEST($1::uuid[], $2::text[]) AS k(owner, asset)
+             ON a.owner_id = k.owner AND a.asset = k.asset
+          ORDER BY a.owner_id, a.asset FOR NO KEY UPDATE OF a",
+    )
+    .bind(owners)
+    .bind(assets)
+    .execute(conn)
     .await?;
     Ok(())
 }
@@ -304,24 +365,11 @@ pub async fn place_holds(pool: &PgPool, holds: &[NewHold]) -> Result<Vec<HoldRow
     let owners: Vec<Uuid> = per_account.keys().map(|(o, _)| *o).collect();
     let assets: Vec<&str> = per_account.keys().map(|(_, a)| *a).collect();
     let mut tx = pool.begin().await?;
-    // The settling consumer locks accounts in trade order, so two multi-row transactions can
-    // wait on each other: take this batch's rows in one sorted pass, and give up quickly (the
-    // caller then places the holds one by one, each locking a single row) rather than wait
-    // out PostgreSQL's one-second deadlock detection — which a load over many accounts showed
-    // as 1 s stalls.
-    sqlx::query("SELECT set_config('lock_timeout', '50ms', true)")
-        .execute(&mut *tx)
-        .await?;
+    // The order's lock first, then the accounts in the one order every multi-account writer
+    // uses (the settling consumer's end-of-batch update too): no two transactions wait on each
+    // other in a cycle, and the consumer holds account rows only for its last statement.
     lock_order_holds(&mut tx, &ids).await?;
-    sqlx::query(
-        "SELECT 1 FROM accounts a JOIN UNNEST($1::uuid[], $2::text[]) AS k(owner, asset)
-             ON a.owner_id = k.owner AND a.asset = k.asset
-          ORDER BY a.owner_id, a.asset FOR UPDATE OF a",
-    )
-    .bind(&owners)
-    .bind(&assets)
-    .execute(&mut *tx)
-    .await?;
+    lock_accounts(&mut tx, &owners, &assets).await?;
     let inserted: Vec<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO holds (id, owner_id, asset, side, symbol, price, quantity, amount)
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
@@ -387,11 +435,13 @@ pub enum Released {
 }
 
 /// Releases what is left of a hold once its order has ended with `filled` base units traded
-/// (`None`: whatever has settled). Locks the hold row, so a concurrent release waits.
+/// (`None`: whatever has settled). Locks the hold row, so a concurrent release waits; the
+/// balance change goes into `deltas`, for [`post_deltas`] before the commit.
 pub async fn release_hold(
     conn: &mut PgConnection,
     id: Uuid,
     filled: Option<i64>,
+    deltas: &mut Deltas,
 ) -> Result<Released> {
     let hold: Option<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {HOLD_COLUMNS} FROM holds WHERE id = $1 FOR UPDATE"
@@ -421,17 +471,14 @@ pub async fn release_hold(
         .bind(status)
         .execute(&mut *conn)
         .await?;
-    if rest > 0 {
-        sqlx::query(
-            "UPDATE accounts SET available = available + $3, held = held - $3, updated_at = now()
-              WHERE owner_id = $1 AND asset = $2",
-        )
-        .bind(hold.owner_id)
-        .bind(&hold.asset)
-        .bind(rest)
-        .execute(&mut *conn)
-        .await?;
-    }
+    deltas.add(
+        hold.owner_id,
+        &hold.asset,
+        Delta {
+            available: rest,
+            held: -rest,
+        },
+    )?;
     Ok(Released::Resolved {
         amount: rest,
         status: status.to_owned(),

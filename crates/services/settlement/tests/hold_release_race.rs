@@ -60,7 +60,9 @@ async fn a_release_racing_a_hold_being_placed_waits_for_it_and_releases_it(pool:
             );
             let settler = Settler::new(contracts::fees::Fees::DEFAULT, &Asset::defaults());
             let mut tx = pool.begin().await.unwrap();
-            settler.handle(&mut tx, &event).await.unwrap();
+            let mut deltas = Default::default();
+            settler.handle(&mut tx, &event, &mut deltas).await.unwrap();
+            settler.finish(&mut tx, deltas).await.unwrap();
             tx.commit().await.unwrap();
         }
     });

@@ -1,0 +1,138 @@
+//! The settling consumer's batch leaves account rows unlocked until its last statement, so
+//! holds for new orders of the same accounts go ahead while a batch of trades is being
+//! written (the order path's main wait under load), against a real PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use contracts::Asset;
+use contracts::fees::Fees;
+use events::{Envelope, Handler};
+use settlement::ledger::{self, Side};
+use settlement::settle::Settler;
+use settlement::store::{self, NewHold};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn settlement_db(test_pool: &PgPool) -> PgPool {
+    let options = test_pool.connect_options().as_ref().clone();
+    let pool = PgPool::connect_with(options.options([("search_path", settlement::SCHEMA)]))
+        .await
+        .unwrap();
+    settlement::migrate(&pool).await.unwrap();
+    store::sync_assets(&pool, &Asset::defaults()).await.unwrap();
+    pool
+}
+
+async fn fund(pool: &PgPool, owner: Uuid, asset: &str, available: i64) {
+    sqlx::query("INSERT INTO accounts (owner_id, asset, available) VALUES ($1, $2, $3)")
+        .bind(owner)
+        .bind(asset)
+        .bind(available)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+/// 30,000.00 USD per BTC, 0.01 BTC.
+const PRICE: i64 = 3_000_000;
+const QUANTITY: i64 = 1_000_000;
+
+fn hold(owner: Uuid, side: Side) -> NewHold {
+    let amount = ledger::hold_amount(side, PRICE, QUANTITY, 8, Fees::DEFAULT).unwrap();
+    NewHold {
+        id: Uuid::now_v7(),
+        owner,
+        asset: match side {
+            Side::Buy => "USD",
+            Side::Sell => "BTC",
+        }
+        .to_owned(),
+        side,
+        symbol: "BTC-USD".to_owned(),
+        price: PRICE,
+        quantity: QUANTITY,
+        amount,
+    }
+}
+
+async fn balance(pool: &PgPool, owner: Uuid, asset: &str) -> (i64, i64) {
+    sqlx::query_as("SELECT available, held FROM accounts WHERE owner_id = $1 AND asset = $2")
+        .bind(owner)
+        .bind(asset)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_hold_goes_ahead_while_a_batch_settling_the_same_accounts_is_open(pool: PgPool) {
+    let pool = settlement_db(&pool).await;
+    let (buyer, seller) = (Uuid::now_v7(), Uuid::now_v7());
+    fund(&pool, buyer, "USD", 10_000_000).await;
+    fund(&pool, seller, "BTC", 10_000_000).await;
+    let (bid, ask) = (hold(buyer, Side::Buy), hold(seller, Side::Sell));
+    store::place_holds(&pool, &[bid.clone(), ask.clone()])
+        .await
+        .unwrap();
+
+    // The consumer's batch has written the trade between the two, not yet its balances.
+    let trade = Envelope::new(
+        "orders",
+        "TradeExecuted",
+        1,
+        "BTC-USD",
+        1,
+        serde_json::json!({
+            "trade_id": Uuid::now_v7(), "symbol": "BTC-USD", "base_asset": "BTC",
+            "quote_asset": "USD", "price": PRICE, "quantity": QUANTITY,
+            "maker_order_id": ask.id, "taker_order_id": bid.id,
+            "maker_account_id": seller, "taker_account_id": buyer, "taker_side": "buy",
+        }),
+    );
+    let settler = Settler::new(Fees::DEFAULT, &Asset::defaults());
+    let mut batch = pool.begin().await.unwrap();
+    let mut deltas = Default::default();
+    settler
+        .handle(&mut batch, &trade, &mut deltas)
+        .await
+        .unwrap();
+
+    // Meanwhile: the accounts are free to lock for a balance update (NOWAIT fails at once if
+    // not), and the hold writer places the buyer's next order's hold.
+    let mut probe = pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT 1 FROM accounts WHERE owner_id = ANY($1) ORDER BY owner_id, asset
+            FOR NO KEY UPDATE NOWAIT",
+    )
+    .bind([buyer, seller])
+    .execute(&mut *probe)
+    .await
+    .expect("the open batch holds no lock on the accounts it settles");
+    probe.rollback().await.unwrap();
+    let next = hold(buyer, Side::Buy);
+    store::place_holds(&pool, std::slice::from_ref(&next))
+        .await
+        .unwrap();
+
+    // The batch ends: its balances go in on top of the hold placed meanwhile.
+    settler.finish(&mut batch, deltas).await.unwrap();
+    batch.commit().await.unwrap();
+    // 0.01 BTC at 30,000.00: 300.00 USD; the taker (buyer) pays 20 bps, the maker 10 bps.
+    let (notional, buyer_fee, seller_fee) = (30_000, 60, 30);
+    assert_eq!(
+        balance(&pool, buyer, "USD").await,
+        (
+            10_000_000 - bid.amount - next.amount,
+            bid.amount + next.amount - notional - buyer_fee
+        ),
+        "the buyer paid from the first hold; the second is still held"
+    );
+    assert_eq!(balance(&pool, buyer, "BTC").await, (QUANTITY, 0));
+    assert_eq!(
+        balance(&pool, seller, "USD").await,
+        (notional - seller_fee, 0)
+    );
+    assert_eq!(
+        balance(&pool, seller, "BTC").await,
+        (10_000_000 - QUANTITY, 0)
+    );
+}
