@@ -62,3 +62,12 @@ curl -s http://127.0.0.1:8084/metrics | awk '
   }' || true
 settled=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM settlement.settled_trades")
 echo "settled: $settled of $trades trades when the run ended"
+# With BOURSE_PERF_POSTGRES=private: the statements that took the most database time.
+if [[ -n ${pg_dir:-} ]]; then
+  psql -q -h 127.0.0.1 -U postgres -d "$database" -P pager=off -c "
+    SELECT round(total_exec_time)::bigint AS total_ms, calls,
+           round((100 * total_exec_time / sum(total_exec_time) OVER ())::numeric, 1) AS pct,
+           round((total_exec_time / calls)::numeric, 3) AS mean_ms,
+           left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+      FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25"
+fi

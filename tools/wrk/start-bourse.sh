@@ -2,7 +2,25 @@
 # `bourse serve all` in the background with the limits lifted; stopped and dropped on exit.
 # Needs a release build (cargo build --release -p bourse), local PostgreSQL and Redis.
 database="bourse_perf_$$"
-export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$database"
+# BOURSE_PERF_POSTGRES=private: a PostgreSQL of the run's own (initdb on port 5499, default
+# settings like the shared server's, fsync on) with pg_stat_statements loaded — it must be
+# preloaded at start, which the shared server is not — so the run ends with the statements that
+# cost the most database time. Needs the server binaries (pg_config --bindir).
+pg_port=5432
+if [[ ${BOURSE_PERF_POSTGRES:-shared} == private ]]; then
+  pg_port=5499
+  pg_dir=$(mktemp -d /tmp/bourse-perf-pg.XXXXXX)
+  pg_bin=$(pg_config --bindir)
+  as_postgres=()
+  if [[ $(id -u) == 0 ]]; then chown postgres: "$pg_dir"; as_postgres=(runuser -u postgres --); fi
+  "${as_postgres[@]}" "$pg_bin/initdb" -A trust -U postgres -D "$pg_dir/data" > /dev/null
+  "${as_postgres[@]}" "$pg_bin/pg_ctl" start -w -D "$pg_dir/data" -l "$pg_dir/server.log" \
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all" > /dev/null
+  psql -q -h 127.0.0.1 -p $pg_port -U postgres -c "CREATE DATABASE $database" postgres
+  psql -q -h 127.0.0.1 -p $pg_port -U postgres -d "$database" -c "CREATE EXTENSION pg_stat_statements"
+fi
+export PGPORT=$pg_port
+export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$database"
 export BOURSE_REDIS_KEY_PREFIX="perf:$$" BOURSE_LOG=warn BOURSE_BIND_HOST=127.0.0.1
 # Measure the system, not the rate limiter: lift the per-principal and per-IP limits.
 export BOURSE_GATEWAY_PRINCIPAL_RATE_PER_SEC=1000000 BOURSE_GATEWAY_PRINCIPAL_BURST=1000000
@@ -39,7 +57,15 @@ if [[ ${BOURSE_PERF_ORDERS_REPLICAS:-1} == 2 ]]; then
   BOURSE_ORDERS_PORT=8092 "$bin" serve orders >> /tmp/bourse-perf.log 2>&1 &
   servers+=($!)
 fi
-trap 'kill ${servers[*]} 2>/dev/null; wait ${servers[*]} 2>/dev/null; psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $database" postgres' EXIT
+stop_all() {
+  kill "${servers[@]}" 2>/dev/null; wait "${servers[@]}" 2>/dev/null
+  if [[ -n ${pg_dir:-} ]]; then
+    "${as_postgres[@]}" "$pg_bin/pg_ctl" stop -m fast -D "$pg_dir/data" > /dev/null; rm -rf "$pg_dir"
+  else
+    psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $database" postgres
+  fi
+}
+trap stop_all EXIT
 for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8080/health/ready > /dev/null && break; sleep 0.2; done
 if [[ ${BOURSE_PERF_ORDERS_REPLICAS:-1} == 2 ]]; then
   # Until both replicas own a symbol.
