@@ -26,7 +26,7 @@
 //! Handlers run inside the event's context: its correlation id and trace continue, so events
 //! they write carry them on (OBS-02, OBS-06).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,7 @@ use service_kit::redis::KeyPrefix;
 use service_kit::telemetry::TraceContext;
 use sqlx::{PgConnection, PgPool};
 use tracing::Instrument as _;
+use uuid::Uuid;
 
 use crate::envelope::Envelope;
 use crate::failure::HandlerError;
@@ -424,10 +425,13 @@ impl Consumer {
         batch: &'b [(StreamId, Envelope)],
     ) -> Result<Vec<&'b Envelope>, HandlerError> {
         let mut tx = self.pool.begin().await?;
+        let ids: Vec<Uuid> = batch.iter().map(|(_, envelope)| envelope.id).collect();
+        let mut claimed = self.claim_inbox_all(&mut tx, &ids).await?;
         let mut deferred = H::Deferred::default();
         let mut fresh = Vec::with_capacity(batch.len());
         for (_, envelope) in batch {
-            if !self.claim_inbox(&mut tx, envelope).await? {
+            // Applied before, or already once in this batch (the relay published it again).
+            if !claimed.remove(&envelope.id) {
                 metrics::counter!("events_duplicates_total", "stream" => self.stream.clone())
                     .increment(1);
                 continue;
@@ -443,6 +447,27 @@ impl Consumer {
         finish(handler, &mut tx, deferred).await?;
         tx.commit().await?;
         Ok(fresh)
+    }
+
+    /// Inserts the inbox rows of a batch in one statement; returns the ids that were new (the
+    /// others were applied before).
+    async fn claim_inbox_all(
+        &self,
+        tx: &mut PgConnection,
+        ids: &[Uuid],
+    ) -> Result<HashSet<Uuid>, Error> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO inbox (consumer, event_id, stream) SELECT $1, id, $3 FROM UNNEST($2::uuid[]) AS id
+             ON CONFLICT ON CONSTRAINT inbox_pkey DO NOTHING
+             RETURNING event_id",
+        )
+        .bind(&self.group)
+        .bind(ids)
+        .bind(&self.stream)
+        .fetch_all(tx)
+        .await?
+        .into_iter()
+        .collect())
     }
 
     /// Inserts the inbox row; `false` when the event was applied before.

@@ -51,15 +51,16 @@ impl Settler {
         &self,
         tx: &mut PgConnection,
         event: &Envelope,
-        deltas: &mut Deltas,
+        deferred: &mut Deferred,
     ) -> Result<(), HandlerError> {
         match event.event_type.as_str() {
-            "TradeExecuted" => self.trade(tx, event, deltas).await,
+            "TradeExecuted" => self.trade(tx, event, &mut deferred.balances).await,
             // The order behind a hold reached the book (reconciliation looks for holds whose
             // order never did).
             "OrderAccepted" => {
                 let accepted: OrderAccepted = event.payload_as()?;
-                Ok(store::mark_accepted(tx, accepted.order_id).await?)
+                deferred.accepted.push(accepted.order_id);
+                Ok(())
             }
             // An ended order releases what is left of its hold: everything filled
             // (completed), all but `remaining` (cancelled) or nothing (rejected after its hold).
@@ -71,7 +72,7 @@ impl Settler {
                     _ => Fill::None,
                 };
                 match payload.order_id {
-                    Some(order) => release(tx, order, fill, deltas).await,
+                    Some(order) => release(tx, order, fill, &mut deferred.balances).await,
                     None => Ok(()),
                 }
             }
@@ -169,29 +170,42 @@ impl Settler {
 }
 
 impl Handler for Settler {
-    /// The batch's balance changes, written by [`Handler::finish`] right before the commit.
-    type Deferred = Deltas;
+    type Deferred = Deferred;
 
     fn handle<'a>(
         &'a self,
         tx: &'a mut PgConnection,
         event: &'a Envelope,
-        deltas: &'a mut Deltas,
+        deferred: &'a mut Deferred,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(self.apply(tx, event, deltas))
+        Box::pin(self.apply(tx, event, deferred))
     }
 
     fn finish<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        deltas: Deltas,
+        deferred: Deferred,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move { Ok(store::post_deltas(tx, &deltas).await?) })
+        Box::pin(async move {
+            store::mark_accepted(&mut *tx, &deferred.accepted).await?;
+            // Last: the account rows stay locked from here to the commit only.
+            Ok(store::post_deltas(tx, &deferred.balances).await?)
+        })
     }
 
     fn wants(&self, event_type: &str) -> bool {
         EVENT_TYPES.contains(&event_type)
     }
+}
+
+/// What a transaction's events leave to its end ([`Handler::finish`]): one statement each for
+/// the whole batch instead of one per event.
+#[derive(Debug, Default)]
+pub struct Deferred {
+    /// Balance changes, summed per account.
+    balances: Deltas,
+    /// Orders that reached the book (their holds are marked accepted).
+    accepted: Vec<Uuid>,
 }
 
 /// How much of an ended order traded, in base units.

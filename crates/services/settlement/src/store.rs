@@ -485,10 +485,14 @@ pub async fn release_hold(
     })
 }
 
-/// Records that the order behind hold `id` reached the book (no hold: nothing to record).
-pub async fn mark_accepted(conn: &mut PgConnection, id: Uuid) -> Result<()> {
-    sqlx::query("UPDATE holds SET accepted_at = now() WHERE id = $1 AND accepted_at IS NULL")
-        .bind(id)
+/// Records that the orders behind these holds reached the book (an order without a hold:
+/// nothing to record).
+pub async fn mark_accepted(conn: &mut PgConnection, ids: &[Uuid]) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("UPDATE holds SET accepted_at = now() WHERE id = ANY($1) AND accepted_at IS NULL")
+        .bind(ids)
         .execute(conn)
         .await?;
     Ok(())
