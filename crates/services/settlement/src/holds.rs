@@ -189,7 +189,7 @@ pub async fn void(pool: &PgPool, id: Uuid) -> Result<()> {
     match store::release_hold(&mut tx, id, Some(0), &mut deltas).await? {
         store::Released::Unknown => {
             // The hold may still be on its way: it must find the order released.
-            store::remember_released(&mut tx, id).await?;
+            store::remember_released(&mut tx, &[id]).await?;
             tx.commit().await?;
             return Err(Error::NotFound);
         }

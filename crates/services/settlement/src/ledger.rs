@@ -152,6 +152,18 @@ impl Plan {
         Ok(deltas)
     }
 
+    /// Adds `other` to this plan: its transfers after these, its posts summed per hold — so a
+    /// batch of trades is written as one plan.
+    pub fn merge(&mut self, other: &Plan) -> Result<(), Overflow> {
+        self.transfers.extend(other.transfers.iter().cloned());
+        for (hold, (posted, filled)) in &other.hold_posts {
+            let total = self.hold_posts.entry(*hold).or_default();
+            total.0 = total.0.checked_add(*posted).ok_or(Overflow)?;
+            total.1 = total.1.checked_add(*filled).ok_or(Overflow)?;
+        }
+        Ok(())
+    }
+
     fn push(&mut self, transfer: Transfer) {
         // Zero moves nothing; a trade too small for one quote minor unit moves no quote.
         if transfer.amount > 0 {

@@ -5,12 +5,16 @@
 //! inbox row in one transaction, so a redelivered event has no second effect and a crash
 //! before the commit leaves nothing behind (REL-09).
 //!
-//! A batch's balance changes are summed per account and written last, right before its commit
-//! ([`Handler::finish`]): the account rows that every trade and every new order's hold touch
-//! are locked for one statement, not for the whole batch, and in the order the hold writer
-//! locks them too.
+//! Set-based: [`Handler::handle`] only reads an event into the transaction's [`Deferred`]; the
+//! batch is written in [`Handler::finish`] with one statement per kind of write — its trades
+//! recorded, their transfers, their posts out of holds, their `TradeSettled` notices, the
+//! holds of accepted orders marked, the holds of ended orders released — and the balances
+//! last: summed per account and locked in the order the hold writer locks in too, so the
+//! account rows every trade and every new order's hold touch are locked for one statement, not
+//! for the whole batch. Trades are written before releases: an order's trades precede its end
+//! on the stream, so a release sees every post of the batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use contracts::Asset;
@@ -22,8 +26,8 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::ledger::{self, Deltas, Fees, Trade};
-use crate::store::{self, Released, SettledTrade};
+use crate::ledger::{self, Delta, Deltas, Fees, Plan, Settlement, Trade};
+use crate::store::{self, Resolution, SettledTrade};
 
 /// The orders stream's events settlement acts on; the consumer skips the rest unread.
 pub const EVENT_TYPES: &[&str] = &[
@@ -39,6 +43,27 @@ pub struct Settler {
     scales: Arc<HashMap<String, u32>>,
 }
 
+/// What a transaction's events leave to its end ([`Handler::finish`]), in stream order.
+#[derive(Debug, Default)]
+pub struct Deferred {
+    trades: Vec<Settling>,
+    /// Orders that reached the book (their holds are marked accepted).
+    accepted: Vec<Uuid>,
+    /// Orders that ended, and how much of each traded.
+    ended: Vec<(Uuid, Fill)>,
+}
+
+/// A trade read from its event, with what settling it moves.
+#[derive(Debug)]
+struct Settling {
+    trade: Trade,
+    symbol: String,
+    settled: Settlement,
+    executed_at: OffsetDateTime,
+    /// `TradeSettled`, caused by the trade's event (its correlation and trace go on).
+    notice: Envelope,
+}
+
 impl Settler {
     pub fn new(fees: Fees, assets: &[Asset]) -> Self {
         Self {
@@ -47,20 +72,15 @@ impl Settler {
         }
     }
 
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        event: &Envelope,
-        deferred: &mut Deferred,
-    ) -> Result<(), HandlerError> {
+    /// Reads an event into the batch; nothing is written yet.
+    fn read(&self, event: &Envelope, deferred: &mut Deferred) -> Result<(), HandlerError> {
         match event.event_type.as_str() {
-            "TradeExecuted" => self.trade(tx, event, &mut deferred.balances).await,
+            "TradeExecuted" => deferred.trades.push(self.trade(event)?),
             // The order behind a hold reached the book (reconciliation looks for holds whose
             // order never did).
             "OrderAccepted" => {
                 let accepted: OrderAccepted = event.payload_as()?;
                 deferred.accepted.push(accepted.order_id);
-                Ok(())
             }
             // An ended order releases what is left of its hold: everything filled
             // (completed), all but `remaining` (cancelled) or nothing (rejected after its hold).
@@ -71,21 +91,16 @@ impl Settler {
                     "OrderCancelled" => Fill::AllBut(payload.remaining.unwrap_or(0)),
                     _ => Fill::None,
                 };
-                match payload.order_id {
-                    Some(order) => release(tx, order, fill, &mut deferred.balances).await,
-                    None => Ok(()),
+                if let Some(order) = payload.order_id {
+                    deferred.ended.push((order, fill));
                 }
             }
-            _ => Ok(()),
+            _ => {}
         }
+        Ok(())
     }
 
-    async fn trade(
-        &self,
-        tx: &mut PgConnection,
-        event: &Envelope,
-        deltas: &mut Deltas,
-    ) -> Result<(), HandlerError> {
+    fn trade(&self, event: &Envelope) -> Result<Settling, HandlerError> {
         let executed: TradeExecuted = event.payload_as()?;
         let base_scale = *self.scales.get(&executed.base_asset).ok_or_else(|| {
             HandlerError::permanent(format!("unknown asset {}", executed.base_asset))
@@ -120,31 +135,6 @@ impl Settler {
             buyer_is_taker,
         };
         let settled = ledger::settle(&trade, self.fees).map_err(HandlerError::permanent)?;
-        let fresh = store::record_settled(
-            &mut *tx,
-            &SettledTrade {
-                trade: &trade,
-                symbol: &executed.symbol,
-                notional: settled.notional,
-                buyer_fee: settled.buyer_fee,
-                seller_fee: settled.seller_fee,
-                executed_at: event.occurred_at,
-            },
-        )
-        .await?;
-        if !fresh {
-            // Settled already (the inbox is per consumer; this guards the ledger itself).
-            return Ok(());
-        }
-        store::write_plan(&mut *tx, &settled.plan, None, deltas)
-            .await
-            .map_err(|e| match e {
-                Error::HoldNotPending(hold) => HandlerError::permanent(format!(
-                    "trade {} posts to hold {hold}, which is not pending",
-                    trade.id
-                )),
-                other => other.into(),
-            })?;
         let notice = Envelope::new(
             crate::SERVICE,
             "TradeSettled",
@@ -161,10 +151,29 @@ impl Settler {
             }),
         )
         .caused_by(event);
-        events::outbox::append(&mut *tx, crate::STREAM, &notice).await?;
-        let finality = (OffsetDateTime::now_utc() - event.occurred_at).as_seconds_f64();
-        metrics::histogram!("settlement_finality_seconds").record(finality.max(0.0));
-        metrics::counter!("settlement_trades_settled_total").increment(1);
+        Ok(Settling {
+            trade,
+            symbol: executed.symbol,
+            settled,
+            executed_at: event.occurred_at,
+            notice,
+        })
+    }
+
+    /// Writes the batch: trades, accepted holds, releases, then the balances.
+    async fn write(&self, tx: &mut PgConnection, batch: Deferred) -> Result<(), HandlerError> {
+        let mut balances = Deltas::default();
+        let settled = settle_trades(&mut *tx, &batch.trades, &mut balances).await?;
+        store::mark_accepted(&mut *tx, &batch.accepted).await?;
+        release(&mut *tx, &batch.ended, &mut balances).await?;
+        // Last: the account rows stay locked from here to the commit only.
+        store::post_deltas(&mut *tx, &balances).await?;
+        let now = OffsetDateTime::now_utc();
+        for trade in &settled {
+            let finality = (now - trade.executed_at).as_seconds_f64();
+            metrics::histogram!("settlement_finality_seconds").record(finality.max(0.0));
+        }
+        metrics::counter!("settlement_trades_settled_total").increment(settled.len() as u64);
         Ok(())
     }
 }
@@ -174,11 +183,11 @@ impl Handler for Settler {
 
     fn handle<'a>(
         &'a self,
-        tx: &'a mut PgConnection,
+        _tx: &'a mut PgConnection,
         event: &'a Envelope,
         deferred: &'a mut Deferred,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(self.apply(tx, event, deferred))
+        Box::pin(std::future::ready(self.read(event, deferred)))
     }
 
     fn finish<'a>(
@@ -186,11 +195,7 @@ impl Handler for Settler {
         tx: &'a mut PgConnection,
         deferred: Deferred,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            store::mark_accepted(&mut *tx, &deferred.accepted).await?;
-            // Last: the account rows stay locked from here to the commit only.
-            Ok(store::post_deltas(tx, &deferred.balances).await?)
-        })
+        Box::pin(self.write(tx, deferred))
     }
 
     fn wants(&self, event_type: &str) -> bool {
@@ -198,58 +203,122 @@ impl Handler for Settler {
     }
 }
 
-/// What a transaction's events leave to its end ([`Handler::finish`]): one statement each for
-/// the whole batch instead of one per event.
-#[derive(Debug, Default)]
-pub struct Deferred {
-    /// Balance changes, summed per account.
-    balances: Deltas,
-    /// Orders that reached the book (their holds are marked accepted).
-    accepted: Vec<Uuid>,
+/// Records the batch's trades and moves the money of those not settled before: one plan for
+/// all of them, their notices in one append. Returns the trades settled now.
+async fn settle_trades<'t>(
+    tx: &mut PgConnection,
+    trades: &'t [Settling],
+    balances: &mut Deltas,
+) -> Result<Vec<&'t Settling>, HandlerError> {
+    let records: Vec<SettledTrade<'_>> = trades
+        .iter()
+        .map(|t| SettledTrade {
+            trade: &t.trade,
+            symbol: &t.symbol,
+            notional: t.settled.notional,
+            buyer_fee: t.settled.buyer_fee,
+            seller_fee: t.settled.seller_fee,
+            executed_at: t.executed_at,
+        })
+        .collect();
+    // Recorded now, each once (the settled_trades key guards the ledger itself; the inbox is
+    // per consumer).
+    let mut fresh = store::record_settled(&mut *tx, &records).await?;
+    let settling: Vec<&Settling> = trades
+        .iter()
+        .filter(|t| fresh.remove(&t.trade.id))
+        .collect();
+    let mut plan = Plan::default();
+    for trade in &settling {
+        plan.merge(&trade.settled.plan)
+            .map_err(HandlerError::permanent)?;
+    }
+    store::write_plan(&mut *tx, &plan, None, balances)
+        .await
+        .map_err(|e| match e {
+            Error::HoldNotPending(hold) => HandlerError::permanent(format!(
+                "a trade posts to hold {hold}, which is not pending"
+            )),
+            other => other.into(),
+        })?;
+    let notices: Vec<Envelope> = settling.iter().map(|t| t.notice.clone()).collect();
+    events::outbox::append_all(&mut *tx, crate::STREAM, &notices).await?;
+    Ok(settling)
 }
 
 /// How much of an ended order traded, in base units.
+#[derive(Clone, Copy, Debug)]
 enum Fill {
     All,
     AllBut(i64),
     None,
 }
 
-/// Releases the rest of an ended order's hold — once every trade of the order has settled.
+/// Releases the rest of ended orders' holds — once every trade of each order has settled.
 /// If one has not (its event failed and waits for a retry), this fails too and is retried
-/// later, so the hold is never released under a trade that still has to post from it.
+/// later, so a hold is never released under a trade that still has to post from it.
 async fn release(
     tx: &mut PgConnection,
-    order: Uuid,
-    fill: Fill,
-    deltas: &mut Deltas,
+    ended: &[(Uuid, Fill)],
+    balances: &mut Deltas,
 ) -> Result<(), HandlerError> {
-    // Before looking: a hold being placed for this order right now is then either seen here or
-    // refused there, never neither.
-    store::lock_order_holds(&mut *tx, &[order]).await?;
-    let hold = store::hold_by_id(&mut *tx, order).await?;
-    let Some(hold) = hold else {
-        // Nothing held yet — a late hold request may still be on its way (orders gave up on
-        // the order when the call timed out): it must find the order released.
-        store::remember_released(&mut *tx, order).await?;
+    if ended.is_empty() {
         return Ok(());
-    };
-    let expected = match fill {
-        Fill::All => hold.quantity,
-        Fill::AllBut(remaining) => hold.quantity - remaining,
-        Fill::None => 0,
-    };
-    match store::release_hold(&mut *tx, order, Some(expected), deltas).await? {
-        Released::Resolved { amount, status } => {
-            tracing::debug!(%order, amount, %status, "hold resolved");
-            metrics::counter!("settlement_holds_resolved_total", "status" => status).increment(1);
-            Ok(())
-        }
-        Released::AlreadyResolved | Released::Unknown => Ok(()),
-        // Permanent as it stands, but only until the trade settles: the entry is tried again
-        // (a few times) before it is dead-lettered.
-        Released::Unsettled { filled, expected } => Err(HandlerError::permanent(format!(
-            "order {order} ended with {expected} filled but {filled} has settled; retrying later"
-        ))),
     }
+    let orders: Vec<Uuid> = ended.iter().map(|(order, _)| *order).collect();
+    // Before looking: a hold being placed for one of these orders right now is then either
+    // seen here or refused there, never neither.
+    store::lock_order_holds(&mut *tx, &orders).await?;
+    let holds = store::holds_for_update(&mut *tx, &orders).await?;
+    let mut seen = HashSet::new();
+    let mut resolved = Vec::new();
+    let mut unheld = Vec::new();
+    for &(order, fill) in ended {
+        if !seen.insert(order) {
+            continue;
+        }
+        let Some(hold) = holds.get(&order) else {
+            // Nothing held yet — a late hold request may still be on its way (orders gave up
+            // on the order when the call timed out): it must find the order released.
+            unheld.push(order);
+            continue;
+        };
+        if hold.status != "pending" {
+            continue; // Resolved before (a redelivered or late event).
+        }
+        let expected = match fill {
+            Fill::All => hold.quantity,
+            Fill::AllBut(remaining) => hold.quantity - remaining,
+            Fill::None => 0,
+        };
+        if hold.filled != expected {
+            // Permanent as it stands, but only until the trade settles: the entry is tried
+            // again (a few times) before it is dead-lettered.
+            return Err(HandlerError::permanent(format!(
+                "order {order} ended with {expected} filled but {} has settled; retrying later",
+                hold.filled
+            )));
+        }
+        let rest = hold.amount - hold.posted;
+        let status = if hold.posted > 0 { "posted" } else { "voided" };
+        balances
+            .add(
+                hold.owner_id,
+                &hold.asset,
+                Delta {
+                    available: rest,
+                    held: -rest,
+                },
+            )
+            .map_err(HandlerError::permanent)?;
+        metrics::counter!("settlement_holds_resolved_total", "status" => status).increment(1);
+        resolved.push(Resolution {
+            id: order,
+            released: rest,
+            status,
+        });
+    }
+    store::resolve_holds(&mut *tx, &resolved).await?;
+    store::remember_released(&mut *tx, &unheld).await?;
+    Ok(())
 }

@@ -1,5 +1,7 @@
 //! All of settlement's SQL.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -284,14 +286,17 @@ pub async fn lock_order_holds(conn: &mut PgConnection, orders: &[Uuid]) -> Resul
     Ok(())
 }
 
-/// Records that `order` was released with no hold: a hold arriving for it later is refused.
-/// The caller holds [`lock_order_holds`] for it.
-pub async fn remember_released(conn: &mut PgConnection, order: Uuid) -> Result<()> {
+/// Records that these orders were released with no hold: a hold arriving for one later is
+/// refused. The caller holds [`lock_order_holds`] for them.
+pub async fn remember_released(conn: &mut PgConnection, orders: &[Uuid]) -> Result<()> {
+    if orders.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "INSERT INTO released_orders (order_id) VALUES ($1)
+        "INSERT INTO released_orders (order_id) SELECT * FROM UNNEST($1::uuid[])
          ON CONFLICT ON CONSTRAINT released_orders_pkey DO NOTHING",
     )
-    .bind(order)
+    .bind(orders)
     .execute(conn)
     .await?;
     Ok(())
@@ -508,30 +513,78 @@ pub struct SettledTrade<'a> {
     pub executed_at: OffsetDateTime,
 }
 
-pub async fn record_settled(conn: &mut PgConnection, s: &SettledTrade<'_>) -> Result<bool> {
-    let t = s.trade;
-    Ok(sqlx::query(
+/// Records settled trades in one statement; returns the ids recorded now (a trade settled
+/// before is left out: its money moved then).
+pub async fn record_settled(
+    conn: &mut PgConnection,
+    trades: &[SettledTrade<'_>],
+) -> Result<HashSet<Uuid>> {
+    if trades.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let column = |f: fn(&SettledTrade<'_>) -> i64| trades.iter().map(f).collect::<Vec<i64>>();
+    let ids: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO settled_trades (trade_id, symbol, buy_order_id, sell_order_id, buyer_id,
                                      seller_id, price, quantity, notional, buyer_fee, seller_fee, executed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-         ON CONFLICT ON CONSTRAINT settled_trades_pkey DO NOTHING",
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::uuid[],
+                              $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::timestamptz[])
+         ON CONFLICT ON CONSTRAINT settled_trades_pkey DO NOTHING
+         RETURNING trade_id",
     )
-    .bind(t.id)
-    .bind(s.symbol)
-    .bind(t.buy_order)
-    .bind(t.sell_order)
-    .bind(t.buyer)
-    .bind(t.seller)
-    .bind(t.price)
-    .bind(t.quantity)
-    .bind(s.notional)
-    .bind(s.buyer_fee)
-    .bind(s.seller_fee)
-    .bind(s.executed_at)
+    .bind(trades.iter().map(|s| s.trade.id).collect::<Vec<_>>())
+    .bind(trades.iter().map(|s| s.symbol).collect::<Vec<_>>())
+    .bind(trades.iter().map(|s| s.trade.buy_order).collect::<Vec<_>>())
+    .bind(trades.iter().map(|s| s.trade.sell_order).collect::<Vec<_>>())
+    .bind(trades.iter().map(|s| s.trade.buyer).collect::<Vec<_>>())
+    .bind(trades.iter().map(|s| s.trade.seller).collect::<Vec<_>>())
+    .bind(column(|s| s.trade.price))
+    .bind(column(|s| s.trade.quantity))
+    .bind(column(|s| s.notional))
+    .bind(column(|s| s.buyer_fee))
+    .bind(column(|s| s.seller_fee))
+    .bind(trades.iter().map(|s| s.executed_at).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(ids.into_iter().collect())
+}
+
+/// Pending-or-not holds of these orders, locked (a concurrent release waits).
+pub async fn holds_for_update(
+    conn: &mut PgConnection,
+    orders: &[Uuid],
+) -> Result<HashMap<Uuid, HoldRow>> {
+    let rows: Vec<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+    )))
+    .bind(orders)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+}
+
+/// A hold's resolution: `released` went back to available, and its final status.
+pub struct Resolution<'a> {
+    pub id: Uuid,
+    pub released: i64,
+    pub status: &'a str,
+}
+
+/// Resolves holds in one statement (their balance changes go through [`post_deltas`]).
+pub async fn resolve_holds(conn: &mut PgConnection, resolved: &[Resolution<'_>]) -> Result<()> {
+    if resolved.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE holds h SET released = r.released, status = r.status, resolved_at = now()
+           FROM UNNEST($1::uuid[], $2::int8[], $3::text[]) AS r(id, released, status)
+          WHERE h.id = r.id",
+    )
+    .bind(resolved.iter().map(|r| r.id).collect::<Vec<_>>())
+    .bind(resolved.iter().map(|r| r.released).collect::<Vec<_>>())
+    .bind(resolved.iter().map(|r| r.status).collect::<Vec<_>>())
     .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
+    .await?;
+    Ok(())
 }
 
 /// An owner's balances, by asset.

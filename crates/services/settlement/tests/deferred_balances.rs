@@ -1,6 +1,7 @@
-//! The settling consumer's batch leaves account rows unlocked until its last statement, so
-//! holds for new orders of the same accounts go ahead while a batch of trades is being
-//! written (the order path's main wait under load), against a real PostgreSQL.
+//! The settling consumer works set-based, against a real PostgreSQL: a batch's events are read
+//! first and written together at its end, balances last — so holds for new orders of the same
+//! accounts go ahead while a batch is open (the order path's main wait under load), and one
+//! batch can carry an order's trades and its end.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use contracts::Asset;
@@ -135,4 +136,107 @@ async fn a_hold_goes_ahead_while_a_batch_settling_the_same_accounts_is_open(pool
         balance(&pool, seller, "BTC").await,
         (10_000_000 - QUANTITY, 0)
     );
+}
+
+fn executed(bid: &NewHold, ask: &NewHold, trade_id: Uuid) -> Envelope {
+    Envelope::new(
+        "orders",
+        "TradeExecuted",
+        1,
+        "BTC-USD",
+        1,
+        serde_json::json!({
+            "trade_id": trade_id, "symbol": "BTC-USD", "base_asset": "BTC",
+            "quote_asset": "USD", "price": PRICE, "quantity": QUANTITY,
+            "maker_order_id": ask.id, "taker_order_id": bid.id,
+            "maker_account_id": ask.owner, "taker_account_id": bid.owner, "taker_side": "buy",
+        }),
+    )
+}
+
+fn order_event(event_type: &str, hold: &NewHold) -> Envelope {
+    Envelope::new(
+        "orders",
+        event_type,
+        1,
+        hold.id.to_string(),
+        1,
+        serde_json::json!({
+            "order_id": hold.id, "account_id": hold.owner, "symbol": "BTC-USD",
+            "side": hold.side.as_str(), "type": "limit", "price": PRICE, "quantity": QUANTITY,
+        }),
+    )
+}
+
+#[sqlx::test(migrations = false)]
+async fn one_batch_settles_trades_and_releases_the_holds_of_the_orders_they_completed(
+    pool: PgPool,
+) {
+    let pool = settlement_db(&pool).await;
+    let (buyer, seller) = (Uuid::now_v7(), Uuid::now_v7());
+    fund(&pool, buyer, "USD", 10_000_000).await;
+    fund(&pool, seller, "BTC", 10_000_000).await;
+    let (bid, ask) = (hold(buyer, Side::Buy), hold(seller, Side::Sell));
+    store::place_holds(&pool, &[bid.clone(), ask.clone()])
+        .await
+        .unwrap();
+
+    // Both orders reach the book, trade (the trade published twice by the relay, as two
+    // entries) and complete — all in one batch.
+    let trade = executed(&bid, &ask, Uuid::now_v7());
+    let mut republished = trade.clone();
+    republished.id = Uuid::now_v7();
+    let batch = [
+        order_event("OrderAccepted", &bid),
+        order_event("OrderAccepted", &ask),
+        trade,
+        republished,
+        order_event("OrderCompleted", &ask),
+        order_event("OrderCompleted", &bid),
+    ];
+    let settler = Settler::new(Fees::DEFAULT, &Asset::defaults());
+    let mut tx = pool.begin().await.unwrap();
+    let mut deferred = Default::default();
+    for event in &batch {
+        settler.handle(&mut tx, event, &mut deferred).await.unwrap();
+    }
+    settler.finish(&mut tx, deferred).await.unwrap();
+    tx.commit().await.unwrap();
+
+    // Settled once; nothing left held: each side paid the trade and its fee, and what its hold
+    // kept beyond that went back.
+    let settled: i64 = sqlx::query_scalar("SELECT count(*) FROM settled_trades")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(settled, 1, "a trade published twice settles once");
+    let (notional, buyer_fee, seller_fee) = (30_000, 60, 30);
+    assert_eq!(
+        balance(&pool, buyer, "USD").await,
+        (10_000_000 - notional - buyer_fee, 0)
+    );
+    assert_eq!(balance(&pool, buyer, "BTC").await, (QUANTITY, 0));
+    assert_eq!(
+        balance(&pool, seller, "USD").await,
+        (notional - seller_fee, 0)
+    );
+    assert_eq!(
+        balance(&pool, seller, "BTC").await,
+        (10_000_000 - QUANTITY, 0)
+    );
+    let holds: Vec<(String, bool)> =
+        sqlx::query_as("SELECT status, accepted_at IS NOT NULL FROM holds ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        holds,
+        vec![("posted".to_owned(), true), ("posted".to_owned(), true)]
+    );
+    let notices: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = 'TradeSettled'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(notices, 1, "one TradeSettled for the one trade");
 }
