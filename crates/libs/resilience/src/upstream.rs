@@ -192,7 +192,9 @@ enum Failure {
     Transport(String),
 }
 
-/// The network call itself: one attempt, bounded by the timeout.
+/// The network call itself: one attempt, bounded by the timeout. An upstream served by this
+/// very process (`bourse serve all`) is called in-process, through the same router and
+/// middleware its socket serves ([`service_kit::http::in_process`]).
 #[derive(Clone)]
 struct Transport {
     http: reqwest::Client,
@@ -210,15 +212,62 @@ impl tower::Service<reqwest::Request> for Transport {
 
     fn call(&mut self, request: reqwest::Request) -> Self::Future {
         let (http, timeout) = (self.http.clone(), self.timeout);
+        let authority = match (
+            request.url().host_str(),
+            request.url().port_or_known_default(),
+        ) {
+            (Some(host), Some(port)) => format!("{host}:{port}"),
+            _ => String::new(),
+        };
+        let local = service_kit::http::in_process::router_for(&authority);
         Box::pin(async move {
-            match tokio::time::timeout(timeout, http.execute(request)).await {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(err)) if err.is_timeout() => Err(Failure::Timeout),
-                Ok(Err(err)) => Err(Failure::Transport(err.to_string())),
+            let attempt = async {
+                match local {
+                    Some(router) => call_in_process(router, request).await,
+                    None => http.execute(request).await.map_err(|err| {
+                        if err.is_timeout() {
+                            Failure::Timeout
+                        } else {
+                            Failure::Transport(err.to_string())
+                        }
+                    }),
+                }
+            };
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(outcome) => outcome,
                 Err(_) => Err(Failure::Timeout),
             }
         })
     }
+}
+
+/// Hands `request` to `router` as its socket would, and reads the whole answer.
+async fn call_in_process(
+    router: axum::Router,
+    request: reqwest::Request,
+) -> Result<reqwest::Response, Failure> {
+    // A `Call` carries its body as bytes; there is no streaming body to hand over.
+    let body = match request.body() {
+        None => Bytes::new(),
+        Some(body) => Bytes::copy_from_slice(body.as_bytes().ok_or_else(|| {
+            Failure::Transport("a streaming body cannot be called in-process".to_owned())
+        })?),
+    };
+    let mut forwarded = http::Request::builder()
+        .method(request.method().clone())
+        .uri(request.url().as_str())
+        .body(axum::body::Body::from(body))
+        .map_err(|e| Failure::Transport(e.to_string()))?;
+    *forwarded.headers_mut() = request.headers().clone();
+    service_kit::http::in_process::prepare(&mut forwarded);
+    let Ok(answer) = router.oneshot(forwarded).await;
+    let (parts, body) = answer.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .map_err(|e| Failure::Transport(e.to_string()))?;
+    Ok(reqwest::Response::from(http::Response::from_parts(
+        parts, bytes,
+    )))
 }
 
 /// A 5xx or no answer is the upstream's failure; a 4xx is the caller's and counts as a success.

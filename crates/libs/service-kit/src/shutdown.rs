@@ -206,6 +206,12 @@ impl Server {
     }
 
     async fn run_plain(self, shutdown: Shutdown) -> io::Result<()> {
+        // Callers in this process reach the same router without the socket, while it serves.
+        let _in_process = crate::http::in_process::register(
+            self.listener.local_addr()?,
+            self.router.clone(),
+            shutdown.clone(),
+        );
         let stop = shutdown.clone();
         let serve = axum::serve(
             self.listener,

@@ -5,6 +5,7 @@
 //! → routes, plus health, metrics and problem+json fallbacks for unknown paths and methods.
 
 pub mod client_ip;
+pub mod in_process;
 pub mod json;
 pub mod observe;
 pub mod problem;
