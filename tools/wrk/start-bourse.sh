@@ -20,7 +20,10 @@ if [[ ${BOURSE_PERF_POSTGRES:-shared} == private ]]; then
   psql -q -h 127.0.0.1 -p $pg_port -U postgres -d "$database" -c "CREATE EXTENSION pg_stat_statements"
 fi
 export PGPORT=$pg_port
-export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$database"
+# BOURSE_PERF_DATABASE_PARAMS: appended to the database URL, e.g. '?sslmode=disable'. Without
+# it the client's default (sslmode=prefer) encrypts every statement when the server offers
+# TLS — this machine's shared server does (ssl=on); the private one above does not.
+export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$database${BOURSE_PERF_DATABASE_PARAMS:-}"
 export BOURSE_REDIS_KEY_PREFIX="perf:$$" BOURSE_LOG=warn BOURSE_BIND_HOST=127.0.0.1
 # Measure the system, not the rate limiter: lift the per-principal and per-IP limits.
 export BOURSE_GATEWAY_PRINCIPAL_RATE_PER_SEC=1000000 BOURSE_GATEWAY_PRINCIPAL_BURST=1000000
