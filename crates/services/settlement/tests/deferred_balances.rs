@@ -13,15 +13,9 @@ use settlement::store::{self, NewHold};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-async fn settlement_db(test_pool: &PgPool) -> PgPool {
-    let options = test_pool.connect_options().as_ref().clone();
-    let pool = PgPool::connect_with(options.options([("search_path", settlement::SCHEMA)]))
-        .await
-        .unwrap();
-    settlement::migrate(&pool).await.unwrap();
-    store::sync_assets(&pool, &Asset::defaults()).await.unwrap();
-    pool
-}
+mod support;
+
+use support::settlement_db;
 
 async fn fund(pool: &PgPool, owner: Uuid, asset: &str, available: i64) {
     sqlx::query("INSERT INTO accounts (owner_id, asset, available) VALUES ($1, $2, $3)")
@@ -64,9 +58,10 @@ async fn balance(pool: &PgPool, owner: Uuid, asset: &str) -> (i64, i64) {
         .unwrap()
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_hold_goes_ahead_while_a_batch_settling_the_same_accounts_is_open(pool: PgPool) {
-    let pool = settlement_db(&pool).await;
+/// A buyer funded with USD and a seller with BTC, each with a hold for an order at PRICE and
+/// QUANTITY placed: settlement's pool and the two holds.
+async fn crossing_holds(test_pool: &PgPool) -> (PgPool, NewHold, NewHold) {
+    let pool = settlement_db(test_pool).await;
     let (buyer, seller) = (Uuid::now_v7(), Uuid::now_v7());
     fund(&pool, buyer, "USD", 10_000_000).await;
     fund(&pool, seller, "BTC", 10_000_000).await;
@@ -74,6 +69,13 @@ async fn a_hold_goes_ahead_while_a_batch_settling_the_same_accounts_is_open(pool
     store::place_holds(&pool, &[bid.clone(), ask.clone()])
         .await
         .unwrap();
+    (pool, bid, ask)
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_hold_goes_ahead_while_a_batch_settling_the_same_accounts_is_open(pool: PgPool) {
+    let (pool, bid, ask) = crossing_holds(&pool).await;
+    let (buyer, seller) = (bid.owner, ask.owner);
 
     // The consumer's batch has written the trade between the two, not yet its balances.
     let trade = Envelope::new(
@@ -172,14 +174,8 @@ fn order_event(event_type: &str, hold: &NewHold) -> Envelope {
 async fn one_batch_settles_trades_and_releases_the_holds_of_the_orders_they_completed(
     pool: PgPool,
 ) {
-    let pool = settlement_db(&pool).await;
-    let (buyer, seller) = (Uuid::now_v7(), Uuid::now_v7());
-    fund(&pool, buyer, "USD", 10_000_000).await;
-    fund(&pool, seller, "BTC", 10_000_000).await;
-    let (bid, ask) = (hold(buyer, Side::Buy), hold(seller, Side::Sell));
-    store::place_holds(&pool, &[bid.clone(), ask.clone()])
-        .await
-        .unwrap();
+    let (pool, bid, ask) = crossing_holds(&pool).await;
+    let (buyer, seller) = (bid.owner, ask.owner);
 
     // Both orders reach the book, trade (the trade published twice by the relay, as two
     // entries) and complete — all in one batch.

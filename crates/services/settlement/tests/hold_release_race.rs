@@ -10,15 +10,9 @@ use settlement::store::{self, NewHold};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-async fn settlement_db(test_pool: &PgPool) -> PgPool {
-    let options = test_pool.connect_options().as_ref().clone();
-    let pool = PgPool::connect_with(options.options([("search_path", settlement::SCHEMA)]))
-        .await
-        .unwrap();
-    settlement::migrate(&pool).await.unwrap();
-    store::sync_assets(&pool, &Asset::defaults()).await.unwrap();
-    pool
-}
+mod support;
+
+use support::settlement_db;
 
 #[sqlx::test(migrations = false)]
 async fn a_release_racing_a_hold_being_placed_waits_for_it_and_releases_it(pool: PgPool) {

@@ -1,0 +1,17 @@
+//! What settlement's test binaries share.
+
+use contracts::Asset;
+use settlement::store;
+use sqlx::PgPool;
+
+/// Settlement's schema, migrated and with the default assets, in the test's fresh database;
+/// the pool's connections have it on their search path, as the service's do.
+pub async fn settlement_db(test_pool: &PgPool) -> PgPool {
+    let options = test_pool.connect_options().as_ref().clone();
+    let pool = PgPool::connect_with(options.options([("search_path", settlement::SCHEMA)]))
+        .await
+        .unwrap();
+    settlement::migrate(&pool).await.unwrap();
+    store::sync_assets(&pool, &Asset::defaults()).await.unwrap();
+    pool
+}
