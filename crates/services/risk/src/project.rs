@@ -1,8 +1,15 @@
 //! The orders-stream consumer: open orders, fills, positions and last prices, projected into
 //! risk's tables with each event's inbox row, then into memory once committed (REL-09).
 //! A fill that takes a position beyond its limit emits `RiskLimitBreached` (TRD-12).
+//!
+//! Set-based, as settlement's consumer (ADR 0015): [`Handler::handle`] only reads an event into
+//! the transaction's [`Deferred`]; [`Handler::finish`] loads the open orders and positions the
+//! batch touches (positions locked, in key order), applies the events to them in memory in
+//! stream order, and writes each table with one statement — instead of ~3 statements per order
+//! and ~7 per trade.
 
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use contracts::events::{OrderAccepted, OrderEnded, TradeExecuted};
@@ -12,8 +19,8 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::book::{Book, Change};
-use crate::positions::Side;
-use crate::store;
+use crate::positions::{Position, Side};
+use crate::store::{self, OpenOrder, PositionKey, PositionRow};
 
 pub const EVENT_TYPES: &[&str] = &[
     "OrderAccepted",
@@ -30,6 +37,28 @@ pub struct Projector {
     pending: Mutex<HashMap<Uuid, Vec<Change>>>,
 }
 
+/// A transaction's events, read and not yet written, in stream order.
+#[derive(Debug, Default)]
+pub struct Deferred {
+    events: Vec<Read>,
+}
+
+#[derive(Debug)]
+enum Read {
+    Accepted { event: Uuid, order: OpenOrder },
+    Ended { event: Uuid, order: Uuid },
+    Trade(Box<Trade>),
+}
+
+#[derive(Debug)]
+struct Trade {
+    /// The event, which a breach notice is caused by.
+    cause: Envelope,
+    executed: TradeExecuted,
+    base_scale: u32,
+    taker_side: Side,
+}
+
 impl Projector {
     pub fn new(book: Arc<Mutex<Book>>, assets: &[contracts::Asset]) -> Self {
         Self {
@@ -39,150 +68,235 @@ impl Projector {
         }
     }
 
-    async fn apply(
-        &self,
-        tx: &mut PgConnection,
-        event: &Envelope,
-    ) -> Result<Vec<Change>, HandlerError> {
+    fn read(&self, event: &Envelope, deferred: &mut Deferred) -> Result<(), HandlerError> {
         let unknown_side = || HandlerError::permanent("unknown side");
-        let mut changes = Vec::new();
-        match event.event_type.as_str() {
+        let read = match event.event_type.as_str() {
             "OrderAccepted" => {
                 let accepted: OrderAccepted = event.payload_as()?;
-                let side = Side::parse(&accepted.side).ok_or_else(unknown_side)?;
-                store::open_order(
-                    tx,
-                    accepted.order_id,
-                    accepted.account_id,
-                    &accepted.symbol,
-                    side,
-                    accepted.quantity,
-                )
-                .await?;
-                changes.push(Change::Opened {
-                    order: accepted.order_id,
-                    account: accepted.account_id,
-                    symbol: accepted.symbol,
-                    side,
-                    remaining: accepted.quantity,
-                });
+                Read::Accepted {
+                    event: event.id,
+                    order: OpenOrder {
+                        order: accepted.order_id,
+                        account: accepted.account_id,
+                        side: Side::parse(&accepted.side).ok_or_else(unknown_side)?,
+                        symbol: accepted.symbol,
+                        remaining: accepted.quantity,
+                    },
+                }
             }
             "OrderCompleted" | "OrderCancelled" | "OrderRejected" => {
                 let ended: OrderEnded = event.payload_as()?;
-                if let Some(order) = ended.order_id {
-                    store::end_order(tx, order).await?;
-                    changes.push(Change::Ended { order });
+                let Some(order) = ended.order_id else {
+                    return Ok(());
+                };
+                Read::Ended {
+                    event: event.id,
+                    order,
                 }
             }
             "TradeExecuted" => {
-                let trade: TradeExecuted = event.payload_as()?;
-                let base_scale = *self.scales.get(&trade.base_asset).ok_or_else(|| {
-                    HandlerError::permanent(format!("unknown asset {}", trade.base_asset))
+                let executed: TradeExecuted = event.payload_as()?;
+                let base_scale = *self.scales.get(&executed.base_asset).ok_or_else(|| {
+                    HandlerError::permanent(format!("unknown asset {}", executed.base_asset))
                 })?;
-                let taker_side = Side::parse(&trade.taker_side).ok_or_else(unknown_side)?;
-                let maker_side = match taker_side {
-                    Side::Buy => Side::Sell,
-                    Side::Sell => Side::Buy,
-                };
-                for (order, account, side) in [
-                    (trade.maker_order_id, trade.maker_account_id, maker_side),
-                    (trade.taker_order_id, trade.taker_account_id, taker_side),
-                ] {
-                    if let Some(remaining) =
-                        store::fill_open_order(tx, order, trade.quantity).await?
-                    {
-                        changes.push(Change::Remaining { order, remaining });
-                    }
-                    let before = store::position_for_update(tx, account, &trade.symbol).await?;
-                    let position = before.fill(side, trade.price, trade.quantity, base_scale);
-                    store::put_position(
-                        tx,
-                        account,
-                        &trade.symbol,
-                        (&trade.base_asset, &trade.quote_asset),
-                        position,
-                    )
-                    .await?;
-                    self.announce_breach(tx, event, account, &trade, position, base_scale)
-                        .await?;
-                    changes.push(Change::Position {
-                        account,
-                        symbol: trade.symbol.clone(),
-                        position,
-                    });
-                }
-                store::put_last_price(tx, &trade.symbol, trade.price).await?;
-                changes.push(Change::LastPrice {
-                    symbol: trade.symbol,
-                    price: trade.price,
-                });
+                let taker_side = Side::parse(&executed.taker_side).ok_or_else(unknown_side)?;
+                Read::Trade(Box::new(Trade {
+                    cause: event.clone(),
+                    executed,
+                    base_scale,
+                    taker_side,
+                }))
             }
-            _ => {}
+            _ => return Ok(()),
+        };
+        deferred.events.push(read);
+        Ok(())
+    }
+
+    /// Applies the batch to what it touches, in memory and in stream order, then writes it.
+    async fn write(&self, tx: &mut PgConnection, batch: Deferred) -> Result<(), HandlerError> {
+        let mut touched_orders = Vec::new();
+        let mut touched_positions: Vec<PositionKey> = Vec::new();
+        for read in &batch.events {
+            match read {
+                Read::Accepted { order, .. } => touched_orders.push(order.order),
+                Read::Ended { order, .. } => touched_orders.push(*order),
+                Read::Trade(trade) => {
+                    let t = &trade.executed;
+                    touched_orders.extend([t.maker_order_id, t.taker_order_id]);
+                    touched_positions.extend([
+                        (t.maker_account_id, t.symbol.clone()),
+                        (t.taker_account_id, t.symbol.clone()),
+                    ]);
+                }
+            }
         }
-        Ok(changes)
+        touched_positions.sort();
+        touched_positions.dedup();
+        let stored = store::open_orders(&mut *tx, &touched_orders).await?;
+        let stored_ids: HashSet<Uuid> = stored.iter().map(|o| o.order).collect();
+        let mut open: HashMap<Uuid, OpenOrder> = stored.into_iter().map(|o| (o.order, o)).collect();
+        let mut positions = store::positions_for_update(&mut *tx, &touched_positions).await?;
+
+        let mut changed: HashSet<Uuid> = HashSet::new();
+        let mut ended: Vec<Uuid> = Vec::new();
+        let mut assets: HashMap<&str, (&str, &str)> = HashMap::new();
+        let mut last_prices: HashMap<&str, i64> = HashMap::new();
+        let mut breaches: Vec<Envelope> = Vec::new();
+        let mut changes: Vec<(Uuid, Vec<Change>)> = Vec::with_capacity(batch.events.len());
+        for read in &batch.events {
+            match read {
+                Read::Accepted { event, order } => {
+                    // Known already (a copy of the event): it stays as it is.
+                    if let Entry::Vacant(new) = open.entry(order.order) {
+                        new.insert(order.clone());
+                        changed.insert(order.order);
+                    }
+                    changes.push((
+                        *event,
+                        vec![Change::Opened {
+                            order: order.order,
+                            account: order.account,
+                            symbol: order.symbol.clone(),
+                            side: order.side,
+                            remaining: order.remaining,
+                        }],
+                    ));
+                }
+                Read::Ended { event, order } => {
+                    if open.remove(order).is_some() && stored_ids.contains(order) {
+                        ended.push(*order);
+                    }
+                    changed.remove(order);
+                    changes.push((*event, vec![Change::Ended { order: *order }]));
+                }
+                Read::Trade(trade) => {
+                    let t = &trade.executed;
+                    let mut effects = Vec::new();
+                    let maker_side = match trade.taker_side {
+                        Side::Buy => Side::Sell,
+                        Side::Sell => Side::Buy,
+                    };
+                    for (order, account, side) in [
+                        (t.maker_order_id, t.maker_account_id, maker_side),
+                        (t.taker_order_id, t.taker_account_id, trade.taker_side),
+                    ] {
+                        if let Some(open) = open.get_mut(&order) {
+                            open.remaining = (open.remaining - t.quantity).max(0);
+                            changed.insert(order);
+                            effects.push(Change::Remaining {
+                                order,
+                                remaining: open.remaining,
+                            });
+                        }
+                        let position = positions.entry((account, t.symbol.clone())).or_default();
+                        *position = position.fill(side, t.price, t.quantity, trade.base_scale);
+                        if let Some(breach) = self.breach(trade, account, *position)? {
+                            breaches.push(breach);
+                        }
+                        effects.push(Change::Position {
+                            account,
+                            symbol: t.symbol.clone(),
+                            position: *position,
+                        });
+                    }
+                    assets.insert(&t.symbol, (&t.base_asset, &t.quote_asset));
+                    last_prices.insert(&t.symbol, t.price);
+                    effects.push(Change::LastPrice {
+                        symbol: t.symbol.clone(),
+                        price: t.price,
+                    });
+                    changes.push((trade.cause.id, effects));
+                }
+            }
+        }
+
+        store::end_orders(&mut *tx, &ended).await?;
+        let still_open: Vec<&OpenOrder> = changed.iter().filter_map(|o| open.get(o)).collect();
+        store::put_open_orders(&mut *tx, &still_open).await?;
+        let rows: Vec<PositionRow<'_>> = touched_positions
+            .iter()
+            .filter_map(|key| {
+                let (base_asset, quote_asset) = *assets.get(key.1.as_str())?;
+                Some(PositionRow {
+                    account: key.0,
+                    symbol: &key.1,
+                    base_asset,
+                    quote_asset,
+                    position: *positions.get(key)?,
+                })
+            })
+            .collect();
+        store::put_positions(&mut *tx, &rows).await?;
+        store::put_last_prices(&mut *tx, &last_prices).await?;
+        events::outbox::append_all(&mut *tx, crate::STREAM, &breaches).await?;
+        if let Ok(mut pending) = self.pending.lock() {
+            pending.extend(changes);
+        }
+        Ok(())
     }
 
     /// Fills are never refused after the fact, but a position beyond its limit (limits
     /// lowered, or open orders that all filled) is reported.
-    async fn announce_breach(
+    fn breach(
         &self,
-        tx: &mut PgConnection,
-        cause: &Envelope,
+        trade: &Trade,
         account: Uuid,
-        trade: &TradeExecuted,
-        position: crate::positions::Position,
-        base_scale: u32,
-    ) -> Result<(), HandlerError> {
+        position: Position,
+    ) -> Result<Option<Envelope>, HandlerError> {
         let limits = self
             .book
             .lock()
             .map_err(|_| HandlerError::permanent("risk book poisoned"))?
             .limits_of(account);
         let Some(limits) = limits else {
-            return Ok(());
+            return Ok(None);
         };
         if !limits
             .max_position
-            .exceeded_by(i128::from(position.net).abs(), base_scale)
+            .exceeded_by(i128::from(position.net).abs(), trade.base_scale)
         {
-            return Ok(());
+            return Ok(None);
         }
-        let event = Envelope::new(
-            crate::SERVICE,
-            "RiskLimitBreached",
-            1,
-            account.to_string(),
-            0,
-            serde_json::json!({
-                "account_id": account, "symbol": trade.symbol, "limit": "max_position",
-                "max_position": limits.max_position.to_string(),
-                "net_quantity": contracts::format_units(position.net, base_scale),
-                "trade_id": trade.trade_id,
-            }),
-        )
-        .caused_by(cause);
-        events::outbox::append(tx, crate::STREAM, &event).await?;
+        let t = &trade.executed;
         metrics::counter!("risk_limit_breaches_total", "limit" => "max_position").increment(1);
-        Ok(())
+        Ok(Some(
+            Envelope::new(
+                crate::SERVICE,
+                "RiskLimitBreached",
+                1,
+                account.to_string(),
+                0,
+                serde_json::json!({
+                    "account_id": account, "symbol": t.symbol, "limit": "max_position",
+                    "max_position": limits.max_position.to_string(),
+                    "net_quantity": contracts::format_units(position.net, trade.base_scale),
+                    "trade_id": t.trade_id,
+                }),
+            )
+            .caused_by(&trade.cause),
+        ))
     }
 }
 
 impl Handler for Projector {
-    type Deferred = ();
+    type Deferred = Deferred;
 
     fn handle<'a>(
         &'a self,
-        tx: &'a mut PgConnection,
+        _tx: &'a mut PgConnection,
         event: &'a Envelope,
-        _: &'a mut (),
+        deferred: &'a mut Deferred,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move {
-            let changes = self.apply(tx, event).await?;
-            if let Ok(mut pending) = self.pending.lock() {
-                pending.insert(event.id, changes);
-            }
-            Ok(())
-        })
+        Box::pin(std::future::ready(self.read(event, deferred)))
+    }
+
+    fn finish<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        deferred: Deferred,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(self.write(tx, deferred))
     }
 
     fn wants(&self, event_type: &str) -> bool {

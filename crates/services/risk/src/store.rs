@@ -1,5 +1,7 @@
 //! All of risk's SQL.
 
+use std::collections::HashMap;
+
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -183,113 +185,150 @@ pub async fn release_kill_switch(
     }))
 }
 
-pub async fn open_order(
-    conn: &mut PgConnection,
-    order: Uuid,
-    account: Uuid,
-    symbol: &str,
-    side: Side,
-    remaining: i64,
-) -> Result<bool> {
-    Ok(sqlx::query(
-        "INSERT INTO open_orders (order_id, account_id, symbol, side, remaining)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT ON CONSTRAINT open_orders_pkey DO NOTHING",
-    )
-    .bind(order)
-    .bind(account)
-    .bind(symbol)
-    .bind(side.as_str())
-    .bind(remaining)
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
+/// An open order as risk keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenOrder {
+    pub order: Uuid,
+    pub account: Uuid,
+    pub symbol: String,
+    pub side: Side,
+    pub remaining: i64,
 }
 
-/// What is left of an open order after a fill; `None` when it is not (or no longer) open.
-pub async fn fill_open_order(
-    conn: &mut PgConnection,
-    order: Uuid,
-    quantity: i64,
-) -> Result<Option<i64>> {
-    Ok(sqlx::query_scalar(
-        "UPDATE open_orders SET remaining = greatest(remaining - $2, 0) WHERE order_id = $1
-         RETURNING remaining",
+/// The open orders among `orders` (the others are not, or no longer, open).
+pub async fn open_orders(conn: &mut PgConnection, orders: &[Uuid]) -> Result<Vec<OpenOrder>> {
+    if orders.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(Uuid, Uuid, String, String, i64)> = sqlx::query_as(
+        "SELECT order_id, account_id, symbol, side, remaining FROM open_orders
+          WHERE order_id = ANY($1)",
     )
-    .bind(order)
-    .bind(quantity)
-    .fetch_optional(conn)
-    .await?)
-}
-
-pub async fn end_order(conn: &mut PgConnection, order: Uuid) -> Result<bool> {
-    Ok(sqlx::query("DELETE FROM open_orders WHERE order_id = $1")
-        .bind(order)
-        .execute(conn)
-        .await?
-        .rows_affected()
-        == 1)
-}
-
-/// The position, locked for this transaction (the consumer is its only writer; the lock
-/// makes that true even with two replicas).
-pub async fn position_for_update(
-    conn: &mut PgConnection,
-    account: Uuid,
-    symbol: &str,
-) -> Result<Position> {
-    let row: Option<(i64, i64, i64)> = sqlx::query_as(
-        "SELECT net_quantity, average_price, realized_pnl FROM positions
-          WHERE account_id = $1 AND symbol = $2 FOR UPDATE",
-    )
-    .bind(account)
-    .bind(symbol)
-    .fetch_optional(conn)
+    .bind(orders)
+    .fetch_all(conn)
     .await?;
-    Ok(
-        row.map_or_else(Position::default, |(net, average_price, realized_pnl)| {
-            Position {
-                net,
-                average_price,
-                realized_pnl,
-            }
-        }),
-    )
+    Ok(rows
+        .into_iter()
+        .filter_map(|(order, account, symbol, side, remaining)| {
+            Some(OpenOrder {
+                order,
+                account,
+                symbol,
+                side: Side::parse(&side)?,
+                remaining,
+            })
+        })
+        .collect())
 }
 
-pub async fn put_position(
-    conn: &mut PgConnection,
-    account: Uuid,
-    symbol: &str,
-    assets: (&str, &str),
-    position: Position,
-) -> Result<()> {
+/// Writes open orders as they now stand (new ones inserted, known ones' `remaining` set).
+pub async fn put_open_orders(conn: &mut PgConnection, open: &[&OpenOrder]) -> Result<()> {
+    if open.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "INSERT INTO positions (account_id, symbol, net_quantity, average_price, realized_pnl, base_asset, quote_asset)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT ON CONSTRAINT positions_pkey DO UPDATE SET
-             net_quantity = EXCLUDED.net_quantity, average_price = EXCLUDED.average_price,
-             realized_pnl = EXCLUDED.realized_pnl",
+        "INSERT INTO open_orders (order_id, account_id, symbol, side, remaining)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[])
+         ON CONFLICT ON CONSTRAINT open_orders_pkey DO UPDATE SET remaining = EXCLUDED.remaining",
     )
-    .bind(account)
-    .bind(symbol)
-    .bind(position.net)
-    .bind(position.average_price)
-    .bind(position.realized_pnl)
-    .bind(assets.0)
-    .bind(assets.1)
+    .bind(open.iter().map(|o| o.order).collect::<Vec<_>>())
+    .bind(open.iter().map(|o| o.account).collect::<Vec<_>>())
+    .bind(open.iter().map(|o| o.symbol.as_str()).collect::<Vec<_>>())
+    .bind(open.iter().map(|o| o.side.as_str()).collect::<Vec<_>>())
+    .bind(open.iter().map(|o| o.remaining).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
 }
 
-pub async fn put_last_price(conn: &mut PgConnection, symbol: &str, price: i64) -> Result<()> {
+pub async fn end_orders(conn: &mut PgConnection, orders: &[Uuid]) -> Result<()> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM open_orders WHERE order_id = ANY($1)")
+        .bind(orders)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// A position's key: (account, symbol).
+pub type PositionKey = (Uuid, String);
+
+/// These positions, locked for this transaction (the consumer is their only writer; the lock
+/// makes that true even with two replicas), in key order. A position never traded is absent.
+pub async fn positions_for_update(
+    conn: &mut PgConnection,
+    keys: &[PositionKey],
+) -> Result<HashMap<PositionKey, Position>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(Uuid, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT p.account_id, p.symbol, p.net_quantity, p.average_price, p.realized_pnl
+           FROM positions p JOIN UNNEST($1::uuid[], $2::text[]) AS k(account_id, symbol)
+             ON p.account_id = k.account_id AND p.symbol = k.symbol
+          ORDER BY p.account_id, p.symbol FOR UPDATE OF p",
+    )
+    .bind(keys.iter().map(|(a, _)| *a).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, s)| s.as_str()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(account, symbol, net, average_price, realized_pnl)| {
+            let position = Position {
+                net,
+                average_price,
+                realized_pnl,
+            };
+            ((account, symbol), position)
+        })
+        .collect())
+}
+
+/// A position to write, with its instrument's assets.
+pub struct PositionRow<'a> {
+    pub account: Uuid,
+    pub symbol: &'a str,
+    pub base_asset: &'a str,
+    pub quote_asset: &'a str,
+    pub position: Position,
+}
+
+pub async fn put_positions(conn: &mut PgConnection, rows: &[PositionRow<'_>]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "INSERT INTO last_prices (symbol, price) VALUES ($1, $2)
+        "INSERT INTO positions (account_id, symbol, net_quantity, average_price, realized_pnl, base_asset, quote_asset)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int8[], $4::int8[], $5::int8[], $6::text[], $7::text[])
+         ON CONFLICT ON CONSTRAINT positions_pkey DO UPDATE SET
+             net_quantity = EXCLUDED.net_quantity, average_price = EXCLUDED.average_price,
+             realized_pnl = EXCLUDED.realized_pnl",
+    )
+    .bind(rows.iter().map(|r| r.account).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.symbol).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.position.net).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.position.average_price).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.position.realized_pnl).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.base_asset).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.quote_asset).collect::<Vec<_>>())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn put_last_prices(conn: &mut PgConnection, prices: &HashMap<&str, i64>) -> Result<()> {
+    if prices.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO last_prices (symbol, price) SELECT * FROM UNNEST($1::text[], $2::int8[])
          ON CONFLICT ON CONSTRAINT last_prices_pkey DO UPDATE SET price = EXCLUDED.price",
     )
-    .bind(symbol)
-    .bind(price)
+    .bind(prices.keys().copied().collect::<Vec<_>>())
+    .bind(prices.values().copied().collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

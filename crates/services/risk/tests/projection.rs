@@ -1,0 +1,164 @@
+//! Risk's consumer works set-based, against a real PostgreSQL: one batch can carry orders
+//! reaching the book, their trades and their ends, and the tables and memory end as they would
+//! after applying the events one by one.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::{Arc, Mutex};
+
+use contracts::Asset;
+use events::{Envelope, Handler};
+use risk::book::Book;
+use risk::project::Projector;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+async fn risk_db(test_pool: &PgPool) -> PgPool {
+    let options = test_pool.connect_options().as_ref().clone();
+    let pool = PgPool::connect_with(options.options([("search_path", risk::SCHEMA)]))
+        .await
+        .unwrap();
+    risk::migrate(&pool).await.unwrap();
+    pool
+}
+
+fn accepted(order: Uuid, account: Uuid, side: &str, quantity: i64) -> Envelope {
+    Envelope::new(
+        "orders",
+        "OrderAccepted",
+        1,
+        order.to_string(),
+        1,
+        serde_json::json!({
+            "order_id": order, "account_id": account, "symbol": "BTC-USD", "side": side,
+            "type": "limit", "price": 3_000_000, "quantity": quantity,
+        }),
+    )
+}
+
+/// 0.01 BTC at 30,000.00 from the resting `maker` (a buy) to the `taker` (a sell).
+fn trade(maker: (Uuid, Uuid), taker: (Uuid, Uuid)) -> Envelope {
+    Envelope::new(
+        "orders",
+        "TradeExecuted",
+        1,
+        "BTC-USD",
+        2,
+        serde_json::json!({
+            "trade_id": Uuid::now_v7(), "symbol": "BTC-USD", "base_asset": "BTC",
+            "quote_asset": "USD", "price": 3_000_000, "quantity": 1_000_000,
+            "maker_order_id": maker.0, "maker_account_id": maker.1,
+            "taker_order_id": taker.0, "taker_account_id": taker.1, "taker_side": "sell",
+        }),
+    )
+}
+
+fn completed(order: Uuid, account: Uuid) -> Envelope {
+    Envelope::new(
+        "orders",
+        "OrderCompleted",
+        1,
+        order.to_string(),
+        3,
+        serde_json::json!({ "order_id": order, "account_id": account }),
+    )
+}
+
+/// One consumer transaction: every event read, the batch written, committed, then memory.
+async fn apply(pool: &PgPool, projector: &Projector, batch: &[Envelope]) {
+    let mut tx = pool.begin().await.unwrap();
+    let mut deferred = Default::default();
+    for event in batch {
+        projector
+            .handle(&mut tx, event, &mut deferred)
+            .await
+            .unwrap();
+    }
+    projector.finish(&mut tx, deferred).await.unwrap();
+    tx.commit().await.unwrap();
+    for event in batch {
+        projector.committed(event);
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn one_batch_opens_fills_and_ends_orders_and_moves_positions(pool: PgPool) {
+    let pool = risk_db(&pool).await;
+    let (bid, buyer) = (Uuid::now_v7(), Uuid::now_v7());
+    let (ask, seller) = (Uuid::now_v7(), Uuid::now_v7());
+    // A bid for 0.03 BTC rests; an ask for 0.01 sells into it and completes.
+    let batch = [
+        accepted(bid, buyer, "buy", 3_000_000),
+        accepted(ask, seller, "sell", 1_000_000),
+        trade((bid, buyer), (ask, seller)),
+        completed(ask, seller),
+    ];
+    let book = Arc::new(Mutex::new(Book::default()));
+    let projector = Projector::new(book.clone(), &Asset::defaults());
+
+    apply(&pool, &projector, &batch).await;
+
+    let open: Vec<(Uuid, i64)> =
+        sqlx::query_as("SELECT order_id, remaining FROM open_orders ORDER BY order_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(open, vec![(bid, 2_000_000)], "the bid rests with 0.02 left");
+    let positions: Vec<(Uuid, i64, i64)> = sqlx::query_as(
+        "SELECT account_id, net_quantity, average_price FROM positions ORDER BY net_quantity",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        positions,
+        vec![
+            (seller, -1_000_000, 3_000_000),
+            (buyer, 1_000_000, 3_000_000)
+        ]
+    );
+    let last: i64 = sqlx::query_scalar("SELECT price FROM last_prices WHERE symbol = 'BTC-USD'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(last, 3_000_000);
+    // Memory follows once committed.
+    assert_eq!(
+        book.lock().unwrap().position(buyer, "BTC-USD").net,
+        1_000_000
+    );
+    assert_eq!(
+        book.lock().unwrap().position(seller, "BTC-USD").net,
+        -1_000_000
+    );
+
+    // A later batch: the stored bid fills again and is cancelled with the rest.
+    let (second_ask, second_seller) = (Uuid::now_v7(), Uuid::now_v7());
+    let cancelled = Envelope::new(
+        "orders",
+        "OrderCancelled",
+        1,
+        bid.to_string(),
+        5,
+        serde_json::json!({ "order_id": bid, "account_id": buyer, "remaining": 1_000_000 }),
+    );
+    apply(
+        &pool,
+        &projector,
+        &[
+            accepted(second_ask, second_seller, "sell", 1_000_000),
+            trade((bid, buyer), (second_ask, second_seller)),
+            completed(second_ask, second_seller),
+            cancelled,
+        ],
+    )
+    .await;
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM open_orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "nothing is open any more");
+    assert_eq!(
+        book.lock().unwrap().position(buyer, "BTC-USD").net,
+        2_000_000
+    );
+}
