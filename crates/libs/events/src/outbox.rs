@@ -5,16 +5,19 @@ use sqlx::PgConnection;
 use crate::Error;
 use crate::envelope::Envelope;
 
-/// An arbitrary constant naming "outbox writers"; with the hash of the connection's schema it
+/// An arbitrary constant naming "outbox writers"; with the hash of the outbox's schema it
 /// names "the outbox of this schema": writers hold it until commit, and services sharing a
-/// database do not serialize on each other's outboxes.
-const WRITE_LOCK: i32 = 736_812_502;
+/// database do not serialize on each other's outboxes. The table's own trigger takes it
+/// (migration `20261202000002_outbox_write_lock.sql`); the constant is here for tests and
+/// operators who look for it in `pg_locks`.
+pub const WRITE_LOCK: i32 = 736_812_502;
 
 /// Appends `envelope` to the outbox for `stream`, in the caller's transaction: the event exists
 /// if and only if the state change it describes commits.
 ///
-/// The first append in a transaction takes a transaction-scoped advisory lock, so outbox
-/// writers commit one after another and `position` order is commit order — the relay can then
+/// The first insert into the outbox in a transaction takes a transaction-scoped advisory lock
+/// (the table's trigger does), so outbox writers commit one after another and `position`
+/// order is commit order — the relay can then
 /// publish strictly in order without ever passing a row that is not yet visible. Producers keep
 /// their transactions short (and batch several commands into one, as the matching task does),
 /// so this serialization costs little.
@@ -26,8 +29,9 @@ pub async fn append(
     append_all(conn, stream, std::slice::from_ref(envelope)).await
 }
 
-/// Appends several events in one statement (one lock, one insert, one notification): what a
-/// producer writing many events per transaction — a matching task's batch — should use.
+/// Appends several events in one statement (the table's triggers take the writers' lock and
+/// wake the relay): what a producer writing many events per transaction — a matching task's
+/// batch — should use.
 pub async fn append_all(
     conn: &mut PgConnection,
     stream: &str,
@@ -36,10 +40,6 @@ pub async fn append_all(
     if envelopes.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))")
-        .bind(WRITE_LOCK)
-        .execute(&mut *conn)
-        .await?;
     let ids: Vec<uuid::Uuid> = envelopes.iter().map(|e| e.id).collect();
     let types: Vec<&str> = envelopes.iter().map(|e| e.event_type.as_str()).collect();
     let bodies = envelopes
@@ -59,8 +59,5 @@ pub async fn append_all(
     .bind(&bodies)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("SELECT pg_notify(current_schema() || '_outbox', '')")
-        .execute(&mut *conn)
-        .await?;
     Ok(())
 }

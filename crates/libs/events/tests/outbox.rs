@@ -136,6 +136,41 @@ async fn events_exist_if_and_only_if_the_state_change_commits(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn any_insert_into_the_outbox_serializes_its_writers_and_wakes_the_relay(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    listener.listen(&format!("{SCHEMA}_outbox")).await.unwrap();
+
+    // A writer that inserts by hand, not through `outbox::append`.
+    let mut writer = pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, stream, event_type, envelope) VALUES ($1, 'items', 'ItemCreated', '{}')",
+    )
+    .bind(Uuid::now_v7())
+    .execute(&mut *writer)
+    .await
+    .unwrap();
+
+    // It holds the writers' lock until it ends: another writer could not take it now.
+    let mut other = pool.begin().await.unwrap();
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, hashtext($2))")
+        .bind(outbox::WRITE_LOCK)
+        .bind(SCHEMA)
+        .fetch_one(&mut *other)
+        .await
+        .unwrap();
+    assert!(!free, "the insert took the outbox writers' lock");
+    other.rollback().await.unwrap();
+
+    // Its commit wakes the relay.
+    writer.commit().await.unwrap();
+    let notification = listener.recv().await.unwrap();
+    assert_eq!(notification.channel(), format!("{SCHEMA}_outbox"));
+}
+
+#[sqlx::test(migrations = false)]
 async fn the_relay_publishes_every_event_in_order(pool: PgPool) {
     let pool = producer(&pool).await;
     let mut redis = redis().await;
