@@ -76,10 +76,12 @@ pub fn replica_name(service: &str) -> String {
 /// Applies events. Runs inside the consumer's transaction; an `Err` rolls it back, and what
 /// happens next depends on its kind ([`HandlerError`]).
 ///
-/// One transaction may carry many events (a batch). A handler can gather part of its work over
-/// them in [`Handler::Deferred`] and write it in [`Handler::finish`], right before the commit —
-/// settlement does so with account balances, so the rows every transaction touches are locked
-/// for the last statement only instead of the whole batch.
+/// One transaction may carry many events (a batch). A handler can gather its work over them in
+/// [`Handler::Deferred`] and write it in [`Handler::finish`], right before the commit —
+/// settlement and risk read every event first and write the batch with one statement per kind
+/// of write, settlement's account balances last, so the rows every transaction touches are
+/// locked for the last statement only instead of the whole batch. `finish` runs outside any one
+/// event's context: what it writes on an event's behalf names its cause (`caused_by`).
 pub trait Handler: Send + Sync + 'static {
     /// What [`Handler::handle`] gathers over one transaction for [`Handler::finish`]; `()` for
     /// a handler that writes as it goes.
