@@ -1,5 +1,6 @@
-//! The breaker's state machine, retries, timeouts and the bulkhead, against a real HTTP server
-//! on loopback whose answers each test scripts.
+//! The breaker's state machine, retries, timeouts and the bulkhead against a real HTTP server
+//! on loopback whose answers each test scripts; and the in-process path a `serve all` process
+//! takes to a service it serves itself.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::VecDeque;
@@ -422,4 +423,90 @@ async fn the_request_id_trace_context_and_service_token_travel_with_the_call() {
             .starts_with("00-0af7651916cd43dd8448eb211c80319c-")
     );
     assert_eq!(seen["authorization"], "Bearer service-token");
+}
+
+// In one process, a call to a service that process serves goes to its router without the
+// socket (`bourse serve all`) — through the same middleware, and only while it serves.
+
+/// The route says how the request came; a middleware stands for the routes' own
+/// authentication (a request without the key never reaches the route).
+fn in_process_router() -> axum::Router {
+    async fn how(request: axum::extract::Request) -> &'static str {
+        if request
+            .extensions()
+            .get::<service_kit::http::in_process::InProcess>()
+            .is_some()
+        {
+            "in-process"
+        } else {
+            "socket"
+        }
+    }
+    async fn require_key(
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        if request.headers().get("x-key").is_some_and(|k| k == "open") {
+            next.run(request).await
+        } else {
+            axum::response::IntoResponse::into_response(StatusCode::UNAUTHORIZED)
+        }
+    }
+    axum::Router::new()
+        .route("/how", axum::routing::get(how))
+        .layer(axum::middleware::from_fn(require_key))
+}
+
+fn with_key() -> Call {
+    Call::get("/how").header(
+        axum::http::HeaderName::from_static("x-key"),
+        axum::http::HeaderValue::from_static("open"),
+    )
+}
+
+#[tokio::test]
+async fn a_service_of_this_process_is_called_through_its_router_while_it_serves() {
+    let server = service_kit::Server::bind(
+        "echo",
+        "127.0.0.1:0",
+        in_process_router(),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    let url = format!("http://{}", server.local_addr().unwrap());
+    let shutdown = service_kit::Shutdown::new();
+    let serving = tokio::spawn(server.run(shutdown.clone()));
+    let upstream = Upstream::new(
+        "orders",
+        "echo",
+        &url,
+        reqwest::Client::new(),
+        policy(100, AN_HOUR),
+    )
+    .unwrap();
+
+    // The socket serves the router to everyone (and once it answers, the server is running).
+    let over_http = reqwest::Client::new()
+        .get(format!("{url}/how"))
+        .header("x-key", "open")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over_http.text().await.unwrap(), "socket");
+
+    // A client in this process skips the socket; the middleware still runs.
+    let answer = upstream.send(with_key()).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.text().await.unwrap(), "in-process");
+    let refused = upstream.send(Call::get("/how")).await.unwrap();
+    assert_eq!(refused.status(), 401, "the route's authentication ran");
+
+    // Once the server stops, nothing reaches its router in-process either.
+    shutdown.trigger();
+    serving.await.unwrap().unwrap();
+    assert!(
+        upstream.send(with_key()).await.is_err(),
+        "a stopped server is unreachable"
+    );
 }

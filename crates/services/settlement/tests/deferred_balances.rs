@@ -58,6 +58,17 @@ async fn balance(pool: &PgPool, owner: Uuid, asset: &str) -> (i64, i64) {
         .unwrap()
 }
 
+/// The trade's delivery: the buyer holds the BTC, the seller was paid `proceeds` USD and has
+/// nothing left held.
+async fn delivered(pool: &PgPool, buyer: Uuid, seller: Uuid, proceeds: i64) {
+    assert_eq!(balance(pool, buyer, "BTC").await, (QUANTITY, 0));
+    assert_eq!(balance(pool, seller, "USD").await, (proceeds, 0));
+    assert_eq!(
+        balance(pool, seller, "BTC").await,
+        (10_000_000 - QUANTITY, 0)
+    );
+}
+
 /// A buyer funded with USD and a seller with BTC, each with a hold for an order at PRICE and
 /// QUANTITY placed: settlement's pool and the two holds.
 async fn crossing_holds(test_pool: &PgPool) -> (PgPool, NewHold, NewHold) {
@@ -129,15 +140,7 @@ async fn a_hold_goes_ahead_while_a_batch_settling_the_same_accounts_is_open(pool
         ),
         "the buyer paid from the first hold; the second is still held"
     );
-    assert_eq!(balance(&pool, buyer, "BTC").await, (QUANTITY, 0));
-    assert_eq!(
-        balance(&pool, seller, "USD").await,
-        (notional - seller_fee, 0)
-    );
-    assert_eq!(
-        balance(&pool, seller, "BTC").await,
-        (10_000_000 - QUANTITY, 0)
-    );
+    delivered(&pool, buyer, seller, notional - seller_fee).await;
 }
 
 fn executed(bid: &NewHold, ask: &NewHold, trade_id: Uuid) -> Envelope {
@@ -211,15 +214,7 @@ async fn one_batch_settles_trades_and_releases_the_holds_of_the_orders_they_comp
         balance(&pool, buyer, "USD").await,
         (10_000_000 - notional - buyer_fee, 0)
     );
-    assert_eq!(balance(&pool, buyer, "BTC").await, (QUANTITY, 0));
-    assert_eq!(
-        balance(&pool, seller, "USD").await,
-        (notional - seller_fee, 0)
-    );
-    assert_eq!(
-        balance(&pool, seller, "BTC").await,
-        (10_000_000 - QUANTITY, 0)
-    );
+    delivered(&pool, buyer, seller, notional - seller_fee).await;
     let holds: Vec<(String, bool)> =
         sqlx::query_as("SELECT status, accepted_at IS NOT NULL FROM holds ORDER BY id")
             .fetch_all(&pool)
