@@ -205,6 +205,9 @@ impl Consumer {
         let mut recovered = false;
         let mut failures: u32 = 0;
         let mut lag_measured = tokio::time::Instant::now();
+        // Born at zero, so a dashboard shows "none yet" rather than "No data".
+        metrics::counter!("events_dead_lettered_total", "stream" => self.stream.clone())
+            .increment(0);
         loop {
             let step = async {
                 if !recovered {

@@ -130,6 +130,8 @@ impl Relay {
 
     /// Publishes until `shutdown`. Errors are logged and retried: the relay never gives up.
     pub async fn run(self, shutdown: Shutdown) {
+        // Born at zero, so a dashboard shows "none yet" rather than "No data".
+        metrics::counter!("outbox_republished_total", "schema" => self.schema).increment(0);
         loop {
             let outcome = tokio::select! {
                 () = shutdown.triggered() => return,

@@ -384,6 +384,15 @@ impl Upstream {
         };
         let breaker = tower::Layer::layer(&layer, transport.clone());
         set_state_gauge(caller, name, BreakerState::Closed);
+        // The counters of what only goes wrong are born at zero, so a dashboard shows "none
+        // yet" rather than "No data" until the first refusal or retry.
+        for outcome in ["rejected", "saturated"] {
+            metrics::counter!("resilience_calls_total",
+                "service" => caller, "upstream" => name, "outcome" => outcome)
+            .increment(0);
+        }
+        metrics::counter!("resilience_retries_total", "service" => caller, "upstream" => name)
+            .increment(0);
         Ok(Self(Arc::new(Inner {
             caller,
             name,

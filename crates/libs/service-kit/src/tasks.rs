@@ -85,6 +85,10 @@ impl Supervisor {
             self.shutdown.clone(),
             self.backoff,
         );
+        // Born at zero: a dashboard's increase() and an alert's rule see the series before
+        // the first restart, instead of "No data".
+        metrics::counter!("service_task_restarts_total", "service" => service, "task" => name.clone())
+            .increment(0);
         self.tracker.spawn(async move {
             let mut restarts: u32 = 0;
             loop {

@@ -30,6 +30,9 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(settings: AdmissionSettings) -> Self {
+        // Born at zero: "nothing shed" on a dashboard, not "No data".
+        metrics::counter!("gateway_requests_shed_total").increment(0);
+        metrics::gauge!("gateway_requests_in_flight").set(0.0);
         Self {
             permits: Arc::new(Semaphore::new(settings.max_in_flight)),
             settings,

@@ -1,0 +1,153 @@
+//! `bourse serve all` as a child process whose JSON log lines the test reads: shared by the
+//! test binaries that run the binary as an operator does (`mod served;`).
+// Each test binary uses the part it needs.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+pub const BOURSE: &str = env!("CARGO_BIN_EXE_bourse");
+
+/// A running `bourse serve all` whose stdout (JSON logs) is read line by line.
+pub struct Served {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Served {
+    pub async fn start(pool: &PgPool) -> Self {
+        Self::start_with(pool, &[]).await
+    }
+
+    pub async fn start_with(pool: &PgPool, extra_env: &[(&str, &str)]) -> Self {
+        let options = pool.connect_options();
+        let database = options.get_database().unwrap();
+        let mut child = Command::new(BOURSE)
+            .args(["serve", "all"])
+            .env(
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:5432/{database}"),
+            )
+            .env(
+                "BOURSE_REDIS_KEY_PREFIX",
+                format!("test:{}", uuid::Uuid::now_v7()),
+            )
+            .env("BOURSE_BIND_HOST", "127.0.0.1")
+            .env("BOURSE_AUTH_PORT", "0")
+            .env("BOURSE_GATEWAY_PORT", "0")
+            .env("BOURSE_ORDERS_PORT", "0")
+            .env("BOURSE_SETTLEMENT_PORT", "0")
+            .env("BOURSE_RISK_PORT", "0")
+            .env("BOURSE_ALERTING_PORT", "0")
+            .env("BOURSE_TRUSTED_PROXIES", "127.0.0.1")
+            .env("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096")
+            .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
+            .env("BOURSE_LOG_FORMAT", "json")
+            .env("BOURSE_LOG", "debug")
+            .envs(extra_env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads log lines until one satisfies `matches` (bounded, so a broken build fails fast).
+    pub async fn wait_for(&mut self, what: &str, matches: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let line = tokio::time::timeout_at(deadline, self.lines.recv())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("no log line for {what}; saw:\n{}", self.seen.join("\n"))
+                })
+                .unwrap_or_else(|| {
+                    panic!(
+                        "process ended before {what}; saw:\n{}",
+                        self.seen.join("\n")
+                    )
+                });
+            self.seen.push(line.clone());
+            if let Ok(value) = serde_json::from_str::<Value>(&line)
+                && matches(&value)
+            {
+                return value;
+            }
+        }
+    }
+
+    pub async fn address_of(&mut self, service: &str) -> String {
+        let line = self
+            .wait_for(service, |v| {
+                v["message"] == "listening" && v["service"] == service
+            })
+            .await;
+        line["address"].as_str().unwrap().to_owned()
+    }
+
+    pub fn terminate(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit and returns the code and every line logged.
+    pub async fn finish(mut self) -> (Option<i32>, Vec<String>) {
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        while let Some(line) = self.lines.recv().await {
+            self.seen.push(line);
+        }
+        (status.code(), self.seen)
+    }
+}
+
+impl Served {
+    /// The address each of `services` listens on, from their "listening" log lines.
+    pub async fn addresses_of(
+        &mut self,
+        services: &[&str],
+    ) -> std::collections::BTreeMap<String, String> {
+        let mut addresses = std::collections::BTreeMap::new();
+        while addresses.len() < services.len() {
+            let line = self
+                .wait_for("every service listening", |v| v["message"] == "listening")
+                .await;
+            let service = line["service"].as_str().unwrap_or_default();
+            if services.contains(&service) {
+                addresses.insert(
+                    service.to_owned(),
+                    line["address"].as_str().unwrap().to_owned(),
+                );
+            }
+        }
+        addresses
+    }
+}
