@@ -139,6 +139,11 @@ def check(documents, source):
             if "BOURSE_ORDERS_ADVERTISE_URL" not in env:
                 problem(what, "replicas cannot reach each other: no BOURSE_ORDERS_ADVERTISE_URL")
 
+    for doc in documents:
+        for key, value in (doc["metadata"].get("annotations") or {}).items():
+            if key.startswith("checkov.io/skip") and not re.match(r"^CKV2?_K8S_\d+=\S.{9,}", str(value)):
+                problem(f"{doc['kind']}/{doc['metadata']['name']}", f"{key} skips a check without its reason")
+
     # Every Secret a pod mounts is made by this rendering: a Secret, an ExternalSecret's
     # target (with a store that exists) or a Certificate's secret — a typo here is a pod that
     # never starts.

@@ -1,0 +1,4 @@
+variable "name" {
+  type        = string
+  description = "Name prefix of every resource."
+}
