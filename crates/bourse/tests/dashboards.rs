@@ -15,11 +15,10 @@ use reqwest::Client;
 use serde_json::{Value, json};
 use service_kit::testing::eventually;
 use sqlx::PgPool;
-use tokio::process::Command;
 use uuid::Uuid;
 
 mod served;
-use served::{BOURSE, Served};
+use served::{Served, operator_command};
 
 const SERVICES: [&str; 6] = [
     "gateway",
@@ -210,13 +209,9 @@ fn every_panel_parses_and_names_a_provisioned_datasource() {
 }
 
 /// `bourse demo seed`: BTC-USD and two funded traders.
-async fn seed(database_url: &str) {
-    let seeded = Command::new(BOURSE)
+async fn seed(pool: &PgPool) {
+    let seeded = operator_command(pool)
         .args(["demo", "seed"])
-        .env("DATABASE_URL", database_url)
-        .env("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096")
-        .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
-        .env("BOURSE_LOG", "warn")
         .output()
         .await
         .unwrap();
@@ -272,9 +267,7 @@ async fn scrape(client: &Client, addresses: &BTreeMap<String, String>) -> Vec<Sa
 #[sqlx::test(migrations = false)]
 async fn every_series_a_panel_selects_is_exported_once_the_platform_has_traded(pool: PgPool) {
     // A platform that has just traded: two crossing orders, settled and reconciled.
-    let database = pool.connect_options().get_database().unwrap().to_owned();
-    let database_url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-    seed(&database_url).await;
+    seed(&pool).await;
     let mut platform = Served::start_with(
         &pool,
         &[("BOURSE_SETTLEMENT_RECONCILIATION_INTERVAL_SECS", "1")],
@@ -284,11 +277,8 @@ async fn every_series_a_panel_selects_is_exported_once_the_platform_has_traded(p
     let gateway = &addresses["gateway"];
     let client = Client::new();
     eventually("the gateway is ready", || async {
-        client
-            .get(format!("http://{gateway}/health/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
+        let ready = client.get(format!("http://{gateway}/health/ready")).send();
+        ready.await.is_ok_and(|r| r.status().is_success())
     })
     .await;
     let [alice, bob] = bourse::demo::DEMO_TRADERS;

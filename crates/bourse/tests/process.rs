@@ -13,7 +13,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 mod served;
-use served::{BOURSE, Served};
+use served::{BOURSE, Served, operator_command};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -431,19 +431,7 @@ async fn traces_are_exported_over_otlp_across_the_gateway_hop(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn demo_seed_creates_the_demo_market_and_is_idempotent(pool: PgPool) {
-    let database = pool.connect_options().get_database().unwrap().to_owned();
-    let seed = || {
-        Command::new(BOURSE)
-            .args(["demo", "seed"])
-            .env(
-                "DATABASE_URL",
-                format!("postgres://postgres@127.0.0.1:5432/{database}"),
-            )
-            .env("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096")
-            .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
-            .env("BOURSE_LOG", "warn")
-            .output()
-    };
+    let seed = || operator_command(&pool).args(["demo", "seed"]).output();
     let first = seed().await.unwrap();
     assert!(
         first.status.success(),
@@ -687,4 +675,74 @@ async fn secret_settings_are_resolved_from_vault_at_start(pool: PgPool) {
         lines.iter().all(|l| !l.contains(master)),
         "the key never reaches the logs"
     );
+}
+
+/// The README's walkthrough (the block between its `walkthrough` markers), run by bash exactly
+/// as written against a fresh `serve all` — only the API's address and the way to run the
+/// binary differ. Every step that expects success uses `curl -f`, so any answer the README
+/// does not promise fails the run (SEC-10, OPS-09: the documented API is the real one).
+#[sqlx::test(migrations = false)]
+async fn the_readme_walkthrough_runs_as_written(pool: PgPool) {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let block = readme
+        .split("<!-- walkthrough:start -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- walkthrough:end -->").next())
+        .expect("the README marks its walkthrough");
+    let written = block
+        .trim()
+        .strip_prefix("```sh")
+        .and_then(|b| b.strip_suffix("```"))
+        .expect("the walkthrough is one sh block");
+
+    let mut served = Served::start(&pool).await;
+    let gateway = served.ready_gateway().await;
+    let script = written
+        .replacen(
+            "API=http://localhost:8080",
+            &format!("API=http://{gateway}"),
+            1,
+        )
+        .replacen(
+            r#"bourse() { cargo run -q -- "$@"; }"#,
+            r#"bourse() { "$BOURSE_BIN" "$@"; }"#,
+            1,
+        );
+    assert!(
+        script.contains(&format!("API=http://{gateway}")) && script.contains("$BOURSE_BIN"),
+        "the walkthrough still sets API and defines bourse() as the test expects"
+    );
+    // The operator's environment, for the walkthrough's `bourse` commands.
+    let operator = operator_command(&pool);
+    let ran = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{script}"))
+        .env("BOURSE_BIN", BOURSE)
+        .envs(
+            operator
+                .as_std()
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "the walkthrough failed:\n--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&ran.stdout),
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    // It did what it says: the order replayed, a fill with its fee, a page acknowledged.
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(stdout.to_lowercase().contains("idempotent-replayed: true"));
+    assert!(stdout.contains("\"fee_asset\":\"USD\""), "{stdout}");
+    let acknowledged: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM alerting.alerts WHERE acknowledged_at IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(acknowledged, 1);
 }

@@ -687,6 +687,12 @@ async fn traders_page_through_their_own_orders_and_trades_and_cancel_all(pool: P
         ),
         (Some("buy"), Some("maker"))
     );
+    // A fill shows the fee settlement books, the same figure as inside its order.
+    assert_eq!(
+        trades["items"][0]["fee"],
+        filled["items"][0]["fills"][0]["fee"]
+    );
+    assert_eq!(trades["items"][0]["fee_asset"], "USD");
     let trades: Value = m
         .app
         .get_authed("/v1/trades", &m.bob.access_token)
@@ -701,6 +707,11 @@ async fn traders_page_through_their_own_orders_and_trades_and_cancel_all(pool: P
         ),
         (Some("sell"), Some("taker"))
     );
+    assert_eq!(
+        trades["items"][0]["fee"],
+        bobs["items"][0]["fills"][0]["fee"]
+    );
+    assert_ne!(trades["items"][0]["fee"], "0.00", "a taker pays a fee");
 
     let bad = m
         .app

@@ -76,6 +76,29 @@ impl Desk {
             .unwrap()
     }
 
+    async fn patch_limits(&self, who: &Tokens, account: Uuid, body: &Value) -> Response {
+        self.app
+            .client
+            .patch(self.app.url(&format!("/v1/admin/risk-limits/{account}")))
+            .bearer_auth(&who.access_token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn limits_of(&self, account: Uuid) -> Value {
+        self.app
+            .get_authed(
+                &format!("/v1/admin/risk-limits/{account}"),
+                &self.officer.access_token,
+            )
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
     async fn kill(&self, body: &Value) -> Response {
         self.app
             .client
@@ -161,6 +184,79 @@ async fn risk_officers_set_limits_that_apply_to_the_next_order_and_are_logged(po
     )
     .await;
     assert_eq!(problem["errors"].as_array().unwrap().len(), 2, "{problem}");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_partial_update_changes_only_the_limits_it_names_even_when_two_arrive_at_once(
+    pool: PgPool,
+) {
+    let d = desk_on(spawn_app(pool).await).await;
+    let defaults = d.limits_of(d.bob_id).await;
+
+    // Two officers each change one of Bob's limits at the same moment: both changes stand.
+    let (smaller_orders, tighter_collar) = (
+        json!({ "max_order_quantity": "0.5" }),
+        json!({ "price_collar_bps": 200 }),
+    );
+    let (quantity, collar) = tokio::join!(
+        d.patch_limits(&d.officer, d.bob_id, &smaller_orders),
+        d.patch_limits(&d.officer, d.bob_id, &tighter_collar),
+    );
+    assert_eq!(quantity.status(), StatusCode::OK);
+    assert_eq!(collar.status(), StatusCode::OK);
+    let now = d.limits_of(d.bob_id).await;
+    assert_eq!(now["max_order_quantity"], "0.5");
+    assert_eq!(now["price_collar_bps"], 200);
+    for kept in [
+        "max_order_notional",
+        "max_open_orders",
+        "max_orders_per_second",
+        "max_position",
+    ] {
+        assert_eq!(now[kept], defaults[kept], "{kept} keeps its value");
+    }
+    assert_problem(
+        d.place(&d.bob, &limit("buy", "30000.00", "1")).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "max_order_quantity",
+    )
+    .await;
+    assert_eq!(
+        count(
+            &d.app.db,
+            &format!(
+                "SELECT count(*) FROM risk.limit_changes WHERE account_id = '{}'",
+                d.bob_id
+            )
+        )
+        .await,
+        2,
+        "each change is on record"
+    );
+
+    // Hostile patches change nothing: an unknown field, a bad value, a trader.
+    let unknown = d
+        .patch_limits(&d.officer, d.bob_id, &json!({ "max_leverage": 100 }))
+        .await;
+    assert!(unknown.status().is_client_error(), "{}", unknown.status());
+    let bad = d
+        .patch_limits(&d.officer, d.bob_id, &json!({ "price_collar_bps": 0 }))
+        .await;
+    assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+    let negative = d
+        .patch_limits(&d.officer, d.bob_id, &json!({ "max_position": "-1" }))
+        .await;
+    assert_problem(
+        negative,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    let by_trader = d
+        .patch_limits(&d.bob, d.bob_id, &json!({ "max_order_quantity": "1000" }))
+        .await;
+    assert_eq!(by_trader.status(), StatusCode::FORBIDDEN);
+    assert_eq!(d.limits_of(d.bob_id).await, now);
 }
 
 #[sqlx::test(migrations = false)]

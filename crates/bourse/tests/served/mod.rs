@@ -151,3 +151,38 @@ impl Served {
         addresses
     }
 }
+
+/// The connection string of the test's own database.
+pub fn database_url(pool: &PgPool) -> String {
+    let database = pool.connect_options().get_database().unwrap().to_owned();
+    format!("postgres://postgres@127.0.0.1:5432/{database}")
+}
+
+/// `bourse` as an operator runs it beside the platform: on the test's database, with cheap
+/// password hashing, quiet logs.
+pub fn operator_command(pool: &PgPool) -> Command {
+    let mut command = Command::new(BOURSE);
+    command
+        .env("DATABASE_URL", database_url(pool))
+        .env("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096")
+        .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
+        .env("BOURSE_LOG", "warn");
+    command
+}
+
+impl Served {
+    /// The gateway's address, once it answers ready.
+    pub async fn ready_gateway(&mut self) -> String {
+        let gateway = self.address_of("gateway").await;
+        let client = reqwest::Client::new();
+        service_kit::testing::eventually("the gateway is ready", || async {
+            client
+                .get(format!("http://{gateway}/health/ready"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        gateway
+    }
+}

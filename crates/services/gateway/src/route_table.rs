@@ -214,6 +214,12 @@ pub static ROUTES: &[RouteSpec] = &[
         Access::Roles(&[Role::RiskOfficer, Role::Admin]),
     ),
     route(
+        Method::PATCH,
+        "/v1/admin/risk-limits/{account_id}",
+        Upstream::Risk,
+        Access::Roles(&[Role::RiskOfficer, Role::Admin]),
+    ),
+    route(
         Method::POST,
         "/v1/admin/kill-switches",
         Upstream::Risk,

@@ -75,7 +75,16 @@ impl OrderView {
                     price: price(fill.price),
                     quantity: quantity(fill.quantity),
                     liquidity: fill.liquidity.clone(),
-                    fee: format_units(fill_fee(fill, instrument, fees), instrument.quote.scale),
+                    fee: format_units(
+                        fee_of(
+                            fill.price,
+                            fill.quantity,
+                            fill.liquidity == "maker",
+                            instrument,
+                            fees,
+                        ),
+                        instrument.quote.scale,
+                    ),
                     fee_asset: instrument.quote.code.clone(),
                 })
                 .collect(),
@@ -83,10 +92,11 @@ impl OrderView {
     }
 }
 
-/// A fill's fee in quote minor units, as settlement books it.
-fn fill_fee(fill: &FillRow, instrument: &Instrument, fees: Fees) -> i64 {
-    contracts::fees::notional(fill.price, fill.quantity, instrument.base.scale)
-        .and_then(|notional| contracts::fees::fee(notional, fees.bps(fill.liquidity == "maker")))
+/// A fill's fee in quote minor units, as settlement books it: the maker or taker bps of the
+/// fill's quote amount (`price` and `quantity` in minor units), rounded down.
+pub fn fee_of(price: i64, quantity: i64, maker: bool, instrument: &Instrument, fees: Fees) -> i64 {
+    contracts::fees::notional(price, quantity, instrument.base.scale)
+        .and_then(|notional| contracts::fees::fee(notional, fees.bps(maker)))
         .unwrap_or(0)
 }
 

@@ -100,6 +100,44 @@ impl LimitsBody {
     }
 }
 
+/// A partial update (`PATCH`): the fields given replace the account's current ones, the
+/// others stay as they are.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsPatch {
+    pub max_order_quantity: Option<String>,
+    pub max_order_notional: Option<String>,
+    pub max_open_orders: Option<u32>,
+    pub max_orders_per_second: Option<u32>,
+    pub max_position: Option<String>,
+    pub price_collar_bps: Option<u32>,
+}
+
+impl LimitsPatch {
+    /// `current` with this patch's fields in place of its own.
+    pub fn applied_to(&self, current: &LimitsBody) -> LimitsBody {
+        LimitsBody {
+            max_order_quantity: self
+                .max_order_quantity
+                .clone()
+                .unwrap_or_else(|| current.max_order_quantity.clone()),
+            max_order_notional: self
+                .max_order_notional
+                .clone()
+                .unwrap_or_else(|| current.max_order_notional.clone()),
+            max_open_orders: self.max_open_orders.unwrap_or(current.max_open_orders),
+            max_orders_per_second: self
+                .max_orders_per_second
+                .unwrap_or(current.max_orders_per_second),
+            max_position: self
+                .max_position
+                .clone()
+                .unwrap_or_else(|| current.max_position.clone()),
+            price_collar_bps: self.price_collar_bps.unwrap_or(current.price_collar_bps),
+        }
+    }
+}
+
 impl From<Limits> for LimitsBody {
     fn from(limits: Limits) -> Self {
         Self {

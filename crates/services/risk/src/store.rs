@@ -17,10 +17,11 @@ pub struct Snapshot {
     pub changes: Vec<Change>,
 }
 
-type LimitsRow = (Uuid, String, String, i32, i32, String, i32);
+/// An account's `limits` row, its id first.
+type AccountLimitsRow = (Uuid, String, String, i32, i32, String, i32);
 
 pub async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
-    let limits: Vec<LimitsRow> = sqlx::query_as(
+    let limits: Vec<AccountLimitsRow> = sqlx::query_as(
         "SELECT account_id, max_order_quantity, max_order_notional, max_open_orders,
                 max_orders_per_second, max_position, price_collar_bps FROM limits",
     )
@@ -72,20 +73,7 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
     Ok(Snapshot {
         limits: limits
             .into_iter()
-            .map(|(id, q, n, o, r, p, c)| {
-                let count = |v: i32| u32::try_from(v).unwrap_or(0);
-                (
-                    id,
-                    LimitsBody {
-                        max_order_quantity: q,
-                        max_order_notional: n,
-                        max_open_orders: count(o),
-                        max_orders_per_second: count(r),
-                        max_position: p,
-                        price_collar_bps: count(c),
-                    },
-                )
-            })
+            .map(|(id, q, n, o, r, p, c)| (id, limits_body((q, n, o, r, p, c))))
             .collect(),
         kill_switches: kill_switches
             .into_iter()
@@ -101,6 +89,41 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
 }
 
 /// Stores an account's limits and logs the change (who, before, after), in one transaction.
+/// Serializes changes to one account's limits until the transaction ends (every replica), and
+/// returns what is stored for it now (None: it has the defaults). A partial update reads and
+/// writes under this lock, so two concurrent ones both take effect.
+pub async fn lock_limits(conn: &mut PgConnection, account: Uuid) -> Result<Option<LimitsBody>> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('risk.limits'), hashtext($1::text))")
+        .bind(account)
+        .execute(&mut *conn)
+        .await?;
+    let row: Option<LimitsRow> = sqlx::query_as(
+        "SELECT max_order_quantity, max_order_notional, max_open_orders, max_orders_per_second,
+                max_position, price_collar_bps
+           FROM limits WHERE account_id = $1",
+    )
+    .bind(account)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(limits_body))
+}
+
+/// A `limits` row: quantity, notional, open orders, orders per second, position, collar.
+type LimitsRow = (String, String, i32, i32, String, i32);
+
+fn limits_body((q, n, o, r, p, c): LimitsRow) -> LimitsBody {
+    // The table's CHECKs keep these non-negative.
+    let count = |v: i32| u32::try_from(v).unwrap_or(0);
+    LimitsBody {
+        max_order_quantity: q,
+        max_order_notional: n,
+        max_open_orders: count(o),
+        max_orders_per_second: count(r),
+        max_position: p,
+        price_collar_bps: count(c),
+    }
+}
+
 pub async fn put_limits(
     conn: &mut PgConnection,
     account: Uuid,

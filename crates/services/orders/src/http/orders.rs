@@ -452,6 +452,9 @@ pub struct OwnTrade {
     pub quantity: String,
     /// `maker` or `taker`.
     pub liquidity: String,
+    /// What settlement books for this fill (the same figure as the fill inside its order).
+    pub fee: String,
+    pub fee_asset: String,
     #[serde(with = "time::serde::rfc3339")]
     pub executed_at: time::OffsetDateTime,
 }
@@ -505,6 +508,11 @@ pub async fn own_trades(
             price: contracts::format_units(trade.price, instrument.quote.scale),
             quantity: contracts::format_units(trade.quantity, instrument.base.scale),
             liquidity: if maker { "maker" } else { "taker" }.to_owned(),
+            fee: contracts::format_units(
+                crate::view::fee_of(trade.price, trade.quantity, maker, instrument, state.fees),
+                instrument.quote.scale,
+            ),
+            fee_asset: instrument.quote.code.clone(),
             executed_at: trade.executed_at,
         });
     }

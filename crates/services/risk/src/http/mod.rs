@@ -44,7 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/v1/checks", post(checks::check))
         .route(
             "/v1/admin/risk-limits/{account_id}",
-            get(limits::get).put(limits::put),
+            get(limits::get).put(limits::put).patch(limits::patch),
         )
         .route("/v1/admin/kill-switches", post(kill_switches::activate))
         .route(
@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
     paths(
         limits::get,
         limits::put,
+        limits::patch,
         kill_switches::activate,
         kill_switches::release,
         positions::own
