@@ -605,7 +605,7 @@ async fn market_data_shows_the_book_trades_and_ticker(pool: PgPool) {
     let unknown = m.app.get("/v1/markets/DOGE-USD/book").await;
     assert_problem(unknown, StatusCode::NOT_FOUND, "not_found").await;
     let too_deep = m.app.get("/v1/markets/BTC-USD/book?depth=1000").await;
-    assert_problem(too_deep, StatusCode::BAD_REQUEST, "invalid_query").await;
+    assert_problem(too_deep, StatusCode::UNPROCESSABLE_ENTITY, "invalid_query").await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -717,7 +717,13 @@ async fn traders_page_through_their_own_orders_and_trades_and_cancel_all(pool: P
         .app
         .get_authed("/v1/orders?limit=0", &m.alice.access_token)
         .await;
-    assert_problem(bad, StatusCode::BAD_REQUEST, "invalid_query").await;
+    // Out of range is refused (422), not clamped; not a status at all is malformed (400).
+    assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_query").await;
+    let bad = m
+        .app
+        .get_authed("/v1/orders?limit=101", &m.alice.access_token)
+        .await;
+    assert_problem(bad, StatusCode::UNPROCESSABLE_ENTITY, "invalid_query").await;
     let bad = m
         .app
         .get_authed("/v1/orders?status=lost", &m.alice.access_token)

@@ -40,7 +40,8 @@ pub async fn migrate(pool: &PgPool, schema: &'static str) -> std::result::Result
 }
 
 /// The `Idempotency-Key` of a request that requires one: missing → 400
-/// `idempotency_key_missing`, not 1–255 characters → 400 `idempotency_key_invalid`.
+/// `idempotency_key_missing`, not 1–255 visible ASCII characters (`^[!-~]{1,255}$`, as the
+/// API documents state it) → 400 `idempotency_key_invalid`.
 pub fn required_key<'h>(
     headers: &'h HeaderMap,
     route: &str,
@@ -54,10 +55,10 @@ pub fn required_key<'h>(
                 format!("{route} needs an Idempotency-Key header"),
             )
         })?;
-    if !(1..=255).contains(&key.len()) {
+    if !(1..=255).contains(&key.len()) || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Problem::bad_request(
             "idempotency_key_invalid",
-            "Idempotency-Key must be 1-255 characters",
+            "Idempotency-Key must be 1-255 visible ASCII characters",
         ));
     }
     Ok(key)

@@ -52,12 +52,14 @@ impl Kind {
 #[serde(deny_unknown_fields)]
 pub struct NewChannel {
     /// Lowercase letters, digits, `-` and `_`; rules name channels by it.
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
     pub name: String,
     pub kind: Kind,
     /// A URL (webhook, slack, pagerduty) or an email address.
+    #[schema(min_length = 1, max_length = 2048)]
     pub target: String,
     /// The webhook's HMAC key, or PagerDuty's routing key (required there). Never returned.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 512)]
     pub secret: Option<SecretString>,
 }
 

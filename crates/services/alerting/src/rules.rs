@@ -12,6 +12,11 @@ use crate::signals;
 
 pub const SEVERITIES: &[&str] = &["critical", "error", "warning", "info"];
 
+/// A channel's name as rules refer to it (the schema of `channels::valid_name`).
+#[derive(ToSchema)]
+#[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,62}$")]
+pub struct ChannelName(pub String);
+
 /// `POST /v1/admin/alert-rules`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -19,16 +24,25 @@ pub struct NewRule {
     /// An alerting event type (`KillSwitchActivated`, `CircuitBreakerOpened`,
     /// `EventDeadLettered`, `RiskLimitBreached`, `ReconciliationFailed`, `ServiceUnhealthy`)
     /// or `*` for all of them.
+    #[schema(
+        pattern = "^(\\*|KillSwitchActivated|RiskLimitBreached|CircuitBreakerOpened|EventDeadLettered|ReconciliationFailed|ServiceUnhealthy)$"
+    )]
     pub event_type: String,
     /// `critical`, `error`, `warning` or `info`.
+    #[schema(pattern = "^(critical|error|warning|info)$")]
     pub severity: String,
     /// Channel names notified when the alert fires.
+    #[schema(value_type = Vec<ChannelName>, min_items = 1, max_items = 16)]
     pub channels: Vec<String>,
     /// A repeat within this many seconds is counted, not notified again.
+    #[schema(minimum = 0, maximum = 604800)]
     pub suppress_seconds: Option<i32>,
-    /// Still unacknowledged this long after firing → notify `escalate_to` as well.
+    /// Still unacknowledged this long after firing → notify `escalate_to` as well. Given
+    /// together with `escalate_to`, or neither.
+    #[schema(minimum = 1, maximum = 604800)]
     pub escalate_after_seconds: Option<i32>,
     #[serde(default)]
+    #[schema(value_type = Vec<ChannelName>, max_items = 16)]
     pub escalate_to: Vec<String>,
 }
 

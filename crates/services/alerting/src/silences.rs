@@ -12,8 +12,11 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Matcher {
+    #[schema(min_length = 1, max_length = 200)]
     pub event_type: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
     pub severity: Option<String>,
+    #[schema(min_length = 1, max_length = 200)]
     pub scope: Option<String>,
 }
 
@@ -31,8 +34,11 @@ impl Matcher {
 #[serde(deny_unknown_fields)]
 pub struct NewSilence {
     pub matcher: Matcher,
+    /// In the future, at most 30 days ahead.
     #[serde(with = "time::serde::rfc3339")]
     pub ends_at: OffsetDateTime,
+    /// 1-500 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     pub reason: String,
 }
 
@@ -62,7 +68,7 @@ pub fn validate(request: NewSilence, now: OffsetDateTime) -> Result<Silence> {
     if [&m.event_type, &m.severity, &m.scope]
         .into_iter()
         .flatten()
-        .any(|v| v.is_empty() || v.len() > 200)
+        .any(|v| v.is_empty() || v.chars().count() > 200)
     {
         errors.push(("matcher".into(), "fields are 1-200 characters".into()));
     }
@@ -71,7 +77,7 @@ pub fn validate(request: NewSilence, now: OffsetDateTime) -> Result<Silence> {
     } else if request.ends_at - now > time::Duration::days(MAX_DAYS) {
         errors.push(("ends_at".into(), format!("at most {MAX_DAYS} days ahead")));
     }
-    if !(1..=500).contains(&request.reason.trim().len()) {
+    if request.reason.trim().is_empty() || request.reason.chars().count() > 500 {
         errors.push(("reason".into(), "1-500 characters".into()));
     }
     if !errors.is_empty() {

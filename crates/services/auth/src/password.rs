@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 
 pub const MIN_PASSWORD_CHARS: usize = 12;
 /// Hashing cost grows with input length; beyond this a "password" is an attack.
-pub const MAX_PASSWORD_BYTES: usize = 1024;
+pub const MAX_PASSWORD_CHARS: usize = 1024;
 
 /// argon2id cost parameters. Defaults are OWASP's 2023 recommendation (m=19 MiB, t=2, p=1).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -188,8 +188,8 @@ pub fn check_policy(email: &str, password: &SecretString) -> Vec<FieldError> {
     if password.chars().count() < MIN_PASSWORD_CHARS {
         fail("must be at least 12 characters long");
     }
-    if password.len() > MAX_PASSWORD_BYTES {
-        fail("must be at most 1024 bytes long");
+    if password.chars().count() > MAX_PASSWORD_CHARS {
+        fail("must be at most 1024 characters long");
     }
     if password.trim().eq_ignore_ascii_case(email.trim()) {
         fail("must not be the email address");

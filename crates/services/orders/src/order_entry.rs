@@ -37,14 +37,17 @@ pub struct PlaceOrder {
     pub side: SideName,
     #[serde(rename = "type")]
     pub order_type: OrderType,
-    /// Limit orders only, in the quote asset (e.g. "30000.25").
+    /// Limit orders only, in the quote asset (e.g. "30000.25"), on the instrument's tick grid.
+    #[schema(pattern = "^[0-9]+(\\.[0-9]+)?$", max_length = 40)]
     pub price: Option<String>,
-    /// In the base asset (e.g. "0.5").
+    /// In the base asset (e.g. "0.5"), a multiple of the instrument's lot size.
+    #[schema(pattern = "^[0-9]+(\\.[0-9]+)?$", max_length = 40)]
     pub quantity: String,
     pub time_in_force: TimeInForceName,
     #[serde(default)]
     pub post_only: bool,
     /// Your own reference; unique per account.
+    #[schema(min_length = 1, max_length = 64)]
     pub client_order_id: Option<String>,
 }
 
@@ -126,7 +129,7 @@ pub fn validate(
         ));
     }
     if let Some(id) = &request.client_order_id
-        && !(1..=64).contains(&id.len())
+        && !(1..=64).contains(&id.chars().count())
     {
         return Err(reject(
             "invalid_client_order_id",

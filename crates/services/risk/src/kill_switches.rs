@@ -16,9 +16,13 @@ use crate::store;
 #[serde(deny_unknown_fields)]
 pub struct Activate {
     /// `global`, `account` or `symbol`.
+    #[schema(pattern = "^(global|account|symbol)$")]
     pub scope: String,
-    /// The account id or the symbol; none for `global`.
+    /// The account id or the symbol (1-32 characters); none for `global`.
+    #[schema(min_length = 1, max_length = 36)]
     pub target: Option<String>,
+    /// 1-500 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     pub reason: String,
 }
 
@@ -57,7 +61,7 @@ fn validate(request: &Activate) -> Result<KillSwitch> {
         ("symbol", _) => errors.push(("target".into(), "a symbol switch needs a symbol".into())),
         _ => errors.push(("scope".into(), "must be global, account or symbol".into())),
     }
-    if !(1..=500).contains(&request.reason.trim().len()) {
+    if request.reason.trim().is_empty() || request.reason.chars().count() > 500 {
         errors.push(("reason".into(), "1-500 characters".into()));
     }
     if !errors.is_empty() {

@@ -16,8 +16,12 @@ pub struct Decimal {
 impl Decimal {
     pub const ZERO: Decimal = Decimal { units: 0, scale: 0 };
 
-    /// `"12.5"` → 125 / 10^1. Plain digits with at most 18 decimals, as amounts elsewhere.
+    /// `"12.5"` → 125 / 10^1. Plain digits, at most 18 of them (as the API document's
+    /// pattern says): every such decimal fits, so a limit is never refused for its size.
     pub fn parse(text: &str) -> Result<Self, String> {
+        if text.len() > 19 || text.bytes().filter(u8::is_ascii_digit).count() > 18 {
+            return Err("has more than 18 digits".to_owned());
+        }
         let scale = text.split_once('.').map_or(0, |(_, f)| f.len());
         let scale = u32::try_from(scale).unwrap_or(u32::MAX);
         if scale > contracts::asset::MAX_SCALE {
@@ -57,14 +61,20 @@ pub struct Limits {
 #[serde(deny_unknown_fields)]
 pub struct LimitsBody {
     /// Largest order, in the instrument's base asset ("10").
+    #[schema(pattern = "^[0-9]{1,18}(\\.[0-9]{1,17})?$", max_length = 19)]
     pub max_order_quantity: String,
     /// Largest price × quantity of one order, in its quote asset ("1000000").
+    #[schema(pattern = "^[0-9]{1,18}(\\.[0-9]{1,17})?$", max_length = 19)]
     pub max_order_notional: String,
+    #[schema(minimum = 0, maximum = 2147483647)]
     pub max_open_orders: u32,
+    #[schema(minimum = 0, maximum = 2147483647)]
     pub max_orders_per_second: u32,
     /// Largest absolute position per instrument, open orders included, in its base asset.
+    #[schema(pattern = "^[0-9]{1,18}(\\.[0-9]{1,17})?$", max_length = 19)]
     pub max_position: String,
     /// How far a limit price may stray from the reference price (last trade), in bps.
+    #[schema(minimum = 1, maximum = 10000)]
     pub price_collar_bps: u32,
 }
 
@@ -86,6 +96,15 @@ impl LimitsBody {
             max_orders_per_second: self.max_orders_per_second,
             price_collar_bps: self.price_collar_bps,
         };
+        for (field, count) in [
+            ("max_open_orders", self.max_open_orders),
+            ("max_orders_per_second", self.max_orders_per_second),
+        ] {
+            // Stored as PostgreSQL integers: refused beyond, never clamped.
+            if i32::try_from(count).is_err() {
+                errors.push((field.to_owned(), "at most 2147483647".to_owned()));
+            }
+        }
         if !(1..=10_000).contains(&self.price_collar_bps) {
             errors.push((
                 "price_collar_bps".to_owned(),
@@ -105,11 +124,17 @@ impl LimitsBody {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsPatch {
+    #[schema(pattern = "^[0-9]{1,18}(\\.[0-9]{1,17})?$", max_length = 19)]
     pub max_order_quantity: Option<String>,
+    #[schema(pattern = "^[0-9]{1,18}(\\.[0-9]{1,17})?$", max_length = 19)]
     pub max_order_notional: Option<String>,
+    #[schema(minimum = 0, maximum = 2147483647)]
     pub max_open_orders: Option<u32>,
+    #[schema(minimum = 0, maximum = 2147483647)]
     pub max_orders_per_second: Option<u32>,
+    #[schema(pattern = "^[0-9]{1,18}(\\.[0-9]{1,17})?$", max_length = 19)]
     pub max_position: Option<String>,
+    #[schema(minimum = 1, maximum = 10000)]
     pub price_collar_bps: Option<u32>,
 }
 

@@ -19,8 +19,11 @@ use crate::store;
 pub struct FundingRequest {
     /// The trader's account (their user id).
     pub account_id: Uuid,
+    /// One of the configured assets (`GET /v1/assets`).
+    #[schema(pattern = "^[A-Z0-9]{1,12}$")]
     pub asset: String,
     /// A positive decimal string, no finer than the asset's scale.
+    #[schema(pattern = "^[0-9]+(\\.[0-9]+)?$", max_length = 40)]
     pub amount: String,
 }
 

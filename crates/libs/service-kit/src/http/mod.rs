@@ -22,7 +22,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 pub use client_ip::{ClientIp, TrustedProxies};
 pub use json::{Json, Path, Query};
 pub use observe::{REQUEST_ID, RequestContext, TRACEPARENT};
-pub use problem::{FieldError, Problem, ProblemDetails};
+pub use problem::{CONTENT_TYPE as PROBLEM_CONTENT_TYPE, FieldError, Problem, ProblemDetails};
 
 use crate::config::HttpSettings;
 use crate::health::{self, Readiness};

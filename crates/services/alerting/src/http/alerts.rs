@@ -12,11 +12,14 @@ use crate::error::{Error, Result};
 use crate::store;
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// `firing`, `acknowledged` or `resolved`; all when absent.
+    #[param(pattern = "^(firing|acknowledged|resolved)$")]
     pub status: Option<String>,
     /// 1-500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -37,7 +40,7 @@ pub async fn list(
     }
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
-        return Err(Problem::bad_request("invalid_query", "limit is 1-500").into());
+        return Err(Problem::unprocessable("invalid_query", "limit is 1-500").into());
     }
     Ok(Body(
         store::alerts(&state.pool, query.status.as_deref(), limit).await?,

@@ -17,8 +17,14 @@ use crate::identity::{OnDuplicate, TokenPair, UserView};
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    /// One `@`, a dot inside the domain, no spaces or control characters, at most 254.
+    #[schema(
+        max_length = 254,
+        pattern = "^[^@\\s\\x00-\\x1f\\x7f-\\x9f]+@[^@\\s\\x00-\\x1f\\x7f-\\x9f.][^@\\s\\x00-\\x1f\\x7f-\\x9f]*\\.[^@\\s\\x00-\\x1f\\x7f-\\x9f]*[^@\\s\\x00-\\x1f\\x7f-\\x9f.]$"
+    )]
     pub email: String,
-    #[schema(value_type = String, min_length = 12)]
+    /// 12-1024 characters, not the email address.
+    #[schema(value_type = String, min_length = 12, max_length = 1024)]
     pub password: SecretString,
 }
 
@@ -40,6 +46,7 @@ pub struct RefreshRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetRolesRequest {
+    #[schema(min_items = 1)]
     pub roles: Vec<Role>,
 }
 

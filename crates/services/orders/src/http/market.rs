@@ -15,9 +15,11 @@ use crate::instruments::Instrument;
 use crate::store;
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BookQuery {
     /// Levels per side, 1-100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub depth: Option<usize>,
 }
 
@@ -66,7 +68,7 @@ pub async fn book(
     let depth = query.depth.unwrap_or(20);
     if !(1..=100).contains(&depth) {
         return Err(
-            Problem::bad_request("invalid_query", "depth must be between 1 and 100").into(),
+            Problem::unprocessable("invalid_query", "depth must be between 1 and 100").into(),
         );
     }
     let instrument = instrument(&state, &symbol).await?;

@@ -18,7 +18,7 @@ use service_kit::idempotency::{self, Answer};
 
 /// Place an order (trader). Requires `Idempotency-Key`.
 #[utoipa::path(post, path = "/v1/orders", tag = "orders", request_body = PlaceOrder,
-    params(("Idempotency-Key" = String, Header, description = "1-255 characters; retries with the same key and body replay the first answer")),
+    params(("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "1-255 visible ASCII characters; retries with the same key and body replay the first answer")),
     security(("bearer" = [])),
     responses((status = 201, body = OrderView), (status = 400, body = Problem), (status = 409, body = Problem),
               (status = 422, body = Problem), (status = 503, body = Problem)))]
@@ -318,13 +318,16 @@ pub async fn cancel(
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub symbol: Option<String>,
+    #[param(pattern = "^(open|partially_filled|filled|cancelled|rejected)$")]
     pub status: Option<String>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
     /// 1-100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
@@ -345,7 +348,8 @@ const STATUSES: [&str; 5] = [
 fn page_size(limit: Option<i64>) -> Result<i64> {
     match limit.unwrap_or(50) {
         limit @ 1..=100 => Ok(limit),
-        _ => Err(Problem::bad_request("invalid_query", "limit must be between 1 and 100").into()),
+        // Well-formed but out of range: refused, never clamped.
+        _ => Err(Problem::unprocessable("invalid_query", "limit must be between 1 and 100").into()),
     }
 }
 
@@ -401,6 +405,7 @@ pub async fn list(
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CancelAllQuery {
     pub symbol: Option<String>,
@@ -435,10 +440,14 @@ pub async fn cancel_all(
 }
 
 #[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TradesQuery {
     pub symbol: Option<String>,
+    /// The `next_cursor` of the previous page.
     pub cursor: Option<Uuid>,
+    /// 1-100, default 50.
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 

@@ -14,7 +14,7 @@ use crate::ledger::Kind;
 
 /// Credit a trader's account from outside the platform (admin). Requires `Idempotency-Key`.
 #[utoipa::path(post, path = "/v1/admin/deposits", tag = "admin", request_body = FundingRequest,
-    params(("Idempotency-Key" = String, Header, description = "1-255 characters; retries with the same key and body replay the first answer")),
+    params(("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "1-255 visible ASCII characters; retries with the same key and body replay the first answer")),
     security(("bearer" = [])),
     responses((status = 201, body = FundingView), (status = 400, body = Problem), (status = 403, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)))]
@@ -30,7 +30,7 @@ pub async fn deposit(
 /// Pay out of a trader's available balance (admin). Requires `Idempotency-Key`; more than is
 /// available → 422 `insufficient_funds`.
 #[utoipa::path(post, path = "/v1/admin/withdrawals", tag = "admin", request_body = FundingRequest,
-    params(("Idempotency-Key" = String, Header, description = "1-255 characters; retries with the same key and body replay the first answer")),
+    params(("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "1-255 visible ASCII characters; retries with the same key and body replay the first answer")),
     security(("bearer" = [])),
     responses((status = 201, body = FundingView), (status = 400, body = Problem), (status = 403, body = Problem),
               (status = 409, body = Problem), (status = 422, body = Problem)))]
