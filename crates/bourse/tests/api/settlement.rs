@@ -302,6 +302,16 @@ async fn a_withdrawal_beyond_the_available_balance_is_refused_the_same_way_every
         "insufficient_funds"
     );
 
+    // An asset the account never held is no balance at all, not a fault (found by
+    // schemathesis: it was a 500).
+    let never_held = json!({ "account_id": l.alice_id, "asset": "ETH", "amount": "1" });
+    assert_problem(
+        l.fund_with_key("withdrawals", "w-eth", &never_held).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+
     let fine = json!({ "account_id": l.alice_id, "asset": "USD", "amount": "40" });
     assert_eq!(
         l.fund_with_key("withdrawals", "w-2", &fine).await.status(),

@@ -20,6 +20,13 @@ struct Echo {
     text: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Count {
+    count: u32,
+    nested: Option<Vec<u8>>,
+}
+
 async fn panics() -> &'static str {
     panic!("a bug in a handler")
 }
@@ -34,7 +41,13 @@ async fn spawn_with_readiness(settings: HttpSettings, draining: Shutdown) -> (St
         .route("/ok", get(|| async { "fine" }))
         .route("/panic", get(panics))
         .route("/never", get(std::future::pending::<&'static str>))
-        .route("/echo", post(|Json(_): Json<Echo>| async { "parsed" }));
+        .route("/echo", post(|Json(_): Json<Echo>| async { "parsed" }))
+        .route(
+            "/count",
+            post(|Json(c): Json<Count>| async move {
+                format!("{} {:?}", c.count, c.nested.unwrap_or_default())
+            }),
+        );
     let shutdown = Shutdown::new();
     let router = service_router("test", &settings, Readiness::new(draining), api);
     let server = Server::bind("test", "127.0.0.1:0", router, Duration::from_secs(1))
@@ -104,6 +117,63 @@ async fn a_request_that_runs_too_long_is_cut_off_with_a_503() {
     let response = reqwest::get(format!("{url}/never")).await.unwrap();
     assert_eq!(response.headers()["retry-after"], "1");
     problem(response, StatusCode::SERVICE_UNAVAILABLE, "request_timeout").await;
+}
+
+#[tokio::test]
+async fn a_body_is_json_of_the_documented_shape_or_a_problem_saying_why() {
+    let (url, _shutdown) = spawn(HttpSettings::default()).await;
+    let client = reqwest::Client::new();
+    let post = |body: &'static str, content_type: &'static str| {
+        client
+            .post(format!("{url}/count"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    // JSON Schema's integers include 3.0: a client generated from the document may send it.
+    let ok = post(r#"{"count": 3.0, "nested": [1.0, 2]}"#, "application/json")
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(ok.text().await.unwrap(), "3 [1, 2]");
+    // …but not 3.5, a negative count, an unknown field or a string.
+    for refused in [
+        r#"{"count": 3.5}"#,
+        r#"{"count": -1.0}"#,
+        r#"{"count": 1e300}"#,
+        r#"{"count": 3, "extra": 1}"#,
+        r#"{"count": "3"}"#,
+    ] {
+        let body = problem(
+            post(refused, "application/json").await.unwrap(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        )
+        .await;
+        assert!(
+            body["detail"].as_str().unwrap().contains("count") || refused.contains("extra"),
+            "{body}"
+        );
+    }
+    problem(
+        post(r#"{"count": "#, "application/json").await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "malformed_json",
+    )
+    .await;
+    problem(
+        post(r#"{"count": 3}"#, "text/plain").await.unwrap(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+    )
+    .await;
+    let vendor = post(
+        r#"{"count": 3}"#,
+        "application/vnd.bourse+json; charset=utf-8",
+    )
+    .await
+    .unwrap();
+    assert_eq!(vendor.status(), StatusCode::OK);
 }
 
 #[tokio::test]

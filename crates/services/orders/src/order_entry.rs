@@ -38,10 +38,16 @@ pub struct PlaceOrder {
     #[serde(rename = "type")]
     pub order_type: OrderType,
     /// Limit orders only, in the quote asset (e.g. "30000.25"), on the instrument's tick grid.
-    #[schema(pattern = "^[0-9]+(\\.[0-9]+)?$", max_length = 40)]
+    #[schema(
+        pattern = "^(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)$",
+        max_length = 40
+    )]
     pub price: Option<String>,
     /// In the base asset (e.g. "0.5"), a multiple of the instrument's lot size.
-    #[schema(pattern = "^[0-9]+(\\.[0-9]+)?$", max_length = 40)]
+    #[schema(
+        pattern = "^(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)$",
+        max_length = 40
+    )]
     pub quantity: String,
     pub time_in_force: TimeInForceName,
     #[serde(default)]

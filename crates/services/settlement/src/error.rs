@@ -42,16 +42,19 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     /// The ledger's constraints are its last line of defence: a violation of the non-negative
-    /// balance check (or a hold for an account that does not exist) is a refusal, not a fault.
+    /// balance check (or a hold or a debit of an account that does not exist: one that never
+    /// held the asset) is a refusal, not a fault.
     fn from(err: sqlx::Error) -> Self {
         let constraint = err
             .as_database_error()
             .and_then(|e| e.constraint())
             .map(str::to_owned);
         match constraint.as_deref() {
-            Some("accounts_non_negative" | "holds_account_fkey") => Error::InsufficientFunds {
-                asset: String::new(),
-            },
+            Some("accounts_non_negative" | "holds_account_fkey" | "transfers_debit_fkey") => {
+                Error::InsufficientFunds {
+                    asset: String::new(),
+                }
+            }
             _ => Error::Database(err),
         }
     }

@@ -23,7 +23,10 @@ pub struct FundingRequest {
     #[schema(pattern = "^[A-Z0-9]{1,12}$")]
     pub asset: String,
     /// A positive decimal string, no finer than the asset's scale.
-    #[schema(pattern = "^[0-9]+(\\.[0-9]+)?$", max_length = 40)]
+    #[schema(
+        pattern = "^(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)$",
+        max_length = 40
+    )]
     pub amount: String,
 }
 

@@ -4,15 +4,23 @@
 //! problem with a `code` instead (SEC-10). Bodies are typed and, by convention, every request
 //! type carries `#[serde(deny_unknown_fields)]`.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 use super::problem::Problem;
 
-/// `axum::Json` with problem+json rejections.
+/// `axum::Json` with problem+json rejections: 415 without a JSON content type, 413 beyond the
+/// body limit, 400 for what is not JSON, 422 for JSON that is not this request (wrong types,
+/// missing or unknown fields), with the path of the value refused.
+///
+/// A number with a zero fraction (`1345.0`) is taken where an integer is expected: JSON and
+/// JSON Schema do not tell them apart, so a client generated from the API document may send
+/// either.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -24,35 +32,96 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_problem(&rejection)),
+        if !json_content_type(req.headers()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ));
         }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the request body exceeds the size limit",
+                )
+            } else {
+                Problem::bad_request("unreadable_body", rejection.body_text())
+            }
+        })?;
+        let refused = match deserialize::<T>(&bytes) {
+            Ok(value) => return Ok(Self(value)),
+            Err(refused) => refused,
+        };
+        if refused.inner().is_syntax() || refused.inner().is_eof() {
+            return Err(Problem::bad_request(
+                "malformed_json",
+                format!(
+                    "Failed to parse the request body as JSON: {}",
+                    refused.inner()
+                ),
+            ));
+        }
+        // Only a body that holds integral floats gets a second, normalized try.
+        if let Ok(mut value) = serde_json::from_slice::<Value>(&bytes)
+            && integral_floats_to_integers(&mut value)
+            && let Ok(normalized) = serde_json::to_vec(&value)
+            && let Ok(value) = deserialize::<T>(&normalized)
+        {
+            return Ok(Self(value));
+        }
+        Err(Problem::unprocessable(
+            "invalid_body",
+            format!("Failed to deserialize the JSON body into the target type: {refused}"),
+        ))
     }
 }
 
-fn json_problem(rejection: &JsonRejection) -> Problem {
-    match rejection {
-        JsonRejection::JsonSyntaxError(err) => {
-            Problem::bad_request("malformed_json", err.body_text())
+fn deserialize<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+}
+
+/// `application/json` or any `application/*+json`, parameters aside.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(essence) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+    else {
+        return false;
+    };
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Rewrites every number with a zero fraction that fits an integer as that integer; whether
+/// it changed anything.
+fn integral_floats_to_integers(value: &mut Value) -> bool {
+    match value {
+        Value::Number(number) if number.is_f64() => {
+            let Some(float) = number.as_f64() else {
+                return false;
+            };
+            // Exactly representable integers only (|x| < 2^53); beyond that a float is inexact.
+            if float.fract() == 0.0 && float.abs() < 9_007_199_254_740_992.0 {
+                #[allow(clippy::cast_possible_truncation)]
+                let integer = float as i64;
+                *value = Value::from(integer);
+                return true;
+            }
+            false
         }
-        JsonRejection::JsonDataError(err) => {
-            // Wrong types, missing or unknown fields: the body is JSON but not this request.
-            Problem::unprocessable("invalid_body", err.body_text())
-        }
-        JsonRejection::MissingJsonContentType(_) => Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected Content-Type: application/json",
-        ),
-        JsonRejection::BytesRejection(err) if err.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body exceeds the size limit",
-            )
-        }
-        other => Problem::bad_request("unreadable_body", other.body_text()),
+        Value::Array(items) => items.iter_mut().fold(false, |changed, item| {
+            integral_floats_to_integers(item) | changed
+        }),
+        Value::Object(fields) => fields.values_mut().fold(false, |changed, field| {
+            integral_floats_to_integers(field) | changed
+        }),
+        _ => false,
     }
 }
 

@@ -4,6 +4,7 @@
 //! observe (request id, trace, span, access log, metrics) → timeout → panic guard → body limit
 //! → routes, plus health, metrics and problem+json fallbacks for unknown paths and methods.
 
+pub mod api_document;
 pub mod client_ip;
 pub mod in_process;
 pub mod json;

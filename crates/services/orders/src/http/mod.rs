@@ -93,6 +93,22 @@ pub fn router(state: AppState) -> Router {
 )]
 pub struct ApiDoc;
 
-async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+/// The document, with the assets this deployment trades as the only ones an instrument may use.
+async fn openapi(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<utoipa::openapi::OpenApi> {
+    let mut document = ApiDoc::openapi();
+    let assets = || state.assets.iter().map(|asset| asset.code.clone());
+    for field in ["base_asset", "quote_asset"] {
+        let restricted = service_kit::http::api_document::restrict_to(
+            &mut document,
+            "CreateInstrument",
+            field,
+            assets(),
+        );
+        if !restricted {
+            tracing::warn!("the API document lost a field it restricts: CreateInstrument.{field}");
+        }
+    }
+    axum::Json(document)
 }

@@ -70,6 +70,20 @@ pub fn router(state: AppState) -> Router {
 )]
 pub struct ApiDoc;
 
-async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
-    axum::Json(ApiDoc::openapi())
+/// The document, with the assets this deployment holds as the only ones a request may name.
+async fn openapi(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> axum::Json<utoipa::openapi::OpenApi> {
+    let mut document = ApiDoc::openapi();
+    let assets = || state.assets.iter().map(|asset| asset.code.clone());
+    let restricted = service_kit::http::api_document::restrict_to(
+        &mut document,
+        "FundingRequest",
+        "asset",
+        assets(),
+    );
+    if !restricted {
+        tracing::warn!("the API document lost a field it restricts: FundingRequest.asset");
+    }
+    axum::Json(document)
 }
