@@ -6,25 +6,86 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AdditionalProperties, KnownFormat, ObjectBuilder, OneOfBuilder, Schema, SchemaFormat, Type,
+};
 use uuid::Uuid;
 
 use crate::book::{Book, KillSwitch};
 use crate::error::{Error, Result};
 use crate::store;
 
-#[derive(Clone, Debug, Deserialize, ToSchema)]
+/// `POST /v1/admin/kill-switches`. Its document is one shape per scope ([`Activate::schema`]):
+/// what `target` must be depends on `scope`, and a request valid by the document is never
+/// refused for its shape.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Activate {
     /// `global`, `account` or `symbol`.
-    #[schema(pattern = "^(global|account|symbol)$")]
     pub scope: String,
     /// The account id or the symbol (1-32 characters); none for `global`.
-    #[schema(min_length = 1, max_length = 36)]
     pub target: Option<String>,
     /// 1-500 characters, not only spaces.
-    #[schema(min_length = 1, max_length = 500, pattern = "\\S")]
     pub reason: String,
 }
+
+impl utoipa::PartialSchema for Activate {
+    fn schema() -> RefOr<Schema> {
+        let reason = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(500))
+                .pattern(Some("\\S"))
+                .description(Some("Why; 1-500 characters, not only spaces."))
+        };
+        let shape = |scope: &str, target: Option<ObjectBuilder>, what: &str| {
+            let mut shape = ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .description(Some(what))
+                .property(
+                    "scope",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([scope])),
+                )
+                .required("scope")
+                .property("reason", reason())
+                .required("reason")
+                .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)));
+            shape = match target {
+                Some(target) => shape.property("target", target).required("target"),
+                None => shape.property("target", ObjectBuilder::new().schema_type(Type::Null)),
+            };
+            shape
+        };
+        OneOfBuilder::new()
+            .item(shape("global", None, "Every order of every account."))
+            .item(shape(
+                "account",
+                Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid))),
+                ),
+                "One account's orders.",
+            ))
+            .item(shape(
+                "symbol",
+                Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .min_length(Some(1))
+                        .max_length(Some(32)),
+                ),
+                "One instrument's orders.",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for Activate {}
 
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct KillSwitchView {
@@ -57,7 +118,7 @@ fn validate(request: &Activate) -> Result<KillSwitch> {
             "target".into(),
             "an account switch needs an account id".into(),
         )),
-        ("symbol", Some(target)) if !target.is_empty() && target.len() <= 32 => {}
+        ("symbol", Some(target)) if (1..=32).contains(&target.chars().count()) => {}
         ("symbol", _) => errors.push(("target".into(), "a symbol switch needs a symbol".into())),
         _ => errors.push(("scope".into(), "must be global, account or symbol".into())),
     }

@@ -22,15 +22,35 @@ pub struct AssetView {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateInstrument {
-    /// `BASE-QUOTE`, e.g. `BTC-USD`.
+    /// `BASE-QUOTE`, e.g. `BTC-USD`: the two assets below, in that order.
+    #[schema(pattern = "^[A-Z0-9]{1,12}-[A-Z0-9]{1,12}$")]
     pub symbol: String,
+    /// One of the configured assets (the document lists them).
     pub base_asset: String,
+    /// One of the configured assets, not the base asset.
     pub quote_asset: String,
-    /// Price increment, in the quote asset (e.g. "0.01").
+    /// Price increment, in the quote asset (e.g. "0.01"), no finer than its scale.
+    #[schema(
+        pattern = "^(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)$",
+        max_length = 40
+    )]
     pub tick_size: String,
-    /// Quantity increment, in the base asset (e.g. "0.0001").
+    /// Quantity increment, in the base asset (e.g. "0.0001"), no finer than its scale.
+    #[schema(
+        pattern = "^(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)$",
+        max_length = 40
+    )]
     pub lot_size: String,
+    /// A multiple of the lot size; at most `max_quantity`.
+    #[schema(
+        pattern = "^(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)$",
+        max_length = 40
+    )]
     pub min_quantity: Option<String>,
+    #[schema(
+        pattern = "^(?:[0-9]*[1-9][0-9]*(?:\\.[0-9]+)?|[0-9]+\\.[0-9]*[1-9][0-9]*)$",
+        max_length = 40
+    )]
     pub max_quantity: Option<String>,
 }
 
