@@ -108,6 +108,22 @@ async fn an_admin_grants_roles_which_apply_from_the_next_refresh_and_are_audited
         .await
         .unwrap();
     assert_problem(missing, StatusCode::NOT_FOUND, "not_found").await;
+
+    // Not their own: an admin who demoted themselves could leave the platform without one.
+    let own = app
+        .client
+        .put(app.url(&format!(
+            "/v1/admin/users/{}/roles",
+            admin_me["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&admin.access_token)
+        .json(&json!({ "roles": ["trader"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(own, StatusCode::FORBIDDEN, "own_roles").await;
+    let still: Value = app.me(&admin.access_token).await.json().await.unwrap();
+    assert_eq!(still["roles"], json!(["admin"]));
 }
 
 #[sqlx::test(migrations = false)]

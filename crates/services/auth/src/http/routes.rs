@@ -11,7 +11,7 @@ use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
 use super::AppState;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::identity::{OnDuplicate, TokenPair, UserView};
 
 #[derive(Deserialize, ToSchema)]
@@ -219,7 +219,8 @@ pub async fn me(
     Ok(axum::Json(user.into()))
 }
 
-/// Replace a user's roles (admin).
+/// Replace a user's roles (admin). Not your own: an admin who demoted themselves could leave
+/// the platform without one, so another admin does it (403 `own_roles`).
 #[utoipa::path(put, path = "/v1/admin/users/{id}/roles", tag = "admin", request_body = SetRolesRequest,
     params(("id" = Uuid, Path)), security(("bearer" = [])),
     responses((status = 200, body = UserResponse), (status = 403, body = Problem), (status = 404, body = Problem)))]
@@ -230,6 +231,13 @@ pub async fn set_roles(
     Json(body): Json<SetRolesRequest>,
 ) -> Result<axum::Json<UserResponse>> {
     principal.require_any(&[Role::Admin])?;
+    if user_id == principal.user_id {
+        return Err(Error::Problem(Problem::new(
+            StatusCode::FORBIDDEN,
+            "own_roles",
+            "you cannot change your own roles; another admin can",
+        )));
+    }
     let user = state
         .identity
         .set_roles(principal.user_id, user_id, &body.roles)
