@@ -251,8 +251,9 @@ async fn reencrypt() -> Result<ExitCode, Failure> {
     let auth_pool = auth::connect(&auth_config).await?;
     auth::migrate(&auth_pool).await?;
     let keys = auth::signing_keys::reseal(&auth_pool, &auth_config.master_keys).await?;
+    let api_keys = auth::api_keys::reseal(&auth_pool, &auth_config.master_keys).await?;
     println!(
-        "re-sealed under master key {}: {keys} signing key(s), {resealed} alert channel(s)",
+        "re-sealed under master key {}: {keys} signing key(s), {api_keys} API key(s), {resealed} alert channel(s)",
         config.master_keys.current()
     );
     Ok(ExitCode::SUCCESS)

@@ -143,7 +143,8 @@ fn as_sent(expr: &str, dashboard: &Value) -> String {
     expr
 }
 
-/// (dashboard file, panel title, query) for every query of every panel, rows included.
+/// (dashboard file, panel title, query as sent, the datasource uids of panel and target) for every
+/// query of every panel, rows included.
 fn queries() -> Vec<(String, String, String, Value)> {
     let mut found = Vec::new();
     let folder = repo_file("deploy/grafana/dashboards");

@@ -144,3 +144,30 @@ async fn bad_paths_and_methods_are_problems_not_crashes(pool: PgPool) {
     let nowhere = app.client.get(app.url("/v1/nowhere")).send().await.unwrap();
     assert_problem(nowhere, StatusCode::NOT_FOUND, "not_found").await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_nul_character_is_an_unknown_login_not_a_server_error(pool: PgPool) {
+    // PostgreSQL text cannot hold NUL; schemathesis found the login that reached it (a 500).
+    let app = spawn_app(pool).await;
+    app.signed_up("alice@example.com").await;
+    let login = app
+        .post_json(
+            "/v1/auth/login",
+            &serde_json::json!({ "email": "alice\u{0}@example.com", "password": "anything at all" }),
+        )
+        .await;
+    assert_problem(login, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    let register = app
+        .post_json(
+            "/v1/auth/register",
+            &serde_json::json!({ "email": "bob\u{0}@example.com", "password": "correct horse battery staple" }),
+        )
+        .await;
+    assert_problem(
+        register,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(user_count(&app.db).await, 1);
+}

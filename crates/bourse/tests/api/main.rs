@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 mod admin;
 mod alerting;
+mod api_keys;
 mod audit;
 mod auth_flow;
 mod backup;

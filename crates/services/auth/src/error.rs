@@ -17,6 +17,9 @@ pub enum Error {
     Throttled { retry_after_secs: u64 },
     #[error("user not found")]
     UserNotFound,
+    /// Not the caller's, unknown, or revoked already: one answer for all three.
+    #[error("API key not found")]
+    ApiKeyNotFound,
     /// Unknown service client or wrong secret: one variant, one response.
     #[error("invalid service client")]
     InvalidClient,
@@ -54,7 +57,7 @@ impl IntoResponse for Error {
                 "too many failed logins; try again later",
             )
             .retry_after(retry_after_secs),
-            Error::UserNotFound => Problem::not_found(),
+            Error::UserNotFound | Error::ApiKeyNotFound => Problem::not_found(),
             Error::InvalidClient => Problem::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",

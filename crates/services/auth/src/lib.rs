@@ -12,6 +12,7 @@
 //! - [`http`]: thin handlers and the OpenAPI description.
 //! - [`error`]: the crate's errors as problem+json.
 
+pub mod api_keys;
 pub mod audit;
 pub mod config;
 pub mod error;
@@ -82,7 +83,8 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     // Retired keys stay published for the token lifetime plus a minute of clock skew.
     let overlap = config.tokens.access_ttl + Duration::from_secs(60);
     // Keys stored before encryption, or under a retired master key, are re-sealed first.
-    let resealed = signing_keys::reseal(&pool, &config.master_keys).await?;
+    let resealed = signing_keys::reseal(&pool, &config.master_keys).await?
+        + api_keys::reseal(&pool, &config.master_keys).await?;
     if resealed > 0 {
         tracing::info!(
             resealed,
@@ -128,6 +130,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         service_tokens,
         keyring,
         verifier,
+        api_keys: api_keys::ApiKeys::new(pool.clone(), config.master_keys.clone()),
     };
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Postgres(pool))

@@ -7,6 +7,9 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use ipnet::IpNet;
+
+use crate::api_keys::{ApiKeyView, StoredKey, scopes_from_rows};
 use crate::signing_keys::NewSigningKey;
 
 #[derive(Debug, sqlx::FromRow)]
@@ -286,4 +289,143 @@ pub async fn audit_rows(pool: &PgPool) -> Result<Vec<AuditRow>, sqlx::Error> {
     )
     .fetch_all(pool)
     .await
+}
+
+// --- API keys ---------------------------------------------------------------------------
+
+/// Takes `owner`'s API-key lock for this transaction and counts their active keys.
+pub async fn lock_and_count_active_api_keys(
+    conn: &mut PgConnection,
+    owner: Uuid,
+) -> crate::error::Result<i64> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('auth.api_keys'), hashtext($1::text))")
+        .bind(owner)
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM api_keys WHERE user_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(owner)
+    .fetch_one(conn)
+    .await?)
+}
+
+pub async fn insert_api_key(
+    conn: &mut PgConnection,
+    owner: Uuid,
+    key: &ApiKeyView,
+    secret_sealed: &str,
+) -> crate::error::Result<()> {
+    let scopes: Vec<&str> = key.scopes.iter().map(|s| s.as_str()).collect();
+    let ips: Option<Vec<String>> = key
+        .allowed_ips
+        .as_ref()
+        .map(|ips| ips.iter().map(ToString::to_string).collect());
+    sqlx::query(
+        "INSERT INTO api_keys (id, user_id, key_id, name, scopes, allowed_ips, secret_sealed, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6::cidr[], $7, $8)",
+    )
+    .bind(key.id)
+    .bind(owner)
+    .bind(&key.key_id)
+    .bind(&key.name)
+    .bind(&scopes)
+    .bind(ips)
+    .bind(secret_sealed)
+    .bind(key.created_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+type ApiKeyRow = (
+    Uuid,
+    Uuid,
+    String,
+    String,
+    Vec<String>,
+    Option<Vec<String>>,
+    String,
+    OffsetDateTime,
+    Option<OffsetDateTime>,
+);
+
+fn stored_key(row: ApiKeyRow) -> crate::error::Result<StoredKey> {
+    let (id, user_id, key_id, name, scopes, ips, secret_sealed, created_at, revoked_at) = row;
+    let allowed_ips = ips
+        .map(|ips| {
+            ips.iter()
+                .map(|ip| ip.parse::<IpNet>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|e| {
+            crate::error::Error::Internal(format!("a stored API key network does not parse: {e}"))
+        })?;
+    Ok(StoredKey {
+        view: ApiKeyView {
+            id,
+            key_id,
+            name,
+            scopes: scopes_from_rows(&scopes)?,
+            allowed_ips,
+            created_at,
+            revoked_at,
+        },
+        user_id,
+        secret_sealed,
+    })
+}
+
+const API_KEY_COLUMNS: &str =
+    "id, user_id, key_id, name, scopes, allowed_ips::text[], secret_sealed, created_at, revoked_at";
+
+/// `owner`'s keys, newest first.
+pub async fn api_keys_of(pool: &PgPool, owner: Uuid) -> crate::error::Result<Vec<StoredKey>> {
+    let rows: Vec<ApiKeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
+    )))
+    .bind(owner)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter().map(stored_key).collect()
+}
+
+/// Revokes `owner`'s active key `id`; its `key_id`, or None when there is no such active key.
+pub async fn revoke_api_key(
+    conn: &mut PgConnection,
+    owner: Uuid,
+    id: Uuid,
+) -> crate::error::Result<Option<String>> {
+    Ok(sqlx::query_scalar(
+        "UPDATE api_keys SET revoked_at = now()
+          WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL
+          RETURNING key_id",
+    )
+    .bind(id)
+    .bind(owner)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Every key's (id, key_id, sealed secret), for re-sealing.
+pub async fn api_key_secrets(pool: &PgPool) -> crate::error::Result<Vec<(Uuid, String, String)>> {
+    Ok(
+        sqlx::query_as("SELECT id, key_id, secret_sealed FROM api_keys")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+pub async fn replace_api_key_secret(
+    pool: &PgPool,
+    id: Uuid,
+    sealed: &str,
+) -> crate::error::Result<()> {
+    sqlx::query("UPDATE api_keys SET secret_sealed = $2 WHERE id = $1")
+        .bind(id)
+        .bind(sealed)
+        .execute(pool)
+        .await?;
+    Ok(())
 }

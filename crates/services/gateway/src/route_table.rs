@@ -87,6 +87,24 @@ pub static ROUTES: &[RouteSpec] = &[
         Access::Authenticated,
     ),
     route(
+        Method::POST,
+        "/v1/api-keys",
+        Upstream::Auth,
+        Access::Authenticated,
+    ),
+    route(
+        Method::GET,
+        "/v1/api-keys",
+        Upstream::Auth,
+        Access::Authenticated,
+    ),
+    route(
+        Method::DELETE,
+        "/v1/api-keys/{id}",
+        Upstream::Auth,
+        Access::Authenticated,
+    ),
+    route(
         Method::PUT,
         "/v1/admin/users/{id}/roles",
         Upstream::Auth,

@@ -1,16 +1,18 @@
 //! Auth's HTTP surface: the routes of DESIGN §5 "auth" rows, and its OpenAPI description.
 
+mod api_keys;
 mod routes;
 
 use std::sync::Arc;
 
 use access::TokenVerifier;
 use axum::extract::FromRef;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Router};
 use service_kit::http::TrustedProxies;
 use utoipa::OpenApi;
 
+use crate::api_keys::ApiKeys;
 use crate::identity::Identity;
 use crate::service_tokens::ServiceTokens;
 use crate::signing_keys::Keyring;
@@ -26,6 +28,7 @@ pub struct AppState {
     pub service_tokens: ServiceTokens,
     pub keyring: Arc<Keyring>,
     pub verifier: Arc<TokenVerifier>,
+    pub api_keys: ApiKeys,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
@@ -47,6 +50,8 @@ pub fn router(state: AppState, trusted_proxies: TrustedProxies) -> Router {
         )
         .route("/v1/auth/me", get(routes::me))
         .route("/v1/admin/users/{id}/roles", put(routes::set_roles))
+        .route("/v1/api-keys", post(api_keys::create).get(api_keys::list))
+        .route("/v1/api-keys/{id}", delete(api_keys::revoke))
         .route("/.well-known/jwks.json", get(routes::jwks))
         // Between services only: the gateway never routes `/internal/*` (SEC-14).
         .route("/internal/v1/service-tokens", post(routes::service_token))
@@ -67,6 +72,9 @@ pub fn router(state: AppState, trusted_proxies: TrustedProxies) -> Router {
         routes::me,
         routes::set_roles,
         routes::jwks,
+        api_keys::create,
+        api_keys::list,
+        api_keys::revoke,
     ),
     components(schemas(service_kit::http::Problem, service_kit::http::FieldError, access::Role)),
     modifiers(&BearerAuth),
