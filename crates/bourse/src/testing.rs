@@ -6,6 +6,14 @@
 
 use sqlx::PgPool;
 
+/// A file of the repository (README, deploy files, docs), for tests that hold the code to what
+/// the repository says.
+pub fn repo_file(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
 /// The URL of the test database `pool` points at (`#[sqlx::test]` makes one per test).
 pub fn database_url(pool: &PgPool) -> String {
     let options = pool.connect_options();

@@ -4,16 +4,10 @@
 //! Regenerate the reference with `BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test configuration`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use bourse::testing::repo_file;
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use service_kit::{CommonConfig, Env};
-
-fn repo_file(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
 
 /// (section, variable, default, description) for each variable in `.env.example`.
 fn documented() -> Vec<(String, String, String, String)> {

@@ -7,8 +7,8 @@
 //! the way Prometheus scrapes it, every service's `/metrics`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use bourse::testing::repo_file;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 use promql_parser::parser::{self, Expr, VectorSelector};
 use reqwest::Client;
@@ -28,12 +28,6 @@ const SERVICES: [&str; 6] = [
     "settlement",
     "alerting",
 ];
-
-fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(path)
-}
 
 /// One exported sample: its metric name and labels.
 struct Sample {

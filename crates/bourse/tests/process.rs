@@ -683,8 +683,7 @@ async fn secret_settings_are_resolved_from_vault_at_start(pool: PgPool) {
 /// does not promise fails the run (SEC-10, OPS-09: the documented API is the real one).
 #[sqlx::test(migrations = false)]
 async fn the_readme_walkthrough_runs_as_written(pool: PgPool) {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let readme = std::fs::read_to_string(bourse::testing::repo_file("README.md")).unwrap();
     let block = readme
         .split("<!-- walkthrough:start -->")
         .nth(1)

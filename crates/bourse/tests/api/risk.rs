@@ -194,13 +194,26 @@ async fn a_partial_update_changes_only_the_limits_it_names_even_when_two_arrive_
     let defaults = d.limits_of(d.bob_id).await;
 
     // Two officers each change one of Bob's limits at the same moment: both changes stand.
+    // The test holds the account's lock first, so both partial updates are seen waiting for it
+    // — read-merge-write happens under the lock, one after the other, never interleaved.
     let (smaller_orders, tighter_collar) = (
         json!({ "max_order_quantity": "0.5" }),
         json!({ "price_collar_bps": 200 }),
     );
-    let (quantity, collar) = tokio::join!(
+    let mut held = d.app.db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('risk.limits'), hashtext($1::text))")
+        .bind(d.bob_id)
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let (quantity, collar, ()) = tokio::join!(
         d.patch_limits(&d.officer, d.bob_id, &smaller_orders),
         d.patch_limits(&d.officer, d.bob_id, &tighter_collar),
+        async {
+            service_kit::testing::until_waiting_for_a_lock(&d.app.db, "hashtext('risk.limits')")
+                .await;
+            held.commit().await.unwrap();
+        },
     );
     assert_eq!(quantity.status(), StatusCode::OK);
     assert_eq!(collar.status(), StatusCode::OK);

@@ -27,14 +27,9 @@ impl Served {
     }
 
     pub async fn start_with(pool: &PgPool, extra_env: &[(&str, &str)]) -> Self {
-        let options = pool.connect_options();
-        let database = options.get_database().unwrap();
         let mut child = Command::new(BOURSE)
             .args(["serve", "all"])
-            .env(
-                "DATABASE_URL",
-                format!("postgres://postgres@127.0.0.1:5432/{database}"),
-            )
+            .env("DATABASE_URL", bourse::testing::database_url(pool))
             .env(
                 "BOURSE_REDIS_KEY_PREFIX",
                 format!("test:{}", uuid::Uuid::now_v7()),
@@ -152,18 +147,12 @@ impl Served {
     }
 }
 
-/// The connection string of the test's own database.
-pub fn database_url(pool: &PgPool) -> String {
-    let database = pool.connect_options().get_database().unwrap().to_owned();
-    format!("postgres://postgres@127.0.0.1:5432/{database}")
-}
-
 /// `bourse` as an operator runs it beside the platform: on the test's database, with cheap
 /// password hashing, quiet logs.
 pub fn operator_command(pool: &PgPool) -> Command {
     let mut command = Command::new(BOURSE);
     command
-        .env("DATABASE_URL", database_url(pool))
+        .env("DATABASE_URL", bourse::testing::database_url(pool))
         .env("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096")
         .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
         .env("BOURSE_LOG", "warn");

@@ -7,9 +7,6 @@
 
 use std::net::IpAddr;
 
-use aws_lc_rs::rand::{SecureRandom, SystemRandom};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ipnet::IpNet;
 use secrecy::{ExposeSecret, SecretString};
 use secrets::MasterKeys;
@@ -22,7 +19,7 @@ use uuid::Uuid;
 
 use crate::audit::{self, AuditEvent};
 use crate::error::{Error, Result};
-use crate::store;
+use crate::{store, tokens};
 
 /// Active keys a user may hold at once: enough for a few programs and a rotation.
 pub const MAX_ACTIVE_KEYS: i64 = 10;
@@ -105,27 +102,15 @@ fn expose<S: serde::Serializer>(
     s.serialize_str(secret.expose_secret())
 }
 
-/// A stored key row.
-pub struct StoredKey {
-    pub view: ApiKeyView,
-    pub user_id: Uuid,
-    pub secret_sealed: String,
-}
-
 #[derive(Clone)]
 pub struct ApiKeys {
     pool: PgPool,
     master_keys: std::sync::Arc<MasterKeys>,
-    random: SystemRandom,
 }
 
 impl ApiKeys {
     pub fn new(pool: PgPool, master_keys: std::sync::Arc<MasterKeys>) -> Self {
-        Self {
-            pool,
-            master_keys,
-            random: SystemRandom::new(),
-        }
+        Self { pool, master_keys }
     }
 
     /// Creates a key for `owner`: 201 with its secret, once.
@@ -138,8 +123,8 @@ impl ApiKeys {
     ) -> Result<CreatedApiKey> {
         let (name, scopes, allowed_ips) = validate(&request)?;
         let id = Uuid::now_v7();
-        let key_id = format!("bk_{}", self.random_text(15)?);
-        let secret = SecretString::from(self.random_text(32)?);
+        let key_id = format!("bk_{}", tokens::random_url_safe(15)?);
+        let secret = SecretString::from(tokens::random_url_safe(32)?);
         let sealed = self
             .master_keys
             .seal(secret.expose_secret(), &context(&key_id))
@@ -181,11 +166,7 @@ impl ApiKeys {
 
     /// `owner`'s keys, newest first, revoked ones included (with when).
     pub async fn list(&self, owner: Uuid) -> Result<Vec<ApiKeyView>> {
-        Ok(store::api_keys_of(&self.pool, owner)
-            .await?
-            .into_iter()
-            .map(|stored| stored.view)
-            .collect())
+        store::api_keys_of(&self.pool, owner).await
     }
 
     /// Revokes `owner`'s key `id` at once. Another user's key, an unknown or an already revoked
@@ -207,15 +188,6 @@ impl ApiKeys {
         tx.commit().await?;
         tracing::info!(%key_id, "API key revoked");
         Ok(())
-    }
-
-    /// URL-safe text from `bytes` random bytes.
-    fn random_text(&self, bytes: usize) -> Result<String> {
-        let mut buffer = vec![0u8; bytes];
-        self.random
-            .fill(&mut buffer)
-            .map_err(|_| Error::Internal("no randomness for an API key".to_owned()))?;
-        Ok(URL_SAFE_NO_PAD.encode(buffer))
     }
 }
 

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use ipnet::IpNet;
 
-use crate::api_keys::{ApiKeyView, StoredKey, scopes_from_rows};
+use crate::api_keys::{ApiKeyView, scopes_from_rows};
 use crate::signing_keys::NewSigningKey;
 
 #[derive(Debug, sqlx::FromRow)]
@@ -338,20 +338,19 @@ pub async fn insert_api_key(
     Ok(())
 }
 
+/// A key as listed: id, key id, name, scopes, networks, created, revoked.
 type ApiKeyRow = (
-    Uuid,
     Uuid,
     String,
     String,
     Vec<String>,
     Option<Vec<String>>,
-    String,
     OffsetDateTime,
     Option<OffsetDateTime>,
 );
 
-fn stored_key(row: ApiKeyRow) -> crate::error::Result<StoredKey> {
-    let (id, user_id, key_id, name, scopes, ips, secret_sealed, created_at, revoked_at) = row;
+fn api_key_view(row: ApiKeyRow) -> crate::error::Result<ApiKeyView> {
+    let (id, key_id, name, scopes, ips, created_at, revoked_at) = row;
     let allowed_ips = ips
         .map(|ips| {
             ips.iter()
@@ -362,33 +361,27 @@ fn stored_key(row: ApiKeyRow) -> crate::error::Result<StoredKey> {
         .map_err(|e| {
             crate::error::Error::Internal(format!("a stored API key network does not parse: {e}"))
         })?;
-    Ok(StoredKey {
-        view: ApiKeyView {
-            id,
-            key_id,
-            name,
-            scopes: scopes_from_rows(&scopes)?,
-            allowed_ips,
-            created_at,
-            revoked_at,
-        },
-        user_id,
-        secret_sealed,
+    Ok(ApiKeyView {
+        id,
+        key_id,
+        name,
+        scopes: scopes_from_rows(&scopes)?,
+        allowed_ips,
+        created_at,
+        revoked_at,
     })
 }
 
-const API_KEY_COLUMNS: &str =
-    "id, user_id, key_id, name, scopes, allowed_ips::text[], secret_sealed, created_at, revoked_at";
-
-/// `owner`'s keys, newest first.
-pub async fn api_keys_of(pool: &PgPool, owner: Uuid) -> crate::error::Result<Vec<StoredKey>> {
-    let rows: Vec<ApiKeyRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {API_KEY_COLUMNS} FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id DESC"
-    )))
+/// `owner`'s keys, newest first; never their secrets.
+pub async fn api_keys_of(pool: &PgPool, owner: Uuid) -> crate::error::Result<Vec<ApiKeyView>> {
+    let rows: Vec<ApiKeyRow> = sqlx::query_as(
+        "SELECT id, key_id, name, scopes, allowed_ips::text[], created_at, revoked_at
+           FROM api_keys WHERE user_id = $1 ORDER BY created_at DESC, id DESC",
+    )
     .bind(owner)
     .fetch_all(pool)
     .await?;
-    rows.into_iter().map(stored_key).collect()
+    rows.into_iter().map(api_key_view).collect()
 }
 
 /// Revokes `owner`'s active key `id`; its `key_id`, or None when there is no such active key.

@@ -76,11 +76,17 @@ fn sign(key: &ActiveKey, claims: &impl serde::Serialize) -> Result<SecretString>
 
 /// A new opaque refresh token: 256 random bits, URL-safe.
 pub fn new_refresh_token() -> Result<SecretString> {
-    let mut bytes = [0u8; 32];
+    random_url_safe(32).map(SecretString::from)
+}
+
+/// `bytes` random bytes from the system RNG, as URL-safe base64 without padding (refresh
+/// tokens, API key ids and secrets).
+pub fn random_url_safe(bytes: usize) -> Result<String> {
+    let mut buffer = vec![0u8; bytes];
     SystemRandom::new()
-        .fill(&mut bytes)
+        .fill(&mut buffer)
         .map_err(|_| Error::Internal("system RNG failed".to_owned()))?;
-    Ok(SecretString::from(URL_SAFE_NO_PAD.encode(bytes)))
+    Ok(URL_SAFE_NO_PAD.encode(buffer))
 }
 
 /// What is stored in place of a refresh token. A fast hash is right here: the token has 256

@@ -46,7 +46,9 @@ async fn build(upstreams: &Upstreams) -> Result<OpenApi, Problem> {
                 .title("Bourse API")
                 .version("1")
                 .description(Some(
-                    "The public API of Bourse. Errors are RFC 9457 problem+json with a `code`.",
+                    "The public API of Bourse. Errors are RFC 9457 problem+json with a `code`. \
+                     No text may contain the NUL character (U+0000): it is refused in bodies \
+                     (422), paths and queries (400).",
                 ))
                 .build(),
         )

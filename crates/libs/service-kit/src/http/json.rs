@@ -3,6 +3,10 @@
 //! axum's own extractors answer bad input with plain text; a client of Bourse always gets a
 //! problem with a `code` instead (SEC-10). Bodies are typed and, by convention, every request
 //! type carries `#[serde(deny_unknown_fields)]`.
+//!
+//! No text with a NUL character (U+0000) gets past them: every service keeps its text in
+//! PostgreSQL, which cannot store it, so a NUL deep in some field would otherwise surface as a
+//! 500 from whichever statement met it first. Refusing it here, once, covers every route.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -50,6 +54,12 @@ where
                 Problem::bad_request("unreadable_body", rejection.body_text())
             }
         })?;
+        if has_escaped_nul(&bytes) {
+            return Err(Problem::unprocessable(
+                "invalid_body",
+                "text must not contain the NUL character (\\u0000)",
+            ));
+        }
         let refused = match deserialize::<T>(&bytes) {
             Ok(value) => return Ok(Self(value)),
             Err(refused) => refused,
@@ -82,6 +92,30 @@ fn deserialize<T: DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
     serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+}
+
+/// Whether a JSON text holds `\u0000` as an escape (a raw NUL byte is not valid JSON anyway):
+/// the `u` must follow an odd run of backslashes, since `\\u0000` is a backslash and "u0000".
+fn has_escaped_nul(bytes: &[u8]) -> bool {
+    let mut backslashes = 0usize;
+    for (i, &byte) in bytes.iter().enumerate() {
+        if byte == b'\\' {
+            backslashes += 1;
+            continue;
+        }
+        if byte == b'u' && backslashes % 2 == 1 && bytes.get(i + 1..i + 5) == Some(b"0000") {
+            return true;
+        }
+        backslashes = 0;
+    }
+    false
+}
+
+/// Whether a percent-encoded path or query holds a NUL (`%00`).
+fn has_encoded_nul(text: &str) -> bool {
+    text.as_bytes()
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1] == b'0' && w[2] == b'0')
 }
 
 /// `application/json` or any `application/*+json`, parameters aside.
@@ -137,6 +171,12 @@ where
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if has_encoded_nul(parts.uri.path()) {
+            return Err(Problem::bad_request(
+                "invalid_path",
+                "the path must not contain the NUL character (%00)",
+            ));
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(value)| Self(value))
@@ -158,6 +198,12 @@ where
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_some_and(has_encoded_nul) {
+            return Err(Problem::bad_request(
+                "invalid_query",
+                "the query must not contain the NUL character (%00)",
+            ));
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Query(value)| Self(value))
