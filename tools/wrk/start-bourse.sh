@@ -34,7 +34,8 @@ export BOURSE_DATABASE_MAX_CONNECTIONS=16
 export BOURSE_RISK_MAX_ORDERS_PER_SECOND=1000000 BOURSE_RISK_MAX_OPEN_ORDERS=10000000
 export BOURSE_RISK_MAX_POSITION=100000000 BOURSE_RISK_MAX_ORDER_NOTIONAL=1000000000
 
-bin=target/release/bourse
+# BOURSE_PERF_BIN: another build to measure (tools/wrk/compare-builds.sh A/B-tests builds).
+bin=${BOURSE_PERF_BIN:-target/release/bourse}
 "$bin" demo seed > /dev/null
 # BOURSE_PERF_PROCESSES=separate: each service its own process on its default port (real HTTP
 # and service tokens between them, as deployed); BOURSE_PERF_ORDERS_REPLICAS=2 adds a second

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# A/B of builds of bourse on the order path, in alternating runs of the same load, so a noisy
+# machine's drift falls on every build alike (docs/performance.md).
+# Usage: tools/wrk/compare-builds.sh <connections> <rounds> <bourse binary>...
+# e.g.   cp target/release/bourse /tmp/bourse-a   (build the other change, then)
+#        tools/wrk/compare-builds.sh 32 2 /tmp/bourse-a target/release/bourse
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+connections=$1 rounds=$2
+shift 2
+for round in $(seq 1 "$rounds"); do
+  for bin in "$@"; do
+    log=$(mktemp /tmp/bourse-compare.XXXXXX)
+    BOURSE_PERF_BIN=$bin BOURSE_PERF_DATABASE_PARAMS=${BOURSE_PERF_DATABASE_PARAMS:-?sslmode=disable} \
+      tools/wrk/measure-order-entry.sh "$connections" 20s 8 > "$log" 2>&1
+    awk -v bin="$bin" -v round="$round" '
+      /^Requests\/sec/ { rps = $2 }
+      /^p99 latency/ { p99 = $3 }
+      /^non-2xx/ { bad = $3 }
+      /orders_matching_batch_seconds_sum/ { busy = $2 }
+      /^settled:/ { settled = $2 " of " $4 }
+      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  settled %s\n", round, bin, rps, p99, bad, busy, settled }' "$log"
+    rm -f "$log"
+  done
+done
