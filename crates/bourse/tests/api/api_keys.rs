@@ -195,3 +195,420 @@ async fn hostile_key_requests_are_refused_and_change_nothing(pool: PgPool) {
     )
     .await;
 }
+
+/// A program holding an API key: signs each request as the docs show (SEC-19).
+struct Program<'a> {
+    app: &'a TestApp,
+    key_id: String,
+    secret: String,
+}
+
+/// How a test bends a signed request.
+#[derive(Default)]
+struct Bend {
+    /// Milliseconds added to the clock the program signs with.
+    skew_ms: i64,
+    recv_window: Option<&'static str>,
+    /// Signs this body but sends the real one.
+    signed_body: Option<&'static str>,
+    key_id: Option<&'static str>,
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap()
+}
+
+fn hmac_hex(secret: &str, message: &[u8]) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    aws_lc_rs::hmac::sign(&key, message)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl<'a> Program<'a> {
+    async fn of(app: &'a TestApp, owner: &Tokens, body: &Value) -> Program<'a> {
+        let created = app.create_api_key(owner, body).await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+        let created: Value = created.json().await.unwrap();
+        Program {
+            app,
+            key_id: created["key_id"].as_str().unwrap().to_owned(),
+            secret: created["secret"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    /// The headers of a request signed now (bent by `bend`).
+    fn headers(&self, method: &str, path: &str, body: &str, bend: &Bend) -> Vec<(String, String)> {
+        let timestamp = (now_ms() + bend.skew_ms).to_string();
+        let signed = bend.signed_body.unwrap_or(body);
+        let message = format!("{timestamp}{method}{path}{signed}");
+        let mut headers = vec![
+            (
+                "x-bourse-key".to_owned(),
+                bend.key_id.unwrap_or(&self.key_id).to_owned(),
+            ),
+            ("x-bourse-timestamp".to_owned(), timestamp),
+            (
+                "x-bourse-signature".to_owned(),
+                hmac_hex(&self.secret, message.as_bytes()),
+            ),
+        ];
+        if let Some(window) = bend.recv_window {
+            headers.push(("x-bourse-recv-window".to_owned(), window.to_owned()));
+        }
+        headers
+    }
+
+    async fn send_bent(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        bend: &Bend,
+    ) -> Response {
+        let body = body.map(Value::to_string).unwrap_or_default();
+        let headers = self.headers(method, path, &body, bend);
+        self.send_with(method, path, body, &headers).await
+    }
+
+    async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: String,
+        headers: &[(String, String)],
+    ) -> Response {
+        let mut request = self
+            .app
+            .client
+            .request(method.parse().unwrap(), self.app.url(path))
+            .header("idempotency-key", Uuid::now_v7().to_string());
+        if !body.is_empty() {
+            request = request
+                .header("content-type", "application/json")
+                .body(body);
+        }
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
+        self.send_bent(method, path, body, &Bend::default()).await
+    }
+}
+
+fn buy() -> Value {
+    json!({ "symbol": "BTC-USD", "side": "buy", "type": "limit", "price": "30000.00",
+            "quantity": "0.01", "time_in_force": "gtc" })
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_signed_request_acts_as_the_keys_owner_within_its_scopes(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (_, alice, bob) = app.funded_market().await;
+    let alice_id = app.user_id(&alice).await;
+    let trader = Program::of(
+        &app,
+        &alice,
+        &json!({ "name": "bot", "scopes": ["read", "trade"] }),
+    )
+    .await;
+
+    // Reads and orders as Alice, through the key's own rate-limit tier.
+    let balances = trader.send("GET", "/v1/balances", None).await;
+    assert_eq!(balances.status(), StatusCode::OK);
+    let policy = balances.headers()["ratelimit-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(policy.contains("api-key"), "{policy}");
+    let placed = trader.send("POST", "/v1/orders", Some(&buy())).await;
+    assert_eq!(placed.status(), StatusCode::CREATED);
+    let placed: Value = placed.json().await.unwrap();
+    assert_eq!(placed["account_id"], json!(alice_id));
+    let own = trader
+        .send(
+            "GET",
+            &format!("/v1/orders/{}", placed["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(own.status(), StatusCode::OK);
+    // A query is part of what is signed.
+    let listed = trader.send("GET", "/v1/orders?limit=5", None).await;
+    assert_eq!(listed.status(), StatusCode::OK);
+    // Another user's order stays another user's.
+    let bobs = app.placed_order(&bob, &buy()).await;
+    let theirs = trader
+        .send(
+            "GET",
+            &format!("/v1/orders/{}", bobs["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(theirs.status(), StatusCode::NOT_FOUND);
+
+    // A key manages nothing and opens no session routes.
+    assert_problem(
+        trader
+            .send(
+                "POST",
+                "/v1/api-keys",
+                Some(&json!({ "name": "x", "scopes": ["read"] })),
+            )
+            .await,
+        StatusCode::FORBIDDEN,
+        "api_key_not_allowed",
+    )
+    .await;
+    assert_problem(
+        trader.send("GET", "/v1/auth/me", None).await,
+        StatusCode::FORBIDDEN,
+        "api_key_not_allowed",
+    )
+    .await;
+    // A read-only key cannot trade.
+    let reader = Program::of(
+        &app,
+        &alice,
+        &json!({ "name": "dashboard", "scopes": ["read"] }),
+    )
+    .await;
+    assert_problem(
+        reader.send("POST", "/v1/orders", Some(&buy())).await,
+        StatusCode::FORBIDDEN,
+        "insufficient_scope",
+    )
+    .await;
+    // Only the one order of Alice's went through.
+    assert_eq!(
+        crate::helpers::count(
+            &app.db,
+            &format!("SELECT count(*) FROM orders.orders WHERE account_id = '{alice_id}'")
+        )
+        .await,
+        1
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn replayed_stale_tampered_and_unknown_signatures_are_refused(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (_, alice, _) = app.funded_market().await;
+    let trader = Program::of(
+        &app,
+        &alice,
+        &json!({ "name": "bot", "scopes": ["read", "trade"] }),
+    )
+    .await;
+    let body = buy().to_string();
+
+    // The same signed request twice: the second is a replay, whatever replica gets it.
+    let headers = trader.headers("POST", "/v1/orders", &body, &Bend::default());
+    let first = trader
+        .send_with("POST", "/v1/orders", body.clone(), &headers)
+        .await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert_problem(
+        trader
+            .send_with("POST", "/v1/orders", body.clone(), &headers)
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "replayed_request",
+    )
+    .await;
+
+    // Ten seconds off: outside the default 5 s window, inside an asked-for 30 s one.
+    let late = Bend {
+        skew_ms: -10_000,
+        ..Bend::default()
+    };
+    assert_problem(
+        trader.send_bent("GET", "/v1/balances", None, &late).await,
+        StatusCode::UNAUTHORIZED,
+        "stale_request",
+    )
+    .await;
+    let ahead = Bend {
+        skew_ms: 10_000,
+        ..Bend::default()
+    };
+    assert_problem(
+        trader.send_bent("GET", "/v1/balances", None, &ahead).await,
+        StatusCode::UNAUTHORIZED,
+        "stale_request",
+    )
+    .await;
+    let patient = Bend {
+        skew_ms: -10_000,
+        recv_window: Some("30000"),
+        ..Bend::default()
+    };
+    assert_eq!(
+        trader
+            .send_bent("GET", "/v1/balances", None, &patient)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let greedy = Bend {
+        recv_window: Some("61000"),
+        ..Bend::default()
+    };
+    assert_problem(
+        trader.send_bent("GET", "/v1/balances", None, &greedy).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_recv_window",
+    )
+    .await;
+
+    // A body other than the one signed, a forged signature, an unknown key.
+    let tampered = Bend {
+        signed_body: Some(r#"{"symbol":"BTC-USD"}"#),
+        ..Bend::default()
+    };
+    assert_problem(
+        trader
+            .send_bent("POST", "/v1/orders", Some(&buy()), &tampered)
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_signature",
+    )
+    .await;
+    let mut forged = trader.headers("GET", "/v1/balances", "", &Bend::default());
+    forged[2].1 = "0".repeat(64);
+    assert_problem(
+        trader
+            .send_with("GET", "/v1/balances", String::new(), &forged)
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_signature",
+    )
+    .await;
+    let unknown = Bend {
+        key_id: Some("bk_no_such_key"),
+        ..Bend::default()
+    };
+    assert_problem(
+        trader
+            .send_bent("GET", "/v1/balances", None, &unknown)
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_api_key",
+    )
+    .await;
+    // Only the first order exists.
+    let alice_id = app.user_id(&alice).await;
+    assert_eq!(
+        crate::helpers::count(
+            &app.db,
+            &format!("SELECT count(*) FROM orders.orders WHERE account_id = '{alice_id}'")
+        )
+        .await,
+        1
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_revoked_key_is_refused_at_once_and_a_keys_networks_are_enforced(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let alice = app.signed_up("alice@example.com").await;
+    let program = Program::of(&app, &alice, &json!({ "name": "bot", "scopes": ["read"] })).await;
+    // Used once, so the gateway holds its credential.
+    assert_eq!(
+        program.send("GET", "/v1/balances", None).await.status(),
+        StatusCode::OK
+    );
+    let id = app.api_keys(&alice).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.revoke_api_key(&alice, &id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        program.send("GET", "/v1/balances", None).await,
+        StatusCode::UNAUTHORIZED,
+        "api_key_revoked",
+    )
+    .await;
+
+    // A key for another network is refused from here (loopback).
+    let elsewhere = Program::of(
+        &app,
+        &alice,
+        &json!({ "name": "office", "scopes": ["read"], "allowed_ips": ["192.0.2.0/24"] }),
+    )
+    .await;
+    assert_problem(
+        elsewhere.send("GET", "/v1/balances", None).await,
+        StatusCode::UNAUTHORIZED,
+        "address_not_allowed",
+    )
+    .await;
+    let here = Program::of(
+        &app,
+        &alice,
+        &json!({ "name": "local", "scopes": ["read"], "allowed_ips": ["127.0.0.0/8", "::1"] }),
+    )
+    .await;
+    assert_eq!(
+        here.send("GET", "/v1/balances", None).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_program_opens_the_stream_with_a_signed_upgrade(pool: PgPool) {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let app = spawn_app(pool).await;
+    let alice = app.signed_up("alice@example.com").await;
+    let alice_id = app.user_id(&alice).await;
+    let program = Program::of(&app, &alice, &json!({ "name": "feed", "scopes": ["read"] })).await;
+    let url = format!("{}/v1/stream", app.gateway.replacen("http", "ws", 1));
+    let open = |bend: Bend| {
+        let mut request = url.clone().into_client_request().unwrap();
+        for (name, value) in program.headers("GET", "/v1/stream", "", &bend) {
+            request.headers_mut().insert(
+                axum::http::HeaderName::try_from(name).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        tokio_tungstenite::connect_async(request)
+    };
+    let (mut socket, _) = open(Bend::default()).await.unwrap();
+    let first = loop {
+        match socket.next().await.unwrap().unwrap() {
+            Message::Text(text) => break serde_json::from_str::<Value>(&text).unwrap(),
+            _ => continue,
+        }
+    };
+    assert_eq!(first["type"], "authenticated");
+    assert_eq!(first["account_id"], json!(alice_id));
+    // A stale upgrade is refused before it is upgraded.
+    let refused = open(Bend {
+        skew_ms: -60_000,
+        ..Bend::default()
+    })
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        }
+        other => panic!("a stale upgrade was not refused: {:?}", other.map(|_| ())),
+    }
+}

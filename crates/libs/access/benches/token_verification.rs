@@ -55,6 +55,7 @@ fn fixture() -> Fixture {
         iat: now,
         jti: uuid::Uuid::now_v7(),
         roles: vec![Role::Trader],
+        api_key: None,
     };
     let mut header = Header::new(Algorithm::EdDSA);
     header.kid = Some("bench".to_owned());

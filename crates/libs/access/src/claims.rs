@@ -17,6 +17,11 @@ pub struct Claims {
     pub iat: u64,
     pub jti: Uuid,
     pub roles: Vec<Role>,
+    /// Set when the gateway had this token minted for a request signed with an API key (SEC-19):
+    /// the key's `key_id`. Services see who acted and through which key (audit), and auth
+    /// refuses key management to it — a key cannot create keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
 }
 
 /// A service token (SEC-14): one service calling another, issued by auth to a registered client

@@ -17,6 +17,8 @@ use crate::verifier::{TokenVerifier, VerifyError};
 pub struct Principal {
     pub user_id: Uuid,
     pub roles: Vec<Role>,
+    /// The API key the request was signed with, if it was (its `key_id`).
+    pub api_key: Option<String>,
 }
 
 impl Principal {
@@ -76,6 +78,7 @@ where
         let principal = Principal {
             user_id: claims.sub,
             roles: claims.roles,
+            api_key: claims.api_key,
         };
         tracing::Span::current().record("principal", tracing::field::display(principal.user_id));
         parts.extensions.insert(principal.clone());

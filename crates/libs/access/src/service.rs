@@ -38,6 +38,10 @@ pub const ORDERS_MATCHING: &str = "orders:matching";
 /// Orders' totals of executed trades, read by settlement's reconciliation (REL-15).
 pub const ORDERS_TRADE_TOTALS: &str = "orders:trade-totals";
 
+/// An API key's credential (secret, scopes, networks, a token for its owner), read by the
+/// gateway to verify signed requests (SEC-19).
+pub const AUTH_API_KEYS: &str = "auth:api-keys";
+
 /// Every service-to-service permission of the platform: the single source of truth, like the
 /// gateway's route table is for public routes.
 pub const GRANTS: &[Grant] = &[
@@ -60,6 +64,11 @@ pub const GRANTS: &[Grant] = &[
         client: "orders",
         audience: "orders",
         scope: ORDERS_MATCHING,
+    },
+    Grant {
+        client: "gateway",
+        audience: "auth",
+        scope: AUTH_API_KEYS,
     },
 ];
 
@@ -139,7 +148,11 @@ mod tests {
 
     #[test]
     fn grants_name_each_client_once_and_join_its_scopes_per_audience() {
-        assert_eq!(clients().collect::<Vec<_>>(), ["orders", "settlement"]);
+        assert_eq!(
+            clients().collect::<Vec<_>>(),
+            ["orders", "settlement", "gateway"]
+        );
+        assert_eq!(scopes("gateway", "auth").as_deref(), Some(AUTH_API_KEYS));
         assert_eq!(scopes("orders", "risk").as_deref(), Some(RISK_CHECK));
         assert_eq!(
             scopes("settlement", "orders").as_deref(),

@@ -4,21 +4,32 @@
 //! (HMAC-SHA256), so it is kept sealed with the field-encryption envelope rather than hashed:
 //! the verifier must be able to compute the same signature. Revocation is a timestamp, so the
 //! key stays on record; every creation and revocation is in the audit chain.
+//!
+//! The gateway verifies signed requests (`gateway/src/api_keys.rs`): it asks auth once for a
+//! key's [`KeyCredential`] — the secret, scopes, networks, and an access token for the owner
+//! marked with the key — and keeps it briefly. A revocation writes a marker to Redis before it
+//! commits, which every gateway replica checks on every signed request: revoked means refused
+//! at once, everywhere, not when a cache expires.
 
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use redis::AsyncCommands as _;
+use redis::aio::ConnectionManager;
 use secrecy::{ExposeSecret, SecretString};
 use secrets::MasterKeys;
 use serde::{Deserialize, Serialize};
 use service_kit::http::FieldError;
+use service_kit::redis::KeyPrefix;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::audit::{self, AuditEvent};
+use crate::config::TokenSettings;
 use crate::error::{Error, Result};
+use crate::signing_keys::Keyring;
 use crate::{store, tokens};
 
 /// Active keys a user may hold at once: enough for a few programs and a rotation.
@@ -102,15 +113,95 @@ fn expose<S: serde::Serializer>(
     s.serialize_str(secret.expose_secret())
 }
 
+/// What the gateway needs to verify a key's signed requests and forward them
+/// (`GET /internal/v1/api-keys/{key_id}/credential`, service token `auth:api-keys`).
+#[derive(Serialize)]
+pub struct KeyCredential {
+    pub key_id: String,
+    pub owner_id: Uuid,
+    /// The owner's roles now (the access token carries the same).
+    pub roles: Vec<access::Role>,
+    #[serde(serialize_with = "expose")]
+    pub secret: SecretString,
+    pub scopes: Vec<Scope>,
+    pub allowed_ips: Option<Vec<IpNet>>,
+    /// An access token for the owner, with the owner's roles and `api_key` set: what the gateway
+    /// forwards in place of the signature, so services see a principal as for any token.
+    #[serde(serialize_with = "expose")]
+    pub access_token: SecretString,
+    /// Seconds the access token stays valid.
+    pub expires_in: u64,
+}
+
+/// Where a revoked key is marked for the gateways: `{prefix}api-keys:revoked:{key_id}`.
+pub fn revoked_marker(keys: &KeyPrefix, key_id: &str) -> String {
+    keys.key(&["api-keys", "revoked", key_id])
+}
+
+/// A marker outlives any gateway's copy of a credential (seconds to a minute) by far.
+const REVOKED_MARKER_SECS: u64 = 24 * 3600;
+
 #[derive(Clone)]
 pub struct ApiKeys {
     pool: PgPool,
     master_keys: std::sync::Arc<MasterKeys>,
+    keyring: std::sync::Arc<Keyring>,
+    tokens: TokenSettings,
+    redis: ConnectionManager,
+    keys: KeyPrefix,
 }
 
 impl ApiKeys {
-    pub fn new(pool: PgPool, master_keys: std::sync::Arc<MasterKeys>) -> Self {
-        Self { pool, master_keys }
+    pub fn new(
+        pool: PgPool,
+        master_keys: std::sync::Arc<MasterKeys>,
+        keyring: std::sync::Arc<Keyring>,
+        tokens: TokenSettings,
+        redis: ConnectionManager,
+        keys: KeyPrefix,
+    ) -> Self {
+        Self {
+            pool,
+            master_keys,
+            keyring,
+            tokens,
+            redis,
+            keys,
+        }
+    }
+
+    /// The credential of the active key `key_id`; [`Error::ApiKeyNotFound`] when unknown or
+    /// revoked.
+    #[tracing::instrument(skip_all, fields(key_id = %key_id))]
+    pub async fn credential(&self, key_id: &str) -> Result<KeyCredential> {
+        let (owner, key, roles, sealed) = store::active_api_key(&self.pool, key_id)
+            .await?
+            .ok_or(Error::ApiKeyNotFound)?;
+        let secret = self
+            .master_keys
+            .open(&sealed, &context(&key.key_id))
+            .map_err(|e| {
+                Error::Internal(format!("API key {} cannot be opened: {e}", key.key_id))
+            })?;
+        let signing = self.keyring.active()?;
+        let roles = crate::identity::parse_roles(&roles);
+        let access_token = tokens::sign_access_token(
+            &signing,
+            &self.tokens,
+            owner,
+            roles.clone(),
+            Some(key.key_id.clone()),
+        )?;
+        Ok(KeyCredential {
+            key_id: key.key_id,
+            owner_id: owner,
+            roles,
+            secret,
+            scopes: key.scopes,
+            allowed_ips: key.allowed_ips,
+            access_token,
+            expires_in: self.tokens.access_ttl.as_secs(),
+        })
     }
 
     /// Creates a key for `owner`: 201 with its secret, once.
@@ -177,6 +268,14 @@ impl ApiKeys {
         let key_id = store::revoke_api_key(&mut tx, owner, id)
             .await?
             .ok_or(Error::ApiKeyNotFound)?;
+        // Marked for the gateways before the revocation commits: if the marker cannot be
+        // written the revocation rolls back and the owner retries (503); if the commit fails
+        // after it, the key is refused a little early, never used a little late.
+        let _: () = self
+            .redis
+            .clone()
+            .set_ex(revoked_marker(&self.keys, &key_id), 1, REVOKED_MARKER_SECS)
+            .await?;
         let mut event = AuditEvent::new("api_key_revoked")
             .actor(owner)
             .subject(owner)

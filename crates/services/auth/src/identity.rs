@@ -210,7 +210,7 @@ impl Identity {
         .await?;
         let key = self.keyring.active()?;
         let access_token =
-            tokens::sign_access_token(&key, &self.tokens, user.id, parse_roles(&user.roles))?;
+            tokens::sign_access_token(&key, &self.tokens, user.id, parse_roles(&user.roles), None)?;
         Ok(TokenPair {
             access_token,
             expires_in: self.tokens.access_ttl.as_secs(),
@@ -371,7 +371,7 @@ fn role_names(roles: &[Role]) -> Vec<String> {
     names
 }
 
-fn parse_roles(names: &[String]) -> Vec<Role> {
+pub(crate) fn parse_roles(names: &[String]) -> Vec<Role> {
     names.iter().filter_map(|n| n.parse().ok()).collect()
 }
 

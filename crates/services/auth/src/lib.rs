@@ -125,12 +125,28 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         config.tokens.issuer.clone(),
         config.service_token_ttl,
     );
+    let api_keys = api_keys::ApiKeys::new(
+        pool.clone(),
+        config.master_keys.clone(),
+        keyring.clone(),
+        config.tokens.clone(),
+        redis.clone(),
+        KeyPrefix::new(&config.common.redis_key_prefix),
+    );
+    // Service tokens auth itself is called with (the gateway asking for API key credentials).
+    let services = TokenVerifier::<access::ServiceClaims>::new(
+        JwksCache::new(keyring.clone()),
+        &config.tokens.issuer,
+        SERVICE,
+    )
+    .into_shared();
     let state = http::AppState {
         identity,
         service_tokens,
         keyring,
         verifier,
-        api_keys: api_keys::ApiKeys::new(pool.clone(), config.master_keys.clone()),
+        services,
+        api_keys,
     };
     let readiness = Readiness::new(shutdown.clone())
         .with(Check::Postgres(pool))

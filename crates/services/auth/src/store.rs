@@ -384,6 +384,50 @@ pub async fn api_keys_of(pool: &PgPool, owner: Uuid) -> crate::error::Result<Vec
     rows.into_iter().map(api_key_view).collect()
 }
 
+/// An active key by its `key_id`, with its owner's roles and its sealed secret — what signs
+/// and authorizes a program's request (SEC-19). None when unknown or revoked.
+pub async fn active_api_key(
+    pool: &PgPool,
+    key_id: &str,
+) -> crate::error::Result<Option<(Uuid, ApiKeyView, Vec<String>, String)>> {
+    let row: Option<ActiveKeyRow> = sqlx::query_as(
+        "SELECT k.user_id, u.roles, k.secret_sealed, k.id, k.key_id, k.name, k.scopes,
+                k.allowed_ips::text[] AS allowed_ips, k.created_at, k.revoked_at
+           FROM api_keys k JOIN users u ON u.id = k.user_id
+          WHERE k.key_id = $1 AND k.revoked_at IS NULL",
+    )
+    .bind(key_id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| {
+        let key = (
+            r.id,
+            r.key_id,
+            r.name,
+            r.scopes,
+            r.allowed_ips,
+            r.created_at,
+            r.revoked_at,
+        );
+        Ok((r.user_id, api_key_view(key)?, r.roles, r.secret_sealed))
+    })
+    .transpose()
+}
+
+#[derive(sqlx::FromRow)]
+struct ActiveKeyRow {
+    user_id: Uuid,
+    roles: Vec<String>,
+    secret_sealed: String,
+    id: Uuid,
+    key_id: String,
+    name: String,
+    scopes: Vec<String>,
+    allowed_ips: Option<Vec<String>>,
+    created_at: OffsetDateTime,
+    revoked_at: Option<OffsetDateTime>,
+}
+
 /// Revokes `owner`'s active key `id`; its `key_id`, or None when there is no such active key.
 pub async fn revoke_api_key(
     conn: &mut PgConnection,

@@ -15,12 +15,14 @@ use crate::config::TokenSettings;
 use crate::error::{Error, Result};
 use crate::signing_keys::ActiveKey;
 
-/// A signed, short-lived access token.
+/// A signed, short-lived access token; `api_key` when the gateway has it minted for a request
+/// signed with that key.
 pub fn sign_access_token(
     key: &ActiveKey,
     settings: &TokenSettings,
     user_id: Uuid,
     roles: Vec<Role>,
+    api_key: Option<String>,
 ) -> Result<SecretString> {
     let now = now()?;
     let claims = Claims {
@@ -32,6 +34,7 @@ pub fn sign_access_token(
         iat: now,
         jti: Uuid::now_v7(),
         roles,
+        api_key,
     };
     sign(key, &claims)
 }

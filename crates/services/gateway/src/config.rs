@@ -44,16 +44,24 @@ pub struct Config {
     pub assets: Vec<Asset>,
     /// How many forwarded requests at once, and how long the excess may wait (REL-06).
     pub admission: crate::admission::AdmissionSettings,
+    /// Signed requests with API keys (`BOURSE_GATEWAY_API_KEY_*`, SEC-19).
+    pub api_keys: crate::api_keys::ApiKeySettings,
+    /// The gateway's client secret for service tokens (`BOURSE_SERVICE_SECRET_GATEWAY`): it
+    /// reads API key credentials from auth.
+    pub service_secret: secrecy::SecretString,
 }
 
 /// Documented defaults (SEC-07): 500 req/s per IP with bursts of 1,000; per principal 100 req/s
-/// with bursts of 200 for traders and auditors, twice that for risk officers and admins.
+/// with bursts of 200 for traders and auditors, twice that for risk officers and admins; per API
+/// key 50 req/s with bursts of 100 (a program's budget, apart from its owner's session).
 #[derive(Clone, Debug)]
 pub struct RateLimits {
     pub ip_per_second: u32,
     pub ip_burst: u32,
     pub standard: Tier,
     pub privileged: Tier,
+    /// Requests signed with an API key: a budget per key, whoever owns it.
+    pub api_key: Tier,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +109,29 @@ impl Config {
                 per_second: positive(env, "BOURSE_GATEWAY_PRIVILEGED_RATE_PER_SEC", 200),
                 burst: positive(env, "BOURSE_GATEWAY_PRIVILEGED_BURST", 400),
             },
+            api_key: Tier {
+                name: "api-key",
+                per_second: positive(env, "BOURSE_GATEWAY_API_KEY_RATE_PER_SEC", 50),
+                burst: positive(env, "BOURSE_GATEWAY_API_KEY_BURST", 100),
+            },
         };
+        let api_keys = crate::api_keys::ApiKeySettings {
+            recv_window: env.millis(
+                "BOURSE_GATEWAY_API_KEY_RECV_WINDOW_MS",
+                Duration::from_secs(5),
+            ),
+            max_recv_window: Duration::from_secs(60),
+            credential_ttl: env.millis(
+                "BOURSE_GATEWAY_API_KEY_CREDENTIAL_TTL_MS",
+                Duration::from_secs(10),
+            ),
+        };
+        if api_keys.recv_window.is_zero() || api_keys.recv_window > api_keys.max_recv_window {
+            env.problem(
+                "BOURSE_GATEWAY_API_KEY_RECV_WINDOW_MS",
+                "must be 1-60000 milliseconds",
+            );
+        }
         let production = common.is_production();
         let assets = Asset::configured(&env.list("BOURSE_ASSETS")).unwrap_or_else(|message| {
             env.problem("BOURSE_ASSETS", message);
@@ -176,6 +206,8 @@ impl Config {
                     Duration::from_millis(50),
                 ),
             },
+            api_keys,
+            service_secret: access::service::client_secret(env, "gateway", production),
             common,
         }
     }

@@ -13,6 +13,7 @@
 //!   `http::stream`.
 
 pub mod admission;
+pub mod api_keys;
 pub mod config;
 pub mod edge;
 pub mod http;
@@ -76,6 +77,10 @@ pub struct Gateway {
     pub shutdown: Shutdown,
     /// Forwarded requests in flight, and the excess shed (REL-06).
     pub admission: admission::Admission,
+    /// Verifies requests signed with API keys (SEC-19).
+    pub api_keys: api_keys::ApiKeyVerifier,
+    /// The largest body a signed request may have (it is read whole to check its signature).
+    pub body_limit: usize,
 }
 
 impl FromRef<Gateway> for Arc<TokenVerifier> {
@@ -119,6 +124,29 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         config.common.http.body_limit_bytes,
     );
     let keys = KeyPrefix::new(&config.common.redis_key_prefix);
+    // The gateway's own service token: it reads API key credentials from auth.
+    let tokens = Arc::new(
+        resilience::TokenSource::from_auth(
+            &client,
+            &config.auth.url,
+            SERVICE,
+            config.service_secret.clone(),
+        )
+        .map_err(Error::Upstream)?,
+    );
+    let api_keys = api_keys::ApiKeyVerifier::new(
+        resilience::Upstream::authenticated(
+            "auth",
+            config.auth.url.clone(),
+            client.clone(),
+            config.upstream.clone(),
+            tokens,
+        )
+        .map_err(Error::Upstream)?,
+        redis.clone(),
+        keys.clone(),
+        config.api_keys.clone(),
+    );
     for upstream in upstreams.all() {
         spawn_breaker_notices(upstream, redis.clone(), keys.clone(), &tasks);
     }
@@ -136,6 +164,8 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         hub: stream::Hub::new(config.stream.clone()),
         shutdown: shutdown.clone(),
         admission: admission::Admission::new(config.admission),
+        api_keys,
+        body_limit: config.common.http.body_limit_bytes,
     };
     // Its own connection: a blocking XREAD holds a connection for its whole wait, and the
     // per-principal limiter on every request must not queue behind it.

@@ -180,7 +180,9 @@ impl PrincipalLimiter {
     }
 
     pub fn tier(&self, principal: &Principal) -> Tier {
-        if principal.has(Role::Admin) || principal.has(Role::RiskOfficer) {
+        if principal.api_key.is_some() {
+            self.limits.api_key
+        } else if principal.has(Role::Admin) || principal.has(Role::RiskOfficer) {
             self.limits.privileged
         } else {
             self.limits.standard
@@ -190,9 +192,13 @@ impl PrincipalLimiter {
     pub async fn check(&self, principal: &Principal) -> redis::RedisResult<Decision> {
         let tier = self.tier(principal);
         let interval_us = 1_000_000 / u64::from(tier.per_second.max(1));
-        let key = self
-            .keys
-            .key(&["gateway", "rate", &principal.user_id.to_string()]);
+        // A key's budget is its own, apart from its owner's session and other keys.
+        let key = match &principal.api_key {
+            Some(key_id) => self.keys.key(&["gateway", "rate", "key", key_id]),
+            None => self
+                .keys
+                .key(&["gateway", "rate", &principal.user_id.to_string()]),
+        };
         let mut conn = self.redis.clone();
         let (allowed, retry_us, remaining, reset_us): (u8, u64, u64, u64) = self
             .script

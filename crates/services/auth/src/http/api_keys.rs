@@ -1,15 +1,42 @@
-//! `/v1/api-keys`: a signed-in user's keys for their programs (SEC-19). Only an access token
-//! reaches these routes — a program signing with a key cannot make or list keys.
+//! `/v1/api-keys`: a signed-in user's keys for their programs (SEC-19). Only a user's own
+//! session reaches these routes — a program signing with a key cannot make, list or revoke
+//! keys (the gateway refuses it; here the token minted for a key is refused too).
+//! And the gateway's internal read of a key's credential.
 
-use access::Principal;
+use access::service::AUTH_API_KEYS;
+use access::{Principal, ServicePrincipal};
 use axum::extract::State;
 use axum::http::StatusCode;
 use service_kit::http::{ClientIp, Json, Path, Problem};
 use uuid::Uuid;
 
 use super::AppState;
-use crate::api_keys::{ApiKeyView, CreatedApiKey, NewApiKey};
+use crate::api_keys::{ApiKeyView, CreatedApiKey, KeyCredential, NewApiKey};
 use crate::error::Result;
+
+/// A key manages nothing: only the owner's own session does.
+fn session_only(principal: &Principal) -> Result<()> {
+    if principal.api_key.is_some() {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "api_key_not_allowed",
+            "API keys cannot manage API keys; sign in",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// The credential of an active key, for the gateway (service token `auth:api-keys`); 404 when
+/// unknown or revoked.
+pub async fn credential(
+    State(state): State<AppState>,
+    caller: ServicePrincipal,
+    Path(key_id): Path<String>,
+) -> Result<axum::Json<KeyCredential>> {
+    caller.require(AUTH_API_KEYS)?;
+    Ok(axum::Json(state.api_keys.credential(&key_id).await?))
+}
 
 /// Creates a key. Its `secret` is in this answer and never again.
 #[utoipa::path(post, path = "/v1/api-keys", tag = "auth", request_body = NewApiKey,
@@ -21,6 +48,7 @@ pub async fn create(
     ClientIp(ip): ClientIp,
     Json(request): Json<NewApiKey>,
 ) -> Result<(StatusCode, axum::Json<CreatedApiKey>)> {
+    session_only(&principal)?;
     let created = state
         .api_keys
         .create(principal.user_id, request, Some(ip))
@@ -35,6 +63,7 @@ pub async fn list(
     State(state): State<AppState>,
     principal: Principal,
 ) -> Result<axum::Json<Vec<ApiKeyView>>> {
+    session_only(&principal)?;
     Ok(axum::Json(state.api_keys.list(principal.user_id).await?))
 }
 
@@ -48,6 +77,7 @@ pub async fn revoke(
     ClientIp(ip): ClientIp,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode> {
+    session_only(&principal)?;
     state
         .api_keys
         .revoke(principal.user_id, id, Some(ip))

@@ -28,7 +28,14 @@ pub struct AppState {
     pub service_tokens: ServiceTokens,
     pub keyring: Arc<Keyring>,
     pub verifier: Arc<TokenVerifier>,
+    pub services: Arc<TokenVerifier<access::ServiceClaims>>,
     pub api_keys: ApiKeys,
+}
+
+impl FromRef<AppState> for Arc<TokenVerifier<access::ServiceClaims>> {
+    fn from_ref(state: &AppState) -> Self {
+        state.services.clone()
+    }
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
@@ -55,6 +62,10 @@ pub fn router(state: AppState, trusted_proxies: TrustedProxies) -> Router {
         .route("/.well-known/jwks.json", get(routes::jwks))
         // Between services only: the gateway never routes `/internal/*` (SEC-14).
         .route("/internal/v1/service-tokens", post(routes::service_token))
+        .route(
+            "/internal/v1/api-keys/{key_id}/credential",
+            get(api_keys::credential),
+        )
         .route("/openapi.json", get(routes::openapi))
         .layer(Extension(trusted_proxies))
         .with_state(state)

@@ -16,16 +16,17 @@ use std::time::Duration;
 use access::{TokenVerifier, VerifyError};
 use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use resilience::Call;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use service_kit::http::Problem;
+use service_kit::http::{ClientIp, Problem};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::Gateway;
+use crate::api_keys::ApiKeyVerifier;
 use crate::route_table::Upstream;
 use crate::stream::messages::valid_channel;
 
@@ -43,8 +44,32 @@ struct Caller {
     expires_at: Instant,
 }
 
-pub async fn upgrade(State(gw): State<Gateway>, req: Request) -> Response {
+pub async fn upgrade(State(gw): State<Gateway>, ClientIp(ip): ClientIp, req: Request) -> Response {
     let (mut parts, _) = req.into_parts();
+    // A program signs the upgrade like any request (its body is empty) and needs `read`; its
+    // stream lasts as long as the owner's token the gateway holds for the key.
+    if ApiKeyVerifier::is_signed(&parts.headers) {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), |p| p.as_str())
+            .to_owned();
+        let signed = match gw
+            .api_keys
+            .verify(&parts.headers, &parts.method, &path, &[], ip)
+            .await
+            .and_then(|signed| {
+                signed
+                    .require_scope_for(&Method::GET, "/v1/stream")
+                    .map(|()| signed)
+            }) {
+            Ok(signed) => signed,
+            Err(problem) => return problem.into_response(),
+        };
+        parts.headers.remove(axum::http::header::AUTHORIZATION);
+        let caller = caller(signed.principal.user_id, signed.token_expires_at);
+        return upgraded(gw, parts, Some(caller)).await;
+    }
     let caller = match access::principal::bearer_token(&parts) {
         Some(token) => match gw.verifier.verify(token).await {
             Ok(claims) => Some(caller(claims.sub, claims.exp)),
@@ -53,6 +78,14 @@ pub async fn upgrade(State(gw): State<Gateway>, req: Request) -> Response {
         },
         None => None,
     };
+    upgraded(gw, parts, caller).await
+}
+
+async fn upgraded(
+    gw: Gateway,
+    mut parts: axum::http::request::Parts,
+    caller: Option<Caller>,
+) -> Response {
     if let Some(caller) = &caller
         && !gw.hub.has_room(caller.account)
     {
