@@ -612,3 +612,46 @@ async fn a_program_opens_the_stream_with_a_signed_upgrade(pool: PgPool) {
         other => panic!("a stale upgrade was not refused: {:?}", other.map(|_| ())),
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_python_signing_example_in_the_docs_runs(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let alice = app.signed_up("alice@example.com").await;
+    let program = Program::of(
+        &app,
+        &alice,
+        &json!({ "name": "script", "scopes": ["read"] }),
+    )
+    .await;
+    let doc = std::fs::read_to_string(bourse::testing::repo_file("docs/api-keys.md")).unwrap();
+    let block = doc
+        .split("<!-- python-signing:start -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- python-signing:end -->").next())
+        .expect("the Python block between its markers");
+    let code = block
+        .trim()
+        .strip_prefix("```python")
+        .and_then(|code| code.strip_suffix("```"))
+        .expect("a fenced python block");
+
+    let ran = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(code)
+        .env("BOURSE_API", &app.gateway)
+        .env("BOURSE_KEY_ID", &program.key_id)
+        .env("BOURSE_SECRET", &program.secret)
+        .output()
+        .await
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&ran.stdout);
+    assert!(
+        ran.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    // Its signed GET was accepted as Alice's: her balances, a JSON list.
+    let (status, balances) = stdout.trim().split_once(' ').unwrap();
+    assert_eq!(status, "200");
+    assert!(serde_json::from_str::<Value>(balances).unwrap().is_array());
+}
