@@ -184,6 +184,43 @@ async fn logs_are_json_lines_with_request_context_and_never_secrets(pool: PgPool
         .await
         .unwrap();
     assert_eq!(refreshed.status(), 200);
+    // A program's request, signed with an API key: every hop logs which key acted.
+    let key: Value = client
+        .post(url("/v1/api-keys"))
+        .bearer_auth(&access)
+        .json(&serde_json::json!({ "name": "logged bot", "scopes": ["read"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (key_id, secret) = (
+        key["key_id"].as_str().unwrap().to_owned(),
+        key["secret"].as_str().unwrap().to_owned(),
+    );
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        .to_string();
+    let hmac = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature: String =
+        aws_lc_rs::hmac::sign(&hmac, format!("{timestamp}GET/v1/balances").as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    let signed = client
+        .get(url("/v1/balances"))
+        .header("x-request-id", "signed-456")
+        .header("x-bourse-key", &key_id)
+        .header("x-bourse-timestamp", &timestamp)
+        .header("x-bourse-signature", &signature)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed.status(), 200);
 
     served.terminate();
     let (code, lines) = served.finish().await;
@@ -193,7 +230,7 @@ async fn logs_are_json_lines_with_request_context_and_never_secrets(pool: PgPool
     for line in &lines {
         let value: Value =
             serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
-        for secret in [PASSWORD, access.as_str(), refresh.as_str()] {
+        for secret in [PASSWORD, access.as_str(), refresh.as_str(), secret.as_str()] {
             assert!(
                 !line.contains(secret),
                 "a secret leaked into the logs: {line}"
@@ -213,6 +250,19 @@ async fn logs_are_json_lines_with_request_context_and_never_secrets(pool: PgPool
     for line in me_lines {
         assert_eq!(line["span"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(line["span"]["span_id"].as_str().unwrap().len(), 16);
+        assert!(line["span"]["principal"].is_string(), "{line}");
+    }
+    let signed_lines: Vec<&Value> = completed
+        .iter()
+        .filter(|v| v["span"]["request_id"] == "signed-456" && v["span"]["route"] == "/v1/balances")
+        .collect();
+    assert_eq!(
+        signed_lines.len(),
+        2,
+        "gateway and settlement: {completed:#?}"
+    );
+    for line in signed_lines {
+        assert_eq!(line["span"]["api_key"], key_id.as_str(), "{line}");
         assert!(line["span"]["principal"].is_string(), "{line}");
     }
     assert!(

@@ -80,7 +80,11 @@ where
             roles: claims.roles,
             api_key: claims.api_key,
         };
-        tracing::Span::current().record("principal", tracing::field::display(principal.user_id));
+        let span = tracing::Span::current();
+        span.record("principal", tracing::field::display(principal.user_id));
+        if let Some(key_id) = &principal.api_key {
+            span.record("api_key", tracing::field::display(key_id));
+        }
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }

@@ -100,6 +100,8 @@ pub async fn observe(
         trace_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
         principal = tracing::field::Empty,
+        // Set when the request was signed with an API key: its uses are on record.
+        api_key = tracing::field::Empty,
     );
     let trace = crate::telemetry::bind_span(&span, parent);
     let context = RequestContext {

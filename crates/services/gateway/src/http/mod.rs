@@ -133,6 +133,12 @@ async fn signed(
         .api_keys
         .verify(&parts.headers, &parts.method, path, &whole, ip)
         .await?;
+    let span = tracing::Span::current();
+    span.record(
+        "principal",
+        tracing::field::display(signed.principal.user_id),
+    );
+    span.record("api_key", signed.principal.api_key.as_deref());
     signed.require_scope_for(&spec.method, spec.path)?;
     let bearer = HeaderValue::try_from(format!("Bearer {}", signed.access_token.expose_secret()))
         .map_err(|e| Problem::unexpected(&e))?;
