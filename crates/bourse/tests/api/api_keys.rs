@@ -467,7 +467,7 @@ async fn replayed_stale_tampered_and_unknown_signatures_are_refused(pool: PgPool
     };
     assert_problem(
         trader.send_bent("GET", "/v1/balances", None, &greedy).await,
-        StatusCode::BAD_REQUEST,
+        StatusCode::UNAUTHORIZED,
         "invalid_recv_window",
     )
     .await;

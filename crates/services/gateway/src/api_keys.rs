@@ -217,13 +217,11 @@ impl ApiKeyVerifier {
                 .ok()
                 .map(Duration::from_millis)
                 .filter(|w| !w.is_zero() && *w <= self.settings.max_recv_window)
+                // A 401 like every other refusal of a signature: the routes' documented answers.
                 .ok_or_else(|| {
-                    Problem::bad_request(
+                    refused(
                         "invalid_recv_window",
-                        format!(
-                            "X-Bourse-Recv-Window must be 1-{} milliseconds",
-                            self.settings.max_recv_window.as_millis()
-                        ),
+                        "X-Bourse-Recv-Window must be 1-60000 milliseconds",
                     )
                 })?,
         };

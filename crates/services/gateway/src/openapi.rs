@@ -48,7 +48,13 @@ async fn build(upstreams: &Upstreams) -> Result<OpenApi, Problem> {
                 .description(Some(
                     "The public API of Bourse. Errors are RFC 9457 problem+json with a `code`. \
                      No text may contain the NUL character (U+0000): it is refused in bodies \
-                     (422), paths and queries (400).",
+                     (422), paths and queries (400). Programs may sign requests with an API key \
+                     instead of a bearer token: `X-Bourse-Key`, `X-Bourse-Timestamp` (unix ms), \
+                     `X-Bourse-Signature` = hex HMAC-SHA256(secret, timestamp + METHOD + \
+                     path-with-query + body), optionally `X-Bourse-Recv-Window` (ms, at most \
+                     60000); a key reaches the GET routes with `read`, orders with `trade`, \
+                     withdrawals with `withdraw`, nothing else (401/403 problems otherwise; \
+                     docs/api-keys.md).",
                 ))
                 .build(),
         )
