@@ -39,6 +39,52 @@ async fn security_events_are_chained_and_the_chain_verifies(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn audited_actions_at_the_same_moment_each_get_their_own_link(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    // Failed logins (for unknown emails, so no account is throttled) racing sign-ups: every one
+    // is audited, and each append must wait for the one before it.
+    let failed = (0..12).map(|i| {
+        let app = &app;
+        async move {
+            app.login(&format!("nobody-{i}@example.com"), "wrong password!!")
+                .await
+                .status()
+        }
+    });
+    let registered = (0..6).map(|i| {
+        let app = &app;
+        async move {
+            app.client
+                .post(app.url("/v1/auth/register"))
+                .json(&serde_json::json!({
+                    "email": format!("racer-{i}@example.com"),
+                    "password": "correct horse battery staple",
+                }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    let (failed, registered) = tokio::join!(
+        futures_util::future::join_all(failed),
+        futures_util::future::join_all(registered)
+    );
+    assert!(
+        failed.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{failed:?}"
+    );
+    assert!(registered.iter().all(|s| s.is_success()), "{registered:?}");
+
+    let report = auth::audit::verify_chain(&auth_pool(&app).await)
+        .await
+        .unwrap();
+    assert!(report.is_intact(), "{report:?}");
+    // The key rotation at start, 6 sign-ups, 12 failed logins.
+    assert_eq!(report.rows, 19);
+}
+
+#[sqlx::test(migrations = false)]
 async fn the_table_refuses_changes_and_the_chain_exposes_a_superuser_who_forces_one(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.signed_up("judy@example.com").await;

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use aws_lc_rs::digest::{Context, SHA256};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -79,8 +79,12 @@ fn row_hash(prev_hash: &[u8], row: &Hashed<'_>) -> Result<Vec<u8>> {
     Ok(ctx.finish().as_ref().to_vec())
 }
 
-/// Appends `event` to the chain within the caller's transaction.
-pub async fn append(conn: &mut PgConnection, event: AuditEvent) -> Result<i64> {
+/// Appends `event` to the chain within the caller's transaction. A transaction, by type: the
+/// chain's lock is held to its commit, so two appends never read the same last link (a
+/// connection outside one released the lock at once — found by schemathesis as two rows with
+/// one `seq` when a failed login met another audited action).
+pub async fn append(tx: &mut Transaction<'_, Postgres>, event: AuditEvent) -> Result<i64> {
+    let conn: &mut PgConnection = tx;
     store::lock_audit_log(conn).await?;
     let (last_seq, prev_hash) = store::last_audit_link(conn)
         .await?

@@ -111,12 +111,13 @@ impl Identity {
                 if let Some(user) = &user {
                     event = event.subject(user.id);
                 }
-                let mut conn = self.pool.acquire().await?;
+                let mut tx = self.pool.begin().await?;
                 audit::append(
-                    &mut conn,
+                    &mut tx,
                     event.details(serde_json::json!({ "email": email })),
                 )
                 .await?;
+                tx.commit().await?;
                 return Err(Error::InvalidCredentials);
             }
             (Verification::MatchNeedsRehash, Some(user)) => {
