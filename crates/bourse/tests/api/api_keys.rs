@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, Tokens, assert_problem, spawn_app};
+use crate::helpers::{TestApp, Tokens, assert_problem, spawn_app, spawn_app_with};
 
 impl TestApp {
     async fn create_api_key(&self, who: &Tokens, body: &Value) -> Response {
@@ -567,6 +567,61 @@ async fn a_revoked_key_is_refused_at_once_and_a_keys_networks_are_enforced(pool:
         here.send("GET", "/v1/balances", None).await.status(),
         StatusCode::OK
     );
+}
+
+#[sqlx::test(migrations = false)]
+async fn replicas_share_what_was_used_and_what_was_revoked(pool: PgPool) {
+    // Two platforms on one database and one Redis prefix: two gateway replicas, as deployed.
+    let first = spawn_app(pool.clone()).await;
+    let prefix = first.redis_prefix.clone();
+    let second = spawn_app_with(pool, &[("BOURSE_REDIS_KEY_PREFIX", prefix.as_str())]).await;
+    let alice = first.signed_up("alice@example.com").await;
+    let on_first = Program::of(
+        &first,
+        &alice,
+        &json!({ "name": "bot", "scopes": ["read"] }),
+    )
+    .await;
+    let on_second = Program {
+        app: &second,
+        key_id: on_first.key_id.clone(),
+        secret: on_first.secret.clone(),
+    };
+
+    // Accepted by one replica, a replay at the other.
+    let headers = on_first.headers("GET", "/v1/balances", "", &Bend::default());
+    let accepted = on_first
+        .send_with("GET", "/v1/balances", String::new(), &headers)
+        .await;
+    assert_eq!(accepted.status(), StatusCode::OK);
+    assert_problem(
+        on_second
+            .send_with("GET", "/v1/balances", String::new(), &headers)
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "replayed_request",
+    )
+    .await;
+    // The second replica holds the key's credential now; a revocation through the first
+    // reaches it at once.
+    assert_eq!(
+        on_second.send("GET", "/v1/balances", None).await.status(),
+        StatusCode::OK
+    );
+    let id = first.api_keys(&alice).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        first.revoke_api_key(&alice, &id).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(
+        on_second.send("GET", "/v1/balances", None).await,
+        StatusCode::UNAUTHORIZED,
+        "api_key_revoked",
+    )
+    .await;
 }
 
 #[sqlx::test(migrations = false)]
