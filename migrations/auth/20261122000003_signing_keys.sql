@@ -1,7 +1,7 @@
 -- Ed25519 signing keys for access tokens (SEC-03). The newest key that is not retired signs;
 -- a retired key stays published in the JWKS until every token it signed has expired, which is
 -- the overlap window that makes rotation invisible to clients.
--- The private key is PKCS#8 DER. Encrypting it at rest is SEC-12 (issue [5]).
+-- The private key is PKCS#8 DER. It is sealed at rest (SEC-12; a later migration and `secrets::envelope`).
 CREATE TABLE signing_keys (
     kid         text        PRIMARY KEY,
     private_key bytea       NOT NULL,

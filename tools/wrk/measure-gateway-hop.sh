@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What the gateway adds to a request (DESIGN §6: < 0.5 ms at p50): the same public read,
+# What the gateway adds to a request (docs/design.md §6: < 0.5 ms at p50): the same public read,
 # GET /v1/instruments, once through the gateway and once straight to orders (docs/performance.md).
 # Needs: a release build (cargo build --release -p bourse), wrk, local PostgreSQL and Redis.
 # Usage: tools/wrk/measure-gateway-hop.sh [connections] [duration]

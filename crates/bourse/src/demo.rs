@@ -10,7 +10,7 @@ pub const DEMO_TRADERS: [&str; 2] = ["alice@demo.bourse", "bob@demo.bourse"];
 /// What each demo trader starts with.
 const FUNDS: [(&str, &str); 3] = [("USD", "100000"), ("BTC", "10"), ("ETH", "100")];
 
-/// (symbol, base, quote, tick size, lot size) per DESIGN §5.
+/// (symbol, base, quote, tick size, lot size) per docs/design.md §5.
 const INSTRUMENTS: [(&str, &str, &str, &str, &str); 2] = [
     ("BTC-USD", "BTC", "USD", "0.01", "0.0001"),
     ("ETH-USD", "ETH", "USD", "0.01", "0.001"),

@@ -1,4 +1,4 @@
-//! The auth flow through the gateway, exactly per DESIGN §5.
+//! The auth flow through the gateway, exactly per docs/design.md §5.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};

@@ -1,6 +1,6 @@
 //! Exact decimal amounts.
 //!
-//! Money is integers (DESIGN §1): an amount is an `i64` count of an asset's minor units, and
+//! Money is integers (docs/design.md §1): an amount is an `i64` count of an asset's minor units, and
 //! the API speaks decimal strings. Parsing is strict — plain digits with at most one `.` and no
 //! sign, exponent, spaces or leading/trailing dot — and refuses anything that is not exactly
 //! representable at the scale (`0.001` USD) or does not fit (`1e400`, 20 digits). Nothing is

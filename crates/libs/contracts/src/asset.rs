@@ -20,7 +20,7 @@ impl Asset {
         }
     }
 
-    /// The assets every Bourse has out of the box (DESIGN §5).
+    /// The assets every Bourse has out of the box (docs/design.md §5).
     pub fn defaults() -> Vec<Asset> {
         vec![
             Asset::new("USD", 2),

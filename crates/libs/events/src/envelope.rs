@@ -1,4 +1,4 @@
-//! The event envelope (DESIGN §3).
+//! The event envelope (docs/design.md §3).
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

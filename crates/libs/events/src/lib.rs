@@ -1,6 +1,6 @@
 //! Events between services, exactly once in effect.
 //!
-//! - [`envelope`]: the envelope every event travels in (DESIGN §3), carrying correlation and
+//! - [`envelope`]: the envelope every event travels in (docs/design.md §3), carrying correlation and
 //!   trace context from the request that caused it (OBS-02, OBS-06).
 //! - [`outbox`]: writing events in the same transaction as the state change (REL-08).
 //! - [`relay`]: publishing the outbox to Redis Streams in order, at least once, surviving its

@@ -1,6 +1,6 @@
 //! PostgreSQL: one pool per service, bound to the service's own schema.
 //!
-//! Services never share tables (DESIGN §1). Each pool sets `search_path` to its schema at
+//! Services never share tables (docs/design.md §1). Each pool sets `search_path` to its schema at
 //! connect time, so a service's SQL names its tables unqualified and cannot reach another's by
 //! accident; each schema also keeps its own migration history (`<schema>._sqlx_migrations`), so
 //! services migrate independently.

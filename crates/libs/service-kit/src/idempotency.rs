@@ -1,4 +1,4 @@
-//! Idempotency keys with Stripe semantics (REL-07, DESIGN §5), for every service whose POSTs
+//! Idempotency keys with Stripe semantics (REL-07, docs/design.md §5), for every service whose POSTs
 //! honour `Idempotency-Key`.
 //!
 //! A key is *claimed* before any work starts: the primary key (principal, key) lets exactly one

@@ -260,7 +260,7 @@ fn path_setting(env: &mut Env, variable: &str) -> Option<PathBuf> {
     (!path.is_empty()).then(|| PathBuf::from(path))
 }
 
-/// One crypto provider for everything, the one reqwest uses (TOOLCHAIN.md).
+/// One crypto provider for everything, the one reqwest uses (docs/development.md).
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }

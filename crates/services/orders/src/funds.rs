@@ -1,4 +1,4 @@
-//! Before matching (DESIGN §4): risk checks the order (TRD-10, TRD-11), then settlement holds
+//! Before matching (docs/design.md §4): risk checks the order (TRD-10, TRD-11), then settlement holds
 //! what it could cost (buying power).
 //!
 //! Both calls go through `libs/resilience` with a service token and are retried, because both

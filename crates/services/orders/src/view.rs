@@ -1,4 +1,4 @@
-//! The order object of the API (DESIGN §5), and the codes of rejected orders.
+//! The order object of the API (docs/design.md §5), and the codes of rejected orders.
 
 use contracts::fees::Fees;
 use contracts::format_units;

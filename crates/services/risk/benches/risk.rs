@@ -1,4 +1,4 @@
-//! A pre-trade check from memory: what every order pays before it may match (DESIGN §4).
+//! A pre-trade check from memory: what every order pays before it may match (docs/design.md §4).
 //! Run with `cargo bench -p risk`.
 
 #![allow(clippy::unwrap_used)]

@@ -56,7 +56,7 @@ pub struct Limits {
     pub price_collar_bps: u32,
 }
 
-/// Limits as the API reads and writes them (DESIGN §5).
+/// Limits as the API reads and writes them (docs/design.md §5).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsBody {

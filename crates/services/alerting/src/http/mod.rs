@@ -1,5 +1,5 @@
 //! The alerting service's HTTP surface: channels and rules (admins), alerts and silences
-//! (admins and risk officers act; auditors read) — DESIGN §5, ALR-06.
+//! (admins and risk officers act; auditors read) — docs/design.md §5, ALR-06.
 
 mod alerts;
 mod channels;

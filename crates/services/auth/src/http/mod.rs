@@ -1,4 +1,4 @@
-//! Auth's HTTP surface: the routes of DESIGN §5 "auth" rows, and its OpenAPI description.
+//! Auth's HTTP surface: the routes of docs/design.md §5 "auth" rows, and its OpenAPI description.
 
 mod api_keys;
 mod routes;

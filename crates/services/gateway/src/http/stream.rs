@@ -1,4 +1,4 @@
-//! `GET /v1/stream`: the WebSocket session (TRD-09, DESIGN §5).
+//! `GET /v1/stream`: the WebSocket session (TRD-09, docs/design.md §5).
 //!
 //! Authentication by the `Authorization` header (a bad token is refused before the upgrade,
 //! 401) or by a first message `{"op": "auth", "token": …}` within the auth timeout (else close

@@ -1,0 +1,139 @@
+//! The repository stands on its own: a forker gets these files and nothing else. No tracked file
+//! points at a document the repository does not hold — the team's planning documents, a
+//! `docs/….md` that is not there, an ADR number without its file — or at a tracker issue
+//! ("issue [3]", "since [4]"), which means nothing outside the team that filed it.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use bourse::testing::repo_file;
+
+/// The tracked text files, as git lists them.
+fn tracked() -> Vec<(String, String)> {
+    let root = repo_file("");
+    let listed = std::process::Command::new("git")
+        .args(["ls-files", "-z"])
+        .current_dir(&root)
+        .output()
+        .expect("git lists the tracked files");
+    assert!(listed.status.success(), "git ls-files failed");
+    String::from_utf8(listed.stdout)
+        .unwrap()
+        .split('\0')
+        .filter(|path| !path.is_empty() && *path != "Cargo.lock")
+        .filter_map(|path| {
+            let text = std::fs::read_to_string(root.join(path)).ok()?;
+            Some((path.to_owned(), text))
+        })
+        .collect()
+}
+
+/// `docs/….md` paths named in `text` (up to the first character a path does not hold).
+fn named_documents(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("docs/") {
+        let tail = &rest[at..];
+        let path: String = tail
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'))
+            .collect();
+        let path = path.trim_end_matches('.').to_owned();
+        if path.ends_with(".md") {
+            found.push(path);
+        }
+        rest = &tail[5..];
+    }
+    found
+}
+
+/// `[N]` right after one of the words that introduce a tracker reference.
+fn tracker_references(text: &str) -> Vec<String> {
+    const LEADS: &[&str] = &[
+        "issue", "issues", "since", "with", "from", "alerting", "and",
+    ];
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for pair in words.windows(2) {
+            let lead = pair[0].trim_start_matches(['(', '—']).to_ascii_lowercase();
+            let number = pair[1].trim_end_matches([',', ')', ';', ':', '.']);
+            let bracketed = number.len() > 2
+                && number.starts_with('[')
+                && number.ends_with(']')
+                && number[1..number.len() - 1]
+                    .chars()
+                    .all(|c| c.is_ascii_digit());
+            if bracketed && LEADS.contains(&lead.as_str()) {
+                found.push(line.trim().to_owned());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_file_names_a_document_the_repository_does_not_hold() {
+    // Spelled in pieces, so this file does not name them itself.
+    let outside = ["DESIGN", "TOOLCHAIN", "CHECKLIST"].map(|name| format!("{name}.md"));
+    let mut problems = Vec::new();
+    for (path, text) in tracked() {
+        for name in &outside {
+            if text.contains(name.as_str()) {
+                problems.push(format!(
+                    "{path}: names {name}, which is not in the repository"
+                ));
+            }
+        }
+        for document in named_documents(&text) {
+            if !repo_file(&document).exists() && !Path::new(&path).ends_with("repository.rs") {
+                problems.push(format!("{path}: names {document}, which does not exist"));
+            }
+        }
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("ADR 00") {
+            let number: String = rest[at + 4..].chars().take(4).collect();
+            let exists = std::fs::read_dir(repo_file("docs/adr"))
+                .unwrap()
+                .filter_map(Result::ok)
+                .any(|entry| entry.file_name().to_string_lossy().starts_with(&number));
+            if !exists {
+                problems.push(format!("{path}: names ADR {number}, which does not exist"));
+            }
+            rest = &rest[at + 6..];
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn no_file_names_a_tracker_issue() {
+    let problems: Vec<String> = tracked()
+        .into_iter()
+        .flat_map(|(path, text)| {
+            tracker_references(&text)
+                .into_iter()
+                .map(move |line| format!("{path}: {line}"))
+        })
+        .collect();
+    assert!(
+        problems.is_empty(),
+        "say what a thing does and why, not which issue built it:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn the_checks_find_what_they_look_for() {
+    assert_eq!(
+        tracker_references("built in issue [3], and since [4]; not ids[4] or w[0]"),
+        [
+            "built in issue [3], and since [4]; not ids[4] or w[0]",
+            "built in issue [3], and since [4]; not ids[4] or w[0]"
+        ]
+    );
+    assert_eq!(
+        named_documents("see docs/api-keys.md. And `docs/adr/`"),
+        ["docs/api-keys.md"]
+    );
+}
