@@ -15,6 +15,7 @@
 pub mod admission;
 pub mod api_keys;
 pub mod config;
+pub mod deprecation;
 pub mod edge;
 pub mod http;
 pub mod openapi;

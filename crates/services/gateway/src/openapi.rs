@@ -109,6 +109,20 @@ fn conform(document: &mut OpenApi) {
         else {
             continue;
         };
+        if route.deprecation.is_some() {
+            operation.deprecated = Some(utoipa::openapi::Deprecated::True);
+            operation
+                .responses
+                .responses
+                .entry("410".to_owned())
+                .or_insert_with(|| {
+                    RefOr::T(
+                        ResponseBuilder::new()
+                            .description("Retired: past its Sunset date")
+                            .build(),
+                    )
+                });
+        }
         for (status, description) in edge_statuses(route, operation) {
             operation
                 .responses

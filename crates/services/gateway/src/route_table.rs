@@ -33,6 +33,21 @@ pub struct RouteSpec {
     pub path: &'static str,
     pub upstream: Upstream,
     pub access: Access,
+    /// Set when the route is on its way out (docs/api-versioning.md).
+    pub deprecation: Option<Deprecation>,
+}
+
+/// A route being retired (OPS-11): announced with `Deprecation` (RFC 9745), `Sunset` (RFC 8594)
+/// and a `Link` to what replaces it on every answer, marked `deprecated` in the API document,
+/// and answered 410 Gone once its sunset has passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deprecation {
+    /// When it was deprecated, Unix seconds.
+    pub since: i64,
+    /// When it stops answering, Unix seconds: at least six months after `since`.
+    pub sunset: i64,
+    /// The route that replaces it, e.g. `/v2/orders`.
+    pub successor: &'static str,
 }
 
 const fn route(
@@ -46,6 +61,7 @@ const fn route(
         path,
         upstream,
         access,
+        deprecation: None,
     }
 }
 

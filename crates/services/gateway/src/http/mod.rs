@@ -15,6 +15,7 @@ use service_kit::http::{ClientIp, Problem};
 use utoipa_swagger_ui::{Config as SwaggerConfig, SwaggerUi};
 
 use secrecy::ExposeSecret;
+use time::OffsetDateTime;
 
 use crate::Gateway;
 use crate::api_keys::{self, ApiKeyVerifier};
@@ -66,6 +67,12 @@ async fn gate(gw: &Gateway, spec: &'static RouteSpec, ip: IpAddr, req: Request) 
         return Problem::forbidden("admin routes are not reachable from this address")
             .into_response();
     }
+    if let Some(deprecation) = &spec.deprecation
+        && let Some(gone) =
+            crate::deprecation::gone(deprecation, OffsetDateTime::now_utc().unix_timestamp())
+    {
+        return gone.into_response();
+    }
     let (mut parts, mut body) = req.into_parts();
     let mut budget = None;
     if spec.access != Access::Public {
@@ -102,6 +109,11 @@ async fn gate(gw: &Gateway, spec: &'static RouteSpec, ip: IpAddr, req: Request) 
     let mut response = gw.upstreams.forward(spec.upstream, ip, req).await;
     if let Some(decision) = budget {
         response.headers_mut().extend(decision.headers());
+    }
+    if let Some(deprecation) = &spec.deprecation {
+        response
+            .headers_mut()
+            .extend(crate::deprecation::headers(deprecation));
     }
     response
 }
