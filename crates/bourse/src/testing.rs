@@ -14,6 +14,24 @@ pub fn repo_file(path: &str) -> std::path::PathBuf {
         .join(path)
 }
 
+/// `X-Bourse-Signature` for a request signed with an API key's `secret` (docs/api-keys.md):
+/// lowercase hex of HMAC-SHA256 over timestamp + METHOD + path-with-query + body.
+pub fn api_key_signature(
+    secret: &str,
+    timestamp: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> String {
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let message = format!("{timestamp}{method}{path}{body}");
+    aws_lc_rs::hmac::sign(&key, message.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// The URL of the test database `pool` points at (`#[sqlx::test]` makes one per test).
 pub fn database_url(pool: &PgPool) -> String {
     let options = pool.connect_options();

@@ -204,13 +204,8 @@ async fn logs_are_json_lines_with_request_context_and_never_secrets(pool: PgPool
         .unwrap()
         .as_millis()
         .to_string();
-    let hmac = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
-    let signature: String =
-        aws_lc_rs::hmac::sign(&hmac, format!("{timestamp}GET/v1/balances").as_bytes())
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+    let signature =
+        bourse::testing::api_key_signature(&secret, &timestamp, "GET", "/v1/balances", "");
     let signed = client
         .get(url("/v1/balances"))
         .header("x-request-id", "signed-456")

@@ -224,15 +224,6 @@ fn now_ms() -> i64 {
     .unwrap()
 }
 
-fn hmac_hex(secret: &str, message: &[u8]) -> String {
-    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
-    aws_lc_rs::hmac::sign(&key, message)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 impl<'a> Program<'a> {
     async fn of(app: &'a TestApp, owner: &Tokens, body: &Value) -> Program<'a> {
         let created = app.create_api_key(owner, body).await;
@@ -249,16 +240,15 @@ impl<'a> Program<'a> {
     fn headers(&self, method: &str, path: &str, body: &str, bend: &Bend) -> Vec<(String, String)> {
         let timestamp = (now_ms() + bend.skew_ms).to_string();
         let signed = bend.signed_body.unwrap_or(body);
-        let message = format!("{timestamp}{method}{path}{signed}");
         let mut headers = vec![
             (
                 "x-bourse-key".to_owned(),
                 bend.key_id.unwrap_or(&self.key_id).to_owned(),
             ),
-            ("x-bourse-timestamp".to_owned(), timestamp),
+            ("x-bourse-timestamp".to_owned(), timestamp.clone()),
             (
                 "x-bourse-signature".to_owned(),
-                hmac_hex(&self.secret, message.as_bytes()),
+                bourse::testing::api_key_signature(&self.secret, &timestamp, method, path, signed),
             ),
         ];
         if let Some(window) = bend.recv_window {
