@@ -212,6 +212,9 @@ impl Consumer {
             let step = async {
                 if !recovered {
                     self.ensure_group().await?;
+                    // Exported from the start, not a second in: a dashboard or an alert sees
+                    // the lag as soon as the consumer runs.
+                    self.record_lag().await?;
                     self.process_own_pending(handler.as_ref()).await?;
                     recovered = true;
                 }
