@@ -331,6 +331,67 @@ async fn a_withdrawal_beyond_the_available_balance_is_refused_the_same_way_every
 }
 
 #[sqlx::test(migrations = false)]
+async fn racing_withdrawals_and_holds_never_take_a_balance_below_zero(pool: PgPool) {
+    let l = ledger(pool).await;
+    l.deposit(l.alice_id, "USD", "100").await;
+    // Eight withdrawals of 30.00 and eight holds of 30.06 race for 100.00: at most three of them
+    // fit, whatever the interleaving — the ledger's constraint decides, not the order of checks.
+    let withdrawals = (0..8).map(|i| {
+        let body = json!({ "account_id": l.alice_id, "asset": "USD", "amount": "30" });
+        let l = &l;
+        async move {
+            l.fund_with_key("withdrawals", &format!("race-{i}"), &body)
+                .await
+                .status()
+        }
+    });
+    let holds = (0..8).map(|_| {
+        let body = hold_request(Uuid::now_v7(), l.alice_id, "buy", 3_000_000, 100_000);
+        let l = &l;
+        async move { l.hold(&body).await.status() }
+    });
+    let (withdrawn, held) = tokio::join!(
+        futures_util::future::join_all(withdrawals),
+        futures_util::future::join_all(holds)
+    );
+    let granted = withdrawn
+        .iter()
+        .chain(&held)
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert!(
+        withdrawn
+            .iter()
+            .chain(&held)
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::UNPROCESSABLE_ENTITY),
+        "{withdrawn:?} {held:?}"
+    );
+    assert!((1..=3).contains(&granted), "{withdrawn:?} {held:?}");
+    // What was granted is exactly what left `available`, and nothing is below zero.
+    let (available, held_amount): (i64, i64) = sqlx::query_as(
+        "SELECT available, held FROM settlement.accounts WHERE owner_id = $1 AND asset = 'USD'",
+    )
+    .bind(l.alice_id)
+    .fetch_one(&l.app.db)
+    .await
+    .unwrap();
+    let withdrawn_count = withdrawn
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count() as i64;
+    let held_count = held.iter().filter(|s| **s == StatusCode::CREATED).count() as i64;
+    assert!(available >= 0 && held_amount >= 0);
+    assert_eq!(
+        available,
+        10_000 - 3_000 * withdrawn_count - 3_006 * held_count
+    );
+    assert_eq!(held_amount, 3_006 * held_count);
+    let reconciled = l.reconcile(&l.admin).await;
+    assert_eq!(reconciled.status(), StatusCode::OK);
+    assert_eq!(reconciled.json::<Value>().await.unwrap()["ok"], true);
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_hold_that_arrives_after_its_order_was_given_up_is_refused(pool: PgPool) {
     let l = ledger(pool).await;
     l.deposit(l.alice_id, "USD", "100").await;
