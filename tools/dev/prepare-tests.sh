@@ -2,7 +2,7 @@
 # What `cargo test --workspace` needs, installed and started when absent (a Debian-like machine
 # with apt and pip; run as root or with sudo rights): PostgreSQL on 127.0.0.1:5432 with trust
 # auth for `postgres` and TLS on, Redis on 127.0.0.1:6379 (and the redis-server binary for the
-# TLS test), curl, jq and openssl for the README walkthrough, and the third-party stand-ins the
+# TLS test), curl, jq and openssl for the README walkthrough, promtool, and the third-party stand-ins the
 # tests start as real servers — aiosmtpd (SMTP), OpenBao (Vault API), moto (AWS). Safe to run
 # again: whatever already runs is left alone. `.ci/run` calls it; so does the README's test
 # command.
@@ -60,6 +60,8 @@ log "Test peers"
 have curl || apt_install curl
 have jq || apt_install jq
 have openssl || apt_install openssl
+# promtool lints every service's /metrics in the dashboards test (OBS-03).
+have promtool || apt_install prometheus
 # A real SMTP server for the email-alert test (alerting's ALR-03): Python's aiosmtpd.
 python3 -c 'import aiosmtpd' 2>/dev/null || pip install --quiet aiosmtpd
 python3 -c 'import aiosmtpd; print("aiosmtpd", aiosmtpd.__version__)'

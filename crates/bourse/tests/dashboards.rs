@@ -260,7 +260,9 @@ async fn scrape(client: &Client, addresses: &BTreeMap<String, String>) -> Vec<Sa
 }
 
 #[sqlx::test(migrations = false)]
-async fn every_series_a_panel_selects_is_exported_once_the_platform_has_traded(pool: PgPool) {
+async fn once_the_platform_has_traded_every_panel_finds_its_series_and_promtool_no_problem(
+    pool: PgPool,
+) {
     // A platform that has just traded: two crossing orders, settled and reconciled.
     seed(&pool).await;
     let mut platform = Served::start_with(
@@ -316,6 +318,53 @@ async fn every_series_a_panel_selects_is_exported_once_the_platform_has_traded(p
         missing.join("\n")
     );
     assert!(checked >= 30, "only {checked} selectors checked");
+
+    // And every exposition passes Prometheus's own lint: help text, units, naming (OBS-03).
+    let mut lint = Vec::new();
+    for (service, address) in &addresses {
+        let text = client
+            .get(format!("http://{address}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if let Some(problems) = promtool_problems(&text) {
+            lint.push(format!("{service}:\n{problems}"));
+        }
+    }
+    assert!(
+        lint.is_empty(),
+        "promtool check metrics:\n{}",
+        lint.join("\n")
+    );
+}
+
+/// What `promtool check metrics` says about an exposition; None when it is clean. promtool
+/// comes with Debian's prometheus package (`tools/dev/prepare-tests.sh` installs it).
+fn promtool_problems(exposition: &str) -> Option<String> {
+    use std::io::Write as _;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus; tools/dev/prepare-tests.sh does)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (!output.status.success() || !said.trim().is_empty()).then_some(said)
 }
 
 #[test]

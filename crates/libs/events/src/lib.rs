@@ -59,3 +59,74 @@ impl Error {
         }
     }
 }
+
+/// Gives each metric this crate records its help text and unit, as `/metrics` shows them
+/// (`promtool check metrics` asks for both). Call it once the recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "events_applied_total",
+        Unit::Count,
+        "Events a consumer applied (their effect committed)."
+    );
+    describe_histogram!(
+        "events_batch_size",
+        Unit::Count,
+        "Events a consumer read and applied together."
+    );
+    describe_counter!(
+        "events_consumer_groups_recreated_total",
+        Unit::Count,
+        "Consumer groups created again after the broker lost them."
+    );
+    describe_gauge!(
+        "events_consumer_lag",
+        Unit::Count,
+        "Entries a group has not been given yet plus those given and not acknowledged."
+    );
+    describe_counter!(
+        "events_dead_lettered_total",
+        Unit::Count,
+        "Events moved to the dead-letter stream after their last attempt."
+    );
+    describe_counter!(
+        "events_duplicates_total",
+        Unit::Count,
+        "Events skipped because the inbox had already applied them."
+    );
+    describe_counter!(
+        "events_handler_failures_total",
+        Unit::Count,
+        "Events a handler refused (retried, then dead-lettered)."
+    );
+    describe_counter!(
+        "events_transient_failures_total",
+        Unit::Count,
+        "Event batches that failed on a dependency away and were retried."
+    );
+    describe_gauge!(
+        "outbox_oldest_unpublished_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest outbox row not yet published."
+    );
+    describe_counter!(
+        "outbox_published_total",
+        Unit::Count,
+        "Outbox rows handed to the broker."
+    );
+    describe_counter!(
+        "outbox_republished_total",
+        Unit::Count,
+        "Outbox rows published again because the broker lost them."
+    );
+    describe_gauge!(
+        "outbox_unconfirmed_events",
+        Unit::Count,
+        "Published outbox rows not yet acknowledged by every consumer group."
+    );
+    describe_gauge!(
+        "outbox_unpublished_events",
+        Unit::Count,
+        "Outbox rows not yet published."
+    );
+}

@@ -34,3 +34,29 @@ pub use error::CallError;
 pub use policy::{BreakerSettings, Policy};
 pub use service_token::{TokenError, TokenSource};
 pub use upstream::{BreakerState, Call, Mode, Transition, Upstream, Window};
+
+/// Gives each metric this crate records its help text and unit, as `/metrics` shows them
+/// (`promtool check metrics` asks for both). Call it once the recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        "resilience_breaker_state",
+        Unit::Count,
+        "1 for the state each upstream's circuit breaker is in (closed, open, half_open)."
+    );
+    describe_histogram!(
+        "resilience_call_duration_seconds",
+        Unit::Seconds,
+        "Time of each call to an upstream, retries included."
+    );
+    describe_counter!(
+        "resilience_calls_total",
+        Unit::Count,
+        "Calls to an upstream, by outcome."
+    );
+    describe_counter!(
+        "resilience_retries_total",
+        Unit::Count,
+        "Attempts repeated after a failure (idempotent calls only)."
+    );
+}

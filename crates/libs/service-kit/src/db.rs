@@ -30,6 +30,10 @@ pub async fn connect_following(
     tasks: &Supervisor,
 ) -> Result<PgPool, sqlx::Error> {
     let pool = connect(config, schema).await?;
+    let watched = pool.clone();
+    tasks.spawn(format!("{schema} pool metrics"), move |shutdown| {
+        report_pool(watched.clone(), schema, shutdown)
+    });
     if let Some(changes) = config.database_url_changes.clone() {
         let following = pool.clone();
         tasks.spawn(format!("{schema} credential rotations"), move |shutdown| {
@@ -43,6 +47,24 @@ pub async fn connect_following(
         });
     }
     Ok(pool)
+}
+
+/// `db_pool_connections{schema,state}` and `db_pool_max_connections{schema}` every few seconds,
+/// so a pool running out of connections shows before requests start waiting (OBS-03).
+async fn report_pool(pool: PgPool, schema: &'static str, shutdown: crate::Shutdown) {
+    let max = f64::from(pool.options().get_max_connections());
+    loop {
+        let idle = pool.num_idle() as f64;
+        let open = f64::from(pool.size());
+        metrics::gauge!("db_pool_max_connections", "schema" => schema).set(max);
+        metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "idle").set(idle);
+        metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "in_use")
+            .set((open - idle).max(0.0));
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+        }
+    }
 }
 
 fn options(url: &SecretString, schema: &'static str) -> Result<PgConnectOptions, sqlx::Error> {

@@ -30,8 +30,50 @@ pub fn install() -> &'static PrometheusHandle {
         let handle = recorder.handle();
         // If something else installed a recorder first, /metrics renders only what reaches ours.
         let _ = metrics::set_global_recorder(recorder);
+        describe();
         handle
     })
+}
+
+/// Help text and unit of the metrics the kit records itself; each crate describes its own
+/// (`describe_metrics()`), since `promtool check metrics` asks for both.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "http_requests_total",
+        Unit::Count,
+        "Requests answered, by service, method, route and status."
+    );
+    describe_histogram!(
+        "http_request_duration_seconds",
+        Unit::Seconds,
+        "Time to answer a request, by service, method and route."
+    );
+    describe_gauge!(
+        "health_dependency_up",
+        Unit::Count,
+        "1 when the dependency answered the last readiness check, else 0."
+    );
+    describe_counter!(
+        "service_task_restarts_total",
+        Unit::Count,
+        "Background tasks started again after they ended or panicked."
+    );
+    describe_counter!(
+        "service_task_panics_total",
+        Unit::Count,
+        "Tracked background tasks that panicked."
+    );
+    describe_gauge!(
+        "db_pool_connections",
+        Unit::Count,
+        "Connections of a database pool, by state (idle, in_use)."
+    );
+    describe_gauge!(
+        "db_pool_max_connections",
+        Unit::Count,
+        "The most connections a database pool may open."
+    );
 }
 
 pub fn render() -> String {

@@ -61,6 +61,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
+    events::describe_metrics();
+    resilience::describe_metrics();
+    describe_metrics();
     let tasks = Supervisor::new(SERVICE, shutdown);
     let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
     if config.migrate_on_start {
@@ -168,4 +171,35 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         .run(shutdown)
         .await
         .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Gives each metric this crate records its help text and unit, as `/metrics` shows them
+/// (`promtool check metrics` asks for both). Call it once the recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        "alerting_deliveries_total",
+        Unit::Count,
+        "Notification attempts, by channel kind and outcome."
+    );
+    describe_histogram!(
+        "alerting_notification_seconds",
+        Unit::Seconds,
+        "Time from an alert being raised to its notification being delivered."
+    );
+    describe_counter!(
+        "alerts_escalated_total",
+        Unit::Count,
+        "Alerts escalated because nobody acknowledged them."
+    );
+    describe_counter!(
+        "alerts_raised_total",
+        Unit::Count,
+        "Alerts raised (new, or firing again)."
+    );
+    describe_counter!(
+        "alerts_silenced_total",
+        Unit::Count,
+        "Alerts a silence kept from notifying."
+    );
 }

@@ -92,6 +92,9 @@ impl FromRef<Gateway> for Arc<TokenVerifier> {
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
+    events::describe_metrics();
+    resilience::describe_metrics();
+    describe_metrics();
     let tasks = Supervisor::new(SERVICE, shutdown);
     let redis = service_kit::redis::connect(&config.common).await?;
     let client = config
@@ -293,4 +296,40 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         address: "serving".to_owned(),
         source,
     })
+}
+
+/// Gives each metric this crate records its help text and unit, as `/metrics` shows them
+/// (`promtool check metrics` asks for both). Call it once the recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        "gateway_requests_in_flight",
+        Unit::Count,
+        "Requests being forwarded now (admission control)."
+    );
+    describe_counter!(
+        "gateway_requests_shed_total",
+        Unit::Count,
+        "Requests answered 503 at once because the gateway was full."
+    );
+    describe_counter!(
+        "gateway_signed_requests_refused_total",
+        Unit::Count,
+        "Requests signed with an API key that were refused, by code."
+    );
+    describe_gauge!(
+        "gateway_stream_connections",
+        Unit::Count,
+        "Open WebSocket streams."
+    );
+    describe_counter!(
+        "gateway_stream_disconnects_total",
+        Unit::Count,
+        "WebSocket streams closed by the gateway, by reason."
+    );
+    describe_counter!(
+        "gateway_stream_sessions_total",
+        Unit::Count,
+        "WebSocket streams opened."
+    );
 }

@@ -65,6 +65,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
+    events::describe_metrics();
+    resilience::describe_metrics();
+    describe_metrics();
     let tasks = Supervisor::new(SERVICE, shutdown);
     let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
     if config.migrate_on_start {
@@ -268,4 +271,45 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         .run(shutdown)
         .await
         .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Gives each metric this crate records its help text and unit, as `/metrics` shows them
+/// (`promtool check metrics` asks for both). Call it once the recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "orders_book_feed_dropped_total",
+        Unit::Count,
+        "Book updates dropped because the feed's queue was full (clients resync from a snapshot)."
+    );
+    describe_counter!(
+        "orders_forwarded_commands_total",
+        Unit::Count,
+        "Book commands forwarded to the replica that owns the symbol."
+    );
+    describe_histogram!(
+        "orders_matching_batch_seconds",
+        Unit::Seconds,
+        "Time a matching task took to apply and commit one batch."
+    );
+    describe_histogram!(
+        "orders_matching_batch_size",
+        Unit::Count,
+        "Commands in one matching batch (group commit)."
+    );
+    describe_gauge!(
+        "orders_owned_symbols",
+        Unit::Count,
+        "Symbols whose book this replica keeps."
+    );
+    describe_counter!(
+        "orders_symbol_owner_changes_total",
+        Unit::Count,
+        "Symbols this replica took over or handed over."
+    );
+    describe_counter!(
+        "orders_symbols_lost_total",
+        Unit::Count,
+        "Symbols a matching task lost to another replica while it held them (fenced off)."
+    );
 }

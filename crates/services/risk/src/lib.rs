@@ -75,6 +75,8 @@ pub async fn load_book(pool: &PgPool, config: &Config) -> Result<book::Book, Err
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
+    events::describe_metrics();
+    describe_metrics();
     let tasks = Supervisor::new(SERVICE, shutdown);
     let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
     if config.migrate_on_start {
@@ -148,4 +150,20 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         .run(shutdown)
         .await
         .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Gives each metric this crate records its help text and unit, as `/metrics` shows them
+/// (`promtool check metrics` asks for both). Call it once the recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter};
+    describe_counter!(
+        "risk_checks_refused_total",
+        Unit::Count,
+        "Orders the pre-trade check refused, by breached limit."
+    );
+    describe_counter!(
+        "risk_limit_breaches_total",
+        Unit::Count,
+        "Fills that left a position beyond its limit."
+    );
 }

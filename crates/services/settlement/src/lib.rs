@@ -64,6 +64,9 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     service_kit::metrics::install();
+    events::describe_metrics();
+    resilience::describe_metrics();
+    describe_metrics();
     let tasks = Supervisor::new(SERVICE, shutdown);
     let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
     if config.migrate_on_start {
@@ -175,4 +178,50 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
         .run(shutdown)
         .await
         .map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Gives each metric this crate records its help text and unit, as `/metrics` shows them
+/// (`promtool check metrics` asks for both). Call it once the recorder is installed.
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_histogram!(
+        "settlement_finality_seconds",
+        Unit::Seconds,
+        "Time from a trade's execution to its settlement."
+    );
+    describe_counter!(
+        "settlement_funding_total",
+        Unit::Count,
+        "Deposits and withdrawals booked, by kind."
+    );
+    describe_histogram!(
+        "settlement_hold_batch_size",
+        Unit::Count,
+        "Holds placed together in one transaction (group commit)."
+    );
+    describe_counter!(
+        "settlement_holds_placed_total",
+        Unit::Count,
+        "Holds placed."
+    );
+    describe_counter!(
+        "settlement_holds_resolved_total",
+        Unit::Count,
+        "Holds posted, released or voided, by outcome."
+    );
+    describe_gauge!(
+        "settlement_reconciliation_ok",
+        Unit::Count,
+        "1 when the last reconciliation found the books consistent, else 0."
+    );
+    describe_counter!(
+        "settlement_reconciliations_total",
+        Unit::Count,
+        "Reconciliations run, by outcome."
+    );
+    describe_counter!(
+        "settlement_trades_settled_total",
+        Unit::Count,
+        "Trades settled."
+    );
 }
