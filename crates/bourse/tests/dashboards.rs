@@ -15,10 +15,9 @@ use reqwest::Client;
 use serde_json::{Value, json};
 use service_kit::testing::eventually;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 mod served;
-use served::{Served, operator_command};
+use served::{Served, demo_login, demo_seed, place_limit};
 
 const SERVICES: [&str; 6] = [
     "gateway",
@@ -203,45 +202,6 @@ fn every_panel_parses_and_names_a_provisioned_datasource() {
     }
 }
 
-/// `bourse demo seed`: BTC-USD and two funded traders.
-async fn seed(pool: &PgPool) {
-    let seeded = operator_command(pool)
-        .args(["demo", "seed"])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        seeded.status.success(),
-        "{}",
-        String::from_utf8_lossy(&seeded.stderr)
-    );
-}
-
-async fn login(client: &Client, gateway: &str, email: &str) -> String {
-    let response = client
-        .post(format!("http://{gateway}/v1/auth/login"))
-        .json(&json!({ "email": email, "password": bourse::demo::DEMO_PASSWORD }))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "login {email}");
-    let body: Value = response.json().await.unwrap();
-    body["access_token"].as_str().unwrap().to_owned()
-}
-
-async fn place(client: &Client, gateway: &str, token: &str, side: &str) {
-    let response = client
-        .post(format!("http://{gateway}/v1/orders"))
-        .bearer_auth(token)
-        .header("idempotency-key", Uuid::now_v7().to_string())
-        .json(&json!({ "symbol": "BTC-USD", "side": side, "type": "limit",
-            "price": "30000.00", "quantity": "0.01", "time_in_force": "gtc" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 201, "{side} order");
-}
-
 /// What Prometheus would hold after scraping every service once.
 async fn scrape(client: &Client, addresses: &BTreeMap<String, String>) -> Vec<Sample> {
     let mut exported = Vec::new();
@@ -264,7 +224,7 @@ async fn once_the_platform_has_traded_every_panel_finds_its_series_and_promtool_
     pool: PgPool,
 ) {
     // A platform that has just traded: two crossing orders, settled and reconciled.
-    seed(&pool).await;
+    demo_seed(&pool).await;
     let mut platform = Served::start_with(
         &pool,
         &[("BOURSE_SETTLEMENT_RECONCILIATION_INTERVAL_SECS", "1")],
@@ -280,11 +240,11 @@ async fn once_the_platform_has_traded_every_panel_finds_its_series_and_promtool_
     .await;
     let [alice, bob] = bourse::demo::DEMO_TRADERS;
     let (alice, bob) = (
-        login(&client, gateway, alice).await,
-        login(&client, gateway, bob).await,
+        demo_login(&client, gateway, alice).await,
+        demo_login(&client, gateway, bob).await,
     );
-    place(&client, gateway, &bob, "sell").await;
-    place(&client, gateway, &alice, "buy").await;
+    place_limit(&client, gateway, &bob, "sell", None).await;
+    place_limit(&client, gateway, &alice, "buy", None).await;
     let settled_and_reconciled = |exported: &[Sample]| {
         let value = |name: &str| exported.iter().any(|s| s.name == name);
         value("settlement_trades_settled_total")

@@ -6,6 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+use service_kit::testing::eventually;
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -13,7 +14,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 mod served;
-use served::{BOURSE, Served, operator_command};
+use served::{BOURSE, Served, demo_login, demo_seed, operator_command, place_limit};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -473,6 +474,63 @@ async fn traces_are_exported_over_otlp_across_the_gateway_hop(pool: PgPool) {
                 && v["span"]["span_id"] == hex(&auth.span_id).as_str()
         });
     assert!(logged, "auth's log line carries the exported span id");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_trace_runs_from_an_order_into_the_consumers_of_its_events(pool: PgPool) {
+    let (collector, mut spans) = otlp_collector().await;
+    demo_seed(&pool).await;
+    let mut served = Served::start_with(
+        &pool,
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str())],
+    )
+    .await;
+    let gateway = served.address_of("gateway").await;
+    let client = reqwest::Client::new();
+    let [alice, bob] = bourse::demo::DEMO_TRADERS;
+    let (alice, bob) = (
+        demo_login(&client, &gateway, alice).await,
+        demo_login(&client, &gateway, bob).await,
+    );
+
+    // Bob's ask rests; Alice's bid takes it, under a trace of the client's own.
+    place_limit(&client, &gateway, &bob, "sell", None).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    place_limit(&client, &gateway, &alice, "buy", Some(&traceparent)).await;
+    // Settled once Alice holds the 0.01 BTC she bought (100 before).
+    eventually("the trade settled", || async {
+        let balances: Value = client
+            .get(format!("http://{gateway}/v1/balances"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        balances
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["asset"] == "BTC" && b["available"] != "100.00000000")
+    })
+    .await;
+
+    served.terminate();
+    let (code, _) = served.finish().await;
+    assert_eq!(code, Some(0));
+    let mut consumed = Vec::new();
+    while let Ok(span) = spans.try_recv() {
+        if span.name == "consume" && hex(&span.trace_id) == trace_id {
+            consumed.push(attribute(&span, "event_type").unwrap_or_default());
+        }
+    }
+    // Settlement settling the trade and risk projecting it both continue the order's trace.
+    assert!(
+        consumed.iter().filter(|t| *t == "TradeExecuted").count() >= 2,
+        "consumers of the order's events in its trace: {consumed:?}"
+    );
 }
 
 #[sqlx::test(migrations = false)]

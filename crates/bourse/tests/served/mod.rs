@@ -175,3 +175,56 @@ impl Served {
         gateway
     }
 }
+
+/// `bourse demo seed`: BTC-USD and two funded traders.
+#[allow(dead_code)] // not every suite that shares this module trades
+pub async fn demo_seed(pool: &PgPool) {
+    let seeded = operator_command(pool)
+        .args(["demo", "seed"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+}
+
+/// A demo trader's access token.
+#[allow(dead_code)]
+pub async fn demo_login(client: &reqwest::Client, gateway: &str, email: &str) -> String {
+    let response = client
+        .post(format!("http://{gateway}/v1/auth/login"))
+        .json(&serde_json::json!({ "email": email, "password": bourse::demo::DEMO_PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "login {email}");
+    let body: Value = response.json().await.unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
+}
+
+/// A 0.01 BTC-USD limit order at 30,000.00, expecting 201; with `traceparent` when given.
+#[allow(dead_code)]
+pub async fn place_limit(
+    client: &reqwest::Client,
+    gateway: &str,
+    token: &str,
+    side: &str,
+    traceparent: Option<&str>,
+) {
+    let mut request = client
+        .post(format!("http://{gateway}/v1/orders"))
+        .bearer_auth(token)
+        .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+        .json(
+            &serde_json::json!({ "symbol": "BTC-USD", "side": side, "type": "limit",
+            "price": "30000.00", "quantity": "0.01", "time_in_force": "gtc" }),
+        );
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 201, "{side} order");
+}

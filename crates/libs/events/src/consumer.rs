@@ -697,9 +697,15 @@ async fn within_event<T>(
         "consume", stream = %stream, event_id = %envelope.id, event_type = %envelope.event_type,
         request_id = %envelope.correlation_id,
     );
+    // The span continues the event's trace, so an exported trace runs from the request that
+    // caused the event into every consumer of it (OBS-02).
+    let trace = service_kit::telemetry::bind_span(
+        &span,
+        TraceContext::parse(envelope.traceparent.as_deref()),
+    );
     let context = RequestContext {
         request_id: envelope.correlation_id.clone(),
-        trace: TraceContext::child_of(TraceContext::parse(envelope.traceparent.as_deref())),
+        trace,
     };
     service_kit::http::observe::within(Some(context), work.instrument(span)).await
 }
