@@ -34,6 +34,51 @@ async fn every_protected_route_in_the_table_refuses_anonymous_callers(pool: PgPo
 }
 
 #[sqlx::test(migrations = false)]
+async fn every_role_reaches_exactly_the_routes_the_table_grants_it(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let id = uuid::Uuid::now_v7().to_string();
+    for role in access::Role::ALL {
+        let name = role.as_str();
+        let who = app
+            .signed_up_with_roles(&format!("{name}@example.com"), &[name])
+            .await;
+        for route in ROUTES {
+            let Access::Roles(granted) = route.access else {
+                continue;
+            };
+            let path = route
+                .path
+                .replace("{id}", &id)
+                .replace("{account_id}", &id)
+                .replace("{symbol}", "BTC-USD");
+            let response = app
+                .client
+                .request(route.method.clone(), app.url(&path))
+                .bearer_auth(&who.access_token)
+                .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let what = format!("{name}: {} {}", route.method, route.path);
+            if granted.contains(&role) {
+                assert!(
+                    ![StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&response.status()),
+                    "{what} is granted, got {}",
+                    response.status()
+                );
+            } else {
+                assert_eq!(
+                    response.status(),
+                    StatusCode::FORBIDDEN,
+                    "{what} is not granted"
+                );
+            }
+        }
+    }
+}
+
+#[sqlx::test(migrations = false)]
 async fn a_trader_cannot_use_admin_routes(pool: PgPool) {
     let app = spawn_app(pool).await;
     let trader = app.signed_up("trader@example.com").await;
