@@ -202,19 +202,23 @@ fn every_panel_parses_and_names_a_provisioned_datasource() {
     }
 }
 
+/// One service's `/metrics`, as Prometheus reads it.
+async fn exposition(client: &Client, address: &str) -> String {
+    client
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// What Prometheus would hold after scraping every service once.
 async fn scrape(client: &Client, addresses: &BTreeMap<String, String>) -> Vec<Sample> {
     let mut exported = Vec::new();
     for address in addresses.values() {
-        let text = client
-            .get(format!("http://{address}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        exported.extend(samples(&text));
+        exported.extend(samples(&exposition(client, address).await));
     }
     exported
 }
@@ -282,15 +286,7 @@ async fn once_the_platform_has_traded_every_panel_finds_its_series_and_promtool_
     // And every exposition passes Prometheus's own lint: help text, units, naming (OBS-03).
     let mut lint = Vec::new();
     for (service, address) in &addresses {
-        let text = client
-            .get(format!("http://{address}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if let Some(problems) = promtool_problems(&text) {
+        if let Some(problems) = promtool_problems(&exposition(&client, address).await) {
             lint.push(format!("{service}:\n{problems}"));
         }
     }

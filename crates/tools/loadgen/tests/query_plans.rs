@@ -15,10 +15,11 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use bourse::Target;
-use service_kit::{Env, Shutdown};
 use sqlx::{Connection, PgPool};
 use tracing_subscriber::layer::SubscriberExt as _;
+
+mod platform;
+use platform::Platform;
 
 /// Tables a sequential scan of is fine: bounded by configuration, not by traffic.
 const SMALL_TABLES: &[(&str, &str)] = &[
@@ -90,34 +91,10 @@ async fn every_query_of_a_realistic_load_can_use_an_index(pool: PgPool) {
     )
     .unwrap();
 
-    let vars = bourse::testing::test_env(&pool);
-    let plan = bourse::plan(&[Target::All], Env::from_pairs(vars)).unwrap();
-    let shutdown = Shutdown::new();
-    let running = bourse::start(plan, &shutdown).await.unwrap();
-    let gateway = format!("http://{}", running.address(Target::Gateway).unwrap());
-    let client = loadgen::client::Gateway::new(&gateway).unwrap();
-    client.sign_up("operator@example.com").await.unwrap();
-    sqlx::query("UPDATE auth.users SET roles = '{admin}' WHERE email = 'operator@example.com'")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let config = loadgen::Config {
-        gateway,
-        rate: 30,
-        duration_secs: 3,
-        accounts: 4,
-        subscribers: 1,
-        symbol: "BTC-USD".to_owned(),
-        admin_email: "operator@example.com".to_owned(),
-        admin_password: loadgen::client::PASSWORD.to_owned(),
-        seed: 11,
-        max_in_flight: 1_000,
-        settle_timeout_secs: 30,
-    };
-    let report = loadgen::run(&config).await.unwrap();
+    let platform = Platform::with_operator(&pool).await;
+    let report = loadgen::run(&platform.load(30, 3, 4, 11)).await.unwrap();
     assert!(report.passed(), "{report}");
-    shutdown.trigger();
-    running.wait().await.unwrap();
+    platform.stop().await;
 
     let captured: Vec<String> = statements.0.lock().unwrap().iter().cloned().collect();
     assert!(
