@@ -134,6 +134,15 @@ def check(documents, source):
             problem(what, "no NetworkPolicy of its own says who may call it")
         if not any(selects({"matchLabels": s["spec"].get("selector") or {}}, labels) for s in by_kind.get("Service", [])):
             problem(what, "no Service selects its pods")
+        if name == "risk":
+            # ADR 0018: risk's checks read one process's memory; two replicas would split it.
+            if workload["spec"].get("replicas", 1) != 1:
+                problem(what, "risk must run as one replica (ADR 0018)")
+            if (workload["spec"].get("strategy") or {}).get("type") != "Recreate":
+                problem(what, "risk must be replaced, not rolled: two would run at once (ADR 0018)")
+            for hpa in hpas:
+                if hpa["spec"].get("maxReplicas") != 1:
+                    problem(what, "risk's HPA may scale it beyond one replica (ADR 0018)")
         if name == "orders":
             env = {e["name"] for c in pod["containers"] for e in c.get("env", [])}
             if "BOURSE_ORDERS_ADVERTISE_URL" not in env:

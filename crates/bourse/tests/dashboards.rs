@@ -283,6 +283,15 @@ async fn once_the_platform_has_traded_every_panel_finds_its_series_and_promtool_
     );
     assert!(checked >= 30, "only {checked} selectors checked");
 
+    // The database pools are watched (OBS-03): each service's pool reports its connections.
+    for schema in ["auth", "orders", "risk", "settlement", "alerting"] {
+        assert!(
+            exported.iter().any(|s| s.name == "db_pool_connections"
+                && s.labels.get("schema").map(String::as_str) == Some(schema)),
+            "no db_pool_connections for {schema}"
+        );
+    }
+
     // And every exposition passes Prometheus's own lint: help text, units, naming (OBS-03).
     let mut lint = Vec::new();
     for (service, address) in &addresses {

@@ -53,17 +53,18 @@ pub async fn connect_following(
 /// so a pool running out of connections shows before requests start waiting (OBS-03).
 async fn report_pool(pool: PgPool, schema: &'static str, shutdown: crate::Shutdown) {
     let max = f64::from(pool.options().get_max_connections());
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            _ = every.tick() => {}
+        }
         let idle = pool.num_idle() as f64;
         let open = f64::from(pool.size());
         metrics::gauge!("db_pool_max_connections", "schema" => schema).set(max);
         metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "idle").set(idle);
         metrics::gauge!("db_pool_connections", "schema" => schema, "state" => "in_use")
             .set((open - idle).max(0.0));
-        tokio::select! {
-            () = shutdown.triggered() => return,
-            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
-        }
     }
 }
 

@@ -35,33 +35,8 @@ use crate::{store, tokens};
 /// Active keys a user may hold at once: enough for a few programs and a rotation.
 pub const MAX_ACTIVE_KEYS: i64 = 10;
 
-/// What a key may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// Reads (GET).
-    Read,
-    /// Placing and cancelling orders.
-    Trade,
-    /// Withdrawals.
-    Withdraw,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Read => "read",
-            Scope::Trade => "trade",
-            Scope::Withdraw => "withdraw",
-        }
-    }
-
-    fn parse(text: &str) -> Option<Self> {
-        [Scope::Read, Scope::Trade, Scope::Withdraw]
-            .into_iter()
-            .find(|scope| scope.as_str() == text)
-    }
-}
+/// What a key may do: the type auth stores and the gateway checks.
+pub use access::ApiKeyScope as Scope;
 
 /// `POST /v1/api-keys`.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -23,7 +23,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use access::{Principal, Role};
+use access::{ApiKeyScope as Scope, Principal, Role};
 use aws_lc_rs::hmac;
 use axum::http::{HeaderMap, Method, StatusCode};
 use ipnet::IpNet;
@@ -48,25 +48,6 @@ pub struct ApiKeySettings {
     /// How long a key's credential is kept before auth is asked again (revocation does not
     /// wait for it: see the module's step 4).
     pub credential_ttl: Duration,
-}
-
-/// What a key may do; mirrors auth's `api_keys::Scope`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    Read,
-    Trade,
-    Withdraw,
-}
-
-impl Scope {
-    fn as_str(self) -> &'static str {
-        match self {
-            Scope::Read => "read",
-            Scope::Trade => "trade",
-            Scope::Withdraw => "withdraw",
-        }
-    }
 }
 
 /// The scope that lets a key call `method path` (a route table row), or None when no key may:
@@ -99,12 +80,17 @@ struct Credential {
     expires_in: u64,
 }
 
+/// A credential as the gateway keeps it.
+struct Fetched {
+    credential: Credential,
+    /// When its access token expires (Unix seconds).
+    token_expires_at: u64,
+}
+
 struct Cached {
-    credential: Arc<Credential>,
+    fetched: Arc<Fetched>,
     /// Kept until then: the credential TTL, or sooner when its token would expire.
     until: Instant,
-    /// When its access token expires (unix seconds).
-    token_expires_at: u64,
 }
 
 /// A request whose signature checked out.
@@ -235,7 +221,8 @@ impl ApiKeyVerifier {
                 "X-Bourse-Timestamp is outside the receive window; check the clock",
             ));
         }
-        let credential = self.credential(key_id).await?;
+        let fetched = self.credential(key_id).await?;
+        let credential = &fetched.credential;
         if let Some(networks) = &credential.allowed_ips
             && !networks.iter().any(|n| n.contains(&ip))
         {
@@ -271,25 +258,17 @@ impl ApiKeyVerifier {
             },
             scopes: credential.scopes.clone(),
             access_token: credential.access_token.clone(),
-            token_expires_at: self.token_expiry(key_id),
+            token_expires_at: fetched.token_expires_at,
         })
     }
 
-    fn token_expiry(&self, key_id: &str) -> u64 {
-        self.cache
-            .lock()
-            .ok()
-            .and_then(|cache| cache.get(key_id).map(|c| c.token_expires_at))
-            .unwrap_or(0)
-    }
-
     /// The key's credential, from memory while fresh, else from auth.
-    async fn credential(&self, key_id: &str) -> Result<Arc<Credential>, Problem> {
+    async fn credential(&self, key_id: &str) -> Result<Arc<Fetched>, Problem> {
         if let Ok(cache) = self.cache.lock()
             && let Some(cached) = cache.get(key_id)
             && cached.until > Instant::now()
         {
-            return Ok(cached.credential.clone());
+            return Ok(cached.fetched.clone());
         }
         let call = resilience::Call::new(
             Method::GET,
@@ -311,25 +290,27 @@ impl ApiKeyVerifier {
             tracing::error!(error = %err, "auth's API key credential is unreadable");
             unavailable()
         })?;
-        let credential = Arc::new(credential);
         // Never kept past the last minute of its token, so a forwarded token is always live.
         let token_life = Duration::from_secs(credential.expires_in.saturating_sub(60));
         let now_secs = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
+        let fetched = Arc::new(Fetched {
+            token_expires_at: now_secs + credential.expires_in,
+            credential,
+        });
         if let Ok(mut cache) = self.cache.lock() {
             // Bounded by the keys in use; stale entries go when next read or replaced.
             cache.retain(|_, c| c.until > Instant::now());
             cache.insert(
                 key_id.to_owned(),
                 Cached {
-                    credential: credential.clone(),
+                    fetched: fetched.clone(),
                     until: Instant::now() + self.settings.credential_ttl.min(token_life),
-                    token_expires_at: now_secs + credential.expires_in,
                 },
             );
         }
-        Ok(credential)
+        Ok(fetched)
     }
 
     fn forget(&self, key_id: &str) {
