@@ -292,6 +292,19 @@ impl<'a> Program<'a> {
         request.send().await.unwrap()
     }
 
+    /// Its owner revokes this key (through `app`, which may be another replica).
+    async fn revoke_through(&self, app: &TestApp, owner: &Tokens) {
+        let keys = app.api_keys(owner).await;
+        let mine = keys
+            .iter()
+            .find(|k| k["key_id"] == self.key_id.as_str())
+            .expect("the owner lists this key");
+        let revoked = app
+            .revoke_api_key(owner, mine["id"].as_str().unwrap())
+            .await;
+        assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    }
+
     async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
         self.send_bent(method, path, body, &Bend::default()).await
     }
@@ -519,14 +532,7 @@ async fn a_revoked_key_is_refused_at_once_and_a_keys_networks_are_enforced(pool:
         program.send("GET", "/v1/balances", None).await.status(),
         StatusCode::OK
     );
-    let id = app.api_keys(&alice).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        app.revoke_api_key(&alice, &id).await.status(),
-        StatusCode::NO_CONTENT
-    );
+    program.revoke_through(&app, &alice).await;
     assert_problem(
         program.send("GET", "/v1/balances", None).await,
         StatusCode::UNAUTHORIZED,
@@ -598,14 +604,7 @@ async fn replicas_share_what_was_used_and_what_was_revoked(pool: PgPool) {
         on_second.send("GET", "/v1/balances", None).await.status(),
         StatusCode::OK
     );
-    let id = first.api_keys(&alice).await[0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        first.revoke_api_key(&alice, &id).await.status(),
-        StatusCode::NO_CONTENT
-    );
+    on_first.revoke_through(&first, &alice).await;
     assert_problem(
         on_second.send("GET", "/v1/balances", None).await,
         StatusCode::UNAUTHORIZED,
