@@ -14,7 +14,7 @@
 //! for the whole batch. Trades are written before releases: an order's trades precede its end
 //! on the stream, so a release sees every post of the batch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use contracts::Asset;
@@ -25,9 +25,8 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::error::Error;
 use crate::ledger::{self, Delta, Deltas, Fees, Plan, Settlement, Trade};
-use crate::store::{self, Resolution, SettledTrade};
+use crate::store::{self, HoldChange, SettledTrade};
 
 /// The orders stream's events settlement acts on; the consumer skips the rest unread.
 pub const EVENT_TYPES: &[&str] = &[
@@ -160,12 +159,19 @@ impl Settler {
         })
     }
 
-    /// Writes the batch: trades, accepted holds, releases, then the balances.
+    /// Writes the batch: trades and their transfers, then every hold it touches (once
+    /// each), then the balances.
     async fn write(&self, tx: &mut PgConnection, batch: Deferred) -> Result<(), HandlerError> {
         let mut balances = Deltas::default();
-        let settled = settle_trades(&mut *tx, &batch.trades, &mut balances).await?;
-        store::mark_accepted(&mut *tx, &batch.accepted).await?;
-        release(&mut *tx, &batch.ended, &mut balances).await?;
+        let (settled, plan) = settle_trades(&mut *tx, &batch.trades, &mut balances).await?;
+        write_holds(
+            &mut *tx,
+            &plan,
+            &batch.accepted,
+            &batch.ended,
+            &mut balances,
+        )
+        .await?;
         // Last: the account rows stay locked from here to the commit only.
         store::post_deltas(&mut *tx, &balances).await?;
         let now = OffsetDateTime::now_utc();
@@ -204,12 +210,13 @@ impl Handler for Settler {
 }
 
 /// Records the batch's trades and moves the money of those not settled before: one plan for
-/// all of them, their notices in one append. Returns the trades settled now.
+/// all of them, their notices in one append. Returns the trades settled now and their plan,
+/// whose posts out of holds [`write_holds`] writes.
 async fn settle_trades<'t>(
     tx: &mut PgConnection,
     trades: &'t [Settling],
     balances: &mut Deltas,
-) -> Result<Vec<&'t Settling>, HandlerError> {
+) -> Result<(Vec<&'t Settling>, Plan), HandlerError> {
     let records: Vec<SettledTrade<'_>> = trades
         .iter()
         .map(|t| SettledTrade {
@@ -233,17 +240,10 @@ async fn settle_trades<'t>(
         plan.merge(&trade.settled.plan)
             .map_err(HandlerError::permanent)?;
     }
-    store::write_plan(&mut *tx, &plan, None, balances)
-        .await
-        .map_err(|e| match e {
-            Error::HoldNotPending(hold) => HandlerError::permanent(format!(
-                "a trade posts to hold {hold}, which is not pending"
-            )),
-            other => other.into(),
-        })?;
+    store::write_plan(&mut *tx, &plan, None, balances).await?;
     let notices: Vec<Envelope> = settling.iter().map(|t| t.notice.clone()).collect();
     events::outbox::append_all(&mut *tx, crate::STREAM, &notices).await?;
-    Ok(settling)
+    Ok((settling, plan))
 }
 
 /// How much of an ended order traded, in base units.
@@ -254,37 +254,66 @@ enum Fill {
     None,
 }
 
-/// Releases the rest of ended orders' holds — once every trade of each order has settled.
-/// If one has not (its event failed and waits for a retry), this fails too and is retried
-/// later, so a hold is never released under a trade that still has to post from it.
-async fn release(
+/// Everything the batch does to holds, in stream order — the trades' posts, the orders that
+/// reached the book, the orders that ended — worked out in memory on the locked rows and
+/// written with one statement, each hold once.
+///
+/// An ended order's hold is released only once every trade of the order has settled. If one
+/// has not (its event failed and waits for a retry), this fails too and is retried later, so
+/// a hold is never released under a trade that still has to post from it.
+async fn write_holds(
     tx: &mut PgConnection,
+    plan: &Plan,
+    accepted: &[Uuid],
     ended: &[(Uuid, Fill)],
     balances: &mut Deltas,
 ) -> Result<(), HandlerError> {
-    if ended.is_empty() {
+    let mut ids: Vec<Uuid> = plan.hold_posts.keys().copied().collect();
+    ids.extend(accepted);
+    ids.extend(ended.iter().map(|(order, _)| *order));
+    if ids.is_empty() {
         return Ok(());
     }
-    let orders: Vec<Uuid> = ended.iter().map(|(order, _)| *order).collect();
-    // Before looking: a hold being placed for one of these orders right now is then either
-    // seen here or refused there, never neither.
-    store::lock_order_holds(&mut *tx, &orders).await?;
-    let holds = store::holds_for_update(&mut *tx, &orders).await?;
-    let mut seen = HashSet::new();
-    let mut resolved = Vec::new();
+    ids.sort_unstable();
+    ids.dedup();
+    if !ended.is_empty() {
+        // Before looking: a hold being placed for an ending order right now is then either
+        // seen here or refused there, never neither.
+        let orders: Vec<Uuid> = ended.iter().map(|(order, _)| *order).collect();
+        store::lock_order_holds(&mut *tx, &orders).await?;
+    }
+    let mut holds = store::holds_for_update(&mut *tx, &ids).await?;
+    // The holds the batch changes (in id order, the order they were locked in), and whether
+    // each one's order reached the book.
+    let mut changed: BTreeMap<Uuid, bool> = BTreeMap::new();
+    for (id, (posted, filled)) in &plan.hold_posts {
+        let hold = holds
+            .get_mut(id)
+            .filter(|hold| hold.status == "pending")
+            .ok_or_else(|| {
+                HandlerError::permanent(format!("a trade posts to hold {id}, which is not pending"))
+            })?;
+        hold.posted = hold.posted.checked_add(*posted).ok_or_else(overflow)?;
+        hold.filled = hold.filled.checked_add(*filled).ok_or_else(overflow)?;
+        changed.entry(*id).or_default();
+    }
+    // The order behind a hold reached the book (reconciliation looks for holds whose order
+    // never did); an order without a hold has nothing to record.
+    for id in accepted {
+        if holds.get(id).is_some_and(|hold| hold.status == "pending") {
+            changed.insert(*id, true);
+        }
+    }
     let mut unheld = Vec::new();
     for &(order, fill) in ended {
-        if !seen.insert(order) {
-            continue;
-        }
-        let Some(hold) = holds.get(&order) else {
+        let Some(hold) = holds.get_mut(&order) else {
             // Nothing held yet — a late hold request may still be on its way (orders gave up
             // on the order when the call timed out): it must find the order released.
             unheld.push(order);
             continue;
         };
         if hold.status != "pending" {
-            continue; // Resolved before (a redelivered or late event).
+            continue; // Resolved before (a redelivered or late event, or twice in the batch).
         }
         let expected = match fill {
             Fill::All => hold.quantity,
@@ -312,13 +341,27 @@ async fn release(
             )
             .map_err(HandlerError::permanent)?;
         metrics::counter!("settlement_holds_resolved_total", "status" => status).increment(1);
-        resolved.push(Resolution {
-            id: order,
-            released: rest,
-            status,
-        });
+        hold.released = rest;
+        hold.status = status.to_owned();
+        changed.entry(order).or_default();
     }
-    store::resolve_holds(&mut *tx, &resolved).await?;
+    let changes: Vec<HoldChange<'_>> = changed
+        .iter()
+        .filter_map(|(id, accepted)| holds.get(id).map(|hold| (hold, *accepted)))
+        .map(|(hold, accepted)| HoldChange {
+            id: hold.id,
+            posted: hold.posted,
+            filled: hold.filled,
+            released: hold.released,
+            status: &hold.status,
+            accepted,
+        })
+        .collect();
+    store::write_holds(&mut *tx, &changes).await?;
     store::remember_released(&mut *tx, &unheld).await?;
     Ok(())
+}
+
+fn overflow() -> HandlerError {
+    HandlerError::permanent(crate::ledger::Overflow)
 }

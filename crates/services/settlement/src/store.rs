@@ -57,6 +57,11 @@ pub async fn sync_assets(pool: &PgPool, assets: &[Asset]) -> Result<()> {
 /// withdrawals: one plan per transaction). An account that would go negative (or a debit from
 /// an account that does not exist) fails it with [`Error::InsufficientFunds`].
 pub async fn apply(conn: &mut PgConnection, plan: &Plan, created_by: Option<Uuid>) -> Result<()> {
+    // Deposits and withdrawals move available funds only; a post out of a hold here would be
+    // written nowhere.
+    if let Some(hold) = plan.hold_posts.keys().next() {
+        return Err(Error::HoldNotPending(*hold));
+    }
     let mut deltas = Deltas::default();
     write_plan(&mut *conn, plan, created_by, &mut deltas).await?;
     post_deltas(&mut *conn, &deltas)
@@ -67,9 +72,10 @@ pub async fn apply(conn: &mut PgConnection, plan: &Plan, created_by: Option<Uuid
         })
 }
 
-/// Writes a plan's transfers and what it posts out of holds, and adds its balance changes to
-/// `deltas` for [`post_deltas`] to write at the end of the transaction. Posting to a hold that
-/// is no longer pending fails it with [`Error::HoldNotPending`].
+/// Writes a plan's transfers and adds its balance changes to `deltas` for [`post_deltas`] to
+/// write at the end of the transaction. What the plan posts out of holds is the caller's to
+/// write ([`write_holds`]): the settling consumer writes each hold once per batch, with
+/// everything else the batch does to it.
 pub async fn write_plan(
     conn: &mut PgConnection,
     plan: &Plan,
@@ -98,26 +104,6 @@ pub async fn write_plan(
         .bind(&assets)
         .execute(&mut *conn)
         .await?;
-    }
-    if !plan.hold_posts.is_empty() {
-        let ids: Vec<Uuid> = plan.hold_posts.keys().copied().collect();
-        let posted: Vec<i64> = plan.hold_posts.values().map(|(p, _)| *p).collect();
-        let filled: Vec<i64> = plan.hold_posts.values().map(|(_, f)| *f).collect();
-        let touched = sqlx::query(
-            "UPDATE holds h SET posted = h.posted + p.posted, filled = h.filled + p.filled
-               FROM UNNEST($1::uuid[], $2::int8[], $3::int8[]) AS p(id, posted, filled)
-              WHERE h.id = p.id AND h.status = 'pending'",
-        )
-        .bind(&ids)
-        .bind(&posted)
-        .bind(&filled)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if touched != ids.len() as u64 {
-            let missing = pending_missing(&mut *conn, &ids).await?;
-            return Err(Error::HoldNotPending(missing));
-        }
     }
     // The foreign keys to `accounts` take only a key-share lock on the account rows, which
     // does not conflict with the hold writer's no-key-update locks.
@@ -206,19 +192,6 @@ fn with_asset(err: Error, asset: &str) -> Error {
         },
         other => other,
     }
-}
-
-async fn pending_missing(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Uuid> {
-    let pending: Vec<Uuid> =
-        sqlx::query_scalar("SELECT id FROM holds WHERE id = ANY($1) AND status = 'pending'")
-            .bind(ids)
-            .fetch_all(conn)
-            .await?;
-    Ok(ids
-        .iter()
-        .copied()
-        .find(|id| !pending.contains(id))
-        .unwrap_or_default())
 }
 
 /// A hold as requested by orders.
@@ -490,19 +463,6 @@ pub async fn release_hold(
     })
 }
 
-/// Records that the orders behind these holds reached the book (an order without a hold:
-/// nothing to record).
-pub async fn mark_accepted(conn: &mut PgConnection, ids: &[Uuid]) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("UPDATE holds SET accepted_at = now() WHERE id = ANY($1) AND accepted_at IS NULL")
-        .bind(ids)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
 /// A settled trade's record; `false` when it was settled before.
 pub struct SettledTrade<'a> {
     pub trade: &'a crate::ledger::Trade,
@@ -548,40 +508,58 @@ pub async fn record_settled(
     Ok(ids.into_iter().collect())
 }
 
-/// Pending-or-not holds of these orders, locked (a concurrent release waits).
+/// These holds, locked for an update of everything but their key (`FOR NO KEY UPDATE`: the
+/// transfers that reference a hold take only a key-share lock on it) in id order.
 pub async fn holds_for_update(
     conn: &mut PgConnection,
-    orders: &[Uuid],
+    ids: &[Uuid],
 ) -> Result<HashMap<Uuid, HoldRow>> {
     let rows: Vec<HoldRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {HOLD_COLUMNS} FROM holds WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        "SELECT {HOLD_COLUMNS} FROM holds WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE"
     )))
-    .bind(orders)
+    .bind(ids)
     .fetch_all(conn)
     .await?;
     Ok(rows.into_iter().map(|row| (row.id, row)).collect())
 }
 
-/// A hold's resolution: `released` went back to available, and its final status.
-pub struct Resolution<'a> {
+/// A hold as a batch leaves it: what it has posted and filled, what went back to available,
+/// its status, and whether its order reached the book.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HoldChange<'a> {
     pub id: Uuid,
+    pub posted: i64,
+    pub filled: i64,
     pub released: i64,
     pub status: &'a str,
+    pub accepted: bool,
 }
 
-/// Resolves holds in one statement (their balance changes go through [`post_deltas`]).
-pub async fn resolve_holds(conn: &mut PgConnection, resolved: &[Resolution<'_>]) -> Result<()> {
-    if resolved.is_empty() {
+/// Writes a batch's holds, each once, whatever the batch did to it — accepted, posted out of,
+/// released. A hold's every write is a new row version in every index (the partial indexes
+/// read `status` and `accepted_at`), so a taker's hold, accepted, filled and released by one
+/// batch, costs one version here instead of three. The rows are locked by
+/// [`holds_for_update`] first; their balance changes go through [`post_deltas`].
+pub async fn write_holds(conn: &mut PgConnection, changes: &[HoldChange<'_>]) -> Result<()> {
+    if changes.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "UPDATE holds h SET released = r.released, status = r.status, resolved_at = now()
-           FROM UNNEST($1::uuid[], $2::int8[], $3::text[]) AS r(id, released, status)
-          WHERE h.id = r.id",
+        "UPDATE holds h
+            SET posted = c.posted, filled = c.filled, released = c.released, status = c.status,
+                resolved_at = CASE WHEN c.status = 'pending' THEN NULL ELSE now() END,
+                accepted_at = CASE WHEN c.accepted THEN coalesce(h.accepted_at, now())
+                                   ELSE h.accepted_at END
+           FROM UNNEST($1::uuid[], $2::int8[], $3::int8[], $4::int8[], $5::text[], $6::bool[])
+             AS c(id, posted, filled, released, status, accepted)
+          WHERE h.id = c.id",
     )
-    .bind(resolved.iter().map(|r| r.id).collect::<Vec<_>>())
-    .bind(resolved.iter().map(|r| r.released).collect::<Vec<_>>())
-    .bind(resolved.iter().map(|r| r.status).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.id).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.posted).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.filled).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.released).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.status).collect::<Vec<_>>())
+    .bind(changes.iter().map(|c| c.accepted).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())

@@ -200,6 +200,15 @@ async fn one_batch_settles_trades_and_releases_the_holds_of_the_orders_they_comp
         settler.handle(&mut tx, event, &mut deferred).await.unwrap();
     }
     settler.finish(&mut tx, deferred).await.unwrap();
+    // Each hold was written once for all the batch did to it — accepted, posted out of,
+    // released — not once per step: every write is a new row version in every index.
+    let hold_writes: i64 = sqlx::query_scalar(
+        "SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'holds'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(hold_writes, 2, "two holds, one update each");
     tx.commit().await.unwrap();
 
     // Settled once; nothing left held: each side paid the trade and its fee, and what its hold
