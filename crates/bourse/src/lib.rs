@@ -6,6 +6,7 @@
 //! environment of `testing` (feature `testing`).
 
 pub mod demo;
+pub mod local_datastores;
 #[cfg(feature = "testing")]
 pub mod testing;
 

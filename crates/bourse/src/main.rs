@@ -132,27 +132,15 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Serve { targets } => {
-            let (env, live) = live_environment().await?;
-            let mut plan = bourse::plan(&targets, env).map_err(Failure::Config)?;
-            let telemetry = service_kit::telemetry::init(
-                plan.common.log_format,
-                &plan.common.log_filter,
-                plan.common.otlp.as_ref(),
-            );
-            let shutdown = Shutdown::new();
-            shutdown.trigger_on_signals();
-            let refresher = bourse::keep_secrets_fresh(&mut plan, &live, &shutdown).await;
-            let result = match bourse::start(plan, &shutdown).await {
-                Ok(running) => running.wait().await,
-                Err(err) => Err(err),
-            };
-            shutdown.trigger();
-            if let Err(err) = refresher.await {
-                tracing::error!(error = %err, "the secret refresher failed");
+            let (mut vars, live) = resolved_variables().await?;
+            // In development, a private PostgreSQL and Redis when none is given or answers.
+            let mut local = local_datastores(&mut vars).await?;
+            let outcome = serve(&targets, vars, live).await;
+            let problems = tokio::task::spawn_blocking(move || local.stop()).await?;
+            for problem in problems {
+                eprintln!("bourse: {problem}");
             }
-            // Flush traces on every way out, off the async runtime (the exporter blocks).
-            tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
-            result?;
+            outcome?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate => {
@@ -200,6 +188,59 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             })
         }
     }
+}
+
+/// `bourse serve`: the targets, until a signal or a failure.
+async fn serve(
+    targets: &[bourse::Target],
+    vars: Vec<(String, String)>,
+    live: secrets::settings::LiveSettings,
+) -> Result<(), Failure> {
+    let mut plan = bourse::plan(targets, Env::from_pairs(vars)).map_err(Failure::Config)?;
+    let telemetry = service_kit::telemetry::init(
+        plan.common.log_format,
+        &plan.common.log_filter,
+        plan.common.otlp.as_ref(),
+    );
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let refresher = bourse::keep_secrets_fresh(&mut plan, &live, &shutdown).await;
+    let result = match bourse::start(plan, &shutdown).await {
+        Ok(running) => running.wait().await,
+        Err(err) => Err(err),
+    };
+    shutdown.trigger();
+    if let Err(err) = refresher.await {
+        tracing::error!(error = %err, "the secret refresher failed");
+    }
+    // Flush traces on every way out, off the async runtime (the exporter blocks).
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
+    Ok(result?)
+}
+
+/// Starts the private datastores a development run needs (module docs of
+/// `bourse::local_datastores`) and says so on the terminal.
+async fn local_datastores(
+    vars: &mut Vec<(String, String)>,
+) -> Result<bourse::local_datastores::LocalDatastores, Failure> {
+    use bourse::local_datastores::{LocalDatastores, Settings};
+    let mut env = Env::from_pairs(vars.clone());
+    let settings = Settings::read(&mut env);
+    env.finish().map_err(Failure::Config)?;
+    let mut given = std::mem::take(vars);
+    let (started, given) = tokio::task::spawn_blocking(move || {
+        (
+            LocalDatastores::start_if_needed(&settings, &mut given),
+            given,
+        )
+    })
+    .await?;
+    *vars = given;
+    let started = started?;
+    for line in &started.announcements {
+        eprintln!("bourse: {line}");
+    }
+    Ok(started)
 }
 
 async fn common_config() -> Result<CommonConfig, Failure> {
@@ -266,10 +307,22 @@ async fn environment() -> Result<Env, Failure> {
     Ok(live_environment().await?.0)
 }
 
-/// [`environment`], and the references kept fresh for a long-running process.
+/// [`environment`], and the references kept fresh for a long-running process. In
+/// development, unset datastore URLs point where `bourse serve` runs its private ones.
 async fn live_environment() -> Result<(Env, secrets::settings::LiveSettings), Failure> {
+    let (mut vars, live) = resolved_variables().await?;
+    let mut env = Env::from_pairs(vars.clone());
+    let settings = bourse::local_datastores::Settings::read(&mut env);
+    env.finish().map_err(Failure::Config)?;
+    bourse::local_datastores::point_at_local(&settings, &mut vars);
+    Ok((Env::from_pairs(vars), live))
+}
+
+/// The process's variables, references resolved, and those references kept fresh.
+async fn resolved_variables()
+-> Result<(Vec<(String, String)>, secrets::settings::LiveSettings), Failure> {
     match secrets::settings::resolve(service_kit::config::process_variables()).await {
-        Ok(resolved) => Ok((Env::from_pairs(resolved.vars), resolved.live)),
+        Ok(resolved) => Ok((resolved.vars, resolved.live)),
         Err(problems) => Err(Failure::Config(ConfigError {
             problems: problems
                 .into_iter()

@@ -50,6 +50,7 @@ fn documented() -> Vec<(String, String, String, String)> {
 fn env_example_lists_exactly_the_variables_the_code_reads() {
     let mut env = Env::from_pairs(Vec::<(String, String)>::new());
     let _ = CommonConfig::read(&mut env);
+    let _ = bourse::local_datastores::Settings::read(&mut env);
     let _ = auth::Config::read(&mut env);
     let _ = orders::Config::read(&mut env);
     let _ = gateway::Config::read(&mut env);

@@ -593,6 +593,118 @@ async fn demo_seed_creates_the_demo_market_and_is_idempotent(pool: PgPool) {
     );
 }
 
+/// Two loopback ports nothing listens on (bound together, then let go).
+fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, b) = (bind(), bind());
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// The README's run command on a machine where nothing runs yet: with no `DATABASE_URL` or
+/// `REDIS_URL` and nothing answering on the local ports, `bourse serve all` starts a private
+/// PostgreSQL and Redis from the machine's binaries, says so, serves on them — other `bourse`
+/// commands find them too — and stops them when it stops; PostgreSQL's data stays in the
+/// folder it named. (The local ports are the test's own free ones instead of 5432 and 6379,
+/// which the machine's shared servers hold.)
+#[tokio::test]
+async fn with_nothing_running_serve_starts_private_datastores_and_stops_them() {
+    let data_dir = std::env::temp_dir().join(format!("bourse-local-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    // Run as root, PostgreSQL runs as its own user, who must reach the folder.
+    std::fs::set_permissions(
+        &data_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (postgres_port, redis_port) = free_ports();
+    let local_env = [
+        (
+            "BOURSE_LOCAL_DATA_DIR",
+            data_dir.to_str().unwrap().to_owned(),
+        ),
+        ("BOURSE_LOCAL_POSTGRES_PORT", postgres_port.to_string()),
+        ("BOURSE_LOCAL_REDIS_PORT", redis_port.to_string()),
+    ];
+    let without_datastores = |command: &mut Command| {
+        command
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .envs(local_env.iter().map(|(k, v)| (*k, v.as_str())));
+    };
+    let mut command = Served::command(&[]);
+    without_datastores(&mut command);
+    command.stderr(Stdio::piped());
+    let mut served = Served::spawn(command);
+
+    let said = served
+        .stderr_line(&format!(
+            "no PostgreSQL answered on 127.0.0.1:{postgres_port} and DATABASE_URL is not set: started a private one"
+        ))
+        .await;
+    assert!(
+        said.contains(data_dir.join("postgres").to_str().unwrap()),
+        "names the folder: {said}"
+    );
+    served
+        .stderr_line(&format!(
+            "no Redis answered on 127.0.0.1:{redis_port} and REDIS_URL is not set: started a private one"
+        ))
+        .await;
+    let gateway = served.ready_gateway().await;
+    // Another command run beside it finds the same PostgreSQL, told nothing but the ports.
+    let mut seed = Command::new(BOURSE);
+    seed.args(["demo", "seed"])
+        .env("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096")
+        .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
+        .env("BOURSE_LOG", "warn");
+    without_datastores(&mut seed);
+    let seeded = seed.output().await.unwrap();
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    // And the platform works on them: a demo trader logs in (PostgreSQL, and Redis for the
+    // login throttle) and finds the seed's deposit.
+    let client = reqwest::Client::new();
+    let token = demo_login(&client, &gateway, "alice@demo.bourse").await;
+    let balances: Value = client
+        .get(format!("http://{gateway}/v1/balances"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        balances.to_string().contains("100000"),
+        "the seed's deposit: {balances}"
+    );
+
+    served.terminate();
+    let (code, _) = served.finish().await;
+    assert_eq!(code, Some(0));
+    assert!(
+        !answers(postgres_port) && !answers(redis_port),
+        "the private servers stop with bourse"
+    );
+    assert!(
+        data_dir.join("postgres/PG_VERSION").is_file(),
+        "PostgreSQL's data stays in the folder it named"
+    );
+    std::fs::remove_dir_all(&data_dir).unwrap();
+}
+
 #[tokio::test]
 async fn operators_list_and_replay_dead_letters() {
     let prefix = format!("test:{}", uuid::Uuid::now_v7());

@@ -19,6 +19,8 @@ pub struct Served {
     child: Child,
     lines: mpsc::UnboundedReceiver<String>,
     seen: Vec<String>,
+    /// Its standard error, when the command piped it (what it tells a terminal).
+    stderr: Option<mpsc::UnboundedReceiver<String>>,
 }
 
 impl Served {
@@ -27,9 +29,17 @@ impl Served {
     }
 
     pub async fn start_with(pool: &PgPool, extra_env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(BOURSE)
+        let mut command = Self::command(extra_env);
+        command.env("DATABASE_URL", bourse::testing::database_url(pool));
+        Self::spawn(command)
+    }
+
+    /// `bourse serve all` on ports of its own, logging JSON lines at debug, with `extra_env`;
+    /// its database is the caller's to give.
+    pub fn command(extra_env: &[(&str, &str)]) -> Command {
+        let mut command = Command::new(BOURSE);
+        command
             .args(["serve", "all"])
-            .env("DATABASE_URL", bourse::testing::database_url(pool))
             .env(
                 "BOURSE_REDIS_KEY_PREFIX",
                 format!("test:{}", uuid::Uuid::now_v7()),
@@ -49,23 +59,34 @@ impl Served {
             .envs(extra_env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs `command` (from [`Served::command`]) and reads its log lines.
+    pub fn spawn(mut command: Command) -> Self {
+        let mut child = command.spawn().unwrap();
+        let lines = read_lines(child.stdout.take().unwrap());
+        let stderr = child.stderr.take().map(read_lines);
         Self {
             child,
             lines,
             seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// Waits for a line of standard error containing `text` (the command must pipe it).
+    pub async fn stderr_line(&mut self, text: &str) -> String {
+        let stderr = self.stderr.as_mut().expect("stderr is piped");
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match tokio::time::timeout_at(deadline, stderr.recv()).await {
+                Ok(Some(line)) if line.contains(text) => return line,
+                Ok(Some(line)) => seen.push(line),
+                _ => panic!("no {text:?} on stderr; saw:\n{}", seen.join("\n")),
+            }
         }
     }
 
@@ -122,6 +143,22 @@ impl Served {
         }
         (status.code(), self.seen)
     }
+}
+
+/// The lines of a child's output, as they come.
+fn read_lines(
+    output: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+) -> mpsc::UnboundedReceiver<String> {
+    let (tx, lines) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(output).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
 }
 
 impl Served {
