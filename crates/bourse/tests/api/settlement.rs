@@ -2,6 +2,8 @@
 //! withdrawals through the gateway, holds over the internal API with real service tokens,
 //! trades settled from real events on the real orders stream, reconciliation.
 
+use contracts::Side;
+use contracts::events::{Event, OrderCancelled, OrderCompleted, OrderRejected, TradeExecuted};
 use reqwest::{Response, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -137,8 +139,8 @@ impl Ledger {
     }
 
     /// Puts an event on this app's orders stream, as the orders relay would.
-    async fn publish(&self, event_type: &str, payload: Value) -> events::Envelope {
-        let envelope = events::Envelope::new("orders", event_type, 1, "test", 0, payload);
+    async fn publish<E: Event>(&self, payload: &E) -> events::Envelope {
+        let envelope = events::Envelope::of("orders", "test", 0, payload).unwrap();
         self.republish(&envelope).await;
         envelope
     }
@@ -398,11 +400,12 @@ async fn a_hold_that_arrives_after_its_order_was_given_up_is_refused(pool: PgPoo
     let order = Uuid::now_v7();
     // Orders gave up on the order (its hold call got no answer in time) and said so through
     // its outbox; under load that release reaches settlement before the hold request does.
-    l.publish(
-        "OrderRejected",
-        json!({ "order_id": order, "account_id": l.alice_id, "symbol": "BTC-USD",
-                "reason": "not_placed" }),
-    )
+    l.publish(&OrderRejected {
+        order_id: Some(order),
+        account_id: l.alice_id,
+        symbol: "BTC-USD".to_owned(),
+        reason: "not_placed".to_owned(),
+    })
     .await;
     let released =
         format!("SELECT count(*) FROM settlement.released_orders WHERE order_id = '{order}'");
@@ -540,16 +543,23 @@ fn trade_executed(
     trade: Uuid,
     (maker_order, maker): (Uuid, Uuid),
     (taker_order, taker): (Uuid, Uuid),
-    taker_side: &str,
+    taker_side: Side,
     price: i64,
     quantity: i64,
-) -> Value {
-    json!({
-        "trade_id": trade, "symbol": "BTC-USD", "base_asset": "BTC", "quote_asset": "USD",
-        "price": price, "quantity": quantity,
-        "maker_order_id": maker_order, "taker_order_id": taker_order,
-        "maker_account_id": maker, "taker_account_id": taker, "taker_side": taker_side,
-    })
+) -> TradeExecuted {
+    TradeExecuted {
+        trade_id: trade,
+        symbol: "BTC-USD".to_owned(),
+        base_asset: "BTC".to_owned(),
+        quote_asset: "USD".to_owned(),
+        price,
+        quantity,
+        maker_order_id: maker_order,
+        taker_order_id: taker_order,
+        maker_account_id: maker,
+        taker_account_id: taker,
+        taker_side,
+    }
 }
 
 #[sqlx::test(migrations = false)]
@@ -583,23 +593,21 @@ async fn a_trade_settles_by_delivery_versus_payment_exactly_once_with_fees(pool:
     // (20 bps = 24.00); Alice made it (10 bps = 12.00).
     let trade = Uuid::now_v7();
     let executed = l
-        .publish(
-            "TradeExecuted",
-            trade_executed(
-                trade,
-                (sell, l.alice_id),
-                (buy, l.bob_id),
-                "buy",
-                3_000_000,
-                40_000_000,
-            ),
-        )
+        .publish(&trade_executed(
+            trade,
+            (sell, l.alice_id),
+            (buy, l.bob_id),
+            Side::Buy,
+            3_000_000,
+            40_000_000,
+        ))
         .await;
     // Bob's order is complete; the rest of his hold (the price improvement) comes back.
-    l.publish(
-        "OrderCompleted",
-        json!({ "order_id": buy, "symbol": "BTC-USD" }),
-    )
+    l.publish(&OrderCompleted {
+        order_id: buy,
+        account_id: l.bob_id,
+        symbol: "BTC-USD".to_owned(),
+    })
     .await;
     // Redelivered (a relay retry): no second effect.
     l.republish(&executed).await;
@@ -635,10 +643,14 @@ async fn a_trade_settles_by_delivery_versus_payment_exactly_once_with_fees(pool:
     );
 
     // Alice cancels the rest: her 0.6 BTC comes back.
-    l.publish(
-        "OrderCancelled",
-        json!({ "order_id": sell, "symbol": "BTC-USD", "remaining": 60_000_000, "reason": "user" }),
-    )
+    l.publish(&OrderCancelled {
+        order_id: sell,
+        account_id: l.alice_id,
+        symbol: "BTC-USD".to_owned(),
+        base_asset: "BTC".to_owned(),
+        remaining: 60_000_000,
+        reason: "user".to_owned(),
+    })
     .await;
     eventually("Alice's hold to be released", || async {
         l.balance(&l.alice, "BTC").await.1 == "0.00000000"
@@ -675,17 +687,17 @@ async fn a_trade_that_cannot_settle_is_dead_lettered_and_announced(pool: PgPool)
     .await;
     let l = ledger_on(app).await;
     // A trade in an asset the ledger does not know: every delivery fails.
-    let poison = l
-        .publish(
-            "TradeExecuted",
-            json!({
-                "trade_id": Uuid::now_v7(), "symbol": "DOGE-USD", "base_asset": "DOGE",
-                "quote_asset": "USD", "price": 10, "quantity": 100,
-                "maker_order_id": Uuid::now_v7(), "taker_order_id": Uuid::now_v7(),
-                "maker_account_id": l.alice_id, "taker_account_id": l.bob_id, "taker_side": "buy",
-            }),
-        )
-        .await;
+    let mut doge = trade_executed(
+        Uuid::now_v7(),
+        (Uuid::now_v7(), l.alice_id),
+        (Uuid::now_v7(), l.bob_id),
+        Side::Buy,
+        10,
+        100,
+    );
+    doge.symbol = "DOGE-USD".to_owned();
+    doge.base_asset = "DOGE".to_owned();
+    let poison = l.publish(&doge).await;
 
     let (event_type, notice) = l.app.first_event("ops").await;
     assert_eq!(event_type, "EventDeadLettered");
@@ -721,6 +733,68 @@ async fn a_trade_that_cannot_settle_is_dead_lettered_and_announced(pool: PgPool)
         .await,
         0
     );
+}
+
+/// A version of an event settlement does not know is refused, not guessed at: dead-lettered
+/// (to be replayed once settlement reads it), with nothing written — and the consumer goes
+/// on with the next event.
+#[sqlx::test(migrations = false)]
+async fn an_event_version_settlement_does_not_read_is_dead_lettered_not_guessed_at(pool: PgPool) {
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("BOURSE_SETTLEMENT_CONSUMER_MAX_DELIVERIES", "2"),
+            ("BOURSE_SETTLEMENT_CONSUMER_RETRY_AFTER_MS", "100"),
+        ],
+    )
+    .await;
+    let l = ledger_on(app).await;
+    let order = Uuid::now_v7();
+    // A release (OrderRejected) in a version 2 that this settlement has never heard of.
+    let mut future = events::Envelope::of(
+        "orders",
+        "test",
+        0,
+        &OrderRejected {
+            order_id: Some(order),
+            account_id: l.alice_id,
+            symbol: "BTC-USD".to_owned(),
+            reason: "not_placed".to_owned(),
+        },
+    )
+    .unwrap();
+    future.version = OrderRejected::VERSION + 1;
+    l.republish(&future).await;
+
+    let (event_type, notice) = l.app.first_event("ops").await;
+    assert_eq!(event_type, "EventDeadLettered");
+    assert_eq!(notice["payload"]["event_id"], future.id.to_string());
+    assert!(
+        notice["payload"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("version 2 is not one this consumer reads"),
+        "{notice}"
+    );
+    assert_eq!(
+        count(&l.app.db, "SELECT count(*) FROM settlement.released_orders").await,
+        0,
+        "nothing of it was applied"
+    );
+    // The next event, in the version settlement reads, is applied as usual.
+    l.publish(&OrderRejected {
+        order_id: Some(order),
+        account_id: l.alice_id,
+        symbol: "BTC-USD".to_owned(),
+        reason: "not_placed".to_owned(),
+    })
+    .await;
+    let released =
+        format!("SELECT count(*) FROM settlement.released_orders WHERE order_id = '{order}'");
+    eventually("the known version to be applied", || async {
+        count(&l.app.db, &released).await == 1
+    })
+    .await;
 }
 
 #[sqlx::test(migrations = false)]

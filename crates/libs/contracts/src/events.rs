@@ -1,10 +1,55 @@
-//! Payloads of the events more than one service reads, so producer and consumers agree on
-//! one definition. Amounts are integer minor units, as everywhere inside the platform.
+//! Payloads of the events on the `orders` and `settlement` streams, so producer and consumers
+//! agree on one definition: producers build events from these types
+//! (`events::Envelope::of`), consumers read them back with the type and version checked
+//! (`events::Envelope::decode`). Amounts are integer minor units, as everywhere inside the
+//! platform; sides are [`Side`], never strings.
+//!
+//! Evolving one: a field added with `#[serde(default)]` keeps the version — old events still
+//! read, and readers ignore fields they do not know (no `deny_unknown_fields`: a consumer
+//! deployed before its producer must not choke on the new field). Anything else is a new
+//! version, and consumers refuse a version they do not know — the event is dead-lettered, to
+//! be replayed once they do — rather than guess at it.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// `TradeExecuted` on `bourse.orders`: one match, at the maker's price.
+use crate::Side;
+
+/// An event payload: the type name and schema version the envelope carries with it.
+pub trait Event: Serialize + DeserializeOwned {
+    /// The envelope's `type`.
+    const TYPE: &'static str;
+    /// The envelope's `version`: the payload schema this type reads and writes.
+    const VERSION: u32;
+}
+
+macro_rules! event {
+    ($name:ident, $version:literal) => {
+        impl Event for $name {
+            const TYPE: &'static str = stringify!($name);
+            const VERSION: u32 = $version;
+        }
+    };
+}
+
+/// `OrderAccepted`: an order passed its checks and reached the book.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderAccepted {
+    pub order_id: Uuid,
+    pub account_id: Uuid,
+    pub symbol: String,
+    pub base_asset: String,
+    pub quote_asset: String,
+    pub side: Side,
+    /// Quote minor units per whole base unit; none for a market order.
+    pub price: Option<i64>,
+    /// Base minor units.
+    pub quantity: i64,
+}
+event!(OrderAccepted, 1);
+
+/// `TradeExecuted`: one match, at the maker's price.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TradeExecuted {
     pub trade_id: Uuid,
@@ -19,33 +64,112 @@ pub struct TradeExecuted {
     pub taker_order_id: Uuid,
     pub maker_account_id: Uuid,
     pub taker_account_id: Uuid,
-    /// `buy` or `sell`.
-    pub taker_side: String,
+    pub taker_side: Side,
 }
+event!(TradeExecuted, 1);
 
-/// `OrderCompleted`, `OrderCancelled` and `OrderRejected`: an order that will not trade again.
-/// A rejection before the order had an id carries none; a cancel says what was left.
+/// `OrderCompleted`: an order filled in full.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderEnded {
-    pub order_id: Option<Uuid>,
-    /// Whose order it was (absent from events written before it was added).
-    #[serde(default)]
-    pub account_id: Option<Uuid>,
-    /// Base minor units left unfilled (cancels only).
-    #[serde(default)]
-    pub remaining: Option<i64>,
-}
-
-/// `OrderAccepted`: an order passed its checks and reached the book.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OrderAccepted {
+pub struct OrderCompleted {
     pub order_id: Uuid,
     pub account_id: Uuid,
     pub symbol: String,
-    /// `buy` or `sell`.
-    pub side: String,
-    /// Quote minor units; none for a market order.
-    pub price: Option<i64>,
-    /// Base minor units.
+}
+event!(OrderCompleted, 1);
+
+/// `OrderCancelled`: an order left the book with `remaining` unfilled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub order_id: Uuid,
+    pub account_id: Uuid,
+    pub symbol: String,
+    pub base_asset: String,
+    /// Base minor units left unfilled.
+    pub remaining: i64,
+    /// Who or what cancelled it (the owner, a kill switch, self-trade prevention, …).
+    pub reason: String,
+}
+event!(OrderCancelled, 1);
+
+/// `OrderRejected`: an order that will never trade — refused by the book or its checks, or
+/// given up on before it reached the book (`not_placed`). A request refused before its order
+/// had an id carries none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderRejected {
+    pub order_id: Option<Uuid>,
+    pub account_id: Uuid,
+    pub symbol: String,
+    pub reason: String,
+}
+event!(OrderRejected, 1);
+
+/// `TradeSettled` on the `settlement` stream: a trade's money moved, delivery versus payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TradeSettled {
+    pub trade_id: Uuid,
+    pub symbol: String,
+    pub buyer_account_id: Uuid,
+    pub seller_account_id: Uuid,
+    pub base_asset: String,
+    pub quote_asset: String,
+    pub price: i64,
     pub quantity: i64,
+    /// Quote minor units: price × quantity.
+    pub notional: i64,
+    pub buyer_fee: i64,
+    pub seller_fee: i64,
+    pub fee_asset: String,
+}
+event!(TradeSettled, 1);
+
+/// How an order ended, as settlement and risk need it: the three end events read as one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrderEnded {
+    pub order_id: Uuid,
+    pub account_id: Uuid,
+    pub how: Ending,
+}
+
+/// Which end, and what it leaves to release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Filled in full.
+    Completed,
+    /// Left the book with this many base minor units unfilled.
+    Cancelled { remaining: i64 },
+    /// Never traded.
+    Rejected,
+}
+
+impl From<OrderCompleted> for OrderEnded {
+    fn from(e: OrderCompleted) -> Self {
+        Self {
+            order_id: e.order_id,
+            account_id: e.account_id,
+            how: Ending::Completed,
+        }
+    }
+}
+
+impl From<OrderCancelled> for OrderEnded {
+    fn from(e: OrderCancelled) -> Self {
+        Self {
+            order_id: e.order_id,
+            account_id: e.account_id,
+            how: Ending::Cancelled {
+                remaining: e.remaining,
+            },
+        }
+    }
+}
+
+impl OrderRejected {
+    /// The end of its order; none when the request was refused before the order had an id.
+    pub fn ended(self) -> Option<OrderEnded> {
+        Some(OrderEnded {
+            order_id: self.order_id?,
+            account_id: self.account_id,
+            how: Ending::Rejected,
+        })
+    }
 }

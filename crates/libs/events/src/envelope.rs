@@ -1,5 +1,6 @@
 //! The event envelope (docs/design.md §3).
 
+use contracts::events::Event;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -59,9 +60,52 @@ impl Envelope {
         }
     }
 
-    /// The payload as `T`; the error names the event type.
+    /// A new event of a contract type ([`contracts::events`]): its type name and version come
+    /// from the type, so a producer cannot spell them differently from its consumers.
+    pub fn of<E: Event>(
+        producer: &str,
+        aggregate_id: impl Into<String>,
+        sequence: i64,
+        payload: &E,
+    ) -> Result<Self, PayloadError> {
+        let payload = serde_json::to_value(payload).map_err(|source| PayloadError::Malformed {
+            event_type: E::TYPE.to_owned(),
+            source,
+        })?;
+        Ok(Self::new(
+            producer,
+            E::TYPE,
+            E::VERSION,
+            aggregate_id,
+            sequence,
+            payload,
+        ))
+    }
+
+    /// The payload as the contract type `E`, refused — never guessed at — when the event is of
+    /// another type or a version `E` does not read. Consumers treat the refusal as permanent
+    /// (dead letter).
+    pub fn decode<E: Event>(&self) -> Result<E, PayloadError> {
+        if self.event_type != E::TYPE {
+            return Err(PayloadError::OtherType {
+                event_type: self.event_type.clone(),
+                expected: E::TYPE,
+            });
+        }
+        if self.version != E::VERSION {
+            return Err(PayloadError::UnknownVersion {
+                event_type: self.event_type.clone(),
+                version: self.version,
+                known: E::VERSION,
+            });
+        }
+        self.payload_as()
+    }
+
+    /// The payload as `T`, whatever the envelope's type and version say; the error names the
+    /// event type. For payloads without a contract type; [`Envelope::decode`] otherwise.
     pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        serde_json::from_value(self.payload.clone()).map_err(|source| PayloadError {
+        serde_json::from_value(self.payload.clone()).map_err(|source| PayloadError::Malformed {
             event_type: self.event_type.clone(),
             source,
         })
@@ -78,11 +122,24 @@ impl Envelope {
 
 /// A payload that is not the shape its event type promises.
 #[derive(Debug, thiserror::Error)]
-#[error("{event_type} payload: {source}")]
-pub struct PayloadError {
-    pub event_type: String,
-    #[source]
-    pub source: serde_json::Error,
+pub enum PayloadError {
+    #[error("{event_type} payload: {source}")]
+    Malformed {
+        event_type: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{event_type} version {version} is not one this consumer reads (it reads {known})")]
+    UnknownVersion {
+        event_type: String,
+        version: u32,
+        known: u32,
+    },
+    #[error("a {event_type} event read as {expected}")]
+    OtherType {
+        event_type: String,
+        expected: &'static str,
+    },
 }
 
 /// The `XADD` that puts an event on a stream, in the one entry shape every reader of our

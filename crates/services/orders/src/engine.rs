@@ -749,7 +749,7 @@ impl Batches<'_> {
                         },
                         &mut events,
                     );
-                    origin.enter(|| writes.book_events(&events));
+                    origin.enter(|| writes.book_events(&events))?;
                     let cancelled = events
                         .iter()
                         .any(|e| matches!(e.event, Event::Cancelled { .. }));
@@ -764,7 +764,7 @@ impl Batches<'_> {
                         },
                         &mut events,
                     );
-                    origin.enter(|| writes.book_events(&events));
+                    origin.enter(|| writes.book_events(&events))?;
                     Pending::Counted(events.len() as u64)
                 }
                 // Read once the whole batch is applied: a snapshot is always of a batch's end,

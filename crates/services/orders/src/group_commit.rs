@@ -12,10 +12,12 @@
 use std::collections::HashMap;
 
 use matching::{CancelReason, Emitted, Event, Side};
-use serde_json::json;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use contracts::events::{
+    OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, TradeExecuted,
+};
 use contracts::fees::Fees;
 
 use crate::engine::Answer;
@@ -122,19 +124,23 @@ impl<'a> BatchWrites<'a> {
         let first_sequence = emitted.first().map_or(0, |e| e.sequence);
         if rejection.is_none() {
             self.outbox.push(event(
-                "OrderAccepted",
                 taker,
                 first_sequence,
-                json!({
-                    "order_id": taker, "account_id": order.account, "symbol": order.symbol,
-                    "base_asset": self.instrument.base.code, "quote_asset": self.instrument.quote.code,
-                    "side": side_name(order.side), "price": order.price, "quantity": order.quantity,
-                }),
-            ));
+                &OrderAccepted {
+                    order_id: taker,
+                    account_id: order.account,
+                    symbol: order.symbol.clone(),
+                    base_asset: self.instrument.base.code.clone(),
+                    quote_asset: self.instrument.quote.code.clone(),
+                    side: contract_side(order.side),
+                    price: order.price,
+                    quantity: order.quantity,
+                },
+            )?);
         }
         let mut fills = Vec::new();
         for e in emitted {
-            if let Some(fill) = self.apply(e)
+            if let Some(fill) = self.apply(e)?
                 && fill.taker == taker
             {
                 fills.push(fill.row);
@@ -156,14 +162,15 @@ impl<'a> BatchWrites<'a> {
             }
             Some(reason) => {
                 self.outbox.push(event(
-                    "OrderRejected",
                     taker,
                     first_sequence,
-                    json!({
-                        "order_id": taker, "account_id": order.account, "symbol": order.symbol,
-                        "reason": format!("{reason:?}"),
-                    }),
-                ));
+                    &OrderRejected {
+                        order_id: Some(taker),
+                        account_id: order.account,
+                        symbol: order.symbol.clone(),
+                        reason: format!("{reason:?}"),
+                    },
+                )?);
                 let (code, detail) = crate::view::rejection_problem(reason);
                 Answer {
                     status: 422,
@@ -176,10 +183,11 @@ impl<'a> BatchWrites<'a> {
     }
 
     /// Records book events that answer nothing themselves (cancels, mass cancels).
-    pub fn book_events(&mut self, emitted: &[Emitted]) {
+    pub fn book_events(&mut self, emitted: &[Emitted]) -> Result<()> {
         for e in emitted {
-            self.apply(e);
+            self.apply(e)?;
         }
+        Ok(())
     }
 
     /// Writes everything recorded, in the caller's transaction. An order whose client order id
@@ -203,7 +211,7 @@ impl<'a> BatchWrites<'a> {
     }
 
     /// Applies one book event to the recorded state; a trade returns the taker's fill.
-    fn apply(&mut self, emitted: &Emitted) -> Option<TakerFill> {
+    fn apply(&mut self, emitted: &Emitted) -> Result<Option<TakerFill>> {
         let instrument = self.instrument;
         match emitted.event {
             Event::Trade {
@@ -239,18 +247,22 @@ impl<'a> BatchWrites<'a> {
                     sequence: i64::try_from(emitted.sequence).unwrap_or(i64::MAX),
                 });
                 let mut executed = event(
-                    "TradeExecuted",
                     trade_id,
                     emitted.sequence,
-                    json!({
-                        "trade_id": trade_id, "symbol": instrument.symbol,
-                        "base_asset": instrument.base.code, "quote_asset": instrument.quote.code,
-                        "price": price, "quantity": quantity,
-                        "maker_order_id": maker, "taker_order_id": taker,
-                        "maker_account_id": maker_account, "taker_account_id": taker_account,
-                        "taker_side": side_name(taker_side),
-                    }),
-                );
+                    &TradeExecuted {
+                        trade_id,
+                        symbol: instrument.symbol.clone(),
+                        base_asset: instrument.base.code.clone(),
+                        quote_asset: instrument.quote.code.clone(),
+                        price,
+                        quantity,
+                        maker_order_id: maker,
+                        taker_order_id: taker,
+                        maker_account_id: maker_account,
+                        taker_account_id: taker_account,
+                        taker_side: contract_side(taker_side),
+                    },
+                )?;
                 // The trade row's time: settlement records it, and reconciliation compares
                 // both sides' trades by it.
                 executed.occurred_at = self.now;
@@ -261,14 +273,17 @@ impl<'a> BatchWrites<'a> {
                 ] {
                     if remaining == 0 {
                         self.outbox.push(event(
-                            "OrderCompleted",
                             order,
                             emitted.sequence,
-                            json!({ "order_id": order, "account_id": account, "symbol": instrument.symbol }),
-                        ));
+                            &OrderCompleted {
+                                order_id: order,
+                                account_id: account,
+                                symbol: instrument.symbol.clone(),
+                            },
+                        )?);
                     }
                 }
-                return Some(TakerFill {
+                return Ok(Some(TakerFill {
                     taker,
                     row: FillRow {
                         trade_id,
@@ -276,7 +291,7 @@ impl<'a> BatchWrites<'a> {
                         quantity,
                         liquidity: "taker".to_owned(),
                     },
-                });
+                }));
             }
             Event::Cancelled {
                 id,
@@ -288,15 +303,17 @@ impl<'a> BatchWrites<'a> {
                 self.set_status(id, "cancelled");
                 let remaining = i64::try_from(remaining).unwrap_or(i64::MAX) * instrument.lot_size;
                 self.outbox.push(event(
-                    "OrderCancelled",
                     id,
                     emitted.sequence,
-                    json!({
-                        "order_id": id, "account_id": Uuid::from_u128(account.0),
-                        "symbol": instrument.symbol, "base_asset": instrument.base.code,
-                        "remaining": remaining, "reason": cancel_reason(reason),
-                    }),
-                ));
+                    &OrderCancelled {
+                        order_id: id,
+                        account_id: Uuid::from_u128(account.0),
+                        symbol: instrument.symbol.clone(),
+                        base_asset: instrument.base.code.clone(),
+                        remaining,
+                        reason: cancel_reason(reason).to_owned(),
+                    },
+                )?);
             }
             Event::Rested { id, .. } => {
                 let sequence = i64::try_from(emitted.sequence).unwrap_or(i64::MAX);
@@ -306,7 +323,7 @@ impl<'a> BatchWrites<'a> {
             }
             Event::Accepted { .. } | Event::Rejected { .. } => {}
         }
-        None
+        Ok(None)
     }
 
     fn fill(&mut self, order: Uuid, price: i64, quantity: i64, remaining: u64) {
@@ -384,20 +401,25 @@ fn cancel_reason(reason: CancelReason) -> &'static str {
     }
 }
 
-fn event(
-    event_type: &str,
+fn event<E: contracts::events::Event>(
     aggregate: Uuid,
     sequence: u64,
-    payload: serde_json::Value,
-) -> events::Envelope {
-    events::Envelope::new(
+    payload: &E,
+) -> Result<events::Envelope> {
+    Ok(events::Envelope::of(
         PRODUCER,
-        event_type,
-        1,
         aggregate.to_string(),
         i64::try_from(sequence).unwrap_or(i64::MAX),
         payload,
-    )
+    )?)
+}
+
+/// The book's side as events carry it.
+fn contract_side(side: Side) -> contracts::Side {
+    match side {
+        Side::Buy => contracts::Side::Buy,
+        Side::Sell => contracts::Side::Sell,
+    }
 }
 
 /// The JSON of a problem as the client receives it (request id included).

@@ -12,7 +12,9 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use contracts::events::{OrderAccepted, OrderEnded, TradeExecuted};
+use contracts::events::{
+    Event, OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, TradeExecuted,
+};
 use events::{Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
@@ -23,11 +25,11 @@ use crate::positions::{Position, Side};
 use crate::store::{self, OpenOrder, PositionKey, PositionRow};
 
 pub const EVENT_TYPES: &[&str] = &[
-    "OrderAccepted",
-    "TradeExecuted",
-    "OrderCompleted",
-    "OrderCancelled",
-    "OrderRejected",
+    OrderAccepted::TYPE,
+    TradeExecuted::TYPE,
+    OrderCompleted::TYPE,
+    OrderCancelled::TYPE,
+    OrderRejected::TYPE,
 ];
 
 pub struct Projector {
@@ -69,37 +71,42 @@ impl Projector {
     }
 
     fn read(&self, event: &Envelope, deferred: &mut Deferred) -> Result<(), HandlerError> {
-        let unknown_side = || HandlerError::permanent("unknown side");
         let read = match event.event_type.as_str() {
-            "OrderAccepted" => {
-                let accepted: OrderAccepted = event.payload_as()?;
+            OrderAccepted::TYPE => {
+                let accepted: OrderAccepted = event.decode()?;
                 Read::Accepted {
                     event: event.id,
                     order: OpenOrder {
                         order: accepted.order_id,
                         account: accepted.account_id,
-                        side: Side::parse(&accepted.side).ok_or_else(unknown_side)?,
+                        side: accepted.side,
                         symbol: accepted.symbol,
                         remaining: accepted.quantity,
                     },
                 }
             }
-            "OrderCompleted" | "OrderCancelled" | "OrderRejected" => {
-                let ended: OrderEnded = event.payload_as()?;
-                let Some(order) = ended.order_id else {
-                    return Ok(());
-                };
-                Read::Ended {
+            OrderCompleted::TYPE => Read::Ended {
+                event: event.id,
+                order: event.decode::<OrderCompleted>()?.order_id,
+            },
+            OrderCancelled::TYPE => Read::Ended {
+                event: event.id,
+                order: event.decode::<OrderCancelled>()?.order_id,
+            },
+            // A request refused before its order had an id ended nothing.
+            OrderRejected::TYPE => match event.decode::<OrderRejected>()?.order_id {
+                Some(order) => Read::Ended {
                     event: event.id,
                     order,
-                }
-            }
-            "TradeExecuted" => {
-                let executed: TradeExecuted = event.payload_as()?;
+                },
+                None => return Ok(()),
+            },
+            TradeExecuted::TYPE => {
+                let executed: TradeExecuted = event.decode()?;
                 let base_scale = *self.scales.get(&executed.base_asset).ok_or_else(|| {
                     HandlerError::permanent(format!("unknown asset {}", executed.base_asset))
                 })?;
-                let taker_side = Side::parse(&executed.taker_side).ok_or_else(unknown_side)?;
+                let taker_side = executed.taker_side;
                 Read::Trade(Box::new(Trade {
                     cause: event.clone(),
                     executed,

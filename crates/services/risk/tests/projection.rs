@@ -5,7 +5,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use contracts::Asset;
+use contracts::events::{OrderAccepted, OrderCancelled, OrderCompleted, TradeExecuted};
+use contracts::{Asset, Side};
 use events::{Envelope, Handler};
 use risk::book::Book;
 use risk::project::Projector;
@@ -21,46 +22,60 @@ async fn risk_db(test_pool: &PgPool) -> PgPool {
     pool
 }
 
-fn accepted(order: Uuid, account: Uuid, side: &str, quantity: i64) -> Envelope {
-    Envelope::new(
+fn accepted(order: Uuid, account: Uuid, side: Side, quantity: i64) -> Envelope {
+    Envelope::of(
         "orders",
-        "OrderAccepted",
-        1,
         order.to_string(),
         1,
-        serde_json::json!({
-            "order_id": order, "account_id": account, "symbol": "BTC-USD", "side": side,
-            "type": "limit", "price": 3_000_000, "quantity": quantity,
-        }),
+        &OrderAccepted {
+            order_id: order,
+            account_id: account,
+            symbol: "BTC-USD".to_owned(),
+            base_asset: "BTC".to_owned(),
+            quote_asset: "USD".to_owned(),
+            side,
+            price: Some(3_000_000),
+            quantity,
+        },
     )
+    .unwrap()
 }
 
 /// 0.01 BTC at 30,000.00 from the resting `maker` (a buy) to the `taker` (a sell).
 fn trade(maker: (Uuid, Uuid), taker: (Uuid, Uuid)) -> Envelope {
-    Envelope::new(
+    Envelope::of(
         "orders",
-        "TradeExecuted",
-        1,
         "BTC-USD",
         2,
-        serde_json::json!({
-            "trade_id": Uuid::now_v7(), "symbol": "BTC-USD", "base_asset": "BTC",
-            "quote_asset": "USD", "price": 3_000_000, "quantity": 1_000_000,
-            "maker_order_id": maker.0, "maker_account_id": maker.1,
-            "taker_order_id": taker.0, "taker_account_id": taker.1, "taker_side": "sell",
-        }),
+        &TradeExecuted {
+            trade_id: Uuid::now_v7(),
+            symbol: "BTC-USD".to_owned(),
+            base_asset: "BTC".to_owned(),
+            quote_asset: "USD".to_owned(),
+            price: 3_000_000,
+            quantity: 1_000_000,
+            maker_order_id: maker.0,
+            maker_account_id: maker.1,
+            taker_order_id: taker.0,
+            taker_account_id: taker.1,
+            taker_side: Side::Sell,
+        },
     )
+    .unwrap()
 }
 
 fn completed(order: Uuid, account: Uuid) -> Envelope {
-    Envelope::new(
+    Envelope::of(
         "orders",
-        "OrderCompleted",
-        1,
         order.to_string(),
         3,
-        serde_json::json!({ "order_id": order, "account_id": account }),
+        &OrderCompleted {
+            order_id: order,
+            account_id: account,
+            symbol: "BTC-USD".to_owned(),
+        },
     )
+    .unwrap()
 }
 
 /// One consumer transaction: every event read, the batch written, committed, then memory.
@@ -87,8 +102,8 @@ async fn one_batch_opens_fills_and_ends_orders_and_moves_positions(pool: PgPool)
     let (ask, seller) = (Uuid::now_v7(), Uuid::now_v7());
     // A bid for 0.03 BTC rests; an ask for 0.01 sells into it and completes.
     let batch = [
-        accepted(bid, buyer, "buy", 3_000_000),
-        accepted(ask, seller, "sell", 1_000_000),
+        accepted(bid, buyer, Side::Buy, 3_000_000),
+        accepted(ask, seller, Side::Sell, 1_000_000),
         trade((bid, buyer), (ask, seller)),
         completed(ask, seller),
     ];
@@ -133,19 +148,25 @@ async fn one_batch_opens_fills_and_ends_orders_and_moves_positions(pool: PgPool)
 
     // A later batch: the stored bid fills again and is cancelled with the rest.
     let (second_ask, second_seller) = (Uuid::now_v7(), Uuid::now_v7());
-    let cancelled = Envelope::new(
+    let cancelled = Envelope::of(
         "orders",
-        "OrderCancelled",
-        1,
         bid.to_string(),
         5,
-        serde_json::json!({ "order_id": bid, "account_id": buyer, "remaining": 1_000_000 }),
-    );
+        &OrderCancelled {
+            order_id: bid,
+            account_id: buyer,
+            symbol: "BTC-USD".to_owned(),
+            base_asset: "BTC".to_owned(),
+            remaining: 1_000_000,
+            reason: "user".to_owned(),
+        },
+    )
+    .unwrap();
     apply(
         &pool,
         &projector,
         &[
-            accepted(second_ask, second_seller, "sell", 1_000_000),
+            accepted(second_ask, second_seller, Side::Sell, 1_000_000),
             trade((bid, buyer), (second_ask, second_seller)),
             completed(second_ask, second_seller),
             cancelled,

@@ -18,7 +18,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use contracts::Asset;
-use contracts::events::{OrderAccepted, OrderEnded, TradeExecuted};
+use contracts::Side;
+use contracts::events::{
+    Ending, Event, OrderAccepted, OrderCancelled, OrderCompleted, OrderEnded, OrderRejected,
+    TradeExecuted, TradeSettled,
+};
 use events::{Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
@@ -30,11 +34,11 @@ use crate::store::{self, HoldChange, SettledTrade};
 
 /// The orders stream's events settlement acts on; the consumer skips the rest unread.
 pub const EVENT_TYPES: &[&str] = &[
-    "OrderAccepted",
-    "TradeExecuted",
-    "OrderCompleted",
-    "OrderCancelled",
-    "OrderRejected",
+    OrderAccepted::TYPE,
+    TradeExecuted::TYPE,
+    OrderCompleted::TYPE,
+    OrderCancelled::TYPE,
+    OrderRejected::TYPE,
 ];
 
 pub struct Settler {
@@ -48,8 +52,8 @@ pub struct Deferred {
     trades: Vec<Settling>,
     /// Orders that reached the book (their holds are marked accepted).
     accepted: Vec<Uuid>,
-    /// Orders that ended, and how much of each traded.
-    ended: Vec<(Uuid, Fill)>,
+    /// Orders that ended, and how.
+    ended: Vec<OrderEnded>,
 }
 
 /// A trade read from its event, with what settling it moves.
@@ -74,24 +78,25 @@ impl Settler {
     /// Reads an event into the batch; nothing is written yet.
     fn read(&self, event: &Envelope, deferred: &mut Deferred) -> Result<(), HandlerError> {
         match event.event_type.as_str() {
-            "TradeExecuted" => deferred.trades.push(self.trade(event)?),
+            TradeExecuted::TYPE => deferred.trades.push(self.trade(event)?),
             // The order behind a hold reached the book (reconciliation looks for holds whose
             // order never did).
-            "OrderAccepted" => {
-                let accepted: OrderAccepted = event.payload_as()?;
+            OrderAccepted::TYPE => {
+                let accepted: OrderAccepted = event.decode()?;
                 deferred.accepted.push(accepted.order_id);
             }
-            // An ended order releases what is left of its hold: everything filled
-            // (completed), all but `remaining` (cancelled) or nothing (rejected after its hold).
-            ended @ ("OrderCompleted" | "OrderCancelled" | "OrderRejected") => {
-                let payload: OrderEnded = event.payload_as()?;
-                let fill = match ended {
-                    "OrderCompleted" => Fill::All,
-                    "OrderCancelled" => Fill::AllBut(payload.remaining.unwrap_or(0)),
-                    _ => Fill::None,
-                };
-                if let Some(order) = payload.order_id {
-                    deferred.ended.push((order, fill));
+            // An ended order releases what is left of its hold.
+            OrderCompleted::TYPE => {
+                let ended = OrderEnded::from(event.decode::<OrderCompleted>()?);
+                deferred.ended.push(ended);
+            }
+            OrderCancelled::TYPE => {
+                let ended = OrderEnded::from(event.decode::<OrderCancelled>()?);
+                deferred.ended.push(ended);
+            }
+            OrderRejected::TYPE => {
+                if let Some(ended) = event.decode::<OrderRejected>()?.ended() {
+                    deferred.ended.push(ended);
                 }
             }
             _ => {}
@@ -100,11 +105,11 @@ impl Settler {
     }
 
     fn trade(&self, event: &Envelope) -> Result<Settling, HandlerError> {
-        let executed: TradeExecuted = event.payload_as()?;
+        let executed: TradeExecuted = event.decode()?;
         let base_scale = *self.scales.get(&executed.base_asset).ok_or_else(|| {
             HandlerError::permanent(format!("unknown asset {}", executed.base_asset))
         })?;
-        let buyer_is_taker = executed.taker_side == "buy";
+        let buyer_is_taker = executed.taker_side == Side::Buy;
         let (buyer, buy_order, seller, sell_order) = if buyer_is_taker {
             (
                 executed.taker_account_id,
@@ -134,21 +139,25 @@ impl Settler {
             buyer_is_taker,
         };
         let settled = ledger::settle(&trade, self.fees).map_err(HandlerError::permanent)?;
-        let notice = Envelope::new(
+        let notice = Envelope::of(
             crate::SERVICE,
-            "TradeSettled",
-            1,
             trade.id.to_string(),
             0,
-            serde_json::json!({
-                "trade_id": trade.id, "symbol": executed.symbol,
-                "buyer_account_id": trade.buyer, "seller_account_id": trade.seller,
-                "base_asset": trade.base_asset, "quote_asset": trade.quote_asset,
-                "price": trade.price, "quantity": trade.quantity, "notional": settled.notional,
-                "buyer_fee": settled.buyer_fee, "seller_fee": settled.seller_fee,
-                "fee_asset": trade.quote_asset,
-            }),
-        )
+            &TradeSettled {
+                trade_id: trade.id,
+                symbol: executed.symbol.clone(),
+                buyer_account_id: trade.buyer,
+                seller_account_id: trade.seller,
+                base_asset: trade.base_asset.clone(),
+                quote_asset: trade.quote_asset.clone(),
+                price: trade.price,
+                quantity: trade.quantity,
+                notional: settled.notional,
+                buyer_fee: settled.buyer_fee,
+                seller_fee: settled.seller_fee,
+                fee_asset: trade.quote_asset.clone(),
+            },
+        )?
         .caused_by(event);
         Ok(Settling {
             trade,
@@ -246,14 +255,6 @@ async fn settle_trades<'t>(
     Ok((settling, plan))
 }
 
-/// How much of an ended order traded, in base units.
-#[derive(Clone, Copy, Debug)]
-enum Fill {
-    All,
-    AllBut(i64),
-    None,
-}
-
 /// Everything the batch does to holds, in stream order — the trades' posts, the orders that
 /// reached the book, the orders that ended — worked out in memory on the locked rows and
 /// written with one statement, each hold once.
@@ -265,12 +266,12 @@ async fn write_holds(
     tx: &mut PgConnection,
     plan: &Plan,
     accepted: &[Uuid],
-    ended: &[(Uuid, Fill)],
+    ended: &[OrderEnded],
     balances: &mut Deltas,
 ) -> Result<(), HandlerError> {
     let mut ids: Vec<Uuid> = plan.hold_posts.keys().copied().collect();
     ids.extend(accepted);
-    ids.extend(ended.iter().map(|(order, _)| *order));
+    ids.extend(ended.iter().map(|e| e.order_id));
     if ids.is_empty() {
         return Ok(());
     }
@@ -279,7 +280,7 @@ async fn write_holds(
     if !ended.is_empty() {
         // Before looking: a hold being placed for an ending order right now is then either
         // seen here or refused there, never neither.
-        let orders: Vec<Uuid> = ended.iter().map(|(order, _)| *order).collect();
+        let orders: Vec<Uuid> = ended.iter().map(|e| e.order_id).collect();
         store::lock_order_holds(&mut *tx, &orders).await?;
     }
     let mut holds = store::holds_for_update(&mut *tx, &ids).await?;
@@ -305,7 +306,12 @@ async fn write_holds(
         }
     }
     let mut unheld = Vec::new();
-    for &(order, fill) in ended {
+    for &OrderEnded {
+        order_id: order,
+        how,
+        ..
+    } in ended
+    {
         let Some(hold) = holds.get_mut(&order) else {
             // Nothing held yet — a late hold request may still be on its way (orders gave up
             // on the order when the call timed out): it must find the order released.
@@ -315,10 +321,14 @@ async fn write_holds(
         if hold.status != "pending" {
             continue; // Resolved before (a redelivered or late event, or twice in the batch).
         }
-        let expected = match fill {
-            Fill::All => hold.quantity,
-            Fill::AllBut(remaining) => hold.quantity - remaining,
-            Fill::None => 0,
+        // Base units the order traded: everything (completed), all but what was left
+        // (cancelled), nothing (rejected after its hold).
+        let expected = match how {
+            Ending::Completed => hold.quantity,
+            Ending::Cancelled { remaining } => {
+                hold.quantity.checked_sub(remaining).ok_or_else(overflow)?
+            }
+            Ending::Rejected => 0,
         };
         if hold.filled != expected {
             // Permanent as it stands, but only until the trade settles: the entry is tried

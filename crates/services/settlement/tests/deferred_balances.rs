@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use contracts::Asset;
+use contracts::events::{OrderAccepted, OrderCompleted, TradeExecuted};
 use contracts::fees::Fees;
 use events::{Envelope, Handler};
 use settlement::ledger::{self, Side};
@@ -144,33 +145,43 @@ async fn a_hold_goes_ahead_while_a_batch_settling_the_same_accounts_is_open(pool
 }
 
 fn executed(bid: &NewHold, ask: &NewHold, trade_id: Uuid) -> Envelope {
-    Envelope::new(
-        "orders",
-        "TradeExecuted",
-        1,
-        "BTC-USD",
-        1,
-        serde_json::json!({
-            "trade_id": trade_id, "symbol": "BTC-USD", "base_asset": "BTC",
-            "quote_asset": "USD", "price": PRICE, "quantity": QUANTITY,
-            "maker_order_id": ask.id, "taker_order_id": bid.id,
-            "maker_account_id": ask.owner, "taker_account_id": bid.owner, "taker_side": "buy",
-        }),
-    )
+    let trade = TradeExecuted {
+        trade_id,
+        symbol: "BTC-USD".to_owned(),
+        base_asset: "BTC".to_owned(),
+        quote_asset: "USD".to_owned(),
+        price: PRICE,
+        quantity: QUANTITY,
+        maker_order_id: ask.id,
+        taker_order_id: bid.id,
+        maker_account_id: ask.owner,
+        taker_account_id: bid.owner,
+        taker_side: Side::Buy,
+    };
+    Envelope::of("orders", "BTC-USD", 1, &trade).unwrap()
 }
 
-fn order_event(event_type: &str, hold: &NewHold) -> Envelope {
-    Envelope::new(
-        "orders",
-        event_type,
-        1,
-        hold.id.to_string(),
-        1,
-        serde_json::json!({
-            "order_id": hold.id, "account_id": hold.owner, "symbol": "BTC-USD",
-            "side": hold.side.as_str(), "type": "limit", "price": PRICE, "quantity": QUANTITY,
-        }),
-    )
+fn accepted(hold: &NewHold) -> Envelope {
+    let accepted = OrderAccepted {
+        order_id: hold.id,
+        account_id: hold.owner,
+        symbol: "BTC-USD".to_owned(),
+        base_asset: "BTC".to_owned(),
+        quote_asset: "USD".to_owned(),
+        side: hold.side,
+        price: Some(PRICE),
+        quantity: QUANTITY,
+    };
+    Envelope::of("orders", hold.id.to_string(), 1, &accepted).unwrap()
+}
+
+fn completed(hold: &NewHold) -> Envelope {
+    let completed = OrderCompleted {
+        order_id: hold.id,
+        account_id: hold.owner,
+        symbol: "BTC-USD".to_owned(),
+    };
+    Envelope::of("orders", hold.id.to_string(), 1, &completed).unwrap()
 }
 
 #[sqlx::test(migrations = false)]
@@ -186,12 +197,12 @@ async fn one_batch_settles_trades_and_releases_the_holds_of_the_orders_they_comp
     let mut republished = trade.clone();
     republished.id = Uuid::now_v7();
     let batch = [
-        order_event("OrderAccepted", &bid),
-        order_event("OrderAccepted", &ask),
+        accepted(&bid),
+        accepted(&ask),
         trade,
         republished,
-        order_event("OrderCompleted", &ask),
-        order_event("OrderCompleted", &bid),
+        completed(&ask),
+        completed(&bid),
     ];
     let settler = Settler::new(Fees::DEFAULT, &Asset::defaults());
     let mut tx = pool.begin().await.unwrap();

@@ -44,14 +44,18 @@ async fn a_release_racing_a_hold_being_placed_waits_for_it_and_releases_it(pool:
     let release = tokio::spawn({
         let pool = pool.clone();
         async move {
-            let event = Envelope::new(
+            let event = Envelope::of(
                 "orders",
-                "OrderRejected",
-                1,
                 owner.to_string(),
                 0,
-                serde_json::json!({ "order_id": order, "account_id": owner, "reason": "not_placed" }),
-            );
+                &contracts::events::OrderRejected {
+                    order_id: Some(order),
+                    account_id: owner,
+                    symbol: "BTC-USD".to_owned(),
+                    reason: "not_placed".to_owned(),
+                },
+            )
+            .unwrap();
             let settler = Settler::new(contracts::fees::Fees::DEFAULT, &Asset::defaults());
             let mut tx = pool.begin().await.unwrap();
             let mut deltas = Default::default();

@@ -9,6 +9,8 @@ use service_kit::http::{Json, Path, Problem};
 use uuid::Uuid;
 
 use super::AppState;
+use contracts::events::OrderRejected;
+
 use crate::error::{Error, Result};
 use crate::instruments::{PRODUCER, STREAM};
 use crate::order_entry::{self, OrderType, PlaceOrder};
@@ -199,17 +201,18 @@ impl Unplaced {
 /// orders fail here. Without the database either, the call is tried; a hold left even then is
 /// found by reconciliation.
 async fn release_unplaced(state: &AppState, order: Uuid, account: Uuid, symbol: &str) {
-    let event = events::Envelope::new(
-        PRODUCER,
-        "OrderRejected",
-        1,
-        account.to_string(),
-        0,
-        serde_json::json!({
-            "order_id": order, "account_id": account, "symbol": symbol, "reason": "not_placed",
-        }),
-    );
     let announced = async {
+        let event = events::Envelope::of(
+            PRODUCER,
+            account.to_string(),
+            0,
+            &OrderRejected {
+                order_id: Some(order),
+                account_id: account,
+                symbol: symbol.to_owned(),
+                reason: "not_placed".to_owned(),
+            },
+        )?;
         let mut tx = state.pool.begin().await?;
         events::outbox::append(&mut tx, STREAM, &event).await?;
         tx.commit().await?;
@@ -235,17 +238,17 @@ async fn refuse(
         rejection.detail.clone(),
     ))?;
     let mut tx = state.pool.begin().await?;
-    let event = events::Envelope::new(
+    let event = events::Envelope::of(
         PRODUCER,
-        "OrderRejected",
-        1,
         claim.principal.to_string(),
         0,
-        serde_json::json!({
-            "order_id": order_id, "account_id": claim.principal, "symbol": request.symbol,
-            "reason": rejection.code,
-        }),
-    );
+        &OrderRejected {
+            order_id,
+            account_id: claim.principal,
+            symbol: request.symbol.clone(),
+            reason: rejection.code.to_string(),
+        },
+    )?;
     events::outbox::append(&mut tx, STREAM, &event).await?;
     let answer = Answer { status: 422, body };
     idempotency::complete(&mut tx, claim, &answer).await?;
