@@ -173,3 +173,117 @@ impl OrderRejected {
         })
     }
 }
+
+/// A kill switch as the `risk` stream announces it, activated or released.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KillSwitch {
+    pub kill_switch_id: Uuid,
+    /// `global`, `account` or `symbol`.
+    pub scope: String,
+    /// The account id or the symbol; none for `global`.
+    pub target: Option<String>,
+    pub reason: String,
+    /// Who threw (or released) it.
+    pub by: Uuid,
+}
+
+/// `KillSwitchActivated` on `risk`: orders mass-cancels what is open in its scope, alerting
+/// pages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KillSwitchActivated(pub KillSwitch);
+event!(KillSwitchActivated, 1);
+
+/// `KillSwitchReleased` on `risk`: trading in its scope may resume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KillSwitchReleased(pub KillSwitch);
+event!(KillSwitchReleased, 1);
+
+/// `RiskLimitBreached` on `risk`: a trade took an account past a limit checked after the
+/// fact (its position).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RiskLimitBreached {
+    pub account_id: Uuid,
+    pub symbol: String,
+    /// Which limit (`max_position`).
+    pub limit: String,
+    /// The limit, as a decimal string in the base asset.
+    pub max_position: String,
+    /// The account's net position after the trade, as a decimal string.
+    pub net_quantity: String,
+    pub trade_id: Uuid,
+}
+event!(RiskLimitBreached, 1);
+
+/// A circuit breaker between a service and one upstream, as the `ops` stream announces it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerTransition {
+    /// The calling service.
+    pub service: String,
+    pub upstream: String,
+    /// The breaker's state before and after (`closed`, `open`, `half_open`, `disabled`).
+    pub from: String,
+    pub to: String,
+}
+
+/// `CircuitBreakerOpened` on `ops`: the caller stopped calling the upstream for a while.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CircuitBreakerOpened(pub BreakerTransition);
+event!(CircuitBreakerOpened, 1);
+
+/// `CircuitBreakerClosed` on `ops`: calls flow again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CircuitBreakerClosed(pub BreakerTransition);
+event!(CircuitBreakerClosed, 1);
+
+/// `EventDeadLettered` on `ops`: a consumer group gave up on an event after its deliveries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventDeadLettered {
+    pub stream: String,
+    pub group: String,
+    /// The stream entry it was.
+    pub entry_id: String,
+    /// The event's id and type, when the entry carried them.
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub reason: String,
+    pub deliveries: u64,
+}
+event!(EventDeadLettered, 1);
+
+/// One failed check of a reconciliation run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedCheck {
+    pub name: String,
+    /// What is wrong.
+    pub detail: String,
+}
+
+/// `ReconciliationFailed` on `settlement`: the ledger did not prove out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconciliationFailed {
+    pub checks: Vec<FailedCheck>,
+}
+event!(ReconciliationFailed, 1);
+
+/// A service's readiness as alerting's health watch saw it change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceHealth {
+    pub service: String,
+    pub detail: String,
+}
+
+/// `ServiceUnhealthy` on `ops`: a service stopped answering ready.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServiceUnhealthy(pub ServiceHealth);
+event!(ServiceUnhealthy, 1);
+
+/// `ServiceRecovered` on `ops`: it answers ready again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServiceRecovered(pub ServiceHealth);
+event!(ServiceRecovered, 1);

@@ -613,18 +613,20 @@ impl Consumer {
             .arg(fields["envelope"].clone().unwrap_or_default())
             .query_async(&mut redis)
             .await?;
-        let notice = Envelope::new(
+        let notice = Envelope::of(
             &self.producer,
-            "EventDeadLettered",
-            1,
             fields["event_id"].clone().unwrap_or_default(),
             0,
-            serde_json::json!({
-                "stream": self.stream, "group": self.group, "entry_id": entry.id,
-                "event_id": fields["event_id"], "event_type": fields["type"],
-                "reason": reason, "deliveries": deliveries,
-            }),
-        );
+            &contracts::events::EventDeadLettered {
+                stream: self.stream.clone(),
+                group: self.group.clone(),
+                entry_id: entry.id.clone(),
+                event_id: fields["event_id"].clone(),
+                event_type: fields["type"].clone(),
+                reason: reason.to_string(),
+                deliveries: u64::try_from(deliveries).unwrap_or(u64::MAX),
+            },
+        )?;
         let mut tx = self.pool.begin().await?;
         outbox::append(&mut tx, OPS_STREAM, &notice).await?;
         tx.commit().await?;

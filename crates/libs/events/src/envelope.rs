@@ -67,11 +67,8 @@ impl Envelope {
         aggregate_id: impl Into<String>,
         sequence: i64,
         payload: &E,
-    ) -> Result<Self, PayloadError> {
-        let payload = serde_json::to_value(payload).map_err(|source| PayloadError::Malformed {
-            event_type: E::TYPE.to_owned(),
-            source,
-        })?;
+    ) -> Result<Self, crate::Error> {
+        let payload = serde_json::to_value(payload)?;
         Ok(Self::new(
             producer,
             E::TYPE,
@@ -117,6 +114,22 @@ impl Envelope {
         self.traceparent.clone_from(&cause.traceparent);
         self.causation_id = Some(cause.id);
         self
+    }
+}
+
+/// `CircuitBreakerOpened` (when `opened`) or `CircuitBreakerClosed` for a breaker's
+/// transition: the one ops notice several services publish about their upstreams.
+pub fn breaker_notice(
+    producer: &str,
+    transition: contracts::events::BreakerTransition,
+    opened: bool,
+) -> Result<Envelope, crate::Error> {
+    use contracts::events::{CircuitBreakerClosed, CircuitBreakerOpened};
+    let aggregate = transition.upstream.clone();
+    if opened {
+        Envelope::of(producer, aggregate, 0, &CircuitBreakerOpened(transition))
+    } else {
+        Envelope::of(producer, aggregate, 0, &CircuitBreakerClosed(transition))
     }
 }
 

@@ -87,11 +87,13 @@ pub struct Transition {
 
 impl Transition {
     /// The ops event's payload: which service saw which upstream go from what to what.
-    pub fn payload(&self, service: &str) -> serde_json::Value {
-        serde_json::json!({
-            "service": service, "upstream": self.upstream,
-            "from": self.from.as_str(), "to": self.to.as_str(),
-        })
+    pub fn payload(&self, service: &str) -> contracts::events::BreakerTransition {
+        contracts::events::BreakerTransition {
+            service: service.to_owned(),
+            upstream: self.upstream.to_owned(),
+            from: self.from.as_str().to_owned(),
+            to: self.to.as_str().to_owned(),
+        }
     }
 
     /// The ops event announcing it: `CircuitBreakerOpened` or `CircuitBreakerClosed`.

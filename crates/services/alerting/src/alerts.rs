@@ -233,7 +233,7 @@ pub struct Alerter {
 
 impl Alerter {
     async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<()> {
-        match signals::read(event) {
+        match signals::read(event)? {
             Some(signal @ Signal::Raise { .. }) => {
                 raise(tx, &signal, event, self.default_suppress).await?;
             }

@@ -20,6 +20,9 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("events: {0}")]
     Events(#[from] events::Error),
+    /// An alert event alerting cannot read (its shape or version): dead-lettered.
+    #[error("event: {0}")]
+    Payload(#[from] events::envelope::PayloadError),
     #[error("internal: {0}")]
     Internal(String),
 }

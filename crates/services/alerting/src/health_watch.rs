@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use contracts::events::{Event, ServiceHealth, ServiceRecovered, ServiceUnhealthy};
 use service_kit::Shutdown;
 use sqlx::PgPool;
 
@@ -103,14 +104,15 @@ impl Watch {
     }
 
     async fn announce(&self, service: &str, event_type: &str, detail: &str) -> Result<()> {
-        let event = events::Envelope::new(
-            crate::SERVICE,
-            event_type,
-            1,
-            service,
-            0,
-            serde_json::json!({ "service": service, "detail": detail }),
-        );
+        let health = ServiceHealth {
+            service: service.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let event = if event_type == ServiceRecovered::TYPE {
+            events::Envelope::of(crate::SERVICE, service, 0, &ServiceRecovered(health))?
+        } else {
+            events::Envelope::of(crate::SERVICE, service, 0, &ServiceUnhealthy(health))?
+        };
         let mut tx = self.pool.begin().await?;
         events::outbox::append(&mut tx, events::consumer::OPS_STREAM, &event).await?;
         tx.commit().await?;

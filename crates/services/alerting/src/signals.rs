@@ -5,8 +5,13 @@
 //! Only the events listed here are alerts. `*` in a rule means "any of these", never "every
 //! event on the stream" — `TradeSettled` is business as usual, not a page.
 
+use contracts::events::{
+    BreakerTransition, CircuitBreakerClosed, CircuitBreakerOpened, Event, EventDeadLettered,
+    KillSwitch, KillSwitchActivated, KillSwitchReleased, ReconciliationFailed, RiskLimitBreached,
+    ServiceRecovered, ServiceUnhealthy,
+};
 use events::Envelope;
-use serde_json::Value;
+use events::envelope::PayloadError;
 
 /// What one event does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,17 +33,17 @@ pub enum Signal {
 
 /// The event types that raise alerts, and those that resolve them.
 pub const RAISING: &[&str] = &[
-    "KillSwitchActivated",
-    "RiskLimitBreached",
-    "CircuitBreakerOpened",
-    "EventDeadLettered",
-    "ReconciliationFailed",
-    "ServiceUnhealthy",
+    KillSwitchActivated::TYPE,
+    RiskLimitBreached::TYPE,
+    CircuitBreakerOpened::TYPE,
+    EventDeadLettered::TYPE,
+    ReconciliationFailed::TYPE,
+    ServiceUnhealthy::TYPE,
 ];
 pub const RESOLVING: &[&str] = &[
-    "KillSwitchReleased",
-    "CircuitBreakerClosed",
-    "ServiceRecovered",
+    KillSwitchReleased::TYPE,
+    CircuitBreakerClosed::TYPE,
+    ServiceRecovered::TYPE,
 ];
 
 pub fn wants(event_type: &str) -> bool {
@@ -50,30 +55,21 @@ pub fn fingerprint(event_type: &str, scope: &str) -> String {
     format!("{event_type}/{scope}")
 }
 
-fn text<'a>(payload: &'a Value, field: &str) -> &'a str {
-    payload.get(field).and_then(Value::as_str).unwrap_or("?")
-}
-
-fn kill_switch_scope(payload: &Value) -> String {
-    match payload.get("target").and_then(Value::as_str) {
-        Some(target) => format!("{}:{target}", text(payload, "scope")),
-        None => text(payload, "scope").to_owned(),
+fn kill_switch_scope(switch: &KillSwitch) -> String {
+    match &switch.target {
+        Some(target) => format!("{}:{target}", switch.scope),
+        None => switch.scope.clone(),
     }
 }
 
 /// Who calls whom: a breaker is per caller and upstream.
-fn breaker_scope(event: &Envelope) -> String {
-    let caller = event
-        .payload
-        .get("service")
-        .and_then(Value::as_str)
-        .unwrap_or(&event.producer);
-    format!("{caller}->{}", text(&event.payload, "upstream"))
+fn breaker_scope(transition: &BreakerTransition) -> String {
+    format!("{}->{}", transition.service, transition.upstream)
 }
 
-/// Reads `event`; `None` for events alerting does not act on.
-pub fn read(event: &Envelope) -> Option<Signal> {
-    let payload = &event.payload;
+/// Reads `event`: `None` for events alerting does not act on; an event of a type it acts on
+/// but in a shape or version it does not read is refused (the consumer dead-letters it).
+pub fn read(event: &Envelope) -> Result<Option<Signal>, PayloadError> {
     let raise = |scope: String, summary: String, default_severity| Signal::Raise {
         event_type: event.event_type.clone(),
         scope,
@@ -81,75 +77,68 @@ pub fn read(event: &Envelope) -> Option<Signal> {
         default_severity,
     };
     let signal = match event.event_type.as_str() {
-        "KillSwitchActivated" => {
-            let scope = kill_switch_scope(payload);
-            let summary = format!(
-                "Kill switch activated ({scope}): {}",
-                text(payload, "reason")
-            );
+        KillSwitchActivated::TYPE => {
+            let KillSwitchActivated(switch) = event.decode()?;
+            let scope = kill_switch_scope(&switch);
+            let summary = format!("Kill switch activated ({scope}): {}", switch.reason);
             raise(scope, summary, "critical")
         }
-        "KillSwitchReleased" => Signal::Resolve {
-            raised_by: "KillSwitchActivated",
-            scope: kill_switch_scope(payload),
+        KillSwitchReleased::TYPE => Signal::Resolve {
+            raised_by: KillSwitchActivated::TYPE,
+            scope: kill_switch_scope(&event.decode::<KillSwitchReleased>()?.0),
         },
-        "RiskLimitBreached" => {
-            let scope = format!(
-                "account:{}/symbol:{}",
-                text(payload, "account_id"),
-                text(payload, "symbol")
-            );
+        RiskLimitBreached::TYPE => {
+            let breach: RiskLimitBreached = event.decode()?;
+            let scope = format!("account:{}/symbol:{}", breach.account_id, breach.symbol);
             let summary = format!(
                 "Risk limit {} breached by account {} on {} (net quantity {}, limit {})",
-                text(payload, "limit"),
-                text(payload, "account_id"),
-                text(payload, "symbol"),
-                text(payload, "net_quantity"),
-                text(payload, "max_position"),
+                breach.limit,
+                breach.account_id,
+                breach.symbol,
+                breach.net_quantity,
+                breach.max_position,
             );
             raise(scope, summary, "error")
         }
-        "CircuitBreakerOpened" => {
-            let scope = breaker_scope(event);
+        CircuitBreakerOpened::TYPE => {
+            let scope = breaker_scope(&event.decode::<CircuitBreakerOpened>()?.0);
             let summary = format!("Circuit breaker open: {scope} gets no calls");
             raise(scope, summary, "error")
         }
-        "CircuitBreakerClosed" => Signal::Resolve {
-            raised_by: "CircuitBreakerOpened",
-            scope: breaker_scope(event),
+        CircuitBreakerClosed::TYPE => Signal::Resolve {
+            raised_by: CircuitBreakerOpened::TYPE,
+            scope: breaker_scope(&event.decode::<CircuitBreakerClosed>()?.0),
         },
-        "EventDeadLettered" => {
-            let scope = format!("{}/{}", text(payload, "stream"), text(payload, "group"));
+        EventDeadLettered::TYPE => {
+            let dead: EventDeadLettered = event.decode()?;
+            let scope = format!("{}/{}", dead.stream, dead.group);
             let summary = format!(
                 "Event {} ({}) dead-lettered by {}: {}",
-                text(payload, "event_id"),
-                text(payload, "event_type"),
-                text(payload, "group"),
-                text(payload, "reason"),
+                dead.event_id.as_deref().unwrap_or("?"),
+                dead.event_type.as_deref().unwrap_or("?"),
+                dead.group,
+                dead.reason,
             );
             raise(scope, summary, "error")
         }
-        "ReconciliationFailed" => {
-            let failed: Vec<&str> = payload
-                .get("checks")
-                .and_then(Value::as_array)
-                .map(|checks| checks.iter().map(|c| text(c, "name")).collect())
-                .unwrap_or_default();
-            let summary = format!("Reconciliation of the ledger failed: {}", failed.join(", "));
+        ReconciliationFailed::TYPE => {
+            let failed: ReconciliationFailed = event.decode()?;
+            let names: Vec<&str> = failed.checks.iter().map(|c| c.name.as_str()).collect();
+            let summary = format!("Reconciliation of the ledger failed: {}", names.join(", "));
             raise(event.producer.clone(), summary, "critical")
         }
-        "ServiceUnhealthy" => {
-            let scope = text(payload, "service").to_owned();
-            let summary = format!("Service {scope} is not ready: {}", text(payload, "detail"));
-            raise(scope, summary, "critical")
+        ServiceUnhealthy::TYPE => {
+            let ServiceUnhealthy(health) = event.decode()?;
+            let summary = format!("Service {} is not ready: {}", health.service, health.detail);
+            raise(health.service, summary, "critical")
         }
-        "ServiceRecovered" => Signal::Resolve {
-            raised_by: "ServiceUnhealthy",
-            scope: text(payload, "service").to_owned(),
+        ServiceRecovered::TYPE => Signal::Resolve {
+            raised_by: ServiceUnhealthy::TYPE,
+            scope: event.decode::<ServiceRecovered>()?.0.service,
         },
-        _ => return None,
+        _ => return Ok(None),
     };
-    Some(signal)
+    Ok(Some(signal))
 }
 
 #[cfg(test)]
@@ -157,16 +146,30 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+    use uuid::Uuid;
 
-    fn event(event_type: &str, payload: Value) -> Envelope {
-        Envelope::new("risk", event_type, 1, "x", 0, payload)
+    fn event<E: Event>(payload: &E) -> Envelope {
+        Envelope::of("risk", "x", 0, payload).unwrap()
+    }
+
+    fn switch() -> KillSwitch {
+        KillSwitch {
+            kill_switch_id: Uuid::now_v7(),
+            scope: "account".into(),
+            target: Some("a1".into()),
+            reason: "runaway algo".into(),
+            by: Uuid::now_v7(),
+        }
     }
 
     #[test]
     fn a_kill_switch_and_its_release_share_a_scope() {
-        let payload = json!({ "scope": "account", "target": "a1", "reason": "runaway algo" });
-        let raised = read(&event("KillSwitchActivated", payload.clone())).unwrap();
-        let resolved = read(&event("KillSwitchReleased", payload)).unwrap();
+        let raised = read(&event(&KillSwitchActivated(switch())))
+            .unwrap()
+            .unwrap();
+        let resolved = read(&event(&KillSwitchReleased(switch())))
+            .unwrap()
+            .unwrap();
         let Signal::Raise { scope, summary, .. } = raised else {
             panic!("raises")
         };
@@ -183,10 +186,13 @@ mod tests {
 
     #[test]
     fn a_breaker_is_scoped_by_caller_and_upstream() {
-        let payload =
-            json!({ "service": "orders", "upstream": "risk", "from": "closed", "to": "open" });
-        let Some(Signal::Raise { scope, .. }) = read(&event("CircuitBreakerOpened", payload))
-        else {
+        let opened = CircuitBreakerOpened(BreakerTransition {
+            service: "orders".into(),
+            upstream: "risk".into(),
+            from: "closed".into(),
+            to: "open".into(),
+        });
+        let Ok(Some(Signal::Raise { scope, .. })) = read(&event(&opened)) else {
             panic!("raises")
         };
         assert_eq!(scope, "orders->risk");
@@ -194,8 +200,25 @@ mod tests {
 
     #[test]
     fn business_events_are_not_alerts() {
-        assert_eq!(read(&event("TradeSettled", json!({}))), None);
+        let settled = Envelope::new("settlement", "TradeSettled", 1, "x", 0, json!({}));
+        assert_eq!(read(&settled).unwrap(), None);
         assert!(!wants("TradeSettled"));
         assert!(wants("EventDeadLettered") && wants("CircuitBreakerClosed"));
+    }
+
+    #[test]
+    fn an_alert_event_it_cannot_read_is_refused_not_half_read() {
+        let mut malformed = event(&KillSwitchActivated(switch()));
+        malformed.payload = json!({ "scope": "account" });
+        assert!(matches!(
+            read(&malformed),
+            Err(PayloadError::Malformed { .. })
+        ));
+        let mut future = event(&KillSwitchActivated(switch()));
+        future.version = 2;
+        assert!(matches!(
+            read(&future),
+            Err(PayloadError::UnknownVersion { .. })
+        ));
     }
 }

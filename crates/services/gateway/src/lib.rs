@@ -253,17 +253,15 @@ fn spawn_breaker_notices(
     upstream.spawn_announcer(tasks, move |transition, event_type| {
         let (redis, keys) = (redis.clone(), keys.clone());
         async move {
-            let notice = events::Envelope::new(
-                SERVICE,
-                event_type,
-                1,
-                transition.upstream,
-                0,
-                transition.payload(SERVICE),
-            );
-            if let Err(err) =
+            let published = async {
+                let notice = events::envelope::breaker_notice(
+                    SERVICE,
+                    transition.payload(SERVICE),
+                    transition.to.is_open(),
+                )?;
                 events::direct::publish(&redis, &keys, events::consumer::OPS_STREAM, &notice).await
-            {
+            };
+            if let Err(err) = published.await {
                 tracing::warn!(error = %err, event_type, "could not publish a breaker notice");
             }
         }

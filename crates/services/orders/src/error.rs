@@ -32,9 +32,6 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("events: {0}")]
     Events(#[from] events::Error),
-    /// An event that would not serialize: a bug, never the client's doing.
-    #[error("event payload")]
-    Payload(#[from] events::envelope::PayloadError),
     #[error("internal: {0}")]
     Internal(String),
 }

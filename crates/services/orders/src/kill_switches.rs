@@ -2,9 +2,9 @@
 //! what is already open in it. Consumed from the `risk` stream; cancelling is idempotent (an
 //! order cancelled twice is cancelled once), so a redelivered switch does no harm.
 
+use contracts::events::{Event, KillSwitchActivated};
 use events::{Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
-use serde::Deserialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -21,7 +21,7 @@ impl MassCancel {
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &Envelope) -> Result<(), HandlerError> {
-        let switch: Activated = event.payload_as()?;
+        let KillSwitchActivated(switch) = event.decode()?;
         let (account, symbol) = match (switch.scope.as_str(), switch.target.as_deref()) {
             ("global", _) => (None, None),
             ("account", Some(target)) => (
@@ -62,13 +62,6 @@ impl Handler for MassCancel {
     }
 
     fn wants(&self, event_type: &str) -> bool {
-        event_type == "KillSwitchActivated"
+        event_type == KillSwitchActivated::TYPE
     }
-}
-
-#[derive(Deserialize)]
-struct Activated {
-    kill_switch_id: Uuid,
-    scope: String,
-    target: Option<String>,
 }

@@ -3,6 +3,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use contracts::events::{Event, KillSwitchActivated, KillSwitchReleased};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -148,7 +149,7 @@ pub async fn activate(
     let switch = validate(request)?;
     let mut tx = pool.begin().await?;
     store::insert_kill_switch(&mut tx, &switch, actor).await?;
-    announce(&mut tx, "KillSwitchActivated", &switch, actor).await?;
+    announce(&mut tx, &switch, actor, KillSwitchActivated).await?;
     tx.commit().await?;
     lock(book)?.activate(switch.clone());
     tracing::warn!(id = %switch.id, target = ?switch.target, reason = %switch.reason, "kill switch activated");
@@ -160,30 +161,27 @@ pub async fn release(pool: &PgPool, book: &Arc<Mutex<Book>>, id: Uuid, actor: Uu
     let switch = store::release_kill_switch(&mut tx, id, actor)
         .await?
         .ok_or(Error::NotFound)?;
-    announce(&mut tx, "KillSwitchReleased", &switch, actor).await?;
+    announce(&mut tx, &switch, actor, KillSwitchReleased).await?;
     tx.commit().await?;
     lock(book)?.release(id);
     tracing::warn!(%id, "kill switch released");
     Ok(())
 }
 
-async fn announce(
+async fn announce<E: Event>(
     tx: &mut sqlx::PgConnection,
-    event_type: &str,
     switch: &KillSwitch,
     actor: Uuid,
+    event: fn(contracts::events::KillSwitch) -> E,
 ) -> Result<()> {
-    let event = events::Envelope::new(
-        crate::SERVICE,
-        event_type,
-        1,
-        switch.id.to_string(),
-        0,
-        serde_json::json!({
-            "kill_switch_id": switch.id, "scope": switch.scope, "target": switch.target,
-            "reason": switch.reason, "by": actor,
-        }),
-    );
+    let payload = event(contracts::events::KillSwitch {
+        kill_switch_id: switch.id,
+        scope: switch.scope.clone(),
+        target: switch.target.clone(),
+        reason: switch.reason.clone(),
+        by: actor,
+    });
+    let event = events::Envelope::of(crate::SERVICE, switch.id.to_string(), 0, &payload)?;
     events::outbox::append(tx, crate::STREAM, &event).await?;
     Ok(())
 }

@@ -13,7 +13,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use contracts::events::{
-    Event, OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, TradeExecuted,
+    Event, OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, RiskLimitBreached,
+    TradeExecuted,
 };
 use events::{Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
@@ -267,21 +268,16 @@ impl Projector {
         }
         let t = &trade.executed;
         metrics::counter!("risk_limit_breaches_total", "limit" => "max_position").increment(1);
+        let breach = RiskLimitBreached {
+            account_id: account,
+            symbol: t.symbol.clone(),
+            limit: "max_position".to_owned(),
+            max_position: limits.max_position.to_string(),
+            net_quantity: contracts::format_units(position.net, trade.base_scale),
+            trade_id: t.trade_id,
+        };
         Ok(Some(
-            Envelope::new(
-                crate::SERVICE,
-                "RiskLimitBreached",
-                1,
-                account.to_string(),
-                0,
-                serde_json::json!({
-                    "account_id": account, "symbol": t.symbol, "limit": "max_position",
-                    "max_position": limits.max_position.to_string(),
-                    "net_quantity": contracts::format_units(position.net, trade.base_scale),
-                    "trade_id": t.trade_id,
-                }),
-            )
-            .caused_by(&trade.cause),
+            Envelope::of(crate::SERVICE, account.to_string(), 0, &breach)?.caused_by(&trade.cause),
         ))
     }
 }

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use contracts::events::{FailedCheck, ReconciliationFailed};
 use contracts::reconciliation::TradeTotals;
 use resilience::Call;
 use serde::Serialize;
@@ -205,14 +206,16 @@ impl Reconciler {
         if !report.ok {
             let failed: Vec<&Check> = report.checks.iter().filter(|c| !c.ok).collect();
             tracing::error!(checks = ?failed, "reconciliation found a mismatch");
-            let event = events::Envelope::new(
-                crate::SERVICE,
-                "ReconciliationFailed",
-                1,
-                crate::SERVICE,
-                0,
-                serde_json::json!({ "checks": failed }),
-            );
+            let failed = ReconciliationFailed {
+                checks: failed
+                    .into_iter()
+                    .map(|c| FailedCheck {
+                        name: c.name.clone(),
+                        detail: c.detail.clone(),
+                    })
+                    .collect(),
+            };
+            let event = events::Envelope::of(crate::SERVICE, crate::SERVICE, 0, &failed)?;
             let mut tx = self.pool.begin().await?;
             events::outbox::append(&mut tx, crate::STREAM, &event).await?;
             tx.commit().await?;
