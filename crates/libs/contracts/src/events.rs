@@ -287,3 +287,19 @@ event!(ServiceUnhealthy, 1);
 #[serde(transparent)]
 pub struct ServiceRecovered(pub ServiceHealth);
 event!(ServiceRecovered, 1);
+
+/// `BookUpdated` on `market`: a book's top levels after a matching batch that changed it —
+/// at most once, straight to Redis (market data is a view, not a state change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookUpdated {
+    pub symbol: String,
+    /// The book's sequence after the batch: the snapshot sequence a client compares with.
+    pub sequence: u64,
+    /// The sequence of the update before this one: a client whose last sequence differs
+    /// missed something and must take a new snapshot.
+    pub previous_sequence: u64,
+    /// `[price, quantity]` as decimal strings, best first.
+    pub bids: Vec<[String; 2]>,
+    pub asks: Vec<[String; 2]>,
+}
+event!(BookUpdated, 1);

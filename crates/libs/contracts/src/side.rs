@@ -17,6 +17,14 @@ impl Side {
         }
     }
 
+    /// The other side: a fill's maker is on the side opposite its taker.
+    pub fn opposite(self) -> Self {
+        match self {
+            Side::Buy => Side::Sell,
+            Side::Sell => Side::Buy,
+        }
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "buy" => Some(Side::Buy),

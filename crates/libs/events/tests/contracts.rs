@@ -6,7 +6,10 @@
 
 use contracts::Side;
 use contracts::events::{
-    Event, OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, TradeExecuted,
+    BookUpdated, BreakerTransition, CircuitBreakerClosed, CircuitBreakerOpened, Event,
+    EventDeadLettered, FailedCheck, KillSwitch, KillSwitchActivated, KillSwitchReleased,
+    OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, ReconciliationFailed,
+    RiskLimitBreached, ServiceHealth, ServiceRecovered, ServiceUnhealthy, TradeExecuted,
     TradeSettled,
 };
 use events::Envelope;
@@ -161,6 +164,77 @@ fn every_event_type_round_trips_with_the_field_names_its_readers_use() {
             "seller_fee",
             "fee_asset"
         ])
+    );
+}
+
+#[test]
+fn every_risk_ops_and_market_event_type_round_trips() {
+    let switch = KillSwitch {
+        kill_switch_id: Uuid::now_v7(),
+        scope: "symbol".to_owned(),
+        target: Some("BTC-USD".to_owned()),
+        reason: "runaway algo".to_owned(),
+        by: Uuid::now_v7(),
+    };
+    let switch_fields = sorted(&["kill_switch_id", "scope", "target", "reason", "by"]);
+    assert_eq!(
+        round_trip(&KillSwitchActivated(switch.clone())),
+        switch_fields
+    );
+    assert_eq!(round_trip(&KillSwitchReleased(switch)), switch_fields);
+    round_trip(&RiskLimitBreached {
+        account_id: Uuid::now_v7(),
+        symbol: "BTC-USD".to_owned(),
+        limit: "max_position".to_owned(),
+        max_position: "1.00000000".to_owned(),
+        net_quantity: "1.50000000".to_owned(),
+        trade_id: Uuid::now_v7(),
+    });
+    let transition = BreakerTransition {
+        service: "orders".to_owned(),
+        upstream: "risk".to_owned(),
+        from: "closed".to_owned(),
+        to: "open".to_owned(),
+    };
+    let breaker_fields = sorted(&["service", "upstream", "from", "to"]);
+    assert_eq!(
+        round_trip(&CircuitBreakerOpened(transition.clone())),
+        breaker_fields
+    );
+    assert_eq!(
+        round_trip(&CircuitBreakerClosed(transition)),
+        breaker_fields
+    );
+    round_trip(&EventDeadLettered {
+        stream: "orders".to_owned(),
+        group: "settlement".to_owned(),
+        entry_id: "1-0".to_owned(),
+        event_id: Some(Uuid::now_v7().to_string()),
+        event_type: None,
+        reason: "unknown asset DOGE".to_owned(),
+        deliveries: 5,
+    });
+    round_trip(&ReconciliationFailed {
+        checks: vec![FailedCheck {
+            name: "ledger_balances".to_owned(),
+            detail: "USD sums to 1".to_owned(),
+        }],
+    });
+    let health = ServiceHealth {
+        service: "risk".to_owned(),
+        detail: "/health/ready answered 503".to_owned(),
+    };
+    round_trip(&ServiceUnhealthy(health.clone()));
+    round_trip(&ServiceRecovered(health));
+    assert_eq!(
+        round_trip(&BookUpdated {
+            symbol: "BTC-USD".to_owned(),
+            sequence: 7,
+            previous_sequence: 5,
+            bids: vec![["30000.00".to_owned(), "0.50000000".to_owned()]],
+            asks: Vec::new(),
+        }),
+        sorted(&["symbol", "sequence", "previous_sequence", "bids", "asks"])
     );
 }
 

@@ -8,10 +8,10 @@
 //! once. A lost update is not lost data: each names the sequence it follows, so a client that
 //! sees a break in the chain takes a new snapshot (ADR 0010).
 
+use contracts::events::BookUpdated;
 use contracts::format_units;
 use matching::{Book, Level};
 use redis::aio::ConnectionManager;
-use serde::Serialize;
 use service_kit::redis::KeyPrefix;
 use service_kit::{Shutdown, Supervisor};
 use tokio::sync::mpsc;
@@ -26,20 +26,6 @@ pub const DEPTH: usize = 20;
 const RETAINED: usize = 10_000;
 /// Updates waiting for the publisher; beyond, new ones are dropped (and counted).
 const QUEUE: usize = 4_096;
-
-/// A book's top levels after a batch.
-#[derive(Clone, Debug, Serialize)]
-pub struct BookUpdated {
-    pub symbol: String,
-    /// The book's sequence after the batch: the snapshot sequence a client compares with.
-    pub sequence: u64,
-    /// The sequence of the update before this one: a client whose last sequence differs
-    /// missed something and must take a new snapshot.
-    pub previous_sequence: u64,
-    /// `[price, quantity]`, best first.
-    pub bids: Vec<[String; 2]>,
-    pub asks: Vec<[String; 2]>,
-}
 
 /// Levels in the instrument's decimal units, as the API shows them.
 pub fn levels(instrument: &Instrument, levels: &[Level]) -> Vec<[String; 2]> {
@@ -103,20 +89,16 @@ async fn publish(
                 None => return,
             },
         };
-        let Ok(payload) = serde_json::to_value(&update) else {
-            continue;
-        };
-        let event = events::Envelope::new(
-            crate::SERVICE,
-            "BookUpdated",
-            1,
-            update.symbol.clone(),
-            i64::try_from(update.sequence).unwrap_or(i64::MAX),
-            payload,
-        );
-        if let Err(err) =
+        let published = async {
+            let event = events::Envelope::of(
+                crate::SERVICE,
+                update.symbol.clone(),
+                i64::try_from(update.sequence).unwrap_or(i64::MAX),
+                &update,
+            )?;
             events::direct::publish_trimmed(&redis, &keys, STREAM, &event, Some(RETAINED)).await
-        {
+        };
+        if let Err(err) = published.await {
             metrics::counter!("orders_book_feed_dropped_total").increment(1);
             tracing::warn!(symbol = %update.symbol, error = %err, "book update not published");
         }

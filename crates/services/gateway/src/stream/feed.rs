@@ -115,8 +115,15 @@ async fn read(
                 else {
                     continue;
                 };
-                for outgoing in translate(&event, &amounts) {
-                    hub.publish(&outgoing);
+                match translate(&event, &amounts) {
+                    Ok(messages) => {
+                        for outgoing in messages {
+                            hub.publish(&outgoing);
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(event_id = %event.id, error = %err, "event not forwarded to the stream");
+                    }
                 }
             }
         }

@@ -1,8 +1,12 @@
 //! Events as stream messages (TRD-09), without IO: which channel each event goes to and what
 //! it says there. Amounts are turned into the same decimal strings the REST API uses.
 
-use contracts::{Asset, format_units};
+use contracts::events::{
+    BookUpdated, Event, OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, TradeExecuted,
+};
+use contracts::{Asset, Side, format_units};
 use events::Envelope;
+use events::envelope::PayloadError;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -55,121 +59,123 @@ impl Amounts {
         Self { assets }
     }
 
-    fn format(&self, payload: &Value, field: &str, asset_field: &str) -> Value {
-        let asset = payload.get(asset_field).and_then(Value::as_str);
-        let scale = self
-            .assets
-            .iter()
-            .find(|a| Some(a.code.as_str()) == asset)
-            .map(|a| a.scale);
-        match (payload.get(field).and_then(Value::as_i64), scale) {
-            (Some(units), Some(scale)) => json!(format_units(units, scale)),
-            _ => Value::Null,
+    /// `units` of `asset` as the REST API writes them; null for an asset this gateway does
+    /// not know.
+    fn format(&self, units: i64, asset: &str) -> Value {
+        match self.assets.iter().find(|a| a.code == asset) {
+            Some(asset) => json!(format_units(units, asset.scale)),
+            None => Value::Null,
         }
     }
 }
 
-fn field<'a>(payload: &'a Value, name: &str) -> &'a Value {
-    payload.get(name).unwrap_or(&Value::Null)
+fn to_account(account: Uuid, kind: &'static str, data: Value) -> Outgoing {
+    Outgoing {
+        audience: Audience::Account(account),
+        kind,
+        data,
+        sequence: None,
+    }
 }
 
-fn account(payload: &Value, name: &str) -> Option<Uuid> {
-    payload.get(name)?.as_str()?.parse().ok()
-}
-
-/// The messages an event on the `orders` or `market` stream becomes.
-pub fn translate(event: &Envelope, amounts: &Amounts) -> Vec<Outgoing> {
-    let p = &event.payload;
-    let to_account = |name: &str, kind, data| {
-        account(p, name).map(|id| Outgoing {
-            audience: Audience::Account(id),
+/// The messages an event on the `orders` or `market` stream becomes; an event of a type the
+/// stream forwards but in a shape or version it cannot read is refused (the caller logs and
+/// skips it: the stream is at most once, and a REST read shows the truth).
+pub fn translate(event: &Envelope, amounts: &Amounts) -> Result<Vec<Outgoing>, PayloadError> {
+    let ended = |kind, order_id: Option<Uuid>, account, symbol: &str| {
+        to_account(
+            account,
             kind,
-            data,
-            sequence: None,
-        })
-    };
-    match event.event_type.as_str() {
-        "OrderAccepted" => to_account(
-            "account_id",
-            "order_accepted",
-            json!({
-                "order_id": field(p, "order_id"), "symbol": field(p, "symbol"),
-                "side": field(p, "side"),
-                "price": amounts.format(p, "price", "quote_asset"),
-                "quantity": amounts.format(p, "quantity", "base_asset"),
-            }),
+            json!({ "order_id": order_id, "symbol": symbol }),
         )
-        .into_iter()
-        .collect(),
-        "OrderCompleted" | "OrderCancelled" | "OrderRejected" => {
-            let kind = match event.event_type.as_str() {
-                "OrderCompleted" => "order_completed",
-                "OrderCancelled" => "order_cancelled",
-                _ => "order_rejected",
-            };
-            let mut data = json!({
-                "order_id": field(p, "order_id"), "symbol": field(p, "symbol"),
-            });
-            if p.get("reason").is_some() {
-                data["reason"] = field(p, "reason").clone();
-            }
-            if p.get("remaining").is_some() {
-                data["remaining"] = amounts.format(p, "remaining", "base_asset");
-            }
-            to_account("account_id", kind, data).into_iter().collect()
+    };
+    Ok(match event.event_type.as_str() {
+        OrderAccepted::TYPE => {
+            let p: OrderAccepted = event.decode()?;
+            let price = p
+                .price
+                .map_or(Value::Null, |price| amounts.format(price, &p.quote_asset));
+            vec![to_account(
+                p.account_id,
+                "order_accepted",
+                json!({
+                    "order_id": p.order_id, "symbol": p.symbol, "side": p.side, "price": price,
+                    "quantity": amounts.format(p.quantity, &p.base_asset),
+                }),
+            )]
         }
-        "TradeExecuted" => {
-            let price = amounts.format(p, "price", "quote_asset");
-            let quantity = amounts.format(p, "quantity", "base_asset");
-            let taker_side = field(p, "taker_side").as_str().unwrap_or_default();
-            let maker_side = if taker_side == "buy" { "sell" } else { "buy" };
-            let symbol = field(p, "symbol").as_str().unwrap_or_default().to_owned();
+        OrderCompleted::TYPE => {
+            let p: OrderCompleted = event.decode()?;
+            vec![ended(
+                "order_completed",
+                Some(p.order_id),
+                p.account_id,
+                &p.symbol,
+            )]
+        }
+        OrderCancelled::TYPE => {
+            let p: OrderCancelled = event.decode()?;
+            let mut message = ended("order_cancelled", Some(p.order_id), p.account_id, &p.symbol);
+            message.data["reason"] = json!(p.reason);
+            message.data["remaining"] = amounts.format(p.remaining, &p.base_asset);
+            vec![message]
+        }
+        OrderRejected::TYPE => {
+            let p: OrderRejected = event.decode()?;
+            let mut message = ended("order_rejected", p.order_id, p.account_id, &p.symbol);
+            message.data["reason"] = json!(p.reason);
+            vec![message]
+        }
+        TradeExecuted::TYPE => {
+            let p: TradeExecuted = event.decode()?;
+            let price = amounts.format(p.price, &p.quote_asset);
+            let quantity = amounts.format(p.quantity, &p.base_asset);
             let executed_at = event
                 .occurred_at
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default();
-            let fill = |order: &str, side: &str, liquidity: &str| {
+            let fill = |order: Uuid, side: Side, liquidity: &str| {
                 json!({
-                    "order_id": field(p, order), "trade_id": field(p, "trade_id"),
-                    "symbol": symbol, "side": side, "price": price, "quantity": quantity,
+                    "order_id": order, "trade_id": p.trade_id, "symbol": p.symbol,
+                    "side": side, "price": price, "quantity": quantity,
                     "liquidity": liquidity, "executed_at": executed_at,
                 })
             };
-            let mut out = vec![Outgoing {
-                audience: Audience::Channel(format!("trades:{symbol}")),
-                kind: "trade",
-                data: json!({
-                    "id": field(p, "trade_id"), "price": price, "quantity": quantity,
-                    "taker_side": taker_side, "executed_at": executed_at,
-                }),
-                sequence: None,
-            }];
-            out.extend(to_account(
-                "maker_account_id",
-                "fill",
-                fill("maker_order_id", maker_side, "maker"),
-            ));
-            out.extend(to_account(
-                "taker_account_id",
-                "fill",
-                fill("taker_order_id", taker_side, "taker"),
-            ));
-            out
+            vec![
+                Outgoing {
+                    audience: Audience::Channel(format!("trades:{}", p.symbol)),
+                    kind: "trade",
+                    data: json!({
+                        "id": p.trade_id, "price": price, "quantity": quantity,
+                        "taker_side": p.taker_side, "executed_at": executed_at,
+                    }),
+                    sequence: None,
+                },
+                to_account(
+                    p.maker_account_id,
+                    "fill",
+                    fill(p.maker_order_id, p.taker_side.opposite(), "maker"),
+                ),
+                to_account(
+                    p.taker_account_id,
+                    "fill",
+                    fill(p.taker_order_id, p.taker_side, "taker"),
+                ),
+            ]
         }
-        "BookUpdated" => {
-            let symbol = field(p, "symbol").as_str().unwrap_or_default();
+        BookUpdated::TYPE => {
+            let p: BookUpdated = event.decode()?;
             vec![Outgoing {
-                audience: Audience::Channel(format!("book:{symbol}")),
+                audience: Audience::Channel(format!("book:{}", p.symbol)),
                 kind: "update",
                 data: json!({
-                    "bids": field(p, "bids"), "asks": field(p, "asks"),
-                    "previous_sequence": field(p, "previous_sequence"),
+                    "bids": p.bids, "asks": p.asks, "previous_sequence": p.previous_sequence,
                 }),
-                sequence: p.get("sequence").and_then(Value::as_u64),
+                sequence: Some(p.sequence),
             }]
         }
         _ => Vec::new(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -184,20 +190,26 @@ mod tests {
     #[test]
     fn a_trade_is_public_and_a_fill_for_each_side_alone() {
         let (maker, taker) = (Uuid::now_v7(), Uuid::now_v7());
-        let event = Envelope::new(
+        let event = Envelope::of(
             "orders",
-            "TradeExecuted",
-            1,
             "t",
             0,
-            json!({
-                "trade_id": Uuid::now_v7(), "symbol": "BTC-USD", "base_asset": "BTC",
-                "quote_asset": "USD", "price": 3_000_000, "quantity": 50_000_000,
-                "maker_order_id": Uuid::now_v7(), "taker_order_id": Uuid::now_v7(),
-                "maker_account_id": maker, "taker_account_id": taker, "taker_side": "buy",
-            }),
-        );
-        let out = translate(&event, &amounts());
+            &TradeExecuted {
+                trade_id: Uuid::now_v7(),
+                symbol: "BTC-USD".to_owned(),
+                base_asset: "BTC".to_owned(),
+                quote_asset: "USD".to_owned(),
+                price: 3_000_000,
+                quantity: 50_000_000,
+                maker_order_id: Uuid::now_v7(),
+                taker_order_id: Uuid::now_v7(),
+                maker_account_id: maker,
+                taker_account_id: taker,
+                taker_side: Side::Buy,
+            },
+        )
+        .unwrap();
+        let out = translate(&event, &amounts()).unwrap();
         assert_eq!(out.len(), 3);
         assert_eq!(out[0].audience, Audience::Channel("trades:BTC-USD".into()));
         assert_eq!(out[0].data["price"], "30000.00");
