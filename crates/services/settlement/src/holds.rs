@@ -14,6 +14,37 @@ use crate::ledger::{self, Deltas, EXTERNAL, FEES, Fees, Side};
 use crate::store::{self, HoldRow, NewHold};
 use tokio::sync::{mpsc, oneshot};
 
+/// Where a hold is in its life: `pending` while its order may still trade, then resolved
+/// exactly once — `posted` (something traded out of it) or `voided` (nothing did). Stored as
+/// text; the table's check constraint allows these three and nothing else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum HoldStatus {
+    Pending,
+    Posted,
+    Voided,
+}
+
+impl HoldStatus {
+    /// How a hold resolves when its order ends having posted `posted` out of it.
+    pub fn resolved(posted: i64) -> Self {
+        if posted > 0 {
+            HoldStatus::Posted
+        } else {
+            HoldStatus::Voided
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldStatus::Pending => "pending",
+            HoldStatus::Posted => "posted",
+            HoldStatus::Voided => "voided",
+        }
+    }
+}
+
 /// `POST /internal/v1/holds`. Prices and quantities are integer minor units, as in events.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,8 +70,7 @@ pub struct HoldView {
     pub asset: String,
     /// Decimal string at the asset's scale.
     pub amount: String,
-    /// `pending`, `posted` or `voided`.
-    pub status: String,
+    pub status: HoldStatus,
 }
 
 impl HoldView {
@@ -50,7 +80,7 @@ impl HoldView {
             account_id: row.owner_id,
             asset: row.asset.clone(),
             amount: format_units(row.amount, scale),
-            status: row.status.clone(),
+            status: row.status,
         }
     }
 }

@@ -29,6 +29,7 @@ use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::holds::HoldStatus;
 use crate::ledger::{self, Delta, Deltas, Fees, Plan, Settlement, Trade};
 use crate::store::{self, HoldChange, SettledTrade};
 
@@ -290,7 +291,7 @@ async fn write_holds(
     for (id, (posted, filled)) in &plan.hold_posts {
         let hold = holds
             .get_mut(id)
-            .filter(|hold| hold.status == "pending")
+            .filter(|hold| hold.status == HoldStatus::Pending)
             .ok_or_else(|| {
                 HandlerError::permanent(format!("a trade posts to hold {id}, which is not pending"))
             })?;
@@ -301,7 +302,10 @@ async fn write_holds(
     // The order behind a hold reached the book (reconciliation looks for holds whose order
     // never did); an order without a hold has nothing to record.
     for id in accepted {
-        if holds.get(id).is_some_and(|hold| hold.status == "pending") {
+        if holds
+            .get(id)
+            .is_some_and(|hold| hold.status == HoldStatus::Pending)
+        {
             changed.insert(*id, true);
         }
     }
@@ -318,7 +322,7 @@ async fn write_holds(
             unheld.push(order);
             continue;
         };
-        if hold.status != "pending" {
+        if hold.status != HoldStatus::Pending {
             continue; // Resolved before (a redelivered or late event, or twice in the batch).
         }
         // Base units the order traded: everything (completed), all but what was left
@@ -339,7 +343,7 @@ async fn write_holds(
             )));
         }
         let rest = hold.amount - hold.posted;
-        let status = if hold.posted > 0 { "posted" } else { "voided" };
+        let status = HoldStatus::resolved(hold.posted);
         balances
             .add(
                 hold.owner_id,
@@ -350,12 +354,13 @@ async fn write_holds(
                 },
             )
             .map_err(HandlerError::permanent)?;
-        metrics::counter!("settlement_holds_resolved_total", "status" => status).increment(1);
+        metrics::counter!("settlement_holds_resolved_total", "status" => status.as_str())
+            .increment(1);
         hold.released = rest;
-        hold.status = status.to_owned();
+        hold.status = status;
         changed.entry(order).or_default();
     }
-    let changes: Vec<HoldChange<'_>> = changed
+    let changes: Vec<HoldChange> = changed
         .iter()
         .filter_map(|(id, accepted)| holds.get(id).map(|hold| (hold, *accepted)))
         .map(|(hold, accepted)| HoldChange {
@@ -363,7 +368,7 @@ async fn write_holds(
             posted: hold.posted,
             filled: hold.filled,
             released: hold.released,
-            status: &hold.status,
+            status: hold.status,
             accepted,
         })
         .collect();

@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::holds::HoldStatus;
 use crate::ledger::{Delta, Deltas, EXTERNAL, FEES, Plan, Side};
 use contracts::Asset;
 
@@ -220,7 +221,7 @@ pub struct HoldRow {
     pub posted: i64,
     pub released: i64,
     pub filled: i64,
-    pub status: String,
+    pub status: HoldStatus,
 }
 
 impl HoldRow {
@@ -403,7 +404,7 @@ pub async fn hold_by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Hold
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Released {
     /// The rest went back to available; the hold is resolved.
-    Resolved { amount: i64, status: String },
+    Resolved { amount: i64, status: HoldStatus },
     /// Resolved before (a redelivered or late event).
     AlreadyResolved,
     /// No hold has this id (an order placed before holds existed, or rejected before one).
@@ -430,7 +431,7 @@ pub async fn release_hold(
     let Some(hold) = hold else {
         return Ok(Released::Unknown);
     };
-    if hold.status != "pending" {
+    if hold.status != HoldStatus::Pending {
         return Ok(Released::AlreadyResolved);
     }
     if let Some(expected) = filled
@@ -442,7 +443,7 @@ pub async fn release_hold(
         });
     }
     let rest = hold.amount - hold.posted;
-    let status = if hold.posted > 0 { "posted" } else { "voided" };
+    let status = HoldStatus::resolved(hold.posted);
     sqlx::query("UPDATE holds SET released = $2, status = $3, resolved_at = now() WHERE id = $1")
         .bind(id)
         .bind(rest)
@@ -459,7 +460,7 @@ pub async fn release_hold(
     )?;
     Ok(Released::Resolved {
         amount: rest,
-        status: status.to_owned(),
+        status,
     })
 }
 
@@ -526,12 +527,12 @@ pub async fn holds_for_update(
 /// A hold as a batch leaves it: what it has posted and filled, what went back to available,
 /// its status, and whether its order reached the book.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HoldChange<'a> {
+pub struct HoldChange {
     pub id: Uuid,
     pub posted: i64,
     pub filled: i64,
     pub released: i64,
-    pub status: &'a str,
+    pub status: HoldStatus,
     pub accepted: bool,
 }
 
@@ -540,7 +541,7 @@ pub struct HoldChange<'a> {
 /// read `status` and `accepted_at`), so a taker's hold, accepted, filled and released by one
 /// batch, costs one version here instead of three. The rows are locked by
 /// [`holds_for_update`] first; their balance changes go through [`post_deltas`].
-pub async fn write_holds(conn: &mut PgConnection, changes: &[HoldChange<'_>]) -> Result<()> {
+pub async fn write_holds(conn: &mut PgConnection, changes: &[HoldChange]) -> Result<()> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -558,7 +559,12 @@ pub async fn write_holds(conn: &mut PgConnection, changes: &[HoldChange<'_>]) ->
     .bind(changes.iter().map(|c| c.posted).collect::<Vec<_>>())
     .bind(changes.iter().map(|c| c.filled).collect::<Vec<_>>())
     .bind(changes.iter().map(|c| c.released).collect::<Vec<_>>())
-    .bind(changes.iter().map(|c| c.status).collect::<Vec<_>>())
+    .bind(
+        changes
+            .iter()
+            .map(|c| c.status.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(changes.iter().map(|c| c.accepted).collect::<Vec<_>>())
     .execute(conn)
     .await?;
