@@ -23,7 +23,7 @@ use contracts::fees::Fees;
 use crate::engine::Answer;
 use crate::error::{Error, Result};
 use crate::instruments::{Instrument, PRODUCER, STREAM};
-use crate::order_entry::{OrderType, ValidOrder};
+use crate::order_entry::{OrderStatus, OrderType, ValidOrder};
 use crate::store::{self, FillRow, OrderChange, OrderRow, TradeInsert};
 use crate::view::OrderView;
 use service_kit::idempotency::{self, Claim};
@@ -103,11 +103,10 @@ impl<'a> BatchWrites<'a> {
                 filled_quantity: 0,
                 average_price: None,
                 status: if rejection.is_some() {
-                    "rejected"
+                    OrderStatus::Rejected
                 } else {
-                    "open"
-                }
-                .to_owned(),
+                    OrderStatus::Open
+                },
                 time_in_force: match order.time_in_force {
                     matching::TimeInForce::Gtc => "gtc",
                     matching::TimeInForce::Ioc => "ioc",
@@ -300,7 +299,7 @@ impl<'a> BatchWrites<'a> {
                 reason,
             } => {
                 let id = Uuid::from_u128(id.0);
-                self.set_status(id, "cancelled");
+                self.set_status(id, OrderStatus::Cancelled);
                 let remaining = i64::try_from(remaining).unwrap_or(i64::MAX) * instrument.lot_size;
                 self.outbox.push(event(
                     id,
@@ -328,9 +327,9 @@ impl<'a> BatchWrites<'a> {
 
     fn fill(&mut self, order: Uuid, price: i64, quantity: i64, remaining: u64) {
         let status = if remaining == 0 {
-            "filled"
+            OrderStatus::Filled
         } else {
-            "partially_filled"
+            OrderStatus::PartiallyFilled
         };
         let notional = i128::from(price) * i128::from(quantity);
         if let Some(&at) = self.created_at.get(&order) {
@@ -339,7 +338,7 @@ impl<'a> BatchWrites<'a> {
             created.row.filled_quantity += quantity;
             created.row.average_price =
                 average_price(created.notional, created.row.filled_quantity);
-            status.clone_into(&mut created.row.status);
+            created.row.status = status;
         } else {
             let change = self.change(order);
             change.filled_quantity += quantity;
@@ -348,9 +347,9 @@ impl<'a> BatchWrites<'a> {
         }
     }
 
-    fn set_status(&mut self, order: Uuid, status: &'static str) {
+    fn set_status(&mut self, order: Uuid, status: OrderStatus) {
         if let Some(&at) = self.created_at.get(&order) {
-            status.clone_into(&mut self.created[at].row.status);
+            self.created[at].row.status = status;
         } else {
             self.change(order).status = Some(status);
         }

@@ -5,6 +5,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::error::{Error, Result};
 use crate::instruments::{Instrument, Status};
+use crate::order_entry::OrderStatus;
 
 #[derive(sqlx::FromRow)]
 struct InstrumentRow {
@@ -109,7 +110,7 @@ pub struct OrderRow {
     pub quantity: i64,
     pub filled_quantity: i64,
     pub average_price: Option<i64>,
-    pub status: String,
+    pub status: OrderStatus,
     pub time_in_force: String,
     pub post_only: bool,
     pub book_sequence: Option<i64>,
@@ -198,7 +199,7 @@ pub struct OrderChange {
     pub id: uuid::Uuid,
     pub filled_quantity: i64,
     pub filled_notional: i128,
-    pub status: Option<&'static str>,
+    pub status: Option<OrderStatus>,
 }
 
 /// Applies a batch's fills and status changes to orders stored before it, in one statement.
@@ -216,7 +217,10 @@ pub async fn apply_order_changes(
         .iter()
         .map(|c| c.filled_notional.to_string())
         .collect();
-    let statuses: Vec<Option<&str>> = changes.iter().map(|c| c.status).collect();
+    let statuses: Vec<Option<&str>> = changes
+        .iter()
+        .map(|c| c.status.map(OrderStatus::as_str))
+        .collect();
     sqlx::query(
         "UPDATE orders o
             SET filled_quantity = o.filled_quantity + c.filled_quantity,
@@ -394,7 +398,7 @@ pub async fn list_orders(
     pool: &PgPool,
     account: uuid::Uuid,
     symbol: Option<&str>,
-    status: Option<&str>,
+    status: Option<OrderStatus>,
     cursor: Option<uuid::Uuid>,
     limit: i64,
 ) -> Result<Vec<OrderRow>> {
@@ -410,7 +414,7 @@ pub async fn list_orders(
     )))
     .bind(account)
     .bind(symbol)
-    .bind(status)
+    .bind(status.map(OrderStatus::as_str))
     .bind(cursor)
     .bind(limit)
     .fetch_all(pool)

@@ -3,6 +3,8 @@
 use contracts::fees::Fees;
 use contracts::format_units;
 use matching::RejectReason;
+
+use crate::order_entry::OrderStatus;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::ToSchema;
@@ -38,7 +40,7 @@ pub struct OrderView {
     pub filled_quantity: String,
     /// Quantity-weighted, rounded to the quote asset's scale.
     pub average_fill_price: Option<String>,
-    pub status: String,
+    pub status: OrderStatus,
     pub time_in_force: String,
     pub post_only: bool,
     #[serde(with = "time::serde::rfc3339")]
@@ -63,7 +65,7 @@ impl OrderView {
             quantity: quantity(order.quantity),
             filled_quantity: quantity(order.filled_quantity),
             average_fill_price: order.average_price.map(price),
-            status: order.status.clone(),
+            status: order.status,
             time_in_force: order.time_in_force.clone(),
             post_only: order.post_only,
             created_at: order.created_at,

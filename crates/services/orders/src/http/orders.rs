@@ -13,7 +13,7 @@ use contracts::events::OrderRejected;
 
 use crate::error::{Error, Result};
 use crate::instruments::{PRODUCER, STREAM};
-use crate::order_entry::{self, OrderType, PlaceOrder};
+use crate::order_entry::{self, OrderStatus, OrderType, PlaceOrder};
 use crate::store;
 use crate::view::OrderView;
 use service_kit::idempotency::{self, Answer};
@@ -293,11 +293,11 @@ pub async fn cancel(
         .await?
         .ok_or(Error::NotFound)?;
     drop(conn);
-    if !matches!(order.status.as_str(), "open" | "partially_filled") {
+    if !order.status.is_open() {
         return Err(Problem::new(
             StatusCode::CONFLICT,
             "order_not_open",
-            format!("the order is {}", order.status),
+            format!("the order is {}", order.status.as_str()),
         )
         .into());
     }
@@ -340,14 +340,6 @@ pub struct OrderPage {
     pub next_cursor: Option<Uuid>,
 }
 
-const STATUSES: [&str; 5] = [
-    "open",
-    "partially_filled",
-    "filled",
-    "cancelled",
-    "rejected",
-];
-
 fn page_size(limit: Option<i64>) -> Result<i64> {
     match limit.unwrap_or(50) {
         limit @ 1..=100 => Ok(limit),
@@ -365,16 +357,18 @@ pub async fn list(
     service_kit::http::Query(query): service_kit::http::Query<ListQuery>,
 ) -> Result<Body<OrderPage>> {
     let limit = page_size(query.limit)?;
-    if let Some(status) = &query.status
-        && !STATUSES.contains(&status.as_str())
-    {
-        return Err(Problem::bad_request("invalid_query", "unknown status").into());
-    }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(
+            OrderStatus::parse(text)
+                .ok_or_else(|| Problem::bad_request("invalid_query", "unknown status"))?,
+        ),
+    };
     let rows = store::list_orders(
         &state.pool,
         principal.user_id,
         query.symbol.as_deref(),
-        query.status.as_deref(),
+        status,
         query.cursor,
         limit + 1,
     )
