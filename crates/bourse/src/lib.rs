@@ -118,6 +118,9 @@ pub async fn keep_secrets_fresh(
 pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     let services = Target::expand(targets);
     let common = CommonConfig::read(&mut env);
+    // Read by `bourse serve` before the plan (it may start datastores); read again here so
+    // that their problems are reported with every other.
+    let _ = local_datastores::Settings::read(&mut env);
     let urls_given = UPSTREAM_URLS
         .into_iter()
         .filter(|(_, variable)| env.is_set(variable))

@@ -226,7 +226,11 @@ async fn local_datastores(
     use bourse::local_datastores::{LocalDatastores, Settings};
     let mut env = Env::from_pairs(vars.clone());
     let settings = Settings::read(&mut env);
-    env.finish().map_err(Failure::Config)?;
+    if env.finish().is_err() {
+        // Nothing is started on settings that do not read; the plan reports every problem of
+        // the configuration at once, these among them.
+        return Ok(LocalDatastores::default());
+    }
     let mut given = std::mem::take(vars);
     let (started, given) = tokio::task::spawn_blocking(move || {
         (
@@ -313,8 +317,11 @@ async fn live_environment() -> Result<(Env, secrets::settings::LiveSettings), Fa
     let (mut vars, live) = resolved_variables().await?;
     let mut env = Env::from_pairs(vars.clone());
     let settings = bourse::local_datastores::Settings::read(&mut env);
-    env.finish().map_err(Failure::Config)?;
-    bourse::local_datastores::point_at_local(&settings, &mut vars);
+    // Settings that do not read point nowhere; the command's own configuration reports
+    // BOURSE_ENV, and `serve` reports these too.
+    if env.finish().is_ok() {
+        bourse::local_datastores::point_at_local(&settings, &mut vars);
+    }
     Ok((Env::from_pairs(vars), live))
 }
 
