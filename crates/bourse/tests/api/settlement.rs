@@ -138,6 +138,16 @@ impl Ledger {
             .unwrap()
     }
 
+    /// Waits for settlement to record `order` as released (given up on by orders).
+    async fn released(&self, order: Uuid) {
+        let released =
+            format!("SELECT count(*) FROM settlement.released_orders WHERE order_id = '{order}'");
+        eventually("settlement to apply the release", || async {
+            count(&self.app.db, &released).await == 1
+        })
+        .await;
+    }
+
     /// Puts an event on this app's orders stream, as the orders relay would.
     async fn publish<E: Event>(&self, payload: &E) -> events::Envelope {
         let envelope = events::Envelope::of("orders", "test", 0, payload).unwrap();
@@ -400,19 +410,8 @@ async fn a_hold_that_arrives_after_its_order_was_given_up_is_refused(pool: PgPoo
     let order = Uuid::now_v7();
     // Orders gave up on the order (its hold call got no answer in time) and said so through
     // its outbox; under load that release reaches settlement before the hold request does.
-    l.publish(&OrderRejected {
-        order_id: Some(order),
-        account_id: l.alice_id,
-        symbol: "BTC-USD".to_owned(),
-        reason: "not_placed".to_owned(),
-    })
-    .await;
-    let released =
-        format!("SELECT count(*) FROM settlement.released_orders WHERE order_id = '{order}'");
-    eventually("settlement to apply the release", || async {
-        count(&l.app.db, &released).await == 1
-    })
-    .await;
+    l.publish(&not_placed(order, l.alice_id)).await;
+    l.released(order).await;
 
     // The late hold request: refused, and nothing is held for an order nobody will place.
     let late = l
@@ -536,6 +535,16 @@ async fn hostile_hold_requests_are_refused_and_reserve_nothing(pool: PgPool) {
         l.balance(&l.alice, "USD").await,
         ("100.00".to_owned(), "0.00".to_owned())
     );
+}
+
+/// What orders announces when it gives an order up before it reached the book.
+fn not_placed(order: Uuid, account: Uuid) -> OrderRejected {
+    OrderRejected {
+        order_id: Some(order),
+        account_id: account,
+        symbol: "BTC-USD".to_owned(),
+        reason: "not_placed".to_owned(),
+    }
 }
 
 /// What the orders service announces for one trade of BTC-USD.
@@ -751,18 +760,8 @@ async fn an_event_version_settlement_does_not_read_is_dead_lettered_not_guessed_
     let l = ledger_on(app).await;
     let order = Uuid::now_v7();
     // A release (OrderRejected) in a version 2 that this settlement has never heard of.
-    let mut future = events::Envelope::of(
-        "orders",
-        "test",
-        0,
-        &OrderRejected {
-            order_id: Some(order),
-            account_id: l.alice_id,
-            symbol: "BTC-USD".to_owned(),
-            reason: "not_placed".to_owned(),
-        },
-    )
-    .unwrap();
+    let mut future =
+        events::Envelope::of("orders", "test", 0, &not_placed(order, l.alice_id)).unwrap();
     future.version = OrderRejected::VERSION + 1;
     l.republish(&future).await;
 
@@ -782,19 +781,8 @@ async fn an_event_version_settlement_does_not_read_is_dead_lettered_not_guessed_
         "nothing of it was applied"
     );
     // The next event, in the version settlement reads, is applied as usual.
-    l.publish(&OrderRejected {
-        order_id: Some(order),
-        account_id: l.alice_id,
-        symbol: "BTC-USD".to_owned(),
-        reason: "not_placed".to_owned(),
-    })
-    .await;
-    let released =
-        format!("SELECT count(*) FROM settlement.released_orders WHERE order_id = '{order}'");
-    eventually("the known version to be applied", || async {
-        count(&l.app.db, &released).await == 1
-    })
-    .await;
+    l.publish(&not_placed(order, l.alice_id)).await;
+    l.released(order).await;
 }
 
 #[sqlx::test(migrations = false)]

@@ -20,6 +20,8 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("events: {0}")]
     Events(#[from] events::Error),
+    #[error("start-up")]
+    Launch(#[from] launch::Error),
     /// An alert event alerting cannot read (its shape or version): dead-lettered.
     #[error("event: {0}")]
     Payload(#[from] events::envelope::PayloadError),

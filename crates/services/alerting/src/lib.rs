@@ -27,12 +27,9 @@ pub mod silences;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
-use service_kit::health::{Check, Readiness};
-use service_kit::redis::KeyPrefix;
-use service_kit::{Server, Shutdown, Supervisor};
+use events::ConsumerSettings;
+use service_kit::{Server, Shutdown};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio::sync::Notify;
@@ -60,38 +57,14 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 }
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
-    service_kit::metrics::install();
-    events::describe_metrics();
-    resilience::describe_metrics();
-    describe_metrics();
-    let tasks = Supervisor::new(SERVICE, shutdown);
-    let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
+    let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, describe_metrics).await?;
+    let pool = kit.database(SCHEMA).await?;
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
-    let redis = service_kit::redis::connect(&config.common)
-        .await
-        .map_err(|e| Error::Internal(format!("redis: {e}")))?;
-    let client = config
-        .common
-        .tls
-        .service_client()
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let verifier = access::Verifiers::from_auth(&client, &config.auth, SERVICE).users;
-    let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
+    let verifier = kit.verifiers(&config.auth).users;
     let wake = Arc::new(Notify::new());
-
-    let relay = Relay::new(
-        pool.clone(),
-        redis.clone(),
-        prefix.clone(),
-        SCHEMA,
-        RelaySettings::default(),
-    );
-    tasks.spawn("outbox relay", move |stop| relay.clone().run(stop));
+    kit.relay(&pool, SCHEMA);
     let alerter = Arc::new(alerts::Alerter {
         default_suppress: config.default_suppress,
         wake: wake.clone(),
@@ -102,18 +75,9 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         ..ConsumerSettings::default()
     };
     for stream in SOURCES {
-        let consumer = Consumer::new(
-            pool.clone(),
-            events::consumer::own_connection(&config.common).await?,
-            prefix.clone(),
-            stream,
-            SERVICE,
-            &events::consumer::replica_name(SERVICE),
-            SERVICE,
-            settings.clone(),
-        );
+        let consumer = kit.consumer(&pool, stream, settings.clone()).await?;
         let alerter = alerter.clone();
-        tasks.spawn(format!("{stream} consumer"), move |stop| {
+        kit.tasks.spawn(format!("{stream} consumer"), move |stop| {
             consumer.clone().run(alerter.clone(), stop)
         });
     }
@@ -133,36 +97,24 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         wake.clone(),
     )?;
     let email_enabled = notifier.email_enabled();
-    tasks.spawn("notifier", move |stop| notifier.clone().run(stop));
+    kit.tasks
+        .spawn("notifier", move |stop| notifier.clone().run(stop));
     let (escalating, interval, woken) = (pool.clone(), config.escalation_interval, wake.clone());
-    tasks.spawn("escalation", move |stop| {
+    kit.tasks.spawn("escalation", move |stop| {
         escalation::every(escalating.clone(), interval, woken.clone(), stop)
     });
     let watch = health_watch::Watch::new(pool.clone(), config.watch.clone(), &config.common.tls)?;
-    tasks.spawn("health watch", move |stop| watch.clone().run(stop));
+    kit.tasks
+        .spawn("health watch", move |stop| watch.clone().run(stop));
 
     let state = http::AppState {
-        pool: pool.clone(),
+        pool,
         verifier,
         wake,
         email_enabled,
         master_keys: config.master_keys.clone(),
     };
-    let readiness = Readiness::new(shutdown.clone())
-        .with(Check::Postgres(pool))
-        .with(Check::Redis(redis));
-    let router = service_kit::http::service_router(
-        SERVICE,
-        &config.common.http,
-        readiness,
-        http::router(state),
-    );
-    Ok(
-        Server::for_service(SERVICE, &config.common, config.port, router)
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .with_tasks(tasks),
-    )
+    Ok(kit.serve(config.port, http::router(state)).await?)
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

@@ -33,6 +33,8 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("start-up")]
+    Launch(#[from] launch::Error),
     #[error("internal: {0}")]
     Internal(String),
 }

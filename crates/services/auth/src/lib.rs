@@ -29,9 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use access::{JwksCache, TokenVerifier};
-use service_kit::health::{Check, Readiness};
-use service_kit::redis::KeyPrefix;
-use service_kit::{Server, Shutdown, Supervisor};
+use service_kit::{Server, Shutdown};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
@@ -72,13 +70,12 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 
 /// Connects, prepares keys and binds the listener; background tasks stop with `shutdown`.
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
-    service_kit::metrics::install();
-    let tasks = Supervisor::new(SERVICE, shutdown);
-    let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
+    let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, || {}).await?;
+    let pool = kit.database(SCHEMA).await?;
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
-    let redis = service_kit::redis::connect(&config.common).await?;
+    let redis = kit.redis.clone();
 
     // Retired keys stay published for the token lifetime plus a minute of clock skew.
     let overlap = config.tokens.access_ttl + Duration::from_secs(60);
@@ -98,7 +95,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     ));
     keyring.ensure_active(config.generate_signing_key).await?;
     let (refreshed, reload) = (keyring.clone(), config.signing_key_reload);
-    tasks.spawn("signing key reload", move |stop| {
+    kit.tasks.spawn("signing key reload", move |stop| {
         refreshed.clone().refresh_until(reload, stop)
     });
 
@@ -112,11 +109,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         pool.clone(),
         Passwords::new(&config.argon2)?,
         keyring.clone(),
-        LoginThrottle::new(
-            redis.clone(),
-            KeyPrefix::new(&config.common.redis_key_prefix),
-            config.throttle.clone(),
-        ),
+        LoginThrottle::new(redis.clone(), kit.keys(), config.throttle.clone()),
         config.tokens.clone(),
     );
     let service_tokens = ServiceTokens::new(
@@ -131,7 +124,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         keyring.clone(),
         config.tokens.clone(),
         redis.clone(),
-        KeyPrefix::new(&config.common.redis_key_prefix),
+        kit.keys(),
     );
     // Service tokens auth itself is called with (the gateway asking for API key credentials).
     let services = TokenVerifier::<access::ServiceClaims>::new(
@@ -148,21 +141,8 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         services,
         api_keys,
     };
-    let readiness = Readiness::new(shutdown.clone())
-        .with(Check::Postgres(pool))
-        .with(Check::Redis(redis));
-    let router = service_kit::http::service_router(
-        SERVICE,
-        &config.common.http,
-        readiness,
-        http::router(state, config.trusted_proxies.clone()),
-    );
-    Ok(
-        Server::for_service(SERVICE, &config.common, config.port, router)
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .with_tasks(tasks),
-    )
+    let routes = http::router(state, config.trusted_proxies.clone());
+    Ok(kit.serve(config.port, routes).await?)
 }
 
 /// Builds and serves until `shutdown`.

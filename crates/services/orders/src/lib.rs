@@ -31,11 +31,8 @@ pub mod store;
 pub mod view;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
-use service_kit::health::{Check, Readiness};
-use service_kit::redis::KeyPrefix;
+use events::ConsumerSettings;
 use service_kit::{Server, Shutdown, Supervisor};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
@@ -64,44 +61,18 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 }
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
-    service_kit::metrics::install();
-    events::describe_metrics();
-    resilience::describe_metrics();
-    describe_metrics();
-    let tasks = Supervisor::new(SERVICE, shutdown);
-    let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
+    let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, describe_metrics).await?;
+    let pool = kit.database(SCHEMA).await?;
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
-    let redis = service_kit::redis::connect(&config.common)
-        .await
-        .map_err(|e| Error::Internal(format!("redis: {e}")))?;
-    let client = config
-        .common
-        .tls
-        .service_client()
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let (tasks, client) = (kit.tasks.clone(), kit.client.clone());
     let access::Verifiers {
         users: verifier,
         services,
-    } = access::Verifiers::from_auth(&client, &config.auth, SERVICE);
-
-    let relay = Relay::new(
-        pool.clone(),
-        redis.clone(),
-        KeyPrefix::new(&config.common.redis_key_prefix),
-        SCHEMA,
-        RelaySettings::default(),
-    );
-    tasks.spawn("outbox relay", move |stop| relay.clone().run(stop));
-    let feed = book_feed::BookFeed::spawn(
-        redis.clone(),
-        KeyPrefix::new(&config.common.redis_key_prefix),
-        &tasks,
-    );
+    } = kit.verifiers(&config.auth);
+    kit.relay(&pool, SCHEMA);
+    let feed = book_feed::BookFeed::spawn(kit.redis.clone(), kit.keys(), &tasks);
     // Service tokens come from auth; settlement's holds are called with them (SEC-14), and so
     // are the commands forwarded to the replica that keeps a symbol's book.
     let tokens = Arc::new(
@@ -124,16 +95,9 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         tasks.clone(),
     );
     // Kill switches from risk cancel what is open in their scope (TRD-11).
-    let kill_switches = Consumer::new(
-        pool.clone(),
-        events::consumer::own_connection(&config.common).await?,
-        KeyPrefix::new(&config.common.redis_key_prefix),
-        "risk",
-        SERVICE,
-        &events::consumer::replica_name(SERVICE),
-        SERVICE,
-        ConsumerSettings::default(),
-    );
+    let kill_switches = kit
+        .consumer(&pool, "risk", ConsumerSettings::default())
+        .await?;
     let mass_cancel = Arc::new(kill_switches::MassCancel::new(engines.clone()));
     tasks.spawn("risk consumer", move |stop| {
         kill_switches.clone().run(mass_cancel.clone(), stop)
@@ -174,19 +138,8 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     tasks.spawn("idempotency purge", move |stop| {
         service_kit::idempotency::purge_every_hour(purged.clone(), stop)
     });
-    let readiness = Readiness::new(shutdown.clone())
-        .with(Check::Postgres(pool))
-        .with(Check::Redis(redis));
     let books = state.engines.clone();
-    let router = service_kit::http::service_router(
-        SERVICE,
-        &config.common.http,
-        readiness,
-        http::router(state),
-    );
-    let server = Server::for_service(SERVICE, &config.common, config.port, router)
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let server = kit.serve(config.port, http::router(state)).await?;
     // Only now is this replica's address known (port 0 binds anywhere): it joins the others
     // and takes its share of the books (TRD-08).
     let address = match &config.advertise_url {
@@ -198,7 +151,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     tasks.spawn("symbol ownership", move |stop| {
         books.clone().keep_books(stop)
     });
-    Ok(server.with_tasks(tasks))
+    Ok(server)
 }
 
 /// This replica as the others can reach it without `BOURSE_ORDERS_ADVERTISE_URL`: the bound

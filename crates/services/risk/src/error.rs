@@ -15,6 +15,8 @@ pub enum Error {
     Database(#[from] sqlx::Error),
     #[error("events: {0}")]
     Events(#[from] events::Error),
+    #[error("start-up")]
+    Launch(#[from] launch::Error),
     #[error("internal: {0}")]
     Internal(String),
 }

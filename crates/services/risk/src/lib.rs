@@ -22,13 +22,10 @@ pub mod project;
 pub mod store;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use access::Verifiers;
-use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
-use service_kit::health::{Check, Readiness};
-use service_kit::redis::KeyPrefix;
-use service_kit::{Server, Shutdown, Supervisor};
+use events::ConsumerSettings;
+use service_kit::{Server, Shutdown};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
@@ -74,74 +71,30 @@ pub async fn load_book(pool: &PgPool, config: &Config) -> Result<book::Book, Err
 }
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
-    service_kit::metrics::install();
-    events::describe_metrics();
-    describe_metrics();
-    let tasks = Supervisor::new(SERVICE, shutdown);
-    let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
+    let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, describe_metrics).await?;
+    let pool = kit.database(SCHEMA).await?;
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
     let book = Arc::new(Mutex::new(load_book(&pool, &config).await?));
-    let redis = service_kit::redis::connect(&config.common)
-        .await
-        .map_err(|e| Error::Internal(format!("redis: {e}")))?;
-    let client = config
-        .common
-        .tls
-        .service_client()
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let Verifiers { users, services } = Verifiers::from_auth(&client, &config.auth, SERVICE);
-
-    let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
-    let relay = Relay::new(
-        pool.clone(),
-        redis.clone(),
-        prefix.clone(),
-        SCHEMA,
-        RelaySettings::default(),
-    );
-    tasks.spawn("outbox relay", move |stop| relay.clone().run(stop));
-    let consumer = Consumer::new(
-        pool.clone(),
-        events::consumer::own_connection(&config.common).await?,
-        prefix,
-        "orders",
-        SERVICE,
-        &events::consumer::replica_name(SERVICE),
-        SERVICE,
-        ConsumerSettings::default(),
-    );
+    let Verifiers { users, services } = kit.verifiers(&config.auth);
+    kit.relay(&pool, SCHEMA);
+    let consumer = kit
+        .consumer(&pool, "orders", ConsumerSettings::default())
+        .await?;
     let projector = Arc::new(project::Projector::new(book.clone(), &config.assets));
-    tasks.spawn("orders consumer", move |stop| {
+    kit.tasks.spawn("orders consumer", move |stop| {
         consumer.clone().run(projector.clone(), stop)
     });
 
     let state = http::AppState {
-        pool: pool.clone(),
+        pool,
         verifier: users,
         services,
         book,
         assets: Arc::new(config.assets.clone()),
     };
-    let readiness = Readiness::new(shutdown.clone())
-        .with(Check::Postgres(pool))
-        .with(Check::Redis(redis));
-    let router = service_kit::http::service_router(
-        SERVICE,
-        &config.common.http,
-        readiness,
-        http::router(state),
-    );
-    Ok(
-        Server::for_service(SERVICE, &config.common, config.port, router)
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .with_tasks(tasks),
-    )
+    Ok(kit.serve(config.port, http::router(state)).await?)
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {

@@ -25,13 +25,10 @@ pub mod settle;
 pub mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use access::Verifiers;
-use events::{Consumer, ConsumerSettings, Relay, RelaySettings};
-use service_kit::health::{Check, Readiness};
-use service_kit::redis::KeyPrefix;
-use service_kit::{Server, Shutdown, Supervisor};
+use events::ConsumerSettings;
+use service_kit::{Server, Shutdown};
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 
@@ -63,61 +60,29 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 }
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
-    service_kit::metrics::install();
-    events::describe_metrics();
-    resilience::describe_metrics();
-    describe_metrics();
-    let tasks = Supervisor::new(SERVICE, shutdown);
-    let pool = service_kit::db::connect_following(&config.common, SCHEMA, &tasks).await?;
+    let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, describe_metrics).await?;
+    let pool = kit.database(SCHEMA).await?;
     if config.migrate_on_start {
         migrate(&pool).await?;
     }
     store::sync_assets(&pool, &config.assets).await?;
-    let redis = service_kit::redis::connect(&config.common)
-        .await
-        .map_err(|e| Error::Internal(format!("redis: {e}")))?;
-    let client = config
-        .common
-        .tls
-        .service_client()
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .map_err(|e| Error::Internal(e.to_string()))?;
-    let Verifiers { users, services } = Verifiers::from_auth(&client, &config.auth, SERVICE);
-
-    let prefix = KeyPrefix::new(&config.common.redis_key_prefix);
-    let relay = Relay::new(
-        pool.clone(),
-        redis.clone(),
-        prefix.clone(),
-        SCHEMA,
-        RelaySettings::default(),
-    );
-    tasks.spawn("outbox relay", move |stop| relay.clone().run(stop));
-    let consumer = Consumer::new(
-        pool.clone(),
-        events::consumer::own_connection(&config.common).await?,
-        prefix,
-        ORDERS_STREAM,
-        SERVICE,
-        &events::consumer::replica_name(SERVICE),
-        SERVICE,
-        ConsumerSettings {
-            batch: config.consumer_batch,
-            max_deliveries: config.consumer_max_deliveries,
-            retry_after: config.consumer_retry_after,
-            ..ConsumerSettings::default()
-        },
-    );
+    let Verifiers { users, services } = kit.verifiers(&config.auth);
+    kit.relay(&pool, SCHEMA);
+    let settings = ConsumerSettings {
+        batch: config.consumer_batch,
+        max_deliveries: config.consumer_max_deliveries,
+        retry_after: config.consumer_retry_after,
+        ..ConsumerSettings::default()
+    };
+    let consumer = kit.consumer(&pool, ORDERS_STREAM, settings).await?;
     let settler = Arc::new(settle::Settler::new(config.fees, &config.assets));
-    tasks.spawn("orders consumer", move |stop| {
+    kit.tasks.spawn("orders consumer", move |stop| {
         consumer.clone().run(settler.clone(), stop)
     });
     // Reconciliation asks orders for its executed trades, with a service token from auth.
     let tokens = Arc::new(
         resilience::TokenSource::from_auth(
-            &client,
+            &kit.client,
             &config.auth.url,
             SERVICE,
             config.service_secret.clone(),
@@ -127,7 +92,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let orders = resilience::Upstream::authenticated(
         "orders",
         config.orders_url.clone(),
-        client.clone(),
+        kit.client.clone(),
         resilience::Policy::default(),
         tokens,
     )
@@ -138,11 +103,11 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         grace: config.reconciliation_grace,
     });
     let (periodic, interval) = (reconciler.clone(), config.reconciliation_interval);
-    tasks.spawn("reconciliation", move |stop| {
+    kit.tasks.spawn("reconciliation", move |stop| {
         periodic.clone().every(interval, stop)
     });
     let purged = pool.clone();
-    tasks.spawn("idempotency purge", move |stop| {
+    kit.tasks.spawn("idempotency purge", move |stop| {
         service_kit::idempotency::purge_every_hour(purged.clone(), stop)
     });
 
@@ -152,24 +117,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         services,
         assets: Arc::new(config.assets.clone()),
         fees: config.fees,
-        holds: holds::Holds::start(pool.clone(), &tasks),
+        holds: holds::Holds::start(pool, &kit.tasks),
         reconciler,
     };
-    let readiness = Readiness::new(shutdown.clone())
-        .with(Check::Postgres(pool))
-        .with(Check::Redis(redis));
-    let router = service_kit::http::service_router(
-        SERVICE,
-        &config.common.http,
-        readiness,
-        http::router(state),
-    );
-    Ok(
-        Server::for_service(SERVICE, &config.common, config.port, router)
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))?
-            .with_tasks(tasks),
-    )
+    Ok(kit.serve(config.port, http::router(state)).await?)
 }
 
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
