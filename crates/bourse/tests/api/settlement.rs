@@ -537,6 +537,19 @@ async fn hostile_hold_requests_are_refused_and_reserve_nothing(pool: PgPool) {
     );
 }
 
+/// A ledger whose consumer dead-letters an event on its second failed delivery, soon.
+async fn quick_to_dead_letter(pool: PgPool) -> Ledger {
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("BOURSE_SETTLEMENT_CONSUMER_MAX_DELIVERIES", "2"),
+            ("BOURSE_SETTLEMENT_CONSUMER_RETRY_AFTER_MS", "100"),
+        ],
+    )
+    .await;
+    ledger_on(app).await
+}
+
 /// What orders announces when it gives an order up before it reached the book.
 fn not_placed(order: Uuid, account: Uuid) -> OrderRejected {
     OrderRejected {
@@ -686,15 +699,7 @@ async fn a_trade_settles_by_delivery_versus_payment_exactly_once_with_fees(pool:
 
 #[sqlx::test(migrations = false)]
 async fn a_trade_that_cannot_settle_is_dead_lettered_and_announced(pool: PgPool) {
-    let app = spawn_app_with(
-        pool,
-        &[
-            ("BOURSE_SETTLEMENT_CONSUMER_MAX_DELIVERIES", "2"),
-            ("BOURSE_SETTLEMENT_CONSUMER_RETRY_AFTER_MS", "100"),
-        ],
-    )
-    .await;
-    let l = ledger_on(app).await;
+    let l = quick_to_dead_letter(pool).await;
     // A trade in an asset the ledger does not know: every delivery fails.
     let mut doge = trade_executed(
         Uuid::now_v7(),
@@ -749,15 +754,7 @@ async fn a_trade_that_cannot_settle_is_dead_lettered_and_announced(pool: PgPool)
 /// on with the next event.
 #[sqlx::test(migrations = false)]
 async fn an_event_version_settlement_does_not_read_is_dead_lettered_not_guessed_at(pool: PgPool) {
-    let app = spawn_app_with(
-        pool,
-        &[
-            ("BOURSE_SETTLEMENT_CONSUMER_MAX_DELIVERIES", "2"),
-            ("BOURSE_SETTLEMENT_CONSUMER_RETRY_AFTER_MS", "100"),
-        ],
-    )
-    .await;
-    let l = ledger_on(app).await;
+    let l = quick_to_dead_letter(pool).await;
     let order = Uuid::now_v7();
     // A release (OrderRejected) in a version 2 that this settlement has never heard of.
     let mut future =
