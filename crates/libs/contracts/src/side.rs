@@ -2,8 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The one side type of the platform: the API, events and the stores use it (the matching
+/// engine has its own, to stay free of dependencies). Stored as text, `buy` or `sell`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "sqlx", derive(sqlx::Type))]
+#[cfg_attr(feature = "sqlx", sqlx(type_name = "text", rename_all = "lowercase"))]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub enum Side {
     Buy,
     Sell,

@@ -519,11 +519,7 @@ pub async fn recover(pool: &PgPool, instrument: &Instrument) -> Result<Book> {
         book.restore(RestingOrder {
             id: OrderId(order.id.as_u128()),
             account: AccountId(order.account_id.as_u128()),
-            side: if order.side == "buy" {
-                Side::Buy
-            } else {
-                Side::Sell
-            },
+            side: crate::order_entry::engine_side(order.side),
             price: price / instrument.tick_size,
             remaining: u64::try_from(remaining).unwrap_or(0),
             arrival: u64::try_from(arrival).unwrap_or(0),

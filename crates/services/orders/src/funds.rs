@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::instruments::Instrument;
-use crate::order_entry::{Rejection, ValidOrder};
+use crate::order_entry::{Rejection, ValidOrder, platform_side};
 
 /// Codes risk refuses orders with; anything else is reported as `risk_refused`.
 const RISK_CODES: &[&str] = &[
@@ -51,7 +51,7 @@ impl Funds {
             .ok_or_else(|| Error::Internal("a market order reached risk unprotected".into()))?;
         let body = json!({
             "order_id": order.id, "account_id": order.account, "symbol": instrument.symbol,
-            "side": side_name(order.side),
+            "side": platform_side(order.side),
             "type": match order.order_type { crate::order_entry::OrderType::Limit => "limit", crate::order_entry::OrderType::Market => "market" },
             "price": price, "quantity": order.quantity,
             "base_scale": instrument.base.scale, "quote_scale": instrument.quote.scale,
@@ -87,7 +87,7 @@ impl Funds {
             .ok_or_else(|| Error::Internal("a market order reached funds unprotected".into()))?;
         let body = json!({
             "order_id": order.id, "account_id": order.account, "symbol": instrument.symbol,
-            "side": side_name(order.side),
+            "side": platform_side(order.side),
             "base_asset": instrument.base.code, "quote_asset": instrument.quote.code,
             "price": price, "quantity": order.quantity,
         });
@@ -120,13 +120,6 @@ impl Funds {
             }
             Err(err) => tracing::warn!(%order, error = %err, "could not void a hold"),
         }
-    }
-}
-
-fn side_name(side: matching::Side) -> &'static str {
-    match side {
-        matching::Side::Buy => "buy",
-        matching::Side::Sell => "sell",
     }
 }
 

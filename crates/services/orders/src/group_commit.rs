@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use matching::{CancelReason, Emitted, Event, Side};
+use matching::{CancelReason, Emitted, Event};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -23,7 +23,7 @@ use contracts::fees::Fees;
 use crate::engine::Answer;
 use crate::error::{Error, Result};
 use crate::instruments::{Instrument, PRODUCER, STREAM};
-use crate::order_entry::{OrderStatus, OrderType, ValidOrder};
+use crate::order_entry::{OrderStatus, OrderType, ValidOrder, platform_side};
 use crate::store::{self, FillRow, OrderChange, OrderRow, TradeInsert};
 use crate::view::OrderView;
 use service_kit::idempotency::{self, Claim};
@@ -92,7 +92,7 @@ impl<'a> BatchWrites<'a> {
                 account_id: order.account,
                 client_order_id: order.client_order_id.clone(),
                 symbol: order.symbol.clone(),
-                side: side_name(order.side).to_owned(),
+                side: platform_side(order.side),
                 order_type: match order.order_type {
                     OrderType::Limit => "limit",
                     OrderType::Market => "market",
@@ -131,7 +131,7 @@ impl<'a> BatchWrites<'a> {
                     symbol: order.symbol.clone(),
                     base_asset: self.instrument.base.code.clone(),
                     quote_asset: self.instrument.quote.code.clone(),
-                    side: contract_side(order.side),
+                    side: platform_side(order.side),
                     price: order.price,
                     quantity: order.quantity,
                 },
@@ -242,7 +242,7 @@ impl<'a> BatchWrites<'a> {
                     taker_order_id: taker,
                     maker_account,
                     taker_account,
-                    taker_side: side_name(taker_side),
+                    taker_side: platform_side(taker_side),
                     sequence: i64::try_from(emitted.sequence).unwrap_or(i64::MAX),
                 });
                 let mut executed = event(
@@ -259,7 +259,7 @@ impl<'a> BatchWrites<'a> {
                         taker_order_id: taker,
                         maker_account_id: maker_account,
                         taker_account_id: taker_account,
-                        taker_side: contract_side(taker_side),
+                        taker_side: platform_side(taker_side),
                     },
                 )?;
                 // The trade row's time: settlement records it, and reconciliation compares
@@ -383,13 +383,6 @@ fn average_price(notional: i128, filled: i64) -> Option<i64> {
         .and_then(|average| i64::try_from(average).ok())
 }
 
-pub fn side_name(side: Side) -> &'static str {
-    match side {
-        Side::Buy => "buy",
-        Side::Sell => "sell",
-    }
-}
-
 fn cancel_reason(reason: CancelReason) -> &'static str {
     match reason {
         CancelReason::Requested => "requested",
@@ -411,14 +404,6 @@ fn event<E: contracts::events::Event>(
         i64::try_from(sequence).unwrap_or(i64::MAX),
         payload,
     )?)
-}
-
-/// The book's side as events carry it.
-fn contract_side(side: Side) -> contracts::Side {
-    match side {
-        Side::Buy => contracts::Side::Buy,
-        Side::Sell => contracts::Side::Sell,
-    }
 }
 
 /// The JSON of a problem as the client receives it (request id included).

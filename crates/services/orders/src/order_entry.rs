@@ -10,13 +10,6 @@ use crate::instruments::{Instrument, Status};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
-pub enum SideName {
-    Buy,
-    Sell,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
 pub enum OrderType {
     Limit,
     Market,
@@ -76,7 +69,7 @@ pub enum TimeInForceName {
 #[serde(deny_unknown_fields)]
 pub struct PlaceOrder {
     pub symbol: String,
-    pub side: SideName,
+    pub side: contracts::Side,
     #[serde(rename = "type")]
     pub order_type: OrderType,
     /// Limit orders only, in the quote asset (e.g. "30000.25"), on the instrument's tick grid.
@@ -239,10 +232,7 @@ pub fn validate(
         account,
         client_order_id: request.client_order_id.clone(),
         symbol: instrument.symbol.clone(),
-        side: match request.side {
-            SideName::Buy => Side::Buy,
-            SideName::Sell => Side::Sell,
-        },
+        side: engine_side(request.side),
         order_type: request.order_type,
         price,
         quantity,
@@ -289,6 +279,22 @@ pub fn protect(
         .map_err(|_| reject("invalid_price", "the protection price does not fit"))?;
     order.protection = Some(price);
     Ok(())
+}
+
+/// The platform's side as the matching engine spells it.
+pub fn engine_side(side: contracts::Side) -> Side {
+    match side {
+        contracts::Side::Buy => Side::Buy,
+        contracts::Side::Sell => Side::Sell,
+    }
+}
+
+/// The matching engine's side as the platform spells it.
+pub fn platform_side(side: Side) -> contracts::Side {
+    match side {
+        Side::Buy => contracts::Side::Buy,
+        Side::Sell => contracts::Side::Sell,
+    }
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ pub struct OrderRow {
     pub account_id: uuid::Uuid,
     pub client_order_id: Option<String>,
     pub symbol: String,
-    pub side: String,
+    pub side: contracts::Side,
     pub order_type: String,
     pub price: Option<i64>,
     pub quantity: i64,
@@ -250,7 +250,7 @@ pub struct TradeInsert {
     pub taker_order_id: uuid::Uuid,
     pub maker_account: uuid::Uuid,
     pub taker_account: uuid::Uuid,
-    pub taker_side: &'static str,
+    pub taker_side: contracts::Side,
     pub sequence: i64,
 }
 
@@ -268,7 +268,7 @@ pub async fn insert_trades(
     }
     let column = |f: fn(&TradeInsert) -> uuid::Uuid| trades.iter().map(f).collect::<Vec<_>>();
     let number = |f: fn(&TradeInsert) -> i64| trades.iter().map(f).collect::<Vec<_>>();
-    let sides: Vec<&str> = trades.iter().map(|t| t.taker_side).collect();
+    let sides: Vec<&str> = trades.iter().map(|t| t.taker_side.as_str()).collect();
     sqlx::query(
         "INSERT INTO trades (id, symbol, price, quantity, maker_order_id, taker_order_id,
                              maker_account, taker_account, taker_side, sequence, executed_at)
@@ -482,7 +482,7 @@ pub struct TradeRow {
     pub symbol: String,
     pub price: i64,
     pub quantity: i64,
-    pub taker_side: String,
+    pub taker_side: contracts::Side,
     pub sequence: i64,
     pub executed_at: time::OffsetDateTime,
     pub maker_order_id: uuid::Uuid,

@@ -32,7 +32,7 @@ pub struct OrderView {
     pub client_order_id: Option<String>,
     pub account_id: Uuid,
     pub symbol: String,
-    pub side: String,
+    pub side: contracts::Side,
     #[serde(rename = "type")]
     pub order_type: String,
     pub price: Option<String>,
@@ -59,7 +59,7 @@ impl OrderView {
             client_order_id: order.client_order_id.clone(),
             account_id: order.account_id,
             symbol: order.symbol.clone(),
-            side: order.side.clone(),
+            side: order.side,
             order_type: order.order_type.clone(),
             price: order.price.map(price),
             quantity: quantity(order.quantity),

@@ -38,7 +38,7 @@ pub struct PublicTrade {
     pub id: Uuid,
     pub price: String,
     pub quantity: String,
-    pub taker_side: String,
+    pub taker_side: contracts::Side,
     #[serde(with = "time::serde::rfc3339")]
     pub executed_at: time::OffsetDateTime,
 }

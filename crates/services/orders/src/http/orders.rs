@@ -453,7 +453,7 @@ pub struct OwnTrade {
     pub id: Uuid,
     pub order_id: Uuid,
     pub symbol: String,
-    pub side: String,
+    pub side: contracts::Side,
     pub price: String,
     pub quantity: String,
     /// `maker` or `taker`.
@@ -497,10 +497,11 @@ pub async fn own_trades(
             .find(|i| i.symbol == trade.symbol)
             .ok_or(Error::NotFound)?;
         let maker = trade.maker_account == principal.user_id;
-        let side = match (maker, trade.taker_side.as_str()) {
-            (false, side) => side.to_owned(),
-            (true, "buy") => "sell".to_owned(),
-            (true, _) => "buy".to_owned(),
+        // A maker traded on the side opposite the taker's.
+        let side = if maker {
+            trade.taker_side.opposite()
+        } else {
+            trade.taker_side
         };
         items.push(OwnTrade {
             id: trade.id,
