@@ -30,34 +30,88 @@ pub enum Target {
     Alerting,
 }
 
+/// One service of the platform, described once: everything `bourse` derives about it that is
+/// not in its own crate — start order, the variables that place it, whom it calls.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceSpec {
+    pub target: Target,
+    /// As logs, metrics and the health watch name it.
+    pub name: &'static str,
+    /// The variable of its listening port (tests set it to 0).
+    pub port_variable: &'static str,
+    /// The variable that points callers at it when it runs elsewhere (none: nobody calls it).
+    pub url_variable: Option<&'static str>,
+    /// The services it calls, which start before it.
+    pub upstreams: &'static [Target],
+}
+
+/// Every service, in start order: each after the services it calls.
+pub const SERVICES: [ServiceSpec; 6] = [
+    ServiceSpec {
+        target: Target::Auth,
+        name: "auth",
+        port_variable: "BOURSE_AUTH_PORT",
+        url_variable: Some("BOURSE_AUTH_URL"),
+        upstreams: &[],
+    },
+    ServiceSpec {
+        target: Target::Risk,
+        name: "risk",
+        port_variable: "BOURSE_RISK_PORT",
+        url_variable: Some("BOURSE_RISK_URL"),
+        upstreams: &[Target::Auth],
+    },
+    ServiceSpec {
+        target: Target::Settlement,
+        name: "settlement",
+        port_variable: "BOURSE_SETTLEMENT_PORT",
+        url_variable: Some("BOURSE_SETTLEMENT_URL"),
+        // Orders too, which starts after it (orders calls settlement): `start` gives
+        // settlement the address orders will bind.
+        upstreams: &[Target::Auth, Target::Orders],
+    },
+    ServiceSpec {
+        target: Target::Orders,
+        name: "orders",
+        port_variable: "BOURSE_ORDERS_PORT",
+        url_variable: Some("BOURSE_ORDERS_URL"),
+        upstreams: &[Target::Auth, Target::Settlement, Target::Risk],
+    },
+    ServiceSpec {
+        target: Target::Alerting,
+        name: "alerting",
+        port_variable: "BOURSE_ALERTING_PORT",
+        url_variable: Some("BOURSE_ALERTING_URL"),
+        upstreams: &[Target::Auth],
+    },
+    ServiceSpec {
+        target: Target::Gateway,
+        name: "gateway",
+        port_variable: "BOURSE_GATEWAY_PORT",
+        url_variable: None,
+        upstreams: &[
+            Target::Auth,
+            Target::Orders,
+            Target::Settlement,
+            Target::Risk,
+            Target::Alerting,
+        ],
+    },
+];
+
 impl Target {
     /// The concrete services a list of targets stands for, in start order (upstreams first).
     pub fn expand(targets: &[Target]) -> Vec<Target> {
-        let mut services: Vec<Target> = if targets.contains(&Target::All) {
-            vec![
-                Target::Auth,
-                Target::Risk,
-                Target::Settlement,
-                Target::Orders,
-                Target::Alerting,
-                Target::Gateway,
-            ]
-        } else {
-            targets.to_vec()
-        };
-        services.sort();
-        services.dedup();
-        // Upstreams first, so the services calling them can be pointed at them.
-        services.sort_by_key(|t| match t {
-            Target::Auth => 0,
-            Target::Risk => 1,
-            Target::Settlement => 2,
-            Target::Orders => 3,
-            Target::Alerting => 4,
-            Target::Gateway => 5,
-            Target::All => 6,
-        });
-        services
+        SERVICES
+            .iter()
+            .map(|spec| spec.target)
+            .filter(|target| targets.contains(&Target::All) || targets.contains(target))
+            .collect()
+    }
+
+    /// Its description in [`SERVICES`]; none for [`Target::All`].
+    pub fn spec(self) -> Option<&'static ServiceSpec> {
+        SERVICES.iter().find(|spec| spec.target == self)
     }
 }
 
@@ -121,8 +175,7 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     // Read by `bourse serve` before the plan (it may start datastores); read again here so
     // that their problems are reported with every other.
     let _ = local_datastores::Settings::read(&mut env);
-    let urls_given = UPSTREAM_URLS
-        .into_iter()
+    let urls_given = upstream_urls()
         .filter(|(_, variable)| env.is_set(variable))
         .map(|(target, _)| target)
         .collect();
@@ -160,30 +213,16 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     })
 }
 
-/// The variable that points a service at an upstream running elsewhere.
-const UPSTREAM_URLS: [(Target, &str); 5] = [
-    (Target::Auth, "BOURSE_AUTH_URL"),
-    (Target::Orders, "BOURSE_ORDERS_URL"),
-    (Target::Settlement, "BOURSE_SETTLEMENT_URL"),
-    (Target::Risk, "BOURSE_RISK_URL"),
-    (Target::Alerting, "BOURSE_ALERTING_URL"),
-];
+/// The variable that points callers at each service that runs elsewhere.
+fn upstream_urls() -> impl Iterator<Item = (Target, &'static str)> {
+    SERVICES
+        .iter()
+        .filter_map(|spec| spec.url_variable.map(|variable| (spec.target, variable)))
+}
 
 /// The upstreams each service calls.
 fn upstreams_of(service: Target) -> &'static [Target] {
-    match service {
-        Target::Gateway => &[
-            Target::Auth,
-            Target::Orders,
-            Target::Settlement,
-            Target::Risk,
-            Target::Alerting,
-        ],
-        Target::Orders => &[Target::Auth, Target::Settlement, Target::Risk],
-        Target::Settlement => &[Target::Auth, Target::Orders],
-        Target::Risk | Target::Alerting => &[Target::Auth],
-        Target::Auth | Target::All => &[],
-    }
+    service.spec().map_or(&[], |spec| spec.upstreams)
 }
 
 /// With `BOURSE_TLS_REQUIRED=true`, every upstream this process calls outside itself must be
@@ -194,7 +233,7 @@ fn refuse_plaintext_upstreams(services: &[Target], urls_given: &BTreeSet<Target>
         .flat_map(|service| upstreams_of(*service).iter().copied())
         .filter(|upstream| !services.contains(upstream))
         .collect();
-    for (upstream, variable) in UPSTREAM_URLS {
+    for (upstream, variable) in upstream_urls() {
         if !needed.contains(&upstream) && !urls_given.contains(&upstream) {
             continue;
         }
@@ -377,7 +416,7 @@ impl Started {
             .iter()
             .map(|(target, address)| {
                 (
-                    format!("{target:?}").to_lowercase(),
+                    target.spec().map_or("?", |spec| spec.name).to_owned(),
                     format!("{}://{}", self.scheme, reachable(*address)),
                 )
             })

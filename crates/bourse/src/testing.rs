@@ -57,12 +57,6 @@ pub fn test_env(pool: &PgPool) -> Vec<(String, String)> {
         ("DATABASE_URL", database_url(pool)),
         ("BOURSE_REDIS_KEY_PREFIX", prefix),
         ("BOURSE_BIND_HOST", "127.0.0.1".to_owned()),
-        ("BOURSE_AUTH_PORT", "0".to_owned()),
-        ("BOURSE_GATEWAY_PORT", "0".to_owned()),
-        ("BOURSE_ORDERS_PORT", "0".to_owned()),
-        ("BOURSE_SETTLEMENT_PORT", "0".to_owned()),
-        ("BOURSE_RISK_PORT", "0".to_owned()),
-        ("BOURSE_ALERTING_PORT", "0".to_owned()),
         ("BOURSE_TRUSTED_PROXIES", "127.0.0.1".to_owned()),
         (
             "BOURSE_GATEWAY_CORS_ORIGINS",
@@ -74,5 +68,15 @@ pub fn test_env(pool: &PgPool) -> Vec<(String, String)> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
+    .chain(any_free_port())
     .collect()
+}
+
+/// Every service on a port of the system's choosing (`<SERVICE>_PORT=0`), so parallel tests
+/// never collide — derived from [`crate::SERVICES`], so a new service is covered by adding it
+/// there.
+pub fn any_free_port() -> impl Iterator<Item = (String, String)> {
+    crate::SERVICES
+        .iter()
+        .map(|spec| (spec.port_variable.to_owned(), "0".to_owned()))
 }

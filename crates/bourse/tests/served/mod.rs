@@ -45,12 +45,7 @@ impl Served {
                 format!("test:{}", uuid::Uuid::now_v7()),
             )
             .env("BOURSE_BIND_HOST", "127.0.0.1")
-            .env("BOURSE_AUTH_PORT", "0")
-            .env("BOURSE_GATEWAY_PORT", "0")
-            .env("BOURSE_ORDERS_PORT", "0")
-            .env("BOURSE_SETTLEMENT_PORT", "0")
-            .env("BOURSE_RISK_PORT", "0")
-            .env("BOURSE_ALERTING_PORT", "0")
+            .envs(bourse::testing::any_free_port())
             .env("BOURSE_TRUSTED_PROXIES", "127.0.0.1")
             .env("BOURSE_AUTH_ARGON2_MEMORY_KIB", "4096")
             .env("BOURSE_AUTH_ARGON2_ITERATIONS", "1")
