@@ -23,7 +23,37 @@ use crate::error::{Error, Result};
 use crate::signals::{self, Signal};
 use crate::{rules, store};
 
-pub const STATUSES: &[&str] = &["firing", "acknowledged", "resolved"];
+/// Where an alert is: `firing` until an operator acknowledges it (it stops escalating), then
+/// `resolved` — by an operator or by the event that ends it. Stored as text; the table's check
+/// constraint allows these three and nothing else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum AlertStatus {
+    Firing,
+    Acknowledged,
+    Resolved,
+}
+
+impl AlertStatus {
+    pub const ALL: [AlertStatus; 3] = [
+        AlertStatus::Firing,
+        AlertStatus::Acknowledged,
+        AlertStatus::Resolved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Acknowledged => "acknowledged",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
 
 #[derive(Clone, Debug, Serialize, ToSchema, sqlx::FromRow)]
 pub struct AlertView {
@@ -34,8 +64,7 @@ pub struct AlertView {
     pub scope: String,
     pub severity: String,
     pub summary: String,
-    /// `firing`, `acknowledged` or `resolved`.
-    pub status: String,
+    pub status: AlertStatus,
     /// Occurrences while open.
     pub count: i32,
     /// The payload of the latest occurrence.
@@ -179,11 +208,12 @@ async fn announce_resolution(
 /// an acknowledged alert changes nothing; a resolved one cannot be.
 pub async fn acknowledge(pool: &PgPool, id: Uuid, actor: Uuid) -> Result<AlertView> {
     let mut tx = pool.begin().await?;
-    if store::transition(&mut tx, id, &["firing"], "acknowledged", actor)
+    let (from, to) = (&[AlertStatus::Firing], AlertStatus::Acknowledged);
+    if store::transition(&mut tx, id, from, to, actor)
         .await?
         .is_none()
     {
-        refuse_unless(&mut tx, id, "acknowledged").await?;
+        refuse_unless(&mut tx, id, to).await?;
     }
     let alert = store::alert(&mut tx, id).await?.ok_or(Error::NotFound)?;
     tx.commit().await?;
@@ -194,15 +224,14 @@ pub async fn acknowledge(pool: &PgPool, id: Uuid, actor: Uuid) -> Result<AlertVi
 /// alert changes nothing.
 pub async fn resolve(pool: &PgPool, id: Uuid, actor: Uuid, wake: &Notify) -> Result<AlertView> {
     let mut tx = pool.begin().await?;
-    let queued =
-        match store::transition(&mut tx, id, &["firing", "acknowledged"], "resolved", actor).await?
-        {
-            Some((rule, notified)) => announce_resolution(&mut tx, id, rule, notified).await?,
-            None => {
-                refuse_unless(&mut tx, id, "resolved").await?;
-                false
-            }
-        };
+    let from = &[AlertStatus::Firing, AlertStatus::Acknowledged];
+    let queued = match store::transition(&mut tx, id, from, AlertStatus::Resolved, actor).await? {
+        Some((rule, notified)) => announce_resolution(&mut tx, id, rule, notified).await?,
+        None => {
+            refuse_unless(&mut tx, id, AlertStatus::Resolved).await?;
+            false
+        }
+    };
     let alert = store::alert(&mut tx, id).await?.ok_or(Error::NotFound)?;
     tx.commit().await?;
     if queued {
@@ -213,13 +242,13 @@ pub async fn resolve(pool: &PgPool, id: Uuid, actor: Uuid, wake: &Notify) -> Res
 
 /// After a transition matched nothing: fine if the alert is already `wanted` (a retried
 /// request), 404 if it does not exist, 409 otherwise.
-async fn refuse_unless(tx: &mut PgConnection, id: Uuid, wanted: &str) -> Result<()> {
+async fn refuse_unless(tx: &mut PgConnection, id: Uuid, wanted: AlertStatus) -> Result<()> {
     match store::alert(tx, id).await? {
         None => Err(Error::NotFound),
         Some(alert) if alert.status == wanted => Ok(()),
         Some(alert) => Err(Error::Conflict {
             code: "alert_resolved",
-            detail: format!("the alert is {}", alert.status),
+            detail: format!("the alert is {}", alert.status.as_str()),
         }),
     }
 }

@@ -248,7 +248,7 @@ impl Notifier {
             .body(format!(
                 "{}\n\nstatus: {}\nevent: {}\nscope: {}\ncount: {}\nfirst seen: {}\nalert id: {}\n",
                 alert.summary,
-                alert.status,
+                alert.status.as_str(),
                 alert.event_type,
                 alert.scope,
                 alert.count,

@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgPool};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::alerts::{AlertView, DeliveryView};
+use crate::alerts::{AlertStatus, AlertView, DeliveryView};
 use crate::channels::{Channel, Kind};
 use crate::error::{Error, Result};
 use crate::rules::Rule;
@@ -324,11 +324,11 @@ pub async fn resolve_open(
 pub async fn transition(
     tx: &mut PgConnection,
     id: Uuid,
-    from: &[&str],
-    to: &str,
+    from: &[AlertStatus],
+    to: AlertStatus,
     actor: Uuid,
 ) -> Result<Option<(Option<Uuid>, bool)>> {
-    let from: Vec<String> = from.iter().map(|s| (*s).to_owned()).collect();
+    let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
     Ok(sqlx::query_as(
         "UPDATE alerts SET status = $3,
                 acknowledged_at = CASE WHEN $3 = 'acknowledged' THEN now() ELSE acknowledged_at END,
@@ -340,7 +340,7 @@ pub async fn transition(
     )
     .bind(id)
     .bind(&from)
-    .bind(to)
+    .bind(to.as_str())
     .bind(actor)
     .fetch_optional(tx)
     .await?)
@@ -359,12 +359,16 @@ const ALERT_COLUMNS: &str = "id, fingerprint, event_type, scope, severity, summa
     count, details, first_seen, last_seen, acknowledged_at, resolved_at, escalated_at, \
     silenced_by IS NOT NULL AS silenced";
 
-pub async fn alerts(pool: &PgPool, status: Option<&str>, limit: i64) -> Result<Vec<AlertView>> {
+pub async fn alerts(
+    pool: &PgPool,
+    status: Option<AlertStatus>,
+    limit: i64,
+) -> Result<Vec<AlertView>> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ALERT_COLUMNS} FROM alerts WHERE $1::text IS NULL OR status = $1
          ORDER BY last_seen DESC, id DESC LIMIT $2"
     )))
-    .bind(status)
+    .bind(status.map(AlertStatus::as_str))
     .bind(limit)
     .fetch_all(pool)
     .await?)

@@ -7,7 +7,7 @@ use service_kit::http::{Path, Problem, Query};
 use uuid::Uuid;
 
 use super::{AppState, READERS, RESPONDERS};
-use crate::alerts::{self, AlertDetail, AlertView, STATUSES};
+use crate::alerts::{self, AlertDetail, AlertStatus, AlertView};
 use crate::error::{Error, Result};
 use crate::store;
 
@@ -33,18 +33,18 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<Body<Vec<AlertView>>> {
     principal.require_any(READERS)?;
-    if let Some(status) = &query.status
-        && !STATUSES.contains(&status.as_str())
-    {
-        return Err(Problem::bad_request("invalid_query", "unknown status").into());
-    }
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(text) => Some(
+            AlertStatus::parse(text)
+                .ok_or_else(|| Problem::bad_request("invalid_query", "unknown status"))?,
+        ),
+    };
     let limit = query.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(Problem::unprocessable("invalid_query", "limit is 1-500").into());
     }
-    Ok(Body(
-        store::alerts(&state.pool, query.status.as_deref(), limit).await?,
-    ))
+    Ok(Body(store::alerts(&state.pool, status, limit).await?))
 }
 
 /// One alert with its delivery log.
