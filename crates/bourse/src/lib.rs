@@ -438,8 +438,13 @@ impl Started {
 }
 
 /// Where orders will listen: its configured port, or — for port 0 (tests) — a free port picked
-/// now and written into its configuration. (Between the pick and the bind another process
-/// could take it; only port 0 runs have that window, and they are tests on loopback.)
+/// now and written into its configuration.
+///
+/// Between the pick and the bind another process could take the port. A port the kernel hands
+/// out for port 0 would be taken soon by exactly that: the next service or test binding port 0,
+/// or an outgoing connection, gets one from the same ephemeral range (a parallel test failed
+/// that way, "address already in use"). So the pick is made below that range, at random, where
+/// only another such pick could land on it.
 fn planned_address(orders: &mut orders::Config) -> anyhow::Result<SocketAddr> {
     let host: IpAddr = orders
         .common
@@ -447,10 +452,32 @@ fn planned_address(orders: &mut orders::Config) -> anyhow::Result<SocketAddr> {
         .parse()
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     if orders.port == 0 {
-        let probe = std::net::TcpListener::bind(SocketAddr::new(host, 0))?;
-        orders.port = probe.local_addr()?.port();
+        orders.port = free_port_below_ephemeral(host)?;
     }
     Ok(reachable(SocketAddr::new(host, orders.port)))
+}
+
+/// A port that binds now on `host`, in 20000-32767 (below Linux's default ephemeral range,
+/// 32768-60999), falling back to one from the kernel.
+fn free_port_below_ephemeral(host: IpAddr) -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    // A random start (each RandomState is seeded anew), then a walk through the range.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    let start = hasher.finish();
+    const LOW: u64 = 20_000;
+    const SPAN: u64 = 12_768;
+    for step in 0..64 {
+        let Ok(port) = u16::try_from(LOW + (start.wrapping_add(step * 7_919)) % SPAN) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(SocketAddr::new(host, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Ok(std::net::TcpListener::bind(SocketAddr::new(host, 0))?
+        .local_addr()?
+        .port())
 }
 
 /// A wildcard bind address is not something to connect to; use loopback instead.
