@@ -505,3 +505,20 @@ pub async fn migrate(common: &CommonConfig) -> anyhow::Result<()> {
     tracing::info!("migrations applied");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn orders_planned_port_is_below_the_kernels_ephemeral_range_and_free() {
+        let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        for _ in 0..20 {
+            let port = free_port_below_ephemeral(host).unwrap();
+            assert!((20_000..32_768).contains(&port), "{port}");
+            // Free when picked: it binds.
+            std::net::TcpListener::bind(SocketAddr::new(host, port)).unwrap();
+        }
+    }
+}

@@ -14,7 +14,7 @@ use tokio::process::Command;
 use tokio::sync::mpsc;
 
 mod served;
-use served::{BOURSE, Served, demo_login, demo_seed, operator_command, place_limit};
+use served::{BOURSE, Served, balances, demo_login, demo_seed, operator_command, place_limit};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -498,22 +498,9 @@ async fn a_trace_runs_from_an_order_into_the_consumers_of_its_events(pool: PgPoo
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     place_limit(&client, &gateway, &alice, "buy", Some(&traceparent)).await;
-    // Settled once Alice holds the 0.01 BTC she bought (100 before).
+    // Settled once Alice holds the 0.01 BTC she bought (10 before).
     eventually("the trade settled", || async {
-        let balances: Value = client
-            .get(format!("http://{gateway}/v1/balances"))
-            .bearer_auth(&alice)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        balances
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b["asset"] == "BTC" && b["available"] != "100.00000000")
+        balances(&client, &gateway, &alice).await["BTC"].0 != "10.00000000"
     })
     .await;
 
@@ -675,20 +662,10 @@ async fn with_nothing_running_serve_starts_private_datastores_and_stops_them() {
     // login throttle) and finds the seed's deposit.
     let client = reqwest::Client::new();
     let token = demo_login(&client, &gateway, "alice@demo.bourse").await;
-    let balances: Value = client
-        .get(format!("http://{gateway}/v1/balances"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        balances.to_string().contains("100000"),
-        "the seed's deposit: {balances}"
+    assert_eq!(
+        balances(&client, &gateway, &token).await["USD"],
+        ("100000.00".to_owned(), "0.00".to_owned()),
+        "the seed's deposit"
     );
 
     served.terminate();

@@ -208,6 +208,34 @@ impl Served {
     }
 }
 
+/// A trader's balances through the gateway: `asset` → (available, held), decimal strings.
+pub async fn balances(
+    client: &reqwest::Client,
+    gateway: &str,
+    token: &str,
+) -> std::collections::BTreeMap<String, (String, String)> {
+    let balances: Value = client
+        .get(format!("http://{gateway}/v1/balances"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    balances
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            let text = |field: &str| b[field].as_str().unwrap().to_owned();
+            (text("asset"), (text("available"), text("held")))
+        })
+        .collect()
+}
+
 /// `bourse demo seed`: BTC-USD and two funded traders.
 #[allow(dead_code)] // not every suite that shares this module trades
 pub async fn demo_seed(pool: &PgPool) {

@@ -117,22 +117,6 @@ impl Envelope {
     }
 }
 
-/// `CircuitBreakerOpened` (when `opened`) or `CircuitBreakerClosed` for a breaker's
-/// transition: the one ops notice several services publish about their upstreams.
-pub fn breaker_notice(
-    producer: &str,
-    transition: contracts::events::BreakerTransition,
-    opened: bool,
-) -> Result<Envelope, crate::Error> {
-    use contracts::events::{CircuitBreakerClosed, CircuitBreakerOpened};
-    let aggregate = transition.upstream.clone();
-    if opened {
-        Envelope::of(producer, aggregate, 0, &CircuitBreakerOpened(transition))
-    } else {
-        Envelope::of(producer, aggregate, 0, &CircuitBreakerClosed(transition))
-    }
-}
-
 /// A payload that is not the shape its event type promises.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {

@@ -86,22 +86,31 @@ pub struct Transition {
 }
 
 impl Transition {
-    /// The ops event's payload: which service saw which upstream go from what to what.
-    pub fn payload(&self, service: &str) -> contracts::events::BreakerTransition {
-        contracts::events::BreakerTransition {
+    /// The ops event announcing it, as `service` (the caller) saw it: `CircuitBreakerOpened`
+    /// or `CircuitBreakerClosed`. Half-open and disabled are visible in the metric; alerting
+    /// needs neither, so they announce nothing.
+    pub fn notice(&self, service: &str) -> Option<Result<events::Envelope, events::Error>> {
+        use contracts::events::{BreakerTransition, CircuitBreakerClosed, CircuitBreakerOpened};
+        let payload = BreakerTransition {
             service: service.to_owned(),
             upstream: self.upstream.to_owned(),
             from: self.from.as_str().to_owned(),
             to: self.to.as_str().to_owned(),
-        }
-    }
-
-    /// The ops event announcing it: `CircuitBreakerOpened` or `CircuitBreakerClosed`.
-    /// Half-open and disabled are visible in the metric; alerting needs neither.
-    pub fn event_type(&self) -> Option<&'static str> {
+        };
+        let upstream = self.upstream;
         match self.to {
-            to if to.is_open() => Some("CircuitBreakerOpened"),
-            BreakerState::Closed => Some("CircuitBreakerClosed"),
+            to if to.is_open() => Some(events::Envelope::of(
+                service,
+                upstream,
+                0,
+                &CircuitBreakerOpened(payload),
+            )),
+            BreakerState::Closed => Some(events::Envelope::of(
+                service,
+                upstream,
+                0,
+                &CircuitBreakerClosed(payload),
+            )),
             _ => None,
         }
     }
@@ -423,15 +432,17 @@ impl Upstream {
         self.0.transitions.subscribe()
     }
 
-    /// Calls `announce` with each transition that has an [event type](Transition::event_type)
-    /// (opened, closed), in a task of `tasks` that ends with the service: how a service turns
-    /// its breakers' transitions into ops events.
+    /// Calls `announce` with the [ops event](Transition::notice) of each transition that has
+    /// one (opened, closed), in a task of `tasks` that ends with the service: how a service
+    /// turns its breakers' transitions into ops events. The caller publishes it (through its
+    /// outbox, or straight to Redis when it has no database).
     pub fn spawn_announcer<F, Fut>(&self, tasks: &service_kit::Supervisor, announce: F)
     where
-        F: Fn(Transition, &'static str) -> Fut + Send + Sync + 'static,
+        F: Fn(events::Envelope) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + Send,
     {
         let (upstream, announce) = (self.clone(), Arc::new(announce));
+        let caller = self.0.caller;
         let name = format!("{} breaker notices", self.0.name);
         tasks.spawn(name, move |shutdown| {
             let (mut transitions, announce) = (upstream.transitions(), announce.clone());
@@ -448,8 +459,12 @@ impl Upstream {
                         },
                         () = shutdown.triggered() => break,
                     };
-                    if let Some(event_type) = transition.event_type() {
-                        announce(transition, event_type).await;
+                    match transition.notice(caller) {
+                        Some(Ok(notice)) => announce(notice).await,
+                        Some(Err(err)) => {
+                            tracing::warn!(error = %err, "a breaker notice did not encode");
+                        }
+                        None => {}
                     }
                 }
             }
@@ -679,5 +694,48 @@ fn set_state_gauge(caller: &'static str, upstream: &'static str, current: Breake
         metrics::gauge!("resilience_breaker_state",
             "service" => caller, "upstream" => upstream, "state" => state.as_str())
         .set(if state == current { 1.0 } else { 0.0 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use contracts::events::{CircuitBreakerClosed, CircuitBreakerOpened};
+
+    fn transition(from: BreakerState, to: BreakerState) -> Transition {
+        Transition {
+            upstream: "risk",
+            from,
+            to,
+        }
+    }
+
+    #[test]
+    fn opening_and_closing_are_announced_as_the_caller_saw_them_and_nothing_else() {
+        let opened = transition(BreakerState::Closed, BreakerState::Open)
+            .notice("orders")
+            .unwrap()
+            .unwrap();
+        let CircuitBreakerOpened(seen) = opened.decode().unwrap();
+        assert_eq!(
+            (seen.service.as_str(), seen.upstream.as_str()),
+            ("orders", "risk")
+        );
+        assert_eq!((seen.from.as_str(), seen.to.as_str()), ("closed", "open"));
+        assert_eq!(opened.producer, "orders");
+
+        let closed = transition(BreakerState::HalfOpen, BreakerState::Closed)
+            .notice("orders")
+            .unwrap()
+            .unwrap();
+        assert!(closed.decode::<CircuitBreakerClosed>().is_ok());
+
+        assert!(
+            transition(BreakerState::Open, BreakerState::HalfOpen)
+                .notice("orders")
+                .is_none(),
+            "half-open is for the metric, not for alerting"
+        );
     }
 }

@@ -250,19 +250,14 @@ fn spawn_breaker_notices(
     keys: KeyPrefix,
     tasks: &Supervisor,
 ) {
-    upstream.spawn_announcer(tasks, move |transition, event_type| {
+    upstream.spawn_announcer(tasks, move |notice| {
         let (redis, keys) = (redis.clone(), keys.clone());
         async move {
-            let published = async {
-                let notice = events::envelope::breaker_notice(
-                    SERVICE,
-                    transition.payload(SERVICE),
-                    transition.to.is_open(),
-                )?;
-                events::direct::publish(&redis, &keys, events::consumer::OPS_STREAM, &notice).await
-            };
-            if let Err(err) = published.await {
-                tracing::warn!(error = %err, event_type, "could not publish a breaker notice");
+            let published =
+                events::direct::publish(&redis, &keys, events::consumer::OPS_STREAM, &notice).await;
+            if let Err(err) = published {
+                let event_type = notice.event_type;
+                tracing::warn!(error = %err, %event_type, "could not publish a breaker notice");
             }
         }
     });

@@ -193,15 +193,10 @@ async fn route_to_database(common: &service_kit::CommonConfig) -> Option<std::ne
 /// Each transition of the breaker in front of settlement becomes `CircuitBreakerOpened` /
 /// `CircuitBreakerClosed` on the ops stream, through the outbox (alerting pages on it).
 fn spawn_breaker_notices(upstream: &resilience::Upstream, pool: PgPool, tasks: &Supervisor) {
-    upstream.spawn_announcer(tasks, move |transition, _| {
+    upstream.spawn_announcer(tasks, move |event| {
         let pool = pool.clone();
         async move {
             let written = async {
-                let event = events::envelope::breaker_notice(
-                    SERVICE,
-                    transition.payload(SERVICE),
-                    transition.to.is_open(),
-                )?;
                 let mut tx = pool.begin().await?;
                 events::outbox::append(&mut tx, events::consumer::OPS_STREAM, &event).await?;
                 tx.commit().await?;
