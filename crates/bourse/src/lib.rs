@@ -2,8 +2,10 @@
 //!
 //! `bourse serve all` and `bourse serve auth` run the same code: each target is built from its
 //! own configuration and served on its own listener, and targets talk to each other over HTTP
-//! even when they share a process. Tests use [`plan`] and [`start`] directly, with the
-//! environment of `testing` (feature `testing`).
+//! even when they share a process. What the binary knows of a service is its crate's
+//! `launch::Spec`, listed once in [`SERVICES`]: start order, configuration, wiring,
+//! migrations and the tests' ports are derived from that list. Tests use [`plan`] and
+//! [`start`] directly, with the environment of `testing` (feature `testing`).
 
 pub mod demo;
 pub mod local_datastores;
@@ -13,8 +15,9 @@ pub mod testing;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use service_kit::Server;
-use service_kit::{CommonConfig, ConfigError, Env, Shutdown};
+use anyhow::Context;
+
+use service_kit::{CommonConfig, ConfigError, Env, PreBound, Server, Shutdown};
 use tokio::task::JoinHandle;
 
 /// A service the binary can run.
@@ -30,72 +33,41 @@ pub enum Target {
     Alerting,
 }
 
-/// One service of the platform, described once: everything `bourse` derives about it that is
-/// not in its own crate — start order, the variables that place it, whom it calls.
+/// One service of the platform: the target that names it on the command line and what its
+/// crate says about itself.
 #[derive(Clone, Copy, Debug)]
 pub struct ServiceSpec {
     pub target: Target,
-    /// As logs, metrics and the health watch name it.
-    pub name: &'static str,
-    /// The variable of its listening port (tests set it to 0).
-    pub port_variable: &'static str,
-    /// The variable that points callers at it when it runs elsewhere (none: nobody calls it).
-    pub url_variable: Option<&'static str>,
-    /// The services it calls, which start before it.
-    pub upstreams: &'static [Target],
+    pub service: launch::Spec,
 }
 
-/// Every service, in start order: each after the services it calls.
+/// Every service, in start order: each after the services it calls (settlement's calls to
+/// orders excepted — every listener is bound before any service is built, so it can be wired
+/// to a service that starts after it).
 pub const SERVICES: [ServiceSpec; 6] = [
     ServiceSpec {
         target: Target::Auth,
-        name: "auth",
-        port_variable: "BOURSE_AUTH_PORT",
-        url_variable: Some("BOURSE_AUTH_URL"),
-        upstreams: &[],
+        service: auth::SPEC,
     },
     ServiceSpec {
         target: Target::Risk,
-        name: "risk",
-        port_variable: "BOURSE_RISK_PORT",
-        url_variable: Some("BOURSE_RISK_URL"),
-        upstreams: &[Target::Auth],
+        service: risk::SPEC,
     },
     ServiceSpec {
         target: Target::Settlement,
-        name: "settlement",
-        port_variable: "BOURSE_SETTLEMENT_PORT",
-        url_variable: Some("BOURSE_SETTLEMENT_URL"),
-        // Orders too, which starts after it (orders calls settlement): `start` gives
-        // settlement the address orders will bind.
-        upstreams: &[Target::Auth, Target::Orders],
+        service: settlement::SPEC,
     },
     ServiceSpec {
         target: Target::Orders,
-        name: "orders",
-        port_variable: "BOURSE_ORDERS_PORT",
-        url_variable: Some("BOURSE_ORDERS_URL"),
-        upstreams: &[Target::Auth, Target::Settlement, Target::Risk],
+        service: orders::SPEC,
     },
     ServiceSpec {
         target: Target::Alerting,
-        name: "alerting",
-        port_variable: "BOURSE_ALERTING_PORT",
-        url_variable: Some("BOURSE_ALERTING_URL"),
-        upstreams: &[Target::Auth],
+        service: alerting::SPEC,
     },
     ServiceSpec {
         target: Target::Gateway,
-        name: "gateway",
-        port_variable: "BOURSE_GATEWAY_PORT",
-        url_variable: None,
-        upstreams: &[
-            Target::Auth,
-            Target::Orders,
-            Target::Settlement,
-            Target::Risk,
-            Target::Alerting,
-        ],
+        service: gateway::SPEC,
     },
 ];
 
@@ -110,20 +82,31 @@ impl Target {
     }
 
     /// Its description in [`SERVICES`]; none for [`Target::All`].
-    pub fn spec(self) -> Option<&'static ServiceSpec> {
-        SERVICES.iter().find(|spec| spec.target == self)
+    pub fn spec(self) -> Option<&'static launch::Spec> {
+        SERVICES
+            .iter()
+            .find(|spec| spec.target == self)
+            .map(|spec| &spec.service)
+    }
+
+    /// The service a spec names, by its name.
+    fn named(name: &str) -> Option<Target> {
+        SERVICES
+            .iter()
+            .find(|spec| spec.service.name == name)
+            .map(|spec| spec.target)
+    }
+
+    fn name(self) -> &'static str {
+        self.spec().map_or("all", |spec| spec.name)
     }
 }
 
 /// Validated configuration of every requested service.
 pub struct Plan {
     pub common: CommonConfig,
-    pub auth: Option<auth::Config>,
-    pub orders: Option<orders::Config>,
-    pub settlement: Option<settlement::Config>,
-    pub risk: Option<risk::Config>,
-    pub alerting: Option<alerting::Config>,
-    pub gateway: Option<gateway::Config>,
+    /// Each requested service's configuration, in start order.
+    services: Vec<(Target, Box<dyn launch::Service>)>,
     /// The upstreams whose URL was given (`BOURSE_<TARGET>_URL`); the others are wired to the
     /// services started in this process.
     urls_given: BTreeSet<Target>,
@@ -136,16 +119,8 @@ impl Plan {
         &mut self,
         changes: tokio::sync::watch::Receiver<secrecy::SecretString>,
     ) {
-        let services = [
-            self.auth.as_mut().map(|c| &mut c.common),
-            self.orders.as_mut().map(|c| &mut c.common),
-            self.settlement.as_mut().map(|c| &mut c.common),
-            self.risk.as_mut().map(|c| &mut c.common),
-            self.alerting.as_mut().map(|c| &mut c.common),
-            self.gateway.as_mut().map(|c| &mut c.common),
-        ];
-        for common in services.into_iter().flatten() {
-            common.database_url_changes = Some(changes.clone());
+        for (_, service) in &mut self.services {
+            service.common().database_url_changes = Some(changes.clone());
         }
         self.common.database_url_changes = Some(changes);
     }
@@ -170,7 +145,7 @@ pub async fn keep_secrets_fresh(
 
 /// Reads the configuration of `targets`; every problem is reported at once (OPS-01).
 pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
-    let services = Target::expand(targets);
+    let targets = Target::expand(targets);
     let common = CommonConfig::read(&mut env);
     // Read by `bourse serve` before the plan (it may start datastores); read again here so
     // that their problems are reported with every other.
@@ -179,50 +154,38 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
         .filter(|(_, variable)| env.is_set(variable))
         .map(|(target, _)| target)
         .collect();
-    let auth = services
-        .contains(&Target::Auth)
-        .then(|| auth::Config::read(&mut env));
-    let orders = services
-        .contains(&Target::Orders)
-        .then(|| orders::Config::read(&mut env));
-    let risk = services
-        .contains(&Target::Risk)
-        .then(|| risk::Config::read(&mut env));
-    let settlement = services
-        .contains(&Target::Settlement)
-        .then(|| settlement::Config::read(&mut env));
-    let alerting = services
-        .contains(&Target::Alerting)
-        .then(|| alerting::Config::read(&mut env));
-    let gateway = services
-        .contains(&Target::Gateway)
-        .then(|| gateway::Config::read(&mut env));
+    let services = SERVICES
+        .iter()
+        .filter(|spec| targets.contains(&spec.target))
+        .map(|spec| (spec.target, (spec.service.read)(&mut env)))
+        .collect();
     if common.tls.required {
-        refuse_plaintext_upstreams(&services, &urls_given, &mut env);
+        refuse_plaintext_upstreams(&targets, &urls_given, &mut env);
     }
     env.finish()?;
     Ok(Plan {
         common,
-        auth,
-        orders,
-        gateway,
-        settlement,
-        risk,
-        alerting,
+        services,
         urls_given,
     })
 }
 
 /// The variable that points callers at each service that runs elsewhere.
 fn upstream_urls() -> impl Iterator<Item = (Target, &'static str)> {
-    SERVICES
-        .iter()
-        .filter_map(|spec| spec.url_variable.map(|variable| (spec.target, variable)))
+    SERVICES.iter().filter_map(|spec| {
+        spec.service
+            .url_variable
+            .map(|variable| (spec.target, variable))
+    })
 }
 
 /// The upstreams each service calls.
-fn upstreams_of(service: Target) -> &'static [Target] {
-    service.spec().map_or(&[], |spec| spec.upstreams)
+fn upstreams_of(service: Target) -> impl Iterator<Item = Target> {
+    service
+        .spec()
+        .map_or(&[][..], |spec| spec.upstreams)
+        .iter()
+        .filter_map(|name| Target::named(name))
 }
 
 /// With `BOURSE_TLS_REQUIRED=true`, every upstream this process calls outside itself must be
@@ -230,7 +193,7 @@ fn upstreams_of(service: Target) -> &'static [Target] {
 fn refuse_plaintext_upstreams(services: &[Target], urls_given: &BTreeSet<Target>, env: &mut Env) {
     let needed: BTreeSet<Target> = services
         .iter()
-        .flat_map(|service| upstreams_of(*service).iter().copied())
+        .flat_map(|service| upstreams_of(*service))
         .filter(|upstream| !services.contains(upstream))
         .collect();
     for (upstream, variable) in upstream_urls() {
@@ -315,169 +278,60 @@ fn spawn_stage_with(
 }
 
 /// Builds and starts every planned service, upstreams first.
-pub async fn start(mut plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
-    let migrate_on_start = plan.auth.as_ref().is_some_and(|c| c.migrate_on_start)
-        || plan.orders.as_ref().is_some_and(|c| c.migrate_on_start)
-        || plan.settlement.as_ref().is_some_and(|c| c.migrate_on_start)
-        || plan.risk.as_ref().is_some_and(|c| c.migrate_on_start)
-        || plan.alerting.as_ref().is_some_and(|c| c.migrate_on_start);
-    if migrate_on_start {
-        service_kit::db::ensure_database(&plan.common).await?;
+///
+/// Every listener is bound before any service is built, so each service is wired to where
+/// the others listen — port 0 included (tests) — with no window between choosing a port and
+/// binding it in which a parallel test could take it.
+pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
+    let Plan {
+        common,
+        mut services,
+        urls_given,
+    } = plan;
+    if services
+        .iter()
+        .any(|(_, service)| service.migrate_on_start())
+    {
+        service_kit::db::ensure_database(&common).await?;
     }
-    let mut started = Started {
-        scheme: plan.common.tls.scheme(),
-        urls_given: plan.urls_given,
-        addresses: BTreeMap::new(),
-        stages: Vec::new(),
-    };
-    if let Some(config) = plan.auth {
-        let stage = Shutdown::new();
-        let server = auth::build(config, &stage).await?;
-        started.add(Target::Auth, server, stage, shutdown)?;
+    let scheme = common.tls.scheme();
+    let mut addresses = BTreeMap::new();
+    for (target, service) in &mut services {
+        let (host, port) = (service.common().bind_host.clone(), service.port());
+        let listener = PreBound::bind(&host, port)
+            .with_context(|| format!("binding {host}:{port} for {}", target.name()))?;
+        addresses.insert(*target, reachable(listener.local_addr()?));
+        service.common().listener = Some(listener);
     }
-    if let Some(mut config) = plan.risk {
-        started.wire(Target::Auth, &mut config.auth.url);
-        let stage = Shutdown::new();
-        let server = risk::build(config, &stage).await?;
-        started.add(Target::Risk, server, stage, shutdown)?;
-    }
-    if let Some(mut config) = plan.settlement {
-        started.wire(Target::Auth, &mut config.auth.url);
-        // Settlement's reconciliation asks orders, which starts after it (orders calls
-        // settlement): orders' address must be known before orders is bound.
-        if let Some(orders) = plan.orders.as_mut()
-            && !started.urls_given.contains(&Target::Orders)
-        {
-            config.orders_url = format!("{}://{}", started.scheme, planned_address(orders)?);
+    let neighbours: Vec<(&'static str, String)> = addresses
+        .iter()
+        .map(|(target, address)| (target.name(), format!("{scheme}://{address}")))
+        .collect();
+    for (_, service) in &mut services {
+        for (upstream, url) in service.upstream_urls() {
+            let local = Target::named(upstream)
+                .filter(|target| !urls_given.contains(target))
+                .and_then(|target| addresses.get(&target));
+            if let Some(address) = local {
+                *url = format!("{scheme}://{address}");
+            }
         }
-        let stage = Shutdown::new();
-        let server = settlement::build(config, &stage).await?;
-        started.add(Target::Settlement, server, stage, shutdown)?;
+        service.neighbours(&neighbours);
     }
-    if let Some(mut config) = plan.orders {
-        started.wire(Target::Auth, &mut config.auth.url);
-        started.wire(Target::Settlement, &mut config.settlement_url);
-        started.wire(Target::Risk, &mut config.risk_url);
+    let mut stages = Vec::with_capacity(services.len());
+    for (target, service) in services {
         let stage = Shutdown::new();
-        let server = orders::build(config, &stage).await?;
-        started.add(Target::Orders, server, stage, shutdown)?;
-    }
-    if let Some(mut config) = plan.alerting {
-        started.wire(Target::Auth, &mut config.auth.url);
-        if config.watch.targets.is_empty() {
-            // Unless told what to watch (BOURSE_ALERTING_WATCH), watch what runs here. The
-            // gateway starts after alerting (it routes to it), so only a given list names it.
-            config.watch.targets = started.watchable();
-        }
-        let stage = Shutdown::new();
-        let server = alerting::build(config, &stage).await?;
-        started.add(Target::Alerting, server, stage, shutdown)?;
-    }
-    if let Some(mut config) = plan.gateway {
-        started.wire(Target::Auth, &mut config.auth.url);
-        started.wire(Target::Orders, &mut config.orders_url);
-        started.wire(Target::Settlement, &mut config.settlement_url);
-        started.wire(Target::Risk, &mut config.risk_url);
-        started.wire(Target::Alerting, &mut config.alerting_url);
-        let stage = Shutdown::new();
-        let server = gateway::build(config, &stage).await?;
-        started.add(Target::Gateway, server, stage, shutdown)?;
+        let server = service
+            .build(stage.clone())
+            .await
+            .map_err(anyhow::Error::from_boxed)?;
+        stages.push(spawn_stage_with(target, server, stage, shutdown));
     }
     Ok(Running {
-        addresses: started.addresses,
-        stages: started.stages,
+        addresses,
+        stages,
         shutdown: shutdown.clone(),
     })
-}
-
-/// The services started so far, upstreams first.
-struct Started {
-    /// `https` when the services listen with TLS.
-    scheme: &'static str,
-    urls_given: BTreeSet<Target>,
-    addresses: BTreeMap<Target, SocketAddr>,
-    stages: Vec<Stage>,
-}
-
-impl Started {
-    /// Points `url` at the `upstream` started in this process, unless the operator gave its
-    /// URL or it runs elsewhere.
-    fn wire(&self, upstream: Target, url: &mut String) {
-        if !self.urls_given.contains(&upstream)
-            && let Some(address) = self.addresses.get(&upstream)
-        {
-            *url = format!("{}://{}", self.scheme, reachable(*address));
-        }
-    }
-
-    /// (name, base URL) of every service started so far, for the health watch.
-    fn watchable(&self) -> Vec<(String, String)> {
-        self.addresses
-            .iter()
-            .map(|(target, address)| {
-                (
-                    target.spec().map_or("?", |spec| spec.name).to_owned(),
-                    format!("{}://{}", self.scheme, reachable(*address)),
-                )
-            })
-            .collect()
-    }
-
-    fn add(
-        &mut self,
-        target: Target,
-        server: Server,
-        stage: Shutdown,
-        process: &Shutdown,
-    ) -> anyhow::Result<()> {
-        self.addresses.insert(target, server.local_addr()?);
-        self.stages
-            .push(spawn_stage_with(target, server, stage, process));
-        Ok(())
-    }
-}
-
-/// Where orders will listen: its configured port, or — for port 0 (tests) — a free port picked
-/// now and written into its configuration.
-///
-/// Between the pick and the bind another process could take the port. A port the kernel hands
-/// out for port 0 would be taken soon by exactly that: the next service or test binding port 0,
-/// or an outgoing connection, gets one from the same ephemeral range (a parallel test failed
-/// that way, "address already in use"). So the pick is made below that range, at random, where
-/// only another such pick could land on it.
-fn planned_address(orders: &mut orders::Config) -> anyhow::Result<SocketAddr> {
-    let host: IpAddr = orders
-        .common
-        .bind_host
-        .parse()
-        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    if orders.port == 0 {
-        orders.port = free_port_below_ephemeral(host)?;
-    }
-    Ok(reachable(SocketAddr::new(host, orders.port)))
-}
-
-/// A port that binds now on `host`, in 20000-32767 (below Linux's default ephemeral range,
-/// 32768-60999), falling back to one from the kernel.
-fn free_port_below_ephemeral(host: IpAddr) -> std::io::Result<u16> {
-    use std::hash::{BuildHasher, Hasher};
-    // A random start (each RandomState is seeded anew), then a walk through the range.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    let start = hasher.finish();
-    const LOW: u64 = 20_000;
-    const SPAN: u64 = 12_768;
-    for step in 0..64 {
-        let Ok(port) = u16::try_from(LOW + (start.wrapping_add(step * 7_919)) % SPAN) else {
-            continue;
-        };
-        if std::net::TcpListener::bind(SocketAddr::new(host, port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Ok(std::net::TcpListener::bind(SocketAddr::new(host, 0))?
-        .local_addr()?
-        .port())
 }
 
 /// A wildcard bind address is not something to connect to; use loopback instead.
@@ -492,33 +346,15 @@ fn reachable(address: SocketAddr) -> SocketAddr {
 /// Creates the database if needed and applies every service's migrations.
 pub async fn migrate(common: &CommonConfig) -> anyhow::Result<()> {
     service_kit::db::ensure_database(common).await?;
-    let pool = service_kit::db::connect(common, auth::SCHEMA).await?;
-    auth::migrate(&pool).await?;
-    let pool = service_kit::db::connect(common, orders::SCHEMA).await?;
-    orders::migrate(&pool).await?;
-    let pool = service_kit::db::connect(common, settlement::SCHEMA).await?;
-    settlement::migrate(&pool).await?;
-    let pool = service_kit::db::connect(common, risk::SCHEMA).await?;
-    risk::migrate(&pool).await?;
-    let pool = service_kit::db::connect(common, alerting::SCHEMA).await?;
-    alerting::migrate(&pool).await?;
-    tracing::info!("migrations applied");
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn orders_planned_port_is_below_the_kernels_ephemeral_range_and_free() {
-        let host = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        for _ in 0..20 {
-            let port = free_port_below_ephemeral(host).unwrap();
-            assert!((20_000..32_768).contains(&port), "{port}");
-            // Free when picked: it binds.
-            std::net::TcpListener::bind(SocketAddr::new(host, port)).unwrap();
+    for spec in &SERVICES {
+        if let Some(migrations) = spec.service.migrations {
+            let pool = service_kit::db::connect(common, migrations.schema).await?;
+            (migrations.apply)(pool)
+                .await
+                .map_err(anyhow::Error::from_boxed)
+                .with_context(|| format!("migrating {}", migrations.schema))?;
         }
     }
+    tracing::info!("migrations applied");
+    Ok(())
 }

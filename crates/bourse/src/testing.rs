@@ -78,5 +78,5 @@ pub fn test_env(pool: &PgPool) -> Vec<(String, String)> {
 pub fn any_free_port() -> impl Iterator<Item = (String, String)> {
     crate::SERVICES
         .iter()
-        .map(|spec| (spec.port_variable.to_owned(), "0".to_owned()))
+        .map(|spec| (spec.service.port_variable.to_owned(), "0".to_owned()))
 }

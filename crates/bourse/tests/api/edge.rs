@@ -289,6 +289,7 @@ async fn beyond_its_in_flight_limit_the_gateway_sheds_at_once_and_admits_again_w
         pool,
         &[
             ("BOURSE_AUTH_URL", url.as_str()),
+            ONLY_THE_TEST_CALLS_THE_STAND_IN,
             ("BOURSE_GATEWAY_MAX_IN_FLIGHT", "1"),
             ("BOURSE_GATEWAY_QUEUE_DEADLINE_MS", "20"),
             ("BOURSE_GATEWAY_UPSTREAM_TIMEOUT_MS", "60000"),
@@ -357,6 +358,12 @@ async fn beyond_its_in_flight_limit_the_gateway_sheds_at_once_and_admits_again_w
 
 /// A stand-in upstream that accepts connections and then says nothing, like a hung process:
 /// its URL, and each accepted connection (held open until dropped).
+/// Alerting watches every service of the process by default, the gateway among them, and the
+/// gateway's readiness asks each upstream — the test's stand-in for auth too. Tests that count
+/// the calls reaching a stand-in point the watch elsewhere (a closed port).
+const ONLY_THE_TEST_CALLS_THE_STAND_IN: (&str, &str) =
+    ("BOURSE_ALERTING_WATCH", "elsewhere=http://127.0.0.1:9");
+
 async fn silent_upstream() -> (
     String,
     tokio::sync::mpsc::UnboundedReceiver<tokio::net::TcpStream>,
@@ -399,6 +406,7 @@ async fn a_failing_upstream_trips_its_breaker_and_then_gets_no_more_calls(pool: 
         pool,
         &[
             ("BOURSE_AUTH_URL", auth_url.as_str()),
+            ONLY_THE_TEST_CALLS_THE_STAND_IN,
             ("BOURSE_GATEWAY_UPSTREAM_RETRIES", "0"),
             ("BOURSE_GATEWAY_UPSTREAM_BREAKER_MINIMUM_CALLS", "2"),
             ("BOURSE_GATEWAY_UPSTREAM_BREAKER_OPEN_FOR_MS", "3600000"),

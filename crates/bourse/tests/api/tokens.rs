@@ -227,7 +227,7 @@ async fn rotation_keeps_old_tokens_valid_and_signs_new_ones_with_the_new_key(poo
 
 #[sqlx::test(migrations = false)]
 async fn production_refuses_to_start_until_a_signing_key_is_provisioned(pool: PgPool) {
-    let production = |pool: &PgPool| {
+    let production_vars = |pool: &PgPool| {
         let mut vars = crate::helpers::base_env(pool);
         vars.extend(
             [
@@ -253,8 +253,14 @@ async fn production_refuses_to_start_until_a_signing_key_is_provisioned(pool: Pg
             ]
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
         );
-        bourse::plan(&[bourse::Target::Auth], service_kit::Env::from_pairs(vars))
-            .expect("valid production config")
+        vars
+    };
+    let production = |pool: &PgPool| {
+        bourse::plan(
+            &[bourse::Target::Auth],
+            service_kit::Env::from_pairs(production_vars(pool)),
+        )
+        .expect("valid production config")
     };
 
     let shutdown = service_kit::Shutdown::new();
@@ -270,7 +276,8 @@ async fn production_refuses_to_start_until_a_signing_key_is_provisioned(pool: Pg
 
     // The operator provisions a key (`bourse admin rotate-signing-key`); now it starts.
     // It seals it with the production master keys, as the services will open it.
-    let master_keys = production(&pool).auth.expect("auth planned").master_keys;
+    let master_keys =
+        auth::Config::read(&mut service_kit::Env::from_pairs(production_vars(&pool))).master_keys;
     auth::signing_keys::rotate(
         &crate::helpers::schema_pool(&pool, "auth").await,
         &master_keys,

@@ -19,6 +19,13 @@
 //! client for calls to other services (the service certificate and CA under mTLS). Each service
 //! adds what it uses; [`Kit::serve`] binds its listener with the standard router (health,
 //! metrics, request ids, limits) and readiness over what it connected.
+//!
+//! [`service`]: how the crate then presents itself to the composing binary — a [`Spec`] and
+//! its configuration as a [`Service`].
+
+pub mod service;
+
+pub use service::{BoxError, Migrations, Pending, Service, Spec};
 
 use std::time::Duration;
 

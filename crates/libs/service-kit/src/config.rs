@@ -249,6 +249,11 @@ pub struct CommonConfig {
     pub otlp: Option<crate::telemetry::OtlpSettings>,
     /// Certificates, mTLS and whether plaintext is refused (SEC-13).
     pub tls: crate::tls::TlsSettings,
+    /// A listener bound before the service was built, which it serves on instead of binding
+    /// `bind_host:port` itself. Set by the binary, never read from a variable: `serve all`
+    /// binds every service's socket first, so each knows the others' addresses before any is
+    /// built, with no window in which another process could take a port.
+    pub listener: Option<crate::shutdown::PreBound>,
 }
 
 /// Limits applied to every inbound request.
@@ -335,6 +340,7 @@ impl CommonConfig {
                 })
             },
             tls,
+            listener: None,
         }
     }
 

@@ -34,5 +34,5 @@ pub mod testing;
 pub mod tls;
 
 pub use config::{CommonConfig, ConfigError, Env, Environment};
-pub use shutdown::{Server, Shutdown};
+pub use shutdown::{PreBound, Server, Shutdown};
 pub use tasks::Supervisor;

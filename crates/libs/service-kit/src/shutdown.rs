@@ -102,6 +102,40 @@ pub enum BindError {
     Tls(#[from] crate::tls::TlsError),
 }
 
+/// A socket bound ahead of its service (see `CommonConfig::listener`), handed over once.
+#[derive(Clone, Debug)]
+pub struct PreBound(Arc<std::sync::Mutex<Option<std::net::TcpListener>>>);
+
+impl PreBound {
+    /// Binds `host:port` now (port 0: one the system picks).
+    pub fn bind(host: &str, port: u16) -> io::Result<Self> {
+        Ok(Self::from(std::net::TcpListener::bind((host, port))?))
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match self
+            .0
+            .lock()
+            .map_err(|_| io::Error::other("poisoned"))?
+            .as_ref()
+        {
+            Some(listener) => listener.local_addr(),
+            None => Err(io::Error::other("listener already taken")),
+        }
+    }
+
+    /// The listener, to the first caller.
+    fn take(&self) -> Option<std::net::TcpListener> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
+impl From<std::net::TcpListener> for PreBound {
+    fn from(listener: std::net::TcpListener) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(listener))))
+    }
+}
+
 /// A bound listener and the router it serves. Binding is separate from running so callers
 /// (tests, `serve all`) learn the real address of a `:0` listener before traffic starts.
 pub struct Server {
@@ -123,14 +157,37 @@ impl Server {
         grace: Duration,
     ) -> io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
-        Ok(Self {
+        Ok(Self::on(name, listener, router, grace))
+    }
+
+    /// A service's listener on `bind_host:port`, or the one bound for it beforehand
+    /// (`common.listener`); plaintext until [`Server::with_tls`].
+    pub async fn listen(
+        name: &'static str,
+        common: &crate::CommonConfig,
+        port: u16,
+        router: Router,
+    ) -> Result<Self, BindError> {
+        let address = format!("{}:{}", common.bind_host, port);
+        let bound = match common.listener.as_ref().and_then(PreBound::take) {
+            Some(listener) => listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(listener)),
+            None => TcpListener::bind(&address).await,
+        };
+        let listener = bound.map_err(|source| BindError::Io { address, source })?;
+        Ok(Self::on(name, listener, router, common.shutdown_grace))
+    }
+
+    fn on(name: &'static str, listener: TcpListener, router: Router, grace: Duration) -> Self {
+        Self {
             name,
             listener,
             router,
             grace,
             tls: None,
             tasks: None,
-        })
+        }
     }
 
     /// A service's listener on `bind_host:port`: HTTPS with mTLS when `common.tls` has a
@@ -142,11 +199,9 @@ impl Server {
         router: Router,
     ) -> Result<Self, BindError> {
         let tls = common.tls.service_listener()?;
-        let address = format!("{}:{}", common.bind_host, port);
-        let server = Self::bind(name, &address, router, common.shutdown_grace)
-            .await
-            .map_err(|source| BindError::Io { address, source })?;
-        Ok(server.with_tls(tls))
+        Ok(Self::listen(name, common, port, router)
+            .await?
+            .with_tls(tls))
     }
 
     /// Serves HTTPS with `tls` (from [`crate::tls::TlsSettings`]); `None` keeps plaintext.

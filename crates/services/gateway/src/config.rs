@@ -7,6 +7,7 @@ use resilience::Policy;
 use service_kit::http::TrustedProxies;
 use service_kit::{CommonConfig, Env};
 
+use crate::route_table::{UPSTREAMS, Upstream};
 use crate::stream::StreamSettings;
 
 #[derive(Clone, Debug)]
@@ -15,14 +16,9 @@ pub struct Config {
     pub port: u16,
     /// Where tokens come from and what they must say.
     pub auth: access::AuthSettings,
-    /// Base URL of the orders service.
-    pub orders_url: String,
-    /// Base URL of the settlement service.
-    pub settlement_url: String,
-    /// Base URL of the risk service.
-    pub risk_url: String,
-    /// Base URL of the alerting service.
-    pub alerting_url: String,
+    /// Base URL of each upstream but auth (whose URL is `auth.url`), from
+    /// `BOURSE_<NAME>_URL`, in the route table's order.
+    pub upstream_urls: Vec<(Upstream, String)>,
     /// Timeout, retries, breaker and bulkhead of each upstream (`BOURSE_GATEWAY_UPSTREAM_*`).
     pub upstream: Policy,
     pub cors_origins: Vec<String>,
@@ -72,6 +68,17 @@ pub struct Tier {
 }
 
 impl Config {
+    /// The base URL of `upstream`.
+    pub fn url_of(&self, upstream: Upstream) -> Option<&str> {
+        if upstream == Upstream::AUTH {
+            return Some(&self.auth.url);
+        }
+        self.upstream_urls
+            .iter()
+            .find(|(known, _)| *known == upstream)
+            .map(|(_, url)| url.as_str())
+    }
+
     pub fn read(env: &mut Env) -> Self {
         let common = CommonConfig::read(env);
         let cors_origins = env.list("BOURSE_GATEWAY_CORS_ORIGINS");
@@ -154,22 +161,15 @@ impl Config {
         Self {
             port: env.or("BOURSE_GATEWAY_PORT", 8080u16),
             auth: access::AuthSettings::read(env),
-            orders_url: env
-                .or("BOURSE_ORDERS_URL", "http://127.0.0.1:8082".to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
-            settlement_url: env
-                .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
-            risk_url: env
-                .or("BOURSE_RISK_URL", "http://127.0.0.1:8083".to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
-            alerting_url: env
-                .or("BOURSE_ALERTING_URL", "http://127.0.0.1:8085".to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
+            upstream_urls: UPSTREAMS
+                .into_iter()
+                .filter(|upstream| *upstream != Upstream::AUTH)
+                .map(|upstream| {
+                    let url: String =
+                        env.or(&upstream.url_variable(), upstream.default_url.to_owned());
+                    (upstream, url.trim_end_matches('/').to_owned())
+                })
+                .collect(),
             upstream: Policy::read(
                 env,
                 "BOURSE_GATEWAY_UPSTREAM",

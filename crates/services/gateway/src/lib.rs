@@ -41,6 +41,7 @@ pub use config::Config;
 use crate::openapi::ApiDocument;
 use crate::proxy::Upstreams;
 use crate::rate_limit::PrincipalLimiter;
+use crate::route_table::UPSTREAMS;
 
 pub const SERVICE: &str = "gateway";
 
@@ -56,11 +57,10 @@ pub enum Error {
     Upstream(String),
     #[error("{0}")]
     Tls(String),
-    #[error("binding {address}: {source}")]
-    Bind {
-        address: String,
-        source: std::io::Error,
-    },
+    #[error("listener")]
+    Bind(#[from] service_kit::shutdown::BindError),
+    #[error("serving")]
+    Serve(#[source] std::io::Error),
 }
 
 /// Everything a request handler of the gateway needs.
@@ -119,14 +119,12 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         resilience::Upstream::new(SERVICE, name, url, client.clone(), config.upstream.clone())
             .map_err(Error::Upstream)
     };
-    let upstreams = Upstreams::new(
-        upstream("auth", &config.auth.url)?,
-        upstream("orders", &config.orders_url)?,
-        upstream("settlement", &config.settlement_url)?,
-        upstream("risk", &config.risk_url)?,
-        upstream("alerting", &config.alerting_url)?,
-        config.common.http.body_limit_bytes,
-    );
+    let mut clients = Vec::with_capacity(UPSTREAMS.len());
+    for known in UPSTREAMS {
+        let url = config.url_of(known).unwrap_or(known.default_url);
+        clients.push((known, upstream(known.name, url)?));
+    }
+    let upstreams = Upstreams::new(clients, config.common.http.body_limit_bytes);
     let keys = KeyPrefix::new(&config.common.redis_key_prefix);
     // The gateway's own service token: it reads API key credentials from auth.
     let tokens = Arc::new(
@@ -193,52 +191,31 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     // Ready when the gateway itself can serve: an upstream that is down takes only its own
     // routes down (503 through its breaker), so it is reported, not required — a pager that is
     // down must not take the trading API out of rotation.
-    let readiness = Readiness::new(shutdown.clone())
-        .with(Check::Redis(redis))
-        .reporting(Check::Upstream {
-            name: "auth",
-            base_url: config.auth.url.clone(),
-            client: client.clone(),
-        })
-        .reporting(Check::Upstream {
-            name: "orders",
-            base_url: config.orders_url.clone(),
-            client: client.clone(),
-        })
-        .reporting(Check::Upstream {
-            name: "settlement",
-            base_url: config.settlement_url.clone(),
-            client: client.clone(),
-        })
-        .reporting(Check::Upstream {
-            name: "risk",
-            base_url: config.risk_url.clone(),
-            client: client.clone(),
-        })
-        .reporting(Check::Upstream {
-            name: "alerting",
-            base_url: config.alerting_url.clone(),
-            client,
-        });
+    let readiness = UPSTREAMS.into_iter().fold(
+        Readiness::new(shutdown.clone()).with(Check::Redis(redis)),
+        |readiness, known| {
+            readiness.reporting(Check::Upstream {
+                name: known.name,
+                base_url: config.url_of(known).unwrap_or(known.default_url).to_owned(),
+                client: client.clone(),
+            })
+        },
+    );
     // CORS and security headers wrap everything, so preflights are answered before routing and
     // even a 404 or 405 carries the headers.
     let router = service_kit::http::service_router(SERVICE, &config.common.http, readiness, api)
         .layer(edge::cors(&config.cors_origins))
         .layer(from_fn_with_state(config.hsts, edge::security_headers));
-    let address = format!("{}:{}", config.common.bind_host, config.port);
     // The public listener: HTTPS for browsers, which are never asked for a certificate.
     let tls = config
         .common
         .tls
         .public_listener(config.public_tls.as_ref())
         .map_err(|e| Error::Tls(e.to_string()))?;
-    Ok(
-        Server::bind(SERVICE, &address, router, config.common.shutdown_grace)
-            .await
-            .map_err(|source| Error::Bind { address, source })?
-            .with_tls(tls)
-            .with_tasks(tasks),
-    )
+    Ok(Server::listen(SERVICE, &config.common, config.port, router)
+        .await?
+        .with_tls(tls)
+        .with_tasks(tasks))
 }
 
 /// Publishes the breaker's transitions as `CircuitBreakerOpened`/`Closed` on the ops stream,
@@ -283,12 +260,44 @@ fn spawn_ip_limiter_cleanup(config: &Arc<rate_limit::IpLimiterConfig>, tasks: &S
     });
 }
 
+/// The gateway as the composing binary sees it (`bourse::SERVICES`): it calls every upstream
+/// of its route table and is called by nobody inside the platform.
+pub const SPEC: launch::Spec = launch::Spec {
+    name: SERVICE,
+    port_variable: "BOURSE_GATEWAY_PORT",
+    url_variable: None,
+    upstreams: &route_table::UPSTREAM_NAMES,
+    read: |env| Box::new(Config::read(env)),
+    migrations: None,
+};
+
+impl launch::Service for Config {
+    fn common(&mut self) -> &mut service_kit::CommonConfig {
+        &mut self.common
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn upstream_urls(&mut self) -> Vec<(&'static str, &mut String)> {
+        let mut slots = vec![("auth", &mut self.auth.url)];
+        slots.extend(
+            self.upstream_urls
+                .iter_mut()
+                .map(|(upstream, url)| (upstream.name, url)),
+        );
+        slots
+    }
+
+    fn build(self: Box<Self>, shutdown: Shutdown) -> launch::Pending<Server> {
+        Box::pin(async move { Ok(build(*self, &shutdown).await?) })
+    }
+}
+
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let server = build(config, &shutdown).await?;
-    server.run(shutdown).await.map_err(|source| Error::Bind {
-        address: "serving".to_owned(),
-        source,
-    })
+    server.run(shutdown).await.map_err(Error::Serve)
 }
 
 /// Gives each metric this crate records its help text and unit, as `/metrics` shows them

@@ -13,15 +13,7 @@ use utoipa::openapi::{
 };
 
 use crate::proxy::Upstreams;
-use crate::route_table::{Access, ROUTES, RouteSpec, Upstream};
-
-const UPSTREAMS: &[Upstream] = &[
-    Upstream::Auth,
-    Upstream::Orders,
-    Upstream::Settlement,
-    Upstream::Risk,
-    Upstream::Alerting,
-];
+use crate::route_table::{Access, ROUTES, RouteSpec, UPSTREAMS};
 
 #[derive(Clone, Default)]
 pub struct ApiDocument {
@@ -60,7 +52,9 @@ async fn build(upstreams: &Upstreams) -> Result<OpenApi, Problem> {
         )
         .build();
     for upstream in UPSTREAMS {
-        let upstream = upstreams.get(*upstream);
+        let Some(upstream) = upstreams.get(upstream) else {
+            continue;
+        };
         let response = upstream
             .send(Call::get("/openapi.json"))
             .await

@@ -42,51 +42,29 @@ fn forwardable(name: &HeaderName) -> bool {
 /// The gateway's upstream services, each behind its own breaker, bulkhead and timeout.
 #[derive(Clone)]
 pub struct Upstreams {
-    auth: resilience::Upstream,
-    orders: resilience::Upstream,
-    settlement: resilience::Upstream,
-    risk: resilience::Upstream,
-    alerting: resilience::Upstream,
+    by_name: Vec<(Upstream, resilience::Upstream)>,
     body_limit: usize,
 }
 
 impl Upstreams {
-    pub fn new(
-        auth: resilience::Upstream,
-        orders: resilience::Upstream,
-        settlement: resilience::Upstream,
-        risk: resilience::Upstream,
-        alerting: resilience::Upstream,
-        body_limit: usize,
-    ) -> Self {
+    /// One resilient client per upstream of the route table.
+    pub fn new(by_name: Vec<(Upstream, resilience::Upstream)>, body_limit: usize) -> Self {
         Self {
-            auth,
-            orders,
-            settlement,
-            risk,
-            alerting,
+            by_name,
             body_limit,
         }
     }
 
-    pub fn get(&self, upstream: Upstream) -> &resilience::Upstream {
-        match upstream {
-            Upstream::Auth => &self.auth,
-            Upstream::Orders => &self.orders,
-            Upstream::Settlement => &self.settlement,
-            Upstream::Risk => &self.risk,
-            Upstream::Alerting => &self.alerting,
-        }
+    /// The client of `upstream`; none only for a service the table does not list.
+    pub fn get(&self, upstream: Upstream) -> Option<&resilience::Upstream> {
+        self.by_name
+            .iter()
+            .find(|(known, _)| *known == upstream)
+            .map(|(_, client)| client)
     }
 
-    pub fn all(&self) -> [&resilience::Upstream; 5] {
-        [
-            &self.auth,
-            &self.orders,
-            &self.settlement,
-            &self.risk,
-            &self.alerting,
-        ]
+    pub fn all(&self) -> impl Iterator<Item = &resilience::Upstream> {
+        self.by_name.iter().map(|(_, client)| client)
     }
 
     /// Forwards a client's request. Only idempotent methods are retried (REL-04); the request
@@ -116,7 +94,14 @@ impl Upstreams {
             headers.insert(HeaderName::from_static(X_FORWARDED_FOR), ip);
         }
         let call = Call::new(parts.method, path).headers(headers).body(body);
-        match self.get(upstream).send(call).await {
+        let Some(client) = self.get(upstream) else {
+            tracing::error!(
+                upstream = upstream.name,
+                "a route names an upstream not in the table"
+            );
+            return Problem::internal().into_response();
+        };
+        match client.send(call).await {
             Ok(response) => into_response(response),
             Err(err) => {
                 tracing::warn!(upstream = err.upstream(), error = %err, "upstream call failed");

@@ -7,14 +7,53 @@
 use access::Role;
 use axum::http::Method;
 
+/// A service the gateway forwards to. A new one is a constant here, an entry in [`UPSTREAMS`]
+/// and its rows in [`ROUTES`]; its URL setting, breaker, readiness report and share of the API
+/// document follow from that.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Upstream {
-    Auth,
-    Orders,
-    Settlement,
-    Risk,
-    Alerting,
+pub struct Upstream {
+    /// As the platform names it: `BOURSE_<NAME>_URL` points at it.
+    pub name: &'static str,
+    /// Where it listens when that variable is not given (its default port on loopback).
+    pub default_url: &'static str,
 }
+
+impl Upstream {
+    pub const AUTH: Self = Self::at("auth", "http://127.0.0.1:8081");
+    pub const ORDERS: Self = Self::at("orders", "http://127.0.0.1:8082");
+    pub const RISK: Self = Self::at("risk", "http://127.0.0.1:8083");
+    pub const SETTLEMENT: Self = Self::at("settlement", "http://127.0.0.1:8084");
+    pub const ALERTING: Self = Self::at("alerting", "http://127.0.0.1:8085");
+
+    const fn at(name: &'static str, default_url: &'static str) -> Self {
+        Self { name, default_url }
+    }
+
+    /// The variable that gives its base URL.
+    pub fn url_variable(self) -> String {
+        format!("BOURSE_{}_URL", self.name.to_ascii_uppercase())
+    }
+}
+
+/// Every upstream, in the order the API document lists their paths.
+pub const UPSTREAMS: [Upstream; 5] = [
+    Upstream::AUTH,
+    Upstream::ORDERS,
+    Upstream::SETTLEMENT,
+    Upstream::RISK,
+    Upstream::ALERTING,
+];
+
+/// Their names, for the gateway's `launch::Spec`.
+pub const UPSTREAM_NAMES: [&str; UPSTREAMS.len()] = {
+    let mut names = [""; UPSTREAMS.len()];
+    let mut i = 0;
+    while i < UPSTREAMS.len() {
+        names[i] = UPSTREAMS[i].name;
+        i += 1;
+    }
+    names
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -69,272 +108,272 @@ pub static ROUTES: &[RouteSpec] = &[
     route(
         Method::POST,
         "/v1/auth/register",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Public,
     ),
     route(
         Method::POST,
         "/v1/auth/login",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Public,
     ),
     route(
         Method::POST,
         "/v1/auth/refresh",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Public,
     ),
     route(
         Method::POST,
         "/v1/auth/logout",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Authenticated,
     ),
     route(
         Method::DELETE,
         "/v1/auth/sessions",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Authenticated,
     ),
     route(
         Method::GET,
         "/v1/auth/me",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Authenticated,
     ),
     route(
         Method::POST,
         "/v1/api-keys",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Authenticated,
     ),
     route(
         Method::GET,
         "/v1/api-keys",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Authenticated,
     ),
     route(
         Method::DELETE,
         "/v1/api-keys/{id}",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Authenticated,
     ),
     route(
         Method::PUT,
         "/v1/admin/users/{id}/roles",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Roles(&[Role::Admin]),
     ),
     route(
         Method::GET,
         "/.well-known/jwks.json",
-        Upstream::Auth,
+        Upstream::AUTH,
         Access::Public,
     ),
-    route(Method::GET, "/v1/assets", Upstream::Orders, Access::Public),
+    route(Method::GET, "/v1/assets", Upstream::ORDERS, Access::Public),
     route(
         Method::GET,
         "/v1/instruments",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Public,
     ),
     route(
         Method::POST,
         "/v1/admin/instruments",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Roles(&[Role::Admin]),
     ),
     route(
         Method::PATCH,
         "/v1/admin/instruments/{symbol}",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Roles(&[Role::Admin]),
     ),
     route(
         Method::POST,
         "/v1/orders",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Roles(&[Role::Trader]),
     ),
     route(
         Method::GET,
         "/v1/orders/{id}",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Authenticated,
     ),
     route(
         Method::DELETE,
         "/v1/orders/{id}",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Authenticated,
     ),
     route(
         Method::GET,
         "/v1/orders",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Authenticated,
     ),
     route(
         Method::DELETE,
         "/v1/orders",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Authenticated,
     ),
     route(
         Method::GET,
         "/v1/trades",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Authenticated,
     ),
     route(
         Method::GET,
         "/v1/markets/{symbol}/book",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Public,
     ),
     route(
         Method::GET,
         "/v1/markets/{symbol}/trades",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Public,
     ),
     route(
         Method::GET,
         "/v1/markets/{symbol}/ticker",
-        Upstream::Orders,
+        Upstream::ORDERS,
         Access::Public,
     ),
     route(
         Method::GET,
         "/v1/balances",
-        Upstream::Settlement,
+        Upstream::SETTLEMENT,
         Access::Roles(&[Role::Trader]),
     ),
     route(
         Method::POST,
         "/v1/admin/deposits",
-        Upstream::Settlement,
+        Upstream::SETTLEMENT,
         Access::Roles(&[Role::Admin]),
     ),
     route(
         Method::POST,
         "/v1/admin/withdrawals",
-        Upstream::Settlement,
+        Upstream::SETTLEMENT,
         Access::Roles(&[Role::Admin]),
     ),
     route(
         Method::POST,
         "/v1/admin/reconciliation",
-        Upstream::Settlement,
+        Upstream::SETTLEMENT,
         Access::Roles(&[Role::Admin, Role::Auditor]),
     ),
     route(
         Method::GET,
         "/v1/positions",
-        Upstream::Risk,
+        Upstream::RISK,
         Access::Roles(&[Role::Trader]),
     ),
     route(
         Method::GET,
         "/v1/admin/risk-limits/{account_id}",
-        Upstream::Risk,
+        Upstream::RISK,
         Access::Roles(&[Role::RiskOfficer, Role::Admin]),
     ),
     route(
         Method::PUT,
         "/v1/admin/risk-limits/{account_id}",
-        Upstream::Risk,
+        Upstream::RISK,
         Access::Roles(&[Role::RiskOfficer, Role::Admin]),
     ),
     route(
         Method::PATCH,
         "/v1/admin/risk-limits/{account_id}",
-        Upstream::Risk,
+        Upstream::RISK,
         Access::Roles(&[Role::RiskOfficer, Role::Admin]),
     ),
     route(
         Method::POST,
         "/v1/admin/kill-switches",
-        Upstream::Risk,
+        Upstream::RISK,
         Access::Roles(&[Role::RiskOfficer, Role::Admin]),
     ),
     route(
         Method::DELETE,
         "/v1/admin/kill-switches/{id}",
-        Upstream::Risk,
+        Upstream::RISK,
         Access::Roles(&[Role::RiskOfficer, Role::Admin]),
     ),
     route(
         Method::POST,
         "/v1/admin/alert-channels",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin]),
     ),
     route(
         Method::GET,
         "/v1/admin/alert-channels",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin]),
     ),
     route(
         Method::POST,
         "/v1/admin/alert-rules",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin]),
     ),
     route(
         Method::GET,
         "/v1/admin/alert-rules",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin]),
     ),
     route(
         Method::DELETE,
         "/v1/admin/alert-rules/{id}",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin]),
     ),
     route(
         Method::GET,
         "/v1/admin/alerts",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin, Role::RiskOfficer, Role::Auditor]),
     ),
     route(
         Method::GET,
         "/v1/admin/alerts/{id}",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin, Role::RiskOfficer, Role::Auditor]),
     ),
     route(
         Method::POST,
         "/v1/admin/alerts/{id}/ack",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin, Role::RiskOfficer]),
     ),
     route(
         Method::POST,
         "/v1/admin/alerts/{id}/resolve",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin, Role::RiskOfficer]),
     ),
     route(
         Method::POST,
         "/v1/admin/silences",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin, Role::RiskOfficer]),
     ),
     route(
         Method::GET,
         "/v1/admin/silences",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin, Role::RiskOfficer, Role::Auditor]),
     ),
     route(
         Method::DELETE,
         "/v1/admin/silences/{id}",
-        Upstream::Alerting,
+        Upstream::ALERTING,
         Access::Roles(&[Role::Admin, Role::RiskOfficer]),
     ),
 ];
@@ -342,5 +381,29 @@ pub static ROUTES: &[RouteSpec] = &[
 impl RouteSpec {
     pub fn is_admin(&self) -> bool {
         self.path.starts_with("/v1/admin/")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_names_an_upstream_the_gateway_has_a_client_and_a_url_for() {
+        for route in ROUTES {
+            assert!(
+                UPSTREAMS.contains(&route.upstream),
+                "{} {} forwards to {:?}, which is not in UPSTREAMS",
+                route.method,
+                route.path,
+                route.upstream
+            );
+        }
+        let mut names = UPSTREAM_NAMES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), UPSTREAMS.len(), "upstream names are unique");
+        assert_eq!(UPSTREAM_NAMES[0], "auth");
+        assert_eq!(Upstream::SETTLEMENT.url_variable(), "BOURSE_SETTLEMENT_URL");
     }
 }

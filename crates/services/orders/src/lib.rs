@@ -210,6 +210,45 @@ fn spawn_breaker_notices(upstream: &resilience::Upstream, pool: PgPool, tasks: &
     });
 }
 
+/// Orders as the composing binary sees it (`bourse::SERVICES`).
+pub const SPEC: launch::Spec = launch::Spec {
+    name: SERVICE,
+    port_variable: "BOURSE_ORDERS_PORT",
+    url_variable: Some("BOURSE_ORDERS_URL"),
+    upstreams: &["auth", "settlement", "risk"],
+    read: |env| Box::new(Config::read(env)),
+    migrations: Some(launch::Migrations {
+        schema: SCHEMA,
+        apply: |pool| Box::pin(async move { Ok(migrate(&pool).await?) }),
+    }),
+};
+
+impl launch::Service for Config {
+    fn common(&mut self) -> &mut service_kit::CommonConfig {
+        &mut self.common
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn migrate_on_start(&self) -> bool {
+        self.migrate_on_start
+    }
+
+    fn upstream_urls(&mut self) -> Vec<(&'static str, &mut String)> {
+        vec![
+            ("auth", &mut self.auth.url),
+            ("settlement", &mut self.settlement_url),
+            ("risk", &mut self.risk_url),
+        ]
+    }
+
+    fn build(self: Box<Self>, shutdown: Shutdown) -> launch::Pending<Server> {
+        Box::pin(async move { Ok(build(*self, &shutdown).await?) })
+    }
+}
+
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let server = build(config, &shutdown).await?;
     server

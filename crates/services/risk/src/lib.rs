@@ -97,6 +97,41 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     Ok(kit.serve(config.port, http::router(state)).await?)
 }
 
+/// Risk as the composing binary sees it (`bourse::SERVICES`).
+pub const SPEC: launch::Spec = launch::Spec {
+    name: SERVICE,
+    port_variable: "BOURSE_RISK_PORT",
+    url_variable: Some("BOURSE_RISK_URL"),
+    upstreams: &["auth"],
+    read: |env| Box::new(Config::read(env)),
+    migrations: Some(launch::Migrations {
+        schema: SCHEMA,
+        apply: |pool| Box::pin(async move { Ok(migrate(&pool).await?) }),
+    }),
+};
+
+impl launch::Service for Config {
+    fn common(&mut self) -> &mut service_kit::CommonConfig {
+        &mut self.common
+    }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn migrate_on_start(&self) -> bool {
+        self.migrate_on_start
+    }
+
+    fn upstream_urls(&mut self) -> Vec<(&'static str, &mut String)> {
+        vec![("auth", &mut self.auth.url)]
+    }
+
+    fn build(self: Box<Self>, shutdown: Shutdown) -> launch::Pending<Server> {
+        Box::pin(async move { Ok(build(*self, &shutdown).await?) })
+    }
+}
+
 pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
     let server = build(config, &shutdown).await?;
     server

@@ -320,10 +320,11 @@ impl Session<'_> {
     /// The book as orders' REST API has it, through the same resilient upstream as any call.
     async fn snapshot(&self, symbol: &str) -> Result<Value, (&'static str, String)> {
         let path = format!("/v1/markets/{symbol}/book?depth={}", BOOK_DEPTH);
-        let response = self
-            .gw
-            .upstreams
-            .get(Upstream::Orders)
+        let orders = self.gw.upstreams.get(Upstream::ORDERS).ok_or((
+            "upstream_unavailable",
+            "orders is not an upstream".to_owned(),
+        ))?;
+        let response = orders
             .send(Call::get(&path))
             .await
             .map_err(|e| ("upstream_unavailable", e.to_string()))?;
