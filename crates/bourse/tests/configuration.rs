@@ -51,12 +51,10 @@ fn env_example_lists_exactly_the_variables_the_code_reads() {
     let mut env = Env::from_pairs(Vec::<(String, String)>::new());
     let _ = CommonConfig::read(&mut env);
     let _ = bourse::local_datastores::Settings::read(&mut env);
-    let _ = auth::Config::read(&mut env);
-    let _ = orders::Config::read(&mut env);
-    let _ = gateway::Config::read(&mut env);
-    let _ = settlement::Config::read(&mut env);
-    let _ = risk::Config::read(&mut env);
-    let _ = alerting::Config::read(&mut env);
+    // Every service's settings, as the binary reads them.
+    for spec in &bourse::SERVICES {
+        let _ = (spec.service.read)(&mut env);
+    }
     let _ = secrets::settings::vault_settings(&mut env);
     let _ = secrets::settings::aws_settings(&mut env);
     let _ = secrets::settings::refresh_interval(&mut env);

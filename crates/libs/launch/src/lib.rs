@@ -1,7 +1,7 @@
 //! What every Bourse service does before it serves, in one place, so a service's `build()`
 //! says only what is its own (its state, its tasks, its routes):
 //!
-//! ```ignore
+//! ```text
 //! let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, describe_metrics).await?;
 //! let pool = kit.database(SCHEMA).await?;      // follows DATABASE_URL; readiness checks it
 //! if config.migrate_on_start {

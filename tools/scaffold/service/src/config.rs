@@ -1,0 +1,25 @@
+//! Settings of {{name}} (`BOURSE_{{NAME}}_*`), read once at start; every problem is reported
+//! with the others.
+
+use service_kit::{CommonConfig, Env};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub common: CommonConfig,
+    pub port: u16,
+    /// Where tokens come from and what they must say.
+    pub auth: access::AuthSettings,
+    pub migrate_on_start: bool,
+}
+
+impl Config {
+    pub fn read(env: &mut Env) -> Self {
+        let common = CommonConfig::read(env);
+        Self {
+            port: env.or("BOURSE_{{NAME}}_PORT", {{port}}u16),
+            auth: access::AuthSettings::read(env),
+            migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
+            common,
+        }
+    }
+}
