@@ -125,33 +125,29 @@ def main() -> int:
                  f"# Base URL of {N} (the gateway routes /v1/{N}/* to it). In `serve all` it defaults to\n"
                  f"# the {N} started in the same process.\n# BOURSE_{NAME}_URL=http://127.0.0.1:{port}\n")
 
-    # Compose: the service, the gateway's way to it and its wait for it, the health watch.
+    # Compose: the service, and the gateway's wait for it. Its URL and the health watch come
+    # from BOURSE_SERVICE_URL_PATTERN (http://{name}:{port}).
     compose = "docker-compose.yml"
     edits.insert(compose, r"^  gateway:\n",
                  f"  {N}:\n    <<: *bourse\n    command: [\"serve\", \"{N}\"]\n    environment:\n"
                  f"      <<: *bourse-env\n      BOURSE_{NAME}_PORT: \"{port}\"\n      OTEL_SERVICE_NAME: {N}\n"
-                 f"      BOURSE_AUTH_URL: http://auth:8081\n    healthcheck:\n"
+                 "    healthcheck:\n"
                  f"      test: [\"CMD\", \"/usr/local/bin/bourse\", \"probe\", \"http://127.0.0.1:{port}/health/ready\"]\n"
                  "      interval: 5s\n      timeout: 3s\n      retries: 20\n    depends_on:\n"
                  "      auth:\n        condition: service_healthy\n\n", before=True)
-    edits.insert(compose, r"^      BOURSE_GATEWAY_PORT: \"8080\"\n", f"      BOURSE_{NAME}_URL: http://{N}:{port}\n")
     edits.insert(compose, r"(?s)^  gateway:\n.*?^    depends_on:\n", f"      {N}:\n        condition: service_healthy\n")
-    edits.replace(compose, r"^(      BOURSE_ALERTING_WATCH: .*)$", lambda m: f"{m.group(1)},{N}=http://{N}:{port}")
 
     # Prometheus scrapes it.
     edits.insert("deploy/prometheus/prometheus.yml", r"^          - alerting:8085\n", f"          - {N}:{port}\n")
 
-    # Kubernetes: its manifests, its URL, who may call it, the mTLS variant.
+    # Kubernetes: its manifests (who may call it included) and the mTLS variant; its URL
+    # comes from the pattern in config.yaml.
     base = "deploy/k8s/base"
     edits.insert(f"{base}/kustomization.yaml", r"^  - alerting.yaml\n", f"  - {N}.yaml\n")
-    edits.insert(f"{base}/config.yaml", r"^  BOURSE_ALERTING_URL: .*\n", f"  BOURSE_{NAME}_URL: http://{N}:{port}\n")
-    edits.replace(f"{base}/config.yaml", r"^(  BOURSE_ALERTING_WATCH: .*)$", lambda m: f"{m.group(1)},{N}=http://{N}:{port}")
     # Who may call it is in its own manifest; the gateway, alerting and auth select pods by
     # label (gateway-upstream, part-of), so their policies need no edit.
     mtls = "deploy/k8s/components/mtls"
     edits.insert(f"{mtls}/certificate.yaml", r"^    - alerting\n", f"    - {N}\n")
-    edits.insert(f"{mtls}/config.yaml", r"^  BOURSE_ALERTING_URL: .*\n", f"  BOURSE_{NAME}_URL: https://{N}:{port}\n")
-    edits.replace(f"{mtls}/config.yaml", r"^(  BOURSE_ALERTING_WATCH: .*)$", lambda m: f"{m.group(1)},{N}=https://{N}:{port}")
     probe = "\n".join(
         f"          {kind}:\n            httpGet: null\n            exec:\n"
         f"              command: [\"/usr/local/bin/bourse\", \"probe\", \"https://127.0.0.1:{port}/health/{path}\"]"

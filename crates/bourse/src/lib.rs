@@ -107,9 +107,49 @@ pub struct Plan {
     pub common: CommonConfig,
     /// Each requested service's configuration, in start order.
     services: Vec<(Target, Box<dyn launch::Service>)>,
-    /// The upstreams whose URL was given (`BOURSE_<TARGET>_URL`); the others are wired to the
-    /// services started in this process.
-    urls_given: BTreeSet<Target>,
+    /// Where each service is: given URLs, the pattern, or this process.
+    layout: Layout,
+}
+
+/// Where the services a process calls (or watches) are.
+struct Layout {
+    /// The upstreams whose URL was given (`BOURSE_<NAME>_URL`), and that URL.
+    given: BTreeMap<Target, String>,
+    /// `BOURSE_SERVICE_URL_PATTERN`: where every other service is, by its name and default
+    /// port — `http://{name}:{port}` on a network where services are reached by name
+    /// (compose, Kubernetes). Unset: each service's own default (loopback).
+    pattern: Option<String>,
+}
+
+impl Layout {
+    const PATTERN: &'static str = "BOURSE_SERVICE_URL_PATTERN";
+
+    fn read(common: &CommonConfig, env: &mut Env) -> Self {
+        let mut given = BTreeMap::new();
+        for (target, variable) in upstream_urls() {
+            if env.is_set(variable) {
+                given.insert(target, env.or(variable, String::new()));
+            }
+        }
+        Self {
+            given,
+            pattern: common.service_url_pattern.clone(),
+        }
+    }
+
+    /// Where `service` is when it does not run in this process: its given URL, else where the
+    /// pattern puts it.
+    fn elsewhere(&self, service: Target) -> Option<String> {
+        if let Some(url) = self.given.get(&service) {
+            return Some(url.clone());
+        }
+        let (pattern, spec) = (self.pattern.as_ref()?, service.spec()?);
+        Some(
+            pattern
+                .replace("{name}", spec.name)
+                .replace("{port}", &spec.default_port.to_string()),
+        )
+    }
 }
 
 impl Plan {
@@ -150,23 +190,20 @@ pub fn plan(targets: &[Target], mut env: Env) -> Result<Plan, ConfigError> {
     // Read by `bourse serve` before the plan (it may start datastores); read again here so
     // that their problems are reported with every other.
     let _ = local_datastores::Settings::read(&mut env);
-    let urls_given = upstream_urls()
-        .filter(|(_, variable)| env.is_set(variable))
-        .map(|(target, _)| target)
-        .collect();
+    let layout = Layout::read(&common, &mut env);
     let services = SERVICES
         .iter()
         .filter(|spec| targets.contains(&spec.target))
         .map(|spec| (spec.target, (spec.service.read)(&mut env)))
         .collect();
     if common.tls.required {
-        refuse_plaintext_upstreams(&targets, &urls_given, &mut env);
+        refuse_plaintext_upstreams(&targets, &layout, &mut env);
     }
     env.finish()?;
     Ok(Plan {
         common,
         services,
-        urls_given,
+        layout,
     })
 }
 
@@ -189,19 +226,29 @@ fn upstreams_of(service: Target) -> impl Iterator<Item = Target> {
 }
 
 /// With `BOURSE_TLS_REQUIRED=true`, every upstream this process calls outside itself must be
-/// given as an `https://` URL: the defaults are plaintext loopback addresses (SEC-13).
-fn refuse_plaintext_upstreams(services: &[Target], urls_given: &BTreeSet<Target>, env: &mut Env) {
+/// reached over `https://` — given so, or placed so by the pattern: the defaults are plaintext
+/// loopback addresses (SEC-13).
+fn refuse_plaintext_upstreams(services: &[Target], layout: &Layout, env: &mut Env) {
     let needed: BTreeSet<Target> = services
         .iter()
         .flat_map(|service| upstreams_of(*service))
         .filter(|upstream| !services.contains(upstream))
         .collect();
+    if let Some(pattern) = &layout.pattern
+        && !needed.is_empty()
+        && !pattern.starts_with("https://")
+    {
+        env.problem(
+            Layout::PATTERN,
+            "must be an https:// URL when BOURSE_TLS_REQUIRED=true",
+        );
+    }
     for (upstream, variable) in upstream_urls() {
-        if !needed.contains(&upstream) && !urls_given.contains(&upstream) {
+        let given = layout.given.get(&upstream);
+        if given.is_none() && (!needed.contains(&upstream) || layout.pattern.is_some()) {
             continue;
         }
-        let url: String = env.or(variable, String::new());
-        if !url.starts_with("https://") {
+        if !given.is_some_and(|url| url.starts_with("https://")) {
             env.problem(
                 variable,
                 "must be an https:// URL when BOURSE_TLS_REQUIRED=true",
@@ -286,7 +333,7 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
     let Plan {
         common,
         mut services,
-        urls_given,
+        layout,
     } = plan;
     if services
         .iter()
@@ -303,21 +350,7 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
         addresses.insert(*target, reachable(listener.local_addr()?));
         service.common().listener = Some(listener);
     }
-    let neighbours: Vec<(&'static str, String)> = addresses
-        .iter()
-        .map(|(target, address)| (target.name(), format!("{scheme}://{address}")))
-        .collect();
-    for (_, service) in &mut services {
-        for (upstream, url) in service.upstream_urls() {
-            let local = Target::named(upstream)
-                .filter(|target| !urls_given.contains(target))
-                .and_then(|target| addresses.get(&target));
-            if let Some(address) = local {
-                *url = format!("{scheme}://{address}");
-            }
-        }
-        service.neighbours(&neighbours);
-    }
+    wire(&mut services, &addresses, &layout, scheme);
     let mut stages = Vec::with_capacity(services.len());
     for (target, service) in services {
         let stage = Shutdown::new();
@@ -332,6 +365,58 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
         stages,
         shutdown: shutdown.clone(),
     })
+}
+
+/// Points every service's upstream URLs at where each upstream is — a given URL wins (the
+/// service read it itself), then this process, then the pattern, else the service's own
+/// default stays — and tells each who its neighbours are.
+fn wire(
+    services: &mut [(Target, Box<dyn launch::Service>)],
+    addresses: &BTreeMap<Target, SocketAddr>,
+    layout: &Layout,
+    scheme: &str,
+) {
+    let neighbours = neighbours(addresses, layout, scheme);
+    for (_, service) in services.iter_mut() {
+        for (upstream, url) in service.upstream_urls() {
+            let Some(upstream) = Target::named(upstream) else {
+                continue;
+            };
+            if layout.given.contains_key(&upstream) {
+                continue;
+            }
+            let wired = addresses
+                .get(&upstream)
+                .map(|address| format!("{scheme}://{address}"))
+                .or_else(|| layout.elsewhere(upstream));
+            if let Some(wired) = wired {
+                *url = wired;
+            }
+        }
+        service.neighbours(&neighbours);
+    }
+}
+
+/// The health watch's default: the services of this process, and — when the pattern says
+/// where the rest are — every other service too.
+fn neighbours(
+    addresses: &BTreeMap<Target, SocketAddr>,
+    layout: &Layout,
+    scheme: &str,
+) -> Vec<(&'static str, String)> {
+    SERVICES
+        .iter()
+        .filter_map(|spec| {
+            let url = match addresses.get(&spec.target) {
+                Some(address) => format!("{scheme}://{address}"),
+                None => {
+                    layout.pattern.as_ref()?;
+                    layout.elsewhere(spec.target)?
+                }
+            };
+            Some((spec.service.name, url))
+        })
+        .collect()
 }
 
 /// A wildcard bind address is not something to connect to; use loopback instead.
@@ -357,4 +442,86 @@ pub async fn migrate(common: &CommonConfig) -> anyhow::Result<()> {
     }
     tracing::info!("migrations applied");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_pairs(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
+    }
+
+    #[test]
+    fn the_pattern_places_every_upstream_not_given_and_not_in_this_process() {
+        let mut plan = plan(
+            &[Target::Gateway],
+            env(&[
+                (
+                    "BOURSE_SERVICE_URL_PATTERN",
+                    "https://{name}.internal:{port}/",
+                ),
+                ("BOURSE_ORDERS_URL", "https://orders-canary:9000"),
+            ]),
+        )
+        .unwrap();
+        wire(&mut plan.services, &BTreeMap::new(), &plan.layout, "https");
+        let (_, gateway) = &mut plan.services[0];
+        let urls: BTreeMap<&str, String> = gateway
+            .upstream_urls()
+            .into_iter()
+            .map(|(name, url)| (name, url.clone()))
+            .collect();
+        assert_eq!(urls["auth"], "https://auth.internal:8081");
+        assert_eq!(urls["orders"], "https://orders-canary:9000", "given wins");
+        assert_eq!(urls["settlement"], "https://settlement.internal:8084");
+        assert_eq!(
+            urls.len(),
+            SERVICES.len() - 1,
+            "every upstream of the route table"
+        );
+    }
+
+    #[test]
+    fn without_a_pattern_the_watch_sees_this_process_and_with_one_every_service() {
+        let here = BTreeMap::from([(Target::Auth, "127.0.0.1:4000".parse().unwrap())]);
+        let alone = plan(&[Target::Alerting], env(&[])).unwrap();
+        assert_eq!(
+            neighbours(&here, &alone.layout, "http"),
+            [("auth", "http://127.0.0.1:4000".to_owned())]
+        );
+        let placed = plan(
+            &[Target::Alerting],
+            env(&[("BOURSE_SERVICE_URL_PATTERN", "http://{name}:{port}")]),
+        )
+        .unwrap();
+        let watched = neighbours(&here, &placed.layout, "http");
+        assert_eq!(watched.len(), SERVICES.len());
+        assert!(watched.contains(&("auth", "http://127.0.0.1:4000".to_owned())));
+        assert!(watched.contains(&("gateway", "http://gateway:8080".to_owned())));
+    }
+
+    #[test]
+    fn a_pattern_must_name_the_service_and_be_https_when_tls_is_required() {
+        let problems = |pairs: &[(&str, &str)]| match plan(&[Target::Orders], env(pairs)) {
+            Ok(_) => String::new(),
+            Err(err) => err.to_string(),
+        };
+        assert!(
+            problems(&[("BOURSE_SERVICE_URL_PATTERN", "http://gateway:8080")])
+                .contains("BOURSE_SERVICE_URL_PATTERN")
+        );
+        assert!(
+            problems(&[
+                ("BOURSE_TLS_REQUIRED", "true"),
+                ("BOURSE_SERVICE_URL_PATTERN", "http://{name}:{port}"),
+            ])
+            .contains("BOURSE_SERVICE_URL_PATTERN")
+        );
+    }
 }

@@ -23,6 +23,9 @@ pub struct Spec {
     pub name: &'static str,
     /// The variable of its listening port (tests set it to 0).
     pub port_variable: &'static str,
+    /// Its port unless that variable says otherwise; also where the others find it
+    /// (`BOURSE_SERVICE_URL_PATTERN`).
+    pub default_port: u16,
     /// The variable that points callers at it when it runs elsewhere (none: nobody calls it).
     pub url_variable: Option<&'static str>,
     /// The names of the services it calls.

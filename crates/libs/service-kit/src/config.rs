@@ -254,6 +254,9 @@ pub struct CommonConfig {
     /// binds every service's socket first, so each knows the others' addresses before any is
     /// built, with no window in which another process could take a port.
     pub listener: Option<crate::shutdown::PreBound>,
+    /// `BOURSE_SERVICE_URL_PATTERN`: where the other services are, by name and default port
+    /// (`http://{name}:{port}`); the composing binary applies it.
+    pub service_url_pattern: Option<String>,
 }
 
 /// Limits applied to every inbound request.
@@ -339,6 +342,18 @@ impl CommonConfig {
                     service_name,
                 })
             },
+            service_url_pattern: env.is_set("BOURSE_SERVICE_URL_PATTERN").then(|| {
+                let pattern: String = env.or("BOURSE_SERVICE_URL_PATTERN", String::new());
+                if !(pattern.starts_with("http://") || pattern.starts_with("https://"))
+                    || !pattern.contains("{name}")
+                {
+                    env.problem(
+                        "BOURSE_SERVICE_URL_PATTERN",
+                        "must be an http(s) URL naming {name} (and usually {port})",
+                    );
+                }
+                pattern.trim_end_matches('/').to_owned()
+            }),
             tls,
             listener: None,
         }

@@ -141,7 +141,7 @@ impl Config {
         };
         let master_keys = secrets::envelope::read_master_keys(env, common.is_production());
         Self {
-            port: env.or("BOURSE_ALERTING_PORT", 8085u16),
+            port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
             delivery: DeliverySettings {
                 max_attempts: max_attempts.max(1),

@@ -121,6 +121,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
 pub const SPEC: launch::Spec = launch::Spec {
     name: SERVICE,
     port_variable: "BOURSE_ALERTING_PORT",
+    default_port: 8085,
     url_variable: Some("BOURSE_ALERTING_URL"),
     upstreams: &["auth"],
     read: |env| Box::new(Config::read(env)),

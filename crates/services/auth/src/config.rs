@@ -95,7 +95,7 @@ impl Config {
             })
             .collect();
         Self {
-            port: env.or("BOURSE_AUTH_PORT", 8081u16),
+            port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             service_clients,
             service_token_ttl,
             tokens: TokenSettings {

@@ -149,6 +149,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
 pub const SPEC: launch::Spec = launch::Spec {
     name: SERVICE,
     port_variable: "BOURSE_AUTH_PORT",
+    default_port: 8081,
     url_variable: Some("BOURSE_AUTH_URL"),
     upstreams: &[],
     read: |env| Box::new(Config::read(env)),

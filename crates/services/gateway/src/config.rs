@@ -159,7 +159,7 @@ impl Config {
                 as usize,
         };
         Self {
-            port: env.or("BOURSE_GATEWAY_PORT", 8080u16),
+            port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
             upstream_urls: UPSTREAMS
                 .into_iter()

@@ -265,6 +265,7 @@ fn spawn_ip_limiter_cleanup(config: &Arc<rate_limit::IpLimiterConfig>, tasks: &S
 pub const SPEC: launch::Spec = launch::Spec {
     name: SERVICE,
     port_variable: "BOURSE_GATEWAY_PORT",
+    default_port: 8080,
     url_variable: None,
     upstreams: &route_table::UPSTREAM_NAMES,
     read: |env| Box::new(Config::read(env)),

@@ -50,7 +50,7 @@ impl Config {
             Asset::defaults()
         });
         Self {
-            port: env.or("BOURSE_ORDERS_PORT", 8082u16),
+            port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
             settlement_url: env
                 .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())

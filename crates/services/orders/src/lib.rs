@@ -214,6 +214,7 @@ fn spawn_breaker_notices(upstream: &resilience::Upstream, pool: PgPool, tasks: &
 pub const SPEC: launch::Spec = launch::Spec {
     name: SERVICE,
     port_variable: "BOURSE_ORDERS_PORT",
+    default_port: 8082,
     url_variable: Some("BOURSE_ORDERS_URL"),
     upstreams: &["auth", "settlement", "risk"],
     read: |env| Box::new(Config::read(env)),

@@ -39,7 +39,7 @@ impl Config {
             fallback()
         });
         Self {
-            port: env.or("BOURSE_RISK_PORT", 8083u16),
+            port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
             assets,
             defaults,

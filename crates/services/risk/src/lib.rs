@@ -101,6 +101,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
 pub const SPEC: launch::Spec = launch::Spec {
     name: SERVICE,
     port_variable: "BOURSE_RISK_PORT",
+    default_port: 8083,
     url_variable: Some("BOURSE_RISK_URL"),
     upstreams: &["auth"],
     read: |env| Box::new(Config::read(env)),

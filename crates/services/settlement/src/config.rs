@@ -66,7 +66,7 @@ impl Config {
             );
         }
         Self {
-            port: env.or("BOURSE_SETTLEMENT_PORT", 8084u16),
+            port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
             assets,
             fees,

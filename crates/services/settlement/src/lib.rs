@@ -127,6 +127,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
 pub const SPEC: launch::Spec = launch::Spec {
     name: SERVICE,
     port_variable: "BOURSE_SETTLEMENT_PORT",
+    default_port: 8084,
     url_variable: Some("BOURSE_SETTLEMENT_URL"),
     upstreams: &["auth", "orders"],
     read: |env| Box::new(Config::read(env)),

@@ -16,7 +16,7 @@ impl Config {
     pub fn read(env: &mut Env) -> Self {
         let common = CommonConfig::read(env);
         Self {
-            port: env.or("BOURSE_{{NAME}}_PORT", {{port}}u16),
+            port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
             migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,

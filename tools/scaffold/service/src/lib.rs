@@ -53,6 +53,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
 pub const SPEC: launch::Spec = launch::Spec {
     name: SERVICE,
     port_variable: "BOURSE_{{NAME}}_PORT",
+    default_port: {{port}},
     url_variable: Some("BOURSE_{{NAME}}_URL"),
     upstreams: &["auth"],
     read: |env| Box::new(Config::read(env)),
