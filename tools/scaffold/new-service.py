@@ -6,9 +6,10 @@
 Creates crates/services/<name> from tools/scaffold/service (a crate with the shape of every
 service: config, error, http, store, its migrations, and a test that it is composed, routed,
 documented and probed), then tells the platform it exists: the binary's SERVICES, the
-gateway's route table, the configuration reference, compose, Prometheus, Kubernetes and the
-development certificates. Each edit is anchored on text that must appear exactly once; if a
-file no longer has it, the script stops and says which, before writing anything.
+gateway's route table, the configuration reference, compose, Prometheus and Kubernetes (the
+development certificates take their names from compose). Each edit is anchored on text that
+must appear exactly once; if a file no longer has it, the script stops and says which, before
+writing anything.
 
 Afterwards: `BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test configuration` regenerates the
 configuration reference, and `cargo test -p <name>` proves the composition.
@@ -140,25 +141,15 @@ def main() -> int:
     # Prometheus scrapes it.
     edits.insert("deploy/prometheus/prometheus.yml", r"^          - alerting:8085\n", f"          - {N}:{port}\n")
 
-    # Kubernetes: its manifests (who may call it included) and the mTLS variant; its URL
-    # comes from the pattern in config.yaml.
+    # Kubernetes: its manifests (who may call it included) and its name in the mTLS
+    # certificate; its URL comes from the pattern in config.yaml, its mTLS probes from the
+    # component's one patch for every Deployment.
     base = "deploy/k8s/base"
     edits.insert(f"{base}/kustomization.yaml", r"^  - alerting.yaml\n", f"  - {N}.yaml\n")
     # Who may call it is in its own manifest; the gateway, alerting and auth select pods by
     # label (gateway-upstream, part-of), so their policies need no edit.
     mtls = "deploy/k8s/components/mtls"
     edits.insert(f"{mtls}/certificate.yaml", r"^    - alerting\n", f"    - {N}\n")
-    probe = "\n".join(
-        f"          {kind}:\n            httpGet: null\n            exec:\n"
-        f"              command: [\"/usr/local/bin/bourse\", \"probe\", \"https://127.0.0.1:{port}/health/{path}\"]"
-        for kind, path in [("readinessProbe", "ready"), ("livenessProbe", "live"), ("startupProbe", "live")]
-    )
-    edits.insert(f"{mtls}/probes.yaml", r"\Z",
-                 f"---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {N}\nspec:\n  template:\n"
-                 f"    spec:\n      containers:\n        - name: {N}\n{probe}\n")
-
-    # Development certificates name it.
-    edits.replace("tools/tls/dev-ca.sh", r'^(names="[^"]*)"', lambda m: f'{m.group(1)},DNS:{N}"')
 
     if edits.problems:
         print("nothing written; these files no longer look as the scaffold expects:", file=sys.stderr)

@@ -18,7 +18,7 @@ port=${2:-8086}
 repo=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 # Files outside the new crate the scaffold may touch; lowered as more is derived (goal: 5).
-max_touched=${BOURSE_SCAFFOLD_MAX_TOUCHED:-13}
+max_touched=${BOURSE_SCAFFOLD_MAX_TOUCHED:-11}
 
 copy=$(mktemp -d "${TMPDIR:-/tmp}/bourse-scaffold.XXXXXX")
 trap 'rm -rf "$copy"' EXIT

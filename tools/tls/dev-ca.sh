@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A development PKI for Bourse's TLS (SEC-13): a CA, and one certificate every service uses as
 # server (its listener) and client (mTLS to the services it calls), for the names the services
-# have in docker compose and on loopback.
+# have in docker compose (read from docker-compose.yml) and on loopback.
 #
 #   tools/tls/dev-ca.sh [DIR]        # default: .tls/ (git-ignored)
 #
@@ -25,8 +25,13 @@ if [ ! -s "$dir/ca.pem" ] || [ ! -s "$dir/ca.key" ]; then
     -out "$dir/ca.pem"
 fi
 
-names="DNS:localhost,DNS:gateway,DNS:auth,DNS:orders,DNS:settlement,DNS:risk,DNS:alerting"
-names="$names,DNS:postgres,DNS:redis,IP:127.0.0.1,IP:::1"
+# Every name on compose's network (the services of docker-compose.yml), so a service added
+# there is named here too; then loopback.
+compose="$(dirname "$0")/../../docker-compose.yml"
+names="DNS:localhost$(awk '/^services:/ { inside = 1; next }
+  /^[^ #]/ { inside = 0 }
+  inside && /^  [a-z][a-z0-9-]*:$/ { sub(":", "", $1); printf ",DNS:%s", $1 }' "$compose")"
+names="$names,IP:127.0.0.1,IP:::1"
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/service.key" 2>/dev/null
 extensions="$(mktemp)"
 csr="$(mktemp)"

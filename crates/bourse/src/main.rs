@@ -34,6 +34,8 @@ enum Command {
     Migrate,
     /// GET a URL and exit 0 on a 2xx answer: the container healthcheck (the image has no curl).
     /// With `BOURSE_TLS_*` set it presents the service certificate and trusts the service CA.
+    /// A path alone (`/health/ready`) probes the service this container runs: the one whose
+    /// port variable (`BOURSE_<NAME>_PORT`) is set, on loopback, over https under TLS.
     Probe {
         #[arg(default_value = "http://127.0.0.1:8080/health/live")]
         url: String,
@@ -171,6 +173,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             // Under mTLS the probe calls as the service it runs beside: its certificate, its CA.
             let mut env = Env::from_process();
             let tls = service_kit::tls::TlsSettings::read_files(&mut env);
+            let url = match url.strip_prefix('/') {
+                Some(path) => own_url(&mut env, tls.scheme(), path),
+                None => url,
+            };
             env.finish().map_err(Failure::Config)?;
             let client = tls
                 .service_client()
@@ -188,6 +194,30 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             })
         }
     }
+}
+
+/// The URL of `path` on the service this process runs beside: the one service whose port
+/// variable is set. A deployment's probes then need no port of their own, so one probe
+/// definition serves every service (deploy/k8s/components/mtls/probes.yaml).
+fn own_url(env: &mut Env, scheme: &str, path: &str) -> String {
+    let set: Vec<&str> = bourse::SERVICES
+        .iter()
+        .map(|spec| spec.service.port_variable)
+        .filter(|variable| env.is_set(variable))
+        .collect();
+    let [variable] = set[..] else {
+        env.problem(
+            "BOURSE_<NAME>_PORT",
+            format!(
+                "a probe of a path alone needs exactly one service's port variable set ({} are); \
+                 give the whole URL instead",
+                set.len()
+            ),
+        );
+        return String::new();
+    };
+    let port: u16 = env.or(variable, 0);
+    format!("{scheme}://127.0.0.1:{port}/{path}")
 }
 
 /// `bourse serve`: the targets, until a signal or a failure.

@@ -581,6 +581,47 @@ async fn demo_seed_creates_the_demo_market_and_is_idempotent(pool: PgPool) {
 }
 
 /// Two loopback ports nothing listens on (bound together, then let go).
+/// `bourse probe /health/ready` probes the service of its own container — the one whose port
+/// variable is set — so one probe definition serves every deployment; with no single such
+/// variable it refuses (exit 2) rather than guess.
+#[tokio::test]
+async fn a_probe_of_a_path_alone_calls_the_service_whose_port_is_set() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let (requests, mut seen) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut head = vec![0; 1024];
+            let read = socket.read(&mut head).await.unwrap_or(0);
+            let line = String::from_utf8_lossy(&head[..read]);
+            let _ = requests.send(line.lines().next().unwrap_or_default().to_owned());
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+            let _ = socket.write_all(answer).await;
+        }
+    });
+    let probe = |vars: &[(&str, &str)]| {
+        Command::new(BOURSE)
+            .args(["probe", "/health/ready"])
+            .env_clear()
+            .envs(vars.iter().copied())
+            .output()
+    };
+
+    let own = probe(&[("BOURSE_RISK_PORT", &port)]).await.unwrap();
+    assert!(own.status.success(), "{own:?}");
+    assert_eq!(seen.recv().await.unwrap(), "GET /health/ready HTTP/1.1");
+
+    let ambiguous = probe(&[("BOURSE_RISK_PORT", &port), ("BOURSE_AUTH_PORT", &port)])
+        .await
+        .unwrap();
+    assert_eq!(ambiguous.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&ambiguous.stderr).contains("exactly one"));
+    assert!(
+        seen.try_recv().is_err(),
+        "an ambiguous probe called nothing"
+    );
+}
+
 fn free_ports() -> (u16, u16) {
     let bind = || std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let (a, b) = (bind(), bind());
