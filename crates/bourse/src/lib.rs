@@ -16,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use anyhow::Context;
-
 use service_kit::{CommonConfig, ConfigError, Env, PreBound, Server, Shutdown};
 use tokio::task::JoinHandle;
 
@@ -128,7 +127,8 @@ impl Layout {
         let mut given = BTreeMap::new();
         for (target, variable) in upstream_urls() {
             if env.is_set(variable) {
-                given.insert(target, env.or(variable, String::new()));
+                let url: String = env.or(variable, String::new());
+                given.insert(target, url.trim_end_matches('/').to_owned());
             }
         }
         Self {
