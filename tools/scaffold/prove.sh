@@ -10,7 +10,7 @@
 #
 # It shares the repository's cargo target directory, so the registry's crates are not compiled
 # again — only the workspace's own. Cargo names their artifacts alike in both trees, so the
-# next build here compiles those again too; .ci/run runs this last.
+# next build here compiles them again too (see `finish`); .ci/run runs this last.
 set -euo pipefail
 
 name=${1:-payouts}
@@ -21,7 +21,19 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 max_touched=${BOURSE_SCAFFOLD_MAX_TOUCHED:-11}
 
 copy=$(mktemp -d "${TMPDIR:-/tmp}/bourse-scaffold.XXXXXX")
-trap 'rm -rf "$copy"' EXIT
+# Cargo judges a crate fresh by its sources' mtimes, relative to the package: after the copy's
+# build, this tree's older sources would look fresh against the copy's newer artifacts — a
+# gateway built with the example's routes, say. Touching here every file the copy changed
+# makes the next build here compile those crates again.
+finish() {
+  if [ -d "$copy/.git" ]; then
+    git -C "$copy" status --porcelain --untracked-files=no | awk '{print $2}' | while read -r path; do
+      [ -f "$repo/$path" ] && touch "$repo/$path"
+    done
+  fi
+  rm -rf "$copy"
+}
+trap finish EXIT
 (cd "$repo" && git ls-files -z --cached --others --exclude-standard) \
   | (cd "$repo" && tar --null --ignore-failed-read -T - -cf -) | tar -xf - -C "$copy"
 cd "$copy"
