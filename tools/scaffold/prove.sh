@@ -71,4 +71,19 @@ if [ "$count" -gt "$max_touched" ]; then
   echo "adding a service touches more files than before ($count > $max_touched)" >&2
   exit 1
 fi
+echo "== it refuses what it cannot do whole, and then writes nothing"
+snapshot() { git status --porcelain --untracked-files=all | sort | md5sum; }
+refusals=$(mktemp)
+if python3 tools/scaffold/new-service.py "$name" "$port" 2>"$refusals"; then
+  echo "a second $name was accepted" >&2; exit 1
+fi
+sed -i 's/^pub static ROUTES: /pub static ROUTE_LIST: /' crates/services/gateway/src/route_table.rs
+drifted=$(snapshot)
+status=0
+python3 tools/scaffold/new-service.py other 8099 2>"$refusals" || status=$?
+if [ "$status" != 1 ] || ! grep -q "route_table.rs" "$refusals"; then
+  echo "a drifted anchor was not refused (exit $status):" >&2; cat "$refusals" >&2; exit 1
+fi
+[ "$(snapshot)" = "$drifted" ] || { echo "a refused scaffold wrote files" >&2; exit 1; }
+rm -f "$refusals"
 echo "scaffold proof: ok"
