@@ -121,8 +121,6 @@ struct Layout {
 }
 
 impl Layout {
-    const PATTERN: &'static str = "BOURSE_SERVICE_URL_PATTERN";
-
     fn read(common: &CommonConfig, env: &mut Env) -> Self {
         let mut given = BTreeMap::new();
         for (target, variable) in upstream_urls() {
@@ -239,7 +237,7 @@ fn refuse_plaintext_upstreams(services: &[Target], layout: &Layout, env: &mut En
         && !pattern.starts_with("https://")
     {
         env.problem(
-            Layout::PATTERN,
+            service_kit::config::SERVICE_URL_PATTERN,
             "must be an https:// URL when BOURSE_TLS_REQUIRED=true",
         );
     }
@@ -336,8 +334,8 @@ pub async fn start(plan: Plan, shutdown: &Shutdown) -> anyhow::Result<Running> {
         layout,
     } = plan;
     if services
-        .iter()
-        .any(|(_, service)| service.migrate_on_start())
+        .iter_mut()
+        .any(|(_, service)| service.common().migrate_on_start)
     {
         service_kit::db::ensure_database(&common).await?;
     }

@@ -227,3 +227,24 @@ fn required_tls_refuses_to_plan_with_any_plaintext_link() {
     );
     assert!(!problems.to_string().contains("hunter2"));
 }
+
+/// The development certificate takes its names from compose's services (a service added there
+/// is named too): every service of the platform must be among them, as compose calls it.
+#[test]
+fn the_development_certificate_names_every_service() {
+    let certificates = dev_certificates();
+    let names = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&certificates.cert)
+        .output()
+        .expect("openssl runs");
+    let names = String::from_utf8_lossy(&names.stdout);
+    for spec in &bourse::SERVICES {
+        let name = format!("DNS:{}", spec.service.name);
+        assert!(
+            names.split([',', ' ', '\n']).any(|n| n == name),
+            "{name} missing from {names}"
+        );
+    }
+    assert!(names.contains("DNS:localhost") && names.contains("IP Address:127.0.0.1"));
+}

@@ -4,7 +4,7 @@
 //! ```text
 //! let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, describe_metrics).await?;
 //! let pool = kit.database(SCHEMA).await?;      // follows DATABASE_URL; readiness checks it
-//! if config.migrate_on_start {
+//! if config.common.migrate_on_start {
 //!     migrate(&pool).await?;
 //! }
 //! let verifiers = kit.verifiers(&config.auth); // user and service tokens, keys from auth

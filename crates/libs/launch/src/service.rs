@@ -45,17 +45,12 @@ pub struct Migrations {
 
 /// A service's validated configuration, ready to be built (implemented by each `Config`).
 pub trait Service: Send + 'static {
-    /// The settings every service shares (the composer points pools at a rotated URL and
-    /// hands over a pre-bound listener through it).
+    /// The settings every service shares (the composer reads migrate-on-start there, points
+    /// pools at a rotated URL and hands over a pre-bound listener through it).
     fn common(&mut self) -> &mut CommonConfig;
 
     /// Its listening port (0: any).
     fn port(&self) -> u16;
-
-    /// Whether it applies its migrations when it starts.
-    fn migrate_on_start(&self) -> bool {
-        false
-    }
 
     /// The base URLs of the services it calls, by their names: the composer points them at
     /// the ones running in the same process, unless the operator gave them.

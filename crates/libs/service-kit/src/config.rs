@@ -243,6 +243,9 @@ pub struct CommonConfig {
     pub http: HttpSettings,
     /// How long in-flight requests may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Whether a service applies its migrations as it starts (`BOURSE_MIGRATE_ON_START`; not
+    /// in production, where `bourse migrate` runs before a rollout).
+    pub migrate_on_start: bool,
     /// Bind address for listeners (ports are per service).
     pub bind_host: String,
     /// Trace export, when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
@@ -254,7 +257,7 @@ pub struct CommonConfig {
     /// binds every service's socket first, so each knows the others' addresses before any is
     /// built, with no window in which another process could take a port.
     pub listener: Option<crate::shutdown::PreBound>,
-    /// `BOURSE_SERVICE_URL_PATTERN`: where the other services are, by name and default port
+    /// `BOURSE_SERVICE_URL_PATTERN` ([`SERVICE_URL_PATTERN`]): where the other services are, by name and default port
     /// (`http://{name}:{port}`); the composing binary applies it.
     pub service_url_pattern: Option<String>,
 }
@@ -274,6 +277,9 @@ impl Default for HttpSettings {
         }
     }
 }
+
+/// The variable that places every other service by name and default port.
+pub const SERVICE_URL_PATTERN: &str = "BOURSE_SERVICE_URL_PATTERN";
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/bourse";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -325,6 +331,7 @@ impl CommonConfig {
                 body_limit_bytes,
             },
             shutdown_grace: env.millis("BOURSE_SHUTDOWN_GRACE_MS", Duration::from_secs(20)),
+            migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !production),
             bind_host: env.or("BOURSE_BIND_HOST", "0.0.0.0".to_owned()),
             otlp: {
                 let endpoint: String = env.or("OTEL_EXPORTER_OTLP_ENDPOINT", String::new());
@@ -342,13 +349,13 @@ impl CommonConfig {
                     service_name,
                 })
             },
-            service_url_pattern: env.is_set("BOURSE_SERVICE_URL_PATTERN").then(|| {
-                let pattern: String = env.or("BOURSE_SERVICE_URL_PATTERN", String::new());
+            service_url_pattern: env.is_set(SERVICE_URL_PATTERN).then(|| {
+                let pattern: String = env.or(SERVICE_URL_PATTERN, String::new());
                 if !(pattern.starts_with("http://") || pattern.starts_with("https://"))
                     || !pattern.contains("{name}")
                 {
                     env.problem(
-                        "BOURSE_SERVICE_URL_PATTERN",
+                        SERVICE_URL_PATTERN,
                         "must be an http(s) URL naming {name} (and usually {port})",
                     );
                 }

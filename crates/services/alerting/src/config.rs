@@ -30,7 +30,6 @@ pub struct Config {
     pub consumer_retry_after: Duration,
     /// The master keys channel targets and secrets are sealed with (`BOURSE_MASTER_KEYS`).
     pub master_keys: Arc<MasterKeys>,
-    pub migrate_on_start: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -172,7 +171,6 @@ impl Config {
                 Duration::from_secs(5),
             ),
             master_keys,
-            migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,
         }
     }

@@ -22,7 +22,6 @@ pub struct Config {
     pub service_clients: Vec<(&'static str, SecretString)>,
     /// Lifetime of a service token.
     pub service_token_ttl: Duration,
-    pub migrate_on_start: bool,
     /// How often each replica re-reads the signing keys (a rotation reaches it within this).
     pub signing_key_reload: Duration,
     /// The master keys the signing keys' private halves are sealed with (SEC-12).
@@ -122,7 +121,6 @@ impl Config {
             signing_key_reload: env
                 .millis("BOURSE_AUTH_SIGNING_KEY_RELOAD_MS", Duration::from_secs(30)),
             master_keys: secrets::envelope::read_master_keys(env, common.is_production()),
-            migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,
         }
     }

@@ -68,15 +68,15 @@ pub struct Tier {
 }
 
 impl Config {
-    /// The base URL of `upstream`.
-    pub fn url_of(&self, upstream: Upstream) -> Option<&str> {
+    /// The base URL of `upstream` (its default for one the table gained after this was read).
+    pub fn url_of(&self, upstream: Upstream) -> &str {
         if upstream == Upstream::AUTH {
-            return Some(&self.auth.url);
+            return &self.auth.url;
         }
         self.upstream_urls
             .iter()
             .find(|(known, _)| *known == upstream)
-            .map(|(_, url)| url.as_str())
+            .map_or(upstream.default_url, |(_, url)| url.as_str())
     }
 
     pub fn read(env: &mut Env) -> Self {

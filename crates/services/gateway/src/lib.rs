@@ -121,8 +121,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     };
     let mut clients = Vec::with_capacity(UPSTREAMS.len());
     for known in UPSTREAMS {
-        let url = config.url_of(known).unwrap_or(known.default_url);
-        clients.push((known, upstream(known.name, url)?));
+        clients.push((known, upstream(known.name, config.url_of(known))?));
     }
     let upstreams = Upstreams::new(clients, config.common.http.body_limit_bytes);
     let keys = KeyPrefix::new(&config.common.redis_key_prefix);
@@ -196,7 +195,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         |readiness, known| {
             readiness.reporting(Check::Upstream {
                 name: known.name,
-                base_url: config.url_of(known).unwrap_or(known.default_url).to_owned(),
+                base_url: config.url_of(known).to_owned(),
                 client: client.clone(),
             })
         },

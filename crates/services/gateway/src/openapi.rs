@@ -13,7 +13,7 @@ use utoipa::openapi::{
 };
 
 use crate::proxy::Upstreams;
-use crate::route_table::{Access, ROUTES, RouteSpec, UPSTREAMS};
+use crate::route_table::{Access, ROUTES, RouteSpec};
 
 #[derive(Clone, Default)]
 pub struct ApiDocument {
@@ -51,10 +51,7 @@ async fn build(upstreams: &Upstreams) -> Result<OpenApi, Problem> {
                 .build(),
         )
         .build();
-    for upstream in UPSTREAMS {
-        let Some(upstream) = upstreams.get(upstream) else {
-            continue;
-        };
+    for upstream in upstreams.all() {
         let response = upstream
             .send(Call::get("/openapi.json"))
             .await

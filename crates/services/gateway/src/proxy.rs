@@ -63,6 +63,7 @@ impl Upstreams {
             .map(|(_, client)| client)
     }
 
+    /// Every upstream's client, in the route table's order.
     pub fn all(&self) -> impl Iterator<Item = &resilience::Upstream> {
         self.by_name.iter().map(|(_, client)| client)
     }

@@ -39,7 +39,6 @@ pub struct Config {
     pub assets: Vec<Asset>,
     /// Requests that may wait for one symbol's matching task; beyond, 503 at once.
     pub queue_capacity: usize,
-    pub migrate_on_start: bool,
 }
 
 impl Config {
@@ -117,7 +116,6 @@ impl Config {
                 }
                 capacity.max(1)
             },
-            migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,
         }
     }

@@ -63,7 +63,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, describe_metrics).await?;
     let pool = kit.database(SCHEMA).await?;
-    if config.migrate_on_start {
+    if config.common.migrate_on_start {
         migrate(&pool).await?;
     }
     let (tasks, client) = (kit.tasks.clone(), kit.client.clone());
@@ -231,10 +231,6 @@ impl launch::Service for Config {
 
     fn port(&self) -> u16 {
         self.port
-    }
-
-    fn migrate_on_start(&self) -> bool {
-        self.migrate_on_start
     }
 
     fn upstream_urls(&mut self) -> Vec<(&'static str, &mut String)> {

@@ -14,7 +14,6 @@ pub struct Config {
     pub auth: access::AuthSettings,
     pub assets: Vec<Asset>,
     pub defaults: Limits,
-    pub migrate_on_start: bool,
 }
 
 impl Config {
@@ -43,7 +42,6 @@ impl Config {
             auth: access::AuthSettings::read(env),
             assets,
             defaults,
-            migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,
         }
     }

@@ -73,7 +73,7 @@ pub async fn load_book(pool: &PgPool, config: &Config) -> Result<book::Book, Err
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, describe_metrics).await?;
     let pool = kit.database(SCHEMA).await?;
-    if config.migrate_on_start {
+    if config.common.migrate_on_start {
         migrate(&pool).await?;
     }
     let book = Arc::new(Mutex::new(load_book(&pool, &config).await?));
@@ -118,10 +118,6 @@ impl launch::Service for Config {
 
     fn port(&self) -> u16 {
         self.port
-    }
-
-    fn migrate_on_start(&self) -> bool {
-        self.migrate_on_start
     }
 
     fn upstream_urls(&mut self) -> Vec<(&'static str, &mut String)> {

@@ -33,7 +33,6 @@ pub struct Config {
     pub consumer_max_deliveries: usize,
     /// How long a failed event waits before it is retried.
     pub consumer_retry_after: Duration,
-    pub migrate_on_start: bool,
 }
 
 impl Config {
@@ -91,7 +90,6 @@ impl Config {
                 "BOURSE_SETTLEMENT_CONSUMER_RETRY_AFTER_MS",
                 Duration::from_secs(5),
             ),
-            migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,
         }
     }

@@ -9,7 +9,6 @@ pub struct Config {
     pub port: u16,
     /// Where tokens come from and what they must say.
     pub auth: access::AuthSettings,
-    pub migrate_on_start: bool,
 }
 
 impl Config {
@@ -18,7 +17,6 @@ impl Config {
         Self {
             port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
-            migrate_on_start: env.or("BOURSE_MIGRATE_ON_START", !common.is_production()),
             common,
         }
     }
