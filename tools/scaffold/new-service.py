@@ -5,14 +5,17 @@
 
 Creates crates/services/<name> from tools/scaffold/service (a crate with the shape of every
 service: config, error, http, store, its migrations, and a test that it is composed, routed,
-documented and probed), then tells the platform it exists: the binary's SERVICES, the
-gateway's route table, the configuration reference, compose, Prometheus and Kubernetes (the
-development certificates take their names from compose). Each edit is anchored on text that
-must appear exactly once; if a file no longer has it, the script stops and says which, before
+documented and probed), then tells the platform it exists in the three places a person
+decides: the binary's dependency on it, its entry in SERVICES (and its command-line target),
+and its public routes in the gateway's route table. Each edit is anchored on text that must
+appear exactly once; if a file no longer has it, the script stops and says which, before
 writing anything.
 
-Afterwards: `BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test configuration` regenerates the
-configuration reference, and `cargo test -p <name>` proves the composition.
+Everything else is derived from SERVICES, as for a service added by hand:
+`BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test deployment` adds it to compose, Prometheus,
+Kubernetes and .env.example from tools/scaffold/deploy/, then
+`BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test configuration` regenerates the configuration
+reference, and `cargo test -p <name>` proves the composition.
 .ci/run runs exactly that on a copy of the repository (tools/scaffold/prove.sh).
 """
 
@@ -120,37 +123,6 @@ def main() -> int:
                  f'    route(\n        Method::GET,\n        "/v1/{N}/records",\n        Upstream::{NAME},\n'
                  "        Access::Authenticated,\n    ),\n")
 
-    # Configuration: what it reads, documented where every setting is.
-    edits.insert(".env.example", r"\Z",
-                 f"\n# ---- {N} ----\n\n# Port of the {N} service.\n# BOURSE_{NAME}_PORT={port}\n\n"
-                 f"# Base URL of {N} (the gateway routes /v1/{N}/* to it). In `serve all` it defaults to\n"
-                 f"# the {N} started in the same process.\n# BOURSE_{NAME}_URL=http://127.0.0.1:{port}\n")
-
-    # Compose: the service, and the gateway's wait for it. Its URL and the health watch come
-    # from BOURSE_SERVICE_URL_PATTERN (http://{name}:{port}).
-    compose = "docker-compose.yml"
-    edits.insert(compose, r"^  gateway:\n",
-                 f"  {N}:\n    <<: *bourse\n    command: [\"serve\", \"{N}\"]\n    environment:\n"
-                 f"      <<: *bourse-env\n      BOURSE_{NAME}_PORT: \"{port}\"\n      OTEL_SERVICE_NAME: {N}\n"
-                 "    healthcheck:\n"
-                 f"      test: [\"CMD\", \"/usr/local/bin/bourse\", \"probe\", \"http://127.0.0.1:{port}/health/ready\"]\n"
-                 "      interval: 5s\n      timeout: 3s\n      retries: 20\n    depends_on:\n"
-                 "      auth:\n        condition: service_healthy\n\n", before=True)
-    edits.insert(compose, r"(?s)^  gateway:\n.*?^    depends_on:\n", f"      {N}:\n        condition: service_healthy\n")
-
-    # Prometheus scrapes it.
-    edits.insert("deploy/prometheus/prometheus.yml", r"^          - alerting:8085\n", f"          - {N}:{port}\n")
-
-    # Kubernetes: its manifests (who may call it included) and its name in the mTLS
-    # certificate; its URL comes from the pattern in config.yaml, its mTLS probes from the
-    # component's one patch for every Deployment.
-    base = "deploy/k8s/base"
-    edits.insert(f"{base}/kustomization.yaml", r"^  - alerting.yaml\n", f"  - {N}.yaml\n")
-    # Who may call it is in its own manifest; the gateway, alerting and auth select pods by
-    # label (gateway-upstream, part-of), so their policies need no edit.
-    mtls = "deploy/k8s/components/mtls"
-    edits.insert(f"{mtls}/certificate.yaml", r"^    - alerting\n", f"    - {N}\n")
-
     if edits.problems:
         print("nothing written; these files no longer look as the scaffold expects:", file=sys.stderr)
         for problem in edits.problems:
@@ -161,16 +133,18 @@ def main() -> int:
     for path in crate.rglob("*"):
         if path.is_file():
             path.write_text(fill(path.read_text(), names))
-    (root / base / f"{N}.yaml").write_text(fill((SCAFFOLD / "deploy" / "k8s.yaml").read_text(), names))
     edits.write()
     # Line breaks in the generated code depend on the name's length: let rustfmt decide them.
     if subprocess.run(["cargo", "fmt", "-p", N], cwd=root).returncode != 0:
         print(f"cargo fmt -p {N} failed; run it once the crate builds", file=sys.stderr)
 
-    print(f"created crates/services/{N} and {base}/{N}.yaml; edited:")
+    print(f"created crates/services/{N}; edited:")
     for path in sorted(edits.files):
         print(f"  {path.relative_to(root)}")
-    print(f"next: BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test configuration && cargo test -p {N}")
+    print("next: the deployment files and the configuration reference, derived from SERVICES:")
+    print("  BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test deployment")
+    print("  BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test configuration")
+    print(f"then: cargo test -p {N}")
     return 0
 
 
