@@ -12,6 +12,12 @@ use secrecy::SecretString;
 use service_kit::config::ConfigProblem;
 use service_kit::{CommonConfig, ConfigError, Env, Shutdown};
 
+/// Every allocation of the platform's process goes through mimalloc rather than glibc's malloc:
+/// the order path allocates per request (headers, JSON, SQL buffers) on every worker thread,
+/// where glibc's arenas spent about a fifth of the process's CPU (ADR 0020, docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "bourse",
