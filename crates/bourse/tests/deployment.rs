@@ -160,6 +160,10 @@ fn compose_block<'a>(compose: &'a str, name: &str) -> Option<&'a str> {
     Some(&rest[..end])
 }
 
+/// The line of compose that follows the platform's services: new ones go before it.
+const COMPOSE_AFTER_THE_SERVICES: &str =
+    "  # --- Observability (OPS-04): versions pinned; configuration under deploy/. ---";
+
 /// Prometheus's scrape targets (`host:port` lines of the one static list).
 fn scrape_targets(prometheus: &str) -> BTreeSet<String> {
     prometheus
@@ -206,7 +210,8 @@ fn every_service_is_in_compose_prometheus_kubernetes_and_env_example() {
         match compose_block(&compose.text, name) {
             None => {
                 missing.push(format!("docker-compose.yml: service {name}"));
-                compose.insert_before("  # --- Observability (OPS-04): versions pinned; configuration under deploy/. ---", &format!("{}\n", template("compose.yaml", service)));
+                let block = format!("{}\n", template("compose.yaml", service));
+                compose.insert_before(COMPOSE_AFTER_THE_SERVICES, &block);
             }
             Some(block) => {
                 for expected in [
