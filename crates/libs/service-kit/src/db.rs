@@ -6,6 +6,7 @@
 //! services migrate independently.
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::migrate::{MigrateError, Migrator};
@@ -101,16 +102,42 @@ async fn connect_with(
     options: PgConnectOptions,
     config: &CommonConfig,
 ) -> Result<PgPool, sqlx::Error> {
+    pool_options(config, PING_IF_IDLE_FOR)
+        .connect_with(options)
+        .await
+}
+
+/// A pooled connection idle at least this long is pinged before it is handed out; one used
+/// more recently is not. sqlx pings every connection as it goes back to the pool, and by
+/// default again as it comes out — under load, microseconds later, and on the path of every
+/// request and every matching batch: one extra round trip per statement outside a
+/// transaction. A connection that has been idle for a while is the one that may have lost its
+/// server (a restart, a proxy's idle timeout, a rotated credential's sessions cut off), so that
+/// one is still checked, and replaced if dead. The price: a session killed within this long of
+/// its last use fails the one statement that next gets it (the pool then drops it) — so the
+/// window is short; under load connections come back within milliseconds.
+pub const PING_IF_IDLE_FOR: Duration = Duration::from_millis(100);
+
+/// The pool every service uses; `ping_if_idle_for` as [`PING_IF_IDLE_FOR`] (tests vary it).
+pub fn pool_options(config: &CommonConfig, ping_if_idle_for: Duration) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(config.database_max_connections)
         // Keep one warm connection: the first request after idle should not pay a TLS+auth
         // handshake.
         .min_connections(1)
         .acquire_timeout(config.database_acquire_timeout)
-        .idle_timeout(Some(std::time::Duration::from_secs(600)))
-        .max_lifetime(Some(std::time::Duration::from_secs(1800)))
-        .connect_with(options)
-        .await
+        .idle_timeout(Some(Duration::from_secs(600)))
+        .max_lifetime(Some(Duration::from_secs(1800)))
+        .test_before_acquire(false)
+        .before_acquire(move |connection, meta| {
+            Box::pin(async move {
+                // An error closes the connection and the pool takes, or opens, another.
+                if meta.idle_for >= ping_if_idle_for {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// Applies `migrator` inside `schema`, creating the schema first. Safe to run from several
