@@ -7,8 +7,8 @@
 //! - a **circuit breaker** with resilience4j semantics — closed, open, half-open; failure-rate
 //!   and slow-call-rate thresholds over a sliding time window; a minimum number of calls; a
 //!   limited number of half-open probes; forced-open and disabled for operators (REL-05).
-//!   The state machine is `tower-resilience-circuitbreaker` (ADR 0006); its state is a metric
-//!   and every transition is published on [`Upstream::transitions`] so the owning service can
+//!   The state machine is ours, over a bucketed window whose cost per call does not grow
+//!   with the call rate ([`breaker`], ADR 0022); its state is a metric and every transition is published on [`Upstream::transitions`] so the owning service can
 //!   emit `CircuitBreakerOpened`/`Closed` ops events;
 //! - a **bulkhead**: at most N calls in flight, the excess refused at once (REL-06);
 //! - the caller's `X-Request-Id` and `traceparent`, and a service token for the upstream when
@@ -18,12 +18,14 @@
 //! [`CallError::Open`]/[`CallError::Saturated`] without touching the network, and
 //! [`CallError::problem`] turns every failure into a 503/504 problem with `Retry-After`.
 //!
-//! Modules: [`policy`] (the settings of one upstream), [`backoff`] (exponential backoff with
+//! Modules: [`policy`] (the settings of one upstream), [`breaker`] (the circuit breaker's
+//! state machine and window), [`backoff`] (exponential backoff with
 //! full jitter), [`upstream`] ([`Upstream`] and [`Call`]), [`service_token`] ([`TokenSource`]:
 //! service tokens from auth, SEC-14), [`error`] ([`CallError`]).
 
 /// Moved to the service kit (every retry loop uses it); re-exported where callers knew it.
 pub use service_kit::backoff;
+pub mod breaker;
 pub mod error;
 pub mod policy;
 pub mod service_token;

@@ -12,13 +12,10 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use service_kit::http::{REQUEST_ID, TRACEPARENT};
 use tokio::sync::{Semaphore, broadcast};
 use tower::ServiceExt as _;
-use tower_resilience_circuitbreaker::{
-    CircuitBreaker, CircuitBreakerError, CircuitBreakerHandle, CircuitBreakerLayer, CircuitState,
-    FailureClassifier, SlidingWindowType,
-};
 
 use secrecy::ExposeSecret;
 
+use crate::breaker::{Breaker, Circuit};
 use crate::error::CallError;
 use crate::policy::Policy;
 use crate::service_token::TokenSource;
@@ -68,11 +65,11 @@ impl BreakerState {
         matches!(self, BreakerState::Open | BreakerState::ForcedOpen)
     }
 
-    fn from_circuit(state: CircuitState) -> Self {
+    fn from_circuit(state: Circuit) -> Self {
         match state {
-            CircuitState::Closed => BreakerState::Closed,
-            CircuitState::Open => BreakerState::Open,
-            CircuitState::HalfOpen => BreakerState::HalfOpen,
+            Circuit::Closed => BreakerState::Closed,
+            Circuit::Open => BreakerState::Open,
+            Circuit::HalfOpen => BreakerState::HalfOpen,
         }
     }
 }
@@ -203,6 +200,14 @@ enum Failure {
     Transport(String),
 }
 
+/// Why one attempt has no response to return.
+#[derive(Debug)]
+enum Unanswered {
+    /// The breaker refused it without a network call; it will probe again after this long.
+    Refused(Duration),
+    Failed(Failure),
+}
+
 /// The network call itself: one attempt, bounded by the timeout. An upstream served by this
 /// very process (`bourse serve all`) is called in-process, through the same router and
 /// middleware its socket serves ([`service_kit::http::in_process`]).
@@ -282,15 +287,10 @@ async fn call_in_process(
 }
 
 /// A 5xx or no answer is the upstream's failure; a 4xx is the caller's and counts as a success.
-#[derive(Clone, Copy)]
-struct UpstreamFault;
-
-impl FailureClassifier<reqwest::Response, Failure> for UpstreamFault {
-    fn classify(&self, result: &Result<reqwest::Response, Failure>) -> bool {
-        match result {
-            Ok(response) => response.status().is_server_error(),
-            Err(_) => true,
-        }
+fn is_upstream_fault(result: &Result<reqwest::Response, Failure>) -> bool {
+    match result {
+        Ok(response) => response.status().is_server_error(),
+        Err(_) => true,
     }
 }
 
@@ -306,8 +306,7 @@ struct Inner {
     base_url: String,
     policy: Policy,
     transport: Transport,
-    breaker: CircuitBreaker<Transport, UpstreamFault>,
-    handle: CircuitBreakerHandle<UpstreamFault>,
+    breaker: Breaker,
     bulkhead: Arc<Semaphore>,
     mode: AtomicU8,
     transitions: broadcast::Sender<Transition>,
@@ -362,21 +361,9 @@ impl Upstream {
     ) -> Result<Self, String> {
         let (transitions, _) = broadcast::channel(64);
         let publish = transitions.clone();
-        let settings = &policy.breaker;
-        let (layer, handle) = CircuitBreakerLayer::builder()
-            .name(name)
-            .failure_classifier_type(UpstreamFault)
-            .failure_rate_threshold(settings.failure_rate)
-            .slow_call_rate_threshold(settings.slow_call_rate)
-            .slow_call_duration_threshold(settings.slow_call)
-            // A time-based window is a true sliding window; the crate's count-based one only
-            // resets on a state change (ADR 0006).
-            .sliding_window_type(SlidingWindowType::TimeBased)
-            .sliding_window_duration(settings.window)
-            .minimum_number_of_calls(settings.minimum_calls)
-            .wait_duration_in_open(settings.open_for)
-            .permitted_calls_in_half_open(settings.half_open_calls)
-            .on_state_transition(move |from, to| {
+        let breaker = Breaker::new(
+            policy.breaker.clone(),
+            Box::new(move |from, to| {
                 announce(
                     &publish,
                     caller,
@@ -386,14 +373,13 @@ impl Upstream {
                         to: BreakerState::from_circuit(to),
                     },
                 );
-            })
-            .build_with_handle()
-            .map_err(|e| format!("circuit breaker settings for {name}: {e}"))?;
+            }),
+        )
+        .map_err(|e| format!("circuit breaker settings for {name}: {e}"))?;
         let transport = Transport {
             http,
             timeout: policy.timeout,
         };
-        let breaker = tower::Layer::layer(&layer, transport.clone());
         set_state_gauge(caller, name, BreakerState::Closed);
         // The counters of what only goes wrong are born at zero, so a dashboard shows "none
         // yet" rather than "No data" until the first refusal or retry.
@@ -412,7 +398,6 @@ impl Upstream {
             policy,
             transport,
             breaker,
-            handle,
             mode: AtomicU8::new(AUTOMATIC),
             transitions,
             tokens,
@@ -483,25 +468,25 @@ impl Upstream {
         match self.mode() {
             Mode::ForcedOpen => BreakerState::ForcedOpen,
             Mode::Disabled => BreakerState::Disabled,
-            Mode::Automatic => BreakerState::from_circuit(self.0.handle.state()),
+            Mode::Automatic => BreakerState::from_circuit(self.0.breaker.circuit()),
         }
     }
 
     /// What the breaker has measured in its current window (for operators and tests).
-    pub async fn window(&self) -> Window {
-        let metrics = self.0.handle.metrics().await;
+    pub fn window(&self) -> Window {
+        let totals = self.0.breaker.totals();
         Window {
-            calls: metrics.total_calls,
-            failures: metrics.failure_count,
-            slow_calls: metrics.slow_call_count,
+            calls: totals.calls,
+            failures: totals.failures,
+            slow_calls: totals.slow_calls,
         }
     }
 
     /// Sets the operator's override. Back to automatic, the breaker starts closed and empty.
-    pub async fn set_mode(&self, mode: Mode) {
+    pub fn set_mode(&self, mode: Mode) {
         let from = self.state();
         if mode == Mode::Automatic {
-            self.0.handle.reset().await;
+            self.0.breaker.reset();
         }
         let code = match mode {
             Mode::Automatic => AUTOMATIC,
@@ -570,8 +555,15 @@ impl Upstream {
                     .clone()
                     .oneshot(request)
                     .await
-                    .map_err(CircuitBreakerError::Inner),
-                _ => inner.breaker.clone().oneshot(request).await,
+                    .map_err(Unanswered::Failed),
+                _ => match inner.breaker.admit() {
+                    Err(retry_after) => Err(Unanswered::Refused(retry_after)),
+                    Ok(admitted) => {
+                        let result = inner.transport.clone().oneshot(request).await;
+                        admitted.finish(is_upstream_fault(&result), started.elapsed());
+                        result.map_err(Unanswered::Failed)
+                    }
+                },
             };
             let (outcome, retryable) = match &result {
                 Ok(response) if matches!(response.status().as_u16(), 502..=504) => {
@@ -579,9 +571,9 @@ impl Upstream {
                 }
                 Ok(response) if response.status().is_server_error() => ("server_error", false),
                 Ok(_) => ("response", false),
-                Err(CircuitBreakerError::OpenCircuit) => ("rejected", false),
-                Err(CircuitBreakerError::Inner(Failure::Timeout)) => ("timeout", true),
-                Err(CircuitBreakerError::Inner(Failure::Transport(_))) => ("unreachable", true),
+                Err(Unanswered::Refused(_)) => ("rejected", false),
+                Err(Unanswered::Failed(Failure::Timeout)) => ("timeout", true),
+                Err(Unanswered::Failed(Failure::Transport(_))) => ("unreachable", true),
             };
             count(caller, name, outcome);
             metrics::histogram!("resilience_call_duration_seconds",
@@ -598,15 +590,15 @@ impl Upstream {
                         }
                         Ok(response)
                     }
-                    Err(CircuitBreakerError::OpenCircuit) => Err(CallError::Open {
+                    Err(Unanswered::Refused(retry_after)) => Err(CallError::Open {
                         upstream: name,
-                        retry_after: self.time_until_probe().await,
+                        retry_after,
                     }),
-                    Err(CircuitBreakerError::Inner(Failure::Timeout)) => Err(CallError::Timeout {
+                    Err(Unanswered::Failed(Failure::Timeout)) => Err(CallError::Timeout {
                         upstream: name,
                         timeout: inner.policy.timeout,
                     }),
-                    Err(CircuitBreakerError::Inner(Failure::Transport(detail))) => {
+                    Err(Unanswered::Failed(Failure::Transport(detail))) => {
                         Err(CallError::Unreachable {
                             upstream: name,
                             detail,
@@ -645,13 +637,6 @@ impl Upstream {
                 upstream: self.0.name,
                 detail: e.to_string(),
             })
-    }
-
-    /// How long an open breaker will still refuse before letting a probe through.
-    async fn time_until_probe(&self) -> Duration {
-        let open_for = self.0.policy.breaker.open_for;
-        let elapsed = self.0.handle.metrics().await.time_since_state_change;
-        open_for.saturating_sub(elapsed)
     }
 }
 
