@@ -40,6 +40,25 @@ for n in $(seq 2 "$per_side"); do
   BUY_TOKENS="$BUY_TOKENS,$(trader "buyer-$n@perf.example" 'perf trader password 1234')"
   SELL_TOKENS="$SELL_TOKENS,$(trader "seller-$n@perf.example" 'perf trader password 1234')"
 done
+# BOURSE_PERF_WARMUP (default 10s; 0 for none): load for that long first, then ANALYZE, then
+# measure — a platform that has been running, as a deployment is after its first minute. On a
+# fresh database the plans each connection caches are made for tables whose statistics say
+# "empty", and they scan those tables whole as they grow (docs/performance.md, "Plans made on
+# empty tables").
+warmup=${BOURSE_PERF_WARMUP:-10s}
+if [[ $warmup != 0 ]]; then
+  BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS \
+    wrk -t2 -c"$connections" -d"$warmup" -s tools/wrk/place_orders.lua http://127.0.0.1:8080 > /dev/null
+  psql -q -h 127.0.0.1 -U postgres -d "$database" -c "ANALYZE"
+  warm_orders=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.orders")
+  echo "warmed up: $warm_orders orders, then ANALYZE"
+fi
+# With BOURSE_PERF_POSTGRES=private, the statement and commit counts below are the load's only.
+commits_before=0
+if [[ -n ${pg_dir:-} ]]; then
+  psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT pg_stat_statements_reset()" > /dev/null
+  commits_before=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT sum(xact_commit) FROM pg_stat_database")
+fi
 BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS \
   wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua http://127.0.0.1:8080
 # How the matching task batched: sizes and time per batch (orders service metrics).
@@ -70,4 +89,12 @@ if [[ -n ${pg_dir:-} ]]; then
            round((total_exec_time / calls)::numeric, 3) AS mean_ms,
            left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25"
+  measured=$((orders - ${warm_orders:-0}))
+  # What each order cost the database in all (its own writes, the holds, settlement, risk's
+  # projection, the relays): statements, their execution time, and transactions committed.
+  psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "
+    SELECT format('per order: %s statements, %s ms of statement time, %s commits',
+                  round(sum(calls) / $measured, 1), round((sum(total_exec_time) / $measured)::numeric, 3),
+                  round(((SELECT sum(xact_commit) FROM pg_stat_database) - $commits_before) / $measured::numeric, 1))
+      FROM pg_stat_statements"
 fi
