@@ -56,6 +56,11 @@ impl Watch {
 
     pub async fn run(mut self, shutdown: Shutdown) {
         if self.settings.targets.is_empty() {
+            // Nothing to watch (`BOURSE_ALERTING_WATCH` unset, as when alerting runs on its
+            // own): idle until shutdown. Returning would look like a crash to the supervisor,
+            // which would restart the task every few seconds and count every restart.
+            tracing::info!("no services to watch; the health watch is idle");
+            shutdown.triggered().await;
             return;
         }
         for (name, _) in self.settings.targets.clone() {
@@ -161,6 +166,31 @@ fn step(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn with_nothing_to_watch_the_watch_idles_until_shutdown_instead_of_ending() {
+        // Never connected: with no targets the watch reads nothing.
+        let pool = sqlx::PgPool::connect_lazy("postgres://127.0.0.1:1/unused").unwrap();
+        let settings = WatchSettings {
+            targets: Vec::new(),
+            interval: Duration::from_secs(5),
+            failures: 2,
+        };
+        let watch = Watch::new(pool, settings, &service_kit::tls::TlsSettings::default()).unwrap();
+        let shutdown = Shutdown::new();
+        let running = tokio::spawn(watch.run(shutdown.clone()));
+        // One-threaded runtime: these yields let the task run as far as it can go.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !running.is_finished(),
+            "an ended task is restarted by the supervisor, again and again"
+        );
+
+        shutdown.trigger();
+        running.await.unwrap();
+    }
 
     #[test]
     fn unhealthy_after_the_threshold_once_then_recovered_once() {
