@@ -14,8 +14,15 @@ if [[ ${BOURSE_PERF_POSTGRES:-shared} == private ]]; then
   as_postgres=()
   if [[ $(id -u) == 0 ]]; then chown postgres: "$pg_dir"; as_postgres=(runuser -u postgres --); fi
   "${as_postgres[@]}" "$pg_bin/initdb" -A trust -U postgres -D "$pg_dir/data" > /dev/null
+  # BOURSE_PERF_AUTO_EXPLAIN=1: also log the plan of every statement slower than 2 ms
+  # (auto_explain, actual rows), kept in /tmp/bourse-perf-pg.log when the run ends.
+  preload=pg_stat_statements explain=""
+  if [[ ${BOURSE_PERF_AUTO_EXPLAIN:-0} == 1 ]]; then
+    preload=pg_stat_statements,auto_explain
+    explain="-c auto_explain.log_min_duration=2 -c auto_explain.log_analyze=on"
+  fi
   "${as_postgres[@]}" "$pg_bin/pg_ctl" start -w -D "$pg_dir/data" -l "$pg_dir/server.log" \
-    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all" > /dev/null
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=$preload -c pg_stat_statements.track=all $explain" > /dev/null
   psql -q -h 127.0.0.1 -p $pg_port -U postgres -c "CREATE DATABASE $database" postgres
   psql -q -h 127.0.0.1 -p $pg_port -U postgres -d "$database" -c "CREATE EXTENSION pg_stat_statements"
 fi
@@ -64,7 +71,8 @@ fi
 stop_all() {
   kill "${servers[@]}" 2>/dev/null; wait "${servers[@]}" 2>/dev/null
   if [[ -n ${pg_dir:-} ]]; then
-    "${as_postgres[@]}" "$pg_bin/pg_ctl" stop -m fast -D "$pg_dir/data" > /dev/null; rm -rf "$pg_dir"
+    "${as_postgres[@]}" "$pg_bin/pg_ctl" stop -m fast -D "$pg_dir/data" > /dev/null
+    cp "$pg_dir/server.log" /tmp/bourse-perf-pg.log; rm -rf "$pg_dir"
   else
     psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $database" postgres
   fi

@@ -247,15 +247,6 @@ impl Breaker {
         self.lock().window.totals(Instant::now())
     }
 
-    /// How long an open breaker will still refuse before probing (zero when not open).
-    pub fn time_until_probe(&self) -> Duration {
-        let state = self.lock();
-        match state.circuit {
-            Circuit::Open => self.settings.open_for.saturating_sub(state.since.elapsed()),
-            Circuit::Closed | Circuit::HalfOpen => Duration::ZERO,
-        }
-    }
-
     /// Closed and empty, without telling `on_change`: the operator who reset it announces it.
     pub fn reset(&self) {
         let mut state = self.lock();
@@ -406,14 +397,14 @@ mod tests {
     }
 
     #[test]
-    fn a_window_of_a_million_calls_counts_them_in_ten_buckets() {
+    fn a_million_calls_spread_over_the_window_are_all_counted() {
         let start = Instant::now();
         let mut window = Window::new(Duration::from_secs(10), start);
+        // One call every 5 µs for 5 s: every slice is touched, none is a window old.
         for i in 0..1_000_000u64 {
             window.record(start + Duration::from_micros(i * 5), i % 4 == 0, false);
         }
         let totals = window.totals(start + Duration::from_secs(5));
         assert_eq!((totals.calls, totals.failures), (1_000_000, 250_000));
-        assert_eq!(window.buckets.len(), BUCKETS);
     }
 }

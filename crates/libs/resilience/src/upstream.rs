@@ -1,10 +1,7 @@
 //! One called service: its breaker, bulkhead, timeout and retry policy, and the call itself.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -217,17 +214,9 @@ struct Transport {
     timeout: Duration,
 }
 
-impl tower::Service<reqwest::Request> for Transport {
-    type Response = reqwest::Response;
-    type Error = Failure;
-    type Future = Pin<Box<dyn Future<Output = Result<reqwest::Response, Failure>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Failure>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: reqwest::Request) -> Self::Future {
-        let (http, timeout) = (self.http.clone(), self.timeout);
+impl Transport {
+    /// One attempt, bounded by the timeout.
+    async fn attempt(&self, request: reqwest::Request) -> Result<reqwest::Response, Failure> {
         let authority = match (
             request.url().host_str(),
             request.url().port_or_known_default(),
@@ -235,25 +224,22 @@ impl tower::Service<reqwest::Request> for Transport {
             (Some(host), Some(port)) => format!("{host}:{port}"),
             _ => String::new(),
         };
-        let local = service_kit::http::in_process::router_for(&authority);
-        Box::pin(async move {
-            let attempt = async {
-                match local {
-                    Some(router) => call_in_process(router, request).await,
-                    None => http.execute(request).await.map_err(|err| {
-                        if err.is_timeout() {
-                            Failure::Timeout
-                        } else {
-                            Failure::Transport(err.to_string())
-                        }
-                    }),
-                }
-            };
-            match tokio::time::timeout(timeout, attempt).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Failure::Timeout),
+        let attempt = async {
+            match service_kit::http::in_process::router_for(&authority) {
+                Some(router) => call_in_process(router, request).await,
+                None => self.http.execute(request).await.map_err(|err| {
+                    if err.is_timeout() {
+                        Failure::Timeout
+                    } else {
+                        Failure::Transport(err.to_string())
+                    }
+                }),
             }
-        })
+        };
+        match tokio::time::timeout(self.timeout, attempt).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::Timeout),
+        }
     }
 }
 
@@ -552,14 +538,13 @@ impl Upstream {
             let result = match mode {
                 Mode::Disabled => inner
                     .transport
-                    .clone()
-                    .oneshot(request)
+                    .attempt(request)
                     .await
                     .map_err(Unanswered::Failed),
                 _ => match inner.breaker.admit() {
                     Err(retry_after) => Err(Unanswered::Refused(retry_after)),
                     Ok(admitted) => {
-                        let result = inner.transport.clone().oneshot(request).await;
+                        let result = inner.transport.attempt(request).await;
                         admitted.finish(is_upstream_fault(&result), started.elapsed());
                         result.map_err(Unanswered::Failed)
                     }
