@@ -15,8 +15,8 @@ pub fn free_port() -> u16 {
 /// `count` distinct loopback ports nothing listens on, for servers that stop and start again
 /// on the same port (a service killed and restarted, a database stopped and started). They
 /// are drawn below Linux's ephemeral range (32768+), so the clients' own outgoing connections
-/// cannot take one while its server is down, and held together while drawn, so no two are the
-/// same.
+/// cannot take one while its server is down, and each is reserved for as long as this process
+/// lives ([`reserve`]), so no other test — in this process or another — draws it meanwhile.
 #[allow(clippy::expect_used)]
 pub fn free_ports(count: usize) -> Vec<u16> {
     let mut held = Vec::with_capacity(count);
@@ -26,7 +26,9 @@ pub fn free_ports(count: usize) -> Vec<u16> {
             break;
         }
         let port = rng.u16(20_000..32_000);
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port))
+            && reserve(port)
+        {
             held.push(listener);
         }
     }
@@ -38,6 +40,32 @@ pub fn free_ports(count: usize) -> Vec<u16> {
     held.iter()
         .map(|l| l.local_addr().expect("a bound address").port())
         .collect()
+}
+
+/// Reserves `port` until this process exits: an exclusive lock on a file named after it, in a
+/// directory every test process shares. Tests run in parallel, and a port is free whenever its
+/// server is down — two tests drawing ports at such a moment would otherwise get the same one
+/// and the second server to start would find it taken. The operating system drops the lock
+/// when the process ends, however it ends. `false` when another draw holds it.
+pub fn reserve(port: u16) -> bool {
+    static HELD: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("bourse-test-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return false;
+    }
+    let Ok(file) = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(port.to_string()))
+    else {
+        return false;
+    };
+    // A lock is per open file: a second draw in this process conflicts like another process's.
+    if file.try_lock().is_err() {
+        return false;
+    }
+    HELD.lock().map(|mut held| held.push(file)).is_ok()
 }
 
 /// Waits until `condition` holds, failing the test after 20 s. For an observable state that

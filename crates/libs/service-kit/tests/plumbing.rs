@@ -240,3 +240,17 @@ async fn readiness_turns_503_as_soon_as_shutdown_starts() {
         StatusCode::OK
     );
 }
+
+#[test]
+fn a_drawn_port_stays_reserved_while_its_server_is_down() {
+    let ports = service_kit::testing::free_ports(3);
+    for port in &ports {
+        // Nothing listens on it (its server has not started, or was killed to be restarted),
+        // yet no later draw — here or in another test process — may take it.
+        assert!(std::net::TcpListener::bind(("127.0.0.1", *port)).is_ok());
+        assert!(
+            !service_kit::testing::reserve(*port),
+            "port {port} drawn twice"
+        );
+    }
+}
