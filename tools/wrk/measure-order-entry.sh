@@ -47,7 +47,7 @@ done
 # empty tables").
 warmup=${BOURSE_PERF_WARMUP:-10s}
 if [[ $warmup != 0 ]]; then
-  BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS \
+  BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS WRK_RUN="warm-up-$$" \
     wrk -t2 -c"$connections" -d"$warmup" -s tools/wrk/place_orders.lua http://127.0.0.1:8080 > /dev/null
   psql -q -h 127.0.0.1 -U postgres -d "$database" -c "ANALYZE"
   warm_orders=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.orders")
@@ -59,8 +59,9 @@ if [[ -n ${pg_dir:-} ]]; then
   psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT pg_stat_statements_reset()" > /dev/null
   commits_before=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT sum(xact_commit) FROM pg_stat_database")
 fi
-BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS \
-  wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua http://127.0.0.1:8080
+wrk_out=$(mktemp /tmp/bourse-wrk.XXXXXX)
+BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS WRK_RUN="measured-$$" \
+  wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua http://127.0.0.1:8080 | tee "$wrk_out"
 # How the matching task batched: sizes and time per batch (orders service metrics).
 curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_matching_batch_(size|seconds)_(sum|count)' || true
 # Commands 8082 forwarded to another orders replica that owns the symbol (BOURSE_PERF_ORDERS_REPLICAS=2).
@@ -68,6 +69,16 @@ curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_forwarded_commands_tota
 orders=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.orders")
 trades=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.trades")
 echo "stored: $orders orders, $trades trades"
+# Every 2xx answer of the measured run must be a new order: a replay (a key sent before) is
+# answered far more cheaply and would inflate the rate.
+answered=$(awk '/^non-2xx answers:/ { print $5 - $3 }' "$wrk_out")
+rm -f "$wrk_out"
+placed=$((orders - ${warm_orders:-0}))
+echo "placed by the measured run: $placed orders for $answered 2xx answers"
+# (Requests still in flight when wrk stops may add a few orders it never counted.)
+if (( placed < answered )); then
+  echo "WARNING: not every 2xx answer placed an order (replays?): the rate above overstates orders/s" >&2
+fi
 # Settlement finality (executed → settled) over the run, from the settlement service's histogram.
 # p50 and p99 as the upper bound of the histogram bucket they fall in.
 curl -s http://127.0.0.1:8084/metrics | awk '
@@ -89,7 +100,7 @@ if [[ -n ${pg_dir:-} ]]; then
            round((total_exec_time / calls)::numeric, 3) AS mean_ms,
            left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25"
-  measured=$((orders - ${warm_orders:-0}))
+  measured=$placed
   # What each order cost the database in all (its own writes, the holds, settlement, risk's
   # projection, the relays): statements, their execution time, and transactions committed.
   psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "
