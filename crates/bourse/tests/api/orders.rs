@@ -261,6 +261,100 @@ async fn concurrent_requests_with_one_key_create_exactly_one_order(pool: PgPool)
 }
 
 #[sqlx::test(migrations = false)]
+async fn a_duplicate_that_reached_another_replica_is_replayed_the_first_answer_and_its_hold_released(
+    pool: PgPool,
+) {
+    // Two platforms on one database and one Redis prefix: two orders replicas, as deployed.
+    // The key is claimed only in the matching batch, so a duplicate that reached the other
+    // replica gets as far as holding funds before the batch tells the two apart.
+    let first = spawn_app(pool.clone()).await;
+    let prefix = first.redis_prefix.clone();
+    let second = spawn_app_with(pool, &[("BOURSE_REDIS_KEY_PREFIX", prefix.as_str())]).await;
+    let m = market_on(first).await;
+    m.placed(&m.alice, &limit("buy", "28000.00", "0.1")).await; // starts the BTC-USD task
+    let owner: String = sqlx::query_scalar(
+        "SELECT r.address FROM orders.symbol_owners o JOIN orders.replicas r ON r.id = o.replica
+          WHERE o.symbol = 'BTC-USD'",
+    )
+    .fetch_one(&m.app.db)
+    .await
+    .unwrap();
+    // The original goes through the replica without the book (its command is forwarded), the
+    // duplicate through the one with it.
+    let (with_book, without_book) = if owner == m.app.orders {
+        (&m.app, &second)
+    } else {
+        (&second, &m.app)
+    };
+
+    // Stall the original's batch where it claims the key: an uncommitted row of the same key
+    // makes its insert wait (and, uncommitted, it is invisible to the duplicate's look-up).
+    let alice = m.app.user_id(&m.alice).await;
+    let mut blocker = m.app.db.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO orders.idempotency_keys (principal_id, key, request_hash)
+         VALUES ($1, 'race', '')",
+    )
+    .bind(alice)
+    .execute(&mut *blocker)
+    .await
+    .unwrap();
+    let order = limit("sell", "31000.00", "0.5");
+    let send = |app: &TestApp| {
+        let request = app
+            .client
+            .post(app.url("/v1/orders"))
+            .bearer_auth(&m.alice.access_token)
+            .header("idempotency-key", "race")
+            .json(&order);
+        tokio::spawn(async move { request.send().await.unwrap() })
+    };
+    let original = send(without_book);
+    eventually("the original's batch to wait on the key", || async {
+        count(&m.app.db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders' AND wait_event_type = 'Lock'").await > 0
+    })
+    .await;
+    // The duplicate finds no answer yet, so it is checked and holds funds like the original.
+    let duplicate = send(with_book);
+    let holds_without_order = "SELECT count(*) FROM settlement.holds h
+        WHERE h.status = 'pending' AND NOT EXISTS (SELECT 1 FROM orders.orders o WHERE o.id = h.id)";
+    eventually("both requests' funds held", || async {
+        count(&m.app.db, holds_without_order).await == 2
+    })
+    .await;
+
+    blocker.rollback().await.unwrap();
+    let original = original.await.unwrap();
+    assert_eq!(original.status(), StatusCode::CREATED);
+    assert!(original.headers().get("idempotent-replayed").is_none());
+    let original = original.text().await.unwrap();
+    let duplicate = duplicate.await.unwrap();
+    assert_eq!(duplicate.status(), StatusCode::CREATED);
+    assert_eq!(duplicate.headers()["idempotent-replayed"], "true");
+    assert_eq!(duplicate.text().await.unwrap(), original);
+
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM orders.orders").await,
+        2,
+        "the first order and the original, never the duplicate"
+    );
+    // The duplicate's hold goes back (through the outbox); the original keeps its own.
+    eventually("the duplicate's hold released", || async {
+        count(&m.app.db, holds_without_order).await == 0
+    })
+    .await;
+    assert_eq!(
+        count(
+            &m.app.db,
+            "SELECT count(*) FROM settlement.holds WHERE status = 'pending'"
+        )
+        .await,
+        2
+    );
+    second.stop().await;
+}
+
+#[sqlx::test(migrations = false)]
 async fn ioc_fok_and_post_only_behave(pool: PgPool) {
     let m = market(pool).await;
     m.placed(&m.alice, &limit("sell", "30000.00", "0.3")).await;

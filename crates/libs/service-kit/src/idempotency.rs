@@ -12,7 +12,18 @@
 //! 409 "in flight" for a day — a retry of the same request after the lease takes the claim over.
 //! Each claim carries a token, and storing the answer checks it: work whose claim was taken
 //! over cannot commit, so a key never has two outcomes.
+//!
+//! **Claims written with the answer.** Work that already commits its answer in a batch of many
+//! (the orders service's matching task) need not pay a claim's own statement and commit per
+//! request: [`look_up`] only reads the key (a replay, a mismatch, or go ahead), concurrent
+//! duplicates in one process are turned away by [`InFlightKeys`], and [`record_all`] inserts the
+//! claim *and* its answer in the work's transaction under the same primary key — a duplicate
+//! that slipped through elsewhere (another replica) finds the key taken there and its work
+//! rolls back. Work that fails without knowing whether its answer was stored settles it with
+//! [`fence`], as [`withdraw`] does for claimed keys.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lc_rs::digest::{SHA256, digest};
@@ -106,6 +117,9 @@ pub struct Claim {
     pub key: String,
     /// Fences the completion: only the current claimant's answer is stored.
     pub token: Uuid,
+    /// The request's fingerprint ([`request_hash`]), stored with the answer by [`record_all`].
+    #[serde(default)]
+    pub request_hash: Vec<u8>,
 }
 
 /// What to do with a request carrying an idempotency key.
@@ -129,14 +143,7 @@ impl Begin {
             Begin::Replay { status, body } => {
                 Err(Box::new(Answer { status, body }.into_response(true)))
             }
-            Begin::InFlight => Err(Box::new(
-                Problem::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_in_flight",
-                    "a request with this key is still being processed",
-                )
-                .into_response(),
-            )),
+            Begin::InFlight => Err(Box::new(in_flight())),
             Begin::Mismatch => Err(Box::new(
                 Problem::unprocessable(
                     "idempotency_key_reused",
@@ -146,6 +153,16 @@ impl Begin {
             )),
         }
     }
+}
+
+/// 409 `idempotency_key_in_flight`: a request with this key is still being processed.
+pub fn in_flight() -> Response {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_in_flight",
+        "a request with this key is still being processed",
+    )
+    .into_response()
 }
 
 /// A fingerprint of the request body that ignores formatting and key order.
@@ -174,6 +191,7 @@ pub async fn begin_with_lease(
             principal,
             key: key.to_owned(),
             token,
+            request_hash: hash.to_vec(),
         })
     };
     // The claim commits without waiting for its WAL flush (synchronous_commit off for this one
@@ -328,6 +346,195 @@ pub async fn withdraw(pool: &PgPool, claim: &Claim) -> Result<Withdrawal> {
         Some(true) => Withdrawal::Answered,
         _ => Withdrawal::Withdrawn,
     })
+}
+
+/// What is known of a key whose claim is written with its answer ([`record_all`]): a replay,
+/// a mismatch, still in flight (a claim written the other way, within its lease), or a claim
+/// to work under — not written anywhere yet. Reads only.
+pub async fn look_up(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> Result<Begin> {
+    let existing: Option<Existing> = sqlx::query_as(
+        "SELECT request_hash, response_status, response_body,
+                cardinality(fenced) > 0 AS fenced,
+                locked_at < now() - make_interval(secs => $3) AS expired
+           FROM idempotency_keys WHERE principal_id = $1 AND key = $2",
+    )
+    .bind(principal)
+    .bind(key)
+    .bind(LEASE.as_secs_f64())
+    .fetch_optional(pool)
+    .await?;
+    let proceed = || {
+        Begin::Proceed(Claim {
+            principal,
+            key: key.to_owned(),
+            token: Uuid::now_v7(),
+            request_hash: hash.to_vec(),
+        })
+    };
+    Ok(match existing {
+        None => proceed(),
+        // Work fenced off after an unknown outcome, or a claim cut off past its lease: the
+        // key was never answered, and a retry (any body) works under a new token.
+        Some(row) if row.response_status.is_none() && (row.fenced == Some(true) || row.expired) => {
+            proceed()
+        }
+        Some(row) if row.request_hash != hash => Begin::Mismatch,
+        Some(Existing {
+            response_status: Some(status),
+            response_body: Some(body),
+            ..
+        }) => Begin::Replay {
+            status: u16::try_from(status).unwrap_or(500),
+            body,
+        },
+        Some(_) => Begin::InFlight,
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct Existing {
+    request_hash: Vec<u8>,
+    response_status: Option<i16>,
+    response_body: Option<String>,
+    fenced: Option<bool>,
+    expired: bool,
+}
+
+/// Whether [`record_all`] stored every answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    All,
+    /// At least one key was answered (or is claimed) already, or its work was fenced off:
+    /// nothing of that transaction may commit. Look the key up again for what to answer.
+    KeyTaken,
+}
+
+/// Claims the keys and stores their answers in one statement, in the transaction that did the
+/// work ([`look_up`]'s claims). A key already answered, claimed within its lease, or fenced
+/// against this claim's token is not overwritten, and the result says so.
+pub async fn record_all(conn: &mut PgConnection, answers: &[(Claim, Answer)]) -> Result<Recorded> {
+    if answers.is_empty() {
+        return Ok(Recorded::All);
+    }
+    let principals: Vec<Uuid> = answers.iter().map(|(c, _)| c.principal).collect();
+    let keys: Vec<&str> = answers.iter().map(|(c, _)| c.key.as_str()).collect();
+    let hashes: Vec<&[u8]> = answers
+        .iter()
+        .map(|(c, _)| c.request_hash.as_slice())
+        .collect();
+    let statuses: Vec<i16> = answers
+        .iter()
+        .map(|(_, a)| i16::try_from(a.status).unwrap_or(500))
+        .collect();
+    let bodies: Vec<&str> = answers.iter().map(|(_, a)| a.body.as_str()).collect();
+    let tokens: Vec<Uuid> = answers.iter().map(|(c, _)| c.token).collect();
+    // ON CONFLICT … DO UPDATE locks the existing row and re-checks the condition on its latest
+    // version, so a fence or an answer committed meanwhile is seen. A key twice in one batch
+    // (a duplicate forwarded by another replica) fails the statement: the batch is replayed
+    // job by job, and the second finds the key taken.
+    let stored = sqlx::query(
+        "INSERT INTO idempotency_keys AS k
+                (principal_id, key, request_hash, response_status, response_body, claim, locked_at)
+         SELECT a.principal, a.key, a.hash, a.status, a.body, a.claim, now()
+           FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::int2[], $5::text[], $6::uuid[])
+                AS a(principal, key, hash, status, body, claim)
+         ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO UPDATE
+            SET request_hash = EXCLUDED.request_hash, response_status = EXCLUDED.response_status,
+                response_body = EXCLUDED.response_body, claim = EXCLUDED.claim,
+                locked_at = EXCLUDED.locked_at
+          WHERE k.response_status IS NULL
+            AND NOT (EXCLUDED.claim = ANY (coalesce(k.fenced, '{}')))
+            AND (cardinality(k.fenced) > 0 OR k.locked_at < now() - make_interval(secs => $7))",
+    )
+    .bind(&principals)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&statuses)
+    .bind(&bodies)
+    .bind(&tokens)
+    .bind(LEASE.as_secs_f64())
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(if stored == answers.len() as u64 {
+        Recorded::All
+    } else {
+        Recorded::KeyTaken
+    })
+}
+
+/// Settles work under a [`look_up`] claim that failed without knowing whether its answer was
+/// stored (a commit whose outcome was lost, a command sent to another replica that did not
+/// answer): records the claim's token as fenced unless the key is answered, so the work can
+/// never store its answer any more — or finds that it did. Waits out a transaction that is
+/// storing the key right now, like [`withdraw`].
+pub async fn fence(pool: &PgPool, claim: &Claim) -> Result<Withdrawal> {
+    let fenced = sqlx::query(
+        "INSERT INTO idempotency_keys AS k (principal_id, key, request_hash, fenced)
+         VALUES ($1, $2, $3, ARRAY[$4::uuid])
+         ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO UPDATE
+            SET fenced = array_append(coalesce(k.fenced, '{}'), $4::uuid)
+          WHERE k.response_status IS NULL",
+    )
+    .bind(claim.principal)
+    .bind(&claim.key)
+    .bind(&claim.request_hash)
+    .bind(claim.token)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1;
+    if fenced {
+        return Ok(Withdrawal::Withdrawn);
+    }
+    // Answered: by this work, or by another request with the key (then this work cannot
+    // store its own any more).
+    let ours: Option<bool> = sqlx::query_scalar(
+        "SELECT claim IS NOT DISTINCT FROM $3 FROM idempotency_keys
+          WHERE principal_id = $1 AND key = $2",
+    )
+    .bind(claim.principal)
+    .bind(&claim.key)
+    .bind(claim.token)
+    .fetch_optional(pool)
+    .await?;
+    Ok(match ours {
+        Some(true) => Withdrawal::Answered,
+        _ => Withdrawal::Withdrawn,
+    })
+}
+
+/// The keys this process is working on right now, so that concurrent duplicates of a
+/// [`look_up`] request are answered 409 at once instead of each doing the work up to the
+/// point where the database tells them apart. Duplicates reaching different processes are
+/// told apart by [`record_all`].
+#[derive(Clone, Default)]
+pub struct InFlightKeys(Arc<Mutex<HashSet<(Uuid, String)>>>);
+
+impl InFlightKeys {
+    /// Marks the key in flight until the guard drops; `None` when it is in flight already.
+    pub fn enter(&self, principal: Uuid, key: &str) -> Option<InFlightGuard> {
+        let mut keys = self.0.lock().ok()?;
+        keys.insert((principal, key.to_owned()))
+            .then(|| InFlightGuard {
+                keys: self.clone(),
+                entry: Some((principal, key.to_owned())),
+            })
+    }
+}
+
+/// A key marked in flight by [`InFlightKeys::enter`].
+pub struct InFlightGuard {
+    keys: InFlightKeys,
+    entry: Option<(Uuid, String)>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if let (Some(entry), Ok(mut keys)) = (self.entry.take(), self.keys.0.lock()) {
+            keys.remove(&entry);
+        }
+    }
 }
 
 /// Deletes keys older than `retention` (at least 24 h per the API contract).

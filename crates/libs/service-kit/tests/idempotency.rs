@@ -151,3 +151,183 @@ async fn a_withdrawn_claim_fences_its_work_and_an_answered_one_stands(pool: PgPo
         Begin::Replay { status: 201, .. }
     ));
 }
+
+// Claims written with the answer (`look_up`, `record_all`, `fence`): what the orders service's
+// matching batch uses.
+
+/// The claim a first look at an unanswered key gives.
+async fn looked_up(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> Claim {
+    claim_of(
+        idempotency::look_up(pool, principal, key, hash)
+            .await
+            .unwrap(),
+    )
+}
+
+async fn record(pool: &PgPool, claim: &Claim) -> idempotency::Recorded {
+    let mut tx = pool.begin().await.unwrap();
+    let recorded = idempotency::record_all(&mut tx, &[(claim.clone(), created())])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    recorded
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_answer_recorded_with_its_claim_is_replayed_and_a_second_writer_finds_it_taken(
+    pool: PgPool,
+) {
+    use idempotency::Recorded;
+    let pool = claims_db(&pool).await;
+    let principal = Uuid::now_v7();
+    let hash = idempotency::request_hash(&serde_json::json!({"side": "buy"}));
+
+    // Two duplicates look before either has answered (two replicas): both may go ahead.
+    let first = looked_up(&pool, principal, "twice", &hash).await;
+    let second = looked_up(&pool, principal, "twice", &hash).await;
+    assert_eq!(record(&pool, &first).await, Recorded::All);
+    assert_eq!(
+        record(&pool, &second).await,
+        Recorded::KeyTaken,
+        "the second writer's work must roll back"
+    );
+
+    // From then on: replayed; another body with the key is a mismatch.
+    assert!(matches!(
+        idempotency::look_up(&pool, principal, "twice", &hash).await.unwrap(),
+        Begin::Replay { status: 201, ref body } if *body == created().body
+    ));
+    let other = idempotency::request_hash(&serde_json::json!({"side": "sell"}));
+    assert!(matches!(
+        idempotency::look_up(&pool, principal, "twice", &other)
+            .await
+            .unwrap(),
+        Begin::Mismatch
+    ));
+
+    // One key twice in one batch: the statement fails as a whole (the batch is then replayed
+    // job by job).
+    let a = looked_up(&pool, principal, "same-batch", &hash).await;
+    let b = looked_up(&pool, principal, "same-batch", &hash).await;
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        idempotency::record_all(&mut tx, &[(a, created()), (b, created())])
+            .await
+            .is_err()
+    );
+    tx.rollback().await.unwrap();
+
+    // A key claimed the other way (`begin`) within its lease is not overwritten.
+    let claimed = claim_of(
+        idempotency::begin(&pool, principal, "claimed", &hash)
+            .await
+            .unwrap(),
+    );
+    assert!(matches!(
+        idempotency::look_up(&pool, principal, "claimed", &hash)
+            .await
+            .unwrap(),
+        Begin::InFlight
+    ));
+    let intruder = Claim {
+        token: Uuid::now_v7(),
+        ..claimed
+    };
+    assert_eq!(record(&pool, &intruder).await, Recorded::KeyTaken);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_fenced_claim_can_never_record_its_answer_but_a_retry_can(pool: PgPool) {
+    use idempotency::{Recorded, Withdrawal};
+    let pool = claims_db(&pool).await;
+    let principal = Uuid::now_v7();
+    let hash = idempotency::request_hash(&serde_json::json!({"side": "buy"}));
+
+    // Work whose outcome was lost is fenced: its batch, still queued somewhere, cannot commit.
+    let lost = looked_up(&pool, principal, "k", &hash).await;
+    assert_eq!(
+        idempotency::fence(&pool, &lost).await.unwrap(),
+        Withdrawal::Withdrawn
+    );
+    assert_eq!(record(&pool, &lost).await, Recorded::KeyTaken);
+
+    // A retry is not told "in flight": it works under a new token, twice fenced too.
+    let retry = looked_up(&pool, principal, "k", &hash).await;
+    assert_ne!(retry.token, lost.token);
+    assert_eq!(
+        idempotency::fence(&pool, &retry).await.unwrap(),
+        Withdrawal::Withdrawn
+    );
+    assert_eq!(record(&pool, &lost).await, Recorded::KeyTaken);
+    assert_eq!(record(&pool, &retry).await, Recorded::KeyTaken);
+
+    // The third answers; fencing it afterwards finds its answer, and the others stay fenced.
+    let third = looked_up(&pool, principal, "k", &hash).await;
+    assert_eq!(record(&pool, &third).await, Recorded::All);
+    assert_eq!(
+        idempotency::fence(&pool, &third).await.unwrap(),
+        Withdrawal::Answered
+    );
+    assert_eq!(
+        idempotency::fence(&pool, &lost).await.unwrap(),
+        Withdrawal::Withdrawn,
+        "answered, but not by the lost work"
+    );
+    assert!(matches!(
+        idempotency::look_up(&pool, principal, "k", &hash)
+            .await
+            .unwrap(),
+        Begin::Replay { status: 201, .. }
+    ));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_fence_waits_for_a_batch_that_is_recording_the_key(pool: PgPool) {
+    use idempotency::{Recorded, Withdrawal};
+    let pool = claims_db(&pool).await;
+    let principal = Uuid::now_v7();
+    let hash = idempotency::request_hash(&serde_json::json!({"side": "buy"}));
+
+    for (key, commits, outcome) in [
+        ("committed", true, Withdrawal::Answered),
+        ("rolled-back", false, Withdrawal::Withdrawn),
+    ] {
+        let claim = looked_up(&pool, principal, key, &hash).await;
+        let mut batch = pool.begin().await.unwrap();
+        assert_eq!(
+            idempotency::record_all(&mut batch, &[(claim.clone(), created())])
+                .await
+                .unwrap(),
+            Recorded::All
+        );
+        let fence = tokio::spawn({
+            let (pool, claim) = (pool.clone(), claim.clone());
+            async move { idempotency::fence(&pool, &claim).await.unwrap() }
+        });
+        // The fence's insert, blocked on the batch's uncommitted row.
+        service_kit::testing::until_waiting_for_a_lock(&pool, "request_hash, fenced)").await;
+        if commits {
+            batch.commit().await.unwrap();
+        } else {
+            batch.rollback().await.unwrap();
+        }
+        assert_eq!(fence.await.unwrap(), outcome, "{key}");
+    }
+}
+
+#[test]
+fn a_key_in_flight_in_this_process_is_turned_away_until_its_work_ends() {
+    let keys = idempotency::InFlightKeys::default();
+    let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+    let working = keys.enter(alice, "k").expect("first");
+    assert!(
+        keys.enter(alice, "k").is_none(),
+        "a duplicate is turned away"
+    );
+    assert!(keys.enter(bob, "k").is_some(), "keys are per principal");
+    drop(working);
+    assert!(
+        keys.enter(alice, "k").is_some(),
+        "free again once the work ended"
+    );
+}

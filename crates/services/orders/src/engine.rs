@@ -37,7 +37,7 @@ use crate::order_entry::ValidOrder;
 use crate::ownership::{self, Owner, Ownership};
 use crate::store;
 use crate::view::OrderView;
-use service_kit::idempotency::{self, Claim};
+use service_kit::idempotency::Claim;
 
 /// The answer to a placed order: an HTTP status and its JSON body (also what is replayed).
 pub use service_kit::idempotency::Answer;
@@ -625,9 +625,6 @@ async fn run(
                             );
                         }
                         Err(err) => {
-                            if let Command::Place { claim, .. } = &job.command {
-                                idempotency::abandon(&pool, claim).await;
-                            }
                             reply(job, Err(err));
                             match recover(&pool, &instrument).await {
                                 Ok(rebuilt) => book = rebuilt,

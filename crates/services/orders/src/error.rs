@@ -16,6 +16,10 @@ pub enum Error {
     Overloaded,
     #[error("client order id already used")]
     ClientOrderIdTaken,
+    /// The batch could not store an order's idempotency answer: another request with the key
+    /// was answered first, or this one's work was fenced off. Nothing of it committed.
+    #[error("idempotency key taken")]
+    IdempotencyKeyTaken,
     /// The symbol's matching task stopped (it could not rebuild its book: the database is
     /// away) before answering; the next request starts it again.
     #[error("the matching task stopped")]
@@ -81,6 +85,13 @@ impl IntoResponse for Error {
                 StatusCode::CONFLICT,
                 "client_order_id_taken",
                 "you already used this client_order_id",
+            ),
+            // Answered by the handler from the key's stored answer; seen as such only when a
+            // replica forwards it (`forwarding` maps the code back).
+            Error::IdempotencyKeyTaken => Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_taken",
+                "another request with this idempotency key was answered first",
             ),
             Error::Problem(problem) => problem,
             Error::Database(ref err) if service_kit::db::is_unavailable(err) => {

@@ -97,8 +97,10 @@ impl Forwarder {
         let problem: ForwardedProblem = serde_json::from_slice(&bytes).map_err(|e| {
             Error::Internal(format!("an owner answered {status} without a problem: {e}"))
         })?;
-        if problem.code == "not_owner" {
-            return Err(Error::NotOwner);
+        match problem.code.as_str() {
+            "not_owner" => return Err(Error::NotOwner),
+            "idempotency_key_taken" => return Err(Error::IdempotencyKeyTaken),
+            _ => {}
         }
         // The owner's refusal is the answer (503 overloaded, 409 client_order_id_taken…).
         Err(Error::Problem(if status.as_u16() == 503 {

@@ -190,8 +190,9 @@ impl<'a> BatchWrites<'a> {
     }
 
     /// Writes everything recorded, in the caller's transaction. An order whose client order id
-    /// its account already used fails the whole batch with [`Error::ClientOrderIdTaken`]; the
-    /// matching task then replays the batch job by job to find it.
+    /// its account already used fails the whole batch with [`Error::ClientOrderIdTaken`], one
+    /// whose idempotency key is taken with [`Error::IdempotencyKeyTaken`]; the matching task
+    /// then replays the batch job by job to find it.
     pub async fn flush(self, tx: &mut sqlx::PgConnection) -> Result<()> {
         let (rows, notionals): (Vec<OrderRow>, Vec<i128>) = self
             .created
@@ -205,8 +206,12 @@ impl<'a> BatchWrites<'a> {
         store::apply_order_changes(&mut *tx, &self.changed, self.now).await?;
         store::insert_trades(&mut *tx, &self.instrument.symbol, &self.trades, self.now).await?;
         events::outbox::append_all(&mut *tx, STREAM, &self.outbox).await?;
-        idempotency::complete_all(&mut *tx, &self.answers).await?;
-        Ok(())
+        // The orders' claims, written only now with their answers (no statement of their own
+        // per order before matching).
+        match idempotency::record_all(&mut *tx, &self.answers).await? {
+            idempotency::Recorded::All => Ok(()),
+            idempotency::Recorded::KeyTaken => Err(Error::IdempotencyKeyTaken),
+        }
     }
 
     /// Applies one book event to the recorded state; a trade returns the taker's fill.

@@ -133,6 +133,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         market_protection_bps: config.market_protection_bps,
         fees: config.fees,
         tasks: tasks.clone(),
+        placing: Default::default(),
     };
     let purged = pool.clone();
     tasks.spawn("idempotency purge", move |stop| {

@@ -31,6 +31,9 @@ pub struct AppState {
     pub fees: contracts::fees::Fees,
     /// Runs work that must finish even when its request is cut off (an order being placed).
     pub tasks: service_kit::Supervisor,
+    /// Idempotency keys of orders being placed by this process (their claims are written with
+    /// the answer, in the matching batch).
+    pub placing: service_kit::idempotency::InFlightKeys,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {

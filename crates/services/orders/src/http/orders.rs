@@ -35,7 +35,13 @@ pub async fn place(
     let request: PlaceOrder = serde_json::from_value(body.clone())
         .map_err(|e| Problem::unprocessable("invalid_body", e.to_string()))?;
 
-    let begun = idempotency::begin(
+    // The key is claimed only with its answer, in the matching batch (ADR 0023): here it is
+    // read, and a duplicate this process is already placing is turned away before it holds
+    // funds.
+    let Some(in_flight) = state.placing.enter(principal.user_id, key) else {
+        return Ok(idempotency::in_flight());
+    };
+    let begun = idempotency::look_up(
         &state.pool,
         principal.user_id,
         key,
@@ -50,12 +56,12 @@ pub async fn place(
     // From here the order's funds may be held. Whatever becomes of this request — its client
     // gone, its timeout — the work runs to its end in a task of its own: into the book, or
     // refused with its hold released. A hold is never left behind without its order.
-    let placing = state.tasks.complete(place_claimed(
-        state.clone(),
-        request,
-        principal.user_id,
-        claim,
-    ));
+    let tasks = state.tasks.clone();
+    let placing = tasks.complete(async move {
+        let placed = place_claimed(state, request, principal.user_id, claim).await;
+        drop(in_flight);
+        placed
+    });
     placing
         .await
         .map_err(|_| Error::Internal("the order placement panicked".to_owned()))?
@@ -69,13 +75,7 @@ async fn place_claimed(
     account: Uuid,
     claim: idempotency::Claim,
 ) -> Result<Response> {
-    let instrument = match store::instrument(&state.pool, &request.symbol).await {
-        Ok(instrument) => instrument,
-        Err(err) => {
-            idempotency::abandon(&state.pool, &claim).await;
-            return Err(err);
-        }
-    };
+    let instrument = store::instrument(&state.pool, &request.symbol).await?;
     let mut order = match order_entry::validate(&request, account, instrument.as_ref()) {
         Ok(order) => order,
         Err(rejection) => return refuse(&state, &claim, &request, rejection, None).await,
@@ -120,13 +120,19 @@ async fn place_claimed(
             // (its answer lost to a timeout); the order surely never reached the book, so the
             // hold goes back.
             release_unplaced(&state, order.id, account, &request.symbol).await;
-            idempotency::abandon(&state.pool, &claim).await;
             return Err(err);
         }
     }
     let order_id = order.id;
     match state.engines.place(&instrument, order, claim.clone()).await {
         Ok(answer) => Ok(answer.into_response(false)),
+        Err(Error::IdempotencyKeyTaken) => {
+            // Another request with the key was answered first (through another replica):
+            // this order's batch rolled back, so its hold goes back and the key's answer is
+            // given instead.
+            release_unplaced(&state, order_id, account, &request.symbol).await;
+            answer_taken_key(&state, &claim).await
+        }
         Err(err) => {
             // Whether the order was stored is not always known here (a commit whose outcome
             // was lost, a matching task that stopped holding it): its claim decides.
@@ -158,10 +164,10 @@ struct Unplaced {
 }
 
 impl Unplaced {
-    /// Withdraws the order's claim: once withdrawn no batch can commit the order any more, so
+    /// Fences the order's claim off: once fenced no batch can commit the order any more, so
     /// its hold goes back; if a batch answered it first, the order stands with its hold.
     async fn settle(&self, state: &AppState) -> std::result::Result<(), sqlx::Error> {
-        match idempotency::withdraw(&state.pool, &self.claim).await? {
+        match idempotency::fence(&state.pool, &self.claim).await? {
             idempotency::Withdrawal::Withdrawn => {
                 release_unplaced(state, self.order, self.account, &self.symbol).await;
             }
@@ -251,9 +257,35 @@ async fn refuse(
     )?;
     events::outbox::append(&mut tx, STREAM, &event).await?;
     let answer = Answer { status: 422, body };
-    idempotency::complete(&mut tx, claim, &answer).await?;
-    tx.commit().await?;
-    Ok(answer.into_response(false))
+    let answers = [(claim.clone(), answer.clone())];
+    match idempotency::record_all(&mut tx, &answers).await? {
+        idempotency::Recorded::All => {
+            tx.commit().await?;
+            Ok(answer.into_response(false))
+        }
+        idempotency::Recorded::KeyTaken => {
+            tx.rollback().await?;
+            answer_taken_key(state, claim).await
+        }
+    }
+}
+
+/// What a request whose key turned out taken is answered: the stored answer replayed, 422 if
+/// it was for another body, 409 while the other request is still at work.
+async fn answer_taken_key(state: &AppState, claim: &idempotency::Claim) -> Result<Response> {
+    let begun = idempotency::look_up(
+        &state.pool,
+        claim.principal,
+        &claim.key,
+        &claim.request_hash,
+    )
+    .await?;
+    Ok(match begun.claim() {
+        Err(response) => *response,
+        // Fenced off or expired meanwhile: nothing stands for the key, and nothing of this
+        // request was stored — the client retries.
+        Ok(_) => idempotency::in_flight(),
+    })
 }
 
 /// One of your orders, with its fills.
