@@ -333,18 +333,25 @@ pub async fn withdraw(pool: &PgPool, claim: &Claim) -> Result<Withdrawal> {
     }
     // A statement of its own, so its snapshot is taken after the delete waited out a batch
     // that was completing the claim.
-    let answered: Option<bool> = sqlx::query_scalar(
-        "SELECT response_status IS NOT NULL FROM idempotency_keys
-          WHERE principal_id = $1 AND key = $2 AND claim = $3",
+    answered_under(pool, claim).await
+}
+
+/// [`Withdrawal::Answered`] when the key holds an answer stored under `claim`'s token.
+async fn answered_under(pool: &PgPool, claim: &Claim) -> Result<Withdrawal> {
+    let answered: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM idempotency_keys
+                         WHERE principal_id = $1 AND key = $2 AND claim = $3
+                           AND response_status IS NOT NULL)",
     )
     .bind(claim.principal)
     .bind(&claim.key)
     .bind(claim.token)
-    .fetch_optional(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(match answered {
-        Some(true) => Withdrawal::Answered,
-        _ => Withdrawal::Withdrawn,
+    Ok(if answered {
+        Withdrawal::Answered
+    } else {
+        Withdrawal::Withdrawn
     })
 }
 
@@ -489,19 +496,7 @@ pub async fn fence(pool: &PgPool, claim: &Claim) -> Result<Withdrawal> {
     }
     // Answered: by this work, or by another request with the key (then this work cannot
     // store its own any more).
-    let ours: Option<bool> = sqlx::query_scalar(
-        "SELECT claim IS NOT DISTINCT FROM $3 FROM idempotency_keys
-          WHERE principal_id = $1 AND key = $2",
-    )
-    .bind(claim.principal)
-    .bind(&claim.key)
-    .bind(claim.token)
-    .fetch_optional(pool)
-    .await?;
-    Ok(match ours {
-        Some(true) => Withdrawal::Answered,
-        _ => Withdrawal::Withdrawn,
-    })
+    answered_under(pool, claim).await
 }
 
 /// The keys this process is working on right now, so that concurrent duplicates of a
