@@ -258,6 +258,12 @@ async fn concurrent_requests_with_one_key_create_exactly_one_order(pool: PgPool)
         count(&m.app.db, "SELECT count(*) FROM orders.orders").await,
         1
     );
+    // Only the winner ever held funds: a duplicate reaching this replica while the winner is
+    // at work is turned away before its risk check and hold, and later ones are replayed.
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM settlement.holds").await,
+        1
+    );
 }
 
 #[sqlx::test(migrations = false)]

@@ -235,23 +235,10 @@ pub async fn begin_with_lease(
         tracing::warn!(%principal, "idempotency claim taken over after its lease");
         return Ok(proceed());
     }
-    let existing: Option<(Vec<u8>, Option<i16>, Option<String>)> = sqlx::query_as(
-        "SELECT request_hash, response_status, response_body FROM idempotency_keys
-         WHERE principal_id = $1 AND key = $2",
-    )
-    .bind(principal)
-    .bind(key)
-    .fetch_optional(pool)
-    .await?;
-    Ok(match existing {
+    Ok(match existing(pool, principal, key).await? {
         // Purged between our insert and select: treat as in flight; the client retries.
         None => Begin::InFlight,
-        Some((stored, _, _)) if stored != hash => Begin::Mismatch,
-        Some((_, Some(status), Some(body))) => Begin::Replay {
-            status: u16::try_from(status).unwrap_or(500),
-            body,
-        },
-        Some(_) => Begin::InFlight,
+        Some(row) => row.begin(hash),
     })
 }
 
@@ -359,7 +346,58 @@ async fn answered_under(pool: &PgPool, claim: &Claim) -> Result<Withdrawal> {
 /// a mismatch, still in flight (a claim written the other way, within its lease), or a claim
 /// to work under — not written anywhere yet. Reads only.
 pub async fn look_up(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> Result<Begin> {
-    let existing: Option<Existing> = sqlx::query_as(
+    let proceed = || {
+        Begin::Proceed(Claim {
+            principal,
+            key: key.to_owned(),
+            token: Uuid::now_v7(),
+            request_hash: hash.to_vec(),
+        })
+    };
+    Ok(match existing(pool, principal, key).await? {
+        None => proceed(),
+        // Work fenced off after an unknown outcome, or a claim cut off past its lease: the
+        // key was never answered, and a retry (any body) works under a new token.
+        Some(row) if row.response_status.is_none() && (row.fenced == Some(true) || row.expired) => {
+            proceed()
+        }
+        Some(row) => row.begin(hash),
+    })
+}
+
+/// A key's row as [`begin`] and [`look_up`] judge it.
+#[derive(sqlx::FromRow)]
+struct Existing {
+    request_hash: Vec<u8>,
+    response_status: Option<i16>,
+    response_body: Option<String>,
+    /// Some work under it was fenced off ([`fence`]).
+    fenced: Option<bool>,
+    /// Claimed longer ago than [`LEASE`].
+    expired: bool,
+}
+
+impl Existing {
+    /// What a request with body `hash` is told about a key that is not its own to work
+    /// under: the answer replayed, a mismatch, or in flight.
+    fn begin(self, hash: &[u8]) -> Begin {
+        match self {
+            row if row.request_hash != hash => Begin::Mismatch,
+            Existing {
+                response_status: Some(status),
+                response_body: Some(body),
+                ..
+            } => Begin::Replay {
+                status: u16::try_from(status).unwrap_or(500),
+                body,
+            },
+            _ => Begin::InFlight,
+        }
+    }
+}
+
+async fn existing(pool: &PgPool, principal: Uuid, key: &str) -> Result<Option<Existing>> {
+    sqlx::query_as(
         "SELECT request_hash, response_status, response_body,
                 cardinality(fenced) > 0 AS fenced,
                 locked_at < now() - make_interval(secs => $3) AS expired
@@ -369,42 +407,7 @@ pub async fn look_up(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> 
     .bind(key)
     .bind(LEASE.as_secs_f64())
     .fetch_optional(pool)
-    .await?;
-    let proceed = || {
-        Begin::Proceed(Claim {
-            principal,
-            key: key.to_owned(),
-            token: Uuid::now_v7(),
-            request_hash: hash.to_vec(),
-        })
-    };
-    Ok(match existing {
-        None => proceed(),
-        // Work fenced off after an unknown outcome, or a claim cut off past its lease: the
-        // key was never answered, and a retry (any body) works under a new token.
-        Some(row) if row.response_status.is_none() && (row.fenced == Some(true) || row.expired) => {
-            proceed()
-        }
-        Some(row) if row.request_hash != hash => Begin::Mismatch,
-        Some(Existing {
-            response_status: Some(status),
-            response_body: Some(body),
-            ..
-        }) => Begin::Replay {
-            status: u16::try_from(status).unwrap_or(500),
-            body,
-        },
-        Some(_) => Begin::InFlight,
-    })
-}
-
-#[derive(sqlx::FromRow)]
-struct Existing {
-    request_hash: Vec<u8>,
-    response_status: Option<i16>,
-    response_body: Option<String>,
-    fenced: Option<bool>,
-    expired: bool,
+    .await
 }
 
 /// Whether [`record_all`] stored every answer.
