@@ -10,22 +10,29 @@
 //! - Each batch is added by one script that first checks a marker key holding the position of
 //!   the last row this schema published. A Redis that restarted empty has no marker; a replica
 //!   promoted before it received the last writes has an older one. Either way the script adds
-//!   nothing, and the relay marks every published-but-unconfirmed row unpublished again and
-//!   carries on — so the lost events go out again *before* anything newer, in outbox order.
-//!   An idle relay checks the marker every `confirm_interval` too.
-//! - Every second the relay reads each stream's groups (`XINFO GROUPS`, `XPENDING`): rows below
-//!   the slowest group's first unacknowledged entry are confirmed, and the stream is trimmed
-//!   up to there (`XTRIM MINID`, exact) — never past an entry some group has not acknowledged. Entries
+//!   nothing, and the relay rewinds every stream to what its groups had confirmed and carries
+//!   on — so the lost events go out again *before* anything newer, in outbox order. An idle
+//!   relay checks the marker every `confirm_interval` too.
+//! - Every second the relay reads each stream's groups (`XINFO GROUPS`, `XPENDING`): the
+//!   newest entry of this outbox below the slowest group's first unacknowledged one carries the
+//!   position every row of that stream up to which is confirmed, and the stream is trimmed up to
+//!   there (`XTRIM MINID`, exact) — never past an entry some group has not acknowledged. Entries
 //!   stay at least `stream_keep` for readers without a group (the gateway's live feed).
 //!   A stream with no group at all is trimmed by age alone.
 //! - Confirmed rows are deleted after `retention`; unconfirmed ones are kept
 //!   `unconfirmed_retention` (a stream nobody consumes must not fill the database).
+//!
+//! **Rows are never updated** (ADR 0024). What is published and what is confirmed are
+//! watermarks — `outbox_relay.published_position`, and per stream `outbox_streams`' published
+//! and confirmed positions — written once per batch and once per confirmation round. Rows
+//! commit in position order and each stream's groups acknowledge a prefix of it, so a position
+//! says everything a stamp on each row said, for a write per batch instead of two per event.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamInfoGroupsReply, StreamPendingReply};
+use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
 use service_kit::Shutdown;
 use service_kit::redis::KeyPrefix;
 use sqlx::postgres::PgListener;
@@ -68,22 +75,30 @@ impl Default for RelaySettings {
 
 /// Adds a batch to its streams only if the marker still names the last row published (the
 /// broker kept everything), then moves the marker on. `KEYS[1]` the marker, `KEYS[2..]` each
-/// entry's stream; `ARGV[1]` the expected marker (`""` for none), `ARGV[2]` the new one, then
-/// `event_id, type, envelope` per entry. Returns the entry ids.
+/// entry's stream; `ARGV[1]` the expected marker (`""` for none), `ARGV[2]` the new one,
+/// `ARGV[3]` the outbox's schema, then `position, event_id, type, envelope` per entry.
+///
+/// Each entry carries its outbox (`outbox`, the schema: several services' outboxes write the
+/// `ops` stream) and its `position` there: confirmation reads them back from the entries the
+/// groups have acknowledged. Readers of the event ignore both.
 const PUBLISH_SCRIPT: &str = r#"
 local marker = redis.call('GET', KEYS[1]) or ''
 if marker ~= ARGV[1] then
   return redis.error_reply('BROKERLOST the stream marker is ' .. marker .. ', expected ' .. ARGV[1])
 end
-local ids = {}
 for i = 2, #KEYS do
-  local a = 3 + (i - 2) * 3
-  ids[#ids + 1] = redis.call('XADD', KEYS[i], '*',
-    'event_id', ARGV[a], 'type', ARGV[a + 1], 'envelope', ARGV[a + 2])
+  local a = 4 + (i - 2) * 4
+  redis.call('XADD', KEYS[i], '*', 'event_id', ARGV[a + 1], 'type', ARGV[a + 2],
+    'envelope', ARGV[a + 3], 'outbox', ARGV[3], 'position', ARGV[a])
 end
 redis.call('SET', KEYS[1], ARGV[2])
-return ids
+return #KEYS - 1
 "#;
+
+/// How many entries confirmation reads at a time, walking back from the groups' bound to the
+/// newest entry of this outbox (entries of other outboxes and replayed dead letters carry no
+/// position of ours).
+const CONFIRM_PAGE: usize = 32;
 
 #[derive(Clone)]
 pub struct Relay {
@@ -182,24 +197,24 @@ impl Relay {
     ) -> Result<(), Error> {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(&format!("{}_outbox", self.schema)).await?;
-        // What the broker must hold for this schema; checked (and reconciled) with the first
-        // batch.
-        let mut marker = self.last_published().await?;
-        self.check_marker(&mut marker).await?;
+        // How far this outbox has published, and what the broker must hold for this schema;
+        // checked (and reconciled) before the first batch.
+        let mut progress = Progress::new(self.last_published(&mut *leader).await?);
+        self.check_marker(&mut *leader, &mut progress).await?;
         let mut last_cleanup = tokio::time::Instant::now();
         let mut last_confirm = tokio::time::Instant::now();
         loop {
-            // The leader connection must stay alive: a dead one means the lock is gone.
-            sqlx::query("SELECT 1").execute(&mut *leader).await?;
-            let published = self.publish_batch(&mut marker).await?;
-            self.record_lag().await?;
+            // Every batch reads and writes on the leader connection: a dead one (the lock is
+            // gone with it) fails the batch and ends this leadership.
+            let published = self.publish_batch(&mut *leader, &mut progress).await?;
+            self.record_lag(&mut *leader, progress.published).await?;
             if last_confirm.elapsed() >= self.settings.confirm_interval {
-                self.check_marker(&mut marker).await?;
-                self.confirm_and_trim().await?;
+                self.check_marker(&mut *leader, &mut progress).await?;
+                self.confirm_and_trim(&mut *leader).await?;
                 last_confirm = tokio::time::Instant::now();
             }
             if last_cleanup.elapsed() > Duration::from_secs(60) {
-                self.delete_expired().await?;
+                self.delete_expired(&mut *leader).await?;
                 last_cleanup = tokio::time::Instant::now();
             }
             if published < self.settings.batch_size {
@@ -219,144 +234,182 @@ impl Relay {
             .min(self.settings.confirm_interval)
     }
 
-    /// The marker the broker should hold: the position of the last row published, `""` when
-    /// none is left in the outbox.
-    async fn last_published(&self) -> Result<String, Error> {
-        let position: Option<i64> =
-            sqlx::query_scalar("SELECT max(position) FROM outbox WHERE published_at IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(position.map(|p| p.to_string()).unwrap_or_default())
+    /// How far this outbox has published.
+    async fn last_published(&self, leader: &mut PgConnection) -> Result<i64, Error> {
+        let position = sqlx::query_scalar("SELECT published_position FROM outbox_relay")
+            .fetch_one(leader)
+            .await?;
+        Ok(position)
     }
 
-    /// Publishes the oldest unpublished rows; returns how many. `marker` is what the broker
-    /// should hold; when it does not, nothing is added and every row the groups had not
-    /// confirmed is made unpublished again, to go out (again) before anything newer.
-    async fn publish_batch(&self, marker: &mut String) -> Result<i64, Error> {
+    /// Publishes the oldest unpublished rows; returns how many. `progress.marker` is what the
+    /// broker should hold; when it does not, nothing is added and every stream is rewound to
+    /// what its groups had confirmed, to go out (again) before anything newer.
+    ///
+    /// Unpublished: above the published position and, after a rewind, above what the row's
+    /// stream has confirmed (rows of other streams that were confirmed are not sent again).
+    async fn publish_batch(
+        &self,
+        leader: &mut PgConnection,
+        progress: &mut Progress,
+    ) -> Result<i64, Error> {
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT position, event_id, stream, event_type, envelope FROM outbox
-             WHERE published_at IS NULL ORDER BY position LIMIT $1",
+            "SELECT o.position, o.event_id, o.stream, o.event_type, o.envelope
+               FROM outbox o LEFT JOIN outbox_streams s ON s.stream = o.stream
+              WHERE o.position > $1 AND o.position > coalesce(s.confirmed_position, 0)
+              ORDER BY o.position LIMIT $2",
         )
+        .bind(progress.published)
         .bind(self.settings.batch_size)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *leader)
         .await?;
         let Some(last) = rows.last() else {
             return Ok(0);
         };
-        let next_marker = last.position.to_string();
+        let next = last.position;
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(self.marker_key())
-            .arg(marker.as_str())
-            .arg(&next_marker);
+            .arg(progress.marker.as_str())
+            .arg(next.to_string())
+            .arg(self.schema);
+        // The last position each stream of the batch was given.
+        let mut streams: Vec<(&str, i64)> = Vec::new();
         for row in &rows {
             invocation
                 .key(self.keys.stream(&row.stream))
+                .arg(row.position)
                 .arg(row.event_id.to_string())
                 .arg(&row.event_type)
                 .arg(&row.envelope);
+            match streams.iter_mut().find(|(stream, _)| *stream == row.stream) {
+                Some((_, position)) => *position = row.position,
+                None => streams.push((&row.stream, row.position)),
+            }
         }
         let mut redis = self.redis.clone();
-        let ids: Vec<String> = match invocation.invoke_async(&mut redis).await {
-            Ok(ids) => ids,
+        let added: i64 = match invocation.invoke_async(&mut redis).await {
+            Ok(added) => added,
             Err(err) if err.code() == Some("BROKERLOST") => {
-                *marker = self.republish_unconfirmed(&err).await?;
+                self.republish_unconfirmed(leader, progress, &err).await?;
                 return Ok(0);
             }
             Err(err) => return Err(err.into()),
         };
-        let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
-        let (millis, sequences): (Vec<i64>, Vec<i64>) = ids
-            .iter()
-            .map(|id| parse_entry_id(id).unwrap_or((0, 0)))
-            .unzip();
+        let (names, positions): (Vec<&str>, Vec<i64>) = streams.into_iter().unzip();
+        // One statement for the batch's watermarks: the rows themselves are never written.
         sqlx::query(
-            "UPDATE outbox o SET published_at = now(), entry_ms = e.ms, entry_seq = e.seq
-               FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[]) AS e(position, ms, seq)
-              WHERE o.position = e.position",
+            "WITH relay AS (UPDATE outbox_relay SET published_position = $1)
+             INSERT INTO outbox_streams AS s (stream, published_position)
+             SELECT * FROM UNNEST($2::text[], $3::bigint[])
+             ON CONFLICT (stream) DO UPDATE SET published_position = EXCLUDED.published_position",
         )
+        .bind(next)
+        .bind(&names)
         .bind(&positions)
-        .bind(&millis)
-        .bind(&sequences)
-        .execute(&self.pool)
+        .execute(&mut *leader)
         .await?;
-        *marker = next_marker;
-        let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        progress.advance(next);
         metrics::counter!("outbox_published_total", "schema" => self.schema)
-            .increment(count.unsigned_abs());
-        Ok(count)
+            .increment(added.unsigned_abs());
+        Ok(added)
     }
 
     /// An idle relay publishes nothing, so it also looks at the marker on its own (and a new
     /// leader before its first batch): a broker that forgot is found even when no new event
     /// comes to find it. A marker *ahead* of the outbox is no loss: the previous leader
-    /// published a batch and died before stamping it, and that batch goes out again anyway.
-    async fn check_marker(&self, marker: &mut String) -> Result<(), Error> {
+    /// published a batch and died before recording it, and that batch goes out again anyway.
+    async fn check_marker(
+        &self,
+        leader: &mut PgConnection,
+        progress: &mut Progress,
+    ) -> Result<(), Error> {
         let mut redis = self.redis.clone();
         let held: Option<String> = redis.get(self.marker_key()).await?;
         let held = held.unwrap_or_default();
-        // Ahead of the outbox: a leader published a batch and died before stamping it — that
-        // batch goes out again anyway (at least once), nothing was lost.
         let position = |m: &str| m.parse::<i64>().ok();
-        if position(&held) > position(marker) {
-            *marker = held;
+        if position(&held) > position(&progress.marker) {
+            progress.marker = held;
             return Ok(());
         }
-        if held != *marker {
+        if held != progress.marker {
             let lost = redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "the stream marker is gone or behind",
-                format!("held {held:?}, expected {marker:?}"),
+                format!("held {held:?}, expected {:?}", progress.marker),
             ));
-            *marker = self.republish_unconfirmed(&lost).await?;
+            self.republish_unconfirmed(leader, progress, &lost).await?;
         }
         Ok(())
     }
 
-    /// The broker lost entries of this schema: every published row no group had confirmed is
-    /// unpublished again, and the marker is reset to what is still confirmed. Returns the new
-    /// marker.
-    async fn republish_unconfirmed(&self, lost: &redis::RedisError) -> Result<String, Error> {
-        let republished = sqlx::query(
-            "UPDATE outbox SET published_at = NULL, entry_ms = NULL, entry_seq = NULL
-              WHERE published_at IS NOT NULL AND confirmed_at IS NULL",
+    /// The broker lost entries of this schema: every stream is rewound to what its groups had
+    /// confirmed, the published position to just before the first row left unconfirmed, and
+    /// the marker to match — so those rows go out again first, in outbox order.
+    async fn republish_unconfirmed(
+        &self,
+        leader: &mut PgConnection,
+        progress: &mut Progress,
+        lost: &redis::RedisError,
+    ) -> Result<(), Error> {
+        let mut tx = sqlx::Connection::begin(&mut *leader).await?;
+        let (republished, first): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(o.position)
+               FROM outbox_streams s
+               JOIN outbox o ON o.stream = s.stream
+                            AND o.position > s.confirmed_position
+                            AND o.position <= s.published_position",
         )
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        let marker = self.last_published().await?;
+        .fetch_one(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE outbox_streams SET published_position = confirmed_position
+              WHERE published_position > confirmed_position",
+        )
+        .execute(&mut *tx)
+        .await?;
+        let published = first.map_or(progress.published, |first| first - 1);
+        sqlx::query("UPDATE outbox_relay SET published_position = $1")
+            .bind(published)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let marker = Progress::new(published).marker;
         let mut redis = self.redis.clone();
         let _: () = redis.set(self.marker_key(), &marker).await?;
+        *progress = Progress::new(published);
         tracing::warn!(schema = self.schema, republished, cause = %lost,
             "the broker lost published events; publishing every unconfirmed one again");
         metrics::counter!("outbox_republished_total", "schema" => self.schema)
-            .increment(republished);
-        Ok(marker)
+            .increment(republished.unsigned_abs());
+        Ok(())
     }
 
     /// Confirms what every group of each stream has acknowledged and trims the streams up to
     /// there (REL-08: retention follows the consumers, never runs ahead of them).
-    async fn confirm_and_trim(&self) -> Result<(), Error> {
+    async fn confirm_and_trim(&self, leader: &mut PgConnection) -> Result<(), Error> {
         let streams: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT stream FROM outbox
-              WHERE published_at IS NOT NULL AND confirmed_at IS NULL",
+            "SELECT stream FROM outbox_streams WHERE confirmed_position < published_position",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *leader)
         .await?;
         for stream in streams {
             let key = self.keys.stream(&stream);
             let keep_from = (unix_millis_ago(self.settings.stream_keep), 0);
             let acknowledged = self.acknowledged_below(&key).await?;
-            if let Some((ms, seq)) = acknowledged {
+            if let Some(bound) = acknowledged
+                && let Some(position) = self.newest_position_below(&key, bound).await?
+            {
+                // Never past what was published: after a rewind, a lagging replica may still
+                // hold acknowledged entries that are on their way out again.
                 sqlx::query(
-                    "UPDATE outbox SET confirmed_at = now()
-                      WHERE stream = $1 AND published_at IS NOT NULL AND confirmed_at IS NULL
-                        AND (entry_ms, entry_seq) < ($2, $3)",
+                    "UPDATE outbox_streams
+                        SET confirmed_position = LEAST($2, published_position)
+                      WHERE stream = $1 AND confirmed_position < LEAST($2, published_position)",
                 )
                 .bind(&stream)
-                .bind(ms)
-                .bind(seq)
-                .execute(&self.pool)
+                .bind(position)
+                .execute(&mut *leader)
                 .await?;
             }
             let (ms, seq) = acknowledged.map_or(keep_from, |bound| bound.min(keep_from));
@@ -369,13 +422,51 @@ impl Relay {
                 .await?;
         }
         let unconfirmed: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND confirmed_at IS NULL",
+            "SELECT coalesce(sum(c.n), 0)::bigint FROM outbox_streams s,
+                    LATERAL (SELECT count(*) AS n FROM outbox o
+                              WHERE o.stream = s.stream
+                                AND o.position > s.confirmed_position
+                                AND o.position <= s.published_position) c",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *leader)
         .await?;
         metrics::gauge!("outbox_unconfirmed_events", "schema" => self.schema)
             .set(unconfirmed as f64);
         Ok(())
+    }
+
+    /// The position of this outbox's newest entry in stream `key` below entry id `bound`:
+    /// every row of the stream up to it has been acknowledged by every group. `None` when no
+    /// entry of ours is left below the bound (trimmed after an earlier round confirmed it).
+    async fn newest_position_below(
+        &self,
+        key: &str,
+        bound: (i64, i64),
+    ) -> Result<Option<i64>, Error> {
+        let mut redis = self.redis.clone();
+        let mut end = format!("({}-{}", bound.0, bound.1);
+        loop {
+            let page: StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(key)
+                .arg(&end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(CONFIRM_PAGE)
+                .query_async(&mut redis)
+                .await?;
+            let ours = page.ids.iter().find_map(|entry| {
+                (entry.get::<String>("outbox").as_deref() == Some(self.schema))
+                    .then(|| entry.get::<i64>("position"))
+                    .flatten()
+            });
+            match (ours, page.ids.last()) {
+                (Some(position), _) => return Ok(Some(position)),
+                (None, Some(oldest)) if page.ids.len() == CONFIRM_PAGE => {
+                    end = format!("({}", oldest.id);
+                }
+                _ => return Ok(None),
+            }
+        }
     }
 
     /// The first entry id some group of stream `key` has not acknowledged: every entry below it
@@ -411,12 +502,14 @@ impl Relay {
         Ok(bound)
     }
     /// Outbox lag (OBS-03): how many events wait, and how long the oldest has waited.
-    async fn record_lag(&self) -> Result<(), Error> {
+    async fn record_lag(&self, leader: &mut PgConnection, published: i64) -> Result<(), Error> {
         let (waiting, oldest_secs): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
-             FROM outbox WHERE published_at IS NULL",
+            "SELECT count(*), extract(epoch FROM now() - min(o.created_at))::float8
+               FROM outbox o LEFT JOIN outbox_streams s ON s.stream = o.stream
+              WHERE o.position > $1 AND o.position > coalesce(s.confirmed_position, 0)",
         )
-        .fetch_one(&self.pool)
+        .bind(published)
+        .fetch_one(leader)
         .await?;
         metrics::gauge!("outbox_unpublished_events", "schema" => self.schema).set(waiting as f64);
         metrics::gauge!("outbox_oldest_unpublished_age_seconds", "schema" => self.schema)
@@ -424,19 +517,47 @@ impl Relay {
         Ok(())
     }
 
-    async fn delete_expired(&self) -> Result<(), Error> {
+    /// Deletes published rows past their retention: confirmed ones after `retention`, the
+    /// others after `unconfirmed_retention`. Rows are taken in position order up to the first
+    /// one still young, so the scan is a range of the primary key, not the whole table.
+    async fn delete_expired(&self, leader: &mut PgConnection) -> Result<(), Error> {
         sqlx::query(
-            // The last published row stays: it is what the broker's marker names.
-            "DELETE FROM outbox
-              WHERE published_at < now() - make_interval(secs => $1)
-                AND (confirmed_at IS NOT NULL OR published_at < now() - make_interval(secs => $2))
-                AND position < (SELECT max(position) FROM outbox WHERE published_at IS NOT NULL)",
+            "DELETE FROM outbox o USING outbox_streams s
+              WHERE s.stream = o.stream
+                AND o.position <= s.published_position
+                AND o.position < (SELECT coalesce(min(position), 9223372036854775807) FROM outbox
+                                   WHERE created_at >= now() - make_interval(secs => $1))
+                AND (o.position <= s.confirmed_position
+                     OR o.created_at < now() - make_interval(secs => $2))",
         )
         .bind(self.settings.retention.as_secs_f64())
         .bind(self.settings.unconfirmed_retention.as_secs_f64())
-        .execute(&self.pool)
+        .execute(leader)
         .await?;
         Ok(())
+    }
+}
+
+/// How far the leader has published, and the marker the broker must hold for it: the same
+/// position, except after a previous leader published a batch and died before recording it
+/// (the broker is then ahead, and that batch goes out again).
+struct Progress {
+    published: i64,
+    marker: String,
+}
+
+impl Progress {
+    fn new(published: i64) -> Self {
+        let marker = if published == 0 {
+            String::new()
+        } else {
+            published.to_string()
+        };
+        Self { published, marker }
+    }
+
+    fn advance(&mut self, published: i64) {
+        *self = Self::new(published);
     }
 }
 

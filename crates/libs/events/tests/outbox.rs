@@ -53,11 +53,17 @@ async fn produce(pool: &PgPool, count: i64, per_tx: i64) -> Vec<Uuid> {
     ids
 }
 
+/// Rows the relay has still to publish: above its published position (and above what their
+/// stream had confirmed, after a rewind).
 async fn unpublished(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox o LEFT JOIN outbox_streams s USING (stream)
+          WHERE o.position > (SELECT published_position FROM outbox_relay)
+            AND o.position > coalesce(s.confirmed_position, 0)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// Event ids in the stream, in stream order.
@@ -367,11 +373,33 @@ fn confirming_relay(
     )
 }
 
+/// Starts [`confirming_relay`] and waits until it has published everything written so far.
+async fn drained_by_a_confirming_relay(
+    pool: &PgPool,
+    redis: &ConnectionManager,
+    prefix: &KeyPrefix,
+    keep: Duration,
+) -> (Shutdown, tokio::task::JoinHandle<()>) {
+    let shutdown = Shutdown::new();
+    let relay = confirming_relay(pool, redis, prefix, keep);
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    eventually("the outbox to drain", || async {
+        unpublished(pool).await == 0
+    })
+    .await;
+    (shutdown, task)
+}
+
+/// Rows every group of their stream has acknowledged: at or below the stream's confirmed
+/// position.
 async fn confirmed(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE confirmed_at IS NOT NULL")
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox o JOIN outbox_streams s USING (stream)
+          WHERE o.position <= s.confirmed_position",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// Group `group` is given up to `count` new entries of `key` and acknowledges the first `ack`.
@@ -412,13 +440,8 @@ async fn retention_trims_only_what_every_group_acknowledged(pool: PgPool) {
             .unwrap();
     }
     let written = produce(&pool, 10, 10).await;
-    let shutdown = Shutdown::new();
-    let relay = confirming_relay(&pool, &redis, &prefix, Duration::ZERO);
-    let task = tokio::spawn(relay.run(shutdown.clone()));
-    eventually("the outbox to drain", || async {
-        unpublished(&pool).await == 0
-    })
-    .await;
+    let (shutdown, task) =
+        drained_by_a_confirming_relay(&pool, &redis, &prefix, Duration::ZERO).await;
 
     // One group has everything, the other only the first four.
     read_and_ack(&mut redis, &key, "fast", 10, 10).await;
@@ -511,12 +534,217 @@ async fn what_a_redis_restarted_empty_lost_is_published_again_before_anything_ne
     task.await.unwrap();
 }
 
+#[sqlx::test(migrations = false)]
+async fn a_lost_broker_gets_back_what_each_stream_had_not_confirmed_and_nothing_else(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut server = RedisServer::start().await;
+    let url = secrecy::SecretString::from(server.url());
+    let mut redis = service_kit::redis::connect_url(&url, None).await.unwrap();
+    let prefix = KeyPrefix::new("bourse");
+    let (items, other) = (prefix.stream("items"), prefix.stream("other"));
+    for key in [&items, &other] {
+        let _: () = redis
+            .xgroup_create_mkstream(key, "consumer", "0")
+            .await
+            .unwrap();
+    }
+    // Interleaved: items' rows at positions 1 and 3, other's at 2 and 4.
+    let mut written = Vec::new();
+    for _ in 0..2 {
+        written.extend(produce_to(&pool, "items", 1).await);
+        written.extend(produce_to(&pool, "other", 1).await);
+    }
+    let (shutdown, task) =
+        drained_by_a_confirming_relay(&pool, &redis, &prefix, Duration::from_secs(60)).await;
+    // items' group has everything; other's has read its two and acknowledged neither.
+    read_and_ack(&mut redis, &items, "consumer", 2, 2).await;
+    read_and_ack(&mut redis, &other, "consumer", 2, 0).await;
+    eventually("items' two rows confirmed", || async {
+        confirmed(&pool).await == 2
+    })
+    .await;
+
+    // Redis comes back empty. The rewind starts at other's first row (position 2), below
+    // items' confirmed second row (position 3): that one must not go out again.
+    server.restart().await;
+    let newer = produce_to(&pool, "items", 1).await;
+    eventually("other's two rows and the new one published", || {
+        let mut r = redis.clone();
+        let (items, other) = (items.clone(), other.clone());
+        async move {
+            let items = try_stream_ids(&mut r, &items)
+                .await
+                .map_or(0, |ids| ids.len());
+            let other = try_stream_ids(&mut r, &other)
+                .await
+                .map_or(0, |ids| ids.len());
+            items >= 1 && other >= 2
+        }
+    })
+    .await;
+    assert_eq!(
+        stream_ids(&mut redis, &other).await,
+        [written[1], written[3]]
+    );
+    assert_eq!(
+        stream_ids(&mut redis, &items).await,
+        newer,
+        "a confirmed row is not sent again, even when the rewind starts below it"
+    );
+    shutdown.trigger();
+    task.await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn entries_of_other_outboxes_in_a_shared_stream_leave_confirmation_to_our_own(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let key = prefix.stream("items");
+    let _: () = redis.xgroup_create_mkstream(&key, "g", "0").await.unwrap();
+    produce(&pool, 3, 1).await;
+    let (shutdown, task) =
+        drained_by_a_confirming_relay(&pool, &redis, &prefix, Duration::from_secs(60)).await;
+    // After ours, more than a page of entries another service's outbox published to the same
+    // stream (as every service's relay does to `ops`), claiming a position of its own, and a
+    // replayed dead letter, which carries none.
+    for n in 0..40 {
+        let _: String = redis::cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("event_id")
+            .arg(Uuid::now_v7().to_string())
+            .arg("type")
+            .arg("ItemCreated")
+            .arg("envelope")
+            .arg("{}")
+            .arg("outbox")
+            .arg("someone_else")
+            .arg("position")
+            .arg(1 + n % 2)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+    }
+    let _: String = events::envelope::xadd(&key, None, "dead", "ItemCreated", "{}")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    read_and_ack(&mut redis, &key, "g", 100, 100).await;
+    eventually(
+        "our three rows confirmed, by our own entries' positions",
+        || async { confirmed(&pool).await == 3 },
+    )
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_outbox_stamped_row_by_row_carries_its_progress_into_the_watermarks(pool: PgPool) {
+    // The outbox as it was before it became append-only, with rows in every state.
+    sqlx::raw_sql("CREATE SCHEMA legacy")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let options = pool.connect_options().as_ref().clone();
+    let legacy = PgPool::connect_with(options.options([("search_path", "legacy")]))
+        .await
+        .unwrap();
+    for before in [
+        include_str!("../migrations/20261122000001_outbox.sql"),
+        include_str!("../migrations/20261122000002_inbox.sql"),
+        include_str!("../migrations/20261202000001_outbox_confirmation.sql"),
+        include_str!("../migrations/20261202000002_outbox_write_lock.sql"),
+    ] {
+        sqlx::raw_sql(before).execute(&legacy).await.unwrap();
+    }
+    // Positions 1 to 6: confirmed, confirmed, confirmed, published, published, waiting.
+    for (stream, published, confirmed) in [
+        ("items", true, true),
+        ("other", true, true),
+        ("items", true, true),
+        ("other", true, false),
+        ("items", true, false),
+        ("items", false, false),
+    ] {
+        sqlx::query(
+            "INSERT INTO outbox (event_id, stream, event_type, envelope, published_at, confirmed_at)
+             VALUES ($1, $2, 'ItemCreated', '{}',
+                     CASE WHEN $3 THEN now() END, CASE WHEN $4 THEN now() END)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(stream)
+        .bind(published)
+        .bind(confirmed)
+        .execute(&legacy)
+        .await
+        .unwrap();
+    }
+
+    sqlx::raw_sql(include_str!(
+        "../migrations/20261203000001_outbox_append_only.sql"
+    ))
+    .execute(&legacy)
+    .await
+    .unwrap();
+
+    let published: i64 = sqlx::query_scalar("SELECT published_position FROM outbox_relay")
+        .fetch_one(&legacy)
+        .await
+        .unwrap();
+    assert_eq!(published, 5, "the last row Redis was given");
+    let streams: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT stream, published_position, confirmed_position FROM outbox_streams ORDER BY stream",
+    )
+    .fetch_all(&legacy)
+    .await
+    .unwrap();
+    assert_eq!(
+        streams,
+        [("items".to_owned(), 5, 3), ("other".to_owned(), 4, 2)]
+    );
+    assert_eq!(unpublished(&legacy).await, 1, "the waiting row still waits");
+    assert_eq!(confirmed(&legacy).await, 3);
+}
+
 /// A producer's pool on its own schema, with the outbox and a table of "state" to change.
+///
+/// The outbox is append-only (ADR 0024): here any update of one of its rows fails, so every
+/// relay test in this file also proves the relay publishes and confirms without writing a row.
 async fn producer(test_pool: &PgPool) -> PgPool {
-    common::service_db(
+    let pool = common::service_db(
         test_pool,
         SCHEMA,
         "CREATE TABLE items (id uuid PRIMARY KEY)",
     )
+    .await;
+    sqlx::query(
+        "CREATE FUNCTION outbox_rows_are_never_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'outbox row % updated', OLD.position; END $$",
+    )
+    .execute(&pool)
     .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER outbox_rows_are_never_updated BEFORE UPDATE ON outbox
+           FOR EACH ROW EXECUTE FUNCTION outbox_rows_are_never_updated()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool
+}
+
+/// Appends `count` events to `stream`, one transaction each; returns their ids.
+async fn produce_to(pool: &PgPool, stream: &str, count: i64) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let event = envelope(n);
+        let mut tx = pool.begin().await.unwrap();
+        outbox::append(&mut tx, stream, &event).await.unwrap();
+        tx.commit().await.unwrap();
+        ids.push(event.id);
+    }
+    ids
 }
