@@ -443,7 +443,8 @@ async fn through_kills_a_database_failover_and_a_redis_that_forgets_nothing_is_l
         platform
             .count(
                 "SELECT count(*) FROM risk.outbox
-                  WHERE event_type = 'KillSwitchActivated' AND published_at IS NOT NULL",
+                  WHERE event_type = 'KillSwitchActivated'
+                    AND position <= (SELECT published_position FROM risk.outbox_relay)",
             )
             .await
             == 1
