@@ -45,14 +45,11 @@ SELECT stream,
  WHERE published_at IS NOT NULL
  GROUP BY stream;
 
-DROP INDEX outbox_unpublished_idx;
-DROP INDEX outbox_published_at_idx;
-DROP INDEX outbox_unconfirmed_idx;
-ALTER TABLE outbox
-    DROP COLUMN published_at,
-    DROP COLUMN entry_ms,
-    DROP COLUMN entry_seq,
-    DROP COLUMN confirmed_at;
+-- Expand, not contract (docs/runbooks/deploy.md): the stamps' columns and indexes stay for one
+-- release, so the previous image still runs against this schema — during the rollout, or after a
+-- rollback (docs/runbooks/rollback.md says how to stamp what the watermarks cover first). This
+-- release never writes them. The contract migration of a later release drops them (the SQL is in
+-- ADR 0024).
 
 -- A stream's rows in order: what confirmation counts and a lost broker's rewind starts from
 -- (the rows above a stream's confirmed position).

@@ -641,7 +641,9 @@ async fn entries_of_other_outboxes_in_a_shared_stream_leave_confirmation_to_our_
 }
 
 #[sqlx::test(migrations = false)]
-async fn an_outbox_stamped_row_by_row_carries_its_progress_into_the_watermarks(pool: PgPool) {
+async fn an_outbox_stamped_row_by_row_carries_its_progress_into_the_watermarks_and_back(
+    pool: PgPool,
+) {
     // The outbox as it was before it became append-only, with rows in every state.
     sqlx::raw_sql("CREATE SCHEMA legacy")
         .execute(&pool)
@@ -706,6 +708,51 @@ async fn an_outbox_stamped_row_by_row_carries_its_progress_into_the_watermarks(p
     );
     assert_eq!(unpublished(&legacy).await, 1, "the waiting row still waits");
     assert_eq!(confirmed(&legacy).await, 3);
+
+    // The previous release still runs against this schema (expand, not contract): its relay
+    // finds what it reads. And a rollback to it stamps what this release's relay did — here,
+    // it published the waiting row and its group confirmed items up to it.
+    let waiting: Vec<i64> = sqlx::query_scalar(
+        "SELECT position FROM outbox WHERE published_at IS NULL AND confirmed_at IS NULL
+          AND entry_ms IS NULL AND entry_seq IS NULL ORDER BY position",
+    )
+    .fetch_all(&legacy)
+    .await
+    .unwrap();
+    assert_eq!(waiting, [6]);
+    sqlx::raw_sql(
+        "UPDATE outbox_relay SET published_position = 6;
+         UPDATE outbox_streams SET published_position = 6, confirmed_position = 6
+          WHERE stream = 'items'",
+    )
+    .execute(&legacy)
+    .await
+    .unwrap();
+    sqlx::raw_sql(include_str!(
+        "../../../../tools/rollback/stamp-outbox-rows.sql"
+    ))
+    .execute(&legacy)
+    .await
+    .unwrap();
+    let stamps: Vec<(i64, bool, bool)> = sqlx::query_as(
+        "SELECT position, published_at IS NOT NULL, confirmed_at IS NOT NULL
+           FROM outbox ORDER BY position",
+    )
+    .fetch_all(&legacy)
+    .await
+    .unwrap();
+    assert_eq!(
+        stamps,
+        [
+            (1, true, true),
+            (2, true, true),
+            (3, true, true),
+            (4, true, false),
+            (5, true, true),
+            (6, true, true),
+        ],
+        "row 5 was confirmed under the watermarks, row 4 (other's) was not"
+    );
 }
 
 /// A producer's pool on its own schema, with the outbox and a table of "state" to change.
