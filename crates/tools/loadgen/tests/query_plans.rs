@@ -33,6 +33,11 @@ const SMALL_TABLES: &[(&str, &str)] = &[
     ("alert_rules", "configured by operators"),
     ("silences", "configured by operators"),
     ("risk_limits", "one row per account with custom limits"),
+    ("outbox_relay", "one row: how far the relay has published"),
+    (
+        "outbox_streams",
+        "one row per stream an outbox publishes to",
+    ),
     ("_sqlx_migrations", "the migration history"),
     ("_events_migrations", "the migration history"),
 ];
