@@ -13,13 +13,13 @@
 //!   nothing, and the relay rewinds every stream to what its groups had confirmed and carries
 //!   on — so the lost events go out again *before* anything newer, in outbox order. An idle
 //!   relay checks the marker every `confirm_interval` too.
-//! - Every second the relay reads each stream's groups (`XINFO GROUPS`, `XPENDING`): the
-//!   newest entry of this outbox below the slowest group's first unacknowledged one carries the
-//!   position every row of that stream up to which is confirmed, and the stream is trimmed up to
-//!   there (`XTRIM MINID`, exact) — never past an entry some group has not acknowledged. Entries
-//!   stay at least `stream_keep` for readers without a group (the gateway's live feed).
-//!   A stream with no group at all is trimmed by age alone.
-//! - Confirmed rows are deleted after `retention`; unconfirmed ones are kept
+//! - Every second the relay reads each stream's groups (`XINFO GROUPS`, `XPENDING`) for the
+//!   slowest group's first unacknowledged entry. The newest entry of this outbox below it
+//!   carries a position: every row of that stream up to it is confirmed. The stream is trimmed
+//!   up to that first unacknowledged entry (`XTRIM MINID`, exact), never past it. Entries stay
+//!   at least `stream_keep` for readers without a group (the gateway's live feed). A stream
+//!   with no group at all is trimmed by age alone.
+//! - Confirmed rows are deleted `retention` after they were written; unconfirmed ones are kept
 //!   `unconfirmed_retention` (a stream nobody consumes must not fill the database).
 //!
 //! **Rows are never updated** (ADR 0024). What is published and what is confirmed are
