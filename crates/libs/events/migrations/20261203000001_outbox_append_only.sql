@@ -54,3 +54,14 @@ SELECT stream,
 -- A stream's rows in order: what confirmation counts and a lost broker's rewind starts from
 -- (the rows above a stream's confirmed position).
 CREATE INDEX outbox_stream_position_idx ON outbox (stream, position);
+
+-- The rule for "not yet published", written once: above the relay's published position and,
+-- after a lost broker's rewind, above what the row's stream had confirmed (rows of other
+-- streams confirmed meanwhile are not sent again). The relay publishes from it and counts its
+-- lag over it. Both bounds are ranges of the primary key.
+CREATE VIEW outbox_unpublished AS
+SELECT o.position, o.event_id, o.stream, o.event_type, o.envelope, o.created_at
+  FROM outbox o
+  LEFT JOIN outbox_streams s ON s.stream = o.stream
+ WHERE o.position > (SELECT published_position FROM outbox_relay)
+   AND o.position > coalesce(s.confirmed_position, 0);

@@ -207,7 +207,7 @@ impl Relay {
             // Every batch reads and writes on the leader connection: a dead one (the lock is
             // gone with it) fails the batch and ends this leadership.
             let published = self.publish_batch(&mut *leader, &mut progress).await?;
-            self.record_lag(&mut *leader, progress.published).await?;
+            self.record_lag(&mut *leader).await?;
             if last_confirm.elapsed() >= self.settings.confirm_interval {
                 self.check_marker(&mut *leader, &mut progress).await?;
                 self.confirm_and_trim(&mut *leader).await?;
@@ -246,20 +246,18 @@ impl Relay {
     /// broker should hold; when it does not, nothing is added and every stream is rewound to
     /// what its groups had confirmed, to go out (again) before anything newer.
     ///
-    /// Unpublished: above the published position and, after a rewind, above what the row's
-    /// stream has confirmed (rows of other streams that were confirmed are not sent again).
+    /// Unpublished is what the `outbox_unpublished` view says (the migration writes the rule
+    /// once): above the published position and, after a rewind, above what the row's stream
+    /// has confirmed.
     async fn publish_batch(
         &self,
         leader: &mut PgConnection,
         progress: &mut Progress,
     ) -> Result<i64, Error> {
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT o.position, o.event_id, o.stream, o.event_type, o.envelope
-               FROM outbox o LEFT JOIN outbox_streams s ON s.stream = o.stream
-              WHERE o.position > $1 AND o.position > coalesce(s.confirmed_position, 0)
-              ORDER BY o.position LIMIT $2",
+            "SELECT position, event_id, stream, event_type, envelope FROM outbox_unpublished
+              ORDER BY position LIMIT $1",
         )
-        .bind(progress.published)
         .bind(self.settings.batch_size)
         .fetch_all(&mut *leader)
         .await?;
@@ -502,13 +500,11 @@ impl Relay {
         Ok(bound)
     }
     /// Outbox lag (OBS-03): how many events wait, and how long the oldest has waited.
-    async fn record_lag(&self, leader: &mut PgConnection, published: i64) -> Result<(), Error> {
+    async fn record_lag(&self, leader: &mut PgConnection) -> Result<(), Error> {
         let (waiting, oldest_secs): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), extract(epoch FROM now() - min(o.created_at))::float8
-               FROM outbox o LEFT JOIN outbox_streams s ON s.stream = o.stream
-              WHERE o.position > $1 AND o.position > coalesce(s.confirmed_position, 0)",
+            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
+               FROM outbox_unpublished",
         )
-        .bind(published)
         .fetch_one(leader)
         .await?;
         metrics::gauge!("outbox_unpublished_events", "schema" => self.schema).set(waiting as f64);

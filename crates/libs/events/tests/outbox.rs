@@ -30,9 +30,14 @@ fn envelope(n: i64) -> Envelope {
     )
 }
 
-/// Creates `count` items, each with its event, `per_tx` to a transaction; returns the event ids
-/// in commit order.
+/// Creates `count` items, each with its event on `items`, `per_tx` to a transaction; returns
+/// the event ids in commit order.
 async fn produce(pool: &PgPool, count: i64, per_tx: i64) -> Vec<Uuid> {
+    produce_to(pool, "items", count, per_tx).await
+}
+
+/// [`produce`], with the events on `stream`.
+async fn produce_to(pool: &PgPool, stream: &str, count: i64, per_tx: i64) -> Vec<Uuid> {
     let mut ids = Vec::new();
     let mut n = 0;
     while n < count {
@@ -44,7 +49,7 @@ async fn produce(pool: &PgPool, count: i64, per_tx: i64) -> Vec<Uuid> {
                 .await
                 .unwrap();
             let event = envelope(n);
-            outbox::append(&mut tx, "items", &event).await.unwrap();
+            outbox::append(&mut tx, stream, &event).await.unwrap();
             ids.push(event.id);
             n += 1;
         }
@@ -53,17 +58,12 @@ async fn produce(pool: &PgPool, count: i64, per_tx: i64) -> Vec<Uuid> {
     ids
 }
 
-/// Rows the relay has still to publish: above its published position (and above what their
-/// stream had confirmed, after a rewind).
+/// Rows the relay has still to publish.
 async fn unpublished(pool: &PgPool) -> i64 {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM outbox o LEFT JOIN outbox_streams s USING (stream)
-          WHERE o.position > (SELECT published_position FROM outbox_relay)
-            AND o.position > coalesce(s.confirmed_position, 0)",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap()
+    sqlx::query_scalar("SELECT count(*) FROM outbox_unpublished")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
 
 /// Event ids in the stream, in stream order.
@@ -551,8 +551,8 @@ async fn a_lost_broker_gets_back_what_each_stream_had_not_confirmed_and_nothing_
     // Interleaved: items' rows at positions 1 and 3, other's at 2 and 4.
     let mut written = Vec::new();
     for _ in 0..2 {
-        written.extend(produce_to(&pool, "items", 1).await);
-        written.extend(produce_to(&pool, "other", 1).await);
+        written.extend(produce_to(&pool, "items", 1, 1).await);
+        written.extend(produce_to(&pool, "other", 1, 1).await);
     }
     let (shutdown, task) =
         drained_by_a_confirming_relay(&pool, &redis, &prefix, Duration::from_secs(60)).await;
@@ -567,7 +567,7 @@ async fn a_lost_broker_gets_back_what_each_stream_had_not_confirmed_and_nothing_
     // Redis comes back empty. The rewind starts at other's first row (position 2), below
     // items' confirmed second row (position 3): that one must not go out again.
     server.restart().await;
-    let newer = produce_to(&pool, "items", 1).await;
+    let newer = produce_to(&pool, "items", 1, 1).await;
     eventually("other's two rows and the new one published", || {
         let mut r = redis.clone();
         let (items, other) = (items.clone(), other.clone());
@@ -649,10 +649,7 @@ async fn an_outbox_stamped_row_by_row_carries_its_progress_into_the_watermarks_a
         .execute(&pool)
         .await
         .unwrap();
-    let options = pool.connect_options().as_ref().clone();
-    let legacy = PgPool::connect_with(options.options([("search_path", "legacy")]))
-        .await
-        .unwrap();
+    let legacy = common::schema_pool(&pool, "legacy").await;
     for before in [
         include_str!("../migrations/20261122000001_outbox.sql"),
         include_str!("../migrations/20261122000002_inbox.sql"),
@@ -781,17 +778,4 @@ async fn producer(test_pool: &PgPool) -> PgPool {
     .await
     .unwrap();
     pool
-}
-
-/// Appends `count` events to `stream`, one transaction each; returns their ids.
-async fn produce_to(pool: &PgPool, stream: &str, count: i64) -> Vec<Uuid> {
-    let mut ids = Vec::new();
-    for n in 0..count {
-        let event = envelope(n);
-        let mut tx = pool.begin().await.unwrap();
-        outbox::append(&mut tx, stream, &event).await.unwrap();
-        tx.commit().await.unwrap();
-        ids.push(event.id);
-    }
-    ids
 }

@@ -10,13 +10,18 @@ pub async fn service_db(
     schema: &'static str,
     state_table: &'static str,
 ) -> PgPool {
-    let options = test_pool.connect_options().as_ref().clone();
-    let pool = PgPool::connect_with(options.options([("search_path", schema)]))
-        .await
-        .unwrap();
+    let pool = schema_pool(test_pool, schema).await;
     events::migrate(&pool, schema).await.unwrap();
     sqlx::query(state_table).execute(&pool).await.unwrap();
     pool
+}
+
+/// A pool on `test_pool`'s database whose connections work in `schema`.
+pub async fn schema_pool(test_pool: &PgPool, schema: &str) -> PgPool {
+    let options = test_pool.connect_options().as_ref().clone();
+    PgPool::connect_with(options.options([("search_path", schema)]))
+        .await
+        .unwrap()
 }
 
 pub async fn redis() -> ConnectionManager {
