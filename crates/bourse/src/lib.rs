@@ -49,12 +49,12 @@ pub const SERVICES: [ServiceSpec; 6] = [
         service: auth::SPEC,
     },
     ServiceSpec {
-        target: Target::Risk,
-        service: risk::SPEC,
-    },
-    ServiceSpec {
         target: Target::Settlement,
         service: settlement::SPEC,
+    },
+    ServiceSpec {
+        target: Target::Risk,
+        service: risk::SPEC,
     },
     ServiceSpec {
         target: Target::Orders,

@@ -74,6 +74,7 @@ async fn production_refuses_to_start_without_explicit_settings() {
             "BOURSE_AUTH_GENERATE_SIGNING_KEY",
             "BOURSE_SERVICE_SECRET_ORDERS",
             "BOURSE_SERVICE_SECRET_SETTLEMENT",
+            "BOURSE_SERVICE_SECRET_RISK",
             "BOURSE_SERVICE_SECRET_GATEWAY",
             "BOURSE_MASTER_KEYS",
         ],

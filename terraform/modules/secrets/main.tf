@@ -52,6 +52,7 @@ locals {
     "master-keys"               = "BOURSE_MASTER_KEYS: field-encryption keys (docs/runbooks/secret-rotation.md)"
     "service-secret-orders"     = "BOURSE_SERVICE_SECRET_ORDERS: orders' client secret for service tokens"
     "service-secret-settlement" = "BOURSE_SERVICE_SECRET_SETTLEMENT: settlement's client secret for service tokens"
+    "service-secret-risk"       = "BOURSE_SERVICE_SECRET_RISK: risk's client secret (settlement's balances)"
     "service-secret-gateway"    = "BOURSE_SERVICE_SECRET_GATEWAY: the gateway's client secret (API key credentials)"
   }
 }

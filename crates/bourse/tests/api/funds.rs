@@ -6,7 +6,13 @@ use serde_json::{Value, json};
 use service_kit::testing::eventually;
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with};
+use std::collections::BTreeMap;
+
+use bourse::Target;
+
+use crate::helpers::{
+    PASSWORD, TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with, spawn_app_without,
+};
 
 /// BTC-USD (tick 0.01, lot 0.0001), an admin and two traders with nothing yet.
 struct Exchange {
@@ -303,4 +309,202 @@ async fn without_settlement_orders_are_refused_fast_and_the_breaker_opens(pool: 
         count(&x.app.db, "SELECT count(*) FROM orders.orders").await,
         0
     );
+}
+
+/// What risk says `account` owns, by asset (`GET /v1/admin/risk-funds/{account}`), read as
+/// `reader`; `None` while risk is still loading settlement's snapshot.
+async fn risk_funds(
+    app: &TestApp,
+    reader: &Tokens,
+    account: uuid::Uuid,
+) -> Option<BTreeMap<String, String>> {
+    let response = app
+        .get_authed(
+            &format!("/v1/admin/risk-funds/{account}"),
+            &reader.access_token,
+        )
+        .await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    assert_eq!(response.status(), StatusCode::OK);
+    let view: Value = response.json().await.unwrap();
+    assert_eq!(view["account_id"], account.to_string());
+    Some(
+        view["balances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                (
+                    b["asset"].as_str().unwrap().to_owned(),
+                    b["balance"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// What settlement's ledger says `account` owns, by asset: available and held together.
+async fn ledger_funds(db: &PgPool, account: uuid::Uuid) -> BTreeMap<String, String> {
+    let rows: Vec<(String, i64, i16)> = sqlx::query_as(
+        "SELECT a.asset, a.available + a.held, s.scale
+           FROM settlement.accounts a JOIN settlement.assets s ON s.code = a.asset
+          WHERE a.owner_id = $1 AND (a.available <> 0 OR a.held <> 0)",
+    )
+    .bind(account)
+    .fetch_all(db)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(asset, units, scale)| {
+            let scale = u32::try_from(scale).unwrap();
+            (asset, contracts::format_units(units, scale))
+        })
+        .collect()
+}
+
+/// Waits until risk's view of `account` is `expected`.
+async fn risk_sees(
+    app: &TestApp,
+    reader: &Tokens,
+    account: uuid::Uuid,
+    expected: &BTreeMap<String, String>,
+) {
+    eventually(
+        &format!("risk to see {expected:?} for {account}"),
+        || async { risk_funds(app, reader, account).await.as_ref() == Some(expected) },
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn risk_follows_every_balance_settlement_books_through_deposits_trades_fees_and_withdrawals(
+    pool: PgPool,
+) {
+    let x = exchange_on(spawn_app(pool).await).await;
+    let (alice, bob) = (x.app.user_id(&x.alice).await, x.app.user_id(&x.bob).await);
+    x.fund(&x.alice, "BTC", "1").await;
+    x.fund(&x.bob, "USD", "40000").await;
+
+    x.placed(&x.alice, &limit("sell", "30000.00", "0.5")).await;
+    x.placed(&x.bob, &limit("buy", "30000.00", "0.5")).await;
+    eventually("the trade settled", || async {
+        x.settled_trades().await == 1
+    })
+    .await;
+    let withdrawal = x
+        .app
+        .client
+        .post(x.app.url("/v1/admin/withdrawals"))
+        .bearer_auth(&x.admin.access_token)
+        .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+        .json(&json!({ "account_id": bob, "asset": "USD", "amount": "100.01" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(withdrawal.status(), StatusCode::CREATED);
+
+    // Both sides of the trade, both fees and the withdrawal, to the minor unit.
+    for account in [alice, bob] {
+        let ledger = ledger_funds(&x.app.db, account).await;
+        assert_eq!(
+            ledger.len(),
+            2,
+            "{account} holds both assets after the trade"
+        );
+        risk_sees(&x.app, &x.admin, account, &ledger).await;
+    }
+    assert_eq!(
+        ledger_funds(&x.app.db, bob).await["USD"],
+        "24869.99",
+        "40,000 less 15,000, the taker's 20 bps (30.00) and the withdrawal (100.01)"
+    );
+
+    // Risk officers and admins may look; a trader may not, not even at their own.
+    let officer = x
+        .app
+        .signed_up_with_roles("officer@example.com", &["risk_officer"])
+        .await;
+    assert!(risk_funds(&x.app, &officer, alice).await.is_some());
+    let own = x
+        .app
+        .get_authed(
+            &format!("/v1/admin/risk-funds/{alice}"),
+            &x.alice.access_token,
+        )
+        .await;
+    assert_problem(own, StatusCode::FORBIDDEN, "forbidden").await;
+    let malformed = x
+        .app
+        .get_authed("/v1/admin/risk-funds/not-a-uuid", &x.admin.access_token)
+        .await;
+    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
+}
+
+/// A restarted risk loads a new snapshot and must not count again what the snapshot already
+/// holds, even when those events are still waiting in the stream for its consumer group.
+#[sqlx::test(migrations = false)]
+async fn a_restarted_risk_counts_what_its_snapshot_holds_once_and_what_follows_it(pool: PgPool) {
+    let prefix = format!("test:{}", uuid::Uuid::now_v7());
+    let same_broker = [("BOURSE_REDIS_KEY_PREFIX", prefix.as_str())];
+
+    // The first run: risk follows a deposit.
+    let first = exchange_on(spawn_app_with(pool.clone(), &same_broker).await).await;
+    let alice = first.app.user_id(&first.alice).await;
+    first.fund(&first.alice, "USD", "100").await;
+    let mut expected = BTreeMap::from([("USD".to_owned(), "100.00".to_owned())]);
+    risk_sees(&first.app, &first.admin, alice, &expected).await;
+    first.app.stop().await;
+
+    // Risk is away: a deposit is booked and published, and waits in the stream for risk.
+    let without_risk = spawn_app_without(pool.clone(), &same_broker, &[Target::Risk]).await;
+    let admin = without_risk
+        .login("treasury@example.com", PASSWORD)
+        .await
+        .json::<Tokens>()
+        .await
+        .unwrap();
+    without_risk.deposit(&admin, alice, "USD", "5").await;
+    eventually("the deposit published", || async {
+        count(
+            &without_risk.db,
+            "SELECT count(*) FROM settlement.outbox_unpublished",
+        )
+        .await
+            == 0
+    })
+    .await;
+    without_risk.stop().await;
+
+    // Risk is back: its snapshot holds the deposit, which its group is then given again.
+    let back = spawn_app_with(pool, &same_broker).await;
+    let admin = back
+        .login("treasury@example.com", PASSWORD)
+        .await
+        .json::<Tokens>()
+        .await
+        .unwrap();
+    expected.insert("USD".to_owned(), "105.00".to_owned());
+    risk_sees(&back, &admin, alice, &expected).await;
+    eventually(
+        "risk's group to have been given the waiting deposit",
+        || async {
+            count(
+                &back.db,
+                "SELECT count(*) FROM risk.inbox WHERE stream = 'settlement'",
+            )
+            .await
+                == 2
+        },
+    )
+    .await;
+    assert_eq!(
+        risk_funds(&back, &admin, alice).await,
+        Some(expected.clone())
+    );
+
+    back.deposit(&admin, alice, "USD", "1").await;
+    expected.insert("USD".to_owned(), "106.00".to_owned());
+    risk_sees(&back, &admin, alice, &expected).await;
 }

@@ -289,6 +289,38 @@ impl TestApp {
         )
     }
 
+    /// The first entry of type `event_type` in this app's stream `name`, awaited as
+    /// [`Self::first_event`] awaits the first of any type: its parsed envelope.
+    pub async fn first_event_of(&self, name: &str, event_type: &str) -> Value {
+        let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
+        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+        redis.set_response_timeout(std::time::Duration::from_secs(25));
+        let mut after = "0".to_owned();
+        loop {
+            let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
+                .arg("BLOCK")
+                .arg(20_000)
+                .arg("STREAMS")
+                .arg(format!("{}.{name}", self.redis_prefix))
+                .arg(&after)
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+            let entries = &reply
+                .keys
+                .first()
+                .unwrap_or_else(|| panic!("a {event_type} within 20 s"))
+                .ids;
+            for entry in entries {
+                if entry.get::<String>("type").as_deref() == Some(event_type) {
+                    let envelope: String = entry.get("envelope").unwrap();
+                    return serde_json::from_str(&envelope).unwrap();
+                }
+            }
+            after.clone_from(&entries.last().expect("XREAD answers entries").id);
+        }
+    }
+
     /// An unauthenticated GET through the gateway.
     pub async fn get(&self, path: &str) -> Response {
         self.client.get(self.url(path)).send().await.unwrap()

@@ -634,8 +634,12 @@ async fn a_trade_settles_by_delivery_versus_payment_exactly_once_with_fees(pool:
     // Redelivered (a relay retry): no second effect.
     l.republish(&executed).await;
 
-    let (settled_type, settled) = l.app.first_event("settlement").await;
-    assert_eq!(settled_type, "TradeSettled");
+    let settled = l.app.first_event_of("settlement", "TradeSettled").await;
+    // The deposits before it were announced, for the pre-trade stage (ADR 0023).
+    let deposited = l.app.first_event_of("settlement", "FundsDeposited").await;
+    assert_eq!(deposited["payload"]["account_id"], l.alice_id.to_string());
+    assert_eq!(deposited["payload"]["asset"], "BTC");
+    assert_eq!(deposited["payload"]["amount"], 100_000_000);
     assert_eq!(settled["payload"]["trade_id"], trade.to_string());
     assert_eq!(settled["payload"]["notional"], 1_200_000);
     assert_eq!(settled["causation_id"], executed.id.to_string());
@@ -837,8 +841,10 @@ async fn reconciliation_proves_the_books_and_finds_a_planted_mismatch(pool: PgPo
             .contains(&l.alice_id.to_string())
     );
     // And it is announced, for alerting.
-    let (event_type, event) = l.app.first_event("settlement").await;
-    assert_eq!(event_type, "ReconciliationFailed");
+    let event = l
+        .app
+        .first_event_of("settlement", "ReconciliationFailed")
+        .await;
     assert_eq!(event["payload"]["checks"][0]["name"], "ledger_balanced");
     let alert = l.app.alert_of(&auditor, "ReconciliationFailed").await;
     assert_eq!(alert["severity"], "critical");

@@ -243,6 +243,10 @@ async fn production_refuses_to_start_until_a_signing_key_is_provisioned(pool: Pg
                     "another production secret of 32 characters or more",
                 ),
                 (
+                    "BOURSE_SERVICE_SECRET_RISK",
+                    "risk's production secret of 32 characters or more",
+                ),
+                (
                     "BOURSE_SERVICE_SECRET_GATEWAY",
                     "the gateway's production secret, 32 characters or more",
                 ),

@@ -31,6 +31,10 @@ pub const RISK_CHECK: &str = "risk:check";
 /// Funds holds, placed by orders before matching.
 pub const SETTLEMENT_HOLD: &str = "settlement:hold";
 
+/// Every customer balance with the outbox position it reflects, read by risk at its start
+/// to follow settlement's stream from there (ADR 0023).
+pub const SETTLEMENT_BALANCES: &str = "settlement:balances";
+
 /// Commands for a symbol's book, forwarded by an orders replica to the replica that owns it
 /// (TRD-08).
 pub const ORDERS_MATCHING: &str = "orders:matching";
@@ -59,6 +63,11 @@ pub const GRANTS: &[Grant] = &[
         client: "settlement",
         audience: "orders",
         scope: ORDERS_TRADE_TOTALS,
+    },
+    Grant {
+        client: "risk",
+        audience: "settlement",
+        scope: SETTLEMENT_BALANCES,
     },
     Grant {
         client: "orders",
@@ -150,7 +159,11 @@ mod tests {
     fn grants_name_each_client_once_and_join_its_scopes_per_audience() {
         assert_eq!(
             clients().collect::<Vec<_>>(),
-            ["orders", "settlement", "gateway"]
+            ["orders", "settlement", "risk", "gateway"]
+        );
+        assert_eq!(
+            scopes("risk", "settlement").as_deref(),
+            Some(SETTLEMENT_BALANCES)
         );
         assert_eq!(scopes("gateway", "auth").as_deref(), Some(AUTH_API_KEYS));
         assert_eq!(scopes("orders", "risk").as_deref(), Some(RISK_CHECK));

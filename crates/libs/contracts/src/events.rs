@@ -122,6 +122,30 @@ pub struct TradeSettled {
 }
 event!(TradeSettled, 1);
 
+/// `FundsDeposited` on the `settlement` stream: money entered an account from outside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FundsDeposited {
+    /// The deposit's transfer.
+    pub transfer_id: Uuid,
+    pub account_id: Uuid,
+    pub asset: String,
+    /// Minor units of `asset`; positive.
+    pub amount: i64,
+}
+event!(FundsDeposited, 1);
+
+/// `FundsWithdrawn` on the `settlement` stream: money left an account for outside.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FundsWithdrawn {
+    /// The withdrawal's transfer.
+    pub transfer_id: Uuid,
+    pub account_id: Uuid,
+    pub asset: String,
+    /// Minor units of `asset`; positive.
+    pub amount: i64,
+}
+event!(FundsWithdrawn, 1);
+
 /// How an order ended, as settlement and risk need it: the three end events read as one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OrderEnded {

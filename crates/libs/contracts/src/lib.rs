@@ -3,6 +3,7 @@
 //! - [`amount`]: decimal strings ⇄ integer minor units, exactly or not at all.
 //! - [`asset`]: assets and their scales.
 //! - [`events`]: payloads of events that several services read.
+//! - [`funds`]: the balances settlement hands risk, the pre-trade stage, at its start.
 //! - [`fees`]: maker/taker fees, one formula for settlement and orders.
 //! - [`reconciliation`]: what orders and settlement compare to prove every trade settled.
 //! - [`side`]: buy or sell.
@@ -11,6 +12,7 @@ pub mod amount;
 pub mod asset;
 pub mod events;
 pub mod fees;
+pub mod funds;
 pub mod reconciliation;
 pub mod side;
 

@@ -638,11 +638,12 @@ impl Consumer {
     }
 }
 
-/// The entry's envelope; `None` when it has none or it does not parse.
+/// The entry's envelope, with its origin; `None` when it has none or it does not parse.
 fn parse(entry: &StreamId) -> Option<Envelope> {
     let raw: Option<String> = entry.get("envelope");
-    raw.as_deref()
-        .and_then(|raw| serde_json::from_str::<Envelope>(raw).ok())
+    let mut envelope = serde_json::from_str::<Envelope>(raw.as_deref()?).ok()?;
+    envelope.origin = crate::envelope::Origin::of_entry(entry);
+    Some(envelope)
 }
 
 /// Whether a consumer step failed because its group (or the stream) does not exist.

@@ -28,6 +28,32 @@ pub struct Envelope {
     /// W3C trace context, so a consumer's work joins the producer's trace.
     pub traceparent: Option<String>,
     pub payload: serde_json::Value,
+    /// Where the relay put the event: its outbox and position there. Not part of the event's
+    /// body: a consumer sets it from the stream entry ([`Origin::of_entry`]). `None` for an
+    /// event that was never read from a stream, or one replayed from a dead-letter queue.
+    #[serde(skip)]
+    pub origin: Option<Origin>,
+}
+
+/// The outbox an event was published from and its position in it: a total order of that
+/// outbox's events that never changes, not even when a lost broker makes the relay publish
+/// them again (ADR 0024). A consumer that rebuilds state from a snapshot of the producer plus
+/// the stream uses it to skip what the snapshot already holds (ADR 0023).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// The producer's schema (`settlement`).
+    pub outbox: String,
+    pub position: i64,
+}
+
+impl Origin {
+    /// The `outbox` and `position` fields the relay writes on every entry.
+    pub fn of_entry(entry: &redis::streams::StreamId) -> Option<Self> {
+        Some(Self {
+            outbox: entry.get("outbox")?,
+            position: entry.get("position")?,
+        })
+    }
 }
 
 impl Envelope {
@@ -57,6 +83,7 @@ impl Envelope {
             causation_id: None,
             traceparent: context.map(|c| c.trace.traceparent()),
             payload,
+            origin: None,
         }
     }
 

@@ -21,7 +21,7 @@ pub mod outbox;
 pub mod relay;
 
 pub use consumer::{Consumer, ConsumerSettings, Handler};
-pub use envelope::Envelope;
+pub use envelope::{Envelope, Origin};
 pub use failure::HandlerError;
 pub use relay::{Relay, RelaySettings};
 

@@ -61,3 +61,17 @@ pub async fn append_all(
     .await?;
     Ok(())
 }
+
+/// The position of the newest event of this schema's outbox that the caller's transaction
+/// sees. Writers commit in position order (the writers' lock), so a snapshot holds every event
+/// at or below it and none above. Read in the same `REPEATABLE READ` transaction as the state
+/// it goes with, it lets a consumer load that state and then apply only the stream's events
+/// above it ([`crate::Origin`]; ADR 0023). Retention never deletes the newest row, so this is
+/// 0 only for an outbox that has never been written to.
+pub async fn snapshot_position(conn: &mut PgConnection) -> Result<i64, Error> {
+    Ok(
+        sqlx::query_scalar("SELECT coalesce(max(position), 0) FROM outbox")
+            .fetch_one(conn)
+            .await?,
+    )
+}

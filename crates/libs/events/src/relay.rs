@@ -58,6 +58,8 @@ pub struct RelaySettings {
     pub retention: Duration,
     /// Published rows no group has confirmed (a stream nobody consumes) are deleted after this.
     pub unconfirmed_retention: Duration,
+    /// How often rows past their retention are looked for and deleted.
+    pub cleanup_interval: Duration,
 }
 
 impl Default for RelaySettings {
@@ -69,6 +71,7 @@ impl Default for RelaySettings {
             stream_keep: Duration::from_secs(60),
             retention: Duration::from_secs(3600),
             unconfirmed_retention: Duration::from_secs(24 * 3600),
+            cleanup_interval: Duration::from_secs(60),
         }
     }
 }
@@ -213,7 +216,7 @@ impl Relay {
                 self.confirm_and_trim(&mut *leader).await?;
                 last_confirm = tokio::time::Instant::now();
             }
-            if last_cleanup.elapsed() > Duration::from_secs(60) {
+            if last_cleanup.elapsed() > self.settings.cleanup_interval {
                 self.delete_expired(&mut *leader).await?;
                 last_cleanup = tokio::time::Instant::now();
             }
@@ -515,12 +518,15 @@ impl Relay {
 
     /// Deletes published rows past their retention: confirmed ones after `retention`, the
     /// others after `unconfirmed_retention`. Rows are taken in position order up to the first
-    /// one still young, so the scan is a range of the primary key, not the whole table.
+    /// one still young, so the scan is a range of the primary key, not the whole table. The
+    /// newest row always stays: it is how far the outbox has come, which a snapshot reads
+    /// ([`crate::outbox::snapshot_position`]).
     async fn delete_expired(&self, leader: &mut PgConnection) -> Result<(), Error> {
         sqlx::query(
             "DELETE FROM outbox o USING outbox_streams s
               WHERE s.stream = o.stream
                 AND o.position <= s.published_position
+                AND o.position < (SELECT max(position) FROM outbox)
                 AND o.position < (SELECT coalesce(min(position), 9223372036854775807) FROM outbox
                                    WHERE created_at >= now() - make_interval(secs => $1))
                 AND (o.position <= s.confirmed_position

@@ -7,10 +7,10 @@
 use contracts::Side;
 use contracts::events::{
     BookUpdated, BreakerTransition, CircuitBreakerClosed, CircuitBreakerOpened, Event,
-    EventDeadLettered, FailedCheck, KillSwitch, KillSwitchActivated, KillSwitchReleased,
-    OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, ReconciliationFailed,
-    RiskLimitBreached, ServiceHealth, ServiceRecovered, ServiceUnhealthy, TradeExecuted,
-    TradeSettled,
+    EventDeadLettered, FailedCheck, FundsDeposited, FundsWithdrawn, KillSwitch,
+    KillSwitchActivated, KillSwitchReleased, OrderAccepted, OrderCancelled, OrderCompleted,
+    OrderRejected, ReconciliationFailed, RiskLimitBreached, ServiceHealth, ServiceRecovered,
+    ServiceUnhealthy, TradeExecuted, TradeSettled,
 };
 use events::Envelope;
 use events::envelope::PayloadError;
@@ -164,6 +164,25 @@ fn every_event_type_round_trips_with_the_field_names_its_readers_use() {
             "seller_fee",
             "fee_asset"
         ])
+    );
+    let funding_fields = sorted(&["transfer_id", "account_id", "asset", "amount"]);
+    assert_eq!(
+        round_trip(&FundsDeposited {
+            transfer_id: Uuid::now_v7(),
+            account_id: Uuid::now_v7(),
+            asset: "USD".to_owned(),
+            amount: 4_000_000,
+        }),
+        funding_fields
+    );
+    assert_eq!(
+        round_trip(&FundsWithdrawn {
+            transfer_id: Uuid::now_v7(),
+            account_id: Uuid::now_v7(),
+            asset: "BTC".to_owned(),
+            amount: 1,
+        }),
+        funding_fields
     );
 }
 

@@ -779,3 +779,110 @@ async fn producer(test_pool: &PgPool) -> PgPool {
     .unwrap();
     pool
 }
+
+/// Records what a consumer is given: each event's id and origin, in order.
+#[derive(Default)]
+struct Origins(std::sync::Mutex<Vec<(Uuid, Option<events::Origin>)>>);
+
+impl events::Handler for Origins {
+    type Deferred = ();
+
+    fn handle<'a>(
+        &'a self,
+        _: &'a mut sqlx::PgConnection,
+        _: &'a Envelope,
+        _: &'a mut (),
+    ) -> futures_util::future::BoxFuture<'a, Result<(), events::HandlerError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn committed(&self, event: &Envelope) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((event.id, event.origin.clone()));
+    }
+}
+
+/// A consumer learns where each event sits in its outbox, and a snapshot names the newest
+/// event it includes — even once retention has trimmed every older row (ADR 0023).
+#[sqlx::test(migrations = false)]
+async fn consumers_learn_each_events_position_and_a_snapshot_names_the_newest_after_retention(
+    pool: PgPool,
+) {
+    let pool = producer(&pool).await;
+    let redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let written = produce(&pool, 6, 3).await;
+    let positions: Vec<i64> = sqlx::query_scalar("SELECT position FROM outbox ORDER BY position")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+
+    let shutdown = Shutdown::new();
+    let relay = Relay::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        SCHEMA,
+        RelaySettings {
+            poll_interval: Duration::from_millis(50),
+            confirm_interval: Duration::from_millis(50),
+            retention: Duration::ZERO,
+            cleanup_interval: Duration::from_millis(50),
+            ..RelaySettings::default()
+        },
+    );
+    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let origins = std::sync::Arc::new(Origins::default());
+    let consumer = events::Consumer::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        "items",
+        "reader",
+        "reader-1",
+        "test",
+        events::ConsumerSettings {
+            block: Duration::from_millis(50),
+            ..events::ConsumerSettings::default()
+        },
+    );
+    let consumer_task = tokio::spawn(consumer.run(origins.clone(), shutdown.clone()));
+
+    eventually("every event consumed", || async {
+        origins.0.lock().unwrap().len() == written.len()
+    })
+    .await;
+    let expected: Vec<(Uuid, Option<events::Origin>)> = written
+        .iter()
+        .zip(&positions)
+        .map(|(id, position)| {
+            let origin = events::Origin {
+                outbox: SCHEMA.to_owned(),
+                position: *position,
+            };
+            (*id, Some(origin))
+        })
+        .collect();
+    assert_eq!(*origins.0.lock().unwrap(), expected);
+
+    // Everything is confirmed and past its retention: every row goes but the newest.
+    eventually("retention to trim all but the newest row", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == 1
+    })
+    .await;
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(
+        outbox::snapshot_position(&mut tx).await.unwrap(),
+        *positions.last().unwrap()
+    );
+    tx.rollback().await.unwrap();
+    shutdown.trigger();
+    relay_task.await.unwrap();
+    consumer_task.await.unwrap();
+}

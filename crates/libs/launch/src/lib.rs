@@ -51,6 +51,12 @@ pub enum Error {
     Http(#[from] reqwest::Error),
     #[error("listener")]
     Bind(#[from] service_kit::shutdown::BindError),
+    /// An upstream's settings do not make a client (its URL, its policy).
+    #[error("upstream {upstream}: {reason}")]
+    Upstream {
+        upstream: &'static str,
+        reason: String,
+    },
 }
 
 /// A service being started: what it connected so far.
@@ -115,6 +121,29 @@ impl Kit {
     /// from its JWKS.
     pub fn verifiers(&self, auth: &access::AuthSettings) -> access::Verifiers {
         access::Verifiers::from_auth(&self.client, auth, self.service)
+    }
+
+    /// Another service, called with this service's own service tokens from auth on every call
+    /// (SEC-14; `secret` is its client secret) and through `libs/resilience`'s default policy.
+    pub fn authenticated_upstream(
+        &self,
+        auth: &access::AuthSettings,
+        secret: secrecy::SecretString,
+        upstream: &'static str,
+        url: &str,
+    ) -> Result<resilience::Upstream, Error> {
+        let failed = |reason| Error::Upstream { upstream, reason };
+        let tokens =
+            resilience::TokenSource::from_auth(&self.client, &auth.url, self.service, secret)
+                .map_err(failed)?;
+        resilience::Upstream::authenticated(
+            upstream,
+            url.to_owned(),
+            self.client.clone(),
+            resilience::Policy::default(),
+            std::sync::Arc::new(tokens),
+        )
+        .map_err(failed)
     }
 
     /// Runs the outbox relay of `schema` (the service's events to Redis), supervised.

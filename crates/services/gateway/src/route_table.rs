@@ -293,6 +293,12 @@ pub static ROUTES: &[RouteSpec] = &[
         Access::Roles(&[Role::RiskOfficer, Role::Admin]),
     ),
     route(
+        Method::GET,
+        "/v1/admin/risk-funds/{account_id}",
+        Upstream::RISK,
+        Access::Roles(&[Role::RiskOfficer, Role::Admin]),
+    ),
+    route(
         Method::POST,
         "/v1/admin/kill-switches",
         Upstream::RISK,

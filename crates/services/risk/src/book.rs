@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::funds::Funds;
 use crate::limits::Limits;
 use crate::positions::{Position, Side};
 
@@ -137,6 +138,9 @@ pub struct Book {
     /// Reservations in the order they were made, so lapsed ones are found from the front
     /// without scanning every open order.
     reservations: VecDeque<(Instant, Uuid)>,
+    /// What each account owns, followed from settlement (ADR 0023): under the same lock as
+    /// the checks, so a check can reserve against it atomically.
+    funds: Funds,
 }
 
 impl Book {
@@ -145,6 +149,14 @@ impl Book {
             defaults: Some(defaults),
             ..Self::default()
         }
+    }
+
+    pub fn funds(&self) -> &Funds {
+        &self.funds
+    }
+
+    pub fn funds_mut(&mut self) -> &mut Funds {
+        &mut self.funds
     }
 
     pub fn limits_of(&self, account: Uuid) -> Option<Limits> {

@@ -14,7 +14,14 @@ pub struct Config {
     pub auth: access::AuthSettings,
     pub assets: Vec<Asset>,
     pub defaults: Limits,
+    /// Base URL of settlement, whose balances the pre-trade stage loads at start (ADR 0023).
+    pub settlement_url: String,
+    /// Risk's client secret for service tokens (`BOURSE_SERVICE_SECRET_RISK`).
+    pub service_secret: secrecy::SecretString,
 }
+
+/// Risk's name as a service-token client.
+const SERVICE_CLIENT: &str = "risk";
 
 impl Config {
     pub fn read(env: &mut Env) -> Self {
@@ -42,6 +49,15 @@ impl Config {
             auth: access::AuthSettings::read(env),
             assets,
             defaults,
+            settlement_url: env
+                .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            service_secret: access::service::client_secret(
+                env,
+                SERVICE_CLIENT,
+                common.is_production(),
+            ),
             common,
         }
     }

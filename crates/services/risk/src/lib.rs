@@ -4,6 +4,8 @@
 //! - [`config`]: `BOURSE_RISK_*` settings: the default limits.
 //! - [`limits`]: limits and exact decimal comparisons.
 //! - [`book`]: the in-memory state and the checks, reserving what passes.
+//! - [`funds`]: what each account owns, from settlement's snapshot and stream, without IO.
+//! - [`ledger_feed`]: loading settlement's snapshot, then consuming its stream into [`funds`].
 //! - [`positions`]: positions and realized PnL from fills, without IO.
 //! - [`project`]: the orders-stream consumer that keeps tables and memory current.
 //! - [`kill_switches`]: activating and releasing, announced as events.
@@ -14,8 +16,10 @@
 pub mod book;
 pub mod config;
 pub mod error;
+pub mod funds;
 pub mod http;
 pub mod kill_switches;
+pub mod ledger_feed;
 pub mod limits;
 pub mod positions;
 pub mod project;
@@ -86,6 +90,20 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     kit.tasks.spawn("orders consumer", move |stop| {
         consumer.clone().run(projector.clone(), stop)
     });
+    // Balances: settlement's snapshot, then its stream (ADR 0023), with risk's own token.
+    let settlement = kit.authenticated_upstream(
+        &config.auth,
+        config.service_secret.clone(),
+        "settlement",
+        &config.settlement_url,
+    )?;
+    let ledger = kit
+        .consumer(&pool, ledger_feed::STREAM, ConsumerSettings::default())
+        .await?;
+    let followed = book.clone();
+    kit.tasks.spawn("settlement consumer", move |stop| {
+        ledger_feed::load_and_follow(settlement.clone(), followed.clone(), ledger.clone(), stop)
+    });
 
     let state = http::AppState {
         pool,
@@ -103,7 +121,7 @@ pub const SPEC: launch::Spec = launch::Spec {
     port_variable: "BOURSE_RISK_PORT",
     default_port: 8083,
     url_variable: Some("BOURSE_RISK_URL"),
-    upstreams: &["auth"],
+    upstreams: &["auth", "settlement"],
     read: |env| Box::new(Config::read(env)),
     migrations: Some(launch::Migrations {
         schema: SCHEMA,
@@ -121,7 +139,10 @@ impl launch::Service for Config {
     }
 
     fn upstream_urls(&mut self) -> Vec<(&'static str, &mut String)> {
-        vec![("auth", &mut self.auth.url)]
+        vec![
+            ("auth", &mut self.auth.url),
+            ("settlement", &mut self.settlement_url),
+        ]
     }
 
     fn build(self: Box<Self>, shutdown: Shutdown) -> launch::Pending<Server> {
@@ -150,5 +171,10 @@ pub fn describe_metrics() {
         "risk_limit_breaches_total",
         Unit::Count,
         "Fills that left a position beyond its limit."
+    );
+    describe_counter!(
+        "risk_funds_events_skipped_total",
+        Unit::Count,
+        "Settlement events the balances already included (at or below the snapshot's position) or that carried no position."
     );
 }

@@ -1,7 +1,9 @@
 //! Admin deposits and withdrawals: money entering and leaving the platform, always against the
 //! asset's external account, each answered once per `Idempotency-Key` (REL-07).
 
+use contracts::events::{FundsDeposited, FundsWithdrawn};
 use contracts::{Asset, format_units, parse_units};
+use events::Envelope;
 use serde::{Deserialize, Serialize};
 use service_kit::http::Problem;
 use service_kit::idempotency::{self, Answer, Claim};
@@ -105,6 +107,9 @@ pub async fn post(
     let moved = async {
         let mut tx = pool.begin().await?;
         store::apply(&mut tx, &plan, Some(admin)).await?;
+        // With the money, in its transaction: the pre-trade stage follows balances from
+        // settlement's stream (ADR 0023).
+        events::outbox::append(&mut tx, crate::STREAM, &announcement(kind, id, funding)?).await?;
         let answer = Answer {
             status: 201,
             body: serde_json::to_string(&view).map_err(|e| Error::Internal(e.to_string()))?,
@@ -131,6 +136,42 @@ pub async fn post(
         }
         other => other,
     }
+}
+
+/// The event a deposit or withdrawal is announced with.
+fn announcement(kind: Kind, transfer_id: Uuid, funding: &ValidFunding<'_>) -> Result<Envelope> {
+    let (account_id, asset, amount) = (funding.owner, funding.asset.code.clone(), funding.units);
+    let aggregate = account_id.to_string();
+    Ok(match kind {
+        Kind::Deposit => Envelope::of(
+            crate::SERVICE,
+            aggregate,
+            0,
+            &FundsDeposited {
+                transfer_id,
+                account_id,
+                asset,
+                amount,
+            },
+        )?,
+        Kind::Withdrawal => Envelope::of(
+            crate::SERVICE,
+            aggregate,
+            0,
+            &FundsWithdrawn {
+                transfer_id,
+                account_id,
+                asset,
+                amount,
+            },
+        )?,
+        Kind::Trade | Kind::Fee => {
+            return Err(Error::Internal(format!(
+                "{} is not a funding transfer",
+                kind.as_str()
+            )));
+        }
+    })
 }
 
 /// A deposit made once per `key` by the platform itself (the external owner stands in for an

@@ -37,7 +37,8 @@ pub use error::Error;
 
 pub const SCHEMA: &str = "settlement";
 pub const SERVICE: &str = "settlement";
-/// The stream settlement writes to (`TradeSettled`, `ReconciliationFailed`).
+/// The stream settlement writes to (`TradeSettled`, `FundsDeposited`, `FundsWithdrawn`,
+/// `ReconciliationFailed`).
 pub const STREAM: &str = "settlement";
 /// The stream it consumes.
 pub const ORDERS_STREAM: &str = "orders";
@@ -80,23 +81,12 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         consumer.clone().run(settler.clone(), stop)
     });
     // Reconciliation asks orders for its executed trades, with a service token from auth.
-    let tokens = Arc::new(
-        resilience::TokenSource::from_auth(
-            &kit.client,
-            &config.auth.url,
-            SERVICE,
-            config.service_secret.clone(),
-        )
-        .map_err(Error::Internal)?,
-    );
-    let orders = resilience::Upstream::authenticated(
+    let orders = kit.authenticated_upstream(
+        &config.auth,
+        config.service_secret.clone(),
         "orders",
-        config.orders_url.clone(),
-        kit.client.clone(),
-        resilience::Policy::default(),
-        tokens,
-    )
-    .map_err(Error::Internal)?;
+        &config.orders_url,
+    )?;
     let reconciler = Arc::new(reconciliation::Reconciler {
         pool: pool.clone(),
         orders,

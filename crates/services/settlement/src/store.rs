@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::holds::HoldStatus;
 use crate::ledger::{Delta, Deltas, EXTERNAL, FEES, Plan, Side};
 use contracts::Asset;
+use contracts::funds::{AccountBalance, BalanceSnapshot};
 
 /// Registers the configured assets and their system accounts. A scale that differs from the
 /// one already recorded is refused: money exists in the old one.
@@ -581,6 +582,32 @@ pub async fn balances(pool: &PgPool, owner: Uuid) -> Result<Vec<(String, i16, i6
     .bind(owner)
     .fetch_all(pool)
     .await?)
+}
+
+/// Every customer balance (available and held together) with the newest outbox position they
+/// include: one `REPEATABLE READ` snapshot for both, so the position says exactly which of
+/// settlement's events the balances reflect (ADR 0023).
+pub async fn balance_snapshot(pool: &PgPool) -> Result<BalanceSnapshot> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let balances = sqlx::query_as::<_, (Uuid, String, i64)>(
+        "SELECT owner_id, asset, available + held FROM accounts
+          WHERE kind = 'customer' AND (available <> 0 OR held <> 0)",
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .map(|(account_id, asset, balance)| AccountBalance {
+        account_id,
+        asset,
+        balance,
+    })
+    .collect();
+    let position = events::outbox::snapshot_position(&mut tx).await?;
+    tx.commit().await?;
+    Ok(BalanceSnapshot { position, balances })
 }
 
 /// Per symbol, the trades settled in `[from, to)` of their execution: (symbol, count, base

@@ -51,6 +51,10 @@ const WHOLE_TABLE_READS: &[(&str, &str)] = &[
         "reconciliation and totals aggregate everything by design",
     ),
     ("count(*)", "counts for metrics and limits"),
+    (
+        "available + held",
+        "settlement's snapshot of every balance, read by risk once at its start (ADR 0023)",
+    ),
 ];
 
 const SCHEMAS: &[&str] = &["orders", "settlement", "risk", "auth", "alerting"];

@@ -2,6 +2,7 @@
 //! risk-officer, admin and trader routes.
 
 mod checks;
+mod funds;
 mod kill_switches;
 mod limits;
 mod positions;
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/admin/kill-switches/{id}",
             delete(kill_switches::release),
         )
+        .route("/v1/admin/risk-funds/{account_id}", get(funds::get))
         .route("/v1/positions", get(positions::own))
         .route("/openapi.json", get(openapi))
         .with_state(state)
@@ -65,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         limits::patch,
         kill_switches::activate,
         kill_switches::release,
+        funds::get,
         positions::own
     ),
     components(schemas(service_kit::http::Problem, service_kit::http::FieldError))

@@ -1,9 +1,12 @@
-//! Balances: what a trader owns, available and held.
+//! Balances: what a trader owns, available and held; and every balance at once for the
+//! pre-trade stage (service tokens only).
 
-use access::{Principal, Role};
+use access::service::SETTLEMENT_BALANCES;
+use access::{Principal, Role, ServicePrincipal};
 use axum::Json as Body;
 use axum::extract::State;
 use contracts::format_units;
+use contracts::funds::BalanceSnapshot;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -41,4 +44,14 @@ pub async fn own(
             })
             .collect(),
     ))
+}
+
+/// `GET /internal/v1/balances`: every customer balance with the outbox position it reflects,
+/// for risk to load before it follows settlement's stream (ADR 0023).
+pub async fn snapshot(
+    State(state): State<AppState>,
+    caller: ServicePrincipal,
+) -> Result<Body<BalanceSnapshot>> {
+    caller.require(SETTLEMENT_BALANCES)?;
+    Ok(Body(store::balance_snapshot(&state.pool).await?))
 }

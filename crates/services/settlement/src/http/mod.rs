@@ -1,5 +1,5 @@
 //! The settlement service's HTTP surface: public routes (through the gateway) and the
-//! internal holds API (service tokens only; the gateway never routes `/internal/*`).
+//! internal holds and balances APIs (service tokens only; the gateway never routes `/internal/*`).
 
 mod balances;
 mod funding;
@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/reconciliation", post(reconciliation::run))
         .route("/internal/v1/holds", post(holds::place))
         .route("/internal/v1/holds/{id}", delete(holds::void))
+        .route("/internal/v1/balances", get(balances::snapshot))
         .route("/openapi.json", get(openapi))
         .with_state(state)
 }

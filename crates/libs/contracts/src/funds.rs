@@ -1,0 +1,22 @@
+//! Bodies of the internal balances API between settlement and risk (ADR 0023): what the
+//! pre-trade stage loads at its start, before it follows settlement's stream.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Every customer balance at one point of settlement's history: `position` is the newest
+/// event of settlement's outbox the balances include. A reader applies only the stream's
+/// events above it, so nothing is counted twice and nothing is missed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalanceSnapshot {
+    pub position: i64,
+    pub balances: Vec<AccountBalance>,
+}
+
+/// What an account owns of one asset, available and held together, in minor units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountBalance {
+    pub account_id: Uuid,
+    pub asset: String,
+    pub balance: i64,
+}

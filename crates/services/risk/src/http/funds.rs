@@ -1,0 +1,78 @@
+//! What the pre-trade stage believes an account owns (risk officers, admins): the figures it
+//! will reserve against (ADR 0023), to compare with settlement's ledger when in doubt.
+
+use access::{Principal, Role};
+use axum::Json as Body;
+use axum::extract::State;
+use contracts::format_units;
+use serde::Serialize;
+use service_kit::http::{Path, Problem};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::AppState;
+use crate::error::Result;
+use crate::kill_switches::lock;
+
+const OFFICERS: &[Role] = &[Role::RiskOfficer, Role::Admin];
+
+#[derive(Serialize, ToSchema)]
+pub struct FundsView {
+    pub account_id: Uuid,
+    /// The newest of settlement's events these balances include (its outbox position).
+    pub settlement_position: i64,
+    /// Non-zero balances only, by asset.
+    pub balances: Vec<FundsBalance>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FundsBalance {
+    pub asset: String,
+    /// Available and held together, as settlement books them; decimal string at the asset's
+    /// scale.
+    pub balance: String,
+}
+
+/// The account's balances as risk follows them from settlement; 503 until risk has loaded
+/// settlement's snapshot after its start.
+#[utoipa::path(get, path = "/v1/admin/risk-funds/{account_id}", tag = "admin",
+    params(("account_id" = Uuid, Path)), security(("bearer" = [])),
+    responses((status = 200, body = FundsView), (status = 403, body = Problem),
+        (status = 503, body = Problem)))]
+pub async fn get(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(account): Path<Uuid>,
+) -> Result<Body<FundsView>> {
+    principal.require_any(OFFICERS)?;
+    let (position, owned) = {
+        let book = lock(&state.book)?;
+        (book.funds().position(), book.funds().of_account(account))
+    };
+    let Some(settlement_position) = position else {
+        return Err(Problem::unavailable(
+            "funds_loading",
+            "risk is still loading balances from settlement",
+            1,
+        )
+        .into());
+    };
+    let scale = |code: &str| {
+        state
+            .assets
+            .iter()
+            .find(|a| a.code == code)
+            .map_or(0, |a| a.scale)
+    };
+    Ok(Body(FundsView {
+        account_id: account,
+        settlement_position,
+        balances: owned
+            .into_iter()
+            .map(|(asset, balance)| FundsBalance {
+                balance: format_units(balance, scale(&asset)),
+                asset,
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,172 @@
+//! Following settlement's ledger (ADR 0023): its balance snapshot first, then its stream.
+//!
+//! [`load_and_follow`] asks settlement for every balance and the outbox position they include
+//! (retrying until settlement answers), loads them into the book's [`Funds`], and only then
+//! starts consuming the `settlement` stream. Every event consumed from then on was committed
+//! after the snapshot was read or is at or below its position, so [`Funds::apply`] sorts them
+//! by position alone.
+//!
+//! Nothing is written to risk's tables: the consumer's inbox row is the only write, and memory
+//! is rebuilt from a new snapshot on every start.
+//!
+//! [`Funds`]: crate::funds::Funds
+//! [`Funds::apply`]: crate::funds::Funds::apply
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use contracts::events::{Event, FundsDeposited, FundsWithdrawn, TradeSettled};
+use contracts::funds::BalanceSnapshot;
+use events::{Consumer, Envelope, Handler, HandlerError};
+use futures_util::future::BoxFuture;
+use service_kit::Shutdown;
+use service_kit::backoff::Backoff;
+use sqlx::PgConnection;
+
+use crate::book::Book;
+use crate::funds::Movement;
+
+/// The stream settlement announces balance changes on.
+pub const STREAM: &str = "settlement";
+/// Whose outbox positions the stream's entries carry.
+const OUTBOX: &str = "settlement";
+
+pub const EVENT_TYPES: &[&str] = &[
+    FundsDeposited::TYPE,
+    FundsWithdrawn::TYPE,
+    TradeSettled::TYPE,
+];
+
+/// What an event does to balances.
+fn movements(event: &Envelope) -> Result<Vec<Movement>, HandlerError> {
+    let overflow = |e: crate::funds::Overflow| HandlerError::permanent(e.to_string());
+    Ok(match event.event_type.as_str() {
+        FundsDeposited::TYPE => Movement::deposited(&event.decode()?),
+        FundsWithdrawn::TYPE => Movement::withdrawn(&event.decode()?).map_err(overflow)?,
+        TradeSettled::TYPE => Movement::settled(&event.decode()?).map_err(overflow)?,
+        _ => Vec::new(),
+    })
+}
+
+pub struct LedgerFeed {
+    book: Arc<Mutex<Book>>,
+}
+
+impl LedgerFeed {
+    pub fn new(book: Arc<Mutex<Book>>) -> Self {
+        Self { book }
+    }
+}
+
+impl Handler for LedgerFeed {
+    type Deferred = ();
+
+    /// Only checks that the event reads: one that does not is dead-lettered, not skipped.
+    fn handle<'a>(
+        &'a self,
+        _tx: &'a mut PgConnection,
+        event: &'a Envelope,
+        _deferred: &'a mut (),
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move { movements(event).map(drop) })
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        EVENT_TYPES.contains(&event_type)
+    }
+
+    fn committed(&self, event: &Envelope) {
+        // An entry without a position of settlement's outbox is a dead letter replayed by
+        // hand: the original was delivered to this group, or came before the snapshot.
+        let Some(position) = event
+            .origin
+            .as_ref()
+            .filter(|o| o.outbox == OUTBOX)
+            .map(|o| o.position)
+        else {
+            metrics::counter!("risk_funds_events_skipped_total", "reason" => "no_position")
+                .increment(1);
+            return;
+        };
+        let applied = movements(event).map_err(|e| e.to_string()).and_then(|m| {
+            let mut book = self
+                .book
+                .lock()
+                .map_err(|_| "the book's lock is poisoned")?;
+            book.funds_mut()
+                .apply(position, &m)
+                .map_err(|e| e.to_string())
+        });
+        match applied {
+            Ok(true) => {}
+            Ok(false) => {
+                metrics::counter!("risk_funds_events_skipped_total", "reason" => "included")
+                    .increment(1);
+            }
+            Err(error) => {
+                tracing::error!(event_id = %event.id, position, %error,
+                    "a settlement event could not be applied to balances");
+            }
+        }
+    }
+}
+
+/// Loads settlement's snapshot into the book, then consumes its stream until `shutdown`.
+pub async fn load_and_follow(
+    settlement: resilience::Upstream,
+    book: Arc<Mutex<Book>>,
+    consumer: Consumer,
+    shutdown: Shutdown,
+) {
+    let Some(snapshot) = snapshot_when_ready(&settlement, &shutdown).await else {
+        return;
+    };
+    let (position, accounts) = (snapshot.position, snapshot.balances.len());
+    match book.lock() {
+        Ok(mut book) => book.funds_mut().load(snapshot),
+        Err(_) => {
+            tracing::error!("the book's lock is poisoned; balances not loaded");
+            return;
+        }
+    }
+    tracing::info!(position, accounts, "balances loaded from settlement");
+    consumer
+        .run(Arc::new(LedgerFeed::new(book)), shutdown)
+        .await;
+}
+
+/// Asks until settlement answers (it may start after risk), or `None` on shutdown.
+async fn snapshot_when_ready(
+    settlement: &resilience::Upstream,
+    shutdown: &Shutdown,
+) -> Option<BalanceSnapshot> {
+    let backoff = Backoff {
+        base: Duration::from_millis(50),
+        cap: Duration::from_secs(5),
+    };
+    let mut attempt: u32 = 0;
+    loop {
+        match fetch_snapshot(settlement).await {
+            Ok(snapshot) => return Some(snapshot),
+            Err(error) => {
+                tracing::warn!(%error, attempt, "settlement's balances are not available yet")
+            }
+        }
+        tokio::select! {
+            () = shutdown.triggered() => return None,
+            () = tokio::time::sleep(backoff.delay(attempt)) => {}
+        }
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+async fn fetch_snapshot(settlement: &resilience::Upstream) -> Result<BalanceSnapshot, String> {
+    let response = settlement
+        .send(resilience::Call::get("/internal/v1/balances"))
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("settlement answered {}", response.status()));
+    }
+    response.json().await.map_err(|e| e.to_string())
+}
