@@ -311,13 +311,20 @@ async fn without_settlement_orders_are_refused_fast_and_the_breaker_opens(pool: 
     );
 }
 
+/// An account's figures of one asset, as decimal strings: what it owns (available and held
+/// together), what is promised out of it, and what is free.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Figures {
+    balance: String,
+    committed: String,
+    free: String,
+}
+
+type FundsView = BTreeMap<String, Figures>;
+
 /// What risk says `account` owns, by asset (`GET /v1/admin/risk-funds/{account}`), read as
 /// `reader`; `None` while risk is still loading settlement's snapshot.
-async fn risk_funds(
-    app: &TestApp,
-    reader: &Tokens,
-    account: uuid::Uuid,
-) -> Option<BTreeMap<String, String>> {
+async fn risk_funds(app: &TestApp, reader: &Tokens, account: uuid::Uuid) -> Option<FundsView> {
     let response = app
         .get_authed(
             &format!("/v1/admin/risk-funds/{account}"),
@@ -330,25 +337,28 @@ async fn risk_funds(
     assert_eq!(response.status(), StatusCode::OK);
     let view: Value = response.json().await.unwrap();
     assert_eq!(view["account_id"], account.to_string());
+    let text = |b: &Value, field: &str| b[field].as_str().unwrap().to_owned();
     Some(
         view["balances"]
             .as_array()
             .unwrap()
             .iter()
             .map(|b| {
-                (
-                    b["asset"].as_str().unwrap().to_owned(),
-                    b["balance"].as_str().unwrap().to_owned(),
-                )
+                let figures = Figures {
+                    balance: text(b, "balance"),
+                    committed: text(b, "committed"),
+                    free: text(b, "free"),
+                };
+                (text(b, "asset"), figures)
             })
             .collect(),
     )
 }
 
-/// What settlement's ledger says `account` owns, by asset: available and held together.
-async fn ledger_funds(db: &PgPool, account: uuid::Uuid) -> BTreeMap<String, String> {
-    let rows: Vec<(String, i64, i16)> = sqlx::query_as(
-        "SELECT a.asset, a.available + a.held, s.scale
+/// The same figures from settlement's ledger: available and held together, held, available.
+async fn ledger_funds(db: &PgPool, account: uuid::Uuid) -> FundsView {
+    let rows: Vec<(String, i64, i64, i16)> = sqlx::query_as(
+        "SELECT a.asset, a.available, a.held, s.scale
            FROM settlement.accounts a JOIN settlement.assets s ON s.code = a.asset
           WHERE a.owner_id = $1 AND (a.available <> 0 OR a.held <> 0)",
     )
@@ -357,20 +367,35 @@ async fn ledger_funds(db: &PgPool, account: uuid::Uuid) -> BTreeMap<String, Stri
     .await
     .unwrap();
     rows.into_iter()
-        .map(|(asset, units, scale)| {
-            let scale = u32::try_from(scale).unwrap();
-            (asset, contracts::format_units(units, scale))
+        .map(|(asset, available, held, scale)| {
+            let format = |units| contracts::format_units(units, u32::try_from(scale).unwrap());
+            let figures = Figures {
+                balance: format(available + held),
+                committed: format(held),
+                free: format(available),
+            };
+            (asset, figures)
+        })
+        .collect()
+}
+
+/// Nothing committed: each asset's balance is all free.
+fn all_free(balances: &[(&str, &str)]) -> FundsView {
+    balances
+        .iter()
+        .map(|(asset, amount)| {
+            let figures = Figures {
+                balance: (*amount).to_owned(),
+                committed: "0.00".to_owned(),
+                free: (*amount).to_owned(),
+            };
+            ((*asset).to_owned(), figures)
         })
         .collect()
 }
 
 /// Waits until risk's view of `account` is `expected`.
-async fn risk_sees(
-    app: &TestApp,
-    reader: &Tokens,
-    account: uuid::Uuid,
-    expected: &BTreeMap<String, String>,
-) {
+async fn risk_sees(app: &TestApp, reader: &Tokens, account: uuid::Uuid, expected: &FundsView) {
     eventually(
         &format!("risk to see {expected:?} for {account}"),
         || async { risk_funds(app, reader, account).await.as_ref() == Some(expected) },
@@ -387,10 +412,16 @@ async fn risk_follows_every_balance_settlement_books_through_deposits_trades_fee
     x.fund(&x.alice, "BTC", "1").await;
     x.fund(&x.bob, "USD", "40000").await;
 
+    // Alice's ask is filled in two trades and rests with the rest; Bob's limit buy gets a
+    // better price than its limit, his market buy is held at its protection price and gets
+    // the difference back, and his low bid rests.
     x.placed(&x.alice, &limit("sell", "30000.00", "0.5")).await;
-    x.placed(&x.bob, &limit("buy", "30000.00", "0.5")).await;
-    eventually("the trade settled", || async {
-        x.settled_trades().await == 1
+    x.placed(&x.bob, &limit("buy", "30100.00", "0.3")).await;
+    let market_buy = json!({ "symbol": "BTC-USD", "side": "buy", "type": "market", "quantity": "0.1", "time_in_force": "ioc" });
+    x.placed(&x.bob, &market_buy).await;
+    x.placed(&x.bob, &limit("buy", "29000.00", "0.1")).await;
+    eventually("both trades settled", || async {
+        x.settled_trades().await == 2
     })
     .await;
     let withdrawal = x
@@ -405,20 +436,25 @@ async fn risk_follows_every_balance_settlement_books_through_deposits_trades_fee
         .unwrap();
     assert_eq!(withdrawal.status(), StatusCode::CREATED);
 
-    // Both sides of the trade, both fees and the withdrawal, to the minor unit.
+    // Every balance, both fees, the withdrawal — and what risk reserved for the resting orders
+    // is exactly what settlement holds for them (ADR 0023 slice 2b, a shadow of the holds).
     for account in [alice, bob] {
         let ledger = ledger_funds(&x.app.db, account).await;
         assert_eq!(
             ledger.len(),
             2,
-            "{account} holds both assets after the trade"
+            "{account} holds both assets after the trades"
         );
         risk_sees(&x.app, &x.admin, account, &ledger).await;
     }
+    let bob_usd = &ledger_funds(&x.app.db, bob).await["USD"];
     assert_eq!(
-        ledger_funds(&x.app.db, bob).await["USD"],
-        "24869.99",
-        "40,000 less 15,000, the taker's 20 bps (30.00) and the withdrawal (100.01)"
+        bob_usd.committed, "2905.80",
+        "0.1 at 29,000.00 and the highest fee, held for the resting bid"
+    );
+    assert_eq!(
+        bob_usd.balance, "27875.99",
+        "40,000 less 0.4 BTC at 30,000.00, the taker's 20 bps on it and the withdrawal"
     );
 
     // Risk officers and admins may look; a trader may not, not even at their own.
@@ -453,7 +489,7 @@ async fn a_restarted_risk_counts_what_its_snapshot_holds_once_and_what_follows_i
     let first = exchange_on(spawn_app_with(pool.clone(), &same_broker).await).await;
     let alice = first.app.user_id(&first.alice).await;
     first.fund(&first.alice, "USD", "100").await;
-    let mut expected = BTreeMap::from([("USD".to_owned(), "100.00".to_owned())]);
+    let expected = all_free(&[("USD", "100.00")]);
     risk_sees(&first.app, &first.admin, alice, &expected).await;
     first.app.stop().await;
 
@@ -485,7 +521,7 @@ async fn a_restarted_risk_counts_what_its_snapshot_holds_once_and_what_follows_i
         .json::<Tokens>()
         .await
         .unwrap();
-    expected.insert("USD".to_owned(), "105.00".to_owned());
+    let expected = all_free(&[("USD", "105.00")]);
     risk_sees(&back, &admin, alice, &expected).await;
     eventually(
         "risk's group to have been given the waiting deposit",
@@ -505,6 +541,5 @@ async fn a_restarted_risk_counts_what_its_snapshot_holds_once_and_what_follows_i
     );
 
     back.deposit(&admin, alice, "USD", "1").await;
-    expected.insert("USD".to_owned(), "106.00".to_owned());
-    risk_sees(&back, &admin, alice, &expected).await;
+    risk_sees(&back, &admin, alice, &all_free(&[("USD", "106.00")])).await;
 }

@@ -1,6 +1,8 @@
 //! Trading fees: what settlement books and what orders shows on each fill — one formula, so
 //! the two never disagree (ADR 0008: amounts and fees round down, in the customer's favour).
 
+use crate::Side;
+
 /// Basis points: 1 bps = 0.01 %.
 const BPS: i128 = 10_000;
 
@@ -13,6 +15,12 @@ pub const MAX_BPS: u32 = 1_000;
 pub struct Fees {
     pub maker_bps: u32,
     pub taker_bps: u32,
+}
+
+impl Default for Fees {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl Fees {
@@ -62,6 +70,41 @@ pub fn notional(price: i64, quantity: i64, base_scale: u32) -> Option<i64> {
 /// The fee on `notional` at `bps`, rounded down.
 pub fn fee(notional: i64, bps: u32) -> Option<i64> {
     i64::try_from(i128::from(notional) * i128::from(bps) / BPS).ok()
+}
+
+fn div_ceil(numerator: i128, denominator: i128) -> i128 {
+    (numerator + denominator - 1) / denominator
+}
+
+/// What an order can cost at most, in its hold asset (base for a sell, quote for a buy): a
+/// sell its base quantity; a buy the quote amount at its limit price (a market buy: its
+/// protection price) plus the highest fee it could pay, both rounded *up*. Amounts and fees of
+/// fills round down, so the sum over any set of partial fills never exceeds it (settlement's
+/// property tests). Settlement holds it; risk reserves it (ADR 0023). `None` when it does not
+/// fit 64-bit minor units.
+pub fn hold_amount(
+    side: Side,
+    price: i64,
+    quantity: i64,
+    base_scale: u32,
+    fees: Fees,
+) -> Option<i64> {
+    match side {
+        Side::Sell => Some(quantity),
+        Side::Buy => {
+            let one_base = 10i128.checked_pow(base_scale)?;
+            // Price × quantity fits i128; the cost only if it fits i64, checked before the fee.
+            let cost =
+                i64::try_from(div_ceil(i128::from(price) * i128::from(quantity), one_base)).ok()?;
+            let fee = div_ceil(i128::from(cost) * i128::from(fees.highest_bps()), BPS);
+            i64::try_from(i128::from(cost) + fee).ok()
+        }
+    }
+}
+
+/// What one fill of a buy costs its buyer: the notional and their fee, rounded down.
+pub fn buyer_pays(notional: i64, buyer_is_maker: bool, fees: Fees) -> Option<i64> {
+    notional.checked_add(fee(notional, fees.bps(buyer_is_maker))?)
 }
 
 #[cfg(test)]

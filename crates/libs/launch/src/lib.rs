@@ -20,9 +20,12 @@
 //! adds what it uses; [`Kit::serve`] binds its listener with the standard router (health,
 //! metrics, request ids, limits) and readiness over what it connected.
 //!
+//! [`platform`]: the assets and fees every money-handling service reads alike.
+//!
 //! [`service`]: how the crate then presents itself to the composing binary — a [`Spec`] and
 //! its configuration as a [`Service`].
 
+pub mod platform;
 pub mod service;
 
 pub use service::{BoxError, Migrations, Pending, Service, Spec};

@@ -140,10 +140,7 @@ impl Config {
             );
         }
         let production = common.is_production();
-        let assets = Asset::configured(&env.list("BOURSE_ASSETS")).unwrap_or_else(|message| {
-            env.problem("BOURSE_ASSETS", message);
-            Asset::defaults()
-        });
+        let assets = launch::platform::assets(env);
         let stream = StreamSettings {
             buffer: positive(env, "BOURSE_GATEWAY_STREAM_BUFFER", 256) as usize,
             heartbeat: env.millis(

@@ -44,10 +44,7 @@ pub struct Config {
 impl Config {
     pub fn read(env: &mut Env) -> Self {
         let common = CommonConfig::read(env);
-        let assets = Asset::configured(&env.list("BOURSE_ASSETS")).unwrap_or_else(|message| {
-            env.problem("BOURSE_ASSETS", message);
-            Asset::defaults()
-        });
+        let assets = launch::platform::assets(env);
         Self {
             port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
@@ -100,14 +97,7 @@ impl Config {
                 }
                 bps.clamp(1, 9_999)
             },
-            fees: Fees::new(
-                env.or("BOURSE_MAKER_FEE_BPS", Fees::DEFAULT.maker_bps),
-                env.or("BOURSE_TAKER_FEE_BPS", Fees::DEFAULT.taker_bps),
-            )
-            .unwrap_or_else(|(variable, message)| {
-                env.problem(variable, message);
-                Fees::DEFAULT
-            }),
+            fees: launch::platform::fees(env),
             assets,
             queue_capacity: {
                 let capacity = env.or("BOURSE_ORDERS_QUEUE_CAPACITY", 1024usize);

@@ -55,6 +55,7 @@ impl Funds {
             "type": match order.order_type { crate::order_entry::OrderType::Limit => "limit", crate::order_entry::OrderType::Market => "market" },
             "price": price, "quantity": order.quantity,
             "base_scale": instrument.base.scale, "quote_scale": instrument.quote.scale,
+            "base_asset": instrument.base.code, "quote_asset": instrument.quote.code,
             "mid": mid,
         });
         let call =

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use contracts::funds::{AccountBalance, BalanceSnapshot};
 use risk::book::{Book, Change, CheckRequest};
 use risk::limits::LimitsBody;
 use risk::positions::Side;
@@ -12,8 +13,9 @@ fn main() {
     divan::main();
 }
 
-/// A book with 1,000 accounts, each long 1 BTC, and a last price; then checks that pass (and
-/// reserve), spread over the accounts so no limit is reached.
+/// A book with 1,000 accounts, each long 1 BTC and funded, and a last price; then checks that
+/// pass and reserve (their place among open orders and their funds), spread over the accounts
+/// so no limit is reached.
 #[divan::bench]
 fn check_a_passing_order(bencher: divan::Bencher) {
     let limits = LimitsBody {
@@ -43,6 +45,20 @@ fn check_a_passing_order(bencher: divan::Bencher) {
         symbol: "BTC-USD".into(),
         price: 3_000_000,
     });
+    // Enough of both assets for every order the bench places.
+    book.funds_mut().load(BalanceSnapshot {
+        position: 0,
+        balances: accounts
+            .iter()
+            .flat_map(|account| {
+                ["BTC", "USD"].map(|asset| AccountBalance {
+                    account_id: *account,
+                    asset: asset.into(),
+                    balance: i64::MAX / 4,
+                })
+            })
+            .collect(),
+    });
     let mut n = 0usize;
     bencher.bench_local(|| {
         n += 1;
@@ -60,6 +76,8 @@ fn check_a_passing_order(bencher: divan::Bencher) {
             quantity: 1_000_000,
             base_scale: 8,
             quote_scale: 2,
+            base_asset: Some("BTC".into()),
+            quote_asset: Some("USD".into()),
             mid: None,
         };
         book.check(divan::black_box(&order), 1).unwrap();

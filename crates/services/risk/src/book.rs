@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::funds::Funds;
+use contracts::fees::Fees;
+
+use crate::funds::{Debit, Funds};
 use crate::limits::Limits;
 use crate::positions::{Position, Side};
 
@@ -37,6 +39,12 @@ pub struct CheckRequest {
     pub quantity: i64,
     pub base_scale: u32,
     pub quote_scale: u32,
+    /// The instrument's assets: what the order's funds are reserved in. Optional while
+    /// orders replicas that do not send them may still be running (ADR 0023).
+    #[serde(default)]
+    pub base_asset: Option<String>,
+    #[serde(default)]
+    pub quote_asset: Option<String>,
     /// Halfway between the book's best bid and ask, as orders last saw it: the collar's
     /// reference while the instrument has not traded.
     #[serde(default)]
@@ -122,6 +130,11 @@ pub enum Change {
         symbol: String,
         price: i64,
     },
+    /// A trade's debits, out of its orders' reservations until it settles.
+    Executed {
+        trade: Uuid,
+        debits: Vec<Debit>,
+    },
 }
 
 #[derive(Default)]
@@ -141,6 +154,8 @@ pub struct Book {
     /// What each account owns, followed from settlement (ADR 0023): under the same lock as
     /// the checks, so a check can reserve against it atomically.
     funds: Funds,
+    /// What fills cost and what reservations hold, as settlement books them.
+    fees: Fees,
 }
 
 impl Book {
@@ -149,6 +164,12 @@ impl Book {
             defaults: Some(defaults),
             ..Self::default()
         }
+    }
+
+    /// The fee schedule reservations are computed with (default: `Fees::DEFAULT`).
+    pub fn with_fees(mut self, fees: Fees) -> Self {
+        self.fees = fees;
+        self
     }
 
     pub fn funds(&self) -> &Funds {
@@ -296,6 +317,7 @@ impl Book {
         }
         // Passed: count it and reserve its place until orders confirms or ends it.
         self.throttle.insert(order.account_id, (second, passed + 1));
+        self.reserve_funds(order);
         let now = Instant::now();
         self.open_order(
             order.order_id,
@@ -307,6 +329,41 @@ impl Book {
         );
         self.reservations.push_back((now, order.order_id));
         Ok(())
+    }
+
+    /// Reserves what the order could cost, as settlement's hold will (ADR 0023 slice 2b). A
+    /// shadow for now: settlement's hold still decides, so an order risk could not reserve
+    /// for is only counted (`risk_funds_shadow_total{outcome}`), never refused here.
+    fn reserve_funds(&mut self, order: &CheckRequest) {
+        let outcome = match self.try_reserve_funds(order) {
+            Ok(()) => "reserved",
+            Err(outcome) => outcome,
+        };
+        metrics::counter!("risk_funds_shadow_total", "outcome" => outcome).increment(1);
+    }
+
+    fn try_reserve_funds(&mut self, order: &CheckRequest) -> Result<(), &'static str> {
+        let (Some(base), Some(quote)) = (&order.base_asset, &order.quote_asset) else {
+            return Err("no_assets");
+        };
+        if self.funds.position().is_none() {
+            return Err("not_loaded");
+        }
+        let asset = match order.side {
+            Side::Buy => quote,
+            Side::Sell => base,
+        };
+        let amount = contracts::fees::hold_amount(
+            order.side,
+            order.price,
+            order.quantity,
+            order.base_scale,
+            self.fees,
+        )
+        .ok_or("overflow")?;
+        self.funds
+            .reserve(order.order_id, order.account_id, asset, amount)
+            .map_err(|_| "short")
     }
 
     fn expire_reservations(&mut self) {
@@ -362,6 +419,7 @@ impl Book {
     }
 
     fn end(&mut self, id: Uuid) {
+        self.funds.release(id);
         if let Some(order) = self.open.remove(&id) {
             if let Some(count) = self.open_count.get_mut(&order.account) {
                 *count = count.saturating_sub(1);
@@ -399,6 +457,7 @@ impl Book {
             Change::LastPrice { symbol, price } => {
                 self.last_price.insert(symbol, price);
             }
+            Change::Executed { trade, debits } => self.funds.executed(trade, debits),
         }
     }
 }
@@ -432,11 +491,55 @@ mod tests {
             quantity,
             base_scale: 8,
             quote_scale: 2,
+            base_asset: Some("BTC".into()),
+            quote_asset: Some("USD".into()),
             mid: None,
         }
     }
 
     const BTC: i64 = 100_000_000;
+
+    #[test]
+    fn a_passing_check_reserves_what_settlement_will_hold_until_its_order_ends() {
+        let account = Uuid::now_v7();
+        let mut book = Book::new(limits()).with_fees(Fees::new(10, 20).unwrap());
+        let unfunded = order(account, Side::Buy, 3_000_000, BTC / 100);
+        assert_eq!(
+            book.check(&unfunded, 1),
+            Ok(()),
+            "a shadow: never refused here"
+        );
+        assert_eq!(
+            book.funds().committed(account, "USD"),
+            0,
+            "nothing loaded yet"
+        );
+
+        book.funds_mut().load(contracts::funds::BalanceSnapshot {
+            position: 0,
+            balances: vec![contracts::funds::AccountBalance {
+                account_id: account,
+                asset: "USD".into(),
+                balance: 1_000_000,
+            }],
+        });
+        // 0.01 BTC at 30,000.00 = 300.00, plus the highest fee (20 bps, 0.60), rounded up.
+        let buy = order(account, Side::Buy, 3_000_000, BTC / 100);
+        assert_eq!(book.check(&buy, 1), Ok(()));
+        assert_eq!(book.funds().committed(account, "USD"), 30_060);
+        assert_eq!(book.check(&buy, 1), Ok(()), "a retried check");
+        assert_eq!(
+            book.funds().committed(account, "USD"),
+            30_060,
+            "reserved once"
+        );
+
+        book.apply(Change::Ended {
+            order: buy.order_id,
+        });
+        assert_eq!(book.funds().committed(account, "USD"), 0);
+        assert_eq!(book.funds().free(account, "USD"), 1_000_000);
+    }
 
     #[test]
     fn each_limit_refuses_with_its_code() {

@@ -2,6 +2,7 @@
 //! a risk officer sets its own.
 
 use contracts::Asset;
+use contracts::fees::Fees;
 use service_kit::{CommonConfig, Env};
 
 use crate::limits::{Decimal, Limits, LimitsBody};
@@ -13,6 +14,9 @@ pub struct Config {
     /// Where tokens come from and what they must say.
     pub auth: access::AuthSettings,
     pub assets: Vec<Asset>,
+    /// The fee schedule settlement books (`BOURSE_MAKER_FEE_BPS`, `BOURSE_TAKER_FEE_BPS`):
+    /// reservations are computed as settlement computes holds.
+    pub fees: Fees,
     pub defaults: Limits,
     /// Base URL of settlement, whose balances the pre-trade stage loads at start (ADR 0023).
     pub settlement_url: String,
@@ -26,10 +30,7 @@ const SERVICE_CLIENT: &str = "risk";
 impl Config {
     pub fn read(env: &mut Env) -> Self {
         let common = CommonConfig::read(env);
-        let assets = Asset::configured(&env.list("BOURSE_ASSETS")).unwrap_or_else(|message| {
-            env.problem("BOURSE_ASSETS", message);
-            Asset::defaults()
-        });
+        let assets = launch::platform::assets(env);
         let body = LimitsBody {
             max_order_quantity: env.or("BOURSE_RISK_MAX_ORDER_QUANTITY", "1000".to_owned()),
             max_order_notional: env.or("BOURSE_RISK_MAX_ORDER_NOTIONAL", "10000000".to_owned()),
@@ -48,6 +49,7 @@ impl Config {
             port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
             assets,
+            fees: launch::platform::fees(env),
             defaults,
             settlement_url: env
                 .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())

@@ -9,8 +9,18 @@
 //! position order and the stream carries them in that order, nothing is skipped either.
 //!
 //! A balance here is available and held together, as settlement books them: holds move money
-//! between the two without an event, and the pre-trade stage will do its own reserving
-//! (ADR 0023, slice 2 onwards).
+//! between the two without an event. What the pre-trade stage has promised out of a balance is
+//! its own to keep (ADR 0023, slice 2b): **free = balance − what open orders have reserved −
+//! what executed trades will debit once they settle.** A trade's debits leave its orders'
+//! reservations when it executes (the orders stream) and leave the balance when it settles
+//! (settlement's stream), in one step with the balance's movement, so free does not move when a
+//! trade settles. The two streams are read by two consumers: a trade may settle here before it
+//! is seen to execute. It then leaves a marker, and its execution only shrinks the
+//! reservations; in between, free is too low, never too high.
+//!
+//! For now a shadow of settlement's holds (ADR 0023 slice 2b): the check reserves, but the
+//! hold decides. Reservations and trade debits are memory only, so a restart starts with
+//! nothing committed; persisting them comes before risk's reservation decides (slice 3).
 
 use std::collections::HashMap;
 
@@ -72,12 +82,54 @@ impl Movement {
     }
 }
 
-/// Balances per (account, asset), and how far into settlement's history they go.
+/// What an open order still has reserved, in its hold asset (quote for a buy, base for a
+/// sell).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Reservation {
+    account: Uuid,
+    asset: String,
+    remaining: i64,
+}
+
+/// What one side of a trade pays once it settles, as settlement books it: the buyer the
+/// notional and their fee in the quote asset, the seller the quantity in the base asset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Debit {
+    /// The order it is paid out of.
+    pub order: Uuid,
+    pub account: Uuid,
+    pub asset: String,
+    pub amount: i64,
+}
+
+/// A trade between its execution and its settlement, whichever was seen first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Trade {
+    /// Executed, not yet settled: its debits are committed.
+    Executed(Vec<Debit>),
+    /// Settled before its execution was seen: the balances already paid.
+    SettledFirst,
+}
+
+/// Not enough free funds for a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Short {
+    pub free: i64,
+}
+
+/// Balances per (account, asset), how far into settlement's history they go, and what the
+/// pre-trade stage has committed out of them.
 #[derive(Debug, Default)]
 pub struct Funds {
     /// The newest settlement event the balances include; `None` until the snapshot is in.
     position: Option<i64>,
     balances: HashMap<(Uuid, String), i64>,
+    /// Per open order.
+    reservations: HashMap<Uuid, Reservation>,
+    /// Per trade executed and not yet settled, or settled before it was seen to execute.
+    trades: HashMap<Uuid, Trade>,
+    /// Per (account, asset): reservations plus the debits of unsettled trades.
+    committed: HashMap<(Uuid, String), i64>,
 }
 
 impl Funds {
@@ -103,16 +155,28 @@ impl Funds {
             .unwrap_or(0)
     }
 
-    /// The account's non-zero balances, by asset.
-    pub fn of_account(&self, account: Uuid) -> Vec<(String, i64)> {
-        let mut owned: Vec<(String, i64)> = self
+    /// The account's balances and what is committed out of them, by asset: every asset with
+    /// either not zero.
+    pub fn of_account(&self, account: Uuid) -> Vec<(String, i64, i64)> {
+        let mut assets: Vec<&String> = self
             .balances
             .iter()
-            .filter(|((owner, _), balance)| *owner == account && **balance != 0)
-            .map(|((_, asset), balance)| (asset.clone(), *balance))
+            .filter(|(_, balance)| **balance != 0)
+            .map(|(key, _)| key)
+            .chain(self.committed.keys())
+            .filter(|(owner, _)| *owner == account)
+            .map(|(_, asset)| asset)
             .collect();
-        owned.sort();
-        owned
+        assets.sort();
+        assets.dedup();
+        assets
+            .into_iter()
+            .map(|asset| {
+                let (balance, committed) =
+                    (self.balance(account, asset), self.committed(account, asset));
+                (asset.clone(), balance, committed)
+            })
+            .collect()
     }
 
     /// Applies the event at `position`: `Ok(true)` when it moved the balances, `Ok(false)`
@@ -136,6 +200,130 @@ impl Funds {
         self.balances.extend(next);
         self.position = Some(position);
         Ok(true)
+    }
+
+    /// What is committed out of the balance: reservations and unsettled debits.
+    pub fn committed(&self, account: Uuid, asset: &str) -> i64 {
+        self.committed
+            .get(&(account, asset.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// What a new reservation may take: the balance less what is committed.
+    pub fn free(&self, account: Uuid, asset: &str) -> i64 {
+        self.balance(account, asset)
+            .saturating_sub(self.committed(account, asset))
+    }
+
+    fn commit(&mut self, account: Uuid, asset: &str, change: i64) {
+        let committed = self
+            .committed
+            .entry((account, asset.to_owned()))
+            .or_default();
+        *committed = committed.saturating_add(change);
+        if *committed == 0 {
+            self.committed.remove(&(account, asset.to_owned()));
+        }
+    }
+
+    /// Reserves `amount` of `asset` for `order`, or says how much is free. Asked again for the
+    /// same order (a retried check), it holds what it reserved the first time.
+    pub fn reserve(
+        &mut self,
+        order: Uuid,
+        account: Uuid,
+        asset: &str,
+        amount: i64,
+    ) -> Result<(), Short> {
+        if self.reservations.contains_key(&order) {
+            return Ok(());
+        }
+        let free = self.free(account, asset);
+        if amount > free {
+            return Err(Short { free });
+        }
+        self.commit(account, asset, amount);
+        self.reservations.insert(
+            order,
+            Reservation {
+                account,
+                asset: asset.to_owned(),
+                remaining: amount,
+            },
+        );
+        Ok(())
+    }
+
+    /// What `order` still has reserved.
+    pub fn reserved(&self, order: Uuid) -> i64 {
+        self.reservations.get(&order).map_or(0, |r| r.remaining)
+    }
+
+    /// The order ended (or its reservation lapsed): what it still had reserved is free again.
+    pub fn release(&mut self, order: Uuid) {
+        if let Some(r) = self.reservations.remove(&order) {
+            self.commit(r.account, &r.asset, -r.remaining);
+        }
+    }
+
+    /// Takes up to `amount` out of the order's reservation; returns what it took.
+    fn take(&mut self, order: Uuid, amount: i64) -> i64 {
+        let Some(reservation) = self.reservations.get_mut(&order) else {
+            return 0;
+        };
+        let taken = amount.min(reservation.remaining).max(0);
+        reservation.remaining -= taken;
+        let (account, asset) = (reservation.account, reservation.asset.clone());
+        self.commit(account, &asset, -taken);
+        taken
+    }
+
+    /// A trade executed: each debit leaves its order's reservation and stays committed until
+    /// the trade settles — unless it settled already, and the balances paid it.
+    pub fn executed(&mut self, trade: Uuid, debits: Vec<Debit>) {
+        match self.trades.remove(&trade) {
+            Some(Trade::SettledFirst) => {
+                for debit in &debits {
+                    self.take(debit.order, debit.amount);
+                }
+            }
+            Some(executed @ Trade::Executed(_)) => {
+                // Seen before (a redelivery): it is committed once.
+                self.trades.insert(trade, executed);
+            }
+            None => {
+                for debit in &debits {
+                    self.take(debit.order, debit.amount);
+                    self.commit(debit.account, &debit.asset, debit.amount);
+                }
+                self.trades.insert(trade, Trade::Executed(debits));
+            }
+        }
+    }
+
+    /// A trade settled at `position`: its movements reach the balances (once: see
+    /// [`Self::apply`]) and its debits stop being committed, in one step, so what is free does
+    /// not move. Its debits go even when the balances already included the trade (a snapshot
+    /// taken after it settled): they were committed by its execution all the same.
+    pub fn settled(
+        &mut self,
+        position: i64,
+        trade: Uuid,
+        movements: &[Movement],
+    ) -> Result<bool, Overflow> {
+        let moved = self.apply(position, movements)?;
+        match self.trades.remove(&trade) {
+            Some(Trade::Executed(debits)) => {
+                for debit in debits {
+                    self.commit(debit.account, &debit.asset, -debit.amount);
+                }
+            }
+            Some(Trade::SettledFirst) | None => {
+                self.trades.insert(trade, Trade::SettledFirst);
+            }
+        }
+        Ok(moved)
     }
 }
 
@@ -231,8 +419,134 @@ mod tests {
         assert_eq!(funds.balance(seller, "USD"), 30_000 * DOLLAR - 30 * DOLLAR);
         assert_eq!(
             funds.of_account(seller),
-            vec![("USD".to_owned(), 29_970 * DOLLAR)]
+            vec![("USD".to_owned(), 29_970 * DOLLAR, 0)]
         );
+    }
+
+    fn settled_trade(trade: Uuid, buyer: Uuid, seller: Uuid, fee: i64) -> Vec<Movement> {
+        Movement::settled(&TradeSettled {
+            trade_id: trade,
+            symbol: "BTC-USD".to_owned(),
+            buyer_account_id: buyer,
+            seller_account_id: seller,
+            base_asset: "BTC".to_owned(),
+            quote_asset: "USD".to_owned(),
+            price: 100 * DOLLAR,
+            quantity: 50,
+            notional: 50 * DOLLAR,
+            buyer_fee: fee,
+            seller_fee: 0,
+            fee_asset: "USD".to_owned(),
+        })
+        .unwrap()
+    }
+
+    fn debits(buy: (Uuid, Uuid), sell: (Uuid, Uuid), fee: i64) -> Vec<Debit> {
+        vec![
+            Debit {
+                order: buy.0,
+                account: buy.1,
+                asset: "USD".to_owned(),
+                amount: 50 * DOLLAR + fee,
+            },
+            Debit {
+                order: sell.0,
+                account: sell.1,
+                asset: "BTC".to_owned(),
+                amount: 50,
+            },
+        ]
+    }
+
+    /// A buy reserving 100 USD and a sell reserving 100 BTC units, half of each filled, both
+    /// ended: whichever stream is ahead, free never exceeds what the ledger will leave, and at
+    /// rest it is exactly the balance.
+    #[test]
+    fn free_is_exact_at_rest_and_never_too_high_whichever_stream_is_ahead() {
+        for settled_first in [false, true] {
+            let (buyer, seller) = (Uuid::now_v7(), Uuid::now_v7());
+            let (buy, sell, trade) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+            let fee = 10;
+            let mut funds = Funds::default();
+            funds.load(snapshot(
+                5,
+                &[(buyer, "USD", 150 * DOLLAR), (seller, "BTC", 120)],
+            ));
+            funds.reserve(buy, buyer, "USD", 100 * DOLLAR + 20).unwrap();
+            funds.reserve(sell, seller, "BTC", 100).unwrap();
+            assert_eq!(funds.free(buyer, "USD"), 50 * DOLLAR - 20);
+            assert_eq!(
+                funds.reserve(Uuid::now_v7(), seller, "BTC", 21),
+                Err(Short { free: 20 }),
+                "a reservation beyond what is free is refused"
+            );
+            assert_eq!(
+                funds.reserve(sell, seller, "BTC", 100),
+                Ok(()),
+                "a retried check holds its first reservation, not a second"
+            );
+            assert_eq!(funds.free(seller, "BTC"), 20);
+
+            let movements = settled_trade(trade, buyer, seller, fee);
+            // What the buyer may spend once everything is settled and released.
+            let at_rest = 150 * DOLLAR - 50 * DOLLAR - fee;
+            if settled_first {
+                assert!(funds.settled(6, trade, &movements).unwrap());
+                assert!(
+                    funds.free(buyer, "USD") <= at_rest,
+                    "settled but not yet seen to execute: too low if anything"
+                );
+                funds.executed(trade, debits((buy, buyer), (sell, seller), fee));
+            } else {
+                funds.executed(trade, debits((buy, buyer), (sell, seller), fee));
+                funds.executed(trade, debits((buy, buyer), (sell, seller), fee));
+                assert_eq!(
+                    funds.free(buyer, "USD"),
+                    50 * DOLLAR - 20,
+                    "execution moves the debit from the reservation, once"
+                );
+                assert!(funds.settled(6, trade, &movements).unwrap());
+            }
+            assert_eq!(funds.reserved(buy), 50 * DOLLAR + 20 - fee);
+            assert_eq!(funds.free(buyer, "USD"), 50 * DOLLAR - 20);
+            funds.release(buy);
+            funds.release(sell);
+            assert_eq!(funds.free(buyer, "USD"), at_rest, "{settled_first}");
+            assert_eq!(funds.free(buyer, "USD"), funds.balance(buyer, "USD"));
+            assert_eq!(funds.free(seller, "BTC"), 70);
+            assert_eq!(funds.committed(seller, "BTC"), 0);
+            assert_eq!(funds.balance(seller, "USD"), 50 * DOLLAR);
+        }
+    }
+
+    /// A restart: the snapshot already holds a trade that settled while risk was away, and
+    /// its settlement is given again. The balance does not move twice; the debit its
+    /// execution committed is no longer committed.
+    #[test]
+    fn a_settlement_the_snapshot_holds_still_ends_its_trades_debits() {
+        let (buyer, seller) = (Uuid::now_v7(), Uuid::now_v7());
+        let (buy, sell, trade) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut funds = Funds::default();
+        funds.load(snapshot(9, &[(buyer, "USD", 100 * DOLLAR)]));
+        funds.reserve(buy, buyer, "USD", 60 * DOLLAR).unwrap();
+        funds.executed(trade, debits((buy, buyer), (sell, seller), 0));
+        // The snapshot is taken again after the trade settled (position 10)…
+        funds.load(snapshot(
+            10,
+            &[(buyer, "USD", 50 * DOLLAR), (buyer, "BTC", 50)],
+        ));
+        assert_eq!(
+            funds.free(buyer, "USD"),
+            50 * DOLLAR - 60 * DOLLAR,
+            "too low until…"
+        );
+        // …and the settlement arrives at or below it.
+        let movements = settled_trade(trade, buyer, seller, 0);
+        assert!(!funds.settled(10, trade, &movements).unwrap());
+        assert_eq!(funds.balance(buyer, "USD"), 50 * DOLLAR);
+        assert_eq!(funds.free(buyer, "USD"), 40 * DOLLAR);
+        funds.release(buy);
+        assert_eq!(funds.free(buyer, "USD"), 50 * DOLLAR);
     }
 
     #[test]

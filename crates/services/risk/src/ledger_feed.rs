@@ -22,6 +22,7 @@ use futures_util::future::BoxFuture;
 use service_kit::Shutdown;
 use service_kit::backoff::Backoff;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use crate::book::Book;
 use crate::funds::Movement;
@@ -37,14 +38,21 @@ pub const EVENT_TYPES: &[&str] = &[
     TradeSettled::TYPE,
 ];
 
-/// What an event does to balances.
-fn movements(event: &Envelope) -> Result<Vec<Movement>, HandlerError> {
+/// What an event does to balances, and the trade it settles if it settles one.
+fn movements(event: &Envelope) -> Result<(Vec<Movement>, Option<Uuid>), HandlerError> {
     let overflow = |e: crate::funds::Overflow| HandlerError::permanent(e.to_string());
     Ok(match event.event_type.as_str() {
-        FundsDeposited::TYPE => Movement::deposited(&event.decode()?),
-        FundsWithdrawn::TYPE => Movement::withdrawn(&event.decode()?).map_err(overflow)?,
-        TradeSettled::TYPE => Movement::settled(&event.decode()?).map_err(overflow)?,
-        _ => Vec::new(),
+        FundsDeposited::TYPE => (Movement::deposited(&event.decode()?), None),
+        FundsWithdrawn::TYPE => (
+            Movement::withdrawn(&event.decode()?).map_err(overflow)?,
+            None,
+        ),
+        TradeSettled::TYPE => {
+            let settled: TradeSettled = event.decode()?;
+            let movements = Movement::settled(&settled).map_err(overflow)?;
+            (movements, Some(settled.trade_id))
+        }
+        _ => (Vec::new(), None),
     })
 }
 
@@ -88,15 +96,21 @@ impl Handler for LedgerFeed {
                 .increment(1);
             return;
         };
-        let applied = movements(event).map_err(|e| e.to_string()).and_then(|m| {
-            let mut book = self
-                .book
-                .lock()
-                .map_err(|_| "the book's lock is poisoned")?;
-            book.funds_mut()
-                .apply(position, &m)
+        let applied = movements(event)
+            .map_err(|e| e.to_string())
+            .and_then(|(movements, trade)| {
+                let mut book = self
+                    .book
+                    .lock()
+                    .map_err(|_| "the book's lock is poisoned")?;
+                let funds = book.funds_mut();
+                match trade {
+                    // The balances move and the trade's debits go in one step.
+                    Some(trade) => funds.settled(position, trade, &movements),
+                    None => funds.apply(position, &movements),
+                }
                 .map_err(|e| e.to_string())
-        });
+            });
         match applied {
             Ok(true) => {}
             Ok(false) => {

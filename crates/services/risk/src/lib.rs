@@ -58,7 +58,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
 /// last prices.
 pub async fn load_book(pool: &PgPool, config: &Config) -> Result<book::Book, Error> {
     let snapshot = store::snapshot(pool).await?;
-    let mut book = book::Book::new(config.defaults);
+    let mut book = book::Book::new(config.defaults).with_fees(config.fees);
     for (account, body) in snapshot.limits {
         let limits = body
             .validate()
@@ -86,7 +86,11 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let consumer = kit
         .consumer(&pool, "orders", ConsumerSettings::default())
         .await?;
-    let projector = Arc::new(project::Projector::new(book.clone(), &config.assets));
+    let projector = Arc::new(project::Projector::new(
+        book.clone(),
+        &config.assets,
+        config.fees,
+    ));
     kit.tasks.spawn("orders consumer", move |stop| {
         consumer.clone().run(projector.clone(), stop)
     });
@@ -171,6 +175,11 @@ pub fn describe_metrics() {
         "risk_limit_breaches_total",
         Unit::Count,
         "Fills that left a position beyond its limit."
+    );
+    describe_counter!(
+        "risk_funds_shadow_total",
+        Unit::Count,
+        "Passing checks by what reserving their funds did: reserved, short (settlement's hold decides for now), not_loaded, no_assets, overflow."
     );
     describe_counter!(
         "risk_funds_events_skipped_total",

@@ -16,12 +16,14 @@ use contracts::events::{
     Event, OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, RiskLimitBreached,
     TradeExecuted,
 };
+use contracts::fees::Fees;
 use events::{Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::book::{Book, Change};
+use crate::funds::Debit;
 use crate::positions::{Position, Side};
 use crate::store::{self, OpenOrder, PositionKey, PositionRow};
 
@@ -36,6 +38,8 @@ pub const EVENT_TYPES: &[&str] = &[
 pub struct Projector {
     book: Arc<Mutex<Book>>,
     scales: HashMap<String, u32>,
+    /// What each side of a fill pays, as settlement books it.
+    fees: Fees,
     /// What each event being applied changed, kept until its transaction commits.
     pending: Mutex<HashMap<Uuid, Vec<Change>>>,
 }
@@ -63,12 +67,47 @@ struct Trade {
 }
 
 impl Projector {
-    pub fn new(book: Arc<Mutex<Book>>, assets: &[contracts::Asset]) -> Self {
+    pub fn new(book: Arc<Mutex<Book>>, assets: &[contracts::Asset], fees: Fees) -> Self {
         Self {
             book,
             scales: assets.iter().map(|a| (a.code.clone(), a.scale)).collect(),
+            fees,
             pending: Mutex::default(),
         }
+    }
+
+    /// What each side of the trade will pay once it settles (ADR 0023): the buyer the notional
+    /// and their fee, the seller the quantity.
+    fn debits(&self, trade: &Trade) -> Result<Vec<Debit>, HandlerError> {
+        let t = &trade.executed;
+        let (buy, sell) = match trade.taker_side {
+            Side::Buy => (
+                (t.taker_order_id, t.taker_account_id),
+                (t.maker_order_id, t.maker_account_id),
+            ),
+            Side::Sell => (
+                (t.maker_order_id, t.maker_account_id),
+                (t.taker_order_id, t.taker_account_id),
+            ),
+        };
+        let buyer_is_maker = trade.taker_side == Side::Sell;
+        let paid = contracts::fees::notional(t.price, t.quantity, trade.base_scale)
+            .and_then(|notional| contracts::fees::buyer_pays(notional, buyer_is_maker, self.fees))
+            .ok_or_else(|| HandlerError::permanent(format!("trade {} overflows", t.trade_id)))?;
+        Ok(vec![
+            Debit {
+                order: buy.0,
+                account: buy.1,
+                asset: t.quote_asset.clone(),
+                amount: paid,
+            },
+            Debit {
+                order: sell.0,
+                account: sell.1,
+                asset: t.base_asset.clone(),
+                amount: t.quantity,
+            },
+        ])
     }
 
     fn read(&self, event: &Envelope, deferred: &mut Deferred) -> Result<(), HandlerError> {
@@ -208,6 +247,10 @@ impl Projector {
                             position: *position,
                         });
                     }
+                    effects.push(Change::Executed {
+                        trade: t.trade_id,
+                        debits: self.debits(trade)?,
+                    });
                     assets.insert(&t.symbol, (&t.base_asset, &t.quote_asset));
                     last_prices.insert(&t.symbol, t.price);
                     effects.push(Change::LastPrice {

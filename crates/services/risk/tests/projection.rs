@@ -108,7 +108,11 @@ async fn one_batch_opens_fills_and_ends_orders_and_moves_positions(pool: PgPool)
         completed(ask, seller),
     ];
     let book = Arc::new(Mutex::new(Book::default()));
-    let projector = Projector::new(book.clone(), &Asset::defaults());
+    let projector = Projector::new(
+        book.clone(),
+        &Asset::defaults(),
+        contracts::fees::Fees::DEFAULT,
+    );
 
     apply(&pool, &projector, &batch).await;
 

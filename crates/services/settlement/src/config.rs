@@ -38,18 +38,8 @@ pub struct Config {
 impl Config {
     pub fn read(env: &mut Env) -> Self {
         let common = CommonConfig::read(env);
-        let assets = Asset::configured(&env.list("BOURSE_ASSETS")).unwrap_or_else(|message| {
-            env.problem("BOURSE_ASSETS", message);
-            Asset::defaults()
-        });
-        let fees = Fees::new(
-            env.or("BOURSE_MAKER_FEE_BPS", Fees::DEFAULT.maker_bps),
-            env.or("BOURSE_TAKER_FEE_BPS", Fees::DEFAULT.taker_bps),
-        )
-        .unwrap_or_else(|(variable, message)| {
-            env.problem(variable, message);
-            Fees::DEFAULT
-        });
+        let assets = launch::platform::assets(env);
+        let fees = launch::platform::fees(env);
         let interval = env.or("BOURSE_SETTLEMENT_RECONCILIATION_INTERVAL_SECS", 60u64);
         if interval == 0 {
             env.problem(

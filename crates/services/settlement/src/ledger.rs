@@ -16,9 +16,6 @@ pub const EXTERNAL: Uuid = Uuid::nil();
 /// Owner of each asset's fee income account.
 pub const FEES: Uuid = Uuid::from_u128(1);
 
-/// Basis points: 1 bps = 0.01 %.
-const BPS: i128 = 10_000;
-
 /// The fee schedule, shared with orders (which shows each fill's fee).
 pub use contracts::fees::Fees;
 
@@ -28,10 +25,6 @@ pub use contracts::Side;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the amount does not fit 64-bit minor units")]
 pub struct Overflow;
-
-fn fit(value: i128) -> Result<i64, Overflow> {
-    i64::try_from(value).map_err(|_| Overflow)
-}
 
 /// `price` quote minor units per whole base unit × `quantity` base minor units, in quote minor
 /// units, rounded down.
@@ -44,13 +37,8 @@ pub fn fee(notional: i64, bps: u32) -> Result<i64, Overflow> {
     contracts::fees::fee(notional, bps).ok_or(Overflow)
 }
 
-fn div_ceil(numerator: i128, denominator: i128) -> i128 {
-    (numerator + denominator - 1) / denominator
-}
-
-/// What a hold for an order reserves: a sell its base quantity; a buy the quote amount at its
-/// limit price (a market buy: the collar price) plus the highest fee it could pay, both rounded
-/// up. In the order's hold asset (base for a sell, quote for a buy).
+/// What a hold for an order reserves: `contracts::fees::hold_amount` (risk reserves the same,
+/// ADR 0023), in the ledger's error type.
 pub fn hold_amount(
     side: Side,
     price: i64,
@@ -58,16 +46,7 @@ pub fn hold_amount(
     base_scale: u32,
     fees: Fees,
 ) -> Result<i64, Overflow> {
-    match side {
-        Side::Sell => Ok(quantity),
-        Side::Buy => {
-            let one_base = 10i128.pow(base_scale);
-            // Price × quantity fits i128; the cost only if it fits i64, checked before the fee.
-            let cost = fit(div_ceil(i128::from(price) * i128::from(quantity), one_base))?;
-            let fee = div_ceil(i128::from(cost) * i128::from(fees.highest_bps()), BPS);
-            fit(i128::from(cost) + fee)
-        }
-    }
+    contracts::fees::hold_amount(side, price, quantity, base_scale, fees).ok_or(Overflow)
 }
 
 /// A trade as settlement needs it (from `TradeExecuted`).

@@ -21,16 +21,21 @@ pub struct FundsView {
     pub account_id: Uuid,
     /// The newest of settlement's events these balances include (its outbox position).
     pub settlement_position: i64,
-    /// Non-zero balances only, by asset.
+    /// Every asset with a balance or a commitment, by asset.
     pub balances: Vec<FundsBalance>,
 }
 
+/// Decimal strings at the asset's scale.
 #[derive(Serialize, ToSchema)]
 pub struct FundsBalance {
     pub asset: String,
-    /// Available and held together, as settlement books them; decimal string at the asset's
-    /// scale.
+    /// Available and held together, as settlement books them.
     pub balance: String,
+    /// Promised out of the balance: what open orders have reserved and what executed trades
+    /// will debit once they settle. Matches settlement's `held` once the streams are caught up.
+    pub committed: String,
+    /// The balance less what is committed: what a new order could reserve.
+    pub free: String,
 }
 
 /// The account's balances as risk follows them from settlement; 503 until risk has loaded
@@ -69,9 +74,14 @@ pub async fn get(
         settlement_position,
         balances: owned
             .into_iter()
-            .map(|(asset, balance)| FundsBalance {
-                balance: format_units(balance, scale(&asset)),
-                asset,
+            .map(|(asset, balance, committed)| {
+                let scale = scale(&asset);
+                FundsBalance {
+                    balance: format_units(balance, scale),
+                    committed: format_units(committed, scale),
+                    free: format_units(balance.saturating_sub(committed), scale),
+                    asset,
+                }
             })
             .collect(),
     }))
