@@ -21,8 +21,8 @@ fn check_a_passing_order(bencher: divan::Bencher) {
     let limits = LimitsBody {
         max_order_quantity: "100".into(),
         max_order_notional: "100000000".into(),
-        max_open_orders: u32::MAX,
-        max_orders_per_second: u32::MAX,
+        max_open_orders: i32::MAX.unsigned_abs(),
+        max_orders_per_second: i32::MAX.unsigned_abs(),
         max_position: "1000000".into(),
         price_collar_bps: 1_000,
     }
