@@ -305,6 +305,10 @@ async fn a_duplicate_that_reached_another_replica_is_replayed_the_first_answer_a
     .execute(&mut *blocker)
     .await
     .unwrap();
+    let blocker_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *blocker)
+        .await
+        .unwrap();
     let order = limit("sell", "31000.00", "0.5");
     let send = |app: &TestApp| {
         let request = app
@@ -316,8 +320,18 @@ async fn a_duplicate_that_reached_another_replica_is_replayed_the_first_answer_a
         tokio::spawn(async move { request.send().await.unwrap() })
     };
     let original = send(without_book);
+    // Waiting on the blocker itself: any other lock wait of an orders replica (its relay, its
+    // ownership of a symbol) would let the duplicate go first.
     eventually("the original's batch to wait on the key", || async {
-        count(&m.app.db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders' AND wait_event_type = 'Lock'").await > 0
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE application_name = 'orders' AND $1 = ANY (pg_blocking_pids(pid))",
+        )
+        .bind(blocker_pid)
+        .fetch_one(&m.app.db)
+        .await
+        .unwrap();
+        waiting > 0
     })
     .await;
     // The duplicate finds no answer yet, so it is checked and holds funds like the original.
