@@ -268,32 +268,24 @@ impl TestApp {
     /// The first entry of this app's stream `name` (`orders`, `ops`…), awaited with
     /// `XREAD BLOCK` — the test wakes when it is published: (`type`, parsed envelope).
     pub async fn first_event(&self, name: &str) -> (String, Value) {
+        self.first_event_where(name, |_| true).await
+    }
+
+    /// The first entry of type `event_type` in this app's stream `name`: its parsed envelope.
+    pub async fn first_event_of(&self, name: &str, event_type: &str) -> Value {
+        self.first_event_where(name, |t| t == event_type).await.1
+    }
+
+    /// The first entry of stream `name` whose type `wanted` accepts, read from the start and
+    /// awaited entry by entry with `XREAD BLOCK` (20 s without a new entry fails the test).
+    async fn first_event_where(
+        &self,
+        name: &str,
+        wanted: impl Fn(&str) -> bool,
+    ) -> (String, Value) {
         let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
         let mut redis = client.get_multiplexed_async_connection().await.unwrap();
         // The client's default response timeout is shorter than the block.
-        redis.set_response_timeout(std::time::Duration::from_secs(25));
-        let reply: redis::streams::StreamReadReply = redis::cmd("XREAD")
-            .arg("BLOCK")
-            .arg(20_000)
-            .arg("STREAMS")
-            .arg(format!("{}.{name}", self.redis_prefix))
-            .arg("0")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
-        let entry = &reply.keys.first().expect("an event within 20 s").ids[0];
-        let field = |name: &str| -> String { entry.get(name).unwrap() };
-        (
-            field("type"),
-            serde_json::from_str(&field("envelope")).unwrap(),
-        )
-    }
-
-    /// The first entry of type `event_type` in this app's stream `name`, awaited as
-    /// [`Self::first_event`] awaits the first of any type: its parsed envelope.
-    pub async fn first_event_of(&self, name: &str, event_type: &str) -> Value {
-        let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
-        let mut redis = client.get_multiplexed_async_connection().await.unwrap();
         redis.set_response_timeout(std::time::Duration::from_secs(25));
         let mut after = "0".to_owned();
         loop {
@@ -306,15 +298,12 @@ impl TestApp {
                 .query_async(&mut redis)
                 .await
                 .unwrap();
-            let entries = &reply
-                .keys
-                .first()
-                .unwrap_or_else(|| panic!("a {event_type} within 20 s"))
-                .ids;
+            let entries = &reply.keys.first().expect("an event within 20 s").ids;
             for entry in entries {
-                if entry.get::<String>("type").as_deref() == Some(event_type) {
+                let event_type: String = entry.get("type").unwrap();
+                if wanted(&event_type) {
                     let envelope: String = entry.get("envelope").unwrap();
-                    return serde_json::from_str(&envelope).unwrap();
+                    return (event_type, serde_json::from_str(&envelope).unwrap());
                 }
             }
             after.clone_from(&entries.last().expect("XREAD answers entries").id);

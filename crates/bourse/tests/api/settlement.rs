@@ -35,7 +35,7 @@ async fn ledger_on(app: TestApp) -> Ledger {
     let alice = app.signed_up("alice@example.com").await;
     let bob = app.signed_up("bob@example.com").await;
     let (alice_id, bob_id) = (app.user_id(&alice).await, app.user_id(&bob).await);
-    let service_token = orders_token(&app).await;
+    let service_token = service_token(&app, "orders").await;
     Ledger {
         app,
         admin,
@@ -48,9 +48,10 @@ async fn ledger_on(app: TestApp) -> Ledger {
 }
 
 /// A token for settlement, minted by the real auth for the `orders` client.
-async fn orders_token(app: &TestApp) -> String {
+/// A service token of `client` (its development secret) for settlement, from auth.
+async fn service_token(app: &TestApp, client: &'static str) -> String {
     let auth = resilience::Upstream::new(
-        "orders",
+        client,
         "auth",
         &app.auth,
         reqwest::Client::new(),
@@ -59,10 +60,10 @@ async fn orders_token(app: &TestApp) -> String {
     .unwrap();
     let secret = access::service::client_secret(
         &mut service_kit::Env::from_pairs(Vec::<(String, String)>::new()),
-        "orders",
+        client,
         false,
     );
-    resilience::TokenSource::new(auth, "orders", secret)
+    resilience::TokenSource::new(auth, client, secret)
         .token("settlement")
         .await
         .unwrap()
@@ -932,5 +933,51 @@ async fn reconciliation_counts_every_executed_trade_against_what_settled(pool: P
     assert_eq!(
         check["detail"],
         "BTC-USD: orders executed 1 trades (100000000 base units) but 1 settled (50000000 base units)"
+    );
+}
+
+/// Every balance at once is for risk alone (ADR 0023): not for another service, not for a user,
+/// not without a token; and what risk gets includes the position of the newest event it holds.
+#[sqlx::test(migrations = false)]
+async fn the_balance_snapshot_is_for_risk_alone_and_names_its_position(pool: PgPool) {
+    let l = ledger(pool).await;
+    l.deposit(l.alice_id, "USD", "100").await;
+    let snapshot = |token: Option<String>| {
+        let request = l
+            .app
+            .client
+            .get(format!("{}/internal/v1/balances", l.app.settlement));
+        async move {
+            match token {
+                Some(token) => request.bearer_auth(token),
+                None => request,
+            }
+            .send()
+            .await
+            .unwrap()
+        }
+    };
+
+    assert_eq!(snapshot(None).await.status(), StatusCode::UNAUTHORIZED);
+    let user = Some(l.alice.access_token.clone());
+    assert_eq!(snapshot(user).await.status(), StatusCode::UNAUTHORIZED);
+    let orders = Some(l.service_token.clone());
+    assert_problem(snapshot(orders).await, StatusCode::FORBIDDEN, "forbidden").await;
+
+    let risk = Some(service_token(&l.app, "risk").await);
+    let answer = snapshot(risk).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    let body: Value = answer.json().await.unwrap();
+    let newest: i64 = sqlx::query_scalar("SELECT max(position) FROM settlement.outbox")
+        .fetch_one(&l.app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        body["position"], newest,
+        "the deposit's event is the newest"
+    );
+    assert_eq!(
+        body["balances"],
+        json!([{ "account_id": l.alice_id, "asset": "USD", "balance": 10_000 }])
     );
 }

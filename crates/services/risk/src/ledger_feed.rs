@@ -1,26 +1,26 @@
 //! Following settlement's ledger (ADR 0023): its balance snapshot first, then its stream.
 //!
 //! [`load_and_follow`] asks settlement for every balance and the outbox position they include
-//! (retrying until settlement answers), loads them into the book's [`Funds`], and only then
-//! starts consuming the `settlement` stream. Every event consumed from then on was committed
-//! after the snapshot was read or is at or below its position, so [`Funds::apply`] sorts them
-//! by position alone.
+//! (the task supervisor runs it again until settlement answers), loads them into the book's
+//! [`Funds`], and only then starts consuming the `settlement` stream. Every event consumed from
+//! then on was committed after the snapshot was read or is at or below its position, so
+//! [`Funds::apply`] sorts them by position alone; a `TradeSettled` also ends the debits its
+//! trade committed ([`Funds::settled`]).
 //!
 //! Nothing is written to risk's tables: the consumer's inbox row is the only write, and memory
 //! is rebuilt from a new snapshot on every start.
 //!
 //! [`Funds`]: crate::funds::Funds
 //! [`Funds::apply`]: crate::funds::Funds::apply
+//! [`Funds::settled`]: crate::funds::Funds::settled
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use contracts::events::{Event, FundsDeposited, FundsWithdrawn, TradeSettled};
 use contracts::funds::BalanceSnapshot;
 use events::{Consumer, Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
 use service_kit::Shutdown;
-use service_kit::backoff::Backoff;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -125,15 +125,21 @@ impl Handler for LedgerFeed {
     }
 }
 
-/// Loads settlement's snapshot into the book, then consumes its stream until `shutdown`.
+/// Loads settlement's snapshot into the book, then consumes its stream until `shutdown`. If
+/// settlement does not answer (it may start after risk), it returns; the supervisor runs it
+/// again after its backoff, as it does every task that ends.
 pub async fn load_and_follow(
     settlement: resilience::Upstream,
     book: Arc<Mutex<Book>>,
     consumer: Consumer,
     shutdown: Shutdown,
 ) {
-    let Some(snapshot) = snapshot_when_ready(&settlement, &shutdown).await else {
-        return;
+    let snapshot = match fetch_snapshot(&settlement).await {
+        Ok(snapshot) => snapshot,
+        Err(error) => {
+            tracing::warn!(%error, "settlement's balances are not available");
+            return;
+        }
     };
     let (position, accounts) = (snapshot.position, snapshot.balances.len());
     match book.lock() {
@@ -147,31 +153,6 @@ pub async fn load_and_follow(
     consumer
         .run(Arc::new(LedgerFeed::new(book)), shutdown)
         .await;
-}
-
-/// Asks until settlement answers (it may start after risk), or `None` on shutdown.
-async fn snapshot_when_ready(
-    settlement: &resilience::Upstream,
-    shutdown: &Shutdown,
-) -> Option<BalanceSnapshot> {
-    let backoff = Backoff {
-        base: Duration::from_millis(50),
-        cap: Duration::from_secs(5),
-    };
-    let mut attempt: u32 = 0;
-    loop {
-        match fetch_snapshot(settlement).await {
-            Ok(snapshot) => return Some(snapshot),
-            Err(error) => {
-                tracing::warn!(%error, attempt, "settlement's balances are not available yet")
-            }
-        }
-        tokio::select! {
-            () = shutdown.triggered() => return None,
-            () = tokio::time::sleep(backoff.delay(attempt)) => {}
-        }
-        attempt = attempt.saturating_add(1);
-    }
 }
 
 async fn fetch_snapshot(settlement: &resilience::Upstream) -> Result<BalanceSnapshot, String> {

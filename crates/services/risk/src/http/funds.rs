@@ -62,20 +62,13 @@ pub async fn get(
         )
         .into());
     };
-    let scale = |code: &str| {
-        state
-            .assets
-            .iter()
-            .find(|a| a.code == code)
-            .map_or(0, |a| a.scale)
-    };
     Ok(Body(FundsView {
         account_id: account,
         settlement_position,
         balances: owned
             .into_iter()
             .map(|(asset, balance, committed)| {
-                let scale = scale(&asset);
+                let scale = state.scale_of(&asset);
                 FundsBalance {
                     balance: format_units(balance, scale),
                     committed: format_units(committed, scale),

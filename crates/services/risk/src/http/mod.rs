@@ -28,6 +28,16 @@ pub struct AppState {
     pub assets: Arc<Vec<Asset>>,
 }
 
+impl AppState {
+    /// Decimals of `code`'s minor unit (0 for an asset this deployment does not list).
+    fn scale_of(&self, code: &str) -> u32 {
+        self.assets
+            .iter()
+            .find(|a| a.code == code)
+            .map_or(0, |a| a.scale)
+    }
+}
+
 impl FromRef<AppState> for Arc<TokenVerifier> {
     fn from_ref(state: &AppState) -> Self {
         state.verifier.clone()

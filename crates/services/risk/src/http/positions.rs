@@ -30,13 +30,7 @@ pub async fn own(
     principal: Principal,
 ) -> Result<Body<Vec<PositionView>>> {
     principal.require_any(&[Role::Trader])?;
-    let scale = |code: &str| {
-        state
-            .assets
-            .iter()
-            .find(|a| a.code == code)
-            .map_or(0, |a| a.scale)
-    };
+    let scale = |code: &str| state.scale_of(code);
     let rows = store::positions(&state.pool, principal.user_id).await?;
     Ok(Body(
         rows.into_iter()
