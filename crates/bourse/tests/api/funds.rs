@@ -394,6 +394,15 @@ fn all_free(balances: &[(&str, &str)]) -> FundsView {
         .collect()
 }
 
+/// The admin `exchange_on` signed up, logged in again on a platform started anew.
+async fn treasury(app: &TestApp) -> Tokens {
+    app.login("treasury@example.com", PASSWORD)
+        .await
+        .json::<Tokens>()
+        .await
+        .unwrap()
+}
+
 /// Waits until risk's view of `account` is `expected`.
 async fn risk_sees(app: &TestApp, reader: &Tokens, account: uuid::Uuid, expected: &FundsView) {
     eventually(
@@ -495,12 +504,7 @@ async fn a_restarted_risk_counts_what_its_snapshot_holds_once_and_what_follows_i
 
     // Risk is away: a deposit is booked and published, and waits in the stream for risk.
     let without_risk = spawn_app_without(pool.clone(), &same_broker, &[Target::Risk]).await;
-    let admin = without_risk
-        .login("treasury@example.com", PASSWORD)
-        .await
-        .json::<Tokens>()
-        .await
-        .unwrap();
+    let admin = treasury(&without_risk).await;
     without_risk.deposit(&admin, alice, "USD", "5").await;
     eventually("the deposit published", || async {
         count(
@@ -515,12 +519,7 @@ async fn a_restarted_risk_counts_what_its_snapshot_holds_once_and_what_follows_i
 
     // Risk is back: its snapshot holds the deposit, which its group is then given again.
     let back = spawn_app_with(pool, &same_broker).await;
-    let admin = back
-        .login("treasury@example.com", PASSWORD)
-        .await
-        .json::<Tokens>()
-        .await
-        .unwrap();
+    let admin = treasury(&back).await;
     let expected = all_free(&[("USD", "105.00")]);
     risk_sees(&back, &admin, alice, &expected).await;
     eventually(
@@ -542,4 +541,50 @@ async fn a_restarted_risk_counts_what_its_snapshot_holds_once_and_what_follows_i
 
     back.deposit(&admin, alice, "USD", "1").await;
     risk_sees(&back, &admin, alice, &all_free(&[("USD", "106.00")])).await;
+}
+
+/// ADR 0023 slice 2c: a restarted risk still commits what resting orders have reserved — the
+/// rest of a partly filled bid, an ask untouched — as settlement still holds it. Memory alone
+/// would start with nothing committed, every balance free, until those orders end.
+#[sqlx::test(migrations = false)]
+async fn a_restarted_risk_still_commits_what_resting_orders_reserved(pool: PgPool) {
+    let prefix = format!("test:{}", uuid::Uuid::now_v7());
+    let same_broker = [("BOURSE_REDIS_KEY_PREFIX", prefix.as_str())];
+    let x = exchange_on(spawn_app_with(pool.clone(), &same_broker).await).await;
+    let (alice, bob) = (x.app.user_id(&x.alice).await, x.app.user_id(&x.bob).await);
+    x.fund(&x.alice, "USD", "1000").await;
+    x.fund(&x.bob, "BTC", "1").await;
+    x.placed(&x.alice, &limit("buy", "30000.00", "0.03")).await;
+    x.placed(&x.bob, &limit("sell", "30000.00", "0.01")).await;
+    x.placed(&x.bob, &limit("sell", "31000.00", "0.02")).await;
+    eventually("the trade settled", || async {
+        x.settled_trades().await == 1
+    })
+    .await;
+    for account in [alice, bob] {
+        risk_sees(
+            &x.app,
+            &x.admin,
+            account,
+            &ledger_funds(&x.app.db, account).await,
+        )
+        .await;
+    }
+    let alice_usd = ledger_funds(&x.app.db, alice).await["USD"].clone();
+    assert_eq!(
+        alice_usd.committed, "601.50",
+        "0.03 at 30,000.00 with the highest fee (901.80) less the fill, which paid the maker's"
+    );
+    x.app.stop().await;
+
+    let back = spawn_app_with(pool, &same_broker).await;
+    let admin = treasury(&back).await;
+    for account in [alice, bob] {
+        let ledger = ledger_funds(&back.db, account).await;
+        risk_sees(&back, &admin, account, &ledger).await;
+    }
+    assert_eq!(
+        risk_funds(&back, &admin, alice).await.unwrap()["USD"],
+        alice_usd
+    );
 }

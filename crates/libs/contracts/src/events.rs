@@ -46,6 +46,11 @@ pub struct OrderAccepted {
     pub price: Option<i64>,
     /// Base minor units.
     pub quantity: i64,
+    /// A market order's protection price: the worst it can execute at, and what its funds
+    /// are held and reserved at (ADR 0023). None for a limit order, and in events written
+    /// before the field existed (added with a default, so the version stays 1: ADR 0019).
+    #[serde(default)]
+    pub protection_price: Option<i64>,
 }
 event!(OrderAccepted, 1);
 

@@ -51,6 +51,7 @@ fn accepted() -> OrderAccepted {
         side: Side::Sell,
         price: None,
         quantity: 1_000_000,
+        protection_price: Some(2_700_000),
     }
 }
 
@@ -66,7 +67,8 @@ fn every_event_type_round_trips_with_the_field_names_its_readers_use() {
             "quote_asset",
             "side",
             "price",
-            "quantity"
+            "quantity",
+            "protection_price"
         ])
     );
     let trade = TradeExecuted {
@@ -311,5 +313,16 @@ fn a_field_added_later_does_not_break_an_older_reader() {
     assert_eq!(
         envelope.decode::<OrderAccepted>().unwrap().quantity,
         1_000_000
+    );
+    // And a newer reader of an event written before its field existed reads the default.
+    let mut envelope = Envelope::of("test", "a", 1, &accepted()).unwrap();
+    envelope
+        .payload
+        .as_object_mut()
+        .unwrap()
+        .remove("protection_price");
+    assert_eq!(
+        envelope.decode::<OrderAccepted>().unwrap().protection_price,
+        None
     );
 }

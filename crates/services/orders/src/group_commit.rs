@@ -134,6 +134,7 @@ impl<'a> BatchWrites<'a> {
                     side: platform_side(order.side),
                     price: order.price,
                     quantity: order.quantity,
+                    protection_price: order.protection,
                 },
             )?);
         }

@@ -13,13 +13,13 @@ use uuid::Uuid;
 
 use contracts::fees::Fees;
 
-use crate::funds::{Debit, Funds};
+use crate::funds::{Debit, Funds, Held};
 use crate::limits::Limits;
 use crate::positions::{Position, Side};
 
 /// An approved order not seen on the orders stream within this long was never stored (orders
-/// refused it after the check, or crashed): its reservation lapses.
-const RESERVATION_TTL: Duration = Duration::from_secs(30);
+/// crashed after the check, or could not announce its refusal): its reservation lapses.
+pub const RESERVATION_TTL: Duration = Duration::from_secs(30);
 
 /// `POST /internal/v1/checks`: the order as orders is about to place it. Prices and
 /// quantities are integer minor units, as in events.
@@ -113,6 +113,8 @@ pub enum Change {
         symbol: String,
         side: Side,
         remaining: i64,
+        /// What its funds reserve (ADR 0023); none for an order accepted before it was known.
+        reserved: Option<Held>,
     },
     Remaining {
         order: Uuid,
@@ -276,7 +278,8 @@ impl Book {
                 ));
             }
         }
-        self.expire_reservations();
+        let now = Instant::now();
+        self.sweep(now);
         let open = self.open_count.get(&order.account_id).copied().unwrap_or(0);
         if open >= limits.max_open_orders {
             return Err(breach(
@@ -318,7 +321,6 @@ impl Book {
         // Passed: count it and reserve its place until orders confirms or ends it.
         self.throttle.insert(order.account_id, (second, passed + 1));
         self.reserve_funds(order);
-        let now = Instant::now();
         self.open_order(
             order.order_id,
             order.account_id,
@@ -366,9 +368,12 @@ impl Book {
             .map_err(|_| "short")
     }
 
-    fn expire_reservations(&mut self) {
+    /// Ends what checks reserved for orders never seen on the orders stream within
+    /// [`RESERVATION_TTL`] of `now`. Every check sweeps first; so does a periodic task, so a
+    /// lapse does not wait for the account's next order.
+    pub fn sweep(&mut self, now: Instant) {
         while let Some(&(at, id)) = self.reservations.front() {
-            if at.elapsed() <= RESERVATION_TTL {
+            if now.saturating_duration_since(at) <= RESERVATION_TTL {
                 break;
             }
             self.reservations.pop_front();
@@ -437,7 +442,13 @@ impl Book {
                 symbol,
                 side,
                 remaining,
-            } => self.open_order(order, account, &symbol, side, remaining, None),
+                reserved,
+            } => {
+                self.open_order(order, account, &symbol, side, remaining, None);
+                if let Some(held) = reserved {
+                    self.funds.adopt(order, account, &held);
+                }
+            }
             Change::Remaining { order, remaining } => {
                 if let Some(open) = self.open.get_mut(&order) {
                     let delta = remaining - open.remaining;
@@ -499,6 +510,18 @@ mod tests {
 
     const BTC: i64 = 100_000_000;
 
+    /// Balances loaded: `account` owns `cents` of USD.
+    fn funded(book: &mut Book, account: Uuid, cents: i64) {
+        book.funds_mut().load(contracts::funds::BalanceSnapshot {
+            position: 0,
+            balances: vec![contracts::funds::AccountBalance {
+                account_id: account,
+                asset: "USD".into(),
+                balance: cents,
+            }],
+        });
+    }
+
     #[test]
     fn a_passing_check_reserves_what_settlement_will_hold_until_its_order_ends() {
         let account = Uuid::now_v7();
@@ -515,14 +538,7 @@ mod tests {
             "nothing loaded yet"
         );
 
-        book.funds_mut().load(contracts::funds::BalanceSnapshot {
-            position: 0,
-            balances: vec![contracts::funds::AccountBalance {
-                account_id: account,
-                asset: "USD".into(),
-                balance: 1_000_000,
-            }],
-        });
+        funded(&mut book, account, 1_000_000);
         // 0.01 BTC at 30,000.00 = 300.00, plus the highest fee (20 bps, 0.60), rounded up.
         let buy = order(account, Side::Buy, 3_000_000, BTC / 100);
         assert_eq!(book.check(&buy, 1), Ok(()));
@@ -539,6 +555,44 @@ mod tests {
         });
         assert_eq!(book.funds().committed(account, "USD"), 0);
         assert_eq!(book.funds().free(account, "USD"), 1_000_000);
+    }
+
+    #[test]
+    fn a_reservation_whose_order_never_reached_the_book_lapses_and_comes_back_if_it_does() {
+        let account = Uuid::now_v7();
+        let mut book = Book::new(limits());
+        funded(&mut book, account, 1_000_000);
+        let buy = order(account, Side::Buy, 3_000_000, BTC / 100);
+        assert_eq!(book.check(&buy, 1), Ok(()));
+        let reserved = book.funds().committed(account, "USD");
+        assert!(reserved > 0);
+
+        let checked_at = Instant::now();
+        book.sweep(checked_at);
+        assert_eq!(book.funds().committed(account, "USD"), reserved, "not yet");
+        book.sweep(checked_at + RESERVATION_TTL + Duration::from_secs(1));
+        assert_eq!(book.funds().committed(account, "USD"), 0, "lapsed");
+        assert_eq!(
+            book.open_count.get(&account).copied().unwrap_or(0),
+            0,
+            "and its place among the open orders with it"
+        );
+
+        // Accepted after all (orders was slower than the lapse): the stream's reservation is
+        // taken in, though no check asked for it again.
+        book.apply(Change::Opened {
+            order: buy.order_id,
+            account,
+            symbol: buy.symbol.clone(),
+            side: Side::Buy,
+            remaining: buy.quantity,
+            reserved: Some(Held {
+                asset: "USD".into(),
+                amount: reserved,
+            }),
+        });
+        assert_eq!(book.funds().committed(account, "USD"), reserved);
+        assert_eq!(book.funds().reserved(buy.order_id), reserved);
     }
 
     #[test]

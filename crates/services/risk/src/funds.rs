@@ -19,8 +19,10 @@
 //! reservations; in between, free is too low, never too high.
 //!
 //! For now a shadow of settlement's holds (ADR 0023 slice 2b): the check reserves, but the
-//! hold decides. Reservations and trade debits are memory only, so a restart starts with
-//! nothing committed; persisting them comes before risk's reservation decides (slice 3).
+//! hold decides. What is committed survives a restart (slice 2c): the orders consumer keeps
+//! each open order's remaining reservation on its `open_orders` row, and both consumers keep
+//! the trades seen on one stream and not yet the other (`unsettled_trades`); on start they come
+//! back through [`Funds::adopt`] and [`Funds::restore`].
 
 use std::collections::HashMap;
 
@@ -82,8 +84,15 @@ impl Movement {
     }
 }
 
-/// What an open order still has reserved, in its hold asset (quote for a buy, base for a
-/// sell).
+/// What an order has reserved, in its hold asset (quote for a buy, base for a sell): minor
+/// units of that asset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub asset: String,
+    pub amount: i64,
+}
+
+/// What an open order still has reserved.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Reservation {
     account: Uuid,
@@ -253,6 +262,44 @@ impl Funds {
             },
         );
         Ok(())
+    }
+
+    /// Takes in a reservation the orders stream says an accepted order holds (or, on start,
+    /// what its `open_orders` row says is left of it), without asking whether it is free: the
+    /// order is in the book already. An order the check reserved for keeps that reservation.
+    pub fn adopt(&mut self, order: Uuid, account: Uuid, held: &Held) {
+        if self.reservations.contains_key(&order) || held.amount <= 0 {
+            return;
+        }
+        self.commit(account, &held.asset, held.amount);
+        self.reservations.insert(
+            order,
+            Reservation {
+                account,
+                asset: held.asset.clone(),
+                remaining: held.amount,
+            },
+        );
+    }
+
+    /// On start, a trade from `unsettled_trades`: its debits (`Some`) are still committed, or
+    /// (`None`) it settled before its execution was seen. Unlike [`Self::executed`], nothing
+    /// is taken out of reservations: the stored ones are what is left after its fills.
+    pub fn restore(&mut self, trade: Uuid, debits: Option<Vec<Debit>>) {
+        if self.trades.contains_key(&trade) {
+            return;
+        }
+        match debits {
+            Some(debits) => {
+                for debit in &debits {
+                    self.commit(debit.account, &debit.asset, debit.amount);
+                }
+                self.trades.insert(trade, Trade::Executed(debits));
+            }
+            None => {
+                self.trades.insert(trade, Trade::SettledFirst);
+            }
+        }
     }
 
     /// What `order` still has reserved.
@@ -547,6 +594,64 @@ mod tests {
         assert_eq!(funds.free(buyer, "USD"), 40 * DOLLAR);
         funds.release(buy);
         assert_eq!(funds.free(buyer, "USD"), 50 * DOLLAR);
+    }
+
+    /// A restart between a trade's execution and its settlement: the new `Funds` is given
+    /// what the tables kept (the order's reservation net of the fill, the trade's debits) and
+    /// commits exactly what the old one did, and ends exactly where it would have.
+    #[test]
+    fn what_the_tables_kept_commits_after_a_restart_what_memory_had() {
+        let (buyer, seller) = (Uuid::now_v7(), Uuid::now_v7());
+        let (buy, sell, trade) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let balances = [(buyer, "USD", 150 * DOLLAR), (seller, "BTC", 120)];
+        let mut before = Funds::default();
+        before.load(snapshot(5, &balances));
+        before.reserve(buy, buyer, "USD", 100 * DOLLAR).unwrap();
+        before.executed(trade, debits((buy, buyer), (sell, seller), 0));
+
+        let mut after = Funds::default();
+        after.adopt(
+            buy,
+            buyer,
+            &Held {
+                asset: "USD".to_owned(),
+                amount: before.reserved(buy),
+            },
+        );
+        after.restore(trade, Some(debits((buy, buyer), (sell, seller), 0)));
+        after.load(snapshot(5, &balances));
+        assert_eq!(after.committed(buyer, "USD"), 100 * DOLLAR);
+        assert_eq!(after.committed(seller, "BTC"), 50, "the seller's debit too");
+        assert_eq!(after.free(buyer, "USD"), before.free(buyer, "USD"));
+        after.adopt(
+            buy,
+            buyer,
+            &Held {
+                asset: "USD".to_owned(),
+                amount: 100 * DOLLAR,
+            },
+        );
+        assert_eq!(
+            after.reserved(buy),
+            50 * DOLLAR,
+            "a reservation already held is not taken in again"
+        );
+
+        let movements = settled_trade(trade, buyer, seller, 0);
+        for funds in [&mut before, &mut after] {
+            assert!(funds.settled(6, trade, &movements).unwrap());
+            funds.release(buy);
+            assert_eq!(funds.free(buyer, "USD"), 100 * DOLLAR);
+            assert_eq!(funds.free(seller, "BTC"), 70);
+        }
+
+        // A trade that settled first is restored as such: its execution only shrinks the
+        // reservation it comes out of.
+        let (late, order) = (Uuid::now_v7(), Uuid::now_v7());
+        after.reserve(order, buyer, "USD", 60 * DOLLAR).unwrap();
+        after.restore(late, None);
+        after.executed(late, debits((order, buyer), (sell, seller), 0));
+        assert_eq!(after.committed(buyer, "USD"), 10 * DOLLAR);
     }
 
     #[test]

@@ -7,8 +7,11 @@
 //! [`Funds::apply`] sorts them by position alone; a `TradeSettled` also ends the debits its
 //! trade committed ([`Funds::settled`]).
 //!
-//! Nothing is written to risk's tables: the consumer's inbox row is the only write, and memory
-//! is rebuilt from a new snapshot on every start.
+//! Balances are not written to risk's tables: memory loads a new snapshot on every start. What
+//! is written, with the consumer's inbox rows, is which trades settled (`unsettled_trades`,
+//! [`store::trades_settled`]), so a restart knows which trades' debits are still committed.
+//!
+//! [`store::trades_settled`]: crate::store::trades_settled
 //!
 //! [`Funds`]: crate::funds::Funds
 //! [`Funds::apply`]: crate::funds::Funds::apply
@@ -66,17 +69,48 @@ impl LedgerFeed {
     }
 }
 
-impl Handler for LedgerFeed {
-    type Deferred = ();
+/// Where an entry sits in settlement's outbox. An entry without one is a dead letter replayed
+/// by hand: the original was delivered to this group, or came before the snapshot.
+fn position(event: &Envelope) -> Option<i64> {
+    event
+        .origin
+        .as_ref()
+        .filter(|o| o.outbox == OUTBOX)
+        .map(|o| o.position)
+}
 
-    /// Only checks that the event reads: one that does not is dead-lettered, not skipped.
+impl Handler for LedgerFeed {
+    /// The trades the transaction's events settle.
+    type Deferred = Vec<Uuid>;
+
+    /// Checks that the event reads (one that does not is dead-lettered, not skipped) and
+    /// notes the trade it settles.
     fn handle<'a>(
         &'a self,
         _tx: &'a mut PgConnection,
         event: &'a Envelope,
-        _deferred: &'a mut (),
+        settled: &'a mut Vec<Uuid>,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
-        Box::pin(async move { movements(event).map(drop) })
+        Box::pin(async move {
+            let (_, trade) = movements(event)?;
+            if let (Some(trade), Some(_)) = (trade, position(event)) {
+                settled.push(trade);
+            }
+            Ok(())
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        mut settled: Vec<Uuid>,
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            settled.sort_unstable();
+            settled.dedup();
+            crate::store::trades_settled(tx, &settled).await?;
+            Ok(())
+        })
     }
 
     fn wants(&self, event_type: &str) -> bool {
@@ -84,14 +118,7 @@ impl Handler for LedgerFeed {
     }
 
     fn committed(&self, event: &Envelope) {
-        // An entry without a position of settlement's outbox is a dead letter replayed by
-        // hand: the original was delivered to this group, or came before the snapshot.
-        let Some(position) = event
-            .origin
-            .as_ref()
-            .filter(|o| o.outbox == OUTBOX)
-            .map(|o| o.position)
-        else {
+        let Some(position) = position(event) else {
             metrics::counter!("risk_funds_events_skipped_total", "reason" => "no_position")
                 .increment(1);
             return;

@@ -7,7 +7,8 @@
 //! - [`funds`]: what each account owns, from settlement's snapshot and stream, without IO.
 //! - [`ledger_feed`]: loading settlement's snapshot, then consuming its stream into [`funds`].
 //! - [`positions`]: positions and realized PnL from fills, without IO.
-//! - [`project`]: the orders-stream consumer that keeps tables and memory current.
+//! - [`project`]: the orders-stream consumer that keeps tables and memory current, each open
+//!   order's reservation and each unsettled trade's debits included.
 //! - [`kill_switches`]: activating and releasing, announced as events.
 //! - [`store`]: all SQL.
 //! - [`http`]: thin handlers and the OpenAPI description.
@@ -54,11 +55,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), Error> {
     events::migrate(pool, SCHEMA).await.map_err(failed)
 }
 
-/// Memory as the database has it: limits, active kill switches, open orders, positions and
-/// last prices.
-pub async fn load_book(pool: &PgPool, config: &Config) -> Result<book::Book, Error> {
+/// Memory as the database has it: limits, active kill switches, open orders with what they
+/// reserve, positions, last prices and the trades seen on one stream only. Balances come
+/// later, from settlement's snapshot ([`ledger_feed`]).
+pub async fn load_book(pool: &PgPool, mut book: book::Book) -> Result<book::Book, Error> {
     let snapshot = store::snapshot(pool).await?;
-    let mut book = book::Book::new(config.defaults).with_fees(config.fees);
     for (account, body) in snapshot.limits {
         let limits = body
             .validate()
@@ -71,7 +72,33 @@ pub async fn load_book(pool: &PgPool, config: &Config) -> Result<book::Book, Err
     for change in snapshot.changes {
         book.apply(change);
     }
+    for (trade, debits) in snapshot.unsettled_trades {
+        book.funds_mut().restore(trade, debits);
+    }
     Ok(book)
+}
+
+/// How often lapsed reservations are swept when no check comes to sweep them.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Ends, every [`SWEEP_EVERY`], what checks reserved for orders that never reached the book
+/// ([`book::Book::sweep`]), until `shutdown`.
+async fn sweep_lapsed_reservations(book: Arc<Mutex<book::Book>>, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(SWEEP_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            _ = every.tick() => {}
+        }
+        match book.lock() {
+            Ok(mut book) => book.sweep(std::time::Instant::now()),
+            Err(_) => {
+                tracing::error!("the book's lock is poisoned; reservations are not swept");
+                return;
+            }
+        }
+    }
 }
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
@@ -80,7 +107,8 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     if config.common.migrate_on_start {
         migrate(&pool).await?;
     }
-    let book = Arc::new(Mutex::new(load_book(&pool, &config).await?));
+    let empty = book::Book::new(config.defaults).with_fees(config.fees);
+    let book = Arc::new(Mutex::new(load_book(&pool, empty).await?));
     let Verifiers { users, services } = kit.verifiers(&config.auth);
     kit.relay(&pool, SCHEMA);
     let consumer = kit
@@ -104,6 +132,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let ledger = kit
         .consumer(&pool, ledger_feed::STREAM, ConsumerSettings::default())
         .await?;
+    let swept = book.clone();
+    kit.tasks.spawn("reservation sweeper", move |stop| {
+        sweep_lapsed_reservations(swept.clone(), stop)
+    });
     let followed = book.clone();
     kit.tasks.spawn("settlement consumer", move |stop| {
         ledger_feed::load_and_follow(settlement.clone(), followed.clone(), ledger.clone(), stop)

@@ -23,9 +23,9 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use crate::book::{Book, Change};
-use crate::funds::Debit;
+use crate::funds::{Debit, Held};
 use crate::positions::{Position, Side};
-use crate::store::{self, OpenOrder, PositionKey, PositionRow};
+use crate::store::{self, OpenOrder, PositionKey, PositionRow, TradeDebits};
 
 pub const EVENT_TYPES: &[&str] = &[
     OrderAccepted::TYPE,
@@ -64,6 +64,8 @@ struct Trade {
     executed: TradeExecuted,
     base_scale: u32,
     taker_side: Side,
+    /// What each side pays once it settles, the buyer's first.
+    debits: [Debit; 2],
 }
 
 impl Projector {
@@ -76,11 +78,34 @@ impl Projector {
         }
     }
 
+    /// What an accepted order's funds reserve, as settlement holds them (ADR 0023): at its
+    /// limit or protection price, in its hold asset. None for a market order accepted before
+    /// events carried its protection price (it reserved nothing), or one that overflows
+    /// (settlement could not have held it).
+    fn reservation(&self, accepted: &OrderAccepted) -> Option<Held> {
+        let price = accepted.price.or(accepted.protection_price)?;
+        let base_scale = *self.scales.get(&accepted.base_asset)?;
+        let amount = contracts::fees::hold_amount(
+            accepted.side,
+            price,
+            accepted.quantity,
+            base_scale,
+            self.fees,
+        )?;
+        let asset = match accepted.side {
+            Side::Buy => &accepted.quote_asset,
+            Side::Sell => &accepted.base_asset,
+        };
+        Some(Held {
+            asset: asset.clone(),
+            amount,
+        })
+    }
+
     /// What each side of the trade will pay once it settles (ADR 0023): the buyer the notional
-    /// and their fee, the seller the quantity.
-    fn debits(&self, trade: &Trade) -> Result<Vec<Debit>, HandlerError> {
-        let t = &trade.executed;
-        let (buy, sell) = match trade.taker_side {
+    /// and their fee, the seller the quantity. The buyer's first.
+    fn debits(&self, t: &TradeExecuted, base_scale: u32) -> Result<[Debit; 2], HandlerError> {
+        let (buy, sell) = match t.taker_side {
             Side::Buy => (
                 (t.taker_order_id, t.taker_account_id),
                 (t.maker_order_id, t.maker_account_id),
@@ -90,11 +115,11 @@ impl Projector {
                 (t.taker_order_id, t.taker_account_id),
             ),
         };
-        let buyer_is_maker = trade.taker_side == Side::Sell;
-        let paid = contracts::fees::notional(t.price, t.quantity, trade.base_scale)
+        let buyer_is_maker = t.taker_side == Side::Sell;
+        let paid = contracts::fees::notional(t.price, t.quantity, base_scale)
             .and_then(|notional| contracts::fees::buyer_pays(notional, buyer_is_maker, self.fees))
             .ok_or_else(|| HandlerError::permanent(format!("trade {} overflows", t.trade_id)))?;
-        Ok(vec![
+        Ok([
             Debit {
                 order: buy.0,
                 account: buy.1,
@@ -114,6 +139,7 @@ impl Projector {
         let read = match event.event_type.as_str() {
             OrderAccepted::TYPE => {
                 let accepted: OrderAccepted = event.decode()?;
+                let reserved = self.reservation(&accepted);
                 Read::Accepted {
                     event: event.id,
                     order: OpenOrder {
@@ -122,6 +148,7 @@ impl Projector {
                         side: accepted.side,
                         symbol: accepted.symbol,
                         remaining: accepted.quantity,
+                        reserved,
                     },
                 }
             }
@@ -147,11 +174,13 @@ impl Projector {
                     HandlerError::permanent(format!("unknown asset {}", executed.base_asset))
                 })?;
                 let taker_side = executed.taker_side;
+                let debits = self.debits(&executed, base_scale)?;
                 Read::Trade(Box::new(Trade {
                     cause: event.clone(),
                     executed,
                     base_scale,
                     taker_side,
+                    debits,
                 }))
             }
             _ => return Ok(()),
@@ -191,6 +220,8 @@ impl Projector {
         let mut last_prices: HashMap<&str, i64> = HashMap::new();
         let mut breaches: Vec<Envelope> = Vec::new();
         let mut changes: Vec<(Uuid, Vec<Change>)> = Vec::with_capacity(batch.events.len());
+        let mut executed: HashSet<Uuid> = HashSet::new();
+        let mut executed_rows: Vec<TradeDebits<'_>> = Vec::new();
         for read in &batch.events {
             match read {
                 Read::Accepted { event, order } => {
@@ -207,6 +238,7 @@ impl Projector {
                             symbol: order.symbol.clone(),
                             side: order.side,
                             remaining: order.remaining,
+                            reserved: order.reserved.clone(),
                         }],
                     ));
                 }
@@ -230,6 +262,13 @@ impl Projector {
                     ] {
                         if let Some(open) = open.get_mut(&order) {
                             open.remaining = (open.remaining - t.quantity).max(0);
+                            // Its debit leaves the reservation, as in memory (`Funds::executed`).
+                            if let (Some(held), Some(debit)) = (
+                                open.reserved.as_mut(),
+                                trade.debits.iter().find(|d| d.order == order),
+                            ) {
+                                held.amount -= debit.amount.min(held.amount).max(0);
+                            }
                             changed.insert(order);
                             effects.push(Change::Remaining {
                                 order,
@@ -247,9 +286,17 @@ impl Projector {
                             position: *position,
                         });
                     }
+                    if executed.insert(t.trade_id) {
+                        let [buyer, seller] = &trade.debits;
+                        executed_rows.push(TradeDebits {
+                            trade: t.trade_id,
+                            buyer,
+                            seller,
+                        });
+                    }
                     effects.push(Change::Executed {
                         trade: t.trade_id,
-                        debits: self.debits(trade)?,
+                        debits: trade.debits.to_vec(),
                     });
                     assets.insert(&t.symbol, (&t.base_asset, &t.quote_asset));
                     last_prices.insert(&t.symbol, t.price);
@@ -280,6 +327,7 @@ impl Projector {
             .collect();
         store::put_positions(&mut *tx, &rows).await?;
         store::put_last_prices(&mut *tx, &last_prices).await?;
+        store::trades_executed(&mut *tx, &executed_rows).await?;
         events::outbox::append_all(&mut *tx, crate::STREAM, &breaches).await?;
         if let Ok(mut pending) = self.pending.lock() {
             pending.extend(changes);

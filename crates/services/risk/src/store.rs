@@ -7,6 +7,7 @@ use uuid::Uuid;
 
 use crate::book::{Change, KillSwitch};
 use crate::error::Result;
+use crate::funds::{Debit, Held};
 use crate::limits::LimitsBody;
 use crate::positions::{Position, Side};
 
@@ -15,6 +16,65 @@ pub struct Snapshot {
     pub limits: Vec<(Uuid, LimitsBody)>,
     pub kill_switches: Vec<KillSwitch>,
     pub changes: Vec<Change>,
+    /// Trades seen on one stream and not yet the other: their debits, or `None` for a trade
+    /// settled before its execution was seen (ADR 0023).
+    pub unsettled_trades: Vec<(Uuid, Option<Vec<Debit>>)>,
+}
+
+/// An `open_orders` row.
+type OpenOrderRow = (Uuid, Uuid, String, String, i64, Option<String>, i64);
+
+/// An `unsettled_trades` row: the trade, the buyer's order, account, asset and debit, the
+/// seller's, and whether it settled.
+type UnsettledTradeRow = (
+    Uuid,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<String>,
+    Option<i64>,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<String>,
+    Option<i64>,
+    bool,
+);
+
+impl OpenOrder {
+    fn from_row(
+        (order, account, symbol, side, remaining, hold_asset, reserved): OpenOrderRow,
+    ) -> Option<Self> {
+        Some(Self {
+            order,
+            account,
+            symbol,
+            side: Side::parse(&side)?,
+            remaining,
+            reserved: hold_asset.map(|asset| Held {
+                asset,
+                amount: reserved,
+            }),
+        })
+    }
+}
+
+/// The debits an `unsettled_trades` row keeps, if its execution was seen.
+fn debits_of(
+    (_, buy_order, buyer, quote, pays, sell_order, seller, base, delivers, _): UnsettledTradeRow,
+) -> Option<Vec<Debit>> {
+    Some(vec![
+        Debit {
+            order: buy_order?,
+            account: buyer?,
+            asset: quote?,
+            amount: pays?,
+        },
+        Debit {
+            order: sell_order?,
+            account: seller?,
+            asset: base?,
+            amount: delivers?,
+        },
+    ])
 }
 
 /// An account's `limits` row, its id first.
@@ -32,10 +92,19 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
     )
     .fetch_all(pool)
     .await?;
-    let open: Vec<(Uuid, Uuid, String, String, i64)> =
-        sqlx::query_as("SELECT order_id, account_id, symbol, side, remaining FROM open_orders")
-            .fetch_all(pool)
-            .await?;
+    let open: Vec<OpenOrderRow> = sqlx::query_as(
+        "SELECT order_id, account_id, symbol, side, remaining, hold_asset, reserved FROM open_orders",
+    )
+    .fetch_all(pool)
+    .await?;
+    // Only trades in flight between the two streams: a start-up load of the whole table.
+    let trades: Vec<UnsettledTradeRow> = sqlx::query_as(
+        "SELECT trade_id, buy_order_id, buyer_id, quote_asset, buyer_pays,
+                sell_order_id, seller_id, base_asset, seller_delivers, settled
+           FROM unsettled_trades",
+    )
+    .fetch_all(pool)
+    .await?;
     let positions: Vec<(Uuid, String, i64, i64, i64)> = sqlx::query_as(
         "SELECT account_id, symbol, net_quantity, average_price, realized_pnl FROM positions",
     )
@@ -45,16 +114,15 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
         .fetch_all(pool)
         .await?;
     let mut changes = Vec::new();
-    for (order, account, symbol, side, remaining) in open {
-        if let Some(side) = Side::parse(&side) {
-            changes.push(Change::Opened {
-                order,
-                account,
-                symbol,
-                side,
-                remaining,
-            });
-        }
+    for order in open.into_iter().filter_map(OpenOrder::from_row) {
+        changes.push(Change::Opened {
+            order: order.order,
+            account: order.account,
+            symbol: order.symbol,
+            side: order.side,
+            remaining: order.remaining,
+            reserved: order.reserved,
+        });
     }
     for (account, symbol, net, average_price, realized_pnl) in positions {
         changes.push(Change::Position {
@@ -85,6 +153,17 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
             })
             .collect(),
         changes,
+        unsettled_trades: trades
+            .into_iter()
+            .filter_map(|row| {
+                let (trade, settled) = (row.0, row.9);
+                match debits_of(row) {
+                    // Both halves: the consumer that completed it deleted it; none is left.
+                    Some(_) if settled => None,
+                    debits => Some((trade, debits)),
+                }
+            })
+            .collect(),
     })
 }
 
@@ -216,6 +295,8 @@ pub struct OpenOrder {
     pub symbol: String,
     pub side: Side,
     pub remaining: i64,
+    /// What is left of its funds' reservation (ADR 0023).
+    pub reserved: Option<Held>,
 }
 
 /// The open orders among `orders` (the others are not, or no longer, open).
@@ -223,44 +304,148 @@ pub async fn open_orders(conn: &mut PgConnection, orders: &[Uuid]) -> Result<Vec
     if orders.is_empty() {
         return Ok(Vec::new());
     }
-    let rows: Vec<(Uuid, Uuid, String, String, i64)> = sqlx::query_as(
-        "SELECT order_id, account_id, symbol, side, remaining FROM open_orders
-          WHERE order_id = ANY($1)",
+    let rows: Vec<OpenOrderRow> = sqlx::query_as(
+        "SELECT order_id, account_id, symbol, side, remaining, hold_asset, reserved
+           FROM open_orders WHERE order_id = ANY($1)",
     )
     .bind(orders)
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(order, account, symbol, side, remaining)| {
-            Some(OpenOrder {
-                order,
-                account,
-                symbol,
-                side: Side::parse(&side)?,
-                remaining,
-            })
-        })
-        .collect())
+    Ok(rows.into_iter().filter_map(OpenOrder::from_row).collect())
 }
 
-/// Writes open orders as they now stand (new ones inserted, known ones' `remaining` set).
+/// Writes open orders as they now stand (new ones inserted, known ones' `remaining` and
+/// `reserved` set).
 pub async fn put_open_orders(conn: &mut PgConnection, open: &[&OpenOrder]) -> Result<()> {
     if open.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO open_orders (order_id, account_id, symbol, side, remaining)
-         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[])
-         ON CONFLICT ON CONSTRAINT open_orders_pkey DO UPDATE SET remaining = EXCLUDED.remaining",
+        "INSERT INTO open_orders (order_id, account_id, symbol, side, remaining, hold_asset, reserved)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int8[],
+                              $6::text[], $7::int8[])
+         ON CONFLICT ON CONSTRAINT open_orders_pkey DO UPDATE
+             SET remaining = EXCLUDED.remaining, reserved = EXCLUDED.reserved",
     )
     .bind(open.iter().map(|o| o.order).collect::<Vec<_>>())
     .bind(open.iter().map(|o| o.account).collect::<Vec<_>>())
     .bind(open.iter().map(|o| o.symbol.as_str()).collect::<Vec<_>>())
     .bind(open.iter().map(|o| o.side.as_str()).collect::<Vec<_>>())
     .bind(open.iter().map(|o| o.remaining).collect::<Vec<_>>())
+    .bind(
+        open.iter()
+            .map(|o| o.reserved.as_ref().map(|h| h.asset.as_str()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        open.iter()
+            .map(|o| o.reserved.as_ref().map_or(0, |h| h.amount))
+            .collect::<Vec<_>>(),
+    )
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// A trade's debits as `unsettled_trades` keeps them: the buyer's, the seller's.
+pub struct TradeDebits<'a> {
+    pub trade: Uuid,
+    pub buyer: &'a Debit,
+    pub seller: &'a Debit,
+}
+
+/// One side's debits of a batch of trades, a column each, as `UNNEST` takes them.
+struct DebitColumns<'a> {
+    orders: Vec<Uuid>,
+    accounts: Vec<Uuid>,
+    assets: Vec<&'a str>,
+    amounts: Vec<i64>,
+}
+
+impl<'a> DebitColumns<'a> {
+    fn of(debits: impl Iterator<Item = &'a Debit>) -> Self {
+        let mut columns = Self {
+            orders: Vec::new(),
+            accounts: Vec::new(),
+            assets: Vec::new(),
+            amounts: Vec::new(),
+        };
+        for debit in debits {
+            columns.orders.push(debit.order);
+            columns.accounts.push(debit.account);
+            columns.assets.push(&debit.asset);
+            columns.amounts.push(debit.amount);
+        }
+        columns
+    }
+}
+
+/// The orders consumer saw these trades execute: their debits are stored, and a trade whose
+/// settlement was seen already is done with (its row deleted).
+pub async fn trades_executed(conn: &mut PgConnection, trades: &[TradeDebits<'_>]) -> Result<()> {
+    if trades.is_empty() {
+        return Ok(());
+    }
+    let buyers = DebitColumns::of(trades.iter().map(|t| t.buyer));
+    let sellers = DebitColumns::of(trades.iter().map(|t| t.seller));
+    let whole: Vec<Uuid> = sqlx::query_scalar::<_, Option<Uuid>>(
+        "INSERT INTO unsettled_trades (trade_id, buy_order_id, buyer_id, quote_asset, buyer_pays,
+                                       sell_order_id, seller_id, base_asset, seller_delivers)
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::int8[],
+                              $6::uuid[], $7::uuid[], $8::text[], $9::int8[])
+         ON CONFLICT ON CONSTRAINT unsettled_trades_pkey DO UPDATE SET
+             buy_order_id = EXCLUDED.buy_order_id, buyer_id = EXCLUDED.buyer_id,
+             quote_asset = EXCLUDED.quote_asset, buyer_pays = EXCLUDED.buyer_pays,
+             sell_order_id = EXCLUDED.sell_order_id, seller_id = EXCLUDED.seller_id,
+             base_asset = EXCLUDED.base_asset, seller_delivers = EXCLUDED.seller_delivers
+         RETURNING CASE WHEN settled THEN trade_id END",
+    )
+    .bind(trades.iter().map(|t| t.trade).collect::<Vec<_>>())
+    .bind(&buyers.orders)
+    .bind(&buyers.accounts)
+    .bind(&buyers.assets)
+    .bind(&buyers.amounts)
+    .bind(&sellers.orders)
+    .bind(&sellers.accounts)
+    .bind(&sellers.assets)
+    .bind(&sellers.amounts)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
+    forget_trades(conn, &whole).await
+}
+
+/// Settlement's consumer saw these trades settle: a trade whose execution was seen already is
+/// done with; one not yet seen to execute is remembered as settled.
+pub async fn trades_settled(conn: &mut PgConnection, trades: &[Uuid]) -> Result<()> {
+    if trades.is_empty() {
+        return Ok(());
+    }
+    let whole: Vec<Uuid> = sqlx::query_scalar::<_, Option<Uuid>>(
+        "INSERT INTO unsettled_trades (trade_id, settled) SELECT UNNEST($1::uuid[]), true
+         ON CONFLICT ON CONSTRAINT unsettled_trades_pkey DO UPDATE SET settled = true
+         RETURNING CASE WHEN buy_order_id IS NOT NULL THEN trade_id END",
+    )
+    .bind(trades)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
+    forget_trades(conn, &whole).await
+}
+
+/// Trades both streams have been seen for: nothing of theirs is committed any more.
+async fn forget_trades(conn: &mut PgConnection, trades: &[Uuid]) -> Result<()> {
+    if trades.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM unsettled_trades WHERE trade_id = ANY($1)")
+        .bind(trades)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -1,14 +1,18 @@
-//! Risk's consumer works set-based, against a real PostgreSQL: one batch can carry orders
-//! reaching the book, their trades and their ends, and the tables and memory end as they would
-//! after applying the events one by one.
+//! Risk's consumers against a real PostgreSQL. The orders consumer works set-based: one batch
+//! can carry orders reaching the book, their trades and their ends, and the tables and memory
+//! end as they would after applying the events one by one. With settlement's consumer, the
+//! tables keep what memory has committed out of balances, so a restart commits it again.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
 
-use contracts::events::{OrderAccepted, OrderCancelled, OrderCompleted, TradeExecuted};
+use contracts::events::{
+    OrderAccepted, OrderCancelled, OrderCompleted, TradeExecuted, TradeSettled,
+};
 use contracts::{Asset, Side};
-use events::{Envelope, Handler};
+use events::{Envelope, Handler, Origin};
 use risk::book::Book;
+use risk::ledger_feed::LedgerFeed;
 use risk::project::Projector;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -36,6 +40,7 @@ fn accepted(order: Uuid, account: Uuid, side: Side, quantity: i64) -> Envelope {
             side,
             price: Some(3_000_000),
             quantity,
+            protection_price: None,
         },
     )
     .unwrap()
@@ -186,4 +191,145 @@ async fn one_batch_opens_fills_and_ends_orders_and_moves_positions(pool: PgPool)
         book.lock().unwrap().position(buyer, "BTC-USD").net,
         2_000_000
     );
+}
+
+/// `trade` settled, as settlement's stream delivers it: at `position` of its outbox.
+fn settled(trade: &Envelope, position: i64) -> Envelope {
+    let executed: TradeExecuted = trade.decode().unwrap();
+    let (buyer, seller) = match executed.taker_side {
+        Side::Buy => (executed.taker_account_id, executed.maker_account_id),
+        Side::Sell => (executed.maker_account_id, executed.taker_account_id),
+    };
+    let mut envelope = Envelope::of(
+        "settlement",
+        executed.trade_id.to_string(),
+        1,
+        &TradeSettled {
+            trade_id: executed.trade_id,
+            symbol: executed.symbol,
+            buyer_account_id: buyer,
+            seller_account_id: seller,
+            base_asset: executed.base_asset,
+            quote_asset: executed.quote_asset,
+            price: executed.price,
+            quantity: executed.quantity,
+            notional: 30_000,
+            buyer_fee: 0,
+            seller_fee: 0,
+            fee_asset: "USD".to_owned(),
+        },
+    )
+    .unwrap();
+    envelope.origin = Some(Origin {
+        outbox: "settlement".to_owned(),
+        position,
+    });
+    envelope
+}
+
+/// One transaction of settlement's consumer, as [`apply`] is one of the orders consumer.
+async fn settle(pool: &PgPool, feed: &LedgerFeed, batch: &[Envelope]) {
+    let mut tx = pool.begin().await.unwrap();
+    let mut deferred = Default::default();
+    for event in batch {
+        feed.handle(&mut tx, event, &mut deferred).await.unwrap();
+    }
+    feed.finish(&mut tx, deferred).await.unwrap();
+    tx.commit().await.unwrap();
+    for event in batch {
+        feed.committed(event);
+    }
+}
+
+/// What a risk started on these tables commits of `asset` for `account`.
+async fn committed_after_restart(pool: &PgPool, account: Uuid, asset: &str) -> i64 {
+    let book = risk::load_book(pool, Book::default()).await.unwrap();
+    book.funds().committed(account, asset)
+}
+
+/// ADR 0023 slice 2c: what risk has committed out of balances is in its tables, so a restart
+/// commits what memory had — the rest of each open order's reservation and the debits of
+/// trades executed and not yet settled — whichever of the two streams is ahead.
+#[sqlx::test(migrations = false)]
+async fn a_restart_commits_what_open_orders_reserved_and_unsettled_trades_owe(pool: PgPool) {
+    let pool = risk_db(&pool).await;
+    let book = Arc::new(Mutex::new(Book::default()));
+    let fees = contracts::fees::Fees::DEFAULT;
+    let projector = Projector::new(book.clone(), &Asset::defaults(), fees);
+    let feed = LedgerFeed::new(book.clone());
+    let (bid, buyer) = (Uuid::now_v7(), Uuid::now_v7());
+    let (ask, seller) = (Uuid::now_v7(), Uuid::now_v7());
+    // 0.03 BTC at 30,000.00 (900.00) and the highest fee, rounded up: what settlement holds.
+    let bid_holds = contracts::fees::hold_amount(Side::Buy, 3_000_000, 3_000_000, 8, fees).unwrap();
+    let first = trade((bid, buyer), (ask, seller));
+    apply(
+        &pool,
+        &projector,
+        &[
+            accepted(bid, buyer, Side::Buy, 3_000_000),
+            accepted(ask, seller, Side::Sell, 1_000_000),
+            first.clone(),
+            completed(ask, seller),
+        ],
+    )
+    .await;
+    let in_memory = |account, asset| book.lock().unwrap().funds().committed(account, asset);
+    assert_eq!(
+        in_memory(buyer, "USD"),
+        bid_holds,
+        "the bid's rest and its fill's debit"
+    );
+    assert_eq!(
+        in_memory(seller, "BTC"),
+        1_000_000,
+        "the ask's fill's debit"
+    );
+    assert_eq!(
+        committed_after_restart(&pool, buyer, "USD").await,
+        bid_holds
+    );
+    assert_eq!(
+        committed_after_restart(&pool, seller, "BTC").await,
+        1_000_000
+    );
+
+    // The trade settles: its debits are paid, the bid's rest stays committed.
+    settle(&pool, &feed, &[settled(&first, 1)]).await;
+    let bid_rest = book.lock().unwrap().funds().reserved(bid);
+    assert_eq!(in_memory(buyer, "USD"), bid_rest);
+    assert_eq!(committed_after_restart(&pool, buyer, "USD").await, bid_rest);
+    assert_eq!(committed_after_restart(&pool, seller, "BTC").await, 0);
+
+    // A second trade is seen to settle before it is seen to execute.
+    let (second_ask, second_seller) = (Uuid::now_v7(), Uuid::now_v7());
+    let second = trade((bid, buyer), (second_ask, second_seller));
+    settle(&pool, &feed, &[settled(&second, 2)]).await;
+    assert_eq!(
+        committed_after_restart(&pool, buyer, "USD").await,
+        bid_rest,
+        "settled first: nothing more is committed"
+    );
+    apply(
+        &pool,
+        &projector,
+        &[
+            accepted(second_ask, second_seller, Side::Sell, 1_000_000),
+            second,
+            completed(second_ask, second_seller),
+        ],
+    )
+    .await;
+    let bid_rest = book.lock().unwrap().funds().reserved(bid);
+    assert!(bid_rest < bid_holds / 2, "two fills came out of it");
+    assert_eq!(in_memory(buyer, "USD"), bid_rest);
+    assert_eq!(committed_after_restart(&pool, buyer, "USD").await, bid_rest);
+    assert_eq!(
+        committed_after_restart(&pool, second_seller, "BTC").await,
+        0
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM unsettled_trades")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "both trades were seen on both streams");
 }

@@ -171,6 +171,7 @@ fn accepted(hold: &NewHold) -> Envelope {
         side: hold.side,
         price: Some(PRICE),
         quantity: QUANTITY,
+        protection_price: None,
     };
     Envelope::of("orders", hold.id.to_string(), 1, &accepted).unwrap()
 }

@@ -224,6 +224,27 @@ impl Gateway {
         body.as_array().cloned().ok_or(Error::Malformed("balances"))
     }
 
+    /// What risk's pre-trade stage believes `account` owns and has committed, by asset
+    /// (`/v1/admin/risk-funds/{account}`); `None` while risk is still loading balances.
+    pub async fn risk_funds(
+        &self,
+        admin: &str,
+        account: Uuid,
+    ) -> Result<Option<Vec<Value>>, Error> {
+        let answer = self
+            .read(Some(admin), &format!("/v1/admin/risk-funds/{account}"))
+            .await?;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            return Ok(None);
+        }
+        let body = Self::expect("risk's funds", answer, &[StatusCode::OK])?;
+        body["balances"]
+            .as_array()
+            .cloned()
+            .map(Some)
+            .ok_or(Error::Malformed("risk's funds"))
+    }
+
     pub async fn reconciliation(&self, admin: &str) -> Result<Value, Error> {
         let report = Self::answer(
             self.http

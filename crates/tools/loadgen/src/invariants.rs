@@ -31,7 +31,9 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
     }
     let deadline = Instant::now() + ledger.settle_timeout;
 
-    // The books: ledger balanced, holds match open orders, every executed trade settled once.
+    // The books: ledger balanced, holds match open orders, every executed trade settled once;
+    // every account's balances what its deposits and fills make them, in the ledger and in
+    // risk's pre-trade stage alike, with nothing held or committed once all orders ended.
     let reconciliation = settled(ledger, deadline).await?;
     if reconciliation["ok"] != true {
         violations.push(format!("reconciliation failed: {reconciliation}"));
@@ -56,6 +58,9 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
                 "account {}: {mismatch} ({open} of its orders still open)",
                 trader.account
             ));
+        }
+        if let Some(mismatch) = risk_agrees(ledger, trader, &expected, &scales, deadline).await? {
+            violations.push(format!("account {}: {mismatch}", trader.account));
         }
     }
 
@@ -158,9 +163,43 @@ fn expected_balances(
     Ok(expected)
 }
 
-/// `None` when the account's balances equal `expected` with nothing held; otherwise what
-/// differs, once the deadline has passed (holds of orders that just ended may still be on
-/// their way to release).
+/// The named amounts of `asset` in a listing of balances by asset; zeros when it is absent.
+fn figures<const N: usize>(
+    listing: &[Value],
+    asset: &str,
+    scale: u32,
+    fields: [&str; N],
+) -> Result<[i64; N], Error> {
+    let mut amounts = [0; N];
+    if let Some(entry) = listing.iter().find(|b| b["asset"] == asset) {
+        for (amount, field) in amounts.iter_mut().zip(fields) {
+            *amount = units(&entry[field], scale)?;
+        }
+    }
+    Ok(amounts)
+}
+
+/// `None` once `differences` finds nothing; otherwise what it last found at the deadline
+/// (holds of orders that just ended may still be on their way to release, and the
+/// pre-trade stage follows the ledger through a stream).
+async fn agrees_by<F, Fut>(deadline: Instant, mut differences: F) -> Result<Option<String>, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<String>, Error>>,
+{
+    loop {
+        let found = differences().await?;
+        if found.is_empty() {
+            return Ok(None);
+        }
+        if Instant::now() >= deadline {
+            return Ok(Some(found.join("; ")));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// `None` when the account's balances equal `expected` with nothing held.
 async fn balances_match(
     ledger: &Ledger<'_>,
     trader: &Trader,
@@ -168,16 +207,12 @@ async fn balances_match(
     scales: &HashMap<String, u32>,
     deadline: Instant,
 ) -> Result<Option<String>, Error> {
-    loop {
+    agrees_by(deadline, || async {
         let balances = ledger.gateway.balances(&trader.token).await?;
         let mut mismatch = Vec::new();
         for (asset, want) in expected {
             let scale = *scales.get(asset).ok_or(Error::Malformed("assets"))?;
-            let found = balances.iter().find(|b| b["asset"] == asset.as_str());
-            let (available, held) = match found {
-                Some(b) => (units(&b["available"], scale)?, units(&b["held"], scale)?),
-                None => (0, 0),
-            };
+            let [available, held] = figures(&balances, asset, scale, ["available", "held"])?;
             if available + held != *want || held != 0 {
                 mismatch.push(format!(
                     "{asset} available {} held {} — expected {} and nothing held",
@@ -187,12 +222,42 @@ async fn balances_match(
                 ));
             }
         }
-        if mismatch.is_empty() {
-            return Ok(None);
+        Ok(mismatch)
+    })
+    .await
+}
+
+/// `None` when risk's pre-trade stage (ADR 0023) believes what the ledger says: each asset's
+/// balance is `expected`, and nothing is committed once every order has ended.
+async fn risk_agrees(
+    ledger: &Ledger<'_>,
+    trader: &Trader,
+    expected: &BTreeMap<String, i64>,
+    scales: &HashMap<String, u32>,
+    deadline: Instant,
+) -> Result<Option<String>, Error> {
+    agrees_by(deadline, || async {
+        let Some(funds) = ledger
+            .gateway
+            .risk_funds(ledger.admin, trader.account)
+            .await?
+        else {
+            return Ok(vec!["risk is still loading balances".to_owned()]);
+        };
+        let mut mismatch = Vec::new();
+        for (asset, want) in expected {
+            let scale = *scales.get(asset).ok_or(Error::Malformed("assets"))?;
+            let [balance, committed] = figures(&funds, asset, scale, ["balance", "committed"])?;
+            if balance != *want || committed != 0 {
+                mismatch.push(format!(
+                    "risk sees {asset} {} with {} committed — expected {} and nothing committed",
+                    contracts::format_units(balance, scale),
+                    contracts::format_units(committed, scale),
+                    contracts::format_units(*want, scale),
+                ));
+            }
         }
-        if Instant::now() >= deadline {
-            return Ok(Some(mismatch.join("; ")));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Ok(mismatch)
+    })
+    .await
 }
