@@ -32,6 +32,15 @@ trader() {
       -H "idempotency-key: perf-$email-$1" -H 'content-type: application/json' \
       -d "{\"account_id\":\"$id\",\"asset\":\"$1\",\"amount\":\"$2\"}" > /dev/null
   done
+  # Risk refuses what its own view of an account cannot fund (ADR 0023); that view follows the
+  # ledger through a stream, so wait until it has both deposits (or is still loading them).
+  for _ in $(seq 1 200); do
+    funds=$(curl -s -o /dev/stdout -w '\n%{http_code}' "http://127.0.0.1:8080/v1/admin/risk-funds/$id" \
+      -H "authorization: Bearer $ADMIN")
+    [[ ${funds##*$'\n'} != 200 ]] && break
+    [[ $(jq '[.balances[] | select(.asset == "USD" or .asset == "BTC")] | length' <<< "${funds%$'\n'*}") == 2 ]] && break
+    sleep 0.05
+  done
   echo "$token"
 }
 BUY_TOKENS=$(trader alice@demo.bourse 'demo password 1234')

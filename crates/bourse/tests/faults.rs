@@ -358,6 +358,41 @@ async fn account_of(platform: &Platform, token: &str) -> String {
     me["id"].as_str().unwrap().to_owned()
 }
 
+/// Deposits into a new account's empty `asset`, then waits until risk's pre-trade stage has
+/// it too (ADR 0023: risk refuses what its own view cannot fund), as a client waits for a
+/// deposit to be credited. A risk that does not answer 200 reserves nothing yet.
+async fn deposit(platform: &Platform, admin: &str, account: &str, asset: &str, amount: &str) {
+    let gateway = platform.url("gateway");
+    let client = reqwest::Client::new();
+    let deposit = client
+        .post(format!("{gateway}/v1/admin/deposits"))
+        .bearer_auth(admin)
+        .header("idempotency-key", Uuid::now_v7().to_string())
+        .json(&json!({ "account_id": account, "asset": asset, "amount": amount }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deposit.status(), StatusCode::CREATED);
+    eventually(&format!("risk to see the {asset} deposit"), || async {
+        let response = client
+            .get(format!("{gateway}/v1/admin/risk-funds/{account}"))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap();
+        if response.status() != StatusCode::OK {
+            return true;
+        }
+        let view: Value = response.json().await.unwrap();
+        view["balances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["asset"] == asset)
+    })
+    .await;
+}
+
 /// BTC-USD, an admin, and two pairs of funded traders: (admin, pairs).
 async fn funded_market(platform: &Platform) -> (String, Vec<(String, String)>) {
     let client = reqwest::Client::new();
@@ -379,15 +414,7 @@ async fn funded_market(platform: &Platform) -> (String, Vec<(String, String)>) {
         let who = trader(platform, &format!("{name}@example.com"), &[]).await;
         let account = account_of(platform, &who).await;
         for (asset, amount) in [("USD", "10000000"), ("BTC", "1000")] {
-            let deposit = client
-                .post(format!("{gateway}/v1/admin/deposits"))
-                .bearer_auth(&admin)
-                .header("idempotency-key", Uuid::now_v7().to_string())
-                .json(&json!({ "account_id": account, "asset": asset, "amount": amount }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(deposit.status(), StatusCode::CREATED);
+            deposit(platform, &admin, &account, asset, amount).await;
         }
         traders.push(who);
     }
@@ -639,15 +666,7 @@ async fn orders_replicas_keep_one_book_per_symbol_through_a_kill_and_a_pause() {
         let who = trader(&platform, &format!("{name}@example.com"), &[]).await;
         let account = account_of(&platform, &who).await;
         for asset in ["USD", "BTC", "ETH"] {
-            let deposit = client
-                .post(format!("{gateway}/v1/admin/deposits"))
-                .bearer_auth(&admin)
-                .header("idempotency-key", Uuid::now_v7().to_string())
-                .json(&json!({ "account_id": account, "asset": asset, "amount": "1000000" }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(deposit.status(), StatusCode::CREATED);
+            deposit(&platform, &admin, &account, asset, "1000000").await;
         }
         traders.push(who);
     }

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, Tokens, assert_problem, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, Tokens, assert_problem, spawn_app, spawn_replica_of};
 
 impl TestApp {
     async fn create_api_key(&self, who: &Tokens, body: &Value) -> Response {
@@ -568,9 +568,8 @@ async fn a_revoked_key_is_refused_at_once_and_a_keys_networks_are_enforced(pool:
 #[sqlx::test(migrations = false)]
 async fn replicas_share_what_was_used_and_what_was_revoked(pool: PgPool) {
     // Two platforms on one database and one Redis prefix: two gateway replicas, as deployed.
-    let first = spawn_app(pool.clone()).await;
-    let prefix = first.redis_prefix.clone();
-    let second = spawn_app_with(pool, &[("BOURSE_REDIS_KEY_PREFIX", prefix.as_str())]).await;
+    let first = spawn_app(pool).await;
+    let second = spawn_replica_of(&first).await;
     let alice = first.signed_up("alice@example.com").await;
     let on_first = Program::of(
         &first,

@@ -110,6 +110,21 @@ pub async fn spawn_app_with(pool: PgPool, overrides: &[(&str, &str)]) -> TestApp
 
 /// Every service but `absent` (a test runs those as processes of their own and points the
 /// others at them with `BOURSE_<TARGET>_URL` overrides); their URLs in [`TestApp`] are empty.
+/// More replicas of `first`'s services, on its database and Redis prefix, as deployed — all but
+/// risk, which runs as one replica (ADR 0018: its memory, reservations included, would split
+/// across two, and so would the streams its consumer group reads): this one calls `first`'s.
+pub async fn spawn_replica_of(first: &TestApp) -> TestApp {
+    spawn_app_without(
+        first.db.clone(),
+        &[
+            ("BOURSE_REDIS_KEY_PREFIX", first.redis_prefix.as_str()),
+            ("BOURSE_RISK_URL", first.risk.as_str()),
+        ],
+        &[Target::Risk],
+    )
+    .await
+}
+
 pub async fn spawn_app_without(
     pool: PgPool,
     overrides: &[(&str, &str)],
@@ -406,6 +421,55 @@ impl TestApp {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::CREATED, "deposit");
+        // Risk refuses what its own view of the account cannot fund (ADR 0023), and that view
+        // follows the ledger through a stream: wait for the deposit to be credited there, as
+        // a client waits for a deposit to be credited before trading with it.
+        self.risk_caught_up(admin, account, asset).await;
+    }
+
+    /// Waits until risk's pre-trade stage sees `account`'s `asset` as the ledger books it
+    /// (available + held), read as `reader` (an admin or risk officer). Returns at once when
+    /// risk is not running or still loading balances: its checks then reserve nothing and
+    /// settlement's hold decides alone.
+    pub async fn risk_caught_up(&self, reader: &Tokens, account: Uuid, asset: &str) {
+        let booked: Option<(i64, i16)> = sqlx::query_as(
+            "SELECT a.available + a.held, s.scale
+               FROM settlement.accounts a JOIN settlement.assets s ON s.code = a.asset
+              WHERE a.owner_id = $1 AND a.asset = $2",
+        )
+        .bind(account)
+        .bind(asset)
+        .fetch_optional(&self.db)
+        .await
+        .unwrap();
+        let Some((units, scale)) = booked else {
+            return;
+        };
+        let booked = contracts::format_units(units, u32::try_from(scale).unwrap());
+        service_kit::testing::eventually(
+            &format!("risk to see {booked} {asset} for {account}"),
+            || async {
+                let response = self
+                    .get_authed(
+                        &format!("/v1/admin/risk-funds/{account}"),
+                        &reader.access_token,
+                    )
+                    .await;
+                if response.status() != StatusCode::OK {
+                    return true;
+                }
+                let view: Value = response.json().await.unwrap();
+                let seen = view["balances"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|b| b["asset"] == asset)
+                    .and_then(|b| b["balance"].as_str().map(str::to_owned));
+                seen.unwrap_or_else(|| contracts::format_units(0, u32::try_from(scale).unwrap()))
+                    == booked
+            },
+        )
+        .await;
     }
 }
 

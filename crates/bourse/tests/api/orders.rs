@@ -5,7 +5,9 @@ use serde_json::{Value, json};
 use service_kit::testing::eventually;
 use sqlx::PgPool;
 
-use crate::helpers::{TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with};
+use crate::helpers::{
+    TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with, spawn_replica_of,
+};
 
 /// An exchange with BTC-USD (tick 0.01, lot 0.0001) and two traders.
 struct Market {
@@ -273,9 +275,8 @@ async fn a_duplicate_that_reached_another_replica_is_replayed_the_first_answer_a
     // Two platforms on one database and one Redis prefix: two orders replicas, as deployed.
     // The key is claimed only in the matching batch, so a duplicate that reached the other
     // replica gets as far as holding funds before the batch tells the two apart.
-    let first = spawn_app(pool.clone()).await;
-    let prefix = first.redis_prefix.clone();
-    let second = spawn_app_with(pool, &[("BOURSE_REDIS_KEY_PREFIX", prefix.as_str())]).await;
+    let first = spawn_app(pool).await;
+    let second = spawn_replica_of(&first).await;
     let m = market_on(first).await;
     m.placed(&m.alice, &limit("buy", "28000.00", "0.1")).await; // starts the BTC-USD task
     let owner: String = sqlx::query_scalar(

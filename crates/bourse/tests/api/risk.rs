@@ -8,7 +8,11 @@ use sqlx::PgPool;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, Tokens, assert_problem, base_env, count, spawn_app, spawn_app_with};
+use bourse::Target;
+
+use crate::helpers::{
+    TestApp, Tokens, assert_problem, base_env, count, spawn_app, spawn_app_without,
+};
 
 /// BTC-USD, an admin, a risk officer and two funded traders.
 struct Desk {
@@ -483,7 +487,8 @@ async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(p
         .find(|(k, _)| k == "BOURSE_REDIS_KEY_PREFIX")
         .map(|(_, v)| v.clone())
         .unwrap();
-    let app = spawn_app_with(
+    // The app runs without a risk of its own: risk is one replica (ADR 0018), this process.
+    let app = spawn_app_without(
         pool,
         &[
             ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str()),
@@ -493,6 +498,7 @@ async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(p
             ("BOURSE_ORDERS_RISK_BREAKER_OPEN_FOR_MS", "300"),
             ("BOURSE_ORDERS_RISK_BREAKER_HALF_OPEN_CALLS", "1"),
         ],
+        &[Target::Risk],
     )
     .await;
     // Risk verifies orders' service tokens against this app's auth.

@@ -23,6 +23,7 @@ const RISK_CODES: &[&str] = &[
     "max_open_orders",
     "max_orders_per_second",
     "max_position",
+    "insufficient_funds",
 ];
 
 #[derive(Clone)]

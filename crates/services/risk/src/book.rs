@@ -51,6 +51,26 @@ pub struct CheckRequest {
     pub mid: Option<i64>,
 }
 
+/// Why a passing check reserved no funds.
+enum Unreserved {
+    /// Not enough free: the order is refused.
+    Short { free: i64, asset: String },
+    /// Risk cannot tell (balances not loaded, no assets sent, an overflow): settlement's hold
+    /// decides alone. The outcome's label.
+    Unknown(&'static str),
+}
+
+impl CheckRequest {
+    /// The scale of one of the order's two assets.
+    fn scale_of(&self, asset: &str) -> u32 {
+        if self.base_asset.as_deref() == Some(asset) {
+            self.base_scale
+        } else {
+            self.quote_scale
+        }
+    }
+}
+
 /// Why an order was refused: its 422 code and a sentence.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Breach {
@@ -318,9 +338,10 @@ impl Book {
                 ),
             ));
         }
+        // Last, since it is the one check that takes something: the order's funds.
+        self.reserve_funds(order)?;
         // Passed: count it and reserve its place until orders confirms or ends it.
         self.throttle.insert(order.account_id, (second, passed + 1));
-        self.reserve_funds(order);
         self.open_order(
             order.order_id,
             order.account_id,
@@ -333,23 +354,37 @@ impl Book {
         Ok(())
     }
 
-    /// Reserves what the order could cost, as settlement's hold will (ADR 0023 slice 2b). A
-    /// shadow for now: settlement's hold still decides, so an order risk could not reserve
-    /// for is only counted (`risk_funds_shadow_total{outcome}`), never refused here.
-    fn reserve_funds(&mut self, order: &CheckRequest) {
-        let outcome = match self.try_reserve_funds(order) {
+    /// Reserves what the order could cost, as settlement's hold will, or refuses it
+    /// `insufficient_funds` (ADR 0023 slice 3a). Settlement's hold still follows and still
+    /// decides too: where risk cannot know (balances not loaded yet, an orders replica that
+    /// does not send the assets, an amount that overflows) the order passes here and the hold
+    /// alone decides. `risk_funds_reservations_total{outcome}` counts each outcome.
+    fn reserve_funds(&mut self, order: &CheckRequest) -> Result<(), Breach> {
+        let outcome = self.try_reserve_funds(order);
+        let label = match &outcome {
             Ok(()) => "reserved",
-            Err(outcome) => outcome,
+            Err(Unreserved::Short { .. }) => "short",
+            Err(Unreserved::Unknown(why)) => why,
         };
-        metrics::counter!("risk_funds_shadow_total", "outcome" => outcome).increment(1);
+        metrics::counter!("risk_funds_reservations_total", "outcome" => label).increment(1);
+        match outcome {
+            Err(Unreserved::Short { free, asset }) => Err(breach(
+                "insufficient_funds",
+                format!(
+                    "not enough free {asset}: {} free",
+                    contracts::format_units(free.max(0), order.scale_of(&asset))
+                ),
+            )),
+            Ok(()) | Err(Unreserved::Unknown(_)) => Ok(()),
+        }
     }
 
-    fn try_reserve_funds(&mut self, order: &CheckRequest) -> Result<(), &'static str> {
+    fn try_reserve_funds(&mut self, order: &CheckRequest) -> Result<(), Unreserved> {
         let (Some(base), Some(quote)) = (&order.base_asset, &order.quote_asset) else {
-            return Err("no_assets");
+            return Err(Unreserved::Unknown("no_assets"));
         };
         if self.funds.position().is_none() {
-            return Err("not_loaded");
+            return Err(Unreserved::Unknown("not_loaded"));
         }
         let asset = match order.side {
             Side::Buy => quote,
@@ -362,10 +397,13 @@ impl Book {
             order.base_scale,
             self.fees,
         )
-        .ok_or("overflow")?;
+        .ok_or(Unreserved::Unknown("overflow"))?;
         self.funds
             .reserve(order.order_id, order.account_id, asset, amount)
-            .map_err(|_| "short")
+            .map_err(|short| Unreserved::Short {
+                free: short.free,
+                asset: asset.clone(),
+            })
     }
 
     /// Ends what checks reserved for orders never seen on the orders stream within
@@ -523,14 +561,18 @@ mod tests {
     }
 
     #[test]
-    fn a_passing_check_reserves_what_settlement_will_hold_until_its_order_ends() {
+    fn a_check_reserves_what_settlement_will_hold_until_its_order_ends_and_refuses_beyond_it() {
         let account = Uuid::now_v7();
-        let mut book = Book::new(limits()).with_fees(Fees::new(10, 20).unwrap());
+        let mut book = Book::new(Limits {
+            max_open_orders: 10,
+            ..limits()
+        })
+        .with_fees(Fees::new(10, 20).unwrap());
         let unfunded = order(account, Side::Buy, 3_000_000, BTC / 100);
         assert_eq!(
             book.check(&unfunded, 1),
             Ok(()),
-            "a shadow: never refused here"
+            "balances not loaded yet: settlement's hold decides alone"
         );
         assert_eq!(
             book.funds().committed(account, "USD"),
@@ -550,11 +592,28 @@ mod tests {
             "reserved once"
         );
 
+        // 10,000.00 less 300.60 is free: 0.33 BTC at 30,000.00 (9,900.00 and 19.80) is not.
+        let beyond = order(account, Side::Buy, 3_000_000, BTC / 100 * 33);
+        let refused = book.check(&beyond, 1).unwrap_err();
+        assert_eq!(refused.code, "insufficient_funds");
+        assert_eq!(refused.detail, "not enough free USD: 9699.40 free");
+        assert_eq!(
+            book.funds().committed(account, "USD"),
+            30_060,
+            "a refused order reserves nothing"
+        );
+        assert_eq!(
+            book.open_count.get(&account).copied(),
+            Some(2),
+            "the first two, not the refused one"
+        );
+
         book.apply(Change::Ended {
             order: buy.order_id,
         });
         assert_eq!(book.funds().committed(account, "USD"), 0);
         assert_eq!(book.funds().free(account, "USD"), 1_000_000);
+        assert_eq!(book.check(&beyond, 1), Ok(()), "once the first has ended");
     }
 
     #[test]

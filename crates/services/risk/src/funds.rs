@@ -18,8 +18,8 @@
 //! is seen to execute. It then leaves a marker, and its execution only shrinks the
 //! reservations; in between, free is too low, never too high.
 //!
-//! For now a shadow of settlement's holds (ADR 0023 slice 2b): the check reserves, but the
-//! hold decides. What is committed survives a restart (slice 2c): the orders consumer keeps
+//! A check reserves here, or is refused `insufficient_funds` (ADR 0023 slice 3a); settlement's
+//! hold still follows and decides too, until slice 3b removes it. What is committed survives a restart (slice 2c): the orders consumer keeps
 //! each open order's remaining reservation on its `open_orders` row, and both consumers keep
 //! the trades seen on one stream and not yet the other (`unsettled_trades`); on start they come
 //! back through [`Funds::adopt`] and [`Funds::restore`].

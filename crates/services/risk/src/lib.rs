@@ -209,9 +209,9 @@ pub fn describe_metrics() {
         "Fills that left a position beyond its limit."
     );
     describe_counter!(
-        "risk_funds_shadow_total",
+        "risk_funds_reservations_total",
         Unit::Count,
-        "Passing checks by what reserving their funds did: reserved, short (settlement's hold decides for now), not_loaded, no_assets, overflow."
+        "Checks that passed every limit, by what reserving their funds did: reserved; short (refused insufficient_funds); not_loaded, no_assets, overflow (settlement's hold decides alone)."
     );
     describe_counter!(
         "risk_funds_events_skipped_total",

@@ -22,6 +22,34 @@ use crate::{Config, Error};
 /// What each account is given before trading.
 pub const FUNDING: [(&str, &str); 2] = [("USD", "100000000.00"), ("BTC", "10000.00000000")];
 
+/// How long risk may take to credit a new account's deposits.
+const CREDIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until risk's pre-trade stage has the new account's deposits, as a client waits for a
+/// deposit to be credited: risk refuses what its own view of an account cannot fund (ADR
+/// 0023), and that view follows the ledger through a stream. While risk is still loading it
+/// reserves nothing, and the snapshot it then loads includes the deposits.
+async fn until_credited(gateway: &Gateway, admin: &str, account: Uuid) -> Result<(), Error> {
+    let deadline = Instant::now() + CREDIT_TIMEOUT;
+    loop {
+        let credited = match gateway.risk_funds(admin, account).await? {
+            None => true,
+            Some(funds) => FUNDING.iter().all(|(asset, amount)| {
+                funds
+                    .iter()
+                    .any(|b| b["asset"] == *asset && b["balance"] == *amount)
+            }),
+        };
+        if credited {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::NotCredited(account, CREDIT_TIMEOUT));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A funded trading account of the run.
 pub struct Trader {
     pub token: String,
@@ -116,6 +144,7 @@ async fn sign_up_traders(
         for (asset, amount) in FUNDING {
             gateway.deposit(admin, account, asset, amount).await?;
         }
+        until_credited(gateway, admin, account).await?;
         traders.push(Trader {
             token,
             account,

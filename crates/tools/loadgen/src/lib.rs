@@ -16,6 +16,8 @@
 //!
 //! `main` prints the report and exits non-zero on any violation.
 
+use std::time::Duration;
+
 pub mod client;
 pub mod config;
 pub mod driver;
@@ -40,4 +42,6 @@ pub enum Error {
     },
     #[error("the answer to {0} lacks what it should carry")]
     Malformed(&'static str),
+    #[error("risk had not credited account {0}'s deposits after {1:?}")]
+    NotCredited(uuid::Uuid, Duration),
 }
