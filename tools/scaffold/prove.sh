@@ -67,11 +67,13 @@ cargo test -q -p "$name" -p gateway 2>&1 | grep -E "^test result|FAILED|panicked
 echo "== compose, Prometheus, Kubernetes (.ci/infra on the copy)"
 # .ci/infra first: it installs the validators it needs (docker-compose among them).
 bash .ci/infra > infra.log 2>&1 || { tail -40 infra.log >&2; exit 1; }
-docker-compose -f docker-compose.yml config --services | grep -qx "$name" \
-  || { echo "compose has no $name service" >&2; exit 1; }
+# Each output is read whole before it is searched: under pipefail, `… | grep -q` fails when
+# grep stops at its first match and the writer, still writing, dies of the closed pipe.
+services=$(docker-compose -f docker-compose.yml config --services)
+grep -qx "$name" <<< "$services" || { echo "compose has no $name service" >&2; exit 1; }
 for overlay in deploy/k8s/overlays/*/; do
-  kubectl kustomize "$overlay" | grep -q "^  name: $name$" \
-    || { echo "$overlay renders no $name" >&2; exit 1; }
+  rendered=$(kubectl kustomize "$overlay")
+  grep -q "^  name: $name$" <<< "$rendered" || { echo "$overlay renders no $name" >&2; exit 1; }
 done
 
 count=$(echo "$by_hand" | grep -c . || true)

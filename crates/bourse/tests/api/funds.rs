@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use bourse::Target;
 
 use crate::helpers::{
-    PASSWORD, TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with, spawn_app_without,
+    PASSWORD, TestApp, Tokens, assert_problem, count, sent_as, spawn_app, spawn_app_with,
+    spawn_app_without,
 };
 
 /// BTC-USD (tick 0.01, lot 0.0001), an admin and two traders with nothing yet.
@@ -587,4 +588,97 @@ async fn a_restarted_risk_still_commits_what_resting_orders_reserved(pool: PgPoo
         risk_funds(&back, &admin, alice).await.unwrap()["USD"],
         alice_usd
     );
+}
+
+/// ADR 0023 slice 4: a withdrawal reserves with risk before settlement books it, so it cannot
+/// take what an open order has reserved — risk refuses it before settlement looks. Risk's
+/// reservation endpoint answers settlement's service token alone.
+#[sqlx::test(migrations = false)]
+async fn a_withdrawal_cannot_take_what_open_orders_have_reserved(pool: PgPool) {
+    let x = exchange_on(spawn_app(pool).await).await;
+    let bob = x.app.user_id(&x.bob).await;
+    x.fund(&x.bob, "USD", "1000").await;
+    // 0.02 at 30,000.00 and the highest fee: 601.20 reserved, 398.80 free.
+    x.placed(&x.bob, &limit("buy", "30000.00", "0.02")).await;
+    let withdraw = |amount: &'static str| {
+        x.app
+            .client
+            .post(x.app.url("/v1/admin/withdrawals"))
+            .bearer_auth(&x.admin.access_token)
+            .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+            .json(&json!({ "account_id": bob, "asset": "USD", "amount": amount }))
+            .send()
+    };
+
+    let refused = withdraw("500.00").await.unwrap();
+    let problem = assert_problem(
+        refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "insufficient_funds",
+    )
+    .await;
+    assert_eq!(
+        problem["detail"], "not enough free USD: 398.80 free",
+        "risk's refusal (settlement's own would say what is available)"
+    );
+    assert_eq!(
+        withdraw("398.80").await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    let nothing_free = BTreeMap::from([(
+        "USD".to_owned(),
+        Figures {
+            balance: "601.20".to_owned(),
+            committed: "601.20".to_owned(),
+            free: "0.00".to_owned(),
+        },
+    )]);
+    risk_sees(&x.app, &x.admin, bob, &nothing_free).await;
+    assert_eq!(ledger_funds(&x.app.db, bob).await, nothing_free);
+    eventually(
+        "the booked withdrawal's reservation gone from risk's table",
+        || async {
+            count(
+                &x.app.db,
+                "SELECT count(*) FROM risk.withdrawal_reservations",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
+
+    // The internal endpoint: settlement's token only.
+    let reserve = |token: Option<String>, amount: i64| {
+        let request = x
+            .app
+            .client
+            .post(format!("{}/internal/v1/withdrawals", x.app.risk))
+            .json(
+                &json!({ "withdrawal_id": uuid::Uuid::now_v7(), "account_id": bob,
+                           "asset": "USD", "amount": amount }),
+            );
+        sent_as(request, token)
+    };
+    assert_eq!(reserve(None, 1).await.status(), StatusCode::UNAUTHORIZED);
+    let orders = x.app.service_token("orders", "risk").await;
+    assert_problem(
+        reserve(Some(orders), 1).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let settlement = x.app.service_token("settlement", "risk").await;
+    assert_eq!(
+        reserve(Some(settlement.clone()), 1).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "nothing is free"
+    );
+    let nothing = reserve(Some(settlement), 0).await;
+    assert_problem(
+        nothing,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
 }

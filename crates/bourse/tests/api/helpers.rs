@@ -427,6 +427,31 @@ impl TestApp {
         self.risk_caught_up(admin, account, asset).await;
     }
 
+    /// A service token of `client` (its development secret) for `audience`, minted by this
+    /// app's auth: what the client service itself would send.
+    pub async fn service_token(&self, client: &'static str, audience: &str) -> String {
+        use secrecy::ExposeSecret as _;
+        let auth = resilience::Upstream::new(
+            client,
+            "auth",
+            &self.auth,
+            reqwest::Client::new(),
+            resilience::Policy::default(),
+        )
+        .unwrap();
+        let secret = access::service::client_secret(
+            &mut Env::from_pairs(Vec::<(String, String)>::new()),
+            client,
+            false,
+        );
+        resilience::TokenSource::new(auth, client, secret)
+            .token(audience)
+            .await
+            .unwrap()
+            .expose_secret()
+            .to_owned()
+    }
+
     /// Waits until risk's pre-trade stage sees `account`'s `asset` as the ledger books it
     /// (available + held), read as `reader` (an admin or risk officer). Returns at once when
     /// risk is not running or still loading balances: its checks then reserve nothing and
@@ -494,6 +519,17 @@ impl TestApp {
 }
 
 /// Asserts a problem+json response with `status` and `code`, and returns its body.
+/// Sends `request` with `token` as its bearer, or with no credentials at all.
+pub async fn sent_as(request: reqwest::RequestBuilder, token: Option<String>) -> Response {
+    match token {
+        Some(token) => request.bearer_auth(token),
+        None => request,
+    }
+    .send()
+    .await
+    .unwrap()
+}
+
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "status");
     let content_type = response

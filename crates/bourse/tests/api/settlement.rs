@@ -5,13 +5,12 @@
 use contracts::Side;
 use contracts::events::{Event, OrderCancelled, OrderCompleted, OrderRejected, TradeExecuted};
 use reqwest::{Response, StatusCode};
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use service_kit::testing::eventually;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with};
+use crate::helpers::{TestApp, Tokens, assert_problem, count, sent_as, spawn_app, spawn_app_with};
 
 /// An exchange with an admin and two traders, and a service token orders would use.
 struct Ledger {
@@ -35,7 +34,7 @@ async fn ledger_on(app: TestApp) -> Ledger {
     let alice = app.signed_up("alice@example.com").await;
     let bob = app.signed_up("bob@example.com").await;
     let (alice_id, bob_id) = (app.user_id(&alice).await, app.user_id(&bob).await);
-    let service_token = service_token(&app, "orders").await;
+    let service_token = app.service_token("orders", "settlement").await;
     Ledger {
         app,
         admin,
@@ -45,30 +44,6 @@ async fn ledger_on(app: TestApp) -> Ledger {
         bob_id,
         service_token,
     }
-}
-
-/// A token for settlement, minted by the real auth for the `orders` client.
-/// A service token of `client` (its development secret) for settlement, from auth.
-async fn service_token(app: &TestApp, client: &'static str) -> String {
-    let auth = resilience::Upstream::new(
-        client,
-        "auth",
-        &app.auth,
-        reqwest::Client::new(),
-        resilience::Policy::default(),
-    )
-    .unwrap();
-    let secret = access::service::client_secret(
-        &mut service_kit::Env::from_pairs(Vec::<(String, String)>::new()),
-        client,
-        false,
-    );
-    resilience::TokenSource::new(auth, client, secret)
-        .token("settlement")
-        .await
-        .unwrap()
-        .expose_secret()
-        .to_owned()
 }
 
 impl Ledger {
@@ -947,15 +922,7 @@ async fn the_balance_snapshot_is_for_risk_alone_and_names_its_position(pool: PgP
             .app
             .client
             .get(format!("{}/internal/v1/balances", l.app.settlement));
-        async move {
-            match token {
-                Some(token) => request.bearer_auth(token),
-                None => request,
-            }
-            .send()
-            .await
-            .unwrap()
-        }
+        sent_as(request, token)
     };
 
     assert_eq!(snapshot(None).await.status(), StatusCode::UNAUTHORIZED);
@@ -964,7 +931,7 @@ async fn the_balance_snapshot_is_for_risk_alone_and_names_its_position(pool: PgP
     let orders = Some(l.service_token.clone());
     assert_problem(snapshot(orders).await, StatusCode::FORBIDDEN, "forbidden").await;
 
-    let risk = Some(service_token(&l.app, "risk").await);
+    let risk = Some(l.app.service_token("risk", "settlement").await);
     let answer = snapshot(risk).await;
     assert_eq!(answer.status(), StatusCode::OK);
     let body: Value = answer.json().await.unwrap();

@@ -35,6 +35,10 @@ pub const SETTLEMENT_HOLD: &str = "settlement:hold";
 /// to follow settlement's stream from there (ADR 0023).
 pub const SETTLEMENT_BALANCES: &str = "settlement:balances";
 
+/// Reserving what a withdrawal takes before settlement books it, so it cannot take what open
+/// orders have reserved (ADR 0023 slice 4).
+pub const RISK_WITHDRAWAL: &str = "risk:withdrawals";
+
 /// Commands for a symbol's book, forwarded by an orders replica to the replica that owns it
 /// (TRD-08).
 pub const ORDERS_MATCHING: &str = "orders:matching";
@@ -68,6 +72,11 @@ pub const GRANTS: &[Grant] = &[
         client: "risk",
         audience: "settlement",
         scope: SETTLEMENT_BALANCES,
+    },
+    Grant {
+        client: "settlement",
+        audience: "risk",
+        scope: RISK_WITHDRAWAL,
     },
     Grant {
         client: "orders",
@@ -171,7 +180,10 @@ mod tests {
             scopes("settlement", "orders").as_deref(),
             Some(ORDERS_TRADE_TOTALS)
         );
-        assert_eq!(scopes("settlement", "risk"), None);
+        assert_eq!(
+            scopes("settlement", "risk").as_deref(),
+            Some(RISK_WITHDRAWAL)
+        );
         assert_eq!(scopes("orders", "auth"), None);
         assert_eq!(scopes("risk", "orders"), None);
     }

@@ -1,5 +1,6 @@
 //! Bodies of the internal balances API between settlement and risk (ADR 0023): what the
-//! pre-trade stage loads at its start, before it follows settlement's stream.
+//! pre-trade stage loads at its start, before it follows settlement's stream, and what a
+//! withdrawal reserves there before settlement books it.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -19,4 +20,16 @@ pub struct AccountBalance {
     pub account_id: Uuid,
     pub asset: String,
     pub balance: i64,
+}
+
+/// `POST /internal/v1/withdrawals` on risk: reserve what a withdrawal takes, before settlement
+/// books it (ADR 0023 slice 4). `withdrawal_id` is the transfer settlement will book, and
+/// announce as `FundsWithdrawn.transfer_id`; `amount` is in the asset's minor units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WithdrawalReservation {
+    pub withdrawal_id: Uuid,
+    pub account_id: Uuid,
+    pub asset: String,
+    pub amount: i64,
 }

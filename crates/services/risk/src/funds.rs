@@ -349,6 +349,20 @@ impl Funds {
         }
     }
 
+    /// A withdrawal booked at `position`: the balance moves and what it reserved goes, in one
+    /// step, so free does not move. Its reservation goes even when the balances already
+    /// included it (a snapshot taken after it was booked).
+    pub fn withdrawn(
+        &mut self,
+        position: i64,
+        withdrawal: Uuid,
+        movements: &[Movement],
+    ) -> Result<bool, Overflow> {
+        let moved = self.apply(position, movements)?;
+        self.release(withdrawal);
+        Ok(moved)
+    }
+
     /// A trade settled at `position`: its movements reach the balances (once: see
     /// [`Self::apply`]) and its debits stop being committed, in one step, so what is free does
     /// not move. Its debits go even when the balances already included the trade (a snapshot

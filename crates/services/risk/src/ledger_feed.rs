@@ -9,9 +9,11 @@
 //!
 //! Balances are not written to risk's tables: memory loads a new snapshot on every start. What
 //! is written, with the consumer's inbox rows, is which trades settled (`unsettled_trades`,
-//! [`store::trades_settled`]), so a restart knows which trades' debits are still committed.
+//! [`store::trades_settled`]) and which withdrawals were booked ([`store::end_withdrawals`]),
+//! so a restart knows what is still committed.
 //!
 //! [`store::trades_settled`]: crate::store::trades_settled
+//! [`store::end_withdrawals`]: crate::store::end_withdrawals
 //!
 //! [`Funds`]: crate::funds::Funds
 //! [`Funds::apply`]: crate::funds::Funds::apply
@@ -41,22 +43,40 @@ pub const EVENT_TYPES: &[&str] = &[
     TradeSettled::TYPE,
 ];
 
-/// What an event does to balances, and the trade it settles if it settles one.
-fn movements(event: &Envelope) -> Result<(Vec<Movement>, Option<Uuid>), HandlerError> {
+/// What else an event ends, beyond moving balances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ends {
+    /// The debits of the trade it settles.
+    Trade(Uuid),
+    /// What the withdrawal it books reserved (ADR 0023 slice 4).
+    Withdrawal(Uuid),
+    Nothing,
+}
+
+/// What an event does to balances, and what else it ends.
+fn movements(event: &Envelope) -> Result<(Vec<Movement>, Ends), HandlerError> {
     let overflow = |e: crate::funds::Overflow| HandlerError::permanent(e.to_string());
     Ok(match event.event_type.as_str() {
-        FundsDeposited::TYPE => (Movement::deposited(&event.decode()?), None),
-        FundsWithdrawn::TYPE => (
-            Movement::withdrawn(&event.decode()?).map_err(overflow)?,
-            None,
-        ),
+        FundsDeposited::TYPE => (Movement::deposited(&event.decode()?), Ends::Nothing),
+        FundsWithdrawn::TYPE => {
+            let withdrawn: FundsWithdrawn = event.decode()?;
+            let movements = Movement::withdrawn(&withdrawn).map_err(overflow)?;
+            (movements, Ends::Withdrawal(withdrawn.transfer_id))
+        }
         TradeSettled::TYPE => {
             let settled: TradeSettled = event.decode()?;
             let movements = Movement::settled(&settled).map_err(overflow)?;
-            (movements, Some(settled.trade_id))
+            (movements, Ends::Trade(settled.trade_id))
         }
-        _ => (Vec::new(), None),
+        _ => (Vec::new(), Ends::Nothing),
     })
+}
+
+/// What a transaction's events end, written at its end.
+#[derive(Debug, Default)]
+pub struct Ended {
+    trades: Vec<Uuid>,
+    withdrawals: Vec<Uuid>,
 }
 
 pub struct LedgerFeed {
@@ -80,21 +100,24 @@ fn position(event: &Envelope) -> Option<i64> {
 }
 
 impl Handler for LedgerFeed {
-    /// The trades the transaction's events settle.
-    type Deferred = Vec<Uuid>;
+    type Deferred = Ended;
 
     /// Checks that the event reads (one that does not is dead-lettered, not skipped) and
-    /// notes the trade it settles.
+    /// notes the trade it settles or the withdrawal it books.
     fn handle<'a>(
         &'a self,
         _tx: &'a mut PgConnection,
         event: &'a Envelope,
-        settled: &'a mut Vec<Uuid>,
+        ended: &'a mut Ended,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let (_, trade) = movements(event)?;
-            if let (Some(trade), Some(_)) = (trade, position(event)) {
-                settled.push(trade);
+            let (_, ends) = movements(event)?;
+            if position(event).is_some() {
+                match ends {
+                    Ends::Trade(trade) => ended.trades.push(trade),
+                    Ends::Withdrawal(withdrawal) => ended.withdrawals.push(withdrawal),
+                    Ends::Nothing => {}
+                }
             }
             Ok(())
         })
@@ -103,12 +126,13 @@ impl Handler for LedgerFeed {
     fn finish<'a>(
         &'a self,
         tx: &'a mut PgConnection,
-        mut settled: Vec<Uuid>,
+        mut ended: Ended,
     ) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            settled.sort_unstable();
-            settled.dedup();
-            crate::store::trades_settled(tx, &settled).await?;
+            ended.trades.sort_unstable();
+            ended.trades.dedup();
+            crate::store::trades_settled(&mut *tx, &ended.trades).await?;
+            crate::store::end_withdrawals(tx, &ended.withdrawals).await?;
             Ok(())
         })
     }
@@ -125,16 +149,19 @@ impl Handler for LedgerFeed {
         };
         let applied = movements(event)
             .map_err(|e| e.to_string())
-            .and_then(|(movements, trade)| {
+            .and_then(|(movements, ends)| {
                 let mut book = self
                     .book
                     .lock()
                     .map_err(|_| "the book's lock is poisoned")?;
                 let funds = book.funds_mut();
-                match trade {
-                    // The balances move and the trade's debits go in one step.
-                    Some(trade) => funds.settled(position, trade, &movements),
-                    None => funds.apply(position, &movements),
+                // The balances move and what the event ends goes, in one step.
+                match ends {
+                    Ends::Trade(trade) => funds.settled(position, trade, &movements),
+                    Ends::Withdrawal(withdrawal) => {
+                        funds.withdrawn(position, withdrawal, &movements)
+                    }
+                    Ends::Nothing => funds.apply(position, &movements),
                 }
                 .map_err(|e| e.to_string())
             });

@@ -75,15 +75,28 @@ pub async fn load_book(pool: &PgPool, mut book: book::Book) -> Result<book::Book
     for (trade, debits) in snapshot.unsettled_trades {
         book.funds_mut().restore(trade, debits);
     }
+    for withdrawal in snapshot.withdrawals {
+        let held = funds::Held {
+            asset: withdrawal.asset,
+            amount: withdrawal.amount,
+        };
+        book.funds_mut()
+            .adopt(withdrawal.withdrawal_id, withdrawal.account_id, &held);
+    }
     Ok(book)
 }
+
+/// How long a withdrawal's reservation waits for settlement to book it or give it up. Both
+/// happen within settlement's request; this is for a settlement that crashed in between.
+pub const WITHDRAWAL_RESERVATION_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// How often lapsed reservations are swept when no check comes to sweep them.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Ends, every [`SWEEP_EVERY`], what checks reserved for orders that never reached the book
-/// ([`book::Book::sweep`]), until `shutdown`.
-async fn sweep_lapsed_reservations(book: Arc<Mutex<book::Book>>, shutdown: Shutdown) {
+/// ([`book::Book::sweep`]) and what withdrawals reserved that were neither booked nor given
+/// up within [`WITHDRAWAL_RESERVATION_TTL`], until `shutdown`.
+async fn sweep_lapsed_reservations(pool: PgPool, book: Arc<Mutex<book::Book>>, shutdown: Shutdown) {
     let mut every = tokio::time::interval(SWEEP_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -91,8 +104,23 @@ async fn sweep_lapsed_reservations(book: Arc<Mutex<book::Book>>, shutdown: Shutd
             () = shutdown.triggered() => return,
             _ = every.tick() => {}
         }
+        let lapsed = match store::lapse_withdrawals(&pool, WITHDRAWAL_RESERVATION_TTL).await {
+            Ok(lapsed) => lapsed,
+            Err(error) => {
+                tracing::warn!(%error, "lapsed withdrawal reservations not swept this time");
+                Vec::new()
+            }
+        };
+        for withdrawal in &lapsed {
+            tracing::warn!(%withdrawal, "a withdrawal's reservation lapsed: settlement neither booked nor gave it up");
+        }
         match book.lock() {
-            Ok(mut book) => book.sweep(std::time::Instant::now()),
+            Ok(mut book) => {
+                book.sweep(std::time::Instant::now());
+                for withdrawal in lapsed {
+                    book.funds_mut().release(withdrawal);
+                }
+            }
             Err(_) => {
                 tracing::error!("the book's lock is poisoned; reservations are not swept");
                 return;
@@ -132,9 +160,9 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let ledger = kit
         .consumer(&pool, ledger_feed::STREAM, ConsumerSettings::default())
         .await?;
-    let swept = book.clone();
+    let (swept, sweeping) = (book.clone(), pool.clone());
     kit.tasks.spawn("reservation sweeper", move |stop| {
-        sweep_lapsed_reservations(swept.clone(), stop)
+        sweep_lapsed_reservations(sweeping.clone(), swept.clone(), stop)
     });
     let followed = book.clone();
     kit.tasks.spawn("settlement consumer", move |stop| {

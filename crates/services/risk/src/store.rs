@@ -7,6 +7,8 @@ use uuid::Uuid;
 
 use crate::book::{Change, KillSwitch};
 use crate::error::Result;
+use contracts::funds::WithdrawalReservation;
+
 use crate::funds::{Debit, Held};
 use crate::limits::LimitsBody;
 use crate::positions::{Position, Side};
@@ -19,25 +21,28 @@ pub struct Snapshot {
     /// Trades seen on one stream and not yet the other: their debits, or `None` for a trade
     /// settled before its execution was seen (ADR 0023).
     pub unsettled_trades: Vec<(Uuid, Option<Vec<Debit>>)>,
+    /// What withdrawals not yet booked have reserved (ADR 0023 slice 4).
+    pub withdrawals: Vec<WithdrawalReservation>,
 }
 
 /// An `open_orders` row.
 type OpenOrderRow = (Uuid, Uuid, String, String, i64, Option<String>, i64);
 
-/// An `unsettled_trades` row: the trade, the buyer's order, account, asset and debit, the
-/// seller's, and whether it settled.
-type UnsettledTradeRow = (
-    Uuid,
-    Option<Uuid>,
-    Option<Uuid>,
-    Option<String>,
-    Option<i64>,
-    Option<Uuid>,
-    Option<Uuid>,
-    Option<String>,
-    Option<i64>,
-    bool,
-);
+/// An `unsettled_trades` row: the buyer's and the seller's debits (none until the trade is
+/// seen to execute), and whether it was seen to settle.
+#[derive(sqlx::FromRow)]
+struct UnsettledTradeRow {
+    trade_id: Uuid,
+    buy_order_id: Option<Uuid>,
+    buyer_id: Option<Uuid>,
+    quote_asset: Option<String>,
+    buyer_pays: Option<i64>,
+    sell_order_id: Option<Uuid>,
+    seller_id: Option<Uuid>,
+    base_asset: Option<String>,
+    seller_delivers: Option<i64>,
+    settled: bool,
+}
 
 impl OpenOrder {
     fn from_row(
@@ -57,24 +62,25 @@ impl OpenOrder {
     }
 }
 
-/// The debits an `unsettled_trades` row keeps, if its execution was seen.
-fn debits_of(
-    (_, buy_order, buyer, quote, pays, sell_order, seller, base, delivers, _): UnsettledTradeRow,
-) -> Option<Vec<Debit>> {
-    Some(vec![
-        Debit {
-            order: buy_order?,
-            account: buyer?,
-            asset: quote?,
-            amount: pays?,
-        },
-        Debit {
-            order: sell_order?,
-            account: seller?,
-            asset: base?,
-            amount: delivers?,
-        },
-    ])
+impl UnsettledTradeRow {
+    /// The debits it keeps, if its execution was seen (the table's check keeps all eight
+    /// columns set or none).
+    fn debits(self) -> Option<Vec<Debit>> {
+        Some(vec![
+            Debit {
+                order: self.buy_order_id?,
+                account: self.buyer_id?,
+                asset: self.quote_asset?,
+                amount: self.buyer_pays?,
+            },
+            Debit {
+                order: self.sell_order_id?,
+                account: self.seller_id?,
+                asset: self.base_asset?,
+                amount: self.seller_delivers?,
+            },
+        ])
+    }
 }
 
 /// An account's `limits` row, its id first.
@@ -102,6 +108,12 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
         "SELECT trade_id, buy_order_id, buyer_id, quote_asset, buyer_pays,
                 sell_order_id, seller_id, base_asset, seller_delivers, settled
            FROM unsettled_trades",
+    )
+    .fetch_all(pool)
+    .await?;
+    // Only withdrawals between risk's answer and settlement's booking: a start-up load.
+    let withdrawals: Vec<(Uuid, Uuid, String, i64)> = sqlx::query_as(
+        "SELECT withdrawal_id, account_id, asset, amount FROM withdrawal_reservations",
     )
     .fetch_all(pool)
     .await?;
@@ -156,15 +168,68 @@ pub async fn snapshot(pool: &PgPool) -> Result<Snapshot> {
         unsettled_trades: trades
             .into_iter()
             .filter_map(|row| {
-                let (trade, settled) = (row.0, row.9);
-                match debits_of(row) {
+                let (trade, settled) = (row.trade_id, row.settled);
+                match row.debits() {
                     // Both halves: the consumer that completed it deleted it; none is left.
                     Some(_) if settled => None,
                     debits => Some((trade, debits)),
                 }
             })
             .collect(),
+        withdrawals: withdrawals
+            .into_iter()
+            .map(
+                |(withdrawal_id, account_id, asset, amount)| WithdrawalReservation {
+                    withdrawal_id,
+                    account_id,
+                    asset,
+                    amount,
+                },
+            )
+            .collect(),
     })
+}
+
+/// Keeps what a withdrawal reserved until settlement's `FundsWithdrawn` for it is consumed
+/// ([`end_withdrawals`]). Asked again (a retried call), it keeps the first.
+pub async fn reserve_withdrawal(pool: &PgPool, reservation: &WithdrawalReservation) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO withdrawal_reservations (withdrawal_id, account_id, asset, amount)
+         VALUES ($1, $2, $3, $4)
+         ON CONFLICT ON CONSTRAINT withdrawal_reservations_pkey DO NOTHING",
+    )
+    .bind(reservation.withdrawal_id)
+    .bind(reservation.account_id)
+    .bind(&reservation.asset)
+    .bind(reservation.amount)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// These withdrawals were booked, or given up: they reserve nothing any more.
+pub async fn end_withdrawals(conn: &mut PgConnection, withdrawals: &[Uuid]) -> Result<()> {
+    if withdrawals.is_empty() {
+        return Ok(());
+    }
+    sqlx::query("DELETE FROM withdrawal_reservations WHERE withdrawal_id = ANY($1)")
+        .bind(withdrawals)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Ends the withdrawal reservations older than `ttl` (settlement neither booked nor gave them
+/// up) and returns them.
+pub async fn lapse_withdrawals(pool: &PgPool, ttl: std::time::Duration) -> Result<Vec<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "DELETE FROM withdrawal_reservations
+          WHERE reserved_at < now() - make_interval(secs => $1)
+         RETURNING withdrawal_id",
+    )
+    .bind(ttl.as_secs_f64())
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Stores an account's limits and logs the change (who, before, after), in one transaction.

@@ -333,3 +333,45 @@ async fn a_restart_commits_what_open_orders_reserved_and_unsettled_trades_owe(po
         .unwrap();
     assert_eq!(left, 0, "both trades were seen on both streams");
 }
+
+/// ADR 0023 slice 4: what a withdrawal reserved is kept until settlement's `FundsWithdrawn`
+/// for it is consumed, so a restart in between still commits it; the event ends it.
+#[sqlx::test(migrations = false)]
+async fn a_withdrawal_reserves_across_a_restart_until_its_booking_is_consumed(pool: PgPool) {
+    let pool = risk_db(&pool).await;
+    let (account, withdrawal) = (Uuid::now_v7(), Uuid::now_v7());
+    let reservation = contracts::funds::WithdrawalReservation {
+        withdrawal_id: withdrawal,
+        account_id: account,
+        asset: "USD".to_owned(),
+        amount: 2_500,
+    };
+    risk::store::reserve_withdrawal(&pool, &reservation)
+        .await
+        .unwrap();
+    assert_eq!(committed_after_restart(&pool, account, "USD").await, 2_500);
+
+    let book = Arc::new(Mutex::new(
+        risk::load_book(&pool, Book::default()).await.unwrap(),
+    ));
+    let feed = LedgerFeed::new(book.clone());
+    let mut booked = Envelope::of(
+        "settlement",
+        account.to_string(),
+        1,
+        &contracts::events::FundsWithdrawn {
+            transfer_id: withdrawal,
+            account_id: account,
+            asset: "USD".to_owned(),
+            amount: 2_500,
+        },
+    )
+    .unwrap();
+    booked.origin = Some(Origin {
+        outbox: "settlement".to_owned(),
+        position: 7,
+    });
+    settle(&pool, &feed, &[booked]).await;
+    assert_eq!(book.lock().unwrap().funds().committed(account, "USD"), 0);
+    assert_eq!(committed_after_restart(&pool, account, "USD").await, 0);
+}

@@ -25,6 +25,8 @@ pub struct Config {
     pub reconciliation_grace: Duration,
     /// Base URL of orders, whose executed trades reconciliation counts settled ones against.
     pub orders_url: String,
+    /// Base URL of risk, where a withdrawal reserves what it takes before it is booked.
+    pub risk_url: String,
     /// Settlement's client secret for service tokens (`BOURSE_SERVICE_SECRET_SETTLEMENT`).
     pub service_secret: secrecy::SecretString,
     /// Entries read from the orders stream at a time.
@@ -65,6 +67,10 @@ impl Config {
             ),
             orders_url: env
                 .or("BOURSE_ORDERS_URL", "http://127.0.0.1:8082".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            risk_url: env
+                .or("BOURSE_RISK_URL", "http://127.0.0.1:8083".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
             service_secret: access::service::client_secret(

@@ -1,7 +1,12 @@
 //! Admin deposits and withdrawals: money entering and leaving the platform, always against the
 //! asset's external account, each answered once per `Idempotency-Key` (REL-07).
+//!
+//! A withdrawal first reserves its amount with risk's pre-trade stage ([`PreTrade`], ADR 0023
+//! slice 4), which refuses it if open orders have reserved the money; only then is it booked.
+//! Its `FundsWithdrawn` ends the reservation; a withdrawal that is not booked gives it back.
 
 use contracts::events::{FundsDeposited, FundsWithdrawn};
+use contracts::funds::WithdrawalReservation;
 use contracts::{Asset, format_units, parse_units};
 use events::Envelope;
 use serde::{Deserialize, Serialize};
@@ -83,18 +88,105 @@ pub fn validate<'a>(request: &FundingRequest, assets: &'a [Asset]) -> Result<Val
     }
 }
 
+/// Risk's pre-trade stage, where a withdrawal reserves what it takes before it is booked, so
+/// it cannot take what open orders have reserved (ADR 0023 slice 4).
+#[derive(Clone)]
+pub struct PreTrade {
+    risk: resilience::Upstream,
+}
+
+impl PreTrade {
+    pub fn new(risk: resilience::Upstream) -> Self {
+        Self { risk }
+    }
+
+    /// `Ok(None)`: reserved. `Ok(Some(_))`: refused (422 `insufficient_funds`), the answer to
+    /// give. `Err(_)`: no usable answer (503): nothing is booked, the client retries.
+    async fn reserve(&self, reservation: &WithdrawalReservation) -> Result<Option<Problem>> {
+        let body =
+            serde_json::to_string(reservation).map_err(|e| Error::Internal(e.to_string()))?;
+        let call = resilience::Call::post_json("/internal/v1/withdrawals", body).idempotent(true);
+        let response = self
+            .risk
+            .send(call)
+            .await
+            .map_err(|e| Error::Problem(e.problem()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(None);
+        }
+        if status.as_u16() == 422 {
+            let refusal: serde_json::Value = response.json().await.unwrap_or_default();
+            let detail = refusal["detail"]
+                .as_str()
+                .unwrap_or("not enough free funds");
+            return Ok(Some(Problem::unprocessable("insufficient_funds", detail)));
+        }
+        tracing::error!(%status, "risk could not reserve a withdrawal");
+        Err(Problem::unavailable(
+            "upstream_unavailable",
+            "risk could not check this withdrawal",
+            1,
+        )
+        .into())
+    }
+
+    /// Gives back what a withdrawal that was not booked reserved. Best effort: a reservation
+    /// left behind lapses in risk (`risk::WITHDRAWAL_RESERVATION_TTL`).
+    async fn release(&self, withdrawal: Uuid) {
+        let call = resilience::Call::new(
+            axum::http::Method::DELETE,
+            format!("/internal/v1/withdrawals/{withdrawal}"),
+        )
+        .idempotent(true);
+        match self.risk.send(call).await {
+            Ok(response) if response.status().is_success() => {}
+            Ok(response) => {
+                tracing::warn!(%withdrawal, status = %response.status(), "could not release a withdrawal's reservation");
+            }
+            Err(error) => {
+                tracing::warn!(%withdrawal, %error, "could not release a withdrawal's reservation");
+            }
+        }
+    }
+}
+
 /// Moves the money and stores the answer under the claim, in one transaction. A withdrawal
-/// beyond the available balance is answered 422 `insufficient_funds` — stored too, so a retry
-/// with the same key gets the same refusal rather than a different outcome later.
+/// reserves first with `pre_trade` (none for the platform's own deposits). A withdrawal
+/// beyond what risk finds free, or beyond the available balance, is answered 422
+/// `insufficient_funds` — stored too, so a retry with the same key gets the same refusal
+/// rather than a different outcome later.
 #[tracing::instrument(skip_all, fields(kind = kind.as_str(), account_id = %funding.owner))]
 pub async fn post(
     pool: &PgPool,
+    pre_trade: Option<&PreTrade>,
     kind: Kind,
     funding: &ValidFunding<'_>,
     admin: Uuid,
     claim: &Claim,
 ) -> Result<Answer> {
     let id = Uuid::now_v7();
+    let reserving = match (kind, pre_trade) {
+        (Kind::Withdrawal, Some(pre_trade)) => Some(pre_trade),
+        _ => None,
+    };
+    if let Some(pre_trade) = reserving {
+        let reservation = WithdrawalReservation {
+            withdrawal_id: id,
+            account_id: funding.owner,
+            asset: funding.asset.code.clone(),
+            amount: funding.units,
+        };
+        match pre_trade.reserve(&reservation).await {
+            Ok(None) => {}
+            Ok(Some(refusal)) => return refuse(pool, claim, refusal).await,
+            Err(error) => {
+                // Risk may have reserved and its answer been lost.
+                pre_trade.release(id).await;
+                return Err(error);
+            }
+        }
+    }
     let plan = ledger::funding(id, kind, funding.owner, &funding.asset.code, funding.units);
     let view = FundingView {
         id,
@@ -120,22 +212,31 @@ pub async fn post(
         Ok::<_, Error>(answer)
     }
     .await;
+    if let (Err(_), Some(pre_trade)) = (&moved, reserving) {
+        // Not booked: nothing will announce it, so its reservation goes back now.
+        pre_trade.release(id).await;
+    }
     match moved {
         Err(Error::InsufficientFunds { .. }) => {
             let problem = Problem::unprocessable(
                 "insufficient_funds",
                 format!("not enough available {}", funding.asset.code),
             );
-            let answer = Answer {
-                status: 422,
-                body: problem.body().map_err(|e| Error::Internal(e.to_string()))?,
-            };
-            let mut conn = pool.acquire().await?;
-            idempotency::complete(&mut conn, claim, &answer).await?;
-            Ok(answer)
+            refuse(pool, claim, problem).await
         }
         other => other,
     }
+}
+
+/// A refusal is an answer too: stored under the claim, so a retry with the key replays it.
+async fn refuse(pool: &PgPool, claim: &Claim, problem: Problem) -> Result<Answer> {
+    let answer = Answer {
+        status: 422,
+        body: problem.body().map_err(|e| Error::Internal(e.to_string()))?,
+    };
+    let mut conn = pool.acquire().await?;
+    idempotency::complete(&mut conn, claim, &answer).await?;
+    Ok(answer)
 }
 
 /// The event a deposit or withdrawal is announced with.
@@ -189,7 +290,7 @@ pub async fn deposit_once(
     let begun = idempotency::begin(pool, EXTERNAL, key, &idempotency::request_hash(&body)).await?;
     match begun {
         idempotency::Begin::Proceed(claim) => {
-            post(pool, Kind::Deposit, &valid, EXTERNAL, &claim).await?;
+            post(pool, None, Kind::Deposit, &valid, EXTERNAL, &claim).await?;
             Ok(true)
         }
         idempotency::Begin::Replay { .. } => Ok(false),

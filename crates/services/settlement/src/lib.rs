@@ -96,6 +96,13 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     kit.tasks.spawn("reconciliation", move |stop| {
         periodic.clone().every(interval, stop)
     });
+    // Withdrawals reserve with risk's pre-trade stage first (ADR 0023 slice 4).
+    let risk = kit.authenticated_upstream(
+        &config.auth,
+        config.service_secret.clone(),
+        "risk",
+        &config.risk_url,
+    )?;
     let purged = pool.clone();
     kit.tasks.spawn("idempotency purge", move |stop| {
         service_kit::idempotency::purge_every_hour(purged.clone(), stop)
@@ -109,6 +116,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         fees: config.fees,
         holds: holds::Holds::start(pool, &kit.tasks),
         reconciler,
+        pre_trade: funding::PreTrade::new(risk),
     };
     Ok(kit.serve(config.port, http::router(state)).await?)
 }
@@ -119,7 +127,7 @@ pub const SPEC: launch::Spec = launch::Spec {
     port_variable: "BOURSE_SETTLEMENT_PORT",
     default_port: 8084,
     url_variable: Some("BOURSE_SETTLEMENT_URL"),
-    upstreams: &["auth", "orders"],
+    upstreams: &["auth", "orders", "risk"],
     read: |env| Box::new(Config::read(env)),
     migrations: Some(launch::Migrations {
         schema: SCHEMA,
@@ -140,6 +148,7 @@ impl launch::Service for Config {
         vec![
             ("auth", &mut self.auth.url),
             ("orders", &mut self.orders_url),
+            ("risk", &mut self.risk_url),
         ]
     }
 

@@ -1,11 +1,12 @@
-//! The risk service's HTTP surface: the internal check (service tokens only) and the public
-//! risk-officer, admin and trader routes.
+//! The risk service's HTTP surface: the internal check and withdrawal reservations (service
+//! tokens only) and the public risk-officer, admin and trader routes.
 
 mod checks;
 mod funds;
 mod kill_switches;
 mod limits;
 mod positions;
+mod withdrawals;
 
 use std::sync::{Arc, Mutex};
 
@@ -53,6 +54,11 @@ impl FromRef<AppState> for Arc<TokenVerifier<ServiceClaims>> {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/internal/v1/checks", post(checks::check))
+        .route("/internal/v1/withdrawals", post(withdrawals::reserve))
+        .route(
+            "/internal/v1/withdrawals/{withdrawal_id}",
+            delete(withdrawals::release),
+        )
         .route(
             "/v1/admin/risk-limits/{account_id}",
             get(limits::get).put(limits::put).patch(limits::patch),

@@ -28,12 +28,13 @@ pub async fn deposit(
 }
 
 /// Pay out of a trader's available balance (admin). Requires `Idempotency-Key`; more than is
-/// available → 422 `insufficient_funds`.
+/// free of what open orders have reserved (risk's pre-trade stage decides first), or more
+/// than is available → 422 `insufficient_funds`; risk unreachable → 503.
 #[utoipa::path(post, path = "/v1/admin/withdrawals", tag = "admin", request_body = FundingRequest,
     params(("Idempotency-Key" = String, Header, pattern = "^[!-~]{1,255}$", description = "1-255 visible ASCII characters; retries with the same key and body replay the first answer")),
     security(("bearer" = [])),
     responses((status = 201, body = FundingView), (status = 400, body = Problem), (status = 403, body = Problem),
-              (status = 409, body = Problem), (status = 422, body = Problem)))]
+              (status = 409, body = Problem), (status = 422, body = Problem), (status = 503, body = Problem)))]
 pub async fn withdraw(
     state: State<AppState>,
     principal: Principal,
@@ -70,7 +71,16 @@ async fn fund(
         Ok(claim) => claim,
         Err(response) => return Ok(*response),
     };
-    match funding::post(&state.pool, kind, &valid, principal.user_id, &claim).await {
+    let posted = funding::post(
+        &state.pool,
+        Some(&state.pre_trade),
+        kind,
+        &valid,
+        principal.user_id,
+        &claim,
+    )
+    .await;
+    match posted {
         Ok(answer) => Ok(answer.into_response(false)),
         Err(err) => {
             idempotency::abandon(&state.pool, &claim).await;

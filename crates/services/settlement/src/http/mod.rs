@@ -30,6 +30,8 @@ pub struct AppState {
     /// The hold writer (group commit).
     pub holds: crate::holds::Holds,
     pub reconciler: Arc<crate::reconciliation::Reconciler>,
+    /// Where withdrawals reserve before they are booked (risk).
+    pub pre_trade: crate::funding::PreTrade,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {
