@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use bourse::Target;
 
 use crate::helpers::{
-    PASSWORD, TestApp, Tokens, assert_problem, count, sent_as, spawn_app, spawn_app_with,
-    spawn_app_without,
+    Figures, FundsView, PASSWORD, TestApp, Tokens, assert_problem, count, risk_funds, sent_as,
+    spawn_app, spawn_app_with, spawn_app_without,
 };
 
 /// BTC-USD (tick 0.01, lot 0.0001), an admin and two traders with nothing yet.
@@ -312,50 +312,6 @@ async fn without_settlement_orders_are_refused_fast_and_the_breaker_opens(pool: 
     );
 }
 
-/// An account's figures of one asset, as decimal strings: what it owns (available and held
-/// together), what is promised out of it, and what is free.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Figures {
-    balance: String,
-    committed: String,
-    free: String,
-}
-
-type FundsView = BTreeMap<String, Figures>;
-
-/// What risk says `account` owns, by asset (`GET /v1/admin/risk-funds/{account}`), read as
-/// `reader`; `None` while risk is still loading settlement's snapshot.
-async fn risk_funds(app: &TestApp, reader: &Tokens, account: uuid::Uuid) -> Option<FundsView> {
-    let response = app
-        .get_authed(
-            &format!("/v1/admin/risk-funds/{account}"),
-            &reader.access_token,
-        )
-        .await;
-    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-        return None;
-    }
-    assert_eq!(response.status(), StatusCode::OK);
-    let view: Value = response.json().await.unwrap();
-    assert_eq!(view["account_id"], account.to_string());
-    let text = |b: &Value, field: &str| b[field].as_str().unwrap().to_owned();
-    Some(
-        view["balances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| {
-                let figures = Figures {
-                    balance: text(b, "balance"),
-                    committed: text(b, "committed"),
-                    free: text(b, "free"),
-                };
-                (text(b, "asset"), figures)
-            })
-            .collect(),
-    )
-}
-
 /// The same figures from settlement's ledger: available and held together, held, available.
 async fn ledger_funds(db: &PgPool, account: uuid::Uuid) -> FundsView {
     let rows: Vec<(String, i64, i64, i16)> = sqlx::query_as(
@@ -649,17 +605,16 @@ async fn a_withdrawal_cannot_take_what_open_orders_have_reserved(pool: PgPool) {
     .await;
 
     // The internal endpoint: settlement's token only.
-    let reserve = |token: Option<String>, amount: i64| {
+    let reserve_as = |token: Option<String>, withdrawal: uuid::Uuid, amount: i64| {
         let request = x
             .app
             .client
             .post(format!("{}/internal/v1/withdrawals", x.app.risk))
-            .json(
-                &json!({ "withdrawal_id": uuid::Uuid::now_v7(), "account_id": bob,
-                           "asset": "USD", "amount": amount }),
-            );
+            .json(&json!({ "withdrawal_id": withdrawal, "account_id": bob,
+                           "asset": "USD", "amount": amount }));
         sent_as(request, token)
     };
+    let reserve = |token, amount| reserve_as(token, uuid::Uuid::now_v7(), amount);
     assert_eq!(reserve(None, 1).await.status(), StatusCode::UNAUTHORIZED);
     let orders = x.app.service_token("orders", "risk").await;
     assert_problem(
@@ -674,11 +629,55 @@ async fn a_withdrawal_cannot_take_what_open_orders_have_reserved(pool: PgPool) {
         StatusCode::UNPROCESSABLE_ENTITY,
         "nothing is free"
     );
-    let nothing = reserve(Some(settlement), 0).await;
+    let nothing = reserve(Some(settlement.clone()), 0).await;
     assert_problem(
         nothing,
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     )
     .await;
+
+    // A withdrawal settlement gives up is given back: reserved, then released.
+    x.fund(&x.bob, "USD", "100").await;
+    let given_up = uuid::Uuid::now_v7();
+    let reserved = reserve_as(Some(settlement.clone()), given_up, 10_000).await;
+    assert_eq!(reserved.status(), StatusCode::NO_CONTENT);
+    let committed = |committed: &str, free: &str| {
+        BTreeMap::from([(
+            "USD".to_owned(),
+            Figures {
+                balance: "701.20".to_owned(),
+                committed: committed.to_owned(),
+                free: free.to_owned(),
+            },
+        )])
+    };
+    risk_sees(&x.app, &x.admin, bob, &committed("701.20", "0.00")).await;
+    let release = |token: Option<String>| {
+        let request = x
+            .app
+            .client
+            .delete(format!("{}/internal/v1/withdrawals/{given_up}", x.app.risk));
+        sent_as(request, token)
+    };
+    let orders = x.app.service_token("orders", "risk").await;
+    assert_problem(
+        release(Some(orders)).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(
+        release(Some(settlement)).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    risk_sees(&x.app, &x.admin, bob, &committed("601.20", "100.00")).await;
+    assert_eq!(
+        count(
+            &x.app.db,
+            "SELECT count(*) FROM risk.withdrawal_reservations"
+        )
+        .await,
+        0
+    );
 }

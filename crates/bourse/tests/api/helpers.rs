@@ -470,28 +470,18 @@ impl TestApp {
         let Some((units, scale)) = booked else {
             return;
         };
-        let booked = contracts::format_units(units, u32::try_from(scale).unwrap());
+        let scale = u32::try_from(scale).unwrap();
+        let booked = contracts::format_units(units, scale);
         service_kit::testing::eventually(
             &format!("risk to see {booked} {asset} for {account}"),
             || async {
-                let response = self
-                    .get_authed(
-                        &format!("/v1/admin/risk-funds/{account}"),
-                        &reader.access_token,
-                    )
-                    .await;
-                if response.status() != StatusCode::OK {
+                let Some(view) = risk_funds(self, reader, account).await else {
                     return true;
-                }
-                let view: Value = response.json().await.unwrap();
-                let seen = view["balances"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .find(|b| b["asset"] == asset)
-                    .and_then(|b| b["balance"].as_str().map(str::to_owned));
-                seen.unwrap_or_else(|| contracts::format_units(0, u32::try_from(scale).unwrap()))
-                    == booked
+                };
+                view.get(asset).map_or_else(
+                    || contracts::format_units(0, scale),
+                    |figures| figures.balance.clone(),
+                ) == booked
             },
         )
         .await;
@@ -528,6 +518,50 @@ pub async fn sent_as(request: reqwest::RequestBuilder, token: Option<String>) ->
     .send()
     .await
     .unwrap()
+}
+
+/// An account's figures of one asset, as decimal strings: what it owns (available and held
+/// together), what is promised out of it, and what is free.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Figures {
+    pub balance: String,
+    pub committed: String,
+    pub free: String,
+}
+
+pub type FundsView = std::collections::BTreeMap<String, Figures>;
+
+/// What risk says `account` owns, by asset (`GET /v1/admin/risk-funds/{account}`), read as
+/// `reader`; `None` while it answers 503: risk still loading settlement's snapshot, or not running.
+pub async fn risk_funds(app: &TestApp, reader: &Tokens, account: uuid::Uuid) -> Option<FundsView> {
+    let response = app
+        .get_authed(
+            &format!("/v1/admin/risk-funds/{account}"),
+            &reader.access_token,
+        )
+        .await;
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    assert_eq!(response.status(), StatusCode::OK);
+    let view: Value = response.json().await.unwrap();
+    assert_eq!(view["account_id"], account.to_string());
+    let text = |b: &Value, field: &str| b[field].as_str().unwrap().to_owned();
+    Some(
+        view["balances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| {
+                let figures = Figures {
+                    balance: text(b, "balance"),
+                    committed: text(b, "committed"),
+                    free: text(b, "free"),
+                };
+                (text(b, "asset"), figures)
+            })
+            .collect(),
+    )
 }
 
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {

@@ -4,52 +4,61 @@
 
 use tokio::process::{Child, Command};
 
-/// How long a stand-in may take to answer its health check.
-const STARTUP: std::time::Duration = std::time::Duration::from_secs(20);
+/// How many ports a stand-in is tried on before the test gives up.
+const STARTS: usize = 5;
 
 /// Starts the server `command_on(port)` builds on a free port (killed with the returned child)
 /// and waits until `health_on(port)` answers 2xx; returns it and its port. A free port can be
 /// taken between choosing it and the server binding it (by any process's outgoing
 /// connection): a server that exits before answering is started again on another port. Its
 /// output goes to a file, named in the panic if it never answers.
-#[allow(clippy::expect_used)]
+#[allow(clippy::expect_used, clippy::panic)]
 async fn serve(
     command_on: impl Fn(u16) -> Command,
     missing: &str,
     health_on: impl Fn(u16) -> String,
 ) -> (Child, u16) {
-    let deadline = tokio::time::Instant::now() + STARTUP;
-    loop {
+    for _ in 0..STARTS {
         let port = service_kit::testing::free_port();
         let log = std::env::temp_dir().join(format!("bourse-stand-in-{port}.log"));
         let output = std::fs::File::create(&log).expect("a log file for the stand-in");
-        let mut process = command_on(port)
+        let process = command_on(port)
             .stdout(output.try_clone().expect("the log file, twice"))
             .stderr(output)
             .kill_on_drop(true)
             .spawn()
             .expect(missing);
         let health = health_on(port);
-        loop {
-            if reqwest::get(&health)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                let _ = std::fs::remove_file(&log);
-                return (process, port);
-            }
-            let exited = matches!(process.try_wait(), Ok(Some(_)));
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {health}; its output is in {}",
-                log.display()
-            );
-            if exited {
-                break; // Its port was taken, most likely: another one.
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let process = std::sync::Mutex::new(process);
+        // Some(true): it answers; Some(false): it exited first (its port was taken, most
+        // likely), so another port is tried.
+        let answered = service_kit::testing::eventually_some(
+            &format!("{health} (its output: {})", log.display()),
+            || {
+                let exited = process
+                    .lock()
+                    .is_ok_and(|mut p| matches!(p.try_wait(), Ok(Some(_))));
+                let health = health.clone();
+                async move {
+                    if reqwest::get(&health)
+                        .await
+                        .is_ok_and(|r| r.status().is_success())
+                    {
+                        Some(true)
+                    } else {
+                        exited.then_some(false)
+                    }
+                }
+            },
+        )
+        .await;
+        if answered {
+            let _ = std::fs::remove_file(&log);
+            let process = process.into_inner().expect("the stand-in's lock");
+            return (process, port);
         }
     }
+    panic!("{missing}: exited before answering on {STARTS} ports");
 }
 
 pub struct OpenBao {

@@ -209,13 +209,20 @@ pub async fn reserve_withdrawal(pool: &PgPool, reservation: &WithdrawalReservati
 
 /// These withdrawals were booked, or given up: they reserve nothing any more.
 pub async fn end_withdrawals(conn: &mut PgConnection, withdrawals: &[Uuid]) -> Result<()> {
-    if withdrawals.is_empty() {
+    delete_all(
+        conn,
+        "DELETE FROM withdrawal_reservations WHERE withdrawal_id = ANY($1)",
+        withdrawals,
+    )
+    .await
+}
+
+/// Runs `statement`, a `DELETE … WHERE <key> = ANY($1)`, for `ids`; nothing when there are none.
+async fn delete_all(conn: &mut PgConnection, statement: &'static str, ids: &[Uuid]) -> Result<()> {
+    if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query("DELETE FROM withdrawal_reservations WHERE withdrawal_id = ANY($1)")
-        .bind(withdrawals)
-        .execute(conn)
-        .await?;
+    sqlx::query(statement).bind(ids).execute(conn).await?;
     Ok(())
 }
 
@@ -504,25 +511,21 @@ pub async fn trades_settled(conn: &mut PgConnection, trades: &[Uuid]) -> Result<
 
 /// Trades both streams have been seen for: nothing of theirs is committed any more.
 async fn forget_trades(conn: &mut PgConnection, trades: &[Uuid]) -> Result<()> {
-    if trades.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("DELETE FROM unsettled_trades WHERE trade_id = ANY($1)")
-        .bind(trades)
-        .execute(conn)
-        .await?;
-    Ok(())
+    delete_all(
+        conn,
+        "DELETE FROM unsettled_trades WHERE trade_id = ANY($1)",
+        trades,
+    )
+    .await
 }
 
 pub async fn end_orders(conn: &mut PgConnection, orders: &[Uuid]) -> Result<()> {
-    if orders.is_empty() {
-        return Ok(());
-    }
-    sqlx::query("DELETE FROM open_orders WHERE order_id = ANY($1)")
-        .bind(orders)
-        .execute(conn)
-        .await?;
-    Ok(())
+    delete_all(
+        conn,
+        "DELETE FROM open_orders WHERE order_id = ANY($1)",
+        orders,
+    )
+    .await
 }
 
 /// A position's key: (account, symbol).

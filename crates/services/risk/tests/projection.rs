@@ -374,4 +374,31 @@ async fn a_withdrawal_reserves_across_a_restart_until_its_booking_is_consumed(po
     settle(&pool, &feed, &[booked]).await;
     assert_eq!(book.lock().unwrap().funds().committed(account, "USD"), 0);
     assert_eq!(committed_after_restart(&pool, account, "USD").await, 0);
+
+    // One settlement neither booked nor gave up lapses; a younger one does not.
+    let (lapsing, young) = (Uuid::now_v7(), Uuid::now_v7());
+    for withdrawal in [lapsing, young] {
+        risk::store::reserve_withdrawal(
+            &pool,
+            &contracts::funds::WithdrawalReservation {
+                withdrawal_id: withdrawal,
+                ..reservation.clone()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "UPDATE withdrawal_reservations SET reserved_at = now() - interval '11 minutes'
+          WHERE withdrawal_id = $1",
+    )
+    .bind(lapsing)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let lapsed = risk::store::lapse_withdrawals(&pool, risk::WITHDRAWAL_RESERVATION_TTL)
+        .await
+        .unwrap();
+    assert_eq!(lapsed, vec![lapsing]);
+    assert_eq!(committed_after_restart(&pool, account, "USD").await, 2_500);
 }
