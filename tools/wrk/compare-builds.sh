@@ -19,7 +19,8 @@ for round in $(seq 1 "$rounds"); do
       /^non-2xx/ { bad = $3 }
       /orders_matching_batch_seconds_sum/ { busy = $2 }
       /^settled:/ { settled = $2 " of " $4 }
-      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  settled %s\n", round, bin, rps, p99, bad, busy, settled }' "$log"
+      /orders \/ read =/ { ratio = $NF }
+      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  settled %s  orders/read %s\n", round, bin, rps, p99, bad, busy, settled, ratio }' "$log"
     rm -f "$log"
   done
 done

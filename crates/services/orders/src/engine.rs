@@ -720,6 +720,7 @@ impl Batches<'_> {
     /// while the symbol's epoch is still this task's (`Error::NotOwner` otherwise).
     async fn commit(&self, book: &mut Book, jobs: &[Job]) -> Result<Vec<Outcome>> {
         let instrument = self.instrument;
+        let phase = PhaseClock::start(&instrument.symbol);
         let mut writes = BatchWrites::new(instrument, self.fees);
         let mut outputs = Vec::with_capacity(jobs.len());
         let mut events = Vec::new();
@@ -767,13 +768,17 @@ impl Batches<'_> {
             };
             outputs.push(output);
         }
+        let phase = phase.lap("apply");
         let mut tx = self.pool.begin().await?;
+        let phase = phase.lap("begin");
         // First, so a task that lost the symbol writes nothing, and the row stays share-locked
         // until this commit: a takeover waits for it, then rebuilds the book with it.
         if !store::fence(&mut tx, &instrument.symbol, self.epoch).await? {
             return Err(Error::NotOwner);
         }
+        let phase = phase.lap("fence");
         writes.flush(&mut tx).await?;
+        let phase = phase.lap("flush");
         let mut answers = Vec::with_capacity(outputs.len());
         for output in outputs {
             answers.push(match output {
@@ -797,8 +802,40 @@ impl Batches<'_> {
                 }
             });
         }
+        let phase = phase.lap("answers");
         tx.commit().await?;
+        phase.lap("commit");
         Ok(answers)
+    }
+}
+
+/// Times the steps of a batch one after another into `orders_matching_phase_seconds{phase}`:
+/// `apply` (matching in memory and building the writes), then each round trip of the
+/// transaction — `begin`, `fence`, `flush` (the batch's writes), `answers` (cancels' reads)
+/// and `commit`. Their sums over `orders_matching_batch_seconds`' say whether the task waits on
+/// its own work or on the database (docs/performance.md, "The matching batch by phase").
+struct PhaseClock<'a> {
+    symbol: &'a str,
+    at: std::time::Instant,
+}
+
+impl<'a> PhaseClock<'a> {
+    fn start(symbol: &'a str) -> Self {
+        Self {
+            symbol,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// Records the time since the last lap as `phase`; the next phase starts now.
+    fn lap(self, phase: &'static str) -> Self {
+        metrics::histogram!(
+            "orders_matching_phase_seconds",
+            "symbol" => self.symbol.to_owned(),
+            "phase" => phase
+        )
+        .record(self.at.elapsed());
+        Self::start(self.symbol)
     }
 }
 
