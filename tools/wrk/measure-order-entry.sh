@@ -38,7 +38,8 @@ trader() {
     funds=$(curl -s -o /dev/stdout -w '\n%{http_code}' "http://127.0.0.1:8080/v1/admin/risk-funds/$id" \
       -H "authorization: Bearer $ADMIN")
     [[ ${funds##*$'\n'} != 200 ]] && break
-    [[ $(jq '[.balances[] | select(.asset == "USD" or .asset == "BTC")] | length' <<< "${funds%$'\n'*}") == 2 ]] && break
+    # (and decides on it: `deciding` turns true once risk has read the orders committed before its start)
+    [[ $(jq '.deciding and ([.balances[] | select(.asset == "USD" or .asset == "BTC")] | length == 2)' <<< "${funds%$'\n'*}") == true ]] && break
     sleep 0.05
   done
   echo "$token"

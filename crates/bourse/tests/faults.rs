@@ -384,11 +384,13 @@ async fn deposit(platform: &Platform, admin: &str, account: &str, asset: &str, a
             return true;
         }
         let view: Value = response.json().await.unwrap();
-        view["balances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|b| b["asset"] == asset)
+        // Deciding only once it has read the orders committed before its start (ADR 0023).
+        view["deciding"] == true
+            && view["balances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["asset"] == asset)
     })
     .await;
 }

@@ -544,6 +544,70 @@ async fn a_restarted_risk_still_commits_what_resting_orders_reserved(pool: PgPoo
         risk_funds(&back, &admin, alice).await.unwrap()["USD"],
         alice_usd
     );
+    // Each start asked orders for its mark, and decided once it had read it (ADR 0023).
+    let marks: Vec<(String, bool)> = sqlx::query_as(
+        "SELECT o.envelope::jsonb->'payload'->>'requested_by',
+                EXISTS (SELECT 1 FROM risk.inbox i WHERE i.event_id = o.event_id)
+           FROM orders.outbox o WHERE o.event_type = 'StreamMarked' ORDER BY o.position",
+    )
+    .fetch_all(&back.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        marks,
+        [("risk".to_owned(), true), ("risk".to_owned(), true)],
+        "one mark per start, each read by risk's orders consumer"
+    );
+}
+
+/// Orders writes a mark on its stream for risk's service token alone (ADR 0023).
+#[sqlx::test(migrations = false)]
+async fn orders_writes_a_stream_mark_for_risk_alone(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mark_id = uuid::Uuid::now_v7();
+    let ask = |token: Option<String>, body: Value| {
+        let request = app
+            .client
+            .post(format!("{}/internal/v1/stream-marks", app.orders))
+            .json(&body);
+        sent_as(request, token)
+    };
+    let body = json!({ "mark_id": mark_id });
+    assert_eq!(
+        ask(None, body.clone()).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let settlement = app.service_token("settlement", "orders").await;
+    assert_problem(
+        ask(Some(settlement), body.clone()).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let risk = app.service_token("risk", "orders").await;
+    let extra = json!({ "mark_id": mark_id, "position": 1 });
+    assert_problem(
+        ask(Some(risk.clone()), extra).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+    )
+    .await;
+    let marks_of = |mark: uuid::Uuid| {
+        let db = app.db.clone();
+        async move {
+            count(
+                &db,
+                &format!(
+                    "SELECT count(*) FROM orders.outbox WHERE event_type = 'StreamMarked'
+                        AND envelope::jsonb->'payload'->>'mark_id' = '{mark}'"
+                ),
+            )
+            .await
+        }
+    };
+    assert_eq!(marks_of(mark_id).await, 0, "refused requests wrote nothing");
+    assert_eq!(ask(Some(risk), body).await.status(), StatusCode::CREATED);
+    assert_eq!(marks_of(mark_id).await, 1);
 }
 
 /// ADR 0023 slice 4: a withdrawal reserves with risk before settlement books it, so it cannot

@@ -532,19 +532,26 @@ pub struct Figures {
 pub type FundsView = std::collections::BTreeMap<String, Figures>;
 
 /// What risk says `account` owns, by asset (`GET /v1/admin/risk-funds/{account}`), read as
-/// `reader`; `None` while it answers 503: risk still loading settlement's snapshot, or not running.
+/// `reader`, once it decides on them; `None` while it answers 503: risk still loading
+/// settlement's snapshot, or not running. A risk that has its balances but has not yet read
+/// the orders committed before its start (`deciding: false`, ADR 0023) is waited for: it is
+/// moments away, and a deposit it has not read yet would be refused once it decides.
 pub async fn risk_funds(app: &TestApp, reader: &Tokens, account: uuid::Uuid) -> Option<FundsView> {
-    let response = app
-        .get_authed(
-            &format!("/v1/admin/risk-funds/{account}"),
-            &reader.access_token,
-        )
-        .await;
-    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-        return None;
-    }
-    assert_eq!(response.status(), StatusCode::OK);
-    let view: Value = response.json().await.unwrap();
+    let view = service_kit::testing::eventually_some("risk to decide on funds", || async {
+        let response = app
+            .get_authed(
+                &format!("/v1/admin/risk-funds/{account}"),
+                &reader.access_token,
+            )
+            .await;
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            return Some(None);
+        }
+        assert_eq!(response.status(), StatusCode::OK);
+        let view: Value = response.json().await.unwrap();
+        view["deciding"].as_bool().unwrap().then_some(Some(view))
+    })
+    .await?;
     assert_eq!(view["account_id"], account.to_string());
     let text = |b: &Value, field: &str| b[field].as_str().unwrap().to_owned();
     Some(

@@ -506,6 +506,8 @@ async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(p
     env.push(("BOURSE_AUTH_URL".to_owned(), app.auth.clone()));
     // And loads its balances from this app's settlement (ADR 0023).
     env.push(("BOURSE_SETTLEMENT_URL".to_owned(), app.settlement.clone()));
+    // And asks this app's orders for its mark, to decide on funds once it has read it.
+    env.push(("BOURSE_ORDERS_URL".to_owned(), app.orders.clone()));
     let mut risk = risk_process(&env, port);
     eventually("risk to be ready", || ready(&risk_url)).await;
     let d = desk_on(app).await;

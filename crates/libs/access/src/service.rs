@@ -43,6 +43,10 @@ pub const RISK_WITHDRAWAL: &str = "risk:withdrawals";
 /// (TRD-08).
 pub const ORDERS_MATCHING: &str = "orders:matching";
 
+/// A mark on the orders stream, which risk asks for after a restart and decides on funds
+/// only once its consumer has read it (ADR 0023).
+pub const ORDERS_STREAM_MARKS: &str = "orders:stream-marks";
+
 /// Orders' totals of executed trades, read by settlement's reconciliation (REL-15).
 pub const ORDERS_TRADE_TOTALS: &str = "orders:trade-totals";
 
@@ -77,6 +81,11 @@ pub const GRANTS: &[Grant] = &[
         client: "settlement",
         audience: "risk",
         scope: RISK_WITHDRAWAL,
+    },
+    Grant {
+        client: "risk",
+        audience: "orders",
+        scope: ORDERS_STREAM_MARKS,
     },
     Grant {
         client: "orders",
@@ -185,6 +194,10 @@ mod tests {
             Some(RISK_WITHDRAWAL)
         );
         assert_eq!(scopes("orders", "auth"), None);
-        assert_eq!(scopes("risk", "orders"), None);
+        assert_eq!(
+            scopes("risk", "orders").as_deref(),
+            Some(ORDERS_STREAM_MARKS)
+        );
+        assert_eq!(scopes("alerting", "orders"), None);
     }
 }

@@ -108,6 +108,18 @@ pub struct OrderRejected {
 }
 event!(OrderRejected, 1);
 
+/// `StreamMarked` on the `orders` stream: a mark a consumer asked orders to write, so that
+/// seeing it proves it has read everything orders committed before it (ADR 0023: a restarted
+/// risk decides only once its orders consumer has reached its own mark).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamMarked {
+    /// Chosen by the consumer that asked, which waits for this one.
+    pub mark_id: Uuid,
+    /// The service that asked.
+    pub requested_by: String,
+}
+event!(StreamMarked, 1);
+
 /// `TradeSettled` on the `settlement` stream: a trade's money moved, delivery versus payment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TradeSettled {

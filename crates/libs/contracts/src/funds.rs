@@ -1,6 +1,7 @@
-//! Bodies of the internal balances API between settlement and risk (ADR 0023): what the
-//! pre-trade stage loads at its start, before it follows settlement's stream, and what a
-//! withdrawal reserves there before settlement books it.
+//! Bodies of the internal APIs the pre-trade stage (risk) keeps its funds with (ADR 0023):
+//! the balances it loads from settlement at its start, before it follows settlement's stream;
+//! the mark it asks orders to write, to know when it has read everything orders committed;
+//! and what a withdrawal reserves there before settlement books it.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -32,4 +33,13 @@ pub struct WithdrawalReservation {
     pub account_id: Uuid,
     pub asset: String,
     pub amount: i64,
+}
+
+/// `POST /internal/v1/stream-marks` on orders: write `StreamMarked { mark_id }` to the orders
+/// stream. Orders' outbox is read in commit order, so a consumer that reaches its mark has read
+/// every event orders committed before it (ADR 0023, "Catching up before deciding").
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamMark {
+    pub mark_id: Uuid,
 }

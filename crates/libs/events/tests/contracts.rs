@@ -10,7 +10,7 @@ use contracts::events::{
     EventDeadLettered, FailedCheck, FundsDeposited, FundsWithdrawn, KillSwitch,
     KillSwitchActivated, KillSwitchReleased, OrderAccepted, OrderCancelled, OrderCompleted,
     OrderRejected, ReconciliationFailed, RiskLimitBreached, ServiceHealth, ServiceRecovered,
-    ServiceUnhealthy, TradeExecuted, TradeSettled,
+    ServiceUnhealthy, StreamMarked, TradeExecuted, TradeSettled,
 };
 use events::Envelope;
 use events::envelope::PayloadError;
@@ -185,6 +185,13 @@ fn every_event_type_round_trips_with_the_field_names_its_readers_use() {
             amount: 1,
         }),
         funding_fields
+    );
+    assert_eq!(
+        round_trip(&StreamMarked {
+            mark_id: Uuid::now_v7(),
+            requested_by: "risk".to_owned(),
+        }),
+        sorted(&["mark_id", "requested_by"])
     );
 }
 

@@ -157,6 +157,10 @@ pub enum Change {
         trade: Uuid,
         debits: Vec<Debit>,
     },
+    /// A mark on the orders stream was read (`StreamMarked`).
+    MarkRead {
+        mark: Uuid,
+    },
 }
 
 #[derive(Default)]
@@ -383,7 +387,7 @@ impl Book {
         let (Some(base), Some(quote)) = (&order.base_asset, &order.quote_asset) else {
             return Err(Unreserved::Unknown("no_assets"));
         };
-        if self.funds.position().is_none() {
+        if !self.funds.deciding() {
             return Err(Unreserved::Unknown("not_loaded"));
         }
         let asset = match order.side {
@@ -507,6 +511,11 @@ impl Book {
                 self.last_price.insert(symbol, price);
             }
             Change::Executed { trade, debits } => self.funds.executed(trade, debits),
+            Change::MarkRead { mark } => {
+                if self.funds.mark_read(mark) {
+                    tracing::info!(%mark, "read every order event committed before this start: funds decide from now on");
+                }
+            }
         }
     }
 }
@@ -549,7 +558,7 @@ mod tests {
     const BTC: i64 = 100_000_000;
 
     /// Balances loaded: `account` owns `cents` of USD.
-    fn funded(book: &mut Book, account: Uuid, cents: i64) {
+    fn loaded(book: &mut Book, account: Uuid, cents: i64) {
         book.funds_mut().load(contracts::funds::BalanceSnapshot {
             position: 0,
             balances: vec![contracts::funds::AccountBalance {
@@ -558,6 +567,50 @@ mod tests {
                 balance: cents,
             }],
         });
+    }
+
+    /// Balances loaded and the orders stream read up to this start's mark: funds decide.
+    fn funded(book: &mut Book, account: Uuid, cents: i64) {
+        loaded(book, account, cents);
+        let mark = Uuid::now_v7();
+        book.funds_mut().await_mark(mark);
+        book.apply(Change::MarkRead { mark });
+    }
+
+    #[test]
+    fn funds_decide_only_once_the_orders_stream_is_read_up_to_this_starts_mark() {
+        let account = Uuid::now_v7();
+        let mut book = Book::new(Limits {
+            max_open_orders: 10,
+            ..limits()
+        });
+        loaded(&mut book, account, 1_000_000);
+        // 0.5 BTC at 30,000.00 is 15,000.00: more than the 10,000.00 the account has.
+        let beyond = order(account, Side::Buy, 3_000_000, BTC / 2);
+        assert_eq!(
+            book.check(&beyond, 1),
+            Ok(()),
+            "balances in, but orders committed before this start may still be unread: the hold decides alone"
+        );
+        assert_eq!(book.funds().committed(account, "USD"), 0);
+
+        let mark = Uuid::now_v7();
+        book.funds_mut().await_mark(mark);
+        book.apply(Change::MarkRead {
+            mark: Uuid::now_v7(),
+        });
+        assert_eq!(
+            book.funds().catch_up(),
+            crate::funds::OrdersCatchUp::Awaiting(mark),
+            "another start's mark proves nothing about this one"
+        );
+        assert!(!book.funds().deciding());
+
+        book.apply(Change::MarkRead { mark });
+        assert!(book.funds().deciding());
+        let beyond = order(account, Side::Buy, 3_000_000, BTC / 2);
+        let refused = book.check(&beyond, 1).unwrap_err();
+        assert_eq!(refused.code, "insufficient_funds");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Config {
     pub defaults: Limits,
     /// Base URL of settlement, whose balances the pre-trade stage loads at start (ADR 0023).
     pub settlement_url: String,
+    /// Base URL of orders, asked at start for a mark on its stream (ADR 0023).
+    pub orders_url: String,
     /// Risk's client secret for service tokens (`BOURSE_SERVICE_SECRET_RISK`).
     pub service_secret: secrecy::SecretString,
 }
@@ -53,6 +55,10 @@ impl Config {
             defaults,
             settlement_url: env
                 .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())
+                .trim_end_matches('/')
+                .to_owned(),
+            orders_url: env
+                .or("BOURSE_ORDERS_URL", "http://127.0.0.1:8082".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
             service_secret: access::service::client_secret(

@@ -126,12 +126,28 @@ pub struct Short {
     pub free: i64,
 }
 
+/// How far this process's orders consumer has read (ADR 0023, "Catching up before deciding").
+/// What orders committed before risk started may still be on its way: an order accepted then
+/// reserves nothing here until its `OrderAccepted` is read. So risk asks orders for a mark on
+/// the orders stream at start, and decides on funds only once it has read that mark.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OrdersCatchUp {
+    /// No mark asked for yet.
+    #[default]
+    NotStarted,
+    /// Orders was asked to write this mark; not read yet.
+    Awaiting(Uuid),
+    /// The mark was read: every order event committed before it has been applied.
+    Reached,
+}
+
 /// Balances per (account, asset), how far into settlement's history they go, and what the
 /// pre-trade stage has committed out of them.
 #[derive(Debug, Default)]
 pub struct Funds {
     /// The newest settlement event the balances include; `None` until the snapshot is in.
     position: Option<i64>,
+    catch_up: OrdersCatchUp,
     balances: HashMap<(Uuid, String), i64>,
     /// Per open order.
     reservations: HashMap<Uuid, Reservation>,
@@ -155,6 +171,32 @@ impl Funds {
     /// The newest settlement event included; `None` before the snapshot is loaded.
     pub fn position(&self) -> Option<i64> {
         self.position
+    }
+
+    /// Whether funds may decide: settlement's balances are in, and everything orders committed
+    /// before this process asked for its mark has been read.
+    pub fn deciding(&self) -> bool {
+        self.position.is_some() && self.catch_up == OrdersCatchUp::Reached
+    }
+
+    pub fn catch_up(&self) -> OrdersCatchUp {
+        self.catch_up
+    }
+
+    /// Waits for `mark` (to be asked for right after): a mark read later is the one that counts.
+    pub fn await_mark(&mut self, mark: Uuid) {
+        if self.catch_up != OrdersCatchUp::Reached {
+            self.catch_up = OrdersCatchUp::Awaiting(mark);
+        }
+    }
+
+    /// A mark was read on the orders stream; `true` when it was the one awaited.
+    pub fn mark_read(&mut self, mark: Uuid) -> bool {
+        let awaited = self.catch_up == OrdersCatchUp::Awaiting(mark);
+        if awaited {
+            self.catch_up = OrdersCatchUp::Reached;
+        }
+        awaited
     }
 
     pub fn balance(&self, account: Uuid, asset: &str) -> i64 {

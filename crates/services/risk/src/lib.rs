@@ -8,7 +8,8 @@
 //! - [`ledger_feed`]: loading settlement's snapshot, then consuming its stream into [`funds`].
 //! - [`positions`]: positions and realized PnL from fills, without IO.
 //! - [`project`]: the orders-stream consumer that keeps tables and memory current, each open
-//!   order's reservation and each unsettled trade's debits included.
+//!   order's reservation and each unsettled trade's debits included; and the mark a start
+//!   asks orders for, so funds decide only once what orders committed before it is read.
 //! - [`kill_switches`]: activating and releasing, announced as events.
 //! - [`store`]: all SQL.
 //! - [`http`]: thin handlers and the OpenAPI description.
@@ -168,6 +169,19 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     kit.tasks.spawn("settlement consumer", move |stop| {
         ledger_feed::load_and_follow(settlement.clone(), followed.clone(), ledger.clone(), stop)
     });
+    // Funds decide once the orders consumer has read what orders committed before this start
+    // (ADR 0023): a mark orders writes on request, with risk's own token.
+    let orders = kit.authenticated_upstream(
+        &config.auth,
+        config.service_secret.clone(),
+        "orders",
+        &config.orders_url,
+    )?;
+    let stop = kit.tasks.shutdown().clone();
+    kit.tasks.spawn_tracked(
+        "orders catch-up",
+        project::catch_up_with_orders(orders, book.clone(), stop),
+    );
 
     let state = http::AppState {
         pool,
@@ -185,7 +199,7 @@ pub const SPEC: launch::Spec = launch::Spec {
     port_variable: "BOURSE_RISK_PORT",
     default_port: 8083,
     url_variable: Some("BOURSE_RISK_URL"),
-    upstreams: &["auth", "settlement"],
+    upstreams: &["auth", "settlement", "orders"],
     read: |env| Box::new(Config::read(env)),
     migrations: Some(launch::Migrations {
         schema: SCHEMA,
@@ -206,6 +220,7 @@ impl launch::Service for Config {
         vec![
             ("auth", &mut self.auth.url),
             ("settlement", &mut self.settlement_url),
+            ("orders", &mut self.orders_url),
         ]
     }
 

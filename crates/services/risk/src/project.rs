@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use contracts::events::{
     Event, OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, RiskLimitBreached,
-    TradeExecuted,
+    StreamMarked, TradeExecuted,
 };
 use contracts::fees::Fees;
 use events::{Envelope, Handler, HandlerError};
@@ -33,6 +33,7 @@ pub const EVENT_TYPES: &[&str] = &[
     OrderCompleted::TYPE,
     OrderCancelled::TYPE,
     OrderRejected::TYPE,
+    StreamMarked::TYPE,
 ];
 
 pub struct Projector {
@@ -52,9 +53,20 @@ pub struct Deferred {
 
 #[derive(Debug)]
 enum Read {
-    Accepted { event: Uuid, order: OpenOrder },
-    Ended { event: Uuid, order: Uuid },
+    Accepted {
+        event: Uuid,
+        order: OpenOrder,
+    },
+    Ended {
+        event: Uuid,
+        order: Uuid,
+    },
     Trade(Box<Trade>),
+    /// A mark some start of risk asked orders for; nothing to write.
+    Mark {
+        event: Uuid,
+        mark: Uuid,
+    },
 }
 
 #[derive(Debug)]
@@ -168,6 +180,10 @@ impl Projector {
                 },
                 None => return Ok(()),
             },
+            StreamMarked::TYPE => Read::Mark {
+                event: event.id,
+                mark: event.decode::<StreamMarked>()?.mark_id,
+            },
             TradeExecuted::TYPE => {
                 let executed: TradeExecuted = event.decode()?;
                 let base_scale = *self.scales.get(&executed.base_asset).ok_or_else(|| {
@@ -197,6 +213,7 @@ impl Projector {
             match read {
                 Read::Accepted { order, .. } => touched_orders.push(order.order),
                 Read::Ended { order, .. } => touched_orders.push(*order),
+                Read::Mark { .. } => {}
                 Read::Trade(trade) => {
                     let t = &trade.executed;
                     touched_orders.extend([t.maker_order_id, t.taker_order_id]);
@@ -241,6 +258,10 @@ impl Projector {
                             reserved: order.reserved.clone(),
                         }],
                     ));
+                }
+                // Read in memory once the batch commits, after every event before it.
+                Read::Mark { event, mark } => {
+                    changes.push((*event, vec![Change::MarkRead { mark: *mark }]));
                 }
                 Read::Ended { event, order } => {
                     if open.remove(order).is_some() && stored_ids.contains(order) {
@@ -407,6 +428,48 @@ impl Handler for Projector {
             for change in changes {
                 book.apply(change);
             }
+        }
+    }
+}
+
+/// Asks orders for this start's mark on the orders stream, until it answers or `shutdown`;
+/// funds decide once the orders consumer reads it ([`crate::funds::OrdersCatchUp`]). Orders
+/// may start after risk: it is asked again, with a backoff, meanwhile.
+pub async fn catch_up_with_orders(
+    orders: resilience::Upstream,
+    book: Arc<Mutex<Book>>,
+    shutdown: service_kit::Shutdown,
+) {
+    let mark = Uuid::now_v7();
+    // Before asking: the consumer may read the mark before orders' answer arrives.
+    match book.lock() {
+        Ok(mut book) => book.funds_mut().await_mark(mark),
+        Err(_) => {
+            tracing::error!("the book's lock is poisoned; funds will not decide");
+            return;
+        }
+    }
+    let body = serde_json::json!({ "mark_id": mark }).to_string();
+    let backoff = service_kit::backoff::Backoff {
+        base: std::time::Duration::from_millis(200),
+        cap: std::time::Duration::from_secs(5),
+    };
+    for retry in 0u32.. {
+        let call =
+            resilience::Call::post_json("/internal/v1/stream-marks", body.clone()).idempotent(true);
+        match orders.send(call).await {
+            Ok(response) if response.status().is_success() => {
+                tracing::info!(%mark, "orders wrote this start's mark; funds decide once it is read");
+                return;
+            }
+            Ok(response) => {
+                tracing::warn!(%mark, status = %response.status(), "orders did not write the mark")
+            }
+            Err(error) => tracing::warn!(%mark, %error, "orders is not answering for the mark"),
+        }
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            () = tokio::time::sleep(backoff.delay(retry)) => {}
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use contracts::events::{
-    OrderAccepted, OrderCancelled, OrderCompleted, TradeExecuted, TradeSettled,
+    OrderAccepted, OrderCancelled, OrderCompleted, StreamMarked, TradeExecuted, TradeSettled,
 };
 use contracts::{Asset, Side};
 use events::{Envelope, Handler, Origin};
@@ -401,4 +401,65 @@ async fn a_withdrawal_reserves_across_a_restart_until_its_booking_is_consumed(po
         .unwrap();
     assert_eq!(lapsed, vec![lapsing]);
     assert_eq!(committed_after_restart(&pool, account, "USD").await, 2_500);
+}
+
+fn mark(mark_id: Uuid) -> Envelope {
+    Envelope::of(
+        "orders",
+        mark_id.to_string(),
+        0,
+        &StreamMarked {
+            mark_id,
+            requested_by: "risk".to_owned(),
+        },
+    )
+    .unwrap()
+}
+
+/// ADR 0023, "Catching up before deciding": after a start, an order orders committed before it
+/// may still be unread, and its reservation unknown. Funds decide only once the orders
+/// consumer has read the mark this start asked for, which orders wrote after everything it had
+/// committed — so by then that order's reservation is in.
+#[sqlx::test(migrations = false)]
+async fn funds_decide_once_the_mark_is_read_behind_what_orders_committed_before_it(pool: PgPool) {
+    let pool = risk_db(&pool).await;
+    let book = Arc::new(Mutex::new(Book::default()));
+    let fees = contracts::fees::Fees::DEFAULT;
+    let projector = Projector::new(book.clone(), &Asset::defaults(), fees);
+    let (bid, buyer) = (Uuid::now_v7(), Uuid::now_v7());
+    book.lock()
+        .unwrap()
+        .funds_mut()
+        .load(contracts::funds::BalanceSnapshot {
+            position: 0,
+            balances: vec![contracts::funds::AccountBalance {
+                account_id: buyer,
+                asset: "USD".to_owned(),
+                balance: 100_000,
+            }],
+        });
+    let this_start = Uuid::now_v7();
+    book.lock().unwrap().funds_mut().await_mark(this_start);
+    let deciding = || book.lock().unwrap().funds().deciding();
+    assert!(!deciding(), "balances in, the orders stream not read yet");
+
+    // Committed by orders before the mark: a bid reserving 300.60 of the buyer's 1,000.00.
+    apply(
+        &pool,
+        &projector,
+        &[accepted(bid, buyer, Side::Buy, 1_000_000)],
+    )
+    .await;
+    assert!(!deciding());
+    apply(&pool, &projector, &[mark(Uuid::now_v7())]).await;
+    assert!(!deciding(), "an earlier start's mark");
+
+    apply(&pool, &projector, &[mark(this_start)]).await;
+    assert!(deciding());
+    let bid_holds = contracts::fees::hold_amount(Side::Buy, 3_000_000, 1_000_000, 8, fees).unwrap();
+    let funds = |f: fn(&risk::funds::Funds, Uuid, &str) -> i64| {
+        f(book.lock().unwrap().funds(), buyer, "USD")
+    };
+    assert_eq!(funds(risk::funds::Funds::committed), bid_holds);
+    assert_eq!(funds(risk::funds::Funds::free), 100_000 - bid_holds);
 }

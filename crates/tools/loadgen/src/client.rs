@@ -238,6 +238,11 @@ impl Gateway {
             return Ok(None);
         }
         let body = Self::expect("risk's funds", answer, &[StatusCode::OK])?;
+        // Balances in, but not yet the orders committed before risk's start (ADR 0023): it
+        // decides nothing yet, so nothing counts as credited.
+        if body["deciding"] == Value::Bool(false) {
+            return Ok(Some(Vec::new()));
+        }
         body["balances"]
             .as_array()
             .cloned()

@@ -4,6 +4,7 @@ mod instruments;
 mod market;
 mod matching;
 mod orders;
+mod stream_marks;
 mod trade_totals;
 
 use std::sync::Arc;
@@ -69,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/markets/{symbol}/ticker", get(market::ticker))
         .route("/v1/orders/{id}", get(orders::get).delete(orders::cancel))
         .route("/internal/v1/trade-totals", get(trade_totals::totals))
+        .route("/internal/v1/stream-marks", post(stream_marks::write))
         .route("/internal/v1/matching/{symbol}", post(matching::run))
         .route("/openapi.json", get(openapi))
         .with_state(state)

@@ -21,6 +21,9 @@ pub struct FundsView {
     pub account_id: Uuid,
     /// The newest of settlement's events these balances include (its outbox position).
     pub settlement_position: i64,
+    /// Whether checks decide on these funds: false after a start until risk has read every
+    /// order event committed before it (ADR 0023); meanwhile settlement's hold decides alone.
+    pub deciding: bool,
     /// Every asset with a balance or a commitment, by asset.
     pub balances: Vec<FundsBalance>,
 }
@@ -39,7 +42,8 @@ pub struct FundsBalance {
 }
 
 /// The account's balances as risk follows them from settlement; 503 until risk has loaded
-/// settlement's snapshot after its start.
+/// settlement's snapshot after its start. `deciding` is false until it has also read the
+/// orders committed before its start (ADR 0023): until then its checks reserve nothing.
 #[utoipa::path(get, path = "/v1/admin/risk-funds/{account_id}", tag = "admin",
     params(("account_id" = Uuid, Path)), security(("bearer" = [])),
     responses((status = 200, body = FundsView), (status = 403, body = Problem),
@@ -50,9 +54,14 @@ pub async fn get(
     Path(account): Path<Uuid>,
 ) -> Result<Body<FundsView>> {
     principal.require_any(OFFICERS)?;
-    let (position, owned) = {
+    let (position, deciding, owned) = {
         let book = lock(&state.book)?;
-        (book.funds().position(), book.funds().of_account(account))
+        let funds = book.funds();
+        (
+            funds.position(),
+            funds.deciding(),
+            funds.of_account(account),
+        )
     };
     let Some(settlement_position) = position else {
         return Err(Problem::unavailable(
@@ -62,9 +71,11 @@ pub async fn get(
         )
         .into());
     };
+
     Ok(Body(FundsView {
         account_id: account,
         settlement_position,
+        deciding,
         balances: owned
             .into_iter()
             .map(|(asset, balance, committed)| {

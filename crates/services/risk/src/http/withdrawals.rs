@@ -18,7 +18,7 @@ use crate::kill_switches::lock;
 use crate::store;
 
 /// 204 when reserved (or reserved before under this id); 422 `insufficient_funds` when the
-/// account's free balance is short; 503 `funds_loading` before balances are loaded.
+/// account's free balance is short; 503 `funds_loading` before balances are loaded and the orders stream read up to this start's mark.
 pub async fn reserve(
     State(state): State<AppState>,
     caller: ServicePrincipal,
@@ -34,10 +34,10 @@ pub async fn reserve(
     let reserved = {
         let mut book = lock(&state.book)?;
         let funds = book.funds_mut();
-        if funds.position().is_none() {
+        if !funds.deciding() {
             return Err(Problem::unavailable(
                 "funds_loading",
-                "risk is still loading balances from settlement",
+                "risk is still loading balances and the orders committed before its start",
                 1,
             )
             .into());
