@@ -560,6 +560,80 @@ async fn a_restarted_risk_still_commits_what_resting_orders_reserved(pool: PgPoo
     );
 }
 
+/// ADR 0023: a risk check is good for booking its order for a bounded time. An order whose
+/// check began longer ago is not booked; its hold and its reservation go back.
+#[sqlx::test(migrations = false)]
+async fn an_order_whose_risk_check_began_too_long_ago_is_not_booked(pool: PgPool) {
+    let no_time = [("BOURSE_RISK_CHECK_VALID_FOR_MS", "0")];
+    let x = exchange_on(spawn_app_with(pool, &no_time).await).await;
+    let alice = x.app.user_id(&x.alice).await;
+    x.fund(&x.alice, "USD", "1000").await;
+
+    assert_problem(
+        x.place(&x.alice, &limit("buy", "30000.00", "0.01")).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "check_expired",
+    )
+    .await;
+    assert_eq!(
+        count(&x.app.db, "SELECT count(*) FROM orders.orders").await,
+        0
+    );
+    let untouched = all_free(&[("USD", "1000.00")]);
+    eventually("the hold to go back", || async {
+        ledger_funds(&x.app.db, alice).await == untouched
+    })
+    .await;
+    risk_sees(&x.app, &x.admin, alice, &untouched).await;
+}
+
+/// ADR 0023: a restart waits out the checks its previous process answered — orders books none
+/// older than the bound — before it asks for its mark; until then its funds do not decide.
+#[sqlx::test(migrations = false)]
+async fn a_restart_waits_out_the_previous_processes_checks_before_asking_for_its_mark(
+    pool: PgPool,
+) {
+    let prefix = format!("test:{}", uuid::Uuid::now_v7());
+    let env = [
+        ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str()),
+        ("BOURSE_RISK_CHECK_VALID_FOR_MS", "3600000"),
+    ];
+    let x = exchange_on(spawn_app_with(pool.clone(), &env).await).await;
+    let alice = x.app.user_id(&x.alice).await;
+    // The first start on a database has no earlier checks to wait for: it decides at once.
+    x.fund(&x.alice, "USD", "100").await;
+    risk_sees(&x.app, &x.admin, alice, &all_free(&[("USD", "100.00")])).await;
+    x.app.stop().await;
+
+    let back = spawn_app_with(pool, &env).await;
+    let admin = treasury(&back).await;
+    let view: Value =
+        service_kit::testing::eventually_some("risk's balances after the restart", || async {
+            let response = back
+                .get_authed(
+                    &format!("/v1/admin/risk-funds/{alice}"),
+                    &admin.access_token,
+                )
+                .await;
+            match response.status() {
+                StatusCode::OK => Some(response.json().await.unwrap()),
+                _ => None,
+            }
+        })
+        .await;
+    assert_eq!(view["balances"][0]["balance"], "100.00", "balances are in");
+    assert_eq!(view["deciding"], false, "but funds wait out the bound");
+    assert_eq!(
+        count(
+            &back.db,
+            "SELECT count(*) FROM orders.outbox WHERE event_type = 'StreamMarked'"
+        )
+        .await,
+        1,
+        "the first start's mark; the second is not asked for yet"
+    );
+}
+
 /// Orders writes a mark on its stream for risk's service token alone (ADR 0023).
 #[sqlx::test(migrations = false)]
 async fn orders_writes_a_stream_mark_for_risk_alone(pool: PgPool) {

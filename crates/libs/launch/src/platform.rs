@@ -25,3 +25,11 @@ pub fn fees(env: &mut Env) -> Fees {
         Fees::DEFAULT
     })
 }
+
+/// `BOURSE_RISK_CHECK_VALID_FOR_MS`: how long a risk check stays good for booking its order
+/// (ADR 0023). Orders refuses to book an order whose check began longer ago; a restarted risk
+/// waits twice this long before it asks for its mark, so no order its previous process checked
+/// can commit after the mark. Read by orders and risk alike, so the two cannot disagree.
+pub fn check_valid_for(env: &mut Env) -> std::time::Duration {
+    std::time::Duration::from_millis(env.or("BOURSE_RISK_CHECK_VALID_FOR_MS", 5_000u64))
+}

@@ -36,6 +36,8 @@ pub struct Config {
     pub market_protection_bps: u32,
     /// The fee schedule settlement books; orders shows each fill's fee by it.
     pub fees: Fees,
+    /// How long a risk check stays good for booking its order (ADR 0023).
+    pub check_valid_for: std::time::Duration,
     pub assets: Vec<Asset>,
     /// Requests that may wait for one symbol's matching task; beyond, 503 at once.
     pub queue_capacity: usize,
@@ -98,6 +100,7 @@ impl Config {
                 bps.clamp(1, 9_999)
             },
             fees: launch::platform::fees(env),
+            check_valid_for: launch::platform::check_valid_for(env),
             assets,
             queue_capacity: {
                 let capacity = env.or("BOURSE_ORDERS_QUEUE_CAPACITY", 1024usize);

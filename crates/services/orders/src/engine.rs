@@ -65,14 +65,69 @@ impl Origin {
     }
 }
 
+/// When an order's risk check stops being good for booking it (ADR 0023, "Catching up before
+/// deciding"): a restarted risk waits out the bound before it asks for its mark, so no order
+/// its previous process checked may commit after that. An instant in memory; on the wire to
+/// another replica, the milliseconds left (replicas' clocks need not agree).
+#[derive(Clone, Copy, Debug)]
+pub struct CheckDeadline(std::time::Instant);
+
+impl CheckDeadline {
+    /// `valid_for` from now: taken before the check is asked, so the bound covers the check.
+    pub fn after(valid_for: std::time::Duration) -> Self {
+        Self(std::time::Instant::now() + valid_for)
+    }
+
+    fn passed(self) -> bool {
+        std::time::Instant::now() > self.0
+    }
+}
+
+impl Serialize for CheckDeadline {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        let left = self
+            .0
+            .saturating_duration_since(std::time::Instant::now())
+            .as_millis();
+        serializer.serialize_u64(u64::try_from(left).unwrap_or(u64::MAX))
+    }
+}
+
+impl<'de> Deserialize<'de> for CheckDeadline {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let left = u64::deserialize(deserializer)?;
+        // At most 49 days (u32::MAX ms), so the instant it makes cannot overflow.
+        let left = std::time::Duration::from_millis(left.min(u64::from(u32::MAX)));
+        Ok(Self::after(left))
+    }
+}
+
 /// What a matching task is asked to do; also what a replica forwards to a symbol's owner.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
-    Place { order: ValidOrder, claim: Claim },
-    Cancel { order_id: Uuid, account: Uuid },
-    CancelAccount { account: Uuid },
-    Depth { levels: usize },
+    Place {
+        order: ValidOrder,
+        claim: Claim,
+        /// Milliseconds left on the wire; absent from replicas that predate it (no bound).
+        #[serde(default, rename = "check_valid_for_ms")]
+        check_deadline: Option<CheckDeadline>,
+    },
+    Cancel {
+        order_id: Uuid,
+        account: Uuid,
+    },
+    CancelAccount {
+        account: Uuid,
+    },
+    Depth {
+        levels: usize,
+    },
 }
 
 /// A command's result, once its batch committed.
@@ -334,11 +389,14 @@ impl Engines {
         instrument: &Instrument,
         order: ValidOrder,
         claim: Claim,
+        check_deadline: CheckDeadline,
     ) -> Result<Answer> {
-        match self
-            .ask(instrument, Command::Place { order, claim })
-            .await?
-        {
+        let command = Command::Place {
+            order,
+            claim,
+            check_deadline: Some(check_deadline),
+        };
+        match self.ask(instrument, command).await? {
             Outcome::Placed(answer) => Ok(answer),
             _ => Err(mismatch()),
         }
@@ -581,6 +639,10 @@ async fn run(
                 Err(_) => break,
             }
         }
+        refuse_expired_checks(&mut batch);
+        if batch.is_empty() {
+            continue;
+        }
         metrics::histogram!("orders_matching_batch_size", "symbol" => symbol.clone())
             .record(batch.len() as f64);
         let started = std::time::Instant::now();
@@ -644,6 +706,29 @@ async fn run(
             feed.offer(&instrument, &book, published);
             published = book.sequence();
         }
+    }
+}
+
+/// Answers `check_expired` to the placements whose risk check is too old to book them, and
+/// takes them out of the batch: they never reach the book (ADR 0023).
+fn refuse_expired_checks(batch: &mut Vec<Job>) {
+    let expired = |job: &Job| {
+        matches!(
+            job.command,
+            Command::Place {
+                check_deadline: Some(deadline),
+                ..
+            } if deadline.passed()
+        )
+    };
+    if !batch.iter().any(expired) {
+        return;
+    }
+    let (refused, current): (Vec<Job>, Vec<Job>) = batch.drain(..).partition(expired);
+    batch.extend(current);
+    for job in refused {
+        metrics::counter!("orders_check_expired_total").increment(1);
+        reply(job, Err(Error::CheckExpired));
     }
 }
 
@@ -728,7 +813,7 @@ impl Batches<'_> {
             events.clear();
             let origin = &job.origin;
             let output = match &job.command {
-                Command::Place { order, claim } => {
+                Command::Place { order, claim, .. } => {
                     book.execute(
                         BookCommand::Place(new_order(instrument, order)),
                         &mut events,
@@ -854,5 +939,51 @@ fn new_order(instrument: &Instrument, order: &ValidOrder) -> NewOrder {
         time_in_force: order.matching_time_in_force(),
         post_only: order.post_only,
         self_trade: SelfTradePrevention::CancelTaker,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_deadline_travels_as_the_milliseconds_left_and_may_be_absent() {
+        let deadline = CheckDeadline::after(std::time::Duration::from_secs(3600));
+        let wire = serde_json::to_value(deadline).unwrap();
+        let left = wire.as_u64().unwrap();
+        assert!(left > 0 && left <= 3_600_000, "{left} ms left");
+        let back: CheckDeadline = serde_json::from_value(wire).unwrap();
+        assert!(!back.passed());
+
+        // A replica from before the bound forwards no deadline: booked as before.
+        let placement = Command::Place {
+            order: ValidOrder {
+                id: Uuid::now_v7(),
+                account: Uuid::now_v7(),
+                client_order_id: None,
+                symbol: "BTC-USD".to_owned(),
+                side: Side::Buy,
+                order_type: crate::order_entry::OrderType::Limit,
+                price: Some(3_000_000),
+                quantity: 1_000_000,
+                time_in_force: matching::TimeInForce::Gtc,
+                post_only: false,
+                protection: None,
+            },
+            claim: Claim {
+                principal: Uuid::now_v7(),
+                key: "key".to_owned(),
+                token: Uuid::now_v7(),
+                request_hash: Vec::new(),
+            },
+            check_deadline: Some(deadline),
+        };
+        let mut older = serde_json::to_value(&placement).unwrap();
+        assert!(older["check_valid_for_ms"].is_u64());
+        older.as_object_mut().unwrap().remove("check_valid_for_ms");
+        let Command::Place { check_deadline, .. } = serde_json::from_value(older).unwrap() else {
+            panic!("not a placement");
+        };
+        assert!(check_deadline.is_none());
     }
 }

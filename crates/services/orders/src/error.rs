@@ -30,6 +30,10 @@ pub enum Error {
     /// The symbol's book is changing replicas right now.
     #[error("the symbol's book is moving between replicas")]
     OwnerMoving,
+    /// The order's risk check began too long ago to book it (ADR 0023): nothing of it was
+    /// booked, and it may be sent again.
+    #[error("the order's risk check expired before it reached the book")]
+    CheckExpired,
     #[error(transparent)]
     Problem(#[from] Problem),
     #[error("database: {0}")]
@@ -76,6 +80,11 @@ impl IntoResponse for Error {
                 "the instrument's book is moving between replicas; retry with the same Idempotency-Key",
                 1,
             ),
+            Error::CheckExpired => Problem::unavailable(
+                "check_expired",
+                "the order's risk check took too long to reach the book; nothing was booked, retry with the same Idempotency-Key",
+                1,
+            ),
             Error::MatchingStopped => Problem::unavailable(
                 "matching_unavailable",
                 "the matching engine for this instrument is restarting; retry with the same Idempotency-Key",
@@ -113,9 +122,11 @@ impl From<Error> for events::HandlerError {
         match err {
             Error::Database(err) => err.into(),
             Error::Events(err) => err.into(),
-            Error::Overloaded | Error::MatchingStopped | Error::NotOwner | Error::OwnerMoving => {
-                events::HandlerError::transient(err)
-            }
+            Error::Overloaded
+            | Error::MatchingStopped
+            | Error::NotOwner
+            | Error::OwnerMoving
+            | Error::CheckExpired => events::HandlerError::transient(err),
             other => events::HandlerError::permanent(other),
         }
     }

@@ -131,6 +131,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         engines,
         funds: funds::Funds::new(risk, settlement),
         market_protection_bps: config.market_protection_bps,
+        check_valid_for: config.check_valid_for,
         fees: config.fees,
         tasks: tasks.clone(),
         placing: Default::default(),
@@ -278,6 +279,16 @@ pub fn describe_metrics() {
         "orders_matching_batch_size",
         Unit::Count,
         "Commands in one matching batch (group commit)."
+    );
+    describe_histogram!(
+        "orders_matching_phase_seconds",
+        Unit::Seconds,
+        "Time one step of a matching batch took, by phase: apply (matching in memory), begin, fence, flush, answers, commit."
+    );
+    describe_counter!(
+        "orders_check_expired_total",
+        Unit::Count,
+        "Placements refused before the book because their risk check began longer ago than BOURSE_RISK_CHECK_VALID_FOR_MS."
     );
     describe_gauge!(
         "orders_owned_symbols",

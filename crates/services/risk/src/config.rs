@@ -22,6 +22,9 @@ pub struct Config {
     pub settlement_url: String,
     /// Base URL of orders, asked at start for a mark on its stream (ADR 0023).
     pub orders_url: String,
+    /// How long a risk check stays good for booking its order; a restart waits it out twice
+    /// before asking for its mark (ADR 0023).
+    pub check_valid_for: std::time::Duration,
     /// Risk's client secret for service tokens (`BOURSE_SERVICE_SECRET_RISK`).
     pub service_secret: secrecy::SecretString,
 }
@@ -57,6 +60,7 @@ impl Config {
                 .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
+            check_valid_for: launch::platform::check_valid_for(env),
             orders_url: env
                 .or("BOURSE_ORDERS_URL", "http://127.0.0.1:8082".to_owned())
                 .trim_end_matches('/')

@@ -177,10 +177,17 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         "orders",
         &config.orders_url,
     )?;
+    // After an earlier start, an order its process checked may still reach the book until the
+    // bound on checks has passed: wait it out (twice, for the delays it does not see).
+    let wait = if store::record_start(&pool).await? {
+        config.check_valid_for * 2
+    } else {
+        std::time::Duration::ZERO
+    };
     let stop = kit.tasks.shutdown().clone();
     kit.tasks.spawn_tracked(
         "orders catch-up",
-        project::catch_up_with_orders(orders, book.clone(), stop),
+        project::catch_up_with_orders(orders, book.clone(), wait, stop),
     );
 
     let state = http::AppState {

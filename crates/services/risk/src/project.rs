@@ -432,12 +432,15 @@ impl Handler for Projector {
     }
 }
 
-/// Asks orders for this start's mark on the orders stream, until it answers or `shutdown`;
-/// funds decide once the orders consumer reads it ([`crate::funds::OrdersCatchUp`]). Orders
-/// may start after risk: it is asked again, with a backoff, meanwhile.
+/// After `wait`, asks orders for this start's mark on the orders stream, until it answers or
+/// `shutdown`; funds decide once the orders consumer reads it
+/// ([`crate::funds::OrdersCatchUp`]). `wait` outlasts the checks a previous process answered
+/// (orders books no order whose check is older than the bound). Orders may start after risk:
+/// it is asked again, with a backoff, meanwhile.
 pub async fn catch_up_with_orders(
     orders: resilience::Upstream,
     book: Arc<Mutex<Book>>,
+    wait: std::time::Duration,
     shutdown: service_kit::Shutdown,
 ) {
     let mark = Uuid::now_v7();
@@ -447,6 +450,16 @@ pub async fn catch_up_with_orders(
         Err(_) => {
             tracing::error!("the book's lock is poisoned; funds will not decide");
             return;
+        }
+    }
+    if !wait.is_zero() {
+        tracing::info!(
+            wait_ms = wait.as_millis(),
+            "an earlier start's checks may still reach the book; waiting them out before asking for the mark"
+        );
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            () = tokio::time::sleep(wait) => {}
         }
     }
     let body = serde_json::json!({ "mark_id": mark }).to_string();

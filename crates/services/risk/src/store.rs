@@ -239,6 +239,19 @@ pub async fn lapse_withdrawals(pool: &PgPool, ttl: std::time::Duration) -> Resul
     .await?)
 }
 
+/// Records this start; whether risk ever started on this database before.
+pub async fn record_start(pool: &PgPool) -> Result<bool> {
+    // `earlier` reads the table as it was before the upsert (one snapshot per statement).
+    Ok(sqlx::query_scalar(
+        "WITH earlier AS (SELECT started_at FROM starts)
+         INSERT INTO starts (started_at) VALUES (now())
+         ON CONFLICT (singleton) DO UPDATE SET started_at = excluded.started_at
+         RETURNING EXISTS (SELECT 1 FROM earlier)",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 /// Stores an account's limits and logs the change (who, before, after), in one transaction.
 /// Serializes changes to one account's limits until the transaction ends (every replica), and
 /// returns what is stored for it now (None: it has the defaults). A partial update reads and

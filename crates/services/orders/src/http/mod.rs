@@ -28,6 +28,8 @@ pub struct AppState {
     /// Settlement's holds, asked before matching.
     pub funds: crate::funds::Funds,
     pub market_protection_bps: u32,
+    /// How long a risk check stays good for booking its order (ADR 0023).
+    pub check_valid_for: std::time::Duration,
     /// Shown on each fill (settlement books them).
     pub fees: contracts::fees::Fees,
     /// Runs work that must finish even when its request is cut off (an order being placed).

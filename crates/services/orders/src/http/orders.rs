@@ -11,6 +11,7 @@ use uuid::Uuid;
 use super::AppState;
 use contracts::events::OrderRejected;
 
+use crate::engine::CheckDeadline;
 use crate::error::{Error, Result};
 use crate::instruments::{PRODUCER, STREAM};
 use crate::order_entry::{self, OrderStatus, OrderType, PlaceOrder};
@@ -87,6 +88,8 @@ async fn place_claimed(
     };
     // Checks first: a market order is priced against the reference, risk checks the order,
     // then its worst cost is held. No answer → 503; a refusal → 422, stored like any other.
+    // The check is good for booking the order for a bounded time from here (ADR 0023).
+    let check_deadline = CheckDeadline::after(state.check_valid_for);
     let funded = async {
         if order.order_type == OrderType::Market {
             let reference = state
@@ -124,7 +127,11 @@ async fn place_claimed(
         }
     }
     let order_id = order.id;
-    match state.engines.place(&instrument, order, claim.clone()).await {
+    match state
+        .engines
+        .place(&instrument, order, claim.clone(), check_deadline)
+        .await
+    {
         Ok(answer) => Ok(answer.into_response(false)),
         Err(Error::IdempotencyKeyTaken) => {
             // Another request with the key was answered first (through another replica):
