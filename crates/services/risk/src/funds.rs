@@ -166,6 +166,12 @@ impl Funds {
             .map(|b| ((b.account_id, b.asset), b.balance))
             .collect();
         self.position = Some(snapshot.position);
+        self.report_deciding();
+    }
+
+    /// `risk_funds_deciding`: 1 once funds decide, 0 before (set to 0 at start).
+    fn report_deciding(&self) {
+        metrics::gauge!("risk_funds_deciding").set(if self.deciding() { 1.0 } else { 0.0 });
     }
 
     /// The newest settlement event included; `None` before the snapshot is loaded.
@@ -195,6 +201,7 @@ impl Funds {
         let awaited = self.catch_up == OrdersCatchUp::Awaiting(mark);
         if awaited {
             self.catch_up = OrdersCatchUp::Reached;
+            self.report_deciding();
         }
         awaited
     }

@@ -132,6 +132,8 @@ async fn sweep_lapsed_reservations(pool: PgPool, book: Arc<Mutex<book::Book>>, s
 
 pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error> {
     let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, describe_metrics).await?;
+    // Not deciding until balances are loaded and this start's mark is read (ADR 0023).
+    metrics::gauge!("risk_funds_deciding").set(0.0);
     let pool = kit.database(SCHEMA).await?;
     if config.common.migrate_on_start {
         migrate(&pool).await?;
@@ -247,7 +249,12 @@ pub async fn run(config: Config, shutdown: Shutdown) -> Result<(), Error> {
 /// Gives each metric this crate records its help text and unit, as `/metrics` shows them
 /// (`promtool check metrics` asks for both). Call it once the recorder is installed.
 pub fn describe_metrics() {
-    use metrics::{Unit, describe_counter};
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        "risk_funds_deciding",
+        Unit::Count,
+        "1 once checks decide on funds: balances loaded and every order event committed before this start read (ADR 0023); 0 before."
+    );
     describe_counter!(
         "risk_checks_refused_total",
         Unit::Count,
