@@ -259,6 +259,15 @@ async fn once_the_platform_has_traded_every_panel_finds_its_series_and_promtool_
         settled_and_reconciled(&scrape(&client, &addresses).await)
     })
     .await;
+    // A value, not only a series: a first start on a database decides on funds once its
+    // balances are in and its mark on the orders stream is read (ADR 0023).
+    eventually("risk to decide on funds", || async {
+        exposition(&client, &addresses["risk"])
+            .await
+            .lines()
+            .any(|line| line == "risk_funds_deciding 1")
+    })
+    .await;
 
     // Every selector of every panel finds a series.
     let exported = scrape(&client, &addresses).await;

@@ -181,16 +181,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     )?;
     // After an earlier start, an order its process checked may still reach the book until the
     // bound on checks has passed: wait it out (twice, for the delays it does not see).
-    let wait = if store::record_start(&pool).await? {
-        config.check_valid_for * 2
-    } else {
-        std::time::Duration::ZERO
-    };
-    let stop = kit.tasks.shutdown().clone();
-    kit.tasks.spawn_tracked(
-        "orders catch-up",
-        project::catch_up_with_orders(orders, book.clone(), wait, stop),
-    );
+    let mut ask_from = tokio::time::Instant::now();
+    if store::record_start(&pool).await? {
+        ask_from += config.check_valid_for * 2;
+    }
+    let caught_up = book.clone();
+    kit.tasks.spawn("orders catch-up", move |stop| {
+        project::catch_up_with_orders(orders.clone(), caught_up.clone(), ask_from, stop)
+    });
 
     let state = http::AppState {
         pool,

@@ -432,57 +432,55 @@ impl Handler for Projector {
     }
 }
 
-/// After `wait`, asks orders for this start's mark on the orders stream, until it answers or
-/// `shutdown`; funds decide once the orders consumer reads it
-/// ([`crate::funds::OrdersCatchUp`]). `wait` outlasts the checks a previous process answered
-/// (orders books no order whose check is older than the bound). Orders may start after risk:
-/// it is asked again, with a backoff, meanwhile.
+/// From `ask_from` on, asks orders for a mark on the orders stream; funds decide once the
+/// orders consumer reads it ([`crate::funds::OrdersCatchUp`]). `ask_from` outlasts the checks
+/// a previous process answered (orders books no order whose check is older than the bound).
+/// Supervised: when orders does not answer (it may start after risk) the task ends, and the
+/// supervisor runs it again after its backoff, with a new mark; once orders has written one,
+/// it waits for shutdown.
 pub async fn catch_up_with_orders(
     orders: resilience::Upstream,
     book: Arc<Mutex<Book>>,
-    wait: std::time::Duration,
+    ask_from: tokio::time::Instant,
     shutdown: service_kit::Shutdown,
 ) {
-    let mark = Uuid::now_v7();
-    // Before asking: the consumer may read the mark before orders' answer arrives.
-    match book.lock() {
-        Ok(mut book) => book.funds_mut().await_mark(mark),
-        Err(_) => {
-            tracing::error!("the book's lock is poisoned; funds will not decide");
-            return;
-        }
-    }
-    if !wait.is_zero() {
+    if tokio::time::Instant::now() < ask_from {
         tracing::info!(
-            wait_ms = wait.as_millis(),
             "an earlier start's checks may still reach the book; waiting them out before asking for the mark"
         );
         tokio::select! {
             () = shutdown.triggered() => return,
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep_until(ask_from) => {}
         }
     }
-    let body = serde_json::json!({ "mark_id": mark }).to_string();
-    let backoff = service_kit::backoff::Backoff {
-        base: std::time::Duration::from_millis(200),
-        cap: std::time::Duration::from_secs(5),
+    let mark = Uuid::now_v7();
+    // Before asking: the consumer may read the mark before orders' answer arrives.
+    let reached = match book.lock() {
+        Ok(mut book) => {
+            book.funds_mut().await_mark(mark);
+            book.funds().catch_up() == crate::funds::OrdersCatchUp::Reached
+        }
+        Err(_) => {
+            tracing::error!("the book's lock is poisoned; funds will not decide");
+            return;
+        }
     };
-    for retry in 0u32.. {
-        let call =
-            resilience::Call::post_json("/internal/v1/stream-marks", body.clone()).idempotent(true);
-        match orders.send(call).await {
-            Ok(response) if response.status().is_success() => {
-                tracing::info!(%mark, "orders wrote this start's mark; funds decide once it is read");
-                return;
-            }
-            Ok(response) => {
-                tracing::warn!(%mark, status = %response.status(), "orders did not write the mark")
-            }
-            Err(error) => tracing::warn!(%mark, %error, "orders is not answering for the mark"),
+    if reached {
+        // An earlier attempt's mark was written and read, its answer lost.
+        shutdown.triggered().await;
+        return;
+    }
+    let body = serde_json::json!({ "mark_id": mark }).to_string();
+    // A repeated mark is read twice; the second changes nothing.
+    let call = resilience::Call::post_json("/internal/v1/stream-marks", body).idempotent(true);
+    match orders.send(call).await {
+        Ok(response) if response.status().is_success() => {
+            tracing::info!(%mark, "orders wrote this start's mark; funds decide once it is read");
+            shutdown.triggered().await;
         }
-        tokio::select! {
-            () = shutdown.triggered() => return,
-            () = tokio::time::sleep(backoff.delay(retry)) => {}
+        Ok(response) => {
+            tracing::warn!(%mark, status = %response.status(), "orders did not write the mark")
         }
+        Err(error) => tracing::warn!(%mark, %error, "orders is not answering for the mark"),
     }
 }
