@@ -182,7 +182,7 @@ impl Platform {
     }
 
     /// Settlement's reconciliation, asked by `admin`, finds nothing wrong: the ledger balances,
-    /// holds match open orders, every trade is counted.
+    /// nothing is held in it, every trade is counted.
     async fn assert_reconciled(&self, admin: &str) {
         let report: Value = reqwest::Client::new()
             .post(format!("{}/v1/admin/reconciliation", self.url("gateway")))
@@ -555,7 +555,7 @@ async fn through_kills_a_database_failover_and_a_redis_that_forgets_nothing_is_l
         assert_eq!(dead, 0, "{schema} dead-lettered events");
     }
 
-    // The books reconcile: ledger balanced, holds match open orders, every trade counted.
+    // The books reconcile: ledger balanced, nothing held in it, every trade counted.
     platform.assert_reconciled(&admin).await;
 
     // What the broker forgot was published again from the outbox: alerting paged the kill

@@ -140,7 +140,7 @@ async fn internal_routes_are_never_reachable_through_the_gateway(pool: PgPool) {
     let app = spawn_app(pool).await;
     for path in [
         "/internal/v1/checks",
-        "/internal/v1/holds",
+        "/internal/v1/withdrawals",
         "/internal/anything/at/all",
     ] {
         let response = app.client.post(app.url(path)).send().await.unwrap();

@@ -50,6 +50,19 @@ fn limit(side: &str, price: &str, quantity: &str) -> Value {
 }
 
 impl Market {
+    /// What `who` is shown held of `asset` by `GET /v1/balances`: what risk has reserved for
+    /// their open orders (ADR 0023).
+    async fn held(&self, who: &Tokens, asset: &str) -> String {
+        let response = self.app.get_authed("/v1/balances", &who.access_token).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let balances: Vec<Value> = response.json().await.unwrap();
+        balances
+            .iter()
+            .find(|b| b["asset"] == asset)
+            .map(|b| b["held"].as_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+
     async fn place_with_key(&self, who: &Tokens, key: &str, order: &Value) -> Response {
         self.app
             .client
@@ -260,21 +273,19 @@ async fn concurrent_requests_with_one_key_create_exactly_one_order(pool: PgPool)
         count(&m.app.db, "SELECT count(*) FROM orders.orders").await,
         1
     );
-    // Only the winner ever held funds: a duplicate reaching this replica while the winner is
-    // at work is turned away before its risk check and hold, and later ones are replayed.
-    assert_eq!(
-        count(&m.app.db, "SELECT count(*) FROM settlement.holds").await,
-        1
-    );
+    // Only the winner reserved funds: a duplicate reaching this replica while the winner is
+    // at work is turned away before its risk check, and later ones are replayed. (One that
+    // had reserved would still show here: its reservation goes back through the outbox.)
+    assert_eq!(m.held(&m.alice, "BTC").await, "0.50000000");
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_duplicate_that_reached_another_replica_is_replayed_the_first_answer_and_its_hold_released(
+async fn a_duplicate_that_reached_another_replica_is_replayed_the_first_answer_and_its_reservation_released(
     pool: PgPool,
 ) {
     // Two platforms on one database and one Redis prefix: two orders replicas, as deployed.
     // The key is claimed only in the matching batch, so a duplicate that reached the other
-    // replica gets as far as holding funds before the batch tells the two apart.
+    // replica gets as far as reserving funds before the batch tells the two apart.
     let first = spawn_app(pool).await;
     let second = spawn_replica_of(&first).await;
     let m = market_on(first).await;
@@ -335,12 +346,10 @@ async fn a_duplicate_that_reached_another_replica_is_replayed_the_first_answer_a
         waiting > 0
     })
     .await;
-    // The duplicate finds no answer yet, so it is checked and holds funds like the original.
+    // The duplicate finds no answer yet, so it is checked and reserves like the original.
     let duplicate = send(with_book);
-    let holds_without_order = "SELECT count(*) FROM settlement.holds h
-        WHERE h.status = 'pending' AND NOT EXISTS (SELECT 1 FROM orders.orders o WHERE o.id = h.id)";
-    eventually("both requests' funds held", || async {
-        count(&m.app.db, holds_without_order).await == 2
+    eventually("both requests' funds reserved", || async {
+        m.held(&m.alice, "BTC").await == "1.00000000"
     })
     .await;
 
@@ -359,19 +368,11 @@ async fn a_duplicate_that_reached_another_replica_is_replayed_the_first_answer_a
         2,
         "the first order and the original, never the duplicate"
     );
-    // The duplicate's hold goes back (through the outbox); the original keeps its own.
-    eventually("the duplicate's hold released", || async {
-        count(&m.app.db, holds_without_order).await == 0
+    // The duplicate's reservation goes back (through the outbox); the original keeps its own.
+    eventually("the duplicate's reservation released", || async {
+        m.held(&m.alice, "BTC").await == "0.50000000"
     })
     .await;
-    assert_eq!(
-        count(
-            &m.app.db,
-            "SELECT count(*) FROM settlement.holds WHERE status = 'pending'"
-        )
-        .await,
-        2
-    );
     second.stop().await;
 }
 
@@ -1010,29 +1011,31 @@ async fn a_full_matching_queue_sheds_orders_with_503(pool: PgPool) {
         4,
         "1 before + stalled + 2 queued"
     );
-    // The shed order's funds were held before it met the full queue: its claim is withdrawn
-    // and the hold given back (through the outbox), never left without an order.
-    eventually("the shed order's hold released", || async {
-        count(
-            &m.app.db,
-            "SELECT count(*) FROM settlement.holds h
-              WHERE h.status <> 'pending'
-                AND NOT EXISTS (SELECT 1 FROM orders.orders o WHERE o.id = h.id)",
-        )
+    // The shed order's funds were reserved before it met the full queue: its claim is
+    // withdrawn and the reservation given back (through the outbox), never left without an
+    // order. What stays reserved is exactly what the four stored bids need.
+    let prices: Vec<i64> = sqlx::query_scalar("SELECT price FROM orders.orders")
+        .fetch_all(&m.app.db)
         .await
-            == 1
+        .unwrap();
+    let reserved: i64 = prices
+        .iter()
+        .map(|price| {
+            contracts::fees::hold_amount(
+                contracts::Side::Buy,
+                *price,
+                10_000_000,
+                8,
+                contracts::fees::Fees::DEFAULT,
+            )
+            .unwrap()
+        })
+        .sum();
+    let expected = contracts::format_units(reserved, 2);
+    eventually("the shed order's reservation released", || async {
+        m.held(&m.alice, "USD").await == expected
     })
     .await;
-    assert_eq!(
-        count(
-            &m.app.db,
-            "SELECT count(*) FROM settlement.holds h
-              WHERE h.status = 'pending'
-                AND NOT EXISTS (SELECT 1 FROM orders.orders o WHERE o.id = h.id)"
-        )
-        .await,
-        0
-    );
 }
 
 #[sqlx::test(migrations = false)]

@@ -56,7 +56,7 @@ async fn a_service_gets_a_token_for_what_it_may_call_and_nothing_else(pool: PgPo
         .unwrap();
     assert_eq!(claims.client(), "orders");
     assert!(claims.has_scope(RISK_CHECK));
-    assert!(!claims.has_scope(access::service::SETTLEMENT_HOLD));
+    assert!(!claims.has_scope(access::service::RISK_WITHDRAWAL));
 
     // The audience binds it: settlement would refuse a token minted for risk.
     assert!(
@@ -65,13 +65,16 @@ async fn a_service_gets_a_token_for_what_it_may_call_and_nothing_else(pool: PgPo
             .await
             .is_err()
     );
-    // Orders holds no grant at auth: no token for it.
-    match tokens.token("auth").await {
-        Err(TokenError::Refused { status, detail }) => {
-            assert_eq!(status, 403);
-            assert!(detail.contains("audience_not_granted"), "{detail}");
+    // Orders holds no grant at auth, nor at settlement since risk reserves what orders need
+    // (ADR 0023 slice 3b): no token for either.
+    for audience in ["auth", "settlement"] {
+        match tokens.token(audience).await {
+            Err(TokenError::Refused { status, detail }) => {
+                assert_eq!(status, 403);
+                assert!(detail.contains("audience_not_granted"), "{detail}");
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
         }
-        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
     // Reused while fresh: one token per audience, not one per call.
     let again = tokens.token("risk").await.unwrap();

@@ -1,9 +1,11 @@
 //! The settlement ledger (TRD-05..08, TRD-13, REL-07, REL-09, REL-15): deposits and
-//! withdrawals through the gateway, holds over the internal API with real service tokens,
-//! trades settled from real events on the real orders stream, reconciliation.
+//! withdrawals through the gateway, trades settled from real events on the real orders stream
+//! (from `available`: risk reserves for open orders, the ledger holds nothing — ADR 0023
+//! slice 3b), reconciliation. Balances are read as traders read them, from risk, which follows
+//! the ledger a stream hop behind; so the tests wait for the figure they expect.
 
 use contracts::Side;
-use contracts::events::{Event, OrderCancelled, OrderCompleted, OrderRejected, TradeExecuted};
+use contracts::events::{Event, OrderCompleted, TradeExecuted};
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
 use service_kit::testing::eventually;
@@ -12,7 +14,7 @@ use uuid::Uuid;
 
 use crate::helpers::{TestApp, Tokens, assert_problem, count, sent_as, spawn_app, spawn_app_with};
 
-/// An exchange with an admin and two traders, and a service token orders would use.
+/// An exchange with an admin and two traders.
 struct Ledger {
     app: TestApp,
     admin: Tokens,
@@ -20,7 +22,6 @@ struct Ledger {
     bob: Tokens,
     alice_id: Uuid,
     bob_id: Uuid,
-    service_token: String,
 }
 
 async fn ledger(pool: PgPool) -> Ledger {
@@ -34,7 +35,6 @@ async fn ledger_on(app: TestApp) -> Ledger {
     let alice = app.signed_up("alice@example.com").await;
     let bob = app.signed_up("bob@example.com").await;
     let (alice_id, bob_id) = (app.user_id(&alice).await, app.user_id(&bob).await);
-    let service_token = app.service_token("orders", "settlement").await;
     Ledger {
         app,
         admin,
@@ -42,7 +42,6 @@ async fn ledger_on(app: TestApp) -> Ledger {
         bob,
         alice_id,
         bob_id,
-        service_token,
     }
 }
 
@@ -63,11 +62,19 @@ impl Ledger {
         self.app.deposit(&self.admin, account, asset, amount).await;
     }
 
-    /// `{asset: (available, held)}` of `who`.
+    /// `(asset, available, held)` of `who`, as `GET /v1/balances` shows them (once risk has
+    /// loaded balances after its start).
     async fn balances(&self, who: &Tokens) -> Vec<(String, String, String)> {
-        let response = self.app.get_authed("/v1/balances", &who.access_token).await;
-        assert_eq!(response.status(), StatusCode::OK);
-        let body: Vec<Value> = response.json().await.unwrap();
+        let body: Vec<Value> =
+            service_kit::testing::eventually_some("risk to answer balances", || async {
+                let response = self.app.get_authed("/v1/balances", &who.access_token).await;
+                if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+                    return None;
+                }
+                assert_eq!(response.status(), StatusCode::OK);
+                Some(response.json().await.unwrap())
+            })
+            .await;
         body.iter()
             .map(|b| {
                 (
@@ -79,29 +86,15 @@ impl Ledger {
             .collect()
     }
 
-    async fn balance(&self, who: &Tokens, asset: &str) -> (String, String) {
-        self.balances(who)
-            .await
-            .into_iter()
-            .find(|(a, _, _)| a == asset)
-            .map(|(_, available, held)| (available, held))
-            .unwrap_or_default()
-    }
-
-    async fn hold_with(&self, token: Option<&str>, body: &Value) -> Response {
-        let mut request = self
-            .app
-            .client
-            .post(format!("{}/internal/v1/holds", self.app.settlement))
-            .json(body);
-        if let Some(token) = token {
-            request = request.bearer_auth(token);
-        }
-        request.send().await.unwrap()
-    }
-
-    async fn hold(&self, body: &Value) -> Response {
-        self.hold_with(Some(&self.service_token), body).await
+    /// Waits until `who` is shown `available` and `held` of `asset`: risk follows the ledger
+    /// a stream hop behind.
+    async fn shows(&self, who: &Tokens, asset: &str, available: &str, held: &str) {
+        let expected = (asset.to_owned(), available.to_owned(), held.to_owned());
+        let what = format!("{asset} to show {available} available and {held} held");
+        eventually(&what, || async {
+            self.balances(who).await.contains(&expected)
+        })
+        .await;
     }
 
     async fn reconcile(&self, who: &Tokens) -> Response {
@@ -112,16 +105,6 @@ impl Ledger {
             .send()
             .await
             .unwrap()
-    }
-
-    /// Waits for settlement to record `order` as released (given up on by orders).
-    async fn released(&self, order: Uuid) {
-        let released =
-            format!("SELECT count(*) FROM settlement.released_orders WHERE order_id = '{order}'");
-        eventually("settlement to apply the release", || async {
-            count(&self.app.db, &released).await == 1
-        })
-        .await;
     }
 
     /// Puts an event on this app's orders stream, as the orders relay would.
@@ -145,14 +128,6 @@ impl Ledger {
         .await
         .unwrap();
     }
-}
-
-/// A hold request for BTC-USD; `price` in cents per BTC, `quantity` in satoshis.
-fn hold_request(order: Uuid, account: Uuid, side: &str, price: i64, quantity: i64) -> Value {
-    json!({
-        "order_id": order, "account_id": account, "symbol": "BTC-USD", "side": side,
-        "base_asset": "BTC", "quote_asset": "USD", "price": price, "quantity": quantity,
-    })
 }
 
 #[sqlx::test(migrations = false)]
@@ -180,10 +155,7 @@ async fn a_deposit_credits_the_account_once_per_idempotency_key(pool: PgPool) {
     )
     .await;
 
-    assert_eq!(
-        l.balance(&l.alice, "USD").await,
-        ("1000.50".to_owned(), "0.00".to_owned())
-    );
+    l.shows(&l.alice, "USD", "1000.50", "0.00").await;
     // Bob sees his own balances only: none.
     assert!(l.balances(&l.bob).await.is_empty());
 }
@@ -305,10 +277,7 @@ async fn a_withdrawal_beyond_the_available_balance_is_refused_the_same_way_every
         l.fund_with_key("withdrawals", "w-2", &fine).await.status(),
         StatusCode::CREATED
     );
-    assert_eq!(
-        l.balance(&l.alice, "USD").await,
-        ("60.00".to_owned(), "0.00".to_owned())
-    );
+    l.shows(&l.alice, "USD", "60.00", "0.00").await;
     // Who moved the money is on record (SEC-16).
     let by_admin = count(
         &l.app.db,
@@ -319,12 +288,12 @@ async fn a_withdrawal_beyond_the_available_balance_is_refused_the_same_way_every
 }
 
 #[sqlx::test(migrations = false)]
-async fn racing_withdrawals_and_holds_never_take_a_balance_below_zero(pool: PgPool) {
+async fn racing_withdrawals_never_take_a_balance_below_zero(pool: PgPool) {
     let l = ledger(pool).await;
     l.deposit(l.alice_id, "USD", "100").await;
-    // Eight withdrawals of 30.00 and eight holds of 30.06 race for 100.00: at most three of them
-    // fit, whatever the interleaving — the ledger's constraint decides, not the order of checks.
-    let withdrawals = (0..8).map(|i| {
+    // Sixteen withdrawals of 30.00 race for 100.00: three fit, whatever the interleaving —
+    // risk reserves each before settlement books it, and the ledger's constraint is behind it.
+    let withdrawals = (0..16).map(|i| {
         let body = json!({ "account_id": l.alice_id, "asset": "USD", "amount": "30" });
         let l = &l;
         async move {
@@ -333,184 +302,31 @@ async fn racing_withdrawals_and_holds_never_take_a_balance_below_zero(pool: PgPo
                 .status()
         }
     });
-    let holds = (0..8).map(|_| {
-        let body = hold_request(Uuid::now_v7(), l.alice_id, "buy", 3_000_000, 100_000);
-        let l = &l;
-        async move { l.hold(&body).await.status() }
-    });
-    let (withdrawn, held) = tokio::join!(
-        futures_util::future::join_all(withdrawals),
-        futures_util::future::join_all(holds)
-    );
-    let granted = withdrawn
-        .iter()
-        .chain(&held)
-        .filter(|s| **s == StatusCode::CREATED)
-        .count();
+    let withdrawn = futures_util::future::join_all(withdrawals).await;
     assert!(
         withdrawn
             .iter()
-            .chain(&held)
             .all(|s| *s == StatusCode::CREATED || *s == StatusCode::UNPROCESSABLE_ENTITY),
-        "{withdrawn:?} {held:?}"
+        "{withdrawn:?}"
     );
-    assert!((1..=3).contains(&granted), "{withdrawn:?} {held:?}");
-    // What was granted is exactly what left `available`, and nothing is below zero.
-    let (available, held_amount): (i64, i64) = sqlx::query_as(
+    let granted = withdrawn
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count() as i64;
+    assert_eq!(granted, 3, "{withdrawn:?}");
+    // What was granted is exactly what left the balance, and nothing is held.
+    let (available, held): (i64, i64) = sqlx::query_as(
         "SELECT available, held FROM settlement.accounts WHERE owner_id = $1 AND asset = 'USD'",
     )
     .bind(l.alice_id)
     .fetch_one(&l.app.db)
     .await
     .unwrap();
-    let withdrawn_count = withdrawn
-        .iter()
-        .filter(|s| **s == StatusCode::CREATED)
-        .count() as i64;
-    let held_count = held.iter().filter(|s| **s == StatusCode::CREATED).count() as i64;
-    assert!(available >= 0 && held_amount >= 0);
-    assert_eq!(
-        available,
-        10_000 - 3_000 * withdrawn_count - 3_006 * held_count
-    );
-    assert_eq!(held_amount, 3_006 * held_count);
+    assert_eq!((available, held), (10_000 - 3_000 * granted, 0));
+    l.shows(&l.alice, "USD", "10.00", "0.00").await;
     let reconciled = l.reconcile(&l.admin).await;
     assert_eq!(reconciled.status(), StatusCode::OK);
     assert_eq!(reconciled.json::<Value>().await.unwrap()["ok"], true);
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_hold_that_arrives_after_its_order_was_given_up_is_refused(pool: PgPool) {
-    let l = ledger(pool).await;
-    l.deposit(l.alice_id, "USD", "100").await;
-    let order = Uuid::now_v7();
-    // Orders gave up on the order (its hold call got no answer in time) and said so through
-    // its outbox; under load that release reaches settlement before the hold request does.
-    l.publish(&not_placed(order, l.alice_id)).await;
-    l.released(order).await;
-
-    // The late hold request: refused, and nothing is held for an order nobody will place.
-    let late = l
-        .hold(&hold_request(order, l.alice_id, "buy", 3_000_000, 100_000))
-        .await;
-    assert_problem(late, StatusCode::CONFLICT, "order_released").await;
-    assert_eq!(
-        l.balance(&l.alice, "USD").await,
-        ("100.00".to_owned(), "0.00".to_owned())
-    );
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_hold_reserves_funds_once_per_order_and_only_for_services(pool: PgPool) {
-    let l = ledger(pool).await;
-    l.deposit(l.alice_id, "USD", "100").await;
-    let order = Uuid::now_v7();
-    // 0.001 BTC at 30,000.00: 30.00 USD plus the highest fee (20 bps): 30.06.
-    let request = hold_request(order, l.alice_id, "buy", 3_000_000, 100_000);
-
-    let placed = l.hold(&request).await;
-    assert_eq!(placed.status(), StatusCode::CREATED);
-    let placed: Value = placed.json().await.unwrap();
-    assert_eq!(placed["amount"], "30.06");
-    assert_eq!(placed["status"], "pending");
-    // Retried: the same hold, nothing reserved twice.
-    let again = l.hold(&request).await;
-    assert_eq!(again.status(), StatusCode::OK);
-    assert_eq!(again.json::<Value>().await.unwrap(), placed);
-    // The same order id with other terms is a conflict.
-    let other = hold_request(order, l.alice_id, "buy", 3_000_000, 200_000);
-    assert_problem(l.hold(&other).await, StatusCode::CONFLICT, "hold_conflict").await;
-    // More than is available: refused, nothing reserved.
-    let greedy = hold_request(Uuid::now_v7(), l.alice_id, "buy", 3_000_000, 100_000_000);
-    assert_problem(
-        l.hold(&greedy).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "insufficient_funds",
-    )
-    .await;
-    // Bob has no BTC to sell.
-    let short = hold_request(Uuid::now_v7(), l.bob_id, "sell", 3_000_000, 1);
-    assert_problem(
-        l.hold(&short).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "insufficient_funds",
-    )
-    .await;
-
-    assert_eq!(
-        l.balance(&l.alice, "USD").await,
-        ("69.94".to_owned(), "30.06".to_owned())
-    );
-
-    // Not without a service token, not with a user's, and not through the gateway at all.
-    let fresh = hold_request(Uuid::now_v7(), l.alice_id, "buy", 100, 100);
-    assert_eq!(
-        l.hold_with(None, &fresh).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        l.hold_with(Some(&l.alice.access_token), &fresh)
-            .await
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    let via_gateway = l
-        .app
-        .client
-        .post(l.app.url("/internal/v1/holds"))
-        .bearer_auth(&l.service_token)
-        .json(&fresh)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(via_gateway.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        count(&l.app.db, "SELECT count(*) FROM settlement.holds").await,
-        1
-    );
-}
-
-#[sqlx::test(migrations = false)]
-async fn hostile_hold_requests_are_refused_and_reserve_nothing(pool: PgPool) {
-    let l = ledger(pool).await;
-    l.deposit(l.alice_id, "USD", "100").await;
-    let order = Uuid::now_v7();
-    let mut unknown_field = hold_request(order, l.alice_id, "buy", 100, 100);
-    unknown_field["memo"] = json!("x");
-    let mut unknown_asset = hold_request(order, l.alice_id, "buy", 100, 100);
-    unknown_asset["quote_asset"] = json!("DOGE");
-    let cases = [
-        hold_request(order, l.alice_id, "buy", -100, 100),
-        hold_request(order, l.alice_id, "buy", 100, 0),
-        hold_request(order, Uuid::nil(), "buy", 100, 100),
-        hold_request(order, l.alice_id, "buy", i64::MAX, i64::MAX),
-        unknown_field,
-        unknown_asset,
-        json!({ "order_id": "not-a-uuid" }),
-    ];
-    for body in cases {
-        let status = l.hold(&body).await.status();
-        assert!(status.is_client_error(), "{body}: {status}");
-    }
-    let malformed = l
-        .app
-        .client
-        .post(format!("{}/internal/v1/holds", l.app.settlement))
-        .bearer_auth(&l.service_token)
-        .header("content-type", "application/json")
-        .body("{\"order_id\":")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(
-        count(&l.app.db, "SELECT count(*) FROM settlement.holds").await,
-        0
-    );
-    assert_eq!(
-        l.balance(&l.alice, "USD").await,
-        ("100.00".to_owned(), "0.00".to_owned())
-    );
 }
 
 /// A ledger whose consumer dead-letters an event on its second failed delivery, soon.
@@ -524,16 +340,6 @@ async fn quick_to_dead_letter(pool: PgPool) -> Ledger {
     )
     .await;
     ledger_on(app).await
-}
-
-/// What orders announces when it gives an order up before it reached the book.
-fn not_placed(order: Uuid, account: Uuid) -> OrderRejected {
-    OrderRejected {
-        order_id: Some(order),
-        account_id: account,
-        symbol: "BTC-USD".to_owned(),
-        reason: "not_placed".to_owned(),
-    }
 }
 
 /// What the orders service announces for one trade of BTC-USD.
@@ -565,27 +371,8 @@ async fn a_trade_settles_by_delivery_versus_payment_exactly_once_with_fees(pool:
     let l = ledger(pool).await;
     l.deposit(l.alice_id, "BTC", "1").await;
     l.deposit(l.bob_id, "USD", "40000").await;
-    // Alice rests a sell of 1 BTC at 30,000; Bob buys 0.4 BTC with a limit of 30,100.
+    // Alice's sell of 1 BTC at 30,000 rests; Bob's buy of 0.4 BTC takes from it.
     let (sell, buy) = (Uuid::now_v7(), Uuid::now_v7());
-    let placed = l
-        .hold(&hold_request(
-            sell,
-            l.alice_id,
-            "sell",
-            3_000_000,
-            100_000_000,
-        ))
-        .await;
-    assert_eq!(placed.status(), StatusCode::CREATED);
-    let placed = l
-        .hold(&hold_request(buy, l.bob_id, "buy", 3_010_000, 40_000_000))
-        .await;
-    assert_eq!(placed.status(), StatusCode::CREATED);
-    // Bob's hold: 12,040.00 + 20 bps (24.08) = 12,064.08.
-    assert_eq!(
-        l.balance(&l.bob, "USD").await,
-        ("27935.92".to_owned(), "12064.08".to_owned())
-    );
 
     // The trade executes at the maker's price: 0.4 × 30,000 = 12,000.00. Bob took liquidity
     // (20 bps = 24.00); Alice made it (10 bps = 12.00).
@@ -600,7 +387,7 @@ async fn a_trade_settles_by_delivery_versus_payment_exactly_once_with_fees(pool:
             40_000_000,
         ))
         .await;
-    // Bob's order is complete; the rest of his hold (the price improvement) comes back.
+    // Bob's order is complete: nothing of it is the ledger's to release (risk reserved it).
     l.publish(&OrderCompleted {
         order_id: buy,
         account_id: l.bob_id,
@@ -620,45 +407,19 @@ async fn a_trade_settles_by_delivery_versus_payment_exactly_once_with_fees(pool:
     assert_eq!(settled["payload"]["notional"], 1_200_000);
     assert_eq!(settled["causation_id"], executed.id.to_string());
 
-    eventually("Bob's hold to be released", || async {
-        l.balance(&l.bob, "USD").await.1 == "0.00"
-    })
-    .await;
+    // Paid from available; nothing held anywhere, in the ledger or as traders see it.
+    l.shows(&l.bob, "USD", "27976.00", "0.00").await; // 40,000 − 12,000 − 24 fee
+    l.shows(&l.bob, "BTC", "0.40000000", "0.00000000").await;
+    l.shows(&l.alice, "USD", "11988.00", "0.00").await; // 12,000 − 12 fee
+    l.shows(&l.alice, "BTC", "0.60000000", "0.00000000").await;
     assert_eq!(
-        l.balance(&l.bob, "USD").await,
-        ("27976.00".to_owned(), "0.00".to_owned()),
-        "40,000 − 12,000 − 24 fee"
+        count(
+            &l.app.db,
+            "SELECT count(*) FROM settlement.accounts WHERE held <> 0"
+        )
+        .await,
+        0
     );
-    assert_eq!(
-        l.balance(&l.bob, "BTC").await,
-        ("0.40000000".to_owned(), "0.00000000".to_owned())
-    );
-    assert_eq!(
-        l.balance(&l.alice, "USD").await,
-        ("11988.00".to_owned(), "0.00".to_owned()),
-        "12,000 − 12 fee"
-    );
-    assert_eq!(
-        l.balance(&l.alice, "BTC").await,
-        ("0.00000000".to_owned(), "0.60000000".to_owned()),
-        "0.6 still held by her open order"
-    );
-
-    // Alice cancels the rest: her 0.6 BTC comes back.
-    l.publish(&OrderCancelled {
-        order_id: sell,
-        account_id: l.alice_id,
-        symbol: "BTC-USD".to_owned(),
-        base_asset: "BTC".to_owned(),
-        remaining: 60_000_000,
-        reason: "user".to_owned(),
-    })
-    .await;
-    eventually("Alice's hold to be released", || async {
-        l.balance(&l.alice, "BTC").await.1 == "0.00000000"
-    })
-    .await;
-    assert_eq!(l.balance(&l.alice, "BTC").await.0, "0.60000000");
     assert_eq!(
         count(&l.app.db, "SELECT count(*) FROM settlement.settled_trades").await,
         1
@@ -735,11 +496,21 @@ async fn a_trade_that_cannot_settle_is_dead_lettered_and_announced(pool: PgPool)
 #[sqlx::test(migrations = false)]
 async fn an_event_version_settlement_does_not_read_is_dead_lettered_not_guessed_at(pool: PgPool) {
     let l = quick_to_dead_letter(pool).await;
-    let order = Uuid::now_v7();
-    // A release (OrderRejected) in a version 2 that this settlement has never heard of.
-    let mut future =
-        events::Envelope::of("orders", "test", 0, &not_placed(order, l.alice_id)).unwrap();
-    future.version = OrderRejected::VERSION + 1;
+    l.deposit(l.alice_id, "BTC", "1").await;
+    l.deposit(l.bob_id, "USD", "1000").await;
+    let trade = |id| {
+        trade_executed(
+            id,
+            (Uuid::now_v7(), l.alice_id),
+            (Uuid::now_v7(), l.bob_id),
+            Side::Buy,
+            3_000_000,
+            1_000_000,
+        )
+    };
+    // A trade in a version 2 that this settlement has never heard of.
+    let mut future = events::Envelope::of("orders", "test", 0, &trade(Uuid::now_v7())).unwrap();
+    future.version = TradeExecuted::VERSION + 1;
     l.republish(&future).await;
 
     let (event_type, notice) = l.app.first_event("ops").await;
@@ -752,14 +523,18 @@ async fn an_event_version_settlement_does_not_read_is_dead_lettered_not_guessed_
             .contains("version 2 is not one this consumer reads"),
         "{notice}"
     );
+    let settled = "SELECT count(*) FROM settlement.settled_trades";
     assert_eq!(
-        count(&l.app.db, "SELECT count(*) FROM settlement.released_orders").await,
+        count(&l.app.db, settled).await,
         0,
         "nothing of it was applied"
     );
     // The next event, in the version settlement reads, is applied as usual.
-    l.publish(&not_placed(order, l.alice_id)).await;
-    l.released(order).await;
+    l.publish(&trade(Uuid::now_v7())).await;
+    eventually("the next trade to settle", || async {
+        count(&l.app.db, settled).await == 1
+    })
+    .await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -786,8 +561,7 @@ async fn reconciliation_proves_the_books_and_finds_a_planted_mismatch(pool: PgPo
         [
             "ledger_balanced",
             "balances_match_transfers",
-            "holds_match_held",
-            "holds_match_open_orders",
+            "nothing_held",
             "trades_settled_once",
             "trades_match_orders"
         ]
@@ -831,33 +605,30 @@ async fn reconciliation_proves_the_books_and_finds_a_planted_mismatch(pool: PgPo
             .contains("ledger_balanced")
     );
 
-    // A hold whose order never reached the book (orders stopped in between) is found once it
-    // is old enough: placed here over the internal API, aged by hand.
-    let orphan = Uuid::now_v7();
-    let placed = l
-        .hold(&hold_request(orphan, l.alice_id, "buy", 100, 100_000_000))
-        .await;
-    assert_eq!(placed.status(), StatusCode::CREATED);
+    // Money moved into `held` behind the ledger's back — nothing holds since ADR 0023
+    // slice 3b — is found, with the account named.
     sqlx::query(
-        "UPDATE settlement.holds SET created_at = now() - interval '6 minutes' WHERE id = $1",
+        "UPDATE settlement.accounts SET available = available - 100, held = held + 100
+          WHERE owner_id = $1 AND asset = 'USD'",
     )
-    .bind(orphan)
+    .bind(l.alice_id)
     .execute(&l.app.db)
     .await
     .unwrap();
     let report: Value = l.reconcile(&l.admin).await.json().await.unwrap();
-    let orphaned = report["checks"]
+    let held = report["checks"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "holds_match_open_orders")
+        .find(|c| c["name"] == "nothing_held")
         .unwrap();
-    assert_eq!(orphaned["ok"], false);
+    assert_eq!(held["ok"], false);
     assert!(
-        orphaned["detail"]
+        held["detail"]
             .as_str()
             .unwrap()
-            .contains(&orphan.to_string())
+            .contains(&format!("account {} USD has 100 held", l.alice_id)),
+        "{held}"
     );
 
     // Transfers cannot be edited to hide it.
@@ -911,8 +682,8 @@ async fn reconciliation_counts_every_executed_trade_against_what_settled(pool: P
     );
 }
 
-/// Every balance at once is for risk alone (ADR 0023): not for another service, not for a user,
-/// not without a token; and what risk gets includes the position of the newest event it holds.
+/// Every balance at once is for risk alone (ADR 0023): not with a token minted for another
+/// service, not for a user, not without a token; and what risk gets includes the position of the newest event it holds.
 #[sqlx::test(migrations = false)]
 async fn the_balance_snapshot_is_for_risk_alone_and_names_its_position(pool: PgPool) {
     let l = ledger(pool).await;
@@ -928,8 +699,8 @@ async fn the_balance_snapshot_is_for_risk_alone_and_names_its_position(pool: PgP
     assert_eq!(snapshot(None).await.status(), StatusCode::UNAUTHORIZED);
     let user = Some(l.alice.access_token.clone());
     assert_eq!(snapshot(user).await.status(), StatusCode::UNAUTHORIZED);
-    let orders = Some(l.service_token.clone());
-    assert_problem(snapshot(orders).await, StatusCode::FORBIDDEN, "forbidden").await;
+    let for_risk = Some(l.app.service_token("settlement", "risk").await);
+    assert_eq!(snapshot(for_risk).await.status(), StatusCode::UNAUTHORIZED);
 
     let risk = Some(l.app.service_token("risk", "settlement").await);
     let answer = snapshot(risk).await;

@@ -26,10 +26,9 @@ pub struct Grant {
     pub scope: &'static str,
 }
 
-/// Pre-trade risk checks, asked by orders before matching.
+/// Pre-trade risk checks, asked by orders before matching; a passing check reserves the
+/// order's funds (ADR 0023).
 pub const RISK_CHECK: &str = "risk:check";
-/// Funds holds, placed by orders before matching.
-pub const SETTLEMENT_HOLD: &str = "settlement:hold";
 
 /// Every customer balance with the outbox position it reflects, read by risk at its start
 /// to follow settlement's stream from there (ADR 0023).
@@ -61,11 +60,6 @@ pub const GRANTS: &[Grant] = &[
         client: "orders",
         audience: "risk",
         scope: RISK_CHECK,
-    },
-    Grant {
-        client: "orders",
-        audience: "settlement",
-        scope: SETTLEMENT_HOLD,
     },
     Grant {
         client: "settlement",

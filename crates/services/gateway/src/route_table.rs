@@ -245,12 +245,6 @@ pub static ROUTES: &[RouteSpec] = &[
         Access::Public,
     ),
     route(
-        Method::GET,
-        "/v1/balances",
-        Upstream::SETTLEMENT,
-        Access::Roles(&[Role::Trader]),
-    ),
-    route(
         Method::POST,
         "/v1/admin/deposits",
         Upstream::SETTLEMENT,
@@ -271,6 +265,13 @@ pub static ROUTES: &[RouteSpec] = &[
     route(
         Method::GET,
         "/v1/positions",
+        Upstream::RISK,
+        Access::Roles(&[Role::Trader]),
+    ),
+    // Risk knows what open orders have reserved out of each balance (ADR 0023 slice 3b).
+    route(
+        Method::GET,
+        "/v1/balances",
         Upstream::RISK,
         Access::Roles(&[Role::Trader]),
     ),

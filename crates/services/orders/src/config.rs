@@ -14,15 +14,10 @@ pub struct Config {
     pub port: u16,
     /// Where tokens come from and what they must say.
     pub auth: access::AuthSettings,
-    /// The ledger that holds funds for orders before they match.
-    pub settlement_url: String,
-    /// The pre-trade risk checks, asked before the hold.
+    /// The pre-trade stage: risk checks and reserves each order's funds before it may match.
     pub risk_url: String,
     /// Timeout, retries, breaker and bulkhead of the calls to risk (`BOURSE_ORDERS_RISK_*`).
     pub risk: Policy,
-    /// Timeout, retries, breaker and bulkhead of the calls to settlement
-    /// (`BOURSE_ORDERS_SETTLEMENT_*`).
-    pub settlement: Policy,
     /// Timeout, breaker and bulkhead of commands forwarded to the replica that owns a symbol's
     /// book (`BOURSE_ORDERS_FORWARD_*`).
     pub forward: Policy,
@@ -50,10 +45,6 @@ impl Config {
         Self {
             port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
-            settlement_url: env
-                .or("BOURSE_SETTLEMENT_URL", "http://127.0.0.1:8084".to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
             risk_url: env
                 .or("BOURSE_RISK_URL", "http://127.0.0.1:8083".to_owned())
                 .trim_end_matches('/')
@@ -63,14 +54,6 @@ impl Config {
                 "BOURSE_ORDERS_RISK",
                 Policy {
                     timeout: Duration::from_millis(250),
-                    ..Policy::default()
-                },
-            ),
-            settlement: Policy::read(
-                env,
-                "BOURSE_ORDERS_SETTLEMENT",
-                Policy {
-                    timeout: Duration::from_millis(500),
                     ..Policy::default()
                 },
             ),

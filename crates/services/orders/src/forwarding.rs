@@ -1,6 +1,6 @@
 //! Commands for a book another replica keeps, sent to it (TRD-08, ADR 0014).
 //!
-//! A request is served by whichever replica it reaches: the risk check and the hold happen
+//! A request is served by whichever replica it reaches: the risk check (and its reservation) happens
 //! there, and only the book's part — a [`Command`] — travels to the symbol's owner, over the
 //! same real HTTP as every other call between services (`POST /internal/v1/matching/{symbol}`,
 //! a service token with the `orders:matching` scope, mTLS where configured), carrying the

@@ -1,14 +1,14 @@
-//! Before matching (docs/design.md §4): risk checks the order (TRD-10, TRD-11), then settlement holds
-//! what it could cost (buying power).
+//! Before matching (docs/design.md §4): risk checks the order (TRD-10, TRD-11) and reserves
+//! what it could cost out of the account's free balance (buying power, TRD-06; ADR 0023).
 //!
-//! Both calls go through `libs/resilience` with a service token and are retried, because both
-//! are keyed by the order id: risk remembers the orders it passed and settlement answers a
-//! repeated hold with the same hold. Any failure to get an answer refuses the order with 503 —
-//! an order is never matched unchecked or without its hold.
+//! The call goes through `libs/resilience` with a service token and is retried, because it is
+//! keyed by the order id: risk remembers the orders it passed and what it reserved for them.
+//! Any failure to get an answer refuses the order with 503 — an order is never matched
+//! unchecked or unfunded. What an order that never reaches the book reserved goes back when
+//! its `OrderRejected` reaches risk, or lapses there.
 
 use serde_json::json;
 use service_kit::http::Problem;
-use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::instruments::Instrument;
@@ -24,21 +24,22 @@ const RISK_CODES: &[&str] = &[
     "max_orders_per_second",
     "max_position",
     "insufficient_funds",
+    "amount_out_of_range",
 ];
 
 #[derive(Clone)]
 pub struct Funds {
     risk: resilience::Upstream,
-    settlement: resilience::Upstream,
 }
 
 impl Funds {
-    pub fn new(risk: resilience::Upstream, settlement: resilience::Upstream) -> Self {
-        Self { risk, settlement }
+    pub fn new(risk: resilience::Upstream) -> Self {
+        Self { risk }
     }
 
-    /// Asks risk whether the order may proceed (TRD-10, TRD-11), with the book's mid for the
-    /// collar before the first trade. Same answers as [`Self::hold`].
+    /// Asks risk whether the order may proceed (TRD-10, TRD-11) and to reserve its funds, with
+    /// the book's mid for the collar before the first trade. `Ok(Err(_))`: risk refused (422
+    /// `insufficient_funds`, a limit…); `Err(_)`: no usable answer (503).
     /// Retried: risk remembers the orders it passed, by id.
     #[tracing::instrument(skip_all, fields(order_id = %order.id))]
     pub async fn check(
@@ -75,54 +76,6 @@ impl Funds {
         })
         .await
     }
-
-    /// Holds the order's funds. `Ok(Err(_))`: settlement refused (422 `insufficient_funds`…);
-    /// `Err(_)`: no usable answer (503).
-    #[tracing::instrument(skip_all, fields(order_id = %order.id))]
-    pub async fn hold(
-        &self,
-        order: &ValidOrder,
-        instrument: &Instrument,
-    ) -> Result<Result<(), Rejection>> {
-        let price = order
-            .hold_price()
-            .ok_or_else(|| Error::Internal("a market order reached funds unprotected".into()))?;
-        let body = json!({
-            "order_id": order.id, "account_id": order.account, "symbol": instrument.symbol,
-            "side": platform_side(order.side),
-            "base_asset": instrument.base.code, "quote_asset": instrument.quote.code,
-            "price": price, "quantity": order.quantity,
-        });
-        let call =
-            resilience::Call::post_json("/internal/v1/holds", body.to_string()).idempotent(true);
-        let response = self
-            .settlement
-            .send(call)
-            .await
-            .map_err(|e| Error::Problem(e.problem()))?;
-        refusal(response, "settlement", |code| match code {
-            "insufficient_funds" => "insufficient_funds",
-            "amount_out_of_range" => "amount_out_of_range",
-            _ => "hold_refused",
-        })
-        .await
-    }
-
-    /// Gives back the hold of an order that never reached the book (best effort: a hold left
-    /// behind is found by reconciliation and can be voided by hand).
-    pub async fn void(&self, order: Uuid) {
-        let call = resilience::Call::new(
-            axum::http::Method::DELETE,
-            format!("/internal/v1/holds/{order}"),
-        );
-        match self.settlement.send(call).await {
-            Ok(response) if response.status().is_success() => {}
-            Ok(response) => {
-                tracing::warn!(%order, status = %response.status(), "could not void a hold")
-            }
-            Err(err) => tracing::warn!(%order, error = %err, "could not void a hold"),
-        }
-    }
 }
 
 /// 2xx → go; 422 → the order is refused with the upstream's code (as `code_of` names it);
@@ -141,6 +94,18 @@ async fn refusal(
         let code = code_of(problem["code"].as_str().unwrap_or_default());
         let detail = problem["detail"].as_str().unwrap_or("refused").to_owned();
         return Ok(Err(Rejection { code, detail }));
+    }
+    if status.as_u16() == 503 {
+        // Risk cannot decide on funds yet (after its start, ADR 0023): the client's to retry.
+        let problem: serde_json::Value = response.json().await.unwrap_or_default();
+        if problem["code"] == "funds_loading" {
+            let detail = problem["detail"].as_str().unwrap_or("try again shortly");
+            return Err(Error::Problem(Problem::unavailable(
+                "funds_loading",
+                detail.to_owned(),
+                1,
+            )));
+        }
     }
     tracing::error!(%status, upstream, "an upstream refused an order for a reason other than the order");
     Err(Error::Problem(Problem::unavailable(

@@ -4,7 +4,7 @@
 //! - [`config`]: `BOURSE_ORDERS_*` settings, including the asset list.
 //! - [`instruments`]: validation in exact units, create, halt/resume (TRD-01).
 //! - [`order_entry`]: an order request checked in exact units; market-order protection.
-//! - [`funds`]: the risk check and the funds hold every order needs before matching.
+//! - [`funds`]: the risk check, which reserves the funds every order needs before matching.
 //! - [`engine`]: one matching task per symbol; [`group_commit`] the writes of each batch.
 //! - [`ownership`]: which replica keeps each symbol's book (leases and fencing epochs);
 //!   [`forwarding`] sends a command to the replica that does.
@@ -73,8 +73,8 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     } = kit.verifiers(&config.auth);
     kit.relay(&pool, SCHEMA);
     let feed = book_feed::BookFeed::spawn(kit.redis.clone(), kit.keys(), &tasks);
-    // Service tokens come from auth; settlement's holds are called with them (SEC-14), and so
-    // are the commands forwarded to the replica that keeps a symbol's book.
+    // Service tokens come from auth; risk's checks are called with them (SEC-14), and so are
+    // the commands forwarded to the replica that keeps a symbol's book.
     let tokens = Arc::new(
         resilience::TokenSource::from_auth(
             &client,
@@ -108,20 +108,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         config.risk_url.clone(),
         client.clone(),
         config.risk.clone(),
-        tokens.clone(),
-    )
-    .map_err(Error::Internal)?;
-    let settlement = resilience::Upstream::authenticated(
-        "settlement",
-        config.settlement_url.clone(),
-        client.clone(),
-        config.settlement.clone(),
         tokens,
     )
     .map_err(Error::Internal)?;
-    for upstream in [&risk, &settlement] {
-        spawn_breaker_notices(upstream, pool.clone(), &tasks);
-    }
+    spawn_breaker_notices(&risk, pool.clone(), &tasks);
 
     let state = http::AppState {
         pool: pool.clone(),
@@ -129,7 +119,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         services,
         assets: Arc::new(config.assets.clone()),
         engines,
-        funds: funds::Funds::new(risk, settlement),
+        funds: funds::Funds::new(risk),
         market_protection_bps: config.market_protection_bps,
         check_valid_for: config.check_valid_for,
         fees: config.fees,
@@ -218,7 +208,7 @@ pub const SPEC: launch::Spec = launch::Spec {
     port_variable: "BOURSE_ORDERS_PORT",
     default_port: 8082,
     url_variable: Some("BOURSE_ORDERS_URL"),
-    upstreams: &["auth", "settlement", "risk"],
+    upstreams: &["auth", "risk"],
     read: |env| Box::new(Config::read(env)),
     migrations: Some(launch::Migrations {
         schema: SCHEMA,
@@ -236,11 +226,7 @@ impl launch::Service for Config {
     }
 
     fn upstream_urls(&mut self) -> Vec<(&'static str, &mut String)> {
-        vec![
-            ("auth", &mut self.auth.url),
-            ("settlement", &mut self.settlement_url),
-            ("risk", &mut self.risk_url),
-        ]
+        vec![("auth", &mut self.auth.url), ("risk", &mut self.risk_url)]
     }
 
     fn build(self: Box<Self>, shutdown: Shutdown) -> launch::Pending<Server> {

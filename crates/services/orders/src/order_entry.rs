@@ -114,7 +114,7 @@ pub struct ValidOrder {
 
 impl ValidOrder {
     /// What the book matches. A protected market order is an immediate-or-cancel limit order
-    /// at its protection price, so it can never cost more than its hold.
+    /// at its protection price, so it can never cost more than risk reserved for it.
     pub fn kind(&self, instrument: &Instrument) -> OrderKind {
         match self.price.or(self.protection) {
             Some(price) => OrderKind::Limit {
@@ -132,7 +132,7 @@ impl ValidOrder {
         }
     }
 
-    /// The price funds are held at: the limit, or a market order's protection price.
+    /// The price funds are reserved at: the limit, or a market order's protection price.
     pub fn hold_price(&self) -> Option<i64> {
         self.price.or(self.protection)
     }

@@ -51,13 +51,16 @@ pub struct CheckRequest {
     pub mid: Option<i64>,
 }
 
-/// Why a passing check reserved no funds.
+/// Why a check reserved no funds; each refuses the order.
 enum Unreserved {
-    /// Not enough free: the order is refused.
+    /// Not enough free.
     Short { free: i64, asset: String },
-    /// Risk cannot tell (balances not loaded, no assets sent, an overflow): settlement's hold
-    /// decides alone. The outcome's label.
-    Unknown(&'static str),
+    /// What the order could cost does not fit 64-bit minor units.
+    Overflow,
+    /// Risk cannot tell yet (balances not loaded, or the orders stream not read up to this
+    /// start's mark), or the orders replica did not send the order's assets. The outcome's
+    /// label; the order is refused for now (503), as while risk is away (ADR 0018).
+    Undecided(&'static str),
 }
 
 impl CheckRequest {
@@ -71,17 +74,21 @@ impl CheckRequest {
     }
 }
 
-/// Why an order was refused: its 422 code and a sentence.
+/// Why an order was refused: its code and a sentence.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Breach {
     pub code: &'static str,
     pub detail: String,
+    /// Not the order's fault: risk cannot decide on its funds right now (503, try again),
+    /// rather than the order breaking a rule (422).
+    pub undecided: bool,
 }
 
 fn breach(code: &'static str, detail: impl Into<String>) -> Breach {
     Breach {
         code,
         detail: detail.into(),
+        undecided: false,
     }
 }
 
@@ -358,17 +365,18 @@ impl Book {
         Ok(())
     }
 
-    /// Reserves what the order could cost, as settlement's hold will, or refuses it
-    /// `insufficient_funds` (ADR 0023 slice 3a). Settlement's hold still follows and still
-    /// decides too: where risk cannot know (balances not loaded yet, an orders replica that
-    /// does not send the assets, an amount that overflows) the order passes here and the hold
-    /// alone decides. `risk_funds_reservations_total{outcome}` counts each outcome.
+    /// Reserves what the order could cost or refuses it: `insufficient_funds`, or
+    /// `amount_out_of_range` (422); `funds_loading` (503) while risk cannot decide. Nothing
+    /// after this holds funds for the order (ADR 0023 slice 3b): the ledger posts its trades
+    /// from the balance, so an order risk cannot fund does not trade.
+    /// `risk_funds_reservations_total{outcome}` counts each outcome.
     fn reserve_funds(&mut self, order: &CheckRequest) -> Result<(), Breach> {
         let outcome = self.try_reserve_funds(order);
         let label = match &outcome {
             Ok(()) => "reserved",
             Err(Unreserved::Short { .. }) => "short",
-            Err(Unreserved::Unknown(why)) => why,
+            Err(Unreserved::Overflow) => "overflow",
+            Err(Unreserved::Undecided(why)) => why,
         };
         metrics::counter!("risk_funds_reservations_total", "outcome" => label).increment(1);
         match outcome {
@@ -379,16 +387,25 @@ impl Book {
                     contracts::format_units(free.max(0), order.scale_of(&asset))
                 ),
             )),
-            Ok(()) | Err(Unreserved::Unknown(_)) => Ok(()),
+            Err(Unreserved::Overflow) => Err(breach(
+                "amount_out_of_range",
+                "what this order could cost is too large for the ledger",
+            )),
+            Err(Unreserved::Undecided(why)) => Err(Breach {
+                code: "funds_loading",
+                detail: format!("risk cannot decide on funds yet ({why}); try again shortly"),
+                undecided: true,
+            }),
+            Ok(()) => Ok(()),
         }
     }
 
     fn try_reserve_funds(&mut self, order: &CheckRequest) -> Result<(), Unreserved> {
         let (Some(base), Some(quote)) = (&order.base_asset, &order.quote_asset) else {
-            return Err(Unreserved::Unknown("no_assets"));
+            return Err(Unreserved::Undecided("no_assets"));
         };
         if !self.funds.deciding() {
-            return Err(Unreserved::Unknown("not_loaded"));
+            return Err(Unreserved::Undecided("not_loaded"));
         }
         let asset = match order.side {
             Side::Buy => quote,
@@ -401,7 +418,7 @@ impl Book {
             order.base_scale,
             self.fees,
         )
-        .ok_or(Unreserved::Unknown("overflow"))?;
+        .ok_or(Unreserved::Overflow)?;
         self.funds
             .reserve(order.order_id, order.account_id, asset, amount)
             .map_err(|short| Unreserved::Short {
@@ -569,6 +586,28 @@ mod tests {
         });
     }
 
+    /// Funds deciding, with more USD and BTC than any limit lets `accounts` trade: for the
+    /// tests of the other limits.
+    fn plenty(book: &mut Book, accounts: &[Uuid]) {
+        let balances = accounts
+            .iter()
+            .flat_map(|account| {
+                ["USD", "BTC"].map(|asset| contracts::funds::AccountBalance {
+                    account_id: *account,
+                    asset: asset.into(),
+                    balance: 1_000_000 * BTC,
+                })
+            })
+            .collect();
+        book.funds_mut().load(contracts::funds::BalanceSnapshot {
+            position: 0,
+            balances,
+        });
+        let mark = Uuid::now_v7();
+        book.funds_mut().await_mark(mark);
+        book.apply(Change::MarkRead { mark });
+    }
+
     /// Balances loaded and the orders stream read up to this start's mark: funds decide.
     fn funded(book: &mut Book, account: Uuid, cents: i64) {
         loaded(book, account, cents);
@@ -587,10 +626,11 @@ mod tests {
         loaded(&mut book, account, 1_000_000);
         // 0.5 BTC at 30,000.00 is 15,000.00: more than the 10,000.00 the account has.
         let beyond = order(account, Side::Buy, 3_000_000, BTC / 2);
+        let undecided = book.check(&beyond, 1).unwrap_err();
         assert_eq!(
-            book.check(&beyond, 1),
-            Ok(()),
-            "balances in, but orders committed before this start may still be unread: the hold decides alone"
+            (undecided.code, undecided.undecided),
+            ("funds_loading", true),
+            "balances in, but orders committed before this start may still be unread: refused for now"
         );
         assert_eq!(book.funds().committed(account, "USD"), 0);
 
@@ -614,7 +654,7 @@ mod tests {
     }
 
     #[test]
-    fn a_check_reserves_what_settlement_will_hold_until_its_order_ends_and_refuses_beyond_it() {
+    fn a_check_reserves_the_orders_worst_cost_until_it_ends_and_refuses_beyond_it() {
         let account = Uuid::now_v7();
         let mut book = Book::new(Limits {
             max_open_orders: 10,
@@ -622,15 +662,21 @@ mod tests {
         })
         .with_fees(Fees::new(10, 20).unwrap());
         let unfunded = order(account, Side::Buy, 3_000_000, BTC / 100);
+        let undecided = book.check(&unfunded, 1).unwrap_err();
         assert_eq!(
-            book.check(&unfunded, 1),
-            Ok(()),
-            "balances not loaded yet: settlement's hold decides alone"
+            (undecided.code, undecided.undecided),
+            ("funds_loading", true),
+            "balances not loaded yet: refused for now, nothing else decides (ADR 0023 slice 3b)"
         );
         assert_eq!(
             book.funds().committed(account, "USD"),
             0,
             "nothing loaded yet"
+        );
+        assert_eq!(
+            book.open_count.get(&account),
+            None,
+            "and no place among open orders taken"
         );
 
         funded(&mut book, account, 1_000_000);
@@ -657,8 +703,8 @@ mod tests {
         );
         assert_eq!(
             book.open_count.get(&account).copied(),
-            Some(2),
-            "the first two, not the refused one"
+            Some(1),
+            "the funded one, not the refused ones"
         );
 
         book.apply(Change::Ended {
@@ -711,6 +757,7 @@ mod tests {
     fn each_limit_refuses_with_its_code() {
         let alice = Uuid::now_v7();
         let mut book = Book::new(limits());
+        plenty(&mut book, &[alice]);
         let code = |book: &mut Book, o: CheckRequest| book.check(&o, 1).err().map(|b| b.code);
         assert_eq!(
             code(&mut book, order(alice, Side::Buy, 3_000_000, 3 * BTC)),
@@ -752,6 +799,7 @@ mod tests {
     fn before_the_first_trade_the_collar_centres_on_the_mid() {
         let alice = Uuid::now_v7();
         let mut book = Book::new(limits());
+        plenty(&mut book, &[alice]);
         let at = |price: i64, mid: Option<i64>| CheckRequest {
             mid,
             ..order(alice, Side::Sell, price, BTC / 10)
@@ -787,6 +835,7 @@ mod tests {
             max_orders_per_second: 2,
             ..limits()
         });
+        plenty(&mut book, &[bob]);
         book.apply(Change::Position {
             account: bob,
             symbol: "BTC-USD".into(),
@@ -825,6 +874,7 @@ mod tests {
     fn a_kill_switch_stops_its_scope_until_released() {
         let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
         let mut book = Book::new(limits());
+        plenty(&mut book, &[alice, bob]);
         let switch = KillSwitch {
             id: Uuid::now_v7(),
             scope: "account".into(),

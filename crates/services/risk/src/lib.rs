@@ -266,7 +266,7 @@ pub fn describe_metrics() {
     describe_counter!(
         "risk_funds_reservations_total",
         Unit::Count,
-        "Checks that passed every limit, by what reserving their funds did: reserved; short (refused insufficient_funds); not_loaded, no_assets, overflow (settlement's hold decides alone)."
+        "Checks that passed every limit, by what reserving their funds did: reserved; short (refused insufficient_funds); overflow (refused amount_out_of_range); not_loaded, no_assets (refused funds_loading, 503)."
     );
     describe_counter!(
         "risk_funds_events_skipped_total",

@@ -90,10 +90,10 @@ impl Projector {
         }
     }
 
-    /// What an accepted order's funds reserve, as settlement holds them (ADR 0023): at its
-    /// limit or protection price, in its hold asset. None for a market order accepted before
-    /// events carried its protection price (it reserved nothing), or one that overflows
-    /// (settlement could not have held it).
+    /// What an accepted order's funds reserve (ADR 0023): at its limit or protection price,
+    /// in the asset it pays with, as its check reserved. None for a market order accepted
+    /// before events carried its protection price (it reserved nothing), or one that overflows
+    /// (its check refused it).
     fn reservation(&self, accepted: &OrderAccepted) -> Option<Held> {
         let price = accepted.price.or(accepted.protection_price)?;
         let base_scale = *self.scales.get(&accepted.base_asset)?;

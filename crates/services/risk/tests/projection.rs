@@ -259,7 +259,7 @@ async fn a_restart_commits_what_open_orders_reserved_and_unsettled_trades_owe(po
     let feed = LedgerFeed::new(book.clone());
     let (bid, buyer) = (Uuid::now_v7(), Uuid::now_v7());
     let (ask, seller) = (Uuid::now_v7(), Uuid::now_v7());
-    // 0.03 BTC at 30,000.00 (900.00) and the highest fee, rounded up: what settlement holds.
+    // 0.03 BTC at 30,000.00 (900.00) and the highest fee, rounded up: what its check reserved.
     let bid_holds = contracts::fees::hold_amount(Side::Buy, 3_000_000, 3_000_000, 8, fees).unwrap();
     let first = trade((bid, buyer), (ask, seller));
     apply(

@@ -47,15 +47,3 @@ fn settle_a_batch_of_100_trades(bencher: divan::Bencher) {
             }
         });
 }
-
-#[divan::bench]
-fn hold_amount_for_a_buy() -> i64 {
-    ledger::hold_amount(
-        ledger::Side::Buy,
-        divan::black_box(3_000_000),
-        divan::black_box(12_345_000),
-        8,
-        FEES,
-    )
-    .unwrap()
-}

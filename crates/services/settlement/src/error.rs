@@ -1,6 +1,5 @@
 //! The settlement service's errors and how each reaches a client.
 
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use service_kit::http::{FieldError, Problem};
 
@@ -10,13 +9,6 @@ pub enum Error {
     Validation(Vec<FieldError>),
     #[error("insufficient {asset} funds")]
     InsufficientFunds { asset: String },
-    #[error("hold {0} exists with other terms")]
-    HoldConflict(uuid::Uuid),
-    #[error("hold {0} is not pending")]
-    HoldNotPending(uuid::Uuid),
-    /// The order was released (given up on by orders) before this hold for it arrived.
-    #[error("order {0} was released before its hold arrived")]
-    OrderReleased(uuid::Uuid),
     #[error("not found")]
     NotFound,
     #[error("amount overflow")]
@@ -44,19 +36,17 @@ impl Error {
 
 impl From<sqlx::Error> for Error {
     /// The ledger's constraints are its last line of defence: a violation of the non-negative
-    /// balance check (or a hold or a debit of an account that does not exist: one that never
-    /// held the asset) is a refusal, not a fault.
+    /// balance check (or a debit of an account that does not exist: one that never held the
+    /// asset) is a refusal, not a fault.
     fn from(err: sqlx::Error) -> Self {
         let constraint = err
             .as_database_error()
             .and_then(|e| e.constraint())
             .map(str::to_owned);
         match constraint.as_deref() {
-            Some("accounts_non_negative" | "holds_account_fkey" | "transfers_debit_fkey") => {
-                Error::InsufficientFunds {
-                    asset: String::new(),
-                }
-            }
+            Some("accounts_non_negative" | "transfers_debit_fkey") => Error::InsufficientFunds {
+                asset: String::new(),
+            },
             _ => Error::Database(err),
         }
     }
@@ -72,21 +62,6 @@ impl IntoResponse for Error {
             Error::InsufficientFunds { asset } => Problem::unprocessable(
                 "insufficient_funds",
                 format!("not enough available {asset}"),
-            ),
-            Error::HoldConflict(id) => Problem::new(
-                StatusCode::CONFLICT,
-                "hold_conflict",
-                format!("hold {id} exists with other terms"),
-            ),
-            Error::HoldNotPending(id) => Problem::new(
-                StatusCode::CONFLICT,
-                "hold_not_pending",
-                format!("hold {id} is already resolved"),
-            ),
-            Error::OrderReleased(id) => Problem::new(
-                StatusCode::CONFLICT,
-                "order_released",
-                format!("order {id} was given up on; no hold is placed for it"),
             ),
             Error::NotFound => Problem::not_found(),
             Error::Overflow(_) => Problem::unprocessable(

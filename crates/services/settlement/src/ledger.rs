@@ -1,11 +1,12 @@
-//! The money rules, with no IO: what a hold reserves and which transfers settle a trade.
+//! The money rules, with no IO: which transfers settle a trade.
 //!
 //! Everything is integer minor units. A trade's quote amount and its fees are rounded *down*
-//! (in the customers' favour), and a buy's hold is rounded *up*: the sum of rounded-down
-//! amounts over any set of partial fills never exceeds the rounded-up amount for the whole
-//! order at its limit price, so a hold always covers its order — proven by the property tests
-//! below. The store applies a [`Plan`] as it is; the property tests apply the same plan to an
-//! in-memory ledger and check that every asset is conserved.
+//! (in the customers' favour), and what risk reserves for a buy (`contracts::fees::hold_amount`)
+//! is rounded *up*: the sum of rounded-down amounts over any set of partial fills never exceeds
+//! the rounded-up amount for the whole order at its limit price, so a reservation always covers
+//! its order's trades — proven by the property tests below. The store applies a [`Plan`] as it
+//! is; the property tests apply the same plan to an in-memory ledger and check that every
+//! asset is conserved and nobody goes negative.
 
 use std::collections::BTreeMap;
 
@@ -35,18 +36,6 @@ pub fn notional(price: i64, quantity: i64, base_scale: u32) -> Result<i64, Overf
 /// The fee on `notional` at `bps`, rounded down.
 pub fn fee(notional: i64, bps: u32) -> Result<i64, Overflow> {
     contracts::fees::fee(notional, bps).ok_or(Overflow)
-}
-
-/// What a hold for an order reserves: `contracts::fees::hold_amount` (risk reserves the same,
-/// ADR 0023), in the ledger's error type.
-pub fn hold_amount(
-    side: Side,
-    price: i64,
-    quantity: i64,
-    base_scale: u32,
-    fees: Fees,
-) -> Result<i64, Overflow> {
-    contracts::fees::hold_amount(side, price, quantity, base_scale, fees).ok_or(Overflow)
 }
 
 /// A trade as settlement needs it (from `TradeExecuted`).
@@ -85,8 +74,7 @@ impl Kind {
     }
 }
 
-/// One double-entry row: `amount` leaves `debit` (from its hold `hold`, if given, else from
-/// its available balance) and arrives in `credit`'s available balance.
+/// One double-entry row: `amount` leaves `debit`'s balance and arrives in `credit`'s.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transfer {
     pub id: Uuid,
@@ -95,52 +83,31 @@ pub struct Transfer {
     pub credit: Uuid,
     pub amount: i64,
     pub kind: Kind,
-    pub hold: Option<Uuid>,
     pub trade: Option<Uuid>,
 }
 
-/// How one account's balances move.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Delta {
-    pub available: i64,
-    pub held: i64,
-}
-
-/// Transfers to write together, and what they post out of holds.
+/// Transfers to write together.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub transfers: Vec<Transfer>,
-    /// Per hold: amount posted, base quantity filled.
-    pub hold_posts: BTreeMap<Uuid, (i64, i64)>,
 }
 
 impl Plan {
-    /// One net change per account, so the store updates each account once.
-    pub fn deltas(&self) -> Result<BTreeMap<(Uuid, String), Delta>, Overflow> {
-        let mut deltas: BTreeMap<(Uuid, String), Delta> = BTreeMap::new();
+    /// One net change per account (minor units), so the store updates each account once.
+    pub fn deltas(&self) -> Result<BTreeMap<(Uuid, String), i64>, Overflow> {
+        let mut deltas: BTreeMap<(Uuid, String), i64> = BTreeMap::new();
         for t in &self.transfers {
             let debit = deltas.entry((t.debit, t.asset.clone())).or_default();
-            if t.hold.is_some() {
-                debit.held = debit.held.checked_sub(t.amount).ok_or(Overflow)?;
-            } else {
-                debit.available = debit.available.checked_sub(t.amount).ok_or(Overflow)?;
-            }
+            *debit = debit.checked_sub(t.amount).ok_or(Overflow)?;
             let credit = deltas.entry((t.credit, t.asset.clone())).or_default();
-            credit.available = credit.available.checked_add(t.amount).ok_or(Overflow)?;
+            *credit = credit.checked_add(t.amount).ok_or(Overflow)?;
         }
         Ok(deltas)
     }
 
-    /// Adds `other` to this plan: its transfers after these, its posts summed per hold — so a
-    /// batch of trades is written as one plan.
-    pub fn merge(&mut self, other: &Plan) -> Result<(), Overflow> {
+    /// Adds `other`'s transfers after these, so a batch of trades is written as one plan.
+    pub fn merge(&mut self, other: &Plan) {
         self.transfers.extend(other.transfers.iter().cloned());
-        for (hold, (posted, filled)) in &other.hold_posts {
-            let total = self.hold_posts.entry(*hold).or_default();
-            total.0 = total.0.checked_add(*posted).ok_or(Overflow)?;
-            total.1 = total.1.checked_add(*filled).ok_or(Overflow)?;
-        }
-        Ok(())
     }
 
     fn push(&mut self, transfer: Transfer) {
@@ -151,21 +118,18 @@ impl Plan {
     }
 }
 
-/// Net balance changes per account gathered over many plans (a consumer's batch of trades and
-/// releases), written with one update per account right before the commit
+/// Net balance changes per account (minor units) gathered over many plans (a consumer's batch
+/// of trades), written with one update per account right before the commit
 /// (`store::post_deltas`) — so an account row is locked for the end of a transaction only, and
-/// always in this map's (owner, asset) order, the order the hold writer locks in too.
+/// always in this map's (owner, asset) order, so two writers never wait on each other in a
+/// cycle.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Deltas(BTreeMap<(Uuid, String), Delta>);
+pub struct Deltas(BTreeMap<(Uuid, String), i64>);
 
 impl Deltas {
-    pub fn add(&mut self, owner: Uuid, asset: &str, change: Delta) -> Result<(), Overflow> {
+    pub fn add(&mut self, owner: Uuid, asset: &str, change: i64) -> Result<(), Overflow> {
         let delta = self.0.entry((owner, asset.to_owned())).or_default();
-        delta.available = delta
-            .available
-            .checked_add(change.available)
-            .ok_or(Overflow)?;
-        delta.held = delta.held.checked_add(change.held).ok_or(Overflow)?;
+        *delta = delta.checked_add(change).ok_or(Overflow)?;
         Ok(())
     }
 
@@ -178,10 +142,10 @@ impl Deltas {
 
     /// The accounts that change, in lock order; an account whose changes cancel out is left
     /// alone (not locked, not written).
-    pub fn changes(&self) -> impl Iterator<Item = (Uuid, &str, Delta)> {
+    pub fn changes(&self) -> impl Iterator<Item = (Uuid, &str, i64)> {
         self.0
             .iter()
-            .filter(|(_, d)| d.available != 0 || d.held != 0)
+            .filter(|(_, d)| **d != 0)
             .map(|((owner, asset), d)| (*owner, asset.as_str(), *d))
     }
 }
@@ -195,10 +159,11 @@ pub struct Settlement {
     pub seller_fee: i64,
 }
 
-/// Delivery versus payment: the quote amount moves buyer → seller out of the buy order's hold,
-/// the base quantity seller → buyer out of the sell order's hold, in one plan that commits
-/// whole or not at all. The buyer's fee comes out of the buy hold; the seller's out of the
-/// quote they just received. Both go to the quote asset's fee account.
+/// Delivery versus payment: the quote amount moves buyer → seller, the base quantity seller →
+/// buyer, in one plan that commits whole or not at all. The buyer's fee comes out of the
+/// buyer's quote; the seller's out of the quote they just received. Both go to the quote
+/// asset's fee account. Risk reserved what the trade takes before the order could match
+/// (ADR 0023); the ledger's non-negative balances are the backstop.
 pub fn settle(trade: &Trade, fees: Fees) -> Result<Settlement, Overflow> {
     let notional = notional(trade.price, trade.quantity, trade.base_scale)?;
     let (buyer_bps, seller_bps) = if trade.buyer_is_taker {
@@ -209,23 +174,16 @@ pub fn settle(trade: &Trade, fees: Fees) -> Result<Settlement, Overflow> {
     let buyer_fee = fee(notional, buyer_bps)?;
     let seller_fee = fee(notional, seller_bps)?;
     let mut plan = Plan::default();
-    let quote = |debit, credit, amount, kind, hold| Transfer {
+    let quote = |debit, credit, amount, kind| Transfer {
         id: Uuid::now_v7(),
         asset: trade.quote_asset.clone(),
         debit,
         credit,
         amount,
         kind,
-        hold,
         trade: Some(trade.id),
     };
-    plan.push(quote(
-        trade.buyer,
-        trade.seller,
-        notional,
-        Kind::Trade,
-        Some(trade.buy_order),
-    ));
+    plan.push(quote(trade.buyer, trade.seller, notional, Kind::Trade));
     plan.push(Transfer {
         id: Uuid::now_v7(),
         asset: trade.base_asset.clone(),
@@ -233,22 +191,10 @@ pub fn settle(trade: &Trade, fees: Fees) -> Result<Settlement, Overflow> {
         credit: trade.buyer,
         amount: trade.quantity,
         kind: Kind::Trade,
-        hold: Some(trade.sell_order),
         trade: Some(trade.id),
     });
-    plan.push(quote(
-        trade.buyer,
-        FEES,
-        buyer_fee,
-        Kind::Fee,
-        Some(trade.buy_order),
-    ));
-    plan.push(quote(trade.seller, FEES, seller_fee, Kind::Fee, None));
-    let buy_posted = notional.checked_add(buyer_fee).ok_or(Overflow)?;
-    plan.hold_posts
-        .insert(trade.buy_order, (buy_posted, trade.quantity));
-    plan.hold_posts
-        .insert(trade.sell_order, (trade.quantity, trade.quantity));
+    plan.push(quote(trade.buyer, FEES, buyer_fee, Kind::Fee));
+    plan.push(quote(trade.seller, FEES, seller_fee, Kind::Fee));
     Ok(Settlement {
         plan,
         notional,
@@ -271,7 +217,6 @@ pub fn funding(id: Uuid, kind: Kind, owner: Uuid, asset: &str, amount: i64) -> P
         credit,
         amount,
         kind,
-        hold: None,
         trade: None,
     });
     plan
@@ -313,68 +258,34 @@ mod tests {
         assert_eq!(settled.seller_fee, 1_500);
         let deltas = settled.plan.deltas().unwrap();
         let of = |owner, asset: &str| deltas[&(owner, asset.to_owned())];
-        assert_eq!(
-            of(buyer, "USD"),
-            Delta {
-                available: 0,
-                held: -1_503_000
-            }
-        );
-        assert_eq!(
-            of(seller, "USD"),
-            Delta {
-                available: 1_498_500,
-                held: 0
-            }
-        );
-        assert_eq!(
-            of(FEES, "USD"),
-            Delta {
-                available: 4_500,
-                held: 0
-            }
-        );
-        assert_eq!(
-            of(seller, "BTC"),
-            Delta {
-                available: 0,
-                held: -50_000_000
-            }
-        );
-        assert_eq!(
-            of(buyer, "BTC"),
-            Delta {
-                available: 50_000_000,
-                held: 0
-            }
-        );
+        assert_eq!(of(buyer, "USD"), -1_503_000);
+        assert_eq!(of(seller, "USD"), 1_498_500);
+        assert_eq!(of(FEES, "USD"), 4_500);
+        assert_eq!(of(seller, "BTC"), -50_000_000);
+        assert_eq!(of(buyer, "BTC"), 50_000_000);
     }
 
     #[test]
-    fn a_buy_hold_rounds_up_and_covers_the_highest_fee() {
-        // 0.0001 BTC at 0.01 USD is 0.000001 USD: the hold still reserves one cent, plus one
+    fn a_buy_reservation_rounds_up_and_covers_the_highest_fee() {
+        let reserve = |side, price, quantity, scale| {
+            contracts::fees::hold_amount(side, price, quantity, scale, FEES_10_20)
+        };
+        // 0.0001 BTC at 0.01 USD is 0.000001 USD: the reservation is still one cent, plus one
         // cent of fee.
-        assert_eq!(hold_amount(Side::Buy, 1, 10_000, 8, FEES_10_20), Ok(2));
+        assert_eq!(reserve(Side::Buy, 1, 10_000, 8), Some(2));
         assert_eq!(
-            hold_amount(Side::Buy, 3_000_000, 100_000_000, 8, FEES_10_20),
-            Ok(3_006_000)
+            reserve(Side::Buy, 3_000_000, 100_000_000, 8),
+            Some(3_006_000)
         );
-        assert_eq!(
-            hold_amount(Side::Sell, 3_000_000, 12_345, 8, FEES_10_20),
-            Ok(12_345)
-        );
-        assert_eq!(
-            hold_amount(Side::Buy, i64::MAX, i64::MAX, 0, FEES_10_20),
-            Err(Overflow)
-        );
+        assert_eq!(reserve(Side::Sell, 3_000_000, 12_345, 8), Some(12_345));
+        assert_eq!(reserve(Side::Buy, i64::MAX, i64::MAX, 0), None);
     }
 
     /// An in-memory ledger that applies plans the way the store does, refusing what the
-    /// database's constraints refuse.
+    /// database's constraints refuse (a customer balance below zero).
     #[derive(Default)]
     struct Books {
-        accounts: HashMap<(Uuid, String), Delta>,
-        holds: HashMap<Uuid, (i64, i64)>,
+        accounts: HashMap<(Uuid, String), i64>,
     }
 
     impl Books {
@@ -389,58 +300,40 @@ mod tests {
             .unwrap();
         }
 
-        fn hold(&mut self, id: Uuid, owner: Uuid, asset: &str, amount: i64) -> bool {
-            let account = self.accounts.entry((owner, asset.to_owned())).or_default();
-            if account.available < amount {
-                return false;
-            }
-            account.available -= amount;
-            account.held += amount;
-            self.holds.insert(id, (amount, 0));
-            true
-        }
-
         fn apply(&mut self, plan: &Plan) -> Result<(), String> {
-            for (hold, (posted, _)) in &plan.hold_posts {
-                let (amount, already) = self.holds.get_mut(hold).ok_or("no hold")?;
-                *already += posted;
-                if *already > *amount {
-                    return Err(format!("hold {hold} overdrawn: {already} of {amount}"));
-                }
-            }
             for ((owner, asset), delta) in plan.deltas().map_err(|e| e.to_string())? {
-                let account = self.accounts.entry((owner, asset)).or_default();
-                account.available += delta.available;
-                account.held += delta.held;
-                if owner != EXTERNAL && (account.available < 0 || account.held < 0) {
-                    return Err(format!("{owner} negative: {account:?}"));
+                let balance = self.accounts.entry((owner, asset)).or_default();
+                *balance += delta;
+                if owner != EXTERNAL && *balance < 0 {
+                    return Err(format!("{owner} negative: {balance}"));
                 }
             }
             Ok(())
         }
 
-        fn release(&mut self, hold: Uuid, owner: Uuid, asset: &str) {
-            let (amount, posted) = self.holds[&hold];
-            let account = self.accounts.get_mut(&(owner, asset.to_owned())).unwrap();
-            account.held -= amount - posted;
-            account.available += amount - posted;
+        fn balance(&self, owner: Uuid, asset: &str) -> i64 {
+            self.accounts
+                .get(&(owner, asset.to_owned()))
+                .copied()
+                .unwrap_or(0)
         }
 
         fn total(&self, asset: &str) -> i64 {
             self.accounts
                 .iter()
                 .filter(|((_, a), _)| a == asset)
-                .map(|(_, d)| d.available + d.held)
+                .map(|(_, balance)| balance)
                 .sum()
         }
     }
 
     proptest! {
         /// Random streams of partially filled orders, at random prices at or better than their
-        /// limits, with random fees: every hold covers its fills, nobody goes negative, every
-        /// asset sums to zero, and once the orders end nothing stays held.
+        /// limits, with random fees, by traders who own exactly what risk reserves for their
+        /// orders (`contracts::fees::hold_amount`): no order's trades take more than its
+        /// reservation, nobody goes negative, and every asset sums to zero.
         #[test]
-        fn random_trade_streams_conserve_every_asset(
+        fn random_trade_streams_stay_within_their_reservations_and_conserve_every_asset(
             orders in prop::collection::vec(
                 (1i64..5_000_000, 1i64..400, prop::collection::vec((0i64..1_000_000, 1i64..100), 1..5), any::<bool>()),
                 1..40,
@@ -451,16 +344,17 @@ mod tests {
             let fees = Fees { maker_bps, taker_bps };
             let lot = 10_000; // 0.0001 BTC
             let (buyer, seller) = (Uuid::from_u128(1_000), Uuid::from_u128(1_001));
+            let reservation = |limit: i64, lots: i64| {
+                contracts::fees::hold_amount(Side::Buy, limit, lots * lot, 8, fees).unwrap()
+            };
             let mut books = Books::default();
-            books.deposit(buyer, "USD", 1_000_000_000_000);
-            books.deposit(seller, "BTC", 1_000_000_000_000);
+            books.deposit(buyer, "USD", orders.iter().map(|(limit, lots, ..)| reservation(*limit, *lots)).sum());
+            books.deposit(seller, "BTC", orders.iter().map(|(_, lots, ..)| lots * lot).sum());
             for (n, (limit, lots, fills, buyer_is_taker)) in orders.into_iter().enumerate() {
                 let n = n as u128;
                 let (buy_order, sell_order) = (Uuid::from_u128((n * 2 + 1) << 64), Uuid::from_u128((n * 2 + 2) << 64));
-                let quantity = lots * lot;
-                let buy_hold = hold_amount(Side::Buy, limit, quantity, 8, fees).unwrap();
-                prop_assert!(books.hold(buy_order, buyer, "USD", buy_hold));
-                prop_assert!(books.hold(sell_order, seller, "BTC", quantity));
+                let reserved = reservation(limit, lots);
+                let (mut bought_with, mut delivered) = (0, 0);
                 let mut left = lots;
                 for (k, (improvement, fill_lots)) in fills.into_iter().enumerate() {
                     let fill_lots = fill_lots.min(left);
@@ -476,15 +370,17 @@ mod tests {
                         buyer, seller, buy_order, sell_order, buyer_is_taker,
                     };
                     let settled = settle(&trade, fees).unwrap();
+                    bought_with += settled.notional + settled.buyer_fee;
+                    delivered += trade.quantity;
                     prop_assert!(books.apply(&settled.plan).is_ok(), "{:?}", books.apply(&settled.plan));
                 }
-                books.release(buy_order, buyer, "USD");
-                books.release(sell_order, seller, "BTC");
+                prop_assert!(bought_with <= reserved, "{bought_with} spent of {reserved} reserved");
+                prop_assert!(delivered <= lots * lot);
             }
             for asset in ["USD", "BTC"] {
                 prop_assert_eq!(books.total(asset), 0);
             }
-            prop_assert!(books.accounts.values().all(|d| d.held == 0));
+            prop_assert!(books.balance(buyer, "USD") >= 0 && books.balance(seller, "BTC") >= 0);
         }
     }
 }

@@ -2,14 +2,13 @@
 //! TRD-13, REL-15).
 //!
 //! - [`config`]: `BOURSE_SETTLEMENT_*` settings: fees, reconciliation interval.
-//! - [`ledger`]: the money rules with no IO — hold sizes, the transfers that settle a trade,
-//!   rounding — and the property tests that prove every asset is conserved.
-//! - [`funding`]: admin deposits and withdrawals, idempotent by `Idempotency-Key`.
-//! - [`holds`]: the holds orders places before matching (idempotent by order id).
-//! - [`settle`]: the `orders` stream consumer: trades settle by delivery versus payment, ended
-//!   orders release what is left of their hold.
-//! - [`reconciliation`]: checks that prove the books (and find orphaned holds), periodic and
-//!   on demand.
+//! - [`ledger`]: the money rules with no IO — the transfers that settle a trade, rounding —
+//!   and the property tests that prove every asset is conserved.
+//! - [`funding`]: admin deposits and withdrawals, idempotent by `Idempotency-Key`;
+//!   withdrawals reserve through risk first.
+//! - [`settle`]: the `orders` stream consumer: trades settle by delivery versus payment. What
+//!   an open order may spend is risk's to reserve (ADR 0023); the ledger holds nothing.
+//! - [`reconciliation`]: checks that prove the books, periodic and on demand.
 //! - [`store`]: all SQL.
 //! - [`http`]: thin handlers and the OpenAPI description.
 //! - [`error`]: the crate's errors as problem+json.
@@ -17,7 +16,6 @@
 pub mod config;
 pub mod error;
 pub mod funding;
-pub mod holds;
 pub mod http;
 pub mod ledger;
 pub mod reconciliation;
@@ -114,7 +112,6 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         services,
         assets: Arc::new(config.assets.clone()),
         fees: config.fees,
-        holds: holds::Holds::start(pool, &kit.tasks),
         reconciler,
         pre_trade: funding::PreTrade::new(risk),
     };
@@ -178,21 +175,6 @@ pub fn describe_metrics() {
         "settlement_funding_total",
         Unit::Count,
         "Deposits and withdrawals booked, by kind."
-    );
-    describe_histogram!(
-        "settlement_hold_batch_size",
-        Unit::Count,
-        "Holds placed together in one transaction (group commit)."
-    );
-    describe_counter!(
-        "settlement_holds_placed_total",
-        Unit::Count,
-        "Holds placed."
-    );
-    describe_counter!(
-        "settlement_holds_resolved_total",
-        Unit::Count,
-        "Holds posted, released or voided, by outcome."
     );
     describe_gauge!(
         "settlement_reconciliation_ok",

@@ -1,16 +1,16 @@
 //! The settling consumer works set-based, against a real PostgreSQL: a batch's events are read
-//! first and written together at its end, balances last — so holds for new orders of the same
-//! accounts go ahead while a batch is open (the order path's main wait under load), and one
-//! batch can carry an order's trades and its end.
+//! first and written together at its end, balances last — so other writers of the same
+//! accounts (deposits, withdrawals, other batches) go ahead while a batch is open. Trades post
+//! from `available`: the ledger holds nothing for open orders (ADR 0023 slice 3b), and its
+//! non-negative balances are the backstop behind risk's reservations.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use contracts::Asset;
 use contracts::events::{OrderAccepted, OrderCompleted, TradeExecuted};
 use contracts::fees::Fees;
 use events::{Envelope, Handler};
-use settlement::ledger::{self, Side};
+use settlement::ledger::Side;
 use settlement::settle::Settler;
-use settlement::store::{self, NewHold};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -28,27 +28,12 @@ async fn fund(pool: &PgPool, owner: Uuid, asset: &str, available: i64) {
         .unwrap();
 }
 
-/// 30,000.00 USD per BTC, 0.01 BTC.
+/// 30,000.00 USD per BTC, 0.01 BTC: 300.00 USD; the taker (buyer) pays 20 bps, the maker 10.
 const PRICE: i64 = 3_000_000;
 const QUANTITY: i64 = 1_000_000;
-
-fn hold(owner: Uuid, side: Side) -> NewHold {
-    let amount = ledger::hold_amount(side, PRICE, QUANTITY, 8, Fees::DEFAULT).unwrap();
-    NewHold {
-        id: Uuid::now_v7(),
-        owner,
-        asset: match side {
-            Side::Buy => "USD",
-            Side::Sell => "BTC",
-        }
-        .to_owned(),
-        side,
-        symbol: "BTC-USD".to_owned(),
-        price: PRICE,
-        quantity: QUANTITY,
-        amount,
-    }
-}
+const NOTIONAL: i64 = 30_000;
+const BUYER_FEE: i64 = 60;
+const SELLER_FEE: i64 = 30;
 
 async fn balance(pool: &PgPool, owner: Uuid, asset: &str) -> (i64, i64) {
     sqlx::query_as("SELECT available, held FROM accounts WHERE owner_id = $1 AND asset = $2")
@@ -59,196 +44,278 @@ async fn balance(pool: &PgPool, owner: Uuid, asset: &str) -> (i64, i64) {
         .unwrap()
 }
 
-/// The trade's delivery: the buyer holds the BTC, the seller was paid `proceeds` USD and has
-/// nothing left held.
-async fn delivered(pool: &PgPool, buyer: Uuid, seller: Uuid, proceeds: i64) {
-    assert_eq!(balance(pool, buyer, "BTC").await, (QUANTITY, 0));
-    assert_eq!(balance(pool, seller, "USD").await, (proceeds, 0));
-    assert_eq!(
-        balance(pool, seller, "BTC").await,
-        (10_000_000 - QUANTITY, 0)
-    );
+/// Two orders that cross: a bid of `buyer` (the taker) and an ask of `seller`.
+struct Crossing {
+    buyer: Uuid,
+    seller: Uuid,
+    bid: Uuid,
+    ask: Uuid,
 }
 
-/// A buyer funded with USD and a seller with BTC, each with a hold for an order at PRICE and
-/// QUANTITY placed: settlement's pool and the two holds.
-async fn crossing_holds(test_pool: &PgPool) -> (PgPool, NewHold, NewHold) {
-    let pool = settlement_db(test_pool).await;
-    let (buyer, seller) = (Uuid::now_v7(), Uuid::now_v7());
-    fund(&pool, buyer, "USD", 10_000_000).await;
-    fund(&pool, seller, "BTC", 10_000_000).await;
-    let (bid, ask) = (hold(buyer, Side::Buy), hold(seller, Side::Sell));
-    store::place_holds(&pool, &[bid.clone(), ask.clone()])
-        .await
-        .unwrap();
-    (pool, bid, ask)
+impl Crossing {
+    /// A buyer funded with `usd` and a seller with 0.1 BTC.
+    async fn funded(pool: &PgPool, usd: i64) -> Self {
+        let crossing = Self {
+            buyer: Uuid::now_v7(),
+            seller: Uuid::now_v7(),
+            bid: Uuid::now_v7(),
+            ask: Uuid::now_v7(),
+        };
+        fund(pool, crossing.buyer, "USD", usd).await;
+        fund(pool, crossing.seller, "BTC", 10_000_000).await;
+        crossing
+    }
+
+    fn executed(&self) -> Envelope {
+        let trade = TradeExecuted {
+            trade_id: Uuid::now_v7(),
+            symbol: "BTC-USD".to_owned(),
+            base_asset: "BTC".to_owned(),
+            quote_asset: "USD".to_owned(),
+            price: PRICE,
+            quantity: QUANTITY,
+            maker_order_id: self.ask,
+            taker_order_id: self.bid,
+            maker_account_id: self.seller,
+            taker_account_id: self.buyer,
+            taker_side: Side::Buy,
+        };
+        Envelope::of("orders", "BTC-USD", 1, &trade).unwrap()
+    }
+
+    fn accepted(&self, order: Uuid, account: Uuid, side: Side) -> Envelope {
+        let accepted = OrderAccepted {
+            order_id: order,
+            account_id: account,
+            symbol: "BTC-USD".to_owned(),
+            base_asset: "BTC".to_owned(),
+            quote_asset: "USD".to_owned(),
+            side,
+            price: Some(PRICE),
+            quantity: QUANTITY,
+            protection_price: None,
+        };
+        Envelope::of("orders", order.to_string(), 1, &accepted).unwrap()
+    }
+
+    fn completed(&self, order: Uuid, account: Uuid) -> Envelope {
+        let completed = OrderCompleted {
+            order_id: order,
+            account_id: account,
+            symbol: "BTC-USD".to_owned(),
+        };
+        Envelope::of("orders", order.to_string(), 1, &completed).unwrap()
+    }
+
+    /// The trade's delivery, from `available`: the buyer paid the trade and its fee and holds
+    /// the BTC, the seller was paid less its fee; nothing is held anywhere.
+    async fn delivered(&self, pool: &PgPool, usd: i64) {
+        assert_eq!(
+            balance(pool, self.buyer, "USD").await,
+            (usd - NOTIONAL - BUYER_FEE, 0)
+        );
+        assert_eq!(balance(pool, self.buyer, "BTC").await, (QUANTITY, 0));
+        assert_eq!(
+            balance(pool, self.seller, "USD").await,
+            (NOTIONAL - SELLER_FEE, 0)
+        );
+        assert_eq!(
+            balance(pool, self.seller, "BTC").await,
+            (10_000_000 - QUANTITY, 0)
+        );
+    }
+}
+
+/// Runs `events` through the settler as one batch, in one transaction; the transaction is
+/// left to the caller.
+async fn settle_batch(
+    settler: &Settler,
+    tx: &mut sqlx::PgConnection,
+    events: &[Envelope],
+) -> Result<(), events::HandlerError> {
+    let mut deferred = Default::default();
+    for event in events.iter().filter(|e| settler.wants(&e.event_type)) {
+        settler.handle(&mut *tx, event, &mut deferred).await?;
+    }
+    settler.finish(&mut *tx, deferred).await
 }
 
 #[sqlx::test(migrations = false)]
-async fn a_hold_goes_ahead_while_a_batch_settling_the_same_accounts_is_open(pool: PgPool) {
-    let (pool, bid, ask) = crossing_holds(&pool).await;
-    let (buyer, seller) = (bid.owner, ask.owner);
-
-    // The consumer's batch has written the trade between the two, not yet its balances.
-    let trade = Envelope::new(
-        "orders",
-        "TradeExecuted",
-        1,
-        "BTC-USD",
-        1,
-        serde_json::json!({
-            "trade_id": Uuid::now_v7(), "symbol": "BTC-USD", "base_asset": "BTC",
-            "quote_asset": "USD", "price": PRICE, "quantity": QUANTITY,
-            "maker_order_id": ask.id, "taker_order_id": bid.id,
-            "maker_account_id": seller, "taker_account_id": buyer, "taker_side": "buy",
-        }),
-    );
+async fn an_open_batch_leaves_the_accounts_it_settles_free_until_its_end(pool: PgPool) {
+    let pool = settlement_db(&pool).await;
+    let crossing = Crossing::funded(&pool, 10_000_000).await;
     let settler = Settler::new(Fees::DEFAULT, &Asset::defaults());
+
+    // The consumer's batch has read the trade between the two, not yet written its balances.
     let mut batch = pool.begin().await.unwrap();
-    let mut deltas = Default::default();
+    let mut deferred = Default::default();
     settler
-        .handle(&mut batch, &trade, &mut deltas)
+        .handle(&mut batch, &crossing.executed(), &mut deferred)
         .await
         .unwrap();
 
-    // Meanwhile: the accounts are free to lock for a balance update (NOWAIT fails at once if
-    // not), and the hold writer places the buyer's next order's hold.
+    // Meanwhile the accounts are free to lock for a balance update (NOWAIT fails at once if
+    // not), and a deposit to the buyer commits.
     let mut probe = pool.begin().await.unwrap();
     sqlx::query(
         "SELECT 1 FROM accounts WHERE owner_id = ANY($1) ORDER BY owner_id, asset
             FOR NO KEY UPDATE NOWAIT",
     )
-    .bind([buyer, seller])
+    .bind([crossing.buyer, crossing.seller])
     .execute(&mut *probe)
     .await
     .expect("the open batch holds no lock on the accounts it settles");
-    probe.rollback().await.unwrap();
-    let next = hold(buyer, Side::Buy);
-    store::place_holds(&pool, std::slice::from_ref(&next))
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE accounts SET available = available + 5000 WHERE owner_id = $1 AND asset = 'USD'",
+    )
+    .bind(crossing.buyer)
+    .execute(&mut *probe)
+    .await
+    .unwrap();
+    probe.commit().await.unwrap();
 
-    // The batch ends: its balances go in on top of the hold placed meanwhile.
-    settler.finish(&mut batch, deltas).await.unwrap();
+    // The batch ends: its balances go in on top of what committed meanwhile.
+    settler.finish(&mut batch, deferred).await.unwrap();
     batch.commit().await.unwrap();
-    // 0.01 BTC at 30,000.00: 300.00 USD; the taker (buyer) pays 20 bps, the maker 10 bps.
-    let (notional, buyer_fee, seller_fee) = (30_000, 60, 30);
-    assert_eq!(
-        balance(&pool, buyer, "USD").await,
-        (
-            10_000_000 - bid.amount - next.amount,
-            bid.amount + next.amount - notional - buyer_fee
-        ),
-        "the buyer paid from the first hold; the second is still held"
-    );
-    delivered(&pool, buyer, seller, notional - seller_fee).await;
-}
-
-fn executed(bid: &NewHold, ask: &NewHold, trade_id: Uuid) -> Envelope {
-    let trade = TradeExecuted {
-        trade_id,
-        symbol: "BTC-USD".to_owned(),
-        base_asset: "BTC".to_owned(),
-        quote_asset: "USD".to_owned(),
-        price: PRICE,
-        quantity: QUANTITY,
-        maker_order_id: ask.id,
-        taker_order_id: bid.id,
-        maker_account_id: ask.owner,
-        taker_account_id: bid.owner,
-        taker_side: Side::Buy,
-    };
-    Envelope::of("orders", "BTC-USD", 1, &trade).unwrap()
-}
-
-fn accepted(hold: &NewHold) -> Envelope {
-    let accepted = OrderAccepted {
-        order_id: hold.id,
-        account_id: hold.owner,
-        symbol: "BTC-USD".to_owned(),
-        base_asset: "BTC".to_owned(),
-        quote_asset: "USD".to_owned(),
-        side: hold.side,
-        price: Some(PRICE),
-        quantity: QUANTITY,
-        protection_price: None,
-    };
-    Envelope::of("orders", hold.id.to_string(), 1, &accepted).unwrap()
-}
-
-fn completed(hold: &NewHold) -> Envelope {
-    let completed = OrderCompleted {
-        order_id: hold.id,
-        account_id: hold.owner,
-        symbol: "BTC-USD".to_owned(),
-    };
-    Envelope::of("orders", hold.id.to_string(), 1, &completed).unwrap()
+    crossing.delivered(&pool, 10_005_000).await;
 }
 
 #[sqlx::test(migrations = false)]
-async fn one_batch_settles_trades_and_releases_the_holds_of_the_orders_they_completed(
+async fn one_batch_settles_a_trade_published_twice_once_and_moves_nothing_for_orders_ending(
     pool: PgPool,
 ) {
-    let (pool, bid, ask) = crossing_holds(&pool).await;
-    let (buyer, seller) = (bid.owner, ask.owner);
+    let pool = settlement_db(&pool).await;
+    let crossing = Crossing::funded(&pool, 10_000_000).await;
+    let (buyer, seller) = (crossing.buyer, crossing.seller);
 
     // Both orders reach the book, trade (the trade published twice by the relay, as two
     // entries) and complete — all in one batch.
-    let trade = executed(&bid, &ask, Uuid::now_v7());
+    let trade = crossing.executed();
     let mut republished = trade.clone();
     republished.id = Uuid::now_v7();
     let batch = [
-        accepted(&bid),
-        accepted(&ask),
+        crossing.accepted(crossing.bid, buyer, Side::Buy),
+        crossing.accepted(crossing.ask, seller, Side::Sell),
         trade,
         republished,
-        completed(&ask),
-        completed(&bid),
+        crossing.completed(crossing.ask, seller),
+        crossing.completed(crossing.bid, buyer),
     ];
     let settler = Settler::new(Fees::DEFAULT, &Asset::defaults());
+    assert!(
+        !settler.wants("OrderAccepted") && !settler.wants("OrderCompleted"),
+        "order events are acknowledged unread"
+    );
     let mut tx = pool.begin().await.unwrap();
-    let mut deferred = Default::default();
-    for event in &batch {
-        settler.handle(&mut tx, event, &mut deferred).await.unwrap();
-    }
-    settler.finish(&mut tx, deferred).await.unwrap();
-    // Each hold was written once for all the batch did to it — accepted, posted out of,
-    // released — not once per step: every write is a new row version in every index.
-    let hold_writes: i64 = sqlx::query_scalar(
-        "SELECT n_tup_upd FROM pg_stat_xact_user_tables WHERE relname = 'holds'",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    assert_eq!(hold_writes, 2, "two holds, one update each");
+    settle_batch(&settler, &mut tx, &batch).await.unwrap();
     tx.commit().await.unwrap();
 
-    // Settled once; nothing left held: each side paid the trade and its fee, and what its hold
-    // kept beyond that went back.
     let settled: i64 = sqlx::query_scalar("SELECT count(*) FROM settled_trades")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(settled, 1, "a trade published twice settles once");
-    let (notional, buyer_fee, seller_fee) = (30_000, 60, 30);
-    assert_eq!(
-        balance(&pool, buyer, "USD").await,
-        (10_000_000 - notional - buyer_fee, 0)
-    );
-    delivered(&pool, buyer, seller, notional - seller_fee).await;
-    let holds: Vec<(String, bool)> =
-        sqlx::query_as("SELECT status, accepted_at IS NOT NULL FROM holds ORDER BY id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        holds,
-        vec![("posted".to_owned(), true), ("posted".to_owned(), true)]
-    );
+    crossing.delivered(&pool, 10_000_000).await;
     let notices: i64 =
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = 'TradeSettled'")
             .fetch_one(&pool)
             .await
             .unwrap();
     assert_eq!(notices, 1, "one TradeSettled for the one trade");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_trade_the_ledger_cannot_fund_fails_its_whole_batch(pool: PgPool) {
+    let pool = settlement_db(&pool).await;
+    // The buyer owns the notional but not the fee on top: risk would have refused the order;
+    // if a trade gets here all the same, the ledger refuses to post it.
+    let crossing = Crossing::funded(&pool, NOTIONAL).await;
+    let settler = Settler::new(Fees::DEFAULT, &Asset::defaults());
+
+    let mut tx = pool.begin().await.unwrap();
+    let failed = settle_batch(&settler, &mut tx, &[crossing.executed()]).await;
+    assert!(failed.is_err(), "the batch fails");
+    tx.rollback().await.unwrap();
+
+    // Nothing of it stands: no trade, no transfer, no notice, the balances as they were.
+    for table in [
+        "settled_trades",
+        "transfers WHERE trade_id IS NOT NULL",
+        "outbox",
+    ] {
+        let rows: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(rows, 0, "{table}");
+    }
+    assert_eq!(balance(&pool, crossing.buyer, "USD").await, (NOTIONAL, 0));
+    assert_eq!(
+        balance(&pool, crossing.seller, "BTC").await,
+        (10_000_000, 0)
+    );
+}
+
+/// The upgrade to a ledger without holds: what pending holds still reserved goes back to
+/// `available` once, and each hold resolves as its release would have.
+#[sqlx::test(migrations = false)]
+async fn the_upgrade_gives_back_what_pending_holds_reserved(pool: PgPool) {
+    let pool = settlement_db(&pool).await;
+    let (buyer, seller) = (Uuid::now_v7(), Uuid::now_v7());
+    // As an older settlement left them: the buyer has 1,000.00 USD of which 601.20 held, the
+    // rest of two pending holds (one with 100.00 posted out of it by a trade); the seller's
+    // 0.1 BTC is all held.
+    sqlx::query(
+        "INSERT INTO accounts (owner_id, asset, available, held)
+         VALUES ($1, 'USD', 39880, 60120), ($2, 'BTC', 0, 10000000)",
+    )
+    .bind(buyer)
+    .bind(seller)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let hold = |owner: Uuid, asset: &str, amount: i64, posted: i64| {
+        sqlx::query(
+            "INSERT INTO holds (id, owner_id, asset, side, symbol, price, quantity, amount, posted)
+             VALUES ($1, $2, $3, 'buy', 'BTC-USD', 3000000, 1000000, $4, $5)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(owner)
+        .bind(asset.to_owned())
+        .bind(amount)
+        .bind(posted)
+    };
+    hold(buyer, "USD", 30_060, 0).execute(&pool).await.unwrap();
+    hold(buyer, "USD", 40_060, 10_000)
+        .execute(&pool)
+        .await
+        .unwrap();
+    hold(seller, "BTC", 10_000_000, 0)
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    sqlx::raw_sql(include_str!(
+        "../../../../migrations/settlement/20261204000001_holds_released_to_available.sql"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    assert_eq!(balance(&pool, buyer, "USD").await, (100_000, 0));
+    assert_eq!(balance(&pool, seller, "BTC").await, (10_000_000, 0));
+    let statuses: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, released FROM holds ORDER BY amount")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        statuses,
+        vec![
+            ("voided".to_owned(), 30_060),
+            ("posted".to_owned(), 30_060),
+            ("voided".to_owned(), 10_000_000)
+        ]
+    );
 }

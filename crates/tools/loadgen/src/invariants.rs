@@ -31,9 +31,10 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
     }
     let deadline = Instant::now() + ledger.settle_timeout;
 
-    // The books: ledger balanced, holds match open orders, every executed trade settled once;
-    // every account's balances what its deposits and fills make them, in the ledger and in
-    // risk's pre-trade stage alike, with nothing held or committed once all orders ended.
+    // The books: ledger balanced, nothing held in it, every executed trade settled once; every
+    // account's balances what its deposits and fills make them, as traders are shown them and
+    // in risk's own view alike (both follow the ledger's events), with nothing reserved or
+    // committed once all orders ended.
     let reconciliation = settled(ledger, deadline).await?;
     if reconciliation["ok"] != true {
         violations.push(format!("reconciliation failed: {reconciliation}"));
@@ -180,7 +181,7 @@ fn figures<const N: usize>(
 }
 
 /// `None` once `differences` finds nothing; otherwise what it last found at the deadline
-/// (holds of orders that just ended may still be on their way to release, and the
+/// (reservations of orders that just ended may still be on their way to release, and the
 /// pre-trade stage follows the ledger through a stream).
 async fn agrees_by<F, Fut>(deadline: Instant, mut differences: F) -> Result<Option<String>, Error>
 where

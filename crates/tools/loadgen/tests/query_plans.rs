@@ -52,6 +52,10 @@ const WHOLE_TABLE_READS: &[(&str, &str)] = &[
     ),
     ("count(*)", "counts for metrics and limits"),
     (
+        "has %s held",
+        "reconciliation's nothing_held check reads every account (once a minute), like its sums",
+    ),
+    (
         "available + held",
         "settlement's snapshot of every balance, read by risk once at its start (ADR 0023)",
     ),

@@ -25,7 +25,7 @@ pub struct AppState {
     pub services: Arc<TokenVerifier<ServiceClaims>>,
     pub assets: Arc<Vec<Asset>>,
     pub engines: crate::engine::Engines,
-    /// Settlement's holds, asked before matching.
+    /// Risk's check and reservation, asked before matching.
     pub funds: crate::funds::Funds,
     pub market_protection_bps: u32,
     /// How long a risk check stays good for booking its order (ADR 0023).

@@ -54,9 +54,9 @@ pub async fn place(
         Err(response) => return Ok(*response),
     };
 
-    // From here the order's funds may be held. Whatever becomes of this request — its client
-    // gone, its timeout — the work runs to its end in a task of its own: into the book, or
-    // refused with its hold released. A hold is never left behind without its order.
+    // From here risk may reserve the order's funds. Whatever becomes of this request — its
+    // client gone, its timeout — the work runs to its end in a task of its own: into the book,
+    // or refused with its reservation given back.
     let tasks = state.tasks.clone();
     let placing = tasks.complete(async move {
         let placed = place_claimed(state, request, principal.user_id, claim).await;
@@ -68,8 +68,8 @@ pub async fn place(
         .map_err(|_| Error::Internal("the order placement panicked".to_owned()))?
 }
 
-/// Places an order whose idempotency key is claimed: validation, the risk check and the hold,
-/// then the book.
+/// Places an order whose idempotency key is claimed: validation, the risk check (which
+/// reserves the order's funds), then the book.
 async fn place_claimed(
     state: AppState,
     request: PlaceOrder,
@@ -86,8 +86,9 @@ async fn place_claimed(
             "validated without an instrument".to_owned(),
         ));
     };
-    // Checks first: a market order is priced against the reference, risk checks the order,
-    // then its worst cost is held. No answer → 503; a refusal → 422, stored like any other.
+    // Checks first: a market order is priced against the reference, then risk checks the
+    // order and reserves its worst cost. No answer → 503; a refusal → 422, stored like any
+    // other.
     // The check is good for booking the order for a bounded time from here (ADR 0023).
     let check_deadline = CheckDeadline::after(state.check_valid_for);
     let funded = async {
@@ -107,10 +108,7 @@ async fn place_claimed(
             }
         }
         let mid = state.engines.mid(&instrument).await?;
-        if let Err(rejection) = state.funds.check(&order, &instrument, mid).await? {
-            return Ok(Err(rejection));
-        }
-        state.funds.hold(&order, &instrument).await
+        state.funds.check(&order, &instrument, mid).await
     }
     .await;
     match funded {
@@ -119,9 +117,8 @@ async fn place_claimed(
             return refuse(&state, &claim, &request, rejection, Some(order.id)).await;
         }
         Err(err) => {
-            // No answer from risk or settlement. The hold may have been placed all the same
-            // (its answer lost to a timeout); the order surely never reached the book, so the
-            // hold goes back.
+            // No answer from risk. It may have reserved all the same (its answer lost to a
+            // timeout); the order surely never reached the book, so the reservation goes back.
             release_unplaced(&state, order.id, account, &request.symbol).await;
             return Err(err);
         }
@@ -135,8 +132,8 @@ async fn place_claimed(
         Ok(answer) => Ok(answer.into_response(false)),
         Err(Error::IdempotencyKeyTaken) => {
             // Another request with the key was answered first (through another replica):
-            // this order's batch rolled back, so its hold goes back and the key's answer is
-            // given instead.
+            // this order's batch rolled back, so its reservation goes back and the key's
+            // answer is given instead.
             release_unplaced(&state, order_id, account, &request.symbol).await;
             answer_taken_key(&state, &claim).await
         }
@@ -162,7 +159,7 @@ async fn place_claimed(
     }
 }
 
-/// An order whose placement failed after its funds were held.
+/// An order whose placement failed after risk reserved its funds.
 struct Unplaced {
     order: Uuid,
     account: Uuid,
@@ -172,7 +169,7 @@ struct Unplaced {
 
 impl Unplaced {
     /// Fences the order's claim off: once fenced no batch can commit the order any more, so
-    /// its hold goes back; if a batch answered it first, the order stands with its hold.
+    /// its reservation goes back; if a batch answered it first, the order stands with it.
     async fn settle(&self, state: &AppState) -> std::result::Result<(), sqlx::Error> {
         match idempotency::fence(&state.pool, &self.claim).await? {
             idempotency::Withdrawal::Withdrawn => {
@@ -186,7 +183,7 @@ impl Unplaced {
     }
 
     /// [`Self::settle`] retried while the database is away. Giving up at shutdown leaves the
-    /// hold to reconciliation (it reports holds without an open order).
+    /// reservation to lapse in risk (its sweeper ends what never reached the book).
     async fn settle_eventually(self, state: AppState) {
         let backoff = service_kit::backoff::Backoff {
             base: std::time::Duration::from_millis(100),
@@ -196,7 +193,7 @@ impl Unplaced {
         for retry in 0.. {
             tokio::select! {
                 () = shutdown.triggered() => {
-                    tracing::warn!(order = %self.order, "shutting down with a failed placement unsettled; its hold is left to reconciliation");
+                    tracing::warn!(order = %self.order, "shutting down with a failed placement unsettled; its reservation is left to lapse");
                     return;
                 }
                 () = tokio::time::sleep(backoff.delay(retry)) => {}
@@ -208,11 +205,11 @@ impl Unplaced {
     }
 }
 
-/// Gives back the hold of an order that surely never reached the book, through the outbox:
-/// `OrderRejected` (reason `not_placed`) makes settlement release it once, whenever it reads
-/// it — a direct call would be lost exactly when settlement is slow or away, which is when
-/// orders fail here. Without the database either, the call is tried; a hold left even then is
-/// found by reconciliation.
+/// Gives back what risk reserved for an order that surely never reached the book, through the
+/// outbox: `OrderRejected` (reason `not_placed`) makes risk release it once, whenever it reads
+/// it — a direct call would be lost exactly when risk is slow or away, which is when orders
+/// fail here. Without the database either, the reservation lapses in risk: it ends what was
+/// never seen on the orders stream (ADR 0023).
 async fn release_unplaced(state: &AppState, order: Uuid, account: Uuid, symbol: &str) {
     let announced = async {
         let event = events::Envelope::of(
@@ -233,8 +230,7 @@ async fn release_unplaced(state: &AppState, order: Uuid, account: Uuid, symbol: 
     }
     .await;
     if let Err(err) = announced {
-        tracing::warn!(%order, error = %err, "could not announce an unplaced order; voiding its hold directly");
-        state.funds.void(order).await;
+        tracing::warn!(%order, error = %err, "could not announce an unplaced order; its reservation will lapse in risk");
     }
 }
 

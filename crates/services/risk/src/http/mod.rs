@@ -1,6 +1,7 @@
 //! The risk service's HTTP surface: the internal check and withdrawal reservations (service
 //! tokens only) and the public risk-officer, admin and trader routes.
 
+mod balances;
 mod checks;
 mod funds;
 mod kill_switches;
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/admin/risk-funds/{account_id}", get(funds::get))
         .route("/v1/positions", get(positions::own))
+        .route("/v1/balances", get(balances::own))
         .route("/openapi.json", get(openapi))
         .with_state(state)
 }
@@ -84,7 +86,8 @@ pub fn router(state: AppState) -> Router {
         kill_switches::activate,
         kill_switches::release,
         funds::get,
-        positions::own
+        positions::own,
+        balances::own
     ),
     components(schemas(service_kit::http::Problem, service_kit::http::FieldError))
 )]

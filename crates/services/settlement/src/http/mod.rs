@@ -1,9 +1,8 @@
 //! The settlement service's HTTP surface: public routes (through the gateway) and the
-//! internal holds and balances APIs (service tokens only; the gateway never routes `/internal/*`).
+//! internal balances API (service tokens only; the gateway never routes `/internal/*`).
 
 mod balances;
 mod funding;
-mod holds;
 mod reconciliation;
 
 use std::sync::Arc;
@@ -11,7 +10,7 @@ use std::sync::Arc;
 use access::{ServiceClaims, TokenVerifier};
 use axum::Router;
 use axum::extract::FromRef;
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use contracts::Asset;
 use sqlx::PgPool;
 use utoipa::OpenApi;
@@ -27,8 +26,6 @@ pub struct AppState {
     pub services: Arc<TokenVerifier<ServiceClaims>>,
     pub assets: Arc<Vec<Asset>>,
     pub fees: Fees,
-    /// The hold writer (group commit).
-    pub holds: crate::holds::Holds,
     pub reconciler: Arc<crate::reconciliation::Reconciler>,
     /// Where withdrawals reserve before they are booked (risk).
     pub pre_trade: crate::funding::PreTrade,
@@ -48,12 +45,9 @@ impl FromRef<AppState> for Arc<TokenVerifier<ServiceClaims>> {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/v1/balances", get(balances::own))
         .route("/v1/admin/deposits", post(funding::deposit))
         .route("/v1/admin/withdrawals", post(funding::withdraw))
         .route("/v1/admin/reconciliation", post(reconciliation::run))
-        .route("/internal/v1/holds", post(holds::place))
-        .route("/internal/v1/holds/{id}", delete(holds::void))
         .route("/internal/v1/balances", get(balances::snapshot))
         .route("/openapi.json", get(openapi))
         .with_state(state)
@@ -63,12 +57,7 @@ pub fn router(state: AppState) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Bourse settlement", version = "1"),
-    paths(
-        balances::own,
-        funding::deposit,
-        funding::withdraw,
-        reconciliation::run
-    ),
+    paths(funding::deposit, funding::withdraw, reconciliation::run),
     components(schemas(service_kit::http::Problem, service_kit::http::FieldError))
 )]
 pub struct ApiDoc;
