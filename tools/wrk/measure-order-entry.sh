@@ -13,7 +13,7 @@ login() {
   curl -sf http://127.0.0.1:8080/v1/auth/login -H 'content-type: application/json' \
     -d "{\"email\":\"$1\",\"password\":\"$2\"}" | jq -r .access_token
 }
-# Every order holds its funds: the admin funds each trader for the whole run (through the API).
+# Every order reserves its funds (risk, ADR 0023): the admin funds each trader for the whole run (through the API).
 echo 'perf admin password 1234' | "$bin" admin create-user --email perf-admin@example.com --role admin > /dev/null
 ADMIN=$(login perf-admin@example.com 'perf admin password 1234')
 # The demo traders on one side each; with more per side, new traders (spreading the load over
@@ -120,7 +120,7 @@ if [[ -n ${pg_dir:-} ]]; then
            left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
       FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25"
   measured=$placed
-  # What each order cost the database in all (its own writes, the holds, settlement, risk's
+  # What each order cost the database in all (its own writes, settlement, risk's
   # projection, the relays): statements, their execution time, and transactions committed.
   psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "
     SELECT format('per order: %s statements, %s ms of statement time, %s commits',
