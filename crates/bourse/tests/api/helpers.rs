@@ -454,8 +454,7 @@ impl TestApp {
 
     /// Waits until risk's pre-trade stage sees `account`'s `asset` as the ledger books it
     /// (available + held), read as `reader` (an admin or risk officer). Returns at once when
-    /// risk is not running or still loading balances: its checks then reserve nothing and
-    /// settlement's hold decides alone.
+    /// risk is not running; waits while it loads balances (it refuses orders until it decides).
     pub async fn risk_caught_up(&self, reader: &Tokens, account: Uuid, asset: &str) {
         let booked: Option<(i64, i16)> = sqlx::query_as(
             "SELECT a.available + a.held, s.scale
@@ -532,10 +531,10 @@ pub struct Figures {
 pub type FundsView = std::collections::BTreeMap<String, Figures>;
 
 /// What risk says `account` owns, by asset (`GET /v1/admin/risk-funds/{account}`), read as
-/// `reader`, once it decides on them; `None` while it answers 503: risk still loading
-/// settlement's snapshot, or not running. A risk that has its balances but has not yet read
-/// the orders committed before its start (`deciding: false`, ADR 0023) is waited for: it is
-/// moments away, and a deposit it has not read yet would be refused once it decides.
+/// `reader`, once it decides on them; `None` when risk is not running. A risk still loading
+/// settlement's snapshot (503 `funds_loading`), or that has its balances but has not yet read
+/// the orders committed before its start (`deciding: false`, ADR 0023), is waited for: it is
+/// moments away, and until then it refuses every order (503).
 pub async fn risk_funds(app: &TestApp, reader: &Tokens, account: uuid::Uuid) -> Option<FundsView> {
     let view = service_kit::testing::eventually_some("risk to decide on funds", || async {
         let response = app
@@ -545,7 +544,10 @@ pub async fn risk_funds(app: &TestApp, reader: &Tokens, account: uuid::Uuid) -> 
             )
             .await;
         if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-            return Some(None);
+            let problem: Value = response.json().await.unwrap();
+            // Loading after its start: moments away, and orders are refused until then.
+            // Anything else answering 503 is the gateway: risk is not running.
+            return (problem["code"] != "funds_loading").then_some(None);
         }
         assert_eq!(response.status(), StatusCode::OK);
         let view: Value = response.json().await.unwrap();
