@@ -97,6 +97,20 @@ impl Market {
             .await
     }
 
+    /// The admin halts trading in `symbol`.
+    async fn halt(&self, symbol: &str) {
+        let halted = self
+            .app
+            .client
+            .patch(self.app.url(&format!("/v1/admin/instruments/{symbol}")))
+            .bearer_auth(&self.admin.access_token)
+            .json(&json!({ "status": "halted" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(halted.status(), StatusCode::OK);
+    }
+
     async fn cancel(&self, who: &Tokens, id: &str) -> Response {
         self.app
             .client
@@ -277,6 +291,50 @@ async fn concurrent_requests_with_one_key_create_exactly_one_order(pool: PgPool)
     // at work is turned away before its risk check, and later ones are replayed. (One that
     // had reserved would still show here: its reservation goes back through the outbox.)
     assert_eq!(m.held(&m.alice, "BTC").await, "0.50000000");
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_halt_through_one_replica_stops_orders_through_the_other(pool: PgPool) {
+    // Each orders replica keeps the instruments it has read in memory (ADR 0025): the halt
+    // reaches the other replica's copy by the notice its commit sends.
+    let first = spawn_app(pool).await;
+    let second = spawn_replica_of(&first).await;
+    let m = market_on(first).await;
+    let through_second = |order: Value| {
+        second
+            .client
+            .post(second.url("/v1/orders"))
+            .bearer_auth(&m.alice.access_token)
+            .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+            .json(&order)
+            .send()
+    };
+    // The second replica validated an order against BTC-USD, so it holds it in memory.
+    let placed = through_second(limit("buy", "28000.00", "0.1"))
+        .await
+        .unwrap();
+    assert_eq!(placed.status(), StatusCode::CREATED);
+
+    m.halt("BTC-USD").await;
+
+    eventually(
+        "the second replica to refuse the halted instrument",
+        || async {
+            let response = through_second(limit("buy", "28000.00", "0.1"))
+                .await
+                .unwrap();
+            response.status() == StatusCode::UNPROCESSABLE_ENTITY
+        },
+    )
+    .await;
+    assert_problem(
+        through_second(limit("buy", "28000.00", "0.1"))
+            .await
+            .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "instrument_halted",
+    )
+    .await;
 }
 
 #[sqlx::test(migrations = false)]
@@ -504,16 +562,7 @@ async fn hostile_orders_are_refused_and_change_nothing(pool: PgPool) {
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["code"], code, "{order}: {body}");
     }
-    let halt = m
-        .app
-        .client
-        .patch(m.app.url("/v1/admin/instruments/BTC-USD"))
-        .bearer_auth(&m.admin.access_token)
-        .json(&json!({ "status": "halted" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(halt.status(), StatusCode::OK);
+    m.halt("BTC-USD").await;
     assert_problem(
         m.place(&m.alice, &limit("buy", "30000", "0.1")).await,
         StatusCode::UNPROCESSABLE_ENTITY,

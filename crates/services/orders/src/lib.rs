@@ -2,7 +2,8 @@
 //! announced through the transactional outbox and published by the relay this service runs.
 //!
 //! - [`config`]: `BOURSE_ORDERS_*` settings, including the asset list.
-//! - [`instruments`]: validation in exact units, create, halt/resume (TRD-01).
+//! - [`instruments`]: validation in exact units, create, halt/resume (TRD-01); [`catalog`]
+//!   keeps them in memory until a change is announced.
 //! - [`order_entry`]: an order request checked in exact units; market-order protection.
 //! - [`funds`]: the risk check, which reserves the funds every order needs before matching.
 //! - [`engine`]: one matching task per symbol; [`group_commit`] the writes of each batch.
@@ -16,6 +17,7 @@
 //! - [`error`]: the crate's errors as problem+json.
 
 pub mod book_feed;
+pub mod catalog;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -113,8 +115,16 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     .map_err(Error::Internal)?;
     spawn_breaker_notices(&risk, pool.clone(), &tasks);
 
+    // Instruments are read once and kept until a change to them is announced (ADR 0025).
+    let catalog = catalog::Catalog::new(pool.clone());
+    let watched = catalog.clone();
+    tasks.spawn("instrument changes", move |stop| {
+        watched.clone().watch(stop)
+    });
+
     let state = http::AppState {
         pool: pool.clone(),
+        catalog,
         verifier,
         services,
         assets: Arc::new(config.assets.clone()),

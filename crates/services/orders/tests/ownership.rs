@@ -8,26 +8,9 @@ use orders::store;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const SYMBOL: &str = "BTC-USD";
+mod database;
 
-/// The orders schema, migrated, with one instrument.
-async fn orders_db(test_pool: &PgPool) -> PgPool {
-    let options = test_pool.connect_options().as_ref().clone();
-    let pool = PgPool::connect_with(options.options([("search_path", orders::SCHEMA)]))
-        .await
-        .unwrap();
-    orders::migrate(&pool).await.unwrap();
-    sqlx::query(
-        "INSERT INTO instruments (symbol, base_asset, quote_asset, base_scale, quote_scale,
-                                  tick_size, lot_size, min_quantity, max_quantity)
-         VALUES ($1, 'BTC', 'USD', 8, 2, 1, 10000, 10000, 100000000000)",
-    )
-    .bind(SYMBOL)
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool
-}
+use database::{SYMBOL, orders_db};
 
 #[sqlx::test(migrations = false)]
 async fn a_takeover_waits_for_the_old_owners_batch_then_fences_it_off(pool: PgPool) {

@@ -119,5 +119,8 @@ pub async fn set_status(
 ) -> Result<Body<InstrumentView>> {
     principal.require_any(&[Role::Admin])?;
     let instrument = instruments::set_status(&state.pool, &symbol, body.status).await?;
+    // Seen here from now on; the other replicas forget it when the change's notice reaches
+    // them (ADR 0025).
+    state.catalog.forget(&symbol);
     Ok(Body(InstrumentView::from(&instrument)))
 }

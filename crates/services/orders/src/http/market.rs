@@ -52,9 +52,7 @@ pub struct Ticker {
 }
 
 async fn instrument(state: &AppState, symbol: &str) -> Result<Instrument> {
-    store::instrument(&state.pool, symbol)
-        .await?
-        .ok_or(Error::NotFound)
+    state.catalog.get(symbol).await?.ok_or(Error::NotFound)
 }
 
 /// Order book depth, aggregated per price level.

@@ -11,7 +11,6 @@ use super::AppState;
 use crate::engine::{Command, Outcome};
 use crate::error::{Error, Result};
 use crate::forwarding::Forwarded;
-use crate::store;
 
 /// Runs the command on this replica's book of `symbol`; `409 not_owner` when it is not here.
 pub async fn run(
@@ -21,9 +20,7 @@ pub async fn run(
     Json(Forwarded { owner, command }): Json<Forwarded>,
 ) -> Result<Body<Outcome>> {
     caller.require(ORDERS_MATCHING)?;
-    let instrument = store::instrument(&state.pool, &symbol)
-        .await?
-        .ok_or(Error::NotFound)?;
+    let instrument = state.catalog.get(&symbol).await?.ok_or(Error::NotFound)?;
     if let Command::Place { order, .. } = &command
         && order.symbol != instrument.symbol
     {

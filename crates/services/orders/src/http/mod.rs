@@ -24,6 +24,8 @@ pub struct AppState {
     /// Service tokens, for `/internal/*`.
     pub services: Arc<TokenVerifier<ServiceClaims>>,
     pub assets: Arc<Vec<Asset>>,
+    /// Instruments, cached until a change is announced (ADR 0025).
+    pub catalog: crate::catalog::Catalog,
     pub engines: crate::engine::Engines,
     /// Risk's check and reservation, asked before matching.
     pub funds: crate::funds::Funds,

@@ -76,7 +76,7 @@ async fn place_claimed(
     account: Uuid,
     claim: idempotency::Claim,
 ) -> Result<Response> {
-    let instrument = store::instrument(&state.pool, &request.symbol).await?;
+    let instrument = state.catalog.get(&request.symbol).await?;
     let mut order = match order_entry::validate(&request, account, instrument.as_ref()) {
         Ok(order) => order,
         Err(rejection) => return refuse(&state, &claim, &request, rejection, None).await,
@@ -303,7 +303,9 @@ pub async fn get(
     let (order, fills) = store::own_order(&mut conn, id, principal.user_id)
         .await?
         .ok_or(Error::NotFound)?;
-    let instrument = store::instrument(&state.pool, &order.symbol)
+    let instrument = state
+        .catalog
+        .get(&order.symbol)
         .await?
         .ok_or(Error::NotFound)?;
     Ok(Body(OrderView::new(
@@ -336,7 +338,9 @@ pub async fn cancel(
         )
         .into());
     }
-    let instrument = store::instrument(&state.pool, &order.symbol)
+    let instrument = state
+        .catalog
+        .get(&order.symbol)
         .await?
         .ok_or(Error::NotFound)?;
     state
@@ -461,7 +465,7 @@ pub async fn cancel_all(
         store::symbols_with_resting_orders(&state.pool, principal.user_id, query.symbol.as_deref())
             .await?
     {
-        if let Some(instrument) = store::instrument(&state.pool, &symbol).await? {
+        if let Some(instrument) = state.catalog.get(&symbol).await? {
             cancelled += state
                 .engines
                 .cancel_account(&instrument, principal.user_id)

@@ -1,0 +1,101 @@
+//! The instrument catalog against a real PostgreSQL (ADR 0025): instruments are served from
+//! memory while the catalog listens for changes, a change committed anywhere reaches it, and
+//! a catalog that lost its listener reads the database again rather than trust what it kept.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use orders::catalog::Catalog;
+use orders::instruments::{self, Status};
+use service_kit::Shutdown;
+use service_kit::testing::eventually;
+use sqlx::PgPool;
+
+mod database;
+
+use database::{SYMBOL, orders_db};
+
+/// A catalog listening for changes, as the service runs it; stopped with the test.
+async fn listening(pool: &PgPool) -> (Catalog, Shutdown) {
+    let catalog = Catalog::new(pool.clone());
+    let stop = Shutdown::new();
+    tokio::spawn(catalog.clone().watch(stop.clone()));
+    catalog.until_listening().await;
+    (catalog, stop)
+}
+
+async fn status(catalog: &Catalog) -> Status {
+    catalog.get(SYMBOL).await.unwrap().unwrap().status
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_halt_committed_by_another_replica_reaches_the_cache(pool: PgPool) {
+    let pool = orders_db(&pool).await;
+    let (catalog, stop) = listening(&pool).await;
+    assert_eq!(status(&catalog).await, Status::Open);
+
+    // Another replica halts trading: nothing tells this catalog but the change's notice.
+    instruments::set_status(&pool, SYMBOL, Status::Halted)
+        .await
+        .unwrap();
+
+    eventually("the catalog to see the halt", || async {
+        status(&catalog).await == Status::Halted
+    })
+    .await;
+    // A symbol nobody created is not remembered as missing: it is found once created.
+    assert!(catalog.get("ETH-USD").await.unwrap().is_none());
+    stop.trigger();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_catalog_that_lost_its_listener_reads_the_database_again(pool: PgPool) {
+    let pool = orders_db(&pool).await;
+    let (catalog, stop) = listening(&pool).await;
+    assert_eq!(status(&catalog).await, Status::Open);
+
+    // A change nobody announces (the trigger off) is not seen: the instrument is served from
+    // memory, not read per request.
+    let mut silent = pool.begin().await.unwrap();
+    sqlx::query("ALTER TABLE instruments DISABLE TRIGGER instruments_announce_change")
+        .execute(&mut *silent)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE instruments SET status = 'halted' WHERE symbol = $1")
+        .bind(SYMBOL)
+        .execute(&mut *silent)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE instruments ENABLE TRIGGER instruments_announce_change")
+        .execute(&mut *silent)
+        .await
+        .unwrap();
+    silent.commit().await.unwrap();
+    assert_eq!(status(&catalog).await, Status::Open);
+
+    // The listening connection dies (a database restart, a network cut): notices sent
+    // meanwhile would be lost, so the catalog forgets what it kept and reads the row.
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND query LIKE 'LISTEN%orders_instruments%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(terminated, [true]);
+    eventually("the catalog to read the unannounced halt", || async {
+        status(&catalog).await == Status::Halted
+    })
+    .await;
+
+    // Listening again (its supervisor starts it over), it caches again.
+    tokio::spawn(catalog.clone().watch(stop.clone()));
+    catalog.until_listening().await;
+    assert_eq!(status(&catalog).await, Status::Halted);
+    instruments::set_status(&pool, SYMBOL, Status::Open)
+        .await
+        .unwrap();
+    eventually("the catalog to see trading reopened", || async {
+        status(&catalog).await == Status::Open
+    })
+    .await;
+    stop.trigger();
+}
