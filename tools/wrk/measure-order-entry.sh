@@ -90,6 +90,8 @@ if [[ $read_for != 0 ]]; then
 fi
 # How the matching task batched: sizes and time per batch (orders service metrics).
 curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_matching_(batch_size|batch_seconds|phase_seconds)_(sum|count)' || true
+# How many idempotency-key look-ups each statement read together (ADR 0025).
+curl -s http://127.0.0.1:8082/metrics | grep -E '^idempotency_look_ups_per_read_(sum|count)' || true
 # Commands 8082 forwarded to another orders replica that owns the symbol (BOURSE_PERF_ORDERS_REPLICAS=2).
 curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_forwarded_commands_total' || true
 orders=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.orders")

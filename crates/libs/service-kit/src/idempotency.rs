@@ -22,8 +22,8 @@
 //! rolls back. Work that fails without knowing whether its answer was stored settles it with
 //! [`fence`], as [`withdraw`] does for claimed keys.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use aws_lc_rs::digest::{SHA256, digest};
@@ -346,6 +346,16 @@ async fn answered_under(pool: &PgPool, claim: &Claim) -> Result<Withdrawal> {
 /// a mismatch, still in flight (a claim written the other way, within its lease), or a claim
 /// to work under — not written anywhere yet. Reads only.
 pub async fn look_up(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> Result<Begin> {
+    Ok(judge(
+        existing(pool, principal, key).await?,
+        principal,
+        key,
+        hash,
+    ))
+}
+
+/// What [`look_up`] tells a request with body `hash` about key `key`, given its row.
+fn judge(row: Option<Existing>, principal: Uuid, key: &str, hash: &[u8]) -> Begin {
     let proceed = || {
         Begin::Proceed(Claim {
             principal,
@@ -354,7 +364,7 @@ pub async fn look_up(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> 
             request_hash: hash.to_vec(),
         })
     };
-    Ok(match existing(pool, principal, key).await? {
+    match row {
         None => proceed(),
         // Work fenced off after an unknown outcome, or a claim cut off past its lease: the
         // key was never answered, and a retry (any body) works under a new token.
@@ -362,11 +372,11 @@ pub async fn look_up(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> 
             proceed()
         }
         Some(row) => row.begin(hash),
-    })
+    }
 }
 
 /// A key's row as [`begin`] and [`look_up`] judge it.
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct Existing {
     request_hash: Vec<u8>,
     response_status: Option<i16>,
@@ -408,6 +418,201 @@ async fn existing(pool: &PgPool, principal: Uuid, key: &str) -> Result<Option<Ex
     .bind(LEASE.as_secs_f64())
     .fetch_optional(pool)
     .await
+}
+
+/// [`look_up`] for many requests at once: look-ups that arrive while a read is under way wait
+/// for the next read, which takes all of them with one statement. Order entry looked its key
+/// up once per order — a round trip per order, the only one left on its path (ADR 0025); read
+/// together, a busy moment costs one round trip for everyone in it, and a quiet one no more
+/// than before (nothing waits for a batch to fill).
+///
+/// The reads run in a task of their own, started when a look-up finds none running and ended
+/// when nobody waits: a request cut off while waiting leaves the others' read untouched.
+#[derive(Clone)]
+pub struct LookUps(Arc<Combined>);
+
+struct Combined {
+    pool: PgPool,
+    tasks: crate::Supervisor,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiting>,
+    /// A read task is running; it takes whatever waits before it ends.
+    reading: bool,
+}
+
+struct Waiting {
+    principal: Uuid,
+    key: String,
+    hash: Vec<u8>,
+    answer: tokio::sync::oneshot::Sender<std::result::Result<Begin, LookUpError>>,
+}
+
+/// The most look-ups one statement reads.
+const LOOK_UPS_PER_READ: usize = 512;
+
+/// Why [`LookUps::look_up`] has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LookUpError {
+    /// The read failed; every look-up it carried shares the cause.
+    #[error("reading idempotency keys: {0}")]
+    Database(#[source] Arc<sqlx::Error>),
+    /// The read task ended without answering (it panicked).
+    #[error("the idempotency key read stopped")]
+    Stopped,
+}
+
+impl LookUpError {
+    /// The database is away (a 503 with Retry-After, not a 500).
+    pub fn database_unavailable(&self) -> Option<&sqlx::Error> {
+        match self {
+            LookUpError::Database(err) if crate::db::is_unavailable(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+impl LookUps {
+    /// Reads run as tasks of `tasks`.
+    pub fn new(pool: PgPool, tasks: crate::Supervisor) -> Self {
+        Self(Arc::new(Combined {
+            pool,
+            tasks,
+            queue: Mutex::default(),
+        }))
+    }
+
+    /// What [`look_up`] would answer, read together with whatever else is waiting.
+    pub async fn look_up(
+        &self,
+        principal: Uuid,
+        key: &str,
+        hash: &[u8],
+    ) -> std::result::Result<Begin, LookUpError> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let start_reading = {
+            let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.waiting.push(Waiting {
+                principal,
+                key: key.to_owned(),
+                hash: hash.to_vec(),
+                answer,
+            });
+            !std::mem::replace(&mut queue.reading, true)
+        };
+        if start_reading {
+            self.0
+                .tasks
+                .spawn_tracked("idempotency key reads", read_while_waiting(self.0.clone()));
+        }
+        answered.await.unwrap_or(Err(LookUpError::Stopped))
+    }
+
+    /// Look-ups waiting for a read to start (a gauge of how many one read will carry).
+    pub fn waiting(&self) -> usize {
+        let queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.waiting.len()
+    }
+}
+
+/// Reads what waits, batch after batch, until nothing does.
+async fn read_while_waiting(combined: Arc<Combined>) {
+    let mut reading = Reading {
+        combined: &combined,
+        ended: false,
+    };
+    loop {
+        let batch: Vec<Waiting> = {
+            let mut queue = combined
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if queue.waiting.is_empty() {
+                // Under the lock: a look-up arriving after this starts a read of its own.
+                queue.reading = false;
+                reading.ended = true;
+                return;
+            }
+            let take = queue.waiting.len().min(LOOK_UPS_PER_READ);
+            queue.waiting.drain(..take).collect()
+        };
+        metrics::histogram!("idempotency_look_ups_per_read").record(batch.len() as f64);
+        let (principals, keys): (Vec<Uuid>, Vec<String>) =
+            batch.iter().map(|w| (w.principal, w.key.clone())).unzip();
+        match existing_all(&combined.pool, &principals, &keys).await {
+            Ok(found) => {
+                for waiting in batch {
+                    let row = found
+                        .get(&(waiting.principal, waiting.key.clone()))
+                        .cloned();
+                    let begun = judge(row, waiting.principal, &waiting.key, &waiting.hash);
+                    // A look-up whose request was cut off no longer listens.
+                    let _ = waiting.answer.send(Ok(begun));
+                }
+            }
+            Err(err) => {
+                let err = Arc::new(err);
+                for waiting in batch {
+                    let _ = waiting.answer.send(Err(LookUpError::Database(err.clone())));
+                }
+            }
+        }
+    }
+}
+
+/// A read task that ends any other way than by finding nothing waiting (a panic) lets the
+/// next look-up start a new one; those it had taken are answered `Stopped` as their senders
+/// drop.
+struct Reading<'a> {
+    combined: &'a Combined,
+    ended: bool,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            let mut queue = self
+                .combined
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            queue.reading = false;
+        }
+    }
+}
+
+/// The rows of many keys at once, by (principal, key).
+async fn existing_all(
+    pool: &PgPool,
+    principals: &[Uuid],
+    keys: &[String],
+) -> Result<HashMap<(Uuid, String), Existing>> {
+    #[derive(sqlx::FromRow)]
+    struct Found {
+        principal_id: Uuid,
+        key: String,
+        #[sqlx(flatten)]
+        row: Existing,
+    }
+    let found: Vec<Found> = sqlx::query_as(
+        "SELECT k.principal_id, k.key, k.request_hash, k.response_status, k.response_body,
+                cardinality(k.fenced) > 0 AS fenced,
+                k.locked_at < now() - make_interval(secs => $3) AS expired
+           FROM UNNEST($1::uuid[], $2::text[]) AS q(principal_id, key)
+           JOIN idempotency_keys k ON k.principal_id = q.principal_id AND k.key = q.key",
+    )
+    .bind(principals)
+    .bind(keys)
+    .bind(LEASE.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    Ok(found
+        .into_iter()
+        .map(|f| ((f.principal_id, f.key), f.row))
+        .collect())
 }
 
 /// Whether [`record_all`] stored every answer.

@@ -49,6 +49,11 @@ fn describe() {
         Unit::Seconds,
         "Time to answer a request, by service, method and route."
     );
+    describe_histogram!(
+        "idempotency_look_ups_per_read",
+        Unit::Count,
+        "Idempotency-key look-ups one statement read together (order entry)."
+    );
     describe_gauge!(
         "health_dependency_up",
         Unit::Count,

@@ -331,3 +331,72 @@ fn a_key_in_flight_in_this_process_is_turned_away_until_its_work_ends() {
         "free again once the work ended"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn look_ups_arriving_during_a_read_are_read_together_and_each_answered_as_alone(
+    pool: PgPool,
+) {
+    let pool = claims_db(&pool).await;
+    let principal = Uuid::now_v7();
+    let hash = idempotency::request_hash(&serde_json::json!({"side": "buy"}));
+    let other = idempotency::request_hash(&serde_json::json!({"side": "sell"}));
+    // One key answered, one claimed the other way and in flight, one never seen.
+    let answered = looked_up(&pool, principal, "answered", &hash).await;
+    assert_eq!(record(&pool, &answered).await, idempotency::Recorded::All);
+    idempotency::begin(&pool, principal, "claimed", &hash)
+        .await
+        .unwrap();
+    let shutdown = service_kit::Shutdown::new();
+    let look_ups = idempotency::LookUps::new(
+        pool.clone(),
+        service_kit::Supervisor::new("test", &shutdown),
+    );
+    let look_up = |key: &'static str, hash: Vec<u8>| {
+        let look_ups = look_ups.clone();
+        tokio::spawn(async move { look_ups.look_up(principal, key, &hash).await.unwrap() })
+    };
+
+    // The first read is held up by a lock on the table...
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE idempotency_keys IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let first = look_up("answered", hash.clone());
+    service_kit::testing::until_waiting_for_a_lock(&pool, "idempotency_keys").await;
+    // ...so the look-ups arriving meanwhile wait for the next read, not each for their own.
+    let replayed = look_up("answered", hash.clone());
+    let mismatched = look_up("answered", other.clone());
+    let in_flight = look_up("claimed", hash.clone());
+    let new = look_up("new", hash.clone());
+    service_kit::testing::eventually("four look-ups waiting for the next read", || async {
+        look_ups.waiting() == 4
+    })
+    .await;
+    let reads_waiting: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(reads_waiting, 1, "one statement reads for everyone waiting");
+    blocker.rollback().await.unwrap();
+
+    // Each is told what a look-up of its own would have told it.
+    for replay in [first.await.unwrap(), replayed.await.unwrap()] {
+        assert!(
+            matches!(replay, Begin::Replay { status: 201, ref body } if *body == created().body)
+        );
+    }
+    assert!(matches!(mismatched.await.unwrap(), Begin::Mismatch));
+    assert!(matches!(in_flight.await.unwrap(), Begin::InFlight));
+    let new = claim_of(new.await.unwrap());
+    assert_eq!((new.principal, new.key.as_str()), (principal, "new"));
+    assert_eq!(look_ups.waiting(), 0);
+    // Reads start again for whoever comes next.
+    assert!(matches!(
+        look_up("answered", other).await.unwrap(),
+        Begin::Mismatch
+    ));
+}

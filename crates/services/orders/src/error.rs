@@ -38,6 +38,8 @@ pub enum Error {
     Problem(#[from] Problem),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("idempotency key look-up: {0}")]
+    KeyLookUp(#[from] service_kit::idempotency::LookUpError),
     #[error("events: {0}")]
     Events(#[from] events::Error),
     #[error("start-up")]
@@ -104,6 +106,9 @@ impl IntoResponse for Error {
             ),
             Error::Problem(problem) => problem,
             Error::Database(ref err) if service_kit::db::is_unavailable(err) => {
+                Problem::dependency_unavailable("database", err)
+            }
+            Error::KeyLookUp(ref err) if err.database_unavailable().is_some() => {
                 Problem::dependency_unavailable("database", err)
             }
             Error::Events(ref err) if err.is_transient() => {

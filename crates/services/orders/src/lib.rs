@@ -135,6 +135,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         fees: config.fees,
         tasks: tasks.clone(),
         placing: Default::default(),
+        look_ups: service_kit::idempotency::LookUps::new(pool.clone(), tasks.clone()),
     };
     let purged = pool.clone();
     tasks.spawn("idempotency purge", move |stop| {

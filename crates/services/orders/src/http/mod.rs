@@ -39,6 +39,8 @@ pub struct AppState {
     /// Idempotency keys of orders being placed by this process (their claims are written with
     /// the answer, in the matching batch).
     pub placing: service_kit::idempotency::InFlightKeys,
+    /// Their look-ups, read together (ADR 0025).
+    pub look_ups: service_kit::idempotency::LookUps,
 }
 
 impl FromRef<AppState> for Arc<TokenVerifier> {

@@ -42,13 +42,10 @@ pub async fn place(
     let Some(in_flight) = state.placing.enter(principal.user_id, key) else {
         return Ok(idempotency::in_flight());
     };
-    let begun = idempotency::look_up(
-        &state.pool,
-        principal.user_id,
-        key,
-        &idempotency::request_hash(&body),
-    )
-    .await?;
+    let begun = state
+        .look_ups
+        .look_up(principal.user_id, key, &idempotency::request_hash(&body))
+        .await?;
     let claim = match begun.claim() {
         Ok(claim) => claim,
         Err(response) => return Ok(*response),
