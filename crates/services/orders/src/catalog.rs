@@ -91,6 +91,7 @@ impl Catalog {
             known.listening = listening;
         }
         self.listening.send_replace(listening);
+        metrics::gauge!("orders_instrument_cache_listening").set(if listening { 1.0 } else { 0.0 });
     }
 
     /// Resolves once the catalog listens (and so caches); at once if it does.

@@ -288,6 +288,11 @@ pub fn describe_metrics() {
         "Placements refused before the book because their risk check began longer ago than BOURSE_RISK_CHECK_VALID_FOR_MS."
     );
     describe_gauge!(
+        "orders_instrument_cache_listening",
+        Unit::Count,
+        "1 while this replica listens for instrument changes and so serves instruments from memory; 0 while it reads each from the database (ADR 0025)."
+    );
+    describe_gauge!(
         "orders_owned_symbols",
         Unit::Count,
         "Symbols whose book this replica keeps."
