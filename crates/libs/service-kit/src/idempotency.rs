@@ -467,11 +467,8 @@ pub enum LookUpError {
 
 impl LookUpError {
     /// The database is away (a 503 with Retry-After, not a 500).
-    pub fn database_unavailable(&self) -> Option<&sqlx::Error> {
-        match self {
-            LookUpError::Database(err) if crate::db::is_unavailable(err) => Some(err),
-            _ => None,
-        }
+    pub fn is_database_unavailable(&self) -> bool {
+        matches!(self, LookUpError::Database(err) if crate::db::is_unavailable(err))
     }
 }
 

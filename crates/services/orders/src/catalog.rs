@@ -104,12 +104,8 @@ impl Catalog {
     /// Listens for changes until `stop`, or until the connection is lost — then it returns
     /// (its supervisor starts it again) having stopped caching.
     pub async fn watch(self, stop: Shutdown) {
-        let caching = Caching(&self);
-        match caching.listen(&stop).await {
-            Ok(()) => {}
-            Err(err) => {
-                tracing::warn!(error = %err, "lost the instrument change listener; reading instruments from the database until it is back");
-            }
+        if let Err(err) = Caching(&self).listen(&stop).await {
+            tracing::warn!(error = %err, "lost the instrument change listener; reading instruments from the database until it is back");
         }
     }
 }

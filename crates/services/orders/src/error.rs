@@ -108,7 +108,7 @@ impl IntoResponse for Error {
             Error::Database(ref err) if service_kit::db::is_unavailable(err) => {
                 Problem::dependency_unavailable("database", err)
             }
-            Error::KeyLookUp(ref err) if err.database_unavailable().is_some() => {
+            Error::KeyLookUp(ref err) if err.is_database_unavailable() => {
                 Problem::dependency_unavailable("database", err)
             }
             Error::Events(ref err) if err.is_transient() => {

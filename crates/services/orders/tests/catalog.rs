@@ -26,23 +26,55 @@ async fn status(catalog: &Catalog) -> Status {
     catalog.get(SYMBOL).await.unwrap().unwrap().status
 }
 
+/// Another replica sets the status (nothing tells `catalog` but the change's notice), and
+/// `catalog` comes to show it.
+async fn set_elsewhere_and_seen(pool: &PgPool, catalog: &Catalog, to: Status) {
+    instruments::set_status(pool, SYMBOL, to).await.unwrap();
+    eventually(&format!("the catalog to show {to:?}"), || async {
+        status(catalog).await == to
+    })
+    .await;
+}
+
+/// Sets the status with the trigger off: a change nobody announces.
+async fn set_unannounced(pool: &PgPool, to: Status) {
+    let mut silent = pool.begin().await.unwrap();
+    for statement in [
+        "ALTER TABLE instruments DISABLE TRIGGER instruments_announce_change",
+        &format!(
+            "UPDATE instruments SET status = '{}' WHERE symbol = '{SYMBOL}'",
+            to.as_str()
+        ),
+        "ALTER TABLE instruments ENABLE TRIGGER instruments_announce_change",
+    ] {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(&mut *silent)
+            .await
+            .unwrap();
+    }
+    silent.commit().await.unwrap();
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_halt_committed_by_another_replica_reaches_the_cache(pool: PgPool) {
     let pool = orders_db(&pool).await;
     let (catalog, stop) = listening(&pool).await;
     assert_eq!(status(&catalog).await, Status::Open);
 
-    // Another replica halts trading: nothing tells this catalog but the change's notice.
-    instruments::set_status(&pool, SYMBOL, Status::Halted)
-        .await
-        .unwrap();
+    set_elsewhere_and_seen(&pool, &catalog, Status::Halted).await;
 
-    eventually("the catalog to see the halt", || async {
-        status(&catalog).await == Status::Halted
-    })
-    .await;
-    // A symbol nobody created is not remembered as missing: it is found once created.
+    // A symbol nobody created is not remembered as missing: it is found once created (a
+    // creation sends no notice).
     assert!(catalog.get("ETH-USD").await.unwrap().is_none());
+    sqlx::query(
+        "INSERT INTO instruments (symbol, base_asset, quote_asset, base_scale, quote_scale,
+                                  tick_size, lot_size, min_quantity, max_quantity)
+         VALUES ('ETH-USD', 'ETH', 'USD', 8, 2, 1, 10000, 10000, 100000000000)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(catalog.get("ETH-USD").await.unwrap().is_some());
     stop.trigger();
 }
 
@@ -54,21 +86,7 @@ async fn a_catalog_that_lost_its_listener_reads_the_database_again(pool: PgPool)
 
     // A change nobody announces (the trigger off) is not seen: the instrument is served from
     // memory, not read per request.
-    let mut silent = pool.begin().await.unwrap();
-    sqlx::query("ALTER TABLE instruments DISABLE TRIGGER instruments_announce_change")
-        .execute(&mut *silent)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE instruments SET status = 'halted' WHERE symbol = $1")
-        .bind(SYMBOL)
-        .execute(&mut *silent)
-        .await
-        .unwrap();
-    sqlx::query("ALTER TABLE instruments ENABLE TRIGGER instruments_announce_change")
-        .execute(&mut *silent)
-        .await
-        .unwrap();
-    silent.commit().await.unwrap();
+    set_unannounced(&pool, Status::Halted).await;
     assert_eq!(status(&catalog).await, Status::Open);
 
     // The listening connection dies (a database restart, a network cut): notices sent
@@ -86,16 +104,13 @@ async fn a_catalog_that_lost_its_listener_reads_the_database_again(pool: PgPool)
     })
     .await;
 
-    // Listening again (its supervisor starts it over), it caches again.
+    // Listening again (its supervisor starts it over), it caches again: an unannounced
+    // change is not seen, an announced one is.
     tokio::spawn(catalog.clone().watch(stop.clone()));
     catalog.until_listening().await;
     assert_eq!(status(&catalog).await, Status::Halted);
-    instruments::set_status(&pool, SYMBOL, Status::Open)
-        .await
-        .unwrap();
-    eventually("the catalog to see trading reopened", || async {
-        status(&catalog).await == Status::Open
-    })
-    .await;
+    set_unannounced(&pool, Status::Open).await;
+    assert_eq!(status(&catalog).await, Status::Halted);
+    set_elsewhere_and_seen(&pool, &catalog, Status::Open).await;
     stop.trigger();
 }
