@@ -70,6 +70,8 @@ if [[ ${BOURSE_PERF_ORDERS_REPLICAS:-1} == 2 ]]; then
 fi
 stop_all() {
   kill "${servers[@]}" 2>/dev/null; wait "${servers[@]}" 2>/dev/null
+  # The run's streams (tens of thousands of entries each) would stay in the shared Redis.
+  redis-cli --scan --pattern "$BOURSE_REDIS_KEY_PREFIX[.:]*" | xargs -r redis-cli unlink > /dev/null
   if [[ -n ${pg_dir:-} ]]; then
     "${as_postgres[@]}" "$pg_bin/pg_ctl" stop -m fast -D "$pg_dir/data" > /dev/null
     cp "$pg_dir/server.log" /tmp/bourse-perf-pg.log; rm -rf "$pg_dir"

@@ -330,6 +330,12 @@ pub fn describe_metrics() {
         "WebSocket streams closed by the gateway, by reason."
     );
     describe_counter!(
+        "gateway_stream_entries_total",
+        Unit::Count,
+        "Entries of the orders and market streams the live feed read, by outcome: forwarded, \
+         unheard (no client subscribed, not parsed) or unreadable."
+    );
+    describe_counter!(
         "gateway_stream_sessions_total",
         Unit::Count,
         "WebSocket streams opened."

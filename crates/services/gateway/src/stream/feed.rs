@@ -2,6 +2,9 @@
 //! the replica started (no consumer group — every replica must see every message, for its own
 //! clients), translated and handed to the hub.
 //!
+//! Entries are decoded only while some client of this replica subscribes to something: a
+//! replica nobody listens to moves past the entries without parsing their envelopes.
+//!
 //! The WebSocket stream is live data: a reader that was down misses what happened meanwhile,
 //! and its clients learn of it the way they learn of any gap (a book update that does not
 //! follow their last sequence) and re-read the REST API or re-subscribe.
@@ -102,29 +105,68 @@ async fn read(
                 }
             }
         };
+        // Asked once the entries are in: each was added before this look, so a client
+        // subscribing after it misses none added after its subscription (what a live stream
+        // promises), and until someone listens no envelope is parsed.
+        let listened = hub.is_listened();
+        let mut outcomes = Outcomes::default();
         for stream in reply {
             let Some(position) = streams.iter().position(|k| *k == stream.key) else {
                 continue;
             };
             for entry in stream.ids {
                 last[position].clone_from(&entry.id);
+                if !listened {
+                    outcomes.unheard += 1;
+                    continue;
+                }
                 let raw: Option<String> = entry.get("envelope");
                 let Some(event) = raw
                     .as_deref()
                     .and_then(|r| serde_json::from_str::<events::Envelope>(r).ok())
                 else {
+                    outcomes.unreadable += 1;
                     continue;
                 };
                 match translate(&event, &amounts) {
                     Ok(messages) => {
+                        outcomes.forwarded += 1;
                         for outgoing in messages {
                             hub.publish(&outgoing);
                         }
                     }
                     Err(err) => {
+                        outcomes.unreadable += 1;
                         tracing::warn!(event_id = %event.id, error = %err, "event not forwarded to the stream");
                     }
                 }
+            }
+        }
+        outcomes.record();
+    }
+}
+
+/// What became of the entries of one read (`gateway_stream_entries_total{outcome}`).
+#[derive(Default)]
+struct Outcomes {
+    /// Decoded and handed to the hub.
+    forwarded: u64,
+    /// Skipped undecoded: no connection subscribed to anything.
+    unheard: u64,
+    /// Not an envelope, or not one the stream can translate.
+    unreadable: u64,
+}
+
+impl Outcomes {
+    fn record(&self) {
+        for (outcome, count) in [
+            ("forwarded", self.forwarded),
+            ("unheard", self.unheard),
+            ("unreadable", self.unreadable),
+        ] {
+            if count > 0 {
+                metrics::counter!("gateway_stream_entries_total", "outcome" => outcome)
+                    .increment(count);
             }
         }
     }

@@ -188,6 +188,12 @@ impl Hub {
         }
     }
 
+    /// Whether any connection subscribes to anything: while none does, every message would
+    /// be dropped at [`Hub::publish`], so the feed need not decode events at all.
+    pub fn is_listened(&self) -> bool {
+        self.state().subscribers.values().any(|ids| !ids.is_empty())
+    }
+
     /// Hands `outgoing` to every subscriber of its channel. Never waits: a subscriber whose
     /// queue is full is cut off.
     pub fn publish(&self, outgoing: &Outgoing) {
