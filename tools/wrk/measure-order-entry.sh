@@ -127,7 +127,13 @@ if [[ -n ${pg_dir:-} ]]; then
            round((100 * total_exec_time / sum(total_exec_time) OVER ())::numeric, 1) AS pct,
            round((total_exec_time / calls)::numeric, 3) AS mean_ms,
            left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
-      FROM perf_statements ORDER BY total_exec_time DESC LIMIT 25"
+      FROM perf_statements WHERE calls > 0 ORDER BY total_exec_time DESC LIMIT 25"
+  # Planned on every execution or nearly (`plans` close to `calls`): a statement whose custom
+  # plan always looks cheaper than its generic one (docs/performance.md).
+  psql -q -h 127.0.0.1 -U postgres -d "$database" -P pager=off -c "
+    SELECT round(total_plan_time)::bigint AS plan_ms, plans, calls,
+           left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
+      FROM perf_statements WHERE plans > 0 ORDER BY total_plan_time DESC LIMIT 12"
   measured=$placed
   # What each order cost the database in all (its own writes, settlement, risk's
   # projection, the relays): statements, their execution time, and transactions committed.

@@ -5,7 +5,7 @@ database="bourse_perf_$$"
 # BOURSE_PERF_POSTGRES=private: a PostgreSQL of the run's own (initdb on port 5499, default
 # settings like the shared server's, fsync on) with pg_stat_statements loaded — it must be
 # preloaded at start, which the shared server is not — so the run ends with the statements that
-# cost the most database time. Needs the server binaries (pg_config --bindir).
+# cost the most database time, and those planned most often (`track_planning`). Needs the server binaries (pg_config --bindir).
 pg_port=5432
 if [[ ${BOURSE_PERF_POSTGRES:-shared} == private ]]; then
   pg_port=5499
@@ -22,7 +22,7 @@ if [[ ${BOURSE_PERF_POSTGRES:-shared} == private ]]; then
     explain="-c auto_explain.log_min_duration=2 -c auto_explain.log_analyze=on"
   fi
   "${as_postgres[@]}" "$pg_bin/pg_ctl" start -w -D "$pg_dir/data" -l "$pg_dir/server.log" \
-    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=$preload -c pg_stat_statements.track=all $explain" > /dev/null
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=$preload -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on $explain" > /dev/null
   psql -q -h 127.0.0.1 -p $pg_port -U postgres -c "CREATE DATABASE $database" postgres
   psql -q -h 127.0.0.1 -p $pg_port -U postgres -d "$database" -c "CREATE EXTENSION pg_stat_statements"
 fi

@@ -446,7 +446,7 @@ impl Consumer {
         handler: &H,
         batch: &'b [(StreamId, Envelope)],
     ) -> Result<Vec<&'b Envelope>, HandlerError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = service_kit::db::begin_batch(&self.pool).await?;
         let ids: Vec<Uuid> = batch.iter().map(|(_, envelope)| envelope.id).collect();
         let mut claimed = self.claim_inbox_all(&mut tx, &ids).await?;
         let mut deferred = H::Deferred::default();

@@ -84,3 +84,29 @@ async fn a_connection_used_moments_ago_is_handed_out_without_a_ping(test_pool: P
     let answer = sqlx::query("SELECT 1").execute(&pool).await;
     assert!(answer.is_err(), "{answer:?}");
 }
+
+/// The session's `plan_cache_mode` as the connection sees it now.
+async fn plan_cache_mode(conn: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SHOW plan_cache_mode")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_transaction_plans_generically_and_leaves_the_connection_as_it_was(
+    test_pool: PgPool,
+) {
+    let (pool, _) = one_connection(&test_pool, Duration::from_secs(60)).await;
+
+    let mut tx = service_kit::db::begin_batch(&pool).await.unwrap();
+    assert_eq!(plan_cache_mode(&mut tx).await, "force_generic_plan");
+    tx.commit().await.unwrap();
+
+    // The same (only) connection, back in the pool: every other statement plans as before.
+    let mut conn = pool.acquire().await.unwrap();
+    assert_eq!(plan_cache_mode(&mut conn).await, "auto");
+    drop(conn);
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(plan_cache_mode(&mut tx).await, "auto");
+}

@@ -854,7 +854,7 @@ impl Batches<'_> {
             outputs.push(output);
         }
         let phase = phase.lap("apply");
-        let mut tx = self.pool.begin().await?;
+        let mut tx = service_kit::db::begin_batch(self.pool).await?;
         let phase = phase.lap("begin");
         // First, so a task that lost the symbol writes nothing, and the row stays share-locked
         // until this commit: a takeover waits for it, then rebuilds the book with it.
