@@ -594,15 +594,30 @@ async fn existing_all(
         #[sqlx(flatten)]
         row: Existing,
     }
+    #[derive(serde::Serialize)]
+    struct Wanted<'a> {
+        principal_id: Uuid,
+        key: &'a str,
+    }
+    let wanted: Vec<Wanted<'_>> = principals
+        .iter()
+        .zip(keys)
+        .map(|(&principal_id, key)| Wanted { principal_id, key })
+        .collect();
+    // The keys go as one JSON array, not as `UNNEST` of arrays like the batch writes: this
+    // statement runs in no transaction of ours, so `db::begin_batch` cannot fix its plan, and
+    // for `UNNEST` of parameters PostgreSQL plans every execution again (its custom plan knows
+    // the arrays' lengths, so it always looks cheaper than the generic one — ADR 0026).
+    // `jsonb_to_recordset` is estimated at 100 rows either way: after a few executions the
+    // generic plan is kept.
     let found: Vec<Found> = sqlx::query_as(
         "SELECT k.principal_id, k.key, k.request_hash, k.response_status, k.response_body,
                 cardinality(k.fenced) > 0 AS fenced,
-                k.locked_at < now() - make_interval(secs => $3) AS expired
-           FROM UNNEST($1::uuid[], $2::text[]) AS q(principal_id, key)
+                k.locked_at < now() - make_interval(secs => $2) AS expired
+           FROM jsonb_to_recordset($1) AS q(principal_id uuid, key text)
            JOIN idempotency_keys k ON k.principal_id = q.principal_id AND k.key = q.key",
     )
-    .bind(principals)
-    .bind(keys)
+    .bind(sqlx::types::Json(&wanted))
     .bind(LEASE.as_secs_f64())
     .fetch_all(pool)
     .await?;

@@ -400,3 +400,62 @@ async fn look_ups_arriving_during_a_read_are_read_together_and_each_answered_as_
         Begin::Mismatch
     ));
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_look_ups_read_keeps_one_plan_instead_of_planning_every_read(pool: PgPool) {
+    let pool = claims_db(&pool).await;
+    // A table of a running service's size, with its statistics: the plans weighed below are
+    // then index look-ups, whose cost grows with the number of keys read.
+    sqlx::query(
+        "INSERT INTO idempotency_keys (principal_id, key, request_hash)
+         SELECT gen_random_uuid(), 'key-' || n, '\\x00' FROM generate_series(1, 50000) AS n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE idempotency_keys")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // One connection, so every read runs on it and its prepared statement can be inspected.
+    let one = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await
+        .unwrap();
+    let shutdown = service_kit::Shutdown::new();
+    let look_ups =
+        idempotency::LookUps::new(one.clone(), service_kit::Supervisor::new("test", &shutdown));
+    let hash = idempotency::request_hash(&serde_json::json!({"side": "buy"}));
+
+    // Reads of different sizes: a plan made for the keys' count would be made every time.
+    for size in 1..=12 {
+        let principal = Uuid::now_v7();
+        let reads: Vec<_> = (0..size)
+            .map(|n| {
+                let look_ups = look_ups.clone();
+                let hash = hash.clone();
+                tokio::spawn(async move {
+                    look_ups
+                        .look_up(principal, &format!("key-{n}"), &hash)
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for read in reads {
+            assert!(matches!(read.await.unwrap(), Begin::Proceed(_)));
+        }
+    }
+
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements
+          WHERE statement LIKE '%JOIN idempotency_keys k ON k.principal_id = q.principal_id%'",
+    )
+    .fetch_one(&one)
+    .await
+    .unwrap();
+    // PostgreSQL tries five custom plans before it weighs the generic one.
+    assert!(custom <= 5, "planned {custom} times");
+    assert!(generic >= 7, "the generic plan served {generic} reads");
+}
