@@ -684,3 +684,60 @@ async fn deferred_work_is_written_once_per_transaction_and_rolls_back_with_it(po
         );
     }
 }
+
+/// Records the `plan_cache_mode` each event's transaction runs with.
+#[derive(Default)]
+struct PlanModes(std::sync::Mutex<Vec<String>>);
+
+impl Handler for PlanModes {
+    type Deferred = ();
+
+    fn handle<'a>(
+        &'a self,
+        tx: &'a mut PgConnection,
+        _: &'a Envelope,
+        _: &'a mut (),
+    ) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+                .fetch_one(&mut *tx)
+                .await?;
+            self.0.lock().unwrap().push(mode);
+            Ok(())
+        })
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_is_applied_on_generic_plans(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    for n in 1..=3 {
+        publish(&mut redis, &prefix, &trade(n)).await;
+    }
+
+    let modes = Arc::new(PlanModes::default());
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 5).run(modes.clone(), shutdown.clone()),
+    );
+    eventually("three events applied", || async {
+        modes.0.lock().unwrap().len() == 3
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+
+    // ADR 0026: a batch's statements are not planned again on every execution.
+    assert!(
+        modes
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|m| m == "force_generic_plan"),
+        "{:?}",
+        modes.0.lock().unwrap()
+    );
+}
