@@ -94,6 +94,11 @@ curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_matching_(batch_size|ba
 curl -s http://127.0.0.1:8082/metrics | grep -E '^idempotency_look_ups_per_read_(sum|count)' || true
 # Commands 8082 forwarded to another orders replica that owns the symbol (BOURSE_PERF_ORDERS_REPLICAS=2).
 curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_forwarded_commands_total' || true
+# How large the consumers' batches were, per stream, and how many events the relays published
+# (from risk's and settlement's metrics: each process exports its own consumers').
+for port in 8083 8084; do
+  curl -s "http://127.0.0.1:$port/metrics" | grep -E '^(events_batch_size_(sum|count)|outbox_published_total)' || true
+done | sort -u
 orders=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.orders")
 trades=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.trades")
 echo "stored: $orders orders, $trades trades"

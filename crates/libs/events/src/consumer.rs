@@ -137,6 +137,12 @@ pub struct ConsumerSettings {
     /// The longest wait between two attempts while a dependency is away (full jitter, doubling
     /// from 50 ms up to this).
     pub max_backoff: Duration,
+    /// After a batch smaller than `batch`, how long to let entries gather before reading again.
+    /// Each batch costs a fixed handful of round trips and a commit whatever its size, so under
+    /// load a consumer that reads the moment anything arrives spends most of its work on tiny
+    /// batches. An idle consumer still gets the next entry at once (its read blocks); what
+    /// follows waits at most this long. Zero reads again at once.
+    pub linger: Duration,
 }
 
 impl Default for ConsumerSettings {
@@ -149,6 +155,10 @@ impl Default for ConsumerSettings {
             max_deliveries: 5,
             retry_after: Duration::from_secs(5),
             max_backoff: Duration::from_secs(5),
+            // Settlement finality's budget is 250 ms at p99 (docs/design.md §6); this spends
+            // a few percent of it to let batches grow (docs/performance.md, "Consumers that
+            // let entries gather").
+            linger: Duration::from_millis(10),
         }
     }
 }
@@ -232,7 +242,10 @@ impl Consumer {
                     self.claim_stale(handler.as_ref()).await?;
                     claimed_at = Some(tokio::time::Instant::now());
                 }
-                self.read_new(handler.as_ref()).await?;
+                let read = self.read_new(handler.as_ref()).await?;
+                if (1..self.settings.batch).contains(&read) && !self.settings.linger.is_zero() {
+                    tokio::time::sleep(self.settings.linger).await;
+                }
                 if lag_measured.elapsed() >= LAG_INTERVAL {
                     self.record_lag().await?;
                     lag_measured = tokio::time::Instant::now();
@@ -331,7 +344,8 @@ impl Consumer {
         Ok(())
     }
 
-    async fn read_new<H: Handler>(&self, handler: &H) -> Result<(), Error> {
+    /// Reads and processes what is new; returns how many entries it read.
+    async fn read_new<H: Handler>(&self, handler: &H) -> Result<usize, Error> {
         let mut redis = self.redis.clone();
         let block = usize::try_from(self.settings.block.as_millis()).unwrap_or(usize::MAX);
         let options = StreamReadOptions::default()
@@ -345,10 +359,11 @@ impl Consumer {
             .flat_map(|r| r.keys)
             .flat_map(|k| k.ids)
             .collect();
-        if !entries.is_empty() {
+        let read = entries.len();
+        if read > 0 {
             self.process_batch(handler, entries).await?;
         }
-        Ok(())
+        Ok(read)
     }
 
     /// New entries, read for the first time: all their effects and inbox rows commit in one

@@ -60,6 +60,11 @@ pub struct RelaySettings {
     pub unconfirmed_retention: Duration,
     /// How often rows past their retention are looked for and deleted.
     pub cleanup_interval: Duration,
+    /// After a batch smaller than `batch_size`, how long rows gather before the next read. A
+    /// batch costs the same round trips and watermark commit at any size; under load the
+    /// relay would otherwise publish every writer's commit on its own. An idle relay still
+    /// publishes the next row as soon as it is notified. Zero looks again at once.
+    pub linger: Duration,
 }
 
 impl Default for RelaySettings {
@@ -72,6 +77,10 @@ impl Default for RelaySettings {
             retention: Duration::from_secs(3600),
             unconfirmed_retention: Duration::from_secs(24 * 3600),
             cleanup_interval: Duration::from_secs(60),
+            // Every event's consumers wait this much longer at most; under load the relay's
+            // batches grow by the writes of this long (docs/performance.md, "Consumers that
+            // let entries gather").
+            linger: Duration::from_millis(5),
         }
     }
 }
@@ -204,14 +213,17 @@ impl Relay {
         // checked (and reconciled) before the first batch.
         let mut progress = Progress::new(self.last_published(&mut *leader).await?);
         self.check_marker(&mut *leader, &mut progress).await?;
+        self.record_lag(&mut *leader).await?;
         let mut last_cleanup = tokio::time::Instant::now();
         let mut last_confirm = tokio::time::Instant::now();
         loop {
             // Every batch reads and writes on the leader connection: a dead one (the lock is
             // gone with it) fails the batch and ends this leadership.
             let published = self.publish_batch(&mut *leader, &mut progress).await?;
-            self.record_lag(&mut *leader).await?;
             if last_confirm.elapsed() >= self.settings.confirm_interval {
+                // The lag gauges once a round, not once a batch: a gauge scraped every few
+                // seconds gains nothing from a read per batch.
+                self.record_lag(&mut *leader).await?;
                 self.check_marker(&mut *leader, &mut progress).await?;
                 self.confirm_and_trim(&mut *leader).await?;
                 last_confirm = tokio::time::Instant::now();
@@ -220,7 +232,17 @@ impl Relay {
                 self.delete_expired(&mut *leader).await?;
                 last_cleanup = tokio::time::Instant::now();
             }
-            if published < self.settings.batch_size {
+            if published > 0
+                && published < self.settings.batch_size
+                && !self.settings.linger.is_zero()
+            {
+                tokio::select! {
+                    () = shutdown.triggered() => return Ok(()),
+                    () = tokio::time::sleep(self.settings.linger) => {}
+                }
+                // What the writers of that while announced is read by the next batch anyway.
+                while listener.next_buffered().is_some() {}
+            } else if published < self.settings.batch_size {
                 tokio::select! {
                     () = shutdown.triggered() => return Ok(()),
                     notified = listener.recv() => { notified?; }

@@ -80,6 +80,7 @@ fn consumer(
             max_deliveries,
             retry_after: Duration::from_millis(100),
             max_backoff: Duration::from_millis(100),
+            linger: Duration::ZERO,
         },
     )
 }
@@ -740,4 +741,53 @@ async fn a_batch_is_applied_on_generic_plans(pool: PgPool) {
         "{:?}",
         modes.0.lock().unwrap()
     );
+}
+
+#[sqlx::test(migrations = false)]
+async fn what_arrives_while_a_consumer_lingers_is_applied_as_one_batch(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let handler = Arc::new(Deferring {
+        failures: 0,
+        finishes: std::sync::Mutex::new(Vec::new()),
+    });
+    // Long enough that three separate `XADD`s fall inside it on a busy machine.
+    let settings = ConsumerSettings {
+        block: Duration::from_millis(50),
+        linger: Duration::from_secs(2),
+        ..ConsumerSettings::default()
+    };
+    let consumer = Consumer::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        "trades",
+        GROUP,
+        "c1",
+        "test",
+        settings,
+    );
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(consumer.run(handler.clone(), shutdown.clone()));
+
+    // An idle consumer takes the first entry as soon as it arrives…
+    let trades: Vec<Envelope> = (1..=4).map(trade).collect();
+    publish(&mut redis, &prefix, &trades[0]).await;
+    eventually("the first event applied", || async {
+        applied(&pool, trades[0].id).await == 1
+    })
+    .await;
+    // …then lets the next ones gather: each is added on its own, yet they are one batch.
+    for event in &trades[1..] {
+        publish(&mut redis, &prefix, event).await;
+    }
+    eventually("the last event applied", || async {
+        applied(&pool, trades[3].id).await == 1
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+
+    assert_eq!(*handler.finishes.lock().unwrap(), vec![1, 3]);
 }

@@ -142,6 +142,69 @@ async fn events_exist_if_and_only_if_the_state_change_commits(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
+async fn rows_committed_while_the_relay_lingers_go_out_as_one_batch(pool: PgPool) {
+    let pool = producer(&pool).await;
+    // Every batch writes the relay's watermark once: counting those writes counts batches.
+    sqlx::query("CREATE TABLE relay_batches (at timestamptz NOT NULL DEFAULT now())")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE FUNCTION count_relay_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO relay_batches DEFAULT VALUES; RETURN NULL; END $$",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER count_relay_batch AFTER UPDATE ON outbox_relay
+           FOR EACH STATEMENT EXECUTE FUNCTION count_relay_batch()",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let batches = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM relay_batches")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let relay = Relay::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        SCHEMA,
+        RelaySettings {
+            // Long enough that three separate commits fall inside it on a busy machine.
+            linger: Duration::from_secs(2),
+            ..RelaySettings::default()
+        },
+    );
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+
+    // An idle relay publishes a row as soon as it is told of it…
+    produce(&pool, 1, 1).await;
+    eventually("the first row published", || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    let before = batches().await;
+    // …then lets the next ones gather: three commits, one batch.
+    produce(&pool, 3, 1).await;
+    eventually("the three rows published", || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+
+    assert_eq!(batches().await - before, 1);
+}
+
+#[sqlx::test(migrations = false)]
 async fn any_insert_into_the_outbox_serializes_its_writers_and_wakes_the_relay(pool: PgPool) {
     let pool = producer(&pool).await;
     let mut listener = sqlx::postgres::PgListener::connect_with(&pool)

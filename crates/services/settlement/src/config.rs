@@ -35,6 +35,8 @@ pub struct Config {
     pub consumer_max_deliveries: usize,
     /// How long a failed event waits before it is retried.
     pub consumer_retry_after: Duration,
+    /// After a batch that was not full, how long entries gather before the next read.
+    pub consumer_linger: Duration,
 }
 
 impl Config {
@@ -85,6 +87,10 @@ impl Config {
             consumer_retry_after: env.millis(
                 "BOURSE_SETTLEMENT_CONSUMER_RETRY_AFTER_MS",
                 Duration::from_secs(5),
+            ),
+            // Zero is allowed here (unlike the other waits): it turns lingering off.
+            consumer_linger: Duration::from_millis(
+                env.or("BOURSE_SETTLEMENT_CONSUMER_LINGER_MS", 10u64),
             ),
             common,
         }

@@ -71,6 +71,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         batch: config.consumer_batch,
         max_deliveries: config.consumer_max_deliveries,
         retry_after: config.consumer_retry_after,
+        linger: config.consumer_linger,
         ..ConsumerSettings::default()
     };
     let consumer = kit.consumer(&pool, ORDERS_STREAM, settings).await?;
