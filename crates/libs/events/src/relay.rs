@@ -240,7 +240,9 @@ impl Relay {
                     () = shutdown.triggered() => return Ok(()),
                     () = tokio::time::sleep(self.settings.linger) => {}
                 }
-                // What the writers of that while announced is read by the next batch anyway.
+                // What the writers of that while announced, the next batch reads anyway: their
+                // rows committed before their notices came. (Draining only here, before a read —
+                // after a read, a notice could be of a row that read missed.)
                 while listener.next_buffered().is_some() {}
             } else if published < self.settings.batch_size {
                 tokio::select! {
