@@ -145,24 +145,17 @@ async fn events_exist_if_and_only_if_the_state_change_commits(pool: PgPool) {
 async fn rows_committed_while_the_relay_lingers_go_out_as_one_batch(pool: PgPool) {
     let pool = producer(&pool).await;
     // Every batch writes the relay's watermark once: counting those writes counts batches.
-    sqlx::query("CREATE TABLE relay_batches (at timestamptz NOT NULL DEFAULT now())")
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query(
-        "CREATE FUNCTION count_relay_batch() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN INSERT INTO relay_batches DEFAULT VALUES; RETURN NULL; END $$",
+    execute_all(
+        &pool,
+        &[
+            "CREATE TABLE relay_batches (at timestamptz NOT NULL DEFAULT now())",
+            "CREATE FUNCTION count_relay_batch() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO relay_batches DEFAULT VALUES; RETURN NULL; END $$",
+            "CREATE TRIGGER count_relay_batch AFTER UPDATE ON outbox_relay
+               FOR EACH STATEMENT EXECUTE FUNCTION count_relay_batch()",
+        ],
     )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER count_relay_batch AFTER UPDATE ON outbox_relay
-           FOR EACH STATEMENT EXECUTE FUNCTION count_relay_batch()",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     let batches = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM relay_batches")
             .fetch_one(&pool)
@@ -826,21 +819,27 @@ async fn producer(test_pool: &PgPool) -> PgPool {
         "CREATE TABLE items (id uuid PRIMARY KEY)",
     )
     .await;
-    sqlx::query(
-        "CREATE FUNCTION outbox_rows_are_never_updated() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN RAISE EXCEPTION 'outbox row % updated', OLD.position; END $$",
+    execute_all(
+        &pool,
+        &[
+            "CREATE FUNCTION outbox_rows_are_never_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'outbox row % updated', OLD.position; END $$",
+            "CREATE TRIGGER outbox_rows_are_never_updated BEFORE UPDATE ON outbox
+               FOR EACH ROW EXECUTE FUNCTION outbox_rows_are_never_updated()",
+        ],
     )
-    .execute(&pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER outbox_rows_are_never_updated BEFORE UPDATE ON outbox
-           FOR EACH ROW EXECUTE FUNCTION outbox_rows_are_never_updated()",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     pool
+}
+
+/// Runs each statement (DDL a test adds to the producer's schema) in turn.
+async fn execute_all(pool: &PgPool, statements: &[&str]) {
+    for statement in statements {
+        sqlx::query(sqlx::AssertSqlSafe(*statement))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
 }
 
 /// Records what a consumer is given: each event's id and origin, in order.
