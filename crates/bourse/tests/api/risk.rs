@@ -488,7 +488,7 @@ async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(p
         .map(|(_, v)| v.clone())
         .unwrap();
     // The app runs without a risk of its own: risk is one replica (ADR 0018), this process.
-    let app = spawn_app_without(
+    let mut app = spawn_app_without(
         pool,
         &[
             ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str()),
@@ -510,6 +510,9 @@ async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(p
     env.push(("BOURSE_ORDERS_URL".to_owned(), app.orders.clone()));
     let mut risk = risk_process(&env, port);
     eventually("risk to be ready", || ready(&risk_url)).await;
+    // Known to the app, so each deposit waits until this risk has credited it, as it would
+    // for the app's own risk: the first order below must not race the ledger's stream.
+    app.risk = risk_url.clone();
     let d = desk_on(app).await;
     d.placed(&d.bob, &limit("buy", "29000.00", "0.1")).await;
 
