@@ -66,14 +66,11 @@ fn consumer(
     name: &str,
     max_deliveries: usize,
 ) -> Consumer {
-    Consumer::new(
-        pool.clone(),
-        redis.clone(),
-        prefix.clone(),
-        "trades",
-        GROUP,
+    consumer_with(
+        pool,
+        redis,
+        prefix,
         name,
-        "test",
         ConsumerSettings {
             batch: 10,
             block: Duration::from_millis(50),
@@ -82,6 +79,26 @@ fn consumer(
             max_backoff: Duration::from_millis(100),
             linger: Duration::ZERO,
         },
+    )
+}
+
+/// A consumer of `trades` in the test group with `settings`.
+fn consumer_with(
+    pool: &PgPool,
+    redis: &ConnectionManager,
+    prefix: &KeyPrefix,
+    name: &str,
+    settings: ConsumerSettings,
+) -> Consumer {
+    Consumer::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        "trades",
+        GROUP,
+        name,
+        "test",
+        settings,
     )
 }
 
@@ -758,16 +775,7 @@ async fn what_arrives_while_a_consumer_lingers_is_applied_as_one_batch(pool: PgP
         linger: Duration::from_secs(2),
         ..ConsumerSettings::default()
     };
-    let consumer = Consumer::new(
-        pool.clone(),
-        redis.clone(),
-        prefix.clone(),
-        "trades",
-        GROUP,
-        "c1",
-        "test",
-        settings,
-    );
+    let consumer = consumer_with(&pool, &redis, &prefix, "c1", settings);
     let shutdown = Shutdown::new();
     let task = tokio::spawn(consumer.run(handler.clone(), shutdown.clone()));
 

@@ -94,16 +94,31 @@ async fn try_stream_ids(redis: &mut ConnectionManager, key: &str) -> redis::Redi
 }
 
 fn relay(pool: &PgPool, redis: &ConnectionManager, prefix: &KeyPrefix, batch_size: i64) -> Relay {
-    Relay::new(
-        pool.clone(),
-        redis.clone(),
-        prefix.clone(),
-        SCHEMA,
+    relay_with(
+        pool,
+        redis,
+        prefix,
         RelaySettings {
             batch_size,
             poll_interval: Duration::from_millis(50),
             ..RelaySettings::default()
         },
+    )
+}
+
+/// The producer schema's relay with `settings`.
+fn relay_with(
+    pool: &PgPool,
+    redis: &ConnectionManager,
+    prefix: &KeyPrefix,
+    settings: RelaySettings,
+) -> Relay {
+    Relay::new(
+        pool.clone(),
+        redis.clone(),
+        prefix.clone(),
+        SCHEMA,
+        settings,
     )
 }
 
@@ -164,11 +179,10 @@ async fn rows_committed_while_the_relay_lingers_go_out_as_one_batch(pool: PgPool
     };
     let redis = redis().await;
     let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
-    let relay = Relay::new(
-        pool.clone(),
-        redis.clone(),
-        prefix.clone(),
-        SCHEMA,
+    let relay = relay_with(
+        &pool,
+        &redis,
+        &prefix,
         RelaySettings {
             // Long enough that three separate commits fall inside it on a busy machine.
             linger: Duration::from_secs(2),
@@ -414,11 +428,10 @@ fn confirming_relay(
     prefix: &KeyPrefix,
     keep: Duration,
 ) -> Relay {
-    Relay::new(
-        pool.clone(),
-        redis.clone(),
-        prefix.clone(),
-        SCHEMA,
+    relay_with(
+        pool,
+        redis,
+        prefix,
         RelaySettings {
             batch_size: 100,
             poll_interval: Duration::from_millis(50),
@@ -882,11 +895,10 @@ async fn consumers_learn_each_events_position_and_a_snapshot_names_the_newest_af
         .unwrap();
 
     let shutdown = Shutdown::new();
-    let relay = Relay::new(
-        pool.clone(),
-        redis.clone(),
-        prefix.clone(),
-        SCHEMA,
+    let relay = relay_with(
+        &pool,
+        &redis,
+        &prefix,
         RelaySettings {
             poll_interval: Duration::from_millis(50),
             confirm_interval: Duration::from_millis(50),
