@@ -139,6 +139,14 @@ if [[ -n ${pg_dir:-} ]]; then
     SELECT round(total_plan_time)::bigint AS plan_ms, plans, calls,
            left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
       FROM perf_statements WHERE plans > 0 ORDER BY total_plan_time DESC LIMIT 12"
+  # Rows written per table, and how many updates were HOT (no new index entries): an update that
+  # changes an indexed column, or one a partial index's predicate reads, writes every index again.
+  psql -q -h 127.0.0.1 -U postgres -d "$database" -P pager=off -c "
+    SELECT schemaname || '.' || relname AS table_name, n_tup_ins AS inserted, n_tup_upd AS updated,
+           n_tup_hot_upd AS hot, n_tup_del AS deleted,
+           (SELECT count(*) FROM pg_index i WHERE i.indrelid = t.relid) AS indexes
+      FROM pg_stat_user_tables t WHERE n_tup_ins + n_tup_upd + n_tup_del > 1000
+     ORDER BY n_tup_ins + n_tup_upd DESC LIMIT 15"
   measured=$placed
   # What each order cost the database in all (its own writes, settlement, risk's
   # projection, the relays): statements, their execution time, and transactions committed.

@@ -306,11 +306,23 @@ async fn dead_letters(command: DlqCommand) -> Result<ExitCode, Failure> {
             }
         }
         DlqCommand::Replay { stream, id } => {
-            if !events::dlq::replay(&redis, &keys, &stream, &id).await? {
-                println!("no dead letter {id} on {stream}");
-                return Ok(ExitCode::FAILURE);
+            let retention = events::consumer::DEFAULT_INBOX_RETENTION;
+            match events::dlq::replay(&redis, &keys, &stream, &id, retention).await? {
+                events::dlq::Replay::Replayed => println!("replayed {id} onto {stream}"),
+                events::dlq::Replay::NotFound => {
+                    println!("no dead letter {id} on {stream}");
+                    return Ok(ExitCode::FAILURE);
+                }
+                events::dlq::Replay::TooOld => {
+                    println!(
+                        "not replayed: the event of {id} is older than the consumers' inbox \
+                         retention ({} days), so a group that applied it may apply it again; \
+                         see docs/runbooks/dead-letters.md",
+                        retention.as_secs() / 86_400
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
             }
-            println!("replayed {id} onto {stream}");
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -729,19 +729,28 @@ async fn operators_list_and_replay_dead_letters() {
     let prefix = format!("test:{}", uuid::Uuid::now_v7());
     let client = redis::Client::open("redis://127.0.0.1:6379").unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    let id: String = redis::cmd("XADD")
-        .arg(format!("{prefix}.orders.dlq"))
-        .arg("*")
-        .arg("event_id")
-        .arg("0190b7a2-0000-7000-8000-000000000001")
-        .arg("type")
-        .arg("TradeExecuted")
-        .arg("group")
-        .arg("settlement")
-        .arg("reason")
-        .arg("too many failed deliveries")
-        .arg("envelope")
-        .arg("{}")
+    let dead_letter = |event_id: String| {
+        redis::cmd("XADD")
+            .arg(format!("{prefix}.orders.dlq"))
+            .arg("*")
+            .arg("event_id")
+            .arg(event_id)
+            .arg("type")
+            .arg("TradeExecuted")
+            .arg("group")
+            .arg("settlement")
+            .arg("reason")
+            .arg("too many failed deliveries")
+            .arg("envelope")
+            .arg("{}")
+            .clone()
+    };
+    let id: String = dead_letter(uuid::Uuid::now_v7().to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Made in July 2024: longer ago than the consumers keep their inbox rows.
+    let old: String = dead_letter("0190b7a2-0000-7000-8000-000000000001".to_owned())
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -765,16 +774,43 @@ async fn operators_list_and_replay_dead_letters() {
         .await
         .unwrap();
     assert!(replayed.status.success());
-    let back: usize = redis::cmd("XLEN")
-        .arg(format!("{prefix}.orders"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert_eq!(back, 1, "the event is back on its stream");
+    let stream_length = |redis: &mut redis::aio::MultiplexedConnection| {
+        let mut redis = redis.clone();
+        let key = format!("{prefix}.orders");
+        async move {
+            redis::cmd("XLEN")
+                .arg(key)
+                .query_async::<usize>(&mut redis)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        stream_length(&mut redis).await,
+        1,
+        "the event is back on its stream"
+    );
     let again = dlq(&["replay", "--stream", "orders", "--id", &id])
         .await
         .unwrap();
     assert!(!again.status.success(), "a dead letter is replayed once");
+
+    let refused = dlq(&["replay", "--stream", "orders", "--id", &old])
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8(refused.stdout)
+            .unwrap()
+            .contains("not replayed"),
+        "the operator is told why"
+    );
+    assert_eq!(stream_length(&mut redis).await, 1, "nothing more went back");
+    let listed = dlq(&["list", "--stream", "orders"]).await.unwrap();
+    assert!(
+        String::from_utf8(listed.stdout).unwrap().contains(&old),
+        "the old dead letter stays"
+    );
 }
 
 #[sqlx::test(migrations = false)]

@@ -24,6 +24,11 @@
 //! turns the duplicates into no-ops. How far a group is behind is exported as
 //! `events_consumer_lag` (entries not yet delivered plus delivered but unacknowledged).
 //!
+//! An inbox row is kept for `inbox_retention` (a week), then the consumer deletes it: once a
+//! minute, a chunk at a time, by its primary key (event ids are UUIDv7, time first). That bounds
+//! how late a copy of an event may arrive and still be known; `dlq::replay` refuses dead letters
+//! older than that (ADR 0028).
+//!
 //! Handlers run inside the event's context: its correlation id and trace continue, so events
 //! they write carry them on (OBS-02, OBS-06).
 
@@ -49,8 +54,9 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, first_id_at};
 use crate::failure::HandlerError;
+use crate::relay::unix_millis_ago;
 use crate::{Error, outbox};
 
 /// The logical stream dead-letter notices go to.
@@ -64,6 +70,14 @@ const LAG_INTERVAL: Duration = Duration::from_secs(1);
 /// second under load, each an `XAUTOCLAIM` round trip that finds nothing) buys nothing; a
 /// stale entry now waits at most this long past its `retry_after`.
 const CLAIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a consumer deletes the inbox rows past their retention.
+const INBOX_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The most inbox rows one sweep deletes in one statement: a backlog (the first sweep after a
+/// long pause) is worked off a chunk per step, between batches, instead of in one long
+/// transaction that holds the consumer up.
+const INBOX_SWEEP_CHUNK: i64 = 5_000;
 
 /// A connection for one consumer alone. Its `XREADGROUP … BLOCK` holds the connection for
 /// the whole wait, so on a shared connection every other command of the service — the relay's
@@ -125,6 +139,10 @@ pub trait Handler: Send + Sync + 'static {
     fn committed(&self, _event: &Envelope) {}
 }
 
+/// A week: longer than any outage a consumer is expected to come back from with its pending
+/// entries, and the window in which a dead letter can still be replayed.
+pub const DEFAULT_INBOX_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 #[derive(Clone, Debug)]
 pub struct ConsumerSettings {
     pub batch: usize,
@@ -143,6 +161,12 @@ pub struct ConsumerSettings {
     /// batches. An idle consumer still gets the next entry at once (its read blocks); what
     /// follows waits at most this long. Zero reads again at once.
     pub linger: Duration,
+    /// How long an applied event's inbox row is kept. A copy of the event delivered later than
+    /// this would be applied again, so it must outlast every way a copy can come: a pending
+    /// entry re-read after an outage, the relay publishing again what a lost broker had not
+    /// confirmed (up to the relay's `unconfirmed_retention`, a day), a dead letter replayed
+    /// ([`crate::dlq::replay`] refuses events older than this).
+    pub inbox_retention: Duration,
 }
 
 impl Default for ConsumerSettings {
@@ -159,6 +183,7 @@ impl Default for ConsumerSettings {
             // a few percent of it to let batches grow (docs/performance.md, "Consumers that
             // let entries gather").
             linger: Duration::from_millis(10),
+            inbox_retention: DEFAULT_INBOX_RETENTION,
         }
     }
 }
@@ -225,6 +250,8 @@ impl Consumer {
         // `None`: look on the next step (the first, and after any failure).
         let mut claimed_at: Option<tokio::time::Instant> = None;
         let claim_interval = self.settings.retry_after.min(CLAIM_INTERVAL);
+        // `None`: sweep on the next step (the first, and again at once after a full chunk).
+        let mut swept_at: Option<tokio::time::Instant> = None;
         // Born at zero, so a dashboard shows "none yet" rather than "No data".
         metrics::counter!("events_dead_lettered_total", "stream" => self.stream.clone())
             .increment(0);
@@ -241,6 +268,10 @@ impl Consumer {
                 if claimed_at.is_none_or(|at| at.elapsed() >= claim_interval) {
                     self.claim_stale(handler.as_ref()).await?;
                     claimed_at = Some(tokio::time::Instant::now());
+                }
+                if swept_at.is_none_or(|at| at.elapsed() >= INBOX_SWEEP_INTERVAL) {
+                    let deleted = self.sweep_inbox().await?;
+                    swept_at = (deleted < INBOX_SWEEP_CHUNK).then(tokio::time::Instant::now);
                 }
                 let read = self.read_new(handler.as_ref()).await?;
                 if (1..self.settings.batch).contains(&read) && !self.settings.linger.is_zero() {
@@ -296,6 +327,36 @@ impl Consumer {
             .set(lag as f64);
         }
         Ok(())
+    }
+
+    /// Deletes up to [`INBOX_SWEEP_CHUNK`] of this consumer's inbox rows past their retention;
+    /// returns how many it deleted.
+    ///
+    /// Event ids are UUIDv7, which begin with their creation time in milliseconds, so "created
+    /// before the cutoff" is a range of the inbox's primary key `(consumer, event_id)` and the
+    /// inbox needs no index of its own on time. The row's `processed_at` must be past the
+    /// cutoff as well: an event the relay published long after it was written (a relay that was
+    /// down for days) keeps its row for the full retention from when it was applied.
+    async fn sweep_inbox(&self) -> Result<i64, Error> {
+        let cutoff = unix_millis_ago(self.settings.inbox_retention);
+        let deleted = sqlx::query(
+            "DELETE FROM inbox WHERE ctid = ANY (ARRAY(
+                SELECT ctid FROM inbox
+                 WHERE consumer = $1 AND event_id < $2
+                   AND processed_at < now() - make_interval(secs => $3)
+                 LIMIT $4))",
+        )
+        .bind(&self.group)
+        .bind(first_id_at(cutoff))
+        .bind(self.settings.inbox_retention.as_secs_f64())
+        .bind(INBOX_SWEEP_CHUNK)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        let deleted = i64::try_from(deleted).unwrap_or(i64::MAX);
+        metrics::counter!("events_inbox_swept_total", "group" => self.group.clone())
+            .increment(deleted.unsigned_abs());
+        Ok(deleted)
     }
 
     async fn ensure_group(&self) -> Result<(), Error> {

@@ -56,6 +56,24 @@ impl Origin {
     }
 }
 
+/// The smallest event id that can have been made at `unix_ms` or later: event ids are UUIDv7
+/// ([`Envelope::new`]), whose first 48 bits are their creation time in milliseconds and which
+/// compare byte by byte, as PostgreSQL's `uuid` does. Every id made before `unix_ms` is below it.
+pub(crate) fn first_id_at(unix_ms: i64) -> Uuid {
+    let ms = u128::from(unix_ms.clamp(0, (1 << 48) - 1).unsigned_abs());
+    Uuid::from_u128(ms << 80)
+}
+
+/// When an event id was made, in milliseconds since 1970; `None` for an id that is not a
+/// UUIDv7 (an event from outside, or a test's).
+pub(crate) fn id_unix_millis(id: Uuid) -> Option<u64> {
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(
+        secs.saturating_mul(1000)
+            .saturating_add(u64::from(nanos / 1_000_000)),
+    )
+}
+
 impl Envelope {
     /// A new event caused by the request being served by this task (if any): its request id
     /// becomes the correlation id and its trace context the `traceparent`.
@@ -189,4 +207,25 @@ pub fn xadd(
         .arg("envelope")
         .arg(envelope_json);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_made_at_a_time_sorts_after_that_times_first_id_and_before_the_next_ones() {
+        let id = Uuid::now_v7();
+        let made = i64::try_from(id_unix_millis(id).unwrap()).unwrap();
+        assert!(first_id_at(made) <= id);
+        assert!(id < first_id_at(made + 1));
+        // As PostgreSQL compares them: byte by byte.
+        assert!(first_id_at(made).as_bytes() <= id.as_bytes());
+    }
+
+    #[test]
+    fn an_id_without_a_time_has_none() {
+        assert_eq!(id_unix_millis(Uuid::from_u128(0x1234_5678)), None);
+        assert_eq!(id_unix_millis(Uuid::nil()), None);
+    }
 }

@@ -8,7 +8,8 @@
 //! - [`failure`]: what a handler's failure is — transient (retried in place for as long as it
 //!   takes) or permanent (dead-lettered after a few tries).
 //! - [`consumer`]: consumer groups, the inbox in the effect's transaction, acknowledgement
-//!   after commit, recovery of pending entries, dead letters (REL-09, REL-10).
+//!   after commit, recovery of pending entries, dead letters (REL-09, REL-10); each consumer
+//!   sweeps its inbox rows past their retention.
 //! - [`dlq`]: listing and replaying dead letters.
 //! - [`direct`]: at-most-once publishing for a producer without a database (ops notices only).
 
@@ -88,6 +89,11 @@ pub fn describe_metrics() {
         "events_dead_lettered_total",
         Unit::Count,
         "Events moved to the dead-letter stream after their last attempt."
+    );
+    describe_counter!(
+        "events_inbox_swept_total",
+        Unit::Count,
+        "Inbox rows deleted past their retention, per consumer group."
     );
     describe_counter!(
         "events_duplicates_total",

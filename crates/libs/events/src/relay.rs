@@ -595,7 +595,7 @@ fn parse_entry_id(id: &str) -> Option<(i64, i64)> {
 }
 
 /// Milliseconds since the epoch `ago` before now: the stream entry id time of that moment.
-fn unix_millis_ago(ago: Duration) -> i64 {
+pub(crate) fn unix_millis_ago(ago: Duration) -> i64 {
     SystemTime::now()
         .checked_sub(ago)
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())

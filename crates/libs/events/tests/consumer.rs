@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use events::consumer::OPS_STREAM;
+use events::dlq::Replay;
 use events::{Consumer, ConsumerSettings, Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
 use redis::AsyncCommands as _;
@@ -21,6 +22,7 @@ use common::{eventually, redis};
 
 const SCHEMA: &str = "consumer";
 const GROUP: &str = "ledger";
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Records the event; fails its first `failures` attempts.
 struct Recorder {
@@ -78,6 +80,7 @@ fn consumer(
             retry_after: Duration::from_millis(100),
             max_backoff: Duration::from_millis(100),
             linger: Duration::ZERO,
+            inbox_retention: events::consumer::DEFAULT_INBOX_RETENTION,
         },
     )
 }
@@ -324,9 +327,10 @@ async fn a_poison_event_is_dead_lettered_announced_and_replayable(pool: PgPool) 
 
     // Fixed handler, replayed letter: applied once, dead-letter stream empty.
     assert!(
-        events::dlq::replay(&redis, &prefix, "trades", &letters[0].id)
+        events::dlq::replay(&redis, &prefix, "trades", &letters[0].id, WEEK)
             .await
             .unwrap()
+            == Replay::Replayed
     );
     let shutdown = Shutdown::new();
     let task = tokio::spawn(
@@ -344,10 +348,11 @@ async fn a_poison_event_is_dead_lettered_announced_and_replayable(pool: PgPool) 
             .unwrap()
             .is_empty()
     );
-    assert!(
-        !events::dlq::replay(&redis, &prefix, "trades", &letters[0].id)
+    assert_eq!(
+        events::dlq::replay(&redis, &prefix, "trades", &letters[0].id, WEEK)
             .await
             .unwrap(),
+        Replay::NotFound,
         "replayed once"
     );
 }
@@ -798,4 +803,118 @@ async fn what_arrives_while_a_consumer_lingers_is_applied_as_one_batch(pool: PgP
     task.await.unwrap();
 
     assert_eq!(*handler.finishes.lock().unwrap(), vec![1, 3]);
+}
+
+/// An event id made `days` ago (UUIDv7, as `Envelope::new` makes them).
+fn id_made_days_ago(days: u64) -> Uuid {
+    let made = std::time::SystemTime::now() - Duration::from_secs(days * 24 * 3600);
+    let since_epoch = made.duration_since(std::time::UNIX_EPOCH).unwrap();
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        since_epoch.as_secs(),
+        since_epoch.subsec_nanos(),
+    ))
+}
+
+async fn inbox_rows(pool: &PgPool, consumer: &str, ids: &[Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM inbox WHERE consumer = $1 AND event_id = ANY($2)")
+        .bind(consumer)
+        .bind(ids)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_consumer_forgets_the_events_it_applied_longer_ago_than_its_inbox_retention(
+    pool: PgPool,
+) {
+    let pool = consumer_db(&pool).await;
+    let redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    // More expired rows than one sweep deletes at a time, all applied ten days ago.
+    let expired: Vec<Uuid> = (0..12_000).map(|_| id_made_days_ago(10)).collect();
+    // Made ten days ago but applied just now (a relay that had been down): kept a week from now.
+    let applied_late = id_made_days_ago(10);
+    let recent = Uuid::now_v7();
+    // Not a UUIDv7: its bits say nothing of when it was made.
+    let timeless = Uuid::from_u128(0x0123_4567_89ab_4def_8123_4567_89ab_cdef);
+    let insert = "INSERT INTO inbox (consumer, event_id, stream, processed_at)
+                  SELECT $1, id, 'trades', now() - make_interval(days => $3) FROM UNNEST($2::uuid[]) AS id";
+    for (consumer, ids, days_ago) in [
+        (GROUP, expired.clone(), 10),
+        (GROUP, vec![applied_late, recent, timeless], 0),
+        // Another consumer's rows are its own to sweep.
+        ("another-group", expired[..10].to_vec(), 10),
+    ] {
+        sqlx::query(insert)
+            .bind(consumer)
+            .bind(ids)
+            .bind(days_ago)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 3).run(Recorder::new(0), shutdown.clone()),
+    );
+    eventually("every expired inbox row deleted", || async {
+        inbox_rows(&pool, GROUP, &expired).await == 0
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+
+    assert_eq!(
+        inbox_rows(&pool, GROUP, &[applied_late, recent, timeless]).await,
+        3,
+        "rows applied within the retention stay"
+    );
+    assert_eq!(inbox_rows(&pool, "another-group", &expired[..10]).await, 10);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_dead_letter_older_than_the_inbox_retention_is_not_replayed(pool: PgPool) {
+    let _pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let mut event = trade(1);
+    event.id = id_made_days_ago(8);
+    let letter: String = redis
+        .xadd(
+            format!("{}.dlq", prefix.stream("trades")),
+            "*",
+            &[
+                ("event_id", event.id.to_string()),
+                ("type", event.event_type.clone()),
+                ("envelope", serde_json::to_string(&event).unwrap()),
+                ("group", GROUP.to_owned()),
+                ("reason", "not yet".to_owned()),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let replay = events::dlq::replay(&redis, &prefix, "trades", &letter, WEEK).await;
+
+    assert_eq!(replay.unwrap(), Replay::TooOld);
+    let stream_length: usize = redis.xlen(prefix.stream("trades")).await.unwrap();
+    assert_eq!(stream_length, 0, "nothing went back onto the stream");
+    assert_eq!(
+        events::dlq::list(&redis, &prefix, "trades")
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "the dead letter stays"
+    );
+    // Within the retention it goes back.
+    assert_eq!(
+        events::dlq::replay(&redis, &prefix, "trades", &letter, 9 * WEEK / 7)
+            .await
+            .unwrap(),
+        Replay::Replayed
+    );
 }

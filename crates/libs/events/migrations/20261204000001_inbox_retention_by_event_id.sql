@@ -1,0 +1,13 @@
+-- The inbox is swept by its primary key, so its time index goes (docs/adr/0028).
+--
+-- Event ids are UUIDv7: their first 48 bits are the time the event was made, in milliseconds,
+-- and uuids compare byte by byte. "A consumer's rows of events made before the cutoff" is
+-- therefore a range of `inbox_pkey (consumer, event_id)`, which each consumer deletes a chunk
+-- at a time (`events::consumer`, `inbox_retention`, a week by default). `processed_at` stays
+-- and is checked as well, so an event applied long after it was made keeps its row for the
+-- whole retention from when it was applied.
+--
+-- `inbox_processed_at_idx` was made for that retention, which no release ran: every applied
+-- event paid an entry in it, and nothing read it. Dropping it is safe for the previous image
+-- (it never used the index) and for a rollback.
+DROP INDEX IF EXISTS inbox_processed_at_idx;
