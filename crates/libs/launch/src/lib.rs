@@ -156,7 +156,10 @@ impl Kit {
             self.redis.clone(),
             self.keys(),
             schema,
-            RelaySettings::default(),
+            RelaySettings {
+                linger: self.common.relay_linger,
+                ..RelaySettings::default()
+            },
         );
         self.tasks
             .spawn("outbox relay", move |stop| relay.clone().run(stop));

@@ -260,6 +260,9 @@ pub struct CommonConfig {
     /// `BOURSE_SERVICE_URL_PATTERN` ([`SERVICE_URL_PATTERN`]): where the other services are, by name and default port
     /// (`http://{name}:{port}`); the composing binary applies it.
     pub service_url_pattern: Option<String>,
+    /// `BOURSE_RELAY_LINGER_MS`: after a batch that was not full, how long the outbox relay lets
+    /// rows gather before it reads again (`events::RelaySettings::linger`; zero turns it off).
+    pub relay_linger: Duration,
 }
 
 /// Limits applied to every inbound request.
@@ -361,6 +364,8 @@ impl CommonConfig {
                 }
                 pattern.trim_end_matches('/').to_owned()
             }),
+            // Zero is allowed here (unlike the other waits): it turns lingering off.
+            relay_linger: Duration::from_millis(env.or("BOURSE_RELAY_LINGER_MS", 5u64)),
             tls,
             listener: None,
         }
@@ -375,6 +380,19 @@ impl CommonConfig {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn the_relays_linger_is_read_in_milliseconds_and_zero_turns_it_off() {
+        let linger = |value: Option<&str>| {
+            let mut env = Env::from_pairs(value.map(|v| ("BOURSE_RELAY_LINGER_MS", v)));
+            let common = CommonConfig::read(&mut env);
+            env.finish().map(|()| common.relay_linger)
+        };
+        assert_eq!(linger(None).unwrap(), Duration::from_millis(5));
+        assert_eq!(linger(Some("20")).unwrap(), Duration::from_millis(20));
+        assert_eq!(linger(Some("0")).unwrap(), Duration::ZERO);
+        assert!(linger(Some("-1")).is_err());
+    }
 
     #[test]
     fn every_invalid_variable_is_reported_at_once() {
