@@ -20,7 +20,8 @@ for round in $(seq 1 "$rounds"); do
       /orders_matching_batch_seconds_sum/ { busy = $2 }
       /^settled:/ { settled = $2 " of " $4 }
       /orders \/ read =/ { ratio = $NF }
-      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  settled %s  orders/read %s\n", round, bin, rps, p99, bad, busy, settled, ratio }' "$log"
+      /^reconciliation:/ { reconciled = $2 }
+      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  settled %s  reconciliation %s  orders/read %s\n", round, bin, rps, p99, bad, busy, settled, reconciled, ratio }' "$log"
     rm -f "$log"
   done
 done

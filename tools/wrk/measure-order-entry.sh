@@ -125,6 +125,17 @@ curl -s http://127.0.0.1:8084/metrics | awk '
   }' || true
 settled=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM settlement.settled_trades")
 echo "settled: $settled of $trades trades when the run ended"
+# Then, once every trade has settled (a few seconds at most), the ledger is reconciled: balances
+# against transfers, trades against orders' record (settlement's checks, through the gateway).
+for _ in $(seq 1 100); do
+  (( settled >= trades )) && break
+  sleep 0.1
+  settled=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM settlement.settled_trades")
+done
+curl -s -X POST http://127.0.0.1:8080/v1/admin/reconciliation -H "authorization: Bearer $ADMIN" \
+  | jq -r '"reconciliation: " + (if .ok then "ok" else "FAILED" end) + " (\(.checks | length) checks)"
+           + ([.checks[] | select(.ok | not) | "; \(.name): \(.detail)"] | join(""))' \
+  || echo "reconciliation: no answer"
 # With BOURSE_PERF_POSTGRES=private: the statements that took the most database time.
 if [[ -n ${pg_dir:-} ]]; then
   psql -q -h 127.0.0.1 -U postgres -d "$database" -P pager=off -c "

@@ -15,6 +15,7 @@ mod edge;
 mod funds;
 mod helpers;
 mod hostile_input;
+mod indexes;
 mod instruments;
 mod openapi;
 mod orders;
