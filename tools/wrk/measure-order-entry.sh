@@ -92,6 +92,8 @@ fi
 curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_matching_(batch_size|batch_seconds|phase_seconds)_(sum|count)' || true
 # How many idempotency-key look-ups each statement read together (ADR 0025).
 curl -s http://127.0.0.1:8082/metrics | grep -E '^idempotency_look_ups_per_read_(sum|count)' || true
+# How many orders' pre-trade checks each call to risk carried (ADR 0029).
+curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_risk_checks_per_call_(sum|count)' || true
 # Commands 8082 forwarded to another orders replica that owns the symbol (BOURSE_PERF_ORDERS_REPLICAS=2).
 curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_forwarded_commands_total' || true
 # How large the consumers' batches were, per stream, and how many events the relays published

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use bourse::Target;
 
 use crate::helpers::{
-    TestApp, Tokens, assert_problem, base_env, count, spawn_app, spawn_app_without,
+    TestApp, Tokens, assert_problem, base_env, count, risk_funds, spawn_app, spawn_app_without,
 };
 
 /// BTC-USD, an admin, a risk officer and two funded traders.
@@ -457,6 +457,87 @@ async fn the_internal_check_is_for_services_only(pool: PgPool) {
     }
     let via_gateway = app.post_json("/internal/v1/checks", &json!({})).await;
     assert_eq!(via_gateway.status(), StatusCode::NOT_FOUND);
+}
+
+/// One order's check as orders sends it: a buy of `quantity` BTC minor units at 30,000.00 USD.
+fn check_of(account: Uuid, quantity: i64) -> Value {
+    json!({
+        "order_id": Uuid::now_v7(), "account_id": account, "symbol": "BTC-USD", "side": "buy",
+        "type": "limit", "price": 3_000_000, "quantity": quantity, "base_scale": 8,
+        "quote_scale": 2, "base_asset": "BTC", "quote_asset": "USD", "mid": null,
+    })
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_of_checks_answers_each_order_as_alone_and_a_malformed_batch_checks_nothing(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    let (admin, alice, _) = app.funded_market().await;
+    let alice_id = app.user_id(&alice).await;
+    let token = app.service_token("orders", "risk").await;
+    let send = |body: Value| {
+        let request = app
+            .client
+            .post(format!("{}/internal/v1/checks/batch", app.risk))
+            .bearer_auth(&token)
+            .json(&body);
+        async move { request.send().await.unwrap() }
+    };
+    // 0.1 BTC at 30,000.00: 3,000 USD and its fee, well within Alice's 1,000,000.
+    let funded = check_of(alice_id, 10_000_000);
+    let unfunded = check_of(Uuid::now_v7(), 10_000_000);
+    let committed = || async {
+        risk_funds(&app, &admin, alice_id).await.unwrap()["USD"]
+            .committed
+            .clone()
+    };
+
+    // The same order twice, as a retried call sends it: reserved once, passed both times.
+    let answer = send(json!({ "orders": [funded, unfunded, funded] })).await;
+
+    assert_eq!(answer.status(), StatusCode::OK);
+    let answer: Value = answer.json().await.unwrap();
+    let verdicts = answer["verdicts"].as_array().unwrap();
+    assert_eq!(verdicts.len(), 3);
+    assert_eq!(
+        verdicts[0],
+        json!({ "outcome": "passed", "order_id": funded["order_id"] })
+    );
+    assert_eq!(verdicts[1]["outcome"], "refused");
+    assert_eq!(verdicts[1]["order_id"], unfunded["order_id"]);
+    assert_eq!(verdicts[1]["code"], "insufficient_funds");
+    assert_eq!(verdicts[2], verdicts[0], "sent again, answered as before");
+    let reserved_once = committed().await;
+    assert_ne!(reserved_once, "0.00");
+
+    // Hostile batches: a clear 4xx, and nothing in them is checked or reserved.
+    let too_many: Vec<Value> = (0..129).map(|_| check_of(alice_id, 1)).collect();
+    for (batch, code) in [
+        (json!({ "orders": [] }), "batch_size"),
+        (json!({ "orders": too_many }), "batch_size"),
+        (
+            json!({ "orders": [check_of(alice_id, 1)], "priority": "high" }),
+            "invalid_body",
+        ),
+        (
+            json!({ "orders": [check_of(alice_id, 1), { "order_id": "not an id" }] }),
+            "invalid_body",
+        ),
+    ] {
+        assert_problem(send(batch).await, StatusCode::UNPROCESSABLE_ENTITY, code).await;
+    }
+    assert_eq!(committed().await, reserved_once);
+    // Only services check orders.
+    let as_trader = app
+        .client
+        .post(format!("{}/internal/v1/checks/batch", app.risk))
+        .bearer_auth(&alice.access_token)
+        .json(&json!({ "orders": [check_of(alice_id, 1)] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_trader.status(), StatusCode::UNAUTHORIZED);
 }
 
 /// `bourse serve risk` as its own OS process on `port`, sharing the test's database and Redis.

@@ -23,16 +23,18 @@
 //! [`fence`], as [`withdraw`] does for claimed keys.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_lc_rs::digest::{SHA256, digest};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
 use sqlx::migrate::MigrateError;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::combine::{Batch, Combiner};
 use crate::http::Problem;
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
@@ -429,26 +431,17 @@ async fn existing(pool: &PgPool, principal: Uuid, key: &str) -> Result<Option<Ex
 /// The reads run in a task of their own, started when a look-up finds none running and ended
 /// when nobody waits: a request cut off while waiting leaves the others' read untouched.
 #[derive(Clone)]
-pub struct LookUps(Arc<Combined>);
+pub struct LookUps(Combiner<KeyReads>);
 
-struct Combined {
+/// The reads of [`LookUps`]: one statement per batch.
+struct KeyReads {
     pool: PgPool,
-    tasks: crate::Supervisor,
-    queue: Mutex<Queue>,
 }
 
-#[derive(Default)]
-struct Queue {
-    waiting: Vec<Waiting>,
-    /// A read task is running; it takes whatever waits before it ends.
-    reading: bool,
-}
-
-struct Waiting {
+struct Wanted {
     principal: Uuid,
     key: String,
     hash: Vec<u8>,
-    answer: tokio::sync::oneshot::Sender<std::result::Result<Begin, LookUpError>>,
 }
 
 /// The most look-ups one statement reads.
@@ -475,11 +468,12 @@ impl LookUpError {
 impl LookUps {
     /// Reads run as tasks of `tasks`.
     pub fn new(pool: PgPool, tasks: crate::Supervisor) -> Self {
-        Self(Arc::new(Combined {
-            pool,
+        Self(Combiner::new(
+            "idempotency key reads",
+            LOOK_UPS_PER_READ,
+            KeyReads { pool },
             tasks,
-            queue: Mutex::default(),
-        }))
+        ))
     }
 
     /// What [`look_up`] would answer, read together with whatever else is waiting.
@@ -489,95 +483,49 @@ impl LookUps {
         key: &str,
         hash: &[u8],
     ) -> std::result::Result<Begin, LookUpError> {
-        let (answer, answered) = tokio::sync::oneshot::channel();
-        let start_reading = {
-            let mut queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
-            queue.waiting.push(Waiting {
-                principal,
-                key: key.to_owned(),
-                hash: hash.to_vec(),
-                answer,
-            });
-            !std::mem::replace(&mut queue.reading, true)
+        let wanted = Wanted {
+            principal,
+            key: key.to_owned(),
+            hash: hash.to_vec(),
         };
-        if start_reading {
-            self.0
-                .tasks
-                .spawn_tracked("idempotency key reads", read_while_waiting(self.0.clone()));
-        }
-        answered.await.unwrap_or(Err(LookUpError::Stopped))
+        self.0
+            .submit(wanted)
+            .await
+            .unwrap_or(Err(LookUpError::Stopped))
     }
 
     /// Look-ups waiting for a read to start (a gauge of how many one read will carry).
     pub fn waiting(&self) -> usize {
-        let queue = self.0.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        queue.waiting.len()
+        self.0.waiting()
     }
 }
 
-/// Reads what waits, batch after batch, until nothing does.
-async fn read_while_waiting(combined: Arc<Combined>) {
-    let mut reading = Reading {
-        combined: &combined,
-        ended: false,
-    };
-    loop {
-        let batch: Vec<Waiting> = {
-            let mut queue = combined
-                .queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if queue.waiting.is_empty() {
-                // Under the lock: a look-up arriving after this starts a read of its own.
-                queue.reading = false;
-                reading.ended = true;
-                return;
-            }
-            let take = queue.waiting.len().min(LOOK_UPS_PER_READ);
-            queue.waiting.drain(..take).collect()
-        };
-        metrics::histogram!("idempotency_look_ups_per_read").record(batch.len() as f64);
-        let (principals, keys): (Vec<Uuid>, Vec<String>) =
-            batch.iter().map(|w| (w.principal, w.key.clone())).unzip();
-        match existing_all(&combined.pool, &principals, &keys).await {
-            Ok(found) => {
-                for waiting in batch {
-                    let row = found
-                        .get(&(waiting.principal, waiting.key.clone()))
-                        .cloned();
-                    let begun = judge(row, waiting.principal, &waiting.key, &waiting.hash);
-                    // A look-up whose request was cut off no longer listens.
-                    let _ = waiting.answer.send(Ok(begun));
+impl Batch for KeyReads {
+    type Item = Wanted;
+    type Answer = std::result::Result<Begin, LookUpError>;
+
+    fn answer(&self, batch: Vec<Wanted>) -> BoxFuture<'_, Vec<Self::Answer>> {
+        Box::pin(async move {
+            metrics::histogram!("idempotency_look_ups_per_read").record(batch.len() as f64);
+            let (principals, keys): (Vec<Uuid>, Vec<String>) =
+                batch.iter().map(|w| (w.principal, w.key.clone())).unzip();
+            match existing_all(&self.pool, &principals, &keys).await {
+                Ok(found) => batch
+                    .into_iter()
+                    .map(|wanted| {
+                        let row = found.get(&(wanted.principal, wanted.key.clone())).cloned();
+                        Ok(judge(row, wanted.principal, &wanted.key, &wanted.hash))
+                    })
+                    .collect(),
+                Err(err) => {
+                    let err = Arc::new(err);
+                    batch
+                        .iter()
+                        .map(|_| Err(LookUpError::Database(err.clone())))
+                        .collect()
                 }
             }
-            Err(err) => {
-                let err = Arc::new(err);
-                for waiting in batch {
-                    let _ = waiting.answer.send(Err(LookUpError::Database(err.clone())));
-                }
-            }
-        }
-    }
-}
-
-/// A read task that ends any other way than by finding nothing waiting (a panic) lets the
-/// next look-up start a new one; those it had taken are answered `Stopped` as their senders
-/// drop.
-struct Reading<'a> {
-    combined: &'a Combined,
-    ended: bool,
-}
-
-impl Drop for Reading<'_> {
-    fn drop(&mut self) {
-        if !self.ended {
-            let mut queue = self
-                .combined
-                .queue
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            queue.reading = false;
-        }
+        })
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`telemetry`]: JSON logs via `tracing`, W3C trace context (OBS-01, OBS-02).
 //! - [`metrics`]: the Prometheus recorder and `/metrics` (OBS-03).
 //! - [`idempotency`]: `Idempotency-Key` claims, stored answers and replays (REL-07).
+//! - [`combine`]: requests many callers make at once, answered together (one statement or
+//!   one call for a busy moment).
 //! - [`http`]: problem+json errors, the JSON extractor, request id / trace context / access
 //!   log / RED metrics middleware, timeouts, body limits, panic guard — assembled by
 //!   [`http::ServiceRouter`] (OBS-06, REL-03, REL-11, SEC-10).
@@ -19,6 +21,7 @@
 //! - `testing` (feature `testing`, test crates only): `eventually`, a bounded wait for a state.
 
 pub mod backoff;
+pub mod combine;
 pub mod config;
 pub mod db;
 pub mod health;

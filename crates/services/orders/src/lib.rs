@@ -5,7 +5,8 @@
 //! - [`instruments`]: validation in exact units, create, halt/resume (TRD-01); [`catalog`]
 //!   keeps them in memory until a change is announced.
 //! - [`order_entry`]: an order request checked in exact units; market-order protection.
-//! - [`funds`]: the risk check, which reserves the funds every order needs before matching.
+//! - [`funds`]: the risk check, which reserves the funds every order needs before matching;
+//!   checks that arrive together go to risk in one call.
 //! - [`engine`]: one matching task per symbol; [`group_commit`] the writes of each batch.
 //! - [`ownership`]: which replica keeps each symbol's book (leases and fencing epochs);
 //!   [`forwarding`] sends a command to the replica that does.
@@ -129,7 +130,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         services,
         assets: Arc::new(config.assets.clone()),
         engines,
-        funds: funds::Funds::new(risk),
+        funds: funds::Funds::new(risk, tasks.clone()),
         market_protection_bps: config.market_protection_bps,
         check_valid_for: config.check_valid_for,
         fees: config.fees,

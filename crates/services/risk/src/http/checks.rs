@@ -1,4 +1,5 @@
-//! The pre-trade check: answered from memory, in microseconds.
+//! The pre-trade check: answered from memory, in microseconds — one order at a time, or many
+//! in one call (orders sends what arrives together, `service_kit::combine`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -7,12 +8,17 @@ use access::service::RISK_CHECK;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use service_kit::http::{Json, Problem};
+use uuid::Uuid;
 
 use super::AppState;
-use crate::book::CheckRequest;
+use crate::book::{Breach, CheckRequest};
 use crate::error::Result;
 use crate::kill_switches::lock;
+
+/// The most orders one call may carry (about 45 KiB of JSON, inside the 64 KiB body limit).
+pub const MOST_PER_CALL: usize = 128;
 
 /// 204 when the order may proceed (its funds reserved); 422 with the breached limit's code;
 /// 503 `funds_loading` while risk cannot decide on funds (after a start, ADR 0023).
@@ -22,18 +28,101 @@ pub async fn check(
     Json(order): Json<CheckRequest>,
 ) -> Result<Response> {
     caller.require(RISK_CHECK)?;
-    let second = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let verdict = lock(&state.book)?.check(&order, second);
+    let verdict = lock(&state.book)?.check(&order, this_second());
     match verdict {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(breach) if breach.undecided => {
             Ok(Problem::unavailable(breach.code, breach.detail, 1).into_response())
         }
         Err(breach) => {
-            metrics::counter!("risk_checks_refused_total", "code" => breach.code).increment(1);
+            refused(&breach);
             Ok(Problem::unprocessable(breach.code, breach.detail).into_response())
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checks {
+    orders: Vec<CheckRequest>,
+}
+
+/// Each order's verdict, as [`check`] would have answered it alone.
+#[derive(Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Verdict {
+    /// May proceed; its funds are reserved (204 alone).
+    Passed { order_id: Uuid },
+    /// Refused for the breached limit `code` (422 alone).
+    Refused {
+        order_id: Uuid,
+        code: &'static str,
+        detail: String,
+    },
+    /// Risk cannot decide yet, `funds_loading` (503 alone): the client's to retry.
+    Undecided {
+        order_id: Uuid,
+        code: &'static str,
+        detail: String,
+    },
+}
+
+#[derive(Debug, Serialize)]
+pub struct Verdicts {
+    verdicts: Vec<Verdict>,
+}
+
+/// Many orders' checks in one call, with the book locked once: 200 with one verdict per order,
+/// in the order sent. An order sent again (a retried call) gets the verdict it got before, as
+/// alone. 422 for no orders or more than [`MOST_PER_CALL`]; nothing is checked then.
+pub async fn check_all(
+    State(state): State<AppState>,
+    caller: ServicePrincipal,
+    Json(checks): Json<Checks>,
+) -> Result<Response> {
+    caller.require(RISK_CHECK)?;
+    if checks.orders.is_empty() || checks.orders.len() > MOST_PER_CALL {
+        return Ok(Problem::unprocessable(
+            "batch_size",
+            format!("send 1 to {MOST_PER_CALL} orders"),
+        )
+        .into_response());
+    }
+    let second = this_second();
+    let verdicts = {
+        let mut book = lock(&state.book)?;
+        checks
+            .orders
+            .iter()
+            .map(|order| match book.check(order, second) {
+                Ok(()) => Verdict::Passed {
+                    order_id: order.order_id,
+                },
+                Err(breach) if breach.undecided => Verdict::Undecided {
+                    order_id: order.order_id,
+                    code: breach.code,
+                    detail: breach.detail,
+                },
+                Err(breach) => {
+                    refused(&breach);
+                    Verdict::Refused {
+                        order_id: order.order_id,
+                        code: breach.code,
+                        detail: breach.detail,
+                    }
+                }
+            })
+            .collect()
+    };
+    Ok(axum::Json(Verdicts { verdicts }).into_response())
+}
+
+fn refused(breach: &Breach) {
+    metrics::counter!("risk_checks_refused_total", "code" => breach.code).increment(1);
+}
+
+fn this_second() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

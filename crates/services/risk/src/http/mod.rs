@@ -1,5 +1,5 @@
-//! The risk service's HTTP surface: the internal check and withdrawal reservations (service
-//! tokens only) and the public risk-officer, admin and trader routes.
+//! The risk service's HTTP surface: the internal checks (one order, or a batch) and withdrawal
+//! reservations (service tokens only) and the public risk-officer, admin and trader routes.
 
 mod balances;
 mod checks;
@@ -55,6 +55,7 @@ impl FromRef<AppState> for Arc<TokenVerifier<ServiceClaims>> {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/internal/v1/checks", post(checks::check))
+        .route("/internal/v1/checks/batch", post(checks::check_all))
         .route("/internal/v1/withdrawals", post(withdrawals::reserve))
         .route(
             "/internal/v1/withdrawals/{withdrawal_id}",
