@@ -509,11 +509,20 @@ async fn a_trace_runs_from_an_order_into_the_consumers_of_its_events(pool: PgPoo
     let (code, _) = served.finish().await;
     assert_eq!(code, Some(0));
     let mut consumed = Vec::new();
+    let mut checks_linked = 0;
     while let Ok(span) = spans.try_recv() {
         if span.name == "consume" && hex(&span.trace_id) == trace_id {
             consumed.push(attribute(&span, "event_type").unwrap_or_default());
         }
+        // Risk's checks go out in batches (ADR 0029): the call follows from each order in it.
+        if span.name == "risk checks" && span.links.iter().any(|l| hex(&l.trace_id) == trace_id) {
+            checks_linked += 1;
+        }
     }
+    assert_eq!(
+        checks_linked, 1,
+        "the call that checked the order links back to its trace"
+    );
     // Settlement settling the trade and risk projecting it both continue the order's trace.
     assert!(
         consumed.iter().filter(|t| *t == "TradeExecuted").count() >= 2,

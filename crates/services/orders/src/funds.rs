@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use service_kit::combine::{Batch, Combiner};
 use service_kit::http::Problem;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -59,6 +60,9 @@ struct Check {
     base_asset: String,
     quote_asset: String,
     mid: Option<i64>,
+    /// The order's own span: the call that carries its check follows from it.
+    #[serde(skip)]
+    span: tracing::Span,
 }
 
 /// Checks that arrive together go to risk in one call (`POST /internal/v1/checks/batch`).
@@ -104,11 +108,12 @@ impl Funds {
             base_asset: instrument.base.code.clone(),
             quote_asset: instrument.quote.code.clone(),
             mid,
+            span: tracing::Span::current(),
         };
-        self.checks
-            .submit(check)
-            .await
-            .unwrap_or_else(|stopped| Err(Error::Internal(stopped.to_string())))
+        self.checks.submit(check).await.unwrap_or_else(|stopped| {
+            tracing::error!(error = %stopped, "no answer from the risk checks' task");
+            Err(Error::Problem(unavailable()))
+        })
     }
 }
 
@@ -117,16 +122,26 @@ impl Batch for RiskChecks {
     type Answer = Verdict;
 
     fn answer(&self, checks: Vec<Check>) -> BoxFuture<'_, Vec<Verdict>> {
-        Box::pin(async move {
-            metrics::histogram!("orders_risk_checks_per_call").record(checks.len() as f64);
-            match self.check_all(&checks).await {
-                Ok(verdicts) => verdicts,
-                Err(problem) => checks
-                    .iter()
-                    .map(|_| Err(Error::Problem(problem.clone())))
-                    .collect(),
+        // One call for many orders: its span is not any one order's child, but follows from
+        // each of them (a link per order in the exported trace), so every order's trace still
+        // leads to the call that checked it.
+        let span = tracing::info_span!("risk checks", checks = checks.len());
+        for check in &checks {
+            span.follows_from(&check.span);
+        }
+        Box::pin(
+            async move {
+                metrics::histogram!("orders_risk_checks_per_call").record(checks.len() as f64);
+                match self.check_all(&checks).await {
+                    Ok(verdicts) => verdicts,
+                    Err(problem) => checks
+                        .iter()
+                        .map(|_| Err(Error::Problem(problem.clone())))
+                        .collect(),
+                }
             }
-        })
+            .instrument(span),
+        )
     }
 }
 
