@@ -283,6 +283,11 @@ pub fn describe_metrics() {
         Unit::Seconds,
         "Time one step of a matching batch took, by phase: apply (matching in memory), begin, fence, flush, answers, commit."
     );
+    describe_histogram!(
+        "orders_risk_checks_per_call",
+        Unit::Count,
+        "Orders' pre-trade checks one call to risk carried (those that arrived together, ADR 0029)."
+    );
     describe_counter!(
         "orders_check_expired_total",
         Unit::Count,
