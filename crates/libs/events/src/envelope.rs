@@ -147,7 +147,9 @@ impl Envelope {
     /// The payload as `T`, whatever the envelope's type and version say; the error names the
     /// event type. For payloads without a contract type; [`Envelope::decode`] otherwise.
     pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        serde_json::from_value(self.payload.clone()).map_err(|source| PayloadError::Malformed {
+        // Read from the payload in place: `from_value` would take a deep copy of it first
+        // (allocations per field, on every event every consumer reads).
+        T::deserialize(&self.payload).map_err(|source| PayloadError::Malformed {
             event_type: self.event_type.clone(),
             source,
         })

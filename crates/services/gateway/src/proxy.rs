@@ -6,6 +6,7 @@
 //! once when its breaker is open — never a hang (REL-03, REL-05, REL-06).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -40,9 +41,10 @@ fn forwardable(name: &HeaderName) -> bool {
 }
 
 /// The gateway's upstream services, each behind its own breaker, bulkhead and timeout.
+/// Cloned with the gateway's state on every request, so the list is shared, not copied.
 #[derive(Clone)]
 pub struct Upstreams {
-    by_name: Vec<(Upstream, resilience::Upstream)>,
+    by_name: Arc<[(Upstream, resilience::Upstream)]>,
     body_limit: usize,
 }
 
@@ -50,7 +52,7 @@ impl Upstreams {
     /// One resilient client per upstream of the route table.
     pub fn new(by_name: Vec<(Upstream, resilience::Upstream)>, body_limit: usize) -> Self {
         Self {
-            by_name,
+            by_name: by_name.into(),
             body_limit,
         }
     }

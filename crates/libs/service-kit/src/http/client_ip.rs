@@ -7,6 +7,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::HeaderMap;
@@ -15,9 +16,10 @@ use ipnet::IpNet;
 
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// Networks whose `X-Forwarded-For` we believe.
+/// Networks whose `X-Forwarded-For` we believe. Shared, not copied, when a service's state is
+/// cloned for a request.
 #[derive(Clone, Debug, Default)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies(Arc<[IpNet]>);
 
 impl TrustedProxies {
     pub fn none() -> Self {
@@ -66,7 +68,7 @@ impl FromStr for TrustedProxies {
                     .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
                     .map_err(|_| format!("{entry:?} is not an IP address or CIDR network"))
             })
-            .collect::<Result<Vec<_>, _>>()
+            .collect::<Result<Arc<[_]>, _>>()
             .map(Self)
     }
 }

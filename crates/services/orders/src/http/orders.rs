@@ -5,6 +5,7 @@ use axum::Json as Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
+use serde::Deserialize as _;
 use service_kit::http::{Json, Path, Problem};
 use uuid::Uuid;
 
@@ -33,7 +34,8 @@ pub async fn place(
 ) -> Result<Response> {
     principal.require_any(&[Role::Trader])?;
     let key = idempotency::required_key(&headers, "POST /v1/orders")?;
-    let request: PlaceOrder = serde_json::from_value(body.clone())
+    // Read in place; the body is kept whole for the idempotency key's hash.
+    let request = PlaceOrder::deserialize(&body)
         .map_err(|e| Problem::unprocessable("invalid_body", e.to_string()))?;
 
     // The key is claimed only with its answer, in the matching batch (ADR 0023): here it is

@@ -4,6 +4,7 @@ use access::{Principal, Role};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
+use serde::Deserialize as _;
 use service_kit::http::{Json, Problem};
 use service_kit::idempotency;
 
@@ -57,7 +58,8 @@ async fn fund(
         _ => "POST /v1/admin/deposits",
     };
     let key = idempotency::required_key(&headers, route)?;
-    let request: FundingRequest = serde_json::from_value(body.clone())
+    // Read in place; the body is kept whole for the idempotency key's hash.
+    let request = FundingRequest::deserialize(&body)
         .map_err(|e| Problem::unprocessable("invalid_body", e.to_string()))?;
     let valid = funding::validate(&request, &state.assets)?;
     let begun = idempotency::begin(
