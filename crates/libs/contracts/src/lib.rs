@@ -2,6 +2,7 @@
 //!
 //! - [`amount`]: decimal strings ⇄ integer minor units, exactly or not at all.
 //! - [`asset`]: assets and their scales.
+//! - [`checks`]: the pre-trade check orders asks risk for, and its verdicts.
 //! - [`events`]: payloads of events that several services read.
 //! - [`funds`]: the balances settlement hands risk, the pre-trade stage, at its start.
 //! - [`fees`]: maker/taker fees, one formula for settlement and orders.
@@ -10,6 +11,7 @@
 
 pub mod amount;
 pub mod asset;
+pub mod checks;
 pub mod events;
 pub mod fees;
 pub mod funds;

@@ -9,12 +9,13 @@
 //! unchecked or unfunded. What an order that never reaches the book reserved goes back when
 //! its `OrderRejected` reaches risk, or lapses there.
 
+use contracts::checks::{
+    CheckBatch, CheckRequest, CheckedOrderType, Verdict as RiskVerdict, Verdicts,
+};
 use futures_util::future::BoxFuture;
-use serde::{Deserialize, Serialize};
 use service_kit::combine::{Batch, Combiner};
 use service_kit::http::Problem;
 use tracing::Instrument as _;
-use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::instruments::Instrument;
@@ -44,24 +45,9 @@ pub struct Funds {
     checks: Combiner<RiskChecks>,
 }
 
-/// One order's check, as risk reads it (`risk::book::CheckRequest`).
-#[derive(Debug, Serialize)]
+/// One order's check, with the order's own span: the call that carries it follows from it.
 struct Check {
-    order_id: Uuid,
-    account_id: Uuid,
-    symbol: String,
-    side: contracts::Side,
-    #[serde(rename = "type")]
-    order_type: &'static str,
-    price: i64,
-    quantity: i64,
-    base_scale: u32,
-    quote_scale: u32,
-    base_asset: String,
-    quote_asset: String,
-    mid: Option<i64>,
-    /// The order's own span: the call that carries its check follows from it.
-    #[serde(skip)]
+    request: CheckRequest,
     span: tracing::Span,
 }
 
@@ -92,22 +78,25 @@ impl Funds {
         let price = order
             .hold_price()
             .ok_or_else(|| Error::Internal("a market order reached risk unprotected".into()))?;
-        let check = Check {
+        let request = CheckRequest {
             order_id: order.id,
             account_id: order.account,
             symbol: instrument.symbol.clone(),
             side: platform_side(order.side),
             order_type: match order.order_type {
-                OrderType::Limit => "limit",
-                OrderType::Market => "market",
+                OrderType::Limit => CheckedOrderType::Limit,
+                OrderType::Market => CheckedOrderType::Market,
             },
             price,
             quantity: order.quantity,
             base_scale: instrument.base.scale,
             quote_scale: instrument.quote.scale,
-            base_asset: instrument.base.code.clone(),
-            quote_asset: instrument.quote.code.clone(),
+            base_asset: Some(instrument.base.code.clone()),
+            quote_asset: Some(instrument.quote.code.clone()),
             mid,
+        };
+        let check = Check {
+            request,
             span: tracing::Span::current(),
         };
         self.checks.submit(check).await.unwrap_or_else(|stopped| {
@@ -129,13 +118,16 @@ impl Batch for RiskChecks {
         for check in &checks {
             span.follows_from(&check.span);
         }
+        let count = checks.len();
+        let batch = CheckBatch {
+            orders: checks.into_iter().map(|check| check.request).collect(),
+        };
         Box::pin(
             async move {
-                metrics::histogram!("orders_risk_checks_per_call").record(checks.len() as f64);
-                match self.check_all(&checks).await {
+                metrics::histogram!("orders_risk_checks_per_call").record(count as f64);
+                match self.check_all(&batch).await {
                     Ok(verdicts) => verdicts,
-                    Err(problem) => checks
-                        .iter()
+                    Err(problem) => (0..count)
                         .map(|_| Err(Error::Problem(problem.clone())))
                         .collect(),
                 }
@@ -145,59 +137,26 @@ impl Batch for RiskChecks {
     }
 }
 
-#[derive(Deserialize)]
-struct Verdicts {
-    verdicts: Vec<RiskVerdict>,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-enum RiskVerdict {
-    Passed {
-        order_id: Uuid,
-    },
-    Refused {
-        order_id: Uuid,
-        code: String,
-        detail: String,
-    },
-    Undecided {
-        order_id: Uuid,
-        code: String,
-        detail: String,
-    },
-}
-
-impl RiskVerdict {
-    fn order_id(&self) -> Uuid {
-        match self {
-            Self::Passed { order_id }
-            | Self::Refused { order_id, .. }
-            | Self::Undecided { order_id, .. } => *order_id,
-        }
-    }
-
-    fn into_verdict(self) -> Verdict {
-        match self {
-            Self::Passed { .. } => Ok(Ok(())),
-            Self::Refused { code, detail, .. } => Ok(Err(Rejection {
-                code: risk_code(&code),
-                detail,
-            })),
-            Self::Undecided { code, detail, .. } if code == "funds_loading" => Err(Error::Problem(
-                Problem::unavailable("funds_loading", detail, 1),
-            )),
-            Self::Undecided { .. } => Err(Error::Problem(unavailable())),
-        }
+/// A verdict of risk's as orders answers it.
+fn into_verdict(verdict: RiskVerdict) -> Verdict {
+    match verdict {
+        RiskVerdict::Passed { .. } => Ok(Ok(())),
+        RiskVerdict::Refused { code, detail, .. } => Ok(Err(Rejection {
+            code: risk_code(&code),
+            detail,
+        })),
+        RiskVerdict::Undecided { code, detail, .. } if code == "funds_loading" => Err(
+            Error::Problem(Problem::unavailable("funds_loading", detail, 1)),
+        ),
+        RiskVerdict::Undecided { .. } => Err(Error::Problem(unavailable())),
     }
 }
 
 impl RiskChecks {
     /// One call for every check: a verdict per check, in order. Risk serves the batch call since
     /// 2026-12-04 (roll risk out before orders: docs/runbooks/deploy.md).
-    async fn check_all(&self, checks: &[Check]) -> std::result::Result<Vec<Verdict>, Problem> {
-        let body = serde_json::to_string(&serde_json::json!({ "orders": checks }))
-            .map_err(|_| unavailable())?;
+    async fn check_all(&self, batch: &CheckBatch) -> std::result::Result<Vec<Verdict>, Problem> {
+        let body = serde_json::to_string(batch).map_err(|_| unavailable())?;
         let call = resilience::Call::post_json("/internal/v1/checks/batch", body).idempotent(true);
         let response = self.risk.send(call).await.map_err(|e| e.problem())?;
         let status = response.status();
@@ -210,21 +169,17 @@ impl RiskChecks {
             unavailable()
         })?;
         // One verdict per check, in order; anything else is a fault between the services.
-        let matches = verdicts.verdicts.len() == checks.len()
+        let matches = verdicts.verdicts.len() == batch.orders.len()
             && verdicts
                 .verdicts
                 .iter()
-                .zip(checks)
+                .zip(&batch.orders)
                 .all(|(verdict, check)| verdict.order_id() == check.order_id);
         if !matches {
             tracing::error!("risk's verdicts do not match the checks sent");
             return Err(unavailable());
         }
-        Ok(verdicts
-            .verdicts
-            .into_iter()
-            .map(RiskVerdict::into_verdict)
-            .collect())
+        Ok(verdicts.verdicts.into_iter().map(into_verdict).collect())
     }
 }
 

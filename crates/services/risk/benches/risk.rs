@@ -75,7 +75,7 @@ fn check_a_passing_order(bencher: divan::Bencher) {
             } else {
                 Side::Sell
             },
-            order_type: "limit".into(),
+            order_type: contracts::checks::CheckedOrderType::Limit,
             price: 3_000_000 + (n % 100) as i64,
             quantity: 1_000_000,
             base_scale: 8,

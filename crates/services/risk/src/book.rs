@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use contracts::checks::CheckRequest;
+use contracts::checks::CheckedOrderType;
 use contracts::fees::Fees;
 
 use crate::funds::{Debit, Funds, Held};
@@ -20,36 +22,6 @@ use crate::positions::{Position, Side};
 /// An approved order not seen on the orders stream within this long was never stored (orders
 /// crashed after the check, or could not announce its refusal): its reservation lapses.
 pub const RESERVATION_TTL: Duration = Duration::from_secs(30);
-
-/// `POST /internal/v1/checks`: the order as orders is about to place it. Prices and
-/// quantities are integer minor units, as in events.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckRequest {
-    pub order_id: Uuid,
-    pub account_id: Uuid,
-    pub symbol: String,
-    pub side: Side,
-    /// `limit` or `market`.
-    #[serde(rename = "type")]
-    pub order_type: String,
-    /// The limit price, or a market order's protection price; quote minor units.
-    pub price: i64,
-    /// Base minor units.
-    pub quantity: i64,
-    pub base_scale: u32,
-    pub quote_scale: u32,
-    /// The instrument's assets: what the order's funds are reserved in. Optional while
-    /// orders replicas that do not send them may still be running (ADR 0023).
-    #[serde(default)]
-    pub base_asset: Option<String>,
-    #[serde(default)]
-    pub quote_asset: Option<String>,
-    /// Halfway between the book's best bid and ask, as orders last saw it: the collar's
-    /// reference while the instrument has not traded.
-    #[serde(default)]
-    pub mid: Option<i64>,
-}
 
 /// Why a check reserved no funds; each refuses the order.
 enum Unreserved {
@@ -61,17 +33,6 @@ enum Unreserved {
     /// start's mark), or the orders replica did not send the order's assets. The outcome's
     /// label; the order is refused for now (503), as while risk is away (ADR 0018).
     Undecided(&'static str),
-}
-
-impl CheckRequest {
-    /// The scale of one of the order's two assets.
-    fn scale_of(&self, asset: &str) -> u32 {
-        if self.base_asset.as_deref() == Some(asset) {
-            self.base_scale
-        } else {
-            self.quote_scale
-        }
-    }
 }
 
 /// Why an order was refused: its code and a sentence.
@@ -294,7 +255,7 @@ impl Book {
         }
         // The reference: the last trade, else the book's mid, else none (no collar).
         let reference = self.last_price.get(&order.symbol).copied().or(order.mid);
-        if order.order_type == "limit"
+        if order.order_type == CheckedOrderType::Limit
             && let Some(reference) = reference
         {
             let band = i128::from(reference) * i128::from(limits.price_collar_bps) / 10_000;
@@ -561,7 +522,7 @@ mod tests {
             account_id: account,
             symbol: "BTC-USD".into(),
             side,
-            order_type: "limit".into(),
+            order_type: CheckedOrderType::Limit,
             price,
             quantity,
             base_scale: 8,

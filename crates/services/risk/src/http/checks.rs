@@ -8,12 +8,11 @@ use access::service::RISK_CHECK;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use contracts::checks::{CheckBatch, CheckRequest, Verdict, Verdicts};
 use service_kit::http::{Json, Problem};
-use uuid::Uuid;
 
 use super::AppState;
-use crate::book::{Breach, CheckRequest};
+use crate::book::Breach;
 use crate::error::Result;
 use crate::kill_switches::lock;
 
@@ -41,44 +40,13 @@ pub async fn check(
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Checks {
-    orders: Vec<CheckRequest>,
-}
-
-/// Each order's verdict, as [`check`] would have answered it alone.
-#[derive(Debug, Serialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
-pub enum Verdict {
-    /// May proceed; its funds are reserved (204 alone).
-    Passed { order_id: Uuid },
-    /// Refused for the breached limit `code` (422 alone).
-    Refused {
-        order_id: Uuid,
-        code: &'static str,
-        detail: String,
-    },
-    /// Risk cannot decide yet, `funds_loading` (503 alone): the client's to retry.
-    Undecided {
-        order_id: Uuid,
-        code: &'static str,
-        detail: String,
-    },
-}
-
-#[derive(Debug, Serialize)]
-pub struct Verdicts {
-    verdicts: Vec<Verdict>,
-}
-
 /// Many orders' checks in one call, with the book locked once: 200 with one verdict per order,
 /// in the order sent. An order sent again (a retried call) gets the verdict it got before, as
 /// alone. 422 for no orders or more than [`MOST_PER_CALL`]; nothing is checked then.
 pub async fn check_all(
     State(state): State<AppState>,
     caller: ServicePrincipal,
-    Json(checks): Json<Checks>,
+    Json(checks): Json<CheckBatch>,
 ) -> Result<Response> {
     caller.require(RISK_CHECK)?;
     if checks.orders.is_empty() || checks.orders.len() > MOST_PER_CALL {
@@ -100,14 +68,14 @@ pub async fn check_all(
                 },
                 Err(breach) if breach.undecided => Verdict::Undecided {
                     order_id: order.order_id,
-                    code: breach.code,
+                    code: breach.code.into(),
                     detail: breach.detail,
                 },
                 Err(breach) => {
                     refused(&breach);
                     Verdict::Refused {
                         order_id: order.order_id,
-                        code: breach.code,
+                        code: breach.code.into(),
                         detail: breach.detail,
                     }
                 }
