@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # A/B of builds of bourse on the order path, in alternating runs of the same load, so a noisy
 # machine's drift falls on every build alike (docs/performance.md).
-# Usage: tools/wrk/compare-builds.sh <connections> <rounds> <bourse binary>...
+# Usage: tools/wrk/compare-builds.sh <connections> <rounds> <bourse binary>...   (an even number of rounds)
 # e.g.   cp target/release/bourse /tmp/bourse-a   (build the other change, then)
 #        tools/wrk/compare-builds.sh 32 2 /tmp/bourse-a target/release/bourse
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 connections=$1 rounds=$2
 shift 2
+builds=("$@")
 for round in $(seq 1 "$rounds"); do
-  for bin in "$@"; do
+  # Even rounds run the builds in the opposite order: the build run second in a round tends to
+  # come out ahead by up to ~5% (docs/performance.md, "An order bias in compare-builds.sh"),
+  # so an even number of rounds gives each build each place equally often.
+  order=("${builds[@]}")
+  if (( round % 2 == 0 )); then
+    order=()
+    for (( i = ${#builds[@]} - 1; i >= 0; i-- )); do order+=("${builds[i]}"); done
+  fi
+  for bin in "${order[@]}"; do
     log=$(mktemp /tmp/bourse-compare.XXXXXX)
     BOURSE_PERF_BIN=$bin BOURSE_PERF_DATABASE_PARAMS=${BOURSE_PERF_DATABASE_PARAMS:-?sslmode=disable} \
       tools/wrk/measure-order-entry.sh "$connections" 20s 8 > "$log" 2>&1
