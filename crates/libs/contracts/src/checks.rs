@@ -107,12 +107,14 @@ pub struct Verdicts {
 mod tests {
     use super::*;
 
+    /// The whole body, field by field: orders and risk replicas of different releases run side
+    /// by side during a rollout, so a renamed field here would refuse every check between them.
     #[test]
-    fn a_check_and_its_verdict_keep_their_wire_names() {
-        let order_id = Uuid::nil();
+    fn a_check_and_its_verdicts_keep_their_wire_form() {
+        let id = Uuid::nil();
         let check = CheckRequest {
-            order_id,
-            account_id: order_id,
+            order_id: id,
+            account_id: id,
             symbol: "BTC-USD".into(),
             side: Side::Buy,
             order_type: CheckedOrderType::Market,
@@ -120,23 +122,55 @@ mod tests {
             quantity: 1,
             base_scale: 8,
             quote_scale: 2,
-            base_asset: None,
-            quote_asset: None,
-            mid: None,
+            base_asset: Some("BTC".into()),
+            quote_asset: Some("USD".into()),
+            mid: Some(2_999_950),
         };
-        let json = serde_json::to_value(&check).unwrap();
-        assert_eq!(json["type"], "market");
-        assert_eq!(json["side"], "buy");
+        let batch = CheckBatch {
+            orders: vec![check],
+        };
+        let nil = id.to_string();
+        let wire = serde_json::json!({ "orders": [{
+            "order_id": nil, "account_id": nil, "symbol": "BTC-USD", "side": "buy",
+            "type": "market", "price": 3_000_000, "quantity": 1, "base_scale": 8,
+            "quote_scale": 2, "base_asset": "BTC", "quote_asset": "USD", "mid": 2_999_950,
+        }]});
+        assert_eq!(serde_json::to_value(&batch).unwrap(), wire);
+        assert_eq!(serde_json::from_value::<CheckBatch>(wire).unwrap(), batch);
 
-        let refused = Verdict::Refused {
-            order_id,
-            code: "max_order_quantity".into(),
-            detail: "at most 1".into(),
+        let verdicts = Verdicts {
+            verdicts: vec![
+                Verdict::Passed { order_id: id },
+                Verdict::Refused {
+                    order_id: id,
+                    code: "max_order_quantity".into(),
+                    detail: "at most 1".into(),
+                },
+                Verdict::Undecided {
+                    order_id: id,
+                    code: "funds_loading".into(),
+                    detail: "loading".into(),
+                },
+            ],
         };
-        let json = serde_json::to_value(&refused).unwrap();
-        assert_eq!(json["outcome"], "refused");
-        assert_eq!(json["code"], "max_order_quantity");
-        assert_eq!(serde_json::from_value::<Verdict>(json).unwrap(), refused);
+        let wire = serde_json::json!({ "verdicts": [
+            { "outcome": "passed", "order_id": nil },
+            { "outcome": "refused", "order_id": nil, "code": "max_order_quantity", "detail": "at most 1" },
+            { "outcome": "undecided", "order_id": nil, "code": "funds_loading", "detail": "loading" },
+        ]});
+        assert_eq!(serde_json::to_value(&verdicts).unwrap(), wire);
+        assert_eq!(serde_json::from_value::<Verdicts>(wire).unwrap(), verdicts);
+    }
+
+    #[test]
+    fn a_field_risk_does_not_know_is_refused() {
+        let mut wire = serde_json::json!({
+            "order_id": Uuid::nil(), "account_id": Uuid::nil(), "symbol": "BTC-USD",
+            "side": "sell", "type": "limit", "price": 1, "quantity": 1,
+            "base_scale": 8, "quote_scale": 2,
+        });
+        wire["stop_price"] = serde_json::json!(1);
+        assert!(serde_json::from_value::<CheckRequest>(wire).is_err());
     }
 
     #[test]

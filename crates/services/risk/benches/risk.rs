@@ -3,8 +3,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+use contracts::checks::{CheckRequest, CheckedOrderType};
 use contracts::funds::{AccountBalance, BalanceSnapshot};
-use risk::book::{Book, Change, CheckRequest};
+use risk::book::{Book, Change};
 use risk::limits::LimitsBody;
 use risk::positions::Side;
 use uuid::Uuid;
@@ -75,7 +76,7 @@ fn check_a_passing_order(bencher: divan::Bencher) {
             } else {
                 Side::Sell
             },
-            order_type: contracts::checks::CheckedOrderType::Limit,
+            order_type: CheckedOrderType::Limit,
             price: 3_000_000 + (n % 100) as i64,
             quantity: 1_000_000,
             base_scale: 8,

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use contracts::checks::CheckRequest;
-use contracts::checks::CheckedOrderType;
+use contracts::checks::{CheckRequest, CheckedOrderType};
 use contracts::fees::Fees;
 
 use crate::funds::{Debit, Funds, Held};
