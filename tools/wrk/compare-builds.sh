@@ -30,7 +30,8 @@ for round in $(seq 1 "$rounds"); do
       /^settled:/ { settled = $2 " of " $4 }
       /orders \/ read =/ { ratio = $NF }
       /^reconciliation:/ { reconciled = $2 }
-      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  settled %s  reconciliation %s  orders/read %s\n", round, bin, rps, p99, bad, busy, settled, reconciled, ratio }' "$log"
+      /^CPU per order:/ { cpu = $4 }
+      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  settled %s  reconciliation %s  orders/read %s  CPU/order %s ms\n", round, bin, rps, p99, bad, busy, settled, reconciled, ratio, cpu }' "$log"
     rm -f "$log"
   done
 done

@@ -4,8 +4,9 @@
 # `perf record -a` does not see other processes in this sandbox; /proc does.
 # Usage: tools/wrk/cpu-by-process.sh [seconds]   (inside a measured run, e.g. once
 # `pgrep -x wrk` finds the load, or once measure-order-entry.sh printed "warmed up")
+#        tools/wrk/cpu-by-process.sh --snapshot  (CPU seconds used so far, by program: two of
+# these around a run, as measure-order-entry.sh takes them, give the CPU of that run)
 set -euo pipefail
-seconds=${1:-10}
 snapshot() {
   local tck
   tck=$(getconf CLK_TCK)
@@ -17,6 +18,11 @@ snapshot() {
     cpu[name] += (f[12] + f[13]) / t
   } END { for (n in cpu) printf "%s %.3f\n", n, cpu[n] }' | sort
 }
+if [[ ${1:-} == --snapshot ]]; then
+  snapshot
+  exit
+fi
+seconds=${1:-10}
 before=$(snapshot)
 sleep "$seconds"
 after=$(snapshot)

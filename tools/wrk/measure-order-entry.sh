@@ -70,8 +70,14 @@ if [[ -n ${pg_dir:-} ]]; then
   commits_before=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT sum(xact_commit) FROM pg_stat_database")
 fi
 wrk_out=$(mktemp /tmp/bourse-wrk.XXXXXX)
+# The CPU every program used during the measured run (from /proc, as cpu-by-process.sh reads it):
+# per order it is a steadier figure than orders/s on a machine whose speed moves by a fifth
+# within minutes, since it does not count the time the load waited for a core. (wrk itself has
+# exited by the second snapshot and is not in it.)
+cpu_before=$(tools/wrk/cpu-by-process.sh --snapshot)
 BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS WRK_RUN="measured-$$" \
   wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua http://127.0.0.1:8080 | tee "$wrk_out"
+cpu_after=$(tools/wrk/cpu-by-process.sh --snapshot)
 # The statements and commits of the order run alone, kept before the public read below adds its
 # own (with BOURSE_PERF_POSTGRES=private).
 if [[ -n ${pg_dir:-} ]]; then
@@ -108,6 +114,14 @@ echo "stored: $orders orders, $trades trades"
 # answered far more cheaply and would inflate the rate.
 answered=$(awk '/^non-2xx answers:/ { print $5 - $3 }' "$wrk_out")
 rm -f "$wrk_out"
+# CPU per 2xx order of the measured run (milliseconds): the platform's (bourse, PostgreSQL,
+# Redis) and, apart, whatever else ran on the machine meanwhile.
+join <(echo "$cpu_before") <(echo "$cpu_after") | awk -v n="$answered" -v bourse="$(basename "$bin" | cut -c1-15)" '
+  n > 0 {
+    ms = 1000 * ($3 - $2) / n
+    if ($1 == bourse) b += ms; else if ($1 == "postgres") p += ms; else if ($1 == "redis-server") r += ms; else other += ms
+  }
+  END { if (n > 0) printf "CPU per order: %.3f ms (bourse %.3f, postgres %.3f, redis %.3f); other programs %.3f ms\n", b + p + r, b, p, r, other }'
 placed=$((orders - ${warm_orders:-0}))
 echo "placed by the measured run: $placed orders for $answered 2xx answers"
 # (Requests still in flight when wrk stops may add a few orders it never counted.)

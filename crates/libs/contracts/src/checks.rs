@@ -97,6 +97,83 @@ impl Verdict {
     }
 }
 
+/// Why risk refuses an order (422) or cannot decide on it yet (503). Risk can refuse only with
+/// one of these, and orders passes every one of them on to the client: one list, where there
+/// were two that had drifted (risk's `risk_unconfigured` and `invalid_order` reached clients as
+/// orders' catch-all `risk_refused`). On the wire a verdict carries the code as a string, so a
+/// newer risk's code still reaches an older orders replica, as `risk_refused`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RiskCode {
+    /// No limits apply to the account (neither its own nor the defaults).
+    RiskUnconfigured,
+    KillSwitch,
+    /// A price or quantity that is not positive.
+    InvalidOrder,
+    MaxOrderQuantity,
+    MaxOrderNotional,
+    PriceCollar,
+    MaxOpenOrders,
+    MaxOrdersPerSecond,
+    MaxPosition,
+    InsufficientFunds,
+    /// What the order could cost does not fit the ledger's amounts.
+    AmountOutOfRange,
+    /// Undecided: risk's view of the account's funds is not complete yet (503, retry).
+    FundsLoading,
+}
+
+impl RiskCode {
+    /// Every code, for tests and documentation.
+    pub const ALL: [Self; 12] = [
+        Self::RiskUnconfigured,
+        Self::KillSwitch,
+        Self::InvalidOrder,
+        Self::MaxOrderQuantity,
+        Self::MaxOrderNotional,
+        Self::PriceCollar,
+        Self::MaxOpenOrders,
+        Self::MaxOrdersPerSecond,
+        Self::MaxPosition,
+        Self::InsufficientFunds,
+        Self::AmountOutOfRange,
+        Self::FundsLoading,
+    ];
+
+    /// The code as problems and verdicts carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RiskUnconfigured => "risk_unconfigured",
+            Self::KillSwitch => "kill_switch",
+            Self::InvalidOrder => "invalid_order",
+            Self::MaxOrderQuantity => "max_order_quantity",
+            Self::MaxOrderNotional => "max_order_notional",
+            Self::PriceCollar => "price_collar",
+            Self::MaxOpenOrders => "max_open_orders",
+            Self::MaxOrdersPerSecond => "max_orders_per_second",
+            Self::MaxPosition => "max_position",
+            Self::InsufficientFunds => "insufficient_funds",
+            Self::AmountOutOfRange => "amount_out_of_range",
+            Self::FundsLoading => "funds_loading",
+        }
+    }
+
+    /// The code a verdict carries, if this release knows it (read as serde reads the enum, so
+    /// no variant can be left out).
+    pub fn parse(code: &str) -> Option<Self> {
+        use serde::de::IntoDeserializer as _;
+        let code: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            code.into_deserializer();
+        Self::deserialize(code).ok()
+    }
+}
+
+impl std::fmt::Display for RiskCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// The batch's answer: one verdict per order, in the order sent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Verdicts {
@@ -106,6 +183,23 @@ pub struct Verdicts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every code reads back as itself, as serde writes it, and a code from a newer release
+    /// is not mistaken for one of these.
+    #[test]
+    fn every_risk_code_reads_back_as_itself() {
+        for code in RiskCode::ALL {
+            assert_eq!(RiskCode::parse(code.as_str()), Some(code));
+            assert_eq!(
+                serde_json::to_value(code).ok(),
+                Some(serde_json::Value::from(code.as_str()))
+            );
+        }
+        let distinct: std::collections::HashSet<_> =
+            RiskCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(distinct.len(), RiskCode::ALL.len());
+        assert_eq!(RiskCode::parse("max_leverage"), None);
+    }
 
     /// The whole body, field by field: orders and risk replicas of different releases run side
     /// by side during a rollout, so a renamed field here would refuse every check between them.

@@ -10,7 +10,7 @@
 //! its `OrderRejected` reaches risk, or lapses there.
 
 use contracts::checks::{
-    CheckBatch, CheckRequest, CheckedOrderType, Verdict as RiskVerdict, Verdicts,
+    CheckBatch, CheckRequest, CheckedOrderType, RiskCode, Verdict as RiskVerdict, Verdicts,
 };
 use futures_util::future::BoxFuture;
 use service_kit::combine::{Batch, Combiner};
@@ -20,19 +20,6 @@ use tracing::Instrument as _;
 use crate::error::{Error, Result};
 use crate::instruments::Instrument;
 use crate::order_entry::{OrderType, Rejection, ValidOrder, platform_side};
-
-/// Codes risk refuses orders with; anything else is reported as `risk_refused`.
-const RISK_CODES: &[&str] = &[
-    "kill_switch",
-    "max_order_quantity",
-    "max_order_notional",
-    "price_collar",
-    "max_open_orders",
-    "max_orders_per_second",
-    "max_position",
-    "insufficient_funds",
-    "amount_out_of_range",
-];
 
 /// The most orders one call to risk carries (risk takes up to 128).
 const CHECKS_PER_CALL: usize = 64;
@@ -145,9 +132,15 @@ fn into_verdict(verdict: RiskVerdict) -> Verdict {
             code: risk_code(&code),
             detail,
         })),
-        RiskVerdict::Undecided { code, detail, .. } if code == "funds_loading" => Err(
-            Error::Problem(Problem::unavailable("funds_loading", detail, 1)),
-        ),
+        RiskVerdict::Undecided { code, detail, .. }
+            if RiskCode::parse(&code) == Some(RiskCode::FundsLoading) =>
+        {
+            Err(Error::Problem(Problem::unavailable(
+                RiskCode::FundsLoading.as_str(),
+                detail,
+                1,
+            )))
+        }
         RiskVerdict::Undecided { .. } => Err(Error::Problem(unavailable())),
     }
 }
@@ -183,13 +176,10 @@ impl RiskChecks {
     }
 }
 
-/// Risk's refusal codes as orders answers them; anything else is `risk_refused`.
+/// Risk's refusal codes as orders answers them; one this release does not know (from a newer
+/// risk) is `risk_refused`.
 fn risk_code(code: &str) -> &'static str {
-    RISK_CODES
-        .iter()
-        .find(|c| **c == code)
-        .copied()
-        .unwrap_or("risk_refused")
+    RiskCode::parse(code).map_or("risk_refused", RiskCode::as_str)
 }
 
 /// Risk gave no usable answer: the order is refused 503, never matched unchecked.
@@ -199,4 +189,47 @@ fn unavailable() -> Problem {
         "risk could not check this order".to_owned(),
         1,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_risk_refuses_with_reaches_the_client_and_an_unknown_one_is_risk_refused() {
+        let refusal = |code: &str| {
+            into_verdict(RiskVerdict::Refused {
+                order_id: uuid::Uuid::nil(),
+                code: code.to_owned().into(),
+                detail: "why".to_owned(),
+            })
+        };
+        for code in RiskCode::ALL {
+            match refusal(code.as_str()) {
+                Ok(Err(rejection)) => assert_eq!(rejection.code, code.as_str()),
+                other => panic!("{code}: {other:?}"),
+            }
+        }
+        match refusal("max_leverage") {
+            Ok(Err(rejection)) => assert_eq!(rejection.code, "risk_refused"),
+            other => panic!("{other:?}"),
+        }
+        // Undecided on funds is the client's to retry (503 funds_loading), anything else
+        // undecided is risk being unable to answer.
+        let undecided = |code: RiskCode| {
+            into_verdict(RiskVerdict::Undecided {
+                order_id: uuid::Uuid::nil(),
+                code: code.as_str().into(),
+                detail: "loading".to_owned(),
+            })
+        };
+        match undecided(RiskCode::FundsLoading) {
+            Err(Error::Problem(problem)) => assert_eq!(problem.code(), "funds_loading"),
+            other => panic!("{other:?}"),
+        }
+        match undecided(RiskCode::MaxPosition) {
+            Err(Error::Problem(problem)) => assert_eq!(problem.code(), "upstream_unavailable"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

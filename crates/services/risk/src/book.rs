@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use contracts::checks::{CheckRequest, CheckedOrderType};
+use contracts::checks::{CheckRequest, CheckedOrderType, RiskCode};
 use contracts::fees::Fees;
 
 use crate::funds::{Debit, Funds, Held};
@@ -37,14 +37,14 @@ enum Unreserved {
 /// Why an order was refused: its code and a sentence.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Breach {
-    pub code: &'static str,
+    pub code: RiskCode,
     pub detail: String,
     /// Not the order's fault: risk cannot decide on its funds right now (503, try again),
     /// rather than the order breaking a rule (422).
     pub undecided: bool,
 }
 
-fn breach(code: &'static str, detail: impl Into<String>) -> Breach {
+fn breach(code: RiskCode, detail: impl Into<String>) -> Breach {
     Breach {
         code,
         detail: detail.into(),
@@ -209,7 +209,10 @@ impl Book {
             return Ok(());
         }
         let Some(limits) = self.limits_of(order.account_id) else {
-            return Err(breach("risk_unconfigured", "no limits are configured"));
+            return Err(breach(
+                RiskCode::RiskUnconfigured,
+                "no limits are configured",
+            ));
         };
         if let Some(switch) = self
             .kill_switches
@@ -217,7 +220,7 @@ impl Book {
             .find(|k| k.covers(order.account_id, &order.symbol))
         {
             return Err(breach(
-                "kill_switch",
+                RiskCode::KillSwitch,
                 format!(
                     "trading is stopped ({} kill switch: {})",
                     switch.scope, switch.reason
@@ -226,7 +229,7 @@ impl Book {
         }
         if order.quantity <= 0 || order.price <= 0 {
             return Err(breach(
-                "invalid_order",
+                RiskCode::InvalidOrder,
                 "price and quantity must be positive",
             ));
         }
@@ -235,7 +238,7 @@ impl Book {
             .exceeded_by(i128::from(order.quantity), order.base_scale)
         {
             return Err(breach(
-                "max_order_quantity",
+                RiskCode::MaxOrderQuantity,
                 format!("at most {} per order", limits.max_order_quantity),
             ));
         }
@@ -245,7 +248,7 @@ impl Book {
             .exceeded_by(notional, order.base_scale + order.quote_scale)
         {
             return Err(breach(
-                "max_order_notional",
+                RiskCode::MaxOrderNotional,
                 format!(
                     "at most {} of notional per order",
                     limits.max_order_notional
@@ -261,7 +264,7 @@ impl Book {
             let (low, high) = (i128::from(reference) - band, i128::from(reference) + band);
             if !(low..=high).contains(&i128::from(order.price)) {
                 return Err(breach(
-                    "price_collar",
+                    RiskCode::PriceCollar,
                     format!(
                         "the price must be within {} bps of the reference price {reference}",
                         limits.price_collar_bps
@@ -274,7 +277,7 @@ impl Book {
         let open = self.open_count.get(&order.account_id).copied().unwrap_or(0);
         if open >= limits.max_open_orders {
             return Err(breach(
-                "max_open_orders",
+                RiskCode::MaxOpenOrders,
                 format!("at most {} open orders", limits.max_open_orders),
             ));
         }
@@ -286,7 +289,7 @@ impl Book {
         let passed = if window == second { passed } else { 0 };
         if passed >= limits.max_orders_per_second {
             return Err(breach(
-                "max_orders_per_second",
+                RiskCode::MaxOrdersPerSecond,
                 format!("at most {} orders per second", limits.max_orders_per_second),
             ));
         }
@@ -302,7 +305,7 @@ impl Book {
             .exceeded_by(worst.abs(), order.base_scale)
         {
             return Err(breach(
-                "max_position",
+                RiskCode::MaxPosition,
                 format!(
                     "the position could exceed {} with this order and your open orders",
                     limits.max_position
@@ -341,18 +344,18 @@ impl Book {
         metrics::counter!("risk_funds_reservations_total", "outcome" => label).increment(1);
         match outcome {
             Err(Unreserved::Short { free, asset }) => Err(breach(
-                "insufficient_funds",
+                RiskCode::InsufficientFunds,
                 format!(
                     "not enough free {asset}: {} free",
                     contracts::format_units(free.max(0), order.scale_of(&asset))
                 ),
             )),
             Err(Unreserved::Overflow) => Err(breach(
-                "amount_out_of_range",
+                RiskCode::AmountOutOfRange,
                 "what this order could cost is too large for the ledger",
             )),
             Err(Unreserved::Undecided(why)) => Err(Breach {
-                code: "funds_loading",
+                code: RiskCode::FundsLoading,
                 detail: format!("risk cannot decide on funds yet ({why}); try again shortly"),
                 undecided: true,
             }),
@@ -589,7 +592,7 @@ mod tests {
         let undecided = book.check(&beyond, 1).unwrap_err();
         assert_eq!(
             (undecided.code, undecided.undecided),
-            ("funds_loading", true),
+            (RiskCode::FundsLoading, true),
             "balances in, but orders committed before this start may still be unread: refused for now"
         );
         assert_eq!(book.funds().committed(account, "USD"), 0);
@@ -610,7 +613,7 @@ mod tests {
         assert!(book.funds().deciding());
         let beyond = order(account, Side::Buy, 3_000_000, BTC / 2);
         let refused = book.check(&beyond, 1).unwrap_err();
-        assert_eq!(refused.code, "insufficient_funds");
+        assert_eq!(refused.code, RiskCode::InsufficientFunds);
     }
 
     #[test]
@@ -625,7 +628,7 @@ mod tests {
         let undecided = book.check(&unfunded, 1).unwrap_err();
         assert_eq!(
             (undecided.code, undecided.undecided),
-            ("funds_loading", true),
+            (RiskCode::FundsLoading, true),
             "balances not loaded yet: refused for now, nothing else decides (ADR 0023 slice 3b)"
         );
         assert_eq!(
@@ -654,7 +657,7 @@ mod tests {
         // 10,000.00 less 300.60 is free: 0.33 BTC at 30,000.00 (9,900.00 and 19.80) is not.
         let beyond = order(account, Side::Buy, 3_000_000, BTC / 100 * 33);
         let refused = book.check(&beyond, 1).unwrap_err();
-        assert_eq!(refused.code, "insufficient_funds");
+        assert_eq!(refused.code, RiskCode::InsufficientFunds);
         assert_eq!(refused.detail, "not enough free USD: 9699.40 free");
         assert_eq!(
             book.funds().committed(account, "USD"),
@@ -721,11 +724,11 @@ mod tests {
         let code = |book: &mut Book, o: CheckRequest| book.check(&o, 1).err().map(|b| b.code);
         assert_eq!(
             code(&mut book, order(alice, Side::Buy, 3_000_000, 3 * BTC)),
-            Some("max_order_quantity")
+            Some(RiskCode::MaxOrderQuantity)
         );
         assert_eq!(
             code(&mut book, order(alice, Side::Buy, 6_000_000, 2 * BTC)),
-            Some("max_order_notional")
+            Some(RiskCode::MaxOrderNotional)
         );
         // A last trade at 30,000.00 sets the collar to 27,000.00–33,000.00.
         book.apply(Change::LastPrice {
@@ -734,11 +737,11 @@ mod tests {
         });
         assert_eq!(
             code(&mut book, order(alice, Side::Buy, 3_300_001, BTC / 10)),
-            Some("price_collar")
+            Some(RiskCode::PriceCollar)
         );
         assert_eq!(
             code(&mut book, order(alice, Side::Sell, 2_699_999, BTC / 10)),
-            Some("price_collar")
+            Some(RiskCode::PriceCollar)
         );
         // Two open orders pass and reserve; the third is one too many.
         assert_eq!(
@@ -751,7 +754,7 @@ mod tests {
         );
         assert_eq!(
             code(&mut book, order(alice, Side::Buy, 3_000_000, BTC)),
-            Some("max_open_orders")
+            Some(RiskCode::MaxOpenOrders)
         );
     }
 
@@ -771,7 +774,7 @@ mod tests {
             book.check(&at(3_300_001, Some(3_000_000)), 1)
                 .unwrap_err()
                 .code,
-            "price_collar"
+            RiskCode::PriceCollar
         );
         assert!(book.check(&at(3_300_000, Some(3_000_000)), 1).is_ok());
         // Once it trades, the last price wins over the mid.
@@ -783,7 +786,7 @@ mod tests {
             book.check(&at(2_500_000, Some(3_000_000)), 2)
                 .unwrap_err()
                 .code,
-            "price_collar"
+            RiskCode::PriceCollar
         );
     }
 
@@ -813,7 +816,7 @@ mod tests {
         let refused = book
             .check(&order(bob, Side::Buy, 3_000_000, BTC / 2), 7)
             .unwrap_err();
-        assert_eq!(refused.code, "max_position");
+        assert_eq!(refused.code, RiskCode::MaxPosition);
         // One passed in second 7 (the refused one does not count); one more fits, the next must
         // wait for second 8.
         assert!(
@@ -823,7 +826,7 @@ mod tests {
         let throttled = book
             .check(&order(bob, Side::Sell, 3_000_000, BTC), 7)
             .unwrap_err();
-        assert_eq!(throttled.code, "max_orders_per_second");
+        assert_eq!(throttled.code, RiskCode::MaxOrdersPerSecond);
         assert!(
             book.check(&order(bob, Side::Sell, 3_000_000, BTC), 8)
                 .is_ok()
@@ -846,7 +849,7 @@ mod tests {
             book.check(&order(alice, Side::Buy, 100, 1), 1)
                 .unwrap_err()
                 .code,
-            "kill_switch"
+            RiskCode::KillSwitch
         );
         assert!(book.check(&order(bob, Side::Buy, 100, 1), 1).is_ok());
         book.release(switch.id);

@@ -31,11 +31,11 @@ pub async fn check(
     match verdict {
         Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
         Err(breach) if breach.undecided => {
-            Ok(Problem::unavailable(breach.code, breach.detail, 1).into_response())
+            Ok(Problem::unavailable(breach.code.as_str(), breach.detail, 1).into_response())
         }
         Err(breach) => {
             refused(&breach);
-            Ok(Problem::unprocessable(breach.code, breach.detail).into_response())
+            Ok(Problem::unprocessable(breach.code.as_str(), breach.detail).into_response())
         }
     }
 }
@@ -68,14 +68,14 @@ pub async fn check_all(
                 },
                 Err(breach) if breach.undecided => Verdict::Undecided {
                     order_id: order.order_id,
-                    code: breach.code.into(),
+                    code: breach.code.as_str().into(),
                     detail: breach.detail,
                 },
                 Err(breach) => {
                     refused(&breach);
                     Verdict::Refused {
                         order_id: order.order_id,
-                        code: breach.code.into(),
+                        code: breach.code.as_str().into(),
                         detail: breach.detail,
                     }
                 }
@@ -86,7 +86,7 @@ pub async fn check_all(
 }
 
 fn refused(breach: &Breach) {
-    metrics::counter!("risk_checks_refused_total", "code" => breach.code).increment(1);
+    metrics::counter!("risk_checks_refused_total", "code" => breach.code.as_str()).increment(1);
 }
 
 fn this_second() -> u64 {
