@@ -139,7 +139,7 @@ async fn cors_answers_listed_origins_only(pool: PgPool) {
 async fn internal_routes_are_never_reachable_through_the_gateway(pool: PgPool) {
     let app = spawn_app(pool).await;
     for path in [
-        "/internal/v1/checks",
+        "/internal/v1/checks/batch",
         "/internal/v1/withdrawals",
         "/internal/anything/at/all",
     ] {

@@ -445,7 +445,7 @@ async fn the_internal_check_is_for_services_only(pool: PgPool) {
     for token in [None, Some(trader.access_token.as_str())] {
         let mut request = app
             .client
-            .post(format!("{}/internal/v1/checks", app.risk))
+            .post(format!("{}/internal/v1/checks/batch", app.risk))
             .json(&json!({}));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -455,7 +455,7 @@ async fn the_internal_check_is_for_services_only(pool: PgPool) {
             StatusCode::UNAUTHORIZED
         );
     }
-    let via_gateway = app.post_json("/internal/v1/checks", &json!({})).await;
+    let via_gateway = app.post_json("/internal/v1/checks/batch", &json!({})).await;
     assert_eq!(via_gateway.status(), StatusCode::NOT_FOUND);
 }
 

@@ -162,7 +162,7 @@ async fn an_authenticated_upstream_carries_a_valid_token_on_every_call(pool: PgP
     )
     .unwrap();
     let response = upstream
-        .send(Call::post_json("/internal/v1/checks", "{}"))
+        .send(Call::post_json("/internal/v1/checks/batch", "{}"))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);

@@ -1,6 +1,5 @@
 //! The pre-trade check orders asks risk for before an order reaches its book (TRD-10,
-//! ADR 0023): `POST /internal/v1/checks` with one [`CheckRequest`] (204, or the refusal as a
-//! problem), and `POST /internal/v1/checks/batch` with a [`CheckBatch`], answered with one
+//! ADR 0023): `POST /internal/v1/checks/batch` with a [`CheckBatch`], answered with one
 //! [`Verdict`] per order in the order sent ([`Verdicts`], ADR 0029). Both sides build and read
 //! these same types, so the two services cannot drift apart on a field.
 
@@ -67,19 +66,19 @@ pub struct CheckBatch {
     pub orders: Vec<CheckRequest>,
 }
 
-/// One order's verdict in a batch, as the one-order call would have answered it alone.
+/// One order's verdict in a batch: each order is decided as if it had been checked alone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Verdict {
-    /// May proceed; its funds are reserved (204 alone).
+    /// May proceed; its funds are reserved.
     Passed { order_id: Uuid },
-    /// Refused for the breached limit `code` (422 alone).
+    /// Refused for the breached limit `code` (orders answers 422).
     Refused {
         order_id: Uuid,
         code: Cow<'static, str>,
         detail: String,
     },
-    /// Risk cannot decide yet, `funds_loading` (503 alone): the client's to retry.
+    /// Risk cannot decide yet, `funds_loading` (orders answers 503): the client's to retry.
     Undecided {
         order_id: Uuid,
         code: Cow<'static, str>,

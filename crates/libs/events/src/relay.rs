@@ -2,11 +2,11 @@
 //!
 //! One relay per schema publishes at a time: replicas compete for a session advisory lock and
 //! the holder publishes while the others wait, so the stream receives events in outbox order.
-//! A batch is `XADD`ed and only then stamped published; a crash in between republishes that
+//! A batch is `XADD`ed and only then recorded published; a crash in between republishes that
 //! batch on restart — a duplicate, never a loss. Consumers deduplicate by event id (REL-09).
 //!
 //! **The broker may forget; the outbox does not.** A row is done when every consumer group of
-//! its stream has acknowledged it (`confirmed_at`), not when Redis took it:
+//! its stream has acknowledged it (it is confirmed), not when Redis took it:
 //! - Each batch is added by one script that first checks a marker key holding the position of
 //!   the last row this schema published. A Redis that restarted empty has no marker; a replica
 //!   promoted before it received the last writes has an older one. Either way the script adds

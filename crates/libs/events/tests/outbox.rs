@@ -710,7 +710,7 @@ async fn entries_of_other_outboxes_in_a_shared_stream_leave_confirmation_to_our_
 }
 
 #[sqlx::test(migrations = false)]
-async fn an_outbox_stamped_row_by_row_carries_its_progress_into_the_watermarks_and_back(
+async fn an_outbox_stamped_row_by_row_carries_its_progress_into_the_watermarks_and_back_then_drops_the_stamps(
     pool: PgPool,
 ) {
     // The outbox as it was before it became append-only, with rows in every state.
@@ -818,6 +818,50 @@ async fn an_outbox_stamped_row_by_row_carries_its_progress_into_the_watermarks_a
             (6, true, true),
         ],
         "row 5 was confirmed under the watermarks, row 4 (other's) was not"
+    );
+
+    // One release later, the contract: the stamps and their indexes go, and what the
+    // watermarks say is unchanged — the relay publishes from the view as before.
+    let before = (unpublished(&legacy).await, confirmed(&legacy).await);
+    assert_eq!(
+        before,
+        (0, 5),
+        "everything published; all but other's row 4 confirmed"
+    );
+    sqlx::raw_sql(include_str!(
+        "../migrations/20261205000001_outbox_stamps_dropped.sql"
+    ))
+    .execute(&legacy)
+    .await
+    .unwrap();
+    let mut indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE schemaname = 'legacy' AND tablename = 'outbox'",
+    )
+    .fetch_all(&legacy)
+    .await
+    .unwrap();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        [
+            "outbox_event_id_key",
+            "outbox_pkey",
+            "outbox_stream_position_idx"
+        ],
+        "one entry per row in each of three indexes, not six"
+    );
+    let stamps: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns
+          WHERE table_schema = 'legacy' AND table_name = 'outbox'
+            AND column_name IN ('published_at', 'entry_ms', 'entry_seq', 'confirmed_at')",
+    )
+    .fetch_one(&legacy)
+    .await
+    .unwrap();
+    assert_eq!(stamps, 0);
+    assert_eq!(
+        (unpublished(&legacy).await, confirmed(&legacy).await),
+        before
     );
 }
 

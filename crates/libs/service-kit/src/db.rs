@@ -171,6 +171,11 @@ pub async fn migrate_with_history(
     .execute(pool)
     .await?;
     migrator.dangerous_set_table_name(format!("{schema}.{history_table}"));
+    // Migrations are additive for one release (expand, then contract a release later:
+    // docs/runbooks/deploy.md), so the previous image runs against a schema a newer one
+    // migrated. Rolled back to, it finds migrations in the history it does not know, and must
+    // start rather than refuse: what it knows is applied, and the rest is not its to undo.
+    migrator.set_ignore_missing(true);
     migrator.run(pool).await?;
     grant_service_role(pool, schema).await?;
     Ok(())

@@ -322,3 +322,19 @@ fn run(command: &mut std::process::Command) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// `migrator` without its migrations from `version` on: the schema as a release before them
+/// left it, for tests of an upgrade (and of a rollback to that release).
+pub fn migrations_before(
+    mut migrator: sqlx::migrate::Migrator,
+    version: i64,
+) -> sqlx::migrate::Migrator {
+    migrator.migrations = migrator
+        .migrations
+        .iter()
+        .filter(|m| m.version < version)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    migrator
+}

@@ -110,3 +110,29 @@ async fn a_batch_transaction_plans_generically_and_leaves_the_connection_as_it_w
     let mut tx = pool.begin().await.unwrap();
     assert_eq!(plan_cache_mode(&mut tx).await, "auto");
 }
+
+/// A rollback starts the previous image against a schema the newer one migrated: its
+/// migrations all applied, plus one it has never heard of. It must start, not refuse.
+#[sqlx::test(migrations = false)]
+async fn an_older_image_migrates_a_schema_a_newer_one_already_migrated(pool: PgPool) {
+    // The newer image: every migration of the idempotency keys.
+    service_kit::idempotency::migrate(&pool, "rollback")
+        .await
+        .unwrap();
+    // The older one knows all but the last.
+    let all = sqlx::migrate!("./migrations/idempotency");
+    let newest = all.migrations.iter().map(|m| m.version).max().unwrap();
+    let older = service_kit::testing::migrations_before(all, newest);
+
+    service_kit::db::migrate_with_history(&pool, "rollback", "_idempotency_migrations", older)
+        .await
+        .expect("the previous image starts against the newer schema");
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM rollback._idempotency_migrations WHERE version = $1",
+    )
+    .bind(newest)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, 1, "and leaves the newer migration as it was");
+}

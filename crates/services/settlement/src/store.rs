@@ -100,8 +100,7 @@ pub async fn write_plan(
         .await?;
     }
     // The foreign keys to `accounts` take only a key-share lock on the account rows, which
-    // does not conflict with another batch's no-key-update locks. (`hold_id` stays NULL: the
-    // ledger holds nothing since ADR 0023 slice 3b; the column goes with the next release.)
+    // does not conflict with another batch's no-key-update locks.
     let t = &plan.transfers;
     sqlx::query(
         "INSERT INTO transfers (id, asset, debit_owner_id, credit_owner_id, amount, kind, trade_id, created_by)
@@ -230,7 +229,7 @@ pub async fn record_settled(
     Ok(ids.into_iter().collect())
 }
 
-/// Every customer balance (available and held together) with the newest outbox position they
+/// Every customer balance (`available`: nothing is held, `accounts_nothing_held`) with the newest outbox position they
 /// include: one `REPEATABLE READ` snapshot for both, so the position says exactly which of
 /// settlement's events the balances reflect (ADR 0023).
 pub async fn balance_snapshot(pool: &PgPool) -> Result<BalanceSnapshot> {
@@ -239,8 +238,8 @@ pub async fn balance_snapshot(pool: &PgPool) -> Result<BalanceSnapshot> {
         .execute(&mut *tx)
         .await?;
     let balances = sqlx::query_as::<_, (Uuid, String, i64)>(
-        "SELECT owner_id, asset, available + held FROM accounts
-          WHERE kind = 'customer' AND (available <> 0 OR held <> 0)",
+        "SELECT owner_id, asset, available FROM accounts
+          WHERE kind = 'customer' AND available <> 0",
     )
     .fetch_all(&mut *tx)
     .await?

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 mod support;
 
-use support::settlement_db;
+use support::{migrations_before, settlement_db, settlement_db_before};
 
 async fn fund(pool: &PgPool, owner: Uuid, asset: &str, available: i64) {
     sqlx::query("INSERT INTO accounts (owner_id, asset, available) VALUES ($1, $2, $3)")
@@ -257,11 +257,18 @@ async fn a_trade_the_ledger_cannot_fund_fails_its_whole_batch(pool: PgPool) {
     );
 }
 
+/// The migrations of ADR 0023's slice 3b and of its contract a release later.
+const UPGRADE: i64 = 20261204000001;
+const CONTRACT: i64 = 20261205000001;
+
 /// The upgrade to a ledger without holds: what pending holds still reserved goes back to
-/// `available` once, and each hold resolves as its release would have.
+/// `available` once, and each hold resolves as its release would have. A release later, the
+/// contract drops the holds and the table refuses anything held.
 #[sqlx::test(migrations = false)]
-async fn the_upgrade_gives_back_what_pending_holds_reserved(pool: PgPool) {
-    let pool = settlement_db(&pool).await;
+async fn the_upgrade_gives_back_what_pending_holds_reserved_and_the_contract_drops_the_holds(
+    pool: PgPool,
+) {
+    let pool = settlement_db_before(&pool, UPGRADE).await;
     let (buyer, seller) = (Uuid::now_v7(), Uuid::now_v7());
     // As an older settlement left them: the buyer has 1,000.00 USD of which 601.20 held, the
     // rest of two pending holds (one with 100.00 posted out of it by a trade); the seller's
@@ -296,12 +303,9 @@ async fn the_upgrade_gives_back_what_pending_holds_reserved(pool: PgPool) {
         .await
         .unwrap();
 
-    sqlx::raw_sql(include_str!(
-        "../../../../migrations/settlement/20261204000001_holds_released_to_available.sql"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    service_kit::db::migrate(&pool, settlement::SCHEMA, migrations_before(CONTRACT))
+        .await
+        .unwrap();
 
     assert_eq!(balance(&pool, buyer, "USD").await, (100_000, 0));
     assert_eq!(balance(&pool, seller, "BTC").await, (10_000_000, 0));
@@ -318,4 +322,59 @@ async fn the_upgrade_gives_back_what_pending_holds_reserved(pool: PgPool) {
             ("voided".to_owned(), 10_000_000)
         ]
     );
+
+    // The contract: nothing is held, so the holds go and the balances stay.
+    settlement::migrate(&pool).await.unwrap();
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables
+          WHERE table_schema = 'settlement' AND table_name IN ('holds', 'released_orders')
+         UNION ALL
+         SELECT column_name::text FROM information_schema.columns
+          WHERE table_schema = 'settlement' AND table_name = 'transfers' AND column_name = 'hold_id'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(balance(&pool, buyer, "USD").await, (100_000, 0));
+    assert_eq!(balance(&pool, seller, "BTC").await, (10_000_000, 0));
+    let held = sqlx::query("UPDATE accounts SET available = available - 1, held = held + 1")
+        .execute(&pool)
+        .await
+        .expect_err("nothing may be held");
+    assert_eq!(
+        held.as_database_error().and_then(|e| e.constraint()),
+        Some("accounts_nothing_held")
+    );
+}
+
+/// The contract never drops what still holds money: with an account holding something (an
+/// older settlement still writing, a hand edit), it stops and changes nothing.
+#[sqlx::test(migrations = false)]
+async fn the_contract_changes_nothing_while_anything_is_held(pool: PgPool) {
+    let pool = settlement_db_before(&pool, CONTRACT).await;
+    let owner = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO accounts (owner_id, asset, available, held) VALUES ($1, 'USD', 10, 90)",
+    )
+    .bind(owner)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let refused = settlement::migrate(&pool)
+        .await
+        .expect_err("something is held");
+    assert!(
+        refused
+            .to_string()
+            .contains("the ledger still holds funds: 1 accounts"),
+        "{refused}"
+    );
+    assert_eq!(balance(&pool, owner, "USD").await, (10, 90));
+    let holds: i64 = sqlx::query_scalar("SELECT count(*) FROM holds")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(holds, 0, "the table is still there");
 }

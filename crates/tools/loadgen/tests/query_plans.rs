@@ -52,11 +52,7 @@ const WHOLE_TABLE_READS: &[(&str, &str)] = &[
     ),
     ("count(*)", "counts for metrics and limits"),
     (
-        "has %s held",
-        "reconciliation's nothing_held check reads every account (once a minute), like its sums",
-    ),
-    (
-        "available + held",
+        "kind = 'customer' and available <> 0",
         "settlement's snapshot of every balance, read by risk once at its start (ADR 0023)",
     ),
 ];

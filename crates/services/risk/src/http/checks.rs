@@ -1,14 +1,14 @@
-//! The pre-trade check: answered from memory, in microseconds — one order at a time, or many
-//! in one call (orders sends what arrives together, `service_kit::combine`).
+//! The pre-trade check: answered from memory, in microseconds, for the orders that arrive
+//! together in one call (orders sends them so, `service_kit::combine`). The one-order call of
+//! the releases before 2026-12-04 is gone (ADR 0029).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use access::ServicePrincipal;
 use access::service::RISK_CHECK;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use contracts::checks::{CheckBatch, CheckRequest, Verdict, Verdicts};
+use contracts::checks::{CheckBatch, Verdict, Verdicts};
 use service_kit::http::{Json, Problem};
 
 use super::AppState;
@@ -19,30 +19,11 @@ use crate::kill_switches::lock;
 /// The most orders one call may carry (about 45 KiB of JSON, inside the 64 KiB body limit).
 pub const MOST_PER_CALL: usize = 128;
 
-/// 204 when the order may proceed (its funds reserved); 422 with the breached limit's code;
-/// 503 `funds_loading` while risk cannot decide on funds (after a start, ADR 0023).
-pub async fn check(
-    State(state): State<AppState>,
-    caller: ServicePrincipal,
-    Json(order): Json<CheckRequest>,
-) -> Result<Response> {
-    caller.require(RISK_CHECK)?;
-    let verdict = lock(&state.book)?.check(&order, this_second());
-    match verdict {
-        Ok(()) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Err(breach) if breach.undecided => {
-            Ok(Problem::unavailable(breach.code.as_str(), breach.detail, 1).into_response())
-        }
-        Err(breach) => {
-            refused(&breach);
-            Ok(Problem::unprocessable(breach.code.as_str(), breach.detail).into_response())
-        }
-    }
-}
-
 /// Many orders' checks in one call, with the book locked once: 200 with one verdict per order,
-/// in the order sent. An order sent again (a retried call) gets the verdict it got before, as
-/// alone. 422 for no orders or more than [`MOST_PER_CALL`]; nothing is checked then.
+/// in the order sent — passed (its funds reserved), refused with the breached limit's code, or
+/// undecided (`funds_loading` while risk cannot decide on funds after a start, ADR 0023). An
+/// order sent again (a retried call) gets the verdict it got before. 422 for no orders or more
+/// than [`MOST_PER_CALL`]; nothing is checked then.
 pub async fn check_all(
     State(state): State<AppState>,
     caller: ServicePrincipal,

@@ -54,7 +54,6 @@ impl FromRef<AppState> for Arc<TokenVerifier<ServiceClaims>> {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/internal/v1/checks", post(checks::check))
         .route("/internal/v1/checks/batch", post(checks::check_all))
         .route("/internal/v1/withdrawals", post(withdrawals::reserve))
         .route(
