@@ -107,13 +107,13 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     kit.tasks
         .spawn("health watch", move |stop| watch.clone().run(stop));
 
-    let state = http::AppState {
+    let state = http::AppState::new(http::Shared {
         pool,
         verifier,
         wake,
         email_enabled,
         master_keys: config.master_keys.clone(),
-    };
+    });
     Ok(kit.serve(config.port, http::router(state)).await?)
 }
 

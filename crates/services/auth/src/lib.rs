@@ -133,14 +133,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         SERVICE,
     )
     .into_shared();
-    let state = http::AppState {
+    let state = http::AppState::new(http::Shared {
         identity,
         service_tokens,
         keyring,
         verifier,
         services,
         api_keys,
-    };
+    });
     let routes = http::router(state, config.trusted_proxies.clone());
     Ok(kit.serve(config.port, routes).await?)
 }

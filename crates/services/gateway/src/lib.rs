@@ -63,9 +63,13 @@ pub enum Error {
     Serve(#[source] std::io::Error),
 }
 
-/// Everything a request handler of the gateway needs.
-#[derive(Clone)]
-pub struct Gateway {
+service_kit::shared_state! {
+    /// Everything a request handler of the gateway needs, behind one `Arc`
+    /// (`service_kit::http::shared_state`).
+    pub struct Gateway(Shared);
+}
+
+pub struct Shared {
     pub verifier: Arc<TokenVerifier>,
     pub principal_limiter: PrincipalLimiter,
     pub upstreams: Upstreams,
@@ -151,7 +155,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     for upstream in upstreams.all() {
         spawn_breaker_notices(upstream, redis.clone(), keys.clone(), &tasks);
     }
-    let gateway = Gateway {
+    let gateway = Gateway::new(Shared {
         verifier,
         principal_limiter: PrincipalLimiter::new(
             redis.clone(),
@@ -167,7 +171,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         admission: admission::Admission::new(config.admission),
         api_keys,
         body_limit: config.common.http.body_limit_bytes,
-    };
+    });
     // Its own connection: a blocking XREAD holds a connection for its whole wait, and the
     // per-principal limiter on every request must not queue behind it.
     stream::feed::spawn(

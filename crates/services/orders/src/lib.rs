@@ -123,7 +123,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         watched.clone().watch(stop)
     });
 
-    let state = http::AppState {
+    let state = http::AppState::new(http::Shared {
         pool: pool.clone(),
         catalog,
         verifier,
@@ -137,7 +137,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         tasks: tasks.clone(),
         placing: Default::default(),
         look_ups: service_kit::idempotency::LookUps::new(pool.clone(), tasks.clone()),
-    };
+    });
     let purged = pool.clone();
     tasks.spawn("idempotency purge", move |stop| {
         service_kit::idempotency::purge_every_hour(purged.clone(), stop)

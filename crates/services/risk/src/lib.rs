@@ -190,13 +190,13 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         project::catch_up_with_orders(orders.clone(), caught_up.clone(), ask_from, stop)
     });
 
-    let state = http::AppState {
+    let state = http::AppState::new(http::Shared {
         pool,
         verifier: users,
         services,
         book,
         assets: Arc::new(config.assets.clone()),
-    };
+    });
     Ok(kit.serve(config.port, http::router(state)).await?)
 }
 

@@ -107,7 +107,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         service_kit::idempotency::purge_every_hour(purged.clone(), stop)
     });
 
-    let state = http::AppState {
+    let state = http::AppState::new(http::Shared {
         pool: pool.clone(),
         verifier: users,
         services,
@@ -115,7 +115,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         fees: config.fees,
         reconciler,
         pre_trade: funding::PreTrade::new(risk),
-    };
+    });
     Ok(kit.serve(config.port, http::router(state)).await?)
 }
 

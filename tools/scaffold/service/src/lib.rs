@@ -42,10 +42,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         migrate(&pool).await?;
     }
     let verifiers = kit.verifiers(&config.auth);
-    let state = http::AppState {
+    let state = http::AppState::new(http::Shared {
         pool,
         verifier: verifiers.users,
-    };
+    });
     Ok(kit.serve(config.port, http::router(state)).await?)
 }
 

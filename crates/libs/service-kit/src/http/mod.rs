@@ -10,6 +10,7 @@ pub mod in_process;
 pub mod json;
 pub mod observe;
 pub mod problem;
+pub mod shared_state;
 
 use std::any::Any;
 use std::time::Duration;

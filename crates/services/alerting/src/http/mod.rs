@@ -20,8 +20,12 @@ use utoipa::OpenApi;
 pub const READERS: &[Role] = &[Role::Admin, Role::RiskOfficer, Role::Auditor];
 pub const RESPONDERS: &[Role] = &[Role::Admin, Role::RiskOfficer];
 
-#[derive(Clone)]
-pub struct AppState {
+service_kit::shared_state! {
+    /// What every handler shares, behind one `Arc` (`service_kit::http::shared_state`).
+    pub struct AppState(Shared);
+}
+
+pub struct Shared {
     pub pool: PgPool,
     pub verifier: Arc<TokenVerifier>,
     /// Wakes the notifier when an operator's action queued deliveries.

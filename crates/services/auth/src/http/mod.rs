@@ -22,8 +22,12 @@ pub use routes::{
     SetRolesRequest, TokenResponse, UserResponse,
 };
 
-#[derive(Clone)]
-pub struct AppState {
+service_kit::shared_state! {
+    /// What every handler shares, behind one `Arc` (`service_kit::http::shared_state`).
+    pub struct AppState(Shared);
+}
+
+pub struct Shared {
     pub identity: Identity,
     pub service_tokens: ServiceTokens,
     pub keyring: Arc<Keyring>,

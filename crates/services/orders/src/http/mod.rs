@@ -17,8 +17,12 @@ use contracts::Asset;
 use sqlx::PgPool;
 use utoipa::OpenApi;
 
-#[derive(Clone)]
-pub struct AppState {
+service_kit::shared_state! {
+    /// What every handler shares, behind one `Arc` (`service_kit::http::shared_state`).
+    pub struct AppState(Shared);
+}
+
+pub struct Shared {
     pub pool: PgPool,
     pub verifier: Arc<TokenVerifier>,
     /// Service tokens, for `/internal/*`.

@@ -21,8 +21,12 @@ use utoipa::OpenApi;
 
 use crate::book::Book;
 
-#[derive(Clone)]
-pub struct AppState {
+service_kit::shared_state! {
+    /// What every handler shares, behind one `Arc` (`service_kit::http::shared_state`).
+    pub struct AppState(Shared);
+}
+
+pub struct Shared {
     pub pool: PgPool,
     pub verifier: Arc<TokenVerifier>,
     pub services: Arc<TokenVerifier<ServiceClaims>>,

@@ -17,8 +17,12 @@ use utoipa::OpenApi;
 
 use crate::ledger::Fees;
 
-#[derive(Clone)]
-pub struct AppState {
+service_kit::shared_state! {
+    /// What every handler shares, behind one `Arc` (`service_kit::http::shared_state`).
+    pub struct AppState(Shared);
+}
+
+pub struct Shared {
     pub pool: PgPool,
     /// Users' access tokens.
     pub verifier: Arc<TokenVerifier>,

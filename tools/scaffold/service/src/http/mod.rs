@@ -15,8 +15,12 @@ use utoipa::{OpenApi, ToSchema};
 use crate::error::Result;
 use crate::store;
 
-#[derive(Clone)]
-pub struct AppState {
+service_kit::shared_state! {
+    /// What every handler shares, behind one `Arc` (`service_kit::http::shared_state`).
+    pub struct AppState(Shared);
+}
+
+pub struct Shared {
     pub pool: PgPool,
     pub verifier: Arc<TokenVerifier>,
 }
