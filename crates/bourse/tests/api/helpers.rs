@@ -453,11 +453,11 @@ impl TestApp {
     }
 
     /// Waits until risk's pre-trade stage sees `account`'s `asset` as the ledger books it
-    /// (available + held), read as `reader` (an admin or risk officer). Returns at once when
+    /// (`available`), read as `reader` (an admin or risk officer). Returns at once when
     /// risk is not running; waits while it loads balances (it refuses orders until it decides).
     pub async fn risk_caught_up(&self, reader: &Tokens, account: Uuid, asset: &str) {
         let booked: Option<(i64, i16)> = sqlx::query_as(
-            "SELECT a.available + a.held, s.scale
+            "SELECT a.available, s.scale
                FROM settlement.accounts a JOIN settlement.assets s ON s.code = a.asset
               WHERE a.owner_id = $1 AND a.asset = $2",
         )

@@ -314,15 +314,15 @@ async fn racing_withdrawals_never_take_a_balance_below_zero(pool: PgPool) {
         .filter(|s| **s == StatusCode::CREATED)
         .count() as i64;
     assert_eq!(granted, 3, "{withdrawn:?}");
-    // What was granted is exactly what left the balance, and nothing is held.
-    let (available, held): (i64, i64) = sqlx::query_as(
-        "SELECT available, held FROM settlement.accounts WHERE owner_id = $1 AND asset = 'USD'",
+    // What was granted is exactly what left the balance.
+    let available: i64 = sqlx::query_scalar(
+        "SELECT available FROM settlement.accounts WHERE owner_id = $1 AND asset = 'USD'",
     )
     .bind(l.alice_id)
     .fetch_one(&l.app.db)
     .await
     .unwrap();
-    assert_eq!((available, held), (10_000 - 3_000 * granted, 0));
+    assert_eq!(available, 10_000 - 3_000 * granted);
     l.shows(&l.alice, "USD", "10.00", "0.00").await;
     let reconciled = l.reconcile(&l.admin).await;
     assert_eq!(reconciled.status(), StatusCode::OK);
@@ -407,19 +407,11 @@ async fn a_trade_settles_by_delivery_versus_payment_exactly_once_with_fees(pool:
     assert_eq!(settled["payload"]["notional"], 1_200_000);
     assert_eq!(settled["causation_id"], executed.id.to_string());
 
-    // Paid from available; nothing held anywhere, in the ledger or as traders see it.
+    // Paid from available; nothing shown held, as the ledger holds nothing for open orders.
     l.shows(&l.bob, "USD", "27976.00", "0.00").await; // 40,000 − 12,000 − 24 fee
     l.shows(&l.bob, "BTC", "0.40000000", "0.00000000").await;
     l.shows(&l.alice, "USD", "11988.00", "0.00").await; // 12,000 − 12 fee
     l.shows(&l.alice, "BTC", "0.60000000", "0.00000000").await;
-    assert_eq!(
-        count(
-            &l.app.db,
-            "SELECT count(*) FROM settlement.accounts WHERE held <> 0"
-        )
-        .await,
-        0
-    );
     assert_eq!(
         count(&l.app.db, "SELECT count(*) FROM settlement.settled_trades").await,
         1
@@ -604,21 +596,20 @@ async fn reconciliation_proves_the_books_and_finds_a_planted_mismatch(pool: PgPo
             .contains("ledger_balanced")
     );
 
-    // Money moved into `held` behind the ledger's back — nothing holds since ADR 0023
-    // slice 3b — is refused by the table itself (`accounts_nothing_held`).
-    let held = sqlx::query(
-        "UPDATE settlement.accounts SET available = available - 100, held = held + 100
-          WHERE owner_id = $1 AND asset = 'USD'",
+    // A customer's balance taken below zero behind the ledger's back is refused by the table
+    // itself (`accounts_non_negative`).
+    let overdrawn = sqlx::query(
+        "UPDATE settlement.accounts SET available = -1 WHERE owner_id = $1 AND asset = 'USD'",
     )
     .bind(l.alice_id)
     .execute(&l.app.db)
     .await;
-    let refused = held.expect_err("nothing may be held");
+    let refused = overdrawn.expect_err("a customer cannot go below zero");
     assert_eq!(
         refused
             .as_database_error()
             .and_then(|e| e.constraint().map(str::to_owned)),
-        Some("accounts_nothing_held".to_owned())
+        Some("accounts_non_negative".to_owned())
     );
 
     // Transfers cannot be edited to hide it.

@@ -26,8 +26,8 @@ use crate::store;
 const REPORTED: usize = 10;
 
 /// A balance is `available` alone: the ledger holds nothing for open orders since ADR 0023
-/// slice 3b (risk reserves them), and the table refuses anything in `held`
-/// (`accounts_nothing_held`, which replaced a check here that looked for it).
+/// slice 3b (risk reserves them), and its column `held` is gone (a check here looked for
+/// anything in it, then the table refused it, then the column went).
 const CHECKS: &[(&str, &str)] = &[
     (
         // Double entry: every transfer moves money between two accounts of one asset, so per

@@ -229,7 +229,7 @@ pub async fn record_settled(
     Ok(ids.into_iter().collect())
 }
 
-/// Every customer balance (`available`: nothing is held, `accounts_nothing_held`) with the newest outbox position they
+/// Every customer balance (`available`: the ledger holds nothing, ADR 0023) with the newest outbox position they
 /// include: one `REPEATABLE READ` snapshot for both, so the position says exactly which of
 /// settlement's events the balances reflect (ADR 0023).
 pub async fn balance_snapshot(pool: &PgPool) -> Result<BalanceSnapshot> {

@@ -35,7 +35,17 @@ const NOTIONAL: i64 = 30_000;
 const BUYER_FEE: i64 = 60;
 const SELLER_FEE: i64 = 30;
 
-async fn balance(pool: &PgPool, owner: Uuid, asset: &str) -> (i64, i64) {
+async fn balance(pool: &PgPool, owner: Uuid, asset: &str) -> i64 {
+    sqlx::query_scalar("SELECT available FROM accounts WHERE owner_id = $1 AND asset = $2")
+        .bind(owner)
+        .bind(asset)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// `available` and `held`, in a schema older than the migration that dropped `held`.
+async fn available_and_held(pool: &PgPool, owner: Uuid, asset: &str) -> (i64, i64) {
     sqlx::query_as("SELECT available, held FROM accounts WHERE owner_id = $1 AND asset = $2")
         .bind(owner)
         .bind(asset)
@@ -107,21 +117,21 @@ impl Crossing {
         Envelope::of("orders", order.to_string(), 1, &completed).unwrap()
     }
 
-    /// The trade's delivery, from `available`: the buyer paid the trade and its fee and holds
-    /// the BTC, the seller was paid less its fee; nothing is held anywhere.
+    /// The trade's delivery, from `available`: the buyer paid the trade and its fee and owns
+    /// the BTC, the seller was paid less its fee.
     async fn delivered(&self, pool: &PgPool, usd: i64) {
         assert_eq!(
             balance(pool, self.buyer, "USD").await,
-            (usd - NOTIONAL - BUYER_FEE, 0)
+            usd - NOTIONAL - BUYER_FEE
         );
-        assert_eq!(balance(pool, self.buyer, "BTC").await, (QUANTITY, 0));
+        assert_eq!(balance(pool, self.buyer, "BTC").await, QUANTITY);
         assert_eq!(
             balance(pool, self.seller, "USD").await,
-            (NOTIONAL - SELLER_FEE, 0)
+            NOTIONAL - SELLER_FEE
         );
         assert_eq!(
             balance(pool, self.seller, "BTC").await,
-            (10_000_000 - QUANTITY, 0)
+            10_000_000 - QUANTITY
         );
     }
 }
@@ -250,20 +260,20 @@ async fn a_trade_the_ledger_cannot_fund_fails_its_whole_batch(pool: PgPool) {
                 .unwrap();
         assert_eq!(rows, 0, "{table}");
     }
-    assert_eq!(balance(&pool, crossing.buyer, "USD").await, (NOTIONAL, 0));
-    assert_eq!(
-        balance(&pool, crossing.seller, "BTC").await,
-        (10_000_000, 0)
-    );
+    assert_eq!(balance(&pool, crossing.buyer, "USD").await, NOTIONAL);
+    assert_eq!(balance(&pool, crossing.seller, "BTC").await, 10_000_000);
 }
 
-/// The migrations of ADR 0023's slice 3b and of its contract a release later.
+/// The migrations of ADR 0023's slice 3b, of its contract a release later, and of the column
+/// `held` a release after that.
 const UPGRADE: i64 = 20261204000001;
 const CONTRACT: i64 = 20261205000001;
+const HELD_DROPPED: i64 = 20261205000002;
 
 /// The upgrade to a ledger without holds: what pending holds still reserved goes back to
 /// `available` once, and each hold resolves as its release would have. A release later, the
-/// contract drops the holds and the table refuses anything held.
+/// contract drops the holds and the table refuses anything held; a release after that, `held`
+/// goes and customer balances still cannot go negative.
 #[sqlx::test(migrations = false)]
 async fn the_upgrade_gives_back_what_pending_holds_reserved_and_the_contract_drops_the_holds(
     pool: PgPool,
@@ -307,8 +317,11 @@ async fn the_upgrade_gives_back_what_pending_holds_reserved_and_the_contract_dro
         .await
         .unwrap();
 
-    assert_eq!(balance(&pool, buyer, "USD").await, (100_000, 0));
-    assert_eq!(balance(&pool, seller, "BTC").await, (10_000_000, 0));
+    assert_eq!(available_and_held(&pool, buyer, "USD").await, (100_000, 0));
+    assert_eq!(
+        available_and_held(&pool, seller, "BTC").await,
+        (10_000_000, 0)
+    );
     let statuses: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, released FROM holds ORDER BY amount")
             .fetch_all(&pool)
@@ -324,7 +337,9 @@ async fn the_upgrade_gives_back_what_pending_holds_reserved_and_the_contract_dro
     );
 
     // The contract: nothing is held, so the holds go and the balances stay.
-    settlement::migrate(&pool).await.unwrap();
+    service_kit::db::migrate(&pool, settlement::SCHEMA, migrations_before(HELD_DROPPED))
+        .await
+        .unwrap();
     let left: Vec<String> = sqlx::query_scalar(
         "SELECT table_name::text FROM information_schema.tables
           WHERE table_schema = 'settlement' AND table_name IN ('holds', 'released_orders')
@@ -336,8 +351,11 @@ async fn the_upgrade_gives_back_what_pending_holds_reserved_and_the_contract_dro
     .await
     .unwrap();
     assert!(left.is_empty(), "{left:?}");
-    assert_eq!(balance(&pool, buyer, "USD").await, (100_000, 0));
-    assert_eq!(balance(&pool, seller, "BTC").await, (10_000_000, 0));
+    assert_eq!(available_and_held(&pool, buyer, "USD").await, (100_000, 0));
+    assert_eq!(
+        available_and_held(&pool, seller, "BTC").await,
+        (10_000_000, 0)
+    );
     let held = sqlx::query("UPDATE accounts SET available = available - 1, held = held + 1")
         .execute(&pool)
         .await
@@ -346,6 +364,37 @@ async fn the_upgrade_gives_back_what_pending_holds_reserved_and_the_contract_dro
         held.as_database_error().and_then(|e| e.constraint()),
         Some("accounts_nothing_held")
     );
+
+    // A release later `held` goes, and the balances stay. Its CHECK went with it; the one on
+    // `available` alone is back: a customer cannot go below zero, the external account can.
+    settlement::migrate(&pool).await.unwrap();
+    let held_column: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.columns
+          WHERE table_schema = 'settlement' AND table_name = 'accounts' AND column_name = 'held'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(held_column, 0);
+    assert_eq!(balance(&pool, buyer, "USD").await, 100_000);
+    assert_eq!(balance(&pool, seller, "BTC").await, 10_000_000);
+    let overdrawn = sqlx::query("UPDATE accounts SET available = -1 WHERE owner_id = $1")
+        .bind(buyer)
+        .execute(&pool)
+        .await
+        .expect_err("a customer cannot go below zero");
+    assert_eq!(
+        overdrawn.as_database_error().and_then(|e| e.constraint()),
+        Some("accounts_non_negative")
+    );
+    sqlx::query(
+        "INSERT INTO accounts (owner_id, asset, available)
+         VALUES ('00000000-0000-0000-0000-000000000000', 'USD', -100000)
+         ON CONFLICT ON CONSTRAINT accounts_pkey DO UPDATE SET available = -100000",
+    )
+    .execute(&pool)
+    .await
+    .expect("the external account is where deposits come from");
 }
 
 /// The contract never drops what still holds money: with an account holding something (an
@@ -371,7 +420,7 @@ async fn the_contract_changes_nothing_while_anything_is_held(pool: PgPool) {
             .contains("the ledger still holds funds: 1 accounts"),
         "{refused}"
     );
-    assert_eq!(balance(&pool, owner, "USD").await, (10, 90));
+    assert_eq!(available_and_held(&pool, owner, "USD").await, (10, 90));
     let holds: i64 = sqlx::query_scalar("SELECT count(*) FROM holds")
         .fetch_one(&pool)
         .await
