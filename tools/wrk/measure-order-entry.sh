@@ -10,7 +10,7 @@ per_side=${3:-1}
 source tools/wrk/start-bourse.sh
 
 login() {
-  curl -sf http://127.0.0.1:8080/v1/auth/login -H 'content-type: application/json' \
+  curl -sf "$base/v1/auth/login" -H 'content-type: application/json' \
     -d "{\"email\":\"$1\",\"password\":\"$2\"}" | jq -r .access_token
 }
 # Every order reserves its funds (risk, ADR 0023): the admin funds each trader for the whole run (through the API).
@@ -21,21 +21,21 @@ ADMIN=$(login perf-admin@example.com 'perf admin password 1234')
 trader() {
   local email=$1 password=$2 token id funds
   if [[ $email != *@demo.bourse ]]; then
-    curl -sf http://127.0.0.1:8080/v1/auth/register -H 'content-type: application/json' \
+    curl -sf "$base/v1/auth/register" -H 'content-type: application/json' \
       -d "{\"email\":\"$email\",\"password\":\"$password\"}" > /dev/null
   fi
   token=$(login "$email" "$password")
-  id=$(curl -sf http://127.0.0.1:8080/v1/auth/me -H "authorization: Bearer $token" | jq -r .id)
+  id=$(curl -sf "$base/v1/auth/me" -H "authorization: Bearer $token" | jq -r .id)
   for funds in 'USD 10000000000' 'BTC 10000000'; do
     set -- $funds
-    curl -sf http://127.0.0.1:8080/v1/admin/deposits -H "authorization: Bearer $ADMIN" \
+    curl -sf "$base/v1/admin/deposits" -H "authorization: Bearer $ADMIN" \
       -H "idempotency-key: perf-$email-$1" -H 'content-type: application/json' \
       -d "{\"account_id\":\"$id\",\"asset\":\"$1\",\"amount\":\"$2\"}" > /dev/null
   done
   # Risk refuses what its own view of an account cannot fund (ADR 0023); that view follows the
   # ledger through a stream, so wait until it has both deposits (or is still loading them).
   for _ in $(seq 1 200); do
-    funds=$(curl -s -o /dev/stdout -w '\n%{http_code}' "http://127.0.0.1:8080/v1/admin/risk-funds/$id" \
+    funds=$(curl -s -o /dev/stdout -w '\n%{http_code}' "$base/v1/admin/risk-funds/$id" \
       -H "authorization: Bearer $ADMIN")
     [[ ${funds##*$'\n'} != 200 ]] && break
     # (and decides on it: `deciding` turns true once risk has read the orders committed before its start)
@@ -58,7 +58,7 @@ done
 warmup=${BOURSE_PERF_WARMUP:-10s}
 if [[ $warmup != 0 ]]; then
   BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS WRK_RUN="warm-up-$$" \
-    wrk -t2 -c"$connections" -d"$warmup" -s tools/wrk/place_orders.lua http://127.0.0.1:8080 > /dev/null
+    wrk -t2 -c"$connections" -d"$warmup" -s tools/wrk/place_orders.lua "$base" > /dev/null
   psql -q -h 127.0.0.1 -U postgres -d "$database" -c "ANALYZE"
   warm_orders=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.orders")
   echo "warmed up: $warm_orders orders, then ANALYZE"
@@ -76,7 +76,7 @@ wrk_out=$(mktemp /tmp/bourse-wrk.XXXXXX)
 # exited by the second snapshot and is not in it.)
 cpu_before=$(tools/wrk/cpu-by-process.sh --snapshot)
 BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS WRK_RUN="measured-$$" \
-  wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua http://127.0.0.1:8080 | tee "$wrk_out"
+  wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua "$base" | tee "$wrk_out"
 cpu_after=$(tools/wrk/cpu-by-process.sh --snapshot)
 # The statements and commits of the order run alone, kept before the public read below adds its
 # own (with BOURSE_PERF_POSTGRES=private).
@@ -91,21 +91,21 @@ fi
 read_for=${BOURSE_PERF_READ:-10s}
 if [[ $read_for != 0 ]]; then
   orders_rate=$(awk '/^Requests\/sec:/ { print $2 }' "$wrk_out")
-  read_rate=$(wrk -t2 -c"$connections" -d"$read_for" http://127.0.0.1:8080/v1/instruments | awk '/^Requests\/sec:/ { print $2 }')
+  read_rate=$(wrk -t2 -c"$connections" -d"$read_for" "$base/v1/instruments" | awk '/^Requests\/sec:/ { print $2 }')
   awk -v o="$orders_rate" -v r="$read_rate" 'BEGIN { printf "public GET /v1/instruments: %.0f req/s; orders / read = %.2f\n", r, o / r }'
 fi
 # How the matching task batched: sizes and time per batch (orders service metrics).
-curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_matching_(batch_size|batch_seconds|phase_seconds)_(sum|count)' || true
+curl -s "$scheme://127.0.0.1:8082/metrics" | grep -E '^orders_matching_(batch_size|batch_seconds|phase_seconds)_(sum|count)' || true
 # How many idempotency-key look-ups each statement read together (ADR 0025).
-curl -s http://127.0.0.1:8082/metrics | grep -E '^idempotency_look_ups_per_read_(sum|count)' || true
+curl -s "$scheme://127.0.0.1:8082/metrics" | grep -E '^idempotency_look_ups_per_read_(sum|count)' || true
 # How many orders' pre-trade checks each call to risk carried (ADR 0029).
-curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_risk_checks_per_call_(sum|count)' || true
+curl -s "$scheme://127.0.0.1:8082/metrics" | grep -E '^orders_risk_checks_per_call_(sum|count)' || true
 # Commands 8082 forwarded to another orders replica that owns the symbol (BOURSE_PERF_ORDERS_REPLICAS=2).
-curl -s http://127.0.0.1:8082/metrics | grep -E '^orders_forwarded_commands_total' || true
+curl -s "$scheme://127.0.0.1:8082/metrics" | grep -E '^orders_forwarded_commands_total' || true
 # How large the consumers' batches were, per stream, and how many events the relays published
 # (from risk's and settlement's metrics: each process exports its own consumers').
 for port in 8083 8084; do
-  curl -s "http://127.0.0.1:$port/metrics" | grep -E '^(events_batch_size_(sum|count)|outbox_published_total)' || true
+  curl -s "$scheme://127.0.0.1:$port/metrics" | grep -E '^(events_batch_size_(sum|count)|outbox_published_total)' || true
 done | sort -u
 orders=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.orders")
 trades=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM orders.trades")
@@ -130,7 +130,7 @@ if (( placed < answered )); then
 fi
 # Settlement finality (executed → settled) over the run, from the settlement service's histogram.
 # p50 and p99 as the upper bound of the histogram bucket they fall in.
-curl -s http://127.0.0.1:8084/metrics | awk '
+curl -s "$scheme://127.0.0.1:8084/metrics" | awk '
   /^settlement_finality_seconds_bucket/ { match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5); n++; les[n] = le; counts[n] = $2 }
   /^settlement_finality_seconds_count/ { total = $2 }
   /^settlement_finality_seconds_sum/ { sum = $2 }
@@ -148,7 +148,7 @@ for _ in $(seq 1 100); do
   sleep 0.1
   settled=$(psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT count(*) FROM settlement.settled_trades")
 done
-curl -s -X POST http://127.0.0.1:8080/v1/admin/reconciliation -H "authorization: Bearer $ADMIN" \
+curl -s -X POST "$base/v1/admin/reconciliation" -H "authorization: Bearer $ADMIN" \
   | jq -r '"reconciliation: " + (if .ok then "ok" else "FAILED" end) + " (\(.checks | length) checks)"
            + ([.checks[] | select(.ok | not) | "; \(.name): \(.detail)"] | join(""))' \
   || echo "reconciliation: no answer"

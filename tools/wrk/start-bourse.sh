@@ -32,6 +32,25 @@ export PGPORT=$pg_port
 # TLS — this machine's shared server does (ssl=on); the private one above does not.
 export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$database${BOURSE_PERF_DATABASE_PARAMS:-}"
 export BOURSE_REDIS_KEY_PREFIX="perf:$$" BOURSE_LOG=warn BOURSE_BIND_HOST=127.0.0.1
+# BOURSE_PERF_TLS=on: the platform's HTTP as production runs it (SEC-13) — the gateway's public
+# listener over HTTPS and every service's listener and calls over mutual TLS, with a development
+# PKI made for the run (tools/tls/dev-ca.sh); pair it with BOURSE_PERF_DATABASE_PARAMS='?sslmode=require'
+# for the database. Redis stays the shared plaintext server. The scripts' own calls go through
+# `curl` below and `$base` (https://127.0.0.1:8080; wrk does not verify certificates).
+scheme=http
+curl_tls=()
+if [[ ${BOURSE_PERF_TLS:-off} == on ]]; then
+  scheme=https
+  tls_dir=$(mktemp -d /tmp/bourse-perf-tls.XXXXXX)
+  tools/tls/dev-ca.sh "$tls_dir" > /dev/null
+  export BOURSE_TLS_CERT=$tls_dir/service.pem BOURSE_TLS_KEY=$tls_dir/service.key BOURSE_TLS_CA=$tls_dir/ca.pem
+  export BOURSE_AUTH_URL=https://127.0.0.1:8081 BOURSE_ORDERS_URL=https://127.0.0.1:8082 \
+    BOURSE_RISK_URL=https://127.0.0.1:8083 BOURSE_SETTLEMENT_URL=https://127.0.0.1:8084 \
+    BOURSE_ALERTING_URL=https://127.0.0.1:8085
+  curl_tls=(--cacert "$tls_dir/ca.pem" --cert "$tls_dir/service.pem" --key "$tls_dir/service.key")
+fi
+curl() { command curl "${curl_tls[@]}" "$@"; }
+base="$scheme://127.0.0.1:8080"
 # Measure the system, not the rate limiter: lift the per-principal and per-IP limits.
 export BOURSE_GATEWAY_PRINCIPAL_RATE_PER_SEC=1000000 BOURSE_GATEWAY_PRINCIPAL_BURST=1000000
 export BOURSE_GATEWAY_IP_RATE_PER_SEC=1000000 BOURSE_GATEWAY_IP_BURST=1000000
@@ -56,7 +75,7 @@ if [[ ${BOURSE_PERF_PROCESSES:-all} == separate ]]; then
     "$bin" serve "$service" >> /tmp/bourse-perf.log 2>&1 &
     servers+=($!)
     for _ in $(seq 1 50); do
-      curl -sf "http://127.0.0.1:${port[$service]}/health/ready" > /dev/null && break
+      curl -sf "$scheme://127.0.0.1:${port[$service]}/health/ready" > /dev/null && break
       sleep 0.2
     done
   done
@@ -78,9 +97,11 @@ stop_all() {
   else
     psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE IF EXISTS $database" postgres
   fi
+  [[ -n ${tls_dir:-} ]] && rm -rf "$tls_dir"
+  return 0
 }
 trap stop_all EXIT
-for _ in $(seq 1 50); do curl -sf http://127.0.0.1:8080/health/ready > /dev/null && break; sleep 0.2; done
+for _ in $(seq 1 50); do curl -sf "$base/health/ready" > /dev/null && break; sleep 0.2; done
 if [[ ${BOURSE_PERF_ORDERS_REPLICAS:-1} == 2 ]]; then
   # Until both replicas own a symbol.
   for _ in $(seq 1 50); do

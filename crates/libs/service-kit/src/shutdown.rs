@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -268,8 +269,15 @@ impl Server {
             shutdown.clone(),
         );
         let stop = shutdown.clone();
+        // Answers leave at once, never held by Nagle's algorithm for the ACK of what went
+        // before (docs/performance.md, "Forty milliseconds a statement").
+        let listener = self.listener.tap_io(|stream| {
+            if let Err(err) = stream.set_nodelay(true) {
+                tracing::debug!(error = %err, "could not set TCP_NODELAY on a connection");
+            }
+        });
         let serve = axum::serve(
-            self.listener,
+            listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
@@ -301,15 +309,18 @@ impl Server {
             // Serving ends once drained; this side has nothing more to do.
             std::future::pending::<()>().await;
         };
-        let serve = axum_server::from_tcp_rustls(
-            self.listener.into_std()?,
+        // TCP_NODELAY on every accepted connection, as on the plaintext listener.
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(
             axum_server::tls_rustls::RustlsConfig::from_config(tls),
-        )?
-        .handle(handle)
-        .serve(
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        );
+        )
+        .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        let serve = axum_server::from_tcp(self.listener.into_std()?)?
+            .acceptor(acceptor)
+            .handle(handle)
+            .serve(
+                self.router
+                    .into_make_service_with_connect_info::<SocketAddr>(),
+            );
         tokio::select! {
             served = serve => served?,
             () = drain => {}
