@@ -826,7 +826,7 @@ async fn operators_list_and_replay_dead_letters() {
 async fn alert_channel_secrets_never_reach_the_logs(pool: PgPool) {
     // A Slack URL whose path is its credential and a webhook's HMAC key, both channels pointed
     // at a closed port: every delivery fails, is retried and given up — all of it logged.
-    let nowhere = format!("http://127.0.0.1:{}", service_kit::testing::free_port());
+    let nowhere = format!("http://127.0.0.1:{}", service_kit::testing::closed_port());
     let slack_path = "/services/T0/B0/XyzSlackSecretPath";
     let hmac_key = "webhook-hmac-secret-value";
     let mut served = Served::start_with(

@@ -151,7 +151,7 @@ async fn internal_routes_are_never_reachable_through_the_gateway(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn a_down_upstream_is_a_503_problem_not_a_hang(pool: PgPool) {
     // Point the gateway at a port where nothing listens.
-    let url = format!("http://127.0.0.1:{}", service_kit::testing::free_port());
+    let url = format!("http://127.0.0.1:{}", service_kit::testing::closed_port());
     let app = spawn_app_with(pool, &[("BOURSE_AUTH_URL", url.as_str())]).await;
 
     let response = app.login("a@example.com", "whatever password").await;
@@ -178,7 +178,7 @@ async fn a_down_upstream_is_a_503_problem_not_a_hang(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn with_alerting_down_the_gateway_stays_ready_and_trading_goes_on(pool: PgPool) {
-    let nowhere = format!("http://127.0.0.1:{}", service_kit::testing::free_port());
+    let nowhere = format!("http://127.0.0.1:{}", service_kit::testing::closed_port());
     let app = spawn_app_without(
         pool,
         &[("BOURSE_ALERTING_URL", nowhere.as_str())],

@@ -263,7 +263,7 @@ async fn thirty_racing_orders_against_one_balance_never_overdraw(pool: PgPool) {
 #[sqlx::test(migrations = false)]
 async fn without_settlements_balances_risk_refuses_orders_for_now_and_books_none(pool: PgPool) {
     // Settlement is not there (a closed port): risk cannot load the balances it reserves from.
-    let nowhere = format!("http://127.0.0.1:{}", service_kit::testing::free_port());
+    let nowhere = format!("http://127.0.0.1:{}", service_kit::testing::closed_port());
     let app = spawn_app_with(pool, &[("BOURSE_SETTLEMENT_URL", nowhere.as_str())]).await;
     let x = exchange_on(app).await;
 

@@ -4,12 +4,22 @@
 use std::time::Duration;
 
 /// A loopback port nothing listens on right now: for a server the test starts as a process
-/// of its own (which must be told its port), or an address that refuses connections. Another
-/// process could take it before it is used; tests on loopback accept that window.
+/// of its own (which must be told its port). Another process could take it before it is used;
+/// tests on loopback accept that window. For an address that must refuse connections, see
+/// [`closed_port`].
 #[allow(clippy::expect_used)]
 pub fn free_port() -> u16 {
     let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
     probe.local_addr().expect("a bound address").port()
+}
+
+/// A loopback port that refuses connections for as long as this test process lives: the address
+/// of a dependency that is down. [`free_port`] is not enough for that — it comes from the
+/// ephemeral range, which the operating system hands out again to any test's listener on port 0
+/// (one answered such a test with its own 404) — so it is drawn like [`free_ports`]: below that
+/// range, and reserved so no other test draws it.
+pub fn closed_port() -> u16 {
+    free_ports(1)[0]
 }
 
 /// `count` distinct loopback ports nothing listens on, for servers that stop and start again
