@@ -40,7 +40,9 @@ fn limit(side: &str) -> Value {
 
 #[sqlx::test(migrations = false)]
 async fn a_settlement_killed_mid_stream_loses_and_doubles_nothing(pool: PgPool) {
-    let port = service_kit::testing::free_port();
+    // Reserved below the ephemeral range: while settlement is down, no other test's listener
+    // can be given its port.
+    let port = service_kit::testing::free_ports(1)[0];
     let settlement_url = format!("http://127.0.0.1:{port}");
     let mut env = base_env(&pool);
     let prefix = env

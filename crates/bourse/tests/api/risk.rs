@@ -560,7 +560,9 @@ async fn ready(url: &str) -> bool {
 
 #[sqlx::test(migrations = false)]
 async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(pool: PgPool) {
-    let port = service_kit::testing::free_port();
+    // Reserved below the ephemeral range: while risk is down, no other test's listener can be
+    // given its port.
+    let port = service_kit::testing::free_ports(1)[0];
     let risk_url = format!("http://127.0.0.1:{port}");
     let env = base_env(&pool);
     let prefix = env

@@ -342,8 +342,8 @@ async fn an_attempt_that_gets_no_answer_in_time_ends_as_a_504_problem() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_a_503_problem() {
-    // Bind and drop: nothing listens on this port any more.
-    let port = service_kit::testing::free_port();
+    // Nothing listens on this port, and no other test is given it.
+    let port = service_kit::testing::closed_port();
     let risk = Upstream::new(
         "orders",
         "risk",
