@@ -54,6 +54,19 @@ async fn available_and_held(pool: &PgPool, owner: Uuid, asset: &str) -> (i64, i6
         .unwrap()
 }
 
+/// The constraint that refuses `statement`; the test fails if the statement goes through.
+async fn refused_by(pool: &PgPool, statement: &str) -> String {
+    let refused = sqlx::query(sqlx::AssertSqlSafe(statement.to_owned()))
+        .execute(pool)
+        .await
+        .expect_err("the table refuses it");
+    refused
+        .as_database_error()
+        .and_then(|e| e.constraint())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// Two orders that cross: a bid of `buyer` (the taker) and an ask of `seller`.
 struct Crossing {
     buyer: Uuid,
@@ -356,13 +369,13 @@ async fn the_upgrade_gives_back_what_pending_holds_reserved_and_the_contract_dro
         available_and_held(&pool, seller, "BTC").await,
         (10_000_000, 0)
     );
-    let held = sqlx::query("UPDATE accounts SET available = available - 1, held = held + 1")
-        .execute(&pool)
-        .await
-        .expect_err("nothing may be held");
     assert_eq!(
-        held.as_database_error().and_then(|e| e.constraint()),
-        Some("accounts_nothing_held")
+        refused_by(
+            &pool,
+            "UPDATE accounts SET available = available - 1, held = held + 1"
+        )
+        .await,
+        "accounts_nothing_held"
     );
 
     // A release later `held` goes, and the balances stay. Its CHECK went with it; the one on
@@ -378,15 +391,8 @@ async fn the_upgrade_gives_back_what_pending_holds_reserved_and_the_contract_dro
     assert_eq!(held_column, 0);
     assert_eq!(balance(&pool, buyer, "USD").await, 100_000);
     assert_eq!(balance(&pool, seller, "BTC").await, 10_000_000);
-    let overdrawn = sqlx::query("UPDATE accounts SET available = -1 WHERE owner_id = $1")
-        .bind(buyer)
-        .execute(&pool)
-        .await
-        .expect_err("a customer cannot go below zero");
-    assert_eq!(
-        overdrawn.as_database_error().and_then(|e| e.constraint()),
-        Some("accounts_non_negative")
-    );
+    let overdrawn = format!("UPDATE accounts SET available = -1 WHERE owner_id = '{buyer}'");
+    assert_eq!(refused_by(&pool, &overdrawn).await, "accounts_non_negative");
     sqlx::query(
         "INSERT INTO accounts (owner_id, asset, available)
          VALUES ('00000000-0000-0000-0000-000000000000', 'USD', -100000)
