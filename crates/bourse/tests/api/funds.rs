@@ -418,6 +418,90 @@ async fn risk_follows_every_balance_settlement_books_through_deposits_trades_fee
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
 }
 
+impl Exchange {
+    /// `POST /v1/admin/risk-reconciliation` as `who`.
+    async fn reconcile_risk(&self, who: &Tokens) -> Response {
+        self.app
+            .client
+            .post(self.app.url("/v1/admin/risk-reconciliation"))
+            .bearer_auth(&who.access_token)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Risk funds orders from its own copy of the ledger's balances (ADR 0023); the copy is
+/// compared with the ledger while the platform runs, and a balance edited behind the ledger's
+/// back — which risk never hears of — is found, named and counted for the page.
+#[sqlx::test(migrations = false)]
+async fn risks_balances_are_reconciled_with_the_ledger_and_a_drift_is_found(pool: PgPool) {
+    let x = exchange_on(spawn_app(pool).await).await;
+    let alice = x.app.user_id(&x.alice).await;
+    x.fund(&x.alice, "BTC", "1").await;
+    x.fund(&x.bob, "USD", "40000").await;
+    x.placed(&x.alice, &limit("sell", "30000.00", "0.5")).await;
+    x.placed(&x.bob, &limit("buy", "30000.00", "0.2")).await;
+    eventually("the trade settled", || async {
+        x.settled_trades().await == 1
+    })
+    .await;
+
+    // Both sides agree: every balance the trade and the fees touched, compared at a position
+    // risk had reached (it waits for its feed to reach the snapshot's).
+    let auditor = x
+        .app
+        .signed_up_with_roles("auditor@example.com", &["auditor"])
+        .await;
+    let clean = x.reconcile_risk(&auditor).await;
+    assert_eq!(clean.status(), StatusCode::OK);
+    let clean: Value = clean.json().await.unwrap();
+    assert_eq!(clean["ok"], true, "{clean}");
+    assert_eq!(clean["mismatches"], json!([]));
+    assert_eq!(
+        clean["balances_compared"], 4,
+        "alice's and bob's BTC and USD: {clean}"
+    );
+    assert!(clean["risk_position"].as_i64() >= clean["ledger_position"].as_i64());
+    let own = x.reconcile_risk(&x.alice).await;
+    assert_problem(own, StatusCode::FORBIDDEN, "forbidden").await;
+
+    // Someone adds a cent to Alice's USD behind the ledger's back: no transfer, no event.
+    sqlx::query(
+        "UPDATE settlement.accounts SET available = available + 1
+          WHERE owner_id = $1 AND asset = 'USD'",
+    )
+    .bind(alice)
+    .execute(&x.app.db)
+    .await
+    .unwrap();
+    let ledger = &ledger_funds(&x.app.db, alice, &[]).await["USD"];
+    let drifted: Value = x.reconcile_risk(&x.admin).await.json().await.unwrap();
+
+    assert_eq!(drifted["ok"], false, "{drifted}");
+    assert_eq!(
+        drifted["mismatches"],
+        json!([{
+            "account_id": alice,
+            "asset": "USD",
+            "ledger": ledger.balance,
+            "risk": "5994.00",
+        }]),
+        "0.2 BTC sold at 30,000.00 less the maker's 10 bps; the ledger a cent more"
+    );
+    assert_eq!(ledger.balance, "5994.01");
+    let metrics = x.app.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l == "risk_ledger_mismatches 1"),
+        "the gauge the page watches: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("risk_ledger"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
 /// A restarted risk loads a new snapshot and must not count again what the snapshot already
 /// holds, even when those events are still waiting in the stream for its consumer group.
 #[sqlx::test(migrations = false)]

@@ -301,6 +301,12 @@ pub static ROUTES: &[RouteSpec] = &[
     ),
     route(
         Method::POST,
+        "/v1/admin/risk-reconciliation",
+        Upstream::RISK,
+        Access::Roles(&[Role::RiskOfficer, Role::Admin, Role::Auditor]),
+    ),
+    route(
+        Method::POST,
         "/v1/admin/kill-switches",
         Upstream::RISK,
         Access::Roles(&[Role::RiskOfficer, Role::Admin]),

@@ -27,6 +27,9 @@ pub struct Config {
     pub check_valid_for: std::time::Duration,
     /// Risk's client secret for service tokens (`BOURSE_SERVICE_SECRET_RISK`).
     pub service_secret: secrecy::SecretString,
+    /// How often risk's balances are compared with settlement's ledger
+    /// (`BOURSE_RISK_RECONCILIATION_INTERVAL_SECS`, default 60).
+    pub reconciliation_interval: std::time::Duration,
 }
 
 /// Risk's name as a service-token client.
@@ -50,6 +53,14 @@ impl Config {
             }
             fallback()
         });
+        let interval = env.or("BOURSE_RISK_RECONCILIATION_INTERVAL_SECS", 60u64);
+        if interval == 0 {
+            env.problem(
+                "BOURSE_RISK_RECONCILIATION_INTERVAL_SECS",
+                "must be greater than zero",
+            );
+        }
+        let reconciliation_interval = std::time::Duration::from_secs(interval.max(1));
         Self {
             port: env.or(crate::SPEC.port_variable, crate::SPEC.default_port),
             auth: access::AuthSettings::read(env),
@@ -65,6 +76,7 @@ impl Config {
                 .or("BOURSE_ORDERS_URL", "http://127.0.0.1:8082".to_owned())
                 .trim_end_matches('/')
                 .to_owned(),
+            reconciliation_interval,
             service_secret: access::service::client_secret(
                 env,
                 SERVICE_CLIENT,

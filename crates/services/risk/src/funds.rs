@@ -8,23 +8,30 @@
 //! broker's resend never counts money twice, and since settlement commits its events in
 //! position order and the stream carries them in that order, nothing is skipped either.
 //!
-//! A balance here is available and held together, as settlement books them: holds move money
-//! between the two without an event. What the pre-trade stage has promised out of a balance is
-//! its own to keep (ADR 0023, slice 2b): **free = balance − what open orders have reserved −
-//! what executed trades will debit once they settle.** A trade's debits leave its orders'
-//! reservations when it executes (the orders stream) and leave the balance when it settles
-//! (settlement's stream), in one step with the balance's movement, so free does not move when a
-//! trade settles. The two streams are read by two consumers: a trade may settle here before it
-//! is seen to execute. It then leaves a marker, and its execution only shrinks the
-//! reservations; in between, free is too low, never too high.
+//! A balance here is the ledger's `available` (the ledger holds nothing for open orders since
+//! slice 3b). What the pre-trade stage has promised out of a balance is its own to keep (ADR
+//! 0023, slice 2b): **free = balance − what open orders have reserved − what executed trades
+//! will debit once they settle.** A trade's debits leave its orders' reservations when it
+//! executes (the orders stream) and leave the balance when it settles (settlement's stream), in
+//! one step with the balance's movement, so free does not move when a trade settles. The two
+//! streams are read by two consumers: a trade may settle here before it is seen to execute. It
+//! then leaves a marker, and its execution only shrinks the reservations; in between, free is
+//! too low, never too high.
 //!
-//! A check reserves here, or is refused `insufficient_funds` (ADR 0023 slice 3a); settlement's
-//! hold still follows and decides too, until slice 3b removes it. What is committed survives a restart (slice 2c): the orders consumer keeps
-//! each open order's remaining reservation on its `open_orders` row, and both consumers keep
-//! the trades seen on one stream and not yet the other (`unsettled_trades`); on start they come
-//! back through [`Funds::adopt`] and [`Funds::restore`].
+//! A check reserves here, or is refused `insufficient_funds`: these balances are the only
+//! funds check an order has (slice 3b). What is committed survives a restart (slice 2c): the
+//! orders consumer keeps each open order's remaining reservation on its `open_orders` row, and
+//! both consumers keep the trades seen on one stream and not yet the other
+//! (`unsettled_trades`); on start they come back through [`Funds::adopt`] and
+//! [`Funds::restore`].
+//!
+//! Because orders are funded from this copy and not from the ledger, the copy is checked
+//! against the ledger while the platform runs ([`Funds::compare`], ADR 0023 "Risk's view
+//! reconciled"): the movements applied since a recent position are kept, so a snapshot of the
+//! ledger taken at any of those positions can be rolled forward to where these balances are
+//! and compared balance by balance.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use contracts::events::{FundsDeposited, FundsWithdrawn, TradeSettled};
 use contracts::funds::BalanceSnapshot;
@@ -155,6 +162,79 @@ pub struct Funds {
     trades: HashMap<Uuid, Trade>,
     /// Per (account, asset): reservations plus the debits of unsettled trades.
     committed: HashMap<(Uuid, String), i64>,
+    /// The latest movements applied, for comparing with a snapshot of the ledger.
+    journal: Journal,
+}
+
+/// How many of the latest settlement events' movements are kept for [`Funds::compare`]. A
+/// comparison needs those after the snapshot's position only — the events settlement
+/// committed while its snapshot travelled here, normally a few hundred — so this many is
+/// enough at thousands of trades a second, in about a megabyte or two.
+pub const JOURNAL_EVENTS: usize = 16_384;
+
+/// The movements of the latest events applied, oldest first.
+#[derive(Debug, Default)]
+struct Journal {
+    /// The position the oldest kept event was applied on top of: every event applied after
+    /// it is kept. `None` until the snapshot is in.
+    since: Option<i64>,
+    events: VecDeque<(i64, Vec<Movement>)>,
+}
+
+impl Journal {
+    fn restart(&mut self, position: i64) {
+        self.since = Some(position);
+        self.events.clear();
+    }
+
+    fn record(&mut self, position: i64, movements: &[Movement]) {
+        self.events.push_back((position, movements.to_vec()));
+        if self.events.len() > JOURNAL_EVENTS
+            && let Some((dropped, _)) = self.events.pop_front()
+        {
+            self.since = Some(dropped);
+        }
+    }
+}
+
+/// What comparing these balances with a snapshot of the ledger found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Comparison {
+    /// These balances do not include every event the snapshot does yet (or are not loaded):
+    /// compare again once they have caught up.
+    Behind {
+        included: Option<i64>,
+    },
+    /// The events between the snapshot and these balances are no longer all kept: take a
+    /// newer snapshot.
+    Outrun {
+        kept_since: i64,
+    },
+    Compared(Compared),
+}
+
+/// A comparison made: every balance either side has, the snapshot's rolled forward to the
+/// position these balances include.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Compared {
+    /// The position the ledger's snapshot included.
+    pub ledger_position: i64,
+    /// The position these balances include (at or after the snapshot's).
+    pub risk_position: i64,
+    /// How many (account, asset) balances were compared.
+    pub balances: usize,
+    /// Every balance that differs, by account and asset.
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// A balance the ledger and the pre-trade stage disagree on, in minor units of the asset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    pub account: Uuid,
+    pub asset: String,
+    /// The ledger's balance, rolled forward to the position risk's includes.
+    pub ledger: i128,
+    pub risk: i64,
 }
 
 impl Funds {
@@ -166,6 +246,7 @@ impl Funds {
             .map(|b| ((b.account_id, b.asset), b.balance))
             .collect();
         self.position = Some(snapshot.position);
+        self.journal.restart(snapshot.position);
         self.report_deciding();
     }
 
@@ -257,7 +338,81 @@ impl Funds {
         }
         self.balances.extend(next);
         self.position = Some(position);
+        self.journal.record(position, movements);
         Ok(true)
+    }
+
+    /// Compares these balances with `ledger`, a snapshot of settlement's: the snapshot's
+    /// balances plus every movement applied here after its position must be these balances,
+    /// every one of them (a balance either side lacks is zero). Exact, however busy the
+    /// platform: nothing has to stand still for it.
+    pub fn compare(&self, ledger: &BalanceSnapshot) -> Comparison {
+        let included = match self.position {
+            Some(included) if included >= ledger.position => included,
+            included => return Comparison::Behind { included },
+        };
+        match self.journal.since {
+            Some(since) if since <= ledger.position => {}
+            since => {
+                return Comparison::Outrun {
+                    kept_since: since.unwrap_or(included),
+                };
+            }
+        }
+        let mut expected: HashMap<(Uuid, &str), i128> = HashMap::new();
+        for balance in &ledger.balances {
+            *expected
+                .entry((balance.account_id, balance.asset.as_str()))
+                .or_default() += i128::from(balance.balance);
+        }
+        let after_snapshot = self
+            .journal
+            .events
+            .iter()
+            .filter(|(position, _)| *position > ledger.position);
+        for (_, movements) in after_snapshot {
+            for movement in movements {
+                *expected
+                    .entry((movement.account, movement.asset.as_str()))
+                    .or_default() += i128::from(movement.delta);
+            }
+        }
+        let mut compared = 0;
+        let mut mismatches = Vec::new();
+        for ((account, asset), ledger_balance) in &expected {
+            let risk = self.balance(*account, asset);
+            if *ledger_balance == 0 && risk == 0 {
+                continue;
+            }
+            compared += 1;
+            if *ledger_balance != i128::from(risk) {
+                mismatches.push(Mismatch {
+                    account: *account,
+                    asset: (*asset).to_owned(),
+                    ledger: *ledger_balance,
+                    risk,
+                });
+            }
+        }
+        // Balances only this side has: the ledger's is zero.
+        for ((account, asset), risk) in &self.balances {
+            if *risk != 0 && !expected.contains_key(&(*account, asset.as_str())) {
+                compared += 1;
+                mismatches.push(Mismatch {
+                    account: *account,
+                    asset: asset.clone(),
+                    ledger: 0,
+                    risk: *risk,
+                });
+            }
+        }
+        mismatches.sort_by(|a, b| (a.account, &a.asset).cmp(&(b.account, &b.asset)));
+        Comparison::Compared(Compared {
+            ledger_position: ledger.position,
+            risk_position: included,
+            balances: compared,
+            mismatches,
+        })
     }
 
     /// What is committed out of the balance: reservations and unsettled debits.
@@ -729,5 +884,107 @@ mod tests {
         assert_eq!(funds.apply(1, &both), Err(Overflow));
         assert_eq!(funds.balance(alice, "BTC"), 0, "not half of it");
         assert_eq!(funds.position(), Some(0), "and not marked as included");
+    }
+
+    fn compared(comparison: Comparison) -> Compared {
+        match comparison {
+            Comparison::Compared(compared) => compared,
+            other => panic!("expected a comparison, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ledger_snapshot_from_before_later_events_rolls_forward_to_the_same_balances() {
+        let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut funds = Funds::default();
+        funds.load(snapshot(10, &[(alice, "USD", 100)]));
+        funds.apply(11, &deposit(alice, "USD", 50)).unwrap();
+        funds.apply(12, &deposit(bob, "BTC", 5)).unwrap();
+
+        // Settlement's snapshot was taken between the two deposits.
+        let found = compared(funds.compare(&snapshot(11, &[(alice, "USD", 150)])));
+
+        assert_eq!(found.mismatches, vec![]);
+        assert_eq!(found.balances, 2, "alice's USD and bob's BTC");
+        assert_eq!((found.ledger_position, found.risk_position), (11, 12));
+    }
+
+    #[test]
+    fn a_balance_either_side_has_differently_or_alone_is_a_mismatch() {
+        let (alice, bob) = (Uuid::now_v7(), Uuid::now_v7());
+        let mut funds = Funds::default();
+        funds.load(snapshot(10, &[(alice, "USD", 100)]));
+        funds.apply(11, &deposit(alice, "BTC", 7)).unwrap();
+
+        // The ledger has a cent more for alice, bob's EUR risk never heard of, and no BTC
+        // deposit for alice.
+        let found = compared(funds.compare(&snapshot(11, &[(alice, "USD", 101), (bob, "EUR", 3)])));
+
+        let mut expected = vec![
+            Mismatch {
+                account: alice,
+                asset: "BTC".into(),
+                ledger: 0,
+                risk: 7,
+            },
+            Mismatch {
+                account: alice,
+                asset: "USD".into(),
+                ledger: 101,
+                risk: 100,
+            },
+            Mismatch {
+                account: bob,
+                asset: "EUR".into(),
+                ledger: 3,
+                risk: 0,
+            },
+        ];
+        expected.sort_by(|a, b| (a.account, &a.asset).cmp(&(b.account, &b.asset)));
+        assert_eq!(found.mismatches, expected);
+        assert_eq!(found.balances, 3);
+    }
+
+    #[test]
+    fn balances_that_have_not_reached_the_snapshot_are_behind_not_wrong() {
+        let alice = Uuid::now_v7();
+        let mut funds = Funds::default();
+        let ledger = snapshot(12, &[(alice, "USD", 150)]);
+        assert_eq!(
+            funds.compare(&ledger),
+            Comparison::Behind { included: None }
+        );
+
+        funds.load(snapshot(10, &[(alice, "USD", 100)]));
+        funds.apply(11, &deposit(alice, "USD", 50)).unwrap();
+        assert_eq!(
+            funds.compare(&ledger),
+            Comparison::Behind { included: Some(11) }
+        );
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_kept_movements_cannot_be_compared() {
+        let alice = Uuid::now_v7();
+        let mut funds = Funds::default();
+        funds.load(snapshot(0, &[]));
+        let last = i64::try_from(JOURNAL_EVENTS).unwrap() + 1;
+        for position in 1..=last {
+            funds.apply(position, &deposit(alice, "USD", 1)).unwrap();
+        }
+
+        // The first deposit's movements are no longer kept: a snapshot from before it
+        // cannot be rolled forward.
+        assert_eq!(
+            funds.compare(&snapshot(0, &[])),
+            Comparison::Outrun { kept_since: 1 }
+        );
+        let found = compared(funds.compare(&snapshot(1, &[(alice, "USD", 1)])));
+        assert_eq!(found.mismatches, vec![]);
+
+        // A new snapshot (a restart) starts the kept movements again.
+        funds.load(snapshot(last, &[(alice, "USD", last)]));
+        let found = compared(funds.compare(&snapshot(last, &[(alice, "USD", last)])));
+        assert_eq!((found.balances, found.mismatches.len()), (1, 0));
     }
 }

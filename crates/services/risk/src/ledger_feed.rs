@@ -209,7 +209,9 @@ pub async fn load_and_follow(
         .await;
 }
 
-async fn fetch_snapshot(settlement: &resilience::Upstream) -> Result<BalanceSnapshot, String> {
+pub(crate) async fn fetch_snapshot(
+    settlement: &resilience::Upstream,
+) -> Result<BalanceSnapshot, String> {
     let response = settlement
         .send(resilience::Call::get("/internal/v1/balances"))
         .await

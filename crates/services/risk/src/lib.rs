@@ -6,6 +6,8 @@
 //! - [`book`]: the in-memory state and the checks, reserving what passes.
 //! - [`funds`]: what each account owns, from settlement's snapshot and stream, without IO.
 //! - [`ledger_feed`]: loading settlement's snapshot, then consuming its stream into [`funds`].
+//! - [`reconciliation`]: [`funds`] compared with settlement's ledger, periodically and on
+//!   request, while the platform runs.
 //! - [`positions`]: positions and realized PnL from fills, without IO.
 //! - [`project`]: the orders-stream consumer that keeps tables and memory current, each open
 //!   order's reservation and each unsettled trade's debits included; and the mark a start
@@ -25,6 +27,7 @@ pub mod ledger_feed;
 pub mod limits;
 pub mod positions;
 pub mod project;
+pub mod reconciliation;
 pub mod store;
 
 use std::sync::{Arc, Mutex};
@@ -134,6 +137,9 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let mut kit = launch::Kit::start(SERVICE, &config.common, shutdown, describe_metrics).await?;
     // Not deciding until balances are loaded and this start's mark is read (ADR 0023).
     metrics::gauge!("risk_funds_deciding").set(0.0);
+    // Born at zero, as counters of failures are: the dashboard and the page read it before the
+    // first comparison.
+    metrics::gauge!("risk_ledger_mismatches").set(0.0);
     let pool = kit.database(SCHEMA).await?;
     if config.common.migrate_on_start {
         migrate(&pool).await?;
@@ -167,9 +173,17 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     kit.tasks.spawn("reservation sweeper", move |stop| {
         sweep_lapsed_reservations(sweeping.clone(), swept.clone(), stop)
     });
+    let reconciler = Arc::new(reconciliation::Reconciler {
+        settlement: settlement.clone(),
+        book: book.clone(),
+    });
     let followed = book.clone();
     kit.tasks.spawn("settlement consumer", move |stop| {
         ledger_feed::load_and_follow(settlement.clone(), followed.clone(), ledger.clone(), stop)
+    });
+    let (periodic, interval) = (reconciler.clone(), config.reconciliation_interval);
+    kit.tasks.spawn("ledger reconciliation", move |stop| {
+        periodic.clone().every(interval, stop)
     });
     // Funds decide once the orders consumer has read what orders committed before this start
     // (ADR 0023): a mark orders writes on request, with risk's own token.
@@ -196,6 +210,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         services,
         book,
         assets: Arc::new(config.assets.clone()),
+        reconciler,
     });
     Ok(kit.serve(config.port, http::router(state)).await?)
 }
@@ -267,6 +282,16 @@ pub fn describe_metrics() {
         "risk_funds_reservations_total",
         Unit::Count,
         "Checks that passed every limit, by what reserving their funds did: reserved; short (refused insufficient_funds); overflow (refused amount_out_of_range); not_loaded, no_assets (refused funds_loading, 503)."
+    );
+    describe_counter!(
+        "risk_ledger_reconciliations_total",
+        Unit::Count,
+        "Comparisons of risk's balances with settlement's ledger, by outcome: ok; mismatch (a balance differs); not_compared (settlement away, or risk's balances not loaded or not caught up)."
+    );
+    describe_gauge!(
+        "risk_ledger_mismatches",
+        Unit::Count,
+        "Balances that differed between risk and the ledger at the last comparison (0 when they all matched)."
     );
     describe_counter!(
         "risk_funds_events_skipped_total",

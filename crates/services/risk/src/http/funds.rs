@@ -22,7 +22,8 @@ pub struct FundsView {
     /// The newest of settlement's events these balances include (its outbox position).
     pub settlement_position: i64,
     /// Whether checks decide on these funds: false after a start until risk has read every
-    /// order event committed before it (ADR 0023); meanwhile settlement's hold decides alone.
+    /// order event committed before it (ADR 0023); meanwhile orders are refused 503
+    /// `funds_loading`.
     pub deciding: bool,
     /// Every asset with a balance or a commitment, by asset.
     pub balances: Vec<FundsBalance>,
@@ -32,10 +33,10 @@ pub struct FundsView {
 #[derive(Serialize, ToSchema)]
 pub struct FundsBalance {
     pub asset: String,
-    /// Available and held together, as settlement books them.
+    /// The ledger's balance (`available`: the ledger holds nothing for open orders).
     pub balance: String,
     /// Promised out of the balance: what open orders have reserved and what executed trades
-    /// will debit once they settle. Matches settlement's `held` once the streams are caught up.
+    /// will debit once they settle. The ledger does not see it (ADR 0023 slice 3b).
     pub committed: String,
     /// The balance less what is committed: what a new order could reserve.
     pub free: String,
@@ -43,7 +44,8 @@ pub struct FundsBalance {
 
 /// The account's balances as risk follows them from settlement; 503 until risk has loaded
 /// settlement's snapshot after its start. `deciding` is false until it has also read the
-/// orders committed before its start (ADR 0023): until then its checks reserve nothing.
+/// orders committed before its start (ADR 0023): until then its checks reserve nothing and
+/// orders are refused 503 `funds_loading`.
 #[utoipa::path(get, path = "/v1/admin/risk-funds/{account_id}", tag = "admin",
     params(("account_id" = Uuid, Path)), security(("bearer" = [])),
     responses((status = 200, body = FundsView), (status = 403, body = Problem),

@@ -7,6 +7,7 @@ mod funds;
 mod kill_switches;
 mod limits;
 mod positions;
+mod reconciliation;
 mod withdrawals;
 
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,7 @@ pub struct Shared {
     pub services: Arc<TokenVerifier<ServiceClaims>>,
     pub book: Arc<Mutex<Book>>,
     pub assets: Arc<Vec<Asset>>,
+    pub reconciler: Arc<crate::reconciliation::Reconciler>,
 }
 
 impl AppState {
@@ -74,6 +76,7 @@ pub fn router(state: AppState) -> Router {
             delete(kill_switches::release),
         )
         .route("/v1/admin/risk-funds/{account_id}", get(funds::get))
+        .route("/v1/admin/risk-reconciliation", post(reconciliation::run))
         .route("/v1/positions", get(positions::own))
         .route("/v1/balances", get(balances::own))
         .route("/openapi.json", get(openapi))
@@ -90,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         kill_switches::activate,
         kill_switches::release,
         funds::get,
+        reconciliation::run,
         positions::own,
         balances::own
     ),
