@@ -250,13 +250,30 @@ impl Gateway {
             .ok_or(Error::Malformed("risk's funds"))
     }
 
+    /// Settlement's reconciliation of the books now (`POST /v1/admin/reconciliation`).
     pub async fn reconciliation(&self, admin: &str) -> Result<Value, Error> {
+        self.reconcile(admin, "/v1/admin/reconciliation", "reconciliation")
+            .await
+    }
+
+    /// Risk's balances compared with the ledger's now (`POST /v1/admin/risk-reconciliation`).
+    pub async fn risk_reconciliation(&self, admin: &str) -> Result<Value, Error> {
+        self.reconcile(
+            admin,
+            "/v1/admin/risk-reconciliation",
+            "risk reconciliation",
+        )
+        .await
+    }
+
+    /// A reconciliation run on demand: its report, answered 200.
+    async fn reconcile(&self, admin: &str, path: &str, what: &'static str) -> Result<Value, Error> {
         let report = Self::answer(
             self.http
-                .post(format!("{}/v1/admin/reconciliation", self.base))
+                .post(format!("{}{path}", self.base))
                 .bearer_auth(admin),
         )
         .await?;
-        Self::expect("reconciliation", report, &[StatusCode::OK])
+        Self::expect(what, report, &[StatusCode::OK])
     }
 }

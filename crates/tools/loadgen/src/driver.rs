@@ -97,7 +97,22 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
     }
 
     let mut report = Report::new(config.rate, config.duration());
+    // Halfway through, while orders trade and settle, risk's balances are compared with the
+    // ledger's (ADR 0023): the comparison is cut at a position, so it must hold under load and
+    // not only once the platform is quiet.
+    let halfway = Instant::now() + config.duration() / 2;
+    let under_load = {
+        let (gateway, admin) = (gateway.clone(), admin.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep_until(halfway).await;
+            gateway.risk_reconciliation(&admin).await
+        })
+    };
     drive(config, &shared, &mut report).await;
+    let under_load = match under_load.await {
+        Ok(compared) => compared,
+        Err(_) => Err(Error::Malformed("the halfway comparison's task panicked")),
+    };
 
     // The end of the day: every account cancels what rests, so nothing should stay held. A
     // platform still working off the load may refuse (503): ask again until it answers.
@@ -125,6 +140,9 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
         settle_timeout: config.settle_timeout(),
     };
     report.violations = invariants::check(&ledger, &report).await?;
+    if let Some(violation) = invariants::risk_reconciled("halfway through the run", under_load) {
+        report.violations.push(violation);
+    }
     Ok(report)
 }
 

@@ -40,6 +40,9 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
         violations.push(format!("reconciliation failed: {reconciliation}"));
     }
 
+    let after = ledger.gateway.risk_reconciliation(ledger.admin).await;
+    violations.extend(risk_reconciled("after the run", after));
+
     let scales = asset_scales(ledger.gateway).await?;
     let mut traded = false;
     for (index, trader) in ledger.traders.iter().enumerate() {
@@ -72,6 +75,22 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
         ));
     }
     Ok(violations)
+}
+
+/// `None` when risk's own comparison of its balances with the ledger's
+/// (`POST /v1/admin/risk-reconciliation`) answered, compared something and found them equal.
+pub fn risk_reconciled(when: &str, compared: Result<Value, Error>) -> Option<String> {
+    match compared {
+        Ok(report) if report["ok"] == true && report["balances_compared"].as_u64() > Some(0) => {
+            None
+        }
+        Ok(report) => Some(format!(
+            "risk's balances did not reconcile with the ledger {when}: {report}"
+        )),
+        Err(error) => Some(format!(
+            "risk's balances could not be compared with the ledger {when}: {error}"
+        )),
+    }
 }
 
 /// Reconciliation once settlement has caught up: clean, or the last report at the deadline.
