@@ -98,3 +98,43 @@ async fn a_batch_that_panics_answers_its_items_stopped_and_the_next_item_starts_
     assert!(matches!(failed, Err(Stopped("doubling"))), "{failed:?}");
     assert_eq!(combiner.submit(4).await.unwrap(), 8);
 }
+
+/// After a batch that was not full, a lingering combiner waits before taking the next one:
+/// what arrives meanwhile goes out together, and none of it before the linger is over. The
+/// clock is paused, so the linger ends exactly when the test moves it on.
+#[tokio::test(start_paused = true)]
+async fn a_lingering_combiner_lets_what_arrives_after_a_small_batch_gather() {
+    let shutdown = Shutdown::new();
+    let doubling = Arc::new(Doubling {
+        open: AtomicBool::new(true),
+        ..Doubling::default()
+    });
+    let linger = std::time::Duration::from_millis(5);
+    let combiner = Combiner::lingering(
+        "doubling",
+        8,
+        linger,
+        Shared(doubling.clone()),
+        Supervisor::new("test", &shutdown),
+    );
+    let submit = |item: u32| {
+        let combiner = combiner.clone();
+        tokio::spawn(async move { combiner.submit(item).await })
+    };
+
+    // After a quiet spell the first item goes out at once, alone.
+    assert_eq!(combiner.submit(1).await.unwrap(), 2);
+    // Two arrive while the combiner lingers after that batch of one: they wait for it.
+    let (second, third) = (submit(2), submit(3));
+    for _ in 0..16 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(combiner.waiting(), 2, "both wait for the linger");
+    assert!(!second.is_finished() && !third.is_finished());
+
+    tokio::time::advance(linger).await;
+
+    assert_eq!(second.await.unwrap().unwrap(), 4);
+    assert_eq!(third.await.unwrap().unwrap(), 6);
+    assert_eq!(*doubling.batches.lock().unwrap(), vec![vec![1], vec![2, 3]]);
+}
