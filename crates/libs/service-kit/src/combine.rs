@@ -10,17 +10,11 @@
 //! `idempotency::LookUps`) and for risk's pre-trade checks (one call for many, orders'
 //! `funds`).
 //!
-//! A combiner may also **linger** after a batch that was not full: it waits that long before
-//! taking the next, so that items arriving meanwhile go together (ADR 0030). The first item
-//! after a quiet spell still goes out at once; under load, batches grow by what arrives in the
-//! linger, at the price of at most that much latency.
-//!
 //! The task ends when nobody waits, and starts again with the next item. A caller cut off while
 //! it waits leaves the others' batch untouched. A task that panics answers nobody in its batch
 //! (each gets [`Stopped`]), and the next item starts a new task.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
@@ -54,8 +48,6 @@ struct Shared<B: Batch> {
     name: &'static str,
     /// The most items one batch takes.
     most: usize,
-    /// How long to wait after a batch that was not full before taking the next.
-    linger: Duration,
     batch: B,
     tasks: Supervisor,
     queue: Mutex<Queue<B>>,
@@ -70,22 +62,9 @@ struct Queue<B: Batch> {
 impl<B: Batch> Combiner<B> {
     /// `name` names the task (`"risk checks"`); batches run as tasks of `tasks`.
     pub fn new(name: &'static str, most: usize, batch: B, tasks: Supervisor) -> Self {
-        Self::lingering(name, most, Duration::ZERO, batch, tasks)
-    }
-
-    /// As [`Self::new`], waiting `linger` after a batch that was not full before taking the
-    /// next one.
-    pub fn lingering(
-        name: &'static str,
-        most: usize,
-        linger: Duration,
-        batch: B,
-        tasks: Supervisor,
-    ) -> Self {
         Self(Arc::new(Shared {
             name,
             most: most.max(1),
-            linger,
             batch,
             tasks,
             queue: Mutex::new(Queue {
@@ -124,12 +103,7 @@ async fn answer_while_waiting<B: Batch>(shared: Arc<Shared<B>>) {
         shared: &shared,
         ended: false,
     };
-    // The first batch goes out at once.
-    let mut last_was_full = true;
     loop {
-        if !last_was_full && !shared.linger.is_zero() {
-            tokio::time::sleep(shared.linger).await;
-        }
         let taken: Vec<(B::Item, oneshot::Sender<B::Answer>)> = {
             let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
             if queue.waiting.is_empty() {
@@ -141,7 +115,6 @@ async fn answer_while_waiting<B: Batch>(shared: Arc<Shared<B>>) {
             let take = queue.waiting.len().min(shared.most);
             queue.waiting.drain(..take).collect()
         };
-        last_was_full = taken.len() >= shared.most;
         let (items, senders): (Vec<B::Item>, Vec<oneshot::Sender<B::Answer>>) =
             taken.into_iter().unzip();
         let answers = shared.batch.answer(items).await;

@@ -36,9 +36,6 @@ pub struct Config {
     pub assets: Vec<Asset>,
     /// Requests that may wait for one symbol's matching task; beyond, 503 at once.
     pub queue_capacity: usize,
-    /// After a call to risk that carried fewer checks than it could, how long the next call
-    /// waits for more to gather (`BOURSE_ORDERS_RISK_CHECK_LINGER_US`; ADR 0030).
-    pub risk_check_linger: Duration,
 }
 
 impl Config {
@@ -94,16 +91,6 @@ impl Config {
                     env.problem("BOURSE_ORDERS_QUEUE_CAPACITY", "must be greater than zero");
                 }
                 capacity.max(1)
-            },
-            risk_check_linger: {
-                let micros = env.or("BOURSE_ORDERS_RISK_CHECK_LINGER_US", 0u64);
-                if micros > 100_000 {
-                    env.problem(
-                        "BOURSE_ORDERS_RISK_CHECK_LINGER_US",
-                        "must be at most 100000 (100 ms)",
-                    );
-                }
-                Duration::from_micros(micros.min(100_000))
             },
             common,
         }

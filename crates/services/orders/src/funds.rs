@@ -44,21 +44,10 @@ struct RiskChecks {
 }
 
 impl Funds {
-    /// Calls to risk run as tasks of `tasks`; after a call that was not full, the next waits
-    /// `linger` for more checks to gather.
-    pub fn new(
-        risk: resilience::Upstream,
-        linger: std::time::Duration,
-        tasks: service_kit::Supervisor,
-    ) -> Self {
+    /// Calls to risk run as tasks of `tasks`.
+    pub fn new(risk: resilience::Upstream, tasks: service_kit::Supervisor) -> Self {
         Self {
-            checks: Combiner::lingering(
-                "risk checks",
-                CHECKS_PER_CALL,
-                linger,
-                RiskChecks { risk },
-                tasks,
-            ),
+            checks: Combiner::new("risk checks", CHECKS_PER_CALL, RiskChecks { risk }, tasks),
         }
     }
 

@@ -130,7 +130,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         services,
         assets: Arc::new(config.assets.clone()),
         engines,
-        funds: funds::Funds::new(risk, config.risk_check_linger, tasks.clone()),
+        funds: funds::Funds::new(risk, tasks.clone()),
         market_protection_bps: config.market_protection_bps,
         check_valid_for: config.check_valid_for,
         fees: config.fees,
