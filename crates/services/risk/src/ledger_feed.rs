@@ -79,14 +79,41 @@ pub struct Ended {
     withdrawals: Vec<Uuid>,
 }
 
+/// The newest of settlement's positions the balances include, announced each time it moves:
+/// what risk's reconciliation waits on before it compares ([`crate::reconciliation`]).
+pub type Positions = Arc<tokio::sync::watch::Sender<Option<i64>>>;
+
 pub struct LedgerFeed {
     book: Arc<Mutex<Book>>,
+    positions: Option<Positions>,
 }
 
 impl LedgerFeed {
     pub fn new(book: Arc<Mutex<Book>>) -> Self {
-        Self { book }
+        Self {
+            book,
+            positions: None,
+        }
     }
+
+    /// Announces on `positions` the position the balances include after each event.
+    pub fn announcing(self, positions: Positions) -> Self {
+        Self {
+            positions: Some(positions),
+            ..self
+        }
+    }
+}
+
+/// Raises the announced position to `position` (never lowers it).
+fn announce(positions: &Positions, position: i64) {
+    positions.send_if_modified(|announced| {
+        let raised = announced.is_none_or(|a| a < position);
+        if raised {
+            *announced = Some(position);
+        }
+        raised
+    });
 }
 
 /// Where an entry sits in settlement's outbox. An entry without one is a dead letter replayed
@@ -165,6 +192,11 @@ impl Handler for LedgerFeed {
                 }
                 .map_err(|e| e.to_string())
             });
+        if applied.is_ok()
+            && let Some(positions) = &self.positions
+        {
+            announce(positions, position);
+        }
         match applied {
             Ok(true) => {}
             Ok(false) => {
@@ -185,6 +217,7 @@ impl Handler for LedgerFeed {
 pub async fn load_and_follow(
     settlement: resilience::Upstream,
     book: Arc<Mutex<Book>>,
+    positions: Positions,
     consumer: Consumer,
     shutdown: Shutdown,
 ) {
@@ -204,9 +237,9 @@ pub async fn load_and_follow(
         }
     }
     tracing::info!(position, accounts, "balances loaded from settlement");
-    consumer
-        .run(Arc::new(LedgerFeed::new(book)), shutdown)
-        .await;
+    announce(&positions, position);
+    let feed = LedgerFeed::new(book).announcing(positions);
+    consumer.run(Arc::new(feed), shutdown).await;
 }
 
 pub(crate) async fn fetch_snapshot(

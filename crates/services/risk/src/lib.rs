@@ -173,13 +173,22 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     kit.tasks.spawn("reservation sweeper", move |stop| {
         sweep_lapsed_reservations(sweeping.clone(), swept.clone(), stop)
     });
+    let (positions, positions_seen) = tokio::sync::watch::channel(None);
+    let positions = Arc::new(positions);
     let reconciler = Arc::new(reconciliation::Reconciler {
         settlement: settlement.clone(),
         book: book.clone(),
+        positions: positions_seen,
     });
     let followed = book.clone();
     kit.tasks.spawn("settlement consumer", move |stop| {
-        ledger_feed::load_and_follow(settlement.clone(), followed.clone(), ledger.clone(), stop)
+        ledger_feed::load_and_follow(
+            settlement.clone(),
+            followed.clone(),
+            positions.clone(),
+            ledger.clone(),
+            stop,
+        )
     });
     let (periodic, interval) = (reconciler.clone(), config.reconciliation_interval);
     kit.tasks.spawn("ledger reconciliation", move |stop| {

@@ -31,14 +31,14 @@ use crate::ledger_feed;
 /// time the ledger feed takes to read what settlement committed meanwhile, normally a few
 /// milliseconds. Longer means the feed is stuck, which its own lag alert reports.
 const CATCH_UP: Duration = Duration::from_secs(5);
-/// How often the balances are looked at while catching up.
-const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 /// How many mismatched balances one comparison logs (all are counted).
 const LOGGED_MISMATCHES: usize = 20;
 
 pub struct Reconciler {
     pub settlement: resilience::Upstream,
     pub book: Arc<Mutex<Book>>,
+    /// The position the balances include, as the ledger feed announces it.
+    pub positions: tokio::sync::watch::Receiver<Option<i64>>,
 }
 
 impl Reconciler {
@@ -68,41 +68,33 @@ impl Reconciler {
                     5,
                 ))
             })?;
-        let deadline = tokio::time::Instant::now() + CATCH_UP;
-        loop {
-            let comparison = lock(&self.book)?.funds().compare(&ledger);
-            match comparison {
-                Comparison::Compared(compared) => return Ok(compared),
-                Comparison::Outrun { kept_since } => {
-                    return Err(Problem::unavailable(
-                        "ledger_snapshot_outrun",
-                        format!(
-                            "risk applied too many events after the snapshot's position {} to compare with it (it keeps those after {kept_since}); ask again",
-                            ledger.position
-                        ),
-                        1,
-                    )
-                    .into());
-                }
-                Comparison::Behind { included } => {
-                    if tokio::time::Instant::now() >= deadline {
-                        return Err(Problem::unavailable(
-                            "funds_behind",
-                            format!(
-                                "risk's balances include {}, not yet the snapshot's position {}",
-                                included.map_or_else(
-                                    || "nothing yet (still loading)".to_owned(),
-                                    |p| format!("settlement's events up to {p}")
-                                ),
-                                ledger.position
-                            ),
-                            5,
-                        )
-                        .into());
-                    }
-                    tokio::time::sleep(CATCH_UP_POLL).await;
-                }
-            }
+        // Wait until the feed has applied every event the snapshot includes.
+        let mut positions = self.positions.clone();
+        let caught_up = positions.wait_for(|p| p.is_some_and(|p| p >= ledger.position));
+        // The guard `wait_for` returns is dropped at once: it would hold the feed back.
+        let waited = tokio::time::timeout(CATCH_UP, caught_up)
+            .await
+            .map(|seen| seen.map(drop));
+        let included = match waited {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some(None), // no feed any more: the process is stopping
+            Err(_) => Some(*positions.borrow()),
+        };
+        if let Some(included) = included {
+            return Err(behind(included, ledger.position));
+        }
+        match lock(&self.book)?.funds().compare(&ledger) {
+            Comparison::Compared(compared) => Ok(compared),
+            Comparison::Outrun { kept_since } => Err(Problem::unavailable(
+                "ledger_snapshot_outrun",
+                format!(
+                    "risk applied too many events after the snapshot's position {} to compare with it (it keeps those after {kept_since}); ask again",
+                    ledger.position
+                ),
+                1,
+            )
+            .into()),
+            Comparison::Behind { included } => Err(behind(included, ledger.position)),
         }
     }
 
@@ -123,6 +115,22 @@ impl Reconciler {
             }
         }
     }
+}
+
+/// Risk's balances do not include the snapshot's position (yet).
+fn behind(included: Option<i64>, snapshot: i64) -> Error {
+    Problem::unavailable(
+        "funds_behind",
+        format!(
+            "risk's balances include {}, not yet the snapshot's position {snapshot}",
+            included.map_or_else(
+                || "nothing yet (still loading)".to_owned(),
+                |p| format!("settlement's events up to {p}")
+            ),
+        ),
+        5,
+    )
+    .into()
 }
 
 fn report(compared: &Compared) {
