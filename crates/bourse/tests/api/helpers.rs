@@ -633,3 +633,13 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// `gateway_requests_shed_total` of one admission lane, from the gateway's `/metrics`.
+pub fn shed_in_lane(metrics: &str, lane: &str) -> f64 {
+    let series = format!(r#"gateway_requests_shed_total{{lane="{lane}"}} "#);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series.as_str()))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in:\n{metrics}"))
+}

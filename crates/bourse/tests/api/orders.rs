@@ -6,7 +6,8 @@ use service_kit::testing::eventually;
 use sqlx::PgPool;
 
 use crate::helpers::{
-    TestApp, Tokens, assert_problem, count, spawn_app, spawn_app_with, spawn_replica_of,
+    TestApp, Tokens, assert_problem, count, shed_in_lane, spawn_app, spawn_app_with,
+    spawn_replica_of,
 };
 
 /// An exchange with BTC-USD (tick 0.01, lot 0.0001) and two traders.
@@ -997,6 +998,81 @@ async fn an_order_that_would_trade_with_its_own_account_is_cancelled(pool: PgPoo
         count(&m.app.db, "SELECT count(*) FROM orders.trades").await,
         0
     );
+}
+
+/// REL-06: the gateway sheds what it cannot take, but the operators have permits of their own —
+/// an overloaded platform is when a risk officer needs the kill switch most.
+#[sqlx::test(migrations = false)]
+async fn a_gateway_full_of_orders_still_admits_the_kill_switch(pool: PgPool) {
+    let m = market_on(
+        spawn_app_with(
+            pool,
+            &[
+                ("BOURSE_GATEWAY_MAX_IN_FLIGHT", "1"),
+                ("BOURSE_GATEWAY_ADMIN_MAX_IN_FLIGHT", "1"),
+                ("BOURSE_GATEWAY_QUEUE_DEADLINE_MS", "20"),
+            ],
+        )
+        .await,
+    )
+    .await;
+    m.placed(&m.alice, &limit("buy", "28000.00", "0.1")).await; // starts the BTC-USD task
+    let alice_id = m.app.user_id(&m.alice).await;
+
+    // An order that cannot finish holds the traffic's one permit: the matching task waits
+    // for this lock when it writes it.
+    let mut blocker = m.app.db.begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders.orders IN EXCLUSIVE MODE")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let stalled = tokio::spawn({
+        let (client, url, token) = (
+            m.app.client.clone(),
+            m.app.url("/v1/orders"),
+            m.alice.access_token.clone(),
+        );
+        async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+                .json(&limit("buy", "28001.00", "0.1"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    eventually("the matching task to block on the lock", || async {
+        count(&m.app.db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders' AND wait_event_type = 'Lock'").await > 0
+    })
+    .await;
+
+    // Traffic is shed at once...
+    let shed = m.place(&m.bob, &limit("sell", "29000.00", "0.1")).await;
+    assert_problem(shed, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+    // ...while the operators' lane is free: the kill switch goes through.
+    let killed = m
+        .app
+        .client
+        .post(m.app.url("/v1/admin/kill-switches"))
+        .bearer_auth(&m.admin.access_token)
+        .json(&json!({ "scope": "account", "target": alice_id, "reason": "runaway algo" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(killed.status(), StatusCode::CREATED);
+    // (The recorder is the test binary's, shared by tests running beside this one: at least.)
+    let shed = shed_in_lane(&m.app.metrics().await, "traffic");
+    assert!(
+        shed >= 1.0,
+        "the order counted as shed in the traffic's lane: {shed}"
+    );
+
+    // The stalled order was admitted before the switch, and is stored once the lock goes.
+    blocker.rollback().await.unwrap();
+    assert_eq!(stalled.await.unwrap(), StatusCode::CREATED);
 }
 
 #[sqlx::test(migrations = false)]

@@ -198,6 +198,8 @@ impl Config {
             assets,
             admission: crate::admission::AdmissionSettings {
                 max_in_flight: positive(env, "BOURSE_GATEWAY_MAX_IN_FLIGHT", 64) as usize,
+                admin_max_in_flight: positive(env, "BOURSE_GATEWAY_ADMIN_MAX_IN_FLIGHT", 8)
+                    as usize,
                 queue_deadline: env.millis(
                     "BOURSE_GATEWAY_QUEUE_DEADLINE_MS",
                     Duration::from_millis(50),

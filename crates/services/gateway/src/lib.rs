@@ -311,12 +311,12 @@ pub fn describe_metrics() {
     describe_gauge!(
         "gateway_requests_in_flight",
         Unit::Count,
-        "Requests being forwarded now (admission control)."
+        "Requests being forwarded now (admission control), by lane: traffic or admin."
     );
     describe_counter!(
         "gateway_requests_shed_total",
         Unit::Count,
-        "Requests answered 503 at once because the gateway was full."
+        "Requests answered 503 at once because the gateway was full, by lane: traffic or admin."
     );
     describe_counter!(
         "gateway_signed_requests_refused_total",

@@ -18,6 +18,7 @@ use secrecy::ExposeSecret;
 use time::OffsetDateTime;
 
 use crate::Gateway;
+use crate::admission::Lane;
 use crate::api_keys::{self, ApiKeyVerifier};
 use crate::route_table::{Access, ROUTES, RouteSpec};
 
@@ -56,17 +57,24 @@ pub fn router(gateway: Gateway) -> Router {
 /// Admits the request per the gateway's load, its route's access rule and rate limits, then
 /// forwards it.
 async fn gate(gw: &Gateway, spec: &'static RouteSpec, ip: IpAddr, req: Request) -> Response {
-    // First, before a token is even verified: under overload, refusing must be the cheap part.
-    let _in_flight = match gw.admission.admit().await {
-        Ok(permit) => permit,
-        Err(problem) => return problem.into_response(),
-    };
-    // Admin routes are checked for source first: from elsewhere they do not even parse tokens.
+    // Admin routes are checked for source first: from elsewhere they do not even parse tokens,
+    // nor take one of the operators' permits.
     if spec.is_admin() && !gw.admin_allowlist.contains(ip) {
         tracing::warn!(%ip, path = spec.path, "admin route from a disallowed address");
         return Problem::forbidden("admin routes are not reachable from this address")
             .into_response();
     }
+    // Then, before a token is even verified: under overload, refusing must be the cheap part.
+    // Operators have their own permits, so a flood of orders cannot shed the kill switch.
+    let lane = if spec.is_admin() {
+        Lane::Admin
+    } else {
+        Lane::Traffic
+    };
+    let _in_flight = match gw.admission.admit(lane).await {
+        Ok(permit) => permit,
+        Err(problem) => return problem.into_response(),
+    };
     if let Some(deprecation) = &spec.deprecation
         && let Some(gone) =
             crate::deprecation::gone(deprecation, OffsetDateTime::now_utc().unix_timestamp())
