@@ -715,6 +715,46 @@ async fn after_a_restart_the_book_is_identical_including_time_priority(pool: PgP
     );
 }
 
+/// The ticker's volume is the last 24 hours' by the minute (migration `volume_by_minute`): every
+/// trade counts once in its minute, and a minute older than a day drops out — while the last
+/// price stays the last trade's, however old.
+#[sqlx::test(migrations = false)]
+async fn the_tickers_volume_counts_the_last_24_hours_of_trades(pool: PgPool) {
+    let m = market(pool).await;
+    m.placed(&m.alice, &limit("sell", "30000.00", "0.5")).await;
+    m.placed(&m.alice, &limit("sell", "30010.00", "0.5")).await;
+    // One taker that fills against both makers, and one more trade: three trades, 0.7 in all.
+    m.placed(&m.bob, &limit("buy", "30010.00", "0.6")).await;
+    m.placed(&m.bob, &limit("buy", "30010.00", "0.1")).await;
+    assert_eq!(
+        ticker(&m.app).await,
+        (json!("30010.00"), json!("0.70000000"))
+    );
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM orders.trades").await,
+        3
+    );
+
+    // A day passes (the minutes' rows grow older, as the clock would make them): the volume
+    // drops out, the last price does not.
+    sqlx::query("UPDATE orders.volume_by_minute SET minute = minute - interval '1 day 1 minute'")
+        .execute(&m.app.db)
+        .await
+        .unwrap();
+    assert_eq!(
+        ticker(&m.app).await,
+        (json!("30010.00"), json!("0.00000000"))
+    );
+
+    // A new trade counts in a minute of its own.
+    m.placed(&m.alice, &limit("sell", "29990.00", "0.2")).await;
+    m.placed(&m.bob, &limit("buy", "29990.00", "0.2")).await;
+    assert_eq!(
+        ticker(&m.app).await,
+        (json!("29990.00"), json!("0.20000000"))
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn market_data_shows_the_book_trades_and_ticker(pool: PgPool) {
     let m = market(pool).await;
@@ -1186,4 +1226,15 @@ async fn idempotency_keys_are_kept_a_day_then_purged(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(keys, ["new-key"], "a key younger than 24 h is kept");
+}
+
+/// The ticker's last price and 24-hour volume.
+async fn ticker(app: &TestApp) -> (Value, Value) {
+    let ticker: Value = app
+        .get("/v1/markets/BTC-USD/ticker")
+        .await
+        .json()
+        .await
+        .unwrap();
+    (ticker["last"].clone(), ticker["volume_24h"].clone())
 }

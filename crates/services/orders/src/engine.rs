@@ -433,7 +433,7 @@ impl Engines {
         instrument: &Instrument,
         side: Side,
     ) -> Result<Option<i64>> {
-        if let (Some(last), _) = store::ticker(&self.pool, &instrument.symbol).await? {
+        if let Some(last) = store::last_price(&self.pool, &instrument.symbol).await? {
             return Ok(Some(last));
         }
         let top = self.depth(instrument, 1).await?;

@@ -529,13 +529,25 @@ pub async fn own_trades(
 
 /// Last price and 24-hour volume of a symbol.
 pub async fn ticker(pool: &PgPool, symbol: &str) -> Result<(Option<i64>, i64)> {
+    // The volume of the minutes that began in the last 24 hours, from the per-minute sums a
+    // trigger keeps (migration `volume_by_minute`): at most 1,440 rows, however busy the day.
     Ok(sqlx::query_as(
         "SELECT (SELECT price FROM trades WHERE symbol = $1 ORDER BY sequence DESC LIMIT 1),
-                (SELECT COALESCE(sum(quantity), 0)::bigint FROM trades
-                  WHERE symbol = $1 AND executed_at > now() - interval '24 hours')",
+                (SELECT COALESCE(sum(quantity), 0)::bigint FROM volume_by_minute
+                  WHERE symbol = $1 AND minute > now() - interval '24 hours')",
     )
     .bind(symbol)
     .fetch_one(pool)
+    .await?)
+}
+
+/// The price of the symbol's latest trade, in quote minor units.
+pub async fn last_price(pool: &PgPool, symbol: &str) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT price FROM trades WHERE symbol = $1 ORDER BY sequence DESC LIMIT 1",
+    )
+    .bind(symbol)
+    .fetch_optional(pool)
     .await?)
 }
 

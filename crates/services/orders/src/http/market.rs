@@ -48,6 +48,7 @@ pub struct Ticker {
     pub last: Option<String>,
     pub best_bid: Option<String>,
     pub best_ask: Option<String>,
+    /// Base quantity traded in the minutes that began in the last 24 hours.
     pub volume_24h: String,
 }
 
