@@ -1,9 +1,9 @@
 -- Traded volume per symbol and minute, so the ticker's 24-hour volume reads at most 1,440 rows
 -- instead of summing every trade of the symbol. The sum over `trades` grew with the symbol's
 -- whole history (no index narrows it by time) and ran for every ticker request — a public,
--- unauthenticated read — and for every market order's reference price: at the load
--- generator's 2,000 actions a second it was 6 ms a call and the largest single cost of the
--- database (docs/performance.md, "The mix measured again, and the ticker's volume by the minute").
+-- unauthenticated read — and, until this release, for every market order's reference price:
+-- at the load generator's 2,000 actions a second it was 6 ms a call and the largest single
+-- cost of the database (docs/performance.md, "The mix measured again, and the ticker's volume by the minute").
 --
 -- Kept by a trigger on `trades`, once per statement with the statement's new rows (the
 -- matching batch inserts its trades with one statement, so this is one upsert per batch), so
