@@ -755,6 +755,54 @@ async fn the_tickers_volume_counts_the_last_24_hours_of_trades(pool: PgPool) {
     );
 }
 
+/// A trader's own trades page newest first across the trades it made as maker and as taker
+/// (read down two indexes and merged, migration `trades_by_account`), each once, and never
+/// another trader's.
+#[sqlx::test(migrations = false)]
+async fn own_trades_page_newest_first_across_maker_and_taker(pool: PgPool) {
+    let m = market(pool).await;
+    // Alice makes, then takes, then makes, then takes: four trades at rising prices.
+    for (price, alice_makes) in [
+        ("30000.00", true),
+        ("30010.00", false),
+        ("30020.00", true),
+        ("30030.00", false),
+    ] {
+        let (maker, taker) = if alice_makes {
+            (&m.alice, &m.bob)
+        } else {
+            (&m.bob, &m.alice)
+        };
+        let (maker_side, taker_side) = if alice_makes {
+            ("sell", "buy")
+        } else {
+            ("buy", "sell")
+        };
+        m.placed(maker, &limit(maker_side, price, "0.1")).await;
+        m.placed(taker, &limit(taker_side, price, "0.1")).await;
+    }
+
+    let (first, cursor) = own_trades_page(&m.app, &m.alice, "?limit=3").await;
+    assert_eq!(
+        first,
+        [
+            ("30030.00", "taker"),
+            ("30020.00", "maker"),
+            ("30010.00", "taker"),
+        ]
+        .map(|(p, l)| (p.to_owned(), l.to_owned()))
+    );
+    let cursor = cursor.expect("a fourth trade is left");
+    let (rest, after) =
+        own_trades_page(&m.app, &m.alice, &format!("?limit=3&cursor={cursor}")).await;
+    assert_eq!(rest, [("30000.00".to_owned(), "maker".to_owned())]);
+    assert_eq!(after, None);
+    // Bob's side of the same four, from his own view.
+    let (bobs, _) = own_trades_page(&m.app, &m.bob, "?limit=10").await;
+    let liquidity: Vec<&str> = bobs.iter().map(|(_, l)| l.as_str()).collect();
+    assert_eq!(liquidity, ["maker", "taker", "maker", "taker"]);
+}
+
 #[sqlx::test(migrations = false)]
 async fn market_data_shows_the_book_trades_and_ticker(pool: PgPool) {
     let m = market(pool).await;
@@ -1237,4 +1285,30 @@ async fn ticker(app: &TestApp) -> (Value, Value) {
         .await
         .unwrap();
     (ticker["last"].clone(), ticker["volume_24h"].clone())
+}
+
+/// A page of `who`'s own trades: (price, liquidity) of each, newest first, and the next cursor.
+async fn own_trades_page(
+    app: &TestApp,
+    who: &Tokens,
+    query: &str,
+) -> (Vec<(String, String)>, Option<String>) {
+    let page: Value = app
+        .get_authed(&format!("/v1/trades{query}"), &who.access_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let items = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["price"].as_str().unwrap().to_owned(),
+                t["liquidity"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    (items, page["next_cursor"].as_str().map(str::to_owned))
 }

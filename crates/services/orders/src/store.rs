@@ -511,13 +511,25 @@ pub async fn own_trades(
     cursor: Option<uuid::Uuid>,
     limit: i64,
 ) -> Result<Vec<TradeRow>> {
+    // As maker and as taker (a trade with itself once, as maker), each down its own index in
+    // order and cut at a page, then merged: a page costs a page of rows, not the account's
+    // whole history (an `OR` of the two columns can use neither index for the order).
+    let side = |account_is: &str| {
+        format!(
+            "(SELECT {TRADE_COLUMNS} FROM trades
+               WHERE {account_is}
+                 AND ($2::text IS NULL OR symbol = $2)
+                 AND ($3::uuid IS NULL OR (executed_at, id) < (SELECT executed_at, id FROM trades WHERE id = $3))
+               ORDER BY executed_at DESC, id DESC
+               LIMIT $4)"
+        )
+    };
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {TRADE_COLUMNS} FROM trades
-         WHERE (maker_account = $1 OR taker_account = $1)
-           AND ($2::text IS NULL OR symbol = $2)
-           AND ($3::uuid IS NULL OR (executed_at, id) < (SELECT executed_at, id FROM trades WHERE id = $3))
+        "SELECT {TRADE_COLUMNS} FROM ({} UNION ALL {}) AS own
          ORDER BY executed_at DESC, id DESC
-         LIMIT $4"
+         LIMIT $4",
+        side("maker_account = $1"),
+        side("taker_account = $1 AND maker_account <> $1"),
     )))
     .bind(account)
     .bind(symbol)

@@ -220,6 +220,7 @@ async fn perform(shared: Arc<Shared>, action: Action, scheduled: Instant) -> Sam
         }
         (Kind::CancelAll, _) => gateway.cancel_all(&trader.token).await,
         (Kind::ReadOrders, _) => gateway.read(Some(&trader.token), "/v1/orders").await,
+        (Kind::ReadTrades, _) => gateway.read(Some(&trader.token), "/v1/trades").await,
         (Kind::ReadBalances, _) => gateway.read(Some(&trader.token), "/v1/balances").await,
         _ => gateway.read(None, &shared.book).await,
     };

@@ -19,11 +19,12 @@ pub enum Kind {
     CancelAll,
     ReadBook,
     ReadOrders,
+    ReadTrades,
     ReadBalances,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::LimitGtc,
         Kind::LimitIoc,
         Kind::LimitFok,
@@ -32,6 +33,7 @@ impl Kind {
         Kind::CancelAll,
         Kind::ReadBook,
         Kind::ReadOrders,
+        Kind::ReadTrades,
         Kind::ReadBalances,
     ];
 
@@ -45,6 +47,7 @@ impl Kind {
             Kind::CancelAll => "cancel_all",
             Kind::ReadBook => "read_book",
             Kind::ReadOrders => "read_orders",
+            Kind::ReadTrades => "read_trades",
             Kind::ReadBalances => "read_balances",
         }
     }
@@ -59,7 +62,8 @@ impl Kind {
             Kind::Cancel => 15,
             Kind::CancelAll => 2,
             Kind::ReadBook => 10,
-            Kind::ReadOrders => 8,
+            Kind::ReadOrders => 5,
+            Kind::ReadTrades => 3,
             Kind::ReadBalances => 5,
         }
     }
