@@ -6,12 +6,33 @@ use sqlx::PgPool;
 pub const SYMBOL: &str = "BTC-USD";
 
 /// The orders schema, migrated, with one instrument ([`SYMBOL`]).
+#[allow(dead_code)] // not every test binary that shares this module uses both
 pub async fn orders_db(test_pool: &PgPool) -> PgPool {
-    let options = test_pool.connect_options().as_ref().clone();
-    let pool = PgPool::connect_with(options.options([("search_path", orders::SCHEMA)]))
+    let pool = connect(test_pool).await;
+    orders::migrate(&pool).await.unwrap();
+    with_instrument(pool).await
+}
+
+/// The orders schema as a release before the migration `version` left it, with one
+/// instrument: for tests of an upgrade, which then run [`orders::migrate`].
+#[allow(dead_code)]
+pub async fn orders_db_before(test_pool: &PgPool, version: i64) -> PgPool {
+    let pool = connect(test_pool).await;
+    let before = service_kit::testing::migrations_before(orders::migrator(), version);
+    service_kit::db::migrate(&pool, orders::SCHEMA, before)
         .await
         .unwrap();
-    orders::migrate(&pool).await.unwrap();
+    with_instrument(pool).await
+}
+
+async fn connect(test_pool: &PgPool) -> PgPool {
+    let options = test_pool.connect_options().as_ref().clone();
+    PgPool::connect_with(options.options([("search_path", orders::SCHEMA)]))
+        .await
+        .unwrap()
+}
+
+async fn with_instrument(pool: PgPool) -> PgPool {
     sqlx::query(
         "INSERT INTO instruments (symbol, base_asset, quote_asset, base_scale, quote_scale,
                                   tick_size, lot_size, min_quantity, max_quantity)
