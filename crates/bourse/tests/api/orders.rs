@@ -51,6 +51,47 @@ fn limit(side: &str, price: &str, quantity: &str) -> Value {
 }
 
 impl Market {
+    /// Stalls the matching task: it waits for this lock when it writes its next order, until
+    /// the transaction ends.
+    async fn lock_orders(&self) -> sqlx::Transaction<'static, sqlx::Postgres> {
+        let mut blocker = self.app.db.begin().await.unwrap();
+        sqlx::query("LOCK TABLE orders.orders IN EXCLUSIVE MODE")
+            .execute(&mut *blocker)
+            .await
+            .unwrap();
+        blocker
+    }
+
+    /// Until PostgreSQL shows the matching task waiting on [`Market::lock_orders`]'s lock (a
+    /// state, with no event to await).
+    async fn until_matching_waits_on_the_lock(&self) {
+        eventually("the matching task to block on the lock", || async {
+            count(&self.app.db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders' AND wait_event_type = 'Lock'").await > 0
+        })
+        .await;
+    }
+
+    /// Alice bids 0.1 at `price` in the background; the handle answers the status.
+    fn alice_bids_in_background(&self, price: &str) -> tokio::task::JoinHandle<StatusCode> {
+        let (client, url, token) = (
+            self.app.client.clone(),
+            self.app.url("/v1/orders"),
+            self.alice.access_token.clone(),
+        );
+        let order = limit("buy", price, "0.1");
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .bearer_auth(token)
+                .header("idempotency-key", uuid::Uuid::now_v7().to_string())
+                .json(&order)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    }
+
     /// What `who` is shown held of `asset` by `GET /v1/balances`: what risk has reserved for
     /// their open orders (ADR 0023).
     async fn held(&self, who: &Tokens, asset: &str) -> String {
@@ -1109,33 +1150,9 @@ async fn a_gateway_full_of_orders_still_admits_the_kill_switch(pool: PgPool) {
 
     // An order that cannot finish holds the traffic's one permit: the matching task waits
     // for this lock when it writes it.
-    let mut blocker = m.app.db.begin().await.unwrap();
-    sqlx::query("LOCK TABLE orders.orders IN EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    let stalled = tokio::spawn({
-        let (client, url, token) = (
-            m.app.client.clone(),
-            m.app.url("/v1/orders"),
-            m.alice.access_token.clone(),
-        );
-        async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .header("idempotency-key", uuid::Uuid::now_v7().to_string())
-                .json(&limit("buy", "28001.00", "0.1"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }
-    });
-    eventually("the matching task to block on the lock", || async {
-        count(&m.app.db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders' AND wait_event_type = 'Lock'").await > 0
-    })
-    .await;
+    let blocker = m.lock_orders().await;
+    let stalled = m.alice_bids_in_background("28001.00");
+    m.until_matching_waits_on_the_lock().await;
 
     // Traffic is shed at once...
     let shed = m.place(&m.bob, &limit("sell", "29000.00", "0.1")).await;
@@ -1169,35 +1186,10 @@ async fn a_full_matching_queue_sheds_orders_with_503(pool: PgPool) {
     m.placed(&m.alice, &limit("buy", "28000.00", "0.1")).await; // starts the BTC-USD task
 
     // Stall the matching task: it will wait for this lock when it writes the next order.
-    let mut blocker = m.app.db.begin().await.unwrap();
-    sqlx::query("LOCK TABLE orders.orders IN EXCLUSIVE MODE")
-        .execute(&mut *blocker)
-        .await
-        .unwrap();
-    let send = |price: &'static str| {
-        let (client, url, token) = (
-            m.app.client.clone(),
-            m.app.url("/v1/orders"),
-            m.alice.access_token.clone(),
-        );
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .bearer_auth(token)
-                .header("idempotency-key", uuid::Uuid::now_v7().to_string())
-                .json(&limit("buy", price, "0.1"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let blocker = m.lock_orders().await;
+    let send = |price: &'static str| m.alice_bids_in_background(price);
     let stalled = send("28001.00");
-    // Wait until PostgreSQL shows the task blocked on the lock (a state, with no event to await).
-    eventually("the matching task to block on the lock", || async {
-        count(&m.app.db, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'orders' AND wait_event_type = 'Lock'").await > 0
-    })
-    .await;
+    m.until_matching_waits_on_the_lock().await;
 
     // The task holds one order; two more fit in the queue; the third is shed at once — so
     // while the task is blocked, exactly one of these three requests can finish: await it.

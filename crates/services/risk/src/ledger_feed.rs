@@ -37,12 +37,6 @@ pub const STREAM: &str = "settlement";
 /// Whose outbox positions the stream's entries carry.
 const OUTBOX: &str = "settlement";
 
-pub const EVENT_TYPES: &[&str] = &[
-    FundsDeposited::TYPE,
-    FundsWithdrawn::TYPE,
-    TradeSettled::TYPE,
-];
-
 /// What else an event ends, beyond moving balances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ends {
@@ -164,8 +158,13 @@ impl Handler for LedgerFeed {
         })
     }
 
-    fn wants(&self, event_type: &str) -> bool {
-        EVENT_TYPES.contains(&event_type)
+    // Every event of settlement's stream, not only those that move balances (`movements`):
+    // each one moves the position the balances include. Settlement's
+    // snapshot names its newest event whatever its kind (a `ReconciliationFailed`, say), and
+    // risk's reconciliation waits until the balances include that position — an event acked
+    // unread would leave it waiting for the next deposit or trade.
+    fn wants(&self, _event_type: &str) -> bool {
+        true
     }
 
     fn committed(&self, event: &Envelope) {
