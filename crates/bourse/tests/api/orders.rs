@@ -958,6 +958,27 @@ async fn traders_page_through_their_own_orders_and_trades_and_cancel_all(pool: P
         .unwrap();
     assert_eq!(filled["items"][0]["id"], ids[4].as_str());
     assert_eq!(filled["items"][0]["fills"][0]["liquidity"], "maker");
+    // Resting orders page too (read from their own index), the filled one left out.
+    let open = |query: String| {
+        let app = &m.app;
+        let token = &m.alice.access_token;
+        async move {
+            let page: Value = app
+                .get_authed(&format!("/v1/orders?{query}"), token)
+                .await
+                .json()
+                .await
+                .unwrap();
+            page
+        }
+    };
+    let page = open("status=open&symbol=BTC-USD&limit=2".to_owned()).await;
+    assert_eq!(page["items"][0]["id"], ids[3].as_str());
+    assert_eq!(page["items"][1]["id"], ids[2].as_str());
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let page = open(format!("status=open&limit=2&cursor={cursor}")).await;
+    assert_eq!(page["items"][0]["id"], ids[1].as_str());
+    assert_eq!(page["items"][1]["id"], ids[0].as_str());
 
     // Bob sees only his own orders and trades.
     let bobs: Value = m
@@ -968,6 +989,10 @@ async fn traders_page_through_their_own_orders_and_trades_and_cancel_all(pool: P
         .await
         .unwrap();
     assert_eq!(bobs["items"].as_array().unwrap().len(), 1);
+    // Another trader's order is no place in Alice's list: an empty page, not Bob's position.
+    let bobs_order = bobs["items"][0]["id"].as_str().unwrap();
+    let page = open(format!("cursor={bobs_order}")).await;
+    assert_eq!(page["items"], json!([]));
     let trades: Value = m
         .app
         .get_authed("/v1/trades", &m.alice.access_token)

@@ -402,23 +402,34 @@ pub async fn list_orders(
     cursor: Option<uuid::Uuid>,
     limit: i64,
 ) -> Result<Vec<OrderRow>> {
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {ORDER_COLUMNS} FROM orders
-         WHERE account_id = $1
-           AND ($2::text IS NULL OR symbol = $2)
-           AND ($3::text IS NULL OR status = $3)
-           AND ($4::uuid IS NULL OR (created_at, id) <
-                (SELECT created_at, id FROM orders WHERE id = $4 AND account_id = $1))
-         ORDER BY created_at DESC, id DESC
-         LIMIT $5"
-    )))
-    .bind(account)
-    .bind(symbol)
-    .bind(status.map(OrderStatus::as_str))
-    .bind(cursor)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
+    // Only the conditions given are in the statement, so each one's plan is made for exactly
+    // them: the cursor bounds the index scan (a page costs a page of rows, however deep), and a
+    // status of a resting order names the partial index of open orders by account. An
+    // `$n IS NULL OR …` for every optional filter made one plan for all and left them as filters
+    // over the account's whole history (tests/query_plans.rs).
+    let mut query = sqlx::QueryBuilder::new(format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE account_id = "
+    ));
+    query.push_bind(account);
+    if let Some(symbol) = symbol {
+        query.push(" AND symbol = ").push_bind(symbol);
+    }
+    if let Some(status) = status {
+        // A literal from a closed set, so the planner can prove the partial index's predicate.
+        query.push(format_args!(" AND status = '{}'", status.as_str()));
+    }
+    if let Some(cursor) = cursor {
+        query
+            .push(" AND (created_at, id) < (SELECT created_at, id FROM orders WHERE id = ")
+            .push_bind(cursor)
+            .push(" AND account_id = ")
+            .push_bind(account)
+            .push(")");
+    }
+    query
+        .push(" ORDER BY created_at DESC, id DESC LIMIT ")
+        .push_bind(limit);
+    Ok(query.build_query_as().fetch_all(pool).await?)
 }
 
 /// Fills of several orders at once, keyed by order id.
@@ -513,30 +524,43 @@ pub async fn own_trades(
 ) -> Result<Vec<TradeRow>> {
     // As maker and as taker (a trade with itself once, as maker), each down its own index in
     // order and cut at a page, then merged: a page costs a page of rows, not the account's
-    // whole history (an `OR` of the two columns can use neither index for the order).
-    let side = |account_is: &str| {
-        format!(
-            "(SELECT {TRADE_COLUMNS} FROM trades
-               WHERE {account_is}
-                 AND ($2::text IS NULL OR symbol = $2)
-                 AND ($3::uuid IS NULL OR (executed_at, id) < (SELECT executed_at, id FROM trades WHERE id = $3))
-               ORDER BY executed_at DESC, id DESC
-               LIMIT $4)"
-        )
-    };
-    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {TRADE_COLUMNS} FROM ({} UNION ALL {}) AS own
-         ORDER BY executed_at DESC, id DESC
-         LIMIT $4",
-        side("maker_account = $1"),
-        side("taker_account = $1 AND maker_account <> $1"),
-    )))
-    .bind(account)
-    .bind(symbol)
-    .bind(cursor)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?)
+    // whole history (an `OR` of the two columns can use neither index for the order). Only the
+    // conditions given are in the statement, so the cursor bounds each index scan.
+    let mut query = sqlx::QueryBuilder::new(format!("SELECT {TRADE_COLUMNS} FROM ("));
+    for as_taker in [false, true] {
+        if as_taker {
+            query
+                .push(format_args!(
+                    " UNION ALL (SELECT {TRADE_COLUMNS} FROM trades WHERE taker_account = "
+                ))
+                .push_bind(account)
+                .push(" AND maker_account <> ")
+                .push_bind(account);
+        } else {
+            query
+                .push(format_args!(
+                    "(SELECT {TRADE_COLUMNS} FROM trades WHERE maker_account = "
+                ))
+                .push_bind(account);
+        }
+        if let Some(symbol) = symbol {
+            query.push(" AND symbol = ").push_bind(symbol);
+        }
+        if let Some(cursor) = cursor {
+            query
+                .push(" AND (executed_at, id) < (SELECT executed_at, id FROM trades WHERE id = ")
+                .push_bind(cursor)
+                .push(")");
+        }
+        query
+            .push(" ORDER BY executed_at DESC, id DESC LIMIT ")
+            .push_bind(limit)
+            .push(")");
+    }
+    query
+        .push(") AS own ORDER BY executed_at DESC, id DESC LIMIT ")
+        .push_bind(limit);
+    Ok(query.build_query_as().fetch_all(pool).await?)
 }
 
 /// Last price and 24-hour volume of a symbol.
