@@ -1,9 +1,10 @@
 //! The instruments this process has read, kept in memory until a change is announced
 //! (ADR 0025): an order, a cancel or a book read needs its instrument, and reading it from the
 //! database each time was a round trip per request for a row that changes only when an admin
-//! halts or reopens trading.
+//! halts or reopens trading. The whole list, which the public `GET /v1/instruments` serves to
+//! anyone, is kept the same way.
 //!
-//! Every change to `instruments` is announced in its own transaction with `pg_notify` on
+//! Every change to `instruments`, a creation included, is announced in its own transaction with `pg_notify` on
 //! [`CHANNEL`] (delivered on commit, to every session listening — every orders replica). The
 //! catalog listens on a connection of its own and forgets what a notification names. It caches
 //! only while it listens: before its `LISTEN` succeeds and after the connection drops (when
@@ -36,6 +37,8 @@ pub struct Catalog {
 #[derive(Default)]
 struct Known {
     instruments: HashMap<String, Instrument>,
+    /// Every instrument, in symbol order, as last read; any announced change drops it.
+    listed: Option<Arc<[Instrument]>>,
     /// Bumped by everything that forgets: a read that began before it must not cache what it
     /// read, as that may be the row from before the change.
     generation: u64,
@@ -73,11 +76,31 @@ impl Catalog {
         Ok(read)
     }
 
+    /// Every instrument, in symbol order.
+    pub async fn listed(&self) -> Result<Arc<[Instrument]>> {
+        let generation = {
+            let known = self.known.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(listed) = &known.listed {
+                return Ok(Arc::clone(listed));
+            }
+            known.listening.then_some(known.generation)
+        };
+        let read: Arc<[Instrument]> = store::instruments(&self.pool).await?.into();
+        if let Some(generation) = generation {
+            let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
+            if known.listening && known.generation == generation {
+                known.listed = Some(Arc::clone(&read));
+            }
+        }
+        Ok(read)
+    }
+
     /// Drops `symbol` from the cache: this process changed it (its own notification follows,
     /// but the change must be seen here from the moment it committed).
     pub fn forget(&self, symbol: &str) {
         let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
         known.instruments.remove(symbol);
+        known.listed = None;
         known.generation += 1;
     }
 
@@ -87,6 +110,7 @@ impl Catalog {
         {
             let mut known = self.known.write().unwrap_or_else(PoisonError::into_inner);
             known.instruments.clear();
+            known.listed = None;
             known.generation += 1;
             known.listening = listening;
         }

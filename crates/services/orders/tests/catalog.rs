@@ -1,6 +1,7 @@
-//! The instrument catalog against a real PostgreSQL (ADR 0025): instruments are served from
-//! memory while the catalog listens for changes, a change committed anywhere reaches it, and
-//! a catalog that lost its listener reads the database again rather than trust what it kept.
+//! The instrument catalog against a real PostgreSQL (ADR 0025): instruments, one by one and
+//! the whole list, are served from memory while the catalog listens for changes, a change or a
+//! creation committed anywhere reaches it, and a catalog that lost its listener reads the
+//! database again rather than trust what it kept.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use orders::catalog::Catalog;
@@ -24,6 +25,15 @@ async fn listening(pool: &PgPool) -> (Catalog, Shutdown) {
 
 async fn status(catalog: &Catalog) -> Status {
     catalog.get(SYMBOL).await.unwrap().unwrap().status
+}
+
+/// The symbols and statuses of the catalog's list.
+async fn listed(catalog: &Catalog) -> Vec<(String, Status)> {
+    let listed = catalog.listed().await.unwrap();
+    listed
+        .iter()
+        .map(|i| (i.symbol.clone(), i.status))
+        .collect()
 }
 
 /// Another replica sets the status (nothing tells `catalog` but the change's notice), and
@@ -61,10 +71,16 @@ async fn a_halt_committed_by_another_replica_reaches_the_cache(pool: PgPool) {
     let (catalog, stop) = listening(&pool).await;
     assert_eq!(status(&catalog).await, Status::Open);
 
-    set_elsewhere_and_seen(&pool, &catalog, Status::Halted).await;
+    assert_eq!(listed(&catalog).await, [(SYMBOL.to_owned(), Status::Open)]);
 
-    // A symbol nobody created is not remembered as missing: it is found once created (a
-    // creation sends no notice).
+    set_elsewhere_and_seen(&pool, &catalog, Status::Halted).await;
+    assert_eq!(
+        listed(&catalog).await,
+        [(SYMBOL.to_owned(), Status::Halted)]
+    );
+
+    // A symbol nobody created is not remembered as missing: it is found once created, and the
+    // creation's notice takes the cached list away.
     assert!(catalog.get("ETH-USD").await.unwrap().is_none());
     sqlx::query(
         "INSERT INTO instruments (symbol, base_asset, quote_asset, base_scale, quote_scale,
@@ -75,6 +91,17 @@ async fn a_halt_committed_by_another_replica_reaches_the_cache(pool: PgPool) {
     .await
     .unwrap();
     assert!(catalog.get("ETH-USD").await.unwrap().is_some());
+    eventually("the list to show the new instrument", || async {
+        listed(&catalog).await.len() == 2
+    })
+    .await;
+    assert_eq!(
+        listed(&catalog).await,
+        [
+            (SYMBOL.to_owned(), Status::Halted),
+            ("ETH-USD".to_owned(), Status::Open)
+        ]
+    );
     stop.trigger();
 }
 
@@ -86,8 +113,10 @@ async fn a_catalog_that_lost_its_listener_reads_the_database_again(pool: PgPool)
 
     // A change nobody announces (the trigger off) is not seen: the instrument is served from
     // memory, not read per request.
+    assert_eq!(listed(&catalog).await, [(SYMBOL.to_owned(), Status::Open)]);
     set_unannounced(&pool, Status::Halted).await;
     assert_eq!(status(&catalog).await, Status::Open);
+    assert_eq!(listed(&catalog).await, [(SYMBOL.to_owned(), Status::Open)]);
 
     // The listening connection dies (a database restart, a network cut): notices sent
     // meanwhile would be lost, so the catalog forgets what it kept and reads the row.
@@ -103,6 +132,10 @@ async fn a_catalog_that_lost_its_listener_reads_the_database_again(pool: PgPool)
         status(&catalog).await == Status::Halted
     })
     .await;
+    assert_eq!(
+        listed(&catalog).await,
+        [(SYMBOL.to_owned(), Status::Halted)]
+    );
 
     // Listening again (its supervisor starts it over), it caches again: an unannounced
     // change is not seen, an announced one is.

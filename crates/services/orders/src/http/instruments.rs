@@ -11,7 +11,6 @@ use utoipa::ToSchema;
 use super::AppState;
 use crate::error::Result;
 use crate::instruments::{self, InstrumentView, NewInstrument, Status};
-use crate::store;
 
 #[derive(Serialize, ToSchema)]
 pub struct AssetView {
@@ -78,7 +77,7 @@ pub async fn assets(State(state): State<AppState>) -> Body<Vec<AssetView>> {
 /// Every instrument and whether it trades.
 #[utoipa::path(get, path = "/v1/instruments", tag = "market", responses((status = 200, body = [InstrumentView])))]
 pub async fn list(State(state): State<AppState>) -> Result<Body<Vec<InstrumentView>>> {
-    let instruments = store::instruments(&state.pool).await?;
+    let instruments = state.catalog.listed().await?;
     Ok(Body(instruments.iter().map(InstrumentView::from).collect()))
 }
 
@@ -104,6 +103,8 @@ pub async fn create(
     }
     .validate(&state.assets)?;
     instruments::create(&state.pool, &instrument).await?;
+    // Listed here from now on; the other replicas when the creation's notice reaches them.
+    state.catalog.forget(&body.symbol);
     Ok((StatusCode::CREATED, Body(InstrumentView::from(&instrument))))
 }
 
