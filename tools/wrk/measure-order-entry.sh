@@ -87,6 +87,9 @@ if [[ -n ${pg_dir:-} ]]; then
 fi
 # The public read the budget compares order entry with (docs/design.md §6: aim for a ratio
 # ≥ 0.9), measured right after on the same platform, so the ratio holds on a noisy machine.
+# Since 2026-12-05 the instrument list is served from the orders replica's memory (ADR 0025),
+# about three times the rate of the read with a database round trip it was before: ratios
+# from before and after that change do not compare (docs/performance.md).
 # BOURSE_PERF_READ (default 10s; 0 for none): how long.
 read_for=${BOURSE_PERF_READ:-10s}
 if [[ $read_for != 0 ]]; then
