@@ -4,12 +4,13 @@
 //! halts or reopens trading. The whole list, which the public `GET /v1/instruments` serves to
 //! anyone, is kept the same way.
 //!
-//! Every change to `instruments`, a creation included, is announced in its own transaction with `pg_notify` on
-//! [`CHANNEL`] (delivered on commit, to every session listening — every orders replica). The
-//! catalog listens on a connection of its own and forgets what a notification names. It caches
-//! only while it listens: before its `LISTEN` succeeds and after the connection drops (when
-//! notifications may have been missed) it forgets everything and reads through to the database,
-//! so a change is never hidden for longer than a notification takes to arrive.
+//! Every change to `instruments`, a creation included, is announced in its own transaction
+//! with `pg_notify` on [`CHANNEL`] (delivered on commit, to every session listening — every
+//! orders replica). The catalog listens on a connection of its own and forgets what a
+//! notification names (and the whole list with it). It caches only while it listens: before
+//! its `LISTEN` succeeds and after the connection drops (when notifications may have been
+//! missed) it forgets everything and reads through to the database, so a change is never
+//! hidden for longer than a notification takes to arrive.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
