@@ -507,7 +507,6 @@ impl TestApp {
     }
 }
 
-/// Asserts a problem+json response with `status` and `code`, and returns its body.
 /// Sends `request` with `token` as its bearer, or with no credentials at all.
 pub async fn sent_as(request: reqwest::RequestBuilder, token: Option<String>) -> Response {
     match token {
@@ -519,8 +518,8 @@ pub async fn sent_as(request: reqwest::RequestBuilder, token: Option<String>) ->
     .unwrap()
 }
 
-/// An account's figures of one asset, as decimal strings: what it owns (available and held
-/// together), what is promised out of it, and what is free.
+/// An account's figures of one asset, as decimal strings: what it owns, what is promised out of
+/// it (open orders' reservations, trades not yet settled), and what is free.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Figures {
     pub balance: String,
@@ -579,6 +578,7 @@ pub async fn risk_funds(app: &TestApp, reader: &Tokens, account: uuid::Uuid) -> 
     )
 }
 
+/// Asserts a problem+json response with `status` and `code`, and returns its body.
 pub async fn assert_problem(response: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "status");
     let content_type = response
