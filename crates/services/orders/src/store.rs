@@ -381,16 +381,20 @@ pub async fn open_order_owners(
     account: Option<uuid::Uuid>,
     symbol: Option<&str>,
 ) -> Result<Vec<(String, uuid::Uuid)>> {
-    Ok(sqlx::query_as(
+    // Only the scope given is in the statement, so an account's switch reads that account's
+    // resting orders and a symbol's that symbol's (each down its partial index), not every
+    // resting order of the exchange.
+    let mut query = sqlx::QueryBuilder::new(
         "SELECT DISTINCT symbol, account_id FROM orders
-          WHERE status IN ('open', 'partially_filled')
-            AND ($1::uuid IS NULL OR account_id = $1)
-            AND ($2::text IS NULL OR symbol = $2)",
-    )
-    .bind(account)
-    .bind(symbol)
-    .fetch_all(conn)
-    .await?)
+          WHERE status IN ('open', 'partially_filled')",
+    );
+    if let Some(account) = account {
+        query.push(" AND account_id = ").push_bind(account);
+    }
+    if let Some(symbol) = symbol {
+        query.push(" AND symbol = ").push_bind(symbol);
+    }
+    Ok(query.build_query_as().fetch_all(conn).await?)
 }
 
 /// The caller's orders, newest first, after the `cursor` order (exclusive).
