@@ -1,7 +1,5 @@
 //! Orders: thin handlers around idempotency, validation and the matching tasks.
 
-use std::collections::HashMap;
-
 use access::{Principal, Role};
 use axum::Json as Body;
 use axum::extract::State;
@@ -16,7 +14,7 @@ use contracts::events::OrderRejected;
 
 use crate::engine::CheckDeadline;
 use crate::error::{Error, Result};
-use crate::instruments::{Instrument, PRODUCER, STREAM};
+use crate::instruments::{PRODUCER, STREAM};
 use crate::order_entry::{self, OrderStatus, OrderType, PlaceOrder};
 use crate::store;
 use crate::view::OrderView;
@@ -417,11 +415,14 @@ pub async fn list(
     let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
     let fills = store::fills_of(&state.pool, &ids).await?;
-    let symbols: Vec<&str> = rows.iter().map(|r| r.symbol.as_str()).collect();
-    let instruments = instruments_of(&state, &symbols).await?;
+    // From the catalog's memory (ADR 0025), not a read of every instrument per request.
+    let instruments = state.catalog.listed().await?;
     let mut items = Vec::with_capacity(rows.len());
     for row in &rows {
-        let instrument = instruments.get(&row.symbol).ok_or(Error::NotFound)?;
+        let instrument = instruments
+            .iter()
+            .find(|i| i.symbol == row.symbol)
+            .ok_or(Error::NotFound)?;
         let own: Vec<_> = fills
             .iter()
             .filter(|(id, _)| *id == row.id)
@@ -527,11 +528,13 @@ pub async fn own_trades(
     )
     .await?;
     let has_more = rows.len() as i64 > limit;
-    let symbols: Vec<&str> = rows.iter().map(|t| t.symbol.as_str()).collect();
-    let instruments = instruments_of(&state, &symbols).await?;
+    let instruments = state.catalog.listed().await?;
     let mut items = Vec::new();
     for trade in rows.iter().take(limit as usize) {
-        let instrument = instruments.get(&trade.symbol).ok_or(Error::NotFound)?;
+        let instrument = instruments
+            .iter()
+            .find(|i| i.symbol == trade.symbol)
+            .ok_or(Error::NotFound)?;
         let maker = trade.maker_account == principal.user_id;
         // A maker traded on the side opposite the taker's.
         let side = if maker {
@@ -567,17 +570,4 @@ pub async fn own_trades(
         },
         items,
     }))
-}
-
-/// The instruments a page's rows trade, from the catalog's cache (ADR 0025) rather than a read
-/// of every instrument per request: one look-up per symbol on the page.
-async fn instruments_of(state: &AppState, symbols: &[&str]) -> Result<HashMap<String, Instrument>> {
-    let mut found = HashMap::new();
-    for &symbol in symbols {
-        if !found.contains_key(symbol) {
-            let instrument = state.catalog.get(symbol).await?.ok_or(Error::NotFound)?;
-            found.insert(symbol.to_owned(), instrument);
-        }
-    }
-    Ok(found)
 }
