@@ -856,13 +856,10 @@ impl Batches<'_> {
         let phase = phase.lap("apply");
         let mut tx = service_kit::db::begin_batch(self.pool).await?;
         let phase = phase.lap("begin");
-        // First, so a task that lost the symbol writes nothing, and the row stays share-locked
-        // until this commit: a takeover waits for it, then rebuilds the book with it.
-        if !store::fence(&mut tx, &instrument.symbol, self.epoch).await? {
-            return Err(Error::NotOwner);
-        }
-        let phase = phase.lap("fence");
-        writes.flush(&mut tx).await?;
+        // Behind the fence: a task that lost the symbol writes nothing, and the owner row stays
+        // share-locked until this commit, so a takeover waits for it, then rebuilds the book
+        // with it.
+        writes.flush(&mut tx, self.epoch).await?;
         let phase = phase.lap("flush");
         let mut answers = Vec::with_capacity(outputs.len());
         for output in outputs {
@@ -896,7 +893,7 @@ impl Batches<'_> {
 
 /// Times the steps of a batch one after another into `orders_matching_phase_seconds{phase}`:
 /// `apply` (matching in memory and building the writes), then each round trip of the
-/// transaction — `begin`, `fence`, `flush` (the batch's writes), `answers` (cancels' reads)
+/// transaction — `begin`, `flush` (the fence and the batch's writes), `answers` (cancels' reads)
 /// and `commit`. Their sums over `orders_matching_batch_seconds`' say whether the task waits on
 /// its own work or on the database (docs/performance.md, "The matching batch by phase").
 struct PhaseClock<'a> {

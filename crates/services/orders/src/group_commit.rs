@@ -24,7 +24,7 @@ use crate::engine::Answer;
 use crate::error::{Error, Result};
 use crate::instruments::{Instrument, PRODUCER, STREAM};
 use crate::order_entry::{OrderStatus, OrderType, ValidOrder, platform_side};
-use crate::store::{self, FillRow, OrderChange, OrderRow, TradeInsert};
+use crate::store::{self, FillRow, MatchedRows, OrderChange, OrderRow, TradeInsert};
 use crate::view::OrderView;
 use service_kit::idempotency::{self, Claim};
 
@@ -190,22 +190,31 @@ impl<'a> BatchWrites<'a> {
         Ok(())
     }
 
-    /// Writes everything recorded, in the caller's transaction. An order whose client order id
-    /// its account already used fails the whole batch with [`Error::ClientOrderIdTaken`], one
-    /// whose idempotency key is taken with [`Error::IdempotencyKeyTaken`]; the matching task
-    /// then replays the batch job by job to find it.
-    pub async fn flush(self, tx: &mut sqlx::PgConnection) -> Result<()> {
+    /// Writes everything recorded, in the caller's transaction, while `epoch` is still the
+    /// symbol's ([`Error::NotOwner`] otherwise, with nothing written). An order whose client
+    /// order id its account already used fails the whole batch with
+    /// [`Error::ClientOrderIdTaken`], one whose idempotency key is taken with
+    /// [`Error::IdempotencyKeyTaken`]; the matching task then replays the batch job by job to
+    /// find it.
+    pub async fn flush(self, tx: &mut sqlx::PgConnection, epoch: i64) -> Result<()> {
         let (rows, notionals): (Vec<OrderRow>, Vec<i128>) = self
             .created
             .into_iter()
             .map(|c| (c.row, c.notional))
             .unzip();
-        let inserted = store::insert_orders(&mut *tx, &rows, &notionals).await?;
-        if inserted != rows.len() as u64 {
-            return Err(Error::ClientOrderIdTaken);
-        }
-        store::apply_order_changes(&mut *tx, &self.changed, self.now).await?;
-        store::insert_trades(&mut *tx, &self.instrument.symbol, &self.trades, self.now).await?;
+        store::write_matched(
+            &mut *tx,
+            &MatchedRows {
+                symbol: &self.instrument.symbol,
+                epoch,
+                created: &rows,
+                notionals: &notionals,
+                changed: &self.changed,
+                trades: &self.trades,
+                now: self.now,
+            },
+        )
+        .await?;
         events::outbox::append_all(&mut *tx, STREAM, &self.outbox).await?;
         // The orders' claims, written only now with their answers (no statement of their own
         // per order before matching).

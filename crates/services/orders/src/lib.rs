@@ -281,7 +281,7 @@ pub fn describe_metrics() {
     describe_histogram!(
         "orders_matching_phase_seconds",
         Unit::Seconds,
-        "Time one step of a matching batch took, by phase: apply (matching in memory), begin, fence, flush, answers, commit."
+        "Time one step of a matching batch took, by phase: apply (matching in memory), begin, flush (the fence and the writes), answers, commit."
     );
     describe_histogram!(
         "orders_risk_checks_per_call",

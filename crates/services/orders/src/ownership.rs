@@ -4,9 +4,9 @@
 //! of them, its owner, and the others forward that symbol's commands to it. Ownership is kept
 //! in PostgreSQL, the engine every replica already depends on: a lease per replica (renewed
 //! every second, [`LEASE`] long) and an epoch per symbol, bumped by every change of owner and
-//! checked inside every matching batch's transaction (`store::fence`). A replica whose lease ran
-//! out — killed, partitioned, or paused — loses its symbols to the next replica that asks; if
-//! it wakes up, its first batch finds a newer epoch and commits nothing.
+//! checked inside every matching batch's own statement (`store::write_matched`). A replica
+//! whose lease ran out — killed, partitioned, or paused — loses its symbols to the next replica
+//! that asks; if it wakes up, its first batch finds a newer epoch and commits nothing.
 //!
 //! [`plan`] spreads the symbols: every replica takes orphaned symbols up to its fair share and
 //! hands symbols beyond it to the replica with the fewest.

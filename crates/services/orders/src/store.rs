@@ -132,113 +132,12 @@ const ORDER_COLUMNS: &str = "id, account_id, client_order_id, symbol, side, type
      AS average_price, \
      status, time_in_force, post_only, book_sequence, created_at, updated_at";
 
-/// Inserts the orders a batch created, in their final state for the batch; returns how many
-/// were inserted. One fewer than given means an account reused its client order id (the
-/// constraint, not a prior read, decides — REL-13).
-pub async fn insert_orders(
-    conn: &mut PgConnection,
-    rows: &[OrderRow],
-    notionals: &[i128],
-) -> Result<u64> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
-    let accounts: Vec<uuid::Uuid> = rows.iter().map(|r| r.account_id).collect();
-    let client_ids: Vec<Option<&str>> = rows.iter().map(|r| r.client_order_id.as_deref()).collect();
-    let symbols: Vec<&str> = rows.iter().map(|r| r.symbol.as_str()).collect();
-    let sides: Vec<&str> = rows.iter().map(|r| r.side.as_str()).collect();
-    let types: Vec<&str> = rows.iter().map(|r| r.order_type.as_str()).collect();
-    let prices: Vec<Option<i64>> = rows.iter().map(|r| r.price).collect();
-    let quantities: Vec<i64> = rows.iter().map(|r| r.quantity).collect();
-    let filled: Vec<i64> = rows.iter().map(|r| r.filled_quantity).collect();
-    // numeric has no i128 binding; its text form is exact.
-    let notionals: Vec<String> = notionals.iter().map(i128::to_string).collect();
-    let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
-    let tifs: Vec<&str> = rows.iter().map(|r| r.time_in_force.as_str()).collect();
-    let post_only: Vec<bool> = rows.iter().map(|r| r.post_only).collect();
-    let sequences: Vec<Option<i64>> = rows.iter().map(|r| r.book_sequence).collect();
-    let created: Vec<time::OffsetDateTime> = rows.iter().map(|r| r.created_at).collect();
-    let inserted = sqlx::query(
-        "INSERT INTO orders (id, account_id, client_order_id, symbol, side, type, price, quantity,
-                             filled_quantity, filled_notional, status, time_in_force, post_only,
-                             book_sequence, created_at, updated_at)
-         SELECT id, account_id, client_order_id, symbol, side, type, price, quantity,
-                filled_quantity, filled_notional::numeric, status, time_in_force, post_only,
-                book_sequence, created_at, created_at
-         FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                     $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::text[], $12::text[],
-                     $13::bool[], $14::int8[], $15::timestamptz[])
-              AS o(id, account_id, client_order_id, symbol, side, type, price, quantity,
-                   filled_quantity, filled_notional, status, time_in_force, post_only,
-                   book_sequence, created_at)
-         ON CONFLICT ON CONSTRAINT orders_client_order_id_key DO NOTHING",
-    )
-    .bind(&ids)
-    .bind(&accounts)
-    .bind(&client_ids)
-    .bind(&symbols)
-    .bind(&sides)
-    .bind(&types)
-    .bind(&prices)
-    .bind(&quantities)
-    .bind(&filled)
-    .bind(&notionals)
-    .bind(&statuses)
-    .bind(&tifs)
-    .bind(&post_only)
-    .bind(&sequences)
-    .bind(&created)
-    .execute(conn)
-    .await?;
-    Ok(inserted.rows_affected())
-}
-
 /// What a batch did to an order stored before it: fills to add, and its new status.
 pub struct OrderChange {
     pub id: uuid::Uuid,
     pub filled_quantity: i64,
     pub filled_notional: i128,
     pub status: Option<OrderStatus>,
-}
-
-/// Applies a batch's fills and status changes to orders stored before it, in one statement.
-pub async fn apply_order_changes(
-    conn: &mut PgConnection,
-    changes: &[OrderChange],
-    now: time::OffsetDateTime,
-) -> Result<()> {
-    if changes.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<uuid::Uuid> = changes.iter().map(|c| c.id).collect();
-    let filled: Vec<i64> = changes.iter().map(|c| c.filled_quantity).collect();
-    let notionals: Vec<String> = changes
-        .iter()
-        .map(|c| c.filled_notional.to_string())
-        .collect();
-    let statuses: Vec<Option<&str>> = changes
-        .iter()
-        .map(|c| c.status.map(OrderStatus::as_str))
-        .collect();
-    sqlx::query(
-        "UPDATE orders o
-            SET filled_quantity = o.filled_quantity + c.filled_quantity,
-                filled_notional = o.filled_notional + c.filled_notional::numeric,
-                status = COALESCE(c.status, o.status),
-                updated_at = $5
-           FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::text[])
-                AS c(id, filled_quantity, filled_notional, status)
-          WHERE o.id = c.id",
-    )
-    .bind(&ids)
-    .bind(&filled)
-    .bind(&notionals)
-    .bind(&statuses)
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// A trade as the matching task records it.
@@ -254,44 +153,167 @@ pub struct TradeInsert {
     pub sequence: i64,
 }
 
-/// Inserts a batch's trades of one symbol in one statement, all executed at `executed_at`
-/// (the batch's time, which their `TradeExecuted` events carry too: reconciliation windows
-/// both sides by it).
-pub async fn insert_trades(
-    conn: &mut PgConnection,
-    symbol: &str,
-    trades: &[TradeInsert],
-    executed_at: time::OffsetDateTime,
-) -> Result<()> {
-    if trades.is_empty() {
-        return Ok(());
-    }
-    let column = |f: fn(&TradeInsert) -> uuid::Uuid| trades.iter().map(f).collect::<Vec<_>>();
-    let number = |f: fn(&TradeInsert) -> i64| trades.iter().map(f).collect::<Vec<_>>();
-    let sides: Vec<&str> = trades.iter().map(|t| t.taker_side.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO trades (id, symbol, price, quantity, maker_order_id, taker_order_id,
-                             maker_account, taker_account, taker_side, sequence, executed_at)
-         SELECT id, $1, price, quantity, maker_order_id, taker_order_id,
-                maker_account, taker_account, taker_side, sequence, $11
-         FROM UNNEST($2::uuid[], $3::int8[], $4::int8[], $5::uuid[], $6::uuid[], $7::uuid[],
-                     $8::uuid[], $9::text[], $10::int8[])
-              AS t(id, price, quantity, maker_order_id, taker_order_id, maker_account,
-                   taker_account, taker_side, sequence)",
+/// The rows one matching batch of one symbol writes of its own.
+pub struct MatchedRows<'a> {
+    pub symbol: &'a str,
+    /// The epoch the matching task holds the symbol under (ADR 0014).
+    pub epoch: i64,
+    /// The orders the batch created, in their final state for the batch.
+    pub created: &'a [OrderRow],
+    /// Σ price × quantity of each created order's fills, in `created`'s order.
+    pub notionals: &'a [i128],
+    /// Fills and statuses of orders stored before the batch.
+    pub changed: &'a [OrderChange],
+    pub trades: &'a [TradeInsert],
+    /// The batch's time: the orders' `updated_at` and the trades' `executed_at`, which their
+    /// `TradeExecuted` events carry too (reconciliation windows both sides by it).
+    pub now: time::OffsetDateTime,
+}
+
+/// Writes a matching batch's own rows behind the symbol's fence, in one statement and so one
+/// round trip: the matching task runs its batches one after another, and each round trip of
+/// its transaction is time no order of the symbol is matched (docs/performance.md).
+///
+/// The fence comes first: the symbol's owner row is read `FOR SHARE` and every write is
+/// conditional on it, so a task that lost the symbol writes nothing ([`Error::NotOwner`]), and
+/// the row stays share-locked until the batch commits, so no takeover can pass it in between.
+///
+/// An account that reused its client order id has its new order skipped by the constraint —
+/// the constraint, not a prior read, decides (REL-13) — which is [`Error::ClientOrderIdTaken`]:
+/// one fewer order inserted than given, or a trade of that order failing its foreign key.
+/// Either way the caller rolls the batch back and replays it job by job to find the order.
+pub async fn write_matched(conn: &mut PgConnection, batch: &MatchedRows<'_>) -> Result<()> {
+    let orders = batch.created;
+    let order_ids: Vec<uuid::Uuid> = orders.iter().map(|r| r.id).collect();
+    let accounts: Vec<uuid::Uuid> = orders.iter().map(|r| r.account_id).collect();
+    let client_ids: Vec<Option<&str>> = orders
+        .iter()
+        .map(|r| r.client_order_id.as_deref())
+        .collect();
+    let symbols: Vec<&str> = orders.iter().map(|r| r.symbol.as_str()).collect();
+    let sides: Vec<&str> = orders.iter().map(|r| r.side.as_str()).collect();
+    let types: Vec<&str> = orders.iter().map(|r| r.order_type.as_str()).collect();
+    let prices: Vec<Option<i64>> = orders.iter().map(|r| r.price).collect();
+    let quantities: Vec<i64> = orders.iter().map(|r| r.quantity).collect();
+    let filled: Vec<i64> = orders.iter().map(|r| r.filled_quantity).collect();
+    // numeric has no i128 binding; its text form is exact.
+    let notionals: Vec<String> = batch.notionals.iter().map(i128::to_string).collect();
+    let statuses: Vec<&str> = orders.iter().map(|r| r.status.as_str()).collect();
+    let tifs: Vec<&str> = orders.iter().map(|r| r.time_in_force.as_str()).collect();
+    let post_only: Vec<bool> = orders.iter().map(|r| r.post_only).collect();
+    let sequences: Vec<Option<i64>> = orders.iter().map(|r| r.book_sequence).collect();
+    let created_at: Vec<time::OffsetDateTime> = orders.iter().map(|r| r.created_at).collect();
+    let changes = batch.changed;
+    let changed_ids: Vec<uuid::Uuid> = changes.iter().map(|c| c.id).collect();
+    let changed_filled: Vec<i64> = changes.iter().map(|c| c.filled_quantity).collect();
+    let changed_notionals: Vec<String> = changes
+        .iter()
+        .map(|c| c.filled_notional.to_string())
+        .collect();
+    let changed_statuses: Vec<Option<&str>> = changes
+        .iter()
+        .map(|c| c.status.map(OrderStatus::as_str))
+        .collect();
+    let trades = batch.trades;
+    let trade_ids = |f: fn(&TradeInsert) -> uuid::Uuid| trades.iter().map(f).collect::<Vec<_>>();
+    let trade_numbers = |f: fn(&TradeInsert) -> i64| trades.iter().map(f).collect::<Vec<_>>();
+    let taker_sides: Vec<&str> = trades.iter().map(|t| t.taker_side.as_str()).collect();
+    let (owned, inserted): (bool, i64) = sqlx::query_as(
+        "WITH fence AS (
+             SELECT 1 FROM symbol_owners WHERE symbol = $1 AND epoch = $2 FOR SHARE
+         ),
+         new_orders AS (
+             INSERT INTO orders (id, account_id, client_order_id, symbol, side, type, price,
+                                 quantity, filled_quantity, filled_notional, status,
+                                 time_in_force, post_only, book_sequence, created_at, updated_at)
+             SELECT id, account_id, client_order_id, symbol, side, type, price, quantity,
+                    filled_quantity, filled_notional::numeric, status, time_in_force, post_only,
+                    book_sequence, created_at, created_at
+               FROM UNNEST($3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+                           $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::text[],
+                           $13::text[], $14::text[], $15::bool[], $16::int8[],
+                           $17::timestamptz[])
+                    AS o(id, account_id, client_order_id, symbol, side, type, price, quantity,
+                         filled_quantity, filled_notional, status, time_in_force, post_only,
+                         book_sequence, created_at)
+              WHERE EXISTS (SELECT FROM fence)
+             ON CONFLICT ON CONSTRAINT orders_client_order_id_key DO NOTHING
+             RETURNING 1
+         ),
+         changed AS (
+             UPDATE orders o
+                SET filled_quantity = o.filled_quantity + c.filled_quantity,
+                    filled_notional = o.filled_notional + c.filled_notional::numeric,
+                    status = COALESCE(c.status, o.status),
+                    updated_at = $22
+               FROM UNNEST($18::uuid[], $19::int8[], $20::text[], $21::text[])
+                    AS c(id, filled_quantity, filled_notional, status)
+              WHERE o.id = c.id AND EXISTS (SELECT FROM fence)
+         ),
+         new_trades AS (
+             INSERT INTO trades (id, symbol, price, quantity, maker_order_id, taker_order_id,
+                                 maker_account, taker_account, taker_side, sequence, executed_at)
+             SELECT id, $1, price, quantity, maker_order_id, taker_order_id,
+                    maker_account, taker_account, taker_side, sequence, $22
+               FROM UNNEST($23::uuid[], $24::int8[], $25::int8[], $26::uuid[], $27::uuid[],
+                           $28::uuid[], $29::uuid[], $30::text[], $31::int8[])
+                    AS t(id, price, quantity, maker_order_id, taker_order_id, maker_account,
+                         taker_account, taker_side, sequence)
+              WHERE EXISTS (SELECT FROM fence)
+         )
+         SELECT EXISTS (SELECT FROM fence), (SELECT count(*) FROM new_orders)",
     )
-    .bind(symbol)
-    .bind(column(|t| t.id))
-    .bind(number(|t| t.price))
-    .bind(number(|t| t.quantity))
-    .bind(column(|t| t.maker_order_id))
-    .bind(column(|t| t.taker_order_id))
-    .bind(column(|t| t.maker_account))
-    .bind(column(|t| t.taker_account))
+    .bind(batch.symbol)
+    .bind(batch.epoch)
+    .bind(&order_ids)
+    .bind(&accounts)
+    .bind(&client_ids)
+    .bind(&symbols)
     .bind(&sides)
-    .bind(number(|t| t.sequence))
-    .bind(executed_at)
-    .execute(conn)
-    .await?;
+    .bind(&types)
+    .bind(&prices)
+    .bind(&quantities)
+    .bind(&filled)
+    .bind(&notionals)
+    .bind(&statuses)
+    .bind(&tifs)
+    .bind(&post_only)
+    .bind(&sequences)
+    .bind(&created_at)
+    .bind(&changed_ids)
+    .bind(&changed_filled)
+    .bind(&changed_notionals)
+    .bind(&changed_statuses)
+    .bind(batch.now)
+    .bind(trade_ids(|t| t.id))
+    .bind(trade_numbers(|t| t.price))
+    .bind(trade_numbers(|t| t.quantity))
+    .bind(trade_ids(|t| t.maker_order_id))
+    .bind(trade_ids(|t| t.taker_order_id))
+    .bind(trade_ids(|t| t.maker_account))
+    .bind(trade_ids(|t| t.taker_account))
+    .bind(&taker_sides)
+    .bind(trade_numbers(|t| t.sequence))
+    .fetch_one(conn)
+    .await
+    .map_err(|err| match err {
+        // A trade of an order the client order id constraint skipped.
+        sqlx::Error::Database(ref db)
+            if matches!(
+                db.constraint(),
+                Some("trades_maker_order_id_fkey" | "trades_taker_order_id_fkey")
+            ) =>
+        {
+            Error::ClientOrderIdTaken
+        }
+        other => other.into(),
+    })?;
+    if !owned {
+        return Err(Error::NotOwner);
+    }
+    if usize::try_from(inserted).ok() != Some(orders.len()) {
+        return Err(Error::ClientOrderIdTaken);
+    }
     Ok(())
 }
 
@@ -712,17 +734,4 @@ pub async fn purge_replicas(pool: &PgPool, older_than: std::time::Duration) -> R
             .await?
             .rows_affected(),
     )
-}
-
-/// The fence of every matching batch: true while `epoch` is still the symbol's, and then the
-/// row is held FOR SHARE until the batch commits, so no takeover can pass it in between.
-pub async fn fence(conn: &mut PgConnection, symbol: &str, epoch: i64) -> Result<bool> {
-    Ok(sqlx::query_scalar::<_, i32>(
-        "SELECT 1 FROM symbol_owners WHERE symbol = $1 AND epoch = $2 FOR SHARE",
-    )
-    .bind(symbol)
-    .bind(epoch)
-    .fetch_optional(conn)
-    .await?
-    .is_some())
 }

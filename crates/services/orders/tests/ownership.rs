@@ -3,8 +3,10 @@
 //! later one, and a replica whose lease ran out (dead, or paused) loses its symbols.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use orders::error::Error;
+use orders::order_entry::OrderStatus;
 use orders::ownership::{Owner, Ownership};
-use orders::store;
+use orders::store::{self, MatchedRows, OrderChange, OrderRow, TradeInsert};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -27,11 +29,9 @@ async fn a_takeover_waits_for_the_old_owners_batch_then_fences_it_off(pool: PgPo
     );
 
     // The old owner is committing a batch when the new one takes the symbol over.
+    let placed = resting_order(Some("first"));
     let mut batch = pool.begin().await.unwrap();
-    assert!(store::fence(&mut batch, SYMBOL, 1).await.unwrap());
-    sqlx::query("UPDATE instruments SET updated_at = 'epoch' WHERE symbol = $1")
-        .bind(SYMBOL)
-        .execute(&mut *batch)
+    store::write_matched(&mut batch, &matched(1, std::slice::from_ref(&placed)))
         .await
         .unwrap();
     let takeover = tokio::spawn({
@@ -43,18 +43,27 @@ async fn a_takeover_waits_for_the_old_owners_batch_then_fences_it_off(pool: PgPo
     batch.commit().await.unwrap();
     assert_eq!(takeover.await.unwrap(), Some(2));
     // ...so the new owner, rebuilding its book now, sees what the batch wrote.
-    let written: bool = sqlx::query_scalar(
-        "SELECT updated_at = 'epoch'::timestamptz FROM instruments WHERE symbol = $1",
-    )
-    .bind(SYMBOL)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
-    assert!(written);
+    assert_eq!(orders_of(&pool).await, vec![placed.id]);
 
-    // Every later batch of the old owner is refused inside its own transaction.
+    // Every later batch of the old owner is refused inside its own transaction, and writes
+    // nothing: not its new order, not its fill of the order it matched against, not the trade.
+    let late_order = resting_order(Some("late"));
+    let fill = filled(&placed);
     let mut late = pool.begin().await.unwrap();
-    assert!(!store::fence(&mut late, SYMBOL, 1).await.unwrap());
+    let refused = store::write_matched(
+        &mut late,
+        &MatchedRows {
+            changed: std::slice::from_ref(&fill),
+            trades: &[trade(placed.id, late_order.id, 7)],
+            ..matched(1, std::slice::from_ref(&late_order))
+        },
+    )
+    .await;
+    assert!(matches!(refused, Err(Error::NotOwner)), "{refused:?}");
+    late.commit().await.unwrap();
+    assert_eq!(orders_of(&pool).await, vec![placed.id]);
+    assert_eq!(filled_quantity(&pool, placed.id).await, 0);
+    assert_eq!(trades_count(&pool).await, 0);
     // And its stale view cannot take the symbol back.
     assert_eq!(
         store::take_symbol(&pool, SYMBOL, 1, old).await.unwrap(),
@@ -127,4 +136,142 @@ async fn a_replica_whose_lease_ran_out_loses_its_symbols_and_one_that_leaves_giv
         .await
         .unwrap();
     assert_eq!(left, vec![first.replica()]);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_batch_with_a_reused_client_order_id_writes_nothing_even_when_that_order_traded(
+    pool: PgPool,
+) {
+    let pool = orders_db(&pool).await;
+    let owner = Uuid::now_v7();
+    store::take_symbol(&pool, SYMBOL, 0, owner).await.unwrap();
+    let maker = resting_order(Some("my-ref"));
+    let mut first = pool.begin().await.unwrap();
+    store::write_matched(&mut first, &matched(1, std::slice::from_ref(&maker)))
+        .await
+        .unwrap();
+    first.commit().await.unwrap();
+
+    // The same account's next order reuses the client order id and traded in its batch: the
+    // constraint skips its row, so the trade's foreign key finds no taker.
+    let reused = OrderRow {
+        account_id: maker.account_id,
+        side: contracts::Side::Buy,
+        ..resting_order(Some("my-ref"))
+    };
+    let fill = filled(&maker);
+    let mut batch = pool.begin().await.unwrap();
+    let refused = store::write_matched(
+        &mut batch,
+        &MatchedRows {
+            changed: std::slice::from_ref(&fill),
+            trades: &[trade(maker.id, reused.id, 1)],
+            ..matched(1, std::slice::from_ref(&reused))
+        },
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(Error::ClientOrderIdTaken)),
+        "{refused:?}"
+    );
+    drop(batch);
+
+    // Without a trade the shortfall in inserted rows says the same.
+    let mut batch = pool.begin().await.unwrap();
+    let refused = store::write_matched(&mut batch, &matched(1, &[reused])).await;
+    assert!(
+        matches!(refused, Err(Error::ClientOrderIdTaken)),
+        "{refused:?}"
+    );
+    drop(batch);
+
+    // Both batches rolled back: the first order as it was, no trade.
+    assert_eq!(orders_of(&pool).await, vec![maker.id]);
+    assert_eq!(filled_quantity(&pool, maker.id).await, 0);
+    assert_eq!(trades_count(&pool).await, 0);
+}
+
+/// A batch of [`SYMBOL`] under `epoch` that created `created` (no fills of its own).
+fn matched(epoch: i64, created: &[OrderRow]) -> MatchedRows<'_> {
+    MatchedRows {
+        symbol: SYMBOL,
+        epoch,
+        created,
+        notionals: &NO_FILLS[..created.len()],
+        changed: &[],
+        trades: &[],
+        now: time::OffsetDateTime::now_utc(),
+    }
+}
+
+/// The notionals of orders that have not traded (as many as a test creates in a batch).
+const NO_FILLS: [i128; 4] = [0; 4];
+
+/// A sell limit order of one lot at 30,000.00 resting on the book, for a new account.
+fn resting_order(client_order_id: Option<&str>) -> OrderRow {
+    let now = time::OffsetDateTime::now_utc();
+    OrderRow {
+        id: Uuid::now_v7(),
+        account_id: Uuid::now_v7(),
+        client_order_id: client_order_id.map(str::to_owned),
+        symbol: SYMBOL.to_owned(),
+        side: contracts::Side::Sell,
+        order_type: "limit".to_owned(),
+        price: Some(3_000_000),
+        quantity: 10_000,
+        filled_quantity: 0,
+        average_price: None,
+        status: OrderStatus::Open,
+        time_in_force: "gtc".to_owned(),
+        post_only: false,
+        book_sequence: Some(1),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The change a batch makes to `order` when it fills it whole at 30,000.00.
+fn filled(order: &OrderRow) -> OrderChange {
+    OrderChange {
+        id: order.id,
+        filled_quantity: order.quantity,
+        filled_notional: i128::from(order.quantity) * 3_000_000,
+        status: Some(OrderStatus::Filled),
+    }
+}
+
+fn trade(maker: Uuid, taker: Uuid, sequence: i64) -> TradeInsert {
+    TradeInsert {
+        id: Uuid::now_v7(),
+        price: 3_000_000,
+        quantity: 10_000,
+        maker_order_id: maker,
+        taker_order_id: taker,
+        maker_account: Uuid::now_v7(),
+        taker_account: Uuid::now_v7(),
+        taker_side: contracts::Side::Buy,
+        sequence,
+    }
+}
+
+async fn orders_of(pool: &PgPool) -> Vec<Uuid> {
+    sqlx::query_scalar("SELECT id FROM orders ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+async fn filled_quantity(pool: &PgPool, order: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT filled_quantity FROM orders WHERE id = $1")
+        .bind(order)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn trades_count(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM trades")
+        .fetch_one(pool)
+        .await
+        .unwrap()
 }
