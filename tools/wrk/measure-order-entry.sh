@@ -7,6 +7,12 @@ cd "$(dirname "$0")/../.."
 connections=${1:-32}
 duration=${2:-20s}
 per_side=${3:-1}
+# BOURSE_PERF_SYMBOLS (comma-separated, default BTC-USD): the books the orders go to, at random.
+# Each symbol is one matching task, one batch at a time; with more than one, their batches
+# commit side by side (docs/performance.md, "One book or two").
+export SYMBOLS=${BOURSE_PERF_SYMBOLS:-BTC-USD}
+# The assets every trader is funded with: the quote (USD) and each symbol's base.
+assets="USD $(tr ',' '\n' <<< "$SYMBOLS" | cut -d- -f1 | sort -u | tr '\n' ' ')"
 source tools/wrk/start-bourse.sh
 
 login() {
@@ -26,8 +32,8 @@ trader() {
   fi
   token=$(login "$email" "$password")
   id=$(curl -sf "$base/v1/auth/me" -H "authorization: Bearer $token" | jq -r .id)
-  for funds in 'USD 10000000000' 'BTC 10000000'; do
-    set -- $funds
+  for asset in $assets; do
+    [[ $asset == USD ]] && set -- USD 10000000000 || set -- "$asset" 10000000
     curl -sf "$base/v1/admin/deposits" -H "authorization: Bearer $ADMIN" \
       -H "idempotency-key: perf-$email-$1" -H 'content-type: application/json' \
       -d "{\"account_id\":\"$id\",\"asset\":\"$1\",\"amount\":\"$2\"}" > /dev/null
@@ -39,7 +45,9 @@ trader() {
       -H "authorization: Bearer $ADMIN")
     [[ ${funds##*$'\n'} != 200 ]] && break
     # (and decides on it: `deciding` turns true once risk has read the orders committed before its start)
-    [[ $(jq '.deciding and ([.balances[] | select(.asset == "USD" or .asset == "BTC")] | length == 2)' <<< "${funds%$'\n'*}") == true ]] && break
+    [[ $(jq --arg assets "$assets" '($assets | split(" ") | map(select(. != ""))) as $want
+      | .deciding and ([.balances[].asset | select(IN($want[]))] | length == ($want | length))' \
+      <<< "${funds%$'\n'*}") == true ]] && break
     sleep 0.05
   done
   echo "$token"

@@ -1,7 +1,8 @@
 -- Order entry through the gateway, for wrk (docs/performance.md has the full procedure).
 -- Traders on two sides (BUY_TOKENS buy, SELL_TOKENS sell, so orders can cross without
--- self-trade prevention) place GTC limit orders on BTC-USD within 20 ticks of 30000.00, each with its
--- own Idempotency-Key. Non-2xx answers are counted and printed at the end.
+-- self-trade prevention) place GTC limit orders within 20 ticks of 30000.00, each with its own
+-- Idempotency-Key. Non-2xx answers are counted and printed at the end. SYMBOLS (comma-separated,
+-- default BTC-USD): each order goes to one of them at random — one book each.
 
 -- Comma-separated access tokens: each order goes out as one of the buyers or the sellers.
 local function split(list)
@@ -11,6 +12,7 @@ local function split(list)
 end
 local buy_tokens = split(os.getenv("BUY_TOKENS"))
 local sell_tokens = split(os.getenv("SELL_TOKENS"))
+local symbols = split(os.getenv("SYMBOLS") or "BTC-USD")
 local counter = 0
 local threads = {}
 -- Each run's keys are its own. The orders themselves repeat from run to run (the seeds below
@@ -38,8 +40,8 @@ function request()
   local ticks = math.random(0, 20)
   local price = buy and (3000000 - ticks) or (3000000 + ticks - 10)
   local body = string.format(
-    '{"symbol":"BTC-USD","side":"%s","type":"limit","price":"%d.%02d","quantity":"0.0%d","time_in_force":"gtc"}',
-    buy and "buy" or "sell", math.floor(price / 100), price % 100, math.random(1, 9))
+    '{"symbol":"%s","side":"%s","type":"limit","price":"%d.%02d","quantity":"0.0%d","time_in_force":"gtc"}',
+    symbols[math.random(#symbols)], buy and "buy" or "sell", math.floor(price / 100), price % 100, math.random(1, 9))
   local headers = {
     ["Content-Type"] = "application/json",
     ["Authorization"] = "Bearer " .. (buy and buy_tokens[math.random(#buy_tokens)] or sell_tokens[math.random(#sell_tokens)]),
