@@ -355,25 +355,11 @@ async fn writes_the_mix_leaves_out(platform: &Platform) {
         .await
         .unwrap();
 
-    // A trader's sessions and keys.
+    // A trader's sessions.
     let refreshed = send(
         http.post(url("/v1/auth/refresh"))
             .json(&json!({ "refresh_token": trader["refresh_token"] })),
         "refresh",
-    )
-    .await;
-    let key = send(
-        http.post(url("/v1/api-keys"))
-            .bearer_auth(&token)
-            .json(&json!({ "name": "plans", "scopes": ["read"] })),
-        "API key",
-    )
-    .await;
-    let key = key["id"].as_str().unwrap();
-    send(
-        http.delete(url(&format!("/v1/api-keys/{key}")))
-            .bearer_auth(&token),
-        "API key revoked",
     )
     .await;
 
@@ -414,25 +400,30 @@ async fn writes_the_mix_leaves_out(platform: &Platform) {
     let in_an_hour = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap();
-    for (path, body) in [
+    // Things made and removed again: the trader's API key (revoked), an operator's kill switch
+    // and silence.
+    for (path, bearer, body) in [
+        (
+            "/v1/api-keys",
+            &token,
+            json!({ "name": "plans", "scopes": ["read"] }),
+        ),
         (
             "/v1/admin/kill-switches",
+            &operator,
             json!({ "scope": "account", "target": account, "reason": "plans" }),
         ),
         (
             "/v1/admin/silences",
+            &operator,
             json!({ "matcher": { "scope": "account" }, "ends_at": in_an_hour, "reason": "plans" }),
         ),
     ] {
-        let made = send(
-            http.post(url(path)).bearer_auth(&operator).json(&body),
-            "made",
-        )
-        .await;
+        let made = send(http.post(url(path)).bearer_auth(bearer).json(&body), "made").await;
         let id = made["id"].as_str().unwrap();
         send(
             http.delete(url(&format!("{path}/{id}")))
-                .bearer_auth(&operator),
+                .bearer_auth(bearer),
             "removed",
         )
         .await;
