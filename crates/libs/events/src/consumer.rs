@@ -42,8 +42,8 @@ use futures_util::future::BoxFuture;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{
-    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamInfoGroupsReply,
-    StreamPendingCountReply, StreamReadOptions, StreamReadReply,
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamInfoGroupsReply, StreamPendingCountReply,
+    StreamReadOptions,
 };
 use service_kit::Shutdown;
 use service_kit::backoff::Backoff;
@@ -54,6 +54,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument as _;
 use uuid::Uuid;
 
+use crate::entry::{Entry, StreamEntries};
 use crate::envelope::{Envelope, first_id_at};
 use crate::failure::HandlerError;
 use crate::relay::unix_millis_ago;
@@ -378,8 +379,8 @@ impl Consumer {
         let options = StreamReadOptions::default()
             .group(&self.group, &self.name)
             .count(self.settings.batch);
-        let reply: StreamReadReply = redis.xread_options(&[self.key()], &["0"], &options).await?;
-        for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+        let reply: StreamEntries = redis.xread_options(&[self.key()], &["0"], &options).await?;
+        for entry in reply.into_entries() {
             self.process(handler, entry).await?;
         }
         Ok(())
@@ -400,7 +401,7 @@ impl Consumer {
             )
             .await?;
         for entry in reply.claimed {
-            self.process(handler, entry).await?;
+            self.process(handler, Entry::from(entry)).await?;
         }
         Ok(())
     }
@@ -413,12 +414,11 @@ impl Consumer {
             .group(&self.group, &self.name)
             .count(self.settings.batch)
             .block(block);
-        let reply: Option<StreamReadReply> =
+        let reply: Option<StreamEntries> =
             redis.xread_options(&[self.key()], &[">"], &options).await?;
-        let entries: Vec<StreamId> = reply
+        let entries: Vec<Entry> = reply
             .into_iter()
-            .flat_map(|r| r.keys)
-            .flat_map(|k| k.ids)
+            .flat_map(StreamEntries::into_entries)
             .collect();
         let read = entries.len();
         if read > 0 {
@@ -434,13 +434,12 @@ impl Consumer {
     async fn process_batch<H: Handler>(
         &self,
         handler: &H,
-        entries: Vec<StreamId>,
+        entries: Vec<Entry>,
     ) -> Result<(), Error> {
         let mut acknowledge: Vec<String> = Vec::with_capacity(entries.len());
-        let mut batch: Vec<(StreamId, Envelope)> = Vec::with_capacity(entries.len());
+        let mut batch: Vec<(Entry, Envelope)> = Vec::with_capacity(entries.len());
         for entry in entries {
-            let event_type: Option<String> = entry.get("type");
-            if event_type.is_some_and(|t| !handler.wants(&t)) {
+            if entry.field("type").is_some_and(|t| !handler.wants(t)) {
                 acknowledge.push(entry.id);
                 continue;
             }
@@ -505,7 +504,7 @@ impl Consumer {
     async fn apply_batch<'b, H: Handler>(
         &self,
         handler: &H,
-        batch: &'b [(StreamId, Envelope)],
+        batch: &'b [(Entry, Envelope)],
     ) -> Result<Vec<&'b Envelope>, HandlerError> {
         let fresh = self
             .until_not_transient(|| self.apply_batch_once(handler, batch))
@@ -520,7 +519,7 @@ impl Consumer {
     async fn apply_batch_once<'b, H: Handler>(
         &self,
         handler: &H,
-        batch: &'b [(StreamId, Envelope)],
+        batch: &'b [(Entry, Envelope)],
     ) -> Result<Vec<&'b Envelope>, HandlerError> {
         let mut tx = service_kit::db::begin_batch(&self.pool).await?;
         let ids: Vec<Uuid> = batch.iter().map(|(_, envelope)| envelope.id).collect();
@@ -592,11 +591,8 @@ impl Consumer {
     }
 
     /// An entry read again (our own pending after a restart, or claimed as stale).
-    async fn process<H: Handler>(&self, handler: &H, entry: StreamId) -> Result<(), Error> {
-        let event_type: Option<String> = entry.get("type");
-        if let Some(event_type) = event_type
-            && !handler.wants(&event_type)
-        {
+    async fn process<H: Handler>(&self, handler: &H, entry: Entry) -> Result<(), Error> {
+        if entry.field("type").is_some_and(|t| !handler.wants(t)) {
             return self.acknowledge(std::slice::from_ref(&entry.id)).await;
         }
         let Some(envelope) = parse(&entry) else {
@@ -612,7 +608,7 @@ impl Consumer {
     async fn apply_entry<H: Handler>(
         &self,
         handler: &H,
-        entry: &StreamId,
+        entry: &Entry,
         envelope: &Envelope,
     ) -> Result<(), Error> {
         let Err(err) = self.apply_in_context(handler, envelope).await else {
@@ -675,13 +671,13 @@ impl Consumer {
 
     async fn dead_letter(
         &self,
-        entry: &StreamId,
+        entry: &Entry,
         reason: &str,
         deliveries: usize,
     ) -> Result<(), Error> {
         let fields: HashMap<&str, Option<String>> = ["event_id", "type", "envelope"]
             .into_iter()
-            .map(|f| (f, entry.get(f)))
+            .map(|f| (f, entry.field(f).map(str::to_owned)))
             .collect();
         let mut redis = self.redis.clone();
         let _: String = redis::cmd("XADD")
@@ -729,9 +725,8 @@ impl Consumer {
 }
 
 /// The entry's envelope, with its origin; `None` when it has none or it does not parse.
-fn parse(entry: &StreamId) -> Option<Envelope> {
-    let raw: Option<String> = entry.get("envelope");
-    let mut envelope = serde_json::from_str::<Envelope>(raw.as_deref()?).ok()?;
+fn parse(entry: &Entry) -> Option<Envelope> {
+    let mut envelope = serde_json::from_str::<Envelope>(entry.field("envelope")?).ok()?;
     envelope.origin = crate::envelope::Origin::of_entry(entry);
     Some(envelope)
 }

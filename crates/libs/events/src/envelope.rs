@@ -48,10 +48,10 @@ pub struct Origin {
 
 impl Origin {
     /// The `outbox` and `position` fields the relay writes on every entry.
-    pub fn of_entry(entry: &redis::streams::StreamId) -> Option<Self> {
+    pub fn of_entry(entry: &crate::Entry) -> Option<Self> {
         Some(Self {
-            outbox: entry.get("outbox")?,
-            position: entry.get("position")?,
+            outbox: entry.field("outbox")?.to_owned(),
+            position: entry.field("position")?.parse().ok()?,
         })
     }
 }

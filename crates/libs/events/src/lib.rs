@@ -7,6 +7,7 @@
 //!   own crash; lag exported as metrics.
 //! - [`failure`]: what a handler's failure is — transient (retried in place for as long as it
 //!   takes) or permanent (dead-lettered after a few tries).
+//! - [`entry`]: stream entries decoded straight from the reply, shared by every reader.
 //! - [`consumer`]: consumer groups, the inbox in the effect's transaction, acknowledgement
 //!   after commit, recovery of pending entries, dead letters (REL-09, REL-10); each consumer
 //!   sweeps its inbox rows past their retention.
@@ -16,12 +17,14 @@
 pub mod consumer;
 pub mod direct;
 pub mod dlq;
+pub mod entry;
 pub mod envelope;
 pub mod failure;
 pub mod outbox;
 pub mod relay;
 
 pub use consumer::{Consumer, ConsumerSettings, Handler};
+pub use entry::{Entry, StreamEntries};
 pub use envelope::{Envelope, Origin};
 pub use failure::HandlerError;
 pub use relay::{Relay, RelaySettings};

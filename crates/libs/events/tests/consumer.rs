@@ -390,6 +390,46 @@ async fn a_malformed_entry_goes_straight_to_the_dead_letters(pool: PgPool) {
     );
 }
 
+#[sqlx::test(migrations = false)]
+async fn a_pending_entry_deleted_from_the_stream_is_dead_lettered_and_the_rest_applied(
+    pool: PgPool,
+) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let (lost, kept) = (trade(1), trade(2));
+    let lost_entry = publish(&mut redis, &prefix, &lost).await;
+    publish(&mut redis, &prefix, &kept).await;
+    // "c1" read both and died; meanwhile the first entry left the stream (trimmed, deleted).
+    // Redis still lists it as c1's pending entry and answers it as `[id, nil]`.
+    deliver_without_ack(&mut redis, &prefix, "c1").await;
+    let _: usize = redis
+        .xdel(prefix.stream("trades"), &[&lost_entry])
+        .await
+        .unwrap();
+
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 5).run(Recorder::new(0), shutdown.clone()),
+    );
+    eventually("the entry that is still there applied", || async {
+        applied(&pool, kept.id).await == 1
+    })
+    .await;
+    eventually("nothing left pending", || {
+        let mut r = redis.clone();
+        let p = prefix.clone();
+        async move { pending(&mut r, &p).await == 0 }
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    let dead = events::dlq::list(&redis, &prefix, "trades").await.unwrap();
+    assert_eq!(dead.len(), 1, "the deleted entry, set aside: {dead:?}");
+    assert_eq!(dead[0].reason, "malformed envelope");
+    assert_eq!(applied(&pool, lost.id).await, 0);
+}
+
 /// The consumer's pool; the "effect" table gets one row per application, so a second effect would show.
 async fn consumer_db(test_pool: &PgPool) -> PgPool {
     common::service_db(

@@ -12,9 +12,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use events::StreamEntries;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::streams::StreamReadOptions;
 use service_kit::redis::KeyPrefix;
 use service_kit::{Shutdown, Supervisor};
 
@@ -87,7 +88,7 @@ async fn read(
         .block(usize::try_from(BLOCK.as_millis()).unwrap_or(200));
     loop {
         let read = async {
-            let reply: redis::RedisResult<Option<StreamReadReply>> =
+            let reply: redis::RedisResult<Option<StreamEntries>> =
                 redis.xread_options(&streams, &last, &options).await;
             reply
         };
@@ -96,7 +97,7 @@ async fn read(
             reply = read => reply,
         };
         let reply = match reply {
-            Ok(reply) => reply.map(|r| r.keys).unwrap_or_default(),
+            Ok(reply) => reply.map(|r| r.streams).unwrap_or_default(),
             Err(err) => {
                 tracing::warn!(error = %err, "stream feed interrupted; retrying");
                 tokio::select! {
@@ -110,19 +111,18 @@ async fn read(
         // promises), and until someone listens no envelope is parsed.
         let listened = hub.is_listened();
         let mut outcomes = Outcomes::default();
-        for stream in reply {
-            let Some(position) = streams.iter().position(|k| *k == stream.key) else {
+        for (key, entries) in reply {
+            let Some(position) = streams.iter().position(|k| *k == key) else {
                 continue;
             };
-            for entry in stream.ids {
+            for entry in entries {
                 last[position].clone_from(&entry.id);
                 if !listened {
                     outcomes.unheard += 1;
                     continue;
                 }
-                let raw: Option<String> = entry.get("envelope");
-                let Some(event) = raw
-                    .as_deref()
+                let Some(event) = entry
+                    .field("envelope")
                     .and_then(|r| serde_json::from_str::<events::Envelope>(r).ok())
                 else {
                     outcomes.unreadable += 1;
