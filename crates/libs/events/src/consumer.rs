@@ -32,7 +32,7 @@
 //! Handlers run inside the event's context: its correlation id and trace continue, so events
 //! they write carry them on (OBS-02, OBS-06).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -675,10 +675,7 @@ impl Consumer {
         reason: &str,
         deliveries: usize,
     ) -> Result<(), Error> {
-        let fields: HashMap<&str, Option<String>> = ["event_id", "type", "envelope"]
-            .into_iter()
-            .map(|f| (f, entry.field(f).map(str::to_owned)))
-            .collect();
+        let (event_id, event_type) = (entry.field("event_id"), entry.field("type"));
         let mut redis = self.redis.clone();
         let _: String = redis::cmd("XADD")
             .arg(format!("{}.dlq", self.key()))
@@ -692,23 +689,23 @@ impl Consumer {
             .arg("deliveries")
             .arg(deliveries)
             .arg("event_id")
-            .arg(fields["event_id"].clone().unwrap_or_default())
+            .arg(event_id.unwrap_or_default())
             .arg("type")
-            .arg(fields["type"].clone().unwrap_or_default())
+            .arg(event_type.unwrap_or_default())
             .arg("envelope")
-            .arg(fields["envelope"].clone().unwrap_or_default())
+            .arg(entry.field("envelope").unwrap_or_default())
             .query_async(&mut redis)
             .await?;
         let notice = Envelope::of(
             &self.producer,
-            fields["event_id"].clone().unwrap_or_default(),
+            event_id.unwrap_or_default(),
             0,
             &contracts::events::EventDeadLettered {
                 stream: self.stream.clone(),
                 group: self.group.clone(),
                 entry_id: entry.id.clone(),
-                event_id: fields["event_id"].clone(),
-                event_type: fields["type"].clone(),
+                event_id: event_id.map(str::to_owned),
+                event_type: event_type.map(str::to_owned),
                 reason: reason.to_string(),
                 deliveries: u64::try_from(deliveries).unwrap_or(u64::MAX),
             },
