@@ -20,13 +20,6 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(id: impl Into<String>, fields: Vec<(String, String)>) -> Self {
-        Self {
-            id: id.into(),
-            fields,
-        }
-    }
-
     /// The value of the field `name`, if the entry has it.
     pub fn field(&self, name: &str) -> Option<&str> {
         self.fields
@@ -90,6 +83,15 @@ impl FromRedisValue for StreamEntries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Entry {
+        fn new(id: &str, fields: Vec<(String, String)>) -> Self {
+            Self {
+                id: id.to_owned(),
+                fields,
+            }
+        }
+    }
 
     fn bulk(text: &str) -> Value {
         Value::BulkString(text.as_bytes().to_vec())

@@ -170,6 +170,15 @@ async fn pending(redis: &mut ConnectionManager, prefix: &KeyPrefix) -> usize {
     reply.count()
 }
 
+/// Waits until the group has no entry pending: every one read was acknowledged.
+async fn until_nothing_pending(redis: &ConnectionManager, prefix: &KeyPrefix, what: &str) {
+    eventually(what, || {
+        let (mut r, p) = (redis.clone(), prefix.clone());
+        async move { pending(&mut r, &p).await == 0 }
+    })
+    .await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_redelivered_event_has_no_second_effect(pool: PgPool) {
     let pool = consumer_db(&pool).await;
@@ -190,12 +199,7 @@ async fn a_redelivered_event_has_no_second_effect(pool: PgPool) {
         applied(&pool, other.id).await == 1
     })
     .await;
-    eventually("all entries acknowledged", || {
-        let mut r = redis.clone();
-        let p = prefix.clone();
-        async move { pending(&mut r, &p).await == 0 }
-    })
-    .await;
+    until_nothing_pending(&redis, &prefix, "all entries acknowledged").await;
     shutdown.trigger();
     task.await.unwrap();
     assert_eq!(applied(&pool, event.id).await, 1, "exactly once in effect");
@@ -230,12 +234,7 @@ async fn a_crash_between_commit_and_ack_is_healed_on_restart_without_a_second_ef
     let task = tokio::spawn(
         consumer(&pool, &redis, &prefix, "c1", 5).run(recorder.clone(), shutdown.clone()),
     );
-    eventually("the pending entry acknowledged", || {
-        let mut r = redis.clone();
-        let p = prefix.clone();
-        async move { pending(&mut r, &p).await == 0 }
-    })
-    .await;
+    until_nothing_pending(&redis, &prefix, "the pending entry acknowledged").await;
     shutdown.trigger();
     task.await.unwrap();
     assert_eq!(
@@ -264,12 +263,7 @@ async fn a_dead_consumers_entries_are_claimed_by_a_live_one(pool: PgPool) {
         applied(&pool, event.id).await == 1
     })
     .await;
-    eventually("and acknowledged", || {
-        let mut r = redis.clone();
-        let p = prefix.clone();
-        async move { pending(&mut r, &p).await == 0 }
-    })
-    .await;
+    until_nothing_pending(&redis, &prefix, "and acknowledged").await;
     shutdown.trigger();
     task.await.unwrap();
 }
@@ -298,12 +292,7 @@ async fn a_poison_event_is_dead_lettered_announced_and_replayable(pool: PgPool) 
         }
     })
     .await;
-    eventually("the original acknowledged", || {
-        let mut r = redis.clone();
-        let p = prefix.clone();
-        async move { pending(&mut r, &p).await == 0 }
-    })
-    .await;
+    until_nothing_pending(&redis, &prefix, "the original acknowledged").await;
     shutdown.trigger();
     task.await.unwrap();
     assert_eq!(
@@ -416,12 +405,7 @@ async fn a_pending_entry_deleted_from_the_stream_is_dead_lettered_and_the_rest_a
         applied(&pool, kept.id).await == 1
     })
     .await;
-    eventually("nothing left pending", || {
-        let mut r = redis.clone();
-        let p = prefix.clone();
-        async move { pending(&mut r, &p).await == 0 }
-    })
-    .await;
+    until_nothing_pending(&redis, &prefix, "nothing left pending").await;
     shutdown.trigger();
     task.await.unwrap();
     let dead = events::dlq::list(&redis, &prefix, "trades").await.unwrap();
@@ -485,12 +469,7 @@ async fn events_a_handler_does_not_want_are_acknowledged_without_an_inbox_row(po
         applied(&pool, wanted.id).await == 1
     })
     .await;
-    eventually("all entries acknowledged", || {
-        let mut r = redis.clone();
-        let p = prefix.clone();
-        async move { pending(&mut r, &p).await == 0 }
-    })
-    .await;
+    until_nothing_pending(&redis, &prefix, "all entries acknowledged").await;
     shutdown.trigger();
     task.await.unwrap();
     assert_eq!(applied(&pool, unwanted.id).await, 0);
@@ -545,10 +524,11 @@ async fn one_bad_event_in_a_batch_holds_back_no_other(pool: PgPool) {
         applied(&pool, first.id).await == 1 && applied(&pool, last.id).await == 1
     })
     .await;
-    eventually("the poison dead-lettered and nothing left pending", || {
-        let (mut r, p) = (redis.clone(), prefix.clone());
-        async move { pending(&mut r, &p).await == 0 }
-    })
+    until_nothing_pending(
+        &redis,
+        &prefix,
+        "the poison dead-lettered and nothing left pending",
+    )
     .await;
     shutdown.trigger();
     task.await.unwrap();
@@ -610,11 +590,7 @@ async fn a_transient_failure_is_retried_until_it_passes_and_never_dead_lettered(
         applied(&pool, event.id).await == 1
     })
     .await;
-    eventually("and acknowledged", || {
-        let (mut r, p) = (redis.clone(), prefix.clone());
-        async move { pending(&mut r, &p).await == 0 }
-    })
-    .await;
+    until_nothing_pending(&redis, &prefix, "and acknowledged").await;
     shutdown.trigger();
     task.await.unwrap();
     assert_eq!(
@@ -725,12 +701,7 @@ async fn deferred_work_is_written_once_per_transaction_and_rolls_back_with_it(po
         applied(&pool, trades[2].id).await == 1
     })
     .await;
-    eventually("all entries acknowledged", || {
-        let mut r = redis.clone();
-        let p = prefix.clone();
-        async move { pending(&mut r, &p).await == 0 }
-    })
-    .await;
+    until_nothing_pending(&redis, &prefix, "all entries acknowledged").await;
     shutdown.trigger();
     task.await.unwrap();
 
