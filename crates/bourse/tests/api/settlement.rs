@@ -289,7 +289,10 @@ async fn a_withdrawal_beyond_the_available_balance_is_refused_the_same_way_every
 
 #[sqlx::test(migrations = false)]
 async fn racing_withdrawals_never_take_a_balance_below_zero(pool: PgPool) {
-    let l = ledger(pool).await;
+    // Room for all sixteen at once in the gateway's operators' lane (8 by default), so none is
+    // shed with a 503 and every one takes part in the race.
+    let l = ledger_on(spawn_app_with(pool, &[("BOURSE_GATEWAY_ADMIN_MAX_IN_FLIGHT", "16")]).await)
+        .await;
     l.deposit(l.alice_id, "USD", "100").await;
     // Sixteen withdrawals of 30.00 race for 100.00: three fit, whatever the interleaving —
     // risk reserves each before settlement books it, and the ledger's constraint is behind it.
