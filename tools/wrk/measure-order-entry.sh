@@ -83,9 +83,15 @@ wrk_out=$(mktemp /tmp/bourse-wrk.XXXXXX)
 # within minutes, since it does not count the time the load waited for a core. (wrk itself has
 # exited by the second snapshot and is not in it.)
 cpu_before=$(tools/wrk/cpu-by-process.sh --snapshot)
+# Where the write-ahead log stood: what the run wrote to it, per order, is a count of the
+# database's writes that the machine's speed does not move (on the shared server it includes any
+# other database's writes meanwhile).
+wal_lsn() { psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT pg_current_wal_lsn()"; }
+wal_before=$(wal_lsn)
 BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS WRK_RUN="measured-$$" \
   wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua "$base" | tee "$wrk_out"
 cpu_after=$(tools/wrk/cpu-by-process.sh --snapshot)
+wal_after=$(wal_lsn)
 # The statements and commits of the order run alone, kept before the public read below adds its
 # own (with BOURSE_PERF_POSTGRES=private).
 if [[ -n ${pg_dir:-} ]]; then
@@ -133,6 +139,14 @@ join <(echo "$cpu_before") <(echo "$cpu_after") | awk -v n="$answered" -v bourse
     if ($1 == bourse) b += ms; else if ($1 == "postgres") p += ms; else if ($1 == "redis-server") r += ms; else other += ms
   }
   END { if (n > 0) printf "CPU per order: %.3f ms (bourse %.3f, postgres %.3f, redis %.3f); other programs %.3f ms\n", b + p + r, b, p, r, other }'
+if (( answered > 0 )); then
+  psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "
+    SELECT format('WAL written per order: %s bytes', round(pg_wal_lsn_diff('$wal_after', '$wal_before') / $answered))"
+  # BOURSE_PERF_WAL=1: the same by relation and record type (pg_waldump; root or the private server).
+  if [[ ${BOURSE_PERF_WAL:-0} == 1 ]]; then
+    tools/wrk/wal-by-relation.sh "$database" "$wal_before" "$wal_after" "$answered" || true
+  fi
+fi
 placed=$((orders - ${warm_orders:-0}))
 echo "placed by the measured run: $placed orders for $answered 2xx answers"
 # (Requests still in flight when wrk stops may add a few orders it never counted.)

@@ -16,13 +16,16 @@ if [[ ${BOURSE_PERF_POSTGRES:-shared} == private ]]; then
   "${as_postgres[@]}" "$pg_bin/initdb" -A trust -U postgres -D "$pg_dir/data" > /dev/null
   # BOURSE_PERF_AUTO_EXPLAIN=1: also log the plan of every statement slower than 2 ms
   # (auto_explain, actual rows), kept in /tmp/bourse-perf-pg.log when the run ends.
-  preload=pg_stat_statements explain=""
+  preload=pg_stat_statements options=""
   if [[ ${BOURSE_PERF_AUTO_EXPLAIN:-0} == 1 ]]; then
     preload=pg_stat_statements,auto_explain
-    explain="-c auto_explain.log_min_duration=2 -c auto_explain.log_analyze=on"
+    options="-c auto_explain.log_min_duration=2 -c auto_explain.log_analyze=on"
   fi
+  # BOURSE_PERF_POSTGRES_SETTINGS: more `-c name=value` for the private server, e.g. the
+  # settings docs/performance.md compares ("The database's own settings").
+  options="$options ${BOURSE_PERF_POSTGRES_SETTINGS:-}"
   "${as_postgres[@]}" "$pg_bin/pg_ctl" start -w -D "$pg_dir/data" -l "$pg_dir/server.log" \
-    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=$preload -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on $explain" > /dev/null
+    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=$preload -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on $options" > /dev/null
   psql -q -h 127.0.0.1 -p $pg_port -U postgres -c "CREATE DATABASE $database" postgres
   psql -q -h 127.0.0.1 -p $pg_port -U postgres -d "$database" -c "CREATE EXTENSION pg_stat_statements"
 fi
