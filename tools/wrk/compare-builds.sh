@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A/B of builds of bourse on the order path, in alternating runs of the same load, so a noisy
-# machine's drift falls on every build alike (docs/performance.md).
+# machine's drift falls on every build alike (docs/performance.md). Each run's WAL written per
+# order is printed too: a count of the database's writes that the drift does not move.
 # Usage: tools/wrk/compare-builds.sh <connections> <rounds> <bourse binary>...   (an even number of rounds)
 # e.g.   cp target/release/bourse /tmp/bourse-a   (build the other change, then)
 #        tools/wrk/compare-builds.sh 32 2 /tmp/bourse-a target/release/bourse
@@ -31,7 +32,8 @@ for round in $(seq 1 "$rounds"); do
       /orders \/ read =/ { ratio = $NF }
       /^reconciliation:/ { reconciled = $2 }
       /^CPU per order:/ { cpu = $4 }
-      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  settled %s  reconciliation %s  orders/read %s  CPU/order %s ms\n", round, bin, rps, p99, bad, busy, settled, reconciled, ratio, cpu }' "$log"
+      /^WAL written per order:/ { wal = $5 }
+      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  settled %s  reconciliation %s  orders/read %s  CPU/order %s ms  WAL/order %s bytes\n", round, bin, rps, p99, bad, busy, settled, reconciled, ratio, cpu, wal }' "$log"
     rm -f "$log"
   done
 done
