@@ -41,7 +41,7 @@ sql "SELECT pg_relation_filenode(c.oid) || '|' || n.nspname || '.' || coalesce(t
         if ($1 == "Btree" && $2 ~ /^INSERT/) { index_entries++; ti[t]++ }
       }
       END {
-        if (total_n == 0) { print "WAL: no records read (segments recycled?)"; exit }
+        if (total_n == 0) { print "WAL: no records read (segments recycled, or pg_wal not readable by this user?)"; exit }
         printf "WAL per order: %.0f bytes, %.1f records, %.1f index entries (%d orders)\n", total_b / orders, total_n / orders, index_entries / orders, orders; fflush()
         print "by table (its indexes included): records, index entries, bytes per order"; fflush()
         for (t in tn) printf "  %6.2f %6.2f %6.0f  %s\n", tn[t] / orders, ti[t] / orders, tb[t] / orders, t | "sort -k1,1 -rn | head -" top
