@@ -33,6 +33,8 @@ export PGPORT=$pg_port
 # BOURSE_PERF_DATABASE_PARAMS: appended to the database URL, e.g. '?sslmode=disable'. Without
 # it the client's default (sslmode=prefer) encrypts every statement when the server offers
 # TLS — this machine's shared server does (ssl=on); the private one above does not.
+# '?host=/var/run/postgresql' connects over the shared server's Unix socket instead of TCP
+# (docs/performance.md, "A Unix socket to PostgreSQL").
 export DATABASE_URL="postgres://postgres@127.0.0.1:$pg_port/$database${BOURSE_PERF_DATABASE_PARAMS:-}"
 export BOURSE_REDIS_KEY_PREFIX="perf:$$" BOURSE_LOG=warn BOURSE_BIND_HOST=127.0.0.1
 # BOURSE_PERF_TLS=on: the platform's HTTP as production runs it (SEC-13) — the gateway's public

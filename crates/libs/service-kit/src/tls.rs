@@ -151,10 +151,12 @@ impl TlsSettings {
     pub fn read(env: &mut Env, database_url: &SecretString, redis_url: &SecretString) -> Self {
         let settings = Self::read_files(env);
         if settings.required {
-            if !postgres_url_requires_tls(database_url.expose_secret()) {
+            let url = database_url.expose_secret();
+            if !postgres_url_requires_tls(url) && !postgres_url_stays_on_host(url) {
                 env.problem(
                     "DATABASE_URL",
-                    "must set sslmode=verify-full (or verify-ca, require) when BOURSE_TLS_REQUIRED=true",
+                    "must set sslmode=verify-full (or verify-ca, require), or connect over a Unix \
+                     socket (host=/path/to/socket/dir), when BOURSE_TLS_REQUIRED=true",
                 );
             }
             if !redis_url.expose_secret().starts_with("rediss://") {
@@ -316,9 +318,59 @@ fn postgres_url_requires_tls(url: &str) -> bool {
     })
 }
 
+/// Whether a PostgreSQL URL connects over a Unix socket: every `host` parameter is a directory
+/// (sqlx, like libpq, takes a `host` starting with `/` as the socket's directory, and the last
+/// `host` given wins, so one network host among them would be used). Such a link never leaves
+/// the machine, so there is no network for TLS to protect; the socket file's permissions and
+/// the server's `peer` authentication guard it instead. It is also the cheapest link to a
+/// database on the same host (docs/performance.md, "A Unix socket to PostgreSQL").
+fn postgres_url_stays_on_host(url: &str) -> bool {
+    let Some((_, query)) = url.split_once('?') else {
+        return false;
+    };
+    let mut hosts = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(name, _)| *name == "host")
+        .map(|(_, value)| value)
+        .peekable();
+    hosts.peek().is_some() && hosts.all(|host| host.starts_with('/'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unix_socket_counts_as_staying_on_the_host_and_a_network_host_does_not() {
+        for url in [
+            "postgres://u@localhost/x?host=/var/run/postgresql",
+            "postgres://u@db/x?application_name=a&host=/tmp",
+        ] {
+            assert!(postgres_url_stays_on_host(url), "{url}");
+        }
+        for url in [
+            "postgres://u@db/x",
+            "postgres://u@db/x?host=db.internal",
+            // The last `host` wins: a network host after the socket is a network link.
+            "postgres://u@db/x?host=/var/run/postgresql&host=db.internal",
+            "postgres://u@db/x?application_name=host=/tmp",
+        ] {
+            assert!(!postgres_url_stays_on_host(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn required_tls_accepts_a_database_over_a_unix_socket() {
+        let database =
+            SecretString::from("postgres://u@localhost/x?host=/var/run/postgresql".to_owned());
+        let redis = SecretString::from("rediss://cache".to_owned());
+        let mut env = Env::from_pairs([("BOURSE_TLS_REQUIRED", "true")]);
+        TlsSettings::read(&mut env, &database, &redis);
+        let err = env.finish().expect_err("no certificates given");
+        let variables: Vec<_> = err.problems.iter().map(|p| p.variable.as_str()).collect();
+        assert_eq!(variables, ["BOURSE_TLS_CERT", "BOURSE_TLS_CA"]);
+    }
 
     #[test]
     fn only_tls_modes_that_cannot_fall_back_count_as_required() {
