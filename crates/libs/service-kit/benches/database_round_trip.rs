@@ -6,7 +6,10 @@
 //! (sqlx 0.9.0; 0.9.1 sets the option again: docs/performance.md, "Forty milliseconds a
 //! statement"). Run with `cargo bench -p service-kit --bench database_round_trip`, against
 //! `BOURSE_BENCH_DATABASE_URL` (default: the local server, which must offer TLS —
-//! `tools/dev/prepare-tests.sh` turns it on).
+//! `tools/dev/prepare-tests.sh` turns it on). The same statements over the server's Unix socket
+//! (`BOURSE_BENCH_DATABASE_SOCKET_DIR`, default `/var/run/postgresql`) show what loopback TCP
+//! itself costs a round trip — next to nothing (docs/performance.md, "A Unix socket to
+//! PostgreSQL").
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -16,23 +19,24 @@ fn main() {
     divan::main();
 }
 
-fn connect(runtime: &tokio::runtime::Runtime, sslmode: &str) -> PgConnection {
+/// `parameters`: appended to the base URL's query, e.g. `sslmode=disable`.
+fn connect(runtime: &tokio::runtime::Runtime, parameters: &str) -> PgConnection {
     let base = std::env::var("BOURSE_BENCH_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}sslmode={sslmode}");
+    let url = format!("{base}{separator}{parameters}");
     runtime
         .block_on(PgConnection::connect(&url))
-        .unwrap_or_else(|err| panic!("connecting with sslmode={sslmode}: {err}"))
+        .unwrap_or_else(|err| panic!("connecting with {parameters}: {err}"))
 }
 
 /// `SELECT length($1)` with a text parameter of `bytes`: the statement's size on the wire.
-fn round_trip(bencher: divan::Bencher, sslmode: &str, bytes: usize) {
+fn round_trip(bencher: divan::Bencher, parameters: &str, bytes: usize) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let mut connection = connect(&runtime, sslmode);
+    let mut connection = connect(&runtime, parameters);
     let text = "x".repeat(bytes);
     bencher.bench_local(|| {
         runtime.block_on(async {
@@ -48,10 +52,17 @@ fn round_trip(bencher: divan::Bencher, sslmode: &str, bytes: usize) {
 
 #[divan::bench(args = [1_000, 20_000, 64_000], sample_count = 50)]
 fn in_the_clear(bencher: divan::Bencher, bytes: usize) {
-    round_trip(bencher, "disable", bytes);
+    round_trip(bencher, "sslmode=disable", bytes);
 }
 
 #[divan::bench(args = [1_000, 20_000, 64_000], sample_count = 50)]
 fn over_tls(bencher: divan::Bencher, bytes: usize) {
-    round_trip(bencher, "require", bytes);
+    round_trip(bencher, "sslmode=require", bytes);
+}
+
+#[divan::bench(args = [1_000, 20_000, 64_000], sample_count = 50)]
+fn over_a_unix_socket(bencher: divan::Bencher, bytes: usize) {
+    let directory = std::env::var("BOURSE_BENCH_DATABASE_SOCKET_DIR")
+        .unwrap_or_else(|_| "/var/run/postgresql".to_owned());
+    round_trip(bencher, &format!("sslmode=disable&host={directory}"), bytes);
 }

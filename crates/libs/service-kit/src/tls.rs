@@ -322,8 +322,7 @@ fn postgres_url_requires_tls(url: &str) -> bool {
 /// (sqlx, like libpq, takes a `host` starting with `/` as the socket's directory, and the last
 /// `host` given wins, so one network host among them would be used). Such a link never leaves
 /// the machine, so there is no network for TLS to protect; the socket file's permissions and
-/// the server's `peer` authentication guard it instead. It is also the cheapest link to a
-/// database on the same host (docs/performance.md, "A Unix socket to PostgreSQL").
+/// the server's `peer` authentication guard it instead (ADR 0012's addendum).
 fn postgres_url_stays_on_host(url: &str) -> bool {
     let Some((_, query)) = url.split_once('?') else {
         return false;
