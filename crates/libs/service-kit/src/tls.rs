@@ -318,11 +318,13 @@ fn postgres_url_requires_tls(url: &str) -> bool {
     })
 }
 
-/// Whether a PostgreSQL URL connects over a Unix socket: every `host` parameter is a directory
-/// (sqlx, like libpq, takes a `host` starting with `/` as the socket's directory, and the last
-/// `host` given wins, so one network host among them would be used). Such a link never leaves
-/// the machine, so there is no network for TLS to protect; the socket file's permissions and
-/// the server's `peer` authentication guard it instead (ADR 0012's addendum).
+/// Whether a PostgreSQL URL connects over a Unix socket: it has a `host` parameter and every
+/// `host` is a directory, with no `hostaddr` (sqlx, like libpq, takes a `host` starting with
+/// `/` as the socket's directory). A URL that names a network host as well is refused: which
+/// one is used is the driver's own rule (sqlx 0.9 prefers the socket, libpq tries each host in
+/// turn). Such a link never leaves the machine, so there is no network for TLS to protect; the
+/// socket file's permissions and the server's `peer` authentication guard it instead (ADR
+/// 0012's addendum).
 fn postgres_url_stays_on_host(url: &str) -> bool {
     let Some((_, query)) = url.split_once('?') else {
         return false;
@@ -330,7 +332,8 @@ fn postgres_url_stays_on_host(url: &str) -> bool {
     let mut hosts = query
         .split('&')
         .filter_map(|pair| pair.split_once('='))
-        .filter(|(name, _)| *name == "host")
+        .filter(|(name, _)| matches!(*name, "host" | "hostaddr"))
+        // An address (`hostaddr`) never starts with `/`, so it always counts as a network host.
         .map(|(_, value)| value)
         .peekable();
     hosts.peek().is_some() && hosts.all(|host| host.starts_with('/'))
@@ -351,8 +354,9 @@ mod tests {
         for url in [
             "postgres://u@db/x",
             "postgres://u@db/x?host=db.internal",
-            // The last `host` wins: a network host after the socket is a network link.
+            // A network host beside the socket: a driver may use it.
             "postgres://u@db/x?host=/var/run/postgresql&host=db.internal",
+            "postgres://u@db/x?host=/var/run/postgresql&hostaddr=10.0.0.5",
             "postgres://u@db/x?application_name=host=/tmp",
         ] {
             assert!(!postgres_url_stays_on_host(url), "{url}");
