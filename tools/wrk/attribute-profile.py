@@ -12,7 +12,10 @@ It prints three views of the same samples:
   belongs to — the shares add up to 100%;
 - inclusive: the share of samples with any frame matching each pattern (they overlap);
 - statements of the place handler: the database calls under orders' place handler, by the
-  function that made them (the instrument read, the idempotency look-up, ...).
+  function that made them (the instrument read, the idempotency look-up, ...);
+- self time: each sample counted in the function it was in (its innermost frame), by crate
+  (mimalloc's `mi_` functions as "mimalloc", the C library's `__` ones as "libc") and by
+  function.
 """
 
 import collections
@@ -63,6 +66,20 @@ def frame_name(line):
     return re.sub(r"\s+\(\S*\)$", "", line)
 
 
+def innermost(frames):
+    """The function a sample was in, without its hash suffix."""
+    return re.sub(r"::h[0-9a-f]{16}$", "", frame_name(frames[0]))
+
+
+def crate_of(function):
+    if function.startswith(("mi_", "_mi_")):
+        return "mimalloc"
+    if function.startswith("__"):
+        return "libc"
+    found = re.match(r"^<?&?(?:mut )?([a-z_][a-z0-9_]*)::", function)
+    return found.group(1) if found else function[:30]
+
+
 def main(path):
     stacks = list(samples(path))
     total = len(stacks)
@@ -95,6 +112,16 @@ def main(path):
     print("\nstatements of the place handler, by outermost sqlx frame:")
     for name, count in statements.most_common(6):
         print(f"  {100 * count / total:5.1f}%  {name}")
+    functions = collections.Counter(innermost(frames) for frames in stacks)
+    crates = collections.Counter()
+    for function, count in functions.items():
+        crates[crate_of(function)] += count
+    print("\nself time by crate:")
+    for name, count in crates.most_common(12):
+        print(f"  {100 * count / total:5.1f}%  {name}")
+    print("\nself time by function:")
+    for name, count in functions.most_common(12):
+        print(f"  {100 * count / total:5.1f}%  {name[:110]}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::config::Env;
 
@@ -301,42 +302,33 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
+/// How sqlx will reach PostgreSQL for this URL, read by sqlx's own parser (with the `PG*`
+/// environment variables it falls back on), so the checks below cannot disagree with the
+/// driver about a parameter's spelling, its percent-encoding or which of two hosts wins. A URL
+/// it cannot parse is refused here and reported when the pool connects.
+fn postgres_link(url: &str) -> Option<PgConnectOptions> {
+    url.parse().ok()
+}
+
 /// Whether a PostgreSQL URL insists on TLS: `sslmode` of require, verify-ca or verify-full.
 /// (libpq's default, `prefer`, falls back to plaintext.)
 fn postgres_url_requires_tls(url: &str) -> bool {
-    let Some((_, query)) = url.split_once('?') else {
-        return false;
-    };
-    query.split('&').any(|pair| {
+    postgres_link(url).is_some_and(|link| {
         matches!(
-            pair.split_once('='),
-            Some((
-                "sslmode" | "ssl-mode",
-                "require" | "verify-ca" | "verify-full"
-            ))
+            link.get_ssl_mode(),
+            PgSslMode::Require | PgSslMode::VerifyCa | PgSslMode::VerifyFull
         )
     })
 }
 
-/// Whether a PostgreSQL URL connects over a Unix socket: it has a `host` parameter and every
-/// `host` is a directory, with no `hostaddr` (sqlx, like libpq, takes a `host` starting with
-/// `/` as the socket's directory). A URL that names a network host as well is refused: which
-/// one is used is the driver's own rule (sqlx 0.9 prefers the socket, libpq tries each host in
-/// turn). Such a link never leaves the machine, so there is no network for TLS to protect; the
-/// socket file's permissions and the server's `peer` authentication guard it instead (ADR
-/// 0012's addendum).
+/// Whether a PostgreSQL URL connects over a Unix socket (a `host` that is a directory, as a
+/// parameter or percent-encoded in the URL's authority; sqlx then uses the socket whatever other
+/// host is named). Such a link never leaves the machine, so there is no network for TLS to
+/// protect; the socket file's permissions and the server's `peer` authentication guard it
+/// instead (ADR 0012's addendum).
 fn postgres_url_stays_on_host(url: &str) -> bool {
-    let Some((_, query)) = url.split_once('?') else {
-        return false;
-    };
-    let mut hosts = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .filter(|(name, _)| matches!(*name, "host" | "hostaddr"))
-        // An address (`hostaddr`) never starts with `/`, so it always counts as a network host.
-        .map(|(_, value)| value)
-        .peekable();
-    hosts.peek().is_some() && hosts.all(|host| host.starts_with('/'))
+    postgres_link(url)
+        .is_some_and(|link| link.get_socket().is_some() || link.get_host().starts_with('/'))
 }
 
 #[cfg(test)]
@@ -348,30 +340,45 @@ mod tests {
         for url in [
             "postgres://u@localhost/x?host=/var/run/postgresql",
             "postgres://u@db/x?application_name=a&host=/tmp",
+            "postgres://u@%2Fvar%2Frun%2Fpostgresql/x",
+            // sqlx connects to the socket once one is named, whatever host comes after it.
+            "postgres://u@db/x?host=/var/run/postgresql&host=db.internal",
         ] {
             assert!(postgres_url_stays_on_host(url), "{url}");
         }
         for url in [
             "postgres://u@db/x",
             "postgres://u@db/x?host=db.internal",
-            // A network host beside the socket: a driver may use it.
-            "postgres://u@db/x?host=/var/run/postgresql&host=db.internal",
-            "postgres://u@db/x?host=/var/run/postgresql&hostaddr=10.0.0.5",
             "postgres://u@db/x?application_name=host=/tmp",
+            "not a url",
         ] {
             assert!(!postgres_url_stays_on_host(url), "{url}");
         }
     }
 
+    /// Reads the settings with `BOURSE_TLS_REQUIRED=true` and no certificates: the settings,
+    /// the problems found and the variables they name.
+    fn read_with_tls_required(
+        database: &str,
+        redis: &str,
+    ) -> (TlsSettings, crate::config::ConfigError, Vec<String>) {
+        let mut env = Env::from_pairs([("BOURSE_TLS_REQUIRED", "true")]);
+        let settings = TlsSettings::read(
+            &mut env,
+            &SecretString::from(database.to_owned()),
+            &SecretString::from(redis.to_owned()),
+        );
+        let err = env.finish().expect_err("no certificates given");
+        let variables = err.problems.iter().map(|p| p.variable.clone()).collect();
+        (settings, err, variables)
+    }
+
     #[test]
     fn required_tls_accepts_a_database_over_a_unix_socket() {
-        let database =
-            SecretString::from("postgres://u@localhost/x?host=/var/run/postgresql".to_owned());
-        let redis = SecretString::from("rediss://cache".to_owned());
-        let mut env = Env::from_pairs([("BOURSE_TLS_REQUIRED", "true")]);
-        TlsSettings::read(&mut env, &database, &redis);
-        let err = env.finish().expect_err("no certificates given");
-        let variables: Vec<_> = err.problems.iter().map(|p| p.variable.as_str()).collect();
+        let (_, _, variables) = read_with_tls_required(
+            "postgres://u@localhost/x?host=/var/run/postgresql",
+            "rediss://cache",
+        );
         assert_eq!(variables, ["BOURSE_TLS_CERT", "BOURSE_TLS_CA"]);
     }
 
@@ -395,14 +402,10 @@ mod tests {
 
     #[test]
     fn required_tls_refuses_every_plaintext_link_without_echoing_urls() {
-        let database = SecretString::from("postgres://u:hunter2@db/x".to_owned());
-        let redis = SecretString::from("redis://:hunter2@cache".to_owned());
-        let mut env = Env::from_pairs([("BOURSE_TLS_REQUIRED", "true")]);
-        let settings = TlsSettings::read(&mut env, &database, &redis);
+        let (settings, err, variables) =
+            read_with_tls_required("postgres://u:hunter2@db/x", "redis://:hunter2@cache");
         assert!(settings.required && !settings.allows_url("http://orders:8082"));
         assert!(settings.allows_url("https://orders:8082"));
-        let err = env.finish().expect_err("plaintext is refused");
-        let variables: Vec<_> = err.problems.iter().map(|p| p.variable.as_str()).collect();
         assert_eq!(
             variables,
             [
