@@ -2,10 +2,11 @@
 
 use contracts::events::Event;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Envelope {
     /// UUIDv7: unique, and roughly time-ordered. Consumers deduplicate on it.
     pub id: Uuid,
@@ -27,7 +28,12 @@ pub struct Envelope {
     pub causation_id: Option<Uuid>,
     /// W3C trace context, so a consumer's work joins the producer's trace.
     pub traceparent: Option<String>,
-    pub payload: serde_json::Value,
+    /// The payload's JSON text, as the producer wrote it. Kept as text, not as a
+    /// `serde_json::Value`: each consumer reads it once, straight into the contract type it
+    /// wants ([`Envelope::decode`]), and a producer writes its type straight into it
+    /// ([`Envelope::of`]), so no tree of values is built and dropped for every event every
+    /// reader reads (docs/performance.md, "The event payload kept as text").
+    pub payload: Box<RawValue>,
     /// Where the relay put the event: its outbox and position there. Not part of the event's
     /// body: a consumer sets it from the stream entry ([`Origin::of_entry`]). `None` for an
     /// event that was never read from a stream, or one replayed from a dead-letter queue.
@@ -83,7 +89,7 @@ impl Envelope {
         version: u32,
         aggregate_id: impl Into<String>,
         sequence: i64,
-        payload: serde_json::Value,
+        payload: Box<RawValue>,
     ) -> Self {
         let id = Uuid::now_v7();
         let context = service_kit::http::observe::current_context();
@@ -113,7 +119,7 @@ impl Envelope {
         sequence: i64,
         payload: &E,
     ) -> Result<Self, crate::Error> {
-        let payload = serde_json::to_value(payload)?;
+        let payload = serde_json::value::to_raw_value(payload)?;
         Ok(Self::new(
             producer,
             E::TYPE,
@@ -147,9 +153,7 @@ impl Envelope {
     /// The payload as `T`, whatever the envelope's type and version say; the error names the
     /// event type. For payloads without a contract type; [`Envelope::decode`] otherwise.
     pub fn payload_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, PayloadError> {
-        // Read from the payload in place: `from_value` would take a deep copy of it first
-        // (allocations per field, on every event every consumer reads).
-        T::deserialize(&self.payload).map_err(|source| PayloadError::Malformed {
+        serde_json::from_str(self.payload.get()).map_err(|source| PayloadError::Malformed {
             event_type: self.event_type.clone(),
             source,
         })

@@ -148,7 +148,7 @@ fn trade(n: i64) -> Envelope {
         1,
         format!("trade-{n}"),
         n,
-        serde_json::json!({ "n": n }),
+        serde_json::value::to_raw_value(&serde_json::json!({ "n": n })).unwrap(),
     )
 }
 
@@ -455,7 +455,7 @@ async fn events_a_handler_does_not_want_are_acknowledged_without_an_inbox_row(po
         1,
         "o-1",
         1,
-        serde_json::json!({}),
+        serde_json::value::to_raw_value(&serde_json::json!({})).unwrap(),
     );
     publish(&mut redis, &prefix, &unwanted).await;
     let wanted = trade(2);

@@ -26,7 +26,7 @@ fn envelope(n: i64) -> Envelope {
         1,
         format!("item-{n}"),
         n,
-        serde_json::json!({ "n": n }),
+        serde_json::value::to_raw_value(&serde_json::json!({ "n": n })).unwrap(),
     )
 }
 

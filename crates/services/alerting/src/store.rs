@@ -187,7 +187,8 @@ pub struct NewAlert<'a> {
     pub severity: &'a str,
     pub summary: &'a str,
     pub rule_id: Option<Uuid>,
-    pub details: &'a serde_json::Value,
+    /// The event's payload, stored as the JSON it came as.
+    pub details: &'a serde_json::value::RawValue,
 }
 
 /// What raising did: opened a new alert, or counted a repeat of an open one.

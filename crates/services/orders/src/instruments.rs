@@ -195,7 +195,7 @@ pub async fn create(pool: &PgPool, instrument: &Instrument) -> Result<()> {
         1,
         instrument.symbol.clone(),
         1,
-        serde_json::to_value(InstrumentView::from(instrument))
+        serde_json::value::to_raw_value(&InstrumentView::from(instrument))
             .map_err(|e| Error::Internal(e.to_string()))?,
     );
     events::outbox::append(&mut tx, STREAM, &event).await?;
@@ -216,7 +216,8 @@ pub async fn set_status(pool: &PgPool, symbol: &str, status: Status) -> Result<I
         1,
         symbol.to_owned(),
         0,
-        serde_json::json!({ "symbol": symbol, "status": status }),
+        serde_json::value::to_raw_value(&serde_json::json!({ "symbol": symbol, "status": status }))
+            .map_err(|e| Error::Internal(e.to_string()))?,
     );
     events::outbox::append(&mut tx, STREAM, &event).await?;
     tx.commit().await?;
