@@ -183,7 +183,7 @@ pub struct MatchedRows<'a> {
 /// caller rolls the batch back and replays it job by job to find the order. A plain insert, not
 /// `ON CONFLICT DO NOTHING`: the batch is rolled back either way, and a speculative insertion
 /// costs every order a lock and a confirmation record for a conflict that almost never comes
-/// (docs/performance.md, "Inserts without ON CONFLICT").
+/// (docs/performance.md, "…orders inserted without ON CONFLICT").
 pub async fn write_matched(conn: &mut PgConnection, batch: &MatchedRows<'_>) -> Result<()> {
     let orders = batch.created;
     let order_ids: Vec<uuid::Uuid> = orders.iter().map(|r| r.id).collect();
