@@ -335,25 +335,34 @@ fn postgres_url_stays_on_host(url: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// `rule` holds for every URL of `holds` and for none of `fails`.
+    fn assert_rule(rule: fn(&str) -> bool, holds: &[&str], fails: &[&str]) {
+        for url in holds {
+            assert!(rule(url), "should hold for {url}");
+        }
+        for url in fails {
+            assert!(!rule(url), "should not hold for {url}");
+        }
+    }
+
     #[test]
     fn a_unix_socket_counts_as_staying_on_the_host_and_a_network_host_does_not() {
-        for url in [
-            "postgres://u@localhost/x?host=/var/run/postgresql",
-            "postgres://u@db/x?application_name=a&host=/tmp",
-            "postgres://u@%2Fvar%2Frun%2Fpostgresql/x",
-            // sqlx connects to the socket once one is named, whatever host comes after it.
-            "postgres://u@db/x?host=/var/run/postgresql&host=db.internal",
-        ] {
-            assert!(postgres_url_stays_on_host(url), "{url}");
-        }
-        for url in [
-            "postgres://u@db/x",
-            "postgres://u@db/x?host=db.internal",
-            "postgres://u@db/x?application_name=host=/tmp",
-            "not a url",
-        ] {
-            assert!(!postgres_url_stays_on_host(url), "{url}");
-        }
+        assert_rule(
+            postgres_url_stays_on_host,
+            &[
+                "postgres://u@localhost/x?host=/var/run/postgresql",
+                "postgres://u@db/x?application_name=a&host=/tmp",
+                "postgres://u@%2Fvar%2Frun%2Fpostgresql/x",
+                // sqlx connects to the socket once one is named, whatever host comes after it.
+                "postgres://u@db/x?host=/var/run/postgresql&host=db.internal",
+            ],
+            &[
+                "postgres://u@db/x",
+                "postgres://u@db/x?host=db.internal",
+                "postgres://u@db/x?application_name=host=/tmp",
+                "not a url",
+            ],
+        );
     }
 
     /// Reads the settings with `BOURSE_TLS_REQUIRED=true` and no certificates: the settings,
@@ -384,20 +393,19 @@ mod tests {
 
     #[test]
     fn only_tls_modes_that_cannot_fall_back_count_as_required() {
-        for url in [
-            "postgres://u@db/x?sslmode=verify-full&sslrootcert=/ca.pem",
-            "postgres://u@db/x?application_name=a&sslmode=require",
-        ] {
-            assert!(postgres_url_requires_tls(url), "{url}");
-        }
-        for url in [
-            "postgres://u@db/x",
-            "postgres://u@db/x?sslmode=prefer",
-            "postgres://u@db/x?sslmode=disable",
-            "postgres://u@db/x?application_name=sslmode=require",
-        ] {
-            assert!(!postgres_url_requires_tls(url), "{url}");
-        }
+        assert_rule(
+            postgres_url_requires_tls,
+            &[
+                "postgres://u@db/x?sslmode=verify-full&sslrootcert=/ca.pem",
+                "postgres://u@db/x?application_name=a&sslmode=require",
+            ],
+            &[
+                "postgres://u@db/x",
+                "postgres://u@db/x?sslmode=prefer",
+                "postgres://u@db/x?sslmode=disable",
+                "postgres://u@db/x?application_name=sslmode=require",
+            ],
+        );
     }
 
     #[test]

@@ -196,7 +196,7 @@ pub async fn create(pool: &PgPool, instrument: &Instrument) -> Result<()> {
         instrument.symbol.clone(),
         1,
         serde_json::value::to_raw_value(&InstrumentView::from(instrument))
-            .map_err(|e| Error::Internal(e.to_string()))?,
+            .map_err(events::Error::from)?,
     );
     events::outbox::append(&mut tx, STREAM, &event).await?;
     tx.commit().await?;
@@ -217,7 +217,7 @@ pub async fn set_status(pool: &PgPool, symbol: &str, status: Status) -> Result<I
         symbol.to_owned(),
         0,
         serde_json::value::to_raw_value(&serde_json::json!({ "symbol": symbol, "status": status }))
-            .map_err(|e| Error::Internal(e.to_string()))?,
+            .map_err(events::Error::from)?,
     );
     events::outbox::append(&mut tx, STREAM, &event).await?;
     tx.commit().await?;
