@@ -773,7 +773,7 @@ async fn orders_replicas_keep_one_book_per_symbol_through_a_kill_and_a_pause() {
         async move { place_at(&owner_url, &bob, limit("BTC-USD", "buy", "103.00")).await }
     });
     // Its batch now waits at its fence, behind the test's lock.
-    service_kit::testing::until_waiting_for_a_lock(&platform.db, "FOR SHARE").await;
+    service_kit::testing::until_waiting_for_a_lock(&platform.db, "SET last_sequence").await;
     sqlx::query(
         "UPDATE orders.symbol_owners SET epoch = epoch + 1, replica = $1 WHERE symbol = 'BTC-USD'",
     )
@@ -841,6 +841,20 @@ async fn orders_replicas_keep_one_book_per_symbol_through_a_kill_and_a_pause() {
         )
         .await;
     assert_eq!(forked, 0, "two books wrote the same sequence");
+    // And across every takeover the book's numbering only went forward: each event of the book,
+    // in the order the outbox took them, carries a sequence no lower than the one before it
+    // (a fill's completions share their trade's).
+    let went_back = platform
+        .count(
+            "SELECT count(*) FROM (
+                 SELECT (envelope::jsonb ->> 'sequence')::int8 < lag((envelope::jsonb ->> 'sequence')::int8)
+                            OVER (PARTITION BY envelope::jsonb -> 'payload' ->> 'symbol' ORDER BY position) AS back
+                   FROM orders.outbox
+                  WHERE event_type IN ('OrderAccepted', 'OrderCancelled', 'TradeExecuted', 'OrderCompleted')
+             ) AS steps WHERE back",
+        )
+        .await;
+    assert_eq!(went_back, 0, "a book's sequence went back");
 
     // Every trade settles once, and the books reconcile.
     platform.until_every_trade_settled().await;

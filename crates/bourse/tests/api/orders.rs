@@ -756,6 +756,63 @@ async fn after_a_restart_the_book_is_identical_including_time_priority(pool: PgP
     );
 }
 
+/// A book's sequence only moves forward, across a restart too: a client comparing snapshots,
+/// or an event's place in its order's history, never sees a number given out twice. The last
+/// events before the stop are a cancel's, which leave no order or trade row holding their
+/// sequence — the book resumes from the one its last batch stored with its owner.
+#[sqlx::test(migrations = false)]
+async fn a_books_sequence_never_goes_back_across_a_restart(pool: PgPool) {
+    let first = spawn_app(pool.clone()).await;
+    let prefix = first.redis_prefix.clone();
+    let m = market_on(first).await;
+    let resting = m.placed(&m.alice, &limit("sell", "31000.00", "0.1")).await;
+    m.placed(&m.bob, &limit("buy", "29000.00", "0.1")).await;
+    let cancelled = m.cancel(&m.alice, resting["id"].as_str().unwrap()).await;
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    let before = book_sequence(&m.app).await.unwrap();
+    m.app.stop().await;
+
+    let second =
+        market_on(spawn_app_with(pool, &[("BOURSE_REDIS_KEY_PREFIX", prefix.as_str())]).await)
+            .await;
+    assert_eq!(
+        book_sequence(&second.app).await,
+        Some(before),
+        "the rebuilt book goes on from where the stopped one was"
+    );
+    second
+        .placed(&second.bob, &limit("buy", "28000.00", "0.1"))
+        .await;
+    // The events of the book, in the order they were written: their sequences never go back.
+    let sequences: Vec<i64> = sqlx::query_scalar(
+        "SELECT (envelope::jsonb ->> 'sequence')::int8 FROM orders.outbox
+          WHERE event_type IN ('OrderAccepted', 'OrderCancelled', 'TradeExecuted', 'OrderCompleted')
+          ORDER BY position",
+    )
+    .fetch_all(&second.app.db)
+    .await
+    .unwrap();
+    assert_eq!(
+        sequences.len(),
+        4,
+        "three placed, one cancelled: {sequences:?}"
+    );
+    assert!(
+        sequences.windows(2).all(|w| w[0] < w[1]),
+        "a sequence given out again after the restart: {sequences:?}"
+    );
+}
+
+async fn book_sequence(app: &TestApp) -> Option<u64> {
+    let book: Value = app
+        .get("/v1/markets/BTC-USD/book")
+        .await
+        .json()
+        .await
+        .unwrap();
+    book["sequence"].as_u64()
+}
+
 /// The ticker's volume is the last 24 hours' by the minute (migration `volume_by_minute`): every
 /// trade counts once in its minute, and a minute older than a day drops out — while the last
 /// price stays the last trade's, however old.

@@ -857,9 +857,9 @@ impl Batches<'_> {
         let mut tx = service_kit::db::begin_batch(self.pool).await?;
         let phase = phase.lap("begin");
         // Behind the fence: a task that lost the symbol writes nothing, and the owner row stays
-        // share-locked until this commit, so a takeover waits for it, then rebuilds the book
-        // with it.
-        writes.flush(&mut tx, self.epoch).await?;
+        // locked until this commit, so a takeover waits for it, then rebuilds the book with it
+        // — from the sequence stored here, the last this batch gave out.
+        writes.flush(&mut tx, self.epoch, book.sequence()).await?;
         let phase = phase.lap("flush");
         let mut answers = Vec::with_capacity(outputs.len());
         for output in outputs {

@@ -191,12 +191,13 @@ impl<'a> BatchWrites<'a> {
     }
 
     /// Writes everything recorded, in the caller's transaction, while `epoch` is still the
-    /// symbol's ([`Error::NotOwner`] otherwise, with nothing written). An order whose client
+    /// symbol's ([`Error::NotOwner`] otherwise, with nothing written), with `sequence`, the
+    /// book's after the batch, as the symbol's last (`store::last_sequence`). An order whose client
     /// order id its account already used fails the whole batch with
     /// [`Error::ClientOrderIdTaken`], one whose idempotency key is taken with
     /// [`Error::IdempotencyKeyTaken`]; the matching task then replays the batch job by job to
     /// find it.
-    pub async fn flush(self, tx: &mut sqlx::PgConnection, epoch: i64) -> Result<()> {
+    pub async fn flush(self, tx: &mut sqlx::PgConnection, epoch: i64, sequence: u64) -> Result<()> {
         let (rows, notionals): (Vec<OrderRow>, Vec<i128>) = self
             .created
             .into_iter()
@@ -212,6 +213,7 @@ impl<'a> BatchWrites<'a> {
                 changed: &self.changed,
                 trades: &self.trades,
                 now: self.now,
+                sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
             },
         )
         .await?;

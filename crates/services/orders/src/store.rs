@@ -168,15 +168,19 @@ pub struct MatchedRows<'a> {
     /// The batch's time: the orders' `updated_at` and the trades' `executed_at`, which their
     /// `TradeExecuted` events carry too (reconciliation windows both sides by it).
     pub now: time::OffsetDateTime,
+    /// The book's sequence after the batch: the last number it gave an event, stored with the
+    /// symbol's owner so a rebuilt book goes on after it ([`last_sequence`]).
+    pub sequence: i64,
 }
 
 /// Writes a matching batch's own rows behind the symbol's fence, in one statement and so one
 /// round trip: the matching task runs its batches one after another, and each round trip of
 /// its transaction is time no order of the symbol is matched (docs/performance.md).
 ///
-/// The fence comes first: the symbol's owner row is read `FOR SHARE` and every write is
-/// conditional on it, so a task that lost the symbol writes nothing ([`Error::NotOwner`]), and
-/// the row stays share-locked until the batch commits, so no takeover can pass it in between.
+/// The fence comes first: the symbol's owner row is updated with the book's sequence only
+/// under the task's epoch, and every write is conditional on that, so a task that lost the
+/// symbol writes nothing ([`Error::NotOwner`]), and the row stays locked until the batch
+/// commits, so no takeover can pass it in between.
 ///
 /// An account that reused its client order id fails the statement on the constraint — the
 /// constraint, not a prior read, decides (REL-13) — which is [`Error::ClientOrderIdTaken`]; the
@@ -222,7 +226,9 @@ pub async fn write_matched(conn: &mut PgConnection, batch: &MatchedRows<'_>) -> 
     let taker_sides: Vec<&str> = trades.iter().map(|t| t.taker_side.as_str()).collect();
     let owned: bool = sqlx::query_scalar(
         "WITH fence AS (
-             SELECT 1 FROM symbol_owners WHERE symbol = $1 AND epoch = $2 FOR SHARE
+             UPDATE symbol_owners SET last_sequence = GREATEST(last_sequence, $32)
+              WHERE symbol = $1 AND epoch = $2
+             RETURNING 1
          ),
          new_orders AS (
              INSERT INTO orders (id, account_id, client_order_id, symbol, side, type, price,
@@ -294,6 +300,7 @@ pub async fn write_matched(conn: &mut PgConnection, batch: &MatchedRows<'_>) -> 
     .bind(trade_ids(|t| t.taker_account))
     .bind(&taker_sides)
     .bind(trade_numbers(|t| t.sequence))
+    .bind(batch.sequence)
     .fetch_one(conn)
     .await
     .map_err(|err| match err {
@@ -362,10 +369,14 @@ pub async fn resting_orders(pool: &PgPool, symbol: &str) -> Result<Vec<OrderRow>
     .await?)
 }
 
-/// The highest book sequence stored for a symbol, so a rebuilt book continues after it.
+/// The last book sequence a committed batch of the symbol gave out, so a rebuilt book
+/// continues after it. The maxima of `trades` and `orders` count too while a replica of the
+/// release before `symbol_owners.last_sequence` may still write batches without it (its
+/// migration says when they go).
 pub async fn last_sequence(pool: &PgPool, symbol: &str) -> Result<i64> {
     Ok(sqlx::query_scalar(
         "SELECT GREATEST(
+            (SELECT COALESCE(max(last_sequence), 0) FROM symbol_owners WHERE symbol = $1),
             (SELECT COALESCE(max(sequence), 0) FROM trades WHERE symbol = $1),
             (SELECT COALESCE(max(book_sequence), 0) FROM orders WHERE symbol = $1))",
     )
@@ -674,7 +685,7 @@ pub async fn live_replicas(pool: &PgPool) -> Result<Vec<uuid::Uuid>> {
 
 /// Makes `replica` the owner of `symbol` if its epoch is still `seen` (compare and set): the
 /// new epoch, or `None` when another replica moved it first. The update waits for a batch of
-/// the old owner that is committing (it holds the row FOR SHARE), so what that batch wrote is
+/// the old owner that is committing (its fence updated the row), so what that batch wrote is
 /// in the database before the new owner rebuilds the book.
 pub async fn take_symbol(
     pool: &PgPool,

@@ -3,6 +3,7 @@
 //! later one, and a replica whose lease ran out (dead, or paused) loses its symbols.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use orders::engine;
 use orders::error::Error;
 use orders::order_entry::OrderStatus;
 use orders::ownership::{Owner, Ownership};
@@ -69,6 +70,112 @@ async fn a_takeover_waits_for_the_old_owners_batch_then_fences_it_off(pool: PgPo
         store::take_symbol(&pool, SYMBOL, 1, old).await.unwrap(),
         None
     );
+}
+
+/// A book numbers every event it emits, and only a trade or a resting order keeps its number in
+/// a row: the owner row keeps the last number of every committed batch, so a rebuilt book never
+/// hands out one again — and a batch the fence refused leaves it as it was.
+#[sqlx::test(migrations = false)]
+async fn a_rebuilt_book_goes_on_after_the_last_sequence_a_committed_batch_gave_out(pool: PgPool) {
+    let pool = orders_db(&pool).await;
+    let (old, new) = (Uuid::now_v7(), Uuid::now_v7());
+    store::take_symbol(&pool, SYMBOL, 0, old).await.unwrap();
+    // A batch that rested an order (sequence 1) and then cancelled another (2, in no row).
+    let placed = resting_order(None);
+    let mut batch = pool.begin().await.unwrap();
+    store::write_matched(
+        &mut batch,
+        &MatchedRows {
+            sequence: 2,
+            ..matched(1, std::slice::from_ref(&placed))
+        },
+    )
+    .await
+    .unwrap();
+    batch.commit().await.unwrap();
+    assert_eq!(rebuilt_sequence(&pool).await, 2);
+
+    // After a takeover, the old owner's late batch stores neither its rows nor its sequence.
+    store::take_symbol(&pool, SYMBOL, 1, new).await.unwrap();
+    let mut late = pool.begin().await.unwrap();
+    let refused = store::write_matched(
+        &mut late,
+        &MatchedRows {
+            sequence: 9,
+            ..matched(1, &[])
+        },
+    )
+    .await;
+    assert!(matches!(refused, Err(Error::NotOwner)), "{refused:?}");
+    late.commit().await.unwrap();
+    assert_eq!(rebuilt_sequence(&pool).await, 2);
+
+    // The new owner's batches go on from there.
+    let mut next = pool.begin().await.unwrap();
+    store::write_matched(
+        &mut next,
+        &MatchedRows {
+            sequence: 5,
+            ..matched(2, &[])
+        },
+    )
+    .await
+    .unwrap();
+    next.commit().await.unwrap();
+    assert_eq!(rebuilt_sequence(&pool).await, 5);
+}
+
+/// The upgrade that brings `symbol_owners.last_sequence` starts each owned symbol from what its
+/// rows held, and a batch of the previous release — which writes no sequence of its own — still
+/// counts for a rebuilt book by its rows.
+#[sqlx::test(migrations = false)]
+async fn an_upgrade_starts_the_stored_sequence_from_the_rows_and_counts_older_replicas_rows(
+    pool: PgPool,
+) {
+    let pool = database::orders_db_before(&pool, LAST_SEQUENCE).await;
+    sqlx::query("INSERT INTO symbol_owners (symbol, epoch, replica) VALUES ($1, 1, $2)")
+        .bind(SYMBOL)
+        .bind(Uuid::now_v7())
+        .execute(&pool)
+        .await
+        .unwrap();
+    insert_resting(&pool, 4).await;
+
+    orders::migrate(&pool).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT last_sequence FROM symbol_owners")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 4);
+
+    // A replica of the previous release rests an order at 6 without touching the column.
+    insert_resting(&pool, 6).await;
+    assert_eq!(rebuilt_sequence(&pool).await, 6);
+}
+
+/// The migration that brings `symbol_owners.last_sequence`.
+const LAST_SEQUENCE: i64 = 20261206000001;
+
+/// An order resting at `sequence`, inserted as any release's batch would.
+async fn insert_resting(pool: &PgPool, sequence: i64) {
+    let order = OrderRow {
+        book_sequence: Some(sequence),
+        ..resting_order(None)
+    };
+    sqlx::query(
+        "INSERT INTO orders (id, account_id, symbol, side, type, price, quantity, status,
+                             time_in_force, post_only, book_sequence)
+         VALUES ($1, $2, $3, 'sell', 'limit', $4, $5, 'open', 'gtc', false, $6)",
+    )
+    .bind(order.id)
+    .bind(order.account_id)
+    .bind(SYMBOL)
+    .bind(order.price)
+    .bind(order.quantity)
+    .bind(sequence)
+    .execute(pool)
+    .await
+    .unwrap();
 }
 
 #[sqlx::test(migrations = false)]
@@ -201,7 +308,18 @@ fn matched(epoch: i64, created: &[OrderRow]) -> MatchedRows<'_> {
         changed: &[],
         trades: &[],
         now: time::OffsetDateTime::now_utc(),
+        sequence: created
+            .iter()
+            .filter_map(|order| order.book_sequence)
+            .max()
+            .unwrap_or(0),
     }
+}
+
+/// The book's sequence as the symbol's owner would rebuild it now.
+async fn rebuilt_sequence(pool: &PgPool) -> u64 {
+    let instrument = store::instrument(pool, SYMBOL).await.unwrap().unwrap();
+    engine::recover(pool, &instrument).await.unwrap().sequence()
 }
 
 /// The notionals of orders that have not traded (as many as a test creates in a batch).
