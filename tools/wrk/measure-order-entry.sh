@@ -88,10 +88,16 @@ cpu_before=$(tools/wrk/cpu-by-process.sh --snapshot)
 # other database's writes meanwhile).
 wal_lsn() { psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "SELECT pg_current_wal_lsn()"; }
 wal_before=$(wal_lsn)
+# And Redis's own count of the commands it ran, by command: per order, the same kind of yardstick
+# for the event streams, the rate limit and the shared state (it includes other clients of the
+# server meanwhile). Lines `cmdstat_<name>:calls=<n>,usec=<n>,…`.
+redis_commands() { redis-cli info commandstats | tr -d '\r' | awk -F'[:,=]' '/^cmdstat_/ { print substr($1, 9), $3, $5 }' | sort; }
+redis_before=$(redis_commands)
 BUY_TOKENS=$BUY_TOKENS SELL_TOKENS=$SELL_TOKENS WRK_RUN="measured-$$" \
   wrk -t2 -c"$connections" -d"$duration" -s tools/wrk/place_orders.lua "$base" | tee "$wrk_out"
 cpu_after=$(tools/wrk/cpu-by-process.sh --snapshot)
 wal_after=$(wal_lsn)
+redis_after=$(redis_commands)
 # The statements and commits of the order run alone, kept before the public read below adds its
 # own (with BOURSE_PERF_POSTGRES=private).
 if [[ -n ${pg_dir:-} ]]; then
@@ -147,6 +153,15 @@ if (( answered > 0 )); then
     tools/wrk/wal-by-relation.sh "$database" "$wal_before" "$wal_after" "$answered" || true
   fi
 fi
+# Redis commands per order by command (the most frequent first), each with the server's time in
+# it per order. A script's own calls count too (the rate limit's GET, SET and TIME run inside its
+# EVALSHA, whose time includes theirs). Inside a loaded platform every command's time is inflated
+# by the cores it shares, so the counts are the figure to compare (docs/performance.md, "A
+# middling machine").
+join -a 2 -e 0 -o 0,1.2,1.3,2.2,2.3 <(echo "$redis_before") <(echo "$redis_after") | awk -v n="$answered" '
+  n > 0 && $4 - $2 > 0 { printf "%.3f %s %.2f\n", ($4 - $2) / n, $1, ($5 - $3) / n }' \
+  | sort -rn | head -8 | awk '{ line = line sprintf("%s%s %.2f (%.2f µs)", sep, $2, $1, $3); sep = ", " }
+      END { if (line != "") print "Redis commands per order (calls, server time per order): " line }'
 placed=$((orders - ${warm_orders:-0}))
 echo "placed by the measured run: $placed orders for $answered 2xx answers"
 # (Requests still in flight when wrk stops may add a few orders it never counted.)
