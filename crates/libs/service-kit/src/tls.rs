@@ -400,18 +400,34 @@ mod tests {
                 "postgres://u@db/x?application_name=a&sslmode=require",
             ],
             &[
-                "postgres://u@db/x",
                 "postgres://u@db/x?sslmode=prefer",
                 "postgres://u@db/x?sslmode=disable",
-                "postgres://u@db/x?application_name=sslmode=require",
             ],
         );
+        // A URL that names no mode leaves it to `PGSSLMODE`, as the driver does (`prefer` when
+        // unset): the rule follows the environment the test runs in, rather than assuming one.
+        let environment_requires = matches!(
+            std::env::var("PGSSLMODE").as_deref(),
+            Ok("require" | "verify-ca" | "verify-full")
+        );
+        for url in [
+            "postgres://u@db/x",
+            "postgres://u@db/x?application_name=sslmode=require",
+        ] {
+            assert_eq!(
+                postgres_url_requires_tls(url),
+                environment_requires,
+                "{url}"
+            );
+        }
     }
 
     #[test]
     fn required_tls_refuses_every_plaintext_link_without_echoing_urls() {
-        let (settings, err, variables) =
-            read_with_tls_required("postgres://u:hunter2@db/x", "redis://:hunter2@cache");
+        let (settings, err, variables) = read_with_tls_required(
+            "postgres://u:hunter2@db/x?sslmode=prefer",
+            "redis://:hunter2@cache",
+        );
         assert!(settings.required && !settings.allows_url("http://orders:8082"));
         assert!(settings.allows_url("https://orders:8082"));
         assert_eq!(
