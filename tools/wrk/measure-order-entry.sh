@@ -206,6 +206,10 @@ if [[ -n ${pg_dir:-} ]]; then
     SELECT round(total_plan_time)::bigint AS plan_ms, plans, calls,
            left(regexp_replace(query, '\s+', ' ', 'g'), 110) AS query
       FROM perf_statements WHERE plans > 0 ORDER BY total_plan_time DESC LIMIT 12"
+  # Whether any statement was JIT-compiled (jit is on by default above jit_above_cost).
+  psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "
+    SELECT format('jit_functions: %s in %s statements', coalesce(sum(jit_functions), 0),
+                  count(*) FILTER (WHERE jit_functions > 0)) FROM perf_statements"
   # Rows written per table, and how many updates were HOT (no new index entries): an update that
   # changes an indexed column, or one a partial index's predicate reads, writes every index again.
   psql -q -h 127.0.0.1 -U postgres -d "$database" -P pager=off -c "

@@ -786,7 +786,7 @@ async fn a_books_sequence_never_goes_back_across_a_restart(pool: PgPool) {
     // The events of the book, in the order they were written: their sequences never go back.
     let sequences: Vec<i64> = sqlx::query_scalar(
         "SELECT (envelope::jsonb ->> 'sequence')::int8 FROM orders.outbox
-          WHERE event_type IN ('OrderAccepted', 'OrderCancelled', 'TradeExecuted', 'OrderCompleted')
+          WHERE event_type IN ('OrderAccepted', 'OrderCancelled', 'TradeExecuted')
           ORDER BY position",
     )
     .fetch_all(&second.app.db)

@@ -116,8 +116,8 @@ where
 }
 
 /// Waits until a session of `pool`'s database is blocked on a lock whose statement contains
-/// `statement` (e.g. `"FOR SHARE"`): how a test knows the statement it set off — in a task, or in
-/// another process — now waits on a transaction the test holds open.
+/// `statement` (e.g. `"UPDATE symbol_owners"`): how a test knows the statement it set off — in
+/// a task, or in another process — now waits on a transaction the test holds open.
 #[allow(clippy::expect_used)]
 pub async fn until_waiting_for_a_lock(pool: &sqlx::PgPool, statement: &str) {
     let pattern = format!("%{statement}%");

@@ -139,7 +139,7 @@ async fn an_upgrade_starts_the_stored_sequence_from_the_rows_and_counts_older_re
         .execute(&pool)
         .await
         .unwrap();
-    insert_resting(&pool, 4).await;
+    database::insert_order(&pool, Some(4)).await;
 
     orders::migrate(&pool).await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT last_sequence FROM symbol_owners")
@@ -149,34 +149,12 @@ async fn an_upgrade_starts_the_stored_sequence_from_the_rows_and_counts_older_re
     assert_eq!(stored, 4);
 
     // A replica of the previous release rests an order at 6 without touching the column.
-    insert_resting(&pool, 6).await;
+    database::insert_order(&pool, Some(6)).await;
     assert_eq!(rebuilt_sequence(&pool).await, 6);
 }
 
 /// The migration that brings `symbol_owners.last_sequence`.
 const LAST_SEQUENCE: i64 = 20261206000001;
-
-/// An order resting at `sequence`, inserted as any release's batch would.
-async fn insert_resting(pool: &PgPool, sequence: i64) {
-    let order = OrderRow {
-        book_sequence: Some(sequence),
-        ..resting_order(None)
-    };
-    sqlx::query(
-        "INSERT INTO orders (id, account_id, symbol, side, type, price, quantity, status,
-                             time_in_force, post_only, book_sequence)
-         VALUES ($1, $2, $3, 'sell', 'limit', $4, $5, 'open', 'gtc', false, $6)",
-    )
-    .bind(order.id)
-    .bind(order.account_id)
-    .bind(SYMBOL)
-    .bind(order.price)
-    .bind(order.quantity)
-    .bind(sequence)
-    .execute(pool)
-    .await
-    .unwrap();
-}
 
 #[sqlx::test(migrations = false)]
 async fn a_replica_whose_lease_ran_out_loses_its_symbols_and_one_that_leaves_gives_them_up(

@@ -18,7 +18,10 @@ const VOLUME_BY_MINUTE: i64 = 20261205000001;
 async fn an_upgrade_counts_the_last_days_trades_once_and_the_trigger_every_one_after(pool: PgPool) {
     let pool = database::orders_db_before(&pool, VOLUME_BY_MINUTE).await;
     // Trades from before the upgrade: two within the day, in one minute, and one older.
-    let (maker, taker) = (order(&pool).await, order(&pool).await);
+    let (maker, taker) = (
+        database::insert_order(&pool, None).await,
+        database::insert_order(&pool, None).await,
+    );
     trade(&pool, maker, taker, 1, 30, "now() - interval '2 hours'").await;
     trade(&pool, maker, taker, 2, 20, "now() - interval '2 hours'").await;
     trade(&pool, maker, taker, 3, 1_000, "now() - interval '3 days'").await;
@@ -50,23 +53,6 @@ async fn an_upgrade_counts_the_last_days_trades_once_and_the_trigger_every_one_a
     assert_eq!(volume_24h(&pool).await, 357);
     let (_, ticker_volume) = orders::store::ticker(&pool, SYMBOL).await.unwrap();
     assert_eq!(ticker_volume, 357, "the ticker reads the same sums");
-}
-
-/// An order to hang trades on.
-async fn order(pool: &PgPool) -> Uuid {
-    let id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO orders (id, account_id, symbol, side, type, price, quantity, status,
-                             time_in_force, post_only)
-         VALUES ($1, $2, $3, 'buy', 'limit', 3000000, 100000000, 'open', 'gtc', false)",
-    )
-    .bind(id)
-    .bind(Uuid::now_v7())
-    .bind(SYMBOL)
-    .execute(pool)
-    .await
-    .unwrap();
-    id
 }
 
 async fn trade(pool: &PgPool, maker: Uuid, taker: Uuid, sequence: i64, quantity: i64, at: &str) {

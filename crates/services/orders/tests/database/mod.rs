@@ -44,3 +44,24 @@ async fn with_instrument(pool: PgPool) -> PgPool {
     .unwrap();
     pool
 }
+
+/// An open buy order of one BTC at 30,000.00 on [`SYMBOL`], inserted the way any release's
+/// batch writes one — resting at `book_sequence` when given — with no matching task involved:
+/// for trades to hang on, and for rows a replica of an older release wrote.
+#[allow(dead_code)]
+pub async fn insert_order(pool: &PgPool, book_sequence: Option<i64>) -> uuid::Uuid {
+    let id = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO orders (id, account_id, symbol, side, type, price, quantity, status,
+                             time_in_force, post_only, book_sequence)
+         VALUES ($1, $2, $3, 'buy', 'limit', 3000000, 100000000, 'open', 'gtc', false, $4)",
+    )
+    .bind(id)
+    .bind(uuid::Uuid::now_v7())
+    .bind(SYMBOL)
+    .bind(book_sequence)
+    .execute(pool)
+    .await
+    .unwrap();
+    id
+}
