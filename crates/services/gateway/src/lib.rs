@@ -340,6 +340,12 @@ pub fn describe_metrics() {
          unheard (no client subscribed, not parsed) or unreadable."
     );
     describe_counter!(
+        "gateway_stream_stale_updates_total",
+        Unit::Count,
+        "Book updates dropped because their sequence was not past the last one sent for that \
+         book (an update the symbol's previous owner published late)."
+    );
+    describe_counter!(
         "gateway_stream_sessions_total",
         Unit::Count,
         "WebSocket streams opened."

@@ -1,21 +1,22 @@
 //! Carrying a run out: setup, the open-model schedule, the subscribers, the end.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::StatusCode;
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use uuid::Uuid;
 
 use crate::client::Gateway;
 use crate::invariants::{self, Ledger};
-use crate::report::{Report, Sample};
+use crate::report::{Report, Sample, Subscriber};
 use crate::workload::{Action, Kind, Workload};
 use crate::{Config, Error};
 
@@ -127,8 +128,8 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
         }
     }
     stop_streams.notify_waiters();
-    while let Some(messages) = subscribers.join_next().await {
-        report.stream_messages.push(messages.unwrap_or(0));
+    while let Some(seen) = subscribers.join_next().await {
+        report.subscribers.push(seen.unwrap_or_default());
     }
 
     let placed = shared.placed.lock().map(|p| p.clone()).unwrap_or_default();
@@ -251,38 +252,65 @@ async fn perform(shared: Arc<Shared>, action: Action, scheduled: Instant) -> Sam
     }
 }
 
-/// A WebSocket client following `symbol`'s trades and book until `stop`; how many messages
-/// it received.
+/// A WebSocket client following `symbol`'s trades and book until `stop`: how many messages
+/// it received and whether the book's sequence kept its promise.
 async fn subscribe(
     base: String,
     token: String,
     symbol: String,
     stop: Arc<tokio::sync::Notify>,
-) -> u64 {
-    let received = AtomicU64::new(0);
-    let url = format!("{}/v1/stream", base.replacen("http", "ws", 1));
-    let follow = async {
-        let mut request = url.into_client_request().ok()?;
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().ok()?);
-        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.ok()?;
-        let subscription = json!({ "op": "subscribe",
-                                   "channels": [format!("trades:{symbol}"), format!("book:{symbol}")] });
-        socket
-            .send(Message::Text(subscription.to_string().into()))
-            .await
-            .ok()?;
-        while let Some(Ok(message)) = socket.next().await {
-            if matches!(message, Message::Text(_)) {
-                received.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Some(())
+) -> Subscriber {
+    // Created before anything is awaited: `notify_waiters` reaches it from then on.
+    let stopped = stop.notified();
+    tokio::pin!(stopped);
+    let mut seen = Subscriber::default();
+    let connected = tokio::select! {
+        socket = connect(&base, &token, &symbol) => socket,
+        () = &mut stopped => None,
     };
-    tokio::select! {
-        _ = follow => {}
-        () = stop.notified() => {}
+    let Some(mut socket) = connected else {
+        return seen;
+    };
+    loop {
+        let message = tokio::select! {
+            message = socket.next() => message,
+            () = &mut stopped => break,
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => {
+                seen.messages += 1;
+                if let Ok(message) = serde_json::from_str::<Value>(&text)
+                    && message["channel"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("book:"))
+                {
+                    seen.book.observe(&message);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
+        }
     }
-    received.load(Ordering::Relaxed)
+    seen
+}
+
+/// A stream subscribed to `symbol`'s trades and book; `None` if it could not be opened.
+async fn connect(
+    base: &str,
+    token: &str,
+    symbol: &str,
+) -> Option<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+    let url = format!("{}/v1/stream", base.replacen("http", "ws", 1));
+    let mut request = url.into_client_request().ok()?;
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().ok()?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.ok()?;
+    let subscription = json!({ "op": "subscribe",
+                               "channels": [format!("trades:{symbol}"), format!("book:{symbol}")] });
+    socket
+        .send(Message::Text(subscription.to_string().into()))
+        .await
+        .ok()?;
+    Some(socket)
 }

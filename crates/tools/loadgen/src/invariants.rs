@@ -68,11 +68,18 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
         }
     }
 
-    if traded && report.stream_messages.contains(&0) {
+    if traded && report.subscribers.iter().any(|s| s.messages == 0) {
+        let received: Vec<u64> = report.subscribers.iter().map(|s| s.messages).collect();
         violations.push(format!(
-            "a stream subscriber received nothing while trades happened: {:?}",
-            report.stream_messages
+            "a stream subscriber received nothing while trades happened: {received:?}"
         ));
+    }
+    for (index, subscriber) in report.subscribers.iter().enumerate() {
+        for broken in &subscriber.book.broken {
+            violations.push(format!(
+                "subscriber {index}: the book's sequence did not move forward: {broken}"
+            ));
+        }
     }
     Ok(violations)
 }

@@ -9,15 +9,19 @@
 //!   WebSocket subscribers. Requests start at their scheduled time whether or not earlier ones
 //!   have answered, and latency is measured from that time, so queueing is in the figures
 //!   (no coordinated omission).
+//! - [`book_chain`]: each subscriber's check that a book's updates chain on from its snapshot
+//!   and never go back (a missing update is counted as a gap: they are sent at most once).
 //! - [`report`]: latency percentiles per action (HdrHistogram) and answers by status.
 //! - [`invariants`]: what must hold afterwards — every 201 order stored exactly once, the books
 //!   reconcile (ledger balanced, every trade settled once), every account's balance equal to
-//!   its deposits plus its fills minus its fees, nothing left held, subscribers served.
+//!   its deposits plus its fills minus its fees, nothing left held, subscribers served
+//!   with a book that only moved forward.
 //!
 //! `main` prints the report and exits non-zero on any violation.
 
 use std::time::Duration;
 
+pub mod book_chain;
 pub mod client;
 pub mod config;
 pub mod driver;

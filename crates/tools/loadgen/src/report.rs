@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
+use crate::book_chain::BookChain;
 use crate::workload::Kind;
 
 /// One finished action.
@@ -20,6 +21,14 @@ pub struct Sample {
     pub code: Option<String>,
 }
 
+/// What one WebSocket subscriber received.
+#[derive(Clone, Debug, Default)]
+pub struct Subscriber {
+    /// Text messages of any channel.
+    pub messages: u64,
+    pub book: BookChain,
+}
+
 pub struct Report {
     pub rate: u32,
     pub duration: Duration,
@@ -30,7 +39,8 @@ pub struct Report {
     /// Starts skipped because `max_in_flight` requests were outstanding.
     pub not_started: u64,
     pub orders_placed: u64,
-    pub stream_messages: Vec<u64>,
+    /// What each WebSocket subscriber received.
+    pub subscribers: Vec<Subscriber>,
     /// Invariants that did not hold, each with what was found.
     pub violations: Vec<String>,
 }
@@ -51,7 +61,7 @@ impl Report {
             answers: BTreeMap::new(),
             not_started: 0,
             orders_placed: 0,
-            stream_messages: Vec::new(),
+            subscribers: Vec::new(),
             violations: Vec::new(),
         }
     }
@@ -140,10 +150,15 @@ impl fmt::Display for Report {
             write!(f, " {}:{}={count}", kind.name(), status.replace(' ', "/"))?;
         }
         writeln!(f)?;
+        let per_subscriber = |part: fn(&Subscriber) -> u64| -> Vec<u64> {
+            self.subscribers.iter().map(part).collect()
+        };
         writeln!(
             f,
-            "stream messages per subscriber: {:?}",
-            self.stream_messages
+            "stream messages per subscriber: {:?}; book updates {:?}, of them after a gap {:?}",
+            per_subscriber(|s| s.messages),
+            per_subscriber(|s| s.book.updates),
+            per_subscriber(|s| s.book.gaps),
         )?;
         if self.violations.is_empty() {
             writeln!(f, "invariants: all hold")

@@ -5,8 +5,9 @@
 //! at most `buffer` messages: a connection whose queue is full is cut off (its session closes
 //! with 1013) instead of being allowed to grow the server's memory — one slow client never
 //! slows the others, because fan-out never waits. Within a channel the hub numbers messages
-//! consecutively (a book's updates carry the book's own sequence), and since nothing is ever
-//! dropped silently, a client sees either every message or a closed connection.
+//! consecutively (a book's updates carry the book's own sequence, and one that would take it
+//! back is dropped), and since nothing is ever dropped silently, a client sees either every
+//! message or a closed connection.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -82,7 +83,8 @@ struct State {
     /// Hub key → subscribed connections.
     subscribers: HashMap<String, HashSet<u64>>,
     per_principal: HashMap<Uuid, usize>,
-    /// The last sequence given out per hub key (channels the source does not number).
+    /// The last sequence given out per hub key: the hub's own count where the source does not
+    /// number a channel, the source's sequence where it does (a book's).
     sequences: HashMap<String, u64>,
 }
 
@@ -207,7 +209,19 @@ impl Hub {
         };
         let ids: Vec<u64> = ids.iter().copied().collect();
         let sequence = match outgoing.sequence {
-            Some(sequence) => sequence,
+            Some(sequence) => {
+                // A book's sequence only moves forward (docs/stream.md). An update at or
+                // below the last one sent is an old state published late — by an owner that
+                // lost the symbol to another replica while its update waited to go out — and
+                // a client applying it would show an older book as the newest.
+                let last = state.sequences.entry(key).or_insert(0);
+                if sequence <= *last {
+                    metrics::counter!("gateway_stream_stale_updates_total").increment(1);
+                    return;
+                }
+                *last = sequence;
+                sequence
+            }
             None => {
                 let last = state.sequences.entry(key).or_insert(0);
                 *last += 1;
@@ -303,6 +317,29 @@ mod tests {
         assert!(slow.cut_off.is_cancelled(), "the slow one was cut off");
         assert!(!fast.cut_off.is_cancelled());
         assert_eq!(hub.state().connections.len(), 1, "and forgotten");
+    }
+
+    #[test]
+    fn a_book_update_that_would_take_the_sequence_back_is_dropped() {
+        let hub = hub(8);
+        let mut client = hub.connect(Uuid::now_v7()).unwrap();
+        client.subscribe("book:BTC-USD");
+        let update = |previous: u64, sequence: u64| Outgoing {
+            audience: Audience::Channel("book:BTC-USD".into()),
+            kind: "update",
+            data: json!({ "previous_sequence": previous }),
+            sequence: Some(sequence),
+        };
+        // The new owner's first update, then the old owner's last one published late, then
+        // the same update twice.
+        for (previous, sequence) in [(10, 12), (8, 10), (12, 13), (12, 13), (13, 15)] {
+            hub.publish(&update(previous, sequence));
+        }
+        let mut sent = Vec::new();
+        while let Ok(message) = client.messages.try_recv() {
+            sent.push(message.sequence);
+        }
+        assert_eq!(sent, [12, 13, 15]);
     }
 
     #[test]
