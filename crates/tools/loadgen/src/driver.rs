@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -22,6 +23,9 @@ use crate::{Config, Error};
 
 /// What each account is given before trading.
 pub const FUNDING: [(&str, &str); 2] = [("USD", "100000000.00"), ("BTC", "10000.00000000")];
+
+/// How long a WebSocket subscriber may take to connect and subscribe before trading starts.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long risk may take to credit a new account's deposits.
 const CREDIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,14 +91,26 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
 
     let stop_streams = Arc::new(tokio::sync::Notify::new());
     let mut subscribers = JoinSet::new();
+    let mut following = Vec::with_capacity(config.subscribers);
     for n in 0..config.subscribers {
         let token = shared.traders[n % shared.traders.len()].token.clone();
+        let (progress, watcher) = watch::channel(Subscriber::default());
+        following.push(watcher);
         subscribers.spawn(subscribe(
             gateway.base().to_owned(),
             token,
             config.symbol.clone(),
+            progress,
             stop_streams.clone(),
         ));
+    }
+    // Trading starts once every subscriber is subscribed (or has given up), so every trade
+    // of the run must reach each one that was subscribed in time.
+    let mut following_from_the_start = Vec::with_capacity(following.len());
+    for watcher in &mut following {
+        let subscribed =
+            tokio::time::timeout(SUBSCRIBE_TIMEOUT, watcher.wait_for(|s| s.subscribed)).await;
+        following_from_the_start.push(matches!(subscribed, Ok(Ok(_))));
     }
 
     let mut report = Report::new(config.rate, config.duration());
@@ -127,10 +143,6 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    stop_streams.notify_waiters();
-    while let Some(seen) = subscribers.join_next().await {
-        report.subscribers.push(seen.unwrap_or_default());
-    }
 
     let placed = shared.placed.lock().map(|p| p.clone()).unwrap_or_default();
     let ledger = Ledger {
@@ -139,8 +151,14 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
         traders: &shared.traders,
         placed: &placed,
         settle_timeout: config.settle_timeout(),
+        subscribers: &following,
+        following_from_the_start: &following_from_the_start,
     };
+    // The streams stay open through the checks: the last trades may still be on their way.
     report.violations = invariants::check(&ledger, &report).await?;
+    stop_streams.notify_waiters();
+    while subscribers.join_next().await.is_some() {}
+    report.subscribers = following.iter().map(|w| w.borrow().clone()).collect();
     if let Some(violation) = invariants::risk_reconciled("halfway through the run", under_load) {
         report.violations.push(violation);
     }
@@ -252,46 +270,47 @@ async fn perform(shared: Arc<Shared>, action: Action, scheduled: Instant) -> Sam
     }
 }
 
-/// A WebSocket client following `symbol`'s trades and book until `stop`: how many messages
-/// it received and whether the book's sequence kept its promise.
+/// A WebSocket client following `symbol`'s trades and book until `stop`, telling `progress`
+/// what it received.
 async fn subscribe(
     base: String,
     token: String,
     symbol: String,
+    progress: watch::Sender<Subscriber>,
     stop: Arc<tokio::sync::Notify>,
-) -> Subscriber {
+) {
     // Created before anything is awaited: `notify_waiters` reaches it from then on.
     let stopped = stop.notified();
     tokio::pin!(stopped);
-    let mut seen = Subscriber::default();
     let connected = tokio::select! {
         socket = connect(&base, &token, &symbol) => socket,
         () = &mut stopped => None,
     };
     let Some(mut socket) = connected else {
-        return seen;
+        return;
     };
     loop {
         let message = tokio::select! {
             message = socket.next() => message,
-            () = &mut stopped => break,
+            () = &mut stopped => return,
         };
         match message {
-            Some(Ok(Message::Text(text))) => {
-                seen.messages += 1;
-                if let Ok(message) = serde_json::from_str::<Value>(&text)
-                    && message["channel"]
-                        .as_str()
-                        .is_some_and(|c| c.starts_with("book:"))
-                {
-                    seen.book.observe(&message);
-                }
+            Some(Ok(Message::Text(text))) => progress.send_modify(|seen| seen.observe(&text)),
+            Some(Ok(Message::Close(frame))) => {
+                let why = frame.map_or_else(
+                    || "without a close frame".to_owned(),
+                    |f| format!("{} {}", u16::from(f.code), f.reason),
+                );
+                progress.send_modify(|seen| seen.closed = Some(why));
+                return;
             }
             Some(Ok(_)) => {}
-            Some(Err(_)) | None => break,
+            Some(Err(_)) | None => {
+                progress.send_modify(|seen| seen.closed = Some("connection lost".to_owned()));
+                return;
+            }
         }
     }
-    seen
 }
 
 /// A stream subscribed to `symbol`'s trades and book; `None` if it could not be opened.

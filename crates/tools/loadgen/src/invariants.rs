@@ -1,16 +1,17 @@
 //! What must hold after a run, whatever the load did.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::Error;
 use crate::client::Gateway;
 use crate::driver::{FUNDING, Trader};
-use crate::report::Report;
+use crate::report::{Report, Subscriber};
 
 /// What the checks read.
 pub struct Ledger<'a> {
@@ -20,6 +21,10 @@ pub struct Ledger<'a> {
     /// Every order answered 201: (trader index, order id).
     pub placed: &'a [(usize, Uuid)],
     pub settle_timeout: Duration,
+    /// The WebSocket subscribers, still following the symbol.
+    pub subscribers: &'a [watch::Receiver<Subscriber>],
+    /// Per subscriber: it was subscribed before the first order, so every trade must reach it.
+    pub following_from_the_start: &'a [bool],
 }
 
 /// Every violation found, described; empty when all hold.
@@ -44,14 +49,20 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
     violations.extend(risk_reconciled("after the run", after));
 
     let scales = asset_scales(ledger.gateway).await?;
-    let mut traded = false;
+    let mut traded = HashSet::new();
     for (index, trader) in ledger.traders.iter().enumerate() {
         let orders = ledger.gateway.all_orders(&trader.token).await?;
         violations.extend(stored_once(index, &orders, ledger.placed));
         let expected = expected_balances(&orders, &scales)?;
-        traded |= orders
+        for fill in orders
             .iter()
-            .any(|o| o["fills"].as_array().is_some_and(|f| !f.is_empty()));
+            .flat_map(|o| o["fills"].as_array().into_iter().flatten())
+        {
+            let id = fill["trade_id"]
+                .as_str()
+                .and_then(|id| Uuid::parse_str(id).ok());
+            traded.insert(id.ok_or(Error::Malformed("a fill"))?);
+        }
         if let Some(mismatch) = balances_match(ledger, trader, &expected, &scales, deadline).await?
         {
             let open = orders
@@ -68,20 +79,54 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
         }
     }
 
-    if traded && report.subscribers.iter().any(|s| s.messages == 0) {
-        let received: Vec<u64> = report.subscribers.iter().map(|s| s.messages).collect();
-        violations.push(format!(
-            "a stream subscriber received nothing while trades happened: {received:?}"
-        ));
-    }
-    for (index, subscriber) in report.subscribers.iter().enumerate() {
-        for broken in &subscriber.book.broken {
+    violations.extend(subscribers_served(ledger, &traded, deadline).await);
+    Ok(violations)
+}
+
+/// What every WebSocket subscriber must have had by `deadline`: something, if the run traded;
+/// a book that only moved forward; the trades channel numbered without a skip, each trade once
+/// and — if it was subscribed before the first order and the server did not close the stream,
+/// which the protocol allows — every trade the run's orders took part in (`traded`).
+async fn subscribers_served(
+    ledger: &Ledger<'_>,
+    traded: &HashSet<Uuid>,
+    deadline: Instant,
+) -> Vec<String> {
+    let mut violations = Vec::new();
+    for (index, watcher) in ledger.subscribers.iter().enumerate() {
+        let from_the_start = ledger.following_from_the_start.get(index) == Some(&true);
+        // The last trades may still be on their way: wait for them as they arrive.
+        let mut watcher = watcher.clone();
+        if from_the_start {
+            let _ = tokio::time::timeout_at(
+                deadline,
+                watcher.wait_for(|s| s.closed.is_some() || s.trades.has_all(traded)),
+            )
+            .await;
+        }
+        let seen = watcher.borrow().clone();
+        if !traded.is_empty() && seen.messages == 0 {
+            violations.push(format!(
+                "subscriber {index} received nothing while trades happened"
+            ));
+        }
+        for broken in &seen.book.broken {
             violations.push(format!(
                 "subscriber {index}: the book's sequence did not move forward: {broken}"
             ));
         }
+        for broken in &seen.trades.broken {
+            violations.push(format!("subscriber {index}: the trades channel: {broken}"));
+        }
+        let missing = seen.trades.missing(traded);
+        if from_the_start && seen.closed.is_none() && missing > 0 {
+            violations.push(format!(
+                "subscriber {index}: {missing} of the run's {} trades never arrived on its open stream",
+                traded.len()
+            ));
+        }
     }
-    Ok(violations)
+    violations
 }
 
 /// `None` when risk's own comparison of its balances with the ledger's

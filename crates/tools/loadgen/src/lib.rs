@@ -11,11 +11,13 @@
 //!   (no coordinated omission).
 //! - [`book_chain`]: each subscriber's check that a book's updates chain on from its snapshot
 //!   and never go back (a missing update is counted as a gap: they are sent at most once).
+//! - [`trade_tape`]: each subscriber's check that the trades channel is numbered without a
+//!   skip and brings every trade of the run once.
 //! - [`report`]: latency percentiles per action (HdrHistogram) and answers by status.
 //! - [`invariants`]: what must hold afterwards — every 201 order stored exactly once, the books
 //!   reconcile (ledger balanced, every trade settled once), every account's balance equal to
 //!   its deposits plus its fills minus its fees, nothing left held, subscribers served
-//!   with a book that only moved forward.
+//!   every trade of the run once and a book that only moved forward.
 //!
 //! `main` prints the report and exits non-zero on any violation.
 
@@ -27,6 +29,7 @@ pub mod config;
 pub mod driver;
 pub mod invariants;
 pub mod report;
+pub mod trade_tape;
 pub mod workload;
 
 pub use config::Config;

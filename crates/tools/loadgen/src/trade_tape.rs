@@ -1,0 +1,114 @@
+//! A subscriber's check of what the `trades:{symbol}` channel promises (docs/stream.md): the
+//! gateway numbers a channel's messages consecutively and never skips one for a client (it
+//! closes the connection instead), so a running session sees every trade, each once.
+//!
+//! The tape keeps the trade ids it received; once the run is over, every trade the run's own
+//! orders took part in must be on it — unless the server closed the connection, which the
+//! protocol allows and the report shows.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+/// What one subscriber received on a trades channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TradeTape {
+    /// The sequence of the last trade message.
+    last: Option<u64>,
+    /// Every trade id received.
+    pub trades: HashSet<Uuid>,
+    /// The first few messages that broke the promise, as found.
+    pub broken: Vec<String>,
+}
+
+/// Violations kept per subscriber: the first ones say what went wrong.
+const KEPT: usize = 5;
+
+impl TradeTape {
+    /// Takes one server message of a `trades:` channel (`{channel, type, sequence, data}`).
+    pub fn observe(&mut self, message: &Value) {
+        let sequence = message["sequence"].as_u64();
+        let id = message["data"]["id"]
+            .as_str()
+            .and_then(|id| Uuid::parse_str(id).ok());
+        let (Some("trade"), Some(sequence), Some(id)) = (message["type"].as_str(), sequence, id)
+        else {
+            return self.break_with("not a numbered trade", message);
+        };
+        if let Some(last) = self.last
+            && Some(sequence) != last.checked_add(1)
+        {
+            self.break_with(&format!("skipped or repeated after {last}"), message);
+        }
+        self.last = Some(sequence);
+        if !self.trades.insert(id) {
+            self.break_with("a trade received twice", message);
+        }
+    }
+
+    /// Whether every trade of `expected` is on the tape.
+    pub fn has_all(&self, expected: &HashSet<Uuid>) -> bool {
+        self.trades.len() >= expected.len() && expected.iter().all(|id| self.trades.contains(id))
+    }
+
+    /// How many trades of `expected` are not on the tape.
+    pub fn missing(&self, expected: &HashSet<Uuid>) -> usize {
+        expected
+            .iter()
+            .filter(|id| !self.trades.contains(id))
+            .count()
+    }
+
+    fn break_with(&mut self, what: &str, message: &Value) {
+        if self.broken.len() < KEPT {
+            self.broken.push(format!("{what}: {message}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn trade(sequence: u64, id: Uuid) -> Value {
+        json!({"channel": "trades:T", "type": "trade", "sequence": sequence,
+               "data": {"id": id, "price": "1.00", "quantity": "1"}})
+    }
+
+    fn tape(messages: &[Value]) -> TradeTape {
+        let mut tape = TradeTape::default();
+        for message in messages {
+            tape.observe(message);
+        }
+        tape
+    }
+
+    #[test]
+    fn consecutive_trades_each_once_keep_the_promise() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let seen = tape(&[trade(7, a), trade(8, b)]);
+        assert!(seen.broken.is_empty(), "{:?}", seen.broken);
+        assert!(seen.has_all(&HashSet::from([a, b])));
+        let c = Uuid::now_v7();
+        assert!(!seen.has_all(&HashSet::from([a, c])));
+        assert_eq!(seen.missing(&HashSet::from([a, c])), 1);
+    }
+
+    #[test]
+    fn a_skipped_sequence_or_a_trade_twice_breaks_the_promise() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let skipped = tape(&[trade(7, a), trade(9, b)]);
+        assert_eq!(skipped.broken.len(), 1, "{:?}", skipped.broken);
+        assert!(skipped.broken[0].starts_with("skipped or repeated after 7"));
+
+        let twice = tape(&[trade(7, a), trade(8, a)]);
+        assert_eq!(twice.broken.len(), 1, "{:?}", twice.broken);
+        assert!(twice.broken[0].starts_with("a trade received twice"));
+
+        let unnumbered = json!({"channel": "trades:T", "type": "trade", "data": {"id": a}});
+        assert_eq!(tape(&[unnumbered]).broken.len(), 1);
+    }
+}
