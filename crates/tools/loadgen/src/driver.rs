@@ -17,7 +17,8 @@ use uuid::Uuid;
 
 use crate::client::Gateway;
 use crate::invariants::{self, Ledger};
-use crate::report::{Report, Sample, Subscriber};
+use crate::report::{Report, Sample};
+use crate::stream_checks::Subscriber;
 use crate::workload::{Action, Kind, Workload};
 use crate::{Config, Error};
 
@@ -93,7 +94,9 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
     let mut subscribers = JoinSet::new();
     let mut following = Vec::with_capacity(config.subscribers);
     for n in 0..config.subscribers {
-        let token = shared.traders[n % shared.traders.len()].token.clone();
+        let token = shared.traders[trader_followed_by(n, shared.traders.len())]
+            .token
+            .clone();
         let (progress, watcher) = watch::channel(Subscriber::default());
         following.push(watcher);
         subscribers.spawn(subscribe(
@@ -270,8 +273,14 @@ async fn perform(shared: Arc<Shared>, action: Action, scheduled: Instant) -> Sam
     }
 }
 
-/// A WebSocket client following `symbol`'s trades and book until `stop`, telling `progress`
-/// what it received.
+/// Which trader's orders subscriber `subscriber` follows (its stream is opened with that
+/// trader's token).
+pub fn trader_followed_by(subscriber: usize, traders: usize) -> usize {
+    subscriber % traders.max(1)
+}
+
+/// A WebSocket client following `symbol`'s trades and book and its trader's orders until
+/// `stop`, telling `progress` what it received.
 async fn subscribe(
     base: String,
     token: String,
@@ -313,7 +322,8 @@ async fn subscribe(
     }
 }
 
-/// A stream subscribed to `symbol`'s trades and book; `None` if it could not be opened.
+/// A stream subscribed to `symbol`'s trades and book and its own orders; `None` if it could
+/// not be opened.
 async fn connect(
     base: &str,
     token: &str,
@@ -326,7 +336,7 @@ async fn connect(
         .insert("authorization", format!("Bearer {token}").parse().ok()?);
     let (mut socket, _) = tokio_tungstenite::connect_async(request).await.ok()?;
     let subscription = json!({ "op": "subscribe",
-                               "channels": [format!("trades:{symbol}"), format!("book:{symbol}")] });
+                               "channels": ["orders", format!("trades:{symbol}"), format!("book:{symbol}")] });
     socket
         .send(Message::Text(subscription.to_string().into()))
         .await

@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use crate::Error;
 use crate::client::Gateway;
-use crate::driver::{FUNDING, Trader};
-use crate::report::{Report, Subscriber};
+use crate::driver::{FUNDING, Trader, trader_followed_by};
+use crate::report::Report;
+use crate::stream_checks::Subscriber;
 
 /// What the checks read.
 pub struct Ledger<'a> {
@@ -50,19 +51,14 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
 
     let scales = asset_scales(ledger.gateway).await?;
     let mut traded = HashSet::new();
+    let mut orders_of = Vec::with_capacity(ledger.traders.len());
     for (index, trader) in ledger.traders.iter().enumerate() {
         let orders = ledger.gateway.all_orders(&trader.token).await?;
         violations.extend(stored_once(index, &orders, ledger.placed));
         let expected = expected_balances(&orders, &scales)?;
-        for fill in orders
-            .iter()
-            .flat_map(|o| o["fills"].as_array().into_iter().flatten())
-        {
-            let id = fill["trade_id"]
-                .as_str()
-                .and_then(|id| Uuid::parse_str(id).ok());
-            traded.insert(id.ok_or(Error::Malformed("a fill"))?);
-        }
+        let listed = OrdersOf::listed(index, &orders, ledger.placed)?;
+        traded.extend(listed.fills.iter().map(|(_, trade)| *trade));
+        orders_of.push(listed);
         if let Some(mismatch) = balances_match(ledger, trader, &expected, &scales, deadline).await?
         {
             let open = orders
@@ -79,51 +75,129 @@ pub async fn check(ledger: &Ledger<'_>, report: &Report) -> Result<Vec<String>, 
         }
     }
 
-    violations.extend(subscribers_served(ledger, &traded, deadline).await);
+    violations.extend(subscribers_served(ledger, &traded, &orders_of, deadline).await);
     Ok(violations)
 }
 
+/// One trader's orders as the REST API lists them: what its `orders` channel must bring.
+#[derive(Debug, Default)]
+struct OrdersOf {
+    /// Every order the trader has.
+    orders: HashSet<Uuid>,
+    /// The orders answered 201 during the run.
+    placed: HashSet<Uuid>,
+    /// Every fill of its orders: (order, trade).
+    fills: HashSet<(Uuid, Uuid)>,
+}
+
+impl OrdersOf {
+    fn listed(trader: usize, orders: &[Value], placed: &[(usize, Uuid)]) -> Result<Self, Error> {
+        let id = |value: &Value| value.as_str().and_then(|id| Uuid::parse_str(id).ok());
+        let mut listed = Self {
+            placed: placed
+                .iter()
+                .filter(|(t, _)| *t == trader)
+                .map(|(_, order)| *order)
+                .collect(),
+            ..Self::default()
+        };
+        for order in orders {
+            let order_id = id(&order["id"]).ok_or(Error::Malformed("an order"))?;
+            listed.orders.insert(order_id);
+            for fill in order["fills"].as_array().into_iter().flatten() {
+                let trade = id(&fill["trade_id"]).ok_or(Error::Malformed("a fill"))?;
+                listed.fills.insert((order_id, trade));
+            }
+        }
+        Ok(listed)
+    }
+}
+
+/// Whether `seen` holds every trade of the run and every order and fill of its trader's.
+fn everything_arrived(seen: &Subscriber, traded: &HashSet<Uuid>, own: &OrdersOf) -> bool {
+    let orders = &seen.own_orders;
+    seen.trades.has_all(traded)
+        && orders.accepted.len() >= own.placed.len()
+        && orders.fills.len() >= own.fills.len()
+        && own.placed.iter().all(|o| orders.accepted.contains(o))
+        && own.fills.iter().all(|f| orders.fills.contains(f))
+}
+
 /// What every WebSocket subscriber must have had by `deadline`: something, if the run traded;
-/// a book that only moved forward; the trades channel numbered without a skip, each trade once
-/// and — if it was subscribed before the first order and the server did not close the stream,
-/// which the protocol allows — every trade the run's orders took part in (`traded`).
+/// a book that only moved forward; the trades and orders channels numbered without a skip,
+/// each trade and fill once, and no order of another account's. And — if it was subscribed
+/// before the first order and the server did not close the stream, which the protocol allows
+/// — every trade the run's orders took part in (`traded`) and every order and fill of the
+/// trader it follows.
 async fn subscribers_served(
     ledger: &Ledger<'_>,
     traded: &HashSet<Uuid>,
+    orders_of: &[OrdersOf],
     deadline: Instant,
 ) -> Vec<String> {
     let mut violations = Vec::new();
+    let nothing = OrdersOf::default();
     for (index, watcher) in ledger.subscribers.iter().enumerate() {
         let from_the_start = ledger.following_from_the_start.get(index) == Some(&true);
-        // The last trades may still be on their way: wait for them as they arrive.
+        let own = orders_of
+            .get(trader_followed_by(index, orders_of.len()))
+            .unwrap_or(&nothing);
+        // The last messages may still be on their way: wait for them as they arrive.
         let mut watcher = watcher.clone();
         if from_the_start {
             let _ = tokio::time::timeout_at(
                 deadline,
-                watcher.wait_for(|s| s.closed.is_some() || s.trades.has_all(traded)),
+                watcher.wait_for(|s| s.closed.is_some() || everything_arrived(s, traded, own)),
             )
             .await;
         }
         let seen = watcher.borrow().clone();
+        let mut found = |what: String| violations.push(format!("subscriber {index}: {what}"));
         if !traded.is_empty() && seen.messages == 0 {
-            violations.push(format!(
-                "subscriber {index} received nothing while trades happened"
+            found("received nothing while trades happened".to_owned());
+        }
+        for broken in seen.book.broken.iter() {
+            found(format!(
+                "the book's sequence did not move forward: {broken}"
             ));
         }
-        for broken in &seen.book.broken {
-            violations.push(format!(
-                "subscriber {index}: the book's sequence did not move forward: {broken}"
+        for broken in seen.trades.broken.iter() {
+            found(format!("the trades channel: {broken}"));
+        }
+        for broken in seen.own_orders.broken.iter() {
+            found(format!("the orders channel: {broken}"));
+        }
+        let foreign = seen.own_orders.named.difference(&own.orders).count();
+        if foreign > 0 {
+            found(format!(
+                "{foreign} orders on its orders channel are not its trader's"
             ));
         }
-        for broken in &seen.trades.broken {
-            violations.push(format!("subscriber {index}: the trades channel: {broken}"));
-        }
-        let missing = seen.trades.missing(traded);
-        if from_the_start && seen.closed.is_none() && missing > 0 {
-            violations.push(format!(
-                "subscriber {index}: {missing} of the run's {} trades never arrived on its open stream",
-                traded.len()
-            ));
+        if from_the_start && seen.closed.is_none() {
+            let missing = [
+                (
+                    "trades of the run",
+                    seen.trades.missing(traded),
+                    traded.len(),
+                ),
+                (
+                    "orders its trader placed announced",
+                    own.placed.difference(&seen.own_orders.accepted).count(),
+                    own.placed.len(),
+                ),
+                (
+                    "fills of its trader's orders",
+                    own.fills.difference(&seen.own_orders.fills).count(),
+                    own.fills.len(),
+                ),
+            ];
+            for (what, missing, all) in missing {
+                if missing > 0 {
+                    found(format!(
+                        "{missing} of the {all} {what} never arrived on its open stream"
+                    ));
+                }
+            }
         }
     }
     violations

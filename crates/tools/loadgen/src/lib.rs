@@ -9,27 +9,27 @@
 //!   WebSocket subscribers. Requests start at their scheduled time whether or not earlier ones
 //!   have answered, and latency is measured from that time, so queueing is in the figures
 //!   (no coordinated omission).
-//! - [`book_chain`]: each subscriber's check that a book's updates chain on from its snapshot
-//!   and never go back (a missing update is counted as a gap: they are sent at most once).
-//! - [`trade_tape`]: each subscriber's check that the trades channel is numbered without a
-//!   skip and brings every trade of the run once.
+//! - [`stream_checks`]: what each subscriber checks of the stream's promises as messages
+//!   arrive — a book that chains on from its snapshot and never goes back (a missing update is
+//!   a gap: they are sent at most once), trades and own orders numbered without a skip, each
+//!   trade and fill once, nobody else's orders.
 //! - [`report`]: latency percentiles per action (HdrHistogram) and answers by status.
 //! - [`invariants`]: what must hold afterwards — every 201 order stored exactly once, the books
 //!   reconcile (ledger balanced, every trade settled once), every account's balance equal to
 //!   its deposits plus its fills minus its fees, nothing left held, subscribers served
-//!   every trade of the run once and a book that only moved forward.
+//!   every trade of the run and every order and fill of their own trader's, each once, nothing
+//!   of anyone else's, and a book that only moved forward.
 //!
 //! `main` prints the report and exits non-zero on any violation.
 
 use std::time::Duration;
 
-pub mod book_chain;
 pub mod client;
 pub mod config;
 pub mod driver;
 pub mod invariants;
 pub mod report;
-pub mod trade_tape;
+pub mod stream_checks;
 pub mod workload;
 
 pub use config::Config;

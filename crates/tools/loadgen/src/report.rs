@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::book_chain::BookChain;
-use crate::trade_tape::TradeTape;
+use crate::stream_checks::Subscriber;
 use crate::workload::Kind;
 
 /// One finished action.
@@ -20,38 +19,6 @@ pub struct Sample {
     pub status: Option<u16>,
     /// A refusal's problem `code` (`insufficient_funds`, `no_reference_price`, …).
     pub code: Option<String>,
-}
-
-/// What one WebSocket subscriber received.
-#[derive(Clone, Debug, Default)]
-pub struct Subscriber {
-    /// The server confirmed the subscription: every trade after this must arrive.
-    pub subscribed: bool,
-    /// Text messages of any channel.
-    pub messages: u64,
-    pub book: BookChain,
-    pub trades: TradeTape,
-    /// The server closed the stream (code and reason), which the protocol allows — a client
-    /// too slow for its queue, an expired token — and after which trades may be missing.
-    pub closed: Option<String>,
-}
-
-impl Subscriber {
-    /// Takes one text message from the server.
-    pub fn observe(&mut self, text: &str) {
-        self.messages += 1;
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(text) else {
-            return;
-        };
-        let channel = message["channel"].as_str().unwrap_or_default();
-        if channel.starts_with("book:") {
-            self.book.observe(&message);
-        } else if channel.starts_with("trades:") {
-            self.trades.observe(&message);
-        } else if message["type"] == "subscribed" {
-            self.subscribed = true;
-        }
-    }
 }
 
 pub struct Report {
@@ -180,9 +147,11 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "stream messages per subscriber: {:?}; trades {:?}; book updates {:?}, of them after a gap {:?}",
+            "stream messages per subscriber: {:?}; trades {:?}; own orders accepted {:?} and fills {:?}; book updates {:?}, of them after a gap {:?}",
             per_subscriber(|s| s.messages),
             per_subscriber(|s| s.trades.trades.len() as u64),
+            per_subscriber(|s| s.own_orders.accepted.len() as u64),
+            per_subscriber(|s| s.own_orders.fills.len() as u64),
             per_subscriber(|s| s.book.updates),
             per_subscriber(|s| s.book.gaps),
         )?;

@@ -11,19 +11,17 @@ use std::collections::HashSet;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::{Consecutive, Findings};
+
 /// What one subscriber received on a trades channel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TradeTape {
-    /// The sequence of the last trade message.
-    last: Option<u64>,
+    numbering: Consecutive,
     /// Every trade id received.
     pub trades: HashSet<Uuid>,
-    /// The first few messages that broke the promise, as found.
-    pub broken: Vec<String>,
+    /// Messages that broke the promise.
+    pub broken: Findings,
 }
-
-/// Violations kept per subscriber: the first ones say what went wrong.
-const KEPT: usize = 5;
 
 impl TradeTape {
     /// Takes one server message of a `trades:` channel (`{channel, type, sequence, data}`).
@@ -34,16 +32,14 @@ impl TradeTape {
             .and_then(|id| Uuid::parse_str(id).ok());
         let (Some("trade"), Some(sequence), Some(id)) = (message["type"].as_str(), sequence, id)
         else {
-            return self.break_with("not a numbered trade", message);
+            return self.broken.note("not a numbered trade", message);
         };
-        if let Some(last) = self.last
-            && Some(sequence) != last.checked_add(1)
-        {
-            self.break_with(&format!("skipped or repeated after {last}"), message);
+        if let Err(last) = self.numbering.take(sequence) {
+            self.broken
+                .note(&format!("skipped or repeated after {last}"), message);
         }
-        self.last = Some(sequence);
         if !self.trades.insert(id) {
-            self.break_with("a trade received twice", message);
+            self.broken.note("a trade received twice", message);
         }
     }
 
@@ -59,12 +55,6 @@ impl TradeTape {
             .filter(|id| !self.trades.contains(id))
             .count()
     }
-
-    fn break_with(&mut self, what: &str, message: &Value) {
-        if self.broken.len() < KEPT {
-            self.broken.push(format!("{what}: {message}"));
-        }
-    }
 }
 
 #[cfg(test)]
@@ -79,11 +69,7 @@ mod tests {
     }
 
     fn tape(messages: &[Value]) -> TradeTape {
-        let mut tape = TradeTape::default();
-        for message in messages {
-            tape.observe(message);
-        }
-        tape
+        super::super::after(messages, TradeTape::observe)
     }
 
     #[test]
@@ -102,11 +88,21 @@ mod tests {
         let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
         let skipped = tape(&[trade(7, a), trade(9, b)]);
         assert_eq!(skipped.broken.len(), 1, "{:?}", skipped.broken);
-        assert!(skipped.broken[0].starts_with("skipped or repeated after 7"));
+        assert!(
+            skipped
+                .broken
+                .first()
+                .is_some_and(|b| b.starts_with("skipped or repeated after 7"))
+        );
 
         let twice = tape(&[trade(7, a), trade(8, a)]);
         assert_eq!(twice.broken.len(), 1, "{:?}", twice.broken);
-        assert!(twice.broken[0].starts_with("a trade received twice"));
+        assert!(
+            twice
+                .broken
+                .first()
+                .is_some_and(|b| b.starts_with("a trade received twice"))
+        );
 
         let unnumbered = json!({"channel": "trades:T", "type": "trade", "data": {"id": a}});
         assert_eq!(tape(&[unnumbered]).broken.len(), 1);

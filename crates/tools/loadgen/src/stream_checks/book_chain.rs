@@ -12,6 +12,8 @@
 
 use serde_json::Value;
 
+use super::Findings;
+
 /// What one subscriber saw on a book channel.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BookChain {
@@ -20,12 +22,9 @@ pub struct BookChain {
     pub updates: u64,
     /// Updates that followed a later sequence than the one held (allowed: at most once).
     pub gaps: u64,
-    /// The first few messages that broke the promise, as found.
-    pub broken: Vec<String>,
+    /// Messages that broke the promise.
+    pub broken: Findings,
 }
-
-/// Violations kept per subscriber: the first ones say what went wrong.
-const KEPT: usize = 5;
 
 impl BookChain {
     /// Takes one server message of a `book:` channel (`{channel, type, sequence, data}`).
@@ -37,13 +36,16 @@ impl BookChain {
                 self.updates += 1;
                 let previous = message["data"]["previous_sequence"].as_u64();
                 match (self.held, previous) {
-                    (None, _) => self.break_with("an update before the snapshot", message),
-                    (_, None) => self.break_with("an update without previous_sequence", message),
+                    (None, _) => self.broken.note("an update before the snapshot", message),
+                    (_, None) => self
+                        .broken
+                        .note("an update without previous_sequence", message),
                     (Some(held), Some(previous)) if sequence <= held || previous < held => {
-                        self.break_with(&format!("went back from {held}"), message);
+                        self.broken.note(&format!("went back from {held}"), message);
                     }
                     (Some(_), Some(previous)) if previous >= sequence => {
-                        self.break_with("previous_sequence not before sequence", message);
+                        self.broken
+                            .note("previous_sequence not before sequence", message);
                     }
                     (Some(held), Some(previous)) => {
                         if previous > held {
@@ -53,13 +55,7 @@ impl BookChain {
                     }
                 }
             }
-            _ => self.break_with("not a snapshot or an update", message),
-        }
-    }
-
-    fn break_with(&mut self, what: &str, message: &Value) {
-        if self.broken.len() < KEPT {
-            self.broken.push(format!("{what}: {message}"));
+            _ => self.broken.note("not a snapshot or an update", message),
         }
     }
 }
@@ -80,11 +76,7 @@ mod tests {
     }
 
     fn seen(messages: &[Value]) -> BookChain {
-        let mut chain = BookChain::default();
-        for message in messages {
-            chain.observe(message);
-        }
-        chain
+        super::super::after(messages, BookChain::observe)
     }
 
     #[test]
@@ -105,7 +97,11 @@ mod tests {
     fn a_sequence_that_goes_back_or_repeats_breaks_the_promise() {
         let back = seen(&[snapshot(4), update(4, 7), update(2, 5)]);
         assert_eq!(back.broken.len(), 1, "{:?}", back.broken);
-        assert!(back.broken[0].starts_with("went back from 7"));
+        assert!(
+            back.broken
+                .first()
+                .is_some_and(|b| b.starts_with("went back from 7"))
+        );
 
         let repeated = seen(&[snapshot(4), update(4, 7), update(4, 7)]);
         assert_eq!(repeated.broken.len(), 1, "{:?}", repeated.broken);
