@@ -1,6 +1,6 @@
 //! The WebSocket stream (TRD-09) with a real WebSocket client (tokio-tungstenite) through the
-//! gateway: authentication, own orders only, public trades, books with gap-free sequences,
-//! and a client that stops reading is cut off while the others keep receiving.
+//! gateway: authentication, own orders only, public trades, books with gap-free sequences that
+//! never go back, and a client that stops reading is cut off while the others keep receiving.
 
 use std::time::Duration;
 
@@ -295,6 +295,56 @@ async fn a_book_is_a_snapshot_then_updates_with_gap_free_sequences(pool: PgPool)
     // The 29900 bid was taken by Bob's sell; the ask rests untouched.
     let book = &updates.last().unwrap()["data"];
     assert_eq!(book["asks"], json!([["30100.00", "1.00000000"]]));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_book_update_published_late_by_a_previous_owner_never_reaches_a_client(pool: PgPool) {
+    let m = market(pool, &[]).await;
+    let (mut socket, before) = subscribed(&m.app, &m.bob, &["book:BTC-USD"]).await;
+    let snapshot = before[0]["sequence"].as_u64().unwrap();
+    m.app
+        .placed_order(&m.alice, &limit("buy", "29900.00", "0.1"))
+        .await;
+    let update = until(&mut socket, |seen| !seen.is_empty()).await.remove(0);
+    let held = update["sequence"].as_u64().unwrap();
+
+    // An orders replica that lost the symbol while an update waited in its queue publishes it
+    // after the new owner moved on: an older book, at a sequence the client already holds.
+    let redis = service_kit::redis::connect_url(&"redis://127.0.0.1:6379".into(), None)
+        .await
+        .unwrap();
+    let stale = contracts::events::BookUpdated {
+        symbol: "BTC-USD".to_owned(),
+        sequence: held,
+        previous_sequence: snapshot,
+        bids: Vec::new(),
+        asks: Vec::new(),
+    };
+    let event = events::Envelope::of("orders", "BTC-USD", 0, &stale).unwrap();
+    events::direct::publish(
+        &redis,
+        &service_kit::redis::KeyPrefix::new(&m.app.redis_prefix),
+        "market",
+        &event,
+    )
+    .await
+    .unwrap();
+
+    // The next batch's update is published after it, so the gateway reads them in that order;
+    // the client gets only the one that moves its book forward.
+    m.app
+        .placed_order(&m.alice, &limit("buy", "29800.00", "0.1"))
+        .await;
+    let next_update = next(&mut socket).await;
+    assert_eq!(next_update["type"], "update");
+    assert_eq!(
+        next_update["data"]["previous_sequence"], held,
+        "the stale update was not dropped: {next_update}"
+    );
+    assert_eq!(
+        next_update["data"]["bids"],
+        json!([["29900.00", "0.10000000"], ["29800.00", "0.10000000"]])
+    );
 }
 
 #[sqlx::test(migrations = false)]
