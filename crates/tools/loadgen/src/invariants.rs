@@ -88,6 +88,9 @@ struct OrdersOf {
     placed: HashSet<Uuid>,
     /// Every fill of its orders: (order, trade).
     fills: HashSet<(Uuid, Uuid)>,
+    /// Its orders filled completely, and those cancelled.
+    filled: HashSet<Uuid>,
+    cancelled: HashSet<Uuid>,
 }
 
 impl OrdersOf {
@@ -104,6 +107,11 @@ impl OrdersOf {
         for order in orders {
             let order_id = id(&order["id"]).ok_or(Error::Malformed("an order"))?;
             listed.orders.insert(order_id);
+            match order["status"].as_str() {
+                Some("filled") => listed.filled.insert(order_id),
+                Some("cancelled") => listed.cancelled.insert(order_id),
+                _ => false,
+            };
             for fill in order["fills"].as_array().into_iter().flatten() {
                 let trade = id(&fill["trade_id"]).ok_or(Error::Malformed("a fill"))?;
                 listed.fills.insert((order_id, trade));
@@ -113,22 +121,27 @@ impl OrdersOf {
     }
 }
 
-/// Whether `seen` holds every trade of the run and every order and fill of its trader's.
+/// Whether `seen` holds every trade of the run and every order, fill and end of an order of
+/// its trader's.
 fn everything_arrived(seen: &Subscriber, traded: &HashSet<Uuid>, own: &OrdersOf) -> bool {
     let orders = &seen.own_orders;
     seen.trades.has_all(traded)
         && orders.accepted.len() >= own.placed.len()
         && orders.fills.len() >= own.fills.len()
-        && own.placed.iter().all(|o| orders.accepted.contains(o))
-        && own.fills.iter().all(|f| orders.fills.contains(f))
+        && orders.completed.len() >= own.filled.len()
+        && orders.cancelled.len() >= own.cancelled.len()
+        && own.placed.is_subset(&orders.accepted)
+        && own.fills.is_subset(&orders.fills)
+        && own.filled.is_subset(&orders.completed)
+        && own.cancelled.is_subset(&orders.cancelled)
 }
 
 /// What every WebSocket subscriber must have had by `deadline`: something, if the run traded;
 /// a book that only moved forward; the trades and orders channels numbered without a skip,
 /// each trade and fill once, and no order of another account's. And — if it was subscribed
 /// before the first order and the server did not close the stream, which the protocol allows
-/// — every trade the run's orders took part in (`traded`) and every order and fill of the
-/// trader it follows.
+/// — every trade the run's orders took part in (`traded`) and every order, fill and end of an
+/// order of the trader it follows.
 async fn subscribers_served(
     ledger: &Ledger<'_>,
     traded: &HashSet<Uuid>,
@@ -181,7 +194,7 @@ async fn subscribers_served(
                     traded.len(),
                 ),
                 (
-                    "orders its trader placed announced",
+                    "acceptances of its trader's orders",
                     own.placed.difference(&seen.own_orders.accepted).count(),
                     own.placed.len(),
                 ),
@@ -189,6 +202,16 @@ async fn subscribers_served(
                     "fills of its trader's orders",
                     own.fills.difference(&seen.own_orders.fills).count(),
                     own.fills.len(),
+                ),
+                (
+                    "completions of its trader's filled orders",
+                    own.filled.difference(&seen.own_orders.completed).count(),
+                    own.filled.len(),
+                ),
+                (
+                    "cancellations of its trader's cancelled orders",
+                    own.cancelled.difference(&seen.own_orders.cancelled).count(),
+                    own.cancelled.len(),
                 ),
             ];
             for (what, missing, all) in missing {

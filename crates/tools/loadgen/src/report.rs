@@ -147,11 +147,14 @@ impl fmt::Display for Report {
         };
         writeln!(
             f,
-            "stream messages per subscriber: {:?}; trades {:?}; own orders accepted {:?} and fills {:?}; book updates {:?}, of them after a gap {:?}",
+            "stream messages per subscriber: {:?}; trades {:?}; own orders accepted {:?}, fills {:?}, ended {:?}; book updates {:?}, of them after a gap {:?}",
             per_subscriber(|s| s.messages),
             per_subscriber(|s| s.trades.trades.len() as u64),
             per_subscriber(|s| s.own_orders.accepted.len() as u64),
             per_subscriber(|s| s.own_orders.fills.len() as u64),
+            per_subscriber(
+                |s| (s.own_orders.completed.len() + s.own_orders.cancelled.len()) as u64
+            ),
             per_subscriber(|s| s.book.updates),
             per_subscriber(|s| s.book.gaps),
         )?;

@@ -3,9 +3,11 @@
 //! skip, each fill once.
 //!
 //! Once the run is over, [`crate::invariants`] compares what arrived with the trader's orders
-//! as the REST API lists them: no order named here may be another account's, every order the
-//! trader placed must have been announced (`order_accepted`) and every fill of its orders must
-//! have arrived — on a stream subscribed before the first order and not closed by the server.
+//! as the REST API lists them: no order named here may be another account's, and every order
+//! the trader placed must have been announced (`order_accepted`), every fill of its orders and
+//! every order's end (`order_completed` for a filled one, `order_cancelled` for a cancelled
+//! one) must have arrived — on a stream subscribed before the first order and not closed by
+//! the server.
 
 use std::collections::HashSet;
 
@@ -25,6 +27,11 @@ pub struct OwnOrders {
     pub named: HashSet<Uuid>,
     /// Every fill received: (order, trade).
     pub fills: HashSet<(Uuid, Uuid)>,
+    /// Orders announced as filled completely.
+    pub completed: HashSet<Uuid>,
+    /// Orders announced as cancelled (by their owner, or the rest of an IOC, FOK or market
+    /// order).
+    pub cancelled: HashSet<Uuid>,
     /// Messages that broke the promise.
     pub broken: Findings,
 }
@@ -59,8 +66,16 @@ impl OwnOrders {
                 self.named.insert(order);
                 self.accepted.insert(order);
             }
-            (Some("order_completed" | "order_cancelled"), Some(order)) => {
+            (Some(kind @ ("order_completed" | "order_cancelled")), Some(order)) => {
                 self.named.insert(order);
+                let ended = if kind == "order_completed" {
+                    &mut self.completed
+                } else {
+                    &mut self.cancelled
+                };
+                if !ended.insert(order) {
+                    self.broken.note("an order's end received twice", message);
+                }
             }
             _ => self.broken.note("not an order message", message),
         }
@@ -107,6 +122,17 @@ mod tests {
         assert_eq!(own.accepted, HashSet::from([order]));
         assert_eq!(own.named, HashSet::from([order]));
         assert_eq!(own.fills, HashSet::from([(order, trade)]));
+        assert_eq!(own.completed, HashSet::from([order]));
+        assert!(own.cancelled.is_empty());
+    }
+
+    #[test]
+    fn an_order_that_ends_twice_breaks_the_promise() {
+        let order = Uuid::now_v7();
+        let cancelled = |sequence| message(sequence, "order_cancelled", json!({"order_id": order}));
+        let twice = seen(&[cancelled(1), cancelled(2)]);
+        assert_eq!(twice.cancelled, HashSet::from([order]));
+        assert_eq!(twice.broken.len(), 1, "{:?}", twice.broken);
     }
 
     #[test]
