@@ -6,6 +6,8 @@
 //! 2. PostgreSQL stopped (every connection cut) for 45 s, as a managed failover takes;
 //! 3. Redis killed for 15 s and started again *empty*, as a Redis without persistence (or a
 //!    failover to a replica that lagged) comes back;
+//! 4. with two orders replicas, the owner of a symbol killed — also under the load generator's
+//!    whole mix, whose invariants must hold afterwards — or paused;
 //!
 //! — and afterwards: every order answered 2xx is stored exactly once, every executed trade is
 //! settled exactly once, nothing was dead-lettered, no request was answered 500 (a dependency
@@ -197,6 +199,45 @@ impl Platform {
     }
 
     /// One number from the platform's database.
+    /// What two books for one symbol would leave behind, checked in what orders stored: a
+    /// crossed market, a book sequence written twice, or one that went back across a takeover.
+    async fn assert_one_book_per_symbol(&self) {
+        // Never a crossed market: no open bid at or above an open ask of the same symbol.
+        let crossed = self
+            .count(
+                "SELECT count(*) FROM orders.orders b JOIN orders.orders a
+                ON a.symbol = b.symbol AND a.side = 'sell' AND b.side = 'buy'
+             WHERE a.status IN ('open', 'partially_filled')
+               AND b.status IN ('open', 'partially_filled') AND b.price >= a.price",
+            )
+            .await;
+        assert_eq!(crossed, 0, "crossed market");
+        // One sequence per book: no two events of a symbol share a book sequence.
+        let forked = self
+            .count(
+                "SELECT count(*) FROM (SELECT symbol, book_sequence FROM orders.orders
+                                    WHERE book_sequence IS NOT NULL
+                                    GROUP BY 1, 2 HAVING count(*) > 1) AS doubled",
+            )
+            .await;
+        assert_eq!(forked, 0, "two books wrote the same sequence");
+        // And across every takeover the book's numbering only went forward — the kill after a
+        // cancel included: each acceptance, trade and cancel of a book, in the order the outbox
+        // took them, carries a sequence above the one before it, never one given out already. (A
+        // fill's completions share their trade's, so they are left out.)
+        let went_back = self
+        .count(
+            "SELECT count(*) FROM (
+                 SELECT (envelope::jsonb ->> 'sequence')::int8 <= lag((envelope::jsonb ->> 'sequence')::int8)
+                            OVER (PARTITION BY envelope::jsonb -> 'payload' ->> 'symbol' ORDER BY position) AS back
+                   FROM orders.outbox
+                  WHERE event_type IN ('OrderAccepted', 'OrderCancelled', 'TradeExecuted')
+             ) AS steps WHERE back",
+        )
+        .await;
+        assert_eq!(went_back, 0, "a book's sequence was given out twice");
+    }
+
     async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
             .fetch_one(&self.db)
@@ -838,42 +879,104 @@ async fn orders_replicas_keep_one_book_per_symbol_through_a_kill_and_a_pause() {
     assert_eq!(status, StatusCode::CREATED, "{bid}");
     assert_eq!(bid["status"], "filled", "{bid}");
 
-    // Never a crossed market: no open bid at or above an open ask of the same symbol.
-    let crossed = platform
-        .count(
-            "SELECT count(*) FROM orders.orders b JOIN orders.orders a
-                ON a.symbol = b.symbol AND a.side = 'sell' AND b.side = 'buy'
-             WHERE a.status IN ('open', 'partially_filled')
-               AND b.status IN ('open', 'partially_filled') AND b.price >= a.price",
-        )
-        .await;
-    assert_eq!(crossed, 0, "crossed market");
-    // One sequence per book: no two events of a symbol share a book sequence.
-    let forked = platform
-        .count(
-            "SELECT count(*) FROM (SELECT symbol, book_sequence FROM orders.orders
-                                    WHERE book_sequence IS NOT NULL
-                                    GROUP BY 1, 2 HAVING count(*) > 1) AS doubled",
-        )
-        .await;
-    assert_eq!(forked, 0, "two books wrote the same sequence");
-    // And across every takeover the book's numbering only went forward — the kill after a
-    // cancel included: each acceptance, trade and cancel of a book, in the order the outbox
-    // took them, carries a sequence above the one before it, never one given out already. (A
-    // fill's completions share their trade's, so they are left out.)
-    let went_back = platform
-        .count(
-            "SELECT count(*) FROM (
-                 SELECT (envelope::jsonb ->> 'sequence')::int8 <= lag((envelope::jsonb ->> 'sequence')::int8)
-                            OVER (PARTITION BY envelope::jsonb -> 'payload' ->> 'symbol' ORDER BY position) AS back
-                   FROM orders.outbox
-                  WHERE event_type IN ('OrderAccepted', 'OrderCancelled', 'TradeExecuted')
-             ) AS steps WHERE back",
-        )
-        .await;
-    assert_eq!(went_back, 0, "a book's sequence was given out twice");
+    platform.assert_one_book_per_symbol().await;
 
     // Every trade settles once, and the books reconcile.
     platform.until_every_trade_settled().await;
     platform.assert_reconciled(&admin).await;
+}
+
+/// The load generator's mix — limit, market, IOC and FOK orders, cancels, reads and WebSocket
+/// subscribers, at a constant rate — through two SIGKILLs of the orders replica that owns the
+/// traded symbol (REL-16 under load): first the replica the gateway calls, then, once it is
+/// back, the one it forwards the symbol's orders to. Each time the other replica takes the
+/// symbol over and the killed one returns; the answers lost with it are 503s, not 500s, and
+/// afterwards every invariant of `loadgen` holds as after any run (every 2xx order stored once,
+/// every trade settled once, reconciliation clean, each account's balances exact in the ledger
+/// and in risk, every subscriber given every trade and its trader's orders, fills and ends) and
+/// the symbol had one book throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generators_invariants_hold_through_two_kills_of_the_symbols_owner() {
+    const SYMBOL: &str = "BTC-USD";
+    let mut platform = Platform::start_with(&["orders-2"]).await;
+    let operator = "loadgen-operator@example.com";
+    trader(&platform, operator, &["admin"]).await;
+    let config = loadgen::Config {
+        gateway: platform.url("gateway"),
+        rate: 60,
+        duration_secs: 40,
+        accounts: 4,
+        subscribers: 2,
+        symbol: SYMBOL.to_owned(),
+        admin_email: operator.to_owned(),
+        admin_password: PASSWORD.to_owned(),
+        seed: 14,
+        max_in_flight: 1_000,
+        settle_timeout_secs: 60,
+    };
+    let run = tokio::spawn(async move { loadgen::run(&config).await });
+
+    let stored = |platform: &Platform| {
+        let db = platform.db.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM orders.orders WHERE symbol = $1")
+                .bind(SYMBOL)
+                .fetch_one(&db)
+                .await
+                .unwrap()
+        }
+    };
+    let mut killed = Vec::new();
+    for round in 1..=2 {
+        // Trading goes on before each kill: orders stored since the last one.
+        let before = stored(&platform).await;
+        eventually(&format!("orders stored before kill {round}"), || async {
+            stored(&platform).await >= before + 20
+        })
+        .await;
+        let owner = owner_of(&platform, SYMBOL).await.unwrap();
+        let epoch = epoch_of(&platform, SYMBOL).await;
+        platform
+            .processes
+            .remove(owner)
+            .unwrap()
+            .kill()
+            .await
+            .unwrap();
+        eventually(
+            &format!("{SYMBOL} taken over after kill {round}"),
+            || async {
+                epoch_of(&platform, SYMBOL).await > epoch
+                    && owner_of(&platform, SYMBOL)
+                        .await
+                        .is_some_and(|now| now != owner)
+            },
+        )
+        .await;
+        killed.push(owner);
+        platform.spawn(owner);
+        platform.until_ready(owner).await;
+    }
+    // The symbol's first owner is the replica the gateway calls or the other; either way the
+    // second kill took the replica the first one handed the symbol to.
+    assert_ne!(killed[0], killed[1], "both replicas were killed once each");
+
+    let report = run.await.unwrap().unwrap();
+    eprintln!("{report}");
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.internal_errors(), 0, "{report}");
+    assert!(
+        report.faults() > 0,
+        "the kills fell inside the run: {report}"
+    );
+    assert!(report.orders_placed > 200, "{report}");
+    platform.assert_one_book_per_symbol().await;
+}
+
+async fn epoch_of(platform: &Platform, symbol: &str) -> i64 {
+    sqlx::query_scalar("SELECT epoch FROM orders.symbol_owners WHERE symbol = $1")
+        .bind(symbol)
+        .fetch_one(&platform.db)
+        .await
+        .unwrap()
 }
