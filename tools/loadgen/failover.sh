@@ -10,6 +10,9 @@
 # violations: a client that got none does not know whether its order was booked, and retries
 # with its idempotency key (docs/design.md, "Idempotency").
 #   cargo build --release -p bourse -p loadgen && tools/loadgen/failover.sh [rate] [seconds] [accounts]
+# FAILOVER_BY=pause: the owner is stopped with SIGSTOP instead — its process and sockets stay,
+# under load almost always in the middle of a matching batch holding its symbol's owner row —
+# and continued with SIGCONT after the takeover, which its batch must not survive (ADR 0014).
 # Prints when each kill, takeover and return happened, then loadgen's report; exits as
 # loadgen does (1 on a violated invariant), or 3 when no takeover came within 30 s.
 set -euo pipefail
@@ -18,6 +21,7 @@ rate=${1:-400}
 seconds=${2:-60}
 accounts=${3:-32}
 symbol=BTC-USD
+by=${FAILOVER_BY:-kill}
 export BOURSE_PERF_PROCESSES=separate BOURSE_PERF_ORDERS_REPLICAS=2
 source tools/wrk/start-bourse.sh
 
@@ -50,8 +54,9 @@ for round in 1 2; do
   read -r address epoch <<< "$(owner)"
   if [[ $address == *:8092* ]]; then port=8092; else port=8082; fi
   killed_at=$(millis)
-  kill -KILL "${pid_on[$port]}"
-  echo "round $round: killed the owner of $symbol (orders on $port, epoch $epoch) with SIGKILL"
+  if [[ $by == pause ]]; then signal=STOP; else signal=KILL; fi
+  kill -$signal "${pid_on[$port]}"
+  echo "round $round: stopped the owner of $symbol (orders on $port, epoch $epoch) with SIG$signal"
 
   # The takeover: the symbol's epoch moves on, under the other replica.
   taken=""
@@ -61,14 +66,19 @@ for round in 1 2; do
     sleep 0.1
   done
   if [[ -z $taken ]]; then
-    echo "no takeover of $symbol within 30 s"; kill $loadgen; exit 3
+    echo "no takeover of $symbol within 30 s"
+    kill -CONT "${pid_on[$port]}" 2>/dev/null || true; kill $loadgen; exit 3
   fi
   echo "round $round: taken over by $now_address (epoch $now_epoch) $(( taken - killed_at )) ms after the kill"
 
-  # The killed replica comes back on its port and joins the same books.
-  BOURSE_ORDERS_PORT=$port "$bin" serve orders >> /tmp/bourse-perf.log 2>&1 &
-  pid_on[$port]=$!
-  servers+=($!)
+  # The replica comes back on its port (a paused one continues) and joins the same books.
+  if [[ $by == pause ]]; then
+    kill -CONT "${pid_on[$port]}"
+  else
+    BOURSE_ORDERS_PORT=$port "$bin" serve orders >> /tmp/bourse-perf.log 2>&1 &
+    pid_on[$port]=$!
+    servers+=($!)
+  fi
   for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$port/health/ready" > /dev/null && break; sleep 0.2; done
   echo "round $round: orders on $port back $(( $(millis) - killed_at )) ms after the kill"
 done

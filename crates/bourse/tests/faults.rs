@@ -980,3 +980,78 @@ async fn epoch_of(platform: &Platform, symbol: &str) -> i64 {
         .await
         .unwrap()
 }
+
+/// An owner paused in the middle of a matching batch (ADR 0014). Its batch's first statement
+/// has taken the symbol's owner row, and its process is stopped before the batch commits. The
+/// socket of a stopped process stays open, so its session and the row lock would outlive its
+/// lease for as long as it is stopped, and no takeover could pass: PostgreSQL ends a session
+/// idle inside a transaction after `service_kit::db::IDLE_IN_TRANSACTION_TIMEOUT`, the batch
+/// rolls back, and the other replica takes the symbol over and trades on its book while the
+/// owner is still stopped. Woken, the old owner commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_paused_in_the_middle_of_a_batch_loses_its_symbol() {
+    let platform = Platform::start_with(&["orders-2"]).await;
+    let (admin, pairs) = funded_market(&platform).await;
+    let (alice, bob) = pairs[0].clone();
+    let owner = eventually_some("BTC-USD to be owned", || owner_of(&platform, "BTC-USD")).await;
+    let heir = if owner == "orders" {
+        "orders-2"
+    } else {
+        "orders"
+    };
+    let (owner_url, heir_url) = (platform.url(owner), platform.url(heir));
+    let (status, ask) = place_at(&owner_url, &alice, limit("BTC-USD", "sell", "100.00")).await;
+    assert_eq!(status, StatusCode::CREATED, "{ask}");
+    let epoch = epoch_of(&platform, "BTC-USD").await;
+
+    // The test holds the orders outbox's write lock (its statement trigger's): the owner's next
+    // batch takes the owner row in its first statement, then waits at its outbox insert.
+    let mut outbox_lock = platform.db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(736812502, hashtext('orders'))")
+        .execute(&mut *outbox_lock)
+        .await
+        .unwrap();
+    let paused_bid = tokio::spawn({
+        let (owner_url, bob) = (owner_url.clone(), bob.clone());
+        async move { place_at(&owner_url, &bob, limit("BTC-USD", "buy", "100.00")).await }
+    });
+    service_kit::testing::until_waiting_for_a_lock(&platform.db, "INSERT INTO outbox").await;
+    // Stopped there; the insert then completes, and the batch waits on a stopped process with
+    // the owner row locked.
+    signal(&platform.processes[owner], "-STOP");
+    outbox_lock.commit().await.unwrap();
+
+    eventually(
+        "BTC-USD taken over from the owner paused mid-batch",
+        || async {
+            epoch_of(&platform, "BTC-USD").await > epoch
+                && owner_of(&platform, "BTC-USD").await == Some(heir)
+        },
+    )
+    .await;
+    // The paused batch rolled back: the ask still rests, and the heir's book trades it.
+    let (status, bid) = place_at(&heir_url, &bob, limit("BTC-USD", "buy", "100.00")).await;
+    assert_eq!(status, StatusCode::CREATED, "{bid}");
+    assert_eq!(
+        bid["status"], "filled",
+        "the rebuilt book kept the ask: {bid}"
+    );
+
+    // Woken, the old owner's batch fails on its ended session and commits nothing; its
+    // request is answered without a 500, and an order it reports placed is stored.
+    signal(&platform.processes[owner], "-CONT");
+    let (status, answer) = paused_bid.await.unwrap();
+    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    if status == StatusCode::CREATED {
+        let stored = platform
+            .count(&format!(
+                "SELECT count(*) FROM orders.orders WHERE id = '{}'",
+                answer["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(stored, 1, "{answer}");
+    }
+    platform.assert_one_book_per_symbol().await;
+    platform.until_every_trade_settled().await;
+    platform.assert_reconciled(&admin).await;
+}

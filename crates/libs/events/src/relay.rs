@@ -50,6 +50,10 @@ pub struct RelaySettings {
     pub batch_size: i64,
     /// How long to wait for a notification before looking anyway (and between leadership tries).
     pub poll_interval: Duration,
+    /// How long the leader's session may stay unused before PostgreSQL ends it, and its
+    /// leadership with it: a leader whose process was paused gives way after this. Must be well
+    /// above `poll_interval` and `confirm_interval`, between which a live leader always uses it.
+    pub leader_idle_timeout: Duration,
     /// How often consumption is confirmed and streams trimmed.
     pub confirm_interval: Duration,
     /// How long an acknowledged entry stays in its stream, for readers without a group.
@@ -72,6 +76,7 @@ impl Default for RelaySettings {
         Self {
             batch_size: 500,
             poll_interval: Duration::from_millis(500),
+            leader_idle_timeout: Duration::from_secs(5),
             confirm_interval: Duration::from_secs(1),
             stream_keep: Duration::from_secs(60),
             retention: Duration::from_secs(3600),
@@ -195,6 +200,16 @@ impl Relay {
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
             }
         }
+        // Leadership is this session's lock, held for as long as the session lives — and a
+        // process that stops without dying (SIGSTOP, a frozen VM) keeps its socket, so its
+        // session would live, and hold the lock, for as long as it is stopped: no relay would
+        // publish this outbox. A leader uses its session at least every `poll_interval`, so
+        // PostgreSQL ends one idle for `leader_idle_timeout` and the lock goes with it; another
+        // relay leads within a `poll_interval` of that.
+        sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
+            .bind(self.settings.leader_idle_timeout.as_millis().to_string())
+            .execute(&mut leader)
+            .await?;
         tracing::info!(schema = self.schema, "outbox relay leading");
         let result = self.publish_until(shutdown, &mut leader).await;
         // Closing the session releases the lock.

@@ -362,6 +362,79 @@ async fn two_relays_publish_each_event_once_in_order(pool: PgPool) {
     );
 }
 
+/// A leader whose process stops without dying (SIGSTOP, a frozen VM) keeps its socket, so its
+/// session and the leadership lock would live as long as it is stopped and nothing would be
+/// published. PostgreSQL ends the leader's session once it has been idle for
+/// `leader_idle_timeout`, and another relay leads. The first relay runs on a runtime of its
+/// own thread, which the test stops as SIGSTOP stops a process: nothing of it runs, its sockets
+/// stay open.
+#[sqlx::test(migrations = false)]
+async fn a_paused_leader_gives_way_to_another_relay(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let settings = RelaySettings {
+        poll_interval: Duration::from_millis(50),
+        leader_idle_timeout: Duration::from_secs(1),
+        ..RelaySettings::default()
+    };
+    let shutdown = Shutdown::new();
+    let (pause, paused) = tokio::sync::oneshot::channel::<()>();
+    let (stopped, stopped_seen) = tokio::sync::oneshot::channel::<()>();
+    let (resume, resumed) = std::sync::mpsc::channel::<()>();
+    let first = std::thread::spawn({
+        let (options, prefix, settings) =
+            (pool.connect_options(), prefix.clone(), settings.clone());
+        let shutdown = shutdown.clone();
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                // Its own pool and Redis connection: their sockets belong to this runtime.
+                let pool = PgPool::connect_with(options.as_ref().clone())
+                    .await
+                    .unwrap();
+                let redis = common::redis().await;
+                let relay = relay_with(&pool, &redis, &prefix, settings);
+                let running = tokio::spawn(relay.run(shutdown));
+                paused.await.unwrap();
+                stopped.send(()).unwrap();
+                // The whole runtime blocks here: the relay is stopped mid-leadership.
+                resumed.recv().unwrap();
+                running.await.unwrap();
+            });
+        }
+    });
+    // Alone, the first relay leads and publishes.
+    let mut written = produce(&pool, 1, 1).await;
+    eventually("the first relay to publish", || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+
+    pause.send(()).unwrap();
+    stopped_seen.await.unwrap();
+    let second = tokio::spawn(relay_with(&pool, &redis, &prefix, settings).run(shutdown.clone()));
+    written.extend(produce(&pool, 3, 1).await);
+    eventually(
+        "another relay to publish while the leader is paused",
+        || async { unpublished(&pool).await == 0 },
+    )
+    .await;
+
+    // Resumed, the old leader finds its session gone and publishes nothing twice.
+    resume.send(()).unwrap();
+    shutdown.trigger();
+    second.await.unwrap();
+    first.join().unwrap();
+    assert_eq!(
+        stream_ids(&mut redis, &prefix.stream("items")).await,
+        written
+    );
+}
+
 #[test]
 fn an_event_caused_by_another_keeps_its_correlation_and_trace() {
     let mut cause = envelope(1);

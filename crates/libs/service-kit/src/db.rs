@@ -69,10 +69,26 @@ async fn report_pool(pool: PgPool, schema: &'static str, shutdown: crate::Shutdo
     }
 }
 
+/// How long a session may sit inside a transaction waiting for its client before PostgreSQL
+/// ends it. A transaction's locks are held until it ends, and a client that stops sending — a
+/// process paused (SIGSTOP, a frozen VM, a debugger) or hung — would otherwise hold them for as
+/// long as it is stopped, since its socket stays open: an orders replica paused in the middle
+/// of a matching batch keeps its symbol's owner row locked, and no other replica can take the
+/// symbol over (ADR 0014), however long ago its lease ran out. Every transaction of ours sends
+/// its statements back to back; none waits this long for anything of its own.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn options(url: &SecretString, schema: &'static str) -> Result<PgConnectOptions, sqlx::Error> {
+    let idle_in_transaction = IDLE_IN_TRANSACTION_TIMEOUT.as_millis().to_string();
     Ok(PgConnectOptions::from_str(url.expose_secret())?
         .application_name(schema)
-        .options([("search_path", schema)]))
+        .options([
+            ("search_path", schema),
+            (
+                "idle_in_transaction_session_timeout",
+                idle_in_transaction.as_str(),
+            ),
+        ]))
 }
 
 /// Points `pool`'s next connections at each new `DATABASE_URL`, until the sender is gone.
