@@ -280,6 +280,26 @@ impl Engines {
         }
     }
 
+    /// Forgets `route` for `symbol` after a command sent along it failed — that route only.
+    /// Between the route being read and the failure, this replica may have taken the symbol
+    /// over and started its task: forgetting that task too would leave it running unseen while
+    /// the next command starts a second one under the same epoch, and two books of one symbol
+    /// would both pass the fence.
+    fn forget_failed(&self, symbol: &str, route: &Route) {
+        match route {
+            Route::Here(queue) => {
+                if let Ok(mut local) = self.local.lock() {
+                    forget_local(&mut local, symbol, queue);
+                }
+            }
+            Route::There(owner) => {
+                if let Ok(mut remote) = self.remote.lock() {
+                    forget_remote(&mut remote, symbol, owner);
+                }
+            }
+        }
+    }
+
     fn cached(&self, symbol: &str) -> Option<Route> {
         if let Some(book) = self.local.lock().ok()?.get(symbol)
             && !book.queue.is_closed()
@@ -340,8 +360,9 @@ impl Engines {
             if attempt > 0 {
                 tokio::time::sleep(ROUTE_BACKOFF.delay(attempt - 1)).await;
             }
-            let outcome = match self.route(instrument).await? {
-                Route::Here(queue) => self.ask_here(&queue, command.clone()).await,
+            let route = self.route(instrument).await?;
+            let outcome = match &route {
+                Route::Here(queue) => self.ask_here(queue, command.clone()).await,
                 Route::There(owner) if forward => {
                     let sent = self
                         .forwarder
@@ -349,7 +370,7 @@ impl Engines {
                         .await;
                     if sent.is_err() {
                         // Unreachable, or it answered from a book that moved: look again.
-                        self.forget(&instrument.symbol);
+                        self.forget_failed(&instrument.symbol, &route);
                     }
                     sent
                 }
@@ -358,9 +379,9 @@ impl Engines {
             match outcome {
                 // The book moved (fenced, released, or its task gone before taking the job):
                 // the command never ran, so it may be routed again.
-                Err(Error::NotOwner) if forward => self.forget(&instrument.symbol),
+                Err(Error::NotOwner) if forward => self.forget_failed(&instrument.symbol, &route),
                 Err(Error::NotOwner) => {
-                    self.forget(&instrument.symbol);
+                    self.forget_failed(&instrument.symbol, &route);
                     return Err(Error::NotOwner);
                 }
                 other => return other,
@@ -556,6 +577,27 @@ impl Engines {
         }
         metrics::gauge!("orders_owned_symbols").set(owned as f64);
         Ok(())
+    }
+}
+
+/// Drops `symbol`'s local task from the registry if it is still the one behind `queue`: a
+/// newer task started meanwhile stays.
+fn forget_local(local: &mut HashMap<String, LocalBook>, symbol: &str, queue: &mpsc::Sender<Job>) {
+    if local
+        .get(symbol)
+        .is_some_and(|book| book.queue.same_channel(queue))
+    {
+        local.remove(symbol);
+    }
+}
+
+/// Drops where `symbol`'s book was found if it still names `owner`.
+fn forget_remote(remote: &mut HashMap<String, Remote>, symbol: &str, owner: &Remote) {
+    if remote
+        .get(symbol)
+        .is_some_and(|found| found.replica == owner.replica && found.address == owner.address)
+    {
+        remote.remove(symbol);
     }
 }
 
@@ -942,6 +984,47 @@ fn new_order(instrument: &Instrument, order: &ValidOrder) -> NewOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn local_book(epoch: i64) -> (LocalBook, mpsc::Receiver<Job>) {
+        let (queue, receiver) = mpsc::channel(1);
+        (LocalBook { queue, epoch }, receiver)
+    }
+
+    #[test]
+    fn a_failed_route_forgets_that_route_and_never_a_task_started_since() {
+        // A command read the route "BTC-USD is with replica A" and was forwarded; meanwhile this
+        // replica took the symbol over and started its task. The forward then fails.
+        let a = Remote {
+            replica: Uuid::now_v7(),
+            address: "http://10.0.0.1:8082".to_owned(),
+        };
+        let (task, _running) = local_book(3);
+        let mut local = HashMap::from([("BTC-USD".to_owned(), task.clone())]);
+        let mut remote = HashMap::from([("BTC-USD".to_owned(), a.clone())]);
+        forget_remote(&mut remote, "BTC-USD", &a);
+        assert!(remote.is_empty(), "the failed route is forgotten");
+        assert!(
+            local["BTC-USD"].queue.same_channel(&task.queue),
+            "the task started here stays the symbol's one task"
+        );
+
+        // A task that answered not_owner is forgotten only if it is still the registered one:
+        // a newer task (a later epoch taken back) stays.
+        let (old, _ended) = local_book(2);
+        forget_local(&mut local, "BTC-USD", &old.queue);
+        assert!(local["BTC-USD"].queue.same_channel(&task.queue));
+        forget_local(&mut local, "BTC-USD", &task.queue);
+        assert!(local.is_empty());
+
+        // Likewise a remote route learned again since (the book moved on to replica B).
+        let b = Remote {
+            replica: Uuid::now_v7(),
+            address: "http://10.0.0.2:8082".to_owned(),
+        };
+        remote.insert("BTC-USD".to_owned(), b.clone());
+        forget_remote(&mut remote, "BTC-USD", &a);
+        assert_eq!(remote["BTC-USD"].replica, b.replica);
+    }
 
     #[test]
     fn a_check_deadline_travels_as_the_milliseconds_left_and_may_be_absent() {
