@@ -420,3 +420,59 @@ async fn a_client_that_stops_reading_is_cut_off_while_others_keep_receiving(pool
         assert_eq!(code, 1008);
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn an_event_a_relay_publishes_again_reaches_a_client_once(pool: PgPool) {
+    let m = market(pool, &[]).await;
+    let (mut socket, _) = subscribed(&m.app, &m.bob, &["trades:BTC-USD"]).await;
+    m.app
+        .placed_order(&m.alice, &limit("sell", "30000.00", "0.1"))
+        .await;
+    m.app
+        .placed_order(&m.bob, &limit("buy", "30000.00", "0.1"))
+        .await;
+    let first = next(&mut socket).await;
+    assert_eq!(first["type"], "trade", "{first}");
+
+    // A relay leader that was stopped after publishing that batch and before recording it
+    // gives way, and the next leader publishes the batch again (ADR 0005): the same entries,
+    // with their outbox positions, added to the stream once more.
+    let mut redis = service_kit::redis::connect_url(&"redis://127.0.0.1:6379".into(), None)
+        .await
+        .unwrap();
+    let stream = service_kit::redis::KeyPrefix::new(&m.app.redis_prefix).stream("orders");
+    let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+        .arg(&stream)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    for (_, fields) in &entries {
+        let mut again = redis::cmd("XADD");
+        again.arg(&stream).arg("*");
+        for (field, value) in fields {
+            again.arg(field).arg(value);
+        }
+        let _: String = again.query_async(&mut redis).await.unwrap();
+    }
+
+    // The next trade is what the client gets next: not the first one again.
+    m.app
+        .placed_order(&m.alice, &limit("sell", "30000.00", "0.2"))
+        .await;
+    m.app
+        .placed_order(&m.bob, &limit("buy", "30000.00", "0.2"))
+        .await;
+    let second = next(&mut socket).await;
+    assert_eq!(second["type"], "trade", "{second}");
+    assert_ne!(
+        second["data"]["id"], first["data"]["id"],
+        "the copy reached the client: {second}"
+    );
+    assert_eq!(second["data"]["quantity"], "0.20000000", "{second}");
+    assert_eq!(
+        second["sequence"].as_u64(),
+        first["sequence"].as_u64().map(|s| s + 1)
+    );
+}

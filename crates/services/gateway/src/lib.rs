@@ -337,7 +337,8 @@ pub fn describe_metrics() {
         "gateway_stream_entries_total",
         Unit::Count,
         "Entries of the orders and market streams the live feed read, by outcome: forwarded, \
-         unheard (no client subscribed, not parsed) or unreadable."
+         unheard (no client subscribed, not parsed), unreadable, or repeated (a copy a relay \
+         published again, skipped)."
     );
     describe_counter!(
         "gateway_stream_stale_updates_total",

@@ -9,10 +9,11 @@
 //! and its clients learn of it the way they learn of any gap (a book update that does not
 //! follow their last sequence) and re-read the REST API or re-subscribe.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use events::StreamEntries;
+use events::{Origin, StreamEntries};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::StreamReadOptions;
@@ -86,6 +87,7 @@ async fn read(
     let options = StreamReadOptions::default()
         .count(500)
         .block(usize::try_from(BLOCK.as_millis()).unwrap_or(200));
+    let mut forwarded = Forwarded::default();
     loop {
         let read = async {
             let reply: redis::RedisResult<Option<StreamEntries>> =
@@ -117,6 +119,10 @@ async fn read(
             };
             for entry in entries {
                 last[position].clone_from(&entry.id);
+                if !forwarded.is_new(&entry) {
+                    outcomes.repeated += 1;
+                    continue;
+                }
                 if !listened {
                     outcomes.unheard += 1;
                     continue;
@@ -146,9 +152,40 @@ async fn read(
     }
 }
 
+/// The highest outbox position read from each outbox. A relay publishes its outbox in
+/// position order, and publishes again only what it had published already — a leader that
+/// died or was paused before recording its batch, a broker that lost entries (ADR 0005, ADR
+/// 0013) — so an entry at or below the highest is a copy: the consumers' inboxes skip theirs,
+/// and this skips the clients'. Each event reaches a client once (docs/stream.md). Entries
+/// from outside an outbox (the book feed's) carry no position and have their own filter.
+#[derive(Default)]
+struct Forwarded(HashMap<String, i64>);
+
+impl Forwarded {
+    /// Whether `entry` is not a copy of one read before; its position becomes the highest.
+    fn is_new(&mut self, entry: &events::Entry) -> bool {
+        let Some(origin) = Origin::of_entry(entry) else {
+            return true;
+        };
+        match self.0.get_mut(&origin.outbox) {
+            Some(highest) if origin.position <= *highest => false,
+            Some(highest) => {
+                *highest = origin.position;
+                true
+            }
+            None => {
+                self.0.insert(origin.outbox, origin.position);
+                true
+            }
+        }
+    }
+}
+
 /// What became of the entries of one read (`gateway_stream_entries_total{outcome}`).
 #[derive(Default)]
 struct Outcomes {
+    /// A copy of an entry read before (published again by a relay): skipped.
+    repeated: u64,
     /// Decoded and handed to the hub.
     forwarded: u64,
     /// Skipped undecoded: no connection subscribed to anything.
@@ -163,6 +200,7 @@ impl Outcomes {
             ("forwarded", self.forwarded),
             ("unheard", self.unheard),
             ("unreadable", self.unreadable),
+            ("repeated", self.repeated),
         ] {
             if count > 0 {
                 metrics::counter!("gateway_stream_entries_total", "outcome" => outcome)
