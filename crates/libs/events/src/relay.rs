@@ -51,8 +51,9 @@ pub struct RelaySettings {
     /// How long to wait for a notification before looking anyway (and between leadership tries).
     pub poll_interval: Duration,
     /// How long the leader's session may stay unused before PostgreSQL ends it, and its
-    /// leadership with it: a leader whose process was paused gives way after this. Must be well
-    /// above `poll_interval` and `confirm_interval`, between which a live leader always uses it.
+    /// leadership with it: a leader whose process was paused gives way after this. A live
+    /// leader uses it at least every `poll_interval`, `confirm_interval` and `linger`; the
+    /// timeout is raised to four times the longest of them if it is not above that already.
     pub leader_idle_timeout: Duration,
     /// How often consumption is confirmed and streams trimmed.
     pub confirm_interval: Duration,
@@ -207,7 +208,7 @@ impl Relay {
         // PostgreSQL ends one idle for `leader_idle_timeout` and the lock goes with it; another
         // relay leads within a `poll_interval` of that.
         sqlx::query("SELECT set_config('idle_session_timeout', $1, false)")
-            .bind(self.settings.leader_idle_timeout.as_millis().to_string())
+            .bind(self.leader_idle_timeout().as_millis().to_string())
             .execute(&mut leader)
             .await?;
         tracing::info!(schema = self.schema, "outbox relay leading");
@@ -267,6 +268,13 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// `leader_idle_timeout`, raised to four times the longest a live leader leaves its
+    /// session unused (a linger set longer than usual must not end every leadership).
+    fn leader_idle_timeout(&self) -> Duration {
+        let longest_wait = self.poll_wait().max(self.settings.linger);
+        self.settings.leader_idle_timeout.max(longest_wait * 4)
     }
 
     /// Idle waits end in time for the next confirmation.
