@@ -958,7 +958,7 @@ async fn the_load_generators_invariants_hold_through_two_kills_of_the_symbols_ow
         platform.until_ready(owner).await;
     }
     // The symbol's first owner is the replica the gateway calls or the other; either way the
-    // second kill took the replica the first one handed the symbol to.
+    // second kill took the replica that had taken the symbol over from the first.
     assert_ne!(killed[0], killed[1], "both replicas were killed once each");
 
     let report = run.await.unwrap().unwrap();
