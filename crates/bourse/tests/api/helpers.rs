@@ -287,6 +287,18 @@ impl TestApp {
     }
 
     /// The first entry of type `event_type` in this app's stream `name`: its parsed envelope.
+    /// A connection to the shared Redis the app runs on, and the app's own keys in it: for a
+    /// test that plays a part the platform's Redis traffic plays (a late publisher, a relay).
+    pub async fn redis(&self) -> (redis::aio::ConnectionManager, service_kit::redis::KeyPrefix) {
+        let redis = service_kit::redis::connect_url(&"redis://127.0.0.1:6379".into(), None)
+            .await
+            .unwrap();
+        (
+            redis,
+            service_kit::redis::KeyPrefix::new(&self.redis_prefix),
+        )
+    }
+
     pub async fn first_event_of(&self, name: &str, event_type: &str) -> Value {
         self.first_event_where(name, |t| t == event_type).await.1
     }

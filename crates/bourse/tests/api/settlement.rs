@@ -453,16 +453,8 @@ async fn a_trade_that_cannot_settle_is_dead_lettered_and_announced(pool: PgPool)
     assert_eq!(event_type, "EventDeadLettered");
     assert_eq!(notice["payload"]["event_id"], poison.id.to_string());
     assert_eq!(notice["payload"]["group"], "settlement");
-    let redis = service_kit::redis::connect_url(&"redis://127.0.0.1:6379".into(), None)
-        .await
-        .unwrap();
-    let letters = events::dlq::list(
-        &redis,
-        &service_kit::redis::KeyPrefix::new(&l.app.redis_prefix),
-        "orders",
-    )
-    .await
-    .unwrap();
+    let (redis, keys) = l.app.redis().await;
+    let letters = events::dlq::list(&redis, &keys, "orders").await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].event_id, poison.id.to_string());
     // And operators are alerted (ALR-07): a settlement failure is a dead-lettered trade.

@@ -310,9 +310,7 @@ async fn a_book_update_published_late_by_a_previous_owner_never_reaches_a_client
 
     // An orders replica that lost the symbol while an update waited in its queue publishes it
     // after the new owner moved on: an older book, at a sequence the client already holds.
-    let redis = service_kit::redis::connect_url(&"redis://127.0.0.1:6379".into(), None)
-        .await
-        .unwrap();
+    let (redis, keys) = m.app.redis().await;
     let stale = contracts::events::BookUpdated {
         symbol: "BTC-USD".to_owned(),
         sequence: held,
@@ -321,14 +319,9 @@ async fn a_book_update_published_late_by_a_previous_owner_never_reaches_a_client
         asks: Vec::new(),
     };
     let event = events::Envelope::of("orders", "BTC-USD", 0, &stale).unwrap();
-    events::direct::publish(
-        &redis,
-        &service_kit::redis::KeyPrefix::new(&m.app.redis_prefix),
-        "market",
-        &event,
-    )
-    .await
-    .unwrap();
+    events::direct::publish(&redis, &keys, "market", &event)
+        .await
+        .unwrap();
 
     // The next batch's update is published after it, so the gateway reads them in that order;
     // the client gets only the one that moves its book forward.
@@ -437,10 +430,8 @@ async fn an_event_a_relay_publishes_again_reaches_a_client_once(pool: PgPool) {
     // A relay leader that was stopped after publishing that batch and before recording it
     // gives way, and the next leader publishes the batch again (ADR 0005): the same entries,
     // with their outbox positions, added to the stream once more.
-    let mut redis = service_kit::redis::connect_url(&"redis://127.0.0.1:6379".into(), None)
-        .await
-        .unwrap();
-    let stream = service_kit::redis::KeyPrefix::new(&m.app.redis_prefix).stream("orders");
+    let (mut redis, keys) = m.app.redis().await;
+    let stream = keys.stream("orders");
     let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
         .arg(&stream)
         .arg("-")
