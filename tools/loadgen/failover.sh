@@ -24,25 +24,17 @@ symbol=BTC-USD
 by=${FAILOVER_BY:-kill}
 export BOURSE_PERF_PROCESSES=separate BOURSE_PERF_ORDERS_REPLICAS=2
 source tools/wrk/start-bourse.sh
+source tools/loadgen/with-loadgen.sh
 
-sql() { psql -qtA -h 127.0.0.1 -U postgres -d "$database" -c "$1"; }
 owner() {
   sql "SELECT r.address || ' ' || o.epoch FROM orders.symbol_owners o
          JOIN orders.replicas r ON r.id = o.replica WHERE o.symbol = '$symbol'"
 }
 millis() { date +%s%3N; }
 
-echo 'failover admin password 1234' | "$bin" admin create-user --email failover-admin@example.com --role admin > /dev/null
-LOADGEN_ADMIN_PASSWORD='failover admin password 1234' target/release/loadgen \
-  --gateway http://127.0.0.1:8080 --admin-email failover-admin@example.com --symbol "$symbol" \
-  --rate "$rate" --accounts "$accounts" --subscribers 4 --duration-secs "$seconds" > /tmp/loadgen-failover.out &
+loadgen --symbol "$symbol" --duration-secs "$seconds" > /tmp/loadgen-failover.out &
 loadgen=$!
-
-# Trading has begun once loadgen's first orders are stored (signing up and funding come first).
-until [[ $(sql "SELECT count(*) > 0 FROM orders.orders WHERE symbol = '$symbol'") == t ]]; do
-  kill -0 $loadgen 2>/dev/null || { cat /tmp/loadgen-failover.out; wait $loadgen; }
-  sleep 0.2
-done
+until_trading $loadgen /tmp/loadgen-failover.out "$symbol"
 # start-bourse.sh started orders on 8082 (the one the gateway calls) and a second replica on 8092.
 declare -A pid_on=([8082]=${servers[3]} [8092]=${servers[-1]})
 # Two rounds, a quarter of the run apart. The first owner is the replica the gateway calls, whose

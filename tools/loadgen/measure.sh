@@ -9,13 +9,7 @@ rate=${1:-1000}
 seconds=${2:-30}
 accounts=${3:-64}
 source tools/wrk/start-bourse.sh
-
-echo 'perf admin password 1234' | "$bin" admin create-user --email perf-admin@example.com --role admin > /dev/null
-loadgen() {
-  LOADGEN_ADMIN_PASSWORD='perf admin password 1234' target/release/loadgen \
-    --gateway http://127.0.0.1:8080 --admin-email perf-admin@example.com \
-    --rate "$rate" --accounts "$accounts" --subscribers 4 "$@"
-}
+source tools/loadgen/with-loadgen.sh
 # LOADGEN_WARMUP (seconds, default 10; 0 for none): a run of the same load on accounts of its
 # own first, then ANALYZE, then the measured run — a platform that has been running, as a
 # deployment is after its first minute. On a fresh database every connection caches plans made
@@ -24,7 +18,7 @@ loadgen() {
 warmup=${LOADGEN_WARMUP:-10}
 if [[ $warmup != 0 ]]; then
   loadgen --duration-secs "$warmup" > /dev/null
-  psql -q -h 127.0.0.1 -U postgres -d "$database" -c "ANALYZE"
+  sql "ANALYZE"
   echo "warmed up for ${warmup} s, then ANALYZE"
 fi
 loadgen --duration-secs "$seconds"
