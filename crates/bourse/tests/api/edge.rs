@@ -6,7 +6,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{assert_problem, shed_in_lane, spawn_app, spawn_app_with, spawn_app_without};
+use crate::helpers::{
+    PASSWORD, Tokens, assert_problem, shed_in_lane, spawn_app, spawn_app_with, spawn_app_without,
+};
 
 #[sqlx::test(migrations = false)]
 async fn a_valid_request_id_is_kept_and_propagated_an_invalid_one_replaced(pool: PgPool) {
@@ -212,6 +214,72 @@ async fn with_alerting_down_the_gateway_stays_ready_and_trading_goes_on(pool: Pg
         "upstream_unavailable",
     )
     .await;
+}
+
+/// Risk is away: orders cannot check a new order, and refuses it naming risk. That is not
+/// orders failing, and the gateway does not take it for that. However many placements were
+/// refused, a trader still pulls a resting order and reads the book and their orders — what
+/// traders do first when a venue is in trouble, and what a gateway breaker opened by those
+/// refusals would refuse too.
+#[sqlx::test(migrations = false)]
+async fn with_risk_down_orders_are_refused_but_traders_still_cancel_and_read(pool: PgPool) {
+    let prefix = format!("test:{}", uuid::Uuid::now_v7());
+    let same_broker = ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str());
+    let order = |side: &str| {
+        json!({"symbol": "BTC-USD", "side": side, "type": "limit", "price": "30000.00",
+               "quantity": "0.5", "time_in_force": "gtc"})
+    };
+    // Alice's ask rests while risk is up.
+    let app = spawn_app_with(pool.clone(), &[same_broker]).await;
+    let (_admin, alice, _bob) = app.funded_market().await;
+    let ask = app.placed_order(&alice, &order("sell")).await;
+    let ask = ask["id"].as_str().unwrap().to_owned();
+    app.stop().await;
+
+    // Then the platform runs without it.
+    let nowhere = format!("http://127.0.0.1:{}", service_kit::testing::closed_port());
+    let app = spawn_app_without(
+        pool,
+        &[same_broker, ("BOURSE_RISK_URL", nowhere.as_str())],
+        &[Target::Risk],
+    )
+    .await;
+    let alice: Tokens = app
+        .login("alice@example.com", PASSWORD)
+        .await
+        .json()
+        .await
+        .unwrap();
+    // Twice the calls the gateway's breaker needs for a verdict, every one refused.
+    for _ in 0..20 {
+        let refused = app.place_order(&alice, &order("buy")).await;
+        assert_eq!(refused.headers()[resilience::FAILED_UPSTREAM], "risk");
+        assert_problem(
+            refused,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "upstream_unavailable",
+        )
+        .await;
+    }
+
+    let book = app.get("/v1/markets/BTC-USD/book").await;
+    assert_eq!(book.status(), StatusCode::OK);
+    let book: Value = book.json().await.unwrap();
+    assert_eq!(book["asks"][0][0], "30000.00", "{book}");
+    let own = app
+        .get_authed(&format!("/v1/orders/{ask}"), &alice.access_token)
+        .await;
+    assert_eq!(own.status(), StatusCode::OK);
+    let cancelled = app
+        .client
+        .delete(app.url(&format!("/v1/orders/{ask}")))
+        .bearer_auth(&alice.access_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), StatusCode::OK);
+    let cancelled: Value = cancelled.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
 }
 
 #[sqlx::test(migrations = false)]

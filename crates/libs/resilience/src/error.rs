@@ -2,8 +2,15 @@
 
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{HeaderName, HeaderValue, StatusCode};
 use service_kit::http::Problem;
+
+/// Set on every problem [`CallError::problem`] makes, naming the upstream that failed: the
+/// service answering 5xx is up, one it calls is not. Whoever called *it* must not count that
+/// answer against it ([`crate::upstream`]'s breaker does not): a caller's breaker opened by a
+/// dependency's outage two hops away would refuse every route of a healthy service — with
+/// risk away, orders' cancels and reads along with the placements risk has to check.
+pub const FAILED_UPSTREAM: HeaderName = HeaderName::from_static("bourse-failed-upstream");
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
@@ -48,9 +55,18 @@ impl CallError {
     }
 
     /// 503 with `Retry-After` (504 for a timeout): the dependency, not the client, failed, and
-    /// nothing was done on its behalf that a retry could double.
+    /// nothing was done on its behalf that a retry could double. It names the dependency in
+    /// [`FAILED_UPSTREAM`].
     pub fn problem(&self) -> Problem {
         let upstream = self.upstream();
+        let problem = self.problem_of(upstream);
+        match HeaderValue::from_str(upstream) {
+            Ok(name) => problem.with_header(FAILED_UPSTREAM, name),
+            Err(_) => problem,
+        }
+    }
+
+    fn problem_of(&self, upstream: &str) -> Problem {
         match self {
             CallError::Open { retry_after, .. } => Problem::unavailable(
                 "upstream_unavailable",

@@ -16,7 +16,9 @@
 //!
 //! Failing fast is the point: an open breaker or a full bulkhead answers
 //! [`CallError::Open`]/[`CallError::Saturated`] without touching the network, and
-//! [`CallError::problem`] turns every failure into a 503/504 problem with `Retry-After`.
+//! [`CallError::problem`] turns every failure into a 503/504 problem with `Retry-After` that
+//! names the failed upstream ([`FAILED_UPSTREAM`]); a caller one hop further out does not count
+//! such an answer against the service that gave it.
 //!
 //! Modules: [`policy`] (the settings of one upstream), [`breaker`] (the circuit breaker's
 //! state machine and window), [`backoff`] (exponential backoff with
@@ -32,7 +34,7 @@ pub mod service_token;
 pub mod upstream;
 
 pub use backoff::Backoff;
-pub use error::CallError;
+pub use error::{CallError, FAILED_UPSTREAM};
 pub use policy::{BreakerSettings, Policy};
 pub use service_token::{TokenError, TokenSource};
 pub use upstream::{BreakerState, Call, Mode, Transition, Upstream, Window};

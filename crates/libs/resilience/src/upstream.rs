@@ -13,7 +13,7 @@ use tower::ServiceExt as _;
 use secrecy::ExposeSecret;
 
 use crate::breaker::{Breaker, Circuit};
-use crate::error::CallError;
+use crate::error::{CallError, FAILED_UPSTREAM};
 use crate::policy::Policy;
 use crate::service_token::TokenSource;
 
@@ -273,9 +273,13 @@ async fn call_in_process(
 }
 
 /// A 5xx or no answer is the upstream's failure; a 4xx is the caller's and counts as a success.
+/// So is a 5xx that names a failed upstream of the upstream's own ([`FAILED_UPSTREAM`]): the
+/// upstream answered, and its own breaker for that dependency is the one to open.
 fn is_upstream_fault(result: &Result<reqwest::Response, Failure>) -> bool {
     match result {
-        Ok(response) => response.status().is_server_error(),
+        Ok(response) => {
+            response.status().is_server_error() && !response.headers().contains_key(FAILED_UPSTREAM)
+        }
         Err(_) => true,
     }
 }

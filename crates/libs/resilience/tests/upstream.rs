@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
-use resilience::{Backoff, BreakerSettings, BreakerState, Call, CallError, Mode, Policy, Upstream};
+use resilience::{
+    Backoff, BreakerSettings, BreakerState, Call, CallError, FAILED_UPSTREAM, Mode, Policy,
+    Upstream,
+};
 use service_kit::http::RequestContext;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -179,6 +182,57 @@ async fn client_errors_are_not_the_upstreams_failures() {
         assert_eq!(status(&risk, Call::get("/")).await.unwrap(), 404);
     }
     assert_eq!(risk.state(), BreakerState::Closed);
+}
+
+/// Orders answering 503 because risk, which it calls, is away: orders is up, and its other
+/// routes work. The answer names risk ([`FAILED_UPSTREAM`], set by [`CallError::problem`]), so
+/// the gateway's breaker for orders does not count it; a 503 of orders' own still does.
+#[tokio::test]
+async fn a_5xx_naming_a_failed_upstream_of_the_upstream_is_not_its_failure() {
+    let app = axum::Router::new()
+        .route(
+            "/v1/orders",
+            axum::routing::post(|| async {
+                CallError::Unreachable {
+                    upstream: "risk",
+                    detail: "connection refused".to_owned(),
+                }
+                .problem()
+            }),
+        )
+        .route(
+            "/v1/book",
+            axum::routing::get(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let orders = Upstream::new(
+        "gateway",
+        "orders",
+        url,
+        reqwest::Client::new(),
+        policy(4, AN_HOUR),
+    )
+    .unwrap();
+
+    for _ in 0..6 {
+        let response = orders
+            .send(Call::post_json("/v1/orders", "{}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[FAILED_UPSTREAM], "risk");
+    }
+    assert_eq!(orders.window().failures, 0);
+    assert_eq!(orders.state(), BreakerState::Closed);
+
+    // Its own 503s count: six of twelve calls failed, and the breaker opens.
+    for _ in 0..6 {
+        assert_eq!(status(&orders, Call::get("/v1/book")).await.unwrap(), 503);
+    }
+    assert_eq!(orders.state(), BreakerState::Open);
+    server.abort();
 }
 
 #[tokio::test]

@@ -154,7 +154,7 @@ fn edge_statuses(route: &RouteSpec, operation: &Operation) -> Vec<(&'static str,
         ),
         (
             "503",
-            "A service behind the gateway is unavailable or the gateway is overloaded; see Retry-After.",
+            "A service behind the gateway is unavailable or the gateway is overloaded; see Retry-After. Bourse-Failed-Upstream, when present, names the service that is away.",
         ),
         (
             "504",

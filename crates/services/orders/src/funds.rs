@@ -135,11 +135,11 @@ fn into_verdict(verdict: RiskVerdict) -> Verdict {
         RiskVerdict::Undecided { code, detail, .. }
             if RiskCode::parse(&code) == Some(RiskCode::FundsLoading) =>
         {
-            Err(Error::Problem(Problem::unavailable(
+            Err(Error::Problem(named_risk(Problem::unavailable(
                 RiskCode::FundsLoading.as_str(),
                 detail,
                 1,
-            )))
+            ))))
         }
         RiskVerdict::Undecided { .. } => Err(Error::Problem(unavailable())),
     }
@@ -184,10 +184,20 @@ fn risk_code(code: &str) -> &'static str {
 
 /// Risk gave no usable answer: the order is refused 503, never matched unchecked.
 fn unavailable() -> Problem {
-    Problem::unavailable(
+    named_risk(Problem::unavailable(
         "upstream_unavailable",
         "risk could not check this order".to_owned(),
         1,
+    ))
+}
+
+/// A 503 that is risk's, not orders': the gateway's breaker for orders must not count it, or a
+/// risk outage would refuse orders' cancels and reads too ([`resilience::FAILED_UPSTREAM`]).
+/// A call that got no answer at all names risk already (`CallError::problem`).
+fn named_risk(problem: Problem) -> Problem {
+    problem.with_header(
+        resilience::FAILED_UPSTREAM,
+        axum::http::HeaderValue::from_static("risk"),
     )
 }
 
@@ -223,12 +233,26 @@ mod tests {
                 detail: "loading".to_owned(),
             })
         };
+        // Both are risk's 503s, not orders': they name risk, so the gateway's breaker for
+        // orders does not count them.
+        let names_risk = |problem: &Problem| {
+            problem
+                .headers()
+                .iter()
+                .any(|(name, value)| name == resilience::FAILED_UPSTREAM && value == "risk")
+        };
         match undecided(RiskCode::FundsLoading) {
-            Err(Error::Problem(problem)) => assert_eq!(problem.code(), "funds_loading"),
+            Err(Error::Problem(problem)) => {
+                assert_eq!(problem.code(), "funds_loading");
+                assert!(names_risk(&problem));
+            }
             other => panic!("{other:?}"),
         }
         match undecided(RiskCode::MaxPosition) {
-            Err(Error::Problem(problem)) => assert_eq!(problem.code(), "upstream_unavailable"),
+            Err(Error::Problem(problem)) => {
+                assert_eq!(problem.code(), "upstream_unavailable");
+                assert!(names_risk(&problem));
+            }
             other => panic!("{other:?}"),
         }
     }
