@@ -24,12 +24,29 @@ if [[ ${BOURSE_PERF_POSTGRES:-shared} == private ]]; then
   # BOURSE_PERF_POSTGRES_SETTINGS: more `-c name=value` for the private server, e.g. the
   # settings docs/performance.md compares ("The database's own settings").
   options="$options ${BOURSE_PERF_POSTGRES_SETTINGS:-}"
-  "${as_postgres[@]}" "$pg_bin/pg_ctl" start -w -D "$pg_dir/data" -l "$pg_dir/server.log" \
-    -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=$preload -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on $options" > /dev/null
+  start_postgres() {
+    "${as_postgres[@]}" "$pg_bin/pg_ctl" start -w -D "$pg_dir/data" -l "$pg_dir/server.log" \
+      -o "-p $pg_port -k $pg_dir -c listen_addresses=127.0.0.1 -c shared_preload_libraries=$preload -c pg_stat_statements.track=all -c pg_stat_statements.track_planning=on $options" > /dev/null
+  }
+  start_postgres
   psql -q -h 127.0.0.1 -p $pg_port -U postgres -c "CREATE DATABASE $database" postgres
   psql -q -h 127.0.0.1 -p $pg_port -U postgres -d "$database" -c "CREATE EXTENSION pg_stat_statements"
 fi
 export PGPORT=$pg_port
+# BOURSE_PERF_REDIS=private: a redis-server of the run's own on port 6399, keeping nothing on
+# disk — for a run that restarts Redis (tools/loadgen/restart-stores.sh), which must never
+# happen to the shared one. Default: the shared server, under a key prefix of the run's own.
+redis_port=6379
+if [[ ${BOURSE_PERF_REDIS:-shared} == private ]]; then
+  redis_port=6399
+  start_redis() {
+    redis-server --port $redis_port --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+      --logfile /tmp/bourse-perf-redis.log > /dev/null
+    until redis-cli -p $redis_port ping > /dev/null 2>&1; do sleep 0.1; done
+  }
+  start_redis
+  export REDIS_URL="redis://127.0.0.1:$redis_port"
+fi
 # BOURSE_PERF_DATABASE_PARAMS: appended to the database URL, e.g. '?sslmode=disable'. Without
 # it the client's default (sslmode=prefer) encrypts every statement when the server offers
 # TLS — this machine's shared server does (ssl=on); the private one above does not.
@@ -95,7 +112,11 @@ fi
 stop_all() {
   kill "${servers[@]}" 2>/dev/null; wait "${servers[@]}" 2>/dev/null
   # The run's streams (tens of thousands of entries each) would stay in the shared Redis.
-  redis-cli --scan --pattern "$BOURSE_REDIS_KEY_PREFIX[.:]*" | xargs -r redis-cli unlink > /dev/null
+  if [[ $redis_port == 6379 ]]; then
+    redis-cli --scan --pattern "$BOURSE_REDIS_KEY_PREFIX[.:]*" | xargs -r redis-cli unlink > /dev/null
+  else
+    redis-cli -p $redis_port shutdown nosave > /dev/null 2>&1 || true
+  fi
   if [[ -n ${pg_dir:-} ]]; then
     "${as_postgres[@]}" "$pg_bin/pg_ctl" stop -m fast -D "$pg_dir/data" > /dev/null
     cp "$pg_dir/server.log" /tmp/bourse-perf-pg.log; rm -rf "$pg_dir"
