@@ -127,6 +127,12 @@ impl Admitted<'_> {
         self.breaker
             .record(self.generation, self.probe, failed, took, Instant::now());
     }
+
+    /// Records a call the upstream answered for a dependency of its own that failed (ADR
+    /// 0031): a success, and never a slow one — the time it took was the dependency's.
+    pub fn finish_for_a_dependency(self) {
+        self.finish(false, Duration::ZERO);
+    }
 }
 
 impl Drop for Admitted<'_> {

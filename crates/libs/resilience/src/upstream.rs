@@ -272,15 +272,22 @@ async fn call_in_process(
     )))
 }
 
-/// A 5xx or no answer is the upstream's failure; a 4xx is the caller's and counts as a success.
-/// So is a 5xx that names a failed upstream of the upstream's own ([`FAILED_UPSTREAM`]): the
-/// upstream answered, and its own breaker for that dependency is the one to open.
-fn is_upstream_fault(result: &Result<reqwest::Response, Failure>) -> bool {
+/// What a call's outcome says about the upstream's health.
+enum Verdict {
+    /// Any answer but a 5xx: a 4xx is the caller's mistake.
+    Healthy,
+    /// A 5xx, or no answer at all.
+    Failed,
+    /// A 5xx naming a failed upstream of the upstream's own ([`FAILED_UPSTREAM`]): it
+    /// answered, and its own breaker for that dependency is the one to open (ADR 0031).
+    ForADependency,
+}
+
+fn verdict(result: &Result<reqwest::Response, Failure>) -> Verdict {
     match result {
-        Ok(response) => {
-            response.status().is_server_error() && !response.headers().contains_key(FAILED_UPSTREAM)
-        }
-        Err(_) => true,
+        Ok(response) if !response.status().is_server_error() => Verdict::Healthy,
+        Ok(response) if response.headers().contains_key(FAILED_UPSTREAM) => Verdict::ForADependency,
+        Ok(_) | Err(_) => Verdict::Failed,
     }
 }
 
@@ -549,7 +556,11 @@ impl Upstream {
                     Err(retry_after) => Err(Unanswered::Refused(retry_after)),
                     Ok(admitted) => {
                         let result = inner.transport.attempt(request).await;
-                        admitted.finish(is_upstream_fault(&result), started.elapsed());
+                        match verdict(&result) {
+                            Verdict::Healthy => admitted.finish(false, started.elapsed()),
+                            Verdict::Failed => admitted.finish(true, started.elapsed()),
+                            Verdict::ForADependency => admitted.finish_for_a_dependency(),
+                        }
                         result.map_err(Unanswered::Failed)
                     }
                 },

@@ -235,6 +235,45 @@ async fn a_5xx_naming_a_failed_upstream_of_the_upstream_is_not_its_failure() {
     server.abort();
 }
 
+/// Risk paused rather than gone: orders waits for it, then answers 504 naming it. The time was
+/// risk's, so the gateway's breaker for orders counts the answer neither as failed nor as slow.
+#[tokio::test]
+async fn a_slow_answer_for_a_failed_upstream_is_not_a_slow_call_of_the_upstream() {
+    let app = axum::Router::new().route(
+        "/v1/orders",
+        axum::routing::post(|| async {
+            // Orders' own timeout for risk running out, much shortened.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            CallError::Timeout {
+                upstream: "risk",
+                timeout: Duration::from_millis(50),
+            }
+            .problem()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut impatient = policy(4, AN_HOUR);
+    impatient.breaker.slow_call = Duration::from_millis(10);
+    impatient.breaker.slow_call_rate = 0.5;
+    let orders =
+        Upstream::new("gateway", "orders", url, reqwest::Client::new(), impatient).unwrap();
+
+    for _ in 0..6 {
+        assert_eq!(
+            status(&orders, Call::post_json("/v1/orders", "{}"))
+                .await
+                .unwrap(),
+            504
+        );
+    }
+    assert_eq!(orders.window().calls, 6);
+    assert_eq!(orders.window().slow_calls, 0);
+    assert_eq!(orders.state(), BreakerState::Closed);
+    server.abort();
+}
+
 #[tokio::test]
 async fn slow_calls_open_the_breaker_even_when_they_succeed() {
     let server = Server::start(&[], 200, None).await;
