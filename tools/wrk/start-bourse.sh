@@ -111,6 +111,12 @@ if [[ ${BOURSE_PERF_ORDERS_REPLICAS:-1} == 2 ]]; then
 fi
 stop_all() {
   kill "${servers[@]}" 2>/dev/null; wait "${servers[@]}" 2>/dev/null
+  # BOURSE_PERF_KEEP=1: the run's database (and a private server, still running) and Redis keys
+  # stay for a look afterwards — after a violated invariant, say.
+  if [[ ${BOURSE_PERF_KEEP:-0} == 1 ]]; then
+    echo "kept: $DATABASE_URL, ${REDIS_URL:-redis://127.0.0.1:6379} prefix $BOURSE_REDIS_KEY_PREFIX${pg_dir:+, server data in $pg_dir}" >&2
+    return 0
+  fi
   # The run's streams (tens of thousands of entries each) would stay in the shared Redis.
   if [[ $redis_port == 6379 ]]; then
     redis-cli --scan --pattern "$BOURSE_REDIS_KEY_PREFIX[.:]*" | xargs -r redis-cli unlink > /dev/null

@@ -170,6 +170,28 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the server keeps its port and connections but answers nothing — a stall, as a
+    /// frozen VM or a saturated disk gives — until [`Self::resume`].
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`Self::pause`]: it answers again, with everything it held.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    #[allow(clippy::expect_used)]
+    fn signal(&self, signal: &str) {
+        if let Some(process) = &self.process {
+            let sent = std::process::Command::new("kill")
+                .args([signal, &process.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(sent.success(), "kill {signal} reached the private Redis");
+        }
+    }
+
     /// (Re)starts the server on the same port, empty, and waits until it answers.
     #[allow(clippy::expect_used)]
     pub async fn restart(&mut self) {

@@ -155,13 +155,15 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     for upstream in upstreams.all() {
         spawn_breaker_notices(upstream, redis.clone(), keys.clone(), &tasks);
     }
+    let principal_limiter = PrincipalLimiter::new(
+        redis.clone(),
+        KeyPrefix::new(&config.common.redis_key_prefix),
+        config.rate_limits.clone(),
+    )
+    .map_err(|_| Error::RateLimits)?;
     let gateway = Gateway::new(Shared {
         verifier,
-        principal_limiter: PrincipalLimiter::new(
-            redis.clone(),
-            KeyPrefix::new(&config.common.redis_key_prefix),
-            config.rate_limits.clone(),
-        ),
+        principal_limiter,
         upstreams,
         admin_allowlist: config.admin_allowlist.clone(),
         trusted_proxies: config.trusted_proxies.clone(),
@@ -317,6 +319,12 @@ pub fn describe_metrics() {
         "gateway_requests_shed_total",
         Unit::Count,
         "Requests answered 503 at once because the gateway was full, by lane: traffic or admin."
+    );
+    describe_counter!(
+        "gateway_rate_limit_skipped_total",
+        Unit::Count,
+        "Requests admitted without asking Redis for the per-principal limit, because the \
+         limiter's breaker for Redis was open (Redis failing or stalled; ADR 0004)."
     );
     describe_counter!(
         "gateway_signed_requests_refused_total",

@@ -161,22 +161,79 @@ impl Decision {
     }
 }
 
+/// Why the per-principal limit was not asked of Redis; the request is admitted either way
+/// (ADR 0004: a Redis outage must not take the API down).
+#[derive(Debug, thiserror::Error)]
+pub enum LimiterUnavailable {
+    /// The call failed: Redis unreachable, or no answer within the connection's timeout.
+    #[error(transparent)]
+    Failed(#[from] redis::RedisError),
+    /// Redis failed recently and is not asked until [`REDIS_BREAKER`]'s open time has passed:
+    /// while it stalls, a request would otherwise wait out the client's timeout before being
+    /// admitted anyway, and the gateway would shed the requests piling up behind it.
+    #[error("Redis failed recently; the limit is not asked for now")]
+    Skipped,
+}
+
+/// The breaker in front of the limiter's Redis: open after half of at least 10 calls in the
+/// last second failed, asked again a second later by one probe. The window is short on
+/// purpose: every authenticated request is a call, so a 10 s window would hold thousands of
+/// successes from before a stall, and thousands of requests would wait out their timeout
+/// before the failures reached half.
+pub const REDIS_BREAKER: resilience::BreakerSettings = resilience::BreakerSettings {
+    failure_rate: 0.5,
+    // A stall shows as failures (the client's response timeout); an answer is never slow.
+    slow_call_rate: 1.0,
+    slow_call: Duration::from_secs(60),
+    window: Duration::from_secs(1),
+    minimum_calls: 10,
+    open_for: Duration::from_secs(1),
+    half_open_calls: 1,
+};
+
 #[derive(Clone)]
 pub struct PrincipalLimiter {
     redis: ConnectionManager,
     keys: KeyPrefix,
     limits: RateLimits,
     script: Arc<redis::Script>,
+    breaker: Arc<resilience::breaker::Breaker>,
 }
 
 impl PrincipalLimiter {
-    pub fn new(redis: ConnectionManager, keys: KeyPrefix, limits: RateLimits) -> Self {
-        Self {
+    pub fn new(
+        redis: ConnectionManager,
+        keys: KeyPrefix,
+        limits: RateLimits,
+    ) -> Result<Self, String> {
+        Self::with_breaker(redis, keys, limits, REDIS_BREAKER)
+    }
+
+    /// With the Redis breaker's `settings` in place of [`REDIS_BREAKER`]; an error when they
+    /// make no sense (a rate outside 0..=1, no calls in a window).
+    pub fn with_breaker(
+        redis: ConnectionManager,
+        keys: KeyPrefix,
+        limits: RateLimits,
+        settings: resilience::BreakerSettings,
+    ) -> Result<Self, String> {
+        let breaker = resilience::breaker::Breaker::new(
+            settings,
+            Box::new(|from, to| {
+                tracing::warn!(
+                    ?from,
+                    ?to,
+                    "the principal rate limiter's Redis breaker moved"
+                );
+            }),
+        )?;
+        Ok(Self {
             redis,
             keys,
             limits,
             script: Arc::new(redis::Script::new(GCRA)),
-        }
+            breaker: Arc::new(breaker),
+        })
     }
 
     pub fn tier(&self, principal: &Principal) -> Tier {
@@ -189,7 +246,18 @@ impl PrincipalLimiter {
         }
     }
 
-    pub async fn check(&self, principal: &Principal) -> redis::RedisResult<Decision> {
+    pub async fn check(&self, principal: &Principal) -> Result<Decision, LimiterUnavailable> {
+        let Ok(admitted) = self.breaker.admit() else {
+            metrics::counter!("gateway_rate_limit_skipped_total").increment(1);
+            return Err(LimiterUnavailable::Skipped);
+        };
+        let started = std::time::Instant::now();
+        let decision = self.ask(principal).await;
+        admitted.finish(decision.is_err(), started.elapsed());
+        Ok(decision?)
+    }
+
+    async fn ask(&self, principal: &Principal) -> redis::RedisResult<Decision> {
         let tier = self.tier(principal);
         let interval_us = 1_000_000 / u64::from(tier.per_second.max(1));
         // A key's budget is its own, apart from its owner's session and other keys.
@@ -214,5 +282,87 @@ impl PrincipalLimiter {
             reset_secs: reset_us.div_ceil(1_000_000),
             tier,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use redis::aio::ConnectionManagerConfig;
+    use service_kit::testing::{RedisServer, eventually};
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn limits() -> RateLimits {
+        let tier = |name| Tier {
+            name,
+            per_second: 100,
+            burst: 100,
+        };
+        RateLimits {
+            ip_per_second: 100,
+            ip_burst: 100,
+            standard: tier("standard"),
+            privileged: tier("privileged"),
+            api_key: tier("api_key"),
+        }
+    }
+
+    /// A Redis that stalls (SIGSTOP: connections open, nothing answered) costs each request
+    /// the client's response timeout — until the breaker has seen enough of them. From then
+    /// on the limit is skipped without asking Redis (the request is admitted, ADR 0004), and
+    /// once Redis answers again a probe finds it and the limit applies again.
+    #[tokio::test]
+    async fn while_redis_stalls_the_limit_is_skipped_without_waiting_on_it() {
+        let redis = RedisServer::start().await;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_millis(100)));
+        let client = redis::Client::open(redis.url()).unwrap();
+        let connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .unwrap();
+        let breaker = resilience::BreakerSettings {
+            minimum_calls: 4,
+            open_for: Duration::from_millis(200),
+            ..REDIS_BREAKER
+        };
+        let limiter = PrincipalLimiter::with_breaker(
+            connection,
+            KeyPrefix::new(&format!("test:{}", Uuid::now_v7())),
+            limits(),
+            breaker,
+        )
+        .unwrap();
+        let trader = Principal {
+            user_id: Uuid::now_v7(),
+            roles: vec![Role::Trader],
+            api_key: None,
+        };
+
+        redis.pause();
+        for _ in 0..4 {
+            let failed = limiter.check(&trader).await;
+            assert!(
+                matches!(failed, Err(LimiterUnavailable::Failed(_))),
+                "{failed:?}"
+            );
+        }
+        let skipped = limiter.check(&trader).await;
+        assert!(
+            matches!(skipped, Err(LimiterUnavailable::Skipped)),
+            "{skipped:?}"
+        );
+
+        redis.resume();
+        eventually("the limit asked of Redis again", || async {
+            limiter.check(&trader).await.is_ok()
+        })
+        .await;
+        let decision = limiter.check(&trader).await.unwrap();
+        assert!(decision.allowed);
+        assert!(decision.remaining < 100, "the budget is being spent");
     }
 }

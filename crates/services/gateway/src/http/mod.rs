@@ -108,6 +108,7 @@ async fn gate(gw: &Gateway, spec: &'static RouteSpec, ip: IpAddr, req: Request) 
             Ok(decision) => budget = Some(decision),
             // Fail open: an outage of Redis must not take the API down; the per-IP limit
             // still applies and the outage is alerted on through readiness and logs.
+            Err(crate::rate_limit::LimiterUnavailable::Skipped) => {}
             Err(err) => {
                 tracing::warn!(error = %err, "principal rate limiter unavailable; admitting")
             }
