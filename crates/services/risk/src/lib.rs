@@ -94,6 +94,40 @@ pub async fn load_book(pool: &PgPool, mut book: book::Book) -> Result<book::Book
 /// happen within settlement's request; this is for a settlement that crashed in between.
 pub const WITHDRAWAL_RESERVATION_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// How long risk remembers that an order ended (`ended_orders`): as long as the inbox, so a
+/// copy of an order's acceptance the inbox would not catch cannot open the order again.
+const ENDED_ORDERS_RETENTION: std::time::Duration = events::consumer::DEFAULT_INBOX_RETENTION;
+
+/// The most `ended_orders` rows one statement deletes: a backlog is worked off in chunks.
+const ENDED_ORDERS_PURGE_CHUNK: i64 = 5_000;
+
+/// Forgets, every hour, the orders that ended longer than [`ENDED_ORDERS_RETENTION`] ago, a
+/// chunk per statement, until `shutdown`.
+async fn purge_ended_orders(pool: PgPool, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.triggered() => return,
+            _ = every.tick() => {}
+        }
+        loop {
+            match store::purge_ended(&pool, ENDED_ORDERS_RETENTION, ENDED_ORDERS_PURGE_CHUNK).await
+            {
+                Ok(deleted) if deleted == ENDED_ORDERS_PURGE_CHUNK.unsigned_abs() => {}
+                Ok(_) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "ended orders not purged this time");
+                    break;
+                }
+            }
+            if shutdown.is_triggered() {
+                return;
+            }
+        }
+    }
+}
+
 /// How often lapsed reservations are swept when no check comes to sweep them.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -169,6 +203,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let ledger = kit
         .consumer(&pool, ledger_feed::STREAM, ConsumerSettings::default())
         .await?;
+    let purged = pool.clone();
+    kit.tasks.spawn("ended orders purge", move |stop| {
+        purge_ended_orders(purged.clone(), stop)
+    });
     let (swept, sweeping) = (book.clone(), pool.clone());
     kit.tasks.spawn("reservation sweeper", move |stop| {
         sweep_lapsed_reservations(sweeping.clone(), swept.clone(), stop)
@@ -281,6 +319,11 @@ pub fn describe_metrics() {
         "risk_checks_refused_total",
         Unit::Count,
         "Orders the pre-trade check refused, by breached limit."
+    );
+    describe_counter!(
+        "risk_late_acceptances_total",
+        Unit::Count,
+        "Order acceptances that reached risk after the order's end (a redelivery, a replayed dead letter) and opened nothing."
     );
     describe_counter!(
         "risk_limit_breaches_total",

@@ -226,6 +226,18 @@ impl Projector {
         }
         touched_positions.sort();
         touched_positions.dedup();
+        // An acceptance delivered after its order's end (a redelivery, a replayed dead letter)
+        // must not open it again: its funds would stay committed for good.
+        let accepted: Vec<Uuid> = batch
+            .events
+            .iter()
+            .filter_map(|read| match read {
+                Read::Accepted { order, .. } => Some(order.order),
+                _ => None,
+            })
+            .collect();
+        let mut ended_so_far = store::ended_among(&mut *tx, &accepted).await?;
+        let mut ending: Vec<Uuid> = Vec::new();
         let stored = store::open_orders(&mut *tx, &touched_orders).await?;
         let stored_ids: HashSet<Uuid> = stored.iter().map(|o| o.order).collect();
         let mut open: HashMap<Uuid, OpenOrder> = stored.into_iter().map(|o| (o.order, o)).collect();
@@ -241,6 +253,11 @@ impl Projector {
         let mut executed_rows: Vec<TradeDebits<'_>> = Vec::new();
         for read in &batch.events {
             match read {
+                Read::Accepted { event, order } if ended_so_far.contains(&order.order) => {
+                    metrics::counter!("risk_late_acceptances_total").increment(1);
+                    tracing::warn!(order = %order.order, "an order's acceptance arrived after its end; it stays ended");
+                    changes.push((*event, Vec::new()));
+                }
                 Read::Accepted { event, order } => {
                     // Known already (a copy of the event): it stays as it is.
                     if let Entry::Vacant(new) = open.entry(order.order) {
@@ -264,6 +281,8 @@ impl Projector {
                     changes.push((*event, vec![Change::MarkRead { mark: *mark }]));
                 }
                 Read::Ended { event, order } => {
+                    ended_so_far.insert(*order);
+                    ending.push(*order);
                     if open.remove(order).is_some() && stored_ids.contains(order) {
                         ended.push(*order);
                     }
@@ -331,6 +350,7 @@ impl Projector {
         }
 
         store::end_orders(&mut *tx, &ended).await?;
+        store::record_ended(&mut *tx, &ending).await?;
         let still_open: Vec<&OpenOrder> = changed.iter().filter_map(|o| open.get(o)).collect();
         store::put_open_orders(&mut *tx, &still_open).await?;
         let rows: Vec<PositionRow<'_>> = touched_positions

@@ -541,6 +541,60 @@ pub async fn end_orders(conn: &mut PgConnection, orders: &[Uuid]) -> Result<()> 
     .await
 }
 
+/// Which of `orders` risk has seen end (`ended_orders`).
+pub async fn ended_among(
+    conn: &mut PgConnection,
+    orders: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>> {
+    if orders.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let ended: Vec<Uuid> =
+        sqlx::query_scalar("SELECT order_id FROM ended_orders WHERE order_id = ANY($1)")
+            .bind(orders)
+            .fetch_all(conn)
+            .await?;
+    Ok(ended.into_iter().collect())
+}
+
+/// Remembers that `orders` ended, so an acceptance of one delivered late opens nothing.
+pub async fn record_ended(conn: &mut PgConnection, orders: &[Uuid]) -> Result<()> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO ended_orders (order_id) SELECT unnest($1::uuid[])
+         ON CONFLICT ON CONSTRAINT ended_orders_pkey DO NOTHING",
+    )
+    .bind(orders)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Forgets at most `chunk` orders that ended longer than `retention` ago and were made before
+/// it; returns how many. Order ids are UUIDv7: those made before the cutoff are a range of the
+/// primary key, the smallest id of the cutoff's millisecond its bound.
+pub async fn purge_ended(pool: &PgPool, retention: std::time::Duration, chunk: i64) -> Result<u64> {
+    let cutoff = std::time::SystemTime::now()
+        .checked_sub(retention)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis());
+    let first_id_of_cutoff = Uuid::from_u128((cutoff & ((1 << 48) - 1)) << 80);
+    let deleted = sqlx::query(
+        "DELETE FROM ended_orders WHERE order_id IN (
+             SELECT order_id FROM ended_orders
+              WHERE order_id < $1 AND ended_at < now() - make_interval(secs => $2)
+              LIMIT $3)",
+    )
+    .bind(first_id_of_cutoff)
+    .bind(retention.as_secs_f64())
+    .bind(chunk)
+    .execute(pool)
+    .await?;
+    Ok(deleted.rows_affected())
+}
+
 /// A position's key: (account, symbol).
 pub type PositionKey = (Uuid, String);
 

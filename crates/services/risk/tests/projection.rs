@@ -463,3 +463,93 @@ async fn funds_decide_once_the_mark_is_read_behind_what_orders_committed_before_
     assert_eq!(funds(risk::funds::Funds::committed), bid_holds);
     assert_eq!(funds(risk::funds::Funds::free), 100_000 - bid_holds);
 }
+
+/// Events of one order delivered out of order — its end, then its acceptance (a delivery
+/// whose answer was lost while Redis stalled, claimed again seconds later): the order stays
+/// ended, and nothing stays committed for it.
+#[sqlx::test(migrations = false)]
+async fn an_acceptance_delivered_after_its_orders_end_opens_nothing(pool: PgPool) {
+    let pool = risk_db(&pool).await;
+    let (order, account) = (Uuid::now_v7(), Uuid::now_v7());
+    let book = Arc::new(Mutex::new(Book::default()));
+    let projector = Projector::new(
+        book.clone(),
+        &Asset::defaults(),
+        contracts::fees::Fees::DEFAULT,
+    );
+
+    apply(&pool, &projector, &[completed(order, account)]).await;
+    apply(
+        &pool,
+        &projector,
+        &[accepted(order, account, Side::Buy, 1_000_000)],
+    )
+    .await;
+    // And within one batch, as a claimed entry and a new one can be read together.
+    let (other, other_account) = (Uuid::now_v7(), Uuid::now_v7());
+    apply(
+        &pool,
+        &projector,
+        &[
+            completed(other, other_account),
+            accepted(other, other_account, Side::Sell, 1_000_000),
+        ],
+    )
+    .await;
+
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM open_orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(open, 0, "both orders ended before their acceptance arrived");
+    for (account, asset) in [(account, "USD"), (other_account, "BTC")] {
+        assert_eq!(
+            book.lock().unwrap().funds().committed(account, asset),
+            0,
+            "nothing committed in memory for {account}"
+        );
+        assert_eq!(committed_after_restart(&pool, account, asset).await, 0);
+    }
+}
+
+/// Ended orders are remembered as long as the inbox: a purge forgets those made and ended
+/// before the retention, and keeps one made long ago that ended recently (it rested).
+#[sqlx::test(migrations = false)]
+async fn ended_orders_are_forgotten_after_the_retention_only(pool: PgPool) {
+    let pool = risk_db(&pool).await;
+    let week = std::time::Duration::from_secs(7 * 24 * 3600);
+    let eight_days_ago = std::time::SystemTime::now() - week - week / 7;
+    let since_epoch = eight_days_ago
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let old_id = || {
+        Uuid::new_v7(uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            since_epoch.as_secs(),
+            since_epoch.subsec_nanos(),
+        ))
+    };
+    let (forgotten, rested, recent) = (old_id(), old_id(), Uuid::now_v7());
+    sqlx::query(
+        "INSERT INTO ended_orders (order_id, ended_at) VALUES
+             ($1, now() - interval '8 days'), ($2, now()), ($3, now())",
+    )
+    .bind(forgotten)
+    .bind(rested)
+    .bind(recent)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let deleted = risk::store::purge_ended(&pool, week, 100).await.unwrap();
+
+    assert_eq!(deleted, 1);
+    let mut kept: Vec<Uuid> = sqlx::query_scalar("SELECT order_id FROM ended_orders")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    kept.sort();
+    let mut expected = vec![rested, recent];
+    expected.sort();
+    assert_eq!(kept, expected);
+}
