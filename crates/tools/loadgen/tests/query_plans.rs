@@ -95,6 +95,12 @@ const FILTERED_ON_PURPOSE: &[(&str, &str, &str)] = &[
          the filter only spares an old event processed late (ADR 0028)",
     ),
     (
+        "ended_orders_pkey",
+        "delete from ended_orders where order_id in",
+        "the purge finds old rows by their order id (UUIDv7, so by age) a chunk at a time; \
+         the filter only spares an order that rested longer than the retention (ADR 0023)",
+    ),
+    (
         "alerts_by_status",
         "set escalated_at = now()",
         "firing alerts are few (they are resolved); the filter picks the unescalated",
