@@ -55,9 +55,8 @@ use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::entry::{Entry, StreamEntries};
-use crate::envelope::{Envelope, first_id_at};
+use crate::envelope::{Envelope, first_id_within};
 use crate::failure::HandlerError;
-use crate::relay::unix_millis_ago;
 use crate::{Error, outbox};
 
 /// The logical stream dead-letter notices go to.
@@ -339,7 +338,6 @@ impl Consumer {
     /// cutoff as well: an event the relay published long after it was written (a relay that was
     /// down for days) keeps its row for the full retention from when it was applied.
     async fn sweep_inbox(&self) -> Result<i64, Error> {
-        let cutoff = unix_millis_ago(self.settings.inbox_retention);
         let deleted = sqlx::query(
             "DELETE FROM inbox WHERE ctid = ANY (ARRAY(
                 SELECT ctid FROM inbox
@@ -348,7 +346,7 @@ impl Consumer {
                  LIMIT $4))",
         )
         .bind(&self.group)
-        .bind(first_id_at(cutoff))
+        .bind(first_id_within(self.settings.inbox_retention))
         .bind(self.settings.inbox_retention.as_secs_f64())
         .bind(INBOX_SWEEP_CHUNK)
         .execute(&self.pool)

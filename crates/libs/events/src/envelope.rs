@@ -70,6 +70,13 @@ pub(crate) fn first_id_at(unix_ms: i64) -> Uuid {
     Uuid::from_u128(ms << 80)
 }
 
+/// The smallest UUIDv7 that can have been made within `ago` of now: every id made earlier is
+/// below it, so "made more than `ago` ago" is a range of a `uuid` key (ADR 0028) — the inbox's
+/// event ids, and risk's ended orders' ids.
+pub fn first_id_within(ago: std::time::Duration) -> Uuid {
+    first_id_at(crate::relay::unix_millis_ago(ago))
+}
+
 /// When an event id was made, in milliseconds since 1970; `None` for an id that is not a
 /// UUIDv7 (an event from outside, or a test's).
 pub(crate) fn id_unix_millis(id: Uuid) -> Option<u64> {

@@ -122,16 +122,21 @@ pub struct Admitted<'a> {
 
 impl Admitted<'_> {
     /// Records the call's outcome: `failed` as the caller classified it, `took` its duration.
-    pub fn finish(mut self, failed: bool, took: Duration) {
-        self.finished = true;
-        self.breaker
-            .record(self.generation, self.probe, failed, took, Instant::now());
+    pub fn finish(self, failed: bool, took: Duration) {
+        let slow = took >= self.breaker.settings.slow_call;
+        self.record(failed, slow);
     }
 
     /// Records a call the upstream answered for a dependency of its own that failed (ADR
     /// 0031): a success, and never a slow one — the time it took was the dependency's.
     pub fn finish_for_a_dependency(self) {
-        self.finish(false, Duration::ZERO);
+        self.record(false, false);
+    }
+
+    fn record(mut self, failed: bool, slow: bool) {
+        self.finished = true;
+        self.breaker
+            .record(self.generation, self.probe, failed, slow, Instant::now());
     }
 }
 
@@ -209,12 +214,11 @@ impl Breaker {
         })
     }
 
-    fn record(&self, generation: u64, probe: bool, failed: bool, took: Duration, now: Instant) {
+    fn record(&self, generation: u64, probe: bool, failed: bool, slow: bool, now: Instant) {
         let mut state = self.lock();
         if state.generation != generation {
             return;
         }
-        let slow = took >= self.settings.slow_call;
         state.window.record(now, failed, slow);
         match state.circuit {
             Circuit::HalfOpen if probe => {

@@ -574,20 +574,15 @@ pub async fn record_ended(conn: &mut PgConnection, orders: &[Uuid]) -> Result<()
 
 /// Forgets at most `chunk` orders that ended longer than `retention` ago and were made before
 /// it; returns how many. Order ids are UUIDv7: those made before the cutoff are a range of the
-/// primary key, the smallest id of the cutoff's millisecond its bound.
+/// primary key (`events::envelope::first_id_within`, as the inbox's purge).
 pub async fn purge_ended(pool: &PgPool, retention: std::time::Duration, chunk: i64) -> Result<u64> {
-    let cutoff = std::time::SystemTime::now()
-        .checked_sub(retention)
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis());
-    let first_id_of_cutoff = Uuid::from_u128((cutoff & ((1 << 48) - 1)) << 80);
     let deleted = sqlx::query(
         "DELETE FROM ended_orders WHERE order_id IN (
              SELECT order_id FROM ended_orders
               WHERE order_id < $1 AND ended_at < now() - make_interval(secs => $2)
               LIMIT $3)",
     )
-    .bind(first_id_of_cutoff)
+    .bind(events::envelope::first_id_within(retention))
     .bind(retention.as_secs_f64())
     .bind(chunk)
     .execute(pool)
