@@ -421,6 +421,10 @@ async fn deposit(platform: &Platform, admin: &str, account: &str, asset: &str, a
             .send()
             .await
             .unwrap();
+        // Risk still loading answers 503: wait on. Any other refusal means it is not there.
+        if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+            return false;
+        }
         if response.status() != StatusCode::OK {
             return true;
         }
