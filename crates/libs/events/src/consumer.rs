@@ -5,9 +5,13 @@
 //! that commit: a redelivered event finds its inbox row and has no second effect; a crash
 //! before the commit leaves nothing behind and the entry is delivered again.
 //!
-//! On start the consumer re-reads its own pending entries (what it had received but not
-//! acknowledged before it stopped). Entries left pending too long — by a dead consumer, or by
-//! a failed attempt of our own — are claimed with `XAUTOCLAIM` and retried; the consumer looks
+//! On start, and again after any failed step, the consumer re-reads its own pending entries
+//! (what it had received but not acknowledged) before it reads anything new. After a restart
+//! those are what it held when it stopped; after a failure they may be the entries of a read
+//! whose answer never came back — a read that timed out while Redis stalled still runs once
+//! Redis resumes and hands its entries to this consumer — and reading on from `>` would apply
+//! the entries after them first. Entries left pending too long — by a dead consumer, or by a
+//! failed attempt of our own — are claimed with `XAUTOCLAIM` and retried; the consumer looks
 //! for them once a second, not on every read.
 //!
 //! Failures are told apart ([`HandlerError`]). A transient one — the database or Redis away,
@@ -243,7 +247,8 @@ impl Consumer {
     /// Consumes until `shutdown`. Nothing ends it but `shutdown`: failures are logged and
     /// retried with backoff, a missing group is created again.
     pub async fn run<H: Handler>(self, handler: Arc<H>, shutdown: Shutdown) {
-        // Whether the group is known to exist and our own pending entries were re-read.
+        // Whether the group is known to exist and our own pending entries were re-read since
+        // the start or the last failure.
         let mut recovered = false;
         let mut failures: u32 = 0;
         let mut lag_measured = tokio::time::Instant::now();
@@ -292,6 +297,9 @@ impl Consumer {
                 continue;
             };
             claimed_at = None;
+            // The failed step may have been a read whose entries reached us but whose answer
+            // did not: they are ours now, and the next step applies them before anything newer.
+            recovered = false;
             if is_missing_group(&err) {
                 // The broker lost the stream or the group (a restart without persistence, a
                 // failover to a replica that lagged): create them again and go on.
@@ -300,7 +308,6 @@ impl Consumer {
                 metrics::counter!("events_consumer_groups_recreated_total",
                     "stream" => self.stream.clone(), "group" => self.group.clone())
                 .increment(1);
-                recovered = false;
             } else {
                 tracing::warn!(stream = %self.stream, error = %err, transient = err.is_transient(),
                     "consumer interrupted; retrying");
@@ -371,17 +378,29 @@ impl Consumer {
         }
     }
 
-    /// What this consumer received but never acknowledged (it stopped or crashed).
+    /// What this consumer received but never acknowledged — it stopped or crashed, or a read's
+    /// answer was lost — oldest first, a batch at a time to the end of its pending list. An
+    /// entry that fails again stays pending and is passed over here; `XAUTOCLAIM` retries it.
+    /// Each re-read counts as a delivery of the entry (towards `max_deliveries`).
     async fn process_own_pending<H: Handler>(&self, handler: &H) -> Result<(), Error> {
         let mut redis = self.redis.clone();
         let options = StreamReadOptions::default()
             .group(&self.group, &self.name)
             .count(self.settings.batch);
-        let reply: StreamEntries = redis.xread_options(&[self.key()], &["0"], &options).await?;
-        for entry in reply.into_entries() {
-            self.process(handler, entry).await?;
+        let mut after = "0".to_owned();
+        loop {
+            let reply: StreamEntries = redis
+                .xread_options(&[self.key()], &[after.as_str()], &options)
+                .await?;
+            let entries: Vec<Entry> = reply.into_entries().collect();
+            let Some(last) = entries.last() else {
+                return Ok(());
+            };
+            after.clone_from(&last.id);
+            for entry in entries {
+                self.process(handler, entry).await?;
+            }
         }
-        Ok(())
     }
 
     /// Entries pending longer than `retry_after`: a dead consumer's, or our own failed ones.

@@ -638,6 +638,112 @@ async fn a_group_the_broker_lost_is_created_again_and_consumption_goes_on(pool: 
     assert_eq!(applied(&pool, before.id).await, 1);
 }
 
+/// The events `applied` records, in the order they were applied.
+async fn applied_in_order(pool: &PgPool) -> Vec<Uuid> {
+    sqlx::query_scalar("SELECT event_id FROM applied ORDER BY n")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// A read whose answer never reaches the consumer still hands it the entries: a read that
+/// timed out on the client while Redis stalled runs once Redis resumes. Reading on from `>`
+/// after the failure would apply what came after those entries first (an order's end before
+/// its acceptance, say) and leave them until `XAUTOCLAIM` found them idle. Here the test makes
+/// that read itself, under the consumer's name, and cuts the consumer's connection so that its
+/// step fails as the timed-out read's did.
+#[sqlx::test(migrations = false)]
+async fn entries_of_a_read_whose_answer_was_lost_are_applied_before_newer_ones(pool: PgPool) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let key = prefix.stream("trades");
+    let consumers_connection = common::redis().await;
+    let consumers_client: i64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut consumers_connection.clone())
+        .await
+        .unwrap();
+    let first = trade(1);
+    publish(&mut redis, &prefix, &first).await;
+    let settings = ConsumerSettings {
+        // Smaller than the lost read: its entries are re-read a batch at a time, to the end.
+        batch: 2,
+        block: Duration::from_millis(50),
+        max_deliveries: 5,
+        // Nothing is idle this long during the test: only the consumer's own re-read can
+        // bring the lost entries back.
+        retry_after: Duration::from_secs(3600),
+        max_backoff: Duration::from_millis(100),
+        linger: Duration::ZERO,
+        inbox_retention: WEEK,
+    };
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer_with(&pool, &consumers_connection, &prefix, "c1", settings)
+            .run(Recorder::new(0), shutdown.clone()),
+    );
+    eventually("the first event applied", || async {
+        applied(&pool, first.id).await == 1
+    })
+    .await;
+
+    // The lost read: three entries added and delivered to c1 in one transaction, so c1's own
+    // blocked read cannot take them first.
+    let lost = [trade(2), trade(3), trade(4)];
+    let mut transaction = redis::pipe();
+    transaction.atomic();
+    for event in &lost {
+        transaction
+            .add_command(events::envelope::xadd(
+                &key,
+                None,
+                &event.id.to_string(),
+                &event.event_type,
+                &serde_json::to_string(event).unwrap(),
+            ))
+            .ignore();
+    }
+    transaction
+        .cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUP)
+        .arg("c1")
+        .arg("COUNT")
+        .arg(lost.len())
+        .arg("STREAMS")
+        .arg(&key)
+        .arg(">")
+        .ignore();
+    let () = transaction.query_async(&mut redis).await.unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(consumers_client)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let newer = trade(5);
+    publish(&mut redis, &prefix, &newer).await;
+
+    eventually("every event applied", || async {
+        applied_in_order(&pool).await.len() == 5
+    })
+    .await;
+    shutdown.trigger();
+    task.await.unwrap();
+    let expected: Vec<Uuid> = [&first, &lost[0], &lost[1], &lost[2], &newer]
+        .iter()
+        .map(|event| event.id)
+        .collect();
+    assert_eq!(
+        applied_in_order(&pool).await,
+        expected,
+        "in stream order, once each"
+    );
+    until_nothing_pending(&redis, &prefix, "every entry acknowledged").await;
+}
+
 /// Defers its writes to the end of the transaction; its first `failures` finishes fail.
 struct Deferring {
     failures: usize,
