@@ -1,6 +1,7 @@
 //! The WebSocket stream (TRD-09) with a real WebSocket client (tokio-tungstenite) through the
 //! gateway: authentication, own orders only, public trades, books with gap-free sequences that
-//! never go back, and a client that stops reading is cut off while the others keep receiving.
+//! never go back, a burst larger than a client's queue delivered whole to a client that keeps
+//! reading, and a client that stops reading is cut off while the others keep receiving.
 
 use std::time::Duration;
 
@@ -411,6 +412,55 @@ async fn a_client_that_stops_reading_is_cut_off_while_others_keep_receiving(pool
     // None: reset before the close frame was read — disconnected all the same.
     if let Some(code) = code {
         assert_eq!(code, 1008);
+    }
+}
+
+/// What a relay publishes at once when the broker resumes after a stall: many times a
+/// client's queue, all in the stream before the gateway's next read. A client that reads as
+/// fast as its socket allows gets every message, in order, and is not cut off as too slow.
+#[sqlx::test(migrations = false)]
+async fn a_burst_many_times_a_clients_queue_reaches_a_client_that_keeps_reading(pool: PgPool) {
+    const QUEUE: usize = 16;
+    const BURST: usize = 20 * QUEUE;
+    let m = market(pool, &[("BOURSE_GATEWAY_STREAM_BUFFER", "16")]).await;
+    let (mut socket, _) = subscribed(&m.app, &m.bob, &["trades:BTC-USD"]).await;
+
+    let (mut redis, keys) = m.app.redis().await;
+    let mut burst = redis::pipe();
+    burst.atomic();
+    for _ in 0..BURST {
+        let trade = contracts::events::TradeExecuted {
+            trade_id: uuid::Uuid::now_v7(),
+            symbol: "BTC-USD".to_owned(),
+            base_asset: "BTC".to_owned(),
+            quote_asset: "USD".to_owned(),
+            price: 3_000_000,
+            quantity: 10_000_000,
+            maker_order_id: uuid::Uuid::now_v7(),
+            taker_order_id: uuid::Uuid::now_v7(),
+            maker_account_id: uuid::Uuid::now_v7(),
+            taker_account_id: uuid::Uuid::now_v7(),
+            taker_side: contracts::Side::Buy,
+        };
+        let event = events::Envelope::of("orders", "BTC-USD", 0, &trade).unwrap();
+        burst
+            .add_command(events::envelope::xadd(
+                &keys.stream("orders"),
+                None,
+                &event.id.to_string(),
+                &event.event_type,
+                &serde_json::to_string(&event).unwrap(),
+            ))
+            .ignore();
+    }
+    let () = burst.query_async(&mut redis).await.unwrap();
+
+    // `next` fails the test on a close frame: a client cut off as too slow never gets here.
+    let trades = until(&mut socket, |seen| seen.len() == BURST).await;
+    let first = trades[0]["sequence"].as_u64().unwrap();
+    for (n, trade) in trades.iter().enumerate() {
+        assert_eq!(trade["type"], "trade", "{trade}");
+        assert_eq!(trade["sequence"].as_u64(), Some(first + n as u64), "no gap");
     }
 }
 

@@ -11,6 +11,7 @@
 //! a fresh one.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use access::{TokenVerifier, VerifyError};
@@ -18,16 +19,19 @@ use axum::extract::ws::{CloseFrame, Message as Frame, Utf8Bytes, WebSocket, WebS
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt as _;
 use resilience::Call;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use service_kit::http::{ClientIp, Problem};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::Gateway;
 use crate::api_keys::ApiKeyVerifier;
 use crate::route_table::Upstream;
+use crate::stream::hub::Message;
 use crate::stream::messages::valid_channel;
 
 /// Close codes (RFC 6455 §7.4.1).
@@ -167,8 +171,7 @@ async fn session(gw: Gateway, mut socket: WebSocket, caller: Option<Caller>) {
             }
             message = subscriber.messages.recv() => {
                 let Some(message) = message else { break (TRY_AGAIN_LATER, "cut off") };
-                let stale = session.book_floor.get(&message.channel).is_some_and(|floor| message.sequence <= *floor);
-                if !stale && send_within(&mut socket, Frame::Text(Utf8Bytes::from(message.text.as_str())), settings.heartbeat).await.is_err() {
+                if deliver(&mut socket, &mut subscriber.messages, message, &session.book_floor, settings.heartbeat).await.is_err() {
                     break (TRY_AGAIN_LATER, "too slow: a write did not complete");
                 }
             }
@@ -360,6 +363,46 @@ async fn first_message_auth(
         Ok(claims) => Ok(caller(claims.sub, claims.exp)),
         Err(VerifyError::KeysUnavailable(_)) => Err("tokens cannot be verified right now"),
         Err(_) => Err("the token is invalid or expired"),
+    }
+}
+
+/// The most queued messages one write takes.
+const WRITE_BATCH: usize = 64;
+
+/// Writes `first` and what is queued behind it (up to [`WRITE_BATCH`]) with one flush: one
+/// write to the socket for a burst instead of one per message, which is what lets a client that
+/// reads at its socket's pace keep up with a backlog. Book updates the session's snapshot
+/// already holds are skipped. Like any write, it must finish within `limit`.
+async fn deliver(
+    socket: &mut WebSocket,
+    queue: &mut mpsc::Receiver<Arc<Message>>,
+    first: Arc<Message>,
+    book_floor: &HashMap<String, u64>,
+    limit: Duration,
+) -> Result<(), ()> {
+    let write = async {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(message) = next {
+            taken += 1;
+            let stale = book_floor
+                .get(&message.channel)
+                .is_some_and(|floor| message.sequence <= *floor);
+            if !stale {
+                let text = Utf8Bytes::from(message.text.as_str());
+                socket.feed(Frame::Text(text)).await?;
+            }
+            next = if taken < WRITE_BATCH {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        socket.flush().await
+    };
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
     }
 }
 

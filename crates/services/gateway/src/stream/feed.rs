@@ -5,6 +5,13 @@
 //! Entries are decoded only while some client of this replica subscribes to something: a
 //! replica nobody listens to moves past the entries without parsing their envelopes.
 //!
+//! A backlog — what a relay publishes at once after the broker stalled and resumed — reaches
+//! the hub a slice at a time: each read takes at most a quarter of a connection's queue
+//! ([`per_read`]; one entry makes at most three messages for one connection, a trade and two
+//! fills), and while the next read waits on Redis the sessions write out what this one queued.
+//! Fan-out still never waits for a client; a client that reads at its socket's pace keeps up
+//! with any burst, and only one that falls a whole queue behind is cut off.
+//!
 //! The WebSocket stream is live data: a reader that was down misses what happened meanwhile,
 //! and its clients learn of it the way they learn of any gap (a book update that does not
 //! follow their last sequence) and re-read the REST API or re-subscribe.
@@ -28,6 +35,16 @@ pub const SOURCES: &[&str] = &["orders", "market"];
 
 /// Well under the connection's 500 ms response timeout (`service_kit::redis`).
 const BLOCK: Duration = Duration::from_millis(200);
+
+/// The most entries one read takes when connections queue plenty.
+const MOST_PER_READ: usize = 500;
+
+/// Entries one read takes: a quarter of a connection's queue (an entry makes at most three
+/// messages for one connection), so one read's fan-out cannot fill a queue its session drains
+/// between reads.
+fn per_read(buffer: usize) -> usize {
+    (buffer / 4).clamp(1, MOST_PER_READ)
+}
 
 /// `redis` should be a connection of the feed's own: its one reader blocks on it.
 pub fn spawn(
@@ -85,7 +102,7 @@ async fn read(
         last.push(id);
     }
     let options = StreamReadOptions::default()
-        .count(500)
+        .count(per_read(hub.settings().buffer))
         .block(usize::try_from(BLOCK.as_millis()).unwrap_or(200));
     let mut forwarded = Forwarded::default();
     loop {
@@ -207,5 +224,17 @@ impl Outcomes {
                     .increment(count);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_read_fills_at_most_a_quarter_of_a_queue() {
+        assert_eq!(per_read(256), 64);
+        assert_eq!(per_read(3), 1, "at least one entry");
+        assert_eq!(per_read(1_000_000), MOST_PER_READ);
     }
 }
