@@ -8,7 +8,9 @@
 # are refused while risk cannot check them. Then loadgen's invariants, as after any run.
 # PAUSE_BY=kill: the service is killed instead (SIGKILL: no shutdown, a batch cut in the middle,
 # events published but not yet acknowledged) and started again after PAUSE_SECS — a crashed pod
-# that comes back.
+# that comes back. PAUSE_SERVICES may name any of auth, risk, settlement, orders, alerting and
+# gateway: with the gateway down loadgen's requests go unanswered (`no_answer`) and its
+# subscribers are cut off, which the stream allows.
 #   cargo build --release -p bourse -p loadgen && tools/loadgen/pause-services.sh [rate] [seconds] [accounts]
 # Prints each outage, then loadgen's report; exits as loadgen does (1 on a violated invariant).
 set -euo pipefail

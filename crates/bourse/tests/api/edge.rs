@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    PASSWORD, Tokens, assert_problem, shed_in_lane, spawn_app, spawn_app_with, spawn_app_without,
+    PASSWORD, Tokens, assert_problem, shed, spawn_app, spawn_app_with, spawn_app_without,
 };
 
 #[sqlx::test(migrations = false)]
@@ -348,8 +348,11 @@ async fn an_upstream_that_never_answers_is_a_504(pool: PgPool) {
     assert_problem(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
 }
 
+/// REL-06: the permits are per upstream. One that sits on its requests (here auth, a silent
+/// stand-in) is shed at once beyond its limit, and every other upstream's routes are still
+/// admitted — with one pool for all, a stalled orders shed every balance read under load.
 #[sqlx::test(migrations = false)]
-async fn beyond_its_in_flight_limit_the_gateway_sheds_at_once_and_admits_again_when_freed(
+async fn beyond_its_in_flight_limit_an_upstream_is_shed_at_once_while_the_others_are_admitted(
     pool: PgPool,
 ) {
     let (url, mut connections) = silent_upstream().await;
@@ -397,8 +400,11 @@ async fn beyond_its_in_flight_limit_the_gateway_sheds_at_once_and_admits_again_w
         .unwrap();
     assert_eq!(live.status(), StatusCode::OK);
     // (The recorder is the test binary's, shared by tests running beside this one: at least.)
-    let shed = shed_in_lane(&app.metrics().await, "traffic");
+    let shed = shed(&app.metrics().await, "traffic", "auth");
     assert!(shed >= 1.0, "the refusal counted as shed: {shed}");
+    // Another upstream's route has permits of its own: orders answers the public read.
+    let instruments = app.get("/v1/instruments").await;
+    assert_eq!(instruments.status(), StatusCode::OK);
 
     // The stuck request ends (its upstream hangs up): its permit is free again.
     drop(first);

@@ -646,9 +646,10 @@ pub async fn count(pool: &PgPool, sql: &str) -> i64 {
         .unwrap()
 }
 
-/// `gateway_requests_shed_total` of one admission lane, from the gateway's `/metrics`.
-pub fn shed_in_lane(metrics: &str, lane: &str) -> f64 {
-    let series = format!(r#"gateway_requests_shed_total{{lane="{lane}"}} "#);
+/// `gateway_requests_shed_total` of one admission lane and upstream, from the gateway's
+/// `/metrics`.
+pub fn shed(metrics: &str, lane: &str, upstream: &str) -> f64 {
+    let series = format!(r#"gateway_requests_shed_total{{lane="{lane}",upstream="{upstream}"}} "#);
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series.as_str()))

@@ -6,8 +6,7 @@ use service_kit::testing::eventually;
 use sqlx::PgPool;
 
 use crate::helpers::{
-    TestApp, Tokens, assert_problem, count, shed_in_lane, spawn_app, spawn_app_with,
-    spawn_replica_of,
+    TestApp, Tokens, assert_problem, count, shed, spawn_app, spawn_app_with, spawn_replica_of,
 };
 
 /// An exchange with BTC-USD (tick 0.01, lot 0.0001) and two traders.
@@ -1212,7 +1211,8 @@ async fn an_order_that_would_trade_with_its_own_account_is_cancelled(pool: PgPoo
 }
 
 /// REL-06: the gateway sheds what it cannot take, but the operators have permits of their own —
-/// an overloaded platform is when a risk officer needs the kill switch most.
+/// an overloaded platform is when a risk officer needs the kill switch most — on every
+/// upstream, the overloaded one too.
 #[sqlx::test(migrations = false)]
 async fn a_gateway_full_of_orders_still_admits_the_kill_switch(pool: PgPool) {
     let m = market_on(
@@ -1237,8 +1237,8 @@ async fn a_gateway_full_of_orders_still_admits_the_kill_switch(pool: PgPool) {
     m.until_matching_waits_on_the_lock().await;
 
     // Traffic is shed at once...
-    let shed = m.place(&m.bob, &limit("sell", "29000.00", "0.1")).await;
-    assert_problem(shed, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
+    let refused = m.place(&m.bob, &limit("sell", "29000.00", "0.1")).await;
+    assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "overloaded").await;
     // ...while the operators' lane is free: the kill switch goes through.
     let killed = m
         .app
@@ -1250,8 +1250,23 @@ async fn a_gateway_full_of_orders_still_admits_the_kill_switch(pool: PgPool) {
         .await
         .unwrap();
     assert_eq!(killed.status(), StatusCode::CREATED);
+    // And on orders itself, whose traffic permit is taken: an operator's route takes the
+    // operators' permit of orders.
+    let created = m
+        .app
+        .client
+        .post(m.app.url("/v1/admin/instruments"))
+        .bearer_auth(&m.admin.access_token)
+        .json(
+            &json!({ "symbol": "ETH-USD", "base_asset": "ETH", "quote_asset": "USD",
+                       "tick_size": "0.01", "lot_size": "0.0001" }),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
     // (The recorder is the test binary's, shared by tests running beside this one: at least.)
-    let shed = shed_in_lane(&m.app.metrics().await, "traffic");
+    let shed = shed(&m.app.metrics().await, "traffic", "orders");
     assert!(
         shed >= 1.0,
         "the order counted as shed in the traffic's lane: {shed}"

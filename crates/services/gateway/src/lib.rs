@@ -1,7 +1,8 @@
 //! The gateway: the only public port.
 //!
 //! - [`config`]: `BOURSE_GATEWAY_*` settings.
-//! - [`admission`]: shedding by the gateway's own load, before anything is forwarded (REL-06).
+//! - [`admission`]: shedding by load, a pool of permits per upstream, before anything is
+//!   forwarded (REL-06).
 //! - [`route_table`]: every public route, its upstream and who may call it (SEC-02, SEC-14).
 //! - [`http`]: the router built from the table; the gate (token, role, admin source IP,
 //!   per-principal limit) in front of every forwarded request (SEC-06, SEC-15).
@@ -313,12 +314,12 @@ pub fn describe_metrics() {
     describe_gauge!(
         "gateway_requests_in_flight",
         Unit::Count,
-        "Requests being forwarded now (admission control), by lane: traffic or admin."
+        "Requests being forwarded now (admission control), by lane (traffic or admin) and upstream."
     );
     describe_counter!(
         "gateway_requests_shed_total",
         Unit::Count,
-        "Requests answered 503 at once because the gateway was full, by lane: traffic or admin."
+        "Requests answered 503 at once because their upstream's permits were all taken, by lane (traffic or admin) and upstream."
     );
     describe_counter!(
         "gateway_rate_limit_skipped_total",

@@ -135,15 +135,18 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
     };
 
     // The end of the day: every account cancels what rests, so nothing should stay held. A
-    // platform still working off the load may refuse (503): ask again until it answers.
+    // platform still working off the load may refuse (503), and a gateway restarted during
+    // the run (tools/loadgen/pause-services.sh) may not be listening yet: ask again until it
+    // answers.
     let deadline = Instant::now() + config.settle_timeout();
     for trader in &shared.traders {
         loop {
-            let cancelled = gateway.cancel_all(&trader.token).await?;
-            if cancelled.status.is_success() || Instant::now() >= deadline {
-                break;
+            match gateway.cancel_all(&trader.token).await {
+                Ok(cancelled) if cancelled.status.is_success() => break,
+                Ok(_) if Instant::now() >= deadline => break,
+                Err(unreachable) if Instant::now() >= deadline => return Err(unreachable.into()),
+                Ok(_) | Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 

@@ -65,13 +65,14 @@ async fn gate(gw: &Gateway, spec: &'static RouteSpec, ip: IpAddr, req: Request) 
             .into_response();
     }
     // Then, before a token is even verified: under overload, refusing must be the cheap part.
-    // Operators have their own permits, so a flood of orders cannot shed the kill switch.
+    // Each upstream has its own permits, so one that stands still sheds only its own routes;
+    // operators have theirs, so a flood of orders cannot shed the kill switch.
     let lane = if spec.is_admin() {
         Lane::Admin
     } else {
         Lane::Traffic
     };
-    let _in_flight = match gw.admission.admit(lane).await {
+    let _in_flight = match gw.admission.admit(lane, spec.upstream).await {
         Ok(permit) => permit,
         Err(problem) => return problem.into_response(),
     };
