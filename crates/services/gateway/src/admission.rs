@@ -17,9 +17,8 @@
 //! WebSocket stream's upgrade are not forwarded requests and are never shed.
 //!
 //! Operators have a lane of their own ([`Lane::Admin`], `admin_max_in_flight` permits per
-//! upstream): the
-//! moment the platform is overloaded is the moment a risk officer needs the kill switch, and a
-//! flood of orders must not be able to shed it. The lane is only for routes under
+//! upstream): the moment the platform is overloaded is the moment a risk officer needs the kill
+//! switch, and a flood of orders must not be able to shed it. The lane is only for routes under
 //! `/v1/admin/`, which the gateway serves to its admin allow-list alone (checked before a
 //! permit is taken), so the traffic it protects against cannot reach it either.
 
@@ -114,8 +113,8 @@ impl Admission {
                 1,
             )
         };
-        // Every route's upstream is one of `UPSTREAMS` (`route_table::tests::every_route_names_an_upstream_the_gateway_has_a_client_and_a_url_for`); a pool missing
-        // would be a bug, refused rather than admitted without a bound.
+        // Every route's upstream is one of `UPSTREAMS` (a test of `route_table` says so); a
+        // pool missing would be a bug, refused rather than admitted without a bound.
         let Some(permits) = self.pools.get(&(lane, upstream.name)) else {
             return Err(overloaded());
         };
