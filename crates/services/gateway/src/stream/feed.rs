@@ -6,9 +6,10 @@
 //! replica nobody listens to moves past the entries without parsing their envelopes.
 //!
 //! A backlog — what a relay publishes at once after the broker stalled and resumed — reaches
-//! the hub a slice at a time: each read takes at most a quarter of a connection's queue
-//! ([`per_read`]; one entry makes at most three messages for one connection, a trade and two
-//! fills), and while the next read waits on Redis the sessions write out what this one queued.
+//! the hub a slice at a time: each read takes at most a quarter of a connection's queue from
+//! each stream ([`per_read`]; an `orders` entry makes at most three messages for one connection,
+//! a trade and two fills, a `market` entry one), so one read cannot fill a queue, and while the
+//! next read waits on Redis the sessions write out what this one queued.
 //! Fan-out still never waits for a client; a client that reads at its socket's pace keeps up
 //! with any burst, and only one that falls a whole queue behind is cut off.
 //!
@@ -39,9 +40,9 @@ const BLOCK: Duration = Duration::from_millis(200);
 /// The most entries one read takes when connections queue plenty.
 const MOST_PER_READ: usize = 500;
 
-/// Entries one read takes: a quarter of a connection's queue (an entry makes at most three
-/// messages for one connection), so one read's fan-out cannot fill a queue its session drains
-/// between reads.
+/// Entries one read takes from each stream: a quarter of a connection's queue (three messages
+/// at most per `orders` entry and one per `market` entry make a full read of both exactly one
+/// queue), so one read's fan-out cannot overfill a queue its session drains between reads.
 fn per_read(buffer: usize) -> usize {
     (buffer / 4).clamp(1, MOST_PER_READ)
 }
