@@ -669,14 +669,10 @@ async fn entries_of_a_read_whose_answer_was_lost_are_applied_before_newer_ones(p
     let settings = ConsumerSettings {
         // Smaller than the lost read: its entries are re-read a batch at a time, to the end.
         batch: 2,
-        block: Duration::from_millis(50),
-        max_deliveries: 5,
         // Nothing is idle this long during the test: only the consumer's own re-read can
         // bring the lost entries back.
         retry_after: Duration::from_secs(3600),
-        max_backoff: Duration::from_millis(100),
-        linger: Duration::ZERO,
-        inbox_retention: WEEK,
+        ..ConsumerSettings::default()
     };
     let shutdown = Shutdown::new();
     let task = tokio::spawn(

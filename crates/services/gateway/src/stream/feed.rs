@@ -8,8 +8,8 @@
 //! A backlog — what a relay publishes at once after the broker stalled and resumed — reaches
 //! the hub a slice at a time: each read takes at most a quarter of a connection's queue from
 //! each stream ([`per_read`]; an `orders` entry makes at most three messages for one connection,
-//! a trade and two fills, a `market` entry one), so one read cannot fill a queue, and while the
-//! next read waits on Redis the sessions write out what this one queued.
+//! a trade and two fills, a `market` entry one), so one read cannot overfill an empty queue,
+//! and while the next read waits on Redis the sessions write out what this one queued.
 //! Fan-out still never waits for a client; a client that reads at its socket's pace keeps up
 //! with any burst, and only one that falls a whole queue behind is cut off.
 //!
@@ -233,7 +233,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_read_fills_at_most_a_quarter_of_a_queue() {
+    fn a_read_takes_a_quarter_of_a_queue_in_entries() {
         assert_eq!(per_read(256), 64);
         assert_eq!(per_read(3), 1, "at least one entry");
         assert_eq!(per_read(1_000_000), MOST_PER_READ);
