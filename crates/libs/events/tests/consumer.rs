@@ -152,6 +152,21 @@ fn trade(n: i64) -> Envelope {
     )
 }
 
+/// The event's effect and its inbox row, as a consumer of [`GROUP`] writes them.
+async fn apply_as_the_consumer_would(conn: &mut PgConnection, id: Uuid) {
+    sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO inbox (consumer, event_id, stream) VALUES ($1, $2, 'trades')")
+        .bind(GROUP)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+}
+
 async fn applied(pool: &PgPool, id: Uuid) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM applied WHERE event_id = $1")
         .bind(id)
@@ -205,6 +220,47 @@ async fn a_redelivered_event_has_no_second_effect(pool: PgPool) {
     assert_eq!(applied(&pool, event.id).await, 1, "exactly once in effect");
 }
 
+/// Another consumer is still applying an event of this batch (it claimed the entry from a
+/// consumer it thought dead): its inbox row is written and not yet committed. The batch's
+/// insert waits for it, and once it commits the event is not applied a second time — nor is it
+/// dead-lettered, nor is the rest of the batch held back.
+#[sqlx::test(migrations = false)]
+async fn an_event_another_consumer_is_applying_is_applied_once_and_the_rest_of_its_batch_too(
+    pool: PgPool,
+) {
+    let pool = consumer_db(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    let (taken, other) = (trade(1), trade(2));
+    let mut elsewhere = pool.begin().await.unwrap();
+    apply_as_the_consumer_would(&mut elsewhere, taken.id).await;
+    publish(&mut redis, &prefix, &taken).await;
+    publish(&mut redis, &prefix, &other).await;
+
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(
+        consumer(&pool, &redis, &prefix, "c1", 5).run(Recorder::new(0), shutdown.clone()),
+    );
+    service_kit::testing::until_waiting_for_a_lock(&pool, "INSERT INTO inbox").await;
+    elsewhere.commit().await.unwrap();
+
+    eventually("the other event applied", || async {
+        applied(&pool, other.id).await == 1
+    })
+    .await;
+    until_nothing_pending(&redis, &prefix, "both entries acknowledged").await;
+    shutdown.trigger();
+    task.await.unwrap();
+    assert_eq!(applied(&pool, taken.id).await, 1, "exactly once in effect");
+    assert!(
+        events::dlq::list(&redis, &prefix, "trades")
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing dead-lettered"
+    );
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_crash_between_commit_and_ack_is_healed_on_restart_without_a_second_effect(pool: PgPool) {
     let pool = consumer_db(&pool).await;
@@ -215,17 +271,7 @@ async fn a_crash_between_commit_and_ack_is_healed_on_restart_without_a_second_ef
 
     // "c1" received the entry, committed its effect and inbox row, and died before XACK.
     deliver_without_ack(&mut redis, &prefix, "c1").await;
-    sqlx::query("INSERT INTO applied (event_id) VALUES ($1)")
-        .bind(event.id)
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO inbox (consumer, event_id, stream) VALUES ($1, $2, 'trades')")
-        .bind(GROUP)
-        .bind(event.id)
-        .execute(&pool)
-        .await
-        .unwrap();
+    apply_as_the_consumer_would(&mut pool.acquire().await.unwrap(), event.id).await;
     assert_eq!(pending(&mut redis, &prefix).await, 1);
 
     // "c1" restarts: it re-reads its own pending entry, finds the inbox row, acknowledges.

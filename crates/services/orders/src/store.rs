@@ -370,15 +370,11 @@ pub async fn resting_orders(pool: &PgPool, symbol: &str) -> Result<Vec<OrderRow>
 }
 
 /// The last book sequence a committed batch of the symbol gave out, so a rebuilt book
-/// continues after it. The maxima of `trades` and `orders` count too while a replica of the
-/// release before `symbol_owners.last_sequence` may still write batches without it (its
-/// migration says when they go).
+/// continues after it: every batch stores it with the symbol's owner, in the statement that
+/// checks the fence ([`write_matched`]); 0 for a symbol never owned.
 pub async fn last_sequence(pool: &PgPool, symbol: &str) -> Result<i64> {
     Ok(sqlx::query_scalar(
-        "SELECT GREATEST(
-            (SELECT COALESCE(max(last_sequence), 0) FROM symbol_owners WHERE symbol = $1),
-            (SELECT COALESCE(max(sequence), 0) FROM trades WHERE symbol = $1),
-            (SELECT COALESCE(max(book_sequence), 0) FROM orders WHERE symbol = $1))",
+        "SELECT COALESCE(max(last_sequence), 0) FROM symbol_owners WHERE symbol = $1",
     )
     .bind(symbol)
     .fetch_one(pool)

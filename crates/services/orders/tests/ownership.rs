@@ -126,12 +126,9 @@ async fn a_rebuilt_book_goes_on_after_the_last_sequence_a_committed_batch_gave_o
 }
 
 /// The upgrade that brings `symbol_owners.last_sequence` starts each owned symbol from what its
-/// rows held, and a batch of the previous release — which writes no sequence of its own — still
-/// counts for a rebuilt book by its rows.
+/// rows held.
 #[sqlx::test(migrations = false)]
-async fn an_upgrade_starts_the_stored_sequence_from_the_rows_and_counts_older_replicas_rows(
-    pool: PgPool,
-) {
+async fn an_upgrade_starts_the_stored_sequence_from_the_rows(pool: PgPool) {
     let pool = database::orders_db_before(&pool, LAST_SEQUENCE).await;
     sqlx::query("INSERT INTO symbol_owners (symbol, epoch, replica) VALUES ($1, 1, $2)")
         .bind(SYMBOL)
@@ -139,22 +136,74 @@ async fn an_upgrade_starts_the_stored_sequence_from_the_rows_and_counts_older_re
         .execute(&pool)
         .await
         .unwrap();
-    database::insert_order(&pool, Some(4)).await;
+    database::insert_order(&pool, SYMBOL, Some(4)).await;
 
     orders::migrate(&pool).await.unwrap();
-    let stored: i64 = sqlx::query_scalar("SELECT last_sequence FROM symbol_owners")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(stored, 4);
+    assert_eq!(stored_sequences(&pool).await, vec![(SYMBOL.to_owned(), 4)]);
+    assert_eq!(rebuilt_sequence(&pool).await, 4);
+}
 
-    // A replica of the previous release rests an order at 6 without touching the column.
-    database::insert_order(&pool, Some(6)).await;
+/// The contract release reads a book's sequence from its owner row alone and drops the index
+/// the orders' maximum was read by. What a replica older than the column wrote while the
+/// release before was rolled out is taken in first — for an owned symbol, and for one whose
+/// rows are older than ownership itself (it gets a released owner row).
+#[sqlx::test(migrations = false)]
+async fn the_contract_takes_in_what_older_replicas_wrote_then_drops_the_index(pool: PgPool) {
+    let pool = database::orders_db_before(&pool, SEQUENCE_INDEX_DROPPED).await;
+    sqlx::query(
+        "INSERT INTO symbol_owners (symbol, epoch, replica, last_sequence) VALUES ($1, 2, $2, 3)",
+    )
+    .bind(SYMBOL)
+    .bind(Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .unwrap();
+    // A replica of the release before the column rested an order at 6 without storing it.
+    database::insert_order(&pool, SYMBOL, Some(6)).await;
+    // A symbol never owned since ownership came, with an order resting at 9.
+    database::insert_instrument(&pool, UNOWNED).await;
+    database::insert_order(&pool, UNOWNED, Some(9)).await;
+    // And one with no sequenced rows at all gets no owner row.
+    database::insert_instrument(&pool, "SOL-USD").await;
+
+    orders::migrate(&pool).await.unwrap();
+    assert_eq!(
+        stored_sequences(&pool).await,
+        vec![(SYMBOL.to_owned(), 6), (UNOWNED.to_owned(), 9)]
+    );
+    // The owner kept its symbol; the other waits, released, for the first replica to ask.
+    let owners: Vec<(String, i64, Option<Uuid>)> =
+        sqlx::query_as("SELECT symbol, epoch, replica FROM symbol_owners ORDER BY symbol")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(owners[0].1, 2);
+    assert!(owners[0].2.is_some());
+    assert_eq!((owners[1].1, owners[1].2), (1, None));
     assert_eq!(rebuilt_sequence(&pool).await, 6);
+    let index: Option<String> = sqlx::query_scalar(
+        "SELECT indexname::text FROM pg_indexes WHERE indexname = 'orders_symbol_sequence_idx'",
+    )
+    .fetch_optional(&pool)
+    .await
+    .unwrap();
+    assert_eq!(index, None);
+}
+
+/// Each owner row's symbol and stored sequence, by symbol.
+async fn stored_sequences(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT symbol, last_sequence FROM symbol_owners ORDER BY symbol")
+        .fetch_all(pool)
+        .await
+        .unwrap()
 }
 
 /// The migration that brings `symbol_owners.last_sequence`.
 const LAST_SEQUENCE: i64 = 20261206000001;
+/// Its contract: the sequence read from the owner row alone, `orders_symbol_sequence_idx` gone.
+const SEQUENCE_INDEX_DROPPED: i64 = 20261206000002;
+/// A symbol that sorts after [`SYMBOL`].
+const UNOWNED: &str = "ETH-USD";
 
 #[sqlx::test(migrations = false)]
 async fn a_replica_whose_lease_ran_out_loses_its_symbols_and_one_that_leaves_gives_them_up(

@@ -19,8 +19,8 @@ async fn an_upgrade_counts_the_last_days_trades_once_and_the_trigger_every_one_a
     let pool = database::orders_db_before(&pool, VOLUME_BY_MINUTE).await;
     // Trades from before the upgrade: two within the day, in one minute, and one older.
     let (maker, taker) = (
-        database::insert_order(&pool, None).await,
-        database::insert_order(&pool, None).await,
+        database::insert_order(&pool, SYMBOL, None).await,
+        database::insert_order(&pool, SYMBOL, None).await,
     );
     trade(&pool, maker, taker, 1, 30, "now() - interval '2 hours'").await;
     trade(&pool, maker, taker, 2, 20, "now() - interval '2 hours'").await;

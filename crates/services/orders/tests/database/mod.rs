@@ -33,23 +33,31 @@ async fn connect(test_pool: &PgPool) -> PgPool {
 }
 
 async fn with_instrument(pool: PgPool) -> PgPool {
-    sqlx::query(
-        "INSERT INTO instruments (symbol, base_asset, quote_asset, base_scale, quote_scale,
-                                  tick_size, lot_size, min_quantity, max_quantity)
-         VALUES ($1, 'BTC', 'USD', 8, 2, 1, 10000, 10000, 100000000000)",
-    )
-    .bind(SYMBOL)
-    .execute(&pool)
-    .await
-    .unwrap();
+    insert_instrument(&pool, SYMBOL).await;
     pool
 }
 
-/// An open buy order of one BTC at 30,000.00 on [`SYMBOL`], inserted the way any release's
+/// The instrument `symbol` (`BASE-QUOTE`), priced and sized as [`SYMBOL`] is.
+pub async fn insert_instrument(pool: &PgPool, symbol: &str) {
+    let (base, quote) = symbol.split_once('-').unwrap();
+    sqlx::query(
+        "INSERT INTO instruments (symbol, base_asset, quote_asset, base_scale, quote_scale,
+                                  tick_size, lot_size, min_quantity, max_quantity)
+         VALUES ($1, $2, $3, 8, 2, 1, 10000, 10000, 100000000000)",
+    )
+    .bind(symbol)
+    .bind(base)
+    .bind(quote)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// An open buy order of one BTC at 30,000.00 on `symbol`, inserted the way any release's
 /// batch writes one — resting at `book_sequence` when given — with no matching task involved:
 /// for trades to hang on, and for rows a replica of an older release wrote.
 #[allow(dead_code)]
-pub async fn insert_order(pool: &PgPool, book_sequence: Option<i64>) -> uuid::Uuid {
+pub async fn insert_order(pool: &PgPool, symbol: &str, book_sequence: Option<i64>) -> uuid::Uuid {
     let id = uuid::Uuid::now_v7();
     sqlx::query(
         "INSERT INTO orders (id, account_id, symbol, side, type, price, quantity, status,
@@ -58,7 +66,7 @@ pub async fn insert_order(pool: &PgPool, book_sequence: Option<i64>) -> uuid::Uu
     )
     .bind(id)
     .bind(uuid::Uuid::now_v7())
-    .bind(SYMBOL)
+    .bind(symbol)
     .bind(book_sequence)
     .execute(pool)
     .await
