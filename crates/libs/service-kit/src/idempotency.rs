@@ -122,6 +122,11 @@ pub struct Claim {
     /// The request's fingerprint ([`request_hash`]), stored with the answer by [`record_all`].
     #[serde(default)]
     pub request_hash: Vec<u8>,
+    /// The key had no row when this claim was made ([`look_up`] found none): [`record_all`]
+    /// stores its answer with a plain insert. False (the default, for a claim from a replica
+    /// that does not say) writes over the row the way any claim may.
+    #[serde(default)]
+    pub unwritten: bool,
 }
 
 /// What to do with a request carrying an idempotency key.
@@ -194,6 +199,7 @@ pub async fn begin_with_lease(
             key: key.to_owned(),
             token,
             request_hash: hash.to_vec(),
+            unwritten: false,
         })
     };
     // The claim commits without waiting for its WAL flush (synchronous_commit off for this one
@@ -358,12 +364,14 @@ pub async fn look_up(pool: &PgPool, principal: Uuid, key: &str, hash: &[u8]) -> 
 
 /// What [`look_up`] tells a request with body `hash` about key `key`, given its row.
 fn judge(row: Option<Existing>, principal: Uuid, key: &str, hash: &[u8]) -> Begin {
+    let unwritten = row.is_none();
     let proceed = || {
         Begin::Proceed(Claim {
             principal,
             key: key.to_owned(),
             token: Uuid::now_v7(),
             request_hash: hash.to_vec(),
+            unwritten,
         })
     };
     match row {
@@ -584,13 +592,47 @@ pub enum Recorded {
     KeyTaken,
 }
 
-/// Claims the keys and stores their answers in one statement, in the transaction that did the
-/// work ([`look_up`]'s claims). A key already answered, claimed within its lease, or fenced
-/// against this claim's token is not overwritten, and the result says so.
+/// Claims the keys and stores their answers, in the transaction that did the work
+/// ([`look_up`]'s claims). A key already answered, claimed within its lease, or fenced against
+/// this claim's token is not overwritten, and the result says so — after which the transaction
+/// can only roll back: it may have failed on the key.
 pub async fn record_all(conn: &mut PgConnection, answers: &[(Claim, Answer)]) -> Result<Recorded> {
-    if answers.is_empty() {
-        return Ok(Recorded::All);
+    // Keys that had no row when looked up — nearly all of them — are inserted plainly: `ON
+    // CONFLICT` makes every insert speculative, one more WAL record per row (docs/performance.md,
+    // "Inserts that are not speculative"). A row written since (a duplicate answered through
+    // another replica, a fence) fails the insert on the key: taken, as the upsert would say.
+    let (fresh, claimed): (Vec<&ClaimedAnswer>, Vec<&ClaimedAnswer>) =
+        answers.iter().partition(|(claim, _)| claim.unwritten);
+    if !fresh.is_empty() {
+        match store_answers(&mut *conn, &fresh, false).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(err))
+                if err.constraint() == Some("idempotency_keys_pkey") =>
+            {
+                return Ok(Recorded::KeyTaken);
+            }
+            Err(err) => return Err(err),
+        }
     }
+    if !claimed.is_empty()
+        && store_answers(&mut *conn, &claimed, true).await? < claimed.len() as u64
+    {
+        return Ok(Recorded::KeyTaken);
+    }
+    Ok(Recorded::All)
+}
+
+/// A claim and the answer stored under it.
+type ClaimedAnswer = (Claim, Answer);
+
+/// One statement storing `answers` with their claims: a plain insert, or (`over_rows`) an
+/// upsert that takes over a row whose claim is past its lease or fenced off. Returns the rows
+/// written.
+async fn store_answers(
+    conn: &mut PgConnection,
+    answers: &[&ClaimedAnswer],
+    over_rows: bool,
+) -> std::result::Result<u64, sqlx::Error> {
     let principals: Vec<Uuid> = answers.iter().map(|(c, _)| c.principal).collect();
     let keys: Vec<&str> = answers.iter().map(|(c, _)| c.key.as_str()).collect();
     let hashes: Vec<&[u8]> = answers
@@ -603,39 +645,41 @@ pub async fn record_all(conn: &mut PgConnection, answers: &[(Claim, Answer)]) ->
         .collect();
     let bodies: Vec<&str> = answers.iter().map(|(_, a)| a.body.as_str()).collect();
     let tokens: Vec<Uuid> = answers.iter().map(|(c, _)| c.token).collect();
-    // ON CONFLICT … DO UPDATE locks the existing row and re-checks the condition on its latest
-    // version, so a fence or an answer committed meanwhile is seen. A key twice in one batch
-    // (a duplicate forwarded by another replica) fails the statement: the batch is replayed
-    // job by job, and the second finds the key taken.
-    let stored = sqlx::query(
-        "INSERT INTO idempotency_keys AS k
+    const INSERT: &str = "INSERT INTO idempotency_keys AS k
                 (principal_id, key, request_hash, response_status, response_body, claim, locked_at)
          SELECT a.principal, a.key, a.hash, a.status, a.body, a.claim, now()
            FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::int2[], $5::text[], $6::uuid[])
-                AS a(principal, key, hash, status, body, claim)
-         ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO UPDATE
+                AS a(principal, key, hash, status, body, claim)";
+    // ON CONFLICT … DO UPDATE locks the existing row and re-checks the condition on its latest
+    // version, so a fence or an answer committed meanwhile is seen. A key twice in one batch
+    // (a duplicate forwarded by another replica) fails either statement: the batch is replayed
+    // job by job, and the second finds the key taken.
+    const OVER_ROWS: &str = " ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO UPDATE
             SET request_hash = EXCLUDED.request_hash, response_status = EXCLUDED.response_status,
                 response_body = EXCLUDED.response_body, claim = EXCLUDED.claim,
                 locked_at = EXCLUDED.locked_at
           WHERE k.response_status IS NULL
             AND NOT (EXCLUDED.claim = ANY (coalesce(k.fenced, '{}')))
-            AND (cardinality(k.fenced) > 0 OR k.locked_at < now() - make_interval(secs => $7))",
-    )
-    .bind(&principals)
-    .bind(&keys)
-    .bind(&hashes)
-    .bind(&statuses)
-    .bind(&bodies)
-    .bind(&tokens)
-    .bind(LEASE.as_secs_f64())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(if stored == answers.len() as u64 {
-        Recorded::All
+            AND (cardinality(k.fenced) > 0 OR k.locked_at < now() - make_interval(secs => $7))";
+    let query = if over_rows {
+        sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT}{OVER_ROWS}")))
+            .bind(&principals)
+            .bind(&keys)
+            .bind(&hashes)
+            .bind(&statuses)
+            .bind(&bodies)
+            .bind(&tokens)
+            .bind(LEASE.as_secs_f64())
     } else {
-        Recorded::KeyTaken
-    })
+        sqlx::query(INSERT)
+            .bind(&principals)
+            .bind(&keys)
+            .bind(&hashes)
+            .bind(&statuses)
+            .bind(&bodies)
+            .bind(&tokens)
+    };
+    Ok(query.execute(conn).await?.rows_affected())
 }
 
 /// Settles work under a [`look_up`] claim that failed without knowing whether its answer was

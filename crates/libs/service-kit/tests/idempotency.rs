@@ -205,17 +205,24 @@ async fn an_answer_recorded_with_its_claim_is_replayed_and_a_second_writer_finds
         Begin::Mismatch
     ));
 
-    // One key twice in one batch: the statement fails as a whole (the batch is then replayed
+    // One key twice in one batch: taken, and nothing of the batch stored (it is then replayed
     // job by job).
     let a = looked_up(&pool, principal, "same-batch", &hash).await;
     let b = looked_up(&pool, principal, "same-batch", &hash).await;
     let mut tx = pool.begin().await.unwrap();
-    assert!(
+    assert_eq!(
         idempotency::record_all(&mut tx, &[(a, created()), (b, created())])
             .await
-            .is_err()
+            .unwrap(),
+        Recorded::KeyTaken
     );
     tx.rollback().await.unwrap();
+    assert!(matches!(
+        idempotency::look_up(&pool, principal, "same-batch", &hash)
+            .await
+            .unwrap(),
+        Begin::Proceed(_)
+    ));
 
     // A key claimed the other way (`begin`) within its lease is not overwritten.
     let claimed = claim_of(
@@ -245,6 +252,10 @@ async fn a_fenced_claim_can_never_record_its_answer_but_a_retry_can(pool: PgPool
 
     // Work whose outcome was lost is fenced: its batch, still queued somewhere, cannot commit.
     let lost = looked_up(&pool, principal, "k", &hash).await;
+    assert!(
+        lost.unwritten,
+        "no row yet: its answer would be a plain insert"
+    );
     assert_eq!(
         idempotency::fence(&pool, &lost).await.unwrap(),
         Withdrawal::Withdrawn
@@ -263,6 +274,7 @@ async fn a_fenced_claim_can_never_record_its_answer_but_a_retry_can(pool: PgPool
 
     // The third answers; fencing it afterwards finds its answer, and the others stay fenced.
     let third = looked_up(&pool, principal, "k", &hash).await;
+    assert!(!third.unwritten, "it takes over the fenced row");
     assert_eq!(record(&pool, &third).await, Recorded::All);
     assert_eq!(
         idempotency::fence(&pool, &third).await.unwrap(),

@@ -1055,6 +1055,7 @@ mod tests {
                 key: "key".to_owned(),
                 token: Uuid::now_v7(),
                 request_hash: Vec::new(),
+                unwritten: true,
             },
             check_deadline: Some(deadline),
         };

@@ -187,6 +187,7 @@ impl Replica {
             key: Uuid::now_v7().to_string(),
             token: Uuid::now_v7(),
             request_hash: Vec::new(),
+            unwritten: true,
         };
         async move {
             engines
