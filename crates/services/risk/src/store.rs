@@ -558,15 +558,29 @@ pub async fn ended_among(
 }
 
 /// Remembers that `orders` ended, so an acceptance of one delivered late opens nothing.
+///
+/// A plain insert of the orders not remembered yet rather than `ON CONFLICT DO NOTHING`, which
+/// writes one more WAL record per row (docs/performance.md, "Inserts that are not
+/// speculative"). Risk runs one projection (ADR 0018), so no other transaction writes these rows
+/// meanwhile; were one to, the key would refuse the second and its batch would be applied
+/// again event by event.
 pub async fn record_ended(conn: &mut PgConnection, orders: &[Uuid]) -> Result<()> {
     if orders.is_empty() {
         return Ok(());
     }
+    // Each order once: an order's end and a replay of it may share a batch.
+    let mut distinct = std::collections::HashSet::with_capacity(orders.len());
+    let orders: Vec<Uuid> = orders
+        .iter()
+        .copied()
+        .filter(|order| distinct.insert(*order))
+        .collect();
     sqlx::query(
-        "INSERT INTO ended_orders (order_id) SELECT unnest($1::uuid[])
-         ON CONFLICT ON CONSTRAINT ended_orders_pkey DO NOTHING",
+        "INSERT INTO ended_orders (order_id)
+         SELECT o FROM unnest($1::uuid[]) AS o
+          WHERE NOT EXISTS (SELECT 1 FROM ended_orders e WHERE e.order_id = o)",
     )
-    .bind(orders)
+    .bind(&orders)
     .execute(conn)
     .await?;
     Ok(())

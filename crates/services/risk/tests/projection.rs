@@ -497,6 +497,25 @@ async fn an_acceptance_delivered_after_its_orders_end_opens_nothing(pool: PgPool
     )
     .await;
 
+    // An end delivered again (a dead letter replayed, a copy under a new event id): in a later
+    // batch, and twice within one. Each order is remembered once and no batch fails.
+    apply(&pool, &projector, &[completed(order, account)]).await;
+    let (third, third_account) = (Uuid::now_v7(), Uuid::now_v7());
+    apply(
+        &pool,
+        &projector,
+        &[
+            completed(third, third_account),
+            completed(third, third_account),
+        ],
+    )
+    .await;
+    let ended: i64 = sqlx::query_scalar("SELECT count(*) FROM ended_orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(ended, 3);
+
     let open: i64 = sqlx::query_scalar("SELECT count(*) FROM open_orders")
         .fetch_one(&pool)
         .await

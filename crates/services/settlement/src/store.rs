@@ -195,7 +195,11 @@ pub struct SettledTrade<'a> {
 }
 
 /// Records settled trades in one statement; returns the ids recorded now (a trade settled
-/// before is left out: its money moved then).
+/// before is left out: its money moved then). A plain insert of the trades not found rather than
+/// `ON CONFLICT DO NOTHING`, which writes one more WAL record per row (docs/performance.md,
+/// "Inserts that are not speculative"): the consumer's inbox row, claimed first in the same
+/// transaction, keeps a second consumer of the same event from getting this far at once, and
+/// the key would still refuse it.
 pub async fn record_settled(
     conn: &mut PgConnection,
     trades: &[SettledTrade<'_>],
@@ -203,13 +207,22 @@ pub async fn record_settled(
     if trades.is_empty() {
         return Ok(HashSet::new());
     }
-    let column = |f: fn(&SettledTrade<'_>) -> i64| trades.iter().map(f).collect::<Vec<i64>>();
+    // Each trade once: the relay may publish a trade's event again under a new id, and both
+    // copies can share a batch (a plain insert of both would fail on the second).
+    let mut distinct = HashSet::with_capacity(trades.len());
+    let trades: Vec<&SettledTrade<'_>> = trades
+        .iter()
+        .filter(|t| distinct.insert(t.trade.id))
+        .collect();
+    let column =
+        |f: fn(&SettledTrade<'_>) -> i64| trades.iter().map(|t| f(t)).collect::<Vec<i64>>();
     let ids: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO settled_trades (trade_id, symbol, buy_order_id, sell_order_id, buyer_id,
                                      seller_id, price, quantity, notional, buyer_fee, seller_fee, executed_at)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::uuid[],
                               $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::timestamptz[])
-         ON CONFLICT ON CONSTRAINT settled_trades_pkey DO NOTHING
+                        AS t(trade_id)
+          WHERE NOT EXISTS (SELECT 1 FROM settled_trades s WHERE s.trade_id = t.trade_id)
          RETURNING trade_id",
     )
     .bind(trades.iter().map(|s| s.trade.id).collect::<Vec<_>>())

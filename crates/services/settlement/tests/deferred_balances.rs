@@ -216,6 +216,8 @@ async fn one_batch_settles_a_trade_published_twice_once_and_moves_nothing_for_or
     let trade = crossing.executed();
     let mut republished = trade.clone();
     republished.id = Uuid::now_v7();
+    let mut replayed_later = trade.clone();
+    replayed_later.id = Uuid::now_v7();
     let batch = [
         crossing.accepted(crossing.bid, buyer, Side::Buy),
         crossing.accepted(crossing.ask, seller, Side::Sell),
@@ -245,6 +247,20 @@ async fn one_batch_settles_a_trade_published_twice_once_and_moves_nothing_for_or
             .await
             .unwrap();
     assert_eq!(notices, 1, "one TradeSettled for the one trade");
+
+    // Another copy in a later batch (a dead letter replayed once the inbox forgot the event):
+    // the trade is settled already, and nothing moves again.
+    let mut tx = pool.begin().await.unwrap();
+    settle_batch(&settler, &mut tx, &[replayed_later])
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    crossing.delivered(&pool, 10_000_000).await;
+    let settled: i64 = sqlx::query_scalar("SELECT count(*) FROM settled_trades")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(settled, 1, "a trade settled before is not settled again");
 }
 
 #[sqlx::test(migrations = false)]
