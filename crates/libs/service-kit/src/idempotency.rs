@@ -645,39 +645,45 @@ async fn store_answers(
         .collect();
     let bodies: Vec<&str> = answers.iter().map(|(_, a)| a.body.as_str()).collect();
     let tokens: Vec<Uuid> = answers.iter().map(|(c, _)| c.token).collect();
-    const INSERT: &str = "INSERT INTO idempotency_keys AS k
+    // One statement text each, so each is prepared once per connection.
+    macro_rules! insert_answers {
+        () => {
+            "INSERT INTO idempotency_keys AS k
                 (principal_id, key, request_hash, response_status, response_body, claim, locked_at)
          SELECT a.principal, a.key, a.hash, a.status, a.body, a.claim, now()
            FROM UNNEST($1::uuid[], $2::text[], $3::bytea[], $4::int2[], $5::text[], $6::uuid[])
-                AS a(principal, key, hash, status, body, claim)";
+                AS a(principal, key, hash, status, body, claim)"
+        };
+    }
     // ON CONFLICT … DO UPDATE locks the existing row and re-checks the condition on its latest
     // version, so a fence or an answer committed meanwhile is seen. A key twice in one batch
     // (a duplicate forwarded by another replica) fails either statement: the batch is replayed
     // job by job, and the second finds the key taken.
-    const OVER_ROWS: &str = " ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO UPDATE
+    const OVER_ROWS: &str = concat!(
+        insert_answers!(),
+        " ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO UPDATE
             SET request_hash = EXCLUDED.request_hash, response_status = EXCLUDED.response_status,
                 response_body = EXCLUDED.response_body, claim = EXCLUDED.claim,
                 locked_at = EXCLUDED.locked_at
           WHERE k.response_status IS NULL
             AND NOT (EXCLUDED.claim = ANY (coalesce(k.fenced, '{}')))
-            AND (cardinality(k.fenced) > 0 OR k.locked_at < now() - make_interval(secs => $7))";
-    let query = if over_rows {
-        sqlx::query(sqlx::AssertSqlSafe(format!("{INSERT}{OVER_ROWS}")))
-            .bind(&principals)
-            .bind(&keys)
-            .bind(&hashes)
-            .bind(&statuses)
-            .bind(&bodies)
-            .bind(&tokens)
-            .bind(LEASE.as_secs_f64())
+            AND (cardinality(k.fenced) > 0 OR k.locked_at < now() - make_interval(secs => $7))"
+    );
+    let query = sqlx::query(if over_rows {
+        OVER_ROWS
     } else {
-        sqlx::query(INSERT)
-            .bind(&principals)
-            .bind(&keys)
-            .bind(&hashes)
-            .bind(&statuses)
-            .bind(&bodies)
-            .bind(&tokens)
+        insert_answers!()
+    })
+    .bind(&principals)
+    .bind(&keys)
+    .bind(&hashes)
+    .bind(&statuses)
+    .bind(&bodies)
+    .bind(&tokens);
+    let query = if over_rows {
+        query.bind(LEASE.as_secs_f64())
+    } else {
+        query
     };
     Ok(query.execute(conn).await?.rows_affected())
 }
