@@ -4,7 +4,7 @@
 
 use reqwest::{Response, StatusCode};
 use serde_json::{Value, json};
-use service_kit::testing::eventually;
+use service_kit::testing::{eventually, eventually_some};
 use sqlx::PgPool;
 
 use std::collections::BTreeMap;
@@ -330,7 +330,12 @@ fn all_free(balances: &[(&str, &str)]) -> FundsView {
 
 /// The admin `exchange_on` signed up, logged in again on a platform started anew.
 async fn treasury(app: &TestApp) -> Tokens {
-    app.login("treasury@example.com", PASSWORD)
+    logged_in_again(app, "treasury@example.com").await
+}
+
+/// A user `exchange_on` signed up, logged in again on a platform started anew.
+async fn logged_in_again(app: &TestApp, email: &str) -> Tokens {
+    app.login(email, PASSWORD)
         .await
         .json::<Tokens>()
         .await
@@ -644,8 +649,19 @@ async fn an_order_whose_risk_check_began_too_long_ago_is_not_booked(pool: PgPool
     assert_eq!(ledger_funds(&x.app.db, alice, &[]).await, untouched);
 }
 
+/// Whether the restarted risk has handed over: `risk.starts` as the stopped process left it.
+async fn handed_over(pool: &PgPool) -> bool {
+    sqlx::query_scalar("SELECT handed_over_at > started_at FROM risk.starts")
+        .fetch_one(pool)
+        .await
+        .map(|handed: Option<bool>| handed.unwrap_or(false))
+        .unwrap()
+}
+
 /// ADR 0023: a restart waits out the checks its previous process answered — orders books none
-/// older than the bound — before it asks for its mark; until then its funds do not decide.
+/// older than the bound — before it asks for its mark, unless that process handed over; until
+/// then its funds do not decide. A process that passed a check whose order it has not seen
+/// cannot hand over.
 #[sqlx::test(migrations = false)]
 async fn a_restart_waits_out_the_previous_processes_checks_before_asking_for_its_mark(
     pool: PgPool,
@@ -654,13 +670,35 @@ async fn a_restart_waits_out_the_previous_processes_checks_before_asking_for_its
     let env = [
         ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str()),
         ("BOURSE_RISK_CHECK_VALID_FOR_MS", "3600000"),
+        // The drain gives up after half of it: the order below never comes.
+        ("BOURSE_SHUTDOWN_GRACE_MS", "2000"),
     ];
     let x = exchange_on(spawn_app_with(pool.clone(), &env).await).await;
     let alice = x.app.user_id(&x.alice).await;
     // The first start on a database has no earlier checks to wait for: it decides at once.
     x.fund(&x.alice, "USD", "100").await;
     risk_sees(&x.app, &x.admin, alice, &all_free(&[("USD", "100.00")])).await;
+    // A check passes, as orders asks for it, but its order is never placed (orders stopped in
+    // between): for all this process knows it may still reach the book within the bound.
+    let token = x.app.service_token("orders", "risk").await;
+    let passed: Value = x
+        .app
+        .client
+        .post(format!("{}/internal/v1/checks/batch", x.app.risk))
+        .bearer_auth(&token)
+        .json(&json!({ "orders": [crate::risk::check_of(alice, 100_000)] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(passed["verdicts"][0]["outcome"], "passed", "{passed}");
     x.app.stop().await;
+    assert!(
+        !handed_over(&pool).await,
+        "an order it passed may still come"
+    );
 
     let back = spawn_app_with(pool, &env).await;
     let admin = treasury(&back).await;
@@ -681,12 +719,7 @@ async fn a_restart_waits_out_the_previous_processes_checks_before_asking_for_its
     assert_eq!(view["balances"][0]["balance"], "100.00", "balances are in");
     assert_eq!(view["deciding"], false, "but funds wait out the bound");
     // Meanwhile orders are refused for now, never booked unfunded (ADR 0023 slice 3b).
-    let tokens = back
-        .login("alice@example.com", PASSWORD)
-        .await
-        .json::<Tokens>()
-        .await
-        .unwrap();
+    let tokens = logged_in_again(&back, "alice@example.com").await;
     let refused = back
         .place_order(&tokens, &limit("buy", "1000.00", "0.01"))
         .await;
@@ -705,6 +738,43 @@ async fn a_restart_waits_out_the_previous_processes_checks_before_asking_for_its
         1,
         "the first start's mark; the second is not asked for yet"
     );
+}
+
+/// ADR 0023, "A handover": a risk stopped once every order it passed has been read back from
+/// the orders stream records a handover, and the next start decides on funds as soon as it
+/// has read its own mark, without waiting out the bound on checks.
+#[sqlx::test(migrations = false)]
+async fn a_restart_after_a_handover_decides_on_funds_at_once(pool: PgPool) {
+    let prefix = format!("test:{}", uuid::Uuid::now_v7());
+    let env = [
+        ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str()),
+        ("BOURSE_RISK_CHECK_VALID_FOR_MS", "3600000"),
+    ];
+    let x = exchange_on(spawn_app_with(pool.clone(), &env).await).await;
+    let alice = x.app.user_id(&x.alice).await;
+    x.fund(&x.alice, "USD", "100").await;
+    risk_sees(&x.app, &x.admin, alice, &all_free(&[("USD", "100.00")])).await;
+    // An order passes and rests; its acceptance is read, so its reservation is in the table.
+    x.placed(&x.alice, &limit("buy", "1000.00", "0.01")).await;
+    let reserved = eventually_some("risk to read the acceptance", || async {
+        let usd = risk_funds(&x.app, &x.admin, alice).await?.remove("USD")?;
+        (usd.committed != "0.00").then_some(usd)
+    })
+    .await;
+    x.app.stop().await;
+    assert!(handed_over(&pool).await);
+
+    let back = spawn_app_with(pool, &env).await;
+    let admin = treasury(&back).await;
+    // `risk_funds` waits until funds decide: with an hour's bound, only the handover lets them.
+    assert_eq!(
+        risk_funds(&back, &admin, alice).await.unwrap()["USD"],
+        reserved,
+        "what the resting order reserved is committed still"
+    );
+    let tokens = logged_in_again(&back, "alice@example.com").await;
+    back.placed_order(&tokens, &limit("buy", "1000.00", "0.01"))
+        .await;
 }
 
 /// Orders writes a mark on its stream for risk's service token alone (ADR 0023).

@@ -460,7 +460,7 @@ async fn the_internal_check_is_for_services_only(pool: PgPool) {
 }
 
 /// One order's check as orders sends it: a buy of `quantity` BTC minor units at 30,000.00 USD.
-fn check_of(account: Uuid, quantity: i64) -> Value {
+pub(crate) fn check_of(account: Uuid, quantity: i64) -> Value {
     json!({
         "order_id": Uuid::now_v7(), "account_id": account, "symbol": "BTC-USD", "side": "buy",
         "type": "limit", "price": 3_000_000, "quantity": quantity, "base_scale": 8,

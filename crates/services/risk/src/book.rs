@@ -149,6 +149,8 @@ pub struct Book {
     funds: Funds,
     /// What fills cost and what reservations hold, as settlement books them.
     fees: Fees,
+    /// This process is handing over to the next one: it passes no more checks.
+    handing_over: bool,
 }
 
 impl Book {
@@ -207,6 +209,14 @@ impl Book {
         if self.open.contains_key(&order.order_id) {
             // Asked again (a retried call): it passed and holds its reservation.
             return Ok(());
+        }
+        if self.handing_over {
+            // What this process passes now the next one would not know of (ADR 0023).
+            return Err(Breach {
+                code: RiskCode::FundsLoading,
+                detail: "risk is handing over to its next process; try again shortly".to_owned(),
+                undecided: true,
+            });
         }
         let Some(limits) = self.limits_of(order.account_id) else {
             return Err(breach(
@@ -404,6 +414,25 @@ impl Book {
                 self.end(id);
             }
         }
+    }
+
+    /// Passes no more checks, for good: this process is handing over to the next (ADR 0023,
+    /// "A handover"). A check asked again keeps its answer; any other is refused for now, as
+    /// while funds cannot decide.
+    pub fn hand_over(&mut self) {
+        self.handing_over = true;
+    }
+
+    /// Whether an order a check passed may still reach the book without its acceptance read
+    /// here: a reservation neither confirmed by `OrderAccepted` nor ended, made less than
+    /// `within` before `now`. Older ones cannot be booked any more (the bound on checks).
+    pub fn awaits_acceptances(&self, now: Instant, within: Duration) -> bool {
+        // Newest first: the reservations are in the order they were made.
+        self.reservations
+            .iter()
+            .rev()
+            .take_while(|(at, _)| now.saturating_duration_since(*at) < within)
+            .any(|(_, id)| self.open.get(id).is_some_and(|o| o.reserved_at.is_some()))
     }
 
     fn open_order(
@@ -714,6 +743,62 @@ mod tests {
         });
         assert_eq!(book.funds().committed(account, "USD"), reserved);
         assert_eq!(book.funds().reserved(buy.order_id), reserved);
+    }
+
+    #[test]
+    fn a_book_handing_over_passes_nothing_new_and_knows_which_passed_orders_are_still_unread() {
+        let account = Uuid::now_v7();
+        let mut book = Book::new(limits());
+        funded(&mut book, account, 1_000_000);
+        let (first, second) = (
+            order(account, Side::Buy, 3_000_000, BTC / 100),
+            order(account, Side::Buy, 3_000_000, BTC / 100),
+        );
+        let bound = Duration::from_secs(10);
+        assert!(!book.awaits_acceptances(Instant::now(), bound), "none yet");
+        assert_eq!(book.check(&first, 1), Ok(()));
+        assert_eq!(book.check(&second, 1), Ok(()));
+        assert!(book.awaits_acceptances(Instant::now(), bound));
+
+        book.hand_over();
+        let refused = book.check(&order(account, Side::Buy, 3_000_000, 1), 1);
+        let refused = refused.unwrap_err();
+        assert_eq!(refused.code, RiskCode::FundsLoading);
+        assert!(refused.undecided, "refused for now (503), not for good");
+        assert_eq!(
+            book.check(&first, 1),
+            Ok(()),
+            "a retried check keeps its answer"
+        );
+
+        // One accepted, one ended without reaching the book: nothing is left unread.
+        book.apply(Change::Opened {
+            order: first.order_id,
+            account,
+            symbol: first.symbol.clone(),
+            side: Side::Buy,
+            remaining: first.quantity,
+            reserved: None,
+        });
+        assert!(
+            book.awaits_acceptances(Instant::now(), bound),
+            "the second still may come"
+        );
+        book.apply(Change::Ended {
+            order: second.order_id,
+        });
+        assert!(!book.awaits_acceptances(Instant::now(), bound));
+
+        // A reservation never confirmed counts only until the bound: its order can no longer
+        // be booked after that.
+        let mut book = Book::new(limits());
+        funded(&mut book, account, 1_000_000);
+        let before = Instant::now();
+        assert_eq!(book.check(&first, 1), Ok(()));
+        let after = Instant::now();
+        let ms = Duration::from_millis(1);
+        assert!(book.awaits_acceptances(before + bound - ms, bound));
+        assert!(!book.awaits_acceptances(after + bound + ms, bound));
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! - [`project`]: the orders-stream consumer that keeps tables and memory current, each open
 //!   order's reservation and each unsettled trade's debits included; and the mark a start
 //!   asks orders for, so funds decide only once what orders committed before it is read.
+//! - [`handover`]: a graceful stop that spares the next process its wait before deciding.
 //! - [`kill_switches`]: activating and releasing, announced as events.
 //! - [`store`]: all SQL.
 //! - [`http`]: thin handlers and the OpenAPI description.
@@ -21,6 +22,7 @@ pub mod book;
 pub mod config;
 pub mod error;
 pub mod funds;
+pub mod handover;
 pub mod http;
 pub mod kill_switches;
 pub mod ledger_feed;
@@ -190,8 +192,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         &config.assets,
         config.fees,
     ));
-    kit.tasks.spawn("orders consumer", move |stop| {
-        consumer.clone().run(projector.clone(), stop)
+    // The orders consumer outlives the listener: while the process hands over, it reads the
+    // acceptances of the orders the process passed ([`handover`]), and stops after that.
+    let orders_read_until = Shutdown::new();
+    let consumer_stop = orders_read_until.clone();
+    kit.tasks.spawn("orders consumer", move |_| {
+        consumer
+            .clone()
+            .run(projector.clone(), consumer_stop.clone())
     });
     // Balances: settlement's snapshot, then its stream (ADR 0023), with risk's own token.
     let settlement = kit.authenticated_upstream(
@@ -241,11 +249,24 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         &config.orders_url,
     )?;
     // After an earlier start, an order its process checked may still reach the book until the
-    // bound on checks has passed: wait it out (twice, for the delays it does not see).
+    // bound on checks has passed: wait it out (twice, for the delays it does not see) unless
+    // that process handed over ([`handover`]).
+    let booked_within = config.check_valid_for * 2;
+    let start = store::record_start(&pool).await?;
     let mut ask_from = tokio::time::Instant::now();
-    if store::record_start(&pool).await? {
-        ask_from += config.check_valid_for * 2;
+    if start.follows_unfinished {
+        ask_from += booked_within;
     }
+    let handover = Arc::new(handover::Handover {
+        pool: pool.clone(),
+        book: book.clone(),
+        start,
+        booked_within,
+        longest: booked_within.min(config.common.shutdown_grace / 2),
+        orders_read_until,
+    });
+    kit.tasks
+        .spawn("handover", move |stop| handover.clone().run(stop));
     let caught_up = book.clone();
     kit.tasks.spawn("orders catch-up", move |stop| {
         project::catch_up_with_orders(orders.clone(), caught_up.clone(), ask_from, stop)

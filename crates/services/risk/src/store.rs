@@ -239,17 +239,44 @@ pub async fn lapse_withdrawals(pool: &PgPool, ttl: std::time::Duration) -> Resul
     .await?)
 }
 
-/// Records this start; whether risk ever started on this database before.
-pub async fn record_start(pool: &PgPool) -> Result<bool> {
-    // `earlier` reads the table as it was before the upsert (one snapshot per statement).
-    Ok(sqlx::query_scalar(
-        "WITH earlier AS (SELECT started_at FROM starts)
+/// A start of risk's process, as `starts` records it.
+#[derive(Clone, Copy, Debug, sqlx::FromRow)]
+pub struct Start {
+    /// Names this start when it hands over ([`record_handover`]).
+    pub started_at: time::OffsetDateTime,
+    /// An earlier process ran and did not hand over: an order it checked may still reach the
+    /// book, so this one waits out the bound on checks before its funds decide (ADR 0023).
+    pub follows_unfinished: bool,
+}
+
+/// Records this start, and whether the process before it left checks behind.
+pub async fn record_start(pool: &PgPool) -> Result<Start> {
+    // `earlier` reads the table as it was before the upsert (one snapshot per statement). A
+    // handover counts only if it came after the start it belongs to: a start by a release
+    // that predates the column moves `started_at` and leaves the old handover behind it.
+    Ok(sqlx::query_as(
+        "WITH earlier AS (SELECT started_at, handed_over_at FROM starts)
          INSERT INTO starts (started_at) VALUES (now())
-         ON CONFLICT (singleton) DO UPDATE SET started_at = excluded.started_at
-         RETURNING EXISTS (SELECT 1 FROM earlier)",
+         ON CONFLICT (singleton)
+             DO UPDATE SET started_at = excluded.started_at, handed_over_at = NULL
+         RETURNING started_at,
+                   EXISTS (SELECT 1 FROM earlier e
+                            WHERE e.handed_over_at IS NULL
+                               OR e.handed_over_at <= e.started_at) AS follows_unfinished",
     )
     .fetch_one(pool)
     .await?)
+}
+
+/// Records that the process which made `start` handed over: nothing it checked can reach the
+/// book unread any more. False if a later start has taken the row meanwhile (then that start
+/// has made its own decision to wait).
+pub async fn record_handover(pool: &PgPool, start: &Start) -> Result<bool> {
+    let recorded = sqlx::query("UPDATE starts SET handed_over_at = now() WHERE started_at = $1")
+        .bind(start.started_at)
+        .execute(pool)
+        .await?;
+    Ok(recorded.rows_affected() == 1)
 }
 
 /// Stores an account's limits and logs the change (who, before, after), in one transaction.

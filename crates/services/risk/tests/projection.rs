@@ -1,7 +1,8 @@
 //! Risk's consumers against a real PostgreSQL. The orders consumer works set-based: one batch
 //! can carry orders reaching the book, their trades and their ends, and the tables and memory
 //! end as they would after applying the events one by one. With settlement's consumer, the
-//! tables keep what memory has committed out of balances, so a restart commits it again.
+//! tables keep what memory has committed out of balances, so a restart commits it again; and
+//! `starts` tells a restart whether the process before it handed over.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::{Arc, Mutex};
@@ -571,4 +572,38 @@ async fn ended_orders_are_forgotten_after_the_retention_only(pool: PgPool) {
     let mut expected = vec![rested, recent];
     expected.sort();
     assert_eq!(kept, expected);
+}
+
+/// ADR 0023, "A handover": a start waits out the bound on checks unless the process before it
+/// recorded a handover after its own start; the first start on a database waits for nothing.
+#[sqlx::test(migrations = false)]
+async fn a_start_waits_unless_the_start_before_it_handed_over(test_pool: PgPool) {
+    let pool = risk_db(&test_pool).await;
+    let first = risk::store::record_start(&pool).await.unwrap();
+    assert!(!first.follows_unfinished, "nothing ran before the first");
+
+    // The first process stopped without handing over (a crash, a drain cut short).
+    let second = risk::store::record_start(&pool).await.unwrap();
+    assert!(second.follows_unfinished);
+    assert!(
+        !risk::store::record_handover(&pool, &first).await.unwrap(),
+        "a start that is no longer the latest cannot hand over"
+    );
+
+    assert!(risk::store::record_handover(&pool, &second).await.unwrap());
+    let third = risk::store::record_start(&pool).await.unwrap();
+    assert!(!third.follows_unfinished, "the second handed over");
+
+    // A release older than the handover starts: it moves the start and leaves the handover
+    // behind it, which then belongs to no start.
+    risk::store::record_handover(&pool, &third).await.unwrap();
+    sqlx::query("UPDATE starts SET started_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let fourth = risk::store::record_start(&pool).await.unwrap();
+    assert!(
+        fourth.follows_unfinished,
+        "the older release's start left checks behind"
+    );
 }

@@ -1,0 +1,11 @@
+-- When risk's process handed over to the next one (ADR 0023, "A handover"). A process that
+-- is told to stop passes no more checks, waits until every order it passed has had its
+-- acceptance read from the orders stream (or could no longer be booked), and records when it
+-- finished. A start that finds the start before it handed over waits for nothing: no order
+-- that process checked can still reach the book unread.
+--
+-- A handover counts only if it is later than the start it follows. Every start clears it; a
+-- start by a release older than this column does not, but it moves `started_at` past the old
+-- handover, so the start after it still waits out the bound as before. A crash, or a drain
+-- cut short by the grace period, records nothing: the next start waits.
+ALTER TABLE starts ADD COLUMN handed_over_at timestamptz;
