@@ -680,20 +680,7 @@ async fn a_restart_waits_out_the_previous_processes_checks_before_asking_for_its
     risk_sees(&x.app, &x.admin, alice, &all_free(&[("USD", "100.00")])).await;
     // A check passes, as orders asks for it, but its order is never placed (orders stopped in
     // between): for all this process knows it may still reach the book within the bound.
-    let token = x.app.service_token("orders", "risk").await;
-    let passed: Value = x
-        .app
-        .client
-        .post(format!("{}/internal/v1/checks/batch", x.app.risk))
-        .bearer_auth(&token)
-        .json(&json!({ "orders": [crate::risk::check_of(alice, 100_000)] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(passed["verdicts"][0]["outcome"], "passed", "{passed}");
+    crate::risk::pass_check(&x.app, &x.app.risk, &crate::risk::check_of(alice, 100_000)).await;
     x.app.stop().await;
     assert!(
         !handed_over(&pool).await,

@@ -11,7 +11,8 @@ use uuid::Uuid;
 use bourse::Target;
 
 use crate::helpers::{
-    TestApp, Tokens, assert_problem, base_env, count, risk_funds, spawn_app, spawn_app_without,
+    PASSWORD, TestApp, Tokens, assert_problem, base_env, count, risk_funds, spawn_app,
+    spawn_app_without,
 };
 
 /// BTC-USD, an admin, a risk officer and two funded traders.
@@ -540,16 +541,85 @@ async fn a_batch_of_checks_answers_each_order_as_alone_and_a_malformed_batch_che
     assert_eq!(as_trader.status(), StatusCode::UNAUTHORIZED);
 }
 
-/// `bourse serve risk` as its own OS process on `port`, sharing the test's database and Redis.
-fn risk_process(app_env: &[(String, String)], port: u16) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_bourse"));
-    command
-        .args(["serve", "risk"])
-        .envs(app_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("BOURSE_RISK_PORT", port.to_string())
-        .env("BOURSE_LOG", "warn")
-        .kill_on_drop(true);
-    command.spawn().unwrap()
+/// Risk as its own OS process, `bourse serve risk`: one replica (ADR 0018), on a port
+/// reserved below the ephemeral range, so that while it is down no other test's listener can
+/// be given it.
+struct SeparateRisk {
+    env: Vec<(String, String)>,
+    port: u16,
+    url: String,
+}
+
+/// An app without a risk of its own, and the risk it uses instead (not started yet). `shared`
+/// settings go to both, `app_only` to the app.
+async fn with_separate_risk(
+    pool: PgPool,
+    shared: &[(&str, &str)],
+    app_only: &[(&str, &str)],
+) -> (TestApp, SeparateRisk) {
+    let port = service_kit::testing::free_ports(1)[0];
+    let url = format!("http://127.0.0.1:{port}");
+    let mut env = base_env(&pool);
+    env.extend(
+        shared
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let prefix = env
+        .iter()
+        .find(|(k, _)| k == "BOURSE_REDIS_KEY_PREFIX")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let app_env: Vec<(&str, &str)> = [
+        ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str()),
+        ("BOURSE_RISK_URL", url.as_str()),
+    ]
+    .into_iter()
+    .chain(shared.iter().chain(app_only).copied())
+    .collect();
+    let mut app = spawn_app_without(pool, &app_env, &[Target::Risk]).await;
+    // Risk verifies orders' service tokens against this app's auth, loads its balances from
+    // this app's settlement (ADR 0023), and asks this app's orders for its mark.
+    env.push(("BOURSE_AUTH_URL".to_owned(), app.auth.clone()));
+    env.push(("BOURSE_SETTLEMENT_URL".to_owned(), app.settlement.clone()));
+    env.push(("BOURSE_ORDERS_URL".to_owned(), app.orders.clone()));
+    // Known to the app, so each deposit waits until this risk has credited it, as it would
+    // for the app's own risk: a first order must not race the ledger's stream.
+    app.risk = url.clone();
+    (app, SeparateRisk { env, port, url })
+}
+
+impl SeparateRisk {
+    /// Starts the process and waits until it is ready.
+    async fn start(&self) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bourse"));
+        command
+            .args(["serve", "risk"])
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("BOURSE_RISK_PORT", self.port.to_string())
+            .env("BOURSE_LOG", "warn")
+            .kill_on_drop(true);
+        let child = command.spawn().unwrap();
+        eventually("risk to be ready", || ready(&self.url)).await;
+        child
+    }
+}
+
+/// Asks risk at `risk_url` to check `order` as orders does, and asserts that it passed.
+pub(crate) async fn pass_check(app: &TestApp, risk_url: &str, order: &Value) {
+    let token = app.service_token("orders", "risk").await;
+    let answer: Value = app
+        .client
+        .post(format!("{risk_url}/internal/v1/checks/batch"))
+        .bearer_auth(&token)
+        .json(&json!({ "orders": [order] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["verdicts"][0]["outcome"], "passed", "{answer}");
 }
 
 async fn ready(url: &str) -> bool {
@@ -560,47 +630,23 @@ async fn ready(url: &str) -> bool {
 
 #[sqlx::test(migrations = false)]
 async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(pool: PgPool) {
-    // Reserved below the ephemeral range: while risk is down, no other test's listener can be
-    // given its port.
-    let port = service_kit::testing::free_ports(1)[0];
-    let risk_url = format!("http://127.0.0.1:{port}");
-    let env = base_env(&pool);
-    let prefix = env
-        .iter()
-        .find(|(k, _)| k == "BOURSE_REDIS_KEY_PREFIX")
-        .map(|(_, v)| v.clone())
-        .unwrap();
-    // The app runs without a risk of its own: risk is one replica (ADR 0018), this process.
-    let mut app = spawn_app_without(
+    let (app, risk) = with_separate_risk(
         pool,
+        &[],
         &[
-            ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str()),
-            ("BOURSE_RISK_URL", risk_url.as_str()),
             ("BOURSE_ORDERS_RISK_RETRIES", "0"),
             ("BOURSE_ORDERS_RISK_BREAKER_MINIMUM_CALLS", "2"),
             ("BOURSE_ORDERS_RISK_BREAKER_OPEN_FOR_MS", "300"),
             ("BOURSE_ORDERS_RISK_BREAKER_HALF_OPEN_CALLS", "1"),
         ],
-        &[Target::Risk],
     )
     .await;
-    // Risk verifies orders' service tokens against this app's auth.
-    let mut env = env;
-    env.push(("BOURSE_AUTH_URL".to_owned(), app.auth.clone()));
-    // And loads its balances from this app's settlement (ADR 0023).
-    env.push(("BOURSE_SETTLEMENT_URL".to_owned(), app.settlement.clone()));
-    // And asks this app's orders for its mark, to decide on funds once it has read it.
-    env.push(("BOURSE_ORDERS_URL".to_owned(), app.orders.clone()));
-    let mut risk = risk_process(&env, port);
-    eventually("risk to be ready", || ready(&risk_url)).await;
-    // Known to the app, so each deposit waits until this risk has credited it, as it would
-    // for the app's own risk: the first order below must not race the ledger's stream.
-    app.risk = risk_url.clone();
+    let mut process = risk.start().await;
     let d = desk_on(app).await;
     d.placed(&d.bob, &limit("buy", "29000.00", "0.1")).await;
 
     // Risk dies: orders are refused with 503 — never placed unchecked — and the breaker opens.
-    risk.kill().await.unwrap();
+    process.kill().await.unwrap();
     for _ in 0..2 {
         assert_problem(
             d.place(&d.bob, &limit("buy", "29000.00", "0.1")).await,
@@ -619,8 +665,7 @@ async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(p
     );
 
     // Risk is back: after the open period a probe succeeds and orders flow again.
-    let _risk = risk_process(&env, port);
-    eventually("risk to be ready again", || ready(&risk_url)).await;
+    let _process = risk.start().await;
     eventually("orders to flow again", || async {
         d.place(&d.bob, &limit("buy", "29000.00", "0.1"))
             .await
@@ -628,4 +673,90 @@ async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(p
             == StatusCode::CREATED
     })
     .await;
+}
+
+/// ADR 0023, "A handover", as a deploy replaces risk: SIGTERM to its own process. It refuses
+/// new checks at once, but its orders consumer reads on, so an order it passed that orders
+/// books during the drain is read, and the process records its handover; the next risk
+/// decides on funds at once, an hour's bound on checks notwithstanding.
+#[sqlx::test(migrations = false)]
+async fn a_risk_told_to_stop_reads_the_orders_it_passed_then_hands_over(pool: PgPool) {
+    let bound = [("BOURSE_RISK_CHECK_VALID_FOR_MS", "3600000")];
+    let (app, risk) = with_separate_risk(pool, &bound, &[]).await;
+    let mut process = risk.start().await;
+    let d = desk_on(app).await;
+    let check = check_of(d.bob_id, 100_000);
+    pass_check(&d.app, &risk.url, &check).await;
+
+    // Told to stop, risk stops listening; the order it passed has not been read yet.
+    let pid = process.id().unwrap().to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(sent.unwrap().success());
+    eventually("risk to stop listening", || async {
+        !ready(&risk.url).await
+    })
+    .await;
+    // Orders books it now: its acceptance, as orders' batch commit writes it.
+    let order_id: Uuid = serde_json::from_value(check["order_id"].clone()).unwrap();
+    let accepted = events::Envelope::of(
+        "orders",
+        order_id.to_string(),
+        1,
+        &contracts::events::OrderAccepted {
+            order_id,
+            account_id: d.bob_id,
+            symbol: "BTC-USD".to_owned(),
+            base_asset: "BTC".to_owned(),
+            quote_asset: "USD".to_owned(),
+            side: contracts::Side::Buy,
+            price: Some(3_000_000),
+            quantity: 100_000,
+            protection_price: None,
+        },
+    )
+    .unwrap();
+    let mut tx = d.app.db.begin().await.unwrap();
+    sqlx::query("SET LOCAL search_path TO orders")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    events::outbox::append(&mut tx, "orders", &accepted)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let exited = process.wait().await.unwrap();
+    assert!(exited.success(), "{exited}");
+    assert_eq!(
+        count(
+            &d.app.db,
+            &format!("SELECT count(*) FROM risk.open_orders WHERE order_id = '{order_id}' AND reserved > 0"),
+        )
+        .await,
+        1,
+        "read during the drain, its reservation stored"
+    );
+    let handed_over: Option<bool> =
+        sqlx::query_scalar("SELECT handed_over_at > started_at FROM risk.starts")
+            .fetch_one(&d.app.db)
+            .await
+            .unwrap();
+    assert_eq!(handed_over, Some(true));
+
+    // The next risk decides at once (`risk_funds` waits for that), with the order's
+    // reservation committed.
+    let _process = risk.start().await;
+    let admin = d
+        .app
+        .login("ops@example.com", PASSWORD)
+        .await
+        .json::<Tokens>()
+        .await
+        .unwrap();
+    let usd = risk_funds(&d.app, &admin, d.bob_id).await.unwrap()["USD"]
+        .committed
+        .clone();
+    assert_ne!(usd, "0.00");
 }
