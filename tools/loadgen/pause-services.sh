@@ -8,7 +8,8 @@
 # are refused while risk cannot check them. Then loadgen's invariants, as after any run.
 # PAUSE_BY=kill: the service is killed instead (SIGKILL: no shutdown, a batch cut in the middle,
 # events published but not yet acknowledged) and started again after PAUSE_SECS — a crashed pod
-# that comes back. PAUSE_SERVICES may name any of auth, risk, settlement, orders, alerting and
+# that comes back. PAUSE_BY=term: the service is sent SIGTERM and started again as soon as it
+# has exited — a deploy replacing the pod (PAUSE_SECS unused). PAUSE_SERVICES may name any of auth, risk, settlement, orders, alerting and
 # gateway: with the gateway down loadgen's requests go unanswered (`no_answer`) and its
 # subscribers are cut off, which the stream allows.
 #   cargo build --release -p bourse -p loadgen && tools/loadgen/pause-services.sh [rate] [seconds] [accounts]
@@ -44,6 +45,13 @@ for service in "${paused[@]}"; do
     pid_of[$service]=$!
     servers+=($!)
     echo "$service started again"
+  elif [[ $by == term ]]; then
+    kill -TERM "${pid_of[$service]}"
+    wait "${pid_of[$service]}" || true
+    echo "$service stopped by SIGTERM, started again at once"
+    "$bin" serve "$service" >> /tmp/bourse-perf.log 2>&1 &
+    pid_of[$service]=$!
+    servers+=($!)
   else
     kill -STOP "${pid_of[$service]}"
     echo "$service stopped with SIGSTOP for ${pause_secs} s"
