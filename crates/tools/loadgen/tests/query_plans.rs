@@ -46,6 +46,7 @@ const SMALL_TABLES: &[(&str, &str)] = &[
     ("alert_rules", "configured by operators"),
     ("silences", "configured by operators"),
     ("risk_limits", "one row per account with custom limits"),
+    ("starts", "one row: risk's latest start and its handover"),
     ("outbox_relay", "one row: how far the relay has published"),
     (
         "outbox_streams",
