@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use bourse::Target;
 
 use crate::helpers::{
-    Figures, FundsView, PASSWORD, TestApp, Tokens, assert_problem, count, risk_funds, sent_as,
-    spawn_app, spawn_app_with, spawn_app_without,
+    Figures, FundsView, TestApp, Tokens, assert_problem, count, risk_funds, sent_as, spawn_app,
+    spawn_app_with, spawn_app_without,
 };
 
 /// BTC-USD (tick 0.01, lot 0.0001), an admin and two traders with nothing yet.
@@ -330,16 +330,7 @@ fn all_free(balances: &[(&str, &str)]) -> FundsView {
 
 /// The admin `exchange_on` signed up, logged in again on a platform started anew.
 async fn treasury(app: &TestApp) -> Tokens {
-    logged_in_again(app, "treasury@example.com").await
-}
-
-/// A user `exchange_on` signed up, logged in again on a platform started anew.
-async fn logged_in_again(app: &TestApp, email: &str) -> Tokens {
-    app.login(email, PASSWORD)
-        .await
-        .json::<Tokens>()
-        .await
-        .unwrap()
+    app.logged_in_again("treasury@example.com").await
 }
 
 /// Waits until risk's view of `account` is `expected`.
@@ -649,15 +640,6 @@ async fn an_order_whose_risk_check_began_too_long_ago_is_not_booked(pool: PgPool
     assert_eq!(ledger_funds(&x.app.db, alice, &[]).await, untouched);
 }
 
-/// Whether the restarted risk has handed over: `risk.starts` as the stopped process left it.
-async fn handed_over(pool: &PgPool) -> bool {
-    sqlx::query_scalar("SELECT handed_over_at > started_at FROM risk.starts")
-        .fetch_one(pool)
-        .await
-        .map(|handed: Option<bool>| handed.unwrap_or(false))
-        .unwrap()
-}
-
 /// ADR 0023: a restart waits out the checks its previous process answered — orders books none
 /// older than the bound — before it asks for its mark, unless that process handed over; until
 /// then its funds do not decide. A process that passed a check whose order it has not seen
@@ -683,7 +665,7 @@ async fn a_restart_waits_out_the_previous_processes_checks_before_asking_for_its
     crate::risk::pass_check(&x.app, &x.app.risk, &crate::risk::check_of(alice, 100_000)).await;
     x.app.stop().await;
     assert!(
-        !handed_over(&pool).await,
+        !crate::risk::handed_over(&pool).await,
         "an order it passed may still come"
     );
 
@@ -706,7 +688,7 @@ async fn a_restart_waits_out_the_previous_processes_checks_before_asking_for_its
     assert_eq!(view["balances"][0]["balance"], "100.00", "balances are in");
     assert_eq!(view["deciding"], false, "but funds wait out the bound");
     // Meanwhile orders are refused for now, never booked unfunded (ADR 0023 slice 3b).
-    let tokens = logged_in_again(&back, "alice@example.com").await;
+    let tokens = back.logged_in_again("alice@example.com").await;
     let refused = back
         .place_order(&tokens, &limit("buy", "1000.00", "0.01"))
         .await;
@@ -756,7 +738,7 @@ async fn a_restart_after_a_handover_decides_on_funds_at_once(pool: PgPool) {
         .unwrap();
     assert_ne!(reserved.committed, "0.00");
     x.app.stop().await;
-    assert!(handed_over(&pool).await);
+    assert!(crate::risk::handed_over(&pool).await);
 
     let back = spawn_app_with(pool, &env).await;
     let admin = treasury(&back).await;
@@ -766,7 +748,7 @@ async fn a_restart_after_a_handover_decides_on_funds_at_once(pool: PgPool) {
         reserved,
         "what the resting order reserved is committed still"
     );
-    let tokens = logged_in_again(&back, "alice@example.com").await;
+    let tokens = back.logged_in_again("alice@example.com").await;
     back.placed_order(&tokens, &limit("buy", "1000.00", "0.01"))
         .await;
 }

@@ -236,6 +236,16 @@ impl TestApp {
         .await
     }
 
+    /// The tokens of a user signed up earlier (with [`PASSWORD`]), logged in again: on a
+    /// platform started anew over the same database, say.
+    pub async fn logged_in_again(&self, email: &str) -> Tokens {
+        self.login(email, PASSWORD)
+            .await
+            .json::<Tokens>()
+            .await
+            .unwrap()
+    }
+
     pub async fn refresh(&self, refresh_token: &str) -> Response {
         self.post_json(
             "/v1/auth/refresh",

@@ -11,8 +11,7 @@ use uuid::Uuid;
 use bourse::Target;
 
 use crate::helpers::{
-    PASSWORD, TestApp, Tokens, assert_problem, base_env, count, risk_funds, spawn_app,
-    spawn_app_without,
+    TestApp, Tokens, assert_problem, base_env, count, risk_funds, spawn_app, spawn_app_without,
 };
 
 /// BTC-USD, an admin, a risk officer and two funded traders.
@@ -622,6 +621,15 @@ pub(crate) async fn pass_check(app: &TestApp, risk_url: &str, order: &Value) {
     assert_eq!(answer["verdicts"][0]["outcome"], "passed", "{answer}");
 }
 
+/// Whether the last risk process to stop handed over: `risk.starts` as it left it (ADR 0023).
+pub(crate) async fn handed_over(pool: &PgPool) -> bool {
+    sqlx::query_scalar("SELECT handed_over_at > started_at FROM risk.starts")
+        .fetch_one(pool)
+        .await
+        .map(|handed: Option<bool>| handed.unwrap_or(false))
+        .unwrap()
+}
+
 async fn ready(url: &str) -> bool {
     reqwest::get(format!("{url}/health/ready"))
         .await
@@ -738,23 +746,12 @@ async fn a_risk_told_to_stop_reads_the_orders_it_passed_then_hands_over(pool: Pg
         1,
         "read during the drain, its reservation stored"
     );
-    let handed_over: Option<bool> =
-        sqlx::query_scalar("SELECT handed_over_at > started_at FROM risk.starts")
-            .fetch_one(&d.app.db)
-            .await
-            .unwrap();
-    assert_eq!(handed_over, Some(true));
+    assert!(handed_over(&d.app.db).await);
 
     // The next risk decides at once (`risk_funds` waits for that), with the order's
     // reservation committed.
     let _process = risk.start().await;
-    let admin = d
-        .app
-        .login("ops@example.com", PASSWORD)
-        .await
-        .json::<Tokens>()
-        .await
-        .unwrap();
+    let admin = d.app.logged_in_again("ops@example.com").await;
     let usd = risk_funds(&d.app, &admin, d.bob_id).await.unwrap()["USD"]
         .committed
         .clone();
