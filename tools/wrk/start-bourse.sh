@@ -110,7 +110,8 @@ if [[ ${BOURSE_PERF_ORDERS_REPLICAS:-1} == 2 ]]; then
   servers+=($!)
 fi
 stop_all() {
-  kill "${servers[@]}" 2>/dev/null; wait "${servers[@]}" 2>/dev/null
+  # Some may have exited already (a run that stops the platform itself).
+  kill "${servers[@]}" 2>/dev/null || true; wait "${servers[@]}" 2>/dev/null || true
   # BOURSE_PERF_KEEP=1: the run's database (and a private server, still running) and Redis keys
   # stay for a look afterwards — after a violated invariant, say.
   if [[ ${BOURSE_PERF_KEEP:-0} == 1 ]]; then

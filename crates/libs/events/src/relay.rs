@@ -162,14 +162,23 @@ impl Relay {
     }
 
     /// Publishes until `shutdown`. Errors are logged and retried: the relay never gives up.
+    ///
+    /// A leading relay told to stop first publishes every row committed before it was told
+    /// (run it with [`service_kit::Supervisor::spawn_last`], and that is everything its service
+    /// wrote): a stopping service's last events reach their consumers now, not when the next
+    /// process starts — risk's handover waits for orders' last acceptances (ADR 0023).
     pub async fn run(self, shutdown: Shutdown) {
         // Born at zero, so a dashboard shows "none yet" rather than "No data".
         metrics::counter!("outbox_republished_total", "schema" => self.schema).increment(0);
         loop {
-            let outcome = tokio::select! {
-                () = shutdown.triggered() => return,
-                outcome = self.lead(&shutdown) => outcome,
-            };
+            let outcome = self.lead(&shutdown).await;
+            if shutdown.is_triggered() {
+                if let Err(err) = outcome {
+                    tracing::warn!(schema = self.schema, error = %err,
+                        "outbox relay stopped before publishing everything; the next leader publishes the rest");
+                }
+                return;
+            }
             if let Err(err) = outcome {
                 tracing::warn!(schema = self.schema, error = %err, "outbox relay interrupted; retrying");
             }
@@ -233,9 +242,15 @@ impl Relay {
         let mut last_cleanup = tokio::time::Instant::now();
         let mut last_confirm = tokio::time::Instant::now();
         loop {
+            // Told to stop before this read: every row committed before then is in this batch
+            // or an earlier one, so once a batch comes back short there is nothing more to do.
+            let stopping = shutdown.is_triggered();
             // Every batch reads and writes on the leader connection: a dead one (the lock is
             // gone with it) fails the batch and ends this leadership.
             let published = self.publish_batch(&mut *leader, &mut progress).await?;
+            if stopping && published < self.settings.batch_size {
+                return Ok(());
+            }
             if last_confirm.elapsed() >= self.settings.confirm_interval {
                 // The lag gauges once a round, not once a batch: a gauge scraped every few
                 // seconds gains nothing from a read per batch.
@@ -253,7 +268,7 @@ impl Relay {
                 && !self.settings.linger.is_zero()
             {
                 tokio::select! {
-                    () = shutdown.triggered() => return Ok(()),
+                    () = shutdown.triggered() => continue,
                     () = tokio::time::sleep(self.settings.linger) => {}
                 }
                 // What the writers of that while announced, the next batch reads anyway: their
@@ -262,7 +277,7 @@ impl Relay {
                 while listener.next_buffered().is_some() {}
             } else if published < self.settings.batch_size {
                 tokio::select! {
-                    () = shutdown.triggered() => return Ok(()),
+                    () = shutdown.triggered() => {}
                     notified = listener.recv() => { notified?; }
                     () = tokio::time::sleep(self.poll_wait()) => {}
                 }

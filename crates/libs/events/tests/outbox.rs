@@ -122,6 +122,28 @@ fn relay_with(
     )
 }
 
+/// Runs the producer schema's relay, letting rows gather for `linger` after each batch; the
+/// token stops it.
+fn run_lingering(
+    pool: &PgPool,
+    redis: &ConnectionManager,
+    prefix: &KeyPrefix,
+    linger: Duration,
+) -> (Shutdown, tokio::task::JoinHandle<()>) {
+    let relay = relay_with(
+        pool,
+        redis,
+        prefix,
+        RelaySettings {
+            linger,
+            ..RelaySettings::default()
+        },
+    );
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(relay.run(shutdown.clone()));
+    (shutdown, task)
+}
+
 #[sqlx::test(migrations = false)]
 async fn events_exist_if_and_only_if_the_state_change_commits(pool: PgPool) {
     let pool = producer(&pool).await;
@@ -179,18 +201,8 @@ async fn rows_committed_while_the_relay_lingers_go_out_as_one_batch(pool: PgPool
     };
     let redis = redis().await;
     let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
-    let relay = relay_with(
-        &pool,
-        &redis,
-        &prefix,
-        RelaySettings {
-            // Long enough that three separate commits fall inside it on a busy machine.
-            linger: Duration::from_secs(2),
-            ..RelaySettings::default()
-        },
-    );
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(relay.run(shutdown.clone()));
+    // Long enough that three separate commits fall inside it on a busy machine.
+    let (shutdown, task) = run_lingering(&pool, &redis, &prefix, Duration::from_secs(2));
 
     // An idle relay publishes a row as soon as it is told of it…
     produce(&pool, 1, 1).await;
@@ -209,6 +221,35 @@ async fn rows_committed_while_the_relay_lingers_go_out_as_one_batch(pool: PgPool
     task.await.unwrap();
 
     assert_eq!(batches().await - before, 1);
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_relay_told_to_stop_first_publishes_what_was_committed_before(pool: PgPool) {
+    let pool = producer(&pool).await;
+    let mut redis = redis().await;
+    let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
+    // Rows gather for a minute after each batch: only the stop can end that wait.
+    let (shutdown, task) = run_lingering(&pool, &redis, &prefix, Duration::from_secs(60));
+    let first = produce(&pool, 1, 1).await;
+    eventually("the first row published", || async {
+        unpublished(&pool).await == 0
+    })
+    .await;
+    // A service's last writes, committed while the relay lingers.
+    let last = produce(&pool, 3, 1).await;
+
+    shutdown.trigger();
+    task.await.unwrap();
+
+    assert_eq!(
+        unpublished(&pool).await,
+        0,
+        "the stopped relay left rows behind"
+    );
+    assert_eq!(
+        stream_ids(&mut redis, &prefix.stream("items")).await,
+        [first, last].concat()
+    );
 }
 
 #[sqlx::test(migrations = false)]

@@ -149,7 +149,8 @@ impl Kit {
         .map_err(failed)
     }
 
-    /// Runs the outbox relay of `schema` (the service's events to Redis), supervised.
+    /// Runs the outbox relay of `schema` (the service's events to Redis), supervised; it stops
+    /// last, so what the service wrote before it stopped is published before the process exits.
     pub fn relay(&self, pool: &PgPool, schema: &'static str) {
         let relay = Relay::new(
             pool.clone(),
@@ -162,7 +163,7 @@ impl Kit {
             },
         );
         self.tasks
-            .spawn("outbox relay", move |stop| relay.clone().run(stop));
+            .spawn_last("outbox relay", move |stop| relay.clone().run(stop));
     }
 
     /// A consumer of `stream` in the service's own group, on a Redis connection of its own

@@ -15,6 +15,9 @@
 //! - a task whose owner starts it again when next needed ([`Supervisor::spawn_tracked`]: a
 //!   symbol's matching task, started again by the next order) is only tracked, its panic
 //!   logged and counted (`service_task_panics_total{service,task}`);
+//! - a task that must see everything the others wrote ([`Supervisor::spawn_last`]: the outbox
+//!   relay) is restarted like the first kind, but told to stop only once the listener has
+//!   drained and every other task has ended;
 //! - at shutdown the server waits for every task, within the grace period.
 //!
 //! Tasks stop by watching the service's [`Shutdown`], which they are handed, or when their
@@ -45,6 +48,10 @@ pub struct Supervisor {
     service: &'static str,
     tracker: TaskTracker,
     shutdown: Shutdown,
+    /// The tasks that stop last, and the token that tells them to: triggered by
+    /// [`Supervisor::wait_until`] once every other task has ended.
+    last: TaskTracker,
+    last_shutdown: Shutdown,
     backoff: Backoff,
 }
 
@@ -61,6 +68,8 @@ impl Supervisor {
             service,
             tracker: TaskTracker::new(),
             shutdown: shutdown.clone(),
+            last: TaskTracker::new(),
+            last_shutdown: Shutdown::new(),
             backoff: RESTART_BACKOFF,
         }
     }
@@ -74,22 +83,43 @@ impl Supervisor {
     /// Runs the future `task` makes, handed the service's shutdown, for the life of the
     /// service: whenever it ends or panics before shutdown, a new one is made and run after a
     /// backoff.
-    pub fn spawn<F, Fut>(&self, name: impl Into<String>, mut task: F)
+    pub fn spawn<F, Fut>(&self, name: impl Into<String>, task: F)
     where
         F: FnMut(Shutdown) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let (service, name, shutdown, backoff) = (
-            self.service,
-            name.into(),
-            self.shutdown.clone(),
-            self.backoff,
-        );
+        self.restarting(&self.tracker, self.shutdown.clone(), name.into(), task);
+    }
+
+    /// [`Supervisor::spawn`] for a task that must outlast the others: the token it is handed
+    /// fires only once the listener has drained and every other task has ended, so it sees
+    /// everything they wrote. The outbox relay runs so, and publishes a stopping service's last
+    /// events before the process exits instead of leaving them to the next one.
+    pub fn spawn_last<F, Fut>(&self, name: impl Into<String>, task: F)
+    where
+        F: FnMut(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.restarting(&self.last, self.last_shutdown.clone(), name.into(), task);
+    }
+
+    /// Runs `task` on `tracker`, made again after a backoff whenever it ends before `shutdown`.
+    fn restarting<F, Fut>(
+        &self,
+        tracker: &TaskTracker,
+        shutdown: Shutdown,
+        name: String,
+        mut task: F,
+    ) where
+        F: FnMut(Shutdown) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (service, backoff) = (self.service, self.backoff);
         // Born at zero: a dashboard's increase() and an alert's rule see the series before
         // the first restart, instead of "No data".
         metrics::counter!("service_task_restarts_total", "service" => service, "task" => name.clone())
             .increment(0);
-        self.tracker.spawn(async move {
+        tracker.spawn(async move {
             let mut restarts: u32 = 0;
             loop {
                 let ended = run_caught(task(shutdown.clone())).await;
@@ -168,17 +198,25 @@ impl Supervisor {
     }
 
     /// Waits until every task has ended, or `deadline`; `false` if some were still running.
-    /// Call it once shutdown has been triggered: tasks end by watching it.
+    /// Call it once shutdown has been triggered (and the listener has drained): tasks end by
+    /// watching it. The tasks that stop last are told to once the others have ended — or at
+    /// the deadline, with nothing left of it.
     pub async fn wait_until(&self, deadline: Instant) -> bool {
         self.tracker.close();
-        tokio::time::timeout_at(deadline, self.tracker.wait())
+        let others = tokio::time::timeout_at(deadline, self.tracker.wait())
             .await
-            .is_ok()
+            .is_ok();
+        self.last_shutdown.trigger();
+        self.last.close();
+        let last = tokio::time::timeout_at(deadline, self.last.wait())
+            .await
+            .is_ok();
+        others && last
     }
 
     /// How many tasks are running.
     pub fn running(&self) -> usize {
-        self.tracker.len()
+        self.tracker.len() + self.last.len()
     }
 
     /// The service's shutdown, which its tasks watch.
@@ -372,6 +410,54 @@ mod tests {
                 .wait_until(Instant::now() + Duration::from_secs(5))
                 .await
         );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_stops_last_is_told_to_once_the_others_have_ended() {
+        let shutdown = Shutdown::new();
+        let tasks = supervisor(&shutdown);
+        // A writer that, told to stop, finishes its last piece of work when the test lets it.
+        let (stopping, writer_stopping) = tokio::sync::oneshot::channel();
+        let (finish, finished) = tokio::sync::oneshot::channel::<()>();
+        let mut once = Some((stopping, finished));
+        tasks.spawn("writer", move |stop| {
+            let pair = once.take();
+            async move {
+                stop.triggered().await;
+                if let Some((stopping, finished)) = pair {
+                    let _ = stopping.send(());
+                    let _ = finished.await;
+                }
+            }
+        });
+        let (handed, token) = tokio::sync::oneshot::channel();
+        let mut handed = Some(handed);
+        tasks.spawn_last("relay", move |stop| {
+            if let Some(handed) = handed.take() {
+                let _ = handed.send(stop.clone());
+            }
+            async move { stop.triggered().await }
+        });
+        let relay_stop = token.await.unwrap();
+
+        shutdown.trigger();
+        let waiting = tokio::spawn({
+            let tasks = tasks.clone();
+            async move {
+                tasks
+                    .wait_until(Instant::now() + Duration::from_secs(5))
+                    .await
+            }
+        });
+        writer_stopping.await.unwrap();
+        assert!(
+            !relay_stop.is_triggered(),
+            "the last task is told to stop while another is still working"
+        );
+        let _ = finish.send(());
+        assert!(waiting.await.unwrap(), "every task ended");
+        assert!(relay_stop.is_triggered());
+        assert_eq!(tasks.running(), 0);
     }
 
     #[tokio::test(start_paused = true)]
