@@ -58,6 +58,10 @@ pub struct RateLimits {
     pub privileged: Tier,
     /// Requests signed with an API key: a budget per key, whoever owns it.
     pub api_key: Tier,
+    /// The most tokens of one principal's budget a replica takes from Redis at once and
+    /// spends in memory (ADR 0033); a quarter of the tier's burst at most. 1 asks Redis on
+    /// every request.
+    pub lease_max: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +125,7 @@ impl Config {
                 per_second: positive(env, "BOURSE_GATEWAY_API_KEY_RATE_PER_SEC", 50),
                 burst: positive(env, "BOURSE_GATEWAY_API_KEY_BURST", 100),
             },
+            lease_max: positive(env, "BOURSE_GATEWAY_RATE_LEASE_MAX", 32),
         };
         let api_keys = crate::api_keys::ApiKeySettings {
             recv_window: env.millis(
