@@ -419,16 +419,10 @@ mod tests {
         // A writer that, told to stop, finishes its last piece of work when the test lets it.
         let (stopping, writer_stopping) = tokio::sync::oneshot::channel();
         let (finish, finished) = tokio::sync::oneshot::channel::<()>();
-        let mut once = Some((stopping, finished));
-        tasks.spawn("writer", move |stop| {
-            let pair = once.take();
-            async move {
-                stop.triggered().await;
-                if let Some((stopping, finished)) = pair {
-                    let _ = stopping.send(());
-                    let _ = finished.await;
-                }
-            }
+        tasks.spawn_essential("writer", |stop| async move {
+            stop.triggered().await;
+            let _ = stopping.send(());
+            let _ = finished.await;
         });
         let (handed, token) = tokio::sync::oneshot::channel();
         let mut handed = Some(handed);

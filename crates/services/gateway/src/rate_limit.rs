@@ -572,11 +572,7 @@ mod tests {
             breaker,
         )
         .unwrap();
-        let trader = Principal {
-            user_id: Uuid::now_v7(),
-            roles: vec![Role::Trader],
-            api_key: None,
-        };
+        let trader = trader();
 
         redis.pause();
         for _ in 0..4 {
