@@ -30,6 +30,10 @@ pub fn fees(env: &mut Env) -> Fees {
 /// (ADR 0023). Orders refuses to book an order whose check began longer ago; a restarted risk
 /// waits twice this long before it asks for its mark, so no order its previous process checked
 /// can commit after the mark. Read by orders and risk alike, so the two cannot disagree.
+///
+/// 2 s: a tenth of it is more than the slowest answer measured under twice the load the
+/// platform can take (the gateway sheds the excess, ADR 0032), and a risk that crashed refuses
+/// orders for twice it (ADR 0023, "The bound on checks lowered").
 pub fn check_valid_for(env: &mut Env) -> std::time::Duration {
-    std::time::Duration::from_millis(env.or("BOURSE_RISK_CHECK_VALID_FOR_MS", 5_000u64))
+    std::time::Duration::from_millis(env.or("BOURSE_RISK_CHECK_VALID_FOR_MS", 2_000u64))
 }
