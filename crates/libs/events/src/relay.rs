@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
-use service_kit::Shutdown;
+use service_kit::LastShutdown;
 use service_kit::redis::KeyPrefix;
 use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
@@ -163,11 +163,13 @@ impl Relay {
 
     /// Publishes until `shutdown`. Errors are logged and retried: the relay never gives up.
     ///
-    /// A leading relay told to stop first publishes every row committed before it was told
-    /// (run it with [`service_kit::Supervisor::spawn_last`], and that is everything its service
-    /// wrote): a stopping service's last events reach their consumers now, not when the next
-    /// process starts — risk's handover waits for orders' last acceptances (ADR 0023).
-    pub async fn run(self, shutdown: Shutdown) {
+    /// A leading relay told to stop first publishes every row committed before it was told.
+    /// It is told only once every other task of its service has ended (its token is a
+    /// [`LastShutdown`], which [`service_kit::Supervisor::spawn_last`] hands out), so that is
+    /// everything its service wrote: a stopping service's last events reach their consumers
+    /// now, not when the next process starts — risk's handover waits for orders' last
+    /// acceptances (ADR 0023).
+    pub async fn run(self, shutdown: LastShutdown) {
         // Born at zero, so a dashboard shows "none yet" rather than "No data".
         metrics::counter!("outbox_republished_total", "schema" => self.schema).increment(0);
         loop {
@@ -190,7 +192,7 @@ impl Relay {
     }
 
     /// Waits to become the publishing relay, then publishes while leadership lasts.
-    async fn lead(&self, shutdown: &Shutdown) -> Result<(), Error> {
+    async fn lead(&self, shutdown: &LastShutdown) -> Result<(), Error> {
         // Detached from the pool: the session advisory lock lives as long as this connection,
         // and a relay task that dies must take the lock with it. A pooled connection would go
         // back to the pool still holding the lock and block every other relay.
@@ -229,7 +231,7 @@ impl Relay {
 
     async fn publish_until(
         &self,
-        shutdown: &Shutdown,
+        shutdown: &LastShutdown,
         leader: &mut PgConnection,
     ) -> Result<(), Error> {
         let mut listener = PgListener::connect_with(&self.pool).await?;

@@ -7,9 +7,9 @@ use std::time::Duration;
 use events::{Envelope, Relay, RelaySettings, outbox};
 use redis::AsyncCommands as _;
 use redis::aio::ConnectionManager;
-use service_kit::Shutdown;
 use service_kit::redis::KeyPrefix;
 use service_kit::testing::RedisServer;
+use service_kit::{LastShutdown, Shutdown};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -140,7 +140,7 @@ fn run_lingering(
         },
     );
     let shutdown = Shutdown::new();
-    let task = tokio::spawn(relay.run(shutdown.clone()));
+    let task = tokio::spawn(relay.run(LastShutdown::alone(shutdown.clone())));
     (shutdown, task)
 }
 
@@ -295,7 +295,8 @@ async fn the_relay_publishes_every_event_in_order(pool: PgPool) {
     let written = produce(&pool, 25, 4).await;
 
     let shutdown = Shutdown::new();
-    let task = tokio::spawn(relay(&pool, &redis, &prefix, 10).run(shutdown.clone()));
+    let task =
+        tokio::spawn(relay(&pool, &redis, &prefix, 10).run(LastShutdown::alone(shutdown.clone())));
     eventually("the outbox to drain", || async {
         unpublished(&pool).await == 0
     })
@@ -334,7 +335,8 @@ async fn a_relay_killed_mid_stream_loses_nothing_and_keeps_order(pool: PgPool) {
     let written = produce(&pool, 300, 10).await;
 
     // Small batches, so the kill lands between batches — or inside one.
-    let crashing = tokio::spawn(relay(&pool, &redis, &prefix, 3).run(Shutdown::new()));
+    let crashing =
+        tokio::spawn(relay(&pool, &redis, &prefix, 3).run(LastShutdown::alone(Shutdown::new())));
     eventually("a first part to be published", || {
         let mut redis = redis.clone();
         let key = key.clone();
@@ -358,7 +360,8 @@ async fn a_relay_killed_mid_stream_loses_nothing_and_keeps_order(pool: PgPool) {
 
     // A new relay (after restart, or on another replica) finishes the job.
     let shutdown = Shutdown::new();
-    let restarted = tokio::spawn(relay(&pool, &redis, &prefix, 50).run(shutdown.clone()));
+    let restarted =
+        tokio::spawn(relay(&pool, &redis, &prefix, 50).run(LastShutdown::alone(shutdown.clone())));
     eventually("the outbox to drain", || async {
         unpublished(&pool).await == 0
     })
@@ -387,8 +390,10 @@ async fn two_relays_publish_each_event_once_in_order(pool: PgPool) {
     let mut redis = redis().await;
     let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
     let shutdown = Shutdown::new();
-    let first = tokio::spawn(relay(&pool, &redis, &prefix, 5).run(shutdown.clone()));
-    let second = tokio::spawn(relay(&pool, &redis, &prefix, 5).run(shutdown.clone()));
+    let first =
+        tokio::spawn(relay(&pool, &redis, &prefix, 5).run(LastShutdown::alone(shutdown.clone())));
+    let second =
+        tokio::spawn(relay(&pool, &redis, &prefix, 5).run(LastShutdown::alone(shutdown.clone())));
     let written = produce(&pool, 100, 7).await;
     eventually("the outbox to drain", || async {
         unpublished(&pool).await == 0
@@ -439,7 +444,7 @@ async fn a_paused_leader_gives_way_to_another_relay(pool: PgPool) {
                     .unwrap();
                 let redis = common::redis().await;
                 let relay = relay_with(&pool, &redis, &prefix, settings);
-                let running = tokio::spawn(relay.run(shutdown));
+                let running = tokio::spawn(relay.run(LastShutdown::alone(shutdown)));
                 paused.await.unwrap();
                 stopped.send(()).unwrap();
                 // The whole runtime blocks here: the relay is stopped mid-leadership.
@@ -457,7 +462,9 @@ async fn a_paused_leader_gives_way_to_another_relay(pool: PgPool) {
 
     pause.send(()).unwrap();
     stopped_seen.await.unwrap();
-    let second = tokio::spawn(relay_with(&pool, &redis, &prefix, settings).run(shutdown.clone()));
+    let second = tokio::spawn(
+        relay_with(&pool, &redis, &prefix, settings).run(LastShutdown::alone(shutdown.clone())),
+    );
     written.extend(produce(&pool, 3, 1).await);
     eventually(
         "another relay to publish while the leader is paused",
@@ -520,7 +527,8 @@ async fn many_events_appended_at_once_keep_their_order(pool: PgPool) {
     tx.commit().await.unwrap();
 
     let shutdown = Shutdown::new();
-    let task = tokio::spawn(relay(&pool, &redis, &prefix, 20).run(shutdown.clone()));
+    let task =
+        tokio::spawn(relay(&pool, &redis, &prefix, 20).run(LastShutdown::alone(shutdown.clone())));
     eventually("the outbox to drain", || async {
         unpublished(&pool).await == 0
     })
@@ -565,7 +573,7 @@ async fn drained_by_a_confirming_relay(
 ) -> (Shutdown, tokio::task::JoinHandle<()>) {
     let shutdown = Shutdown::new();
     let relay = confirming_relay(pool, redis, prefix, keep);
-    let task = tokio::spawn(relay.run(shutdown.clone()));
+    let task = tokio::spawn(relay.run(LastShutdown::alone(shutdown.clone())));
     eventually("the outbox to drain", || async {
         unpublished(pool).await == 0
     })
@@ -678,7 +686,7 @@ async fn what_a_redis_restarted_empty_lost_is_published_again_before_anything_ne
     // Entries stay a minute for readers without a group: after the restart no group exists
     // until consumers create theirs again.
     let relay = confirming_relay(&pool, &redis, &prefix, Duration::from_secs(60));
-    let task = tokio::spawn(relay.run(shutdown.clone()));
+    let task = tokio::spawn(relay.run(LastShutdown::alone(shutdown.clone())));
     eventually("the outbox to drain", || async {
         unpublished(&pool).await == 0
     })
@@ -1065,7 +1073,7 @@ async fn consumers_learn_each_events_position_and_a_snapshot_names_the_newest_af
             ..RelaySettings::default()
         },
     );
-    let relay_task = tokio::spawn(relay.run(shutdown.clone()));
+    let relay_task = tokio::spawn(relay.run(LastShutdown::alone(shutdown.clone())));
     let origins = std::sync::Arc::new(Origins::default());
     let consumer = events::Consumer::new(
         pool.clone(),

@@ -38,4 +38,4 @@ pub mod tls;
 
 pub use config::{CommonConfig, ConfigError, Env, Environment};
 pub use shutdown::{PreBound, Server, Shutdown};
-pub use tasks::Supervisor;
+pub use tasks::{LastShutdown, Supervisor};

@@ -42,6 +42,31 @@ const RESTART_BACKOFF: Backoff = Backoff {
     cap: Duration::from_secs(10),
 };
 
+/// The stop token of a task that stops last ([`Supervisor::spawn_last`]): it fires only once
+/// the service's listener has drained and every other task has ended. A task that must see
+/// everything the others wrote (the outbox relay) takes this instead of a [`Shutdown`], so
+/// handing it to [`Supervisor::spawn`] instead does not compile: run with the others, it would
+/// stop before their last writes.
+#[derive(Clone, Debug)]
+pub struct LastShutdown(Shutdown);
+
+impl LastShutdown {
+    /// For a task run on its own, outside a supervisor (a test, a tool): nothing runs beside
+    /// it to wait for, so it stops when `shutdown` fires.
+    pub fn alone(shutdown: Shutdown) -> Self {
+        Self(shutdown)
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        self.0.is_triggered()
+    }
+
+    /// Resolves once the task is told to stop.
+    pub async fn triggered(&self) {
+        self.0.triggered().await;
+    }
+}
+
 /// The owner of one service's background tasks.
 #[derive(Clone, Debug)]
 pub struct Supervisor {
@@ -95,12 +120,17 @@ impl Supervisor {
     /// fires only once the listener has drained and every other task has ended, so it sees
     /// everything they wrote. The outbox relay runs so, and publishes a stopping service's last
     /// events before the process exits instead of leaving them to the next one.
-    pub fn spawn_last<F, Fut>(&self, name: impl Into<String>, task: F)
+    pub fn spawn_last<F, Fut>(&self, name: impl Into<String>, mut task: F)
     where
-        F: FnMut(Shutdown) -> Fut + Send + 'static,
+        F: FnMut(LastShutdown) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.restarting(&self.last, self.last_shutdown.clone(), name.into(), task);
+        self.restarting(
+            &self.last,
+            self.last_shutdown.clone(),
+            name.into(),
+            move |stop| task(LastShutdown(stop)),
+        );
     }
 
     /// Runs `task` on `tracker`, made again after a backoff whenever it ends before `shutdown`.
