@@ -17,7 +17,8 @@
 //!   logged and counted (`service_task_panics_total{service,task}`);
 //! - a task that must see everything the others wrote ([`Supervisor::spawn_last`]: the outbox
 //!   relay) is restarted like the first kind, but told to stop only once the listener has
-//!   drained and every other task has ended;
+//!   drained and every other task has ended — by a [`LastShutdown`], a token of its own type,
+//!   so such a task cannot be handed the service's [`Shutdown`] by mistake;
 //! - at shutdown the server waits for every task, within the grace period.
 //!
 //! Tasks stop by watching the service's [`Shutdown`], which they are handed, or when their
