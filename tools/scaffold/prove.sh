@@ -57,9 +57,12 @@ BOURSE_UPDATE_DOCS=1 cargo test -q -p bourse --test deployment 2>&1 | tests_ok
 BOURSE_UPDATE_DOCS=1 cargo test -q -p bourse --test configuration 2>&1 | tests_ok
 cargo test -q -p bourse --test deployment --test configuration 2>&1 | tests_ok
 
-echo "== fmt and clippy"
+echo "== fmt, clippy and the API documentation"
 cargo fmt --all --check
 cargo clippy -q -p "$name" -p bourse -p gateway --all-targets -- -D warnings
+# As .ci/run checks it: the new crate's documentation has no broken link.
+RUSTDOCFLAGS="-D warnings -A rustdoc::private_intra_doc_links" \
+  cargo doc -q --no-deps --document-private-items -p "$name"
 
 echo "== serve all: started, routed, documented, probed (cargo test -p $name)"
 cargo test -q -p "$name" -p gateway 2>&1 | grep -E "^test result|FAILED|panicked"

@@ -2,8 +2,9 @@
 //! fetched, cached, refreshed and handed out as a [`SecretString`] that no log line or `Debug`
 //! print can show.
 //!
-//! - [`reference`]: `env:NAME`, `file:/run/secrets/NAME`, `vault:<mount>/<path>#<key>`,
-//!   `aws-sm:<name>#<key>`, `aws-kms:<ciphertext>` — parsed, never the value.
+//! - [`reference`](mod@reference): `env:NAME`, `file:/run/secrets/NAME`,
+//!   `vault:<mount>/<path>#<key>`, `aws-sm:<name>#<key>`, `aws-kms:<ciphertext>` — parsed,
+//!   never the value.
 //! - [`provider`]: where values come from: the environment, files, Vault's KV v2 API, and —
 //!   with the `aws` feature — AWS Secrets Manager and KMS (`aws`).
 //! - [`cache`]: [`Secrets`], values cached for a TTL, refreshed in the background, and

@@ -1,5 +1,5 @@
 //! Where secret values come from. Each provider fetches one reference's current value; the
-//! cache ([`crate::Secrets`]) decides how often. AWS lives in [`crate::aws`] (feature `aws`).
+//! cache ([`crate::Secrets`]) decides how often. AWS lives in `crate::aws` (feature `aws`).
 
 use std::time::Duration;
 

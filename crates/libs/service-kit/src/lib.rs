@@ -11,7 +11,7 @@
 //!   one call for a busy moment).
 //! - [`http`]: problem+json errors, the JSON extractor, request id / trace context / access
 //!   log / RED metrics middleware, timeouts, body limits, panic guard — assembled by
-//!   [`http::ServiceRouter`] (OBS-06, REL-03, REL-11, SEC-10).
+//!   [`http::service_router`] (OBS-06, REL-03, REL-11, SEC-10).
 //! - [`health`]: `/health/live` and `/health/ready` with dependency checks (REL-01).
 //! - [`db`]: the PostgreSQL pool bound to one schema, and per-schema migrations (REL-12).
 //! - [`redis`]: the Redis connection manager and key prefixes.

@@ -298,7 +298,7 @@ async fn answer(
     }
 }
 
-/// `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>"): the receiver recomputes it,
+/// `sha256=<hex>` of HMAC-SHA256(secret, `"<timestamp>.<body>"`): the receiver recomputes it,
 /// and the timestamp in the signed text stops an old delivery being replayed as new.
 pub fn signature(secret: &SecretString, timestamp: i64, body: &str) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, secret.expose_secret().as_bytes());

@@ -17,7 +17,7 @@ use crate::book::{Book, KillSwitch};
 use crate::error::{Error, Result};
 use crate::store;
 
-/// `POST /v1/admin/kill-switches`. Its document is one shape per scope ([`Activate::schema`]):
+/// `POST /v1/admin/kill-switches`. Its document is one shape per scope (its `PartialSchema` below):
 /// what `target` must be depends on `scope`, and a request valid by the document is never
 /// refused for its shape.
 #[derive(Clone, Debug, Deserialize)]
