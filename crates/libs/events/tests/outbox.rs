@@ -122,6 +122,11 @@ fn relay_with(
     )
 }
 
+/// Runs `relay` on its own until `shutdown`: nothing else runs beside it for it to outlast.
+fn start(relay: Relay, shutdown: &Shutdown) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(relay.run(LastShutdown::alone(shutdown.clone())))
+}
+
 /// Runs the producer schema's relay, letting rows gather for `linger` after each batch; the
 /// token stops it.
 fn run_lingering(
@@ -140,7 +145,7 @@ fn run_lingering(
         },
     );
     let shutdown = Shutdown::new();
-    let task = tokio::spawn(relay.run(LastShutdown::alone(shutdown.clone())));
+    let task = start(relay, &shutdown);
     (shutdown, task)
 }
 
@@ -295,8 +300,7 @@ async fn the_relay_publishes_every_event_in_order(pool: PgPool) {
     let written = produce(&pool, 25, 4).await;
 
     let shutdown = Shutdown::new();
-    let task =
-        tokio::spawn(relay(&pool, &redis, &prefix, 10).run(LastShutdown::alone(shutdown.clone())));
+    let task = start(relay(&pool, &redis, &prefix, 10), &shutdown);
     eventually("the outbox to drain", || async {
         unpublished(&pool).await == 0
     })
@@ -335,8 +339,7 @@ async fn a_relay_killed_mid_stream_loses_nothing_and_keeps_order(pool: PgPool) {
     let written = produce(&pool, 300, 10).await;
 
     // Small batches, so the kill lands between batches — or inside one.
-    let crashing =
-        tokio::spawn(relay(&pool, &redis, &prefix, 3).run(LastShutdown::alone(Shutdown::new())));
+    let crashing = start(relay(&pool, &redis, &prefix, 3), &Shutdown::new());
     eventually("a first part to be published", || {
         let mut redis = redis.clone();
         let key = key.clone();
@@ -360,8 +363,7 @@ async fn a_relay_killed_mid_stream_loses_nothing_and_keeps_order(pool: PgPool) {
 
     // A new relay (after restart, or on another replica) finishes the job.
     let shutdown = Shutdown::new();
-    let restarted =
-        tokio::spawn(relay(&pool, &redis, &prefix, 50).run(LastShutdown::alone(shutdown.clone())));
+    let restarted = start(relay(&pool, &redis, &prefix, 50), &shutdown);
     eventually("the outbox to drain", || async {
         unpublished(&pool).await == 0
     })
@@ -390,10 +392,8 @@ async fn two_relays_publish_each_event_once_in_order(pool: PgPool) {
     let mut redis = redis().await;
     let prefix = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
     let shutdown = Shutdown::new();
-    let first =
-        tokio::spawn(relay(&pool, &redis, &prefix, 5).run(LastShutdown::alone(shutdown.clone())));
-    let second =
-        tokio::spawn(relay(&pool, &redis, &prefix, 5).run(LastShutdown::alone(shutdown.clone())));
+    let first = start(relay(&pool, &redis, &prefix, 5), &shutdown);
+    let second = start(relay(&pool, &redis, &prefix, 5), &shutdown);
     let written = produce(&pool, 100, 7).await;
     eventually("the outbox to drain", || async {
         unpublished(&pool).await == 0
@@ -444,7 +444,7 @@ async fn a_paused_leader_gives_way_to_another_relay(pool: PgPool) {
                     .unwrap();
                 let redis = common::redis().await;
                 let relay = relay_with(&pool, &redis, &prefix, settings);
-                let running = tokio::spawn(relay.run(LastShutdown::alone(shutdown)));
+                let running = start(relay, &shutdown);
                 paused.await.unwrap();
                 stopped.send(()).unwrap();
                 // The whole runtime blocks here: the relay is stopped mid-leadership.
@@ -462,9 +462,7 @@ async fn a_paused_leader_gives_way_to_another_relay(pool: PgPool) {
 
     pause.send(()).unwrap();
     stopped_seen.await.unwrap();
-    let second = tokio::spawn(
-        relay_with(&pool, &redis, &prefix, settings).run(LastShutdown::alone(shutdown.clone())),
-    );
+    let second = start(relay_with(&pool, &redis, &prefix, settings), &shutdown);
     written.extend(produce(&pool, 3, 1).await);
     eventually(
         "another relay to publish while the leader is paused",
@@ -527,8 +525,7 @@ async fn many_events_appended_at_once_keep_their_order(pool: PgPool) {
     tx.commit().await.unwrap();
 
     let shutdown = Shutdown::new();
-    let task =
-        tokio::spawn(relay(&pool, &redis, &prefix, 20).run(LastShutdown::alone(shutdown.clone())));
+    let task = start(relay(&pool, &redis, &prefix, 20), &shutdown);
     eventually("the outbox to drain", || async {
         unpublished(&pool).await == 0
     })
@@ -573,7 +570,7 @@ async fn drained_by_a_confirming_relay(
 ) -> (Shutdown, tokio::task::JoinHandle<()>) {
     let shutdown = Shutdown::new();
     let relay = confirming_relay(pool, redis, prefix, keep);
-    let task = tokio::spawn(relay.run(LastShutdown::alone(shutdown.clone())));
+    let task = start(relay, &shutdown);
     eventually("the outbox to drain", || async {
         unpublished(pool).await == 0
     })
@@ -686,7 +683,7 @@ async fn what_a_redis_restarted_empty_lost_is_published_again_before_anything_ne
     // Entries stay a minute for readers without a group: after the restart no group exists
     // until consumers create theirs again.
     let relay = confirming_relay(&pool, &redis, &prefix, Duration::from_secs(60));
-    let task = tokio::spawn(relay.run(LastShutdown::alone(shutdown.clone())));
+    let task = start(relay, &shutdown);
     eventually("the outbox to drain", || async {
         unpublished(&pool).await == 0
     })
@@ -1073,7 +1070,7 @@ async fn consumers_learn_each_events_position_and_a_snapshot_names_the_newest_af
             ..RelaySettings::default()
         },
     );
-    let relay_task = tokio::spawn(relay.run(LastShutdown::alone(shutdown.clone())));
+    let relay_task = start(relay, &shutdown);
     let origins = std::sync::Arc::new(Origins::default());
     let consumer = events::Consumer::new(
         pool.clone(),
