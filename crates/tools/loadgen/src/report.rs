@@ -99,6 +99,18 @@ impl Report {
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
     }
+
+    /// Placements of every order type answered other than 201, by answer (`503
+    /// funds_loading`): what an outage or a deploy cost order entry, in one line.
+    pub fn placements_not_placed(&self) -> BTreeMap<&str, u64> {
+        let mut by_answer = BTreeMap::new();
+        for ((kind, status), count) in &self.answers {
+            if kind.places_an_order() && status != "201" {
+                *by_answer.entry(status.as_str()).or_default() += count;
+            }
+        }
+        by_answer
+    }
 }
 
 fn millis(micros: u64) -> String {
@@ -142,6 +154,15 @@ impl fmt::Display for Report {
             write!(f, " {}:{}={count}", kind.name(), status.replace(' ', "/"))?;
         }
         writeln!(f)?;
+        write!(f, "placements not placed:")?;
+        let not_placed = self.placements_not_placed();
+        if not_placed.is_empty() {
+            write!(f, " none")?;
+        }
+        for (status, count) in not_placed {
+            write!(f, " {}={count}", status.replace(' ', "/"))?;
+        }
+        writeln!(f)?;
         let per_subscriber = |part: fn(&Subscriber) -> u64| -> Vec<u64> {
             self.subscribers.iter().map(part).collect()
         };
@@ -178,5 +199,64 @@ impl fmt::Display for Report {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answered(kind: Kind, status: Option<u16>, code: Option<&str>) -> Sample {
+        Sample {
+            kind,
+            latency: Duration::from_millis(3),
+            status,
+            code: code.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn placements_not_placed_are_summed_over_order_types_by_answer() {
+        let mut report = Report::new(100, Duration::from_secs(1));
+        for sample in [
+            answered(Kind::LimitGtc, Some(201), None),
+            answered(Kind::LimitGtc, Some(503), Some("funds_loading")),
+            answered(Kind::LimitIoc, Some(503), Some("funds_loading")),
+            answered(Kind::Market, Some(503), Some("upstream_unavailable")),
+            answered(Kind::LimitFok, None, None),
+            // Not placements: a refused cancel or read is not counted.
+            answered(Kind::Cancel, Some(503), Some("funds_loading")),
+            answered(Kind::ReadBalances, Some(503), Some("upstream_unavailable")),
+        ] {
+            report.record(&sample);
+        }
+
+        let not_placed = report.placements_not_placed();
+
+        assert_eq!(
+            not_placed,
+            BTreeMap::from([
+                ("503 funds_loading", 2),
+                ("503 upstream_unavailable", 1),
+                ("no_answer", 1),
+            ])
+        );
+        let printed = report.to_string();
+        assert!(
+            printed.contains(
+                "placements not placed: 503/funds_loading=2 503/upstream_unavailable=1 no_answer=1\n"
+            ),
+            "{printed}"
+        );
+    }
+
+    #[test]
+    fn a_run_that_placed_everything_says_so() {
+        let mut report = Report::new(100, Duration::from_secs(1));
+        report.record(&answered(Kind::LimitGtc, Some(201), None));
+        report.record(&answered(Kind::Cancel, Some(409), Some("order_not_open")));
+
+        assert!(report.placements_not_placed().is_empty());
+        assert!(report.to_string().contains("placements not placed: none\n"));
     }
 }
