@@ -1,6 +1,7 @@
 //! The configuration is documented completely (OPS-02): `.env.example` lists exactly the
 //! variables the services read, and `docs/configuration.md` is generated from it. The alert
-//! rules (OBS-05) name only metrics the code emits, so a renamed metric cannot silence a page.
+//! rules (OBS-05) name only metrics the code emits, so a renamed metric cannot silence a page,
+//! and each names a runbook that exists and is in the on-call's index.
 //! Regenerate the reference with `BOURSE_UPDATE_DOCS=1 cargo test -p bourse --test configuration`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -171,5 +172,50 @@ fn alert_rules_name_only_metrics_the_code_emits() {
     assert!(
         unknown.is_empty(),
         "alert rules name metrics nothing emits: {unknown:?}"
+    );
+}
+
+#[test]
+fn every_alert_names_a_runbook_that_exists_and_the_on_calls_index_lists_it() {
+    let rules = std::fs::read_to_string(repo_file("deploy/prometheus/alerts.yml")).unwrap();
+    let index = std::fs::read_to_string(repo_file("docs/runbooks/incident-response.md")).unwrap();
+    let value = |line: &str, key: &str| {
+        line.trim()
+            .strip_prefix(key)
+            .map(|rest| rest.trim().to_owned())
+    };
+    let alerts: Vec<String> = rules
+        .lines()
+        .filter_map(|line| value(line, "- alert:"))
+        .collect();
+    let runbooks: Vec<String> = rules
+        .lines()
+        .filter_map(|line| value(line, "runbook:"))
+        .collect();
+    assert!(
+        alerts.contains(&"BourseRiskNotDecidingFunds".to_owned()),
+        "the rules were read: {alerts:?}"
+    );
+    assert_eq!(
+        alerts.len(),
+        runbooks.len(),
+        "every alert names one runbook"
+    );
+
+    let missing: Vec<_> = runbooks
+        .iter()
+        .filter(|path| !repo_file(path).is_file())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "runbooks that do not exist: {missing:?}"
+    );
+    let unlisted: Vec<_> = alerts
+        .iter()
+        .filter(|alert| !index.contains(alert.as_str()))
+        .collect();
+    assert!(
+        unlisted.is_empty(),
+        "alerts docs/runbooks/incident-response.md does not list: {unlisted:?}"
     );
 }
