@@ -504,13 +504,20 @@ mod tests {
         let limiter = limiter_on(&redis, &prefix, 100).await;
         let trader = trader();
 
-        let mut allowed = Vec::new();
+        let mut decisions = Vec::new();
         for _ in 0..101 {
-            allowed.push(limiter.check(&trader).await.unwrap().allowed);
+            decisions.push(limiter.check(&trader).await.unwrap());
         }
 
-        assert!(allowed[..100].iter().all(|a| *a), "{allowed:?}");
-        assert!(!allowed[100], "the 101st request of a budget of 100");
+        assert!(decisions[..100].iter().all(|d| d.allowed), "{decisions:?}");
+        assert!(
+            !decisions[100].allowed,
+            "the 101st request of a budget of 100"
+        );
+        // The `RateLimit` header counts down one request at a time, whether a request took a
+        // lease from Redis or spent one in memory.
+        let remaining: Vec<u64> = decisions[..100].iter().map(|d| d.remaining).collect();
+        assert_eq!(remaining, (0..100).rev().collect::<Vec<u64>>());
         // Leases of 1, 2, 4, 8, 16, then 25 (a quarter of the burst): 9 takes, and a
         // script loaded once. One by one it would be 101.
         let scripts = scripts_run(&redis).await;
