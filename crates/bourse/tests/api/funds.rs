@@ -640,34 +640,57 @@ async fn an_order_whose_risk_check_began_too_long_ago_is_not_booked(pool: PgPool
     assert_eq!(ledger_funds(&x.app.db, alice, &[]).await, untouched);
 }
 
-/// ADR 0023: a restart waits out the checks its previous process answered — orders books none
-/// older than the bound — before it asks for its mark, unless that process handed over; until
-/// then its funds do not decide. A process that passed a check whose order it has not seen
-/// cannot hand over.
+/// ADR 0023, "A fence instead of the wait": a restart after a crash shuts the previous
+/// process's checks out of every book before it asks for its mark, so it decides on funds as
+/// soon as it has read the mark, without waiting out the bound on checks. A process that
+/// passed a check whose order it has not seen cannot hand over.
 #[sqlx::test(migrations = false)]
-async fn a_restart_waits_out_the_previous_processes_checks_before_asking_for_its_mark(
+async fn a_restart_after_a_crash_fences_off_the_previous_processes_checks_and_decides_at_once(
     pool: PgPool,
 ) {
     let prefix = format!("test:{}", uuid::Uuid::now_v7());
-    let env = [
-        ("BOURSE_REDIS_KEY_PREFIX", prefix.as_str()),
-        ("BOURSE_RISK_CHECK_VALID_FOR_MS", "3600000"),
-        // The drain gives up after half of it: the order below never comes.
-        ("BOURSE_SHUTDOWN_GRACE_MS", "2000"),
-    ];
-    let x = exchange_on(spawn_app_with(pool.clone(), &env).await).await;
-    let alice = x.app.user_id(&x.alice).await;
-    // The first start on a database has no earlier checks to wait for: it decides at once.
-    x.fund(&x.alice, "USD", "100").await;
-    risk_sees(&x.app, &x.admin, alice, &all_free(&[("USD", "100.00")])).await;
-    // A check passes, as orders asks for it, but its order is never placed (orders stopped in
-    // between): for all this process knows it may still reach the book within the bound.
-    crate::risk::pass_check(&x.app, &x.app.risk, &crate::risk::check_of(alice, 100_000)).await;
-    x.app.stop().await;
-    assert!(
-        !crate::risk::handed_over(&pool).await,
-        "an order it passed may still come"
+    let env = env_of_a_crash(&prefix);
+    let alice = crashed_with_a_check_passed(&pool, &env).await;
+
+    let back = spawn_app_with(pool, &env).await;
+    let admin = treasury(&back).await;
+    // `risk_funds` waits until funds decide: with an hour's bound, only the fence lets them.
+    assert_eq!(
+        risk_funds(&back, &admin, alice).await.unwrap()["USD"].committed,
+        "0.00"
     );
+    let tokens = back.logged_in_again("alice@example.com").await;
+    back.placed_order(&tokens, &limit("buy", "1000.00", "0.01"))
+        .await;
+    // The second start's fence is up on every book: a check the first passed is refused
+    // there (`orders` `ownership::a_matching_task_refuses_the_orders_an_earlier_start_of_risk_checked`).
+    assert_eq!(count(&back.db, "SELECT number FROM risk.starts").await, 2);
+    assert_eq!(
+        count(&back.db, "SELECT min(risk_start) FROM orders.symbol_owners").await,
+        2
+    );
+}
+
+/// ADR 0023: while an orders replica of a release before the fence may still book, orders
+/// refuses to raise it, and a restart waits out the checks its previous process answered —
+/// orders books none older than the bound — before it asks for its mark, unless that process
+/// handed over; until then its funds do not decide.
+#[sqlx::test(migrations = false)]
+async fn a_restart_waits_out_the_bound_while_an_orders_replica_cannot_fence(pool: PgPool) {
+    let prefix = format!("test:{}", uuid::Uuid::now_v7());
+    let env = env_of_a_crash(&prefix);
+    let alice = crashed_with_a_check_passed(&pool, &env).await;
+    let fence = "SELECT coalesce(max(risk_start), 0) FROM orders.symbol_owners";
+    let fence_before = count(&pool, fence).await;
+    // An orders replica of an earlier release is live: it registers without the fence's column.
+    sqlx::query(
+        "INSERT INTO orders.replicas (id, address, lease_until)
+         VALUES ($1, 'http://127.0.0.1:9', now() + interval '1 hour')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(&pool)
+    .await
+    .unwrap();
 
     let back = spawn_app_with(pool, &env).await;
     let admin = treasury(&back).await;
@@ -705,8 +728,41 @@ async fn a_restart_waits_out_the_previous_processes_checks_before_asking_for_its
         )
         .await,
         1,
-        "the first start's mark; the second is not asked for yet"
+        "the first start's mark; the second's fence was refused and its mark not asked for yet"
     );
+    assert_eq!(
+        count(&back.db, fence).await,
+        fence_before,
+        "the second start could not raise the fence"
+    );
+}
+
+/// Risk's bound on checks an hour long, so that only a fence or a handover lets a restart
+/// decide on funds within a test.
+fn env_of_a_crash(prefix: &str) -> [(&'static str, &str); 3] {
+    [
+        ("BOURSE_REDIS_KEY_PREFIX", prefix),
+        ("BOURSE_RISK_CHECK_VALID_FOR_MS", "3600000"),
+        // The drain gives up after half of it: the order whose check passed never comes.
+        ("BOURSE_SHUTDOWN_GRACE_MS", "2000"),
+    ]
+}
+
+/// Alice funded with 100.00 USD, and a check risk passed whose order is never placed (orders
+/// stopped in between): for all that process knows it may still reach the book within the
+/// bound, so it cannot hand over when the platform stops. Alice's account id.
+async fn crashed_with_a_check_passed(pool: &PgPool, env: &[(&str, &str)]) -> uuid::Uuid {
+    let x = exchange_on(spawn_app_with(pool.clone(), env).await).await;
+    let alice = x.app.user_id(&x.alice).await;
+    x.fund(&x.alice, "USD", "100").await;
+    risk_sees(&x.app, &x.admin, alice, &all_free(&[("USD", "100.00")])).await;
+    crate::risk::pass_check(&x.app, &x.app.risk, &crate::risk::check_of(alice, 100_000)).await;
+    x.app.stop().await;
+    assert!(
+        !crate::risk::handed_over(pool).await,
+        "an order it passed may still come"
+    );
+    alice
 }
 
 /// ADR 0023, "A handover": a risk stopped once every order it passed has been read back from
@@ -753,38 +809,12 @@ async fn a_restart_after_a_handover_decides_on_funds_at_once(pool: PgPool) {
         .await;
 }
 
-/// Orders writes a mark on its stream for risk's service token alone (ADR 0023).
+/// Orders writes a mark on its stream, plain or behind risk's fence, for risk's service token
+/// alone (ADR 0023); a fence names a start numbered from 1.
 #[sqlx::test(migrations = false)]
 async fn orders_writes_a_stream_mark_for_risk_alone(pool: PgPool) {
-    let app = spawn_app(pool).await;
-    let mark_id = uuid::Uuid::now_v7();
-    let ask = |token: Option<String>, body: Value| {
-        let request = app
-            .client
-            .post(format!("{}/internal/v1/stream-marks", app.orders))
-            .json(&body);
-        sent_as(request, token)
-    };
-    let body = json!({ "mark_id": mark_id });
-    assert_eq!(
-        ask(None, body.clone()).await.status(),
-        StatusCode::UNAUTHORIZED
-    );
-    let settlement = app.service_token("settlement", "orders").await;
-    assert_problem(
-        ask(Some(settlement), body.clone()).await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    )
-    .await;
-    let risk = app.service_token("risk", "orders").await;
-    let extra = json!({ "mark_id": mark_id, "position": 1 });
-    assert_problem(
-        ask(Some(risk.clone()), extra).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_body",
-    )
-    .await;
+    let x = exchange_on(spawn_app(pool).await).await;
+    let app = &x.app;
     let marks_of = |mark: uuid::Uuid| {
         let db = app.db.clone();
         async move {
@@ -798,9 +828,56 @@ async fn orders_writes_a_stream_mark_for_risk_alone(pool: PgPool) {
             .await
         }
     };
-    assert_eq!(marks_of(mark_id).await, 0, "refused requests wrote nothing");
-    assert_eq!(ask(Some(risk), body).await.status(), StatusCode::CREATED);
-    assert_eq!(marks_of(mark_id).await, 1);
+    for path in ["stream-marks", "risk-fences"] {
+        let mark_id = uuid::Uuid::now_v7();
+        let ask = |token: Option<String>, body: Value| {
+            let request = app
+                .client
+                .post(format!("{}/internal/v1/{path}", app.orders))
+                .json(&body);
+            sent_as(request, token)
+        };
+        let body = match path {
+            "stream-marks" => json!({ "mark_id": mark_id }),
+            _ => json!({ "mark_id": mark_id, "start": 5 }),
+        };
+        assert_eq!(
+            ask(None, body.clone()).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let settlement = app.service_token("settlement", "orders").await;
+        assert_problem(
+            ask(Some(settlement), body.clone()).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+        let risk = app.service_token("risk", "orders").await;
+        let mut extra = body.clone();
+        extra["position"] = json!(1);
+        assert_problem(
+            ask(Some(risk.clone()), extra).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+        )
+        .await;
+        if path == "risk-fences" {
+            for start in [json!(0), json!(-5), json!(i64::MAX as f64 * 4.0)] {
+                let mut wrong = body.clone();
+                wrong["start"] = start;
+                let refused = ask(Some(risk.clone()), wrong).await;
+                assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+            }
+        }
+        assert_eq!(marks_of(mark_id).await, 0, "refused requests wrote nothing");
+        assert_eq!(ask(Some(risk), body).await.status(), StatusCode::CREATED);
+        assert_eq!(marks_of(mark_id).await, 1);
+    }
+    // The fence is up on the exchange's instrument.
+    assert_eq!(
+        count(&app.db, "SELECT min(risk_start) FROM orders.symbol_owners").await,
+        5
+    );
 }
 
 /// ADR 0023 slice 4: a withdrawal reserves with risk before settlement books it, so it cannot

@@ -502,7 +502,8 @@ async fn a_batch_of_checks_answers_each_order_as_alone_and_a_malformed_batch_che
     assert_eq!(verdicts.len(), 3);
     assert_eq!(
         verdicts[0],
-        json!({ "outcome": "passed", "order_id": funded["order_id"] })
+        json!({ "outcome": "passed", "order_id": funded["order_id"], "start": 1 }),
+        "passed by the first start of risk on this database"
     );
     assert_eq!(verdicts[1]["outcome"], "refused");
     assert_eq!(verdicts[1]["order_id"], unfunded["order_id"]);

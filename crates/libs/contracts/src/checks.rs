@@ -66,12 +66,41 @@ pub struct CheckBatch {
     pub orders: Vec<CheckRequest>,
 }
 
+/// Which start of risk's process passed a check (ADR 0023, "A fence instead of the wait"):
+/// every start takes the number after the last one's. Orders books a check only while no
+/// later start has raised its fence, so a crashed process's checks cannot reach the book once
+/// its successor counts from its mark. 0 is a risk from before the numbers: any numbered
+/// start's fence shuts its checks out.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct RiskStart(pub i64);
+
+impl From<i64> for RiskStart {
+    fn from(number: i64) -> Self {
+        Self(number)
+    }
+}
+
+impl RiskStart {
+    /// A risk from before the numbers: nothing to put on the wire.
+    pub fn is_unnumbered(&self) -> bool {
+        self.0 == 0
+    }
+}
+
 /// One order's verdict in a batch: each order is decided as if it had been checked alone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Verdict {
-    /// May proceed; its funds are reserved.
-    Passed { order_id: Uuid },
+    /// May proceed; its funds are reserved by the start of risk that passed it, which orders
+    /// carries to the book's fence.
+    Passed {
+        order_id: Uuid,
+        #[serde(default, skip_serializing_if = "RiskStart::is_unnumbered")]
+        start: RiskStart,
+    },
     /// Refused for the breached limit `code` (orders answers 422).
     Refused {
         order_id: Uuid,
@@ -89,7 +118,7 @@ pub enum Verdict {
 impl Verdict {
     pub fn order_id(&self) -> Uuid {
         match self {
-            Self::Passed { order_id }
+            Self::Passed { order_id, .. }
             | Self::Refused { order_id, .. }
             | Self::Undecided { order_id, .. } => *order_id,
         }
@@ -233,7 +262,10 @@ mod tests {
 
         let verdicts = Verdicts {
             verdicts: vec![
-                Verdict::Passed { order_id: id },
+                Verdict::Passed {
+                    order_id: id,
+                    start: RiskStart(3),
+                },
                 Verdict::Refused {
                     order_id: id,
                     code: "max_order_quantity".into(),
@@ -247,7 +279,7 @@ mod tests {
             ],
         };
         let wire = serde_json::json!({ "verdicts": [
-            { "outcome": "passed", "order_id": nil },
+            { "outcome": "passed", "order_id": nil, "start": 3 },
             { "outcome": "refused", "order_id": nil, "code": "max_order_quantity", "detail": "at most 1" },
             { "outcome": "undecided", "order_id": nil, "code": "funds_loading", "detail": "loading" },
         ]});
@@ -264,6 +296,27 @@ mod tests {
         });
         wire["stop_price"] = serde_json::json!(1);
         assert!(serde_json::from_value::<CheckRequest>(wire).is_err());
+    }
+
+    /// A risk from before start numbers passes checks without one: start 0, which the first
+    /// numbered start's fence shuts out.
+    #[test]
+    fn an_older_risks_pass_reads_as_start_zero() {
+        let verdict: Verdict = serde_json::from_value(serde_json::json!({
+            "outcome": "passed", "order_id": Uuid::nil(),
+        }))
+        .unwrap();
+        assert_eq!(
+            verdict,
+            Verdict::Passed {
+                order_id: Uuid::nil(),
+                start: RiskStart(0),
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(&verdict).unwrap(),
+            serde_json::json!({ "outcome": "passed", "order_id": Uuid::nil() })
+        );
     }
 
     #[test]

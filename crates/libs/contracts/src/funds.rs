@@ -43,3 +43,17 @@ pub struct WithdrawalReservation {
 pub struct StreamMark {
     pub mark_id: Uuid,
 }
+
+/// `POST /internal/v1/risk-fences` on orders: shut out of every book the checks of risk's
+/// starts before `start`, then write `StreamMarked { mark_id }` (ADR 0023, "A fence instead of
+/// the wait"). Both happen in one transaction that first waits for every matching batch in
+/// flight, so a consumer that reaches the mark has read every order an earlier start's check
+/// can ever book. Answered 201 once fenced and marked; `409 fence_unsupported`, with nothing
+/// written, while an orders replica that predates the fence may still book; 404 from an
+/// orders release before it. Either refusal leaves risk to wait out the bound on checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskFence {
+    pub mark_id: Uuid,
+    pub start: crate::checks::RiskStart,
+}

@@ -26,6 +26,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use contracts::checks::RiskStart;
 use contracts::fees::Fees;
 
 use crate::book_feed::BookFeed;
@@ -108,6 +109,9 @@ impl<'de> Deserialize<'de> for CheckDeadline {
 }
 
 /// What a matching task is asked to do; also what a replica forwards to a symbol's owner.
+// A placement is nearly every command, and each is moved once into its task's queue: boxing
+// the order would cost an allocation per order to save the rare cancel some bytes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
@@ -117,6 +121,10 @@ pub enum Command {
         /// Milliseconds left on the wire; absent from replicas that predate it (no bound).
         #[serde(default, rename = "check_valid_for_ms")]
         check_deadline: Option<CheckDeadline>,
+        /// The start of risk that checked the order: booked only while no later start's fence
+        /// is up (ADR 0023). Absent from replicas that predate it: 0, shut out by any fence.
+        #[serde(default)]
+        risk_start: RiskStart,
     },
     Cancel {
         order_id: Uuid,
@@ -411,11 +419,13 @@ impl Engines {
         order: ValidOrder,
         claim: Claim,
         check_deadline: CheckDeadline,
+        risk_start: RiskStart,
     ) -> Result<Answer> {
         let command = Command::Place {
             order,
             claim,
             check_deadline: Some(check_deadline),
+            risk_start,
         };
         match self.ask(instrument, command).await? {
             Outcome::Placed(answer) => Ok(answer),
@@ -670,6 +680,9 @@ async fn run(
         fees,
     };
     let mut published = book.sequence();
+    // The newest start of risk this task knows has raised its fence: checks of earlier starts
+    // are refused before they cost a batch (the fence in the database decides either way).
+    let mut fence = RiskStart::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = jobs.recv().await {
         // Group commit: whatever queued up while the last batch was committing goes together,
@@ -682,6 +695,8 @@ async fn run(
             }
         }
         refuse_expired_checks(&mut batch);
+        fence = fence.max(newest_check(&batch));
+        refuse_fenced_checks(&mut batch, fence);
         if batch.is_empty() {
             continue;
         }
@@ -702,6 +717,13 @@ async fn run(
             }
             Err(Error::NotOwner) => return lost(&symbol, epoch, batch.drain(..), jobs),
             Err(err) => {
+                // A start of risk raised its fence while the batch was gathered: its checks of
+                // earlier starts go, the rest are replayed below.
+                if let Error::RiskFenced { newest } = err {
+                    tracing::info!(%symbol, newest = newest.0, "a later start of risk fenced off checks of this batch");
+                    fence = fence.max(newest);
+                    refuse_fenced_checks(&mut batch, fence);
+                }
                 // The book ran ahead of what was committed: rebuild it, then redo the jobs one
                 // at a time, so only a job that fails on its own gets an error.
                 tracing::warn!(%symbol, error = %err, jobs = batch.len(), "batch failed; replaying it job by job");
@@ -763,15 +785,54 @@ fn refuse_expired_checks(batch: &mut Vec<Job>) {
             } if deadline.passed()
         )
     };
-    if !batch.iter().any(expired) {
+    refuse_checks(batch, expired, "orders_check_expired_total");
+}
+
+/// Takes the placements `refused` picks out of the batch and answers them `check_expired`,
+/// counted in `counter`: they never reach the book.
+fn refuse_checks(batch: &mut Vec<Job>, refused: impl Fn(&Job) -> bool, counter: &'static str) {
+    if !batch.iter().any(&refused) {
         return;
     }
-    let (refused, current): (Vec<Job>, Vec<Job>) = batch.drain(..).partition(expired);
+    let (refused, current): (Vec<Job>, Vec<Job>) = batch.drain(..).partition(refused);
     batch.extend(current);
     for job in refused {
-        metrics::counter!("orders_check_expired_total").increment(1);
+        metrics::counter!(counter).increment(1);
         reply(job, Err(Error::CheckExpired));
     }
+}
+
+/// The starts of risk that checked the batch's placements.
+fn checks_starts(batch: &[Job]) -> impl Iterator<Item = RiskStart> + '_ {
+    batch.iter().filter_map(|job| match job.command {
+        Command::Place { risk_start, .. } => Some(risk_start),
+        _ => None,
+    })
+}
+
+/// The newest start of risk among the batch's checks. Its verdicts come only once its mark is
+/// written, after its fence went up, so every earlier start is fenced off already.
+fn newest_check(batch: &[Job]) -> RiskStart {
+    checks_starts(batch).max().unwrap_or_default()
+}
+
+/// The earliest start of risk among the batch's checks, which the batch's fence compares;
+/// `None` when it places nothing.
+fn earliest_check(batch: &[Job]) -> Option<RiskStart> {
+    checks_starts(batch).min()
+}
+
+/// Answers `check_expired` to the placements checked by a start of risk earlier than `fence`,
+/// and takes them out of the batch: the start whose fence is up does not count their funds
+/// (ADR 0023, "A fence instead of the wait").
+fn refuse_fenced_checks(batch: &mut Vec<Job>, fence: RiskStart) {
+    let fenced = |job: &Job| {
+        matches!(
+            job.command,
+            Command::Place { risk_start, .. } if risk_start < fence
+        )
+    };
+    refuse_checks(batch, fenced, "orders_checks_fenced_total");
 }
 
 /// The symbol moved to another replica while this task held it (it was paused past its lease,
@@ -901,7 +962,9 @@ impl Batches<'_> {
         // Behind the fence: a task that lost the symbol writes nothing, and the owner row stays
         // locked until this commit, so a takeover waits for it, then rebuilds the book with it
         // — from the sequence stored here, the last this batch gave out.
-        writes.flush(&mut tx, self.epoch, book.sequence()).await?;
+        writes
+            .flush(&mut tx, self.epoch, book.sequence(), earliest_check(jobs))
+            .await?;
         let phase = phase.lap("flush");
         let mut answers = Vec::with_capacity(outputs.len());
         for output in outputs {
@@ -1027,7 +1090,7 @@ mod tests {
     }
 
     #[test]
-    fn a_check_deadline_travels_as_the_milliseconds_left_and_may_be_absent() {
+    fn a_check_deadline_and_risk_start_travel_with_a_placement_and_may_be_absent() {
         let deadline = CheckDeadline::after(std::time::Duration::from_secs(3600));
         let wire = serde_json::to_value(deadline).unwrap();
         let left = wire.as_u64().unwrap();
@@ -1035,7 +1098,8 @@ mod tests {
         let back: CheckDeadline = serde_json::from_value(wire).unwrap();
         assert!(!back.passed());
 
-        // A replica from before the bound forwards no deadline: booked as before.
+        // A replica from before the bound forwards no deadline: booked as before. One from
+        // before risk's starts were numbered forwards no start: 0, which any fence shuts out.
         let placement = Command::Place {
             order: ValidOrder {
                 id: Uuid::now_v7(),
@@ -1058,13 +1122,23 @@ mod tests {
                 unwritten: true,
             },
             check_deadline: Some(deadline),
+            risk_start: RiskStart(7),
         };
         let mut older = serde_json::to_value(&placement).unwrap();
         assert!(older["check_valid_for_ms"].is_u64());
-        older.as_object_mut().unwrap().remove("check_valid_for_ms");
-        let Command::Place { check_deadline, .. } = serde_json::from_value(older).unwrap() else {
+        assert_eq!(older["risk_start"], 7);
+        let fields = older.as_object_mut().unwrap();
+        fields.remove("check_valid_for_ms");
+        fields.remove("risk_start");
+        let Command::Place {
+            check_deadline,
+            risk_start,
+            ..
+        } = serde_json::from_value(older).unwrap()
+        else {
             panic!("not a placement");
         };
         assert!(check_deadline.is_none());
+        assert_eq!(risk_start, RiskStart(0));
     }
 }

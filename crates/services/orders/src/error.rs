@@ -34,6 +34,13 @@ pub enum Error {
     /// booked, and it may be sent again.
     #[error("the order's risk check expired before it reached the book")]
     CheckExpired,
+    /// A later start of risk than the one that checked an order of the batch has raised its
+    /// fence (ADR 0023): nothing of the batch committed. Its orders checked by earlier starts
+    /// are answered as [`Error::CheckExpired`]; the others may go on.
+    #[error("a later start of risk ({newest:?}) fenced off the batch's checks")]
+    RiskFenced {
+        newest: contracts::checks::RiskStart,
+    },
     #[error(transparent)]
     Problem(#[from] Problem),
     #[error("database: {0}")]
@@ -82,7 +89,7 @@ impl IntoResponse for Error {
                 "the instrument's book is moving between replicas; retry with the same Idempotency-Key",
                 1,
             ),
-            Error::CheckExpired => Problem::unavailable(
+            Error::CheckExpired | Error::RiskFenced { .. } => Problem::unavailable(
                 "check_expired",
                 "the order's risk check took too long to reach the book; nothing was booked, retry with the same Idempotency-Key",
                 1,
@@ -131,7 +138,8 @@ impl From<Error> for events::HandlerError {
             | Error::MatchingStopped
             | Error::NotOwner
             | Error::OwnerMoving
-            | Error::CheckExpired => events::HandlerError::transient(err),
+            | Error::CheckExpired
+            | Error::RiskFenced { .. } => events::HandlerError::transient(err),
             other => events::HandlerError::permanent(other),
         }
     }

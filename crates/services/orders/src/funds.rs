@@ -10,7 +10,8 @@
 //! its `OrderRejected` reaches risk, or lapses there.
 
 use contracts::checks::{
-    CheckBatch, CheckRequest, CheckedOrderType, RiskCode, Verdict as RiskVerdict, Verdicts,
+    CheckBatch, CheckRequest, CheckedOrderType, RiskCode, RiskStart, Verdict as RiskVerdict,
+    Verdicts,
 };
 use futures_util::future::BoxFuture;
 use service_kit::combine::{Batch, Combiner};
@@ -24,8 +25,9 @@ use crate::order_entry::{OrderType, Rejection, ValidOrder, platform_side};
 /// The most orders one call to risk carries (risk takes up to 128).
 const CHECKS_PER_CALL: usize = 64;
 
-/// What risk answers for one order: go, a refusal, or no usable answer (503).
-type Verdict = Result<Result<(), Rejection>>;
+/// What risk answers for one order: go, checked by this start of risk; a refusal; or no
+/// usable answer (503).
+type Verdict = Result<Result<RiskStart, Rejection>>;
 
 #[derive(Clone)]
 pub struct Funds {
@@ -52,7 +54,8 @@ impl Funds {
     }
 
     /// Asks risk whether the order may proceed (TRD-10, TRD-11) and to reserve its funds, with
-    /// the book's mid for the collar before the first trade. `Ok(Err(_))`: risk refused (422
+    /// the book's mid for the collar before the first trade. `Ok(Ok(start))`: passed by that
+    /// start of risk, which the book's fence compares (ADR 0023). `Ok(Err(_))`: risk refused (422
     /// `insufficient_funds`, a limit…); `Err(_)`: no usable answer (503).
     /// Retried: risk remembers the orders it passed, by id.
     #[tracing::instrument(skip_all, fields(order_id = %order.id))]
@@ -127,7 +130,7 @@ impl Batch for RiskChecks {
 /// A verdict of risk's as orders answers it.
 fn into_verdict(verdict: RiskVerdict) -> Verdict {
     match verdict {
-        RiskVerdict::Passed { .. } => Ok(Ok(())),
+        RiskVerdict::Passed { start, .. } => Ok(Ok(start)),
         RiskVerdict::Refused { code, detail, .. } => Ok(Err(Rejection {
             code: risk_code(&code),
             detail,

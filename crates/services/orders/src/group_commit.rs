@@ -197,7 +197,13 @@ impl<'a> BatchWrites<'a> {
     /// [`Error::ClientOrderIdTaken`], one whose idempotency key is taken with
     /// [`Error::IdempotencyKeyTaken`]; the matching task then replays the batch job by job to
     /// find it.
-    pub async fn flush(self, tx: &mut sqlx::PgConnection, epoch: i64, sequence: u64) -> Result<()> {
+    pub async fn flush(
+        self,
+        tx: &mut sqlx::PgConnection,
+        epoch: i64,
+        sequence: u64,
+        risk_start: Option<contracts::checks::RiskStart>,
+    ) -> Result<()> {
         let (rows, notionals): (Vec<OrderRow>, Vec<i128>) = self
             .created
             .into_iter()
@@ -214,6 +220,7 @@ impl<'a> BatchWrites<'a> {
                 trades: &self.trades,
                 now: self.now,
                 sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
+                risk_start,
             },
         )
         .await?;

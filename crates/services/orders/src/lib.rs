@@ -293,6 +293,11 @@ pub fn describe_metrics() {
         Unit::Count,
         "Placements refused before the book because their risk check began longer ago than BOURSE_RISK_CHECK_VALID_FOR_MS."
     );
+    describe_counter!(
+        "orders_checks_fenced_total",
+        Unit::Count,
+        "Placements refused before the book (503 check_expired) because a later start of risk than the one that checked them has raised its fence (ADR 0023)."
+    );
     describe_gauge!(
         "orders_instrument_cache_listening",
         Unit::Count,

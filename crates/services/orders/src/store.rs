@@ -171,6 +171,10 @@ pub struct MatchedRows<'a> {
     /// The book's sequence after the batch: the last number it gave an event, stored with the
     /// symbol's owner so a rebuilt book goes on after it ([`last_sequence`]).
     pub sequence: i64,
+    /// The earliest start of risk among the batch's checks; `None` for a batch that places
+    /// nothing. The batch commits only while no later start has raised its fence
+    /// ([`raise_risk_fence`]).
+    pub risk_start: Option<contracts::checks::RiskStart>,
 }
 
 /// Writes a matching batch's own rows behind the symbol's fence, in one statement and so one
@@ -180,7 +184,9 @@ pub struct MatchedRows<'a> {
 /// The fence comes first: the symbol's owner row is updated with the book's sequence only
 /// under the task's epoch, and every write is conditional on that, so a task that lost the
 /// symbol writes nothing ([`Error::NotOwner`]), and the row stays locked until the batch
-/// commits, so no takeover can pass it in between.
+/// commits, so no takeover can pass it in between. The same row holds risk's fence: a batch
+/// with a check of a start of risk earlier than the fence writes nothing either
+/// ([`Error::RiskFenced`]).
 ///
 /// An account that reused its client order id fails the statement on the constraint — the
 /// constraint, not a prior read, decides (REL-13) — which is [`Error::ClientOrderIdTaken`]; the
@@ -227,7 +233,7 @@ pub async fn write_matched(conn: &mut PgConnection, batch: &MatchedRows<'_>) -> 
     let owned: bool = sqlx::query_scalar(
         "WITH fence AS (
              UPDATE symbol_owners SET last_sequence = GREATEST(last_sequence, $32)
-              WHERE symbol = $1 AND epoch = $2
+              WHERE symbol = $1 AND epoch = $2 AND ($33::int8 IS NULL OR risk_start <= $33)
              RETURNING 1
          ),
          new_orders AS (
@@ -301,7 +307,8 @@ pub async fn write_matched(conn: &mut PgConnection, batch: &MatchedRows<'_>) -> 
     .bind(&taker_sides)
     .bind(trade_numbers(|t| t.sequence))
     .bind(batch.sequence)
-    .fetch_one(conn)
+    .bind(batch.risk_start.map(|start| start.0))
+    .fetch_one(&mut *conn)
     .await
     .map_err(|err| match err {
         sqlx::Error::Database(ref db) if db.constraint() == Some("orders_client_order_id_key") => {
@@ -309,10 +316,22 @@ pub async fn write_matched(conn: &mut PgConnection, batch: &MatchedRows<'_>) -> 
         }
         other => other.into(),
     })?;
-    if !owned {
-        return Err(Error::NotOwner);
+    if owned {
+        return Ok(());
     }
-    Ok(())
+    // Which fence stopped it: read only on this rare path, so the batch's statement stays one.
+    let fence: Option<i64> =
+        sqlx::query_scalar("SELECT risk_start FROM symbol_owners WHERE symbol = $1 AND epoch = $2")
+            .bind(batch.symbol)
+            .bind(batch.epoch)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match (fence, batch.risk_start) {
+        (Some(newest), Some(earliest)) if newest > earliest.0 => Err(Error::RiskFenced {
+            newest: contracts::checks::RiskStart(newest),
+        }),
+        _ => Err(Error::NotOwner),
+    }
 }
 
 /// Per symbol, the trades executed in `[from, to)`: (symbol, count, base quantity).
@@ -619,10 +638,11 @@ pub async fn renew_replica(
     lease: std::time::Duration,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO replicas (id, address, lease_until)
-         VALUES ($1, $2, now() + make_interval(secs => $3))
+        "INSERT INTO replicas (id, address, lease_until, fences_risk_starts)
+         VALUES ($1, $2, now() + make_interval(secs => $3), true)
          ON CONFLICT ON CONSTRAINT replicas_pkey
-         DO UPDATE SET address = EXCLUDED.address, lease_until = EXCLUDED.lease_until",
+         DO UPDATE SET address = EXCLUDED.address, lease_until = EXCLUDED.lease_until,
+                       fences_risk_starts = true",
     )
     .bind(replica)
     .bind(address)
@@ -711,16 +731,68 @@ pub async fn take_symbol(
 /// symbols at once instead of waiting for the lease to run out.
 pub async fn leave(pool: &PgPool, replica: uuid::Uuid) -> Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query("UPDATE symbol_owners SET replica = NULL WHERE replica = $1")
-        .bind(replica)
-        .execute(&mut *tx)
-        .await?;
+    // Rows locked in symbol order, as a risk fence locks them ([`raise_risk_fence`]).
+    sqlx::query(
+        "UPDATE symbol_owners SET replica = NULL
+          WHERE symbol IN (SELECT symbol FROM symbol_owners WHERE replica = $1
+                            ORDER BY symbol FOR UPDATE)",
+    )
+    .bind(replica)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("DELETE FROM replicas WHERE id = $1")
         .bind(replica)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// What raising a risk fence did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RiskFence {
+    /// Every symbol's batches now refuse checks of earlier starts.
+    Raised,
+    /// A replica whose batches do not check the fence is live, or still owns a symbol:
+    /// nothing was raised.
+    Unsupported,
+}
+
+/// Raises every symbol's risk fence to `start` in the caller's transaction, which must write
+/// the start's mark next (ADR 0023, "A fence instead of the wait"). Waits for each matching
+/// batch in flight, since a batch holds its symbol's row until it commits; from then on no
+/// batch with a check of an earlier start commits ([`write_matched`]). A symbol never owned
+/// gets a released row, so whoever takes it first inherits the fence. Rows are locked in
+/// symbol order, as [`leave`] locks them.
+pub async fn raise_risk_fence(
+    conn: &mut PgConnection,
+    start: contracts::checks::RiskStart,
+) -> Result<RiskFence> {
+    // A replica of an earlier release books whatever it is handed: while one may still commit
+    // a batch (its lease holds, or a symbol still names it), a fence would protect nothing.
+    let unsupported: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT FROM replicas
+                         WHERE NOT fences_risk_starts AND lease_until > now())
+             OR EXISTS (SELECT FROM symbol_owners o
+                         WHERE o.replica IS NOT NULL
+                           AND NOT EXISTS (SELECT FROM replicas r
+                                            WHERE r.id = o.replica AND r.fences_risk_starts))",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if unsupported {
+        return Ok(RiskFence::Unsupported);
+    }
+    sqlx::query(
+        "INSERT INTO symbol_owners (symbol, epoch, replica, risk_start)
+         SELECT symbol, 1, NULL, $1 FROM instruments ORDER BY symbol
+         ON CONFLICT ON CONSTRAINT symbol_owners_pkey
+         DO UPDATE SET risk_start = GREATEST(symbol_owners.risk_start, EXCLUDED.risk_start)",
+    )
+    .bind(start.0)
+    .execute(&mut *conn)
+    .await?;
+    Ok(RiskFence::Raised)
 }
 
 /// Forgets replicas whose lease ran out long ago (their symbols were taken over by epoch).

@@ -6,37 +6,25 @@
 //! same epoch: two books of one symbol, both passing the fence.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use futures_util::FutureExt;
-use matching::{Side, TimeInForce};
-use orders::engine::{CheckDeadline, Engines};
-use orders::forwarding::Forwarder;
-use orders::instruments::Instrument;
-use orders::order_entry::{OrderType, ValidOrder};
-use orders::ownership::{LEASE, Ownership};
+use matching::Side;
+use orders::ownership::LEASE;
 use orders::store;
-use secrecy::SecretString;
-use service_kit::idempotency::{Answer, Claim};
-use service_kit::redis::KeyPrefix;
+use service_kit::idempotency::Answer;
 use service_kit::testing::{eventually, until_waiting_for_a_lock};
-use service_kit::{Shutdown, Supervisor};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 mod database;
+mod replica;
 
 use database::{SYMBOL, orders_db};
-
-/// 30,000.00 in quote minor units, and one BTC in base minor units.
-const PRICE: i64 = 3_000_000;
-const ONE_BTC: i64 = 100_000_000;
+use replica::Replica;
 
 #[sqlx::test(migrations = false)]
 async fn a_forward_that_fails_after_a_takeover_leaves_the_new_task_the_only_book(pool: PgPool) {
@@ -105,101 +93,6 @@ async fn a_forward_that_fails_after_a_takeover_leaves_the_new_task_the_only_book
 
     replica.shutdown.trigger();
     books.await.unwrap();
-}
-
-/// An orders replica's engines, without its HTTP side: its matching tasks are counted apart
-/// (`matching`) from the book feed's.
-struct Replica {
-    engines: Engines,
-    matching: Supervisor,
-    shutdown: Shutdown,
-}
-
-impl Replica {
-    /// Forwarding through auth at `auth_url` for its service tokens, with a timeout longer than
-    /// any test, so that only the owner's answer ends a forwarded command.
-    async fn start(pool: &PgPool, auth_url: &str) -> Self {
-        let shutdown = Shutdown::new();
-        let http = reqwest::Client::new();
-        let auth = resilience::Upstream::new(
-            "orders",
-            "auth",
-            auth_url,
-            http.clone(),
-            resilience::Policy::default(),
-        )
-        .unwrap();
-        let tokens = resilience::TokenSource::new(auth, "orders", SecretString::from("secret"));
-        let patient = resilience::Policy {
-            timeout: Duration::from_secs(60),
-            ..resilience::Policy::default()
-        };
-        let redis =
-            service_kit::redis::connect_url(&SecretString::from("redis://127.0.0.1:6379"), None)
-                .await
-                .unwrap();
-        let keys = KeyPrefix::new(&format!("test:{}", Uuid::now_v7()));
-        let feed =
-            orders::book_feed::BookFeed::spawn(redis, keys, &Supervisor::new("orders", &shutdown));
-        let ownership = Ownership::new(pool.clone());
-        // Nothing calls it: the other replica is the test.
-        ownership.advertise("http://127.0.0.1:9".to_owned());
-        let matching = Supervisor::new("orders", &shutdown);
-        let engines = Engines::new(
-            pool.clone(),
-            64,
-            contracts::fees::Fees::default(),
-            feed,
-            ownership,
-            Forwarder::new(http, patient, Arc::new(tokens)),
-            matching.clone(),
-        );
-        Self {
-            engines,
-            matching,
-            shutdown,
-        }
-    }
-
-    /// Places one BTC at 30,000.00 on `side`, as orders' handler does once risk has checked it.
-    fn place(
-        &self,
-        instrument: &Instrument,
-        side: Side,
-    ) -> impl Future<Output = orders::error::Result<Answer>> + Send + 'static {
-        let (engines, instrument) = (self.engines.clone(), instrument.clone());
-        let account = Uuid::now_v7();
-        let order = ValidOrder {
-            id: Uuid::now_v7(),
-            account,
-            client_order_id: None,
-            symbol: instrument.symbol.clone(),
-            side,
-            order_type: OrderType::Limit,
-            price: Some(PRICE),
-            quantity: ONE_BTC,
-            time_in_force: TimeInForce::Gtc,
-            post_only: false,
-            protection: None,
-        };
-        let claim = Claim {
-            principal: account,
-            key: Uuid::now_v7().to_string(),
-            token: Uuid::now_v7(),
-            request_hash: Vec::new(),
-            unwritten: true,
-        };
-        async move {
-            engines
-                .place(
-                    &instrument,
-                    order,
-                    claim,
-                    CheckDeadline::after(Duration::from_secs(60)),
-                )
-                .await
-        }
-    }
 }
 
 fn order_status(answer: &Answer) -> String {

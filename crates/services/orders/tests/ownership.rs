@@ -1,8 +1,11 @@
 //! Symbol ownership against a real PostgreSQL (TRD-08, ADR 0014): one owner per symbol at a
 //! time, a takeover waits for the batch the old owner is committing and fences off every
-//! later one, and a replica whose lease ran out (dead, or paused) loses its symbols.
+//! later one, and a replica whose lease ran out (dead, or paused) loses its symbols. The same
+//! row carries risk's fence (ADR 0023): once a start of risk has raised it, no batch with a
+//! check of an earlier start commits.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use contracts::checks::RiskStart;
 use orders::engine;
 use orders::error::Error;
 use orders::order_entry::OrderStatus;
@@ -12,8 +15,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 mod database;
+mod replica;
 
-use database::{SYMBOL, orders_db};
+use database::{SYMBOL, insert_instrument, orders_db};
+use replica::Replica;
 
 #[sqlx::test(migrations = false)]
 async fn a_takeover_waits_for_the_old_owners_batch_then_fences_it_off(pool: PgPool) {
@@ -325,6 +330,246 @@ async fn a_batch_with_a_reused_client_order_id_writes_nothing_even_when_that_ord
     assert_eq!(trades_count(&pool).await, 0);
 }
 
+/// ADR 0023, "A fence instead of the wait": a start of risk raises its fence in the
+/// transaction that writes its mark. The fence waits for the batch in flight, which commits
+/// first (so its orders precede the mark on the stream), and every later batch with a check of
+/// an earlier start commits nothing; checks of the new start go on.
+#[sqlx::test(migrations = false)]
+async fn a_risk_fence_waits_for_the_batch_in_flight_then_shuts_out_earlier_starts_checks(
+    pool: PgPool,
+) {
+    let pool = owned_by_a_replica_that_checks_the_fence(&pool).await;
+
+    // A batch with a check of start 1 is committing when start 2 raises its fence.
+    let placed = resting_order(Some("first"));
+    let mut batch = pool.begin().await.unwrap();
+    store::write_matched(&mut batch, &matched(1, std::slice::from_ref(&placed)))
+        .await
+        .unwrap();
+    let fence = tokio::spawn(raise_fence(pool.clone(), 2));
+    service_kit::testing::until_waiting_for_a_lock(&pool, "INSERT INTO symbol_owners").await;
+    batch.commit().await.unwrap();
+    assert_eq!(fence.await.unwrap(), store::RiskFence::Raised);
+    assert_eq!(orders_of(&pool).await, vec![placed.id]);
+
+    // A later batch with a check of start 1 writes nothing, and says which start fenced it.
+    let late = resting_order(Some("late"));
+    let mut tx = pool.begin().await.unwrap();
+    let refused = store::write_matched(&mut tx, &matched(1, std::slice::from_ref(&late))).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::RiskFenced {
+                newest: RiskStart(2)
+            })
+        ),
+        "{refused:?}"
+    );
+    tx.commit().await.unwrap();
+    assert_eq!(orders_of(&pool).await, vec![placed.id]);
+
+    // Start 2's checks are booked, and so is a batch that places nothing (a cancel).
+    let current = resting_order(Some("current"));
+    let mut tx = pool.begin().await.unwrap();
+    store::write_matched(
+        &mut tx,
+        &MatchedRows {
+            risk_start: Some(RiskStart(2)),
+            ..matched(1, std::slice::from_ref(&current))
+        },
+    )
+    .await
+    .unwrap();
+    store::write_matched(
+        &mut tx,
+        &MatchedRows {
+            risk_start: None,
+            ..matched(1, &[])
+        },
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut expected = vec![placed.id, current.id];
+    expected.sort();
+    assert_eq!(orders_of(&pool).await, expected);
+}
+
+/// The other order of the race: a batch gathered with a check of start 1 reaches its symbol's
+/// row while start 2's fence holds it. It waits, then finds the fence up and commits nothing.
+#[sqlx::test(migrations = false)]
+async fn a_batch_that_waited_for_a_rising_fence_commits_nothing(pool: PgPool) {
+    let pool = owned_by_a_replica_that_checks_the_fence(&pool).await;
+
+    let mut fence = pool.begin().await.unwrap();
+    assert_eq!(
+        store::raise_risk_fence(&mut fence, RiskStart(2))
+            .await
+            .unwrap(),
+        store::RiskFence::Raised
+    );
+    let batch = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let placed = resting_order(None);
+            let mut tx = pool.begin().await.unwrap();
+            let written =
+                store::write_matched(&mut tx, &matched(1, std::slice::from_ref(&placed))).await;
+            tx.commit().await.unwrap();
+            written
+        }
+    });
+    service_kit::testing::until_waiting_for_a_lock(&pool, "UPDATE symbol_owners").await;
+    fence.commit().await.unwrap();
+    let written = batch.await.unwrap();
+    assert!(
+        matches!(
+            written,
+            Err(Error::RiskFenced {
+                newest: RiskStart(2)
+            })
+        ),
+        "{written:?}"
+    );
+    assert_eq!(orders_of(&pool).await, Vec::<Uuid>::new());
+}
+
+/// A replica of an earlier release books whatever it is handed: while one is live, or still
+/// owns a symbol, no fence goes up and risk waits out the bound instead. Once every symbol is
+/// with replicas that check the fence, it goes up on every instrument, a symbol never owned
+/// included, whose first owner inherits it.
+#[sqlx::test(migrations = false)]
+async fn a_fence_goes_up_only_where_every_replica_that_may_book_checks_it(pool: PgPool) {
+    let pool = orders_db(&pool).await;
+    insert_instrument(&pool, "ETH-USD").await;
+    // An earlier release's replica: it registers without the column.
+    let older = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO replicas (id, address, lease_until)
+         VALUES ($1, 'http://127.0.0.1:9', now() + interval '1 hour')",
+    )
+    .bind(older)
+    .execute(&pool)
+    .await
+    .unwrap();
+    store::take_symbol(&pool, SYMBOL, 0, older).await.unwrap();
+    assert_eq!(
+        raise_fence(pool.clone(), 2).await,
+        store::RiskFence::Unsupported
+    );
+
+    // Its lease ran out, but it still owns the symbol: paused, it could wake up and book.
+    sqlx::query("UPDATE replicas SET lease_until = now() - interval '1 second' WHERE id = $1")
+        .bind(older)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        raise_fence(pool.clone(), 2).await,
+        store::RiskFence::Unsupported
+    );
+    assert_eq!(risk_starts(&pool).await, vec![(SYMBOL.to_owned(), 0)]);
+
+    // A replica of this release takes the symbol over: the fence goes up everywhere.
+    let current = Uuid::now_v7();
+    store::renew_replica(&pool, current, "http://127.0.0.1:9", LONG_LEASE)
+        .await
+        .unwrap();
+    store::take_symbol(&pool, SYMBOL, 1, current).await.unwrap();
+    assert_eq!(raise_fence(pool.clone(), 2).await, store::RiskFence::Raised);
+    // A repeated or older fence lowers nothing.
+    assert_eq!(raise_fence(pool.clone(), 1).await, store::RiskFence::Raised);
+    assert_eq!(
+        risk_starts(&pool).await,
+        vec![("BTC-USD".to_owned(), 2), ("ETH-USD".to_owned(), 2)]
+    );
+    // ETH-USD was never owned: it has a released row, which its first owner takes with the
+    // fence on it.
+    let owner = store::owner(&pool, "ETH-USD").await.unwrap().unwrap();
+    assert_eq!((owner.epoch, owner.replica), (1, None));
+    assert_eq!(
+        store::take_symbol(&pool, "ETH-USD", 1, current)
+            .await
+            .unwrap(),
+        Some(2)
+    );
+    assert_eq!(
+        risk_starts(&pool).await,
+        vec![("BTC-USD".to_owned(), 2), ("ETH-USD".to_owned(), 2)]
+    );
+}
+
+/// Through a matching task, as orders' handler places: an order checked by an earlier start
+/// of risk than the fence is answered `check_expired` and never booked — whether the fence
+/// rose after the task last saw a check or the task learns of it from a newer check — while
+/// the current start's orders are booked.
+#[sqlx::test(migrations = false)]
+async fn a_matching_task_refuses_the_orders_an_earlier_start_of_risk_checked(pool: PgPool) {
+    let pool = orders_db(&pool).await;
+    let instrument = store::instrument(&pool, SYMBOL).await.unwrap().unwrap();
+    let replica = Replica::start(&pool, "http://127.0.0.1:9").await;
+    store::renew_replica(&pool, replica.id, "http://127.0.0.1:9", LONG_LEASE)
+        .await
+        .unwrap();
+    let before_the_fence = replica
+        .place_checked_by(&instrument, matching::Side::Sell, RiskStart(1))
+        .await;
+    assert!(before_the_fence.is_ok(), "{before_the_fence:?}");
+
+    assert_eq!(raise_fence(pool.clone(), 2).await, store::RiskFence::Raised);
+    // The task has seen no check of start 2: the fence in the database refuses the batch.
+    let fenced = replica
+        .place_checked_by(&instrument, matching::Side::Sell, RiskStart(1))
+        .await;
+    assert!(matches!(fenced, Err(Error::CheckExpired)), "{fenced:?}");
+    let current = replica
+        .place_checked_by(&instrument, matching::Side::Sell, RiskStart(2))
+        .await;
+    assert!(current.is_ok(), "{current:?}");
+    // Now it has: refused before a batch is written.
+    let fenced = replica
+        .place_checked_by(&instrument, matching::Side::Sell, RiskStart(1))
+        .await;
+    assert!(matches!(fenced, Err(Error::CheckExpired)), "{fenced:?}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2, "the order before the fence and start 2's");
+    replica.shutdown.trigger();
+}
+
+/// The orders schema with [`SYMBOL`] owned by a live replica of this release.
+async fn owned_by_a_replica_that_checks_the_fence(test_pool: &PgPool) -> PgPool {
+    let pool = orders_db(test_pool).await;
+    let replica = Uuid::now_v7();
+    store::renew_replica(&pool, replica, "http://127.0.0.1:9", LONG_LEASE)
+        .await
+        .unwrap();
+    store::take_symbol(&pool, SYMBOL, 0, replica).await.unwrap();
+    pool
+}
+
+/// A lease no test outlives.
+const LONG_LEASE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Raises risk's fence to `start` and commits, as orders' fence request does.
+async fn raise_fence(pool: PgPool, start: i64) -> store::RiskFence {
+    let mut tx = pool.begin().await.unwrap();
+    let raised = store::raise_risk_fence(&mut tx, RiskStart(start))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    raised
+}
+
+async fn risk_starts(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query_as("SELECT symbol, risk_start FROM symbol_owners ORDER BY symbol")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
 /// A batch of [`SYMBOL`] under `epoch` that created `created` (no fills of its own).
 fn matched(epoch: i64, created: &[OrderRow]) -> MatchedRows<'_> {
     MatchedRows {
@@ -340,6 +585,7 @@ fn matched(epoch: i64, created: &[OrderRow]) -> MatchedRows<'_> {
             .filter_map(|order| order.book_sequence)
             .max()
             .unwrap_or(0),
+        risk_start: Some(RiskStart(1)),
     }
 }
 

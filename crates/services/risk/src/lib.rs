@@ -249,13 +249,15 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         &config.orders_url,
     )?;
     // After an earlier start, an order its process checked may still reach the book until the
-    // bound on checks has passed: wait it out (twice, for the delays it does not see) unless
-    // that process handed over ([`handover`]).
+    // bound on checks has passed. Orders' fence for this start shuts those orders out; where
+    // it cannot fence yet, the mark waits the bound out (twice, for the delays it does not
+    // see) unless that process handed over ([`handover`]).
     let booked_within = config.check_valid_for * 2;
     let start = store::record_start(&pool).await?;
-    let mut ask_from = tokio::time::Instant::now();
+    let this_start = start.number;
+    let mut unfenced_from = tokio::time::Instant::now();
     if start.follows_unfinished {
-        ask_from += booked_within;
+        unfenced_from += booked_within;
     }
     let handover = Arc::new(handover::Handover {
         pool: pool.clone(),
@@ -269,7 +271,13 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         .spawn("handover", move |stop| handover.clone().run(stop));
     let caught_up = book.clone();
     kit.tasks.spawn("orders catch-up", move |stop| {
-        project::catch_up_with_orders(orders.clone(), caught_up.clone(), ask_from, stop)
+        project::catch_up_with_orders(
+            orders.clone(),
+            caught_up.clone(),
+            this_start,
+            unfenced_from,
+            stop,
+        )
     });
 
     let state = http::AppState::new(http::Shared {
@@ -277,6 +285,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         verifier: users,
         services,
         book,
+        start: this_start,
         assets: Arc::new(config.assets.clone()),
         reconciler,
     });

@@ -12,11 +12,13 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use contracts::checks::RiskStart;
 use contracts::events::{
     Event, OrderAccepted, OrderCancelled, OrderCompleted, OrderRejected, RiskLimitBreached,
     StreamMarked, TradeExecuted,
 };
 use contracts::fees::Fees;
+use contracts::funds::RiskFence;
 use events::{Envelope, Handler, HandlerError};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
@@ -452,44 +454,77 @@ impl Handler for Projector {
     }
 }
 
-/// From `ask_from` on, asks orders for a mark on the orders stream; funds decide once the
-/// orders consumer reads it ([`crate::funds::OrdersCatchUp`]). `ask_from` outlasts the checks
-/// a previous process answered (orders books no order whose check is older than the bound).
+/// Asks orders for a mark on the orders stream; funds decide once the orders consumer reads
+/// it ([`crate::funds::OrdersCatchUp`]).
+///
+/// First as a fence for this start (`POST /internal/v1/risk-fences`): orders shuts every
+/// earlier start's checks out of its books, then writes the mark, so nothing an earlier
+/// process passed can be booked unread and there is nothing to wait for. Where orders cannot
+/// fence yet (an orders replica of an earlier release is live, or this orders predates the
+/// fence), a plain mark, asked for only from `unfenced_from` on: that outlasts the checks a
+/// previous process answered (orders books no order whose check is older than the bound).
+///
 /// Supervised: when orders does not answer (it may start after risk) the task ends, and the
 /// supervisor runs it again after its backoff, with a new mark; once orders has written one,
 /// it waits for shutdown.
 pub async fn catch_up_with_orders(
     orders: resilience::Upstream,
     book: Arc<Mutex<Book>>,
-    ask_from: tokio::time::Instant,
+    start: RiskStart,
+    unfenced_from: tokio::time::Instant,
     shutdown: service_kit::Shutdown,
 ) {
-    if tokio::time::Instant::now() < ask_from {
+    let Some(mark) = await_new_mark(&book) else {
+        // Reached already: an earlier attempt's mark was written and read, its answer lost.
+        shutdown.triggered().await;
+        return;
+    };
+    let fence = RiskFence {
+        mark_id: mark,
+        start,
+    };
+    let Ok(body) = serde_json::to_string(&fence) else {
+        tracing::error!("the fence request could not be written; funds will not decide");
+        return;
+    };
+    // A repeated fence raises nothing and writes a second mark, which is read and ignored.
+    let call = resilience::Call::post_json("/internal/v1/risk-fences", body).idempotent(true);
+    match orders.send(call).await {
+        Ok(response) if response.status().is_success() => {
+            tracing::info!(%mark, start = start.0, "orders fenced off earlier starts' checks and wrote this start's mark; funds decide once it is read");
+            shutdown.triggered().await;
+            return;
+        }
+        Ok(response)
+            if matches!(
+                response.status(),
+                reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::CONFLICT
+            ) =>
+        {
+            tracing::info!(status = %response.status(), "orders cannot fence off earlier starts' checks yet; asking for a plain mark");
+        }
+        Ok(response) => {
+            tracing::warn!(%mark, status = %response.status(), "orders did not fence");
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(%mark, %error, "orders is not answering for the fence");
+            return;
+        }
+    }
+    if tokio::time::Instant::now() < unfenced_from {
         tracing::info!(
             "an earlier start's checks may still reach the book; waiting them out before asking for the mark"
         );
         tokio::select! {
             () = shutdown.triggered() => return,
-            () = tokio::time::sleep_until(ask_from) => {}
+            () = tokio::time::sleep_until(unfenced_from) => {}
         }
     }
-    let mark = Uuid::now_v7();
-    // Before asking: the consumer may read the mark before orders' answer arrives.
-    let reached = match book.lock() {
-        Ok(mut book) => {
-            book.funds_mut().await_mark(mark);
-            book.funds().catch_up() == crate::funds::OrdersCatchUp::Reached
-        }
-        Err(_) => {
-            tracing::error!("the book's lock is poisoned; funds will not decide");
-            return;
-        }
-    };
-    if reached {
-        // An earlier attempt's mark was written and read, its answer lost.
+    let Some(mark) = await_new_mark(&book) else {
         shutdown.triggered().await;
         return;
-    }
+    };
     let body = serde_json::json!({ "mark_id": mark }).to_string();
     // A repeated mark is read twice; the second changes nothing.
     let call = resilience::Call::post_json("/internal/v1/stream-marks", body).idempotent(true);
@@ -502,5 +537,21 @@ pub async fn catch_up_with_orders(
             tracing::warn!(%mark, status = %response.status(), "orders did not write the mark")
         }
         Err(error) => tracing::warn!(%mark, %error, "orders is not answering for the mark"),
+    }
+}
+
+/// A new mark for the orders consumer to wait for, set before it is asked for (the consumer
+/// may read it before orders' answer arrives); `None` once a mark has been read.
+fn await_new_mark(book: &Mutex<Book>) -> Option<Uuid> {
+    let mark = Uuid::now_v7();
+    match book.lock() {
+        Ok(mut book) => {
+            book.funds_mut().await_mark(mark);
+            (book.funds().catch_up() != crate::funds::OrdersCatchUp::Reached).then_some(mark)
+        }
+        Err(_) => {
+            tracing::error!("the book's lock is poisoned; funds will not decide");
+            None
+        }
     }
 }

@@ -244,8 +244,13 @@ pub async fn lapse_withdrawals(pool: &PgPool, ttl: std::time::Duration) -> Resul
 pub struct Start {
     /// Names this start when it hands over ([`record_handover`]).
     pub started_at: time::OffsetDateTime,
+    /// One more than the start before it's: the verdicts of this process carry it, and the
+    /// fence orders raises for it shuts out every earlier start's checks (ADR 0023).
+    #[sqlx(try_from = "i64")]
+    pub number: contracts::checks::RiskStart,
     /// An earlier process ran and did not hand over: an order it checked may still reach the
-    /// book, so this one waits out the bound on checks before its funds decide (ADR 0023).
+    /// book. The fence keeps it out; where orders cannot fence yet, this start waits out the
+    /// bound on checks before its funds decide (ADR 0023).
     pub follows_unfinished: bool,
 }
 
@@ -256,10 +261,11 @@ pub async fn record_start(pool: &PgPool) -> Result<Start> {
     // that predates the column moves `started_at` and leaves the old handover behind it.
     Ok(sqlx::query_as(
         "WITH earlier AS (SELECT started_at, handed_over_at FROM starts)
-         INSERT INTO starts (started_at) VALUES (now())
+         INSERT INTO starts (started_at, number) VALUES (now(), 1)
          ON CONFLICT (singleton)
-             DO UPDATE SET started_at = excluded.started_at, handed_over_at = NULL
-         RETURNING started_at,
+             DO UPDATE SET started_at = excluded.started_at, handed_over_at = NULL,
+                           number = starts.number + 1
+         RETURNING started_at, number,
                    EXISTS (SELECT 1 FROM earlier e
                             WHERE e.handed_over_at IS NULL
                                OR e.handed_over_at <= e.started_at) AS follows_unfinished",

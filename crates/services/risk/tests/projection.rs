@@ -576,6 +576,8 @@ async fn ended_orders_are_forgotten_after_the_retention_only(pool: PgPool) {
 
 /// ADR 0023, "A handover": a start waits out the bound on checks unless the process before it
 /// recorded a handover after its own start; the first start on a database waits for nothing.
+/// Every start takes the number after the last one's, which its verdicts carry to orders'
+/// fence ("A fence instead of the wait").
 #[sqlx::test(migrations = false)]
 async fn a_start_waits_unless_the_start_before_it_handed_over(test_pool: PgPool) {
     let pool = risk_db(&test_pool).await;
@@ -606,4 +608,6 @@ async fn a_start_waits_unless_the_start_before_it_handed_over(test_pool: PgPool)
         fourth.follows_unfinished,
         "the older release's start left checks behind"
     );
+    let numbers = [first, second, third, fourth].map(|start| start.number.0);
+    assert_eq!(numbers, [1, 2, 3, 4]);
 }

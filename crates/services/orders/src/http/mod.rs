@@ -81,6 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/orders/{id}", get(orders::get).delete(orders::cancel))
         .route("/internal/v1/trade-totals", get(trade_totals::totals))
         .route("/internal/v1/stream-marks", post(stream_marks::write))
+        .route("/internal/v1/risk-fences", post(stream_marks::fence))
         .route("/internal/v1/matching/{symbol}", post(matching::run))
         .route("/openapi.json", get(openapi))
         .with_state(state)

@@ -110,8 +110,8 @@ async fn place_claimed(
         state.funds.check(&order, &instrument, mid).await
     }
     .await;
-    match funded {
-        Ok(Ok(())) => {}
+    let risk_start = match funded {
+        Ok(Ok(start)) => start,
         Ok(Err(rejection)) => {
             return refuse(&state, &claim, &request, rejection, Some(order.id)).await;
         }
@@ -121,11 +121,17 @@ async fn place_claimed(
             release_unplaced(&state, order.id, account, &request.symbol).await;
             return Err(err);
         }
-    }
+    };
     let order_id = order.id;
     match state
         .engines
-        .place(&instrument, order, claim.clone(), check_deadline)
+        .place(
+            &instrument,
+            order,
+            claim.clone(),
+            check_deadline,
+            risk_start,
+        )
         .await
     {
         Ok(answer) => Ok(answer.into_response(false)),

@@ -46,6 +46,7 @@ pub async fn check_all(
             .map(|order| match book.check(order, second) {
                 Ok(()) => Verdict::Passed {
                     order_id: order.order_id,
+                    start: state.start,
                 },
                 Err(breach) if breach.undecided => Verdict::Undecided {
                     order_id: order.order_id,

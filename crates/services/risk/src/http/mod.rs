@@ -32,6 +32,8 @@ pub struct Shared {
     pub verifier: Arc<TokenVerifier>,
     pub services: Arc<TokenVerifier<ServiceClaims>>,
     pub book: Arc<Mutex<Book>>,
+    /// This process's start: every check it passes carries it (ADR 0023).
+    pub start: contracts::checks::RiskStart,
     pub assets: Arc<Vec<Asset>>,
     pub reconciler: Arc<crate::reconciliation::Reconciler>,
 }
