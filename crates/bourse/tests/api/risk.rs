@@ -684,18 +684,92 @@ async fn with_risk_down_orders_are_refused_fast_and_flow_again_when_it_returns(p
     .await;
 }
 
+/// Risk in its own process with an hour's bound on checks, and a check it passed for Bob whose
+/// order has not reached the book: the desk, the process and the check.
+async fn a_check_passed_by_a_separate_risk(pool: PgPool) -> (Desk, SeparateRisk, Child, Value) {
+    let bound = [("BOURSE_RISK_CHECK_VALID_FOR_MS", "3600000")];
+    let (app, risk) = with_separate_risk(pool, &bound, &[]).await;
+    let process = risk.start().await;
+    let d = desk_on(app).await;
+    let check = check_of(d.bob_id, 100_000);
+    pass_check(&d.app, &risk.url, &check).await;
+    (d, risk, process, check)
+}
+
+/// ADR 0023, "A fence instead of the wait", as a crash happens: risk in its own process is
+/// SIGKILLed after passing a check whose order has not reached the book. The next process
+/// raises its fence and decides on funds at once, an hour's bound on checks notwithstanding;
+/// and the dead process's check can no longer be booked: the order, forwarded to the symbol's
+/// owner as another orders replica forwards it, is refused `check_expired` and not stored.
+#[sqlx::test(migrations = false)]
+async fn a_killed_risks_checks_are_fenced_off_and_the_next_process_decides_at_once(pool: PgPool) {
+    let (d, risk, mut process, check) = a_check_passed_by_a_separate_risk(pool).await;
+    process.kill().await.unwrap();
+    assert!(!handed_over(&d.app.db).await);
+
+    // The next process decides (`risk_funds` waits for that) and books.
+    let _process = risk.start().await;
+    let admin = d.app.logged_in_again("ops@example.com").await;
+    assert!(risk_funds(&d.app, &admin, d.bob_id).await.is_some());
+    d.placed(&d.bob, &limit("buy", "29000.00", "0.1")).await;
+
+    // The order the killed process passed reaches the book only now.
+    let owner: Uuid =
+        sqlx::query_scalar("SELECT replica FROM orders.symbol_owners WHERE symbol = 'BTC-USD'")
+            .fetch_one(&d.app.db)
+            .await
+            .unwrap();
+    let order_id = check["order_id"].clone();
+    let late: orders::forwarding::Forwarded = serde_json::from_value(json!({
+        "owner": owner,
+        "command": {
+            "command": "place",
+            "order": {
+                "id": order_id, "account": d.bob_id, "client_order_id": null,
+                "symbol": "BTC-USD", "side": "buy", "order_type": "limit",
+                "price": 3_000_000, "quantity": 100_000, "time_in_force": "gtc",
+                "post_only": false, "protection": null,
+            },
+            "claim": {
+                "principal": d.bob_id, "key": Uuid::now_v7().to_string(),
+                "token": Uuid::now_v7(), "unwritten": true,
+            },
+            "check_valid_for_ms": 3_600_000,
+            "risk_start": 1,
+        },
+    }))
+    .unwrap();
+    let token = d.app.service_token("orders", "orders").await;
+    let refused = d
+        .app
+        .client
+        .post(format!("{}/internal/v1/matching/BTC-USD", d.app.orders))
+        .bearer_auth(&token)
+        .json(&late)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, "check_expired").await;
+    assert_eq!(
+        count(
+            &d.app.db,
+            &format!(
+                "SELECT count(*) FROM orders.orders WHERE id = '{}'",
+                order_id.as_str().unwrap()
+            ),
+        )
+        .await,
+        0
+    );
+}
+
 /// ADR 0023, "A handover", as a deploy replaces risk: SIGTERM to its own process. It refuses
 /// new checks at once, but its orders consumer reads on, so an order it passed that orders
 /// books during the drain is read, and the process records its handover; the next risk
 /// decides on funds at once, an hour's bound on checks notwithstanding.
 #[sqlx::test(migrations = false)]
 async fn a_risk_told_to_stop_reads_the_orders_it_passed_then_hands_over(pool: PgPool) {
-    let bound = [("BOURSE_RISK_CHECK_VALID_FOR_MS", "3600000")];
-    let (app, risk) = with_separate_risk(pool, &bound, &[]).await;
-    let mut process = risk.start().await;
-    let d = desk_on(app).await;
-    let check = check_of(d.bob_id, 100_000);
-    pass_check(&d.app, &risk.url, &check).await;
+    let (d, risk, mut process, check) = a_check_passed_by_a_separate_risk(pool).await;
 
     // Told to stop, risk stops listening; the order it passed has not been read yet.
     let pid = process.id().unwrap().to_string();
