@@ -69,8 +69,9 @@ pub struct CheckBatch {
 /// Which start of risk's process passed a check (ADR 0023, "A fence instead of the wait"):
 /// every start takes the number after the last one's. Orders books a check only while no
 /// later start has raised its fence, so a crashed process's checks cannot reach the book once
-/// its successor counts from its mark. 0 is a risk from before the numbers: any numbered
-/// start's fence shuts its checks out.
+/// its successor counts from its mark. 0 is a risk from before the numbers: no fence shuts its
+/// checks out, so a risk rolled back to such a release keeps trading, and a start after it
+/// waits out the bound on checks instead.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
@@ -298,8 +299,8 @@ mod tests {
         assert!(serde_json::from_value::<CheckRequest>(wire).is_err());
     }
 
-    /// A risk from before start numbers passes checks without one: start 0, which the first
-    /// numbered start's fence shuts out.
+    /// A risk from before start numbers passes checks without one: start 0, which orders never
+    /// fences off.
     #[test]
     fn an_older_risks_pass_reads_as_start_zero() {
         let verdict: Verdict = serde_json::from_value(serde_json::json!({

@@ -122,7 +122,7 @@ pub enum Command {
         #[serde(default, rename = "check_valid_for_ms")]
         check_deadline: Option<CheckDeadline>,
         /// The start of risk that checked the order: booked only while no later start's fence
-        /// is up (ADR 0023). Absent from replicas that predate it: 0, shut out by any fence.
+        /// is up (ADR 0023). Absent from replicas that predate it: 0, which no fence shuts out.
         #[serde(default)]
         risk_start: RiskStart,
     },
@@ -802,10 +802,12 @@ fn refuse_checks(batch: &mut Vec<Job>, refused: impl Fn(&Job) -> bool, counter: 
     }
 }
 
-/// The starts of risk that checked the batch's placements.
+/// The starts of risk that checked the batch's placements, leaving out checks without a
+/// number: a risk of a release before the numbers passed those, and no fence shuts them out,
+/// so that risk rolled back alone keeps trading (a start after it waits out the bound instead).
 fn checks_starts(batch: &[Job]) -> impl Iterator<Item = RiskStart> + '_ {
     batch.iter().filter_map(|job| match job.command {
-        Command::Place { risk_start, .. } => Some(risk_start),
+        Command::Place { risk_start, .. } if !risk_start.is_unnumbered() => Some(risk_start),
         _ => None,
     })
 }
@@ -816,8 +818,8 @@ fn newest_check(batch: &[Job]) -> RiskStart {
     checks_starts(batch).max().unwrap_or_default()
 }
 
-/// The earliest start of risk among the batch's checks, which the batch's fence compares;
-/// `None` when it places nothing.
+/// The earliest start of risk among the batch's numbered checks, which the batch's fence
+/// compares; `None` when it has none.
 fn earliest_check(batch: &[Job]) -> Option<RiskStart> {
     checks_starts(batch).min()
 }
@@ -829,7 +831,8 @@ fn refuse_fenced_checks(batch: &mut Vec<Job>, fence: RiskStart) {
     let fenced = |job: &Job| {
         matches!(
             job.command,
-            Command::Place { risk_start, .. } if risk_start < fence
+            Command::Place { risk_start, .. }
+                if risk_start < fence && !risk_start.is_unnumbered()
         )
     };
     refuse_checks(batch, fenced, "orders_checks_fenced_total");
@@ -1099,7 +1102,7 @@ mod tests {
         assert!(!back.passed());
 
         // A replica from before the bound forwards no deadline: booked as before. One from
-        // before risk's starts were numbered forwards no start: 0, which any fence shuts out.
+        // before risk's starts were numbered forwards no start: 0, which no fence shuts out.
         let placement = Command::Place {
             order: ValidOrder {
                 id: Uuid::now_v7(),

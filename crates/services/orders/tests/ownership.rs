@@ -502,7 +502,7 @@ async fn a_fence_goes_up_only_where_every_replica_that_may_book_checks_it(pool: 
 /// Through a matching task, as orders' handler places: an order checked by an earlier start
 /// of risk than the fence is answered `check_expired` and never booked — whether the fence
 /// rose after the task last saw a check or the task learns of it from a newer check — while
-/// the current start's orders are booked.
+/// the current start's orders are booked, and so are those a risk without numbers checked.
 #[sqlx::test(migrations = false)]
 async fn a_matching_task_refuses_the_orders_an_earlier_start_of_risk_checked(pool: PgPool) {
     let pool = orders_db(&pool).await;
@@ -531,11 +531,19 @@ async fn a_matching_task_refuses_the_orders_an_earlier_start_of_risk_checked(poo
         .place_checked_by(&instrument, matching::Side::Sell, RiskStart(1))
         .await;
     assert!(matches!(fenced, Err(Error::CheckExpired)), "{fenced:?}");
+    // A check without a number, from a risk rolled back to a release before them, is booked.
+    let unnumbered = replica
+        .place_checked_by(&instrument, matching::Side::Sell, RiskStart(0))
+        .await;
+    assert!(unnumbered.is_ok(), "{unnumbered:?}");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(stored, 2, "the order before the fence and start 2's");
+    assert_eq!(
+        stored, 3,
+        "the order before the fence, start 2's and the unnumbered one"
+    );
     replica.shutdown.trigger();
 }
 

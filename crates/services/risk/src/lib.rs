@@ -255,6 +255,9 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let booked_within = config.check_valid_for * 2;
     let start = store::record_start(&pool).await?;
     let this_start = start.number;
+    // Orders never fences off a check without a number: after a start of an earlier release
+    // only the wait covers its checks.
+    let fence_suffices = !start.follows_unnumbered;
     let mut unfenced_from = tokio::time::Instant::now();
     if start.follows_unfinished {
         unfenced_from += booked_within;
@@ -275,6 +278,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
             orders.clone(),
             caught_up.clone(),
             this_start,
+            fence_suffices,
             unfenced_from,
             stop,
         )

@@ -461,8 +461,10 @@ impl Handler for Projector {
 /// earlier start's checks out of its books, then writes the mark, so nothing an earlier
 /// process passed can be booked unread and there is nothing to wait for. Where orders cannot
 /// fence yet (an orders replica of an earlier release is live, or this orders predates the
-/// fence), a plain mark, asked for only from `unfenced_from` on: that outlasts the checks a
-/// previous process answered (orders books no order whose check is older than the bound).
+/// fence), or the fence does not suffice (`fence_suffices` false: the start before this one
+/// was of a release whose verdicts carried no number), a plain mark, asked for only from
+/// `unfenced_from` on: that outlasts the checks a previous process answered (orders books no
+/// order whose check is older than the bound).
 ///
 /// Supervised: when orders does not answer (it may start after risk) the task ends, and the
 /// supervisor runs it again after its backoff, with a new mark; once orders has written one,
@@ -471,45 +473,20 @@ pub async fn catch_up_with_orders(
     orders: resilience::Upstream,
     book: Arc<Mutex<Book>>,
     start: RiskStart,
+    fence_suffices: bool,
     unfenced_from: tokio::time::Instant,
     shutdown: service_kit::Shutdown,
 ) {
-    let Some(mark) = await_new_mark(&book) else {
-        // Reached already: an earlier attempt's mark was written and read, its answer lost.
-        shutdown.triggered().await;
-        return;
-    };
-    let fence = RiskFence {
-        mark_id: mark,
-        start,
-    };
-    let Ok(body) = serde_json::to_string(&fence) else {
-        tracing::error!("the fence request could not be written; funds will not decide");
-        return;
-    };
-    // A repeated fence raises nothing and writes a second mark, which is read and ignored.
-    let call = resilience::Call::post_json("/internal/v1/risk-fences", body).idempotent(true);
-    match orders.send(call).await {
-        Ok(response) if response.status().is_success() => {
-            tracing::info!(%mark, start = start.0, "orders fenced off earlier starts' checks and wrote this start's mark; funds decide once it is read");
-            shutdown.triggered().await;
-            return;
-        }
-        Ok(response)
-            if matches!(
-                response.status(),
-                reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::CONFLICT
-            ) =>
-        {
-            tracing::info!(status = %response.status(), "orders cannot fence off earlier starts' checks yet; asking for a plain mark");
-        }
-        Ok(response) => {
-            tracing::warn!(%mark, status = %response.status(), "orders did not fence");
-            return;
-        }
-        Err(error) => {
-            tracing::warn!(%mark, %error, "orders is not answering for the fence");
-            return;
+    if fence_suffices {
+        let fenced = ask_for_a_fence(&orders, &book, start).await;
+        match fenced {
+            Fenced::Marked => {
+                shutdown.triggered().await;
+                return;
+            }
+            Fenced::Unsupported => {}
+            // Asked again after the supervisor's backoff, with a new mark.
+            Fenced::Failed => return,
         }
     }
     if tokio::time::Instant::now() < unfenced_from {
@@ -537,6 +514,61 @@ pub async fn catch_up_with_orders(
             tracing::warn!(%mark, status = %response.status(), "orders did not write the mark")
         }
         Err(error) => tracing::warn!(%mark, %error, "orders is not answering for the mark"),
+    }
+}
+
+/// What asking orders for a fence came to.
+enum Fenced {
+    /// Fenced and marked, or a mark was read already: funds decide once it is read.
+    Marked,
+    /// This orders cannot fence (409, or 404 from a release before it): nothing written.
+    Unsupported,
+    /// No usable answer.
+    Failed,
+}
+
+/// Asks orders to fence off every start before `start` and write a mark behind the fence.
+async fn ask_for_a_fence(
+    orders: &resilience::Upstream,
+    book: &Mutex<Book>,
+    start: RiskStart,
+) -> Fenced {
+    let Some(mark) = await_new_mark(book) else {
+        // Reached already: an earlier attempt's mark was written and read, its answer lost.
+        return Fenced::Marked;
+    };
+    let fence = RiskFence {
+        mark_id: mark,
+        start,
+    };
+    let Ok(body) = serde_json::to_string(&fence) else {
+        tracing::error!("the fence request could not be written");
+        return Fenced::Failed;
+    };
+    // A repeated fence raises nothing and writes a second mark, which is read and ignored.
+    let call = resilience::Call::post_json("/internal/v1/risk-fences", body).idempotent(true);
+    match orders.send(call).await {
+        Ok(response) if response.status().is_success() => {
+            tracing::info!(%mark, start = start.0, "orders fenced off earlier starts' checks and wrote this start's mark; funds decide once it is read");
+            Fenced::Marked
+        }
+        Ok(response)
+            if matches!(
+                response.status(),
+                reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::CONFLICT
+            ) =>
+        {
+            tracing::info!(status = %response.status(), "orders cannot fence off earlier starts' checks yet; asking for a plain mark");
+            Fenced::Unsupported
+        }
+        Ok(response) => {
+            tracing::warn!(%mark, status = %response.status(), "orders did not fence");
+            Fenced::Failed
+        }
+        Err(error) => {
+            tracing::warn!(%mark, %error, "orders is not answering for the fence");
+            Fenced::Failed
+        }
     }
 }
 

@@ -252,6 +252,9 @@ pub struct Start {
     /// book. The fence keeps it out; where orders cannot fence yet, this start waits out the
     /// bound on checks before its funds decide (ADR 0023).
     pub follows_unfinished: bool,
+    /// The start before this one was of a release before the numbers: its verdicts carried
+    /// none, which no fence shuts out, so only the wait covers its checks.
+    pub follows_unnumbered: bool,
 }
 
 /// Records this start, and whether the process before it left checks behind.
@@ -260,15 +263,18 @@ pub async fn record_start(pool: &PgPool) -> Result<Start> {
     // handover counts only if it came after the start it belongs to: a start by a release
     // that predates the column moves `started_at` and leaves the old handover behind it.
     Ok(sqlx::query_as(
-        "WITH earlier AS (SELECT started_at, handed_over_at FROM starts)
-         INSERT INTO starts (started_at, number) VALUES (now(), 1)
+        "WITH earlier AS (SELECT started_at, handed_over_at, numbered_at FROM starts)
+         INSERT INTO starts (started_at, number, numbered_at) VALUES (now(), 1, now())
          ON CONFLICT (singleton)
              DO UPDATE SET started_at = excluded.started_at, handed_over_at = NULL,
-                           number = starts.number + 1
+                           number = starts.number + 1, numbered_at = excluded.started_at
          RETURNING started_at, number,
                    EXISTS (SELECT 1 FROM earlier e
                             WHERE e.handed_over_at IS NULL
-                               OR e.handed_over_at <= e.started_at) AS follows_unfinished",
+                               OR e.handed_over_at <= e.started_at) AS follows_unfinished,
+                   EXISTS (SELECT 1 FROM earlier e
+                            WHERE e.numbered_at IS DISTINCT FROM e.started_at)
+                       AS follows_unnumbered",
     )
     .fetch_one(pool)
     .await?)

@@ -583,6 +583,7 @@ async fn a_start_waits_unless_the_start_before_it_handed_over(test_pool: PgPool)
     let pool = risk_db(&test_pool).await;
     let first = risk::store::record_start(&pool).await.unwrap();
     assert!(!first.follows_unfinished, "nothing ran before the first");
+    assert!(!first.follows_unnumbered);
 
     // The first process stopped without handing over (a crash, a drain cut short).
     let second = risk::store::record_start(&pool).await.unwrap();
@@ -608,6 +609,13 @@ async fn a_start_waits_unless_the_start_before_it_handed_over(test_pool: PgPool)
         fourth.follows_unfinished,
         "the older release's start left checks behind"
     );
-    let numbers = [first, second, third, fourth].map(|start| start.number.0);
-    assert_eq!(numbers, [1, 2, 3, 4]);
+    assert!(
+        fourth.follows_unnumbered,
+        "and they carried no number, which no fence shuts out"
+    );
+    assert!(!third.follows_unnumbered && !second.follows_unnumbered);
+    let fifth = risk::store::record_start(&pool).await.unwrap();
+    assert!(!fifth.follows_unnumbered);
+    let numbers = [first, second, third, fourth, fifth].map(|start| start.number.0);
+    assert_eq!(numbers, [1, 2, 3, 4, 5]);
 }

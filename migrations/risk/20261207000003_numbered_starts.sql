@@ -1,0 +1,11 @@
+-- Which start the number in `starts.number` belongs to (ADR 0023, "A fence instead of the
+-- wait"). A release before the numbers updates `started_at` on its start and leaves `number`
+-- and this column as they were, so a start that finds `started_at` different from
+-- `numbered_at` follows a start whose verdicts carried no number. Orders never fences such
+-- checks off (a rollback of risk alone must keep trading), so that start waits out the bound
+-- on checks, as every start did before the fence. NULL until a numbered start has run.
+--
+-- This corrects the note of the migration before: a check without a number (0) is never
+-- fenced off, not shut out by the first numbered fence. Shutting it out would refuse every
+-- order of a risk rolled back to a release before the numbers.
+ALTER TABLE starts ADD COLUMN numbered_at timestamptz;
