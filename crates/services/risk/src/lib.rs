@@ -254,6 +254,12 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     // see) unless that process handed over ([`handover`]).
     let booked_within = config.check_valid_for * 2;
     let start = store::record_start(&pool).await?;
+    tracing::info!(
+        start = start.number.0,
+        follows_unfinished = start.follows_unfinished,
+        follows_unnumbered = start.follows_unnumbered,
+        "this start of risk is recorded; its checks carry its number"
+    );
     let this_start = start.number;
     // Orders never fences off a check without a number: after a start of an earlier release
     // only the wait covers its checks.
