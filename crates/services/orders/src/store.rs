@@ -734,7 +734,8 @@ pub async fn leave(pool: &PgPool, replica: uuid::Uuid) -> Result<()> {
     // Rows locked in symbol order, as a risk fence locks them ([`raise_risk_fence`]).
     sqlx::query(
         "UPDATE symbol_owners SET replica = NULL
-          WHERE symbol IN (SELECT symbol FROM symbol_owners WHERE replica = $1
+          WHERE replica = $1
+            AND symbol IN (SELECT symbol FROM symbol_owners WHERE replica = $1
                             ORDER BY symbol FOR UPDATE)",
     )
     .bind(replica)
