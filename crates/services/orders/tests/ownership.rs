@@ -511,30 +511,34 @@ async fn a_matching_task_refuses_the_orders_an_earlier_start_of_risk_checked(poo
     store::renew_replica(&pool, replica.id, "http://127.0.0.1:9", LONG_LEASE)
         .await
         .unwrap();
-    let before_the_fence = replica
-        .place_checked_by(&instrument, matching::Side::Sell, RiskStart(1))
-        .await;
+    let place =
+        |start| replica.place_checked_by(&instrument, matching::Side::Sell, RiskStart(start));
+    let before_the_fence = place(1).await;
     assert!(before_the_fence.is_ok(), "{before_the_fence:?}");
 
     assert_eq!(raise_fence(pool.clone(), 2).await, store::RiskFence::Raised);
     // The task has seen no check of start 2: the fence in the database refuses the batch.
-    let fenced = replica
-        .place_checked_by(&instrument, matching::Side::Sell, RiskStart(1))
-        .await;
+    let fenced = place(1).await;
     assert!(matches!(fenced, Err(Error::CheckExpired)), "{fenced:?}");
-    let current = replica
-        .place_checked_by(&instrument, matching::Side::Sell, RiskStart(2))
-        .await;
+    let current = place(2).await;
     assert!(current.is_ok(), "{current:?}");
-    // Now it has: refused before a batch is written.
-    let fenced = replica
-        .place_checked_by(&instrument, matching::Side::Sell, RiskStart(1))
-        .await;
-    assert!(matches!(fenced, Err(Error::CheckExpired)), "{fenced:?}");
+    // Now it has: refused from its memory, without a batch. It is answered while the test holds
+    // the orders table, which any batch's statement would wait for (a row lock would not do:
+    // the fence's update skips a row that fails its predicate without waiting for it).
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    tokio::select! {
+        fenced = place(1) => assert!(matches!(fenced, Err(Error::CheckExpired)), "{fenced:?}"),
+        () = service_kit::testing::until_waiting_for_a_lock(&pool, "UPDATE symbol_owners") => {
+            panic!("a check the task knew to be fenced off went to the database")
+        }
+    }
+    held.rollback().await.unwrap();
     // A check without a number, from a risk rolled back to a release before them, is booked.
-    let unnumbered = replica
-        .place_checked_by(&instrument, matching::Side::Sell, RiskStart(0))
-        .await;
+    let unnumbered = place(0).await;
     assert!(unnumbered.is_ok(), "{unnumbered:?}");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
         .fetch_one(&pool)
