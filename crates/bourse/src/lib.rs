@@ -246,7 +246,7 @@ fn refuse_plaintext_upstreams(services: &[Target], layout: &Layout, env: &mut En
         if given.is_none() && (!needed.contains(&upstream) || layout.pattern.is_some()) {
             continue;
         }
-        if !given.is_some_and(|url| url.starts_with("https://")) {
+        if !given.is_some_and(|url| service_kit::http::base_urls::all_https(url)) {
             env.problem(
                 variable,
                 "must be an https:// URL when BOURSE_TLS_REQUIRED=true",

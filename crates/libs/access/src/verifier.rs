@@ -173,11 +173,16 @@ pub struct AuthSettings {
 
 impl AuthSettings {
     pub fn read(env: &mut service_kit::Env) -> Self {
+        let url: String = env.or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned());
+        // The keys are fetched from one address; auth's replicas stand behind one name.
+        if url.contains(',') {
+            env.problem(
+                "BOURSE_AUTH_URL",
+                "must be one URL: put auth's replicas behind one name",
+            );
+        }
         Self {
-            url: env
-                .or("BOURSE_AUTH_URL", "http://127.0.0.1:8081".to_owned())
-                .trim_end_matches('/')
-                .to_owned(),
+            url: url.trim_end_matches('/').to_owned(),
             issuer: env.or("BOURSE_JWT_ISSUER", "bourse-auth".to_owned()),
             audience: env.or("BOURSE_JWT_AUDIENCE", "bourse".to_owned()),
         }
@@ -225,5 +230,21 @@ mod tests {
             "already expired"
         );
         assert_eq!(remember_for(10_000, 1_000), REMEMBER_FOR);
+    }
+
+    #[test]
+    fn auth_is_given_one_address_not_a_list_of_replicas() {
+        let mut env = service_kit::Env::from_pairs([("BOURSE_AUTH_URL", "http://a:1,http://b:1")]);
+        AuthSettings::read(&mut env);
+        let refused = env
+            .finish()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("BOURSE_AUTH_URL"), "{refused}");
+
+        let mut env = service_kit::Env::from_pairs([("BOURSE_AUTH_URL", "http://auth:8081/")]);
+        assert_eq!(AuthSettings::read(&mut env).url, "http://auth:8081");
+        assert!(env.finish().is_ok());
     }
 }

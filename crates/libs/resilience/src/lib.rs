@@ -63,4 +63,9 @@ pub fn describe_metrics() {
         Unit::Count,
         "Attempts repeated after a failure (idempotent calls only)."
     );
+    describe_counter!(
+        "resilience_failovers_total",
+        Unit::Count,
+        "Addresses tried after another address of the same upstream took no connection."
+    );
 }

@@ -1,7 +1,7 @@
 //! One called service: its breaker, bulkhead, timeout and retry policy, and the call itself.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -194,6 +194,9 @@ impl Call {
 #[derive(Debug)]
 enum Failure {
     Timeout,
+    /// No connection was made, so nothing was sent: the next address may take the call,
+    /// whether or not it is idempotent.
+    Connect(String),
     Transport(String),
 }
 
@@ -205,17 +208,16 @@ enum Unanswered {
     Failed(Failure),
 }
 
-/// The network call itself: one attempt, bounded by the timeout. An upstream served by this
-/// very process (`bourse serve all`) is called in-process, through the same router and
-/// middleware its socket serves ([`service_kit::http::in_process`]).
+/// The network call itself, to one address. An upstream served by this very process
+/// (`bourse serve all`) is called in-process, through the same router and middleware its
+/// socket serves ([`service_kit::http::in_process`]).
 #[derive(Clone)]
 struct Transport {
     http: reqwest::Client,
-    timeout: Duration,
 }
 
 impl Transport {
-    /// One attempt, bounded by the timeout.
+    /// One request to one address, unbounded: [`Upstream::attempt`] bounds the attempt.
     async fn attempt(&self, request: reqwest::Request) -> Result<reqwest::Response, Failure> {
         let authority = match (
             request.url().host_str(),
@@ -228,7 +230,10 @@ impl Transport {
             match service_kit::http::in_process::router_for(&authority) {
                 Some(router) => call_in_process(router, request).await,
                 None => self.http.execute(request).await.map_err(|err| {
-                    if err.is_timeout() {
+                    // Checked first: a connect timeout is also a timeout, and nothing was sent.
+                    if err.is_connect() {
+                        Failure::Connect(err.to_string())
+                    } else if err.is_timeout() {
                         Failure::Timeout
                     } else {
                         Failure::Transport(err.to_string())
@@ -236,10 +241,76 @@ impl Transport {
                 }),
             }
         };
-        match tokio::time::timeout(self.timeout, attempt).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(Failure::Timeout),
+        attempt.await
+    }
+}
+
+/// An upstream's base URLs: one, or one per replica when nothing in front of them spreads a
+/// single name ([`service_kit::http::base_urls`]).
+struct Addresses {
+    list: Vec<Address>,
+    /// Where the next call starts, so calls take the replicas in turn.
+    next: AtomicUsize,
+    /// The clock `Address::set_aside_until` counts from.
+    born: Instant,
+    /// How long an address that took no connection is tried last: the breaker's open interval.
+    set_aside_for: Duration,
+}
+
+struct Address {
+    base: String,
+    /// Milliseconds after `Addresses::born` until which this address is tried after the others;
+    /// 0 when it is not set aside.
+    set_aside_until: AtomicU64,
+}
+
+impl Addresses {
+    fn parse(value: &str, set_aside_for: Duration) -> Result<Self, String> {
+        let list: Vec<Address> = service_kit::http::base_urls::split(value)
+            .map(|base| {
+                reqwest::Url::parse(base)
+                    .map_err(|e| format!("{base:?} is not a URL: {e}"))
+                    .map(|_| Address {
+                        base: base.to_owned(),
+                        set_aside_until: AtomicU64::new(0),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        if list.is_empty() {
+            return Err("no base URL".to_owned());
         }
+        Ok(Self {
+            list,
+            next: AtomicUsize::new(0),
+            born: Instant::now(),
+            set_aside_for,
+        })
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// The order one attempt tries the addresses of a list in: from the next in turn, those
+    /// set aside after the others.
+    fn in_turn(&self) -> Vec<&Address> {
+        let n = self.list.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let now = self.now();
+        let rotated = self.list[start..].iter().chain(&self.list[..start]);
+        let (mut ready, aside): (Vec<&Address>, Vec<&Address>) =
+            rotated.partition(|address| address.set_aside_until.load(Ordering::Relaxed) <= now);
+        ready.extend(aside);
+        ready
+    }
+
+    /// Sets `address` aside after it took no connection; true when it was not already.
+    fn set_aside(&self, address: &Address) -> bool {
+        let until = self
+            .now()
+            .saturating_add(u64::try_from(self.set_aside_for.as_millis()).unwrap_or(u64::MAX))
+            .max(1);
+        address.set_aside_until.swap(until, Ordering::Relaxed) <= self.now()
     }
 }
 
@@ -300,7 +371,7 @@ struct Inner {
     /// keep their own series for the same upstream.
     caller: &'static str,
     name: &'static str,
-    base_url: String,
+    addresses: Addresses,
     policy: Policy,
     transport: Transport,
     breaker: Breaker,
@@ -317,7 +388,10 @@ pub struct Upstream(Arc<Inner>);
 
 impl Upstream {
     /// `caller` is the calling service and `name` the upstream: both label metrics, `name`
-    /// also logs and problems; `base_url` has no trailing slash.
+    /// also logs and problems. `base_url` is one base URL, or several separated by commas
+    /// (replicas of the upstream, [`service_kit::http::base_urls`]): calls then take them in
+    /// turn, and an attempt that gets no connection from one tries the next before it counts
+    /// as a failure.
     pub fn new(
         caller: &'static str,
         name: &'static str,
@@ -373,10 +447,9 @@ impl Upstream {
             }),
         )
         .map_err(|e| format!("circuit breaker settings for {name}: {e}"))?;
-        let transport = Transport {
-            http,
-            timeout: policy.timeout,
-        };
+        let addresses = Addresses::parse(&base_url, policy.breaker.open_for)
+            .map_err(|e| format!("the address of {name}: {e}"))?;
+        let transport = Transport { http };
         set_state_gauge(caller, name, BreakerState::Closed);
         // The counters of what only goes wrong are born at zero, so a dashboard shows "none
         // yet" rather than "No data" until the first refusal or retry.
@@ -387,10 +460,12 @@ impl Upstream {
         }
         metrics::counter!("resilience_retries_total", "service" => caller, "upstream" => name)
             .increment(0);
+        metrics::counter!("resilience_failovers_total", "service" => caller, "upstream" => name)
+            .increment(0);
         Ok(Self(Arc::new(Inner {
             caller,
             name,
-            base_url,
+            addresses,
             bulkhead: Arc::new(Semaphore::new(policy.max_concurrent)),
             policy,
             transport,
@@ -405,8 +480,9 @@ impl Upstream {
         self.0.name
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.0.base_url
+    /// The base URLs calls go to, in the order given.
+    pub fn base_urls(&self) -> impl Iterator<Item = &str> {
+        self.0.addresses.list.iter().map(|a| a.base.as_str())
     }
 
     /// Breaker transitions from now on (a lagging receiver loses the oldest, never blocks calls).
@@ -544,18 +620,13 @@ impl Upstream {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let request = self.request(&call)?;
             let started = Instant::now();
             let result = match mode {
-                Mode::Disabled => inner
-                    .transport
-                    .attempt(request)
-                    .await
-                    .map_err(Unanswered::Failed),
+                Mode::Disabled => self.attempt(&call).await.map_err(Unanswered::Failed),
                 _ => match inner.breaker.admit() {
                     Err(retry_after) => Err(Unanswered::Refused(retry_after)),
                     Ok(admitted) => {
-                        let result = inner.transport.attempt(request).await;
+                        let result = self.attempt(&call).await;
                         match verdict(&result) {
                             Verdict::Healthy => admitted.finish(false, started.elapsed()),
                             Verdict::Failed => admitted.finish(true, started.elapsed()),
@@ -573,7 +644,9 @@ impl Upstream {
                 Ok(_) => ("response", false),
                 Err(Unanswered::Refused(_)) => ("rejected", false),
                 Err(Unanswered::Failed(Failure::Timeout)) => ("timeout", true),
-                Err(Unanswered::Failed(Failure::Transport(_))) => ("unreachable", true),
+                Err(Unanswered::Failed(Failure::Connect(_) | Failure::Transport(_))) => {
+                    ("unreachable", true)
+                }
             };
             count(caller, name, outcome);
             metrics::histogram!("resilience_call_duration_seconds",
@@ -598,12 +671,12 @@ impl Upstream {
                         upstream: name,
                         timeout: inner.policy.timeout,
                     }),
-                    Err(Unanswered::Failed(Failure::Transport(detail))) => {
-                        Err(CallError::Unreachable {
-                            upstream: name,
-                            detail,
-                        })
-                    }
+                    Err(Unanswered::Failed(
+                        Failure::Connect(detail) | Failure::Transport(detail),
+                    )) => Err(CallError::Unreachable {
+                        upstream: name,
+                        detail,
+                    }),
                 };
             }
             metrics::counter!("resilience_retries_total", "service" => caller, "upstream" => name)
@@ -612,8 +685,61 @@ impl Upstream {
         }
     }
 
-    /// The request of one attempt, carrying the current request's id and trace (OBS-06).
-    fn request(&self, call: &Call) -> Result<reqwest::Request, CallError> {
+    /// One attempt, bounded by the timeout: to the addresses in turn until one takes a
+    /// connection. Only when none does is it a failure.
+    async fn attempt(&self, call: &Call) -> Result<reqwest::Response, Failure> {
+        let inner = &self.0;
+        let tried = async {
+            // One address, the usual case, takes no turn and allocates nothing.
+            let (one, several);
+            let order: &[&Address] = match inner.addresses.list.as_slice() {
+                [only] => {
+                    one = [only];
+                    &one
+                }
+                _ => {
+                    several = inner.addresses.in_turn();
+                    &several
+                }
+            };
+            let mut refused = String::new();
+            for (i, &address) in order.iter().enumerate() {
+                if i > 0 {
+                    metrics::counter!("resilience_failovers_total",
+                        "service" => inner.caller, "upstream" => inner.name)
+                    .increment(1);
+                }
+                let request = self
+                    .request(call, &address.base)
+                    .map_err(Failure::Transport)?;
+                match inner.transport.attempt(request).await {
+                    Err(Failure::Connect(detail)) => {
+                        if inner.addresses.set_aside(address) && inner.addresses.list.len() > 1 {
+                            tracing::warn!(upstream = inner.name, address = %address.base,
+                                error = %detail, "an address took no connection; tried last for a while");
+                        }
+                        refused = detail;
+                    }
+                    outcome => {
+                        // Read first: a store on every call would contend across threads.
+                        if address.set_aside_until.load(Ordering::Relaxed) != 0 {
+                            address.set_aside_until.store(0, Ordering::Relaxed);
+                        }
+                        return outcome;
+                    }
+                }
+            }
+            Err(Failure::Connect(refused))
+        };
+        match tokio::time::timeout(inner.policy.timeout, tried).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    /// The request of one attempt to `base`, carrying the current request's id and trace
+    /// (OBS-06).
+    fn request(&self, call: &Call, base: &str) -> Result<reqwest::Request, String> {
         let mut headers = call.headers.clone();
         if let Some(context) = service_kit::http::observe::current_context() {
             if let Ok(id) = HeaderValue::from_str(&context.request_id) {
@@ -626,17 +752,11 @@ impl Upstream {
         self.0
             .transport
             .http
-            .request(
-                call.method.clone(),
-                format!("{}{}", self.0.base_url, call.path),
-            )
+            .request(call.method.clone(), format!("{base}{}", call.path))
             .headers(headers)
             .body(call.body.clone())
             .build()
-            .map_err(|e| CallError::Unreachable {
-                upstream: self.0.name,
-                detail: e.to_string(),
-            })
+            .map_err(|e| e.to_string())
     }
 }
 

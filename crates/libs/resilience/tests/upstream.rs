@@ -452,6 +452,115 @@ async fn an_unreachable_upstream_is_a_503_problem() {
     );
 }
 
+/// Orders, as the gateway calls it, given its replicas' base URLs as one comma-separated list.
+fn orders_at(replicas: &[&str], policy: Policy) -> Upstream {
+    Upstream::new(
+        "gateway",
+        "orders",
+        replicas.join(","),
+        reqwest::Client::new(),
+        policy,
+    )
+    .unwrap()
+}
+
+/// The address of a replica that is gone: nothing listens there.
+fn gone() -> String {
+    format!("http://127.0.0.1:{}", service_kit::testing::closed_port())
+}
+
+/// Replicas with nothing in front of them are given as a list: calls take them in turn.
+#[tokio::test]
+async fn calls_take_the_replicas_of_a_list_in_turn() {
+    let (a, b) = (
+        Server::start(&[], 200, None).await,
+        Server::start(&[], 200, None).await,
+    );
+    let orders = orders_at(&[&a.url, &format!(" {}/", b.url)], policy(100, AN_HOUR));
+    assert_eq!(
+        orders.base_urls().collect::<Vec<_>>(),
+        [a.url.as_str(), b.url.as_str()]
+    );
+    for _ in 0..10 {
+        let placed = status(&orders, Call::post_json("/v1/orders", "{}")).await;
+        assert_eq!(placed.unwrap(), 200);
+    }
+    assert_eq!((a.hits(), b.hits()), (5, 5));
+}
+
+/// A replica that is gone takes no connection, so nothing was sent to it: the next one takes
+/// the call, even one that is never retried (a placement), and the upstream has not failed.
+#[tokio::test]
+async fn a_replica_that_takes_no_connection_is_stepped_past_and_the_upstream_has_not_failed() {
+    let live = Server::start(&[], 201, None).await;
+    let orders = orders_at(&[&gone(), &live.url], policy(1, AN_HOUR));
+    for _ in 0..6 {
+        let placed = status(
+            &orders,
+            Call::post_json("/v1/orders", "{}").idempotent(false),
+        );
+        assert_eq!(placed.await.unwrap(), 201);
+    }
+    assert_eq!(
+        live.hits(),
+        6,
+        "every placement reached the live replica once"
+    );
+    assert_eq!(orders.window().failures, 0);
+    assert_eq!(orders.state(), BreakerState::Closed);
+}
+
+/// Once a replica took no connection, calls try it last for the breaker's open interval
+/// instead of paying a refused (or, on a real network, timed-out) connection every other call.
+#[tokio::test]
+async fn a_replica_that_took_no_connection_is_tried_last_for_a_while() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    // This test's runtime runs on its own thread: the calls below record here.
+    let _recording = metrics::set_default_local_recorder(&recorder);
+    let live = Server::start(&[], 201, None).await;
+    let orders = orders_at(&[&gone(), &live.url], policy(100, AN_HOUR));
+    for _ in 0..6 {
+        let placed = status(&orders, Call::post_json("/v1/orders", "{}")).await;
+        assert_eq!(placed.unwrap(), 201);
+    }
+    let failovers = metrics
+        .render()
+        .lines()
+        .find(|line| line.starts_with("resilience_failovers_total{"))
+        .map(|line| line.rsplit(' ').next().unwrap().to_owned());
+    assert_eq!(
+        failovers.as_deref(),
+        Some("1"),
+        "only the first call met the gone replica first"
+    );
+}
+
+/// When no replica takes a connection, the attempt failed once, as a single address would.
+#[tokio::test]
+async fn when_no_replica_takes_a_connection_the_upstream_is_unreachable() {
+    let orders = orders_at(&[&gone(), &gone()], policy(100, AN_HOUR));
+    let error = orders.send(Call::get("/v1/orders")).await.unwrap_err();
+    assert!(matches!(error, CallError::Unreachable { .. }), "{error:?}");
+    assert_eq!(orders.window().failures, 1);
+}
+
+#[test]
+fn an_upstream_needs_at_least_one_address_and_each_must_be_a_url() {
+    let new = |urls: &str| {
+        Upstream::new(
+            "gateway",
+            "orders",
+            urls,
+            reqwest::Client::new(),
+            Policy::default(),
+        )
+    };
+    assert!(new(" , ").is_err());
+    assert!(new("http://orders-a:8082,orders-b").is_err());
+    assert!(new("http://orders-a:8082,https://orders-b:8082").is_ok());
+}
+
 #[tokio::test]
 async fn the_bulkhead_refuses_calls_beyond_its_limit_at_once() {
     let gate = Arc::new(Semaphore::new(0));

@@ -33,7 +33,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum Check {
     Postgres(PgPool),
     Redis(ConnectionManager),
-    /// Another service, probed at its `/health/live`.
+    /// Another service, probed at its `/health/live`: at each of its base URLs in turn
+    /// ([`crate::http::base_urls`]) until one answers.
     Upstream {
         name: &'static str,
         base_url: String,
@@ -61,13 +62,22 @@ impl Check {
                         .await
                         .is_ok()
                 }
+                // Live when any of its replicas is: calls step past one that is down.
                 Self::Upstream {
                     base_url, client, ..
-                } => client
-                    .get(format!("{base_url}/health/live"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success()),
+                } => {
+                    for base in crate::http::base_urls::split(base_url) {
+                        let live = client
+                            .get(format!("{base}/health/live"))
+                            .send()
+                            .await
+                            .is_ok_and(|r| r.status().is_success());
+                        if live {
+                            return true;
+                        }
+                    }
+                    false
+                }
             }
         };
         tokio::time::timeout(CHECK_TIMEOUT, probe)

@@ -211,9 +211,10 @@ impl TlsSettings {
         }
     }
 
-    /// Whether `url` is acceptable under these settings: anything, unless TLS is required.
+    /// Whether `url` (one base URL or several, [`crate::http::base_urls`]) is acceptable
+    /// under these settings: anything, unless TLS is required.
     pub fn allows_url(&self, url: &str) -> bool {
-        !self.required || url.starts_with("https://")
+        !self.required || crate::http::base_urls::all_https(url)
     }
 
     /// A service listener: HTTPS with this service's certificate, and a client certificate
@@ -430,6 +431,7 @@ mod tests {
         );
         assert!(settings.required && !settings.allows_url("http://orders:8082"));
         assert!(settings.allows_url("https://orders:8082"));
+        assert!(!settings.allows_url("https://orders-a:8082,http://orders-b:8082"));
         assert_eq!(
             variables,
             [

@@ -150,13 +150,30 @@ impl launch::Service for Config {
             self.watch.targets = services
                 .iter()
                 .filter(|(name, _)| *name != SERVICE)
-                .map(|(name, url)| ((*name).to_owned(), url.clone()))
+                .flat_map(|(name, url)| watched(name, url))
                 .collect();
         }
     }
 
     fn build(self: Box<Self>, shutdown: Shutdown) -> launch::Pending<Server> {
         Box::pin(async move { Ok(build(*self, &shutdown).await?) })
+    }
+}
+
+/// What the health watch probes of a service given at `url`: the service, or each of its
+/// replicas when the URL lists them (ADR 0034), named `orders@orders-a:8082` so that one
+/// replica down is its own alert and says which.
+fn watched(name: &str, url: &str) -> Vec<(String, String)> {
+    let replicas: Vec<&str> = service_kit::http::base_urls::split(url).collect();
+    match replicas.as_slice() {
+        [one] => vec![(name.to_owned(), (*one).to_owned())],
+        several => several
+            .iter()
+            .map(|base| {
+                let host = base.split_once("://").map_or(*base, |(_, host)| host);
+                (format!("{name}@{host}"), (*base).to_owned())
+            })
+            .collect(),
     }
 }
 
@@ -197,4 +214,30 @@ pub fn describe_metrics() {
         Unit::Count,
         "Alerts a silence kept from notifying."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_service_given_as_a_list_of_replicas_is_watched_replica_by_replica() {
+        assert_eq!(
+            watched("orders", "http://orders:8082/"),
+            [("orders".to_owned(), "http://orders:8082".to_owned())]
+        );
+        assert_eq!(
+            watched("orders", "http://orders-a:8082, https://orders-b:8082"),
+            [
+                (
+                    "orders@orders-a:8082".to_owned(),
+                    "http://orders-a:8082".to_owned()
+                ),
+                (
+                    "orders@orders-b:8082".to_owned(),
+                    "https://orders-b:8082".to_owned()
+                ),
+            ]
+        );
+    }
 }

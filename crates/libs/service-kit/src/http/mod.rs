@@ -5,6 +5,7 @@
 //! → routes, plus health, metrics and problem+json fallbacks for unknown paths and methods.
 
 pub mod api_document;
+pub mod base_urls;
 pub mod client_ip;
 pub mod in_process;
 pub mod json;
