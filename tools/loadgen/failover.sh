@@ -13,6 +13,8 @@
 # FAILOVER_BY=pause: the owner is stopped with SIGSTOP instead — its process and sockets stay,
 # under load almost always in the middle of a matching batch holding its symbol's owner row —
 # and continued with SIGCONT after the takeover, which its batch must not survive (ADR 0014).
+# BOURSE_PERF_ORDERS_LISTED=1: the gateway, risk and settlement are given both replicas'
+# addresses (ADR 0034) instead of 8082's alone, and step past the one that is gone.
 # Prints when each kill, takeover and return happened, then loadgen's report; exits as
 # loadgen does (1 on a violated invariant), or 3 when no takeover came within 30 s.
 set -euo pipefail
@@ -38,7 +40,7 @@ until_trading $loadgen /tmp/loadgen-failover.out "$symbol"
 # start-bourse.sh started orders on 8082 (the one the gateway calls) and a second replica on 8092.
 declare -A pid_on=([8082]=${servers[3]} [8092]=${servers[-1]})
 # Two rounds, a quarter of the run apart. The first owner is the replica the gateway calls, whose
-# death fails every call until it is back. It comes back second in line: the fair share leaves
+# death fails every call until it is back (unless the callers list both replicas). It comes back second in line: the fair share leaves
 # the symbol with the replica that took it over (ownership.rs, `plan`), so the second round
 # kills the replica that 8082 forwards the symbol's orders to.
 for round in 1 2; do

@@ -89,6 +89,12 @@ bin=${BOURSE_PERF_BIN:-target/release/bourse}
 # and service tokens between them, as deployed); BOURSE_PERF_ORDERS_REPLICAS=2 adds a second
 # orders replica on 8092 (the symbols spread over both; the gateway still calls 8082, which
 # forwards the other's symbols — ADR 0014). Default: one `serve all` process.
+# BOURSE_PERF_ORDERS_LISTED=1, with the second replica: every caller is given both replicas'
+# addresses (`BOURSE_ORDERS_URL=…:8082,…:8092`, ADR 0034), takes them in turn and steps past
+# one that is gone.
+if [[ ${BOURSE_PERF_ORDERS_REPLICAS:-1} == 2 && ${BOURSE_PERF_ORDERS_LISTED:-0} == 1 ]]; then
+  export BOURSE_ORDERS_URL="$scheme://127.0.0.1:8082,$scheme://127.0.0.1:8092"
+fi
 servers=()
 if [[ ${BOURSE_PERF_PROCESSES:-all} == separate ]]; then
   declare -A port=([auth]=8081 [risk]=8083 [settlement]=8084 [orders]=8082 [alerting]=8085 [gateway]=8080)
