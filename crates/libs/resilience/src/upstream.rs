@@ -686,9 +686,13 @@ impl Upstream {
     }
 
     /// One attempt, bounded by the timeout: to the addresses in turn until one takes a
-    /// connection. Only when none does is it a failure.
+    /// connection. Only when none does is it a failure. An address that took the request and
+    /// gave no answer in time is set aside as well (a replica paused or stuck), so the calls
+    /// after this one go to the others first instead of timing out every other time.
     async fn attempt(&self, call: &Call) -> Result<reqwest::Response, Failure> {
         let inner = &self.0;
+        // The address the attempt was waiting on when its time ran out.
+        let mut waiting_on: Option<&Address> = None;
         let tried = async {
             // One address, the usual case, takes no turn and allocates nothing.
             let (one, several);
@@ -712,6 +716,7 @@ impl Upstream {
                 let request = self
                     .request(call, &address.base)
                     .map_err(Failure::Transport)?;
+                waiting_on = Some(address);
                 match inner.transport.attempt(request).await {
                     Err(Failure::Connect(detail)) => {
                         if inner.addresses.set_aside(address) && inner.addresses.list.len() > 1 {
@@ -720,6 +725,7 @@ impl Upstream {
                         }
                         refused = detail;
                     }
+                    Err(Failure::Timeout) => return Err(Failure::Timeout),
                     outcome => {
                         // Read first: a store on every call would contend across threads.
                         if address.set_aside_until.load(Ordering::Relaxed) != 0 {
@@ -731,10 +737,18 @@ impl Upstream {
             }
             Err(Failure::Connect(refused))
         };
-        match tokio::time::timeout(inner.policy.timeout, tried).await {
+        let outcome = match tokio::time::timeout(inner.policy.timeout, tried).await {
             Ok(outcome) => outcome,
             Err(_) => Err(Failure::Timeout),
+        };
+        if let (Err(Failure::Timeout), Some(address)) = (&outcome, waiting_on)
+            && inner.addresses.list.len() > 1
+            && inner.addresses.set_aside(address)
+        {
+            tracing::warn!(upstream = inner.name, address = %address.base,
+                "an address gave no answer in time; tried last for a while");
         }
+        outcome
     }
 
     /// The request of one attempt to `base`, carrying the current request's id and trace

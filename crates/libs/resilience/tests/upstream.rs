@@ -536,6 +536,30 @@ async fn a_replica_that_took_no_connection_is_tried_last_for_a_while() {
     );
 }
 
+/// A replica that takes the request and never answers (paused, stuck) costs the call that
+/// waited on it, which is not sent again; the calls after it go to the other replica first, so
+/// one stuck replica does not time out every other call and open the breaker for both.
+#[tokio::test]
+async fn a_replica_that_gave_no_answer_in_time_is_tried_last_and_the_breaker_stays_closed() {
+    let stuck = Server::start(&[], 201, Some(Arc::new(Semaphore::new(0)))).await;
+    let live = Server::start(&[], 201, None).await;
+    let mut impatient = policy(4, AN_HOUR);
+    impatient.timeout = Duration::from_millis(50);
+    let orders = orders_at(&[&stuck.url, &live.url], impatient);
+
+    let waited = orders.send(Call::post_json("/v1/orders", "{}")).await;
+    assert!(
+        matches!(waited, Err(CallError::Timeout { .. })),
+        "{waited:?}"
+    );
+    for _ in 0..5 {
+        let placed = status(&orders, Call::post_json("/v1/orders", "{}")).await;
+        assert_eq!(placed.unwrap(), 201);
+    }
+    assert_eq!((stuck.hits(), live.hits()), (1, 5));
+    assert_eq!(orders.state(), BreakerState::Closed);
+}
+
 /// When no replica takes a connection, the attempt failed once, as a single address would.
 #[tokio::test]
 async fn when_no_replica_takes_a_connection_the_upstream_is_unreachable() {
