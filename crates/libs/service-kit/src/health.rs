@@ -188,3 +188,27 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<ReadyBod
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// An upstream given as a list of replicas is live while any of them is.
+    #[tokio::test]
+    async fn an_upstream_listed_by_replicas_is_live_while_one_of_them_answers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().route("/health/live", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let gone = format!("http://127.0.0.1:{}", crate::testing::closed_port());
+        let check = |base_url: String| Check::Upstream {
+            name: "orders",
+            base_url,
+            client: reqwest::Client::new(),
+        };
+
+        assert!(check(format!("{gone},{live}")).run().await);
+        assert!(!check(gone.clone()).run().await);
+    }
+}
