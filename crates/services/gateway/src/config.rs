@@ -21,6 +21,9 @@ pub struct Config {
     pub upstream_urls: Vec<(Upstream, String)>,
     /// Timeout, retries, breaker and bulkhead of each upstream (`BOURSE_GATEWAY_UPSTREAM_*`).
     pub upstream: Policy,
+    /// Orders' own timeout (`BOURSE_GATEWAY_ORDERS_TIMEOUT_MS`), shorter than the others': see
+    /// [`Config::read`].
+    pub orders_timeout: Duration,
     pub cors_origins: Vec<String>,
     /// Who may set `X-Forwarded-For` (a load balancer in front of the gateway).
     pub trusted_proxies: TrustedProxies,
@@ -83,8 +86,29 @@ impl Config {
             .map_or(upstream.default_url, |(_, url)| url.as_str())
     }
 
+    /// The call policy for `upstream`: the shared one, with orders' own timeout.
+    pub fn policy_of(&self, upstream: Upstream) -> Policy {
+        let mut policy = self.upstream.clone();
+        if upstream == Upstream::ORDERS {
+            policy.timeout = self.orders_timeout;
+        }
+        policy
+    }
+
     pub fn read(env: &mut Env) -> Self {
         let common = CommonConfig::read(env);
+        let upstream = Policy::read(
+            env,
+            "BOURSE_GATEWAY_UPSTREAM",
+            Policy {
+                timeout: Duration::from_secs(5),
+                ..Policy::default()
+            },
+        );
+        // Orders books a placement within the bound on its risk check or refuses it, so an
+        // operator may wait no longer than that for it while the other upstreams keep the
+        // shared timeout (ADR 0034). The default stays the shared one.
+        let orders_timeout = env.millis("BOURSE_GATEWAY_ORDERS_TIMEOUT_MS", upstream.timeout);
         let cors_origins = env.list("BOURSE_GATEWAY_CORS_ORIGINS");
         for origin in &cors_origins {
             if origin == "*" {
@@ -172,14 +196,8 @@ impl Config {
                     (upstream, url.trim_end_matches('/').to_owned())
                 })
                 .collect(),
-            upstream: Policy::read(
-                env,
-                "BOURSE_GATEWAY_UPSTREAM",
-                Policy {
-                    timeout: Duration::from_secs(5),
-                    ..Policy::default()
-                },
-            ),
+            upstream,
+            orders_timeout,
             cors_origins,
             trusted_proxies: env.or("BOURSE_GATEWAY_TRUSTED_PROXIES", TrustedProxies::none()),
             admin_allowlist: env.or(
@@ -213,6 +231,37 @@ impl Config {
             api_keys,
             service_secret: access::service::client_secret(env, "gateway", production),
             common,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(pairs: &[(&str, &str)]) -> Config {
+        Config::read(&mut Env::from_pairs(pairs.iter().copied()))
+    }
+
+    #[test]
+    fn orders_may_be_given_a_timeout_of_its_own_and_the_others_keep_the_shared_one() {
+        let defaults = read(&[]);
+        assert_eq!(
+            defaults.policy_of(Upstream::ORDERS).timeout,
+            Duration::from_secs(5)
+        );
+        let shared = read(&[("BOURSE_GATEWAY_UPSTREAM_TIMEOUT_MS", "4000")]);
+        assert_eq!(shared.orders_timeout, Duration::from_secs(4));
+
+        let own = read(&[("BOURSE_GATEWAY_ORDERS_TIMEOUT_MS", "2500")]);
+        let orders = own.policy_of(Upstream::ORDERS);
+        assert_eq!(orders.timeout, Duration::from_millis(2_500));
+        assert_eq!(
+            orders.retries, own.upstream.retries,
+            "only the timeout differs"
+        );
+        for other in [Upstream::AUTH, Upstream::SETTLEMENT, Upstream::RISK] {
+            assert_eq!(own.policy_of(other).timeout, Duration::from_secs(5));
         }
     }
 }

@@ -120,13 +120,19 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
         &config.auth.audience,
     )
     .into_shared();
-    let upstream = |name, url: &str| {
-        resilience::Upstream::new(SERVICE, name, url, client.clone(), config.upstream.clone())
-            .map_err(Error::Upstream)
+    let upstream = |known: route_table::Upstream| {
+        resilience::Upstream::new(
+            SERVICE,
+            known.name,
+            config.url_of(known),
+            client.clone(),
+            config.policy_of(known),
+        )
+        .map_err(Error::Upstream)
     };
     let mut clients = Vec::with_capacity(UPSTREAMS.len());
     for known in UPSTREAMS {
-        clients.push((known, upstream(known.name, config.url_of(known))?));
+        clients.push((known, upstream(known)?));
     }
     let upstreams = Upstreams::new(clients, config.common.http.body_limit_bytes);
     let keys = KeyPrefix::new(&config.common.redis_key_prefix);
@@ -145,7 +151,7 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
             "auth",
             config.auth.url.clone(),
             client.clone(),
-            config.upstream.clone(),
+            config.policy_of(route_table::Upstream::AUTH),
             tokens,
         )
         .map_err(Error::Upstream)?,
