@@ -348,6 +348,28 @@ async fn an_upstream_that_never_answers_is_a_504(pool: PgPool) {
     assert_problem(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
 }
 
+/// ADR 0034: orders may be given a timeout of its own. With the shared one at a minute, a
+/// silent orders is answered 504 after orders' 300 ms — not after the minute, which the
+/// request's own deadline (10 s) would cut short with another answer.
+#[sqlx::test(migrations = false)]
+async fn orders_is_waited_for_as_long_as_its_own_timeout_says(pool: PgPool) {
+    let (url, _connections) = silent_upstream().await;
+    let app = spawn_app_without(
+        pool,
+        &[
+            ("BOURSE_ORDERS_URL", url.as_str()),
+            ONLY_THE_TEST_CALLS_THE_STAND_IN,
+            ("BOURSE_GATEWAY_UPSTREAM_TIMEOUT_MS", "60000"),
+            ("BOURSE_GATEWAY_ORDERS_TIMEOUT_MS", "300"),
+        ],
+        CALLS_ORDERS_AT_START,
+    )
+    .await;
+
+    let response = app.get("/v1/instruments").await;
+    assert_problem(response, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
+}
+
 /// REL-06: the permits are per upstream. One that sits on its requests (here auth, a silent
 /// stand-in) is shed at once beyond its limit, and every other upstream's routes are still
 /// admitted — with one pool for all, a stalled orders shed every balance read under load.
@@ -437,6 +459,10 @@ const ONLY_THE_TEST_CALLS_THE_STAND_IN: (&str, &str) =
 /// Services that ask auth for a service token as soon as they start (risk, for settlement's
 /// balances: ADR 0023): left out of tests that count every call reaching a stand-in for auth.
 const CALLS_AUTH_AT_START: &[Target] = &[Target::Risk];
+
+/// Services that call orders as soon as they start (risk for its fence and mark, settlement's
+/// reconciliation): left out of tests that give a stand-in orders' address.
+const CALLS_ORDERS_AT_START: &[Target] = &[Target::Risk, Target::Settlement];
 
 async fn silent_upstream() -> (
     String,

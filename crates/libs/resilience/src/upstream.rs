@@ -218,7 +218,7 @@ struct Transport {
 
 impl Transport {
     /// One request to one address, unbounded: [`Upstream::attempt`] bounds the attempt.
-    async fn attempt(&self, request: reqwest::Request) -> Result<reqwest::Response, Failure> {
+    async fn send(&self, request: reqwest::Request) -> Result<reqwest::Response, Failure> {
         let authority = match (
             request.url().host_str(),
             request.url().port_or_known_default(),
@@ -226,22 +226,19 @@ impl Transport {
             (Some(host), Some(port)) => format!("{host}:{port}"),
             _ => String::new(),
         };
-        let attempt = async {
-            match service_kit::http::in_process::router_for(&authority) {
-                Some(router) => call_in_process(router, request).await,
-                None => self.http.execute(request).await.map_err(|err| {
-                    // Checked first: a connect timeout is also a timeout, and nothing was sent.
-                    if err.is_connect() {
-                        Failure::Connect(err.to_string())
-                    } else if err.is_timeout() {
-                        Failure::Timeout
-                    } else {
-                        Failure::Transport(err.to_string())
-                    }
-                }),
-            }
-        };
-        attempt.await
+        match service_kit::http::in_process::router_for(&authority) {
+            Some(router) => call_in_process(router, request).await,
+            None => self.http.execute(request).await.map_err(|err| {
+                // Checked first: a connect timeout is also a timeout, and nothing was sent.
+                if err.is_connect() {
+                    Failure::Connect(err.to_string())
+                } else if err.is_timeout() {
+                    Failure::Timeout
+                } else {
+                    Failure::Transport(err.to_string())
+                }
+            }),
+        }
     }
 }
 
@@ -253,7 +250,8 @@ struct Addresses {
     next: AtomicUsize,
     /// The clock `Address::set_aside_until` counts from.
     born: Instant,
-    /// How long an address that took no connection is tried last: the breaker's open interval.
+    /// How long an address that took no connection or gave no answer in time is tried last:
+    /// the breaker's open interval.
     set_aside_for: Duration,
 }
 
@@ -304,7 +302,8 @@ impl Addresses {
         ready
     }
 
-    /// Sets `address` aside after it took no connection; true when it was not already.
+    /// Sets `address` aside after it took no connection or gave no answer in time; true when
+    /// it was not already.
     fn set_aside(&self, address: &Address) -> bool {
         let until = self
             .now()
@@ -717,7 +716,7 @@ impl Upstream {
                     .request(call, &address.base)
                     .map_err(Failure::Transport)?;
                 waiting_on = Some(address);
-                match inner.transport.attempt(request).await {
+                match inner.transport.send(request).await {
                     Err(Failure::Connect(detail)) => {
                         if inner.addresses.set_aside(address) && inner.addresses.list.len() > 1 {
                             tracing::warn!(upstream = inner.name, address = %address.base,

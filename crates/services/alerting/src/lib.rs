@@ -222,21 +222,32 @@ mod tests {
 
     #[test]
     fn a_service_given_as_a_list_of_replicas_is_watched_replica_by_replica() {
-        assert_eq!(
-            watched("orders", "http://orders:8082/"),
-            [("orders".to_owned(), "http://orders:8082".to_owned())]
+        let mut config = Config::read(&mut service_kit::Env::from_pairs(
+            Vec::<(String, String)>::new(),
+        ));
+        launch::Service::neighbours(
+            &mut config,
+            &[
+                ("alerting", "http://alerting:8085".to_owned()),
+                ("auth", "http://auth:8081/".to_owned()),
+                (
+                    "orders",
+                    "http://orders-a:8082, https://orders-b:8082".to_owned(),
+                ),
+            ],
         );
+        let watched: Vec<(&str, &str)> = config
+            .watch
+            .targets
+            .iter()
+            .map(|(name, url)| (name.as_str(), url.as_str()))
+            .collect();
         assert_eq!(
-            watched("orders", "http://orders-a:8082, https://orders-b:8082"),
+            watched,
             [
-                (
-                    "orders@orders-a:8082".to_owned(),
-                    "http://orders-a:8082".to_owned()
-                ),
-                (
-                    "orders@orders-b:8082".to_owned(),
-                    "https://orders-b:8082".to_owned()
-                ),
+                ("auth", "http://auth:8081"),
+                ("orders@orders-a:8082", "http://orders-a:8082"),
+                ("orders@orders-b:8082", "https://orders-b:8082"),
             ]
         );
     }

@@ -21,8 +21,7 @@ pub struct Config {
     pub upstream_urls: Vec<(Upstream, String)>,
     /// Timeout, retries, breaker and bulkhead of each upstream (`BOURSE_GATEWAY_UPSTREAM_*`).
     pub upstream: Policy,
-    /// Orders' own timeout (`BOURSE_GATEWAY_ORDERS_TIMEOUT_MS`), shorter than the others': see
-    /// [`Config::read`].
+    /// Orders' own timeout (`BOURSE_GATEWAY_ORDERS_TIMEOUT_MS`); the shared one when unset.
     pub orders_timeout: Duration,
     pub cors_origins: Vec<String>,
     /// Who may set `X-Forwarded-For` (a load balancer in front of the gateway).
