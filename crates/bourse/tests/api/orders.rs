@@ -334,6 +334,49 @@ async fn concurrent_requests_with_one_key_create_exactly_one_order(pool: PgPool)
     assert_eq!(m.held(&m.alice, "BTC").await, "0.50000000");
 }
 
+/// REL-03, REL-07 (ADR 0034): the gateway waits for orders no longer than orders' own timeout,
+/// and a placement it stopped waiting for runs on to its end. The 504 says only that the answer
+/// did not come in time: sent again with its Idempotency-Key, the placement is answered 409
+/// while it is still at work, then with the order it became — booked once, its funds reserved.
+#[sqlx::test(migrations = false)]
+async fn a_placement_the_gateway_stopped_waiting_for_is_learnt_by_sending_it_again(pool: PgPool) {
+    let m =
+        market_on(spawn_app_with(pool, &[("BOURSE_GATEWAY_ORDERS_TIMEOUT_MS", "300")]).await).await;
+    m.placed(&m.bob, &limit("sell", "31000.00", "0.1")).await; // starts the BTC-USD task
+    let order = limit("buy", "29000.00", "0.1");
+
+    // The matching task waits for this lock when it writes Alice's order.
+    let blocker = m.lock_orders().await;
+    let cut_short = m.place_with_key(&m.alice, "slow", &order).await;
+    assert_problem(cut_short, StatusCode::GATEWAY_TIMEOUT, "upstream_timeout").await;
+    m.until_matching_waits_on_the_lock().await;
+
+    // Still at work: a retry is told so, and reserves nothing a second time.
+    let retried = m.place_with_key(&m.alice, "slow", &order).await;
+    assert_problem(retried, StatusCode::CONFLICT, "idempotency_key_in_flight").await;
+
+    blocker.rollback().await.unwrap();
+    eventually("Alice's order to be booked", || async {
+        count(&m.app.db, "SELECT count(*) FROM orders.orders").await == 2
+    })
+    .await;
+    let learnt = m.place_with_key(&m.alice, "slow", &order).await;
+    assert_eq!(learnt.status(), StatusCode::CREATED);
+    assert_eq!(learnt.headers()["idempotent-replayed"], "true");
+    let learnt: Value = learnt.json().await.unwrap();
+    assert_eq!(
+        (learnt["status"].as_str(), learnt["price"].as_str()),
+        (Some("open"), Some("29000.00"))
+    );
+    assert_eq!(
+        count(&m.app.db, "SELECT count(*) FROM orders.orders").await,
+        2,
+        "Bob's ask and Alice's bid, once"
+    );
+    // 0.1 at 29,000.00 and the highest fee it may pay: reserved once, and kept.
+    assert_eq!(m.held(&m.alice, "USD").await, "2905.80");
+}
+
 #[sqlx::test(migrations = false)]
 async fn a_halt_through_one_replica_stops_orders_through_the_other(pool: PgPool) {
     // Each orders replica keeps the instruments it has read in memory (ADR 0025): the halt

@@ -21,7 +21,7 @@ pub struct Config {
     pub upstream_urls: Vec<(Upstream, String)>,
     /// Timeout, retries, breaker and bulkhead of each upstream (`BOURSE_GATEWAY_UPSTREAM_*`).
     pub upstream: Policy,
-    /// Orders' own timeout (`BOURSE_GATEWAY_ORDERS_TIMEOUT_MS`); the shared one when unset.
+    /// Orders' own timeout (`BOURSE_GATEWAY_ORDERS_TIMEOUT_MS`), shorter than the shared one.
     pub orders_timeout: Duration,
     pub cors_origins: Vec<String>,
     /// Who may set `X-Forwarded-For` (a load balancer in front of the gateway).
@@ -74,6 +74,10 @@ pub struct Tier {
 }
 
 impl Config {
+    /// The bound on a risk check (`BOURSE_RISK_CHECK_VALID_FOR_MS`'s default) and half a
+    /// second for the batch that books it.
+    const DEFAULT_ORDERS_TIMEOUT: Duration = Duration::from_millis(2_500);
+
     /// The base URL of `upstream` (its default for one the table gained after this was read).
     pub fn url_of(&self, upstream: Upstream) -> &str {
         if upstream == Upstream::AUTH {
@@ -104,10 +108,14 @@ impl Config {
                 ..Policy::default()
             },
         );
-        // Orders books a placement within the bound on its risk check or refuses it, so an
-        // operator may wait no longer than that for it while the other upstreams keep the
-        // shared timeout (ADR 0034). The default stays the shared one.
-        let orders_timeout = env.millis("BOURSE_GATEWAY_ORDERS_TIMEOUT_MS", upstream.timeout);
+        // Orders books a placement within the bound on its risk check (2 s) or refuses it, so
+        // waiting longer only holds permits on a replica that stopped answering; the other
+        // upstreams keep the shared timeout. A placement cut short is answered 504, and its
+        // Idempotency-Key tells the client what became of it (ADR 0034).
+        let orders_timeout = env.millis(
+            "BOURSE_GATEWAY_ORDERS_TIMEOUT_MS",
+            Self::DEFAULT_ORDERS_TIMEOUT,
+        );
         let cors_origins = env.list("BOURSE_GATEWAY_CORS_ORIGINS");
         for origin in &cors_origins {
             if origin == "*" {
@@ -243,18 +251,28 @@ mod tests {
     }
 
     #[test]
-    fn orders_may_be_given_a_timeout_of_its_own_and_the_others_keep_the_shared_one() {
+    fn orders_has_a_timeout_of_its_own_and_the_others_keep_the_shared_one() {
         let defaults = read(&[]);
         assert_eq!(
             defaults.policy_of(Upstream::ORDERS).timeout,
+            Duration::from_millis(2_500),
+            "the bound on a risk check and half a second"
+        );
+        assert_eq!(
+            defaults.policy_of(Upstream::SETTLEMENT).timeout,
             Duration::from_secs(5)
         );
-        let shared = read(&[("BOURSE_GATEWAY_UPSTREAM_TIMEOUT_MS", "4000")]);
-        assert_eq!(shared.orders_timeout, Duration::from_secs(4));
 
-        let own = read(&[("BOURSE_GATEWAY_ORDERS_TIMEOUT_MS", "2500")]);
+        let shared = read(&[("BOURSE_GATEWAY_UPSTREAM_TIMEOUT_MS", "4000")]);
+        assert_eq!(
+            shared.policy_of(Upstream::ORDERS).timeout,
+            Duration::from_millis(2_500),
+            "the shared setting leaves orders' own alone"
+        );
+
+        let own = read(&[("BOURSE_GATEWAY_ORDERS_TIMEOUT_MS", "1200")]);
         let orders = own.policy_of(Upstream::ORDERS);
-        assert_eq!(orders.timeout, Duration::from_millis(2_500));
+        assert_eq!(orders.timeout, Duration::from_millis(1_200));
         assert_eq!(
             orders.retries, own.upstream.retries,
             "only the timeout differs"
