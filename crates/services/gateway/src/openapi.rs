@@ -158,7 +158,7 @@ fn edge_statuses(route: &RouteSpec, operation: &Operation) -> Vec<(&'static str,
         ),
         (
             "504",
-            "A service behind the gateway did not answer in time.",
+            "A service behind the gateway did not answer in time. The request may still take effect: a POST with an Idempotency-Key, sent again with the same key, learns its outcome.",
         ),
     ];
     if operation.request_body.is_some() {
