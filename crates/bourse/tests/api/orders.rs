@@ -943,6 +943,91 @@ async fn own_trades_page_newest_first_across_maker_and_taker(pool: PgPool) {
     assert_eq!(liquidity, ["maker", "taker", "maker", "taker"]);
 }
 
+/// docs/stream.md, "Reconnecting": a client whose stream closed asks for the trades after the
+/// last one it saw, page by page, and gets each trade it missed once, oldest first.
+#[sqlx::test(migrations = false)]
+async fn a_client_that_lost_its_stream_catches_up_on_the_trades_after_the_last_it_saw(
+    pool: PgPool,
+) {
+    let m = market(pool).await;
+    m.placed(&m.alice, &limit("sell", "30000.00", "0.5")).await;
+    for _ in 0..5 {
+        m.placed(&m.bob, &limit("buy", "30000.00", "0.1")).await;
+    }
+    let trades = |query: String| {
+        let app = &m.app;
+        async move {
+            let response = app.get(&format!("/v1/markets/BTC-USD/trades{query}")).await;
+            assert_eq!(response.status(), StatusCode::OK, "{query}");
+            let trades: Vec<Value> = response.json().await.unwrap();
+            trades
+                .iter()
+                .map(|t| t["id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let mut in_order = trades(String::new()).await;
+    in_order.reverse();
+    assert_eq!(in_order.len(), 5, "newest first without `after`");
+
+    // The client saw the first trade; it pages through the rest, two at a time.
+    let mut caught_up = Vec::new();
+    let mut last = in_order[0].clone();
+    // Bounded: a page that repeated a trade would otherwise never end.
+    for _ in 0..in_order.len() {
+        let page = trades(format!("?after={last}&limit=2")).await;
+        assert!(page.len() <= 2);
+        let Some(newest) = page.last() else { break };
+        last = newest.clone();
+        caught_up.extend(page);
+    }
+    assert_eq!(
+        caught_up,
+        in_order[1..],
+        "each missed trade once, oldest first"
+    );
+    assert!(trades(format!("?after={}", in_order[4])).await.is_empty());
+
+    // A trade this symbol never had, bounds and shapes outside the contract: refused, 4xx.
+    let unknown = format!("after={}", uuid::Uuid::now_v7());
+    let refused = [
+        (
+            unknown.as_str(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_trade",
+        ),
+        ("limit=0", StatusCode::UNPROCESSABLE_ENTITY, "invalid_query"),
+        (
+            "limit=501",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+        ),
+        (
+            "limit=-1",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_query",
+        ),
+        ("after=yesterday", StatusCode::BAD_REQUEST, "invalid_query"),
+        ("limit=many", StatusCode::BAD_REQUEST, "invalid_query"),
+        ("since=1", StatusCode::BAD_REQUEST, "invalid_query"),
+    ];
+    for (query, status, code) in refused {
+        let response = m
+            .app
+            .get(&format!("/v1/markets/BTC-USD/trades?{query}"))
+            .await;
+        assert_problem(response, status, code).await;
+    }
+    let unknown_symbol = m
+        .app
+        .get(&format!(
+            "/v1/markets/DOGE-USD/trades?after={}",
+            in_order[0]
+        ))
+        .await;
+    assert_problem(unknown_symbol, StatusCode::NOT_FOUND, "not_found").await;
+}
+
 #[sqlx::test(migrations = false)]
 async fn market_data_shows_the_book_trades_and_ticker(pool: PgPool) {
     let m = market(pool).await;

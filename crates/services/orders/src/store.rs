@@ -557,6 +557,37 @@ pub async fn recent_trades(pool: &PgPool, symbol: &str, limit: i64) -> Result<Ve
     .await?)
 }
 
+/// Where trade `id` of `symbol` stands in the symbol's sequence; `None` if it is not one of
+/// the symbol's trades.
+pub async fn trade_sequence(pool: &PgPool, symbol: &str, id: uuid::Uuid) -> Result<Option<i64>> {
+    Ok(
+        sqlx::query_scalar("SELECT sequence FROM trades WHERE id = $1 AND symbol = $2")
+            .bind(id)
+            .bind(symbol)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Public trades of a symbol that came after `sequence`, oldest first: how a client that lost
+/// its stream catches up.
+pub async fn trades_after(
+    pool: &PgPool,
+    symbol: &str,
+    sequence: i64,
+    limit: i64,
+) -> Result<Vec<TradeRow>> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {TRADE_COLUMNS} FROM trades WHERE symbol = $1 AND sequence > $2
+          ORDER BY sequence LIMIT $3"
+    )))
+    .bind(symbol)
+    .bind(sequence)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// The account's own trades (as maker or taker), newest first, after `cursor` (exclusive).
 pub async fn own_trades(
     pool: &PgPool,

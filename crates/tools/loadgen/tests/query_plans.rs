@@ -293,6 +293,16 @@ async fn reads_the_mix_leaves_out(platform: &Platform) {
         .unwrap();
     // Any id will do as a cursor: the statement is what is planned, not what it finds.
     let cursor = uuid::Uuid::now_v7();
+    // But the trades after one must start from a trade of the symbol, or only the look-up of
+    // where it stands runs.
+    let recent = gateway
+        .read(None, "/v1/markets/BTC-USD/trades?limit=1")
+        .await
+        .unwrap();
+    let traded = recent.body[0]["id"]
+        .as_str()
+        .expect("the load traded")
+        .to_owned();
     let trader_reads = [
         "/v1/auth/me".to_owned(),
         "/v1/api-keys".to_owned(),
@@ -305,6 +315,7 @@ async fn reads_the_mix_leaves_out(platform: &Platform) {
         "/v1/positions".to_owned(),
         "/v1/balances".to_owned(),
         "/v1/markets/BTC-USD/trades".to_owned(),
+        format!("/v1/markets/BTC-USD/trades?after={traded}"),
         "/v1/markets/BTC-USD/ticker".to_owned(),
     ];
     let operator_reads = [

@@ -23,6 +23,19 @@ pub struct BookQuery {
     pub depth: Option<usize>,
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct TradesQuery {
+    /// Only the trades that came after this one (a trade's `id`, from this list or the
+    /// `trades:{symbol}` stream), oldest first: how a client that lost its stream catches up
+    /// (docs/stream.md, "Reconnecting"). Without it, the most recent trades, newest first.
+    pub after: Option<Uuid>,
+    /// Trades per answer, 1-500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct BookView {
     pub symbol: String,
@@ -80,15 +93,36 @@ pub async fn book(
     }))
 }
 
-/// The most recent trades, newest first.
-#[utoipa::path(get, path = "/v1/markets/{symbol}/trades", tag = "market", params(("symbol" = String, Path)),
-    responses((status = 200, body = [PublicTrade]), (status = 404, body = Problem)))]
+/// The most recent trades, newest first; or, `after` a trade, the trades since, oldest first.
+#[utoipa::path(get, path = "/v1/markets/{symbol}/trades", tag = "market", params(("symbol" = String, Path), TradesQuery),
+    responses((status = 200, body = [PublicTrade]), (status = 404, body = Problem), (status = 422, body = Problem)))]
 pub async fn trades(
     State(state): State<AppState>,
     Path(symbol): Path<String>,
+    Query(query): Query<TradesQuery>,
 ) -> Result<Body<Vec<PublicTrade>>> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(
+            Problem::unprocessable("invalid_query", "limit must be between 1 and 500").into(),
+        );
+    }
     let instrument = instrument(&state, &symbol).await?;
-    let trades = store::recent_trades(&state.pool, &symbol, 50).await?;
+    let trades = match query.after {
+        None => store::recent_trades(&state.pool, &instrument.symbol, limit).await?,
+        Some(after) => {
+            let Some(sequence) =
+                store::trade_sequence(&state.pool, &instrument.symbol, after).await?
+            else {
+                return Err(Problem::unprocessable(
+                    "unknown_trade",
+                    format!("{after} is not a trade of {}", instrument.symbol),
+                )
+                .into());
+            };
+            store::trades_after(&state.pool, &instrument.symbol, sequence, limit).await?
+        }
+    };
     Ok(Body(
         trades
             .into_iter()
