@@ -991,11 +991,7 @@ async fn a_client_that_lost_its_stream_catches_up_on_the_trades_after_the_last_i
     // A trade this symbol never had, bounds and shapes outside the contract: refused, 4xx.
     let unknown = format!("after={}", uuid::Uuid::now_v7());
     let refused = [
-        (
-            unknown.as_str(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_trade",
-        ),
+        (unknown.as_str(), StatusCode::NOT_FOUND, "unknown_trade"),
         ("limit=0", StatusCode::UNPROCESSABLE_ENTITY, "invalid_query"),
         (
             "limit=501",

@@ -95,7 +95,7 @@ pub async fn book(
 
 /// The most recent trades, newest first; or, `after` a trade, the trades since, oldest first.
 #[utoipa::path(get, path = "/v1/markets/{symbol}/trades", tag = "market", params(("symbol" = String, Path), TradesQuery),
-    responses((status = 200, body = [PublicTrade]), (status = 404, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = [PublicTrade]), (status = 404, body = Problem, description = "No such symbol (`not_found`), or `after` is not one of its trades (`unknown_trade`)"), (status = 422, body = Problem)))]
 pub async fn trades(
     State(state): State<AppState>,
     Path(symbol): Path<String>,
@@ -114,7 +114,9 @@ pub async fn trades(
             let Some(sequence) =
                 store::trade_sequence(&state.pool, &instrument.symbol, after).await?
             else {
-                return Err(Problem::unprocessable(
+                // The trade `after` names is what the request is about: not found.
+                return Err(Problem::new(
+                    axum::http::StatusCode::NOT_FOUND,
                     "unknown_trade",
                     format!("{after} is not a trade of {}", instrument.symbol),
                 )
