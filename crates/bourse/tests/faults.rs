@@ -8,6 +8,8 @@
 //!    failover to a replica that lagged) comes back;
 //! 4. with two orders replicas, the owner of a symbol killed — also under the load generator's
 //!    whole mix, whose invariants must hold afterwards — or paused;
+//! 5. the gateway killed under the load generator's mix: its WebSocket subscribers connect
+//!    again and catch up on the trades they missed;
 //!
 //! — and afterwards: every order answered 2xx is stored exactly once, every executed trade is
 //! settled exactly once, nothing was dead-lettered, no request was answered 500 (a dependency
@@ -176,6 +178,32 @@ impl Platform {
         child.kill().await.unwrap();
         self.spawn(service);
         self.until_ready(service).await;
+    }
+
+    /// The load generator's mix on BTC-USD through the gateway for `seconds` — 60 actions a
+    /// second from 4 traders, 2 WebSocket subscribers — with an operator of its own; its report
+    /// when the run is over.
+    async fn load_generator_running(
+        &self,
+        seconds: u64,
+        seed: u64,
+    ) -> tokio::task::JoinHandle<Result<loadgen::Report, loadgen::Error>> {
+        let operator = "loadgen-operator@example.com";
+        trader(self, operator, &["admin"]).await;
+        let config = loadgen::Config {
+            gateway: self.url("gateway"),
+            rate: 60,
+            duration_secs: seconds,
+            accounts: 4,
+            subscribers: 2,
+            symbol: "BTC-USD".to_owned(),
+            admin_email: operator.to_owned(),
+            admin_password: PASSWORD.to_owned(),
+            seed,
+            max_in_flight: 1_000,
+            settle_timeout_secs: 60,
+        };
+        tokio::spawn(async move { loadgen::run(&config).await })
     }
 
     async fn until_every_trade_settled(&self) {
@@ -918,22 +946,7 @@ async fn orders_replicas_keep_one_book_per_symbol_through_a_kill_and_a_pause() {
 async fn the_load_generators_invariants_hold_through_two_kills_of_the_symbols_owner() {
     const SYMBOL: &str = "BTC-USD";
     let mut platform = Platform::start_with(&["orders-2"]).await;
-    let operator = "loadgen-operator@example.com";
-    trader(&platform, operator, &["admin"]).await;
-    let config = loadgen::Config {
-        gateway: platform.url("gateway"),
-        rate: 60,
-        duration_secs: 40,
-        accounts: 4,
-        subscribers: 2,
-        symbol: SYMBOL.to_owned(),
-        admin_email: operator.to_owned(),
-        admin_password: PASSWORD.to_owned(),
-        seed: 14,
-        max_in_flight: 1_000,
-        settle_timeout_secs: 60,
-    };
-    let run = tokio::spawn(async move { loadgen::run(&config).await });
+    let run = platform.load_generator_running(40, 14).await;
 
     let stored = |platform: &Platform| {
         let db = platform.db.clone();
@@ -990,6 +1003,33 @@ async fn the_load_generators_invariants_hold_through_two_kills_of_the_symbols_ow
     );
     assert!(report.orders_placed > 200, "{report}");
     platform.assert_one_book_per_symbol().await;
+}
+
+/// docs/stream.md, "Reconnecting", under the load generator's mix: the gateway is SIGKILLed
+/// mid-run and started again. Every subscriber's stream is cut; each connects again,
+/// subscribes, and reads the trades it missed from the REST API (`trades?after=` the last one
+/// it received), so every trade of the run still reaches every subscriber, and every other
+/// invariant holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generators_subscribers_catch_up_after_the_gateway_restarts() {
+    let mut platform = Platform::start().await;
+    let run = platform.load_generator_running(20, 15).await;
+    eventually("trades before the gateway is killed", || async {
+        platform.count("SELECT count(*) FROM orders.trades").await >= 10
+    })
+    .await;
+    platform.kill_and_restart("gateway").await;
+
+    let report = run.await.unwrap().unwrap();
+    eprintln!("{report}");
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.internal_errors(), 0, "{report}");
+    for (index, subscriber) in report.subscribers.iter().enumerate() {
+        assert!(
+            subscriber.closed.is_none() && !subscriber.reconnects.is_empty(),
+            "subscriber {index} was cut off, came back and caught up: {report}"
+        );
+    }
 }
 
 async fn epoch_of(platform: &Platform, symbol: &str) -> i64 {

@@ -181,6 +181,36 @@ impl Gateway {
         Self::answer(request).await
     }
 
+    /// Every trade of `symbol` after trade `after`, oldest first, all pages: how a client whose
+    /// stream closed catches up (docs/stream.md, "Reconnecting").
+    pub async fn trades_after(&self, symbol: &str, after: Uuid) -> Result<Vec<Uuid>, Error> {
+        const PAGE: usize = 500;
+        let mut trades = Vec::new();
+        let mut last = after;
+        loop {
+            let path = format!("/v1/markets/{symbol}/trades?after={last}&limit={PAGE}");
+            let page = Self::expect(
+                "listing trades after one",
+                self.read(None, &path).await?,
+                &[StatusCode::OK],
+            )?;
+            let ids: Vec<Uuid> = page
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|trade| trade["id"].as_str()?.parse().ok())
+                .collect();
+            let full = ids.len() == PAGE;
+            if let Some(newest) = ids.last() {
+                last = *newest;
+            }
+            trades.extend(ids);
+            if !full {
+                return Ok(trades);
+            }
+        }
+    }
+
     /// Every order of the account behind `token`, all pages.
     pub async fn all_orders(&self, token: &str) -> Result<Vec<Value>, Error> {
         let mut orders = Vec::new();

@@ -100,7 +100,7 @@ pub async fn run(config: &Config) -> Result<Report, Error> {
         let (progress, watcher) = watch::channel(Subscriber::default());
         following.push(watcher);
         subscribers.spawn(subscribe(
-            gateway.base().to_owned(),
+            gateway.clone(),
             token,
             config.symbol.clone(),
             progress,
@@ -282,10 +282,14 @@ pub fn trader_followed_by(subscriber: usize, traders: usize) -> usize {
     subscriber % traders.max(1)
 }
 
+/// How long a subscriber whose stream closed keeps trying to connect again and catch up.
+const RECONNECT_WITHIN: Duration = Duration::from_secs(15);
+
 /// A WebSocket client following `symbol`'s trades and book and its trader's orders until
-/// `stop`, telling `progress` what it received.
+/// `stop`, telling `progress` what it received. When the stream closes it connects again and
+/// catches up on the trades it missed, as a client should (docs/stream.md, "Reconnecting").
 async fn subscribe(
-    base: String,
+    gateway: Gateway,
     token: String,
     symbol: String,
     progress: watch::Sender<Subscriber>,
@@ -295,43 +299,115 @@ async fn subscribe(
     let stopped = stop.notified();
     tokio::pin!(stopped);
     let connected = tokio::select! {
-        socket = connect(&base, &token, &symbol) => socket,
+        socket = connect(gateway.base(), &token, &symbol) => socket,
         () = &mut stopped => None,
     };
     let Some(mut socket) = connected else {
         return;
     };
     loop {
-        let message = tokio::select! {
-            message = socket.next() => message,
+        let why = tokio::select! {
+            why = follow(&mut socket, &progress) => why,
             () = &mut stopped => return,
         };
-        match message {
-            Some(Ok(Message::Text(text))) => progress.send_modify(|seen| seen.observe(&text)),
-            Some(Ok(Message::Close(frame))) => {
-                let why = frame.map_or_else(
-                    || "without a close frame".to_owned(),
-                    |f| format!("{} {}", u16::from(f.code), f.reason),
-                );
+        let again = tokio::select! {
+            again = reconnect(&gateway, &token, &symbol, &progress, why.clone()) => again,
+            () = &mut stopped => None,
+        };
+        match again {
+            Some(again) => socket = again,
+            None => {
                 progress.send_modify(|seen| seen.closed = Some(why));
-                return;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => {
-                progress.send_modify(|seen| seen.closed = Some("connection lost".to_owned()));
                 return;
             }
         }
     }
 }
 
-/// A stream subscribed to `symbol`'s trades and book and its own orders; `None` if it could
-/// not be opened.
-async fn connect(
-    base: &str,
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Reads the stream into `progress` until it closes: why it did.
+async fn follow(socket: &mut Socket, progress: &watch::Sender<Subscriber>) -> String {
+    loop {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => progress.send_modify(|seen| seen.observe(&text)),
+            Some(Ok(Message::Close(frame))) => {
+                return frame.map_or_else(
+                    || "without a close frame".to_owned(),
+                    |f| format!("{} {}", u16::from(f.code), f.reason),
+                );
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return "connection lost".to_owned(),
+        }
+    }
+}
+
+/// Connects again after the stream closed (`why`), subscribes, and once the subscription is
+/// confirmed reads the trades missed since the last one received — in that order, so that no
+/// trade falls between the two. `None` if that could not be done within [`RECONNECT_WITHIN`],
+/// or there is no trade to catch up from.
+async fn reconnect(
+    gateway: &Gateway,
     token: &str,
     symbol: &str,
-) -> Option<WebSocketStream<MaybeTlsStream<TcpStream>>> {
+    progress: &watch::Sender<Subscriber>,
+    why: String,
+) -> Option<Socket> {
+    let deadline = Instant::now() + RECONNECT_WITHIN;
+    for attempt in 0u32.. {
+        if Instant::now() >= deadline {
+            return None;
+        }
+        // Full jitter under a ceiling that doubles from 50 ms to a second: subscribers cut off
+        // together do not come back together.
+        let ceiling = 50u64.checked_shl(attempt).unwrap_or(u64::MAX).min(1_000);
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ceiling))).await;
+        let Some(mut socket) = connect(gateway.base(), token, symbol).await else {
+            continue;
+        };
+        if !until_subscribed(&mut socket, progress).await {
+            continue;
+        }
+        let last = progress.borrow().trades.last?;
+        let Ok(missed) = gateway.trades_after(symbol, last).await else {
+            continue;
+        };
+        progress.send_modify(|seen| {
+            seen.trades.caught_up(&missed);
+            seen.reconnects.push(why.clone());
+        });
+        return Some(socket);
+    }
+    None
+}
+
+/// Reads a new connection until the server confirms the subscription; `false` if it closed
+/// first. What arrives with it is taken as any message is.
+async fn until_subscribed(socket: &mut Socket, progress: &watch::Sender<Subscriber>) -> bool {
+    let mut numbered_from_start = false;
+    while let Some(Ok(message)) = socket.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let confirmed = serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|m| m["type"] == "subscribed");
+        if !numbered_from_start {
+            // Everything this connection sends is numbered from its start.
+            progress.send_modify(Subscriber::connected_again);
+            numbered_from_start = true;
+        }
+        progress.send_modify(|seen| seen.observe(&text));
+        if confirmed {
+            return true;
+        }
+    }
+    false
+}
+
+/// A stream subscribed to `symbol`'s trades and book and its own orders; `None` if it could
+/// not be opened.
+async fn connect(base: &str, token: &str, symbol: &str) -> Option<Socket> {
     let url = format!("{}/v1/stream", base.replacen("http", "ws", 1));
     let mut request = url.into_client_request().ok()?;
     request

@@ -179,16 +179,20 @@ impl fmt::Display for Report {
             per_subscriber(|s| s.book.updates),
             per_subscriber(|s| s.book.gaps),
         )?;
-        for (index, closed) in self
-            .subscribers
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.closed.as_ref().map(|c| (i, c)))
-        {
-            writeln!(
-                f,
-                "subscriber {index}: the server closed the stream: {closed}"
-            )?;
+        for (index, subscriber) in self.subscribers.iter().enumerate() {
+            if !subscriber.reconnects.is_empty() {
+                writeln!(
+                    f,
+                    "subscriber {index}: connected again and caught up after: {}",
+                    subscriber.reconnects.join("; ")
+                )?;
+            }
+            if let Some(closed) = &subscriber.closed {
+                writeln!(
+                    f,
+                    "subscriber {index}: the server closed the stream: {closed}"
+                )?;
+            }
         }
         if self.violations.is_empty() {
             writeln!(f, "invariants: all hold")

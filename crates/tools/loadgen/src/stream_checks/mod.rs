@@ -26,12 +26,23 @@ pub struct Subscriber {
     pub book: BookChain,
     pub trades: TradeTape,
     pub own_orders: OwnOrders,
-    /// The server closed the stream (code and reason), which the protocol allows — a client
-    /// too slow for its queue, an expired token — and after which messages may be missing.
+    /// The stream closed for good (code and reason): the server closed it, which the protocol
+    /// allows — a client too slow for its queue, an expired token — and the subscriber could
+    /// not connect again and catch up. Messages may be missing after it.
     pub closed: Option<String>,
+    /// Each time the stream closed and the subscriber connected again and caught up on the
+    /// trades it missed (docs/stream.md, "Reconnecting"): why it closed.
+    pub reconnects: Vec<String>,
 }
 
 impl Subscriber {
+    /// A new connection: its channels are numbered from their start, and the book begins
+    /// again with a snapshot.
+    pub fn connected_again(&mut self) {
+        self.trades.reconnected();
+        self.own_orders.reconnected();
+    }
+
     /// Takes one text message from the server.
     pub fn observe(&mut self, text: &str) {
         self.messages += 1;

@@ -37,6 +37,12 @@ pub struct OwnOrders {
 }
 
 impl OwnOrders {
+    /// A new connection, numbered from its start. What was missed while disconnected is not
+    /// caught up here, so the run does not expect every message of a reconnected stream.
+    pub fn reconnected(&mut self) {
+        self.numbering = Consecutive::default();
+    }
+
     /// Takes one server message of the `orders` channel (`{channel, type, sequence, data}`).
     pub fn observe(&mut self, message: &Value) {
         let Some(sequence) = message["sequence"].as_u64() else {

@@ -4,7 +4,10 @@
 //!
 //! The tape keeps the trade ids it received; once the run is over, every trade the run's own
 //! orders took part in must be on it — unless the server closed the connection, which the
-//! protocol allows and the report shows.
+//! protocol allows and the report shows, and the subscriber could not catch up. A subscriber
+//! that connects again numbers the new connection from its start and reads the trades it
+//! missed from the REST API (docs/stream.md, "Reconnecting"); those may come again on the new
+//! stream, so a trade twice is a broken promise only within one connection.
 
 use std::collections::HashSet;
 
@@ -17,8 +20,12 @@ use super::{Consecutive, Findings};
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TradeTape {
     numbering: Consecutive,
-    /// Every trade id received.
+    /// Every trade id received, on any connection or caught up.
     pub trades: HashSet<Uuid>,
+    /// The trades received on this connection.
+    this_connection: HashSet<Uuid>,
+    /// The last trade received, on the stream or caught up: where catching up starts.
+    pub last: Option<Uuid>,
     /// Messages that broke the promise.
     pub broken: Findings,
 }
@@ -38,8 +45,24 @@ impl TradeTape {
             self.broken
                 .note(&format!("skipped or repeated after {last}"), message);
         }
-        if !self.trades.insert(id) {
+        if !self.this_connection.insert(id) {
             self.broken.note("a trade received twice", message);
+        }
+        self.trades.insert(id);
+        self.last = Some(id);
+    }
+
+    /// A new connection: numbered from its start, and its own trades each once.
+    pub fn reconnected(&mut self) {
+        self.numbering = Consecutive::default();
+        self.this_connection.clear();
+    }
+
+    /// The trades missed while disconnected, oldest first, as the REST API lists them.
+    pub fn caught_up(&mut self, missed: &[Uuid]) {
+        self.trades.extend(missed);
+        if let Some(newest) = missed.last() {
+            self.last = Some(*newest);
         }
     }
 
@@ -106,5 +129,21 @@ mod tests {
 
         let unnumbered = json!({"channel": "trades:T", "type": "trade", "data": {"id": a}});
         assert_eq!(tape(&[unnumbered]).broken.len(), 1);
+    }
+
+    #[test]
+    fn a_new_connection_numbers_from_its_start_and_may_repeat_what_was_caught_up() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut seen = tape(&[trade(7, a)]);
+        seen.reconnected();
+        seen.caught_up(&[b, c]);
+        assert_eq!(seen.last, Some(c));
+        // The new stream starts at 1 and delivers `c` again: both allowed.
+        seen.observe(&trade(1, c));
+        assert!(seen.broken.is_empty(), "{:?}", seen.broken);
+        assert!(seen.has_all(&HashSet::from([a, b, c])));
+        // Twice on one connection is still a broken promise.
+        seen.observe(&trade(2, c));
+        assert_eq!(seen.broken.len(), 1, "{:?}", seen.broken);
     }
 }
