@@ -9,7 +9,7 @@
 //! 4. with two orders replicas, the owner of a symbol killed — also under the load generator's
 //!    whole mix, whose invariants must hold afterwards — or paused;
 //! 5. the gateway killed under the load generator's mix: its WebSocket subscribers connect
-//!    again and catch up on the trades they missed;
+//!    again and catch up on what they missed;
 //!
 //! — and afterwards: every order answered 2xx is stored exactly once, every executed trade is
 //! settled exactly once, nothing was dead-lettered, no request was answered 500 (a dependency
@@ -1007,9 +1007,10 @@ async fn the_load_generators_invariants_hold_through_two_kills_of_the_symbols_ow
 
 /// docs/stream.md, "Reconnecting", under the load generator's mix: the gateway is SIGKILLed
 /// mid-run and started again. Every subscriber's stream is cut; each connects again,
-/// subscribes, and reads the trades it missed from the REST API (`trades?after=` the last one
-/// it received), so every trade of the run still reaches every subscriber, and every other
-/// invariant holds.
+/// subscribes, and reads what it missed from the REST API (`trades?after=` the last trade it
+/// received, its trader's orders), so every trade of the run and every order, fill and end of
+/// its trader's still reach it, and every other invariant holds. (The trades' catch-up is
+/// what these runs need: without it each subscriber misses a trade or so.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_load_generators_subscribers_catch_up_after_the_gateway_restarts() {
     let mut platform = Platform::start().await;

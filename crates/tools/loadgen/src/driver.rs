@@ -287,7 +287,8 @@ const RECONNECT_WITHIN: Duration = Duration::from_secs(15);
 
 /// A WebSocket client following `symbol`'s trades and book and its trader's orders until
 /// `stop`, telling `progress` what it received. When the stream closes it connects again and
-/// catches up on the trades it missed, as a client should (docs/stream.md, "Reconnecting").
+/// catches up on the trades and its orders' news it missed, as a client should (docs/stream.md,
+/// "Reconnecting").
 async fn subscribe(
     gateway: Gateway,
     token: String,
@@ -344,8 +345,8 @@ async fn follow(socket: &mut Socket, progress: &watch::Sender<Subscriber>) -> St
 }
 
 /// Connects again after the stream closed (`why`), subscribes, and once the subscription is
-/// confirmed reads the trades missed since the last one received — in that order, so that no
-/// trade falls between the two. `None` if that could not be done within [`RECONNECT_WITHIN`],
+/// confirmed reads the trades missed since the last one received and its trader's orders — in
+/// that order, so that nothing falls between the two. `None` if that could not be done within [`RECONNECT_WITHIN`],
 /// or there is no trade to catch up from.
 async fn reconnect(
     gateway: &Gateway,
@@ -373,8 +374,12 @@ async fn reconnect(
         let Ok(missed) = gateway.trades_after(symbol, last).await else {
             continue;
         };
+        let Ok(orders) = gateway.all_orders(token).await else {
+            continue;
+        };
         progress.send_modify(|seen| {
             seen.trades.caught_up(&missed);
+            seen.own_orders.caught_up(&orders);
             seen.reconnects.push(why.clone());
         });
         return Some(socket);

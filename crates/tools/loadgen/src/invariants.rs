@@ -128,10 +128,6 @@ impl OrdersOf {
 /// its trader's.
 fn everything_arrived(seen: &Subscriber, traded: &HashSet<Uuid>, own: &OrdersOf) -> bool {
     let orders = &seen.own_orders;
-    if !seen.reconnects.is_empty() {
-        // A reconnected subscriber caught up on trades only.
-        return seen.trades.has_all(traded);
-    }
     seen.trades.has_all(traded)
         && orders.accepted.len() >= own.placed.len()
         && orders.fills.len() >= own.fills.len()
@@ -147,9 +143,8 @@ fn everything_arrived(seen: &Subscriber, traded: &HashSet<Uuid>, own: &OrdersOf)
 /// a book that only moved forward; the trades and orders channels numbered without a skip,
 /// each trade and fill once, and no order of another account's. And — if it was subscribed
 /// before the first order and its stream did not close for good, which the protocol allows —
-/// every trade the run's orders took part in (`traded`), received or caught up on after
-/// connecting again; and, on a stream that never closed, every order, fill and end of an order
-/// of the trader it follows (what a reconnected stream missed of those is not caught up).
+/// every trade the run's orders took part in (`traded`) and every order, fill and end of an
+/// order of the trader it follows, received or caught up on after connecting again.
 async fn subscribers_served(
     ledger: &Ledger<'_>,
     traded: &HashSet<Uuid>,
@@ -198,21 +193,12 @@ async fn subscribers_served(
             ));
         }
         if from_the_start && seen.closed.is_none() {
-            let missing = seen.trades.missing(traded);
-            if missing > 0 {
-                found(format!(
-                    "{missing} of the {} trades of the run never arrived on its open stream{}",
-                    traded.len(),
-                    if seen.reconnects.is_empty() {
-                        ""
-                    } else {
-                        " nor when it caught up"
-                    }
-                ));
-            }
-        }
-        if from_the_start && seen.closed.is_none() && seen.reconnects.is_empty() {
             let missing = [
+                (
+                    "trades of the run",
+                    seen.trades.missing(traded),
+                    traded.len(),
+                ),
                 (
                     "acceptances of its trader's orders",
                     own.placed.difference(&seen.own_orders.accepted).count(),
@@ -237,7 +223,12 @@ async fn subscribers_served(
             for (what, missing, all) in missing {
                 if missing > 0 {
                     found(format!(
-                        "{missing} of the {all} {what} never arrived on its open stream"
+                        "{missing} of the {all} {what} never arrived on its open stream{}",
+                        if seen.reconnects.is_empty() {
+                            ""
+                        } else {
+                            " nor when it caught up"
+                        }
                     ));
                 }
             }

@@ -6,8 +6,8 @@
 //! as the REST API lists them: no order named here may be another account's, and every order
 //! the trader placed must have been announced (`order_accepted`), every fill of its orders and
 //! every order's end (`order_completed` for a filled one, `order_cancelled` for a cancelled
-//! one) must have arrived — on a stream subscribed before the first order and not closed by
-//! the server.
+//! one) must have arrived — on a stream subscribed before the first order, or caught up from
+//! the REST API after the subscriber connected again (docs/stream.md, "Reconnecting").
 
 use std::collections::HashSet;
 
@@ -34,13 +34,43 @@ pub struct OwnOrders {
     pub cancelled: HashSet<Uuid>,
     /// Messages that broke the promise.
     pub broken: Findings,
+    /// The fills and ends received on this connection: each must come once on it.
+    this_connection: HashSet<(Uuid, Option<Uuid>)>,
 }
 
 impl OwnOrders {
-    /// A new connection, numbered from its start. What was missed while disconnected is not
-    /// caught up here, so the run does not expect every message of a reconnected stream.
+    /// A new connection, numbered from its start.
     pub fn reconnected(&mut self) {
         self.numbering = Consecutive::default();
+        self.this_connection.clear();
+    }
+
+    /// What was missed while disconnected, from the trader's orders as `GET /v1/orders` lists
+    /// them (each with its status and fills). The new stream may send some of it again.
+    pub fn caught_up(&mut self, orders: &[Value]) {
+        let id = |value: &Value| value.as_str().and_then(|id| Uuid::parse_str(id).ok());
+        for order in orders {
+            let Some(order_id) = id(&order["id"]) else {
+                continue;
+            };
+            self.named.insert(order_id);
+            match order["status"].as_str() {
+                Some("rejected") => {}
+                status => {
+                    self.accepted.insert(order_id);
+                    match status {
+                        Some("filled") => self.completed.insert(order_id),
+                        Some("cancelled") => self.cancelled.insert(order_id),
+                        _ => false,
+                    };
+                }
+            }
+            for fill in order["fills"].as_array().into_iter().flatten() {
+                if let Some(trade) = id(&fill["trade_id"]) {
+                    self.fills.insert((order_id, trade));
+                }
+            }
+        }
     }
 
     /// Takes one server message of the `orders` channel (`{channel, type, sequence, data}`).
@@ -63,7 +93,9 @@ impl OwnOrders {
             (Some("fill"), Some(order)) => {
                 self.named.insert(order);
                 match id("trade_id") {
-                    Some(trade) if self.fills.insert((order, trade)) => {}
+                    Some(trade) if self.this_connection.insert((order, Some(trade))) => {
+                        self.fills.insert((order, trade));
+                    }
                     Some(_) => self.broken.note("a fill received twice", message),
                     None => self.broken.note("a fill without its trade", message),
                 }
@@ -79,7 +111,8 @@ impl OwnOrders {
                 } else {
                     &mut self.cancelled
                 };
-                if !ended.insert(order) {
+                ended.insert(order);
+                if !self.this_connection.insert((order, None)) {
                     self.broken.note("an order's end received twice", message);
                 }
             }
@@ -130,6 +163,35 @@ mod tests {
         assert_eq!(own.fills, HashSet::from([(order, trade)]));
         assert_eq!(own.completed, HashSet::from([order]));
         assert!(own.cancelled.is_empty());
+    }
+
+    #[test]
+    fn what_was_caught_up_counts_and_may_come_again_on_the_new_connection() {
+        let (filled, trade, open, rejected) = (
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+            Uuid::now_v7(),
+        );
+        let mut own = seen(&[message(9, "order_accepted", json!({"order_id": filled}))]);
+        own.reconnected();
+        own.caught_up(&[
+            json!({"id": filled, "status": "filled", "fills": [{"trade_id": trade}]}),
+            json!({"id": open, "status": "open", "fills": []}),
+            json!({"id": rejected, "status": "rejected", "fills": []}),
+        ]);
+        assert_eq!(own.accepted, HashSet::from([filled, open]));
+        assert_eq!(own.fills, HashSet::from([(filled, trade)]));
+        assert_eq!(own.completed, HashSet::from([filled]));
+        // The new stream, numbered from 1, sends the fill and the end again: allowed once.
+        let fill = json!({"order_id": filled, "trade_id": trade});
+        let end = json!({"order_id": filled});
+        own.observe(&message(1, "fill", fill.clone()));
+        own.observe(&message(2, "order_completed", end.clone()));
+        assert!(own.broken.is_empty(), "{:?}", own.broken);
+        own.observe(&message(3, "fill", fill));
+        own.observe(&message(4, "order_completed", end));
+        assert_eq!(own.broken.len(), 2, "{:?}", own.broken);
     }
 
     #[test]
