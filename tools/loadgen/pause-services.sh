@@ -11,7 +11,8 @@
 # that comes back. PAUSE_BY=term: the service is sent SIGTERM and started again as soon as it
 # has exited — a deploy replacing the pod (PAUSE_SECS unused). PAUSE_SERVICES may name any of auth, risk, settlement, orders, alerting and
 # gateway: with the gateway down loadgen's requests go unanswered (`no_answer`) and its
-# subscribers are cut off, which the stream allows.
+# subscribers are cut off, which the stream allows; they connect again within 15 s and catch up
+# on what they missed (docs/stream.md, "Reconnecting"), or the report says the stream closed.
 #   cargo build --release -p bourse -p loadgen && tools/loadgen/pause-services.sh [rate] [seconds] [accounts]
 # Prints each outage, then loadgen's report; exits as loadgen does (1 on a violated invariant).
 set -euo pipefail
