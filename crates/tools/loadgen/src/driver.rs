@@ -362,7 +362,7 @@ async fn reconnect(
         }
         // Full jitter under a ceiling that doubles from 50 ms to a second: subscribers cut off
         // together do not come back together.
-        let ceiling = 50u64.checked_shl(attempt).unwrap_or(u64::MAX).min(1_000);
+        let ceiling = (50u64 << attempt.min(5)).min(1_000);
         tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=ceiling))).await;
         let Some(mut socket) = connect(gateway.base(), token, symbol).await else {
             continue;
