@@ -183,8 +183,10 @@ impl fmt::Display for Report {
             if !subscriber.reconnects.is_empty() {
                 writeln!(
                     f,
-                    "subscriber {index}: connected again and caught up after: {}",
-                    subscriber.reconnects.join("; ")
+                    "subscriber {index}: connected again after: {}; caught up {} trades and {} order messages",
+                    subscriber.reconnects.join("; "),
+                    subscriber.trades.caught_up,
+                    subscriber.own_orders.caught_up,
                 )?;
             }
             if let Some(closed) = &subscriber.closed {

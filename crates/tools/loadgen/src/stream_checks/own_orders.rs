@@ -34,6 +34,8 @@ pub struct OwnOrders {
     pub cancelled: HashSet<Uuid>,
     /// Messages that broke the promise.
     pub broken: Findings,
+    /// Acceptances, fills and ends that came only from catching up.
+    pub caught_up: u64,
     /// The fills and ends received on this connection: each must come once on it.
     this_connection: HashSet<(Uuid, Option<Uuid>)>,
 }
@@ -49,6 +51,8 @@ impl OwnOrders {
     /// them (each with its status and fills). The new stream may send some of it again.
     pub fn caught_up(&mut self, orders: &[Value]) {
         let id = |value: &Value| value.as_str().and_then(|id| Uuid::parse_str(id).ok());
+        let mut gained = 0;
+        let mut count = |new: bool| gained += u64::from(new);
         for order in orders {
             let Some(order_id) = id(&order["id"]) else {
                 continue;
@@ -57,20 +61,21 @@ impl OwnOrders {
             match order["status"].as_str() {
                 Some("rejected") => {}
                 status => {
-                    self.accepted.insert(order_id);
+                    count(self.accepted.insert(order_id));
                     match status {
-                        Some("filled") => self.completed.insert(order_id),
-                        Some("cancelled") => self.cancelled.insert(order_id),
-                        _ => false,
-                    };
+                        Some("filled") => count(self.completed.insert(order_id)),
+                        Some("cancelled") => count(self.cancelled.insert(order_id)),
+                        _ => {}
+                    }
                 }
             }
             for fill in order["fills"].as_array().into_iter().flatten() {
                 if let Some(trade) = id(&fill["trade_id"]) {
-                    self.fills.insert((order_id, trade));
+                    count(self.fills.insert((order_id, trade)));
                 }
             }
         }
+        self.caught_up += gained;
     }
 
     /// Takes one server message of the `orders` channel (`{channel, type, sequence, data}`).
@@ -183,6 +188,10 @@ mod tests {
         assert_eq!(own.accepted, HashSet::from([filled, open]));
         assert_eq!(own.fills, HashSet::from([(filled, trade)]));
         assert_eq!(own.completed, HashSet::from([filled]));
+        assert_eq!(
+            own.caught_up, 3,
+            "the open order, the fill and the end: the rest was known"
+        );
         // The new stream, numbered from 1, sends the fill and the end again: allowed once.
         let fill = json!({"order_id": filled, "trade_id": trade});
         let end = json!({"order_id": filled});

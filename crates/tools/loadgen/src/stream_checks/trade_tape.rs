@@ -26,6 +26,8 @@ pub struct TradeTape {
     this_connection: HashSet<Uuid>,
     /// The last trade received, on the stream or caught up: where catching up starts.
     pub last: Option<Uuid>,
+    /// Trades that came only from catching up.
+    pub caught_up: u64,
     /// Messages that broke the promise.
     pub broken: Findings,
 }
@@ -60,7 +62,11 @@ impl TradeTape {
 
     /// The trades missed while disconnected, oldest first, as the REST API lists them.
     pub fn caught_up(&mut self, missed: &[Uuid]) {
-        self.trades.extend(missed);
+        for id in missed {
+            if self.trades.insert(*id) {
+                self.caught_up += 1;
+            }
+        }
         if let Some(newest) = missed.last() {
             self.last = Some(*newest);
         }
@@ -138,6 +144,7 @@ mod tests {
         seen.reconnected();
         seen.caught_up(&[b, c]);
         assert_eq!(seen.last, Some(c));
+        assert_eq!(seen.caught_up, 2);
         // The new stream starts at 1 and delivers `c` again: both allowed.
         seen.observe(&trade(1, c));
         assert!(seen.broken.is_empty(), "{:?}", seen.broken);
