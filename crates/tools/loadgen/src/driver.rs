@@ -346,8 +346,8 @@ async fn follow(socket: &mut Socket, progress: &watch::Sender<Subscriber>) -> St
 
 /// Connects again after the stream closed (`why`), subscribes, and once the subscription is
 /// confirmed reads the trades missed since the last one received and its trader's orders — in
-/// that order, so that nothing falls between the two. `None` if that could not be done within [`RECONNECT_WITHIN`],
-/// or there is no trade to catch up from.
+/// that order, so that nothing falls between the two. `None` if that could not be done within
+/// [`RECONNECT_WITHIN`], or there is no trade to catch up from.
 async fn reconnect(
     gateway: &Gateway,
     token: &str,
