@@ -12,6 +12,9 @@ pub enum Error {
     InstrumentExists,
     #[error("not found")]
     NotFound,
+    /// A trade named in a request (`after=`) is not one of the symbol's trades.
+    #[error("{trade} is not a trade of {symbol}")]
+    UnknownTrade { trade: uuid::Uuid, symbol: String },
     #[error("the matching queue is full")]
     Overloaded,
     #[error("client order id already used")]
@@ -74,6 +77,9 @@ impl IntoResponse for Error {
                 "an instrument with this symbol exists",
             ),
             Error::NotFound => Problem::not_found(),
+            ref err @ Error::UnknownTrade { .. } => {
+                Problem::new(StatusCode::NOT_FOUND, "unknown_trade", err.to_string())
+            }
             Error::Overloaded => Problem::unavailable(
                 "overloaded",
                 "too many orders for this instrument right now; retry shortly",

@@ -114,13 +114,10 @@ pub async fn trades(
             let Some(sequence) =
                 store::trade_sequence(&state.pool, &instrument.symbol, after).await?
             else {
-                // The trade `after` names is what the request is about: not found.
-                return Err(Problem::new(
-                    axum::http::StatusCode::NOT_FOUND,
-                    "unknown_trade",
-                    format!("{after} is not a trade of {}", instrument.symbol),
-                )
-                .into());
+                return Err(Error::UnknownTrade {
+                    trade: after,
+                    symbol: instrument.symbol,
+                });
             };
             store::trades_after(&state.pool, &instrument.symbol, sequence, limit).await?
         }
