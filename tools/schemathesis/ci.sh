@@ -47,7 +47,9 @@ for _ in $(seq 1 60); do
 done
 curl -sf "$API/health/ready" >/dev/null
 
+# One worker: with two threads, CPython's AST compiler once failed inside schemathesis itself
+# ("AST constructor recursion depth mismatch", a Runtime Error, not an API failure).
 for role in anonymous trader risk admin; do
   echo "schemathesis as $role"
-  tools/schemathesis/run.sh "$role" --max-examples 10 --seed 20261203 --workers 2
+  tools/schemathesis/run.sh "$role" --max-examples 10 --seed 20261203 --workers 1
 done
