@@ -82,6 +82,31 @@ async fn production_refuses_to_start_without_explicit_settings() {
     .await;
 }
 
+/// Settings that start but work against each other are said at start: a gateway that stops
+/// waiting for orders before orders stops booking answers 504 to placements that are then
+/// booked, so raising the bound on risk checks alone is warned of, with both figures.
+#[sqlx::test(migrations = false)]
+async fn a_gateway_that_would_give_up_on_placements_orders_still_books_warns_at_start(
+    pool: PgPool,
+) {
+    let mut served = Served::start_with(&pool, &[("BOURSE_RISK_CHECK_VALID_FOR_MS", "3000")]).await;
+
+    let warning = served
+        .wait_for("the timeout warning", |v| {
+            v["level"] == "WARN"
+                && v["message"].as_str().is_some_and(|message| {
+                    message.starts_with("BOURSE_GATEWAY_ORDERS_TIMEOUT_MS is not above")
+                })
+        })
+        .await;
+    assert_eq!(warning["orders_timeout_ms"], 2500, "{warning}");
+    assert_eq!(warning["check_valid_for_ms"], 3000, "{warning}");
+
+    served.terminate();
+    let (code, _) = served.finish().await;
+    assert_eq!(code, Some(0));
+}
+
 #[sqlx::test(migrations = false)]
 async fn sigterm_lets_an_in_flight_request_finish_then_exits_0(pool: PgPool) {
     let mut served = Served::start(&pool).await;

@@ -23,6 +23,9 @@ pub struct Config {
     pub upstream: Policy,
     /// Orders' own timeout (`BOURSE_GATEWAY_ORDERS_TIMEOUT_MS`), shorter than the shared one.
     pub orders_timeout: Duration,
+    /// The bound on a risk check (`BOURSE_RISK_CHECK_VALID_FOR_MS`), read as orders and risk
+    /// read it, only to tell whether `orders_timeout` leaves a placement that bound.
+    pub check_valid_for: Duration,
     pub cors_origins: Vec<String>,
     /// Who may set `X-Forwarded-For` (a load balancer in front of the gateway).
     pub trusted_proxies: TrustedProxies,
@@ -89,6 +92,14 @@ impl Config {
             .map_or(upstream.default_url, |(_, url)| url.as_str())
     }
 
+    /// Whether orders' timeout cuts placements short: orders may book a placement as late as
+    /// the bound on its risk check, so a timeout at or under that bound answers 504 to
+    /// placements that are then booked. Nothing is lost (the Idempotency-Key tells the client
+    /// the outcome), but every slow placement costs a retry, so the gateway warns at start.
+    pub fn orders_timeout_cuts_placements_short(&self) -> bool {
+        self.orders_timeout <= self.check_valid_for
+    }
+
     /// The call policy for `upstream`: the shared one, with orders' own timeout.
     pub fn policy_of(&self, upstream: Upstream) -> Policy {
         let mut policy = self.upstream.clone();
@@ -116,6 +127,7 @@ impl Config {
             "BOURSE_GATEWAY_ORDERS_TIMEOUT_MS",
             Self::DEFAULT_ORDERS_TIMEOUT,
         );
+        let check_valid_for = launch::platform::check_valid_for(env);
         let cors_origins = env.list("BOURSE_GATEWAY_CORS_ORIGINS");
         for origin in &cors_origins {
             if origin == "*" {
@@ -205,6 +217,7 @@ impl Config {
                 .collect(),
             upstream,
             orders_timeout,
+            check_valid_for,
             cors_origins,
             trusted_proxies: env.or("BOURSE_GATEWAY_TRUSTED_PROXIES", TrustedProxies::none()),
             admin_allowlist: env.or(
@@ -280,5 +293,28 @@ mod tests {
         for other in [Upstream::AUTH, Upstream::SETTLEMENT, Upstream::RISK] {
             assert_eq!(own.policy_of(other).timeout, Duration::from_secs(5));
         }
+    }
+
+    #[test]
+    fn an_orders_timeout_not_above_the_bound_on_checks_cuts_placements_short() {
+        assert!(
+            !read(&[]).orders_timeout_cuts_placements_short(),
+            "the defaults agree"
+        );
+        let bound_raised = read(&[("BOURSE_RISK_CHECK_VALID_FOR_MS", "3000")]);
+        assert!(bound_raised.orders_timeout_cuts_placements_short());
+        let equal = read(&[
+            ("BOURSE_RISK_CHECK_VALID_FOR_MS", "3000"),
+            ("BOURSE_GATEWAY_ORDERS_TIMEOUT_MS", "3000"),
+        ]);
+        assert!(
+            equal.orders_timeout_cuts_placements_short(),
+            "a check may take the whole bound"
+        );
+        let both_raised = read(&[
+            ("BOURSE_RISK_CHECK_VALID_FOR_MS", "3000"),
+            ("BOURSE_GATEWAY_ORDERS_TIMEOUT_MS", "3500"),
+        ]);
+        assert!(!both_raised.orders_timeout_cuts_placements_short());
     }
 }

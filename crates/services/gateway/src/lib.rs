@@ -100,6 +100,14 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     events::describe_metrics();
     resilience::describe_metrics();
     describe_metrics();
+    if config.orders_timeout_cuts_placements_short() {
+        tracing::warn!(
+            orders_timeout_ms = config.orders_timeout.as_millis() as u64,
+            check_valid_for_ms = config.check_valid_for.as_millis() as u64,
+            "BOURSE_GATEWAY_ORDERS_TIMEOUT_MS is not above BOURSE_RISK_CHECK_VALID_FOR_MS: \
+             placements orders still books will be answered 504; raise the timeout above the bound"
+        );
+    }
     let tasks = Supervisor::new(SERVICE, shutdown);
     let redis = service_kit::redis::connect(&config.common).await?;
     let client = config
