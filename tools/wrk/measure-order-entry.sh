@@ -138,11 +138,12 @@ echo "stored: $orders orders, $trades trades"
 answered=$(awk '/^non-2xx answers:/ { print $5 - $3 }' "$wrk_out")
 rm -f "$wrk_out"
 # CPU per 2xx order of the measured run (milliseconds): the platform's (bourse, PostgreSQL,
-# Redis) and, apart, whatever else ran on the machine meanwhile.
+# Redis) and, apart, whatever else ran on the machine meanwhile. The platform's processes go by
+# the binary's name, or by `bourse` when BOURSE_PERF_BIN is a wrapper script that execs it.
 join <(echo "$cpu_before") <(echo "$cpu_after") | awk -v n="$answered" -v bourse="$(basename "$bin" | cut -c1-15)" '
   n > 0 {
     ms = 1000 * ($3 - $2) / n
-    if ($1 == bourse) b += ms; else if ($1 == "postgres") p += ms; else if ($1 == "redis-server") r += ms; else other += ms
+    if ($1 == bourse || $1 == "bourse") b += ms; else if ($1 == "postgres") p += ms; else if ($1 == "redis-server") r += ms; else other += ms
   }
   END { if (n > 0) printf "CPU per order: %.3f ms (bourse %.3f, postgres %.3f, redis %.3f); other programs %.3f ms\n", b + p + r, b, p, r, other }'
 if (( answered > 0 )); then
