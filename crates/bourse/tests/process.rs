@@ -670,14 +670,47 @@ fn answers(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
 
-/// The README's run command on a machine where nothing runs yet: with no `DATABASE_URL` or
-/// `REDIS_URL` and nothing answering on the local ports, `bourse serve all` starts a private
-/// PostgreSQL and Redis from the machine's binaries, says so, serves on them — other `bourse`
-/// commands find them too — and stops them when it stops; PostgreSQL's data stays in the
-/// folder it named. (The local ports are the test's own free ones instead of 5432 and 6379,
-/// which the machine's shared servers hold.)
+/// The variables `.cargo/config.toml` gives every `cargo run` and `cargo test`, as written there.
+fn cargo_config_env() -> Vec<(String, String)> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.cargo/config.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .skip_while(|line| line.trim() != "[env]")
+        .skip(1)
+        .take_while(|line| !line.starts_with('['))
+        .filter_map(|line| line.split_once(" = "))
+        .map(|(name, value)| {
+            (
+                name.trim().to_owned(),
+                value.trim().trim_matches('"').to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The README's run command, `cargo run --release -p bourse -- serve all`, on a machine where nothing
+/// runs yet: with no `DATABASE_URL` or `REDIS_URL` of the operator's and nothing answering on
+/// the local ports, `bourse serve all` starts a private PostgreSQL and Redis from the machine's
+/// binaries, says so, serves on them — other `bourse` commands find them too — and stops them
+/// when it stops; PostgreSQL's data stays in the folder it named. It runs with what `cargo run`
+/// adds to the environment, `.cargo/config.toml`'s `[env]`: the test suite's `DATABASE_URL`,
+/// which must not count as the operator's. (The local ports are the test's own free ones
+/// instead of 5432 and 6379, which the machine's shared servers hold.)
 #[tokio::test]
 async fn with_nothing_running_serve_starts_private_datastores_and_stops_them() {
+    let cargo_run_env = cargo_config_env();
+    let value = |name: &str| {
+        cargo_run_env
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    assert!(
+        value("DATABASE_URL").is_some()
+            && value("DATABASE_URL") == value("BOURSE_SUITE_DATABASE_URL"),
+        ".cargo/config.toml gives the suite's DATABASE_URL and the same in \
+         BOURSE_SUITE_DATABASE_URL: {cargo_run_env:?}"
+    );
     let data_dir = std::env::temp_dir().join(format!("bourse-local-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&data_dir).unwrap();
     // Run as root, PostgreSQL runs as its own user, who must reach the folder.
@@ -697,8 +730,8 @@ async fn with_nothing_running_serve_starts_private_datastores_and_stops_them() {
     ];
     let without_datastores = |command: &mut Command| {
         command
-            .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
+            .envs(cargo_run_env.iter().map(|(k, v)| (k, v)))
             .envs(local_env.iter().map(|(k, v)| (*k, v.as_str())));
     };
     let mut command = Served::command(&[]);
@@ -1009,7 +1042,7 @@ async fn the_readme_walkthrough_runs_as_written(pool: PgPool) {
             1,
         )
         .replacen(
-            r#"bourse() { cargo run -q -- "$@"; }"#,
+            r#"bourse() { cargo run -q --release -p bourse -- "$@"; }"#,
             r#"bourse() { "$BOURSE_BIN" "$@"; }"#,
             1,
         );

@@ -1,7 +1,9 @@
 //! The repository stands on its own: a forker gets these files and nothing else. No tracked file
 //! points at a document the repository does not hold — the team's planning documents, a
 //! `docs/….md` that is not there, an ADR number without its file — or at a tracker issue
-//! ("issue [3]", "since [4]"), which means nothing outside the team that filed it.
+//! ("issue [3]", "since [4]"), which means nothing outside the team that filed it. And every
+//! `cargo run` a file tells a reader to type names what it runs: the workspace builds two
+//! binaries (`bourse`, `loadgen`), so a bare `cargo run` refuses to start.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bourse::testing::repo_file;
@@ -73,6 +75,56 @@ fn tracker_references(text: &str) -> Vec<String> {
     found
 }
 
+/// `cargo run` commands in `text` that name no package or binary (`-p`, `--package`, `--bin`).
+/// A command is `cargo run` followed by a flag; its flags end at ` -- ` or the end of the
+/// command; prose that only names `cargo run` is not one.
+fn unnamed_cargo_runs(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let mut rest = line;
+        while let Some(at) = rest.find("cargo run ") {
+            let after = &rest[at + "cargo run ".len()..];
+            let flags = after
+                .split(" -- ")
+                .next()
+                .unwrap_or_default()
+                .split(['`', '"', ')', ';', '&', '|'])
+                .next()
+                .unwrap_or_default();
+            let named = flags.split_whitespace().any(|flag| {
+                matches!(flag, "-p" | "--package" | "--bin") || flag.starts_with("--bin=")
+            });
+            if flags.starts_with('-') && !named {
+                found.push(line.trim().to_owned());
+            }
+            rest = after;
+        }
+    }
+    found
+}
+
+/// Every line of a tracked file that `find` picks out of its text, prefixed by the file's path.
+fn lines_found_by(find: fn(&str) -> Vec<String>) -> Vec<String> {
+    tracked()
+        .into_iter()
+        .flat_map(|(path, text)| {
+            find(&text)
+                .into_iter()
+                .map(move |line| format!("{path}: {line}"))
+        })
+        .collect()
+}
+
+#[test]
+fn every_cargo_run_names_what_it_runs() {
+    let problems = lines_found_by(unnamed_cargo_runs);
+    assert!(
+        problems.is_empty(),
+        "the workspace has two binaries; say `cargo run -p bourse` (or `-p loadgen`):\n{}",
+        problems.join("\n")
+    );
+}
+
 #[test]
 fn no_file_names_a_document_the_repository_does_not_hold() {
     let outside = ["DESIGN", "TOOLCHAIN", "CHECKLIST"].map(|name| format!("{name}.md"));
@@ -108,14 +160,7 @@ fn no_file_names_a_document_the_repository_does_not_hold() {
 
 #[test]
 fn no_file_names_a_tracker_issue() {
-    let problems: Vec<String> = tracked()
-        .into_iter()
-        .flat_map(|(path, text)| {
-            tracker_references(&text)
-                .into_iter()
-                .map(move |line| format!("{path}: {line}"))
-        })
-        .collect();
+    let problems = lines_found_by(tracker_references);
     assert!(
         problems.is_empty(),
         "say what a thing does and why, not which issue built it:\n{}",
@@ -135,5 +180,17 @@ fn the_checks_find_what_they_look_for() {
     assert_eq!(
         named_documents("see docs/api-keys.md. And `docs/adr/`"),
         ["docs/api-keys.md"]
+    );
+    assert_eq!(
+        unnamed_cargo_runs(
+            "cargo run --release -- serve all\n\
+             `cargo run -q -- \"$@\"`, cargo run -p bourse -- demo seed\n\
+             cargo run --release -p loadgen -- --rate 10 and cargo run --bin=bourse -- probe\n\
+             `cargo run` hands it on; cargo run as well"
+        ),
+        [
+            "cargo run --release -- serve all",
+            "`cargo run -q -- \"$@\"`, cargo run -p bourse -- demo seed"
+        ]
     );
 }

@@ -30,12 +30,48 @@ impl FromStr for Environment {
     }
 }
 
+/// Names the test suite's database URL. `.cargo/config.toml` sets `DATABASE_URL` for the tests
+/// (`#[sqlx::test]` reads nothing else), and cargo hands that `[env]` to `cargo run` as well:
+/// there it would point `bourse` at the suite's database, and a development run would never
+/// pick its own (`bourse` database) or start a private one when nothing runs. So the file also
+/// sets this variable to the same URL, and a `DATABASE_URL` equal to it counts as not given.
+pub const SUITE_DATABASE_URL: &str = "BOURSE_SUITE_DATABASE_URL";
+
 /// The process environment, after loading `.env` if one exists (development convenience;
-/// real variables always win over the file).
+/// real variables always win over the file), without the suite's `DATABASE_URL`
+/// ([`SUITE_DATABASE_URL`]).
 pub fn process_variables() -> Vec<(String, String)> {
     // A missing .env file is the normal case in production.
     let _ = dotenvy::dotenv();
-    std::env::vars().collect()
+    as_the_operator_set_them(std::env::vars().collect(), || {
+        // The suite's URL kept dotenv() from setting the file's own; read it from the file.
+        dotenvy::dotenv_iter()
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|(key, _)| key == "DATABASE_URL")
+            .map(|(_, url)| url)
+    })
+}
+
+/// `vars` without a `DATABASE_URL` that is the suite's ([`SUITE_DATABASE_URL`]); the one in
+/// `.env` (`from_dotenv`), if any, takes its place, as it would have with no suite.
+fn as_the_operator_set_them(
+    mut vars: Vec<(String, String)>,
+    from_dotenv: impl FnOnce() -> Option<String>,
+) -> Vec<(String, String)> {
+    let value = |vars: &[(String, String)], name: &str| {
+        vars.iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.clone())
+    };
+    let suites = value(&vars, SUITE_DATABASE_URL);
+    if suites.is_some() && value(&vars, "DATABASE_URL") == suites {
+        vars.retain(|(key, _)| key != "DATABASE_URL");
+        if let Some(url) = from_dotenv() {
+            vars.push(("DATABASE_URL".to_owned(), url));
+        }
+    }
+    vars
 }
 
 /// One problem with one variable.
@@ -380,6 +416,52 @@ impl CommonConfig {
 mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    #[test]
+    fn the_suites_database_url_is_not_taken_for_the_operators() {
+        let suite = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=prefer";
+        let pairs = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let database_url = |vars: Vec<(String, String)>| {
+            vars.into_iter()
+                .find(|(key, _)| key == "DATABASE_URL")
+                .map(|(_, url)| url)
+        };
+        let no_dotenv = || None;
+
+        // `cargo run`: both from `.cargo/config.toml`, so none was given.
+        let under_cargo = pairs(&[("DATABASE_URL", suite), (SUITE_DATABASE_URL, suite)]);
+        assert_eq!(
+            database_url(as_the_operator_set_them(under_cargo.clone(), no_dotenv)),
+            None
+        );
+        // ... and `.env`'s own, which the suite's hid from dotenv(), is used.
+        assert_eq!(
+            database_url(as_the_operator_set_them(under_cargo, || Some(
+                "postgres://db.internal/bourse".to_owned()
+            ))),
+            Some("postgres://db.internal/bourse".to_owned())
+        );
+        // An operator's own URL wins over cargo's `[env]` and is kept.
+        let own = pairs(&[
+            ("DATABASE_URL", "postgres://db.internal/bourse"),
+            (SUITE_DATABASE_URL, suite),
+        ]);
+        assert_eq!(
+            database_url(as_the_operator_set_them(own, no_dotenv)),
+            Some("postgres://db.internal/bourse".to_owned())
+        );
+        // Outside cargo there is no suite: the URL is whatever was given.
+        let deployed = pairs(&[("DATABASE_URL", suite)]);
+        assert_eq!(
+            database_url(as_the_operator_set_them(deployed, no_dotenv)),
+            Some(suite.to_owned())
+        );
+    }
 
     #[test]
     fn the_relays_linger_is_read_in_milliseconds_and_zero_turns_it_off() {
