@@ -28,12 +28,14 @@ for round in $(seq 1 "$rounds"); do
       /^p99 latency/ { p99 = $3 }
       /^non-2xx/ { bad = $3 }
       /orders_matching_batch_seconds_sum/ { busy = $2 }
+      /orders_matching_batch_size_sum/ { orders = $2 }
+      /orders_matching_batch_size_count/ { batches = $2 }
       /^settled:/ { settled = $2 " of " $4 }
       /orders \/ read =/ { ratio = $NF }
       /^reconciliation:/ { reconciled = $2 }
       /^CPU per order:/ { cpu = $4 }
       /^WAL written per order:/ { wal = $5 }
-      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  settled %s  reconciliation %s  orders/read %s  CPU/order %s ms  WAL/order %s bytes\n", round, bin, rps, p99, bad, busy, settled, reconciled, ratio, cpu, wal }' "$log"
+      END { printf "round %s  %-40s %8s orders/s  p99 %s ms  non-2xx %s  matching busy %.1f s  batch %.1f orders  settled %s  reconciliation %s  orders/read %s  CPU/order %s ms  WAL/order %s bytes\n", round, bin, rps, p99, bad, busy, (batches > 0 ? orders / batches : 0), settled, reconciled, ratio, cpu, wal }' "$log"
     rm -f "$log"
   done
 done

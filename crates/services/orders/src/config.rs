@@ -36,6 +36,9 @@ pub struct Config {
     pub assets: Vec<Asset>,
     /// Requests that may wait for one symbol's matching task; beyond, 503 at once.
     pub queue_capacity: usize,
+    /// How long a matching batch that found others queued waits for more before it commits
+    /// (`engine::Queueing::linger`; zero turns it off).
+    pub matching_linger: Duration,
 }
 
 impl Config {
@@ -92,6 +95,10 @@ impl Config {
                 }
                 capacity.max(1)
             },
+            // Zero is allowed (unlike the other waits): it turns lingering off.
+            matching_linger: Duration::from_millis(
+                env.or("BOURSE_ORDERS_MATCHING_LINGER_MS", 1u64),
+            ),
             common,
         }
     }

@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use matching::{
     AccountId, Book, Command as BookCommand, Event, NewOrder, OrderId, RestingOrder,
@@ -167,7 +168,7 @@ pub struct Depth {
 #[derive(Clone)]
 pub struct Engines {
     pool: PgPool,
-    capacity: usize,
+    queueing: Queueing,
     /// Shown on the fills of the orders it answers with.
     fees: Fees,
     quotes: Quotes,
@@ -211,10 +212,9 @@ const ROUTE_BACKOFF: service_kit::backoff::Backoff = service_kit::backoff::Backo
 };
 
 impl Engines {
-    /// `capacity`: requests that may wait per symbol; beyond it they are shed with 503.
     pub fn new(
         pool: PgPool,
-        capacity: usize,
+        queueing: Queueing,
         fees: Fees,
         feed: BookFeed,
         ownership: Ownership,
@@ -223,7 +223,7 @@ impl Engines {
     ) -> Self {
         Self {
             pool,
-            capacity,
+            queueing,
             fees,
             quotes: Quotes::default(),
             feed,
@@ -251,7 +251,7 @@ impl Engines {
         {
             return Ok(book.queue.clone());
         }
-        let (queue, receiver) = mpsc::channel(self.capacity);
+        let (queue, receiver) = mpsc::channel(self.queueing.capacity);
         self.supervisor.spawn_tracked(
             format!("matching:{}", instrument.symbol),
             run(
@@ -261,7 +261,10 @@ impl Engines {
                 self.fees,
                 self.quotes.clone(),
                 self.feed.clone(),
-                receiver,
+                Queue {
+                    jobs: receiver,
+                    linger: self.queueing.linger,
+                },
             ),
         );
         local.insert(
@@ -645,6 +648,56 @@ pub async fn recover(pool: &PgPool, instrument: &Instrument) -> Result<Book> {
 /// Most commands committed together in one transaction (group commit).
 pub const MAX_BATCH: usize = 256;
 
+/// How commands wait for one symbol's matching task.
+#[derive(Clone, Copy, Debug)]
+pub struct Queueing {
+    /// Commands that may wait; beyond, they are shed with 503 (`BOURSE_ORDERS_QUEUE_CAPACITY`).
+    pub capacity: usize,
+    /// How long a batch that found other commands queued waits for more before it commits
+    /// (`BOURSE_ORDERS_MATCHING_LINGER_MS`; zero: never).
+    pub linger: Duration,
+}
+
+/// A matching task's end of its queue.
+struct Queue<T> {
+    jobs: mpsc::Receiver<T>,
+    linger: Duration,
+}
+
+impl<T> Queue<T> {
+    /// Fills `batch` (empty) with the next batch; `false` once the queue is closed and empty.
+    ///
+    /// Group commit: whatever queued up while the last batch was committing goes together, so
+    /// throughput is not one commit per order. When that found company — orders are arriving
+    /// faster than batches commit — the batch also waits up to `linger` for more, like
+    /// PostgreSQL's `commit_delay` with `commit_siblings`: what a batch costs the database
+    /// whatever its size (the fence, the round trips, the commit) is shared by more orders,
+    /// which frees CPU for the rest of the order path (docs/performance.md, "A matching
+    /// batch that lingers"). A lone command at a quiet time is never held back.
+    async fn gather(&mut self, batch: &mut Vec<T>) -> bool {
+        let Some(first) = self.jobs.recv().await else {
+            return false;
+        };
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match self.jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        if batch.len() > 1 && !self.linger.is_zero() {
+            let deadline = tokio::time::Instant::now() + self.linger;
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout_at(deadline, self.jobs.recv()).await {
+                    Ok(Some(job)) => batch.push(job),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+        }
+        true
+    }
+}
+
 /// A job's output before its batch is written: a cancel's view is read after the writes.
 enum Pending {
     Placed(Answer),
@@ -661,7 +714,7 @@ async fn run(
     fees: Fees,
     quotes: Quotes,
     feed: BookFeed,
-    mut jobs: mpsc::Receiver<Job>,
+    mut queue: Queue<Job>,
 ) {
     let symbol = instrument.symbol.clone();
     let mut book = match recover(&pool, &instrument).await {
@@ -684,16 +737,7 @@ async fn run(
     // are refused before they cost a batch (the fence in the database decides either way).
     let mut fence = RiskStart::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = jobs.recv().await {
-        // Group commit: whatever queued up while the last batch was committing goes together,
-        // so throughput is not one fsync per order.
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while queue.gather(&mut batch).await {
         refuse_expired_checks(&mut batch);
         fence = fence.max(newest_check(&batch));
         refuse_fenced_checks(&mut batch, fence);
@@ -715,7 +759,7 @@ async fn run(
                     reply(job, Ok(output));
                 }
             }
-            Err(Error::NotOwner) => return lost(&symbol, epoch, batch.drain(..), jobs),
+            Err(Error::NotOwner) => return lost(&symbol, epoch, batch.drain(..), queue.jobs),
             Err(err) => {
                 // A start of risk raised its fence while the batch was gathered: its checks of
                 // earlier starts go, the rest are replayed below.
@@ -747,7 +791,7 @@ async fn run(
                                 &symbol,
                                 epoch,
                                 std::iter::once(job).chain(replayed),
-                                jobs,
+                                queue.jobs,
                             );
                         }
                         Err(err) => {
@@ -1050,6 +1094,66 @@ fn new_order(instrument: &Instrument, order: &ValidOrder) -> NewOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On a paused clock: time moves only when every task waits, straight to the next timer,
+    /// so what a batch waited is exact.
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_that_found_company_lingers_for_more_and_a_lone_command_never_waits() {
+        // Tokio's timers tick in milliseconds: a linger of a few ticks, arrivals between them.
+        let linger = Duration::from_millis(5);
+        let (commands, jobs) = mpsc::channel(16);
+        let mut queue = Queue { jobs, linger };
+        let mut batch = Vec::new();
+
+        // A lone command at a quiet time is committed at once.
+        commands.send(1).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(queue.gather(&mut batch).await);
+        assert_eq!(batch, [1]);
+        assert_eq!(started.elapsed(), Duration::ZERO, "a lone command waited");
+
+        // Two queued: the batch waits out the linger and takes what arrives within it; what
+        // arrives after goes in the next batch.
+        batch.clear();
+        commands.send(2).await.unwrap();
+        commands.send(3).await.unwrap();
+        let sender = commands.clone();
+        let arrivals = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            sender.send(4).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            sender.send(5).await.unwrap();
+        });
+        let started = tokio::time::Instant::now();
+        assert!(queue.gather(&mut batch).await);
+        assert_eq!(batch, [2, 3, 4]);
+        assert_eq!(started.elapsed(), linger);
+        batch.clear();
+        assert!(queue.gather(&mut batch).await);
+        assert_eq!(batch, [5]);
+        arrivals.await.unwrap();
+
+        // With the linger off, a batch is what had queued, at once.
+        let (commands, jobs) = mpsc::channel(16);
+        let mut queue = Queue {
+            jobs,
+            linger: Duration::ZERO,
+        };
+        batch.clear();
+        commands.send(6).await.unwrap();
+        commands.send(7).await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(queue.gather(&mut batch).await);
+        assert_eq!(
+            (batch.as_slice(), started.elapsed()),
+            (&[6, 7][..], Duration::ZERO)
+        );
+
+        // A closed queue ends the task once it is empty.
+        drop(commands);
+        batch.clear();
+        assert!(!queue.gather(&mut batch).await);
+    }
 
     fn local_book(epoch: i64) -> (LocalBook, mpsc::Receiver<Job>) {
         let (queue, receiver) = mpsc::channel(1);

@@ -90,7 +90,10 @@ pub async fn build(config: Config, shutdown: &Shutdown) -> Result<Server, Error>
     let ownership = ownership::Ownership::new(pool.clone());
     let engines = engine::Engines::new(
         pool.clone(),
-        config.queue_capacity,
+        engine::Queueing {
+            capacity: config.queue_capacity,
+            linger: config.matching_linger,
+        },
         config.fees,
         feed,
         ownership.clone(),

@@ -67,7 +67,10 @@ impl Replica {
         let matching = Supervisor::new("orders", &shutdown);
         let engines = Engines::new(
             pool.clone(),
-            64,
+            orders::engine::Queueing {
+                capacity: 64,
+                linger: std::time::Duration::from_millis(1),
+            },
             contracts::fees::Fees::default(),
             feed,
             ownership,
