@@ -1094,6 +1094,7 @@ fn new_order(instrument: &Instrument, order: &ValidOrder) -> NewOrder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     /// On a paused clock: time moves only when every task waits, straight to the next timer,
     /// so what a batch waited is exact.
@@ -1112,26 +1113,29 @@ mod tests {
         assert_eq!(batch, [1]);
         assert_eq!(started.elapsed(), Duration::ZERO, "a lone command waited");
 
-        // Two queued: the batch waits out the linger and takes what arrives within it; what
-        // arrives after goes in the next batch.
+        // Two queued: the batch takes them, then waits out the linger and takes what arrives
+        // within it; what arrives after goes in the next batch.
         batch.clear();
         commands.send(2).await.unwrap();
         commands.send(3).await.unwrap();
-        let sender = commands.clone();
-        let arrivals = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            sender.send(4).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            sender.send(5).await.unwrap();
-        });
         let started = tokio::time::Instant::now();
-        assert!(queue.gather(&mut batch).await);
+        {
+            let gathering = queue.gather(&mut batch);
+            tokio::pin!(gathering);
+            assert!(
+                gathering.as_mut().now_or_never().is_none(),
+                "with company it waits for more"
+            );
+            tokio::time::advance(Duration::from_millis(2)).await;
+            commands.send(4).await.unwrap();
+            assert!(gathering.await);
+        }
         assert_eq!(batch, [2, 3, 4]);
         assert_eq!(started.elapsed(), linger);
+        commands.send(5).await.unwrap();
         batch.clear();
         assert!(queue.gather(&mut batch).await);
         assert_eq!(batch, [5]);
-        arrivals.await.unwrap();
 
         // With the linger off, a batch is what had queued, at once.
         let (commands, jobs) = mpsc::channel(16);
